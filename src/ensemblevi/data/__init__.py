@@ -1,0 +1,24 @@
+"""Data layer: reading, validating and preprocessing counts, and the synthetic generator."""
+
+from ._io import HEART_FILE, HEART_OBS, heart_cell_atlas, read, write_h5ad_atomic
+from ._preprocess import preprocess
+from ._synthetic import DEFAULTS, PRESETS, params_from_uns, resolve_params, synthetic
+from ._validate import CountsReport, get_counts, require_obs_columns, validate_counts
+
+__all__ = [
+    "DEFAULTS",
+    "HEART_FILE",
+    "HEART_OBS",
+    "PRESETS",
+    "CountsReport",
+    "get_counts",
+    "heart_cell_atlas",
+    "params_from_uns",
+    "preprocess",
+    "read",
+    "require_obs_columns",
+    "resolve_params",
+    "synthetic",
+    "validate_counts",
+    "write_h5ad_atomic",
+]

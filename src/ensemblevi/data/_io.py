@@ -1,0 +1,116 @@
+"""Reading count data from disk and writing results back without risking the inputs."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from anndata import AnnData
+
+from ._validate import validate_counts
+
+HEART_FILE = "hca_subsampled_20k.h5ad"
+HEART_OBS = ("cell_type", "cell_source", "donor", "percent_mito", "percent_ribo")
+
+
+def read(path: str | os.PathLike, layer: str | None = None, validate: bool = True) -> AnnData:
+    """Read count data into memory and check it with :func:`validate_counts`.
+
+    Parameters
+    ----------
+    path
+        An ``.h5ad`` file, a 10x ``.h5`` file, or a 10x matrix directory (``matrix.mtx[.gz]``
+        with its barcodes and features files). The file is only read, never written.
+    layer
+        Layer that holds the raw counts (``None``: ``X``).
+    validate
+        Run :func:`validate_counts` on the result.
+    """
+    import anndata
+    import scanpy as sc
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"No file or directory at {str(path)!r}. Check the path.")
+    if path.is_dir():
+        if not any(path.glob("matrix.mtx*")):
+            raise ValueError(
+                f"{str(path)!r} is a directory without matrix.mtx[.gz]; point read() at a 10x "
+                "matrix directory, a 10x .h5 file or an .h5ad file."
+            )
+        adata = sc.read_10x_mtx(path)
+    elif path.suffix == ".h5ad":
+        adata = anndata.read_h5ad(path)
+    elif path.suffix == ".h5":
+        adata = sc.read_10x_h5(path)
+    else:
+        raise ValueError(
+            f"Cannot read {str(path)!r}: unknown file type {path.suffix!r}. Supported: .h5ad, "
+            "10x .h5 and 10x matrix directories (convert other formats with scanpy first)."
+        )
+    if validate:
+        validate_counts(adata, layer=layer)
+    return adata
+
+
+def write_h5ad_atomic(adata: AnnData, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write ``adata`` to ``path`` through a temporary file in the same folder.
+
+    An interrupted write leaves either the old file or none, never a truncated one.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(
+            f"{str(path)!r} exists; refusing to overwrite it. Choose another path or pass "
+            "overwrite=True (--force on the command line)."
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        adata.write_h5ad(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def heart_cell_atlas(
+    save_path: str | os.PathLike = "data/",
+    download: bool = False,
+    remove_nuisance_clusters: bool = True,
+) -> AnnData:
+    """The adult human heart atlas subsample the project's science started from.
+
+    Loads ``hca_subsampled_20k.h5ad`` (18,641 cells x 26,662 genes after removing doublets
+    and unassigned cells; obs ``cell_type``, ``cell_source``, ``donor``, ``percent_mito``,
+    ``percent_ribo``) through :func:`scvi.data.heart_cell_atlas_subsampled`, which uses a file
+    already in ``save_path`` as it is.
+
+    Parameters
+    ----------
+    save_path
+        Folder that holds (or will hold) ``hca_subsampled_20k.h5ad``.
+    download
+        Allow scvi-tools to download the file when it is absent. Off by default so that
+        nothing reaches the network unless asked.
+    remove_nuisance_clusters
+        Drop the ``doublets`` and ``NotAssigned`` cells, as scvi-tools does.
+    """
+    import scvi
+
+    target = Path(save_path) / HEART_FILE
+    if not target.exists() and not download:
+        raise FileNotFoundError(
+            f"Heart atlas file not found: expected {str(target)!r}. Copy "
+            f"{HEART_FILE} there (scvi.data.heart_cell_atlas_subsampled downloads it on a "
+            "machine with network access), or pass download=True where the network is "
+            "reachable."
+        )
+    adata = scvi.data.heart_cell_atlas_subsampled(
+        save_path=str(save_path), remove_nuisance_clusters=remove_nuisance_clusters
+    )
+    validate_counts(adata, obs_keys=HEART_OBS, warn_zeros=False)
+    return adata

@@ -1,0 +1,88 @@
+"""The preprocessing recipe of the project's science, on scanpy's own functions."""
+
+from __future__ import annotations
+
+import warnings
+
+from anndata import AnnData
+
+from ._validate import get_counts, validate_counts
+
+
+def preprocess(
+    adata: AnnData,
+    n_top_genes: int | None = 1200,
+    batch_key: str | None = None,
+    min_counts: int = 3,
+    layer: str | None = None,
+    copy: bool = False,
+) -> AnnData | None:
+    """Filter genes, keep counts, log-normalise and select seurat_v3 highly variable genes.
+
+    The recipe: drop genes with fewer than ``min_counts`` counts; keep the raw counts in
+    ``layers["counts"]``; normalise each cell to 1e4 and ``log1p`` into ``X``; freeze the
+    full log-normalised matrix in ``raw``; select ``n_top_genes`` highly variable genes with
+    scanpy's ``seurat_v3`` flavour computed on the counts (per batch when ``batch_key`` is
+    given) and subset to them.
+
+    Parameters
+    ----------
+    adata
+        Data with raw counts in ``X`` or ``layers[layer]``. Files on disk are never touched.
+    n_top_genes
+        Number of highly variable genes; ``None`` keeps all genes.
+    batch_key
+        ``obs`` column for batch-aware HVG selection.
+    min_counts
+        Minimum total count of a gene across cells.
+    layer
+        Where the raw counts are (``None``: ``X``).
+    copy
+        Return a processed copy instead of changing ``adata`` in place.
+
+    Returns
+    -------
+    The processed AnnData when ``copy=True``, else ``None`` (as scanpy does).
+    """
+    import scanpy as sc
+
+    validate_counts(adata, layer=layer, obs_keys=[batch_key], warn_zeros=False)
+    ad = adata.copy() if copy else adata
+    if layer is not None:
+        ad.X = get_counts(ad, layer).copy()
+
+    sc.pp.filter_genes(ad, min_counts=min_counts)
+    if ad.n_vars == 0:
+        raise ValueError(
+            f"No genes left after filtering with min_counts={min_counts}: every gene has "
+            "fewer counts. Lower min_counts or check that the matrix holds raw counts."
+        )
+    # Cells left without counts cannot be normalised; scVI cannot use them either.
+    sc.pp.filter_cells(ad, min_counts=1)
+    if ad.n_obs == 0:
+        raise ValueError(
+            "No cells left: no cell has a count in the genes kept after filtering. Lower "
+            "min_counts or check the input."
+        )
+    ad.layers["counts"] = ad.X.copy()
+    sc.pp.normalize_total(ad, target_sum=1e4)
+    sc.pp.log1p(ad)
+    ad.raw = ad
+
+    if n_top_genes is not None:
+        if n_top_genes >= ad.n_vars:
+            warnings.warn(
+                f"n_top_genes={n_top_genes} >= the {ad.n_vars} genes left; keeping all of them.",
+                UserWarning,
+                stacklevel=2,
+            )
+        else:
+            sc.pp.highly_variable_genes(
+                ad,
+                n_top_genes=n_top_genes,
+                flavor="seurat_v3",
+                layer="counts",
+                batch_key=batch_key,
+                subset=True,
+            )
+    return ad if copy else None

@@ -1,0 +1,241 @@
+"""Checks that a matrix holds raw counts, with errors that say what to do about it."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import scipy.sparse as sp
+from anndata import AnnData
+
+_CHUNK_ROWS = 4096  # rows checked at a time, so a dense 20k x 30k matrix is never copied whole
+
+
+@dataclass(frozen=True)
+class CountsReport:
+    """What :func:`validate_counts` found in a valid count matrix."""
+
+    source: str
+    n_cells: int
+    n_genes: int
+    dtype: str
+    sparse: bool
+    nnz: int
+    total_counts: float
+    max_count: float
+    n_zero_cells: int
+    n_zero_genes: int
+
+    @property
+    def density(self) -> float:
+        return self.nnz / max(1, self.n_cells * self.n_genes)
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "density": self.density}
+
+
+def _source_name(layer: str | None) -> str:
+    return "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+
+
+def get_counts(adata: AnnData, layer: str | None = None):
+    """Return ``adata.X`` or ``adata.layers[layer]``; a missing layer names the ones there are."""
+    if layer is None:
+        if adata.X is None:
+            raise ValueError(
+                "adata.X is empty (None). Put the raw counts in adata.X or name the layer "
+                f"that holds them with layer=...; available layers: {list(adata.layers)}."
+            )
+        return adata.X
+    if layer not in adata.layers:
+        raise ValueError(
+            f"Layer {layer!r} not found in adata.layers; available layers: "
+            f"{list(adata.layers) or 'none'}. Pass layer=None to use adata.X, or one of those."
+        )
+    return adata.layers[layer]
+
+
+def require_obs_columns(adata: AnnData, keys: Iterable[str | None]) -> None:
+    """Raise a ``ValueError`` naming every requested ``obs`` column that is missing."""
+    missing = [k for k in keys if k is not None and k not in adata.obs.columns]
+    if missing:
+        raise ValueError(
+            f"Column(s) {missing} not found in adata.obs; available columns: "
+            f"{list(adata.obs.columns) or 'none'}. Add the column(s) or pass the right key."
+        )
+
+
+def _row_chunks(x) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (first row, values) per chunk: the stored values of sparse rows, dense rows else."""
+    n = x.shape[0]
+    if sp.issparse(x):
+        if x.format != "csr":
+            x = x.tocsr()
+        for start in range(0, n, _CHUNK_ROWS):
+            yield start, np.asarray(x[start : start + _CHUNK_ROWS].data)
+    else:
+        for start in range(0, n, _CHUNK_ROWS):
+            yield start, np.asarray(x[start : start + _CHUNK_ROWS])
+
+
+def _example(adata: AnnData, x, mask_fn) -> str:
+    """Locate the first offending entry (cell, gene, value) for an error message."""
+    if sp.issparse(x):
+        coo = sp.coo_matrix(x)
+        bad = np.flatnonzero(mask_fn(coo.data))
+        if bad.size == 0:
+            return ""
+        i, j, v = coo.row[bad[0]], coo.col[bad[0]], coo.data[bad[0]]
+    else:
+        arr = np.asarray(x)
+        idx = np.argwhere(mask_fn(arr))
+        if idx.size == 0:
+            return ""
+        i, j = idx[0]
+        v = arr[i, j]
+    return f" e.g. cell {adata.obs_names[i]!r}, gene {adata.var_names[j]!r}: {v!r}"
+
+
+def _integer_layers(adata: AnnData, exclude: str | None) -> list[str]:
+    """Names of other layers (and raw) that look like counts, to suggest as the fix."""
+    out = []
+    for name, mat in adata.layers.items():
+        if name == exclude:
+            continue
+        vals = mat.data if sp.issparse(mat) else np.asarray(mat[:200])
+        vals = np.asarray(vals[:100_000])
+        if (
+            vals.size
+            and np.all(np.isfinite(vals))
+            and np.all(vals >= 0)
+            and np.all(vals == np.round(vals))
+        ):
+            out.append(f"layer={name!r}")
+    if adata.raw is not None:
+        vals = adata.raw.X.data if sp.issparse(adata.raw.X) else np.asarray(adata.raw.X[:200])
+        vals = np.asarray(vals[:100_000])
+        if vals.size and np.all(vals >= 0) and np.all(vals == np.round(vals)):
+            out.append("adata.raw.to_adata()")
+    return out
+
+
+def validate_counts(
+    adata: AnnData,
+    layer: str | None = None,
+    obs_keys: Iterable[str | None] = (),
+    warn_zeros: bool = True,
+) -> CountsReport:
+    """Check that ``adata`` holds raw counts where scVI-style models will read them.
+
+    Parameters
+    ----------
+    adata
+        The data. Nothing in it is changed.
+    layer
+        Layer holding the counts; ``None`` means ``adata.X``.
+    obs_keys
+        ``obs`` columns that must exist (batch, labels, covariates).
+    warn_zeros
+        Warn, with their number, about cells or genes with no counts at all. They are not
+        dropped: filtering is the caller's decision.
+
+    Returns
+    -------
+    CountsReport
+        Shape, sparsity, totals and the number of all-zero cells and genes.
+
+    Raises
+    ------
+    ValueError
+        For an empty matrix, a missing layer or column, NaN/inf, negative or non-integer
+        values. The message names the problem, where it is, an example entry and the fix.
+    """
+    src = _source_name(layer)
+    x = get_counts(adata, layer)
+    require_obs_columns(adata, obs_keys)
+    n_cells, n_genes = x.shape
+    if n_cells == 0 or n_genes == 0:
+        raise ValueError(
+            f"{src} is empty ({n_cells} cells x {n_genes} genes). Check the file and any "
+            "filtering done before this call; a model needs at least one cell and one gene."
+        )
+
+    n_nonfinite = n_negative = n_fraction = 0
+    total = 0.0
+    vmax = 0.0
+    integer_dtype = np.issubdtype(x.dtype, np.integer) or x.dtype == bool
+    for _, vals in _row_chunks(x):
+        if not integer_dtype:
+            finite = np.isfinite(vals)
+            n_nonfinite += int(vals.size - finite.sum())
+            vals = vals[finite]
+            n_fraction += int(np.count_nonzero(vals != np.round(vals)))
+        n_negative += int(np.count_nonzero(vals < 0))
+        if vals.size:
+            total += float(vals.sum(dtype=np.float64))
+            vmax = max(vmax, float(vals.max()))
+
+    if n_nonfinite:
+        raise ValueError(
+            f"{src} has {n_nonfinite} NaN or infinite value(s)"
+            f"{_example(adata, x, lambda v: ~np.isfinite(v))}. Raw counts are always finite: "
+            "reload the count matrix, or drop the affected cells/genes before training."
+        )
+    if n_negative:
+        raise ValueError(
+            f"{src} has {n_negative} negative value(s){_example(adata, x, lambda v: v < 0)}. "
+            "Counts cannot be negative, so this looks scaled or batch-corrected "
+            "(e.g. sc.pp.scale or regress_out). scVI-style models need the raw counts: "
+            + _fix_hint(adata, layer)
+        )
+    if n_fraction:
+        raise ValueError(
+            f"{src} has {n_fraction} non-integer value(s)"
+            f"{_example(adata, x, lambda v: np.isfinite(v) & (v != np.round(v)))}; it looks "
+            "log-normalised or otherwise transformed. scVI-style models need raw integer "
+            "counts: " + _fix_hint(adata, layer)
+        )
+
+    if sp.issparse(x):
+        nnz = int(x.count_nonzero())  # stored zeros are not counted
+        cell_sum = np.asarray(abs(x).sum(axis=1)).ravel()
+        gene_sum = np.asarray(abs(x).sum(axis=0)).ravel()
+    else:
+        arr = np.asarray(x)
+        nnz = int(np.count_nonzero(arr))
+        cell_sum = np.abs(arr).sum(axis=1)
+        gene_sum = np.abs(arr).sum(axis=0)
+    n_zero_cells = int(np.count_nonzero(cell_sum == 0))
+    n_zero_genes = int(np.count_nonzero(gene_sum == 0))
+    if warn_zeros and (n_zero_cells or n_zero_genes):
+        warnings.warn(
+            f"{src}: {n_zero_cells} of {n_cells} cells and {n_zero_genes} of {n_genes} genes "
+            "have no counts at all. They are kept; filter them (sc.pp.filter_cells / "
+            "sc.pp.filter_genes, or ensemblevi.data.preprocess) if they should not be modelled.",
+            UserWarning,
+            stacklevel=2,
+        )
+    return CountsReport(
+        source=src,
+        n_cells=n_cells,
+        n_genes=n_genes,
+        dtype=str(x.dtype),
+        sparse=bool(sp.issparse(x)),
+        nnz=nnz,
+        total_counts=total,
+        max_count=vmax,
+        n_zero_cells=n_zero_cells,
+        n_zero_genes=n_zero_genes,
+    )
+
+
+def _fix_hint(adata: AnnData, layer: str | None) -> str:
+    candidates = _integer_layers(adata, exclude=layer)
+    if candidates:
+        return f"these look like counts, use one of them: {', '.join(candidates)}."
+    return (
+        "pass layer='<name>' for the layer that holds them (e.g. layers['counts'] saved before "
+        "normalisation), or reload the raw count matrix."
+    )

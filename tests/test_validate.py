@@ -1,0 +1,95 @@
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from anndata import AnnData
+
+from ensemblevi.data import validate_counts
+
+
+def _adata(x, **layers):
+    ad = AnnData(X=x, obs=pd.DataFrame(index=[f"c{i}" for i in range(x.shape[0])]))
+    ad.var_names = [f"g{j}" for j in range(x.shape[1])]
+    ad.obs["batch"] = "b0"
+    for k, v in layers.items():
+        ad.layers[k] = v
+    return ad
+
+
+@pytest.fixture
+def counts():
+    return np.random.default_rng(0).poisson(3.0, size=(30, 12)).astype(np.float32)
+
+
+@pytest.mark.parametrize("fmt", [np.asarray, sp.csr_matrix, sp.csc_matrix])
+def test_integer_valued_float_passes(counts, fmt):
+    rep = validate_counts(_adata(fmt(counts)))
+    assert rep.n_cells == 30 and rep.n_genes == 12
+    assert rep.total_counts == pytest.approx(counts.sum())
+    assert rep.nnz == np.count_nonzero(counts)
+
+
+def test_lognormalised_names_problem_and_suggests_counts_layer(counts):
+    lognorm = np.log1p(counts / counts.sum(1, keepdims=True) * 1e4)
+    ad = _adata(sp.csr_matrix(lognorm), counts=sp.csr_matrix(counts))
+    with pytest.raises(ValueError) as err:
+        validate_counts(ad)
+    msg = str(err.value)
+    assert "non-integer" in msg and "adata.X" in msg and "raw integer counts" in msg
+    assert "layer='counts'" in msg and "cell 'c" in msg
+    assert validate_counts(ad, layer="counts").n_cells == 30
+
+
+def test_negative_values(counts):
+    x = counts.copy()
+    x[3, 4] = -2
+    with pytest.raises(ValueError, match=r"1 negative value.*cell 'c3', gene 'g4'"):
+        validate_counts(_adata(x))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_and_inf(counts, bad):
+    x = counts.copy()
+    x[5, 1] = bad
+    x[6, 2] = bad
+    with pytest.raises(ValueError, match=r"2 NaN or infinite value.*cell 'c5', gene 'g1'"):
+        validate_counts(_adata(sp.csr_matrix(x)))
+
+
+def test_empty_matrix():
+    with pytest.raises(ValueError, match=r"empty \(0 cells x 5 genes\)"):
+        validate_counts(AnnData(X=np.zeros((0, 5), dtype=np.float32)))
+
+
+def test_missing_layer_names_available(counts):
+    with pytest.raises(ValueError, match=r"Layer 'raw' not found.*\['counts'\]"):
+        validate_counts(_adata(counts, counts=counts), layer="raw")
+
+
+def test_missing_obs_column(counts):
+    with pytest.raises(ValueError, match=r"\['donor'\] not found in adata.obs.*'batch'"):
+        validate_counts(_adata(counts), obs_keys=["batch", "donor"])
+
+
+def test_all_zero_cells_and_genes_warn_and_are_kept(counts):
+    x = counts.copy()
+    x[[0, 7], :] = 0
+    x[:, 3] = 0
+    ad = _adata(sp.csr_matrix(x))
+    with pytest.warns(UserWarning, match=r"2 of 30 cells and 1 of 12 genes have no counts"):
+        rep = validate_counts(ad)
+    assert rep.n_zero_cells == 2 and rep.n_zero_genes == 1 and ad.shape == (30, 12)
+
+
+def test_integer_dtype_negative(counts):
+    x = counts.astype(np.int32)
+    x[0, 0] = -1
+    with pytest.raises(ValueError, match="negative"):
+        validate_counts(_adata(x))
+
+
+def test_input_not_modified(counts):
+    ad = _adata(sp.csr_matrix(counts))
+    before = ad.X.copy()
+    validate_counts(ad)
+    assert (ad.X != before).nnz == 0
