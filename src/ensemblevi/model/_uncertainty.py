@@ -1,0 +1,88 @@
+"""Decomposition of the predictive variance of normalised expression.
+
+Written by hand: scvi-tools returns samples of normalised expression but no decomposition
+of their variance into model (member), latent-posterior and count-noise parts.
+
+For one cell and gene, let ``rho[s, k]`` be member k's normalised expression for latent
+sample s, and ``y = x * L / l`` the cell's observed count rescaled to ``L`` counts per cell
+(``l``: the library size in the likelihood). The law of total variance over the member
+mixture, the latent posterior and the count model gives
+
+    Var(y) = Var_k(E_s[rho]) + E_k[Var_s(rho)] + E_{k,s}[Var(y | rho)]
+             (between)         (within)          (noise)
+
+with ``rho`` in units of ``L`` and ``Var(y | rho) = L^2 Var(x | k, s) / l^2``:
+Poisson ``rho/l``, NB ``rho/l + rho^2/theta``, ZINB with zero probability ``pi``
+``(1 - pi)(rho/l + rho^2/theta) + pi (1 - pi) rho^2`` (all ``rho`` as fractions here).
+Every moment is the plain (population) moment over the drawn samples.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+
+class VarianceParts(NamedTuple):
+    """Per (cell, gene) mean and variance parts, each ``(B, G)``."""
+
+    mean: torch.Tensor
+    var_between: torch.Tensor
+    var_within: torch.Tensor
+    var_noise: torch.Tensor
+
+
+def count_variance_fraction(
+    scale: torch.Tensor,
+    library: torch.Tensor,
+    theta: torch.Tensor | None = None,
+    zi_logits: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``Var(x | rho) / l^2`` for Poisson (no theta), NB (theta) or ZINB (theta and zi_logits).
+
+    ``scale`` is the normalised expression (fractions), ``library`` the library size ``l``
+    broadcastable to it (counts, not log).
+    """
+    var = scale / library
+    if theta is not None:
+        var = var + scale.square() / theta
+    if zi_logits is not None:
+        pi = torch.sigmoid(zi_logits)
+        var = (1 - pi) * var + pi * (1 - pi) * scale.square()
+    return var
+
+
+def decompose_variance(
+    scale: torch.Tensor,
+    library: torch.Tensor,
+    theta: torch.Tensor | None = None,
+    zi_logits: torch.Tensor | None = None,
+    library_size: float = 1e4,
+) -> VarianceParts:
+    """Mean and variance parts of normalised expression from member samples.
+
+    Parameters
+    ----------
+    scale
+        Normalised expression ``(S, K, B, G)``: S latent samples of K members.
+    library
+        Library size (counts) broadcastable to ``scale``, e.g. ``(S, K, B, 1)``.
+    theta, zi_logits
+        Likelihood parameters broadcastable to ``scale`` (None for Poisson / no zero
+        inflation).
+    library_size
+        ``L``: the counts per cell that expression is expressed in.
+    """
+    if scale.dim() != 4:
+        raise ValueError(
+            f"scale must be (samples, members, cells, genes), got {tuple(scale.shape)}."
+        )
+    rho = scale * library_size
+    member_mean = rho.mean(0)  # (K, B, G)
+    mean = member_mean.mean(0)
+    var_between = (member_mean - mean).square().mean(0)
+    var_within = (rho - member_mean).square().mean(0).mean(0)
+    noise = count_variance_fraction(scale, library, theta, zi_logits)
+    var_noise = noise.mean(0).mean(0) * library_size**2
+    return VarianceParts(mean, var_between, var_within, var_noise)

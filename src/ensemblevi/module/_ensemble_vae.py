@@ -1,0 +1,407 @@
+"""EnsembleVAE: scVI's generative model with K members computed in one forward pass."""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scvi import REGISTRY_KEYS
+from scvi.distributions import NegativeBinomial, Poisson, ZeroInflatedNegativeBinomial
+from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
+from torch import nn
+from torch.distributions import Normal, kl_divergence
+
+from ensemblevi.module._likelihood import (
+    nb_log_prob_sum,
+    poisson_log_prob_sum,
+    zinb_log_prob_sum,
+)
+from ensemblevi.nn import (
+    EnsembleDecoderSCVI,
+    EnsembleEncoder,
+    EnsembleKind,
+    EnsembleModule,
+    set_active_member,
+)
+
+ENSEMBLE_KINDS = ("single", "deep", "batch", "mcdropout")
+
+
+class EnsembleVAE(BaseModuleClass):
+    """The scVI model (Lopez et al. 2018) as an ensemble of K members.
+
+    ``z ~ N(0, I)``; ``x_g | z, l ~ ZINB / NB / Poisson(l * rho_g(z, s), theta_g)`` with the
+    observed library size ``l`` by default (a latent one with ``use_observed_lib_size=False``),
+    batch and categorical covariates one-hot injected into the decoder layers and continuous
+    covariates appended to its input, as in ``scvi.module.VAE``. Encoder and decoder are built
+    from ensemble layers, so one forward pass computes all members; each member has its own
+    gene dispersion ``theta`` (``K x G``) except in the MC-dropout kind, which is one network.
+
+    Shapes. With all members active, inference and generative outputs carry a member axis at
+    position -3: ``z`` is ``(K, B, n_latent)``, ``px`` has parameters ``(K, B, G)``, and with
+    ``n_samples = S`` a leading sample axis is added. Inside :meth:`member` (one member
+    active), every output has exactly the shapes of ``scvi.module.VAE``, so scvi-tools' model
+    mixins work on one member at a time.
+
+    Parameters
+    ----------
+    n_input
+        Number of genes.
+    n_members
+        Number of members K (forced to 1 for ``ensemble="single"``).
+    ensemble
+        ``single`` (one scVI network), ``deep`` (K independent networks, vectorised),
+        ``batch`` (BatchEnsemble: shared kernels, per-member fast weights) or ``mcdropout``
+        (one network, K dropout masks kept on at prediction).
+    n_batch, n_labels, n_continuous_cov, n_cats_per_cov
+        Covariates, as in ``scvi.module.VAE``.
+    n_hidden, n_latent, n_layers, dropout_rate
+        Architecture, as in ``scvi.module.VAE``. For ``mcdropout`` the decoder gets the same
+        dropout rate as the encoder (scVI's decoder has none), so that its K masks differ.
+    dispersion
+        ``gene``, ``gene-batch`` or ``gene-label``.
+    gene_likelihood
+        ``zinb``, ``nb`` or ``poisson``.
+    use_observed_lib_size, library_log_means, library_log_vars
+        Library size handling, as in ``scvi.module.VAE``.
+    random_sign_init
+        BatchEnsemble fast-weight init (negative: N(1, |value|); positive p: random signs).
+    """
+
+    def __init__(
+        self,
+        n_input: int,
+        n_members: int = 4,
+        ensemble: EnsembleKind = "deep",
+        n_batch: int = 0,
+        n_labels: int = 0,
+        n_hidden: int = 128,
+        n_latent: int = 10,
+        n_layers: int = 1,
+        n_continuous_cov: int = 0,
+        n_cats_per_cov: list[int] | None = None,
+        dropout_rate: float = 0.1,
+        dispersion: Literal["gene", "gene-batch", "gene-label"] = "gene",
+        log_variational: bool = True,
+        gene_likelihood: Literal["zinb", "nb", "poisson"] = "zinb",
+        encode_covariates: bool = False,
+        deeply_inject_covariates: bool = True,
+        use_batch_norm: Literal["encoder", "decoder", "none", "both"] = "both",
+        use_layer_norm: Literal["encoder", "decoder", "none", "both"] = "none",
+        use_observed_lib_size: bool = True,
+        library_log_means: np.ndarray | None = None,
+        library_log_vars: np.ndarray | None = None,
+        random_sign_init: float = -0.5,
+    ):
+        super().__init__()
+        if ensemble not in ENSEMBLE_KINDS:
+            raise ValueError(f"ensemble must be one of {ENSEMBLE_KINDS}, got {ensemble!r}.")
+        if gene_likelihood not in ("zinb", "nb", "poisson"):
+            raise ValueError(
+                f"gene_likelihood must be zinb, nb or poisson, got {gene_likelihood!r}."
+            )
+        if dispersion not in ("gene", "gene-batch", "gene-label"):
+            raise ValueError(
+                f"dispersion must be gene, gene-batch or gene-label, not {dispersion!r}."
+            )
+        if ensemble == "single":
+            n_members = 1
+        self.n_members = int(n_members)
+        self.ensemble = ensemble
+        self.n_input = n_input
+        self.n_batch = n_batch
+        self.n_labels = n_labels
+        self.n_latent = n_latent
+        self.dispersion = dispersion
+        self.gene_likelihood = gene_likelihood
+        self.log_variational = log_variational
+        self.encode_covariates = encode_covariates
+        self.use_observed_lib_size = use_observed_lib_size
+        self._active_member: int | None = None
+        kind: EnsembleKind = "deep" if ensemble == "single" else ensemble
+        mc = ensemble == "mcdropout"
+
+        if not use_observed_lib_size:
+            if library_log_means is None or library_log_vars is None:
+                raise ValueError(
+                    "A latent library size needs library_log_means and library_log_vars."
+                )
+            self.register_buffer("library_log_means", torch.from_numpy(library_log_means).float())
+            self.register_buffer("library_log_vars", torch.from_numpy(library_log_vars).float())
+
+        # One dispersion per member, except for the single network of MC dropout.
+        n_disp = 1 if mc else self.n_members
+        extra = {"gene": (), "gene-batch": (n_batch,), "gene-label": (n_labels,)}[dispersion]
+        self.px_r = nn.Parameter(torch.randn(n_disp, n_input, *extra))
+
+        cat_list = [n_batch, *list(n_cats_per_cov or [])]
+        enc_cats = cat_list if encode_covariates else None
+        bn_enc = use_batch_norm in ("encoder", "both")
+        bn_dec = use_batch_norm in ("decoder", "both")
+        ln_enc = use_layer_norm in ("encoder", "both")
+        ln_dec = use_layer_norm in ("decoder", "both")
+        n_input_encoder = n_input + n_continuous_cov * encode_covariates
+        common = {"kind": kind, "n_members": self.n_members, "mc_dropout": mc}
+        self.z_encoder = EnsembleEncoder(
+            n_input=n_input_encoder,
+            n_output=n_latent,
+            n_cat_list=enc_cats,
+            n_layers=n_layers,
+            n_hidden=n_hidden,
+            dropout_rate=dropout_rate,
+            use_batch_norm=bn_enc,
+            use_layer_norm=ln_enc,
+            inject_covariates=deeply_inject_covariates,
+            **common,
+        )
+        self.l_encoder = (
+            None
+            if use_observed_lib_size
+            else EnsembleEncoder(
+                n_input=n_input_encoder,
+                n_output=1,
+                n_cat_list=enc_cats,
+                n_layers=1,
+                n_hidden=n_hidden,
+                dropout_rate=dropout_rate,
+                use_batch_norm=bn_enc,
+                use_layer_norm=ln_enc,
+                inject_covariates=deeply_inject_covariates,
+                **common,
+            )
+        )
+        self.decoder = EnsembleDecoderSCVI(
+            n_input=n_latent + n_continuous_cov,
+            n_output=n_input,
+            n_cat_list=cat_list,
+            n_layers=n_layers,
+            n_hidden=n_hidden,
+            use_batch_norm=bn_dec,
+            use_layer_norm=ln_dec,
+            inject_covariates=deeply_inject_covariates,
+            dropout_rate=dropout_rate if mc else 0.0,
+            **common,
+        )
+
+    # ----------------------------------------------------------------- members
+    @property
+    def active_member(self) -> int | None:
+        return self._active_member
+
+    @active_member.setter
+    def active_member(self, member: int | None) -> None:
+        if member is not None and not 0 <= int(member) < self.n_members:
+            raise IndexError(f"member {member} out of range: the ensemble has {self.n_members}.")
+        self._active_member = None if member is None else int(member)
+        set_active_member(self, self._active_member)
+
+    @contextmanager
+    def member(self, k: int | None):
+        """Run everything inside the block with member ``k`` alone (scVI-shaped outputs)."""
+        previous = self.active_member
+        self.active_member = k
+        try:
+            yield self
+        finally:
+            self.active_member = previous
+
+    def fast_parameters(self) -> list[nn.Parameter]:
+        """BatchEnsemble fast weights (and per-member biases): their own optimiser group."""
+        return [
+            p for m in self.modules() if isinstance(m, EnsembleModule) for p in m.fast_parameters()
+        ]
+
+    # ---------------------------------------------------------------- inputs
+    def _get_inference_input(self, tensors, **kwargs):
+        return {
+            "x": tensors[REGISTRY_KEYS.X_KEY],
+            "batch_index": tensors[REGISTRY_KEYS.BATCH_KEY],
+            "cont_covs": tensors.get(REGISTRY_KEYS.CONT_COVS_KEY),
+            "cat_covs": tensors.get(REGISTRY_KEYS.CAT_COVS_KEY),
+        }
+
+    def _get_generative_input(self, tensors, inference_outputs, **kwargs):
+        return {
+            "z": inference_outputs["z"],
+            "library": inference_outputs["library"],
+            "batch_index": tensors[REGISTRY_KEYS.BATCH_KEY],
+            "y": tensors[REGISTRY_KEYS.LABELS_KEY],
+            "cont_covs": tensors.get(REGISTRY_KEYS.CONT_COVS_KEY),
+            "cat_covs": tensors.get(REGISTRY_KEYS.CAT_COVS_KEY),
+        }
+
+    # ------------------------------------------------------------- inference
+    @auto_move_data
+    def inference(self, x, batch_index, cont_covs=None, cat_covs=None, n_samples: int = 1):
+        """q(z | x) (and q(l | x)) of every active member."""
+        x_ = torch.log1p(x) if self.log_variational else x
+        if cont_covs is not None and self.encode_covariates:
+            x_ = torch.cat((x_, cont_covs), dim=-1)
+        cats = ()
+        if self.encode_covariates:
+            cats = (batch_index, *(torch.split(cat_covs, 1, dim=1) if cat_covs is not None else ()))
+        qz, z = self.z_encoder(x_, *cats, shared_input=True)
+        ql = None
+        if self.use_observed_lib_size:
+            library = torch.log(x.sum(1)).unsqueeze(1)
+        else:
+            ql, library = self.l_encoder(x_, *cats, shared_input=True)
+        if n_samples > 1:
+            z = qz.sample((n_samples,))
+            if self.use_observed_lib_size:
+                library = library.unsqueeze(0).expand(n_samples, *library.shape)
+            else:
+                library = ql.sample((n_samples,))
+        return {"z": z, "qz": qz, "ql": ql, "library": library}
+
+    # ------------------------------------------------------------ generative
+    def _dispersion(self, batch_index, y):
+        r = self.px_r
+        k = self.active_member
+        if k is not None:
+            r = r[0 if r.shape[0] == 1 else k]  # (G[, n])
+        if self.dispersion == "gene":
+            return r if k is not None else r.unsqueeze(-2)  # (G) or (M, 1, G)
+        idx = batch_index if self.dispersion == "gene-batch" else y
+        n = r.shape[-1]
+        onehot = F.one_hot(idx.reshape(-1).long(), n).to(r.dtype)  # (B, n)
+        return torch.matmul(r, onehot.T).transpose(-1, -2)  # (B, G) or (M, B, G)
+
+    @auto_move_data
+    def generative(
+        self,
+        z,
+        library,
+        batch_index,
+        cont_covs=None,
+        cat_covs=None,
+        y=None,
+        transform_batch=None,
+    ):
+        """p(x | z, l) and the priors, for every active member."""
+        dec_in = z
+        if cont_covs is not None:
+            dec_in = torch.cat([z, cont_covs.expand(*z.shape[:-1], cont_covs.shape[-1])], dim=-1)
+        cats = torch.split(cat_covs, 1, dim=1) if cat_covs is not None else ()
+        if transform_batch is not None:
+            batch_index = torch.ones_like(batch_index) * transform_batch
+        px_scale, px_rate, px_dropout = self.decoder(dec_in, library, batch_index, *cats)
+        theta = torch.exp(self._dispersion(batch_index, y))
+        if self.gene_likelihood == "zinb":
+            px = ZeroInflatedNegativeBinomial(
+                mu=px_rate, theta=theta, zi_logits=px_dropout, scale=px_scale
+            )
+        elif self.gene_likelihood == "nb":
+            px = NegativeBinomial(mu=px_rate, theta=theta, scale=px_scale)
+        else:
+            px = Poisson(rate=px_rate, scale=px_scale)
+        pl = None
+        if not self.use_observed_lib_size:
+            onehot = F.one_hot(batch_index.reshape(-1).long(), self.library_log_means.shape[1])
+            means = F.linear(onehot.float(), self.library_log_means)
+            variances = F.linear(onehot.float(), self.library_log_vars)
+            pl = Normal(means, variances.sqrt())
+        pz = Normal(torch.zeros_like(z), torch.ones_like(z))
+        return {"px": px, "pl": pl, "pz": pz, "theta": theta}
+
+    # ------------------------------------------------------------------ loss
+    def _log_prob_sum(self, generative_outputs, x: torch.Tensor) -> torch.Tensor:
+        """``px.log_prob(x).sum(-1)``, through the faster exact sums of ``_likelihood``.
+
+        Uses the dispersion at its own shape (``theta``, e.g. ``(K, 1, G)``): the
+        distribution object holds it broadcast to ``(K, B, G)``.
+        """
+        px = generative_outputs["px"]
+        theta = generative_outputs.get("theta", getattr(px, "theta", None))
+        if self.gene_likelihood == "zinb":
+            return zinb_log_prob_sum(x, px.mu, theta, px.zi_logits)
+        if self.gene_likelihood == "nb":
+            return nb_log_prob_sum(x, px.mu, theta)
+        return poisson_log_prob_sum(x, px.rate)
+
+    def elbo_terms(self, tensors, inference_outputs, generative_outputs):
+        """Per-cell reconstruction loss and KL terms, shaped ``(K, B)`` (``(B,)`` in one member)."""
+        x = tensors[REGISTRY_KEYS.X_KEY]
+        rec = -self._log_prob_sum(generative_outputs, x)
+        kl_z = kl_divergence(inference_outputs["qz"], generative_outputs["pz"]).sum(-1)
+        if self.use_observed_lib_size:
+            kl_l = torch.zeros_like(kl_z)
+        else:
+            kl_l = kl_divergence(inference_outputs["ql"], generative_outputs["pl"]).sum(-1)
+        return rec, kl_z, kl_l
+
+    def loss(self, tensors, inference_outputs, generative_outputs, kl_weight: float = 1.0):
+        """Each member's mean negative ELBO, summed (deep) or averaged (batch, mcdropout).
+
+        A deep ensemble sums: every member then gets exactly the gradient it would get if it
+        were trained alone. BatchEnsemble and MC dropout share weights, and the reference
+        averages over the K*B rows. The logged per-cell metrics are member averages.
+        """
+        rec, kl_z, kl_l = self.elbo_terms(tensors, inference_outputs, generative_outputs)
+        per_cell = rec + kl_weight * kl_z + kl_l
+        if self.active_member is None:
+            per_member = per_cell.mean(-1)
+            loss = per_member.sum() if self.ensemble in ("deep", "single") else per_member.mean()
+            rec, kl_z, kl_l = rec.mean(0), kl_z.mean(0), kl_l.mean(0)
+        else:
+            loss = per_cell.mean()
+        return LossOutput(
+            loss=loss,
+            reconstruction_loss=rec,
+            kl_local={"kl_divergence_l": kl_l, "kl_divergence_z": kl_z},
+        )
+
+    # ------------------------------------------------------------ evaluation
+    @torch.inference_mode()
+    def member_elbo(self, tensors) -> torch.Tensor:
+        """Per-member, per-cell ELBO (beta = 1): ``(K, B)``, ``(B,)`` in one member."""
+        inf, gen = self.forward(tensors, compute_loss=False)
+        rec, kl_z, kl_l = self.elbo_terms(tensors, inf, gen)
+        return -(rec + kl_z + kl_l)
+
+    @torch.inference_mode()
+    @auto_move_data
+    def marginal_ll(
+        self,
+        tensors,
+        n_mc_samples: int,
+        return_mean: bool = False,
+        n_mc_samples_per_pass: int = 1,
+    ):
+        """Importance-sampled log p(x) per member: ``(K, B)`` (``(B,)`` in one member, as scVI).
+
+        With ``return_mean`` the mean over cells (and members) as a float.
+        """
+        n_per = max(1, min(n_mc_samples_per_pass, n_mc_samples))
+        terms = []
+        for _ in range(math.ceil(n_mc_samples / n_per)):
+            inf, gen = self.forward(
+                tensors, inference_kwargs={"n_samples": n_per}, compute_loss=False
+            )
+            x = tensors[REGISTRY_KEYS.X_KEY]
+            z, qz = inf["z"], inf["qz"]
+            log_w = (
+                self._log_prob_sum(gen, x)
+                + Normal(0.0, 1.0).log_prob(z).sum(-1)
+                - qz.log_prob(z).sum(-1)
+            )
+            if not self.use_observed_lib_size:
+                log_w = log_w + gen["pl"].log_prob(inf["library"]).sum(-1)
+                log_w = log_w - inf["ql"].log_prob(inf["library"]).sum(-1)
+            terms.append(log_w if n_per > 1 else log_w.unsqueeze(0))
+        log_w = torch.cat(terms, dim=0)
+        ll = torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])
+        return ll.mean().item() if return_mean else ll.cpu()
+
+    @torch.inference_mode()
+    def sample(self, tensors, n_samples: int = 1) -> torch.Tensor:
+        """Posterior predictive counts: ``(..., B, G)``, with a trailing sample axis if S > 1."""
+        _, gen = self.forward(
+            tensors, inference_kwargs={"n_samples": n_samples}, compute_loss=False
+        )
+        samples = gen["px"].sample()
+        return (samples.movedim(0, -1) if n_samples > 1 else samples).cpu()

@@ -1,0 +1,88 @@
+"""Lightning callbacks: stop on a non-finite loss with the last good weights, save per epoch."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from typing import Any
+
+import torch
+from lightning.pytorch.callbacks import Callback
+
+
+class NaNGuard(Callback):
+    """Stop training on a non-finite loss and put back the weights of the last good epoch.
+
+    A snapshot of the module's ``state_dict`` is kept at the start of training and after
+    every completed epoch. When a training step's loss is NaN or infinite, the snapshot is
+    loaded back into the module and a ``FloatingPointError`` names the epoch, the step and
+    what to try. ``good_epoch`` is the number of completed epochs in the restored weights.
+    """
+
+    def __init__(self) -> None:
+        self._state: dict[str, torch.Tensor] | None = None
+        self.good_epoch = 0
+        self.restored = False
+
+    def _snapshot(self, pl_module) -> None:
+        self._state = copy.deepcopy(pl_module.module.state_dict())
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._snapshot(pl_module)
+        self.good_epoch = trainer.current_epoch
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._snapshot(pl_module)
+        self.good_epoch = trainer.current_epoch + 1
+
+    def on_train_batch_end(self, trainer, pl_module, outputs: Any, batch, batch_idx: int) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is None:
+            return
+        value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
+        if math.isfinite(value):
+            return
+        if self._state is not None:
+            pl_module.module.load_state_dict(self._state)
+            self.restored = True
+        raise FloatingPointError(
+            f"Training loss became {value} at epoch {trainer.current_epoch + 1} "
+            f"(step {trainer.global_step}, minibatch {batch_idx}). Training stopped; the model "
+            f"holds the weights after epoch {self.good_epoch} (the last finite one). Try a lower "
+            "learning rate (plan_kwargs={'lr': 1e-4}), gene_likelihood='nb', or check the input "
+            "for extreme counts (cells with huge library sizes, genes not filtered)."
+        )
+
+
+class EpochCheckpoint(Callback):
+    """Save the model atomically every ``every`` epochs and at the end of training.
+
+    The model's ``save`` writes to a temporary directory and renames it into place, so an
+    interrupted training leaves the previous complete checkpoint, never a partial one.
+    """
+
+    def __init__(self, model, path: str | os.PathLike, every: int = 1) -> None:
+        if every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1, got {every}.")
+        self.model = model
+        self.path = os.fspath(path)
+        self.every = every
+        self.saved_epochs: list[int] = []
+
+    def _save(self, epoch: int) -> None:
+        module = self.model.module
+        was_training = module.training
+        self.model.save(self.path, overwrite=True)
+        module.train(was_training)
+        self.saved_epochs.append(epoch)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        epoch = trainer.current_epoch + 1
+        if epoch % self.every == 0:
+            self._save(epoch)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        epoch = trainer.current_epoch
+        if not self.saved_epochs or self.saved_epochs[-1] != epoch:
+            self._save(epoch)

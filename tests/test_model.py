@@ -1,0 +1,215 @@
+"""EnsembleSCVI: scvi-tools API, outputs, reproducibility, save/load and failure handling."""
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+import ensemblevi as ev
+from ensemblevi.model import EnsembleSCVI
+
+KINDS = ["deep", "batch", "mcdropout", "single"]
+TRAIN = {"max_epochs": 2, "enable_progress_bar": False, "seed": 0}
+
+
+def _data(n_cells=240, seed=0):
+    adata = ev.data.synthetic("lopez2020", seed=seed, n_cells=n_cells, n_genes=40)
+    EnsembleSCVI.setup_anndata(adata, layer="counts", batch_key="batch")
+    return adata
+
+
+@pytest.fixture(scope="module")
+def trained():
+    adata = _data()
+    models = {}
+    for kind in KINDS:
+        model = EnsembleSCVI(adata, n_members=3, ensemble=kind, n_hidden=32, n_latent=4, seed=0)
+        model.train(**TRAIN)
+        models[kind] = model
+    return adata, models
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_outputs_have_member_shapes(trained, kind):
+    adata, models = trained
+    model = models[kind]
+    k = 1 if kind == "single" else 3
+    assert model.n_members == k and model.is_trained
+    assert model.get_latent_representation().shape == (k, adata.n_obs, 4)
+    assert model.get_latent_representation(member=0).shape == (adata.n_obs, 4)
+    genes = list(adata.var_names[[3, 1]])
+    frame = model.get_normalized_expression(gene_list=genes)
+    assert isinstance(frame, pd.DataFrame) and frame.shape == (adata.n_obs, 2)
+    assert list(frame.columns) == sorted(genes, key=list(adata.var_names).index)
+    members = model.get_normalized_expression(return_members=True, indices=np.arange(10))
+    assert members.shape == (k, 10, adata.n_vars)
+    np.testing.assert_allclose(members.sum(-1), 1, rtol=1e-4)  # library_size=1: fractions
+    one = model.get_normalized_expression(member=0, indices=np.arange(10))
+    assert isinstance(one, pd.DataFrame) and one.shape == (10, adata.n_vars)
+
+
+def test_ensemble_mean_is_the_member_average(trained):
+    _, models = trained
+    model = models["deep"]
+    torch.manual_seed(3)
+    mean = model.get_normalized_expression(indices=np.arange(20), return_numpy=True)
+    torch.manual_seed(3)
+    members = model.get_normalized_expression(indices=np.arange(20), return_members=True)
+    np.testing.assert_allclose(mean, members.mean(0), rtol=1e-6)
+    assert not np.allclose(members[0], members[1])  # independent members disagree
+
+
+def test_elbo_and_marginal_ll_per_member_and_mixture(trained):
+    adata, models = trained
+    model = models["deep"]
+    elbo = model.get_elbo(return_mean=False)
+    assert list(elbo.columns) == ["member_0", "member_1", "member_2", "mixture"]
+    assert elbo.shape == (adata.n_obs, 4)
+    members = elbo.iloc[:, :3].to_numpy()
+    mix = elbo["mixture"].to_numpy()
+    # log-mean-exp lies between the mean and the max of the members
+    assert np.all(mix >= members.mean(1) - 1e-6) and np.all(mix <= members.max(1) + 1e-6)
+    np.testing.assert_allclose(
+        mix, np.log(np.exp(members - members.max(1, keepdims=True)).mean(1)) + members.max(1)
+    )
+    assert model.get_elbo(member=1) == pytest.approx(elbo["member_1"].mean())
+    ll = model.get_marginal_ll(n_mc_samples=20)
+    assert set(ll.index) == set(elbo.columns)
+    # importance sampling tightens the bound on average
+    assert ll["mixture"] > model.get_elbo()["mixture"]
+
+
+def test_uncertainty_layers_var_and_uns(trained):
+    adata, models = trained
+    ad = adata.copy()
+    model = models["deep"]
+    genes = list(adata.var_names[:5])
+    parts = model.get_uncertainty(ad, gene_list=genes, n_samples=4, progress=False)
+    assert set(parts) == {"mean", "var_between", "var_within", "var_noise"}
+    for name, frame in parts.items():
+        layer = ad.layers[f"ensemblevi_{name}"]
+        assert layer.shape == ad.shape
+        np.testing.assert_allclose(layer[:, :5], frame.to_numpy())
+        assert np.isnan(layer[:, 5:]).all()
+        assert (frame.to_numpy() >= 0).all()
+    assert (parts["var_between"].to_numpy() > 0).all()
+    assert np.isnan(ad.var["ensemblevi_cv_between"].to_numpy()[5:]).all()
+    assert (ad.var["ensemblevi_frac_between"].iloc[:5].between(0, 1)).all()
+    assert ad.uns["ensemblevi"]["uncertainty"]["n_members"] == 3
+    # same seed, same numbers; a single model has no between-member part
+    again = model.get_uncertainty(ad, gene_list=genes, n_samples=4, store=False, progress=False)
+    pd.testing.assert_frame_equal(again["var_within"], parts["var_within"])
+    single = models["single"].get_uncertainty(ad, n_samples=3, store=False, progress=False)
+    assert (single["var_between"].to_numpy() == 0).all()
+
+
+def test_missing_gene_is_named(trained):
+    _, models = trained
+    with pytest.raises(ValueError, match=r"not in adata.var_names.*NOT_A_GENE"):
+        models["deep"].get_normalized_expression(gene_list=["NOT_A_GENE"])
+    with pytest.raises(IndexError, match="out of range"):
+        models["deep"].get_latent_representation(member=5)
+
+
+def test_batch_ensemble_parameter_groups(trained):
+    _, models = trained
+    module = models["batch"].module
+    plan = ev.train.EnsembleTrainingPlan(module, lr=2e-3, fast_lr_multiplier=0.5)
+    opt = plan.configure_optimizers()["optimizer"]
+    groups = {g["name"]: g for g in opt.param_groups}
+    fast_ids = {id(p) for p in module.fast_parameters()}
+    assert {id(p) for p in groups["fast"]["params"]} == fast_ids and fast_ids
+    assert groups["fast"]["lr"] == pytest.approx(1e-3) and groups["fast"]["weight_decay"] == 0
+    assert groups["shared"]["lr"] == pytest.approx(2e-3)
+    n_all = sum(1 for p in module.parameters() if p.requires_grad)
+    assert len(groups["shared"]["params"]) + len(groups["fast"]["params"]) == n_all
+    # a deep ensemble has no fast weights: one group
+    deep_plan = ev.train.EnsembleTrainingPlan(trained[1]["deep"].module)
+    assert len(deep_plan.configure_optimizers()["optimizer"].param_groups) == 1
+
+
+def test_same_seed_same_model_and_outputs():
+    states, outputs = [], []
+    for _ in range(2):
+        adata = _data(n_cells=120)
+        model = EnsembleSCVI(adata, n_members=2, n_hidden=16, n_latent=3, seed=7)
+        model.train(**TRAIN)
+        states.append(model.module.state_dict())
+        outputs.append(model.get_uncertainty(n_samples=2, store=False, progress=False)["mean"])
+    for key in states[0]:
+        torch.testing.assert_close(states[0][key], states[1][key])
+    pd.testing.assert_frame_equal(outputs[0], outputs[1])
+
+
+def test_setup_rejects_bad_input():
+    adata = ev.data.synthetic("lopez2020", seed=0, n_cells=60, n_genes=20)
+    logged = adata.copy()
+    logged.X = np.log1p(logged.layers["counts"].toarray())
+    with pytest.raises(ValueError, match="raw counts"):
+        EnsembleSCVI.setup_anndata(logged)
+    with pytest.raises(ValueError, match="not_a_column"):
+        EnsembleSCVI.setup_anndata(adata, layer="counts", batch_key="not_a_column")
+    with pytest.raises(ValueError, match="ensemble must be one of"):
+        EnsembleSCVI.setup_anndata(adata, layer="counts")
+        EnsembleSCVI(adata, ensemble="hyper")
+
+
+def test_save_load_round_trip_and_gene_mismatch(trained, tmp_path):
+    adata, models = trained
+    model = models["batch"]
+    path = tmp_path / "model"
+    model.save(path)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        model.save(path)
+    model.save(path, overwrite=True)
+    assert os.listdir(tmp_path) == ["model"]  # no temporary directories left behind
+    loaded = EnsembleSCVI.load(path, adata=adata)
+    assert loaded.ensemble == "batch" and loaded.n_members == 3
+    for key, value in model.module.state_dict().items():
+        torch.testing.assert_close(loaded.module.state_dict()[key], value)
+    a = model.get_elbo(seed=1)
+    b = loaded.get_elbo(seed=1)
+    pd.testing.assert_series_equal(a, b)
+    other = adata[:, adata.var_names[::-1]].copy()
+    with pytest.raises(ValueError, match="same genes, other order"):
+        EnsembleSCVI.load(path, adata=other)
+    fewer = adata[:, :30].copy()
+    with pytest.raises(ValueError, match="Missing here: 10"):
+        EnsembleSCVI.load(path, adata=fewer)
+
+
+class _PoisonAtEpoch(Callback):
+    """Put a NaN into the weights at the start of the given epoch (0-based)."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.current_epoch == self.epoch and batch_idx == 0:
+            with torch.no_grad():
+                pl_module.module.px_r.fill_(float("nan"))
+
+
+def test_nan_loss_stops_with_last_good_weights_and_checkpoint(tmp_path):
+    adata = _data(n_cells=120)
+    model = EnsembleSCVI(adata, n_members=2, n_hidden=16, n_latent=3, seed=0)
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(
+        FloatingPointError, match=r"at epoch 3 .*after epoch 2.*lower learning rate"
+    ):
+        model.train(
+            max_epochs=5,
+            enable_progress_bar=False,
+            checkpoint_path=ckpt,
+            callbacks=[_PoisonAtEpoch(2)],
+        )
+    state = model.module.state_dict()
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    assert model.is_trained
+    restored = EnsembleSCVI.load(ckpt, adata=adata)  # the epoch-2 checkpoint is loadable
+    for key, value in state.items():
+        torch.testing.assert_close(restored.module.state_dict()[key], value)
+    assert np.isfinite(model.get_elbo()["mixture"])

@@ -1,0 +1,75 @@
+"""Variance decomposition against a float64 loop and against sampling from scvi-tools."""
+
+import numpy as np
+import torch
+from scvi.distributions import NegativeBinomial, ZeroInflatedNegativeBinomial
+
+from ensemblevi.model import count_variance_fraction, decompose_variance
+
+
+def _loop_reference(scale, library, theta, zi, L):
+    """Slow loop over members and samples, in float64 numpy."""
+    s_, k_, b_, g_ = scale.shape
+    mean = np.zeros((b_, g_))
+    between = np.zeros((b_, g_))
+    within = np.zeros((b_, g_))
+    noise = np.zeros((b_, g_))
+    for b in range(b_):
+        for g in range(g_):
+            member_means, member_vars = [], []
+            for k in range(k_):
+                vals = [scale[s, k, b, g] * L for s in range(s_)]
+                member_means.append(np.mean(vals))
+                member_vars.append(np.var(vals))
+                for s in range(s_):
+                    r, lib = scale[s, k, b, g], library[s, k, b, 0]
+                    th = theta[k, 0, g]
+                    pi = 1 / (1 + np.exp(-zi[s, k, b, g]))
+                    v_nb = r / lib + r**2 / th
+                    noise[b, g] += ((1 - pi) * v_nb + pi * (1 - pi) * r**2) * L**2 / (s_ * k_)
+            mean[b, g] = np.mean(member_means)
+            between[b, g] = np.var(member_means)
+            within[b, g] = np.mean(member_vars)
+    return mean, between, within, noise
+
+
+def test_decomposition_matches_loop_reference():
+    rng = np.random.default_rng(0)
+    S, K, B, G = 4, 3, 5, 6
+    scale = rng.dirichlet(np.ones(G), size=(S, K, B))
+    library = rng.uniform(500, 5000, size=(S, K, B, 1))
+    theta = rng.uniform(0.2, 5, size=(K, 1, G))
+    zi = rng.normal(size=(S, K, B, G))
+    parts = decompose_variance(
+        torch.from_numpy(scale),
+        torch.from_numpy(library),
+        torch.from_numpy(theta),
+        torch.from_numpy(zi),
+        library_size=1e4,
+    )
+    for ours, ref in zip(parts, _loop_reference(scale, library, theta, zi, 1e4), strict=True):
+        np.testing.assert_allclose(ours.numpy(), ref, rtol=1e-10)
+    # between + within is the variance over all member samples (law of total variance)
+    flat = torch.from_numpy(scale * 1e4).reshape(S * K, B, G)
+    torch.testing.assert_close(parts.var_between + parts.var_within, flat.var(0, unbiased=False))
+
+
+def test_count_noise_matches_sampled_variance():
+    torch.manual_seed(0)
+    mu = torch.tensor([0.5, 3.0, 20.0], dtype=torch.float64)
+    theta = torch.tensor([0.7, 2.0, 10.0], dtype=torch.float64)
+    zi = torch.tensor([-1.0, 0.3, 1.5], dtype=torch.float64)
+    lib = torch.tensor(40.0, dtype=torch.float64)
+    scale = mu / lib
+    n = 400_000
+    for dist, logits in [
+        (NegativeBinomial(mu=mu, theta=theta), None),
+        (ZeroInflatedNegativeBinomial(mu=mu, theta=theta, zi_logits=zi), zi),
+    ]:
+        draws = dist.sample((n,)) / lib
+        analytic = count_variance_fraction(scale, lib, theta, logits)
+        np.testing.assert_allclose(draws.var(0).numpy(), analytic.numpy(), rtol=0.03)
+    draws = torch.poisson(mu.expand(n, 3)) / lib
+    np.testing.assert_allclose(
+        draws.var(0).numpy(), count_variance_fraction(scale, lib).numpy(), rtol=0.03
+    )
