@@ -16,7 +16,7 @@ $(BIN)/.installed: pyproject.toml Makefile
 install: $(BIN)/.installed
 
 demo: $(BIN)/.installed
-	$(BIN)/ensemblevi run
+	$(BIN)/ensemblevi run --force
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .

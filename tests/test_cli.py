@@ -46,7 +46,17 @@ def test_inspect_reports_validation(tmp_path):
     assert res.exit_code == 2 and "No file" in res.output
 
 
-def test_run_default_main_job():
-    res = runner.invoke(app, ["run", "--preset", "lopez2020"])
+def test_run_default_main_job(tmp_path):
+    args = ["run", "--preset", "lopez2020", "--epochs", "2", "--members", "2"]
+    args += ["--n-samples", "2", "--out", str(tmp_path)]
+    res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "valid raw counts" in res.output and "B_vs_A" in res.output
+    assert "agree on least" in res.output
+    ad = anndata.read_h5ad(tmp_path / "run.h5ad")
+    assert {"ensemblevi_mean", "ensemblevi_var_between"} <= set(ad.layers)
+    assert (tmp_path / "model" / "model.pt").exists()
+    before = (tmp_path / "run.h5ad").read_bytes()
+    res = runner.invoke(app, args)
+    assert res.exit_code == 1 and "--force" in res.output
+    assert (tmp_path / "run.h5ad").read_bytes() == before

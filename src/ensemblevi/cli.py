@@ -123,32 +123,81 @@ def inspect(
 @app.command()
 def run(
     preset: Annotated[str, typer.Option(help="Synthetic preset used when no --data.")] = "draft",
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed (data, initialisation, training).")] = 0,
     data: Annotated[
         Path | None, typer.Option(help="Real data (.h5ad / 10x) instead of the simulator.")
     ] = None,
     layer: Annotated[str | None, typer.Option(help="Layer holding the counts.")] = None,
+    batch_key: Annotated[str | None, typer.Option(help="obs column of the batch.")] = None,
+    n_top_genes: Annotated[
+        int, typer.Option(help="Highly variable genes kept from real data with more genes.")
+    ] = 1200,
+    ensemble: Annotated[str, typer.Option(help="deep, batch, mcdropout or single.")] = "deep",
+    members: Annotated[int, typer.Option(help="Ensemble members K.")] = 4,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 100,
+    n_samples: Annotated[int, typer.Option(help="Latent samples per member.")] = 10,
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("results"),
+    force: Annotated[bool, typer.Option("--force", help="Replace earlier outputs.")] = False,
 ) -> None:
-    """The main job: load or simulate data, validate it and print its summary."""
-    from ensemblevi.data import read, synthetic
+    """The main job: data -> validated counts -> trained ensemble -> uncertainty.
+
+    Writes OUT/run.h5ad (the data with the ensemblevi_* layers and var columns) and the
+    model to OUT/model, both atomically; prints the genes whose denoised expression the
+    members agree on least.
+    """
+    import warnings
+
+    from ensemblevi.data import preprocess, read, synthetic, write_h5ad_atomic
+    from ensemblevi.model import EnsembleSCVI
 
     t0 = time.perf_counter()
+    h5ad, model_dir = out / "run.h5ad", out / "model"
+    if not force and (h5ad.exists() or model_dir.exists()):
+        console.print(f"[red]{out} holds earlier outputs[/red]; pass --force to replace them.")
+        raise typer.Exit(1)
     try:
         if data is None:
             adata = synthetic(preset=preset, seed=seed)
-            title = f"synthetic preset {preset!r}, seed {seed}"
+            title, layer = f"synthetic preset {preset!r}, seed {seed}", "counts"
+            batch_key = batch_key or ("batch" if adata.obs["batch"].nunique() > 1 else None)
         else:
             adata = read(data, layer=layer)
             title = str(data)
+        console.print(summary_table(adata, layer, title=title))
+        if data is not None and adata.n_vars > n_top_genes:
+            preprocess(adata, n_top_genes=n_top_genes, batch_key=batch_key, layer=layer)
+            layer = "counts"
+            console.print(f"kept {adata.n_vars:,} highly variable genes")
+        EnsembleSCVI.setup_anndata(adata, layer=layer, batch_key=batch_key)
+        model = EnsembleSCVI(adata, n_members=members, ensemble=ensemble, seed=seed)
     except (FileNotFoundError, ValueError) as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from err
-    console.print(summary_table(adata, layer, title=title))
     if "synthetic" in adata.uns:
         info = adata.uns["synthetic"]
         n_de = {p: int(adata.var[f"is_de_{p}"].sum()) for p in info["pairs"]}
         console.print(f"ground truth at delta={info['delta']}: DE genes per pair {n_de}")
-    console.print(f"done in {time.perf_counter() - t0:.1f} s")
+    console.print(f"training {model._model_summary_string} for {epochs} epochs")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.train(max_epochs=epochs, seed=seed)
+        model.get_uncertainty(n_samples=n_samples, seed=seed)
+    var = adata.var.sort_values("ensemblevi_cv_between", ascending=False)
+    table = Table(title="genes the members agree on least", title_justify="left")
+    for col in ("gene", "mean expr (per 1e4)", "CV between members", "between share"):
+        table.add_column(col)
+    for gene, row in var.head(10).iterrows():
+        table.add_row(
+            str(gene),
+            f"{row['ensemblevi_mean']:.2f}",
+            f"{row['ensemblevi_cv_between']:.3f}",
+            f"{row['ensemblevi_frac_between']:.2f}",
+        )
+    console.print(table)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save(model_dir, overwrite=True)
+    write_h5ad_atomic(adata, h5ad, overwrite=True)
+    console.print(f"wrote {h5ad} and {model_dir} in {time.perf_counter() - t0:.1f} s")
 
 
 @app.command()

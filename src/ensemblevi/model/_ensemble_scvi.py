@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import scvi
 import torch
 from anndata import AnnData
 from lightning.pytorch import seed_everything
@@ -242,7 +243,8 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
         checkpoint_every
             Epochs between checkpoints.
         seed
-            Seeds torch, numpy and Python (data order, sampling) before training.
+            Sets ``scvi.settings.seed`` (the train/validation split) and seeds torch, numpy
+            and Python (data order, dropout, sampling) before training.
         plan_kwargs
             Passed to :class:`~ensemblevi.train.EnsembleTrainingPlan` (``lr``, ...).
         **kwargs
@@ -255,6 +257,8 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
             On a NaN or infinite loss; the model then holds the last good epoch's weights.
         """
         if seed is not None:
+            # scvi-tools draws the train/validation split from settings.seed
+            scvi.settings.seed = seed
             seed_everything(seed, workers=True, verbose=False)
         plan_kwargs = {"fast_lr_multiplier": fast_lr_multiplier, **(plan_kwargs or {})}
         callbacks = list(kwargs.pop("callbacks", None) or [])
