@@ -39,20 +39,23 @@ def _reference_linears(weights: torch.Tensor, biases: torch.Tensor) -> list[nn.L
     return refs
 
 
-def test_ensemble_linear_matches_separate_linears_forward_and_backward():
-    layer = EnsembleLinear(K, D_IN, D_OUT)
-    refs = _reference_linears(layer.weight.detach(), layer.bias.detach())
-    x = torch.randn(K * B, D_IN, requires_grad=True)  # member-major rows
+def _forward_backward_against(layer, refs):
+    """Run member-major input through ``layer`` and through the K ``refs``; compare both ways."""
+    x = torch.randn(K * B, D_IN, requires_grad=True)
     x_ref = x.detach().clone().requires_grad_()
     grad_out = torch.randn(K * B, D_OUT)
-
     out = layer(x)
     out_ref = torch.cat([refs[k](x_ref[k * B : (k + 1) * B]) for k in range(K)])
     torch.testing.assert_close(out, out_ref)
-
     out.backward(grad_out)
     out_ref.backward(grad_out)
     torch.testing.assert_close(x.grad, x_ref.grad)
+
+
+def test_ensemble_linear_matches_separate_linears_forward_and_backward():
+    layer = EnsembleLinear(K, D_IN, D_OUT)
+    refs = _reference_linears(layer.weight.detach(), layer.bias.detach())
+    _forward_backward_against(layer, refs)
     for k in range(K):
         torch.testing.assert_close(layer.weight.grad[k], refs[k].weight.grad.T)
         torch.testing.assert_close(layer.bias.grad[k], refs[k].bias.grad)
@@ -97,15 +100,7 @@ def test_batch_ensemble_matches_member_weights_w_times_rs():
     w = layer.weight.detach()
     member_w = torch.stack([w * torch.outer(layer.r[k], layer.s[k]) for k in range(K)]).detach()
     refs = _reference_linears(member_w, layer.bias.detach())
-    x = torch.randn(K * B, D_IN, requires_grad=True)
-    x_ref = x.detach().clone().requires_grad_()
-    grad_out = torch.randn(K * B, D_OUT)
-    out = layer(x)
-    out_ref = torch.cat([refs[k](x_ref[k * B : (k + 1) * B]) for k in range(K)])
-    torch.testing.assert_close(out, out_ref)
-    out.backward(grad_out)
-    out_ref.backward(grad_out)
-    torch.testing.assert_close(x.grad, x_ref.grad)
+    _forward_backward_against(layer, refs)
     # chain rule through W_k = W * r_k s_k^T, from the separate layers' weight gradients
     g = [refs[k].weight.grad.T for k in range(K)]
     r, s = layer.r.detach(), layer.s.detach()

@@ -1,0 +1,51 @@
+"""Profile training steps (forward, backward, Adam) outside Lightning, per configuration.
+
+Run: ``.venv/bin/python benchmarks/profile_step.py scvi deep4 single`` (names as in
+``bench_ensemble_speed.py``). Prints ms per step and torch profiler's top operators.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+
+import torch
+from torch.profiler import profile
+
+from ensemblevi.data import synthetic
+
+
+def main(names: list[str]) -> None:
+    warnings.filterwarnings("ignore")
+    from bench_ensemble_speed import _model
+
+    adata = synthetic("heartlike", seed=0, n_cells=3000)
+    for name in names:
+        model = _model(name, adata)
+        module = model.module
+        module.train()
+        loader = model._make_data_loader(adata=adata, batch_size=128, shuffle=True)
+        batches = [b for b, _ in zip(loader, range(20), strict=False)]
+        opt = torch.optim.Adam(module.parameters(), lr=1e-3, eps=0.01)
+
+        def step(batch, module=module, opt=opt):
+            _, _, loss = module(batch, loss_kwargs={"kl_weight": 0.5})
+            opt.zero_grad()
+            loss.loss.backward()
+            opt.step()
+
+        for b in batches[:3]:
+            step(b)
+        t0 = time.perf_counter()
+        for b in batches:
+            step(b)
+        print(f"{name}: {(time.perf_counter() - t0) / len(batches) * 1e3:.1f} ms/step")
+        with profile() as prof:
+            for b in batches[:10]:
+                step(b)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:] or ["scvi", "deep4"])
