@@ -6,7 +6,7 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -301,6 +301,30 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
             raise IndexError(f"member {member} out of range: the ensemble has {self.n_members}.")
         return [int(member)]
 
+    def _seeded_batches(
+        self,
+        adata: AnnData,
+        indices: Sequence[int] | None,
+        batch_size: int | None,
+        seed: int | None,
+        description: str | None = None,
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        """Minibatches on the model's device, module in eval mode, under a private seeded RNG.
+
+        The global RNG is left as it was, so outputs are reproducible for a ``seed`` without
+        disturbing the caller's random state. ``description`` shows a progress bar.
+        """
+        loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
+        self.module.eval()
+        device = self.device
+        with torch.random.fork_rng(devices=[device.index] if device.type == "cuda" else []):
+            if seed is not None:
+                torch.manual_seed(seed)
+            for tensors in track(
+                loader, description=description or "", disable=description is None, style="tqdm"
+            ):
+                yield {k: v.to(device) if torch.is_tensor(v) else v for k, v in tensors.items()}
+
     @torch.inference_mode()
     def _stream_members(
         self,
@@ -313,16 +337,10 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
         """Concatenate ``fn(tensors)`` (``(K, B)``) over minibatches: ``(K, n_cells)``."""
         self._check_if_trained(warn=True)
         adata = self._validate_anndata(adata)
-        loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
-        self.module.eval()
-        device = self.device
-        out = []
-        with torch.random.fork_rng(devices=[device.index] if device.type == "cuda" else []):
-            if seed is not None:
-                torch.manual_seed(seed)
-            for tensors in loader:
-                tensors = {k: v.to(device) if torch.is_tensor(v) else v for k, v in tensors.items()}
-                out.append(fn(tensors).reshape(self.n_members, -1).cpu())
+        out = [
+            fn(tensors).reshape(self.n_members, -1).cpu()
+            for tensors in self._seeded_batches(adata, indices, batch_size, seed)
+        ]
         return torch.cat(out, dim=1)
 
     def _member_table(
@@ -530,40 +548,33 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
             # bound the (samples, members, cells, genes) tensor to about 2e7 floats
             per_cell = n_samples * self.n_members * adata.n_vars
             batch_size = int(np.clip(2e7 // per_cell, 1, 256))
-        loader = self._make_data_loader(adata=adata, indices=idx, batch_size=batch_size)
-        self.module.eval()
-        device = self.device
         parts: dict[str, list[torch.Tensor]] = {k: [] for k in UNCERTAINTY_LAYERS}
-        with torch.random.fork_rng(devices=[device.index] if device.type == "cuda" else []):
-            torch.manual_seed(seed)
-            for tensors in track(
-                loader, description="ensemble uncertainty", disable=not progress, style="tqdm"
-            ):
-                tensors = {k: v.to(device) if torch.is_tensor(v) else v for k, v in tensors.items()}
-                _, gen = self.module.forward(
-                    tensors, inference_kwargs={"n_samples": n_samples}, compute_loss=False
-                )
-                px = gen["px"]
-                scale = px.scale
-                library = px.get_normalized("mu").sum(-1, keepdim=True) / scale.sum(
-                    -1, keepdim=True
-                )
-                theta = getattr(px, "theta", None)
-                zi = getattr(px, "zi_logits", None)
-                if n_samples == 1:
-                    scale, library = scale[None], library[None]
-                    zi = None if zi is None else zi[None]
-                if theta is not None and theta.dim() == scale.dim() - 1:
-                    theta = theta[None]
-                res = decompose_variance(
-                    scale[..., mask],
-                    library,
-                    None if theta is None else theta.expand(*scale.shape[:-1], -1)[..., mask],
-                    None if zi is None else zi[..., mask],
-                    library_size=library_size,
-                )
-                for name, value in zip(UNCERTAINTY_LAYERS, res, strict=True):
-                    parts[name].append(value.float().cpu())
+        batches = self._seeded_batches(
+            adata, idx, batch_size, seed, "ensemble uncertainty" if progress else None
+        )
+        for tensors in batches:
+            _, gen = self.module.forward(
+                tensors, inference_kwargs={"n_samples": n_samples}, compute_loss=False
+            )
+            px = gen["px"]
+            scale = px.scale
+            library = px.get_normalized("mu").sum(-1, keepdim=True) / scale.sum(-1, keepdim=True)
+            theta = getattr(px, "theta", None)
+            zi = getattr(px, "zi_logits", None)
+            if n_samples == 1:
+                scale, library = scale[None], library[None]
+                zi = None if zi is None else zi[None]
+            if theta is not None and theta.dim() == scale.dim() - 1:
+                theta = theta[None]
+            res = decompose_variance(
+                scale[..., mask],
+                library,
+                None if theta is None else theta.expand(*scale.shape[:-1], -1)[..., mask],
+                None if zi is None else zi[..., mask],
+                library_size=library_size,
+            )
+            for name, value in zip(UNCERTAINTY_LAYERS, res, strict=True):
+                parts[name].append(value.float().cpu())
         obs_names, var_names = adata.obs_names[idx], adata.var_names[mask]
         result = {
             name: pd.DataFrame(torch.cat(v).numpy(), index=obs_names, columns=var_names)
