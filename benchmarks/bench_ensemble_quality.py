@@ -81,7 +81,7 @@ def run(name, adata, batch_key, epochs, n_members):
         t0 = time.perf_counter()
         model = EnsembleSCVI(train, n_members=n_members, ensemble=kind, seed=0, **ARCH)
         model.train(max_epochs=epochs, enable_progress_bar=False, seed=0)
-        ll = model.get_marginal_ll(test, n_mc_samples=100)
+        ll = model.get_marginal_ll(test, n_mc_samples=100, return_table=True)
         torch.manual_seed(0)
         members = model.get_normalized_expression(
             test, library_size=1e4, n_samples=10, return_members=True

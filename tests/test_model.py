@@ -38,8 +38,15 @@ def test_outputs_have_member_shapes(trained, kind):
     model = models[kind]
     k = 1 if kind == "single" else 3
     assert model.n_members == k and model.is_trained
-    assert model.get_latent_representation().shape == (k, adata.n_obs, 4)
-    assert model.get_latent_representation(member=0).shape == (adata.n_obs, 4)
+    # scvi-tools' shape by default (member 0); all members on request
+    assert model.get_latent_representation().shape == (adata.n_obs, 4)
+    assert model.get_latent_representation(return_members=True).shape == (k, adata.n_obs, 4)
+    if kind != "mcdropout":  # MC-dropout members are new mask draws at every call
+        np.testing.assert_allclose(
+            model.get_latent_representation(member=k - 1),
+            model.get_latent_representation(return_members=True)[k - 1],
+            rtol=1e-5,
+        )
     genes = list(adata.var_names[[3, 1]])
     frame = model.get_normalized_expression(gene_list=genes)
     assert isinstance(frame, pd.DataFrame) and frame.shape == (adata.n_obs, 2)
@@ -65,7 +72,7 @@ def test_ensemble_mean_is_the_member_average(trained):
 def test_elbo_and_marginal_ll_per_member_and_mixture(trained):
     adata, models = trained
     model = models["deep"]
-    elbo = model.get_elbo(return_mean=False)
+    elbo = model.get_elbo(return_mean=False, return_table=True)
     assert list(elbo.columns) == ["member_0", "member_1", "member_2", "mixture"]
     assert elbo.shape == (adata.n_obs, 4)
     members = elbo.iloc[:, :3].to_numpy()
@@ -75,11 +82,15 @@ def test_elbo_and_marginal_ll_per_member_and_mixture(trained):
     np.testing.assert_allclose(
         mix, np.log(np.exp(members - members.max(1, keepdims=True)).mean(1)) + members.max(1)
     )
-    assert model.get_elbo(member=1) == pytest.approx(elbo["member_1"].mean())
-    ll = model.get_marginal_ll(n_mc_samples=20)
+    # scvi-tools' types by default: the mixture as a float, or per cell
+    assert isinstance(model.get_elbo(), float)
+    assert model.get_elbo() == pytest.approx(mix.mean())
+    np.testing.assert_allclose(model.get_elbo(return_mean=False), mix)
+    ll = model.get_marginal_ll(n_mc_samples=20, return_table=True)
     assert set(ll.index) == set(elbo.columns)
     # importance sampling tightens the bound on average
-    assert ll["mixture"] > model.get_elbo()["mixture"]
+    assert ll["mixture"] > model.get_elbo()
+    assert isinstance(model.get_marginal_ll(n_mc_samples=5), float)
 
 
 def test_uncertainty_layers_var_and_uns(trained):
@@ -87,7 +98,13 @@ def test_uncertainty_layers_var_and_uns(trained):
     ad = adata.copy()
     model = models["deep"]
     genes = list(adata.var_names[:5])
+    before = (set(ad.layers), set(ad.var.columns), set(ad.uns))
     parts = model.get_uncertainty(ad, gene_list=genes, n_samples=4, progress=False)
+    assert (set(ad.layers), set(ad.var.columns), set(ad.uns)) == before  # nothing written
+    again = model.get_uncertainty(
+        ad, gene_list=genes, n_samples=4, progress=False, key_added="ensemblevi"
+    )
+    pd.testing.assert_frame_equal(again["var_within"], parts["var_within"])
     assert set(parts) == {"mean", "var_between", "var_within", "var_noise"}
     for name, frame in parts.items():
         layer = ad.layers[f"ensemblevi_{name}"]
@@ -99,10 +116,13 @@ def test_uncertainty_layers_var_and_uns(trained):
     assert np.isnan(ad.var["ensemblevi_cv_between"].to_numpy()[5:]).all()
     assert (ad.var["ensemblevi_frac_between"].iloc[:5].between(0, 1)).all()
     assert ad.uns["ensemblevi"]["uncertainty"]["n_members"] == 3
-    # same seed, same numbers; a single model has no between-member part
-    again = model.get_uncertainty(ad, gene_list=genes, n_samples=4, store=False, progress=False)
-    pd.testing.assert_frame_equal(again["var_within"], parts["var_within"])
-    single = models["single"].get_uncertainty(ad, n_samples=3, store=False, progress=False)
+    # another key, without the dense layers
+    model.get_uncertainty(
+        ad, n_samples=2, progress=False, key_added="unc2", store_layers=False
+    )
+    assert "unc2_var_between" in ad.var and not any(k.startswith("unc2") for k in ad.layers)
+    # a single model has no between-member part
+    single = models["single"].get_uncertainty(ad, n_samples=3, progress=False)
     assert (single["var_between"].to_numpy() == 0).all()
 
 
@@ -138,7 +158,7 @@ def test_same_seed_same_model_and_outputs():
         model = EnsembleSCVI(adata, n_members=2, n_hidden=16, n_latent=3, seed=7)
         model.train(**TRAIN)
         states.append(model.module.state_dict())
-        outputs.append(model.get_uncertainty(n_samples=2, store=False, progress=False)["mean"])
+        outputs.append(model.get_uncertainty(n_samples=2, progress=False)["mean"])
     for key in states[0]:
         torch.testing.assert_close(states[0][key], states[1][key])
     pd.testing.assert_frame_equal(outputs[0], outputs[1])
@@ -170,8 +190,8 @@ def test_save_load_round_trip_and_gene_mismatch(trained, tmp_path):
     assert loaded.ensemble == "batch" and loaded.n_members == 3
     for key, value in model.module.state_dict().items():
         torch.testing.assert_close(loaded.module.state_dict()[key], value)
-    a = model.get_elbo(seed=1)
-    b = loaded.get_elbo(seed=1)
+    a = model.get_elbo(seed=1, return_table=True)
+    b = loaded.get_elbo(seed=1, return_table=True)
     pd.testing.assert_series_equal(a, b)
     other = adata[:, adata.var_names[::-1]].copy()
     with pytest.raises(ValueError, match="same genes, other order"):
@@ -212,4 +232,4 @@ def test_nan_loss_stops_with_last_good_weights_and_checkpoint(tmp_path):
     restored = EnsembleSCVI.load(ckpt, adata=adata)  # the epoch-2 checkpoint is loadable
     for key, value in state.items():
         torch.testing.assert_close(restored.module.state_dict()[key], value)
-    assert np.isfinite(model.get_elbo()["mixture"])
+    assert np.isfinite(model.get_elbo())

@@ -181,7 +181,7 @@ def run(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model.train(max_epochs=epochs, seed=seed)
-        model.get_uncertainty(n_samples=n_samples, seed=seed)
+        model.get_uncertainty(n_samples=n_samples, seed=seed, key_added="ensemblevi")
     var = adata.var.sort_values("ensemblevi_cv_between", ascending=False)
     table = Table(title="genes the members agree on least", title_justify="left")
     for col in ("gene", "mean expr (per 1e4)", "CV between members", "between share"):

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import shutil
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-import scvi
 import torch
 from anndata import AnnData
-from lightning.pytorch import seed_everything
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 from scvi.data.fields import (
@@ -23,23 +23,48 @@ from scvi.data.fields import (
     LayerField,
     NumericalJointObsField,
 )
-from scvi.model._utils import _init_library_size
 from scvi.model.base import BaseModelClass, RNASeqMixin, UnsupervisedTrainingMixin, VAEMixin
 from scvi.utils import track
 
+from ensemblevi._compat import (
+    _init_library_size,
+    batch_codes,
+    data_split_seed,
+    saved_model_file,
+    saved_var_names,
+)
+from ensemblevi._constants import VARIANCE_PARTS, EnsembleKind, check_kind, logmeanexp
 from ensemblevi.data import require_obs_columns, validate_counts
-from ensemblevi.module import ENSEMBLE_KINDS, EnsembleVAE
+from ensemblevi.module import EnsembleVAE, Predictive, load_scvi_member
 from ensemblevi.train import EnsembleTrainingPlan, EpochCheckpoint, NaNGuard
 
+from ._members import MEMBER_ONLY, Members, member_only
 from ._uncertainty import decompose_variance
 
 logger = logging.getLogger(__name__)
 
-UNCERTAINTY_LAYERS = ("mean", "var_between", "var_within", "var_noise")
 
-
-def _logmeanexp(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
-    return torch.logsumexp(x, dim=dim) - np.log(x.shape[dim])
+@contextmanager
+def _seeded_globally(seed: int | None) -> Iterator[None]:
+    """Seed torch, numpy, Python and the data split for a block; restore them all afterwards."""
+    if seed is None:
+        yield
+        return
+    # numpy's legacy global generator is the one third-party code draws from
+    states = (torch.random.get_rng_state(), np.random.get_state(), random.getstate())  # noqa: NPY002
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    torch.manual_seed(seed)
+    np.random.seed(seed)  # noqa: NPY002
+    random.seed(seed)
+    try:
+        with data_split_seed(seed):
+            yield
+    finally:
+        torch.random.set_rng_state(states[0])
+        np.random.set_state(states[1])  # noqa: NPY002
+        random.setstate(states[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
 
 
 class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
@@ -59,8 +84,9 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
         Number of members K (ignored, i.e. 1, for ``ensemble="single"``).
     ensemble
         ``"deep"`` (K independent scVI networks, vectorised), ``"batch"`` (BatchEnsemble),
-        ``"mcdropout"`` (one network, K dropout masks kept on at prediction) or ``"single"``
-        (one scVI network, for comparisons).
+        ``"mcdropout"`` (one network, K dropout masks kept on at prediction: its members are
+        mask draws, new at every call, not fixed functions) or ``"single"`` (one scVI
+        network, for comparisons).
     n_hidden, n_latent, n_layers, dropout_rate, dispersion, gene_likelihood
         As in ``scvi.model.SCVI``.
     use_observed_lib_size
@@ -77,7 +103,8 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
     >>> ev.model.EnsembleSCVI.setup_anndata(adata, layer="counts", batch_key="batch")
     >>> model = ev.model.EnsembleSCVI(adata, n_members=4, ensemble="deep")
     >>> model.train(max_epochs=100)
-    >>> parts = model.get_uncertainty(n_samples=25)  # also in adata.layers["ensemblevi_*"]
+    >>> parts = model.get_uncertainty(n_samples=25, key_added="ensemblevi")
+    >>> z0 = model.members[0].get_latent_representation()  # scvi.model.SCVI API, member 0
     """
 
     _module_cls = EnsembleVAE
@@ -87,7 +114,7 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
         self,
         adata: AnnData | None = None,
         n_members: int = 4,
-        ensemble: Literal["single", "deep", "batch", "mcdropout"] = "deep",
+        ensemble: EnsembleKind = "deep",
         n_hidden: int = 128,
         n_latent: int = 10,
         n_layers: int = 1,
@@ -102,8 +129,7 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
             raise ValueError(
                 "EnsembleSCVI needs an AnnData registered with EnsembleSCVI.setup_anndata(adata)."
             )
-        if ensemble not in ENSEMBLE_KINDS:
-            raise ValueError(f"ensemble must be one of {ENSEMBLE_KINDS}, got {ensemble!r}.")
+        check_kind(ensemble)
         if int(n_members) != n_members or n_members < 1:
             raise ValueError(f"n_members must be a positive integer, got {n_members!r}.")
         super().__init__(adata)
@@ -147,11 +173,66 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
 
     @property
     def n_members(self) -> int:
+        """Number of members K."""
         return self.module.n_members
 
     @property
     def ensemble(self) -> str:
+        """The ensemble kind (``single``, ``deep``, ``batch`` or ``mcdropout``)."""
         return self.module.ensemble
+
+    @property
+    def members(self) -> Members:
+        """The members as ``scvi.model.SCVI``-like views: ``model.members[k]``.
+
+        Every scvi-tools ``RNASeqMixin``/``VAEMixin`` method of a view runs on member ``k``
+        alone and returns what scvi-tools returns for one model.
+        """
+        return Members(self)
+
+    @classmethod
+    def from_scvi(
+        cls, models: Sequence[Any], adata: AnnData | None = None
+    ) -> EnsembleSCVI:
+        """A deep ensemble whose member ``k`` holds the weights of ``models[k]``.
+
+        Puts separately trained ``scvi.model.SCVI`` models (e.g. one per seed, the original
+        experiment) behind the ensemble API, so every ensemble output and analysis applies
+        to them. The models must share genes, data registration and architecture.
+
+        Parameters
+        ----------
+        models
+            Trained ``scvi.model.SCVI`` models.
+        adata
+            AnnData registered with ``EnsembleSCVI.setup_anndata`` using the same arguments
+            as the scVI models (default: the first model's AnnData, registered here).
+        """
+        if not models:
+            raise ValueError("from_scvi needs at least one trained scvi.model.SCVI.")
+        first = models[0]
+        names = first.adata.var_names
+        for i, m in enumerate(models):
+            if not m.is_trained:
+                raise ValueError(f"models[{i}] is not trained; train it first.")
+            if not m.adata.var_names.equals(names):
+                raise ValueError(f"models[{i}] was set up on other genes than models[0].")
+        params = dict(first.init_params_["non_kwargs"])
+        extra = dict(first.init_params_["kwargs"].get("kwargs", {}))
+        if params.pop("latent_distribution", "normal") != "normal":
+            raise ValueError("Only scVI models with latent_distribution='normal' can be loaded.")
+        if adata is None:
+            adata = first.adata
+            setup = dict(first.adata_manager.registry["setup_args"])
+            if setup.pop("size_factor_key", None) is not None:
+                raise ValueError("scVI models set up with size_factor_key are not supported.")
+            cls.setup_anndata(adata, **setup)
+        ensemble = cls(adata, n_members=len(models), ensemble="deep", **params, **extra)
+        for k, m in enumerate(models):
+            load_scvi_member(ensemble.module, k, m.module.cpu())
+        ensemble.module.eval()
+        ensemble.is_trained_ = True
+        return ensemble
 
     # ------------------------------------------------------------------ set-up
     @classmethod
@@ -243,8 +324,9 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
         checkpoint_every
             Epochs between checkpoints.
         seed
-            Sets ``scvi.settings.seed`` (the train/validation split) and seeds torch, numpy
-            and Python (data order, dropout, sampling) before training.
+            Seeds the train/validation split, torch, numpy and Python (data order, dropout,
+            sampling) for this training only: the global random state and
+            ``scvi.settings.seed`` are as they were afterwards.
         plan_kwargs
             Passed to :class:`~ensemblevi.train.EnsembleTrainingPlan` (``lr``, ...).
         **kwargs
@@ -256,10 +338,6 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
         FloatingPointError
             On a NaN or infinite loss; the model then holds the last good epoch's weights.
         """
-        if seed is not None:
-            # scvi-tools draws the train/validation split from settings.seed
-            scvi.settings.seed = seed
-            seed_everything(seed, workers=True, verbose=False)
         plan_kwargs = {"fast_lr_multiplier": fast_lr_multiplier, **(plan_kwargs or {})}
         callbacks = list(kwargs.pop("callbacks", None) or [])
         guard = NaNGuard()
@@ -267,13 +345,14 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
         if checkpoint_path is not None:
             callbacks.append(EpochCheckpoint(self, checkpoint_path, every=checkpoint_every))
         try:
-            return super().train(
-                max_epochs=max_epochs,
-                batch_size=batch_size,
-                plan_kwargs=plan_kwargs,
-                callbacks=callbacks,
-                **kwargs,
-            )
+            with _seeded_globally(seed):
+                return super().train(
+                    max_epochs=max_epochs,
+                    batch_size=batch_size,
+                    plan_kwargs=plan_kwargs,
+                    callbacks=callbacks,
+                    **kwargs,
+                )
         except FloatingPointError:
             if guard.restored and guard.good_epoch > 0:
                 self.is_trained_ = True
@@ -294,12 +373,19 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
             )
         return adata.var_names.isin(gene_list)
 
-    def _members_arg(self, member: int | None) -> list[int]:
-        if member is None:
-            return list(range(self.n_members))
-        if not 0 <= member < self.n_members:
+    def _check_member(self, member: int | None) -> int | None:
+        if member is not None and not 0 <= member < self.n_members:
             raise IndexError(f"member {member} out of range: the ensemble has {self.n_members}.")
-        return [int(member)]
+        return member
+
+    @contextmanager
+    def _only(self, member: int | None):
+        """Compute only ``member`` inside the block (all members for ``None``)."""
+        if member is None:
+            yield
+        else:
+            with self.module.member(self._check_member(member)):
+                yield
 
     def _seeded_batches(
         self,
@@ -326,39 +412,55 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
                 yield {k: v.to(device) if torch.is_tensor(v) else v for k, v in tensors.items()}
 
     @torch.inference_mode()
-    def _stream_members(
+    def _stream(
         self,
         fn: Callable[[dict[str, torch.Tensor]], torch.Tensor],
         adata: AnnData | None,
         indices: Sequence[int] | None,
         batch_size: int | None,
-        seed: int | None = 0,
+        seed: int | None,
+        member: int | None,
     ) -> torch.Tensor:
-        """Concatenate ``fn(tensors)`` (``(K, B)``) over minibatches: ``(K, n_cells)``."""
+        """Concatenate ``fn(tensors)`` (``(M, B)``) over minibatches: ``(M, n_cells)``.
+
+        With ``member`` only that member is computed (``M = 1``).
+        """
         self._check_if_trained(warn=True)
         adata = self._validate_anndata(adata)
-        out = [
-            fn(tensors).reshape(self.n_members, -1).cpu()
-            for tensors in self._seeded_batches(adata, indices, batch_size, seed)
-        ]
-        return torch.cat(out, dim=1)
+        with self._only(member):
+            out = [
+                fn(tensors).reshape(1 if member is not None else self.n_members, -1).cpu()
+                for tensors in self._seeded_batches(adata, indices, batch_size, seed)
+            ]
+        return torch.cat(out, dim=1).double()
 
-    def _member_table(
-        self, values: torch.Tensor, adata: AnnData | None, indices, return_mean: bool, member
-    ):
-        cols = [f"member_{k}" for k in range(self.n_members)]
-        table = values.double().numpy()
-        if member is not None:
-            row = table[member]
-            return float(row.mean()) if return_mean else row
-        mixture = _logmeanexp(values.double(), dim=0).numpy()
-        frame = pd.DataFrame(np.vstack([table, mixture[None]]).T, columns=[*cols, "mixture"])
-        if return_mean:
-            return frame.mean(0)
+    def _cell_names(self, adata: AnnData | None, indices) -> pd.Index:
         adata = self._validate_anndata(adata)
-        idx = np.arange(adata.n_obs) if indices is None else np.asarray(indices)
-        frame.index = adata.obs_names[idx]
-        return frame
+        return adata.obs_names if indices is None else adata.obs_names[np.asarray(indices)]
+
+    def _likelihood_output(
+        self,
+        values: torch.Tensor,
+        adata: AnnData | None,
+        indices,
+        return_mean: bool,
+        member: int | None,
+        return_table: bool,
+    ):
+        """A float or per-cell array (scvi-tools' types), or the member/mixture table."""
+        if member is not None:
+            row = values[0].numpy()
+            return float(row.mean()) if return_mean else row
+        mixture = logmeanexp(values, dim=0).numpy()
+        if not return_table:
+            return float(mixture.mean()) if return_mean else mixture
+        cols = [f"member_{k}" for k in range(self.n_members)]
+        frame = pd.DataFrame(
+            np.vstack([values.numpy(), mixture[None]]).T,
+            columns=[*cols, "mixture"],
+            index=self._cell_names(adata, indices),
+        )
+        return frame.mean(0) if return_mean else frame
 
     # ---------------------------------------------------------------- outputs
     def get_latent_representation(
@@ -366,35 +468,54 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
         adata: AnnData | None = None,
         indices: Sequence[int] | None = None,
         give_mean: bool = True,
+        mc_samples: int = 5_000,
         batch_size: int | None = None,
-        member: int | None = None,
-        **kwargs: Any,
-    ) -> np.ndarray:
-        """Latent representation: ``(K, cells, n_latent)``, or ``(cells, n_latent)`` for one member.
+        return_dist: bool = False,
+        member: int = 0,
+        return_members: bool = False,
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Latent representation of one member (default member 0), or of all members stacked.
 
-        Members' latent spaces are not aligned with each other: use one member (e.g. to put
-        into ``adata.obsm``) or compare members through data-space outputs, never average
-        the codes.
+        Members' latent spaces are not aligned with each other: never average them. One
+        member's codes go into ``adata.obsm`` and into any scvi-tools/scib code that
+        expects ``(n_obs, n_latent)``; compare members through data-space outputs.
+
+        Parameters
+        ----------
+        adata, indices, give_mean, mc_samples, batch_size, return_dist
+            As in ``scvi.model.SCVI.get_latent_representation``.
+        member
+            The member whose latent space is returned.
+        return_members
+            Return every member's codes stacked, ``(K, n_obs, n_latent)`` (and the
+            variances likewise with ``return_dist``); ``member`` is then ignored.
+
+        Returns
+        -------
+        ``(n_obs, n_latent)`` (``(K, n_obs, n_latent)`` with ``return_members``), or a tuple
+        of means and variances with ``return_dist=True``.
         """
-        outs = []
-        for k in self._members_arg(member):
-            with self.module.member(k):
-                outs.append(
-                    super().get_latent_representation(
-                        adata=adata,
-                        indices=indices,
-                        give_mean=give_mean,
-                        batch_size=batch_size,
-                        **kwargs,
-                    )
-                )
-        return outs[0] if member is not None else np.stack(outs)
+        args = {
+            "adata": adata,
+            "indices": indices,
+            "give_mean": give_mean,
+            "mc_samples": mc_samples,
+            "batch_size": batch_size,
+            "return_dist": return_dist,
+        }
+        if not return_members:
+            return self.members[self._check_member(member)].get_latent_representation(**args)
+        outs = [view.get_latent_representation(**args) for view in self.members]
+        if return_dist:
+            return np.stack([o[0] for o in outs]), np.stack([o[1] for o in outs])
+        return np.stack(outs)
 
+    @torch.inference_mode()
     def get_normalized_expression(
         self,
         adata: AnnData | None = None,
         indices: Sequence[int] | None = None,
-        transform_batch=None,
+        transform_batch: Sequence[int | str] | int | str | None = None,
         gene_list: Sequence[str] | None = None,
         library_size: float | Literal["latent"] = 1,
         n_samples: int = 1,
@@ -403,56 +524,80 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
         return_numpy: bool | None = None,
         member: int | None = None,
         return_members: bool = False,
-        **kwargs: Any,
+        seed: int | None = None,
+        silent: bool = True,
     ) -> np.ndarray | pd.DataFrame:
-        """Normalised expression, as ``scvi.model.SCVI.get_normalized_expression``.
-
-        Runs scvi-tools' own implementation once per member (the module's member switch
-        makes each pass an ordinary scVI pass) and averages the members in data space.
+        """Normalised expression: the member average (how an ensemble predicts), or members.
 
         Parameters
         ----------
+        adata, indices, gene_list, n_samples, batch_size, return_mean, return_numpy
+            As in ``scvi.model.SCVI.get_normalized_expression``.
+        transform_batch
+            Decode as if from this batch category (its name in ``obs``); a list averages over
+            those batches, as scvi-tools does.
+        library_size
+            Counts per cell the expression is scaled to, or ``"latent"`` for the modelled
+            mean counts of each cell.
         member
-            One member's output (exactly what scvi-tools returns for one scVI model).
+            Only this member, through scvi-tools' own implementation (``model.members[k]``):
+            exactly what ``scvi.model.SCVI`` returns. Importance weighting
+            (``weights="importance"``) is available there.
         return_members
-            Return the members' outputs stacked, ``(K, cells, genes)`` (``(K, n_samples,
-            cells, genes)`` with ``n_samples > 1`` and ``return_mean=False``).
-        Other parameters
-            As in scvi-tools.
+            Every member stacked: ``(K, n_obs, n_genes)``, or ``(K, n_samples, n_obs,
+            n_genes)`` with ``n_samples > 1`` and ``return_mean=False``.
+        seed
+            Seed of the latent samples (``None``: the global torch generator).
+        silent
+            Hide the progress bar.
 
         Returns
         -------
-        The member average as a cells x genes ``DataFrame`` (numpy with ``return_numpy=True``
-        or when samples are kept), or the stacked members.
+        The member average as an ``n_obs x n_genes`` DataFrame (numpy with
+        ``return_numpy=True``, or ``(n_samples, n_obs, n_genes)`` numpy when samples are
+        kept, as scvi-tools), or the stacked members.
         """
-        adata_ = self._validate_anndata(adata)
-        mask = self._gene_mask(adata_, gene_list)
-        args = {
-            "adata": adata,
-            "indices": indices,
-            "transform_batch": transform_batch,
-            "gene_list": gene_list,
-            "library_size": library_size,
-            "n_samples": n_samples,
-            "batch_size": batch_size,
-            "return_mean": return_mean,
-            **kwargs,
-        }
         if member is not None and not return_members:
-            with self.module.member(self._members_arg(member)[0]):
-                return super().get_normalized_expression(**args, return_numpy=return_numpy)
-        outs = []
-        for k in self._members_arg(member):
-            with self.module.member(k):
-                outs.append(super().get_normalized_expression(**args, return_numpy=True))
-        stacked = np.stack(outs)
+            return self.members[self._check_member(member)].get_normalized_expression(
+                adata=adata,
+                indices=indices,
+                transform_batch=transform_batch,
+                gene_list=gene_list,
+                library_size=library_size,
+                n_samples=n_samples,
+                batch_size=batch_size,
+                return_mean=return_mean,
+                return_numpy=return_numpy,
+                silent=silent,
+            )
+        self._check_if_trained(warn=True)
+        adata_ = self._validate_anndata(adata)
+        mask = torch.from_numpy(self._gene_mask(adata_, gene_list))
+        codes = batch_codes(self.get_anndata_manager(adata_, required=True), transform_batch)
+        chunks = []
+        batches = self._seeded_batches(
+            adata_, indices, batch_size, seed, None if silent else "normalised expression"
+        )
+        for tensors in batches:
+            per_batch = []
+            for code in codes:
+                pred = self.module.predictive(tensors, n_samples=n_samples, transform_batch=code)
+                values = pred.rate if library_size == "latent" else pred.scale * library_size
+                per_batch.append(values[..., mask])
+            chunks.append(torch.stack(per_batch).mean(0).cpu())  # (S, K, B, G)
+        values = torch.cat(chunks, dim=2).numpy()
+        if return_mean or n_samples == 1:
+            values = values.mean(0)  # (K, n, G)
+        else:
+            values = values.swapaxes(0, 1)  # (K, S, n, G)
         if return_members:
-            return stacked
-        mean = stacked.mean(0)
+            return values
+        mean = values.mean(0)
         if return_numpy or mean.ndim != 2:
             return mean
-        idx = np.arange(adata_.n_obs) if indices is None else np.asarray(indices)
-        return pd.DataFrame(mean, index=adata_.obs_names[idx], columns=adata_.var_names[mask])
+        return pd.DataFrame(
+            mean, index=self._cell_names(adata, indices), columns=adata_.var_names[mask.numpy()]
+        )
 
     def get_elbo(
         self,
@@ -461,39 +606,62 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
         batch_size: int | None = None,
         return_mean: bool = True,
         member: int | None = None,
+        return_table: bool = False,
         seed: int | None = 0,
-        **kwargs: Any,
-    ):
-        """ELBO (higher is better) of each member and of the member mixture.
+    ) -> float | np.ndarray | pd.Series | pd.DataFrame:
+        """ELBO (higher is better) of the ensemble, of one member, or of each member.
 
-        The mixture value of a cell is ``log((1/K) sum_k exp(ELBO_k))``, a lower bound on
-        the log-likelihood of the equal-weight mixture of the members.
+        The ensemble's value for a cell is ``log((1/K) sum_k exp(ELBO_k))``, a lower bound on
+        the log-likelihood of the equal-weight member mixture.
+
+        Parameters
+        ----------
+        adata, indices, batch_size, return_mean
+            As in ``scvi.model.SCVI.get_elbo``.
+        member
+            Compute only this member (its ELBO, as ``model.members[k].get_elbo``).
+        return_table
+            Return every member and the mixture: a ``Series`` of means over cells, or a
+            cells x (``member_0`` ... ``mixture``) ``DataFrame`` with ``return_mean=False``.
+        seed
+            Seed of the latent sample (``None``: the global torch generator).
 
         Returns
         -------
-        A ``Series`` (``member_0`` ... ``mixture``, means over cells), a cells x columns
-        ``DataFrame`` with ``return_mean=False``, or one member's value with ``member=k``.
+        A float (mean over cells), a per-cell array with ``return_mean=False``, or the table.
         """
-        values = self._stream_members(self.module.member_elbo, adata, indices, batch_size, seed)
-        return self._member_table(values, adata, indices, return_mean, member)
+        values = self._stream(self.module.member_elbo, adata, indices, batch_size, seed, member)
+        return self._likelihood_output(values, adata, indices, return_mean, member, return_table)
 
     def get_marginal_ll(
         self,
         adata: AnnData | None = None,
         indices: Sequence[int] | None = None,
-        n_mc_samples: int = 100,
+        n_mc_samples: int = 1_000,
         batch_size: int | None = None,
         return_mean: bool = True,
         member: int | None = None,
+        return_table: bool = False,
         seed: int | None = 0,
         n_mc_samples_per_pass: int = 25,
-        **kwargs: Any,
-    ):
-        """Importance-sampled log p(x) of each member and of the member mixture.
+    ) -> float | np.ndarray | pd.Series | pd.DataFrame:
+        """Importance-sampled log p(x) of the ensemble, of one member, or of each member.
 
-        The mixture is ``log((1/K) sum_k p_k(x))``: the log-likelihood of the ensemble's
-        predictive distribution, the number to compare with a single model. Same return
-        types as :meth:`get_elbo`.
+        The ensemble's value is ``log((1/K) sum_k p_k(x))``: the log-likelihood of its
+        predictive distribution, the number to compare with one scVI model.
+
+        Parameters
+        ----------
+        adata, indices, n_mc_samples, batch_size, return_mean
+            As in ``scvi.model.SCVI.get_marginal_ll``.
+        member, return_table, seed
+            As in :meth:`get_elbo`.
+        n_mc_samples_per_pass
+            Importance samples decoded at once (memory: samples x members x cells x genes).
+
+        Returns
+        -------
+        Same types as :meth:`get_elbo`.
         """
 
         def fn(tensors):
@@ -501,8 +669,90 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
                 tensors, n_mc_samples=n_mc_samples, n_mc_samples_per_pass=n_mc_samples_per_pass
             )
 
-        values = self._stream_members(fn, adata, indices, batch_size, seed)
-        return self._member_table(values, adata, indices, return_mean, member)
+        values = self._stream(fn, adata, indices, batch_size, seed, member)
+        return self._likelihood_output(values, adata, indices, return_mean, member, return_table)
+
+    def get_reconstruction_error(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+        return_mean: bool = True,
+        member: int | None = None,
+        seed: int | None = 0,
+    ) -> dict[str, float | np.ndarray]:
+        """``-log p(x | z)`` from one latent sample, of the ensemble (mixture) or one member.
+
+        The ensemble's value is ``-log((1/K) sum_k p_k(x | z_k))``.
+
+        Returns
+        -------
+        ``{"reconstruction_loss": value}`` as scvi-tools (a mean, or per cell).
+        """
+
+        def fn(tensors):
+            x = tensors[REGISTRY_KEYS.X_KEY]
+            return self.module.predictive(tensors).log_prob_sum(x, self.module.gene_likelihood)
+
+        values = self._stream(fn, adata, indices, batch_size, seed, member)
+        log_p = values[0] if member is not None else logmeanexp(values, dim=0)
+        rec = -log_p.numpy()
+        return {"reconstruction_loss": float(rec.mean()) if return_mean else rec}
+
+    def get_latent_library_size(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        give_mean: bool = True,
+        batch_size: int | None = None,
+        member: int | None = None,
+    ) -> np.ndarray:
+        """Library size (counts) of each cell: the member average, or one member's.
+
+        With the observed library size (the default) every member returns the cell's total
+        count. Returns ``(n_obs, 1)`` as scvi-tools.
+        """
+        args = {"adata": adata, "indices": indices, "give_mean": give_mean}
+        if member is not None:
+            return self.members[self._check_member(member)].get_latent_library_size(
+                **args, batch_size=batch_size
+            )
+        return np.mean(
+            [m.get_latent_library_size(**args, batch_size=batch_size) for m in self.members], 0
+        )
+
+    @torch.inference_mode()
+    def _get_denoised_samples(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        n_samples: int = 25,
+        batch_size: int = 64,
+        rna_size_factor: int = 1000,
+        transform_batch: int | None = None,
+    ) -> np.ndarray:
+        """scvi-tools' denoised samples (Gamma around the NB mean), from the member mixture.
+
+        Used by the inherited ``get_feature_correlation_matrix``: each cell's each sample
+        comes from a member drawn uniformly at random.
+        """
+        if self.module.gene_likelihood == "poisson":
+            raise ValueError(
+                "Denoised samples (and get_feature_correlation_matrix) need a dispersion: "
+                "train with gene_likelihood='nb' or 'zinb'."
+            )
+        adata = self._validate_anndata(adata)
+        out = []
+        for tensors in self._seeded_batches(adata, indices, batch_size, seed=None):
+            pred = self.module.predictive(tensors, n_samples, transform_batch=transform_batch)
+            n_s, n_m, n_b, n_g = pred.scale.shape
+            pick = torch.randint(n_m, (n_s, 1, n_b, 1), device=pred.scale.device)
+            pick = pick.expand(-1, -1, -1, n_g)
+            rate = (rna_size_factor * pred.scale).gather(1, pick)[:, 0]
+            theta = pred.theta.expand(n_s, n_m, n_b, n_g).gather(1, pick)[:, 0]
+            data = torch.distributions.Gamma(theta, theta / rate).sample().cpu().numpy()
+            out.append(data[0] if n_samples == 1 else np.transpose(data, (1, 2, 0)))
+        return np.concatenate(out, axis=0)
 
     @torch.inference_mode()
     def get_uncertainty(
@@ -514,7 +764,8 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
         library_size: float = 1e4,
         batch_size: int | None = None,
         seed: int = 0,
-        store: bool = True,
+        key_added: str | None = None,
+        store_layers: bool = True,
         progress: bool = True,
     ) -> dict[str, pd.DataFrame]:
         """Posterior mean of normalised expression and the three parts of its variance.
@@ -526,13 +777,30 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
         member: latent-posterior uncertainty) and ``var_noise`` (the count model's noise);
         see :mod:`ensemblevi.model._uncertainty` for the formulas.
 
-        With ``store=True`` the four parts go to ``adata.layers["ensemblevi_<part>"]``
-        (NaN for cells and genes not computed), per-gene summaries to ``adata.var``
-        (``ensemblevi_mean``, ``ensemblevi_var_between``, ``ensemblevi_var_within``,
-        ``ensemblevi_var_noise``: means over cells; ``ensemblevi_cv_between``: mean over
-        cells of ``sqrt(var_between) / mean``; ``ensemblevi_frac_between``: between-member
-        share of the model (between + within) variance) and the settings to
-        ``adata.uns["ensemblevi"]["uncertainty"]``.
+        Parameters
+        ----------
+        adata, indices, gene_list, batch_size
+            Cells and genes to compute, as in ``get_normalized_expression``.
+        n_samples
+            Latent samples per member and cell.
+        library_size
+            Counts per cell the expression is expressed in.
+        seed
+            Seed of the latent samples; the global random state is not touched.
+        key_added
+            Write the results into ``adata`` under this prefix (nothing is written when
+            ``None``, the default): per-gene summaries to ``adata.var`` (``<key>_mean``,
+            ``<key>_var_between``, ``<key>_var_within``, ``<key>_var_noise``: means over
+            cells; ``<key>_cv_between``: mean over cells of ``sqrt(var_between) / mean``;
+            ``<key>_frac_between``: between-member share of between + within), the settings
+            to ``adata.uns[key]["uncertainty"]`` and, with ``store_layers``, the four cells x
+            genes parts to ``adata.layers["<key>_<part>"]`` (NaN outside the computed cells
+            and genes).
+        store_layers
+            With ``key_added``: also write the four dense cells x genes layers (4 x 4 bytes
+            per cell and gene; turn off for large data).
+        progress
+            Show a progress bar.
 
         Returns
         -------
@@ -548,72 +816,54 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
             # bound the (samples, members, cells, genes) tensor to about 2e7 floats
             per_cell = n_samples * self.n_members * adata.n_vars
             batch_size = int(np.clip(2e7 // per_cell, 1, 256))
-        parts: dict[str, list[torch.Tensor]] = {k: [] for k in UNCERTAINTY_LAYERS}
+        parts: dict[str, list[torch.Tensor]] = {k: [] for k in VARIANCE_PARTS}
         batches = self._seeded_batches(
             adata, idx, batch_size, seed, "ensemble uncertainty" if progress else None
         )
+        gene_idx = torch.from_numpy(np.flatnonzero(mask))
         for tensors in batches:
-            _, gen = self.module.forward(
-                tensors, inference_kwargs={"n_samples": n_samples}, compute_loss=False
-            )
-            px = gen["px"]
-            scale = px.scale
-            library = px.get_normalized("mu").sum(-1, keepdim=True) / scale.sum(-1, keepdim=True)
-            theta = getattr(px, "theta", None)
-            zi = getattr(px, "zi_logits", None)
-            if n_samples == 1:
-                scale, library = scale[None], library[None]
-                zi = None if zi is None else zi[None]
-            if theta is not None and theta.dim() == scale.dim() - 1:
-                theta = theta[None]
-            res = decompose_variance(
-                scale[..., mask],
-                library,
-                None if theta is None else theta.expand(*scale.shape[:-1], -1)[..., mask],
-                None if zi is None else zi[..., mask],
-                library_size=library_size,
-            )
-            for name, value in zip(UNCERTAINTY_LAYERS, res, strict=True):
+            pred = self.module.predictive(tensors, n_samples=n_samples)
+            res = decompose_variance(**_variance_inputs(pred, gene_idx), library_size=library_size)
+            for name, value in zip(VARIANCE_PARTS, res, strict=True):
                 parts[name].append(value.float().cpu())
         obs_names, var_names = adata.obs_names[idx], adata.var_names[mask]
         result = {
             name: pd.DataFrame(torch.cat(v).numpy(), index=obs_names, columns=var_names)
             for name, v in parts.items()
         }
-        if store:
-            self._store_uncertainty(adata, idx, mask, result, n_samples, library_size, seed)
+        if key_added is not None:
+            settings = {"n_samples": int(n_samples), "library_size": float(library_size)}
+            settings["seed"] = int(seed)
+            self._store_uncertainty(adata, idx, mask, result, key_added, store_layers, settings)
         return result
 
-    def _store_uncertainty(self, adata, idx, mask, result, n_samples, library_size, seed):
+    def _store_uncertainty(self, adata, idx, mask, result, key, store_layers, settings):
         cols = np.flatnonzero(mask)
-        for name, frame in result.items():
-            layer = np.full(adata.shape, np.nan, dtype=np.float32)
-            layer[np.ix_(idx, cols)] = frame.to_numpy()
-            adata.layers[f"ensemblevi_{name}"] = layer
+        if store_layers:
+            for name, frame in result.items():
+                layer = np.full(adata.shape, np.nan, dtype=np.float32)
+                layer[np.ix_(idx, cols)] = frame.to_numpy()
+                adata.layers[f"{key}_{name}"] = layer
         mean = result["mean"].to_numpy()
         between = result["var_between"].to_numpy()
         within = result["var_within"].to_numpy()
+        tiny = np.finfo(np.float32).tiny
         summaries = {
-            **{f"ensemblevi_{n}": result[n].to_numpy().mean(0) for n in UNCERTAINTY_LAYERS},
-            "ensemblevi_cv_between": np.mean(
-                np.sqrt(between) / np.maximum(mean, np.finfo(np.float32).tiny), axis=0
-            ),
-            "ensemblevi_frac_between": between.sum(0)
-            / np.maximum((between + within).sum(0), np.finfo(np.float32).tiny),
+            **{f"{key}_{n}": result[n].to_numpy().mean(0) for n in VARIANCE_PARTS},
+            f"{key}_cv_between": np.mean(np.sqrt(between) / np.maximum(mean, tiny), axis=0),
+            f"{key}_frac_between": between.sum(0) / np.maximum((between + within).sum(0), tiny),
         }
-        for key, values in summaries.items():
-            column = np.full(adata.n_vars, np.nan)
-            column[cols] = values
-            adata.var[key] = column
-        adata.uns.setdefault("ensemblevi", {})["uncertainty"] = {
+        for column, values in summaries.items():
+            full = np.full(adata.n_vars, np.nan)
+            full[cols] = values
+            adata.var[column] = full
+        adata.uns.setdefault(key, {})["uncertainty"] = {
             "ensemble": self.ensemble,
             "n_members": self.n_members,
-            "n_samples": int(n_samples),
-            "library_size": float(library_size),
-            "seed": int(seed),
+            **settings,
             "n_cells": len(idx),
             "n_genes": len(cols),
-            "layers": [f"ensemblevi_{n}" for n in UNCERTAINTY_LAYERS],
+            "layers": [f"{key}_{n}" for n in VARIANCE_PARTS] if store_layers else [],
         }
 
     # ------------------------------------------------------------ save / load
@@ -665,15 +915,13 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
         scvi-tools only warns when the genes differ, and a model then silently reads the
         wrong columns; here that is a ``ValueError`` that names the differences.
         """
-        dir_path = os.fspath(dir_path)
-        model_file = os.path.join(dir_path, f"{prefix or ''}model.pt")
+        model_file = saved_model_file(dir_path, prefix)
         if not os.path.exists(model_file):
             raise FileNotFoundError(
                 f"No saved model at {model_file}; pass the directory given to model.save()."
             )
         if adata is not None:
-            saved = torch.load(model_file, map_location="cpu", weights_only=False)
-            saved_vars = pd.Index(np.asarray(saved["var_names"]).astype(str))
+            saved_vars = saved_var_names(dir_path, prefix)
             given = pd.Index(adata.var_names.astype(str))
             if not saved_vars.equals(given):
                 missing = saved_vars.difference(given)
@@ -687,3 +935,21 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
                     "adata[:, model_var_names] before loading."
                 )
         return super().load(dir_path, adata=adata, prefix=prefix, **kwargs)
+
+
+for _name, _why in MEMBER_ONLY.items():
+    setattr(EnsembleSCVI, _name, member_only(_name, _why))
+
+
+def _variance_inputs(pred: Predictive, genes: torch.Tensor) -> dict[str, torch.Tensor | None]:
+    """The inputs of :func:`decompose_variance` for the selected genes."""
+
+    def sel(t):
+        return None if t is None else t.index_select(-1, genes.to(t.device))
+
+    return {
+        "scale": sel(pred.scale),
+        "library": pred.library.exp(),
+        "theta": sel(pred.theta),
+        "zi_logits": sel(pred.zi_logits),
+    }

@@ -1,10 +1,11 @@
 """Ensemble building blocks: layers with a member axis, and scVI's encoder/decoder on them."""
 
+from ensemblevi._constants import EnsembleKind
+
 from ._blocks import (
     EnsembleDecoderSCVI,
     EnsembleEncoder,
     EnsembleFCLayers,
-    EnsembleKind,
     make_linear,
 )
 from ._layers import (

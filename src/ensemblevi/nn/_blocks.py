@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ensemblevi._constants import ENSEMBLE_KINDS, EnsembleKind
 
 from ._layers import (
     MEMBER_AXIS,
@@ -23,8 +24,6 @@ from ._layers import (
     MemberDropout,
     SharedLinear,
 )
-
-EnsembleKind = Literal["single", "deep", "batch", "mcdropout"]
 
 
 def make_linear(
@@ -37,7 +36,7 @@ def make_linear(
         return BatchEnsembleLinear(n_members, d_in, d_out, bias=bias)
     if kind == "mcdropout":
         return SharedLinear(n_members, d_in, d_out, bias=bias)
-    raise ValueError(f"Unknown ensemble kind {kind!r}; use single, deep, batch or mcdropout.")
+    raise ValueError(f"Unknown ensemble kind {kind!r}; use one of {ENSEMBLE_KINDS}.")
 
 
 def _one_hots(cats: Sequence[torch.Tensor], n_cat_list: Sequence[int]) -> list[torch.Tensor]:

@@ -1,0 +1,83 @@
+"""Copy the weights of one ``scvi.module.VAE`` into one member of a deep EnsembleVAE.
+
+The two hold the same numbers in different layouts: scVI's ``nn.Linear`` weights are
+``(d_out, d_in)`` per layer, ours ``(K, d_in, d_out)`` with the encoder's mean/variance
+heads (and the decoder's scale/zero-inflation heads) fused into one matrix.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ._ensemble_vae import EnsembleVAE
+
+
+def _fc_pairs(dst: nn.Module, src: dict[str, torch.Tensor], prefix: str, k: int):
+    """(destination tensor slice, source tensor) pairs of an FCLayers stack."""
+    for i, layer in enumerate(dst.layers):
+        base = f"{prefix}.fc_layers.Layer {i}"
+        yield layer["linear"].weight[k], src[f"{base}.0.weight"].T
+        yield layer["linear"].bias[k], src[f"{base}.0.bias"]
+        if f"{base}.1.running_mean" in src:
+            bn = layer["bn"]
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                yield getattr(bn, name)[k], src[f"{base}.1.{name}"]
+
+
+def _heads(dst: nn.Module, k: int, first: tuple[torch.Tensor, torch.Tensor], second):
+    yield dst.weight[k], torch.cat([first[0], second[0]], dim=0).T
+    yield dst.bias[k], torch.cat([first[1], second[1]], dim=0)
+
+
+@torch.no_grad()
+def load_scvi_member(module: EnsembleVAE, member: int, vae: nn.Module) -> None:
+    """Put the weights of ``vae`` (a ``scvi.module.VAE``) into member ``member`` of ``module``.
+
+    ``module`` must be a ``deep`` (or ``single``) ensemble with the same architecture
+    (genes, covariates, hidden units, layers, latent size, dispersion, library size
+    handling); a mismatch raises a ``ValueError`` naming the tensor.
+    """
+    if module.ensemble not in ("deep", "single"):
+        raise ValueError(
+            f"scVI weights fit only a deep ensemble's members, not {module.ensemble!r}."
+        )
+    if not 0 <= member < module.n_members:
+        raise IndexError(f"member {member} out of range: the ensemble has {module.n_members}.")
+    src = vae.state_dict()
+    k = member
+    pairs = list(_fc_pairs(module.z_encoder.encoder, src, "z_encoder.encoder", k))
+    pairs += _heads(
+        module.z_encoder.heads,
+        k,
+        (src["z_encoder.mean_encoder.weight"], src["z_encoder.mean_encoder.bias"]),
+        (src["z_encoder.var_encoder.weight"], src["z_encoder.var_encoder.bias"]),
+    )
+    if module.l_encoder is not None:
+        pairs += _fc_pairs(module.l_encoder.encoder, src, "l_encoder.encoder", k)
+        pairs += _heads(
+            module.l_encoder.heads,
+            k,
+            (src["l_encoder.mean_encoder.weight"], src["l_encoder.mean_encoder.bias"]),
+            (src["l_encoder.var_encoder.weight"], src["l_encoder.var_encoder.bias"]),
+        )
+        pairs += [
+            (module.library_log_means, src["library_log_means"]),
+            (module.library_log_vars, src["library_log_vars"]),
+        ]
+    pairs += _fc_pairs(module.decoder.px_decoder, src, "decoder.px_decoder", k)
+    pairs += _heads(
+        module.decoder.heads,
+        k,
+        (src["decoder.px_scale_decoder.0.weight"], src["decoder.px_scale_decoder.0.bias"]),
+        (src["decoder.px_dropout_decoder.weight"], src["decoder.px_dropout_decoder.bias"]),
+    )
+    pairs.append((module.px_r[k], src["px_r"]))
+    for dst, value in pairs:
+        if dst.shape != value.shape:
+            raise ValueError(
+                f"scVI tensor of shape {tuple(value.shape)} does not fit the member's "
+                f"{tuple(dst.shape)}: the architectures differ (genes, covariates, n_hidden, "
+                "n_layers, n_latent, dispersion or library size handling)."
+            )
+        dst.copy_(value)

@@ -1,0 +1,206 @@
+"""The scvi-tools contract: member views, ensemble-level defaults, hygiene, compatibility."""
+
+import random
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import scvi
+import sparse
+import torch
+from scvi.model.base import RNASeqMixin, VAEMixin
+
+import ensemblevi as ev
+from ensemblevi._compat import check_scvi_tools
+from ensemblevi.model import EnsembleSCVI, MemberMethodError, MemberView
+from ensemblevi.model._members import MEMBER_ONLY, OVERRIDDEN, VIA_MODULE
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    adata = ev.data.synthetic("lopez2020", seed=1, n_cells=160, n_genes=30)
+    EnsembleSCVI.setup_anndata(adata, layer="counts", batch_key="batch")
+    model = EnsembleSCVI(adata, n_members=3, n_hidden=16, n_latent=4, seed=0)
+    model.train(max_epochs=3, enable_progress_bar=False, seed=0)
+    return adata, model
+
+
+def test_every_inherited_method_is_handled():
+    inherited = {
+        name
+        for cls in (RNASeqMixin, VAEMixin)
+        for name, value in vars(cls).items()
+        if callable(value) and not name.startswith("__")
+    }
+    groups = [set(OVERRIDDEN), set(VIA_MODULE), set(MEMBER_ONLY)]
+    assert set.union(*groups) == inherited
+    assert sum(len(g) for g in groups) == len(inherited)  # each in exactly one group
+    for name in OVERRIDDEN:
+        assert getattr(EnsembleSCVI, name) is not getattr(RNASeqMixin, name, None)
+        assert getattr(EnsembleSCVI, name) is not getattr(VAEMixin, name, None)
+
+
+@pytest.mark.parametrize("name", sorted(MEMBER_ONLY))
+def test_member_only_methods_raise_and_name_the_fix(fitted, name):
+    _, model = fitted
+    with pytest.raises(MemberMethodError, match=rf"model\.members\[k\]\.{name}"):
+        getattr(model, name)()
+
+
+def test_member_views_are_scvi_models(fitted):
+    adata, model = fitted
+    assert len(model.members) == 3 and isinstance(model.members[-1], MemberView)
+    assert model.members[-1].member == 2
+    with pytest.raises(IndexError, match="out of range"):
+        model.members[3]
+    view = model.members[1]
+    z = view.get_latent_representation()
+    assert isinstance(z, np.ndarray) and z.shape == (adata.n_obs, 4)
+    assert isinstance(view.get_elbo(), torch.Tensor) and view.get_elbo().dim() == 0
+    assert view.get_marginal_ll(n_mc_samples=3, return_mean=False).shape == (adata.n_obs,)
+    assert set(view.get_likelihood_parameters()) == {"mean", "dropout", "dispersions"}
+    assert view.get_likelihood_parameters()["mean"].shape == (adata.n_obs, adata.n_vars)
+    assert view.get_latent_library_size(give_mean=False).shape == (adata.n_obs, 1)
+    pp = view.posterior_predictive_sample(n_samples=2)
+    assert isinstance(pp, sparse.GCXS) and pp.shape == (adata.n_obs, adata.n_vars, 2)
+    assert view.get_feature_correlation_matrix(n_samples=2).shape == (adata.n_vars,) * 2
+    assert view.get_aggregated_posterior().batch_shape == ()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        de = view.differential_expression(groupby="cell_type", group1="A")
+    assert isinstance(de, pd.DataFrame) and len(de) == adata.n_vars
+    assert model.module.active_member is None  # the switch is undone afterwards
+
+
+def test_member_path_equals_scvi_path_with_the_same_noise(fitted):
+    _, model = fitted
+    # member=k computes only member k, through the same noise scvi-tools would draw
+    torch.manual_seed(3)
+    ours = model.get_elbo(member=1, seed=None, return_mean=False)
+    torch.manual_seed(3)
+    scvi_way = model.members[1].get_elbo(return_mean=False).numpy()
+    np.testing.assert_allclose(ours, scvi_way, rtol=1e-5)
+    torch.manual_seed(4)
+    ours = model.get_marginal_ll(
+        member=2, seed=None, n_mc_samples=4, n_mc_samples_per_pass=1, return_mean=False
+    )
+    torch.manual_seed(4)
+    scvi_way = model.members[2].get_marginal_ll(n_mc_samples=4, return_mean=False).numpy()
+    np.testing.assert_allclose(ours, scvi_way, rtol=1e-5)
+    rec = model.get_reconstruction_error(member=0, seed=None)["reconstruction_loss"]
+    assert rec > 0
+    # the table's member column is computed the same way as member=k, on other noise
+    table = model.get_elbo(return_table=True)
+    assert table["member_1"] == pytest.approx(model.get_elbo(member=1), rel=0.05)
+
+
+def test_stacked_expression_matches_members(fitted):
+    _, model = fitted
+    idx = np.arange(12)
+    stacked = model.get_normalized_expression(
+        indices=idx, return_members=True, n_samples=400, seed=0
+    )
+    for k, view in enumerate(model.members):
+        torch.manual_seed(k)
+        theirs = view.get_normalized_expression(indices=idx, n_samples=400, return_numpy=True)
+        # Monte Carlo over z: compare on the genes' log scale
+        err = np.abs(np.log(stacked[k]) - np.log(theirs))
+        assert err.mean() < 0.02, (k, err.mean())
+    other = model.get_normalized_expression(indices=idx, return_members=True, n_samples=400, seed=0)
+    np.testing.assert_array_equal(stacked, other)  # seeded
+    assert not np.allclose(stacked[0], stacked[1], rtol=0.05)  # members differ
+
+
+def test_posterior_predictive_is_the_member_mixture(fitted):
+    adata, model = fitted
+    torch.manual_seed(0)
+    pp = model.posterior_predictive_sample(n_samples=300)
+    assert isinstance(pp, sparse.GCXS) and pp.shape == (adata.n_obs, adata.n_vars, 300)
+    mixture_mean = pp.todense().mean(-1).mean(0)  # per gene
+    # mixture mean = average of the members' means, each from scvi-tools' own sampler
+    members_mean = np.mean(
+        [
+            view.posterior_predictive_sample(n_samples=300).todense().mean(-1).mean(0)
+            for view in model.members
+        ],
+        axis=0,
+    )
+    np.testing.assert_allclose(mixture_mean, members_mean, rtol=0.05)
+    # and not one member's alone (members differ enough on this data to tell)
+    gaps = [
+        np.abs(
+            view.posterior_predictive_sample(n_samples=300).todense().mean(-1).mean(0)
+            - members_mean
+        ).max()
+        for view in model.members
+    ]
+    assert max(gaps) > np.abs(mixture_mean - members_mean).max()
+    corr = model.get_feature_correlation_matrix(n_samples=3)
+    assert corr.shape == (adata.n_vars, adata.n_vars)
+    np.testing.assert_allclose(np.diag(corr), 1, rtol=1e-6)
+
+
+def test_unknown_arguments_raise(fitted):
+    _, model = fitted
+    for call in (
+        lambda: model.get_elbo(n_mc_samples=3),
+        lambda: model.get_marginal_ll(give_mean=True),
+        lambda: model.get_uncertainty(store=True),
+        lambda: model.get_normalized_expression(weights="importance"),
+        lambda: model.get_latent_representation(foo=1),
+    ):
+        with pytest.raises(TypeError, match="unexpected keyword"):
+            call()
+
+
+def test_train_restores_global_random_state():
+    adata = ev.data.synthetic("lopez2020", seed=2, n_cells=80, n_genes=20)
+    EnsembleSCVI.setup_anndata(adata, layer="counts")
+    model = EnsembleSCVI(adata, n_members=2, n_hidden=8, n_latent=2, seed=0)
+    scvi_seed = scvi.settings.seed
+    torch_state, np_state, py_state = (
+        torch.random.get_rng_state(),
+        np.random.get_state(),  # noqa: NPY002
+        random.getstate(),
+    )
+    model.train(max_epochs=1, enable_progress_bar=False, seed=123)
+    assert scvi.settings.seed == scvi_seed
+    assert torch.equal(torch.random.get_rng_state(), torch_state)
+    assert np.array_equal(np.random.get_state()[1], np_state[1])  # noqa: NPY002
+    assert random.getstate() == py_state
+
+
+def test_from_scvi_members_are_the_scvi_models():
+    adata = ev.data.synthetic("lopez2020", seed=4, n_cells=120, n_genes=25)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scvi.model.SCVI.setup_anndata(adata, layer="counts", batch_key="batch")
+        refs = []
+        for seed in (0, 1):
+            scvi.settings.seed = seed
+            ref = scvi.model.SCVI(adata, n_hidden=16, n_latent=3)
+            ref.train(max_epochs=2, enable_progress_bar=False)
+            refs.append(ref)
+    ens = EnsembleSCVI.from_scvi(refs, adata=None)
+    assert ens.ensemble == "deep" and ens.n_members == 2 and ens.is_trained
+    for k, ref in enumerate(refs):
+        np.testing.assert_allclose(
+            ens.get_latent_representation(member=k),
+            ref.get_latent_representation(),
+            rtol=1e-4,
+            atol=1e-5,
+        )
+    with pytest.raises(ValueError, match="not trained"):
+        EnsembleSCVI.from_scvi([scvi.model.SCVI(adata, n_hidden=16, n_latent=3)])
+
+
+def test_scvi_compatibility_check(monkeypatch):
+    check_scvi_tools()  # the installed scvi-tools is supported
+    monkeypatch.setattr(RNASeqMixin, "get_new_output", lambda self: None, raising=False)
+    with pytest.raises(ImportError, match=r"scvi-tools 1\.4\.x.*get_new_output"):
+        check_scvi_tools()
+    monkeypatch.delattr(scvi.settings.__class__, "_seed", raising=False)
+    monkeypatch.delattr(scvi.settings, "_seed")
+    with pytest.raises(ImportError, match="_seed"):
+        check_scvi_tools()
