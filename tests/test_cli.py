@@ -1,4 +1,5 @@
 import anndata
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -46,17 +47,45 @@ def test_inspect_reports_validation(tmp_path):
     assert res.exit_code == 2 and "No file" in res.output
 
 
-def test_run_default_main_job(tmp_path):
-    args = ["run", "--preset", "lopez2020", "--epochs", "2", "--members", "2"]
-    args += ["--n-samples", "2", "--out", str(tmp_path)]
+def test_run_main_job_writes_everything_and_reuses(tmp_path):
+    out = tmp_path / "run"
+    args = ["run", "--quick", "--n-cells", "300", "--epochs", "2", "--members", "2"]
+    args += ["--marker", "Myeloid=CD14,NOTAGENE", "--out", str(out)]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
-    assert "valid raw counts" in res.output and "B_vs_A" in res.output
-    assert "agree on least" in res.output
-    ad = anndata.read_h5ad(tmp_path / "run.h5ad")
-    assert {"ensemblevi_mean", "ensemblevi_var_between"} <= set(ad.layers)
-    assert (tmp_path / "model" / "model.pt").exists()
-    before = (tmp_path / "run.h5ad").read_bytes()
+    assert "valid raw counts" in res.output and "NOTAGENE" in res.output
+    for name in ("report.html", "results.h5ad", "run.json", "model/model.pt"):
+        assert (out / name).exists(), name
+    for name in ("marker_summary", "gene_uncertainty", "cell_novelty", "run_metadata"):
+        assert (out / "tables" / f"{name}.csv").exists()
+    figures = {p.name for p in (out / "figures").iterdir()}
+    assert {"model_spread.png", "novelty_umap.png", "gene_uncertainty.png"} <= figures
+    report = (out / "report.html").read_text()
+    assert report.count("data:image/png;base64") == len(figures) and "DCN" in report
+    ad = anndata.read_h5ad(out / "results.h5ad")
+    assert "ensemblevi_uncertainty" in ad.var and "ensemblevi_is_novel" in ad.obs
+    summary = pd.read_csv(out / "tables" / "marker_summary.csv")
+    assert set(summary["gene"]) == {
+        "DCN",
+        "GSN",
+        "PDGFRA",
+        "MYH11",
+        "TAGLN",
+        "ACTA2",
+        "CD14",
+        "C1QA",
+        "CD68",
+    }
+    # same configuration: the trained model is reused
     res = runner.invoke(app, args)
+    assert res.exit_code == 0 and "reusing the trained model" in res.output
+    # a different run is refused without --force, and nothing is touched
+    before = (out / "run.json").read_bytes()
+    res = runner.invoke(app, [*args, "--members", "3"])
     assert res.exit_code == 1 and "--force" in res.output
-    assert (tmp_path / "run.h5ad").read_bytes() == before
+    assert (out / "run.json").read_bytes() == before
+
+
+def test_run_reports_bad_markers(tmp_path):
+    res = runner.invoke(app, ["run", "--quick", "--markers", "nope", "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "Unknown marker set" in res.output

@@ -117,9 +117,7 @@ def test_uncertainty_layers_var_and_uns(trained):
     assert (ad.var["ensemblevi_frac_between"].iloc[:5].between(0, 1)).all()
     assert ad.uns["ensemblevi"]["uncertainty"]["n_members"] == 3
     # another key, without the dense layers
-    model.get_uncertainty(
-        ad, n_samples=2, progress=False, key_added="unc2", store_layers=False
-    )
+    model.get_uncertainty(ad, n_samples=2, progress=False, key_added="unc2", store_layers=False)
     assert "unc2_var_between" in ad.var and not any(k.startswith("unc2") for k in ad.layers)
     # a single model has no between-member part
     single = models["single"].get_uncertainty(ad, n_samples=3, progress=False)

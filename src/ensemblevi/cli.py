@@ -120,84 +120,272 @@ def inspect(
     console.print(summary_table(adata, layer, title=str(path)))
 
 
+QUICK = {"n_cells": 1000, "epochs": 10, "n_samples": 3}
+DEFAULT_CELLS = 3000  # the embedded default, sized to finish in a few minutes here
+
+
+def _load_data(data: str, preset: str, n_cells: int, seed: int, layer, heart_path: Path):
+    """(adata, layer, title) for ``--data``: synthetic, heart or a file."""
+    from ensemblevi.data import heart_cell_atlas, read, synthetic
+
+    if data == "synthetic":
+        adata = synthetic(preset=preset, seed=seed, n_cells=n_cells)
+        return adata, "counts", f"synthetic preset {preset!r}, {n_cells:,} cells, seed {seed}"
+    if data == "heart":
+        return heart_cell_atlas(save_path=heart_path), layer, "heart cell atlas subsample"
+    return read(data, layer=layer), layer, str(data)
+
+
+def _config(**kwargs) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in kwargs.items()}
+
+
 @app.command()
 def run(
-    preset: Annotated[str, typer.Option(help="Synthetic preset used when no --data.")] = "draft",
-    seed: Annotated[int, typer.Option(help="Random seed (data, initialisation, training).")] = 0,
     data: Annotated[
-        Path | None, typer.Option(help="Real data (.h5ad / 10x) instead of the simulator.")
-    ] = None,
+        str, typer.Option(help="synthetic (the embedded default), heart, or a .h5ad/10x path.")
+    ] = "synthetic",
+    preset: Annotated[str, typer.Option(help="Synthetic preset.")] = "heartlike",
+    n_cells: Annotated[
+        int, typer.Option(help="Cells simulated for --data synthetic.")
+    ] = DEFAULT_CELLS,
+    heart_path: Annotated[
+        Path, typer.Option(help="Directory holding hca_subsampled_20k.h5ad for --data heart.")
+    ] = Path("data"),
     layer: Annotated[str | None, typer.Option(help="Layer holding the counts.")] = None,
     batch_key: Annotated[str | None, typer.Option(help="obs column of the batch.")] = None,
-    n_top_genes: Annotated[
-        int, typer.Option(help="Highly variable genes kept from real data with more genes.")
-    ] = 1200,
-    ensemble: Annotated[str, typer.Option(help="deep, batch, mcdropout or single.")] = "deep",
+    labels_key: Annotated[str, typer.Option(help="obs column of the cell groups.")] = "cell_type",
+    n_top_genes: Annotated[int, typer.Option(help="Highly variable genes kept.")] = 1200,
+    ensemble: Annotated[str, typer.Option(help="single, deep, batch or mcdropout.")] = "deep",
     members: Annotated[int, typer.Option(help="Ensemble members K.")] = 4,
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 100,
+    seeds: Annotated[
+        int, typer.Option(help="Train N scvi.model.SCVI seeds instead (the original experiment).")
+    ] = 0,
+    markers: Annotated[str, typer.Option(help="heart, pbmc3k, or a JSON/YAML file.")] = "heart",
+    marker: Annotated[
+        list[str] | None,
+        typer.Option("--marker", help="Extra markers TYPE=GENE,GENE (repeatable)."),
+    ] = None,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 60,
     n_samples: Annotated[int, typer.Option(help="Latent samples per member.")] = 10,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="1,000 cells, 10 epochs, 3 samples: < 1 minute.")
+    ] = False,
+    seed: Annotated[int, typer.Option(help="Random seed (data, initialisation, training).")] = 0,
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("results"),
-    force: Annotated[bool, typer.Option("--force", help="Replace earlier outputs.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace a different run.")] = False,
 ) -> None:
-    """The main job: data -> validated counts -> trained ensemble -> uncertainty.
+    """The main job: data -> trained ensemble -> marker spread, gene uncertainty, novelty.
 
-    Writes OUT/run.h5ad (the data with the ensemblevi_* layers and var columns) and the
-    model to OUT/model, both atomically; prints the genes whose denoised expression the
-    members agree on least.
+    Writes into OUT: model/, results.h5ad, tables/*.csv, figures/*.png, report.html and
+    run.json (the input file is never modified). A model already in OUT from the same
+    configuration is reused; a different run is replaced only with --force.
     """
+    import platform
     import warnings
+    from importlib.metadata import version as pkg_version
 
-    from ensemblevi.data import preprocess, read, synthetic, write_h5ad_atomic
+    import ensemblevi as ev
+    from ensemblevi._report import write_report
+    from ensemblevi.data import preprocess, write_h5ad_atomic
     from ensemblevi.model import EnsembleSCVI
+    from ensemblevi.pl import save_figure
 
-    t0 = time.perf_counter()
-    h5ad, model_dir = out / "run.h5ad", out / "model"
-    if not force and (h5ad.exists() or model_dir.exists()):
-        console.print(f"[red]{out} holds earlier outputs[/red]; pass --force to replace them.")
+    if quick:
+        n_cells, epochs, n_samples = QUICK["n_cells"], min(epochs, QUICK["epochs"]), 3
+    config = _config(
+        data=data, preset=preset, n_cells=n_cells, layer=layer, batch_key=batch_key,
+        labels_key=labels_key, n_top_genes=n_top_genes, ensemble=ensemble, members=members,
+        seeds=seeds, markers=markers, marker=marker or [], epochs=epochs, n_samples=n_samples,
+        seed=seed,
+    )  # fmt: skip
+    run_json, model_dir = out / "run.json", out / "model"
+    previous = json.loads(run_json.read_text())["config"] if run_json.exists() else None
+    if previous is not None and previous != config and not force:
+        console.print(
+            f"[red]{out} holds a different run[/red] ({run_json}); pass --force to replace it "
+            "or choose another --out."
+        )
         raise typer.Exit(1)
+    reuse = previous == config and (model_dir / "model.pt").exists()
+    timings: dict[str, float] = {}
+    t0 = t = time.perf_counter()
     try:
-        if data is None:
-            adata = synthetic(preset=preset, seed=seed)
-            title, layer = f"synthetic preset {preset!r}, seed {seed}", "counts"
-            batch_key = batch_key or ("batch" if adata.obs["batch"].nunique() > 1 else None)
-        else:
-            adata = read(data, layer=layer)
-            title = str(data)
+        adata, layer, title = _load_data(data, preset, n_cells, seed, layer, heart_path)
+        marker_set = ev.tl.load_markers(markers)
+        for group, genes in ev.tl.parse_marker_options(marker or []).items():
+            marker_set.setdefault(group, []).extend(genes)
         console.print(summary_table(adata, layer, title=title))
-        if data is not None and adata.n_vars > n_top_genes:
-            preprocess(adata, n_top_genes=n_top_genes, batch_key=batch_key, layer=layer)
+        if batch_key is None and "batch" in adata.obs and adata.obs["batch"].nunique() > 1:
+            batch_key = "batch"
+        if adata.n_vars > n_top_genes:
+            wanted = [g for v in marker_set.values() for g in v]
+            preprocess(
+                adata, n_top_genes=n_top_genes, batch_key=batch_key, layer=layer,
+                keep_genes=wanted,
+            )  # fmt: skip
             layer = "counts"
-            console.print(f"kept {adata.n_vars:,} highly variable genes")
-        EnsembleSCVI.setup_anndata(adata, layer=layer, batch_key=batch_key)
-        model = EnsembleSCVI(adata, n_members=members, ensemble=ensemble, seed=seed)
+            console.print(f"kept {adata.n_vars:,} genes (highly variable + markers)")
+        groups = adata.obs[labels_key].astype(str).unique() if labels_key in adata.obs else None
+        found, missing = ev.tl.check_markers(marker_set, adata.var_names, groups)
+        if len(missing):
+            console.print("[yellow]markers not usable:[/yellow]\n" + missing.to_string(index=False))
+        if not found:
+            raise ValueError("None of the marker genes are in the data; see the table above.")
+        timings["data"] = time.perf_counter() - t
+        t = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            setup = {"layer": layer, "batch_key": batch_key}
+            if reuse:
+                EnsembleSCVI.setup_anndata(adata, **setup)
+                model = EnsembleSCVI.load(model_dir, adata=adata)
+                console.print(f"reusing the trained model in {model_dir}")
+            elif seeds:
+                console.print(f"training {seeds} scvi.model.SCVI seeds for {epochs} epochs")
+                model = ev.tl.seed_ensemble(
+                    adata, n_seeds=seeds, save_dir=out / "seeds", setup_kwargs=setup,
+                    max_epochs=epochs,
+                )  # fmt: skip
+            else:
+                EnsembleSCVI.setup_anndata(adata, **setup)
+                model = EnsembleSCVI(adata, n_members=members, ensemble=ensemble, seed=seed)
+                console.print(f"training {model._model_summary_string} for {epochs} epochs")
+                model.train(max_epochs=epochs, seed=seed)
+        timings["training"] = time.perf_counter() - t
     except (FileNotFoundError, ValueError) as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from err
-    if "synthetic" in adata.uns:
-        info = adata.uns["synthetic"]
-        n_de = {p: int(adata.var[f"is_de_{p}"].sum()) for p in info["pairs"]}
-        console.print(f"ground truth at delta={info['delta']}: DE genes per pair {n_de}")
-    console.print(f"training {model._model_summary_string} for {epochs} epochs")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model.train(max_epochs=epochs, seed=seed)
-        model.get_uncertainty(n_samples=n_samples, seed=seed, key_added="ensemblevi")
-    var = adata.var.sort_values("ensemblevi_cv_between", ascending=False)
-    table = Table(title="genes the members agree on least", title_justify="left")
-    for col in ("gene", "mean expr (per 1e4)", "CV between members", "between share"):
-        table.add_column(col)
-    for gene, row in var.head(10).iterrows():
-        table.add_row(
-            str(gene),
-            f"{row['ensemblevi_mean']:.2f}",
-            f"{row['ensemblevi_cv_between']:.3f}",
-            f"{row['ensemblevi_frac_between']:.2f}",
-        )
-    console.print(table)
+
+    t = time.perf_counter()
+    spread = ev.tl.expression_spread(
+        model, adata, found, groupby=labels_key, n_samples=n_samples, seed=seed
+    )
+    genes = ev.tl.gene_uncertainty(
+        model, adata, groupby=labels_key, n_samples=max(2, n_samples // 2), seed=seed
+    )
+    novelty = ev.tl.cell_novelty(model, adata, seed=seed) if model.n_members > 1 else None
+    timings["analysis"] = time.perf_counter() - t
+
+    t = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    model.save(model_dir, overwrite=True)
-    write_h5ad_atomic(adata, h5ad, overwrite=True)
-    console.print(f"wrote {h5ad} and {model_dir} in {time.perf_counter() - t0:.1f} s")
+    (out / "tables").mkdir(exist_ok=True)
+    figures = out / "figures"
+    marker_genes = [g for v in found.values() for g in v]
+    figs = {
+        "model_spread": ev.pl.model_spread(adata),
+        "biological_spread": ev.pl.biological_spread(adata),
+        "member_histograms": ev.pl.member_histograms(adata),
+        "gene_uncertainty": ev.pl.gene_uncertainty(adata, highlight=marker_genes),
+    }
+    if novelty is not None:
+        figs["novelty_umap"] = ev.pl.novelty_umap(adata, model, color=labels_key)
+    paths = {name: save_figure(fig, figures / name)[0] for name, fig in figs.items()}
+    summary = spread["summary"]
+    tables = {
+        "marker_summary": summary,
+        "gene_uncertainty": genes,
+        "cell_novelty": novelty,
+        "run_metadata": pd_frame(config),
+    }
+    for name, frame in tables.items():
+        if frame is not None:
+            _write_csv(frame, out / "tables" / f"{name}.csv", index=name != "marker_summary")
+    timings["figures"] = time.perf_counter() - t
+    if not reuse:
+        model.save(model_dir, overwrite=True)
+    write_h5ad_atomic(adata, out / "results.h5ad", overwrite=True)
+
+    top = summary.sort_values("member_cv", ascending=False).iloc[0]
+    reading = [
+        f"Across the {model.n_members} members, the marker whose denoised level the members "
+        f"agree on least is {top['gene']} in {top['group']}: a typical cell's value varies by "
+        f"{100 * top['member_cv']:.0f}% between members (coefficient of variation), and "
+        f"{100 * top['frac_uncertain_cells']:.0f}% of its cells exceed the CV threshold of "
+        f"{spread_threshold(adata)}.",
+        "For the markers, between-member disagreement is "
+        f"{100 * summary['frac_between'].mean():.0f}% of the model's uncertainty on average "
+        "(the rest is the latent posterior within a member): retraining would move these "
+        "values more than resampling one model shows.",
+        f"The least certain gene overall is {genes.index[0]} "
+        f"(CV {genes.iloc[0]['uncertainty']:.2f}); the median gene has CV "
+        f"{genes['uncertainty'].median():.2f}.",
+    ]
+    if novelty is not None:
+        info = adata.uns["ensemblevi"]["cell_novelty"]
+        fpr = info.get("novelty_cv_fpr_heldout")
+        reading.append(
+            f"{info['n_flagged']} of {adata.n_obs:,} cells are flagged as unlike the training "
+            f"data (threshold: the {100 * (1 - info['alpha']):.0f}th percentile on "
+            f"{info['calibrated_on']}"
+            + (
+                f"; measured false-positive rate on other held-out cells {100 * fpr:.1f}%)."
+                if fpr is not None
+                else ")."
+            )
+        )
+    meta = {
+        "summary": f"{title}; {adata.n_obs:,} cells x {adata.n_vars:,} genes; "
+        f"{model.ensemble} ensemble of {model.n_members}",
+        **{f"config.{k}": v for k, v in config.items()},
+        **{f"time.{k} (s)": round(v, 1) for k, v in timings.items()},
+        "python": platform.python_version(),
+        "ensemblevi": ev.__version__,
+        **{name: pkg_version(name) for name in ("torch", "scvi-tools", "scanpy", "anndata")},
+    }
+    sections = [
+        ("Marker genes: summary", [summary.round(4)]),
+        ("Model spread", [
+            "Each point is a cell: the mean and standard deviation of the marker's denoised "
+            "expression across members. Points above the dashed line vary by more than 10%.",
+            paths["model_spread"],
+        ]),
+        ("Biological spread", [
+            "One point per member: the marker's average over the group's cells and its "
+            "standard deviation over cells. Members far apart disagree on the population.",
+            paths["biological_spread"],
+        ]),
+        ("Across-member variation per cell", [paths["member_histograms"]]),
+        ("Gene uncertainty", [paths["gene_uncertainty"], genes.head(20).round(4)]),
+    ]  # fmt: skip
+    if novelty is not None:
+        sections.append(("Cell novelty", [paths["novelty_umap"]]))
+    if len(missing):
+        sections.append(("Markers not usable", [missing]))
+    write_report(out / "report.html", "ensemblevi run report", reading, sections, meta)
+    timings["total"] = time.perf_counter() - t0
+    record = {
+        "config": config,
+        "timings": timings,
+        "versions": {
+            k: meta[k] for k in ("ensemblevi", "torch", "scvi-tools", "scanpy", "anndata")
+        },
+    }
+    tmp = out / ".run.json.tmp"
+    tmp.write_text(json.dumps(record, indent=2, default=str))
+    tmp.replace(run_json)
+    for line in reading:
+        console.print(f"- {line}")
+    console.print(
+        f"wrote {out}/report.html, results.h5ad, tables/, figures/, model/ "
+        f"in {timings['total']:.1f} s"
+    )
+
+
+def pd_frame(config: dict):
+    import pandas as pd
+
+    return pd.DataFrame({"value": [json.dumps(v) for v in config.values()]}, index=list(config))
+
+
+def spread_threshold(adata) -> float:
+    return adata.uns["ensemblevi"]["expression_spread"]["params"]["cv_threshold"]
+
+
+def _write_csv(frame, path: Path, index: bool) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.to_csv(tmp, index=index)
+    tmp.replace(path)
 
 
 @app.command()

@@ -16,6 +16,7 @@ def preprocess(
     min_counts: int = 3,
     layer: str | None = None,
     copy: bool = False,
+    keep_genes: list[str] | None = None,
 ) -> AnnData | None:
     """Filter genes, keep counts, log-normalise and select seurat_v3 highly variable genes.
 
@@ -39,6 +40,8 @@ def preprocess(
         Where the raw counts are (``None``: ``X``).
     copy
         Return a processed copy instead of changing ``adata`` in place.
+    keep_genes
+        Genes kept in the subset even when not highly variable (e.g. marker genes).
 
     Returns
     -------
@@ -83,6 +86,8 @@ def preprocess(
                 flavor="seurat_v3",
                 layer="counts",
                 batch_key=batch_key,
-                subset=True,
             )
+            # genes the analysis needs (markers) stay even when not highly variable
+            keep = ad.var["highly_variable"].to_numpy() | ad.var_names.isin(keep_genes or [])
+            ad._inplace_subset_var(keep)
     return ad if copy else None

@@ -191,9 +191,7 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
         return Members(self)
 
     @classmethod
-    def from_scvi(
-        cls, models: Sequence[Any], adata: AnnData | None = None
-    ) -> EnsembleSCVI:
+    def from_scvi(cls, models: Sequence[Any], adata: AnnData | None = None) -> EnsembleSCVI:
         """A deep ensemble whose member ``k`` holds the weights of ``models[k]``.
 
         Puts separately trained ``scvi.model.SCVI`` models (e.g. one per seed, the original
@@ -806,24 +804,14 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
         -------
         ``{"mean", "var_between", "var_within", "var_noise"}``: cells x genes DataFrames.
         """
-        if n_samples < 1:
-            raise ValueError(f"n_samples must be >= 1, got {n_samples}.")
-        self._check_if_trained(warn=True)
         adata = self._validate_anndata(adata)
         mask = self._gene_mask(adata, gene_list)
         idx = np.arange(adata.n_obs) if indices is None else np.asarray(indices)
-        if batch_size is None:
-            # bound the (samples, members, cells, genes) tensor to about 2e7 floats
-            per_cell = n_samples * self.n_members * adata.n_vars
-            batch_size = int(np.clip(2e7 // per_cell, 1, 256))
         parts: dict[str, list[torch.Tensor]] = {k: [] for k in VARIANCE_PARTS}
-        batches = self._seeded_batches(
-            adata, idx, batch_size, seed, "ensemble uncertainty" if progress else None
+        chunks = self.iter_uncertainty(
+            adata, idx, gene_list, n_samples, library_size, batch_size, seed, progress
         )
-        gene_idx = torch.from_numpy(np.flatnonzero(mask))
-        for tensors in batches:
-            pred = self.module.predictive(tensors, n_samples=n_samples)
-            res = decompose_variance(**_variance_inputs(pred, gene_idx), library_size=library_size)
+        for _, res, _ in chunks:
             for name, value in zip(VARIANCE_PARTS, res, strict=True):
                 parts[name].append(value.float().cpu())
         obs_names, var_names = adata.obs_names[idx], adata.var_names[mask]
@@ -836,6 +824,48 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
             settings["seed"] = int(seed)
             self._store_uncertainty(adata, idx, mask, result, key_added, store_layers, settings)
         return result
+
+    @torch.inference_mode()
+    def iter_uncertainty(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        gene_list: Sequence[str] | None = None,
+        n_samples: int = 25,
+        library_size: float = 1e4,
+        batch_size: int | None = None,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> Iterator[tuple[np.ndarray, Any, torch.Tensor]]:
+        """Stream :meth:`get_uncertainty` over cell chunks, for reductions in bounded memory.
+
+        Yields ``(cell_positions, parts, member_means)`` per minibatch: the positions in
+        ``adata`` of the chunk's cells, the :class:`~ensemblevi.model.VarianceParts` of the
+        chunk (each ``(B, G)``) and the members' means over latent samples ``(K, B, G)``
+        (normalised expression per ``library_size``), for the genes of ``gene_list``.
+        """
+        if n_samples < 1:
+            raise ValueError(f"n_samples must be >= 1, got {n_samples}.")
+        self._check_if_trained(warn=True)
+        adata = self._validate_anndata(adata)
+        mask = self._gene_mask(adata, gene_list)
+        idx = np.arange(adata.n_obs) if indices is None else np.asarray(indices)
+        if batch_size is None:
+            # bound the (samples, members, cells, genes) tensor to about 2e7 floats
+            per_cell = n_samples * self.n_members * adata.n_vars
+            batch_size = int(np.clip(2e7 // per_cell, 1, 256))
+        batches = self._seeded_batches(
+            adata, idx, batch_size, seed, "ensemble uncertainty" if progress else None
+        )
+        gene_idx = torch.from_numpy(np.flatnonzero(mask))
+        start = 0
+        for tensors in batches:
+            pred = self.module.predictive(tensors, n_samples=n_samples)
+            inputs = _variance_inputs(pred, gene_idx)
+            res = decompose_variance(**inputs, library_size=library_size)
+            n = res.mean.shape[0]
+            yield idx[start : start + n], res, (inputs["scale"] * library_size).mean(0)
+            start += n
 
     def _store_uncertainty(self, adata, idx, mask, result, key, store_layers, settings):
         cols = np.flatnonzero(mask)

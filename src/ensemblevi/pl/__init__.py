@@ -1,0 +1,19 @@
+"""Figures, scanpy style: read results that ``ensemblevi.tl`` wrote into an AnnData."""
+
+from ._plots import (
+    biological_spread,
+    gene_uncertainty,
+    member_histograms,
+    model_spread,
+    novelty_umap,
+    save_figure,
+)
+
+__all__ = [
+    "biological_spread",
+    "gene_uncertainty",
+    "member_histograms",
+    "model_spread",
+    "novelty_umap",
+    "save_figure",
+]

@@ -1,0 +1,196 @@
+"""Paper-ready figures of ensemble uncertainty. Each returns a matplotlib Figure."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg", force=False)
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+KEY = "ensemblevi"
+plt.rcParams.update({"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9})
+
+
+def save_figure(fig, path: str | os.PathLike, formats: tuple[str, ...] = ("png",)) -> list[Path]:
+    """Save ``fig`` as ``path`` with each suffix in ``formats`` (PNG at 200 dpi, SVG)."""
+    out = []
+    for fmt in formats:
+        target = Path(path).with_suffix(f".{fmt}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(target, dpi=200, bbox_inches="tight")
+        out.append(target)
+    return out
+
+
+def _spread(adata: AnnData, key: str) -> dict:
+    try:
+        return adata.uns[key]["expression_spread"]
+    except KeyError:
+        raise ValueError(
+            f"No expression spread in adata.uns[{key!r}]; run ensemblevi.tl.expression_spread."
+        ) from None
+
+
+def _density(x: np.ndarray, y: np.ndarray, bins: int = 60) -> np.ndarray:
+    """Point density from a 2-d histogram (fast at atlas size, unlike a KDE)."""
+    if len(x) < 2:
+        return np.ones_like(x)
+    hist, xe, ye = np.histogram2d(x, y, bins=bins)
+    i = np.clip(np.searchsorted(xe, x, side="right") - 1, 0, bins - 1)
+    j = np.clip(np.searchsorted(ye, y, side="right") - 1, 0, bins - 1)
+    return hist[i, j]
+
+
+def _grid(pairs: list[tuple[str, str]], ncols: int = 3, size: float = 2.9):
+    nrows = int(np.ceil(len(pairs) / ncols))
+    ncols = min(ncols, len(pairs))
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False, layout="constrained"
+    )
+    axes = list(axes.flat)
+    for ax in axes[len(pairs) :]:
+        ax.axis("off")
+    return fig, axes
+
+
+def _pairs(frame: pd.DataFrame) -> list[tuple[str, str]]:
+    return list(dict.fromkeys(zip(frame["group"], frame["gene"], strict=True)))
+
+
+def model_spread(adata: AnnData, key: str = KEY, ncols: int = 3):
+    """Per cell: mean vs standard deviation across members, one panel per marker gene.
+
+    Points are cells of the gene's group, coloured by point density; the dashed line is
+    a coefficient of variation of 0.1 (std = 0.1 x mean).
+    """
+    cells = _spread(adata, key)["cells"]
+    pairs = _pairs(cells)
+    fig, axes = _grid(pairs, ncols)
+    for ax, (group, gene) in zip(axes, pairs, strict=False):
+        sel = cells[(cells["group"] == group) & (cells["gene"] == gene)]
+        x, y = sel["mean"].to_numpy(), sel["std"].to_numpy()
+        order = np.argsort(d := _density(x, y))
+        sc = ax.scatter(x[order], y[order], c=d[order], s=4, cmap="viridis", linewidths=0)
+        lim = np.array([0, x.max() if len(x) else 1])
+        ax.plot(lim, 0.1 * lim, "--", color="0.5", lw=0.8)
+        ax.set_title(f"{gene} ({group})")
+        ax.set_xlabel("mean across members\n(counts per 10k)")
+        ax.set_ylabel("std across members")
+    fig.colorbar(sc, ax=axes[: len(pairs)], shrink=0.6, label="cells per bin")
+    fig.suptitle("Model spread: members' disagreement per cell (dashed: CV = 0.1)")
+    return fig
+
+
+def biological_spread(adata: AnnData, key: str = KEY, ncols: int = 3):
+    """Per member: average over the group's cells vs standard deviation over cells."""
+    members = _spread(adata, key)["members"]
+    pairs = _pairs(members)
+    fig, axes = _grid(pairs, ncols)
+    for ax, (group, gene) in zip(axes, pairs, strict=False):
+        sel = members[(members["group"] == group) & (members["gene"] == gene)]
+        ax.scatter(sel["mean"], sel["std"], s=18, color="tab:blue", edgecolor="k", lw=0.3)
+        ax.set_title(f"{gene} ({group})")
+        ax.set_xlabel("cell average (counts per 10k)")
+        ax.set_ylabel("std over cells")
+    fig.suptitle("Biological spread: one point per member")
+    return fig
+
+
+def member_histograms(adata: AnnData, key: str = KEY, ncols: int = 3):
+    """Histograms over cells of the across-member coefficient of variation, per marker."""
+    spread = _spread(adata, key)
+    cells, threshold = spread["cells"], spread["params"]["cv_threshold"]
+    pairs = _pairs(cells)
+    fig, axes = _grid(pairs, ncols)
+    for ax, (group, gene) in zip(axes, pairs, strict=False):
+        cv = cells.loc[(cells["group"] == group) & (cells["gene"] == gene), "cv"]
+        ax.hist(cv, bins=40, color="tab:gray")
+        ax.axvline(threshold, color="tab:red", lw=1, label=f"CV = {threshold}")
+        ax.set_title(f"{gene} ({group})")
+        ax.set_xlabel("CV across members")
+        ax.set_ylabel("cells")
+    axes[0].legend(frameon=False)
+    fig.suptitle("Across-member CV per cell")
+    return fig
+
+
+def gene_uncertainty(adata: AnnData, key: str = KEY, highlight=None, n_labels: int = 5):
+    """Every gene: uncertainty score vs mean denoised expression (log axes).
+
+    ``highlight`` genes (e.g. markers) are circled; the ``n_labels`` least certain genes
+    are named.
+    """
+    col = f"{key}_uncertainty"
+    if col not in adata.var:
+        raise ValueError(f"No adata.var[{col!r}]; run ensemblevi.tl.gene_uncertainty.")
+    var = adata.var
+    fig, ax = plt.subplots(figsize=(4.6, 3.6), layout="constrained")
+    ax.scatter(var[f"{key}_mean"], var[col], s=5, color="0.5", lw=0)
+    if highlight:
+        hl = var.loc[var.index.isin(list(highlight))]
+        ax.scatter(
+            hl[f"{key}_mean"], hl[col], s=30, facecolor="none", edgecolor="tab:red", label="markers"
+        )
+        for gene, row in hl.iterrows():
+            ax.annotate(gene, (row[f"{key}_mean"], row[col]), fontsize=7, color="tab:red")
+        ax.legend(frameon=False)
+    for gene, row in var.nlargest(n_labels, col).iterrows():
+        ax.annotate(gene, (row[f"{key}_mean"], row[col]), fontsize=6)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("mean denoised expression (per 10k)")
+    ax.set_ylabel("between-member CV (mean over cells)")
+    ax.set_title("Gene uncertainty")
+    return fig
+
+
+def novelty_umap(adata: AnnData, model=None, key: str = KEY, color: str | None = None):
+    """UMAP of the ensemble's denoised expression, coloured by novelty (and ``color``).
+
+    The embedding is computed from ``log1p`` of the member-averaged normalised expression
+    (never from averaged latent codes, whose spaces are not aligned) and stored in
+    ``adata.obsm["X_umap_ensemblevi"]``; pass ``model`` to compute it when absent.
+    """
+    import scanpy as sc
+
+    basis = "X_umap_ensemblevi"
+    if basis not in adata.obsm:
+        if model is None:
+            raise ValueError(f"No adata.obsm[{basis!r}]; pass the model to compute it.")
+        rho = model.get_normalized_expression(adata, library_size=1e4, return_numpy=True)
+        tmp = AnnData(np.log1p(rho))
+        sc.pp.pca(tmp, n_comps=min(30, tmp.n_vars - 1, tmp.n_obs - 1))
+        sc.pp.neighbors(tmp, random_state=0)
+        sc.tl.umap(tmp, random_state=0)
+        adata.obsm[basis] = tmp.obsm["X_umap"]
+    xy = adata.obsm[basis]
+    panels = [c for c in (f"{key}_novelty_cv", f"{key}_novelty_llgap", color) if c]
+    panels = [c for c in panels if c in adata.obs]
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(4.0 * len(panels), 3.2), squeeze=False, layout="constrained"
+    )
+    for ax, col in zip(axes.flat, panels, strict=True):
+        values = adata.obs[col]
+        if values.dtype.kind in "fi":
+            sc_ = ax.scatter(*xy.T, c=np.log10(values.clip(lower=1e-6)), s=3, cmap="magma", lw=0)
+            fig.colorbar(sc_, ax=ax, shrink=0.8, label=f"log10 {col.removeprefix(key + '_')}")
+        else:
+            cats = values.astype("category")
+            for i, cat in enumerate(cats.cat.categories):
+                m = (cats == cat).to_numpy()
+                ax.scatter(*xy[m].T, s=3, lw=0, color=plt.cm.tab20(i % 20), label=str(cat))
+            ax.legend(
+                markerscale=3, fontsize=6, frameon=False, loc="center left", bbox_to_anchor=(1, 0.5)
+            )
+        ax.set_title(col.removeprefix(key + "_"))
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_xlabel("UMAP 1")
+        ax.set_ylabel("UMAP 2")
+    return fig

@@ -1,0 +1,17 @@
+"""Analysis tools, scanpy style: take a model and an AnnData, write results into it."""
+
+from ._markers import MARKER_SETS, check_markers, load_markers, parse_marker_options
+from ._novelty import cell_novelty
+from ._seeds import seed_ensemble
+from ._spread import expression_spread, gene_uncertainty
+
+__all__ = [
+    "MARKER_SETS",
+    "cell_novelty",
+    "check_markers",
+    "expression_spread",
+    "gene_uncertainty",
+    "load_markers",
+    "parse_marker_options",
+    "seed_ensemble",
+]

@@ -1,0 +1,96 @@
+"""Marker gene sets: built-in ones, user files, and checking them against the data."""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+MARKER_SETS: dict[str, dict[str, list[str]]] = {
+    # The science's nine markers, with the heart cell atlas' cell_type names.
+    "heart": {
+        "Fibroblast": ["DCN", "GSN", "PDGFRA"],
+        "Smooth_muscle_cells": ["MYH11", "TAGLN", "ACTA2"],
+        "Myeloid": ["CD14", "C1QA", "CD68"],
+    },
+    # scanpy's PBMC 3k tutorial labels (../shared/data/pbmc3k.h5ad).
+    "pbmc3k": {
+        "CD14+ Monocytes": ["CD14", "LYZ"],
+        "B cells": ["MS4A1", "CD79A"],
+        "NK cells": ["NKG7", "GNLY"],
+        "CD4 T cells": ["IL7R", "CD3E"],
+        "CD8 T cells": ["CD8A"],
+        "FCGR3A+ Monocytes": ["FCGR3A"],
+        "Dendritic cells": ["FCER1A"],
+        "Megakaryocytes": ["PPBP"],
+    },
+}
+
+
+def load_markers(spec: str | Path | Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+    """A marker set from a built-in name, a JSON/YAML file (``{group: [genes]}``) or a dict."""
+    if isinstance(spec, Mapping):
+        return {str(k): [str(g) for g in v] for k, v in spec.items()}
+    if str(spec) in MARKER_SETS:
+        return {k: list(v) for k, v in MARKER_SETS[str(spec)].items()}
+    path = Path(spec)
+    if not path.exists():
+        raise ValueError(
+            f"Unknown marker set {str(spec)!r}: use one of {sorted(MARKER_SETS)} or a "
+            "JSON/YAML file mapping each group to its genes."
+        )
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text)
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
+        raise ValueError(f"{path} must map each group to a list of gene names.")
+    return load_markers(data)
+
+
+def parse_marker_options(items: Sequence[str]) -> dict[str, list[str]]:
+    """``TYPE=GENE,GENE`` strings (the CLI's ``--marker``) as a marker set."""
+    out: dict[str, list[str]] = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"{item!r} is not TYPE=GENE,GENE (e.g. --marker B=MS4A1,CD79A).")
+        group, genes = item.split("=", 1)
+        out.setdefault(group.strip(), []).extend(g.strip() for g in genes.split(",") if g)
+    return out
+
+
+def check_markers(
+    markers: Mapping[str, Sequence[str]],
+    var_names: Sequence[str],
+    groups: Sequence[str] | None = None,
+) -> tuple[dict[str, list[str]], pd.DataFrame]:
+    """Split a marker set into the genes present and a table of what is missing and why.
+
+    Returns the markers found in ``var_names`` and a DataFrame (``group``, ``gene``,
+    ``problem``, ``close_matches``) of missing genes (with close names from the data) and
+    of groups absent from ``groups`` (the values of the grouping column).
+    """
+    names = pd.Index(var_names).astype(str)
+    upper = {n.upper(): n for n in names}
+    found: dict[str, list[str]] = {}
+    rows = []
+    for group, genes in markers.items():
+        if groups is not None and group not in set(groups):
+            close = difflib.get_close_matches(group, [str(g) for g in groups], n=3)
+            rows.append((group, "", "group not in the data", ", ".join(close)))
+            continue
+        for gene in genes:
+            if gene in names:
+                found.setdefault(group, []).append(gene)
+                continue
+            close = [upper[gene.upper()]] if gene.upper() in upper else []
+            close += difflib.get_close_matches(gene, list(names), n=3, cutoff=0.75)
+            rows.append((group, gene, "gene not in the data", ", ".join(dict.fromkeys(close))))
+    report = pd.DataFrame(rows, columns=["group", "gene", "problem", "close_matches"])
+    return found, report

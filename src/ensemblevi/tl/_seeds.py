@@ -1,0 +1,72 @@
+"""The original experiment: N scVI models trained with different seeds, as one ensemble."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import scvi
+from anndata import AnnData
+from scvi.utils import track
+
+
+def seed_ensemble(
+    adata: AnnData,
+    n_seeds: int = 36,
+    save_dir: str | os.PathLike | None = None,
+    setup_kwargs: dict[str, Any] | None = None,
+    max_epochs: int | None = None,
+    train_kwargs: dict[str, Any] | None = None,
+    progress: bool = True,
+    **scvi_kwargs: Any,
+):
+    """Train ``n_seeds`` ``scvi.model.SCVI`` models, seed 0 .. n-1, as one deep ensemble.
+
+    Each model is scvi-tools' own SCVI, trained with its own seed; with ``save_dir`` each
+    is saved (atomically) to ``save_dir/seed_<k>`` and a later call loads the models that
+    are already there, so an interrupted run resumes. The result is an
+    :class:`~ensemblevi.model.EnsembleSCVI` whose member ``k`` holds seed ``k``'s weights
+    (``EnsembleSCVI.from_scvi``), so every ensemble analysis applies to it.
+
+    Parameters
+    ----------
+    adata
+        AnnData with counts; registered here with ``scvi.model.SCVI.setup_anndata``.
+    n_seeds
+        Number of trainings.
+    save_dir
+        Directory of the saved models (resumable), or ``None`` to keep them in memory.
+    setup_kwargs
+        Passed to ``setup_anndata`` (``layer``, ``batch_key``, ...).
+    max_epochs, train_kwargs
+        Passed to ``SCVI.train``.
+    **scvi_kwargs
+        Passed to ``scvi.model.SCVI`` (``n_hidden``, ``n_latent``, ...).
+    """
+    from ensemblevi.model import EnsembleSCVI
+    from ensemblevi.model._ensemble_scvi import _seeded_globally
+
+    setup_kwargs = dict(setup_kwargs or {})
+    scvi.model.SCVI.setup_anndata(adata, **setup_kwargs)
+    models = []
+    for seed in track(range(n_seeds), description="scVI seeds", disable=not progress):
+        path = None if save_dir is None else Path(save_dir) / f"seed_{seed}"
+        if path is not None and (path / "model.pt").exists():
+            models.append(scvi.model.SCVI.load(str(path), adata=adata))
+            continue
+        with _seeded_globally(seed), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = scvi.model.SCVI(adata, **scvi_kwargs)
+            model.train(max_epochs=max_epochs, enable_progress_bar=False, **(train_kwargs or {}))
+        if path is not None:
+            tmp = path.with_name(f".{path.name}.tmp")
+            model.save(str(tmp), overwrite=True)
+            if path.exists():  # a partial directory from an interrupted save
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        models.append(model)
+    EnsembleSCVI.setup_anndata(adata, **setup_kwargs)
+    return EnsembleSCVI.from_scvi(models, adata=adata)
