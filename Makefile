@@ -16,7 +16,7 @@ $(BIN)/.installed: pyproject.toml Makefile
 install: $(BIN)/.installed
 
 demo: $(BIN)/.installed
-	$(BIN)/ensemblevi run --force
+	$(BIN)/ensemblevi run --force --out results
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
