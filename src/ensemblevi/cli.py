@@ -286,7 +286,7 @@ def run(
         "marker_summary": summary,
         "gene_uncertainty": genes,
         "cell_novelty": novelty,
-        "run_metadata": pd_frame(config),
+        "run_metadata": _config_frame(config),
     }
     for name, frame in tables.items():
         if frame is not None:
@@ -302,7 +302,7 @@ def run(
         f"agree on least is {top['gene']} in {top['group']}: a typical cell's value varies by "
         f"{100 * top['member_cv']:.0f}% between members (coefficient of variation), and "
         f"{100 * top['frac_uncertain_cells']:.0f}% of its cells exceed the CV threshold of "
-        f"{spread_threshold(adata)}.",
+        f"{_spread_threshold(adata)}.",
         "For the markers, between-member disagreement is "
         f"{100 * summary['frac_between'].mean():.0f}% of the model's uncertainty on average "
         "(the rest is the latent posterior within a member): retraining would move these "
@@ -372,13 +372,13 @@ def run(
     )
 
 
-def pd_frame(config: dict):
+def _config_frame(config: dict):
     import pandas as pd
 
     return pd.DataFrame({"value": [json.dumps(v) for v in config.values()]}, index=list(config))
 
 
-def spread_threshold(adata) -> float:
+def _spread_threshold(adata) -> float:
     return adata.uns["ensemblevi"]["expression_spread"]["params"]["cv_threshold"]
 
 

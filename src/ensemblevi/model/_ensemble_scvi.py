@@ -743,11 +743,8 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
         out = []
         for tensors in self._seeded_batches(adata, indices, batch_size, seed=None):
             pred = self.module.predictive(tensors, n_samples, transform_batch=transform_batch)
-            n_s, n_m, n_b, n_g = pred.scale.shape
-            pick = torch.randint(n_m, (n_s, 1, n_b, 1), device=pred.scale.device)
-            pick = pick.expand(-1, -1, -1, n_g)
-            rate = (rna_size_factor * pred.scale).gather(1, pick)[:, 0]
-            theta = pred.theta.expand(n_s, n_m, n_b, n_g).gather(1, pick)[:, 0]
+            choose = pred.mixture_draw()
+            rate, theta = choose(rna_size_factor * pred.scale), choose(pred.theta)
             data = torch.distributions.Gamma(theta, theta / rate).sample().cpu().numpy()
             out.append(data[0] if n_samples == 1 else np.transpose(data, (1, 2, 0)))
         return np.concatenate(out, axis=0)

@@ -46,6 +46,21 @@ class Predictive(NamedTuple):
     theta: torch.Tensor | None  # NB dispersion (None for Poisson)
     zi_logits: torch.Tensor | None  # zero-inflation logits (ZINB only), (S, M, B, G)
 
+    def mixture_draw(self):
+        """Draw a member uniformly per (sample, cell): samples of the equal-weight mixture.
+
+        Returns a function that takes any ``(S, M|1, B|1, G)`` tensor of this prediction
+        and gives the drawn members' values, ``(S, B, G)``.
+        """
+        n_s, n_m, n_b, _ = self.scale.shape
+        pick = torch.randint(n_m, (n_s, 1, n_b, 1), device=self.scale.device)
+
+        def choose(t: torch.Tensor) -> torch.Tensor:
+            t = t.expand(n_s, n_m, n_b, -1)
+            return t.gather(1, pick.expand(-1, -1, -1, t.shape[-1]))[:, 0]
+
+        return choose
+
     def log_prob_sum(self, x: torch.Tensor, gene_likelihood: str) -> torch.Tensor:
         """``sum_g log p(x_g | z, l)``: ``(S, M, B)``."""
         if gene_likelihood == "zinb":
@@ -523,13 +538,7 @@ class EnsembleVAE(BaseModuleClass):
         """
         transform_batch = (generative_kwargs or {}).get("transform_batch")
         pred = self.predictive(tensors, n_samples=n_samples, transform_batch=transform_batch)
-        n_s, n_m, n_b, _ = pred.rate.shape
-        pick = torch.randint(n_m, (n_s, 1, n_b, 1), device=pred.rate.device)
-
-        def choose(t):  # (S, M|1, B|1, G) -> (S, B, G) of the picked members
-            t = t.expand(n_s, n_m, n_b, -1)
-            return t.gather(1, pick.expand(-1, -1, -1, t.shape[-1]))[:, 0]
-
+        choose = pred.mixture_draw()
         rate = choose(pred.rate)
         if self.gene_likelihood == "poisson":
             samples = Poisson(rate.clamp(max=max_poisson_rate)).sample()

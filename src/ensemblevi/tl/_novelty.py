@@ -13,9 +13,9 @@ Threshold rule: a cell is flagged (``is_novel``) when its ``novelty_cv`` exceeds
 ``1 - alpha`` quantile of the score on cells like the training data that the model did
 not train on: half of the model's validation cells (a fixed random half), so that the
 other half measures the rule's false-positive rate honestly. Cells the model trained on
-score lower than new cells of the same kind (measured: a threshold from training cells
-flagged 5% of validation cells at alpha = 1%), so they are not used to calibrate; they
-are used only when the model has fewer than 40 validation cells, and the report says so.
+score lower than new cells of the same kind (an unscripted check: a threshold from
+training cells flagged 5% of validation cells at alpha = 1%), so they are not used to
+calibrate; they are used only when the model has fewer than 40 validation cells, and the report says so.
 """
 
 from __future__ import annotations
