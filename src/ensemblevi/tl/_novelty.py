@@ -15,7 +15,8 @@ not train on: half of the model's validation cells (a fixed random half), so tha
 other half measures the rule's false-positive rate honestly. Cells the model trained on
 score lower than new cells of the same kind (an unscripted check: a threshold from
 training cells flagged 5% of validation cells at alpha = 1%), so they are not used to
-calibrate; they are used only when the model has fewer than 40 validation cells, and the report says so.
+calibrate; they are used only when the model has fewer than 40 validation cells, and the
+report says so.
 """
 
 from __future__ import annotations
