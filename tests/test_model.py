@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import Callback
 import ensemblevi as ev
 from ensemblevi.model import EnsembleSCVI
 
-KINDS = ["deep", "batch", "mcdropout", "single"]
+KINDS = ["deep", "batch", "hyperbatch", "mcdropout", "single"]
 TRAIN = {"max_epochs": 2, "enable_progress_bar": False, "seed": 0}
 
 

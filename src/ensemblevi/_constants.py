@@ -7,7 +7,7 @@ from typing import Literal, get_args
 
 import torch
 
-EnsembleKind = Literal["single", "deep", "batch", "mcdropout"]
+EnsembleKind = Literal["single", "deep", "batch", "hyperbatch", "mcdropout"]
 #: The ensemble kinds, in the order the docs list them.
 ENSEMBLE_KINDS: tuple[str, ...] = get_args(EnsembleKind)
 

@@ -156,7 +156,9 @@ def run(
     batch_key: Annotated[str | None, typer.Option(help="obs column of the batch.")] = None,
     labels_key: Annotated[str, typer.Option(help="obs column of the cell groups.")] = "cell_type",
     n_top_genes: Annotated[int, typer.Option(help="Highly variable genes kept.")] = 1200,
-    ensemble: Annotated[str, typer.Option(help="single, deep, batch or mcdropout.")] = "deep",
+    ensemble: Annotated[
+        str, typer.Option(help="single, deep, batch, hyperbatch or mcdropout.")
+    ] = "deep",
     members: Annotated[int, typer.Option(help="Ensemble members K.")] = 4,
     seeds: Annotated[
         int, typer.Option(help="Train N scvi.model.SCVI seeds instead (the original experiment).")

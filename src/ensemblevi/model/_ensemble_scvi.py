@@ -36,7 +36,7 @@ from ensemblevi._compat import (
 from ensemblevi._constants import VARIANCE_PARTS, EnsembleKind, check_kind, logmeanexp
 from ensemblevi.data import require_obs_columns, validate_counts
 from ensemblevi.module import EnsembleVAE, Predictive, load_scvi_member
-from ensemblevi.train import EnsembleTrainingPlan, EpochCheckpoint, NaNGuard
+from ensemblevi.train import EnsembleTrainingPlan, EpochCheckpoint, HyperTrainingPlan, NaNGuard
 
 from ._members import MEMBER_ONLY, Members, member_only
 from ._uncertainty import decompose_variance
@@ -178,7 +178,7 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
 
     @property
     def ensemble(self) -> str:
-        """The ensemble kind (``single``, ``deep``, ``batch`` or ``mcdropout``)."""
+        """The ensemble kind (``single``, ``deep``, ``batch``, ``hyperbatch``, ``mcdropout``)."""
         return self.module.ensemble
 
     @property
@@ -326,7 +326,10 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
             sampling) for this training only: the global random state and
             ``scvi.settings.seed`` are as they were afterwards.
         plan_kwargs
-            Passed to :class:`~ensemblevi.train.EnsembleTrainingPlan` (``lr``, ...).
+            Passed to :class:`~ensemblevi.train.EnsembleTrainingPlan` (``lr``, ...), for
+            ``hyperbatch`` to :class:`~ensemblevi.train.HyperTrainingPlan` (also
+            ``tune_every``, ``tau``, ``tune_lr``). ``hyperbatch`` tunes on the validation
+            split, so it needs ``train_size < 1``.
         **kwargs
             Passed to ``scvi.model.base.UnsupervisedTrainingMixin.train``
             (``train_size``, ``early_stopping``, ``accelerator``, ``callbacks``, ...).
@@ -337,6 +340,13 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
             On a NaN or infinite loss; the model then holds the last good epoch's weights.
         """
         plan_kwargs = {"fast_lr_multiplier": fast_lr_multiplier, **(plan_kwargs or {})}
+        hyper = self.ensemble == "hyperbatch"
+        self._training_plan_cls = HyperTrainingPlan if hyper else EnsembleTrainingPlan
+        if hyper and kwargs.get("train_size", 0.9) >= 1:
+            raise ValueError(
+                "ensemble='hyperbatch' tunes its hyperparameters on validation cells: use "
+                "train_size < 1 (default 0.9)."
+            )
         callbacks = list(kwargs.pop("callbacks", None) or [])
         guard = NaNGuard()
         callbacks.append(guard)
@@ -344,7 +354,7 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
             callbacks.append(EpochCheckpoint(self, checkpoint_path, every=checkpoint_every))
         try:
             with _seeded_globally(seed):
-                return super().train(
+                out = super().train(
                     max_epochs=max_epochs,
                     batch_size=batch_size,
                     plan_kwargs=plan_kwargs,
@@ -356,6 +366,54 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
                 self.is_trained_ = True
             self.module.eval()
             raise
+        finally:
+            if hyper and getattr(self.module, "hyper_trajectory", None):
+                self._store_trajectory(self.module.hyper_trajectory)
+                self.module.hyper_trajectory = []
+        return out
+
+    # ------------------------------------------------------ hyperparameters
+    def _store_trajectory(self, records: list[dict]) -> None:
+        names = self.module.hyper.names
+        rows = [
+            (r["step"], r["epoch"], k, name, float(r["low"][k, j]), float(r["high"][k, j]),
+             r["nll"])
+            for r in records
+            for k in range(self.n_members)
+            for j, name in enumerate(names)
+        ]  # fmt: skip
+        new = pd.DataFrame(
+            rows, columns=["step", "epoch", "member", "hyperparameter", "low", "high", "tune_nll"]
+        )
+        old = getattr(self, "hyper_trajectory_", None)
+        if old is not None and len(old):  # a further train() call continues the record
+            new = new.assign(step=new["step"] + old["step"].max() + 1)
+            new = pd.concat([old, new], ignore_index=True)
+        self.hyper_trajectory_ = new
+
+    def get_hyperparameters(self) -> pd.DataFrame:
+        """The tuned hyperparameters of a ``hyperbatch`` model, one row per member and name.
+
+        Columns ``member``, ``hyperparameter``, ``low``, ``high`` (the member's log-uniform
+        interval) and ``mean`` (what the member uses at prediction). Their trajectory during
+        training is ``model.hyper_trajectory_`` (one row per tune step, member and name).
+        """
+        if self.module.hyper is None:
+            raise ValueError(
+                f"get_hyperparameters needs ensemble='hyperbatch'; this model is {self.ensemble!r}."
+            )
+        hyper = self.module.hyper
+        with torch.no_grad():
+            low, high = (t.cpu().numpy() for t in hyper.bounds())
+            mean = hyper.mean().cpu().numpy()
+        return pd.DataFrame(
+            [
+                (k, name, float(low[k, j]), float(high[k, j]), float(mean[k, j]))
+                for k in range(self.n_members)
+                for j, name in enumerate(hyper.names)
+            ],
+            columns=["member", "hyperparameter", "low", "high", "mean"],
+        )
 
     # ------------------------------------------------------------ helpers
     def _gene_mask(self, adata: AnnData, gene_list: Sequence[str] | None) -> np.ndarray:

@@ -2,5 +2,12 @@
 
 from ._ensemble_vae import EnsembleVAE, Predictive
 from ._from_scvi import load_scvi_member
+from ._hyperparameters import DEFAULT_HYPERPARAMETERS, resolve_hyperparameters
 
-__all__ = ["EnsembleVAE", "Predictive", "load_scvi_member"]
+__all__ = [
+    "DEFAULT_HYPERPARAMETERS",
+    "EnsembleVAE",
+    "Predictive",
+    "load_scvi_member",
+    "resolve_hyperparameters",
+]

@@ -15,6 +15,10 @@ from torch import nn
 from torch.distributions import Normal, kl_divergence
 
 from ensemblevi._constants import EnsembleKind, check_kind, logmeanexp
+from ensemblevi.module._hyperparameters import (
+    HyperparameterSpec,
+    resolve_hyperparameters,
+)
 from ensemblevi.module._likelihood import (
     nb_log_prob_sum,
     poisson_log_prob_sum,
@@ -24,7 +28,12 @@ from ensemblevi.nn import (
     EnsembleDecoderSCVI,
     EnsembleEncoder,
     EnsembleModule,
+    HyperBatchEnsembleLinear,
+    HyperDropout,
+    LogUniformHyperparameters,
+    hyper_l2_penalty,
     set_active_member,
+    set_hyperparameters,
 )
 
 
@@ -103,8 +112,9 @@ class EnsembleVAE(BaseModuleClass):
         Number of members K (forced to 1 for ``ensemble="single"``).
     ensemble
         ``single`` (one scVI network), ``deep`` (K independent networks, vectorised),
-        ``batch`` (BatchEnsemble: shared kernels, per-member fast weights) or ``mcdropout``
-        (one network, K dropout masks kept on at prediction).
+        ``batch`` (BatchEnsemble: shared kernels, per-member fast weights), ``hyperbatch``
+        (Hyper-BatchEnsemble: BatchEnsemble whose members also tune hyperparameters) or
+        ``mcdropout`` (one network, K dropout masks kept on at prediction).
     n_batch, n_labels, n_continuous_cov, n_cats_per_cov
         Covariates, as in ``scvi.module.VAE``.
     n_hidden, n_latent, n_layers, dropout_rate
@@ -118,6 +128,10 @@ class EnsembleVAE(BaseModuleClass):
         Library size handling, as in ``scvi.module.VAE``.
     random_sign_init
         BatchEnsemble fast-weight init (negative: N(1, |value|); positive p: random signs).
+    hyperparameters
+        ``hyperbatch`` only: what to tune (see
+        :func:`~ensemblevi.module.resolve_hyperparameters`; default: dropout, KL weight and
+        the four L2 groups). A tuned dropout replaces ``dropout_rate`` in the encoder.
     """
 
     def __init__(
@@ -144,9 +158,12 @@ class EnsembleVAE(BaseModuleClass):
         library_log_means: np.ndarray | None = None,
         library_log_vars: np.ndarray | None = None,
         random_sign_init: float = -0.5,
+        hyperparameters: HyperparameterSpec = None,
     ):
         super().__init__()
         check_kind(ensemble)
+        if hyperparameters is not None and ensemble != "hyperbatch":
+            raise ValueError("hyperparameters are tuned by ensemble='hyperbatch' only.")
         if gene_likelihood not in ("zinb", "nb", "poisson"):
             raise ValueError(
                 f"gene_likelihood must be zinb, nb or poisson, got {gene_likelihood!r}."
@@ -171,6 +188,18 @@ class EnsembleVAE(BaseModuleClass):
         self._active_member: int | None = None
         kind: EnsembleKind = "deep" if ensemble == "single" else ensemble
         mc = ensemble == "mcdropout"
+        # Hyper-BatchEnsemble: per-member hyperparameter distributions (see _prepare_hyper)
+        self.hyper: LogUniformHyperparameters | None = None
+        self.l2_scale = 0.0  # 1 / training cells, set by the training plan
+        self._sample_hyper = False  # the tune step samples lambda in evaluation mode
+        self._lambda: torch.Tensor | None = None
+        n_hyper = 0
+        if ensemble == "hyperbatch":
+            self.hyper = LogUniformHyperparameters(
+                self.n_members, resolve_hyperparameters(hyperparameters)
+            )
+            n_hyper = self.hyper.n_hyper
+        tuned = self.hyper.names if self.hyper is not None else ()
 
         if not use_observed_lib_size:
             if library_log_means is None or library_log_vars is None:
@@ -192,7 +221,8 @@ class EnsembleVAE(BaseModuleClass):
         ln_enc = use_layer_norm in ("encoder", "both")
         ln_dec = use_layer_norm in ("decoder", "both")
         n_input_encoder = n_input + n_continuous_cov * encode_covariates
-        common = {"kind": kind, "n_members": self.n_members, "mc_dropout": mc}
+        common = {"kind": kind, "n_members": self.n_members, "mc_dropout": mc, "n_hyper": n_hyper}
+        enc_dropout = {"tuned_dropout": "dropout" in tuned}
         self.z_encoder = EnsembleEncoder(
             n_input=n_input_encoder,
             n_output=n_latent,
@@ -204,6 +234,7 @@ class EnsembleVAE(BaseModuleClass):
             use_layer_norm=ln_enc,
             inject_covariates=deeply_inject_covariates,
             **common,
+            **enc_dropout,
         )
         self.l_encoder = (
             None
@@ -219,6 +250,7 @@ class EnsembleVAE(BaseModuleClass):
                 use_layer_norm=ln_enc,
                 inject_covariates=deeply_inject_covariates,
                 **common,
+                **enc_dropout,
             )
         )
         self.decoder = EnsembleDecoderSCVI(
@@ -262,6 +294,89 @@ class EnsembleVAE(BaseModuleClass):
             p for m in self.modules() if isinstance(m, EnsembleModule) for p in m.fast_parameters()
         ]
 
+    # ------------------------------------------------------ hyperparameters
+    def hyper_parameters(self) -> list[nn.Parameter]:
+        """The tuned bounds ``log a``, ``log b`` (updated by the tune step only)."""
+        return [] if self.hyper is None else list(self.hyper.parameters())
+
+    def _prepare_hyper(self, n_cells: int) -> None:
+        """Choose lambda for the coming pass and hand it to the layers.
+
+        Training (and the tune step): one reparameterised draw per member and cell,
+        ``(K, B, J)``; prediction: each member's mean, ``(K, 1, J)``.
+        """
+        if self.hyper is None:
+            return
+        if self.training or self._sample_hyper:
+            lam = self.hyper.sample(n_cells)
+        else:
+            lam = self.hyper.mean().unsqueeze(1)
+        self._lambda = lam
+        set_hyperparameters(self, self.hyper.normalise(lam))
+        if "dropout" in self.hyper.names:
+            rate = lam[..., self.hyper.index("dropout")].unsqueeze(-1)
+            for m in self.modules():
+                if isinstance(m, HyperDropout):
+                    m.rate = rate
+
+    def _hyper_value(self, name: str) -> torch.Tensor | None:
+        """This pass' ``(K|., B|1)`` values of one tuned hyperparameter (None if not tuned)."""
+        if self.hyper is None or name not in self.hyper.names or self._lambda is None:
+            return None
+        lam = self._lambda[..., self.hyper.index(name)]
+        return lam if self.active_member is None else lam[self.active_member]
+
+    def _l2_groups(self) -> dict[str, list[nn.Module]]:
+        enc = [self.z_encoder] + ([self.l_encoder] if self.l_encoder is not None else [])
+        parts = {
+            "encoder": [m for e in enc for m in e.encoder.modules()],
+            "latent": [m for e in enc for m in e.heads.modules()],
+            "decoder": list(self.decoder.px_decoder.modules()),
+            "heads": list(self.decoder.heads.modules()),
+        }
+        return {
+            g: [m for m in mods if isinstance(m, HyperBatchEnsembleLinear)]
+            for g, mods in parts.items()
+        }
+
+    def hyper_l2(self) -> torch.Tensor:
+        """The tuned L2 penalty of this pass (all members), divided by the training cells."""
+        total = torch.zeros((), device=self.px_r.device)
+        if self.hyper is None or self.active_member is not None or not self.l2_scale:
+            return total
+        for group, layers in self._l2_groups().items():
+            strength = self._hyper_value(f"l2_{group}")
+            if strength is None:
+                continue
+            for layer in layers:
+                total = total + hyper_l2_penalty(layer, strength)
+        return total * self.l2_scale
+
+    def tune_loss(self, tensors, tau: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tune step's objective on a validation minibatch: ``(loss, nll)``.
+
+        ``nll = -mean_i log (1/K) sum_k exp(ELBO_k(x_i))`` with ``beta = 1`` and no
+        regulariser, computed in evaluation mode (no dropout) with lambda drawn from each
+        member's distribution; ``loss = nll - tau * mean entropy`` of the distributions.
+        Only the bounds should be updated from it (the plan differentiates it with
+        respect to :meth:`hyper_parameters` alone).
+        """
+        if self.hyper is None:
+            raise ValueError("tune_loss is for ensemble='hyperbatch'.")
+        was_training = self.training
+        self.eval()
+        self._sample_hyper = True
+        try:
+            inf = self.inference(**self._get_inference_input(tensors))
+            gen = self.generative(**self._get_generative_input(tensors, inf))
+            rec, kl_z, kl_l = self.elbo_terms(tensors, inf, gen)
+            nll = -logmeanexp(-(rec + kl_z + kl_l), 0).mean()
+            loss = nll - tau * self.hyper.entropy().mean()
+        finally:
+            self._sample_hyper = False
+            self.train(was_training)
+        return loss, nll
+
     # ---------------------------------------------------------------- inputs
     def _get_inference_input(self, tensors, **kwargs):
         return {
@@ -285,6 +400,7 @@ class EnsembleVAE(BaseModuleClass):
     @auto_move_data
     def inference(self, x, batch_index, cont_covs=None, cat_covs=None, n_samples: int = 1):
         """q(z | x) (and q(l | x)) of every active member."""
+        self._prepare_hyper(x.shape[0])
         x_ = torch.log1p(x) if self.log_variational else x
         if cont_covs is not None and self.encode_covariates:
             x_ = torch.cat((x_, cont_covs), dim=-1)
@@ -387,12 +503,18 @@ class EnsembleVAE(BaseModuleClass):
         A deep ensemble sums: every member then gets exactly the gradient it would get if it
         were trained alone. BatchEnsemble and MC dropout share weights, and the reference
         averages over the K*B rows. The logged per-cell metrics are member averages.
+        Hyper-BatchEnsemble in training mode weighs each cell's KL by its sampled ``beta``
+        (times the warm-up ``kl_weight``) and adds the tuned L2 penalty; in evaluation mode
+        the loss is the plain ELBO, as for the other kinds.
         """
         rec, kl_z, kl_l = self.elbo_terms(tensors, inference_outputs, generative_outputs)
-        per_cell = rec + kl_weight * kl_z + kl_l
+        beta = self._hyper_value("kl_weight") if self.training else None
+        per_cell = rec + kl_weight * (kl_z if beta is None else beta * kl_z) + kl_l
         if self.active_member is None:
             per_member = per_cell.mean(-1)
             loss = per_member.sum() if self.ensemble in ("deep", "single") else per_member.mean()
+            if self.training:
+                loss = loss + self.hyper_l2()
             rec, kl_z, kl_l = rec.mean(0), kl_z.mean(0), kl_l.mean(0)
         else:
             loss = per_cell.mean()

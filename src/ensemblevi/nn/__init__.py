@@ -8,6 +8,20 @@ from ._blocks import (
     EnsembleFCLayers,
     make_linear,
 )
+from ._hyper import (
+    BatchEnsembleConv2d,
+    BatchEnsembleConvTranspose2d,
+    EnsembleConv2d,
+    EnsembleConvTranspose2d,
+    HyperBatchEnsembleConv2d,
+    HyperBatchEnsembleConvTranspose2d,
+    HyperBatchEnsembleLinear,
+    HyperDropout,
+    Hyperparameter,
+    LogUniformHyperparameters,
+    hyper_l2_penalty,
+    set_hyperparameters,
+)
 from ._layers import (
     BatchEnsembleLinear,
     EnsembleBatchNorm,
@@ -21,18 +35,30 @@ from ._layers import (
 )
 
 __all__ = [
+    "BatchEnsembleConv2d",
+    "BatchEnsembleConvTranspose2d",
     "BatchEnsembleLinear",
     "EnsembleBatchNorm",
+    "EnsembleConv2d",
+    "EnsembleConvTranspose2d",
     "EnsembleDecoderSCVI",
     "EnsembleEncoder",
     "EnsembleFCLayers",
     "EnsembleKind",
     "EnsembleLinear",
     "EnsembleModule",
+    "HyperBatchEnsembleConv2d",
+    "HyperBatchEnsembleConvTranspose2d",
+    "HyperBatchEnsembleLinear",
+    "HyperDropout",
+    "Hyperparameter",
+    "LogUniformHyperparameters",
     "MemberDropout",
     "SharedLinear",
     "fast_weight_init_",
+    "hyper_l2_penalty",
     "make_linear",
     "set_active_member",
+    "set_hyperparameters",
     "split_members",
 ]

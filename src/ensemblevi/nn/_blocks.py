@@ -16,6 +16,7 @@ from torch import nn
 
 from ensemblevi._constants import ENSEMBLE_KINDS, EnsembleKind
 
+from ._hyper import HyperBatchEnsembleLinear, HyperDropout
 from ._layers import (
     MEMBER_AXIS,
     BatchEnsembleLinear,
@@ -27,13 +28,17 @@ from ._layers import (
 
 
 def make_linear(
-    kind: EnsembleKind, n_members: int, d_in: int, d_out: int, bias: bool = True
+    kind: EnsembleKind, n_members: int, d_in: int, d_out: int, bias: bool = True, n_hyper: int = 0
 ) -> nn.Module:
-    """The linear layer of an ensemble kind."""
+    """The linear layer of an ensemble kind (``n_hyper``: tuned hyperparameters, HBE only)."""
     if kind in ("deep", "single"):
         return EnsembleLinear(n_members, d_in, d_out, bias=bias)
     if kind == "batch":
         return BatchEnsembleLinear(n_members, d_in, d_out, bias=bias)
+    if kind == "hyperbatch":
+        if n_hyper < 1:
+            raise ValueError("A hyperbatch layer needs n_hyper >= 1 tuned hyperparameters.")
+        return HyperBatchEnsembleLinear(n_members, d_in, d_out, n_hyper=n_hyper, bias=bias)
     if kind == "mcdropout":
         return SharedLinear(n_members, d_in, d_out, bias=bias)
     raise ValueError(f"Unknown ensemble kind {kind!r}; use one of {ENSEMBLE_KINDS}.")
@@ -72,6 +77,8 @@ class EnsembleFCLayers(nn.Module):
         use_layer_norm: bool = False,
         inject_covariates: bool = True,
         mc_dropout: bool = False,
+        n_hyper: int = 0,
+        tuned_dropout: bool = False,
     ):
         super().__init__()
         self.n_cat_list = [n if n > 1 else 0 for n in (n_cat_list or [])]
@@ -84,7 +91,9 @@ class EnsembleFCLayers(nn.Module):
             self.layers.append(
                 nn.ModuleDict(
                     {
-                        "linear": make_linear(kind, n_members, d_in + n_cov * inject, d_out),
+                        "linear": make_linear(
+                            kind, n_members, d_in + n_cov * inject, d_out, n_hyper=n_hyper
+                        ),
                         "bn": EnsembleBatchNorm(
                             n_members, d_out, n_param_members=1 if kind == "mcdropout" else None
                         )
@@ -93,7 +102,9 @@ class EnsembleFCLayers(nn.Module):
                         "ln": nn.LayerNorm(d_out, elementwise_affine=False)
                         if use_layer_norm
                         else nn.Identity(),
-                        "dropout": MemberDropout(n_members, dropout_rate, always_on=mc_dropout),
+                        "dropout": HyperDropout(n_members)
+                        if tuned_dropout
+                        else MemberDropout(n_members, dropout_rate, always_on=mc_dropout),
                     }
                 )
             )
@@ -128,6 +139,8 @@ class EnsembleEncoder(nn.Module):
         inject_covariates: bool = True,
         var_eps: float = 1e-4,
         mc_dropout: bool = False,
+        n_hyper: int = 0,
+        tuned_dropout: bool = False,
     ):
         super().__init__()
         self.n_output = n_output
@@ -145,10 +158,12 @@ class EnsembleEncoder(nn.Module):
             use_layer_norm,
             inject_covariates,
             mc_dropout,
+            n_hyper,
+            tuned_dropout,
         )
         # Mean and log-variance heads fused into one matmul; Linear's init depends on the
         # fan-in only, so this initialises exactly like two separate heads.
-        self.heads = make_linear(kind, n_members, n_hidden, 2 * n_output)
+        self.heads = make_linear(kind, n_members, n_hidden, 2 * n_output, n_hyper=n_hyper)
 
     def forward(
         self, x: torch.Tensor, *cat_list: torch.Tensor, shared_input: bool = True
@@ -177,6 +192,7 @@ class EnsembleDecoderSCVI(nn.Module):
         inject_covariates: bool = True,
         dropout_rate: float = 0.0,
         mc_dropout: bool = False,
+        n_hyper: int = 0,
     ):
         super().__init__()
         self.n_output = n_output
@@ -193,9 +209,10 @@ class EnsembleDecoderSCVI(nn.Module):
             use_layer_norm,
             inject_covariates,
             mc_dropout,
+            n_hyper,
         )
         # Scale and zero-inflation logits heads fused into one matmul (same init as two).
-        self.heads = make_linear(kind, n_members, n_hidden, 2 * n_output)
+        self.heads = make_linear(kind, n_members, n_hidden, 2 * n_output, n_hyper=n_hyper)
 
     def forward(
         self, z: torch.Tensor, library: torch.Tensor, *cat_list: torch.Tensor

@@ -3,6 +3,7 @@
 from ._plots import (
     biological_spread,
     gene_uncertainty,
+    hyperparameter_trajectories,
     member_histograms,
     model_spread,
     novelty_umap,
@@ -12,6 +13,7 @@ from ._plots import (
 __all__ = [
     "biological_spread",
     "gene_uncertainty",
+    "hyperparameter_trajectories",
     "member_histograms",
     "model_spread",
     "novelty_umap",

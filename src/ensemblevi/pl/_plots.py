@@ -194,3 +194,45 @@ def novelty_umap(adata: AnnData, model=None, key: str = KEY, color: str | None =
         ax.set_xlabel("UMAP 1")
         ax.set_ylabel("UMAP 2")
     return fig
+
+
+def hyperparameter_trajectories(model, ncols: int = 3):
+    """Each member's tuned interval per hyperparameter against training steps (HBE).
+
+    One panel per hyperparameter (log scale): per member the band ``[low, high]`` of its
+    log-uniform distribution after each tune step and the line of its mean (the value used
+    at prediction); the dotted lines mark the allowed range. Reads
+    ``model.hyper_trajectory_`` (written by ``train`` of an ``ensemble="hyperbatch"`` model).
+    """
+    traj = getattr(model, "hyper_trajectory_", None)
+    if traj is None or not len(traj):
+        raise ValueError(
+            "No hyperparameter trajectory: train an EnsembleSCVI(ensemble='hyperbatch') first."
+        )
+    hyper = model.module.hyper
+    names = list(dict.fromkeys(traj["hyperparameter"]))
+    ncols = min(ncols, len(names))
+    nrows = int(np.ceil(len(names) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 2.6 * nrows), squeeze=False)
+    colors = plt.get_cmap("tab10")
+    for ax, name in zip(axes.flat, names, strict=False):
+        sub = traj[traj["hyperparameter"] == name]
+        for k, m in sub.groupby("member"):
+            lo, hi = m["low"].to_numpy(), m["high"].to_numpy()
+            mean = (hi - lo) / np.log(hi / lo)
+            ax.fill_between(m["step"], lo, hi, color=colors(k % 10), alpha=0.25, lw=0)
+            ax.plot(m["step"], mean, color=colors(k % 10), lw=1, label=f"member {k}")
+        if hyper is not None and name in hyper.names:
+            j = hyper.index(name)
+            for bound in (hyper.range_low[j], hyper.range_high[j]):
+                ax.axhline(float(bound.exp()), color="0.5", ls=":", lw=0.8)
+        ax.set_yscale("log")
+        ax.set_title(name)
+        ax.set_xlabel("training step")
+        ax.set_ylabel("value (log scale)")
+    for ax in list(axes.flat)[len(names) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7, frameon=False)
+    fig.suptitle("Hyper-BatchEnsemble: tuned intervals per member (band) and mean (line)")
+    fig.tight_layout()
+    return fig

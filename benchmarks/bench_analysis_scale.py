@@ -1,0 +1,79 @@
+"""Memory and time of the analysis at atlas scale: 36 members x 18,641 cells x 1,200 genes.
+
+Builds the ``heartlike`` preset at the heart atlas subsample's size, trains an
+``EnsembleSCVI(ensemble="deep", n_members=36)`` briefly (the analysis cost does not depend
+on how well it is trained), then times the analysis that ``ensemblevi run`` does:
+``tl.expression_spread`` on the nine heart markers, ``tl.gene_uncertainty`` on all genes
+and cell types, ``tl.cell_novelty`` on all cells. Peak memory is the process' peak
+resident set size (``ru_maxrss``), which includes the data, the model and the imports;
+the increase over the peak before the analysis is printed too.
+
+Target (issue 7): under 2 GB peak and under 2 minutes for the analysis.
+
+Run: ``.venv/bin/python benchmarks/bench_analysis_scale.py`` (about 3 minutes here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import resource
+import time
+import warnings
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--members", type=int, default=36)
+    parser.add_argument("--cells", type=int, default=18641)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--n-samples", type=int, default=10, help="as ensemblevi run")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    logging.getLogger("scvi").setLevel(logging.ERROR)
+    import torch
+
+    import ensemblevi as ev
+    from ensemblevi.model import EnsembleSCVI
+
+    torch.set_num_threads(2)
+    adata = ev.data.synthetic("heartlike", seed=0, n_cells=args.cells)
+    EnsembleSCVI.setup_anndata(adata, layer="counts", batch_key="batch")
+    model = EnsembleSCVI(adata, n_members=args.members, ensemble="deep", seed=0)
+    t = time.perf_counter()
+    model.train(max_epochs=args.epochs, seed=0, enable_progress_bar=False)
+    print(f"{adata.n_obs:,} cells x {adata.n_vars:,} genes, {model.n_members} members")
+    print(f"training {args.epochs} epoch(s): {time.perf_counter() - t:.1f} s")
+    before = peak_mb()
+    print(f"peak RSS before the analysis: {before:,.0f} MB")
+    markers = ev.tl.load_markers("heart")
+    n = args.n_samples
+    steps = {
+        "expression_spread (9 markers)": lambda: ev.tl.expression_spread(
+            model, adata, markers, groupby="cell_type", n_samples=n, progress=False
+        ),
+        "gene_uncertainty (all genes, by cell type)": lambda: ev.tl.gene_uncertainty(
+            model, adata, groupby="cell_type", n_samples=max(2, n // 2), progress=False
+        ),
+        "cell_novelty (all cells)": lambda: ev.tl.cell_novelty(model, adata, progress=False),
+    }
+    rows, total = [], 0.0
+    for name, step in steps.items():
+        t = time.perf_counter()
+        step()
+        dt = time.perf_counter() - t
+        total += dt
+        rows.append((name, dt, peak_mb()))
+    print("\n| step | time (s) | process peak RSS after it (MB) |\n| --- | --- | --- |")
+    for name, dt, mb in rows:
+        print(f"| {name} | {dt:.1f} | {mb:,.0f} |")
+    print(f"| **analysis total** | **{total:.1f}** | **{peak_mb():,.0f}** |")
+    print(f"\nincrease of the peak during the analysis: {peak_mb() - before:,.0f} MB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""Hyper-BatchEnsemble inside EnsembleSCVI: sampling, loss, the tune step, the model API."""
+
+import numpy as np
+import pytest
+import torch
+from scvi import REGISTRY_KEYS
+
+import ensemblevi as ev
+from ensemblevi.model import EnsembleSCVI
+from ensemblevi.module import DEFAULT_HYPERPARAMETERS, EnsembleVAE, resolve_hyperparameters
+from ensemblevi.module._hyperparameters import L2_GROUPS
+from ensemblevi.nn import HyperBatchEnsembleLinear, HyperDropout, hyper_l2_penalty
+from ensemblevi.train import HyperTrainingPlan
+
+K, G, B = 3, 30, 16
+
+
+def _tensors(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.poisson(torch.rand(B, G, generator=g) * 5 + 0.5)
+    return {
+        REGISTRY_KEYS.X_KEY: x,
+        REGISTRY_KEYS.BATCH_KEY: torch.zeros(B, 1),
+        REGISTRY_KEYS.LABELS_KEY: torch.zeros(B, 1),
+    }
+
+
+def _module(**kw):
+    torch.manual_seed(0)
+    return EnsembleVAE(G, n_members=K, ensemble="hyperbatch", n_hidden=16, n_latent=4, **kw)
+
+
+def test_lambda_is_sampled_per_cell_in_training_and_the_mean_at_prediction():
+    module = _module()
+    module.train()
+    module.inference(**module._get_inference_input(_tensors()))
+    lam = module._lambda
+    assert lam.shape == (K, B, len(DEFAULT_HYPERPARAMETERS))
+    low, high = module.hyper.bounds()
+    assert (lam >= low.unsqueeze(1) - 1e-6).all() and (lam <= high.unsqueeze(1) + 1e-6).all()
+    assert lam.std(1).min() > 0  # a different draw per cell
+    drop = [m for m in module.modules() if isinstance(m, HyperDropout)]
+    assert drop and all(torch.equal(m.rate, lam[..., 0:1]) for m in drop)
+    module.eval()
+    module.inference(**module._get_inference_input(_tensors()))
+    torch.testing.assert_close(module._lambda, module.hyper.mean().unsqueeze(1))
+
+
+def test_training_loss_weighs_kl_by_sampled_beta_and_adds_the_l2_penalty():
+    module = _module()
+    module.l2_scale = 1 / 50
+    with torch.no_grad():  # make beta clearly differ from 1
+        j = module.hyper.index("kl_weight")
+        module.hyper.log_low[:, j] = torch.log(torch.tensor([0.2, 2.0, 6.0]))
+        module.hyper.log_high[:, j] = module.hyper.log_low[:, j] + 0.5
+    module.train()
+    tensors = _tensors()
+    inf, gen, out = module(tensors, loss_kwargs={"kl_weight": 0.7})
+    rec, kl_z, kl_l = module.elbo_terms(tensors, inf, gen)
+    beta = module._lambda[..., j]
+    expected = (rec + 0.7 * beta * kl_z + kl_l).mean(-1).mean()
+    l2 = (
+        sum(
+            hyper_l2_penalty(layer, module._lambda[..., module.hyper.index(f"l2_{group}")])
+            for group, layers in module._l2_groups().items()
+            for layer in layers
+        )
+        / 50
+    )
+    assert l2 > 0
+    torch.testing.assert_close(out.loss, expected + l2)
+    # every HBE linear layer is in exactly one L2 group
+    grouped = [id(m) for layers in module._l2_groups().values() for m in layers]
+    all_layers = [id(m) for m in module.modules() if isinstance(m, HyperBatchEnsembleLinear)]
+    assert sorted(grouped) == sorted(all_layers) and len(set(grouped)) == len(grouped)
+    assert tuple(module._l2_groups()) == L2_GROUPS
+    # evaluation: the plain ELBO (beta = 1, no penalty)
+    module.eval()
+    inf, gen, out = module(tensors)
+    rec, kl_z, kl_l = module.elbo_terms(tensors, inf, gen)
+    torch.testing.assert_close(out.loss, (rec + kl_z + kl_l).mean(-1).mean())
+
+
+def test_tune_loss_is_the_mixture_nll_minus_entropy_and_moves_only_the_bounds():
+    module = _module()
+    tensors = _tensors(1)
+    module.train()
+    torch.manual_seed(5)
+    loss, nll = module.tune_loss(tensors, tau=0.1)
+    assert module.training  # restored
+    # same draws again, by hand: evaluation mode, sampled lambda, mixture of member ELBOs
+    module.eval()
+    module._sample_hyper = True
+    torch.manual_seed(5)
+    inf = module.inference(**module._get_inference_input(tensors))
+    gen = module.generative(**module._get_generative_input(tensors, inf))
+    rec, kl_z, kl_l = module.elbo_terms(tensors, inf, gen)
+    module._sample_hyper = False
+    elbo = -(rec + kl_z + kl_l).double()
+    ref = -(torch.logsumexp(elbo, 0) - np.log(K)).mean()
+    torch.testing.assert_close(nll.double(), ref, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(loss, nll - 0.1 * module.hyper.entropy().mean())
+    # the tune step: only the bounds change, and they stay clipped
+    plan = HyperTrainingPlan(module, tune_lr=0.05)
+    plan._tune_opt = torch.optim.Adam(module.hyper_parameters(), lr=0.05)
+    plan._val_iter = iter([tensors])
+    with torch.no_grad():  # a non-trivial embedding, so the NLL depends on lambda
+        for m in module.modules():
+            if isinstance(m, HyperBatchEnsembleLinear):
+                m.embedding.weight.normal_(0, 0.3)
+    net = {n: p.detach().clone() for n, p in module.named_parameters() if "hyper.log" not in n}
+    bounds = [p.detach().clone() for p in module.hyper_parameters()]
+    plan.tune_step()
+    for n, p in module.named_parameters():
+        if n in net:
+            assert torch.equal(p, net[n]), n
+    assert all(
+        not torch.equal(a, b) for a, b in zip(bounds, module.hyper_parameters(), strict=True)
+    )
+    # and the train optimiser's groups never hold the bounds
+    ids = {id(p) for g in plan.param_groups(module.parameters()) for p in g["params"]}
+    assert not ids & {id(p) for p in module.hyper_parameters()}
+    assert len(ids) == sum(1 for _ in module.parameters()) - 2
+
+
+def test_resolve_hyperparameters():
+    assert resolve_hyperparameters() == DEFAULT_HYPERPARAMETERS
+    assert [h.name for h in resolve_hyperparameters(["kl_weight", "dropout"])] == [
+        "kl_weight",
+        "dropout",
+    ]
+    (h,) = resolve_hyperparameters({"kl_weight": (0.5, 2.0)})
+    assert (h.low, h.high, h.init) == (0.5, 2.0, None)
+    (h,) = resolve_hyperparameters({"dropout": {"low": 0.01, "high": 0.5, "init": 0.2}})
+    assert h.init == 0.2
+    with pytest.raises(ValueError, match="tunable"):
+        resolve_hyperparameters(["n_latent"])
+    with pytest.raises(ValueError, match="below 1"):
+        resolve_hyperparameters({"dropout": (0.1, 1.5)})
+    with pytest.raises(ValueError, match="hyperbatch"):
+        EnsembleVAE(G, n_members=K, ensemble="batch", hyperparameters=["dropout"])
+    # without a tuned dropout the encoder keeps its fixed dropout
+    module = EnsembleVAE(G, n_members=K, ensemble="hyperbatch", hyperparameters=["kl_weight"])
+    assert not any(isinstance(m, HyperDropout) for m in module.modules())
+
+
+@pytest.fixture(scope="module")
+def hbe_model():
+    adata = ev.data.synthetic("lopez2020", seed=0, n_cells=300, n_genes=40)
+    EnsembleSCVI.setup_anndata(adata, layer="counts")
+    model = EnsembleSCVI(adata, n_members=K, ensemble="hyperbatch", n_hidden=16, n_latent=4,
+                         seed=0)  # fmt: skip
+    model.train(max_epochs=3, seed=0, enable_progress_bar=False, plan_kwargs={"tune_every": 2})
+    return adata, model
+
+
+def test_model_records_tuning_and_round_trips(hbe_model, tmp_path):
+    adata, model = hbe_model
+    table = model.get_hyperparameters()
+    assert list(table.columns) == ["member", "hyperparameter", "low", "high", "mean"]
+    assert len(table) == K * len(DEFAULT_HYPERPARAMETERS)
+    assert ((table["low"] < table["mean"]) & (table["mean"] < table["high"])).all()
+    traj = model.hyper_trajectory_
+    steps_per_epoch = int(np.ceil(len(model.train_indices) / 128))
+    n_tune = 3 * steps_per_epoch // 2
+    assert traj["step"].nunique() == n_tune + 1  # the initial bounds + one per tune step
+    first = traj[traj["step"] == 0].set_index(["member", "hyperparameter"])
+    last = table.set_index(["member", "hyperparameter"])
+    assert not np.allclose(first["low"], last["low"])  # tuning moved the bounds
+    assert "hyper_kl_weight_low_m0" in model.history and "tune_nll" in model.history
+    model.save(tmp_path / "m")
+    loaded = EnsembleSCVI.load(tmp_path / "m", adata=adata)
+    assert loaded.get_hyperparameters().equals(table)
+    assert len(loaded.hyper_trajectory_) == len(traj)
+    np.testing.assert_allclose(
+        loaded.get_elbo(return_mean=False), model.get_elbo(return_mean=False), rtol=1e-5
+    )
+    fig = ev.pl.hyperparameter_trajectories(model)
+    assert len([ax for ax in fig.axes if ax.has_data()]) == len(DEFAULT_HYPERPARAMETERS)
+
+
+def test_model_errors(hbe_model):
+    adata, model = hbe_model
+    with pytest.raises(ValueError, match="train_size < 1"):
+        model.train(max_epochs=1, train_size=1.0)
+    deep = EnsembleSCVI(adata, n_members=2, ensemble="deep", n_hidden=8, n_latent=2)
+    with pytest.raises(ValueError, match="hyperbatch"):
+        deep.get_hyperparameters()
+    with pytest.raises(ValueError, match="hyperbatch"):
+        ev.pl.hyperparameter_trajectories(deep)
