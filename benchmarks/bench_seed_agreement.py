@@ -15,7 +15,7 @@ against the held-out cells of the seen types (the model's validation cells; trai
 score lower and would flatter the AUROC, so that number is shown too), next to the
 negative ELBO of one ``scvi.model.SCVI`` and of the ensemble mixture.
 
-Run: ``.venv/bin/python benchmarks/bench_seed_agreement.py`` (about 40 minutes here;
+Run: ``.venv/bin/python benchmarks/bench_seed_agreement.py`` (about 50 minutes here;
 trained seeds are kept in ``--cache`` so a rerun resumes), ``--fast`` for a smoke run.
 Writes ``docs/figures/seed_agreement.png`` and prints the markdown for docs/benchmarks.md.
 """
@@ -244,6 +244,35 @@ def figure(results, path: Path) -> None:
     plt.close(fig)
 
 
+def cost(name: str, n_cells: int, epochs: int, n_seeds: int = 3) -> pd.DataFrame:
+    """Training wall times side by side in one process: scVI seeds and each K = 4 kind."""
+    import scvi
+
+    from ensemblevi.model import EnsembleSCVI
+    from ensemblevi.model._ensemble_scvi import _seeded_globally
+
+    adata, batch_key, _ = load(name, n_cells)
+    rows = []
+    scvi.model.SCVI.setup_anndata(adata, layer="counts", batch_key=batch_key)
+    for seed in range(n_seeds):
+        t = time.perf_counter()
+        with _seeded_globally(seed):
+            scvi.model.SCVI(adata, **ARCH).train(max_epochs=epochs, enable_progress_bar=False)
+        rows.append({"model": f"scvi.model.SCVI seed {seed}", "seconds": time.perf_counter() - t})
+    per_seed = np.mean([r["seconds"] for r in rows])
+    EnsembleSCVI.setup_anndata(adata, layer="counts", batch_key=batch_key)
+    for kind in KINDS:
+        t = time.perf_counter()
+        EnsembleSCVI(adata, n_members=4, ensemble=kind, seed=0, **ARCH).train(
+            max_epochs=epochs, seed=0, enable_progress_bar=False
+        )
+        rows.append({"model": f"EnsembleSCVI {kind} K=4", "seconds": time.perf_counter() - t})
+    frame = pd.DataFrame(rows)
+    frame["vs one scVI seed"] = frame["seconds"] / per_seed
+    frame["vs 36 scVI seeds"] = frame["seconds"] / (36 * per_seed)
+    return frame
+
+
 def markdown(table: pd.DataFrame) -> str:
     def cell(v) -> str:
         return f"{v:.3f}" if isinstance(v, float) else str(v)
@@ -257,15 +286,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--fast", action="store_true", help="2 seeds' worth of a smoke run")
     parser.add_argument("--seeds", type=int, default=36)
-    parser.add_argument("--epochs", type=int, default=100)
-    parser.add_argument("--heart-cells", type=int, default=4000)
+    parser.add_argument("--epochs", type=int, default=80)
+    parser.add_argument("--heart-cells", type=int, default=2000)
+    parser.add_argument("--heart-epochs", type=int, default=60)
     parser.add_argument("--n-samples", type=int, default=10)
-    parser.add_argument("--part", choices=["all", "agreement", "novelty"], default="all")
+    parser.add_argument(
+        "--part", choices=["all", "agreement", "novelty", "cost"], default="all",
+        help="cost: time 3 scVI seeds and each K=4 kind side by side, on a quiet machine",
+    )  # fmt: skip
     parser.add_argument("--cache", type=Path, default=Path("/tmp/ensemblevi_bench_seeds"))
     parser.add_argument("--figure", type=Path, default=ROOT / "docs" / "figures" / "seed_agreement")
     args = parser.parse_args()
     if args.fast:
-        args.seeds, args.epochs, args.heart_cells, args.n_samples = 6, 5, 1000, 3
+        args.seeds, args.epochs, args.heart_epochs = 6, 5, 5
+        args.heart_cells, args.n_samples = 1000, 3
     _quiet()
     import torch
 
@@ -274,15 +308,20 @@ def main() -> None:
         raise SystemExit(f"needs {SHARED / 'pbmc3k.h5ad'} (../shared/data)")
     results = {}
     if args.part in ("all", "agreement"):
-        for name in ("pbmc3k", "heartlike"):
+        for name, epochs in (("pbmc3k", args.epochs), ("heartlike", args.heart_epochs)):
             results[name] = agreement(
-                name, args.heart_cells, args.seeds, args.epochs, args.n_samples, args.cache
+                name, args.heart_cells, args.seeds, epochs, args.n_samples, args.cache
             )
         for name, (table, info, _, _) in results.items():
             print(f"\n### {name}: {info}\n")
             print(markdown(table))
         args.figure.parent.mkdir(parents=True, exist_ok=True)
         figure(results, args.figure)
+    if args.part == "cost":
+        for name, epochs in (("pbmc3k", args.epochs), ("heartlike", args.heart_epochs)):
+            frame = cost(name, args.heart_cells, epochs)
+            print(f"\n### training cost, {name}, {epochs} epochs\n")
+            print(markdown(frame))
     if args.part in ("all", "novelty"):
         table, info = novelty(args.epochs, args.n_samples)
         print(f"\n### novelty, PBMC 3k without B cells: {info}\n")

@@ -1,5 +1,6 @@
 """Data layer: reading, validating and preprocessing counts, and the synthetic generator."""
 
+from ._images import check_images, digits, load_images
 from ._io import HEART_FILE, HEART_OBS, heart_cell_atlas, read, write_h5ad_atomic
 from ._preprocess import preprocess
 from ._synthetic import DEFAULTS, PRESETS, params_from_uns, resolve_params, synthetic
@@ -11,8 +12,11 @@ __all__ = [
     "HEART_OBS",
     "PRESETS",
     "CountsReport",
+    "check_images",
+    "digits",
     "get_counts",
     "heart_cell_atlas",
+    "load_images",
     "params_from_uns",
     "preprocess",
     "read",

@@ -1,10 +1,12 @@
 """User-facing models (scvi-tools model API)."""
 
+from ._conv_vae import ConvVAE
 from ._ensemble_scvi import EnsembleSCVI
 from ._members import MemberMethodError, Members, MemberView
 from ._uncertainty import VarianceParts, count_variance_fraction, decompose_variance
 
 __all__ = [
+    "ConvVAE",
     "EnsembleSCVI",
     "MemberMethodError",
     "MemberView",

@@ -1,11 +1,13 @@
 """Probabilistic models (scvi-tools ``BaseModuleClass`` subclasses) with ensemble members."""
 
+from ._conv_vae import EnsembleConvVAE
 from ._ensemble_vae import EnsembleVAE, Predictive
 from ._from_scvi import load_scvi_member
 from ._hyperparameters import DEFAULT_HYPERPARAMETERS, resolve_hyperparameters
 
 __all__ = [
     "DEFAULT_HYPERPARAMETERS",
+    "EnsembleConvVAE",
     "EnsembleVAE",
     "Predictive",
     "load_scvi_member",
