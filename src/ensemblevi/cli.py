@@ -282,17 +282,22 @@ def run(
     }
     if novelty is not None:
         figs["novelty_umap"] = ev.pl.novelty_umap(adata, model, color=labels_key)
+    hyper = model.get_hyperparameters() if model.ensemble == "hyperbatch" else None
+    if hyper is not None:
+        figs["hyperparameters"] = ev.pl.hyperparameter_trajectories(model)
     paths = {name: save_figure(fig, figures / name)[0] for name, fig in figs.items()}
     summary = spread["summary"]
     tables = {
         "marker_summary": summary,
         "gene_uncertainty": genes,
         "cell_novelty": novelty,
+        "hyperparameters": hyper,
         "run_metadata": _config_frame(config),
     }
     for name, frame in tables.items():
         if frame is not None:
-            _write_csv(frame, out / "tables" / f"{name}.csv", index=name != "marker_summary")
+            index = name not in ("marker_summary", "hyperparameters")
+            _write_csv(frame, out / "tables" / f"{name}.csv", index=index)
     timings["figures"] = time.perf_counter() - t
     if not reuse:
         model.save(model_dir, overwrite=True)
@@ -352,6 +357,13 @@ def run(
     ]  # fmt: skip
     if novelty is not None:
         sections.append(("Cell novelty", [paths["novelty_umap"]]))
+    if hyper is not None:
+        sections.append(("Tuned hyperparameters (Hyper-BatchEnsemble)", [
+            "Each member's interval of each tuned hyperparameter over training (band) and "
+            "its mean (line), the value the member uses for prediction.",
+            paths["hyperparameters"],
+            hyper.round(4),
+        ]))  # fmt: skip
     if len(missing):
         sections.append(("Markers not usable", [missing]))
     write_report(out / "report.html", "ensemblevi run report", reading, sections, meta)
