@@ -18,7 +18,12 @@ from scvi.utils import track
 from ensemblevi._constants import EnsembleKind, logmeanexp
 from ensemblevi.data import check_images
 from ensemblevi.module._conv_vae import EnsembleConvVAE
-from ensemblevi.module._hyperparameters import HyperparameterSpec
+from ensemblevi.module._hyperparameters import (
+    HyperparameterSpec,
+    bounds_record,
+    hyperparameter_table,
+    trajectory_frame,
+)
 
 
 class ConvVAE:
@@ -145,7 +150,7 @@ class ConvVAE:
         # the deep loss sums members (each gets its lone gradient); the history is per member
         per_member = self.n_members if self.ensemble in ("deep", "single") else 1
         if hyper:
-            records.append(self._bounds_record(step, 0, None))
+            records.append(bounds_record(module.hyper, step, 0, None))
         start = time.perf_counter()
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
@@ -173,7 +178,9 @@ class ConvVAE:
                         tune_opt.step()
                         tune_opt.zero_grad(set_to_none=True)
                         module.hyper.clip_()
-                        records.append(self._bounds_record(step, epoch, float(tune_nll.detach())))
+                        records.append(
+                            bounds_record(module.hyper, step, epoch, float(tune_nll.detach()))
+                        )
                 module.eval()
                 row = {"epoch": epoch, "train_loss": total / len(train)}
                 if n_val:
@@ -184,24 +191,10 @@ class ConvVAE:
         self.train_time_ = time.perf_counter() - start
         self.history = pd.concat([self.history, pd.DataFrame(rows)], ignore_index=True)
         if hyper:
-            names = module.hyper.names
-            self.hyper_trajectory_ = pd.DataFrame(
-                [
-                    (r["step"], r["epoch"], k, name, float(r["low"][k, j]), float(r["high"][k, j]),
-                     r["nll"])
-                    for r in records
-                    for k in range(self.n_members)
-                    for j, name in enumerate(names)
-                ],
-                columns=["step", "epoch", "member", "hyperparameter", "low", "high", "tune_nll"],
-            )  # fmt: skip
+            self.hyper_trajectory_ = trajectory_frame(module.hyper, records)
         module.eval()
         self.is_trained = True
         return self
-
-    def _bounds_record(self, step: int, epoch: int, nll: float | None) -> dict:
-        low, high = (t.detach().cpu().numpy() for t in self.module.hyper.bounds())
-        return {"step": step, "epoch": epoch, "low": low, "high": high, "nll": nll}
 
     def get_hyperparameters(self) -> pd.DataFrame:
         """Tuned intervals and means per member (``hyperbatch``), as EnsembleSCVI's."""
@@ -210,14 +203,7 @@ class ConvVAE:
             raise ValueError(
                 f"get_hyperparameters needs ensemble='hyperbatch', not {self.ensemble!r}."
             )
-        with torch.no_grad():
-            low, high = (t.numpy() for t in hyper.bounds())
-            mean = hyper.mean().numpy()
-        return pd.DataFrame(
-            [(k, n, float(low[k, j]), float(high[k, j]), float(mean[k, j]))
-             for k in range(self.n_members) for j, n in enumerate(hyper.names)],
-            columns=["member", "hyperparameter", "low", "high", "mean"],
-        )  # fmt: skip
+        return hyperparameter_table(hyper)
 
     # ------------------------------------------------------------- metrics
     def _batched(self, images, fn, batch_size: int = 256) -> np.ndarray:

@@ -36,6 +36,7 @@ from ensemblevi._compat import (
 from ensemblevi._constants import VARIANCE_PARTS, EnsembleKind, check_kind, logmeanexp
 from ensemblevi.data import require_obs_columns, validate_counts
 from ensemblevi.module import EnsembleVAE, Predictive, load_scvi_member
+from ensemblevi.module._hyperparameters import hyperparameter_table, trajectory_frame
 from ensemblevi.train import EnsembleTrainingPlan, EpochCheckpoint, HyperTrainingPlan, NaNGuard
 
 from ._members import MEMBER_ONLY, Members, member_only
@@ -374,17 +375,7 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
 
     # ------------------------------------------------------ hyperparameters
     def _store_trajectory(self, records: list[dict]) -> None:
-        names = self.module.hyper.names
-        rows = [
-            (r["step"], r["epoch"], k, name, float(r["low"][k, j]), float(r["high"][k, j]),
-             r["nll"])
-            for r in records
-            for k in range(self.n_members)
-            for j, name in enumerate(names)
-        ]  # fmt: skip
-        new = pd.DataFrame(
-            rows, columns=["step", "epoch", "member", "hyperparameter", "low", "high", "tune_nll"]
-        )
+        new = trajectory_frame(self.module.hyper, records)
         old = getattr(self, "hyper_trajectory_", None)
         if old is not None and len(old):  # a further train() call continues the record
             new = new.assign(step=new["step"] + old["step"].max() + 1)
@@ -402,18 +393,7 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
             raise ValueError(
                 f"get_hyperparameters needs ensemble='hyperbatch'; this model is {self.ensemble!r}."
             )
-        hyper = self.module.hyper
-        with torch.no_grad():
-            low, high = (t.cpu().numpy() for t in hyper.bounds())
-            mean = hyper.mean().cpu().numpy()
-        return pd.DataFrame(
-            [
-                (k, name, float(low[k, j]), float(high[k, j]), float(mean[k, j]))
-                for k in range(self.n_members)
-                for j, name in enumerate(hyper.names)
-            ],
-            columns=["member", "hyperparameter", "low", "high", "mean"],
-        )
+        return hyperparameter_table(self.module.hyper)
 
     # ------------------------------------------------------------ helpers
     def _gene_mask(self, adata: AnnData, gene_list: Sequence[str] | None) -> np.ndarray:

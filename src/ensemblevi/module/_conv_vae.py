@@ -17,7 +17,7 @@ from torch import nn
 from torch.distributions import ContinuousBernoulli, Normal, kl_divergence
 
 from ensemblevi._constants import EnsembleKind, check_kind, logmeanexp
-from ensemblevi.module._hyperparameters import HyperparameterSpec, resolve_hyperparameters
+from ensemblevi.module._hyperparameters import HyperparameterHost, HyperparameterSpec
 from ensemblevi.nn import (
     BatchEnsembleConv2d,
     BatchEnsembleConvTranspose2d,
@@ -27,7 +27,6 @@ from ensemblevi.nn import (
     HyperBatchEnsembleConv2d,
     HyperBatchEnsembleConvTranspose2d,
     HyperDropout,
-    LogUniformHyperparameters,
     MemberDropout,
     hyper_l2_penalty,
     make_linear,
@@ -49,7 +48,7 @@ def _conv(kind: str, k: int, c_in: int, c_out: int, transpose: bool, n_hyper: in
     return cls(k, c_in, c_out, 3, **kw)
 
 
-class EnsembleConvVAE(nn.Module):
+class EnsembleConvVAE(HyperparameterHost, nn.Module):
     """The network and its loss. ``ensemble`` as in :class:`~ensemblevi.module.EnsembleVAE`.
 
     Parameters
@@ -85,8 +84,6 @@ class EnsembleConvVAE(nn.Module):
         check_kind(ensemble)
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}.")
-        if hyperparameters is not None and ensemble != "hyperbatch":
-            raise ValueError("hyperparameters are tuned by ensemble='hyperbatch' only.")
         if ensemble == "single":
             n_members = 1
         self.n_members = int(n_members)
@@ -102,16 +99,7 @@ class EnsembleConvVAE(nn.Module):
         kind = "deep" if ensemble == "single" else ensemble
         k_w = 1 if mc else self.n_members  # MC dropout: one set of weights
         lin_kind = "deep" if mc else kind
-        self.hyper: LogUniformHyperparameters | None = None
-        self._sample_hyper = False
-        self._lambda: torch.Tensor | None = None
-        self.l2_scale = 0.0
-        n_hyper = 0
-        if ensemble == "hyperbatch":
-            self.hyper = LogUniformHyperparameters(
-                self.n_members, resolve_hyperparameters(hyperparameters)
-            )
-            n_hyper = self.hyper.n_hyper
+        n_hyper = self._init_hyper(ensemble, self.n_members, hyperparameters)
         down = {"stride": 2, "padding": 1}
         up = {"stride": 2, "padding": 1, "output_padding": 1}
         self.enc1 = _conv(kind if not mc else "deep", k_w, 1, c1, False, n_hyper, **down)
@@ -136,29 +124,9 @@ class EnsembleConvVAE(nn.Module):
             p for m in self.modules() if isinstance(m, EnsembleModule) for p in m.fast_parameters()
         ]
 
-    def hyper_parameters(self) -> list[nn.Parameter]:
-        return [] if self.hyper is None else list(self.hyper.parameters())
-
     def network_parameters(self) -> list[nn.Parameter]:
         bounds = {id(p) for p in self.hyper_parameters()}
         return [p for p in self.parameters() if id(p) not in bounds]
-
-    def _prepare_hyper(self, n: int) -> None:
-        if self.hyper is None:
-            return
-        if self.training or self._sample_hyper:
-            lam = self.hyper.sample(n)
-        else:
-            lam = self.hyper.mean().unsqueeze(1)
-        self._lambda = lam
-        set_hyperparameters(self, self.hyper.normalise(lam))
-        if isinstance(self.dropout, HyperDropout):
-            self.dropout.rate = lam[..., self.hyper.index("dropout")].unsqueeze(-1)
-
-    def _hyper_value(self, name: str) -> torch.Tensor | None:
-        if self.hyper is None or name not in self.hyper.names or self._lambda is None:
-            return None
-        return self._lambda[..., self.hyper.index(name)]
 
     def _drop(self, x: torch.Tensor) -> torch.Tensor:
         k = self.n_members

@@ -15,10 +15,7 @@ from torch import nn
 from torch.distributions import Normal, kl_divergence
 
 from ensemblevi._constants import EnsembleKind, check_kind, logmeanexp
-from ensemblevi.module._hyperparameters import (
-    HyperparameterSpec,
-    resolve_hyperparameters,
-)
+from ensemblevi.module._hyperparameters import HyperparameterHost, HyperparameterSpec
 from ensemblevi.module._likelihood import (
     nb_log_prob_sum,
     poisson_log_prob_sum,
@@ -29,11 +26,8 @@ from ensemblevi.nn import (
     EnsembleEncoder,
     EnsembleModule,
     HyperBatchEnsembleLinear,
-    HyperDropout,
-    LogUniformHyperparameters,
     hyper_l2_penalty,
     set_active_member,
-    set_hyperparameters,
 )
 
 
@@ -88,7 +82,7 @@ def _to_smbd(t: torch.Tensor, n_samples: int, one_member: bool) -> torch.Tensor:
     return t
 
 
-class EnsembleVAE(BaseModuleClass):
+class EnsembleVAE(HyperparameterHost, BaseModuleClass):
     """The scVI model (Lopez et al. 2018) as an ensemble of K members.
 
     ``z ~ N(0, I)``; ``x_g | z, l ~ ZINB / NB / Poisson(l * rho_g(z, s), theta_g)`` with the
@@ -162,8 +156,6 @@ class EnsembleVAE(BaseModuleClass):
     ):
         super().__init__()
         check_kind(ensemble)
-        if hyperparameters is not None and ensemble != "hyperbatch":
-            raise ValueError("hyperparameters are tuned by ensemble='hyperbatch' only.")
         if gene_likelihood not in ("zinb", "nb", "poisson"):
             raise ValueError(
                 f"gene_likelihood must be zinb, nb or poisson, got {gene_likelihood!r}."
@@ -188,17 +180,8 @@ class EnsembleVAE(BaseModuleClass):
         self._active_member: int | None = None
         kind: EnsembleKind = "deep" if ensemble == "single" else ensemble
         mc = ensemble == "mcdropout"
-        # Hyper-BatchEnsemble: per-member hyperparameter distributions (see _prepare_hyper)
-        self.hyper: LogUniformHyperparameters | None = None
-        self.l2_scale = 0.0  # 1 / training cells, set by the training plan
-        self._sample_hyper = False  # the tune step samples lambda in evaluation mode
-        self._lambda: torch.Tensor | None = None
-        n_hyper = 0
-        if ensemble == "hyperbatch":
-            self.hyper = LogUniformHyperparameters(
-                self.n_members, resolve_hyperparameters(hyperparameters)
-            )
-            n_hyper = self.hyper.n_hyper
+        # Hyper-BatchEnsemble: per-member hyperparameter distributions
+        n_hyper = self._init_hyper(ensemble, self.n_members, hyperparameters)
         tuned = self.hyper.names if self.hyper is not None else ()
 
         if not use_observed_lib_size:
@@ -295,37 +278,6 @@ class EnsembleVAE(BaseModuleClass):
         ]
 
     # ------------------------------------------------------ hyperparameters
-    def hyper_parameters(self) -> list[nn.Parameter]:
-        """The tuned bounds ``log a``, ``log b`` (updated by the tune step only)."""
-        return [] if self.hyper is None else list(self.hyper.parameters())
-
-    def _prepare_hyper(self, n_cells: int) -> None:
-        """Choose lambda for the coming pass and hand it to the layers.
-
-        Training (and the tune step): one reparameterised draw per member and cell,
-        ``(K, B, J)``; prediction: each member's mean, ``(K, 1, J)``.
-        """
-        if self.hyper is None:
-            return
-        if self.training or self._sample_hyper:
-            lam = self.hyper.sample(n_cells)
-        else:
-            lam = self.hyper.mean().unsqueeze(1)
-        self._lambda = lam
-        set_hyperparameters(self, self.hyper.normalise(lam))
-        if "dropout" in self.hyper.names:
-            rate = lam[..., self.hyper.index("dropout")].unsqueeze(-1)
-            for m in self.modules():
-                if isinstance(m, HyperDropout):
-                    m.rate = rate
-
-    def _hyper_value(self, name: str) -> torch.Tensor | None:
-        """This pass' ``(K|., B|1)`` values of one tuned hyperparameter (None if not tuned)."""
-        if self.hyper is None or name not in self.hyper.names or self._lambda is None:
-            return None
-        lam = self._lambda[..., self.hyper.index(name)]
-        return lam if self.active_member is None else lam[self.active_member]
-
     def _l2_groups(self) -> dict[str, list[nn.Module]]:
         enc = [self.z_encoder] + ([self.l_encoder] if self.l_encoder is not None else [])
         parts = {

@@ -29,7 +29,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from ensemblevi.nn import Hyperparameter
+import pandas as pd
+import torch
+
+from ensemblevi.nn import (
+    HyperDropout,
+    Hyperparameter,
+    LogUniformHyperparameters,
+    set_hyperparameters,
+)
 
 L2_GROUPS = ("encoder", "latent", "decoder", "heads")  # EnsembleVAE._l2_groups' keys
 DEFAULT_HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
@@ -95,3 +103,96 @@ def resolve_hyperparameters(spec: HyperparameterSpec = None) -> tuple[Hyperparam
     if len({h.name for h in out}) != len(out):
         raise ValueError(f"Hyperparameters listed twice: {[h.name for h in out]}.")
     return tuple(out)
+
+
+class HyperparameterHost:
+    """What a module with Hyper-BatchEnsemble hyperparameters shares (EnsembleVAE, the
+    convolutional VAE): choosing lambda for a pass and reading its values.
+
+    The module sets ``hyper`` (a :class:`~ensemblevi.nn.LogUniformHyperparameters` or
+    ``None``), ``_sample_hyper`` and ``_lambda`` in its ``__init__`` via :meth:`_init_hyper`.
+    """
+
+    hyper: LogUniformHyperparameters | None
+    _lambda: torch.Tensor | None
+    active_member: int | None = None
+
+    def _init_hyper(self, ensemble: str, n_members: int, spec: HyperparameterSpec) -> int:
+        """Build the distributions for ``hyperbatch``; returns J (0 for other kinds)."""
+        if spec is not None and ensemble != "hyperbatch":
+            raise ValueError("hyperparameters are tuned by ensemble='hyperbatch' only.")
+        self.hyper = None
+        self._sample_hyper = False  # the tune step samples lambda in evaluation mode
+        self._lambda = None
+        self.l2_scale = 0.0  # 1 / training examples, set by the training loop
+        if ensemble != "hyperbatch":
+            return 0
+        self.hyper = LogUniformHyperparameters(n_members, resolve_hyperparameters(spec))
+        return self.hyper.n_hyper
+
+    def hyper_parameters(self) -> list[torch.nn.Parameter]:
+        """The tuned bounds ``log a``, ``log b`` (updated by the tune step only)."""
+        return [] if self.hyper is None else list(self.hyper.parameters())
+
+    def _prepare_hyper(self, n: int) -> None:
+        """Choose lambda for the coming pass and hand it to the layers.
+
+        Training (and the tune step): one reparameterised draw per member and example,
+        ``(K, n, J)``; prediction: each member's mean, ``(K, 1, J)``.
+        """
+        if self.hyper is None:
+            return
+        if self.training or self._sample_hyper:
+            lam = self.hyper.sample(n)
+        else:
+            lam = self.hyper.mean().unsqueeze(1)
+        self._lambda = lam
+        set_hyperparameters(self, self.hyper.normalise(lam))
+        if "dropout" in self.hyper.names:
+            rate = lam[..., self.hyper.index("dropout")].unsqueeze(-1)
+            for m in self.modules():
+                if isinstance(m, HyperDropout):
+                    m.rate = rate
+
+    def _hyper_value(self, name: str) -> torch.Tensor | None:
+        """This pass' ``(K, n|1)`` values of one tuned hyperparameter (``None``: not tuned);
+        inside a single-member pass, that member's ``(n|1,)``."""
+        if self.hyper is None or name not in self.hyper.names or self._lambda is None:
+            return None
+        lam = self._lambda[..., self.hyper.index(name)]
+        return lam if self.active_member is None else lam[self.active_member]
+
+
+def hyperparameter_table(hyper: LogUniformHyperparameters) -> pd.DataFrame:
+    """``member, hyperparameter, low, high, mean`` of every member's interval."""
+    with torch.no_grad():
+        low, high = (t.cpu().numpy() for t in hyper.bounds())
+        mean = hyper.mean().cpu().numpy()
+    return pd.DataFrame(
+        [
+            (k, name, float(low[k, j]), float(high[k, j]), float(mean[k, j]))
+            for k in range(hyper.n_members)
+            for j, name in enumerate(hyper.names)
+        ],
+        columns=["member", "hyperparameter", "low", "high", "mean"],
+    )
+
+
+def bounds_record(hyper: LogUniformHyperparameters, step: int, epoch: int, nll) -> dict:
+    """One point of the tuning trajectory: the bounds after a tune step."""
+    low, high = (t.detach().cpu().numpy() for t in hyper.bounds())
+    return {"step": step, "epoch": epoch, "low": low, "high": high, "nll": nll}
+
+
+def trajectory_frame(hyper: LogUniformHyperparameters, records: list[dict]) -> pd.DataFrame:
+    """Long table of :func:`bounds_record` points: one row per record, member and name."""
+    return pd.DataFrame(
+        [
+            (r["step"], r["epoch"], k, name, float(r["low"][k, j]), float(r["high"][k, j]),
+             r["nll"])
+            for r in records
+            for k in range(hyper.n_members)
+            for j, name in enumerate(hyper.names)
+        ],
+        columns=["step", "epoch", "member", "hyperparameter", "low", "high", "tune_nll"],
+    )  # fmt: skip

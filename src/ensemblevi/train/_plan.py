@@ -8,6 +8,8 @@ import torch
 from scvi.train import TrainingPlan
 from torch import nn
 
+from ensemblevi.module._hyperparameters import bounds_record
+
 
 class EnsembleTrainingPlan(TrainingPlan):
     """``scvi.train.TrainingPlan`` whose optimiser has two parameter groups.
@@ -128,11 +130,9 @@ class HyperTrainingPlan(EnsembleTrainingPlan):
         return loader
 
     def _record(self, nll: float | None) -> None:
-        low, high = (t.detach().cpu().numpy() for t in self.module.hyper.bounds())
         self.trajectory.append(
-            {"step": self._train_steps, "epoch": self.current_epoch, "low": low, "high": high,
-             "nll": nll}
-        )  # fmt: skip
+            bounds_record(self.module.hyper, self._train_steps, self.current_epoch, nll)
+        )
 
     def on_train_start(self) -> None:
         super().on_train_start()
