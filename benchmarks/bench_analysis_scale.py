@@ -46,7 +46,7 @@ def main() -> None:
     model = EnsembleSCVI(adata, n_members=args.members, ensemble="deep", seed=0)
     t = time.perf_counter()
     model.train(max_epochs=args.epochs, seed=0, enable_progress_bar=False)
-    print(f"{adata.n_obs:,} cells x {adata.n_vars:,} genes, {model.n_members} members")
+    print(f"{adata.n_obs:,} cells x {adata.n_vars:,} genes, {model.n_members} members", flush=True)
     print(f"training {args.epochs} epoch(s): {time.perf_counter() - t:.1f} s")
     before = peak_mb()
     print(f"peak RSS before the analysis: {before:,.0f} MB")
@@ -68,6 +68,7 @@ def main() -> None:
         dt = time.perf_counter() - t
         total += dt
         rows.append((name, dt, peak_mb()))
+        print(f"{name}: {dt:.1f} s, peak RSS {peak_mb():,.0f} MB", flush=True)
     print("\n| step | time (s) | process peak RSS after it (MB) |\n| --- | --- | --- |")
     for name, dt, mb in rows:
         print(f"| {name} | {dt:.1f} | {mb:,.0f} |")

@@ -134,6 +134,7 @@ def main() -> None:
     parser.add_argument("--epochs-hard", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fast", action="store_true")
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--figures", type=Path, default=ROOT / "docs" / "figures")
     args = parser.parse_args()
     if args.fast:
@@ -145,7 +146,7 @@ def main() -> None:
 
     import ensemblevi as ev
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     for name, adata, batch_key, unseen, epochs in datasets(args.epochs_pbmc, args.epochs_hard):
         frame, hbe, n_train, n_test = quality(name, adata, batch_key, epochs, args.seed)
         print(f"\n### {name}: {n_train:,} train / {n_test:,} held-out cells, "

@@ -12,11 +12,11 @@ no ensemble novelty score):
 Threshold rule: a cell is flagged (``is_novel``) when its ``novelty_cv`` exceeds the
 ``1 - alpha`` quantile of the score on cells like the training data that the model did
 not train on: half of the model's validation cells (a fixed random half), so that the
-other half measures the rule's false-positive rate honestly. Cells the model trained on
-score lower than new cells of the same kind (an unscripted check: a threshold from
-training cells flagged 5% of validation cells at alpha = 1%), so they are not used to
-calibrate; they are used only when the model has fewer than 40 validation cells, and the
-report says so.
+other half measures the rule's false-positive rate honestly.
+Cells the model trained on are not used to calibrate because their scores differ from
+those of new cells of the same kind, in either direction (an unscripted heartlike check
+had them lower; benchmarks/bench_seed_agreement.py's PBMC run had them higher); they are
+used only when the model has fewer than 40 validation cells, and the report says so.
 """
 
 from __future__ import annotations
