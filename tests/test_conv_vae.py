@@ -39,7 +39,7 @@ def test_check_images_names_the_problem(tmp_path):
     assert np.allclose(images, good) and list(labels) == list(range(5))
     with pytest.raises(KeyError, match="pixels"):
         ev.data.load_images(tmp_path / "x.npz", key="nope")
-    with pytest.raises(ValueError, match=".npy or .npz"):
+    with pytest.raises(ValueError, match=r"\.npy or \.npz"):
         (tmp_path / "x.png").write_bytes(b"")
         ev.data.load_images(tmp_path / "x.png")
 
