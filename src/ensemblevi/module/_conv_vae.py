@@ -162,7 +162,8 @@ class EnsembleConvVAE(HyperparameterHost, nn.Module):
         s, k, b, _ = z.shape
         # samples go next to the cells so that rows stay member-major: (K, S*B, L)
         rows = z.transpose(0, 1).reshape(k * s * b, -1)
-        if self.hyper is not None and self._lambda is not None and self._lambda.shape[1] > 1:
+        per_sample = s > 1 and self._lambda is not None and self._lambda.shape[1] > 1
+        if per_sample:
             # per-cell lambda: repeat it for each sample, matching the rows
             lam = self._lambda.repeat(1, s, 1)
             set_hyperparameters(self, self.hyper.normalise(lam))
@@ -171,7 +172,7 @@ class EnsembleConvVAE(HyperparameterHost, nn.Module):
         h = h.reshape(-1, self.c2, self.h4, self.w4)
         h = self._drop_rows(F.relu(self._layer(self.dec1, h)), s)
         logits = self._layer(self.dec_head, h)[:, 0, : self.shape[0], : self.shape[1]]
-        if self.hyper is not None and self._lambda is not None and self._lambda.shape[1] > 1:
+        if per_sample:
             set_hyperparameters(self, self.hyper.normalise(self._lambda))
         return logits.reshape(k, s, b, *self.shape).transpose(0, 1)
 
