@@ -88,9 +88,11 @@ def _random_embedding(layer, std=0.5):
         layer.embedding.weight.normal_(0, std)
 
 
-def test_hbe_linear_matches_slow_loop_float64():
+@pytest.mark.parametrize("tied", [False, True])
+def test_hbe_linear_matches_slow_loop_float64(tied):
     torch.manual_seed(3)
-    layer = HyperBatchEnsembleLinear(K, 4, 6, n_hyper=J).double()
+    layer = HyperBatchEnsembleLinear(K, 4, 6, n_hyper=J, tied=tied).double()
+    w_hyper = layer.weight if tied else layer.weight_hyper
     _random_embedding(layer)
     x = torch.randn(K, B, 4, dtype=torch.float64)
     hyper = torch.rand(K, B, J, dtype=torch.float64)
@@ -105,7 +107,7 @@ def test_hbe_linear_matches_slow_loop_float64():
             xi = layer.r[k] * x[k, i]
             ref[k, i] = (
                 layer.s[k] * (layer.weight.T @ xi)
-                + e1 * layer.s[k] * (layer.weight_hyper.T @ xi)
+                + e1 * layer.s[k] * (w_hyper.T @ xi)
                 + layer.bias[k]
                 + e2 * layer.bias_hyper[k]
             )
@@ -150,10 +152,12 @@ def test_hbe_needs_hyperparameters_and_lists_fast_weights():
     assert id(layer.embedding.weight) not in fast and id(layer.weight_hyper) not in fast
 
 
+@pytest.mark.parametrize("tied", [False, True])
 @pytest.mark.parametrize("per_member", [False, True])
-def test_hyper_l2_penalty_matches_explicit_matrices(per_member):
+def test_hyper_l2_penalty_matches_explicit_matrices(per_member, tied):
     torch.manual_seed(5)
-    layer = HyperBatchEnsembleLinear(K, 4, 6, n_hyper=J).double()
+    layer = HyperBatchEnsembleLinear(K, 4, 6, n_hyper=J, tied=tied).double()
+    w_hyper = layer.weight if tied else layer.weight_hyper
     _random_embedding(layer)
     hyper = torch.rand(K, 1 if per_member else B, J, dtype=torch.float64)
     strength = torch.rand(K, B, dtype=torch.float64) * 10
@@ -164,7 +168,7 @@ def test_hyper_l2_penalty_matches_explicit_matrices(per_member):
     for k in range(K):
         for i in range(B):
             e1 = (E @ hyper[k, 0 if per_member else i])[:6]
-            w = layer.weight + layer.weight_hyper @ torch.diag(e1)
+            w = layer.weight + w_hyper @ torch.diag(e1)
             terms.append(strength[k, i] * w.square().sum())
     torch.testing.assert_close(got, torch.stack(terms).mean())
 

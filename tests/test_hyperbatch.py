@@ -1,5 +1,7 @@
 """Hyper-BatchEnsemble inside EnsembleSCVI: sampling, loss, the tune step, the model API."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -142,6 +144,43 @@ def test_resolve_hyperparameters():
     # without a tuned dropout the encoder keeps its fixed dropout
     module = EnsembleVAE(G, n_members=K, ensemble="hyperbatch", hyperparameters=["kl_weight"])
     assert not any(isinstance(m, HyperDropout) for m in module.modules())
+
+
+def test_initial_intervals_start_at_the_untuned_baseline():
+    # the model's own dropout centres the dropout interval; 0 starts at the low end, with
+    # every member's jittered interval still inside the range (none clipped flat)
+    for rate in (0.0, 0.1, 0.3):
+        (h,) = resolve_hyperparameters(["dropout"], baseline={"dropout": rate})
+        assert h.init == pytest.approx(max(rate, h.low * math.exp(h.init_width + 0.3)))
+    torch.manual_seed(1)
+    module = _module(dropout_rate=0.0)
+    low, high = (t.detach() for t in module.hyper.bounds())
+    j = module.hyper.index("dropout")
+    assert (low[:, j] >= 1e-3).all() and (high[:, j] < 5e-3).all()
+    assert torch.all(low < high)
+    # a user's init wins over the baseline
+    (h,) = resolve_hyperparameters({"dropout": {"init": 0.5}}, baseline={"dropout": 0.0})
+    assert h.init == 0.5
+    # scVI's L2 starts mid-range (the log-uniform mean, 14.5); the ConvVAE's at the low end
+    i = module.hyper.index("l2_decoder")
+    assert 10 < float(module.hyper.mean().detach()[:, i].mean()) < 20
+    conv = ev.module.EnsembleConvVAE((8, 8), n_members=K, ensemble="hyperbatch")
+    for name in L2_GROUPS:
+        j = conv.hyper.index(f"l2_{name}")
+        assert 0.1 <= float(conv.hyper.mean().detach()[:, j].min()) < 0.3
+
+
+def test_tied_heads_are_the_default_and_full_heads_double_the_kernel():
+    tied, full = _module(), _module(hyper_heads="full")
+    assert tied.decoder.heads.tied and tied.decoder.heads.weight_hyper is None
+    assert not full.decoder.heads.tied and full.decoder.heads.weight_hyper is not None
+    # only the likelihood heads are tied; every other HBE layer keeps its second kernel
+    others = [m for m in tied.modules() if isinstance(m, HyperBatchEnsembleLinear)]
+    assert sum(m.tied for m in others) == 1
+    n = sum(p.numel() for p in full.parameters()) - sum(p.numel() for p in tied.parameters())
+    assert n == full.decoder.heads.weight_hyper.numel()
+    with pytest.raises(ValueError, match="hyper_heads"):
+        _module(hyper_heads="wide")
 
 
 @pytest.fixture(scope="module")

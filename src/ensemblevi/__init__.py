@@ -1,6 +1,6 @@
 """ensemblevi: how far to trust what a deep generative model says about scRNA-seq data."""
 
-from . import data, model, module, nn, pl, tl, train
+from . import data, metrics, model, module, nn, pl, tl, train
 from ._version import __version__
 
-__all__ = ["__version__", "data", "model", "module", "nn", "pl", "tl", "train"]
+__all__ = ["__version__", "data", "metrics", "model", "module", "nn", "pl", "tl", "train"]

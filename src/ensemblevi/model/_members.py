@@ -36,6 +36,7 @@ OVERRIDDEN = (
     "get_reconstruction_error",
     "get_latent_library_size",
     "_get_denoised_samples",
+    "differential_expression",  # the ensemble posterior's population estimand (tl._de)
 )
 VIA_MODULE = (
     "posterior_predictive_sample",
@@ -49,8 +50,6 @@ MEMBER_ONLY = {
     "differential_abundance": "it works in one member's latent space; members' latent "
     "spaces are not aligned with each other",
     "get_importance_weights": "importance weights refer to one member's posterior",
-    "differential_expression": "scvi-tools' DE runs on one model's posterior; ensemble-level "
-    "DE is not part of EnsembleSCVI yet",
 }
 
 

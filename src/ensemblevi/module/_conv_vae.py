@@ -17,7 +17,11 @@ from torch import nn
 from torch.distributions import ContinuousBernoulli, Normal, kl_divergence
 
 from ensemblevi._constants import EnsembleKind, check_kind, logmeanexp
-from ensemblevi.module._hyperparameters import HyperparameterHost, HyperparameterSpec
+from ensemblevi.module._hyperparameters import (
+    L2_GROUPS,
+    HyperparameterHost,
+    HyperparameterSpec,
+)
 from ensemblevi.nn import (
     BatchEnsembleConv2d,
     BatchEnsembleConvTranspose2d,
@@ -46,6 +50,12 @@ def _conv(kind: str, k: int, c_in: int, c_out: int, transpose: bool, n_hyper: in
     # deep and single: K independent kernels; mcdropout: one network (K = 1 weights)
     cls = EnsembleConvTranspose2d if transpose else EnsembleConv2d
     return cls(k, c_in, c_out, 3, **kw)
+
+
+def _conv_baseline(dropout_rate: float) -> dict[str, float]:
+    """Where the ConvVAE's HBE intervals start: its own dropout and the low end of every
+    L2 range (mid-range L2 held it at the posterior-collapse plateau on digits)."""
+    return {"dropout": dropout_rate, **{f"l2_{g}": 0.0 for g in L2_GROUPS}}
 
 
 class EnsembleConvVAE(HyperparameterHost, nn.Module):
@@ -99,7 +109,9 @@ class EnsembleConvVAE(HyperparameterHost, nn.Module):
         kind = "deep" if ensemble == "single" else ensemble
         k_w = 1 if mc else self.n_members  # MC dropout: one set of weights
         lin_kind = "deep" if mc else kind
-        n_hyper = self._init_hyper(ensemble, self.n_members, hyperparameters)
+        n_hyper = self._init_hyper(
+            ensemble, self.n_members, hyperparameters, baseline=_conv_baseline(dropout_rate)
+        )
         down = {"stride": 2, "padding": 1}
         up = {"stride": 2, "padding": 1, "output_padding": 1}
         self.enc1 = _conv(kind if not mc else "deep", k_w, 1, c1, False, n_hyper, **down)

@@ -5,18 +5,25 @@ Only continuous hyperparameters that enter the training loss can be tuned this w
 ``beta`` and an L2 strength per layer group. Latent size, depth, width and the likelihood
 family cannot.
 
-Defaults (ranges as in the HBE paper's MLP experiments and the reference's L2 scale):
+Defaults (ranges as in the HBE paper's MLP experiments and the reference's L2 scale). The
+dropout interval starts at the model's own rate (``resolve_hyperparameters``' ``baseline``),
+not mid-range: a network without dropout starts at the low end. The L2 intervals start
+where the reference starts them (mid-range, 14.5) in :class:`EnsembleVAE`, and at the low
+end (0.165) in the convolutional VAE; both measured (``docs/benchmarks.md``): on digits a
+ConvVAE HBE started at 14.5 stayed at the posterior-collapse plateau and started at the low
+end beat BatchEnsemble, while on PBMC 3k an scVI HBE started at the low end lost 1.3-2
+nats per cell to BatchEnsemble and started mid-range did not.
 
-============  ===============  ===============================================
+============  ===============  ======================================================
 name          range            initial interval (log scale +- 0.2 around)
-============  ===============  ===============================================
-dropout       [0.001, 0.9]     0.1 (scVI's encoder dropout)
+============  ===============  ======================================================
+dropout       [0.001, 0.9]     the model's ``dropout_rate`` (scVI 0.1; 0 -> 0.00165)
 kl_weight     [0.1, 10]        1 (the ELBO)
-l2_encoder    [0.1, 100]       14.5, the mean of the log-uniform over the range
-l2_latent     [0.1, 100]       14.5
-l2_decoder    [0.1, 100]       14.5
-l2_heads      [0.1, 100]       14.5
-============  ===============  ===============================================
+l2_encoder    [0.1, 100]       14.5, the log-uniform mean of the range (ConvVAE: 0.165)
+l2_latent     [0.1, 100]       same
+l2_decoder    [0.1, 100]       same
+l2_heads      [0.1, 100]       same
+============  ===============  ======================================================
 
 The L2 strengths are on the reference's scale: the penalty
 ``lambda * ||W + W' diag(e1(lambda))||^2`` is divided by the number of training cells.
@@ -27,6 +34,8 @@ and zero-inflation heads.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 
 import pandas as pd
@@ -52,17 +61,34 @@ HyperparameterSpec = (
 )
 
 
-def resolve_hyperparameters(spec: HyperparameterSpec = None) -> tuple[Hyperparameter, ...]:
+def _start_at(h: Hyperparameter, value: float) -> Hyperparameter:
+    """``h`` with its initial interval centred on ``value``, kept inside the range (so that
+    the members' jittered intervals are not clipped flat against a bound)."""
+    margin = math.exp(h.init_width + 0.3)
+    low, high = h.low * margin, h.high / margin
+    return dataclasses.replace(h, init=min(max(float(value), low), high))
+
+
+def resolve_hyperparameters(
+    spec: HyperparameterSpec = None, baseline: Mapping[str, float] | None = None
+) -> tuple[Hyperparameter, ...]:
     """Hyperparameters to tune from a user's specification.
 
     ``None``: all defaults. A list of names takes those defaults; a list may also hold
     :class:`~ensemblevi.nn.Hyperparameter` objects or dicts of their fields. A mapping
     ``{name: {"low": .., "high": .., "init": ..}}`` or ``{name: (low, high[, init])}``
     overrides the named defaults' fields.
+
+    ``baseline`` (e.g. ``{"dropout": 0.0}``: the model's untuned setting) centres the
+    initial interval of a default whose ``init`` the user did not set, so that an HBE
+    starts where the BatchEnsemble it extends is (a rate of 0 starts at the low end).
     """
     defaults = {h.name: h for h in DEFAULT_HYPERPARAMETERS}
+    for name, value in (baseline or {}).items():
+        if name in defaults:
+            defaults[name] = _start_at(defaults[name], value)
     if spec is None:
-        return DEFAULT_HYPERPARAMETERS
+        return tuple(defaults.values())
     if isinstance(spec, Mapping):
         items = []
         for name, value in spec.items():
@@ -117,8 +143,15 @@ class HyperparameterHost:
     _lambda: torch.Tensor | None
     active_member: int | None = None
 
-    def _init_hyper(self, ensemble: str, n_members: int, spec: HyperparameterSpec) -> int:
-        """Build the distributions for ``hyperbatch``; returns J (0 for other kinds)."""
+    def _init_hyper(
+        self,
+        ensemble: str,
+        n_members: int,
+        spec: HyperparameterSpec,
+        baseline: Mapping[str, float] | None = None,
+    ) -> int:
+        """Build the distributions for ``hyperbatch``; returns J (0 for other kinds).
+        ``baseline``: see :func:`resolve_hyperparameters`."""
         if spec is not None and ensemble != "hyperbatch":
             raise ValueError("hyperparameters are tuned by ensemble='hyperbatch' only.")
         self.hyper = None
@@ -127,7 +160,7 @@ class HyperparameterHost:
         self.l2_scale = 0.0  # 1 / training examples, set by the training loop
         if ensemble != "hyperbatch":
             return 0
-        self.hyper = LogUniformHyperparameters(n_members, resolve_hyperparameters(spec))
+        self.hyper = LogUniformHyperparameters(n_members, resolve_hyperparameters(spec, baseline))
         return self.hyper.n_hyper
 
     def hyper_parameters(self) -> list[torch.nn.Parameter]:

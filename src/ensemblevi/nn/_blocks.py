@@ -28,9 +28,16 @@ from ._layers import (
 
 
 def make_linear(
-    kind: EnsembleKind, n_members: int, d_in: int, d_out: int, bias: bool = True, n_hyper: int = 0
+    kind: EnsembleKind,
+    n_members: int,
+    d_in: int,
+    d_out: int,
+    bias: bool = True,
+    n_hyper: int = 0,
+    tied: bool = False,
 ) -> nn.Module:
-    """The linear layer of an ensemble kind (``n_hyper``: tuned hyperparameters, HBE only)."""
+    """The linear layer of an ensemble kind (``n_hyper``: tuned hyperparameters, HBE only;
+    ``tied``: an HBE layer with ``W' = W``, see :class:`HyperBatchEnsembleLinear`)."""
     if kind in ("deep", "single"):
         return EnsembleLinear(n_members, d_in, d_out, bias=bias)
     if kind == "batch":
@@ -38,7 +45,9 @@ def make_linear(
     if kind == "hyperbatch":
         if n_hyper < 1:
             raise ValueError("A hyperbatch layer needs n_hyper >= 1 tuned hyperparameters.")
-        return HyperBatchEnsembleLinear(n_members, d_in, d_out, n_hyper=n_hyper, bias=bias)
+        return HyperBatchEnsembleLinear(
+            n_members, d_in, d_out, n_hyper=n_hyper, bias=bias, tied=tied
+        )
     if kind == "mcdropout":
         return SharedLinear(n_members, d_in, d_out, bias=bias)
     raise ValueError(f"Unknown ensemble kind {kind!r}; use one of {ENSEMBLE_KINDS}.")
@@ -193,6 +202,7 @@ class EnsembleDecoderSCVI(nn.Module):
         dropout_rate: float = 0.0,
         mc_dropout: bool = False,
         n_hyper: int = 0,
+        tied_heads: bool = False,
     ):
         super().__init__()
         self.n_output = n_output
@@ -212,7 +222,9 @@ class EnsembleDecoderSCVI(nn.Module):
             n_hyper,
         )
         # Scale and zero-inflation logits heads fused into one matmul (same init as two).
-        self.heads = make_linear(kind, n_members, n_hidden, 2 * n_output, n_hyper=n_hyper)
+        self.heads = make_linear(
+            kind, n_members, n_hidden, 2 * n_output, n_hyper=n_hyper, tied=tied_heads
+        )
 
     def forward(
         self, z: torch.Tensor, library: torch.Tensor, *cat_list: torch.Tensor

@@ -12,7 +12,11 @@ range), mapped by a bias-free linear embedding ``e(l)`` to two per-output vector
 ``y = s_k * (W^T (r_k * x)) + e1(l) * s_k * (W'^T (r_k * x)) + b_k + e2(l) * b'_k``
 
 (the reference ties ``u_k = r_k``, ``v_k = s_k``, so both kernels run in one matmul). The
-embedding starts near zero, so an untrained HBE layer is a BatchEnsemble layer.
+embedding starts near zero, so an untrained HBE layer is a BatchEnsemble layer. A *tied*
+layer (``tied=True``) also sets ``W' = W``, so the hyper term becomes a per-output scaling,
+``y = s_k * (1 + e1(l)) * (W^T (r_k * x)) + b_k + e2(l) * b'_k``: BE's cost and parameters
+plus an element-wise product, used where the doubled kernel costs most (scVI's
+n_hidden -> genes likelihood heads; measured in ``docs/benchmarks.md``).
 
 The layers read ``l`` from :func:`set_hyperparameters`, called by the module before each
 forward pass with ``(K, B, J)`` (one draw per member and example: training) or
@@ -222,10 +226,14 @@ class HyperBatchEnsembleLinear(_HyperMixin, _LinearBase):
         bias: bool = True,
         random_sign_init: float = -0.5,
         embedding_init_std: float = 1e-4,
+        tied: bool = False,
     ):
         super().__init__(n_members, in_features, out_features)
+        self.tied = bool(tied)
         self.weight = nn.Parameter(torch.empty(in_features, out_features))
-        self.weight_hyper = nn.Parameter(torch.empty(in_features, out_features))
+        self.weight_hyper = (
+            None if self.tied else nn.Parameter(torch.empty(in_features, out_features))
+        )
         self.r = nn.Parameter(torch.empty(n_members, in_features))
         self.s = nn.Parameter(torch.empty(n_members, out_features))
         self.bias = nn.Parameter(torch.zeros(n_members, out_features)) if bias else None
@@ -236,7 +244,8 @@ class HyperBatchEnsembleLinear(_HyperMixin, _LinearBase):
 
     def reset_parameters(self) -> None:
         _init_uniform_(self.weight, self.in_features)
-        _init_uniform_(self.weight_hyper, self.in_features)
+        if self.weight_hyper is not None:
+            _init_uniform_(self.weight_hyper, self.in_features)
         fast_weight_init_(self.r, self.random_sign_init)
         fast_weight_init_(self.s, self.random_sign_init)
         if self.bias is not None:
@@ -253,25 +262,29 @@ class HyperBatchEnsembleLinear(_HyperMixin, _LinearBase):
 
     def kernels(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """``(W, W')`` with the output axis last, for :func:`hyper_l2_penalty`."""
-        return [(self.weight, self.weight_hyper)]
+        return [(self.weight, self.weight if self.tied else self.weight_hyper)]
+
+    def _kernel(self) -> torch.Tensor:
+        return self.weight if self.tied else torch.cat([self.weight, self.weight_hyper], dim=1)
 
     def _combine(self, both, s, b, bh, e1, e2):
-        main, hyper = both.split(self.out_features, dim=-1)
-        out = s * (main + e1 * hyper)
+        if self.tied:
+            out = s * both * (1 + e1)
+        else:
+            main, hyper = both.split(self.out_features, dim=-1)
+            out = s * (main + e1 * hyper)
         return out if b is None else out + b + e2 * bh
 
     def _members(self, x: torch.Tensor) -> torch.Tensor:
         e1, e2 = self._embed()  # (K, B|1, d_out)
-        w = torch.cat([self.weight, self.weight_hyper], dim=1)
-        both = torch.matmul(x * self.r.unsqueeze(-2), w)
+        both = torch.matmul(x * self.r.unsqueeze(-2), self._kernel())
         b = None if self.bias is None else self.bias.unsqueeze(-2)
         bh = None if self.bias_hyper is None else self.bias_hyper.unsqueeze(-2)
         return self._combine(both, self.s.unsqueeze(-2), b, bh, e1, e2)
 
     def _single(self, x: torch.Tensor, k: int) -> torch.Tensor:
         e1, e2 = self._embed(k)
-        w = torch.cat([self.weight, self.weight_hyper], dim=1)
-        both = torch.matmul(x * self.r[k], w)
+        both = torch.matmul(x * self.r[k], self._kernel())
         b = None if self.bias is None else self.bias[k]
         bh = None if self.bias_hyper is None else self.bias_hyper[k]
         return self._combine(both, self.s[k], b, bh, e1, e2)
@@ -282,19 +295,28 @@ def hyper_l2_penalty(layer: nn.Module, strength: torch.Tensor) -> torch.Tensor:
 
     ``strength`` is the L2 strength ``(K, B|1)`` of the layer's group, matching the layer's
     current hyperparameters. The square is expanded,
-    ``||W||^2 + 2 sum_o e_o <W_o, W'_o> + sum_o e_o^2 ||W'_o||^2`` (``o``: output unit), so
-    only batch means of ``lambda``, ``lambda e`` and ``lambda e^2`` are needed instead of
-    one matrix per example (as in the reference).
+    ``||W||^2 + 2 sum_o e_o <W_o, W'_o> + sum_o e_o^2 ||W'_o||^2`` (``o``: output unit), and
+    since the embedding is linear and bias-free (``e1 = E1 l``), the batch means it needs
+    are ``mean lambda``, ``E1 mean(lambda l)`` and ``diag(E1 mean(lambda l l^T) E1^T)``:
+    O(d_out J^2) instead of one ``(K, B, d_out)`` embedding (or, as in the reference, one
+    matrix per example).
     """
-    e1, _ = layer._embed()  # (K, B|1, d_out)
-    total = strength.new_zeros(())
+    if layer.hyper is None:
+        raise RuntimeError("hyper_l2_penalty needs the layer's hyperparameters set.")
+    e1_weight = layer.embedding.weight[: layer.embedding.out_features // 2]  # (d_out, J)
+    h = layer.hyper.to(e1_weight.dtype)  # (K, B|1, J)
+    lam, h = torch.broadcast_tensors(strength.to(h.dtype).unsqueeze(-1), h)
+    n = lam.shape[0] * lam.shape[1]
+    mean_l = (lam * h).sum((0, 1)) / n  # (J,)
+    mean_ll = torch.einsum("kni,knj->ij", lam * h, h) / n  # (J, J)
+    lam_e = e1_weight @ mean_l  # mean of lambda * e1, (d_out,)
+    lam_e2 = ((e1_weight @ mean_ll) * e1_weight).sum(1)  # mean of lambda * e1^2
+    total = strength.new_zeros((), dtype=h.dtype)
     for w, wh in layer.kernels():
         o = -1 if isinstance(layer, HyperBatchEnsembleLinear) else 0
         w, wh = w.movedim(o, 0).flatten(1), wh.movedim(o, 0).flatten(1)  # (d_out, rest)
         sq, cross, sq_h = w.square().sum(), (w * wh).sum(1), wh.square().sum(1)
-        lam = strength.unsqueeze(-1)  # broadcasts against e1 (K, B|1, d_out)
-        total = total + (strength.mean() * sq + 2 * ((lam * e1).mean((0, 1)) * cross).sum()
-                         + ((lam * e1.square()).mean((0, 1)) * sq_h).sum())  # fmt: skip
+        total = total + strength.mean() * sq + 2 * (lam_e * cross).sum() + (lam_e2 * sq_h).sum()
     return total
 
 

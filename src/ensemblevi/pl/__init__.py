@@ -2,6 +2,7 @@
 
 from ._plots import (
     biological_spread,
+    calibration,
     gene_uncertainty,
     hyperparameter_trajectories,
     member_histograms,
@@ -12,6 +13,7 @@ from ._plots import (
 
 __all__ = [
     "biological_spread",
+    "calibration",
     "gene_uncertainty",
     "hyperparameter_trajectories",
     "member_histograms",

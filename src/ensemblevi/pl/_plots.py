@@ -236,3 +236,31 @@ def hyperparameter_trajectories(model, ncols: int = 3):
     fig.suptitle("Hyper-BatchEnsemble: tuned intervals per member (band) and mean (line)")
     fig.tight_layout()
     return fig
+
+
+def calibration(results: dict[str, dict], n_bins: int = 20):
+    """PIT histograms and interval coverage of one or more models' predictive distributions.
+
+    ``results``: ``{label: ensemblevi.metrics.predictive_calibration(...)}``. Left: each
+    model's randomised PIT histogram (flat at 1 when calibrated; U-shaped: over-confident;
+    hump: under-confident). Right: randomised coverage of the central intervals against the
+    nominal level (on the diagonal when calibrated).
+    """
+    if not results:
+        raise ValueError("calibration needs at least one result to plot.")
+    fig, (ax_pit, ax_cov) = plt.subplots(1, 2, figsize=(8.4, 3.4))
+    edges = np.linspace(0, 1, n_bins + 1)
+    for i, (label, res) in enumerate(results.items()):
+        freq = np.histogram(np.ravel(res["pit"]), bins=edges)[0]
+        density = freq / max(freq.sum(), 1) * n_bins
+        ax_pit.stairs(density, edges, color=f"C{i}", label=label, lw=1.4)
+        cov = res["coverage"]
+        ax_cov.plot(cov.index, cov["randomized"], "o-", color=f"C{i}", label=label, ms=4)
+    ax_pit.axhline(1.0, color="0.4", ls="--", lw=0.8)
+    ax_pit.set(xlabel="randomised PIT", ylabel="density", title="PIT histogram")
+    ax_cov.plot([0, 1], [0, 1], color="0.4", ls="--", lw=0.8)
+    ax_cov.set(xlim=(0.4, 1.0), ylim=(0.4, 1.0), xlabel="nominal level",
+               ylabel="observed coverage", title="central interval coverage")  # fmt: skip
+    ax_cov.legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return fig

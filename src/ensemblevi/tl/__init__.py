@@ -1,5 +1,6 @@
 """Analysis tools, scanpy style: take a model and an AnnData, write results into it."""
 
+from ._de import differential_expression, expected_fdr, fdr_calls
 from ._markers import MARKER_SETS, check_markers, load_markers, parse_marker_options
 from ._novelty import cell_novelty
 from ._seeds import seed_ensemble
@@ -9,7 +10,10 @@ __all__ = [
     "MARKER_SETS",
     "cell_novelty",
     "check_markers",
+    "differential_expression",
+    "expected_fdr",
     "expression_spread",
+    "fdr_calls",
     "gene_uncertainty",
     "load_markers",
     "parse_marker_options",

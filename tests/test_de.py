@@ -1,0 +1,134 @@
+"""Ensemble differential expression: the FDR rule, the estimands, and ground truth."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import scanpy as sc
+
+import ensemblevi as ev
+from ensemblevi.tl._de import (
+    cell_pair_lfc,
+    expected_fdr,
+    fdr_calls,
+    population_lfc,
+    summarise_lfc,
+)
+
+
+def test_expected_fdr_and_calls_match_a_slow_loop():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        p = rng.beta(0.5, 0.5, 40)
+        p[rng.integers(0, 40, 5)] = p[0]  # ties
+        target = rng.uniform(0.01, 0.4)
+        efdr, order = expected_fdr(p)
+        ranked = sorted(range(40), key=lambda g: -p[g])  # stable: ties keep input order
+        assert list(order) == ranked
+        best = 0
+        for k in range(1, 41):
+            top = ranked[:k]
+            value = sum(1 - p[g] for g in top) / k
+            assert efdr[ranked[k - 1]] == pytest.approx(value)
+            if value <= target:
+                best = k
+        expect = np.zeros(40, bool)
+        expect[ranked[:best]] = True
+        np.testing.assert_array_equal(fdr_calls(p, target), expect)
+    assert not fdr_calls(np.array([0.1, 0.2]), 0.05).any()
+    with pytest.raises(ValueError, match="target"):
+        fdr_calls(np.array([0.5]), 1.0)
+
+
+def test_population_and_pair_lfc_match_loops():
+    rng = np.random.default_rng(1)
+    e1, e2 = rng.gamma(1.0, 5.0, (2, 3, 7, 4)), rng.gamma(1.0, 5.0, (2, 3, 5, 4))
+    got = population_lfc(e1, e2, pseudocount=0.1)
+    for k in range(2):
+        for s in range(3):
+            for g in range(4):
+                ref = np.median(np.log2(e1[k, s, :, g] + 0.1)) - np.median(
+                    np.log2(e2[k, s, :, g] + 0.1)
+                )
+                assert got[k, s, g] == pytest.approx(ref)
+    pairs = cell_pair_lfc(e1, e2, np.random.default_rng(3))
+    assert pairs.shape == (2, 3, 7, 4)
+    r = np.random.default_rng(3)
+    i, j = r.integers(0, 7, 7), r.integers(0, 5, 7)
+    np.testing.assert_allclose(pairs, np.log2(e1[..., i, :] + 0.1) - np.log2(e2[..., j, :] + 0.1))
+
+
+def test_summary_pools_members_and_flags_disagreement():
+    rng = np.random.default_rng(2)
+    n = 400
+    # gene 0: every member sees +2; gene 1: none sees a change; gene 2: members disagree
+    draws = np.stack([
+        np.c_[rng.normal(2, 0.1, n), rng.normal(0, 0.1, n), rng.normal(2 if k < 2 else 0, 0.1, n)]
+        for k in range(4)
+    ])  # fmt: skip
+    t = summarise_lfc(draws, delta=0.5, fdr_target=0.05, gene_names=["a", "b", "c"])
+    assert t.loc["a", "proba_de"] == 1.0 and t.loc["b", "proba_de"] == 0.0
+    assert t.loc["c", "proba_de"] == pytest.approx(0.5)
+    assert t.loc["a", "member_calls"] == 4 and t.loc["c", "member_calls"] == 2
+    assert list(t["call_flips"]) == [False, False, True]
+    assert t.loc["c", "lfc_member_std"] == pytest.approx(1.0, abs=0.05)
+    assert list(t["is_de_fdr_0.05"]) == [True, False, False]
+    pooled = draws.reshape(-1, 3)
+    np.testing.assert_allclose(t["lfc_std"], pooled.std(0))
+    np.testing.assert_allclose(t["lfc_q97.5"], np.quantile(pooled, 0.975, axis=0))
+
+
+@pytest.fixture(scope="module")
+def de_model():
+    adata = ev.data.synthetic("lopez2020", seed=0, n_cells=400, n_genes=60)
+    ev.model.EnsembleSCVI.setup_anndata(adata, layer="counts")
+    model = ev.model.EnsembleSCVI(adata, n_members=3, ensemble="deep", n_hidden=32, n_latent=4,
+                                  seed=0)  # fmt: skip
+    # lr 1e-2: the default 1e-3 needs ~200 epochs here to stop shrinking the LFCs
+    model.train(max_epochs=60, seed=0, enable_progress_bar=False, plan_kwargs={"lr": 1e-2})
+    return adata, model
+
+
+def test_de_against_ground_truth_and_written_for_scanpy(de_model):
+    from sklearn.metrics import roc_auc_score
+
+    adata, model = de_model
+    delta = adata.uns["synthetic"]["delta"]
+    truth = adata.var["is_de_B_vs_A"]
+    t = model.differential_expression(groupby="cell_type", group1="B", group2="A", delta=delta,
+                                      fdr_target=0.1, n_samples=20, progress=False)  # fmt: skip
+    assert roc_auc_score(truth[t.index], t["proba_de"]) > 0.9
+    called = t.index[t["is_de_fdr_0.1"]]
+    assert len(called) > 0
+    assert 1 - truth[called].mean() <= 0.25  # achieved FDR, loose for 60 genes, one small model
+    assert t["proba_de"].is_monotonic_decreasing
+    # the sign: B vs A estimates the truth's B vs A log-fold change
+    corr = np.corrcoef(t["lfc_median"], adata.var.loc[t.index, "median_lfc_B_vs_A"])[0, 1]
+    assert corr > 0.9
+    frame = sc.get.rank_genes_groups_df(adata, "B", key="ensemblevi_de")
+    assert list(frame["names"]) == list(t.index)
+    np.testing.assert_allclose(frame["pvals_adj"], t["expected_fdr"])
+    assert isinstance(adata.uns["ensemblevi_de"]["table"], pd.DataFrame)
+    # the same seed gives the same answer; one-vs-rest runs
+    again = ev.tl.differential_expression(model, groupby="cell_type", group1="B", group2="A",
+                                          delta=delta, fdr_target=0.1, n_samples=20,
+                                          key_added=None, progress=False)  # fmt: skip
+    pd.testing.assert_frame_equal(t, again)
+    rest = model.differential_expression(group1="A", n_samples=4, max_cells=50, key_added=None,
+                                         progress=False, estimand="cell_pairs")  # fmt: skip
+    assert rest["proba_de"].between(0, 1).all()
+
+
+def test_de_errors_name_the_problem(de_model):
+    _, model = de_model
+    with pytest.raises(KeyError, match="no column 'tissue'"):
+        model.differential_expression(groupby="tissue", group1="B", progress=False)
+    with pytest.raises(ValueError, match="'Z' is not in"):
+        model.differential_expression(group1="Z", progress=False)
+    with pytest.raises(ValueError, match="estimand"):
+        model.differential_expression(group1="B", estimand="wilcoxon", progress=False)
+    with pytest.raises(ValueError, match="fdr_target"):
+        model.differential_expression(group1="B", fdr_target=0, progress=False)
+    with pytest.raises(ValueError, match="group1"):
+        model.differential_expression(progress=False)
+    with pytest.raises(ValueError, match="same group"):
+        model.differential_expression(group1="B", group2="B", progress=False)
