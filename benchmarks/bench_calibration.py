@@ -7,7 +7,8 @@ randomised-PIT uniformity (half-l1 distance of the 10-bin histogram from flat; P
 1/12 when the spread is right) and randomised coverage of central 50/80/90/95% intervals,
 for the ensemble and (mean) for its members. Writes ``docs/figures/calibration_<data>.png``.
 
-Run: ``.venv/bin/python benchmarks/bench_calibration.py`` (about 15 minutes here).
+Run: ``.venv/bin/python benchmarks/bench_calibration.py`` (not run yet; no results in
+``docs/benchmarks.md``).
 """
 
 from __future__ import annotations

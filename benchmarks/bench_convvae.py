@@ -11,7 +11,7 @@ reconstruction error (mean squared error of the mean prediction), member diversi
 training time; mean and spread (min..max) over seeds. All kinds run side by side in one
 process. Writes ``docs/figures/convvae_digits.png``.
 
-Run: ``.venv/bin/python benchmarks/bench_convvae.py`` (about 17 minutes here).
+Run: ``.venv/bin/python benchmarks/bench_convvae.py`` (about 10 minutes here).
 """
 
 from __future__ import annotations

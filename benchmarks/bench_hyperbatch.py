@@ -17,8 +17,8 @@ Targets (issue 8): HBE better than BE on held-out NLL and at least half way from
 the deep ensemble; HBE's OOD AUROC at least BE's; HBE training time <= 2x BE's. Also
 writes ``docs/figures/hbe_trajectories_<data>.png`` (the tuned intervals over training).
 
-Run: ``.venv/bin/python benchmarks/bench_hyperbatch.py`` (about 45 minutes here); more
-seeds of the quality part: ``--seed 1 --data pbmc3k --no-ood`` (about 12 minutes each).
+Run: ``.venv/bin/python benchmarks/bench_hyperbatch.py`` (about 35 minutes here); more
+seeds of the quality part: ``--seed 1 --data pbmc3k --no-ood`` (about 15 minutes each).
 """
 
 from __future__ import annotations

@@ -71,8 +71,11 @@ def randomized_pit(
     axes = tuple(range(mixture_axes))
     upper = count_cdf(x, mu, theta, zi_logits).mean(axis=axes)
     lower = count_cdf(x - 1, mu, theta, zi_logits).mean(axis=axes)
-    rng = np.random.default_rng(rng)
-    v = rng.random(np.shape(upper))
+    return randomize(lower, upper, np.random.default_rng(rng).random(np.shape(upper)))
+
+
+def randomize(lower: np.ndarray, upper: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """The randomised PIT ``F(x - 1) + v (F(x) - F(x - 1))`` from the two CDF values."""
     return np.clip(lower + v * (upper - lower), 0.0, 1.0)
 
 
@@ -104,7 +107,9 @@ def interval_coverage(
             row["interval"] = float(np.mean((upper_ >= lo) & (lower_ < hi)))
         rows.append(row)
     frame = pd.DataFrame(rows).set_index("level")
-    frame["randomized - nominal"] = frame["randomized"] - frame.index.to_numpy()
+    for col in ("randomized", "interval"):
+        if col in frame:
+            frame[f"{col} - nominal"] = frame[col] - frame.index.to_numpy()
     return frame
 
 

@@ -860,29 +860,17 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
             self._store_uncertainty(adata, idx, mask, result, key_added, store_layers, settings)
         return result
 
-    def differential_expression(
-        self,
-        adata: AnnData | None = None,
-        groupby: str = "cell_type",
-        group1: str | None = None,
-        group2: str | None = None,
-        delta: float = 0.5,
-        fdr_target: float = 0.05,
-        estimand: Literal["population", "cell_pairs"] = "population",
-        **kwargs: Any,
-    ) -> pd.DataFrame:
+    def differential_expression(self, adata: AnnData | None = None, **kwargs: Any) -> pd.DataFrame:
         """Differential expression with the ensemble posterior and a posterior expected FDR.
 
-        See :func:`ensemblevi.tl.differential_expression` (this calls it with ``model=self``;
-        ``kwargs``: ``n_samples``, ``max_cells``, ``batch_correction``, ``pseudocount``,
+        :func:`ensemblevi.tl.differential_expression` with ``model=self``; ``kwargs`` are its
+        arguments (``groupby``, ``group1``, ``group2``, ``delta``, ``fdr_target``,
+        ``estimand``, ``n_samples``, ``max_cells``, ``batch_correction``, ``pseudocount``,
         ``seed``, ``key_added``, ``progress``).
         """
         from ensemblevi.tl import differential_expression
 
-        return differential_expression(
-            self, adata, groupby=groupby, group1=group1, group2=group2, delta=delta,
-            fdr_target=fdr_target, estimand=estimand, **kwargs,
-        )  # fmt: skip
+        return differential_expression(self, adata, **kwargs)
 
     @torch.inference_mode()
     def iter_uncertainty(

@@ -208,6 +208,10 @@ class _HyperMixin:
         h = self.hyper if member is None else self.hyper[member]
         return self.embedding(h.to(self.embedding.weight.dtype)).chunk(2, dim=-1)
 
+    def _e1_weight(self) -> torch.Tensor:
+        """The rows of the embedding that give ``e1`` (``(d_out, J)``; see :meth:`_embed`)."""
+        return self.embedding.weight[: self.embedding.out_features // 2]
+
 
 class HyperBatchEnsembleLinear(_HyperMixin, _LinearBase):
     """Hyper-BatchEnsemble dense layer (see the module docstring for the formula).
@@ -303,7 +307,7 @@ def hyper_l2_penalty(layer: nn.Module, strength: torch.Tensor) -> torch.Tensor:
     """
     if layer.hyper is None:
         raise RuntimeError("hyper_l2_penalty needs the layer's hyperparameters set.")
-    e1_weight = layer.embedding.weight[: layer.embedding.out_features // 2]  # (d_out, J)
+    e1_weight = layer._e1_weight()  # (d_out, J)
     h = layer.hyper.to(e1_weight.dtype)  # (K, B|1, J)
     lam, h = torch.broadcast_tensors(strength.to(h.dtype).unsqueeze(-1), h)
     n = lam.shape[0] * lam.shape[1]

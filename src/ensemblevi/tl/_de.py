@@ -123,10 +123,10 @@ def _group_cells(adata, groupby: str, group1: str, group2: str | None) -> tuple:
     for g in (group1, group2):
         if g is not None and str(g) not in present:
             raise ValueError(f"Group {g!r} is not in obs[{groupby!r}] (groups: {present}).")
-    in1 = labels == str(group1)
-    in2 = ~in1 if group2 is None else labels == str(group2)
     if group2 is not None and str(group1) == str(group2):
         raise ValueError("group1 and group2 are the same group.")
+    in1 = labels == str(group1)
+    in2 = ~in1 if group2 is None else labels == str(group2)
     if not in2.any():
         raise ValueError(f"No cells outside {group1!r} to compare with.")
     return np.flatnonzero(in1), np.flatnonzero(in2)
@@ -228,10 +228,12 @@ def differential_expression(
         expr = []
         for i, cells in enumerate((cells1, cells2)):
             x = model.get_normalized_expression(
-                adata, indices=cells, n_samples=max(s, 2), return_mean=False,
+                adata, indices=cells, n_samples=s, return_mean=False,
                 return_members=True, library_size=LIBRARY_SIZE, seed=seed + 1 + 2 * b + i,
                 transform_batch=transform,
-            )[:, :s]  # fmt: skip
+            )  # fmt: skip
+            if s == 1:  # one draw comes back without its sample axis
+                x = x[:, None]
             sums[i] += x.mean(2).sum((0, 1))
             expr.append(x)
         if estimand == "population":
