@@ -7,6 +7,8 @@ BIN     = $(VENV)/bin
 
 .PHONY: install demo test lint bench clean
 
+PBMC := $(wildcard ../shared/data/pbmc3k.h5ad)
+
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q "$(TORCH)"
@@ -24,6 +26,11 @@ lint: $(BIN)/.installed
 test: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# The benchmark suite (about an hour on 2 cores); rewrites its sections of docs/benchmarks.md
+bench: $(BIN)/.installed
+	$(BIN)/ensemblevi benchmark --suite all --out bench_results $(if $(PBMC),--pbmc $(PBMC)) \
+		--docs docs/benchmarks.md --figures docs/figures
 
 clean:
 	rm -rf $(VENV) results .pytest_cache .ruff_cache

@@ -1,6 +1,8 @@
 import anndata
+import numpy as np
 import pandas as pd
 import pytest
+import scanpy as sc
 from typer.testing import CliRunner
 
 from ensemblevi.cli import app
@@ -8,7 +10,9 @@ from ensemblevi.cli import app
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("cmd", [[], ["simulate"], ["inspect"], ["run"], ["version"]])
+@pytest.mark.parametrize(
+    "cmd", [[], ["simulate"], ["inspect"], ["run"], ["de"], ["benchmark"], ["version"]]
+)
 def test_help_everywhere(cmd):
     res = runner.invoke(app, [*cmd, "--help"])
     assert res.exit_code == 0 and "Usage" in res.output
@@ -76,9 +80,35 @@ def test_run_main_job_writes_everything_and_reuses(tmp_path):
         "C1QA",
         "CD68",
     }
-    # same configuration: the trained model is reused
+    # DE on the run directory: table, settings, figure, AnnData and a report section
+    de = ["de", str(out), "--group1", "Fibroblast", "--group2", "Myeloid", "--n-samples", "4"]
+    res = runner.invoke(app, de)
+    assert res.exit_code == 0, res.output
+    name = "de_Fibroblast_vs_Myeloid"
+    for path in (f"tables/{name}.csv", f"tables/{name}.json", f"figures/{name}.png"):
+        assert (out / path).exists(), path
+    report = (out / "report.html").read_text()
+    assert "Differential expression: Fibroblast vs Myeloid" in report
+    assert report.count("data:image/png;base64") == len(figures) + 1
+    ad = anndata.read_h5ad(out / "results.h5ad")
+    df = sc.get.rank_genes_groups_df(ad, "Fibroblast", key="ensemblevi_de_Fibroblast_vs_Myeloid")
+    table = pd.read_csv(out / "tables" / f"{name}.csv", index_col=0)
+    assert len(df) == len(table) == ad.n_vars
+    np.testing.assert_allclose(df["scores"], table["proba_de"], rtol=1e-6)
+    for bad, msg in (
+        (["--group1", "Nope"], "Nope"),
+        (["--groupby", "nope", "--group1", "A"], "nope"),
+    ):
+        res = runner.invoke(app, ["de", str(out), *bad])
+        assert res.exit_code == 2 and msg in res.output
+    res = runner.invoke(app, ["de", str(tmp_path / "empty"), "--group1", "A"])
+    assert res.exit_code == 2 and "ensemblevi run" in res.output
+    # same configuration: the trained model is reused, and the DE result with it
     res = runner.invoke(app, args)
     assert res.exit_code == 0 and "reusing the trained model" in res.output
+    assert (out / "tables" / f"{name}.csv").exists()
+    assert "Differential expression" in (out / "report.html").read_text()
+    assert "ensemblevi_de_Fibroblast_vs_Myeloid" in anndata.read_h5ad(out / "results.h5ad").uns
     # a different run is refused without --force, and nothing is touched
     before = (out / "run.json").read_bytes()
     res = runner.invoke(app, [*args, "--members", "3"])

@@ -188,7 +188,7 @@ def run(
     from importlib.metadata import version as pkg_version
 
     import ensemblevi as ev
-    from ensemblevi._report import write_report
+    from ensemblevi._report import DE_KEY, render_run_report
     from ensemblevi.data import preprocess, write_h5ad_atomic
     from ensemblevi.model import EnsembleSCVI
     from ensemblevi.pl import save_figure
@@ -273,6 +273,11 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     (out / "tables").mkdir(exist_ok=True)
     figures = out / "figures"
+    # the report is built from what is on disk: a replaced run's outputs must go (DE results
+    # stay only while the trained model they came from is reused)
+    for stale in [*(out / "tables").glob("*.*"), *figures.glob("*.png")]:
+        if not (reuse and stale.name.startswith("de_")):
+            stale.unlink()
     marker_genes = [g for v in found.values() for g in v]
     figs = {
         "model_spread": ev.pl.model_spread(adata),
@@ -285,9 +290,11 @@ def run(
     hyper = model.get_hyperparameters() if model.ensemble == "hyperbatch" else None
     if hyper is not None:
         figs["hyperparameters"] = ev.pl.hyperparameter_trajectories(model)
-    paths = {name: save_figure(fig, figures / name)[0] for name, fig in figs.items()}
+    for name, fig in figs.items():
+        save_figure(fig, figures / name)
     summary = spread["summary"]
     tables = {
+        "markers_not_usable": missing if len(missing) else None,
         "marker_summary": summary,
         "gene_uncertainty": genes,
         "cell_novelty": novelty,
@@ -296,11 +303,16 @@ def run(
     }
     for name, frame in tables.items():
         if frame is not None:
-            index = name not in ("marker_summary", "hyperparameters")
+            index = name not in ("marker_summary", "hyperparameters", "markers_not_usable")
             _write_csv(frame, out / "tables" / f"{name}.csv", index=index)
     timings["figures"] = time.perf_counter() - t
     if not reuse:
         model.save(model_dir, overwrite=True)
+    elif (out / "results.h5ad").exists():  # keep the DE results of `ensemblevi de`
+        import anndata
+
+        old = anndata.read_h5ad(out / "results.h5ad")
+        adata.uns.update({k: v for k, v in old.uns.items() if k.startswith(DE_KEY)})
     write_h5ad_atomic(adata, out / "results.h5ad", overwrite=True)
 
     top = summary.sort_values("member_cv", ascending=False).iloc[0]
@@ -340,33 +352,6 @@ def run(
         "ensemblevi": ev.__version__,
         **{name: pkg_version(name) for name in ("torch", "scvi-tools", "scanpy", "anndata")},
     }
-    sections = [
-        ("Marker genes: summary", [summary.round(4)]),
-        ("Model spread", [
-            "Each point is a cell: the mean and standard deviation of the marker's denoised "
-            "expression across members. Points above the dashed line vary by more than 10%.",
-            paths["model_spread"],
-        ]),
-        ("Biological spread", [
-            "One point per member: the marker's average over the group's cells and its "
-            "standard deviation over cells. Members far apart disagree on the population.",
-            paths["biological_spread"],
-        ]),
-        ("Across-member variation per cell", [paths["member_histograms"]]),
-        ("Gene uncertainty", [paths["gene_uncertainty"], genes.head(20).round(4)]),
-    ]  # fmt: skip
-    if novelty is not None:
-        sections.append(("Cell novelty", [paths["novelty_umap"]]))
-    if hyper is not None:
-        sections.append(("Tuned hyperparameters (Hyper-BatchEnsemble)", [
-            "Each member's interval of each tuned hyperparameter over training (band) and "
-            "its mean (line), the value the member uses for prediction.",
-            paths["hyperparameters"],
-            hyper.round(4),
-        ]))  # fmt: skip
-    if len(missing):
-        sections.append(("Markers not usable", [missing]))
-    write_report(out / "report.html", "ensemblevi run report", reading, sections, meta)
     timings["total"] = time.perf_counter() - t0
     record = {
         "config": config,
@@ -374,10 +359,13 @@ def run(
         "versions": {
             k: meta[k] for k in ("ensemblevi", "torch", "scvi-tools", "scanpy", "anndata")
         },
+        "reading": reading,
+        "meta": meta,
     }
     tmp = out / ".run.json.tmp"
     tmp.write_text(json.dumps(record, indent=2, default=str))
     tmp.replace(run_json)
+    render_run_report(out)
     for line in reading:
         console.print(f"- {line}")
     console.print(
@@ -400,6 +388,122 @@ def _write_csv(frame, path: Path, index: bool) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     frame.to_csv(tmp, index=index)
     tmp.replace(path)
+
+
+@app.command("de")
+def de_command(
+    run_dir: Annotated[Path, typer.Argument(help="Directory written by `ensemblevi run`.")],
+    group1: Annotated[str, typer.Option(help="Group to test (a value of --groupby).")],
+    groupby: Annotated[str, typer.Option(help="obs column of the groups.")] = "cell_type",
+    group2: Annotated[
+        str | None, typer.Option(help="Reference group [default: all other cells].")
+    ] = None,
+    fdr: Annotated[float, typer.Option(help="Target of the posterior expected FDR.")] = 0.05,
+    delta: Annotated[float, typer.Option(help="Smallest |LFC| (log2) that counts.")] = 0.5,
+    estimand: Annotated[str, typer.Option(help="population or cell_pairs.")] = "population",
+    n_samples: Annotated[int, typer.Option(help="Posterior draws per member.")] = 50,
+    max_cells: Annotated[int, typer.Option(help="Cells per group, subsampled above.")] = 500,
+    batch_correction: Annotated[
+        bool, typer.Option("--batch-correction", help="Marginalise over batches.")
+    ] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the cell subsample and draws.")] = 0,
+) -> None:
+    """Ensemble differential expression on a run directory, added to its report.
+
+    Writes tables/de_<group1>_vs_<group2|rest>.csv (+ .json settings),
+    figures/de_<...>.png, the result into results.h5ad (uns["ensemblevi_de_<...>"], readable
+    by scanpy.get.rank_genes_groups_df) and rebuilds report.html with a DE section.
+    """
+    import re
+    import warnings
+
+    import anndata
+
+    import ensemblevi as ev
+    from ensemblevi._report import DE_KEY, de_reading, render_run_report
+    from ensemblevi.data import write_h5ad_atomic
+    from ensemblevi.model import EnsembleSCVI
+    from ensemblevi.pl import save_figure
+
+    needed = [run_dir / "run.json", run_dir / "results.h5ad", run_dir / "model" / "model.pt"]
+    absent = [str(p) for p in needed if not p.exists()]
+    if absent:
+        console.print(f"[red]error:[/red] {run_dir} is not a finished `ensemblevi run` "
+                      f"directory (missing: {', '.join(absent)}); run `ensemblevi run --out "
+                      f"{run_dir}` first.")  # fmt: skip
+        raise typer.Exit(2)
+    name = "de_" + re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{group1}_vs_{group2 or 'rest'}")
+    key = DE_KEY + name[3:]
+    adata = anndata.read_h5ad(run_dir / "results.h5ad")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = EnsembleSCVI.load(run_dir / "model", adata=adata)
+        table = ev.tl.differential_expression(
+            model, adata, groupby=groupby, group1=group1, group2=group2, delta=delta,
+            fdr_target=fdr, estimand=estimand, n_samples=n_samples, max_cells=max_cells,
+            batch_correction=batch_correction, seed=seed, key_added=key,
+        )  # fmt: skip
+    except (KeyError, ValueError) as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from err
+    tables, figures = run_dir / "tables", run_dir / "figures"
+    settings = {**adata.uns[key]["params"], "group1": group1}
+    fig = ev.pl.de_volcano(adata, key=key, title=f"{group1} vs {group2 or 'rest'}")
+    save_figure(fig, figures / name)
+    _write_csv(table, tables / f"{name}.csv", index=True)
+    tmp = tables / f".{name}.json.tmp"
+    tmp.write_text(json.dumps(settings, indent=2, default=str))
+    tmp.replace(tables / f"{name}.json")
+    write_h5ad_atomic(adata, run_dir / "results.h5ad", overwrite=True)
+    render_run_report(run_dir)
+    console.print("- " + de_reading(settings, table))
+    top = table.head(10)[["proba_de", "lfc_median", "lfc_member_std", "call_flips"]]
+    console.print(top.round(3).to_string())
+    console.print(f"wrote {tables / name}.csv, {figures / name}.png, updated results.h5ad "
+                  f"(uns[{key!r}]) and report.html")  # fmt: skip
+
+
+@app.command()
+def benchmark(
+    suite: Annotated[str, typer.Option(help="fdr, calibration, ood or all.")] = "all",
+    out: Annotated[Path, typer.Option(help="Output directory (results are reused).")] = Path(
+        "bench_results"
+    ),
+    reps: Annotated[
+        int | None,
+        typer.Option(help="Repetitions of the FDR experiment [default: 5; 1 with --quick]."),
+    ] = None,
+    pbmc: Annotated[
+        Path | None, typer.Option(help="pbmc3k.h5ad for the PBMC parts (skipped without).")
+    ] = None,
+    docs: Annotated[
+        Path | None, typer.Option(help="Markdown file whose suite sections are rewritten.")
+    ] = None,
+    figures: Annotated[Path | None, typer.Option(help="Also save figures here.")] = None,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Tiny data and models: checks the plumbing only.")
+    ] = False,
+) -> None:
+    """The benchmark suite: DE FDR against ground truth, count calibration, OOD novelty.
+
+    Each unit of work is saved under OUT as it finishes; a rerun with the same settings
+    reuses it, so an interrupted suite resumes. The full suite takes about an hour on 2 CPU
+    cores.
+    """
+    from ensemblevi.benchmark import run_suite
+
+    if reps is not None and reps < 1:
+        raise typer.BadParameter(f"--reps must be >= 1, got {reps}.")
+    if pbmc is not None and not pbmc.exists():
+        console.print(f"[yellow]{pbmc} not found: the PBMC parts are skipped[/yellow]")
+    try:
+        written = run_suite(suite, out, reps=reps, quick=quick, pbmc=pbmc, docs=docs,
+                            figures=figures, log=console.print)  # fmt: skip
+    except ValueError as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from err
+    console.print("wrote " + ", ".join(str(p) for p in written.values()))
 
 
 @app.command()

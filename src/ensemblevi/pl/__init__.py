@@ -3,6 +3,7 @@
 from ._plots import (
     biological_spread,
     calibration,
+    de_volcano,
     gene_uncertainty,
     hyperparameter_trajectories,
     member_histograms,
@@ -14,6 +15,7 @@ from ._plots import (
 __all__ = [
     "biological_spread",
     "calibration",
+    "de_volcano",
     "gene_uncertainty",
     "hyperparameter_trajectories",
     "member_histograms",

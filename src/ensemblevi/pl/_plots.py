@@ -264,3 +264,64 @@ def calibration(results: dict[str, dict], n_bins: int = 20):
     ax_cov.legend(fontsize=7, frameon=False)
     fig.tight_layout()
     return fig
+
+
+def de_volcano(data, key: str = "ensemblevi_de", n_labels: int = 8, title: str | None = None):
+    """Volcano plot of an ensemble DE result, with its uncertainty.
+
+    ``data``: an AnnData holding ``uns[key]`` from :func:`ensemblevi.tl.differential_expression`,
+    or its returned table. Left: posterior median LFC (95% interval as a bar) against the
+    probability of a change of at least ``delta``; called genes coloured, genes whose call
+    flips between members ringed in black, the ``+-delta`` band dashed. Right: how far the
+    members disagree on each gene's LFC (standard deviation of the members' mean LFCs)
+    against its size: calls resting on one member's answer sit high on the right.
+    """
+    if isinstance(data, pd.DataFrame):
+        table, params = data, {}
+    else:
+        if key not in data.uns or "table" not in data.uns[key]:
+            raise ValueError(
+                f"No DE result in adata.uns[{key!r}]; run ensemblevi.tl.differential_expression."
+            )
+        table = pd.DataFrame(data.uns[key]["table"]).set_index("gene")
+        params = dict(data.uns[key].get("params", {}))
+    calls_col = [c for c in table.columns if c.startswith("is_de_fdr_")]
+    if not calls_col:
+        raise ValueError("The DE table has no is_de_fdr_<target> column.")
+    called = table[calls_col[0]].to_numpy(dtype=bool)
+    flips = table["call_flips"].to_numpy(dtype=bool)
+    lfc, p = table["lfc_median"].to_numpy(), table["proba_de"].to_numpy()
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4.2), gridspec_kw={"width_ratios": [3, 2]})
+    ax.errorbar(lfc, p, xerr=[lfc - table["lfc_q2.5"], table["lfc_q97.5"] - lfc], fmt="none",
+                ecolor="0.8", elinewidth=0.6, zorder=1)  # fmt: skip
+    ax.scatter(lfc[~called], p[~called], s=8, color="0.55", label="not called", zorder=2)
+    ax.scatter(lfc[called], p[called], s=10, color="C3", label=f"called ({called.sum()})",
+               zorder=3)  # fmt: skip
+    ax.scatter(lfc[flips], p[flips], s=28, facecolors="none", edgecolors="k", lw=0.5,
+               label=f"call flips between members ({flips.sum()})", zorder=4)  # fmt: skip
+    delta = params.get("delta")
+    if delta is not None:
+        for x in (-delta, delta):
+            ax.axvline(x, color="0.4", ls="--", lw=0.8)
+    if called.any():
+        ax.axhline(p[called].min(), color="C3", ls=":", lw=0.8)
+    labelled = np.flatnonzero(called if called.any() else p >= 0.5)
+    top = labelled[np.argsort(-(p[labelled] + 1e-3 * np.abs(lfc[labelled])))][:n_labels]
+    for j, i in enumerate(top):  # staggered: top genes often share p = 1
+        ax.annotate(table.index[i], (lfc[i], p[i]), fontsize=6, xytext=(4, -6 - 8 * (j % 4)),
+                    textcoords="offset points",
+                    arrowprops={"arrowstyle": "-", "lw": 0.3})  # fmt: skip
+    target = calls_col[0].removeprefix("is_de_fdr_")
+    ax.set(xlabel="LFC (log2, posterior median; bar: 95% interval)",
+           ylabel="P(|LFC| >= delta)", ylim=(-0.03, 1.03),
+           title=title or f"DE calls at posterior expected FDR {target}")  # fmt: skip
+    ax.legend(fontsize=7, loc="center right" if np.median(lfc) < 0 else "center left")
+    spread = table["lfc_member_std"].to_numpy()
+    ax2.scatter(np.abs(lfc[~called]), spread[~called], s=8, color="0.55")
+    ax2.scatter(np.abs(lfc[called]), spread[called], s=10, color="C3")
+    ax2.scatter(np.abs(lfc[flips]), spread[flips], s=28, facecolors="none", edgecolors="k",
+                lw=0.5)  # fmt: skip
+    ax2.set(xlabel="|LFC| (posterior median)", ylabel="between-member SD of the LFC",
+            title="member disagreement")  # fmt: skip
+    fig.tight_layout()
+    return fig

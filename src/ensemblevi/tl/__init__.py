@@ -1,6 +1,6 @@
 """Analysis tools, scanpy style: take a model and an AnnData, write results into it."""
 
-from ._de import differential_expression, expected_fdr, fdr_calls
+from ._de import differential_expression, expected_fdr, fdr_calls, lfc_posterior, summarise_lfc
 from ._markers import MARKER_SETS, check_markers, load_markers, parse_marker_options
 from ._novelty import cell_novelty
 from ._seeds import seed_ensemble
@@ -15,7 +15,9 @@ __all__ = [
     "expression_spread",
     "fdr_calls",
     "gene_uncertainty",
+    "lfc_posterior",
     "load_markers",
     "parse_marker_options",
     "seed_ensemble",
+    "summarise_lfc",
 ]

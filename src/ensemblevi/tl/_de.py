@@ -132,6 +132,74 @@ def _group_cells(adata, groupby: str, group1: str, group2: str | None) -> tuple:
     return np.flatnonzero(in1), np.flatnonzero(in2)
 
 
+def lfc_posterior(
+    model: Any,
+    adata: Any,
+    groupby: str,
+    group1: str | None,
+    group2: str | None = None,
+    estimand: Literal["population", "cell_pairs"] = "population",
+    n_samples: int = 50,
+    max_cells: int = 500,
+    batch_correction: bool = False,
+    pseudocount: float = 0.1,
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[np.ndarray, dict]:
+    """Posterior LFC draws of every member: the sampling half of :func:`differential_expression`.
+
+    Returns ``(draws, info)``: ``draws`` is ``(K, N, G)`` (members x draws x genes; for
+    ``cell_pairs`` ``N`` is draws x cell pairs), ``info`` holds the cells used
+    (``cells1``, ``cells2``, positions in ``adata``) and ``scale``, the two groups' mean
+    normalised expression per 1e4. Members' draws are kept apart so that an ensemble of the
+    first ``k`` members of a deep ensemble is ``draws[:k]`` (the benchmark suite's use).
+    """
+    if estimand not in ESTIMANDS:
+        raise ValueError(f"estimand must be one of {ESTIMANDS}, got {estimand!r}.")
+    if n_samples < 2 or max_cells < 1:
+        raise ValueError(f"Need n_samples >= 2 and max_cells >= 1, got {n_samples}, {max_cells}.")
+    if group1 is None:
+        raise ValueError("Pass group1= the group to test (and group2=, or None for the rest).")
+    adata = model._validate_anndata(adata)
+    cells1, cells2 = _group_cells(adata, groupby, group1, group2)
+    rng = np.random.default_rng(seed)
+    cells1, cells2 = (
+        np.sort(rng.choice(c, max_cells, replace=False)) if len(c) > max_cells else c
+        for c in (cells1, cells2)
+    )
+    transform = None
+    if batch_correction:
+        mapping = model.adata_manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY)
+        transform = list(mapping.categorical_mapping)
+    # draws in blocks so that (K, block, cells, genes) stays near 2e7 floats
+    per_draw = model.n_members * (len(cells1) + len(cells2)) * adata.n_vars
+    block = int(np.clip(2e7 // per_draw, 2, n_samples))
+    draws, sums = [], np.zeros((2, adata.n_vars))
+    starts = list(range(0, n_samples, block))
+    for b, start in enumerate(track(starts, description="DE posterior draws",
+                                    disable=not progress, style="tqdm")):  # fmt: skip
+        s = min(block, n_samples - start)
+        expr = []
+        for i, cells in enumerate((cells1, cells2)):
+            x = model.get_normalized_expression(
+                adata, indices=cells, n_samples=s, return_mean=False,
+                return_members=True, library_size=LIBRARY_SIZE, seed=seed + 1 + 2 * b + i,
+                transform_batch=transform,
+            )  # fmt: skip
+            if s == 1:  # one draw comes back without its sample axis
+                x = x[:, None]
+            sums[i] += x.mean(2).sum((0, 1))
+            expr.append(x)
+        if estimand == "population":
+            draws.append(population_lfc(expr[0], expr[1], pseudocount))
+        else:
+            lfc = cell_pair_lfc(expr[0], expr[1], rng, pseudocount)
+            draws.append(lfc.reshape(lfc.shape[0], -1, lfc.shape[-1]))
+    return np.concatenate(draws, axis=1), {
+        "cells1": cells1, "cells2": cells2, "scale": sums / (model.n_members * n_samples),
+    }  # fmt: skip
+
+
 def differential_expression(
     model: Any,
     adata: Any = None,
@@ -191,60 +259,28 @@ def differential_expression(
 
     Returns
     -------
-    One row per gene, sorted by ``proba_de`` (descending): ``proba_de``, ``proba_not_de``,
-    ``lfc_mean``, ``lfc_median``, ``lfc_std``, ``lfc_q2.5``, ``lfc_q97.5``,
-    ``lfc_member_std``, ``member_calls``, ``call_flips``, ``expected_fdr``,
-    ``is_de_fdr_<target>``, ``scale1``, ``scale2`` (mean normalised expression per 1e4).
+    One row per gene, sorted by ``proba_de`` then ``|lfc_median|`` (descending):
+    ``proba_de``, ``proba_not_de``, ``lfc_mean``, ``lfc_median``, ``lfc_std``,
+    ``lfc_q2.5``, ``lfc_q97.5``, ``lfc_member_std``, ``member_calls``, ``call_flips``,
+    ``expected_fdr``, ``is_de_fdr_<target>``, ``scale1``, ``scale2`` (mean normalised
+    expression per 1e4).
     """
-    if estimand not in ESTIMANDS:
-        raise ValueError(f"estimand must be one of {ESTIMANDS}, got {estimand!r}.")
     if delta <= 0:
         raise ValueError(f"delta must be > 0 (a log2 fold change), got {delta}.")
     if not 0 < fdr_target < 1:
         raise ValueError(f"fdr_target must be in (0, 1), got {fdr_target}.")
-    if n_samples < 2 or max_cells < 1:
-        raise ValueError(f"Need n_samples >= 2 and max_cells >= 1, got {n_samples}, {max_cells}.")
-    if group1 is None:
-        raise ValueError("Pass group1= the group to test (and group2=, or None for the rest).")
     adata = model._validate_anndata(adata)
-    cells1, cells2 = _group_cells(adata, groupby, group1, group2)
-    rng = np.random.default_rng(seed)
-    cells1, cells2 = (
-        np.sort(rng.choice(c, max_cells, replace=False)) if len(c) > max_cells else c
-        for c in (cells1, cells2)
-    )
-    transform = None
-    if batch_correction:
-        mapping = model.adata_manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY)
-        transform = list(mapping.categorical_mapping)
-    # draws in blocks so that (K, block, cells, genes) stays near 2e7 floats
-    per_draw = model.n_members * (len(cells1) + len(cells2)) * adata.n_vars
-    block = int(np.clip(2e7 // per_draw, 2, n_samples))
-    draws, sums = [], np.zeros((2, adata.n_vars))
-    starts = list(range(0, n_samples, block))
-    for b, start in enumerate(track(starts, description="DE posterior draws",
-                                    disable=not progress, style="tqdm")):  # fmt: skip
-        s = min(block, n_samples - start)
-        expr = []
-        for i, cells in enumerate((cells1, cells2)):
-            x = model.get_normalized_expression(
-                adata, indices=cells, n_samples=s, return_mean=False,
-                return_members=True, library_size=LIBRARY_SIZE, seed=seed + 1 + 2 * b + i,
-                transform_batch=transform,
-            )  # fmt: skip
-            if s == 1:  # one draw comes back without its sample axis
-                x = x[:, None]
-            sums[i] += x.mean(2).sum((0, 1))
-            expr.append(x)
-        if estimand == "population":
-            draws.append(population_lfc(expr[0], expr[1], pseudocount))
-        else:
-            lfc = cell_pair_lfc(expr[0], expr[1], rng, pseudocount)
-            draws.append(lfc.reshape(lfc.shape[0], -1, lfc.shape[-1]))
-    lfc_draws = np.concatenate(draws, axis=1)  # (K, N, G)
+    lfc_draws, info = lfc_posterior(
+        model, adata, groupby, group1, group2, estimand=estimand, n_samples=n_samples,
+        max_cells=max_cells, batch_correction=batch_correction, pseudocount=pseudocount,
+        seed=seed, progress=progress,
+    )  # fmt: skip
+    cells1, cells2, sums = info["cells1"], info["cells2"], info["scale"]
     table = summarise_lfc(lfc_draws, delta, fdr_target, adata.var_names)
-    table["scale1"], table["scale2"] = sums / (model.n_members * n_samples)
-    table = table.sort_values("proba_de", ascending=False, kind="stable")
+    table["scale1"], table["scale2"] = sums
+    # ties in proba_de (common: every draw clears delta) are broken by the effect size
+    order = np.lexsort((-np.abs(table["lfc_median"].to_numpy()), -table["proba_de"].to_numpy()))
+    table = table.iloc[order]
     if key_added is not None:
         _store(adata, table, key_added, groupby, str(group1), group2, {
             "delta": float(delta), "fdr_target": float(fdr_target), "estimand": estimand,

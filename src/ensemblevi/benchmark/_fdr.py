@@ -1,0 +1,203 @@
+"""The paper draft's DE experiment: is the ensemble's FDR estimate right, against the truth?
+
+Per preset and repetition (the repetition is the seed of the data and of every model):
+
+- a deep ensemble of 10 scVI networks; the ensembles of 1, 3 and 5 are its first 1, 3
+  and 5 members (members of a deep ensemble are independent networks, so the first k of
+  10 are an ensemble of k; this saves training 1 + 3 + 5 more networks);
+- BatchEnsemble and Hyper-BatchEnsemble with 4 members;
+- single VAEs with 2x and 4x the hidden units;
+- scvi-tools' own ``differential_expression(mode="change")`` run on member 0 of the deep
+  ensemble (``model.members[0]`` runs scvi-tools' code on that scVI network);
+- scanpy's ``rank_genes_groups`` (Wilcoxon, Benjamini-Hochberg) on log-normalised counts,
+  as is, and with the usual extra filter ``|logfoldchange| >= delta``.
+
+Every model-based method uses the population estimand (``ensemblevi.tl.lfc_posterior``)
+and the posterior expected FDR rule, B against A, against the simulator's population
+ground truth ``var["is_de_B_vs_A"]`` at the same ``delta``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ._runs import cached, save, settings_of, train_timed
+from ._scoring import GRID, MethodResult, fdr_curve, score_method
+
+PRESETS = ("lopez2020", "draft", "hard")
+#: epochs per preset (at ``lr``); ``hard`` has 400 cells, so more epochs for its few steps
+EPOCHS = {"lopez2020": 120, "draft": 100, "hard": 150}
+DEEP_SIZES = (1, 3, 5, 10)
+
+
+@dataclass
+class FDRConfig:
+    """Settings of the FDR suite (``quick`` shrinks everything for a smoke test)."""
+
+    presets: tuple[str, ...] = PRESETS
+    reps: int = 5
+    epochs: dict = field(default_factory=lambda: dict(EPOCHS))
+    lr: float = 5e-3
+    n_hidden: int = 128
+    n_samples: int = 50
+    delta: float = 0.5
+    data_overrides: dict = field(default_factory=dict)
+    deep_sizes: tuple[int, ...] = DEEP_SIZES
+    wide: tuple[int, ...] = (2, 4)
+    members: int = 4
+
+    @classmethod
+    def quick(cls, **kw) -> FDRConfig:
+        tiny = {"reps": 1, "presets": ("lopez2020", "hard"), "n_samples": 4,
+                "epochs": dict.fromkeys(PRESETS, 4), "deep_sizes": (1, 2), "wide": (2,),
+                "members": 2,
+                "data_overrides": {"n_cells": 200, "n_genes": 40}}  # fmt: skip
+        return cls(**{**tiny, **kw})
+
+
+def _bayes(draws: np.ndarray, delta: float) -> MethodResult:
+    g = draws.shape[-1]
+    return MethodResult("bayes", np.mean(np.abs(draws.reshape(-1, g)) >= delta, axis=0))
+
+
+def _wilcoxon(adata, delta: float) -> tuple[MethodResult, MethodResult]:
+    import scanpy as sc
+
+    norm = sc.AnnData(adata.layers["counts"].copy(), obs=adata.obs[["cell_type"]].copy())
+    norm.var_names = adata.var_names
+    sc.pp.normalize_total(norm, target_sum=1e4)
+    sc.pp.log1p(norm)
+    sc.tl.rank_genes_groups(norm, "cell_type", groups=["B"], reference="A", method="wilcoxon",
+                            corr_method="benjamini-hochberg")  # fmt: skip
+    df = sc.get.rank_genes_groups_df(norm, "B").set_index("names").loc[adata.var_names]
+    padj = df["pvals_adj"].to_numpy(dtype=np.float64)
+    big = np.abs(df["logfoldchanges"].to_numpy(dtype=np.float64)) >= delta
+    return MethodResult("bh", padj), MethodResult("bh", padj, mask=big)
+
+
+def run_rep(preset: str, rep: int, cfg: FDRConfig, log=print) -> dict:
+    """Every method on one simulated data set; returns a JSON-able record."""
+    import scvi
+
+    import ensemblevi as ev
+    from ensemblevi.model import EnsembleSCVI
+
+    adata = ev.data.synthetic(preset, seed=rep, **cfg.data_overrides)
+    truth = adata.var["is_de_B_vs_A"].to_numpy(dtype=bool)
+    batch_key = "batch" if adata.obs["batch"].nunique() > 1 else None
+    EnsembleSCVI.setup_anndata(adata, layer="counts", batch_key=batch_key)
+    results: dict[str, MethodResult] = {}
+    seconds: dict[str, float] = {}
+
+    def draws(model):
+        d, _ = ev.tl.lfc_posterior(model, adata, "cell_type", "B", "A", n_samples=cfg.n_samples,
+                                   seed=rep, progress=False)  # fmt: skip
+        return d
+
+    k_max = max(cfg.deep_sizes)
+    deep, seconds[f"deep K={k_max}"] = train_timed(
+        adata, "deep", k_max, rep, cfg.epochs[preset], cfg.lr, n_hidden=cfg.n_hidden
+    )
+    deep_draws = draws(deep)
+    for k in cfg.deep_sizes:
+        results[f"deep K={k}"] = _bayes(deep_draws[:k], cfg.delta)
+    scvi.settings.seed = rep
+    change = deep.members[0].differential_expression(
+        adata, groupby="cell_type", group1="B", group2="A", mode="change", delta=cfg.delta,
+        silent=True,
+    )  # fmt: skip
+    results["scvi-tools change (K=1)"] = MethodResult(
+        "bayes", change.loc[adata.var_names, "proba_de"].to_numpy(dtype=np.float64)
+    )
+    log(f"    deep K={k_max}: {seconds[f'deep K={k_max}']:.0f} s")
+    for kind, label in (("batch", "BatchEnsemble"), ("hyperbatch", "Hyper-BatchEnsemble")):
+        name = f"{label} K={cfg.members}"
+        model, seconds[name] = train_timed(
+            adata, kind, cfg.members, rep, cfg.epochs[preset], cfg.lr, n_hidden=cfg.n_hidden
+        )
+        results[name] = _bayes(draws(model), cfg.delta)
+        log(f"    {name}: {seconds[name]:.0f} s")
+    for w in cfg.wide:
+        name = f"single {w}x hidden"
+        model, seconds[name] = train_timed(
+            adata, "single", 1, rep, cfg.epochs[preset], cfg.lr, n_hidden=w * cfg.n_hidden
+        )
+        results[name] = _bayes(draws(model), cfg.delta)
+        log(f"    {name}: {seconds[name]:.0f} s")
+    results["Wilcoxon + BH"], results[f"Wilcoxon + BH, |LFC| >= {cfg.delta:g}"] = _wilcoxon(
+        adata, cfg.delta
+    )
+    return {
+        "preset": preset,
+        "rep": rep,
+        "n_cells": adata.n_obs,
+        "n_genes": adata.n_vars,
+        "n_de": int(truth.sum()),
+        "epochs": cfg.epochs[preset],
+        "train_seconds": seconds,
+        "truth": truth.astype(int).tolist(),
+        "metrics": {m: score_method(r, truth) for m, r in results.items()},
+        "curves": {m: fdr_curve(r, truth).to_dict(orient="list") for m, r in results.items()},
+        "scores": {m: np.round(r.score, 6).tolist() for m, r in results.items()},
+    }
+
+
+def run(out: Path, cfg: FDRConfig, log=print) -> list[dict]:
+    """All presets x repetitions; each record is saved as it finishes and reused on a rerun
+    with the same settings (an interrupted suite resumes where it stopped)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = settings_of(cfg, drop=("presets", "reps"))
+    records = []
+    for preset in cfg.presets:
+        for rep in range(cfg.reps):
+            path = out / f"{preset}_rep{rep}.json"
+            rec = cached(path, settings)
+            if rec is not None:
+                log(f"  {preset} rep {rep}: reusing {path}")
+            else:
+                log(f"  {preset} rep {rep}:")
+                t = time.perf_counter()
+                rec = {**run_rep(preset, rep, cfg, log), "settings": settings}
+                rec["seconds"] = time.perf_counter() - t
+                save(path, rec)
+            records.append(rec)
+    return records
+
+
+def summarise(records: list[dict]) -> pd.DataFrame:
+    """Mean and standard deviation over repetitions of every metric, per preset x method."""
+    rows = [{"preset": r["preset"], "rep": r["rep"], "method": m, **vals}
+            for r in records for m, vals in r["metrics"].items()]  # fmt: skip
+    long = pd.DataFrame(rows)
+    order = list(dict.fromkeys(long["method"]))
+    g = long.drop(columns="rep").groupby(["preset", "method"], sort=False)
+    mean, std = g.mean(), g.std(ddof=1)
+    frame = mean.join(std, rsuffix="_sd")
+    frame["n_reps"] = g.size()
+    frame = frame.reset_index()
+    presets = list(dict.fromkeys(long["preset"]))
+    frame["preset"] = pd.Categorical(frame["preset"], presets, ordered=True)
+    frame["method"] = pd.Categorical(frame["method"], order, ordered=True)
+    return frame.sort_values(["preset", "method"]).reset_index(drop=True)
+
+
+def curves(records: list[dict]) -> pd.DataFrame:
+    """The FDR curves of every repetition in long form (preset, rep, method, target, ...)."""
+    frames = []
+    for r in records:
+        for m, c in r["curves"].items():
+            f = pd.DataFrame(c)
+            f.insert(0, "method", m)
+            f.insert(0, "rep", r["rep"])
+            f.insert(0, "preset", r["preset"])
+            frames.append(f)
+    return pd.concat(frames, ignore_index=True)
+
+
+__all__ = ["GRID", "FDRConfig", "curves", "run", "run_rep", "summarise"]

@@ -1,0 +1,65 @@
+"""Running the suites' units: timed training, and per-unit result files written
+atomically and reused on a rerun with the same settings (an interrupted suite resumes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+
+def train_timed(adata, kind: str, k: int, seed: int, epochs: int, lr: float, **kwargs):
+    """An :class:`~ensemblevi.model.EnsembleSCVI` trained quietly; ``(model, seconds)``."""
+    from ensemblevi.model import EnsembleSCVI
+
+    model = EnsembleSCVI(adata, n_members=k, ensemble=kind, seed=seed, **kwargs)
+    t = time.perf_counter()
+    model.train(max_epochs=epochs, seed=seed, enable_progress_bar=False, plan_kwargs={"lr": lr})
+    return model, time.perf_counter() - t
+
+
+def settings_of(cfg, drop: tuple[str, ...] = ()) -> dict:
+    """The config as plain JSON values (what a saved record must match to be reused)."""
+    return json.loads(json.dumps({k: v for k, v in asdict(cfg).items() if k not in drop},
+                                 default=str))  # fmt: skip
+
+
+def cached(path: Path, settings: dict) -> dict | None:
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    return record if record.get("settings") == settings else None
+
+
+def save(path: Path, record: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(record, default=float))
+    os.replace(tmp, path)
+
+
+def run_datasets(out: Path, cfg, runner: Callable, pbmc: Path | None, log=print) -> list[dict]:
+    """``runner(name, adata, batch_key, cfg, log)`` for each of ``cfg.datasets``."""
+    from ._calibration import load_dataset
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = settings_of(cfg)
+    records = []
+    for name in cfg.datasets:
+        path = out / f"{name}.json"
+        record = cached(path, settings)
+        if record is None:
+            loaded = load_dataset(name, cfg, pbmc)
+            if loaded is None:
+                log(f"  {name}: skipped (no file; pass --pbmc PATH to pbmc3k.h5ad)")
+                continue
+            log(f"  {name}:")
+            record = {**runner(name, *loaded, cfg, log), "settings": settings}
+            save(path, record)
+        else:
+            log(f"  {name}: reusing {path}")
+        records.append(record)
+    return records
