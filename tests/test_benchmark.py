@@ -150,5 +150,10 @@ def test_quick_suite_end_to_end(tmp_path):
     # a rerun reuses every saved unit instead of training again
     again = CliRunner().invoke(app, [*args, "--suite", "fdr"])
     assert again.exit_code == 0 and "reusing" in again.output
+    # --no-train reports what is saved and leaves out what is not
+    saved = CliRunner().invoke(app, [*args, "--suite", "fdr", "--reps", "2", "--no-train"])
+    assert saved.exit_code == 0 and "not run yet, left out" in saved.output
+    assert not (out / "fdr" / "lopez2020_rep1.json").exists()
+    assert "Rebuilt from the saved results" in (out / "fdr.md").read_text()
     bad = CliRunner().invoke(app, ["benchmark", "--suite", "nope", "--out", str(out)])
     assert bad.exit_code == 2 and "Unknown suite" in bad.output

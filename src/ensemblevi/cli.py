@@ -484,6 +484,10 @@ def benchmark(
     quick: Annotated[
         bool, typer.Option("--quick", help="Tiny data and models: checks the plumbing only.")
     ] = False,
+    no_train: Annotated[
+        bool,
+        typer.Option("--no-train", help="Train nothing: report the results saved in OUT so far."),
+    ] = False,
 ) -> None:
     """The benchmark suite: DE FDR against ground truth, count calibration, OOD novelty.
 
@@ -499,7 +503,7 @@ def benchmark(
         console.print(f"[yellow]{pbmc} not found: the PBMC parts are skipped[/yellow]")
     try:
         written = run_suite(suite, out, reps=reps, quick=quick, pbmc=pbmc, docs=docs,
-                            figures=figures, log=console.print)  # fmt: skip
+                            figures=figures, train=not no_train, log=console.print)  # fmt: skip
     except ValueError as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from err

@@ -40,6 +40,7 @@ def run_suite(
     pbmc: str | Path | None = None,
     docs: str | Path | None = None,
     figures: str | Path | None = None,
+    train: bool = True,
     log=print,
 ) -> dict[str, Path]:
     """Run one suite (or ``all``), writing results, tables and figures under ``out``.
@@ -62,6 +63,9 @@ def run_suite(
         replaced with the results (appended when absent).
     figures
         Also save the figures here (``docs/figures``).
+    train
+        ``False``: train nothing, report the saved results only (units not run yet are
+        left out and the tables say how many repetitions they hold).
     """
     from ensemblevi.pl import save_figure
 
@@ -75,13 +79,17 @@ def run_suite(
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     stamp = f"{date.today().isoformat()}"
-    command = f"`ensemblevi benchmark --suite {{}} --reps {reps}{' --quick' if quick else ''}`"
+    flags = (" --quick" if quick else "") + ("" if train else " --no-train")
+    command = "`ensemblevi benchmark --suite {}" + f"{flags}`"
     for name in SUITES if suite == "all" else (suite,):
         t = time.perf_counter()
         log(f"suite {name}:")
         if name == "fdr":
             cfg = FDRConfig.quick(reps=reps) if quick else FDRConfig(reps=reps)
-            records = _fdr.run(out / "fdr", cfg, log)
+            records = _fdr.run(out / "fdr", cfg, log, train)
+            if not records:
+                log("suite fdr: no results to report")
+                continue
             summary = _fdr.summarise(records)
             body = fdr_markdown(summary, records)
             fig = fdr_figure(records)
@@ -93,7 +101,7 @@ def run_suite(
             )
         elif name == "calibration":
             cfg = CalibrationConfig.quick() if quick else CalibrationConfig()
-            records = _calibration.run(out / "calibration", cfg, pbmc, log)
+            records = _calibration.run(out / "calibration", cfg, pbmc, log, train)
             summary = _calibration.summarise(records)
             body = calibration_markdown(summary, records)
             fig = calibration_figure(records) if records else None
@@ -106,7 +114,7 @@ def run_suite(
             )
         else:
             cfg = OODConfig.quick() if quick else OODConfig()
-            records = _ood.run(out / "ood", cfg, pbmc, log)
+            records = _ood.run(out / "ood", cfg, pbmc, log, train)
             summary = _ood.summarise(records)
             body = ood_markdown(summary) if len(summary) else "No data set available.\n"
             fig, fig_name = None, None
@@ -115,8 +123,12 @@ def run_suite(
                 "the left-out type's cells against seen cells held out from training."
             )
         summary.to_csv(out / f"{name}.csv", index=False)
-        section = (f"## Suite `{name}` ({command.format(name)}, {stamp})\n\n{intro} "
-                   f"Run time {time.perf_counter() - t:.0f} s.\n\n{body}")  # fmt: skip
+        when = (f"Run time {time.perf_counter() - t:.0f} s." if train
+                else "Rebuilt from the saved results of earlier runs.")  # fmt: skip
+        when += " Training times are in the CSV only: they depend on the machine's load."
+        reps_flag = f" --reps {reps}" if name == "fdr" else ""
+        heading = f"## Suite `{name}` ({command.format(name + reps_flag)}, {stamp})"
+        section = f"{heading}\n\n{intro} {when}\n\n{body}"
         if fig is not None:
             for target in filter(None, (out / "figures", figures)):
                 paths = save_figure(fig, Path(target) / fig_name)

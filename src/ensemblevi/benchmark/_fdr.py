@@ -147,19 +147,23 @@ def run_rep(preset: str, rep: int, cfg: FDRConfig, log=print) -> dict:
     }
 
 
-def run(out: Path, cfg: FDRConfig, log=print) -> list[dict]:
-    """All presets x repetitions; each record is saved as it finishes and reused on a rerun
-    with the same settings (an interrupted suite resumes where it stopped)."""
+def run(out: Path, cfg: FDRConfig, log=print, train: bool = True) -> list[dict]:
+    """All repetitions x presets, repetition-major (an interrupted suite has every preset at
+    nearly the same number of repetitions); each record is saved as it finishes and reused
+    on a rerun with the same settings. ``train=False`` only collects saved records."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     settings = settings_of(cfg, drop=("presets", "reps"))
     records = []
-    for preset in cfg.presets:
-        for rep in range(cfg.reps):
+    for rep in range(cfg.reps):
+        for preset in cfg.presets:
             path = out / f"{preset}_rep{rep}.json"
             rec = cached(path, settings)
             if rec is not None:
                 log(f"  {preset} rep {rep}: reusing {path}")
+            elif not train:
+                log(f"  {preset} rep {rep}: not run yet, left out")
+                continue
             else:
                 log(f"  {preset} rep {rep}:")
                 t = time.perf_counter()
@@ -167,7 +171,8 @@ def run(out: Path, cfg: FDRConfig, log=print) -> list[dict]:
                 rec["seconds"] = time.perf_counter() - t
                 save(path, rec)
             records.append(rec)
-    return records
+    order = {p: i for i, p in enumerate(cfg.presets)}
+    return sorted(records, key=lambda r: (order[r["preset"]], r["rep"]))
 
 
 def summarise(records: list[dict]) -> pd.DataFrame:

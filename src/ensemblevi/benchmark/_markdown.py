@@ -48,7 +48,8 @@ def fdr_markdown(summary: pd.DataFrame, records: list[dict]) -> str:
         n = int(sub["n_reps"].max())
         parts.append(
             f"### {preset}: {rec['n_cells']:,} cells x {rec['n_genes']:,} genes, "
-            f"{rec['n_de']} DE genes (rep 0), {rec['epochs']} epochs, {n} reps\n"
+            f"{rec['n_de']} DE genes (rep 0), {rec['epochs']} epochs, {n} rep"
+            + ("s\n" if n > 1 else "\n")
         )
         rows = []
         for _, r in sub.iterrows():
@@ -105,7 +106,6 @@ def calibration_markdown(summary: pd.DataFrame, records: list[dict]) -> str:
                 row[f"cov {lv}%"] = f"{r[f'cov{lv}']:.3f} ({g:+.1f})"
             row["members: cov 90%"] = f"{r['member_cov90']:.3f}" if "member_cov90" in r else ""
             row["within 2 pts"] = "yes" if max(abs(g) for g in gaps) <= 2 else "no"
-            row["train (s)"] = f"{r['train_s']:.0f}"
             rows.append(row)
         parts.append(_table(pd.DataFrame(rows)) + "\n")
     return "\n".join(parts)
@@ -115,8 +115,8 @@ def ood_markdown(summary: pd.DataFrame) -> str:
     rows = [{"data": r["dataset"], "left out": f"{r['left_out']} ({r['n_unseen']} cells)",
              "vs held-out seen cells": r["n_heldout_seen"], "model": r["model"],
              "AUROC novelty_cv": f"{r['auroc_novelty_cv']:.3f}",
-             "AUROC novelty_llgap": f"{r['auroc_novelty_llgap']:.3f}",
-             "train (s)": f"{r['train_s']:.0f}"} for _, r in summary.iterrows()]  # fmt: skip
+             "AUROC novelty_llgap": f"{r['auroc_novelty_llgap']:.3f}"}
+            for _, r in summary.iterrows()]  # fmt: skip
     return _table(pd.DataFrame(rows)) + "\n"
 
 

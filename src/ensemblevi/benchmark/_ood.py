@@ -72,9 +72,9 @@ def run_dataset(name: str, adata, batch_key, cfg: OODConfig, log=print) -> dict:
     return {"dataset": name, "rows": rows}
 
 
-def run(out: Path, cfg, pbmc: Path | None = None, log=print) -> list[dict]:
+def run(out: Path, cfg, pbmc: Path | None = None, log=print, train: bool = True) -> list[dict]:
     """Every data set of ``cfg`` (PBMC 3k only with ``pbmc``), one result file each."""
-    return run_datasets(out, cfg, run_dataset, pbmc, log)
+    return run_datasets(out, cfg, run_dataset, pbmc, log, train)
 
 
 def summarise(records: list[dict]) -> pd.DataFrame:

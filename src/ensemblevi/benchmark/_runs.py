@@ -40,8 +40,11 @@ def save(path: Path, record: dict) -> None:
     os.replace(tmp, path)
 
 
-def run_datasets(out: Path, cfg, runner: Callable, pbmc: Path | None, log=print) -> list[dict]:
-    """``runner(name, adata, batch_key, cfg, log)`` for each of ``cfg.datasets``."""
+def run_datasets(
+    out: Path, cfg, runner: Callable, pbmc: Path | None, log=print, train: bool = True
+) -> list[dict]:
+    """``runner(name, adata, batch_key, cfg, log)`` for each of ``cfg.datasets`` (with
+    ``train=False`` only the saved records)."""
     from ._calibration import load_dataset
 
     out = Path(out)
@@ -51,6 +54,9 @@ def run_datasets(out: Path, cfg, runner: Callable, pbmc: Path | None, log=print)
     for name in cfg.datasets:
         path = out / f"{name}.json"
         record = cached(path, settings)
+        if record is None and not train:
+            log(f"  {name}: not run yet, left out")
+            continue
         if record is None:
             loaded = load_dataset(name, cfg, pbmc)
             if loaded is None:
