@@ -40,13 +40,27 @@ def save(path: Path, record: dict) -> None:
     os.replace(tmp, path)
 
 
+def load_dataset(name: str, cfg, pbmc: Path | None):
+    """(adata with counts in ``layers["counts"]``, batch key) or None when not available."""
+    import anndata as ad
+
+    import ensemblevi as ev
+
+    if name == "pbmc3k":
+        if pbmc is None or not Path(pbmc).exists():
+            return None
+        adata = ad.read_h5ad(pbmc)
+        ev.data.preprocess(adata, n_top_genes=1200)
+        return adata, None
+    adata = ev.data.synthetic(name, seed=cfg.seed, **cfg.data_overrides)
+    return adata, ("batch" if adata.obs["batch"].nunique() > 1 else None)
+
+
 def run_datasets(
     out: Path, cfg, runner: Callable, pbmc: Path | None, log=print, train: bool = True
 ) -> list[dict]:
     """``runner(name, adata, batch_key, cfg, log)`` for each of ``cfg.datasets`` (with
     ``train=False`` only the saved records)."""
-    from ._calibration import load_dataset
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     settings = settings_of(cfg)
