@@ -1,7 +1,10 @@
 """Profile training steps (forward, backward, Adam) outside Lightning, per configuration.
 
 Run: ``.venv/bin/python benchmarks/profile_step.py scvi deep4 single`` (names as in
-``bench_ensemble_speed.py``). Prints ms per step and torch profiler's top operators.
+``bench_ensemble_speed.py``; a ``+compile`` suffix, e.g. ``deep4+compile``, runs the step
+inside ``compiled_likelihood()``; ``+composed`` uses autograd through the composed
+likelihood instead of the fused forward/backward). Prints ms per step and torch
+profiler's top operators.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import torch
 from torch.profiler import profile
 
 from ensemblevi.data import synthetic
+from ensemblevi.module import _likelihood
+from ensemblevi.module._likelihood import compiled_likelihood
 
 
 def main(names: list[str]) -> None:
@@ -21,7 +26,8 @@ def main(names: list[str]) -> None:
     from bench_ensemble_speed import _model
 
     adata = synthetic("heartlike", seed=0, n_cells=3000)
-    for name in names:
+    for label in names:
+        name, _, flag = label.partition("+")
         model = _model(name, adata)
         module = model.module
         module.train()
@@ -29,22 +35,27 @@ def main(names: list[str]) -> None:
         batches = [b for b, _ in zip(loader, range(20), strict=False)]
         opt = torch.optim.Adam(module.parameters(), lr=1e-3, eps=0.01)
 
-        def step(batch, module=module, opt=opt):
-            _, _, loss = module(batch, loss_kwargs={"kl_weight": 0.5})
-            opt.zero_grad()
-            loss.loss.backward()
+        def step(batch, module=module, opt=opt, flag=flag):
+            with compiled_likelihood(flag == "compile"):
+                _, _, loss = module(batch, loss_kwargs={"kl_weight": 0.5})
+                opt.zero_grad()
+                loss.loss.backward()
             opt.step()
 
+        fused = _likelihood._fused
+        if flag == "composed":
+            _likelihood._fused = lambda *args: False
         for b in batches[:3]:
             step(b)
         t0 = time.perf_counter()
         for b in batches:
             step(b)
-        print(f"{name}: {(time.perf_counter() - t0) / len(batches) * 1e3:.1f} ms/step")
+        print(f"{label}: {(time.perf_counter() - t0) / len(batches) * 1e3:.1f} ms/step")
         with profile() as prof:
             for b in batches[:10]:
                 step(b)
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+        _likelihood._fused = fused
 
 
 if __name__ == "__main__":

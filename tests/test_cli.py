@@ -11,7 +11,18 @@ runner = CliRunner()
 
 
 @pytest.mark.parametrize(
-    "cmd", [[], ["simulate"], ["inspect"], ["run"], ["de"], ["benchmark"], ["version"]]
+    "cmd",
+    [
+        [],
+        ["simulate"],
+        ["inspect"],
+        ["run"],
+        ["de"],
+        ["train"],
+        ["merge"],
+        ["benchmark"],
+        ["version"],
+    ],
 )
 def test_help_everywhere(cmd):
     res = runner.invoke(app, [*cmd, "--help"])

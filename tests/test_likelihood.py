@@ -55,3 +55,82 @@ def test_zinb_and_nb_match_scvi_values_and_gradients(theta_shape, seed):
 def test_poisson_matches_scvi():
     x, mu, _, _ = _inputs((K, 1, G))
     torch.testing.assert_close(poisson_log_prob_sum(x, mu), Poisson(mu).log_prob(x).sum(-1))
+
+
+def _scvi_log_prob(x, mu, theta, zi):
+    if zi is None:
+        return NegativeBinomial(mu=mu, theta=theta).log_prob(x).sum(-1)
+    return ZeroInflatedNegativeBinomial(mu=mu, theta=theta, zi_logits=zi).log_prob(x).sum(-1)
+
+
+@pytest.mark.parametrize("zinb", [True, False])
+@pytest.mark.parametrize(
+    "theta_scale, mu_scale, zi_scale",
+    [(1e-4, 1.0, 1.0), (1e5, 1.0, 1.0), (1.0, 1e-5, 1.0), (1.0, 1e4, 1.0), (1.0, 1.0, 40.0)],
+)
+def test_fused_extremes_match_scvi_autograd(zinb, theta_scale, mu_scale, zi_scale):
+    """Tiny and huge dispersion and means, saturated zero-inflation logits, large counts."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.poisson(torch.rand(B, G, generator=g, dtype=torch.float64) * 3, generator=g)
+    x[2, :4] = torch.tensor([1e3, 5e4, 1.0, 0.0], dtype=torch.float64)
+    mu = (torch.rand(K, B, G, generator=g, dtype=torch.float64) + 0.1) * mu_scale
+    theta = (torch.rand(K, 1, G, generator=g, dtype=torch.float64) + 0.1) * theta_scale
+    zi = torch.randn(K, B, G, generator=g, dtype=torch.float64) * zi_scale
+    params = [mu.requires_grad_(), theta.requires_grad_()]
+    if zinb:
+        params.append(zi.requires_grad_())
+    else:
+        zi = None
+    fn = zinb_log_prob_sum if zinb else nb_log_prob_sum
+    ours = fn(x, *params)
+    assert type(ours.grad_fn).__name__.startswith("_CountLogProbSum")
+    ref = _scvi_log_prob(x, mu, theta, zi)
+    torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-8)
+    w = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    for a, b in zip(
+        torch.autograd.grad((ref * w).sum(), params),
+        torch.autograd.grad((ours * w).sum(), params),
+        strict=True,
+    ):
+        assert torch.isfinite(b).all()
+        torch.testing.assert_close(b, a, rtol=1e-8, atol=1e-8)
+
+
+@pytest.mark.parametrize("theta_shape", [(2, 1, 5), (2, 4, 5)])
+def test_fused_gradcheck(theta_shape):
+    g = torch.Generator().manual_seed(3)
+    x = torch.poisson(torch.rand(4, 5, generator=g, dtype=torch.float64) * 3, generator=g)
+    x[0] = 0
+    mu = (torch.rand(2, 4, 5, generator=g, dtype=torch.float64) * 5 + 0.2).requires_grad_()
+    theta = (torch.rand(*theta_shape, generator=g, dtype=torch.float64) * 3 + 0.2).requires_grad_()
+    zi = torch.randn(2, 4, 5, generator=g, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(lambda m, t, z: zinb_log_prob_sum(x, m, t, z), (mu, theta, zi))
+    assert torch.autograd.gradcheck(lambda m, t: nb_log_prob_sum(x, m, t), (mu, theta))
+
+
+def test_no_grad_path_gives_the_same_values():
+    x, mu, theta, zi = _inputs((K, 1, G))
+    fused = zinb_log_prob_sum(x, mu, theta, zi)
+    with torch.no_grad():
+        plain = zinb_log_prob_sum(x, mu, theta, zi)
+    assert plain.grad_fn is None and fused.grad_fn is not None
+    torch.testing.assert_close(fused.detach(), plain)
+
+
+def test_fused_broadcasts_smaller_inputs():
+    """``mu`` smaller than ``zi_logits`` (and ``theta``) still gets gradients of its shape."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.poisson(torch.rand(B, G, generator=g, dtype=torch.float64) * 3, generator=g)
+    mu = (torch.rand(B, G, generator=g, dtype=torch.float64) * 5 + 0.1).requires_grad_()
+    theta = (torch.rand(K, B, G, generator=g, dtype=torch.float64) + 0.3).requires_grad_()
+    zi = torch.randn(K, B, G, generator=g, dtype=torch.float64).requires_grad_()
+    ours = zinb_log_prob_sum(x, mu, theta, zi)
+    ref = _scvi_log_prob(x, mu, theta, zi)
+    torch.testing.assert_close(ours, ref)
+    for a, b in zip(
+        torch.autograd.grad(ref.sum(), [mu, theta, zi]),
+        torch.autograd.grad(ours.sum(), [mu, theta, zi]),
+        strict=True,
+    ):
+        assert a.shape == b.shape
+        torch.testing.assert_close(b, a)

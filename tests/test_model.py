@@ -124,6 +124,30 @@ def test_uncertainty_layers_var_and_uns(trained):
     assert (single["var_between"].to_numpy() == 0).all()
 
 
+def test_streamed_uncertainty_summaries_match_the_dense_parts(trained):
+    """The O(cells + genes) summaries equal numpy reductions of the four dense parts."""
+    adata, models = trained
+    ad = adata.copy()
+    model = models["deep"]
+    kw = {"n_samples": 3, "progress": False, "batch_size": 7, "seed": 2}
+    dense = model.get_uncertainty(ad, **kw)
+    out = model.get_uncertainty(ad, **kw, return_frames=False, key_added="s", store_layers=False)
+    assert set(out) == {"genes", "cells"} and not any(k.startswith("s_") for k in ad.layers)
+    m, b, w = (
+        dense[n].to_numpy().astype(np.float64) for n in ("mean", "var_between", "var_within")
+    )
+    cv = np.sqrt(b) / np.maximum(m, np.finfo(np.float32).tiny)
+    genes, cells = out["genes"], out["cells"]
+    for name in ("mean", "var_between", "var_within", "var_noise"):
+        np.testing.assert_allclose(genes[name], dense[name].to_numpy().mean(0), rtol=1e-5)
+    np.testing.assert_allclose(genes["cv_between"], cv.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(genes["frac_between"], b.sum(0) / (b + w).sum(0), rtol=1e-5)
+    np.testing.assert_allclose(cells["cv_between"], cv.mean(1), rtol=1e-5)
+    np.testing.assert_allclose(cells["frac_between"], b.sum(1) / (b + w).sum(1), rtol=1e-5)
+    np.testing.assert_allclose(ad.obs["s_cv_between"], cv.mean(1), rtol=1e-5)
+    np.testing.assert_allclose(ad.var["s_frac_between"], genes["frac_between"])
+
+
 def test_missing_gene_is_named(trained):
     _, models = trained
     with pytest.raises(ValueError, match=r"not in adata.var_names.*NOT_A_GENE"):
@@ -228,6 +252,7 @@ def test_nan_loss_stops_with_last_good_weights_and_checkpoint(tmp_path):
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
     assert model.is_trained
     restored = EnsembleSCVI.load(ckpt, adata=adata)  # the epoch-2 checkpoint is loadable
+    assert restored.is_trained  # and usable as it is
     for key, value in state.items():
         torch.testing.assert_close(restored.module.state_dict()[key], value)
     assert np.isfinite(model.get_elbo())

@@ -1,5 +1,6 @@
 import anndata
 import numpy as np
+import pandas as pd
 import pytest
 
 from ensemblevi.data import PRESETS, params_from_uns, synthetic, validate_counts
@@ -127,6 +128,15 @@ def test_markers_batches_and_library_size():
 def test_bad_parameters_raise(override):
     with pytest.raises(ValueError, match="parameter"):
         synthetic("draft", **override)
+
+
+def test_lean_mode_has_the_same_counts_without_the_dense_truth():
+    full = synthetic("lopez2020", seed=4, n_cells=150)
+    lean = synthetic("lopez2020", seed=4, n_cells=150, lean=True)
+    assert (full.layers["counts"] != lean.X).nnz == 0
+    assert set(lean.layers) == set() and lean.uns["synthetic"]["lean"]
+    assert not any(c.startswith(("median_lfc_", "is_de_")) for c in lean.var)
+    pd.testing.assert_frame_equal(full.obs, lean.obs)
 
 
 def test_unknown_preset():

@@ -464,6 +464,161 @@ def de_command(
                   f"(uns[{key!r}]) and report.html")  # fmt: skip
 
 
+def parse_shard(shard: str | None, n_members: int) -> tuple[int, int]:
+    """``"i/n"`` (shards numbered 1..n) to this shard's ``(offset, n_members)``.
+
+    Members are split as evenly as possible, the first shards taking one more.
+    """
+    if shard is None:
+        return 0, n_members
+    try:
+        i, n = (int(v) for v in shard.split("/"))
+    except ValueError:
+        raise typer.BadParameter(f"--shard {shard!r} is not I/N (e.g. 2/4).") from None
+    if not 1 <= i <= n or n > n_members:
+        raise typer.BadParameter(f"--shard {shard}: need 1 <= I <= N <= --members ({n_members}).")
+    size, extra = divmod(n_members, n)
+    offset = (i - 1) * size + min(i - 1, extra)
+    return offset, size + (i <= extra)
+
+
+def _training_data(spec: dict):
+    """The AnnData a `train` spec describes, genes selected and registered for EnsembleSCVI."""
+    from ensemblevi.data import preprocess
+    from ensemblevi.model import EnsembleSCVI
+
+    adata, layer, title = _load_data(
+        spec["data"], spec["preset"], spec["n_cells"], spec["seed"], spec["layer"],
+        Path(spec["heart_path"]),
+    )  # fmt: skip
+    batch_key = spec["batch_key"]
+    if batch_key is None and "batch" in adata.obs and adata.obs["batch"].nunique() > 1:
+        batch_key = "batch"
+    if adata.n_vars > spec["n_top_genes"]:
+        preprocess(adata, n_top_genes=spec["n_top_genes"], batch_key=batch_key, layer=layer)
+        layer = "counts"
+    EnsembleSCVI.setup_anndata(adata, layer=layer, batch_key=batch_key)
+    return adata, title
+
+
+@app.command()
+def train(
+    out: Annotated[Path, typer.Option(help="Directory of the trained model.")],
+    data: Annotated[
+        str, typer.Option(help="synthetic (the embedded default), heart, or a .h5ad/10x path.")
+    ] = "synthetic",
+    preset: Annotated[str, typer.Option(help="Synthetic preset.")] = "heartlike",
+    n_cells: Annotated[
+        int, typer.Option(help="Cells simulated for --data synthetic.")
+    ] = DEFAULT_CELLS,
+    heart_path: Annotated[
+        Path, typer.Option(help="Directory holding hca_subsampled_20k.h5ad for --data heart.")
+    ] = Path("data"),
+    layer: Annotated[str | None, typer.Option(help="Layer holding the counts.")] = None,
+    batch_key: Annotated[str | None, typer.Option(help="obs column of the batch.")] = None,
+    n_top_genes: Annotated[int, typer.Option(help="Highly variable genes kept.")] = 1200,
+    ensemble: Annotated[
+        str, typer.Option(help="single, deep, batch, hyperbatch or mcdropout.")
+    ] = "deep",
+    members: Annotated[int, typer.Option(help="Members K of the whole ensemble.")] = 4,
+    shard: Annotated[
+        str | None,
+        typer.Option(help="Train only shard I/N of the members (deep; merge with `merge`)."),
+    ] = None,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 60,
+    batch_size: Annotated[int, typer.Option(help="Cells per minibatch.")] = 128,
+    accelerator: Annotated[str, typer.Option(help="auto, cpu or gpu.")] = "auto",
+    devices: Annotated[str, typer.Option(help="Devices: auto, a count, or a list.")] = "auto",
+    compile_likelihood: Annotated[
+        bool, typer.Option("--compile-likelihood", help="torch.compile the likelihood kernel.")
+    ] = False,
+    seed: Annotated[int, typer.Option(help="Random seed (data, initialisation, training).")] = 0,
+) -> None:
+    """Train an ensemble (or one shard of its members) and save it to OUT.
+
+    With --shard I/N, trains members of shard I of N (deep ensembles); shards trained
+    with the same options merge (`ensemblevi merge`) into exactly the ensemble trained in
+    one piece. OUT gets model.pt (scvi-tools' format) and train.json (the options, which
+    `merge` uses to rebuild the data). An interrupted training leaves the last finished
+    epoch in OUT.
+    """
+    import warnings
+
+    from ensemblevi.model import EnsembleSCVI
+
+    offset, k = parse_shard(shard, members)
+    spec = _config(
+        data=data, preset=preset, n_cells=n_cells, heart_path=heart_path, layer=layer,
+        batch_key=batch_key, n_top_genes=n_top_genes, ensemble=ensemble, members=members,
+        epochs=epochs, batch_size=batch_size, seed=seed,
+    )  # fmt: skip
+    try:
+        adata, title = _training_data(spec)
+        console.print(summary_table(adata, "counts" if "counts" in adata.layers else None, title))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = EnsembleSCVI(
+                adata, n_members=k, ensemble=ensemble, seed=seed, member_offset=offset,
+                n_members_total=members,
+            )  # fmt: skip
+            console.print(f"training {model._model_summary_string} for {epochs} epochs")
+            model.train(
+                max_epochs=epochs, batch_size=batch_size, seed=seed, checkpoint_path=out,
+                accelerator=accelerator, devices=devices, compile_likelihood=compile_likelihood,
+            )  # fmt: skip
+    except (FileNotFoundError, ValueError) as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from err
+    record = {"spec": spec, "member_range": list(model.member_range)}
+    tmp = out / ".train.json.tmp"
+    tmp.write_text(json.dumps(record, indent=2))
+    tmp.replace(out / "train.json")
+    start, stop = model.member_range
+    console.print(f"wrote {out} (members {start}..{stop - 1} of {members})")
+
+
+@app.command()
+def merge(
+    shards: Annotated[list[Path], typer.Argument(help="Directories written by `train --shard`.")],
+    out: Annotated[Path, typer.Option(help="Directory of the merged model.")],
+) -> None:
+    """Merge shards trained by `ensemblevi train --shard I/N` into one model in OUT."""
+    import warnings
+
+    from ensemblevi.model import EnsembleSCVI
+
+    records = []
+    for d in shards:
+        path = d / "train.json"
+        if not path.exists() or not (d / "model.pt").exists():
+            console.print(f"[red]error:[/red] {d} is not a finished `ensemblevi train` "
+                          "directory (train.json and model.pt expected).")  # fmt: skip
+            raise typer.Exit(2)
+        records.append(json.loads(path.read_text()))
+    spec = records[0]["spec"]
+    different = [str(d) for d, r in zip(shards, records, strict=True) if r["spec"] != spec]
+    if different:
+        console.print(f"[red]error:[/red] {', '.join(different)} trained with other options "
+                      f"than {shards[0]}; only shards of one `train` command merge.")  # fmt: skip
+        raise typer.Exit(2)
+    try:
+        adata, _ = _training_data(spec)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            models = [EnsembleSCVI.load(d, adata=adata) for d in shards]
+            merged = EnsembleSCVI.merge(models)
+    except ValueError as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from err
+    merged.save(out, overwrite=True)
+    record = {"spec": spec, "member_range": list(merged.member_range)}
+    tmp = out / ".train.json.tmp"
+    tmp.write_text(json.dumps(record, indent=2))
+    tmp.replace(out / "train.json")
+    start, stop = merged.member_range
+    console.print(f"wrote {out} (members {start}..{stop - 1} of {spec['members']})")
+
+
 @app.command()
 def benchmark(
     suite: Annotated[str, typer.Option(help="fdr, calibration, ood or all.")] = "all",

@@ -193,7 +193,9 @@ def _type_names(p: Mapping[str, Any]) -> list[str]:
     return list(letters[:n]) if n <= 26 else [f"T{i}" for i in range(n)]
 
 
-def synthetic(preset: str | None = "draft", seed: int = 0, **overrides: Any) -> AnnData:
+def synthetic(
+    preset: str | None = "draft", seed: int = 0, lean: bool = False, **overrides: Any
+) -> AnnData:
     """Simulate counts from a Poisson-log-normal model with known DE genes.
 
     Cell ``n`` of type ``c`` has latent rates
@@ -210,6 +212,11 @@ def synthetic(preset: str | None = "draft", seed: int = 0, **overrides: Any) -> 
         ``None`` for :data:`DEFAULTS` alone.
     seed
         Seed; the same seed and parameters give the same dataset.
+    lean
+        Atlas-size mode: the counts only in ``X`` (no ``layers["counts"]`` copy, no dense
+        ``layers["true_rate"]``, no ``median_lfc_*``/``is_de_*`` truth, which needs the
+        rates), so memory is the sparse counts plus one chunk. The counts are those of the
+        full mode for the same seed.
     **overrides
         Any key of :data:`DEFAULTS`.
 
@@ -284,7 +291,7 @@ def synthetic(preset: str | None = "draft", seed: int = 0, **overrides: Any) -> 
 
     log_mu = np.log(base_mean)[None, :] + lfc * _LN2  # (types, genes), natural log
     zi = float(p["zero_inflation"])
-    true_rate = np.empty((n_cells, n_genes), dtype=np.float32)
+    true_rate = None if lean else np.empty((n_cells, n_genes), dtype=np.float32)
     blocks = []
     for start in range(0, n_cells, _CHUNK):
         sl = slice(start, min(start + _CHUNK, n_cells))
@@ -295,7 +302,8 @@ def synthetic(preset: str | None = "draft", seed: int = 0, **overrides: Any) -> 
             + rng.standard_normal((m, 1)) * rank1
         )
         h = np.exp(log_h)
-        true_rate[sl] = h
+        if true_rate is not None:
+            true_rate[sl] = h
         x = rng.poisson(h * (size_factor[sl, None] * batch_effect[batch[sl]]))
         if zi > 0:
             x[rng.random((m, n_genes)) < zi] = 0
@@ -328,17 +336,21 @@ def synthetic(preset: str | None = "draft", seed: int = 0, **overrides: Any) -> 
     for ta, tb in pairs:
         ia, ib = code[ta], code[tb]
         var[f"lfc_{ta}_vs_{tb}"] = (lfc[ia] - lfc[ib]).astype(np.float32)
+        if true_rate is None:
+            continue
         med = _median_pair_lfc(true_rate, cell_type == ia, cell_type == ib, n_pairs, truth_rng)
         var[f"median_lfc_{ta}_vs_{tb}"] = med.astype(np.float32)
         var[f"is_de_{ta}_vs_{tb}"] = np.abs(med) >= delta
 
     adata = AnnData(X=counts, obs=obs, var=var)
-    adata.layers["counts"] = counts.copy()
-    adata.layers["true_rate"] = true_rate
+    if true_rate is not None:
+        adata.layers["counts"] = counts.copy()
+        adata.layers["true_rate"] = true_rate
     adata.varm["batch_effect"] = batch_effect.T.astype(np.float32)
     adata.uns[UNS_KEY] = {
         "preset": preset if preset is not None else "none",
         "seed": int(seed),
+        "lean": bool(lean),
         "params": _storable(p),
         "reference": types[0],
         "cell_types": types,

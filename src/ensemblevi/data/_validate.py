@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -67,21 +68,24 @@ def require_obs_columns(adata: AnnData, keys: Iterable[str | None]) -> None:
         )
 
 
-def _row_chunks(x) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield (first row, values) per chunk: the stored values of sparse rows, dense rows else."""
+def _row_chunks(x) -> Iterator[tuple[int, Any]]:
+    """Yield (first row, rows) per chunk of rows: CSR chunks for sparse input, arrays else.
+
+    Works on in-memory and backed matrices (h5py datasets, anndata's sparse datasets)
+    alike, so validating an atlas never holds more than one chunk besides the data.
+    """
     n = x.shape[0]
-    if sp.issparse(x):
-        if x.format != "csr":
-            x = x.tocsr()
-        for start in range(0, n, _CHUNK_ROWS):
-            yield start, np.asarray(x[start : start + _CHUNK_ROWS].data)
-    else:
-        for start in range(0, n, _CHUNK_ROWS):
-            yield start, np.asarray(x[start : start + _CHUNK_ROWS])
+    if sp.issparse(x) and x.format != "csr":
+        x = x.tocsr()
+    for start in range(0, n, _CHUNK_ROWS):
+        chunk = x[start : start + _CHUNK_ROWS]
+        yield start, sp.csr_matrix(chunk) if sp.issparse(chunk) else np.asarray(chunk)
 
 
 def _example(adata: AnnData, x, mask_fn) -> str:
     """Locate the first offending entry (cell, gene, value) for an error message."""
+    if not sp.issparse(x) and not isinstance(x, np.ndarray):
+        x = x[:]  # a backed matrix, read only on this error path
     if sp.issparse(x):
         coo = sp.coo_matrix(x)
         bad = np.flatnonzero(mask_fn(coo.data))
@@ -166,7 +170,17 @@ def validate_counts(
     total = 0.0
     vmax = 0.0
     integer_dtype = np.issubdtype(x.dtype, np.integer) or x.dtype == bool
-    for _, vals in _row_chunks(x):
+    nnz, sparse = 0, sp.issparse(x)
+    cell_sum = np.zeros(n_cells)
+    gene_sum = np.zeros(n_genes)
+    for start, rows in _row_chunks(x):
+        sparse = sp.issparse(rows)
+        vals = rows.data if sparse else rows
+        # |x| sums: zero-count cells/genes are reported even when negatives are present
+        abs_rows = abs(rows)
+        cell_sum[start : start + rows.shape[0]] = np.asarray(abs_rows.sum(axis=1)).ravel()
+        gene_sum += np.asarray(abs_rows.sum(axis=0)).ravel()
+        nnz += int(rows.count_nonzero() if sp.issparse(rows) else np.count_nonzero(rows))
         if not integer_dtype:
             finite = np.isfinite(vals)
             n_nonfinite += int(vals.size - finite.sum())
@@ -198,15 +212,6 @@ def validate_counts(
             "counts: " + _fix_hint(adata, layer)
         )
 
-    if sp.issparse(x):
-        nnz = int(x.count_nonzero())  # stored zeros are not counted
-        cell_sum = np.asarray(abs(x).sum(axis=1)).ravel()
-        gene_sum = np.asarray(abs(x).sum(axis=0)).ravel()
-    else:
-        arr = np.asarray(x)
-        nnz = int(np.count_nonzero(arr))
-        cell_sum = np.abs(arr).sum(axis=1)
-        gene_sum = np.abs(arr).sum(axis=0)
     n_zero_cells = int(np.count_nonzero(cell_sum == 0))
     n_zero_genes = int(np.count_nonzero(gene_sum == 0))
     if warn_zeros and (n_zero_cells or n_zero_genes):
@@ -222,7 +227,7 @@ def validate_counts(
         n_cells=n_cells,
         n_genes=n_genes,
         dtype=str(x.dtype),
-        sparse=bool(sp.issparse(x)),
+        sparse=bool(sparse),
         nnz=nnz,
         total_counts=total,
         max_count=vmax,

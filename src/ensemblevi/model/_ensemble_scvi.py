@@ -37,10 +37,13 @@ from ensemblevi._constants import VARIANCE_PARTS, EnsembleKind, check_kind, logm
 from ensemblevi.data import require_obs_columns, validate_counts
 from ensemblevi.module import EnsembleVAE, Predictive, load_scvi_member
 from ensemblevi.module._hyperparameters import hyperparameter_table, trajectory_frame
+from ensemblevi.module._likelihood import compiled_likelihood
+from ensemblevi.nn import set_member_stream
 from ensemblevi.train import EnsembleTrainingPlan, EpochCheckpoint, HyperTrainingPlan, NaNGuard
 
 from ._members import MEMBER_ONLY, Members, member_only
-from ._uncertainty import decompose_variance
+from ._shards import check_shard, member_slice, merge_models
+from ._uncertainty import UncertaintySummary, decompose_variance
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +98,14 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
     seed
         Seed of the weight initialisation; ``None`` uses the global torch generator
         (``scvi.settings.seed``).
+    member_offset, n_members_total
+        Member sharding (``deep`` only): this model holds members ``member_offset`` to
+        ``member_offset + n_members - 1`` of an ``n_members_total``-member ensemble. With
+        the same ``seed`` here and in :meth:`train`, every shard initialises and trains its
+        members exactly as the ensemble trained in one piece would (its random draws are
+        slices of the whole ensemble's), so :meth:`merge` of the shards gives that
+        ensemble. Each shard builds the whole ensemble once at initialisation, to slice
+        its members' initial weights from it.
     **module_kwargs
         Passed to :class:`~ensemblevi.module.EnsembleVAE` (``random_sign_init``,
         ``encode_covariates``, ``use_batch_norm``, ...).
@@ -124,6 +135,8 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
         gene_likelihood: Literal["zinb", "nb", "poisson"] = "zinb",
         use_observed_lib_size: bool = True,
         seed: int | None = None,
+        member_offset: int = 0,
+        n_members_total: int | None = None,
         **module_kwargs: Any,
     ):
         if adata is None:
@@ -143,30 +156,42 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
         library_log_means = library_log_vars = None
         if not use_observed_lib_size:
             library_log_means, library_log_vars = _init_library_size(self.adata_manager, n_batch)
+        shard = check_shard(ensemble, int(n_members), member_offset, n_members_total, seed)
+        module_args = {
+            "n_input": self.summary_stats.n_vars,
+            "ensemble": ensemble,
+            "n_batch": n_batch,
+            "n_labels": self.summary_stats.n_labels,
+            "n_continuous_cov": self.summary_stats.get("n_extra_continuous_covs", 0),
+            "n_cats_per_cov": n_cats_per_cov,
+            "n_hidden": n_hidden,
+            "n_latent": n_latent,
+            "n_layers": n_layers,
+            "dropout_rate": dropout_rate,
+            "dispersion": dispersion,
+            "gene_likelihood": gene_likelihood,
+            "use_observed_lib_size": use_observed_lib_size,
+            "library_log_means": library_log_means,
+            "library_log_vars": library_log_vars,
+            **module_kwargs,
+        }
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
                 torch.manual_seed(seed)
-            self.module = self._module_cls(
-                n_input=self.summary_stats.n_vars,
-                n_members=int(n_members),
-                ensemble=ensemble,
-                n_batch=n_batch,
-                n_labels=self.summary_stats.n_labels,
-                n_continuous_cov=self.summary_stats.get("n_extra_continuous_covs", 0),
-                n_cats_per_cov=n_cats_per_cov,
-                n_hidden=n_hidden,
-                n_latent=n_latent,
-                n_layers=n_layers,
-                dropout_rate=dropout_rate,
-                dispersion=dispersion,
-                gene_likelihood=gene_likelihood,
-                use_observed_lib_size=use_observed_lib_size,
-                library_log_means=library_log_means,
-                library_log_vars=library_log_vars,
-                **module_kwargs,
+            full = self._module_cls(n_members=shard[1] if shard else int(n_members), **module_args)
+        if shard is None:
+            self.module = full
+        else:
+            with torch.random.fork_rng(devices=[]):
+                self.module = self._module_cls(n_members=int(n_members), **module_args)
+            self.module.load_state_dict(
+                member_slice(full.state_dict(), self.module.state_dict(), shard[0])
             )
+            set_member_stream(self.module, *shard)
+            del full
+        part = f", members {shard[0]}..{shard[0] + n_members - 1} of {shard[1]}" if shard else ""
         self._model_summary_string = (
-            f"EnsembleSCVI ({ensemble}, {self.module.n_members} member(s)): n_hidden: "
+            f"EnsembleSCVI ({ensemble}, {self.module.n_members} member(s){part}): n_hidden: "
             f"{n_hidden}, n_latent: {n_latent}, n_layers: {n_layers}, dropout_rate: "
             f"{dropout_rate}, dispersion: {dispersion}, gene_likelihood: {gene_likelihood}"
         )
@@ -176,6 +201,35 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
     def n_members(self) -> int:
         """Number of members K."""
         return self.module.n_members
+
+    @property
+    def n_members_total(self) -> int:
+        """Members of the whole ensemble this model is a shard of (``n_members`` if whole)."""
+        return self.init_params_["non_kwargs"].get("n_members_total") or self.n_members
+
+    @property
+    def member_range(self) -> tuple[int, int]:
+        """``[start, stop)`` of this model's members within the whole ensemble."""
+        start = int(self.init_params_["non_kwargs"].get("member_offset") or 0)
+        return start, start + self.n_members
+
+    @classmethod
+    def merge(cls, shards: Sequence[EnsembleSCVI], adata: AnnData | None = None) -> EnsembleSCVI:
+        """One model holding the members of trained shards (``member_offset=`` models).
+
+        The shards must come from one ensemble specification (same architecture, ``seed``
+        and ``n_members_total``), share genes and data registration, and hold contiguous
+        members (in any order here). Shards trained with the same ``train(seed=...)`` on
+        the same data merge into exactly the ensemble trained in one piece (tested).
+
+        Parameters
+        ----------
+        shards
+            Trained shards, e.g. ``[EnsembleSCVI.load(d, adata) for d in shard_dirs]``.
+        adata
+            AnnData for the merged model (default: the first shard's).
+        """
+        return merge_models(cls, shards, adata)
 
     @property
     def ensemble(self) -> str:
@@ -302,6 +356,7 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
         checkpoint_every: int = 1,
         seed: int | None = None,
         plan_kwargs: dict | None = None,
+        compile_likelihood: bool = False,
         **kwargs: Any,
     ):
         """Train all members at once with scvi-tools' trainer.
@@ -331,6 +386,10 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
             ``hyperbatch`` to :class:`~ensemblevi.train.HyperTrainingPlan` (also
             ``tune_every``, ``tau``, ``tune_lr``). ``hyperbatch`` tunes on the validation
             split, so it needs ``train_size < 1``.
+        compile_likelihood
+            Compile the element-wise part of the fused ZINB/NB likelihood with
+            ``torch.compile`` (one kernel per minibatch shape; see ``docs/benchmarks.md``
+            for the measured gain). Needs a C++ compiler on CPU, Triton on CUDA.
         **kwargs
             Passed to ``scvi.model.base.UnsupervisedTrainingMixin.train``
             (``train_size``, ``early_stopping``, ``accelerator``, ``callbacks``, ...).
@@ -354,7 +413,7 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
         if checkpoint_path is not None:
             callbacks.append(EpochCheckpoint(self, checkpoint_path, every=checkpoint_every))
         try:
-            with _seeded_globally(seed):
+            with _seeded_globally(seed), compiled_likelihood(compile_likelihood):
                 out = super().train(
                     max_epochs=max_epochs,
                     batch_size=batch_size,
@@ -800,6 +859,7 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
         key_added: str | None = None,
         store_layers: bool = True,
         progress: bool = True,
+        return_frames: bool = True,
     ) -> dict[str, pd.DataFrame]:
         """Posterior mean of normalised expression and the three parts of its variance.
 
@@ -825,40 +885,60 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
             ``None``, the default): per-gene summaries to ``adata.var`` (``<key>_mean``,
             ``<key>_var_between``, ``<key>_var_within``, ``<key>_var_noise``: means over
             cells; ``<key>_cv_between``: mean over cells of ``sqrt(var_between) / mean``;
-            ``<key>_frac_between``: between-member share of between + within), the settings
-            to ``adata.uns[key]["uncertainty"]`` and, with ``store_layers``, the four cells x
+            ``<key>_frac_between``: between-member share of between + within), per-cell
+            summaries to ``adata.obs`` (``<key>_cv_between``: mean over genes of
+            ``sqrt(var_between) / mean``; ``<key>_frac_between``), the settings to
+            ``adata.uns[key]["uncertainty"]`` and, with ``store_layers``, the four cells x
             genes parts to ``adata.layers["<key>_<part>"]`` (NaN outside the computed cells
             and genes).
         store_layers
             With ``key_added``: also write the four dense cells x genes layers (4 x 4 bytes
-            per cell and gene; turn off for large data).
+            per cell and gene: 32 GB for 1M cells x 2,000 genes; turn off for large data).
         progress
             Show a progress bar.
+        return_frames
+            Return the four cells x genes DataFrames (default). ``False`` returns only the
+            per-gene and per-cell summaries, accumulated chunk by chunk: with
+            ``store_layers=False`` too, memory stays O(cells + genes) at any data size.
 
         Returns
         -------
-        ``{"mean", "var_between", "var_within", "var_noise"}``: cells x genes DataFrames.
+        ``{"mean", "var_between", "var_within", "var_noise"}``: cells x genes DataFrames; or,
+        with ``return_frames=False``, ``{"genes", "cells"}``: the summaries (genes x
+        ``mean, var_between, var_within, var_noise, cv_between, frac_between``; cells x
+        ``cv_between, frac_between``).
         """
         adata = self._validate_anndata(adata)
         mask = self._gene_mask(adata, gene_list)
         idx = np.arange(adata.n_obs) if indices is None else np.asarray(indices)
         parts: dict[str, list[torch.Tensor]] = {k: [] for k in VARIANCE_PARTS}
+        summary = UncertaintySummary(len(idx), int(mask.sum()))
         chunks = self.iter_uncertainty(
             adata, idx, gene_list, n_samples, library_size, batch_size, seed, progress
         )
+        start = 0
         for _, res, _ in chunks:
-            for name, value in zip(VARIANCE_PARTS, res, strict=True):
-                parts[name].append(value.float().cpu())
+            n = res.mean.shape[0]
+            summary.add(np.arange(start, start + n), res)
+            start += n
+            if return_frames or (key_added is not None and store_layers):
+                for name, value in zip(VARIANCE_PARTS, res, strict=True):
+                    parts[name].append(value.float().cpu())
         obs_names, var_names = adata.obs_names[idx], adata.var_names[mask]
-        result = {
+        frames = {
             name: pd.DataFrame(torch.cat(v).numpy(), index=obs_names, columns=var_names)
             for name, v in parts.items()
+            if v
         }
+        genes, cells = summary.genes(var_names), summary.cells(obs_names)
         if key_added is not None:
             settings = {"n_samples": int(n_samples), "library_size": float(library_size)}
             settings["seed"] = int(seed)
-            self._store_uncertainty(adata, idx, mask, result, key_added, store_layers, settings)
-        return result
+            self._store_uncertainty(
+                adata, idx, mask, frames if store_layers else {}, genes, cells, key_added,
+                settings,
+            )  # fmt: skip
+        return frames if return_frames else {"genes": genes, "cells": cells}
 
     def differential_expression(self, adata: AnnData | None = None, **kwargs: Any) -> pd.DataFrame:
         """Differential expression with the ensemble posterior and a posterior expected FDR.
@@ -914,33 +994,27 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
             yield idx[start : start + n], res, (inputs["scale"] * library_size).mean(0)
             start += n
 
-    def _store_uncertainty(self, adata, idx, mask, result, key, store_layers, settings):
+    def _store_uncertainty(self, adata, idx, mask, frames, genes, cells, key, settings):
         cols = np.flatnonzero(mask)
-        if store_layers:
-            for name, frame in result.items():
-                layer = np.full(adata.shape, np.nan, dtype=np.float32)
-                layer[np.ix_(idx, cols)] = frame.to_numpy()
-                adata.layers[f"{key}_{name}"] = layer
-        mean = result["mean"].to_numpy()
-        between = result["var_between"].to_numpy()
-        within = result["var_within"].to_numpy()
-        tiny = np.finfo(np.float32).tiny
-        summaries = {
-            **{f"{key}_{n}": result[n].to_numpy().mean(0) for n in VARIANCE_PARTS},
-            f"{key}_cv_between": np.mean(np.sqrt(between) / np.maximum(mean, tiny), axis=0),
-            f"{key}_frac_between": between.sum(0) / np.maximum((between + within).sum(0), tiny),
-        }
-        for column, values in summaries.items():
+        for name, frame in frames.items():
+            layer = np.full(adata.shape, np.nan, dtype=np.float32)
+            layer[np.ix_(idx, cols)] = frame.to_numpy()
+            adata.layers[f"{key}_{name}"] = layer
+        for column, values in genes.items():
             full = np.full(adata.n_vars, np.nan)
-            full[cols] = values
-            adata.var[column] = full
+            full[cols] = values.to_numpy()
+            adata.var[f"{key}_{column}"] = full
+        for column, values in cells.items():
+            full = np.full(adata.n_obs, np.nan)
+            full[idx] = values.to_numpy()
+            adata.obs[f"{key}_{column}"] = full
         adata.uns.setdefault(key, {})["uncertainty"] = {
             "ensemble": self.ensemble,
             "n_members": self.n_members,
             **settings,
             "n_cells": len(idx),
             "n_genes": len(cols),
-            "layers": [f"{key}_{n}" for n in VARIANCE_PARTS] if store_layers else [],
+            "layers": [f"{key}_{n}" for n in frames],
         }
 
     # ------------------------------------------------------------ save / load

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
+import pandas as pd
 import torch
 
 
@@ -86,3 +88,53 @@ def decompose_variance(
     noise = count_variance_fraction(scale, library, theta, zi_logits)
     var_noise = noise.mean(0).mean(0) * library_size**2
     return VarianceParts(mean, var_between, var_within, var_noise)
+
+
+class UncertaintySummary:
+    """Per-gene and per-cell summaries of :class:`VarianceParts`, accumulated chunk by chunk.
+
+    Memory is O(cells + genes) whatever the data size: what ``get_uncertainty`` writes to
+    ``var``/``obs`` for an atlas without holding any cells x genes array. Sums are kept in
+    float64.
+
+    Per gene (means over cells): ``mean``, ``var_between``, ``var_within``, ``var_noise``,
+    ``cv_between`` (mean of ``sqrt(var_between) / mean``) and ``frac_between`` (between-
+    member share of between + within, ratio of sums). Per cell (over genes):
+    ``cv_between`` (mean over genes) and ``frac_between`` (ratio of sums).
+    """
+
+    GENE_COLUMNS = ("mean", "var_between", "var_within", "var_noise", "cv_between", "frac_between")
+    CELL_COLUMNS = ("cv_between", "frac_between")
+
+    def __init__(self, n_cells: int, n_genes: int):
+        self.n = 0
+        self._sums = {name: np.zeros(n_genes) for name in (*VarianceParts._fields, "cv")}
+        self.cell_cv = np.full(n_cells, np.nan)
+        self.cell_frac = np.full(n_cells, np.nan)
+
+    def add(self, rows: np.ndarray, parts: VarianceParts) -> None:
+        """Add a chunk: ``rows`` are its positions among the summarised cells."""
+        tiny = torch.finfo(torch.float32).tiny
+        p = VarianceParts(*(t.double() for t in parts))
+        cv = p.var_between.sqrt() / p.mean.clamp_min(tiny)
+        for name, value in zip(VarianceParts._fields, p, strict=True):
+            self._sums[name] += value.sum(0).cpu().numpy()
+        self._sums["cv"] += cv.sum(0).cpu().numpy()
+        self.cell_cv[rows] = cv.mean(1).cpu().numpy()
+        model = (p.var_between + p.var_within).sum(1).clamp_min(tiny)
+        self.cell_frac[rows] = (p.var_between.sum(1) / model).cpu().numpy()
+        self.n += len(rows)
+
+    def genes(self, index) -> pd.DataFrame:
+        """The per-gene summaries, one row per gene of ``index``."""
+        n = max(self.n, 1)
+        s = self._sums
+        frac = s["var_between"] / np.maximum(s["var_between"] + s["var_within"], 1e-300)
+        data = {name: s[name] / n for name in VarianceParts._fields}
+        return pd.DataFrame({**data, "cv_between": s["cv"] / n, "frac_between": frac}, index=index)
+
+    def cells(self, index) -> pd.DataFrame:
+        """The per-cell summaries, one row per summarised cell."""
+        return pd.DataFrame(
+            {"cv_between": self.cell_cv, "frac_between": self.cell_frac}, index=index
+        )

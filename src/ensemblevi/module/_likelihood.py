@@ -13,9 +13,21 @@ third of the step in ``lgamma``/``digamma`` on the full ``(K, B, G)`` tensor, co
 
 The outputs used by callers (the distributions in ``generative``) remain scvi-tools'
 ``ZeroInflatedNegativeBinomial`` / ``NegativeBinomial`` / ``Poisson``.
+
+When a gradient is needed, the ZINB and NB sums run as one hand-written
+``torch.autograd.Function`` (:class:`_CountLogProbSum`): the forward pass computes the
+log-likelihood and its derivatives with respect to ``mu``, ``theta`` and ``zi_logits``
+together, sharing ``log(theta + mu)``, one ``exp(-|zi_logits|)`` for both the softplus and
+the sigmoid, and the zero-count mixture weight; the backward pass only scales the stored
+derivatives by the incoming per-cell gradient. Autograd through the composed expression
+keeps about twice as many ``(K, B, G)`` intermediates and runs about twice as many
+element-wise kernels (measured in ``benchmarks/bench_likelihood.py``). No library ships
+this: scvi-tools' ``log_zinb_positive`` is written for autograd.
 """
 
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +43,7 @@ def _lgamma_ratio_sum(x: torch.Tensor, theta: torch.Tensor, shape: torch.Size) -
     non-zeros, and the ``lgamma(theta)`` part is a (cells x genes) @ (genes) product.
     Any other theta shape takes the dense path.
     """
-    if x.dim() == 2 and theta.dim() >= 2 and theta.shape[-2] == 1:
+    if _gene_theta(x, theta):
         rows, cols = torch.nonzero(x, as_tuple=True)
         th = theta[..., 0, :]  # (..., G)
         vals = torch.lgamma(x[rows, cols] + th.index_select(-1, cols))  # (..., nnz)
@@ -42,7 +54,7 @@ def _lgamma_ratio_sum(x: torch.Tensor, theta: torch.Tensor, shape: torch.Size) -
     return (torch.lgamma(x + theta) - torch.lgamma(theta)).sum(-1).expand(shape[:-1])
 
 
-def nb_log_prob_sum(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+def _nb_log_prob_sum(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """Sum over genes of the negative-binomial log-pmf (scvi-tools' parameterisation).
 
     ``x`` is ``(B, G)``; ``mu`` ``(..., B, G)``; ``theta`` broadcastable to ``mu`` (e.g.
@@ -52,11 +64,11 @@ def nb_log_prob_sum(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor) -> t
     dense = theta * (torch.log(theta + EPS) - log_theta_mu) + x * (
         torch.log(mu + EPS) - log_theta_mu
     )
-    shape = torch.broadcast_shapes(mu.shape, x.shape)
+    shape = torch.broadcast_shapes(mu.shape, x.shape, theta.shape)
     return dense.sum(-1) + _lgamma_ratio_sum(x, theta, shape) - torch.lgamma(x + 1).sum(-1)
 
 
-def zinb_log_prob_sum(
+def _zinb_log_prob_sum(
     x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, zi_logits: torch.Tensor
 ) -> torch.Tensor:
     """Sum over genes of the zero-inflated negative-binomial log-pmf (scvi-tools' form).
@@ -73,10 +85,180 @@ def zinb_log_prob_sum(
         - softplus_pi
         + x * (torch.log(mu + EPS) - log_theta_mu)
     )
-    shape = torch.broadcast_shapes(mu.shape, x.shape)
+    shape = torch.broadcast_shapes(mu.shape, x.shape, theta.shape, zi_logits.shape)
     return dense.sum(-1) + _lgamma_ratio_sum(x, theta, shape) - torch.lgamma(x + 1).sum(-1)
 
 
 def poisson_log_prob_sum(x: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
     """Sum over genes of the Poisson log-pmf; ``lgamma(x + 1)`` once per minibatch."""
     return (torch.xlogy(x, rate) - rate).sum(-1) - torch.lgamma(x + 1).sum(-1)
+
+
+# ----------------------------------------------------------------- fused forward/backward
+def _sum_to(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Reduce a broadcast gradient back to an input's shape."""
+    if t.shape == shape:
+        return t
+    lead = t.dim() - len(shape)
+    if lead:
+        t = t.sum(tuple(range(lead)))
+    dims = tuple(i for i, n in enumerate(shape) if n == 1 and t.shape[i] != 1)
+    return t.sum(dims, keepdim=True) if dims else t
+
+
+def _dense_terms(x, mu, theta, zi_logits):
+    """Per-element log-likelihood without the lgamma terms, and its derivatives.
+
+    ``f = where(x == 0, softplus(a - pi), a - pi) - softplus(-pi) + x (log mu - log T)``
+    with ``T = theta + mu``, ``a = theta (log theta - log T)`` = log NB(0). With ``w`` the
+    weight of the NB part (``sigmoid(a - pi)`` on zeros, 1 elsewhere):
+    ``df/dmu = x / mu - (x + w theta) / T``,
+    ``df/dtheta = w (log theta + theta / theta - log T - theta / T) - x / T``,
+    ``df/dpi = sigmoid(-pi) - w``. NB is the same with ``pi -> -inf`` (``w = 1``).
+    ``EPS`` sits where scvi-tools puts it, so values and gradients match its autograd.
+    """
+    # in-place where a buffer is dead: fewer (K, B, G) allocations (and page faults)
+    mu_eps = mu + EPS
+    log_t = torch.add(theta, mu_eps)
+    inv_t = log_t.reciprocal()
+    log_t = log_t.log_()
+    log_theta = torch.log(theta + EPS)  # per-gene shape for gene-wise dispersion
+    theta_inv_t = theta * inv_t
+    x_inv_t = inv_t.mul_(x)
+    a = torch.sub(log_theta, log_t).mul_(theta)
+    x_term = torch.sub(torch.log(mu_eps), log_t).mul_(x)
+    dmu = torch.div(x, mu_eps) - x_inv_t  # mu may be smaller than the broadcast shape
+    del mu_eps
+    da_dtheta = log_t.neg_().add_(log_theta + theta / (theta + EPS)).sub_(theta_inv_t)
+    if zi_logits is None:
+        return a.add_(x_term), dmu.sub_(theta_inv_t), da_dtheta.sub_(x_inv_t), None
+    is_zero = x < EPS
+    neg_pi = -zi_logits
+    z = a.add_(neg_pi)
+    # zero counts: log(pi + (1 - pi) NB(0)); non-zero: log(1 - pi) + log NB(x)
+    f = torch.where(is_zero, F.softplus(z), z).sub_(F.softplus(neg_pi)).add_(x_term)
+    w = torch.where(is_zero, torch.sigmoid(z), 1.0)
+    dmu = dmu.addcmul_(w, theta_inv_t, value=-1.0)
+    dtheta = da_dtheta.mul_(w).sub_(x_inv_t)
+    dpi = torch.sigmoid(neg_pi) - w
+    return f, dmu, dtheta, dpi
+
+
+_COMPILED: dict[str, object] = {"on": False, "fn": None}
+
+
+@contextmanager
+def compiled_likelihood(enabled: bool = True):
+    """Run the fused kernel's element-wise part through ``torch.compile`` inside the block.
+
+    The element-wise chain of :func:`_dense_terms` has fixed shapes per minibatch size, so
+    it compiles once per ``(K, B, G)`` (twice per epoch at most: the last minibatch is
+    smaller) into one loop over the tensor; the lgamma/digamma parts on non-zero counts,
+    whose size changes every step, stay outside it. Needs a working ``torch.compile``
+    backend (a C++ compiler on CPU, Triton on GPU).
+    """
+    previous = _COMPILED["on"]
+    _COMPILED["on"] = bool(enabled)
+    if enabled and _COMPILED["fn"] is None:
+        _COMPILED["fn"] = torch.compile(_dense_terms, dynamic=False)
+    try:
+        yield
+    finally:
+        _COMPILED["on"] = previous
+
+
+def _dense(*args):
+    return (_COMPILED["fn"] if _COMPILED["on"] else _dense_terms)(*args)
+
+
+def _gene_theta(x: torch.Tensor, theta: torch.Tensor) -> bool:
+    """Whether the non-zero-only lgamma path applies: gene-wise theta, on CPU.
+
+    On an accelerator ``nonzero`` would read its size back to the host every step, and
+    the dense element-wise lgamma costs little there, so the dense path is used.
+    """
+    return x.dim() == 2 and theta.dim() >= 2 and theta.shape[-2] == 1 and x.device.type == "cpu"
+
+
+class _CountLogProbSum(torch.autograd.Function):
+    """Per-cell ZINB (or NB, ``zi_logits=None``) log-likelihood sums, fused.
+
+    Returns the same values as :func:`_zinb_log_prob_sum` / :func:`_nb_log_prob_sum`;
+    the gradients are computed in the forward pass (tested against autograd through
+    scvi-tools' ``log_zinb_positive`` in float64, and with ``gradcheck``).
+    """
+
+    @staticmethod
+    def forward(ctx, x, mu, theta, zi_logits):
+        shapes = [x.shape, mu.shape, theta.shape] + ([] if zi_logits is None else [zi_logits.shape])
+        shape = torch.broadcast_shapes(*shapes)
+        f, dmu, dtheta, dpi = _dense(x, mu, theta, zi_logits)
+        out = f.sum(-1)
+        if _gene_theta(x, theta):
+            # lgamma(x + theta) - lgamma(theta) on non-zero counts only (0 on zeros)
+            rows, cols = torch.nonzero(x, as_tuple=True)
+            th = theta[..., 0, :]
+            xt = x[rows, cols] + th.index_select(-1, cols)
+            nonzero = (x > 0).to(th.dtype)
+            acc = xt.new_zeros(*xt.shape[:-1], x.shape[0])
+            acc.index_add_(xt.dim() - 1, rows, torch.lgamma(xt))
+            out = out + acc - torch.matmul(torch.lgamma(th).unsqueeze(-2), nonzero.T).squeeze(-2)
+            ctx.sparse = (rows, cols, torch.digamma(xt), torch.digamma(th), nonzero)
+        else:
+            out = out + (torch.lgamma(x + theta) - torch.lgamma(theta)).sum(-1)
+            dtheta = dtheta + torch.digamma(x + theta) - torch.digamma(theta)
+            ctx.sparse = None
+        out = out.expand(shape[:-1]) - torch.lgamma(x + 1).sum(-1)
+        ctx.shapes = (mu.shape, theta.shape, None if zi_logits is None else zi_logits.shape)
+        ctx.save_for_backward(dmu, dtheta, dpi)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        dmu, dtheta, dpi = ctx.saved_tensors
+        mu_shape, theta_shape, zi_shape = ctx.shapes
+        g = grad.unsqueeze(-1)
+        g_mu = _sum_to(g * dmu, mu_shape) if ctx.needs_input_grad[1] else None
+        g_pi = _sum_to(g * dpi, zi_shape) if dpi is not None and ctx.needs_input_grad[3] else None
+        g_theta = None
+        if ctx.needs_input_grad[2]:
+            g_theta = g * dtheta
+            if ctx.sparse is not None:
+                rows, cols, dg_xt, dg_th, nonzero = ctx.sparse
+                g_cells = grad.expand(*g_theta.shape[:-1])  # (..., B)
+                # sum_b g_b [digamma(x_bg + theta_g) - digamma(theta_g)] over non-zeros
+                part = torch.zeros_like(dg_th.expand(*g_cells.shape[:-1], dg_th.shape[-1]))
+                part = part.index_add(part.dim() - 1, cols, g_cells.index_select(-1, rows) * dg_xt)
+                part = part - torch.matmul(g_cells.unsqueeze(-2), nonzero).squeeze(-2) * dg_th
+                g_theta = g_theta.sum(-2, keepdim=True) + part.unsqueeze(-2)
+            g_theta = _sum_to(g_theta, theta_shape)
+        return None, g_mu, g_theta, g_pi
+
+
+def _fused(x, *params) -> bool:
+    return torch.is_grad_enabled() and any(p is not None and p.requires_grad for p in params)
+
+
+def nb_log_prob_sum(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Sum over genes of the negative-binomial log-pmf (scvi-tools' parameterisation).
+
+    ``x`` is ``(B, G)``; ``mu`` ``(..., B, G)``; ``theta`` broadcastable to ``mu`` (e.g.
+    ``(K, 1, G)``). Returns ``(..., B)``. Fused forward/backward when a gradient is needed.
+    """
+    if _fused(x, mu, theta):
+        return _CountLogProbSum.apply(x, mu, theta, None)
+    return _nb_log_prob_sum(x, mu, theta)
+
+
+def zinb_log_prob_sum(
+    x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, zi_logits: torch.Tensor
+) -> torch.Tensor:
+    """Sum over genes of the zero-inflated negative-binomial log-pmf (scvi-tools' form).
+
+    Same shapes as :func:`nb_log_prob_sum`; ``zi_logits`` like ``mu``. Returns ``(..., B)``.
+    Fused forward/backward when a gradient is needed.
+    """
+    if _fused(x, mu, theta, zi_logits):
+        return _CountLogProbSum.apply(x, mu, theta, zi_logits)
+    return _zinb_log_prob_sum(x, mu, theta, zi_logits)

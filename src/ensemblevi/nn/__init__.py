@@ -30,7 +30,9 @@ from ._layers import (
     MemberDropout,
     SharedLinear,
     fast_weight_init_,
+    member_draw,
     set_active_member,
+    set_member_stream,
     split_members,
 )
 
@@ -58,7 +60,9 @@ __all__ = [
     "fast_weight_init_",
     "hyper_l2_penalty",
     "make_linear",
+    "member_draw",
     "set_active_member",
     "set_hyperparameters",
+    "set_member_stream",
     "split_members",
 ]

@@ -24,6 +24,7 @@ from ._layers import (
     EnsembleLinear,
     MemberDropout,
     SharedLinear,
+    member_draw,
 )
 
 
@@ -154,6 +155,8 @@ class EnsembleEncoder(nn.Module):
         super().__init__()
         self.n_output = n_output
         self.var_eps = var_eps
+        self.n_members = n_members
+        self.member_stream: tuple[int, int] | None = None  # see set_member_stream
         self.encoder = EnsembleFCLayers(
             kind,
             n_members,
@@ -181,7 +184,16 @@ class EnsembleEncoder(nn.Module):
         q_m, q_v = self.heads(q).split(self.n_output, dim=-1)
         q_v = torch.exp(q_v) + self.var_eps
         dist = torch.distributions.Normal(q_m, q_v.sqrt(), validate_args=False)
-        return dist, dist.rsample()
+        if q_m.dim() < 3 or q_m.shape[MEMBER_AXIS] != self.n_members:
+            return dist, dist.rsample()
+        # reparameterised sample with the noise of this shard's slice of the ensemble
+        eps = member_draw(
+            q_m.shape,
+            self.n_members,
+            self.member_stream,
+            lambda s: torch.randn(s, dtype=q_m.dtype, device=q_m.device),
+        )
+        return dist, q_m + dist.scale * eps
 
 
 class EnsembleDecoderSCVI(nn.Module):

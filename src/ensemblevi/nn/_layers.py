@@ -48,6 +48,8 @@ class EnsembleModule(nn.Module):
             raise ValueError(f"n_members must be >= 1, got {n_members}.")
         self.n_members = n_members
         self.active_member: int | None = None
+        # (offset, total): these members are members offset.. of a total-member ensemble
+        self.member_stream: tuple[int, int] | None = None
 
     def fast_parameters(self) -> Iterator[nn.Parameter]:
         """Per-member cheap parameters that get their own optimiser group (none by default)."""
@@ -66,6 +68,43 @@ def set_active_member(module: nn.Module, member: int | None) -> None:
     for m in module.modules():
         if isinstance(m, EnsembleModule):
             m.active_member = member
+
+
+def set_member_stream(module: nn.Module, offset: int, total: int) -> None:
+    """Mark ``module``'s members as members ``offset..`` of a ``total``-member ensemble.
+
+    Their random draws in training (dropout masks, latent noise) are then taken from the
+    draws of the whole ensemble (see :func:`member_draw`), so a shard trained alone with the
+    same seed draws exactly what its members draw inside the whole ensemble.
+    """
+    for m in module.modules():
+        if hasattr(m, "member_stream"):
+            m.member_stream = None if (offset, total) == (0, m.n_members) else (offset, total)
+
+
+def member_draw(
+    shape: torch.Size | tuple[int, ...],
+    n_members: int,
+    stream: tuple[int, int] | None,
+    sample,
+) -> torch.Tensor:
+    """``sample(shape)`` for ``n_members`` members on axis -3, as a slice of the whole ensemble.
+
+    A shard (``stream = (offset, total)``) draws for all ``total`` members and keeps its
+    own, so the random stream it consumes, and the values its members get, are those of
+    the ensemble trained in one piece. The extra draws cost little next to the network.
+    """
+    if stream is None:
+        return sample(tuple(shape))
+    offset, total = stream
+    full = list(shape)
+    full[MEMBER_AXIS] = total
+    return sample(tuple(full)).narrow(len(full) + MEMBER_AXIS, offset, n_members)
+
+
+def _world_size() -> int:
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def _init_uniform_(t: torch.Tensor, fan_in: int) -> torch.Tensor:
@@ -232,9 +271,16 @@ class MemberDropout(EnsembleModule):
         self.always_on = always_on
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.p == 0:
+        if self.p == 0 or not (self.training or self.always_on):
             return x
-        return F.dropout(x, self.p, training=self.training or self.always_on)
+        if self.active_member is not None or x.dim() < 3:
+            return F.dropout(x, self.p, training=True)
+        # the mask F.dropout draws (bernoulli, then / (1 - p)), drawn per member slice
+        keep = 1.0 - self.p
+        mask = member_draw(
+            x.shape, self.n_members, self.member_stream, lambda s: x.new_empty(s).bernoulli_(keep)
+        )
+        return x * mask / keep
 
     def extra_repr(self) -> str:
         return f"p={self.p}, always_on={self.always_on}"
@@ -245,7 +291,16 @@ class EnsembleBatchNorm(EnsembleModule):
 
     ``n_param_members=1`` makes it an ordinary BatchNorm over all members' rows (the shared
     MC-dropout network). Momentum and eps follow scvi-tools' FCLayers (0.01, 0.001).
+
+    Under data-parallel training (``torch.distributed`` initialised with more than one
+    process, e.g. Lightning's DDP) the batch statistics are those of the global minibatch,
+    all-reduced over the processes (``sync_stats``, on by default), so every member's
+    normalisation and running statistics are what one process would compute on the
+    whole minibatch. Lightning's ``sync_batchnorm`` converts only ``torch.nn`` batch norms,
+    so this layer does it itself.
     """
+
+    sync_stats: bool = True
 
     def __init__(
         self,
@@ -267,6 +322,8 @@ class EnsembleBatchNorm(EnsembleModule):
         self.register_buffer("running_var", torch.ones(m, num_features))
 
     def _bn(self, x2d: torch.Tensor, idx: int | slice) -> torch.Tensor:
+        if self.training and self.sync_stats and _world_size() > 1:
+            return self._synced_bn(x2d, idx)
         return F.batch_norm(
             x2d,
             self.running_mean[idx].reshape(-1),
@@ -277,6 +334,29 @@ class EnsembleBatchNorm(EnsembleModule):
             self.momentum,
             self.eps,
         )
+
+    def _synced_bn(self, x2d: torch.Tensor, idx: int | slice) -> torch.Tensor:
+        """Batch norm with the statistics of all processes' rows (differentiable all-reduce).
+
+        Two passes (sum, then sum of squared deviations) for accuracy in float32; the
+        all-reduce's backward sums the gradients of all processes, as SyncBatchNorm does.
+        """
+        from torch.distributed.nn.functional import all_reduce
+
+        count = x2d.new_tensor([float(x2d.shape[0])])
+        total = all_reduce(torch.cat([x2d.sum(0), count]))
+        n = total[-1]
+        mean = total[:-1] / n
+        centred = x2d - mean
+        var = all_reduce(centred.pow(2).sum(0)) / n
+        out = centred * torch.rsqrt(var + self.eps)
+        out = out * self.weight[idx].reshape(-1) + self.bias[idx].reshape(-1)
+        with torch.no_grad():
+            m = self.momentum
+            rm, rv = self.running_mean[idx].reshape(-1), self.running_var[idx].reshape(-1)
+            rm.mul_(1 - m).add_(m * mean.detach())
+            rv.mul_(1 - m).add_(m * var.detach() * n / (n - 1).clamp_min(1))
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         d = self.num_features

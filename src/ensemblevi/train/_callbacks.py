@@ -18,12 +18,19 @@ class NaNGuard(Callback):
     every completed epoch. When a training step's loss is NaN or infinite, the snapshot is
     loaded back into the module and a ``FloatingPointError`` names the epoch, the step and
     what to try. ``good_epoch`` is the number of completed epochs in the restored weights.
+
+    On an accelerator, reading the loss back every step would stall the device, so the
+    flags stay on the device and are read every ``check_every`` steps and at the end of
+    each epoch (on CPU every step is checked: reading costs nothing there).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, check_every: int = 50) -> None:
         self._state: dict[str, torch.Tensor] | None = None
         self.good_epoch = 0
         self.restored = False
+        self.check_every = check_every
+        self._bad: torch.Tensor | None = None  # device-side: any non-finite loss since check
+        self._steps = 0
 
     def _snapshot(self, pl_module) -> None:
         self._state = copy.deepcopy(pl_module.module.state_dict())
@@ -33,6 +40,7 @@ class NaNGuard(Callback):
         self.good_epoch = trainer.current_epoch
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._check_pending(trainer, None)
         self._snapshot(pl_module)
         self.good_epoch = trainer.current_epoch + 1
 
@@ -40,15 +48,30 @@ class NaNGuard(Callback):
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if loss is None:
             return
-        value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
-        if math.isfinite(value):
+        if isinstance(loss, torch.Tensor) and loss.device.type != "cpu":
+            bad = ~torch.isfinite(loss.detach())
+            self._bad = bad if self._bad is None else self._bad | bad
+            self._steps += 1
+            if self._steps % self.check_every == 0:
+                self._check_pending(trainer, batch_idx)
             return
+        value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
+        if not math.isfinite(value):
+            self._fail(trainer, pl_module, value, batch_idx)
+
+    def _check_pending(self, trainer, batch_idx: int | None) -> None:
+        if self._bad is not None and bool(self._bad):
+            self._fail(trainer, trainer.lightning_module, float("nan"), batch_idx)
+        self._bad = None
+
+    def _fail(self, trainer, pl_module, value: float, batch_idx: int | None) -> None:
         if self._state is not None:
             pl_module.module.load_state_dict(self._state)
             self.restored = True
+        where = "" if batch_idx is None else f", minibatch {batch_idx}"
         raise FloatingPointError(
             f"Training loss became {value} at epoch {trainer.current_epoch + 1} "
-            f"(step {trainer.global_step}, minibatch {batch_idx}). Training stopped; the model "
+            f"(step {trainer.global_step}{where}). Training stopped; the model "
             f"holds the weights after epoch {self.good_epoch} (the last finite one). Try a lower "
             "learning rate (plan_kwargs={'lr': 1e-4}), gene_likelihood='nb', or check the input "
             "for extreme counts (cells with huge library sizes, genes not filtered)."
@@ -72,17 +95,25 @@ class EpochCheckpoint(Callback):
 
     def _save(self, epoch: int) -> None:
         module = self.model.module
-        was_training = module.training
-        self.model.save(self.path, overwrite=True)
-        module.train(was_training)
+        was_training, was_trained = module.training, self.model.is_trained_
+        # a checkpoint holds usable weights (trained for `epoch` epochs): load() must not
+        # refuse or warn about it, so it is saved as trained
+        self.model.is_trained_ = True
+        try:
+            self.model.save(self.path, overwrite=True)
+        finally:
+            self.model.is_trained_ = was_trained
+            module.train(was_training)
         self.saved_epochs.append(epoch)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         epoch = trainer.current_epoch + 1
-        if epoch % self.every == 0:
+        if epoch % self.every == 0 and trainer.is_global_zero:  # one writer under DDP
             self._save(epoch)
 
     def on_train_end(self, trainer, pl_module) -> None:
         epoch = trainer.current_epoch
+        if not trainer.is_global_zero:
+            return
         if not self.saved_epochs or self.saved_epochs[-1] != epoch:
             self._save(epoch)

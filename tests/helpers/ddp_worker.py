@@ -1,0 +1,82 @@
+"""One process of a data-parallel training check (run by tests/test_ddp.py).
+
+``--world 1`` trains on whole minibatches in one process; ``--world 2 --rank r`` trains
+under ``torch.nn.parallel.DistributedDataParallel`` (gloo) on row half ``r`` of the same
+minibatches. The latent noise is switched off (z = posterior mean) and dropout is 0, so
+the two must agree to float tolerance; writes the per-step losses and final state.
+"""
+
+import argparse
+import logging
+import warnings
+
+import torch
+import torch.distributed as dist
+
+import ensemblevi.nn._blocks as blocks
+from ensemblevi.data import synthetic
+from ensemblevi.model import EnsembleSCVI
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rank", type=int, default=0)
+    parser.add_argument("--world", type=int, default=1)
+    parser.add_argument("--port", type=int, default=29511)
+    parser.add_argument("--kind", default="deep")
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--no-sync", action="store_true", help="per-process batch norm")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    logging.getLogger("scvi").setLevel(logging.ERROR)
+    torch.set_num_threads(1)
+
+    adata = synthetic("lopez2020", seed=0, n_cells=256)
+    EnsembleSCVI.setup_anndata(adata, layer="counts", batch_key="batch")
+    model = EnsembleSCVI(
+        adata, n_members=3, ensemble=args.kind, n_hidden=16, n_latent=4, dropout_rate=0.0,
+        seed=1,
+    )  # fmt: skip
+    module = model.module
+    module.train()
+    blocks.member_draw = lambda shape, n, stream, sample: torch.zeros(shape)
+    if args.no_sync:
+        for m in module.modules():
+            if hasattr(m, "sync_stats"):
+                m.sync_stats = False
+    net = module
+    if args.world > 1:
+        dist.init_process_group(
+            "gloo", rank=args.rank, world_size=args.world,
+            init_method=f"tcp://127.0.0.1:{args.port}",
+        )  # fmt: skip
+        net = torch.nn.parallel.DistributedDataParallel(module)
+    loader = model._make_data_loader(adata=adata, batch_size=64, shuffle=False)
+    # SGD: Adam would blow the ~1e-9 gradients of biases followed by batch norm (zero in
+    # exact arithmetic) up to full steps, so float noise would decide those biases
+    opt = torch.optim.SGD(module.parameters(), lr=0.05)
+    losses = []
+    for step, batch in zip(range(args.steps), loader, strict=False):
+        if args.world > 1:
+            half = batch["X"].shape[0] // args.world
+            rows = slice(args.rank * half, (args.rank + 1) * half)
+            batch = {k: v[rows] if torch.is_tensor(v) else v for k, v in batch.items()}
+        _, _, out = net(batch)
+        loss = out.loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        value = loss.detach().clone()
+        if args.world > 1:
+            dist.all_reduce(value)
+            value /= args.world
+        losses.append(float(value))
+        del step
+    torch.save({"losses": losses, "state": module.state_dict()}, args.out)
+    if args.world > 1:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Data-parallel training (DDP, gloo on CPU): 2 processes == 1 process on whole minibatches."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+WORKER = Path(__file__).parent / "helpers" / "ddp_worker.py"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+_CACHE: dict = {}
+
+
+def _run(tmp_path, kind: str, world: int, no_sync: bool = False) -> dict:
+    key = (kind, world, no_sync)
+    if key not in _CACHE:
+        _CACHE[key] = _launch(tmp_path, kind, world, no_sync)
+    return _CACHE[key]
+
+
+def _launch(tmp_path, kind: str, world: int, no_sync: bool) -> dict:
+    port, outs, procs = _free_port(), [], []
+    for rank in range(world):
+        out = tmp_path / f"{kind}_{world}_{rank}_{no_sync}.pt"
+        cmd = [sys.executable, str(WORKER), "--rank", str(rank), "--world", str(world)]
+        cmd += ["--port", str(port), "--kind", kind, "--out", str(out)]
+        procs.append(
+            subprocess.Popen(cmd + (["--no-sync"] if no_sync else []), stderr=subprocess.PIPE)
+        )
+        outs.append(out)
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err.decode()[-3000:]
+    results = [torch.load(o) for o in outs]
+    if world > 1 and not no_sync:  # DDP keeps the replicas identical
+        for key, value in results[0]["state"].items():
+            torch.testing.assert_close(results[1]["state"][key], value, rtol=0, atol=0)
+    return results[0]
+
+
+@pytest.mark.parametrize("kind", ["deep", "batch"])
+def test_two_process_ddp_matches_one_process(tmp_path, kind):
+    one = _run(tmp_path, kind, 1)
+    two = _run(tmp_path, kind, 2)
+    torch.testing.assert_close(
+        torch.tensor(two["losses"]), torch.tensor(one["losses"]), rtol=1e-5, atol=1e-4
+    )
+    for key, value in one["state"].items():
+        # members' weights, BatchEnsemble fast weights, per-member batch-norm statistics
+        torch.testing.assert_close(two["state"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_without_synced_batch_norm_the_statistics_differ(tmp_path):
+    """The check above can fail: per-process batch norm gives other running statistics."""
+    one = _run(tmp_path, "deep", 1)
+    two = _run(tmp_path, "deep", 2, no_sync=True)
+    key = next(k for k in one["state"] if k.endswith("running_var"))
+    assert (two["state"][key] - one["state"][key]).abs().max() > 1e-4
+
+
+def test_lightning_ddp_through_train(tmp_path):
+    """scvi-tools' own DDP path (``train(strategy="ddp", devices=2)``) keeps ranks identical."""
+    script = Path(__file__).parent / "helpers" / "ddp_lightning.py"
+    env = {**os.environ, "MASTER_PORT": str(_free_port())}
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, env=env,
+        timeout=400,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    assert all(r["trained"] for r in ranks)
+    for key, value in ranks[0]["state"].items():
+        torch.testing.assert_close(ranks[1]["state"][key], value, rtol=0, atol=0)
+    assert (tmp_path / "ckpt" / "model.pt").exists()  # written by rank 0 only
+    assert not list(tmp_path.glob(".ckpt.tmp-*"))
