@@ -3,9 +3,11 @@
 Every configuration trains on the ``heartlike`` preset (18,641 cells x 1,200 genes,
 4 batches) with the same architecture (1 hidden layer of 128, 10 latent, ZINB, batch
 covariate) and the same 128 cells per minibatch per member, each in its own subprocess
-(clean peak-memory figures). Prints a markdown report.
+(clean peak-memory figures). Prints a markdown report. A ``+compile`` suffix
+(``deep4+compile``) trains with ``compile_likelihood=True``.
 
-Run: ``.venv/bin/python benchmarks/bench_ensemble_speed.py [--epochs 3] [--seq 36]``
+Run: ``.venv/bin/python benchmarks/bench_ensemble_speed.py [--epochs 3] [--seq 36]``;
+on a GPU: ``--accelerator gpu --batch-sizes 128 1024`` (adds peak GPU memory).
 """
 
 from __future__ import annotations
@@ -22,10 +24,13 @@ import warnings
 CONFIGS = {
     "scvi": "scvi.model.SCVI",
     "single": "EnsembleSCVI single",
+    "single+compile": "EnsembleSCVI single, compiled likelihood",
     "deep4": "EnsembleSCVI deep K=4",
+    "deep4+compile": "EnsembleSCVI deep K=4, compiled likelihood",
     "batch4": "EnsembleSCVI batch K=4",
     "mcdropout4": "EnsembleSCVI mcdropout K=4",
     "deep36": "EnsembleSCVI deep K=36",
+    "deep36+compile": "EnsembleSCVI deep K=36, compiled likelihood",
 }
 ARCH = {"n_hidden": 128, "n_latent": 10, "n_layers": 1, "gene_likelihood": "zinb"}
 
@@ -49,6 +54,7 @@ def _model(name: str, adata):
 
     from ensemblevi.model import EnsembleSCVI
 
+    name = name.partition("+")[0]
     if name == "scvi":
         scvi.model.SCVI.setup_anndata(adata, layer="counts", batch_key="batch")
         return scvi.model.SCVI(adata, **ARCH)
@@ -58,11 +64,11 @@ def _model(name: str, adata):
     return EnsembleSCVI(adata, n_members=k, ensemble=kind, **ARCH)
 
 
-def _step_flops(model) -> float:
+def _step_flops(model, batch_size: int) -> float:
     """Matmul FLOPs of one training step (forward + backward), counted by torch."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    loader = model._make_data_loader(adata=model.adata, batch_size=128, shuffle=True)
+    loader = model._make_data_loader(adata=model.adata, batch_size=batch_size, shuffle=True)
     tensors = next(iter(loader))
     module = model.module
     module.train()
@@ -73,9 +79,17 @@ def _step_flops(model) -> float:
     return float(counter.get_total_flops())
 
 
-def worker(name: str, epochs: int, seq: int, data: str) -> dict:
+def worker(
+    name: str, epochs: int, seq: int, data: str, accelerator: str = "cpu", batch_size: int = 128
+) -> dict:
     """Train one configuration; returns its timings as a dict."""
     _quiet()
+    import torch
+
+    gpu = accelerator == "gpu"
+    fit = {"batch_size": batch_size, "enable_progress_bar": False, "accelerator": accelerator}
+    if gpu:
+        fit["devices"] = 1
     from lightning.pytorch.callbacks import Callback
 
     class EpochTimer(Callback):
@@ -97,15 +111,17 @@ def worker(name: str, epochs: int, seq: int, data: str) -> dict:
         t0 = time.perf_counter()
         for _ in range(seq):
             model = _model("scvi", adata)
-            model.train(max_epochs=epochs, batch_size=128, enable_progress_bar=False)
+            model.train(max_epochs=epochs, **fit)
         out["total_s"] = time.perf_counter() - t0
         out["runs"] = seq
     else:
         model = _model(name, adata)
-        out["flops_per_step"] = _step_flops(model)
+        out["flops_per_step"] = _step_flops(model, batch_size)
+        if name.endswith("+compile"):
+            fit["compile_likelihood"] = True
         timer = EpochTimer()
         t0 = time.perf_counter()
-        model.train(max_epochs=epochs, batch_size=128, enable_progress_bar=False, callbacks=[timer])
+        model.train(max_epochs=epochs, callbacks=[timer], **fit)
         out["total_s"] = time.perf_counter() - t0
         out["epoch_times"] = timer.times
         out["steps_per_epoch"] = timer.steps
@@ -114,6 +130,9 @@ def worker(name: str, epochs: int, seq: int, data: str) -> dict:
         out["epoch_s"] = statistics.median(steady)
         out["gflops"] = out["flops_per_step"] * out["steps_per_epoch"] / out["epoch_s"] / 1e9
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+    if gpu:
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        out["device"] = torch.cuda.get_device_name()
     return out
 
 
@@ -137,9 +156,12 @@ def matmul_peak() -> dict:
     return res
 
 
-def _run_worker(name: str, epochs: int, seq: int, data: str) -> dict:
+def _run_worker(
+    name: str, epochs: int, seq: int, data: str, accelerator: str = "cpu", batch_size: int = 128
+) -> dict:
     cmd = [sys.executable, __file__, "--worker", name, "--epochs", str(epochs)]
-    cmd += ["--seq", str(seq), "--data", data]
+    cmd += ["--seq", str(seq), "--data", data, "--accelerator", accelerator]
+    cmd += ["--batch-sizes", str(batch_size)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode:
         raise RuntimeError(f"worker {name} failed:\n{proc.stderr[-3000:]}")
@@ -154,9 +176,14 @@ def main() -> None:
     parser.add_argument("--worker")
     parser.add_argument("--only", nargs="*", default=None)
     parser.add_argument("--data", help="heartlike .h5ad (written to a temporary dir if absent)")
+    parser.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu"])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128])
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.epochs, args.seq, args.data)))
+        res = worker(
+            args.worker, args.epochs, args.seq, args.data, args.accelerator, args.batch_sizes[0]
+        )
+        print(json.dumps(res))
         return
 
     import os
@@ -174,43 +201,61 @@ def main() -> None:
 
     import torch
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
-    peak = matmul_peak()
-    best_peak = max(peak.values())
-    print("matmul peak: " + ", ".join(f"{k}: {v:.0f} GFLOP/s" for k, v in peak.items()) + "\n")
-
+    gpu = args.accelerator == "gpu"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.accelerator}\n")
+    best_peak = float("nan")
+    if not gpu:
+        peak = matmul_peak()
+        best_peak = max(peak.values())
+        print("matmul peak: " + ", ".join(f"{k}: {v:.0f} GFLOP/s" for k, v in peak.items()))
+        print()
     names = args.only or list(CONFIGS)
-    results = {}
-    for name in names:
-        results[name] = _run_worker(name, args.epochs, args.seq, data)
-        print(f"  done {name}: {results[name]['epoch_s']:.2f} s/epoch", file=sys.stderr)
-    base = results.get("scvi", {}).get("epoch_s")
-    print(f"heartlike, {args.epochs} epochs each, steady-state epoch = median of epochs 2+\n")
-    print(
-        "| configuration | s / epoch | vs SCVI | members / SCVI-time | GFLOP/s | % of peak "
-        "| peak RSS (MB) | RSS after loading data (MB) |"
-    )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for name in names:
-        r = results[name]
-        k = 36 if "36" in name else 4 if "4" in name else 1
-        ratio = r["epoch_s"] / base if base else float("nan")
+    for batch_size in args.batch_sizes:
+        results = {}
+        for name in names:
+            results[name] = _run_worker(
+                name, args.epochs, args.seq, data, args.accelerator, batch_size
+            )
+            print(f"  done {name}: {results[name]['epoch_s']:.2f} s/epoch", file=sys.stderr)
+        base = results.get("scvi", {}).get("epoch_s")
+        device = next(iter(results.values())).get("device", "CPU")
         print(
-            f"| {CONFIGS[name]} | {r['epoch_s']:.2f} | {ratio:.2f}x | {k / ratio:.1f} "
-            f"| {r['gflops']:.1f} | {100 * r['gflops'] / best_peak:.0f}% | {r['peak_rss_mb']:.0f} "
-            f"| {r['rss_after_data_mb']:.0f} |"
+            f"heartlike on {device}, batch size {batch_size}, {args.epochs} epochs each, "
+            "steady-state epoch = median of epochs 2+\n"
         )
-
-    if "deep36" in results and args.seq:
-        seq = _run_worker("scvi_seq", args.seq_epochs, args.seq, data)
-        one = _run_worker("deep36", args.seq_epochs, args.seq, data)
+        gpu_col = " peak GPU memory (MB) |" if gpu else ""
         print(
-            f"\n36 members, {args.seq_epochs} epoch(s) each, wall time including set-up: "
-            f"{args.seq} sequential scvi.model.SCVI trainings {seq['total_s']:.1f} s; "
-            f"one EnsembleSCVI(deep, K=36) {one['total_s']:.1f} s; ratio "
-            f"{one['total_s'] / seq['total_s']:.3f} (target <= 0.2). Steady-state ratio "
-            f"from the table: {results['deep36']['epoch_s'] / (36 * base):.3f}."
+            "| configuration | s / epoch | vs SCVI | members / SCVI-time | GFLOP/s | % of peak "
+            "| peak RSS (MB) | RSS after loading data (MB) |" + gpu_col
         )
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if gpu else ""))
+        for name in names:
+            r = results[name]
+            k = 36 if "36" in name else 4 if "4" in name else 1
+            ratio = r["epoch_s"] / base if base else float("nan")
+            print(
+                f"| {CONFIGS[name]} | {r['epoch_s']:.2f} | {ratio:.2f}x | {k / ratio:.1f} "
+                f"| {r['gflops']:.1f} | {100 * r['gflops'] / best_peak:.0f}% "
+                f"| {r['peak_rss_mb']:.0f} | {r['rss_after_data_mb']:.0f} |"
+                + (f" {r['peak_gpu_mb']:.0f} |" if gpu else "")
+            )
+        big = [n for n in names if n.startswith("deep36")]
+        if big and args.seq:
+            seq = _run_worker("scvi_seq", args.seq_epochs, args.seq, data, args.accelerator,
+                              batch_size)  # fmt: skip
+            print(
+                f"\n36 members, {args.seq_epochs} epoch(s) each, wall time including set-up: "
+                f"{args.seq} sequential scvi.model.SCVI trainings {seq['total_s']:.1f} s"
+            )
+            for name in big:
+                one = _run_worker(name, args.seq_epochs, args.seq, data, args.accelerator,
+                                  batch_size)  # fmt: skip
+                print(
+                    f"- {CONFIGS[name]}: {one['total_s']:.1f} s, ratio "
+                    f"{one['total_s'] / seq['total_s']:.3f}; steady-state ratio from the "
+                    f"table {results[name]['epoch_s'] / (36 * base):.3f}"
+                )
+        print()
 
 
 if __name__ == "__main__":

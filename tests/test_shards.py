@@ -46,6 +46,15 @@ def _states_equal(a, b):
         torch.testing.assert_close(sb[key], sa[key], rtol=0, atol=1e-6, msg=key)
 
 
+def _same_latent(a, ka, b, kb):
+    np.testing.assert_allclose(
+        a.members[ka].get_latent_representation(),
+        b.members[kb].get_latent_representation(),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
 def test_merged_shards_equal_the_whole_ensemble(adata, trained):
     full, shards, initial = trained
     # training moved the weights (the comparison below is not between two untrained nets)
@@ -59,12 +68,7 @@ def test_merged_shards_equal_the_whole_ensemble(adata, trained):
     b = merged.get_normalized_expression(adata, n_samples=3, library_size=1e4, seed=0)
     np.testing.assert_allclose(b.to_numpy(), a.to_numpy(), rtol=1e-5)
     for k in range(4):
-        np.testing.assert_allclose(
-            merged.members[k].get_latent_representation(),
-            full.members[k].get_latent_representation(),
-            rtol=1e-5,
-            atol=1e-6,
-        )
+        _same_latent(merged, k, full, k)
 
 
 def test_shard_members_are_the_ensembles_members(adata, trained):
@@ -72,12 +76,7 @@ def test_shard_members_are_the_ensembles_members(adata, trained):
     for shard in shards:
         start, stop = shard.member_range
         for j, k in enumerate(range(start, stop)):
-            np.testing.assert_allclose(
-                shard.members[j].get_latent_representation(),
-                full.members[k].get_latent_representation(),
-                rtol=1e-5,
-                atol=1e-6,
-            )
+            _same_latent(shard, j, full, k)
 
 
 def test_a_shard_trained_with_another_seed_differs(adata, trained):

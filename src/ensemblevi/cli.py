@@ -136,29 +136,36 @@ def _load_data(data: str, preset: str, n_cells: int, seed: int, layer, heart_pat
     return read(data, layer=layer), layer, str(data)
 
 
+# options shared by `run` and `train`
+DataOpt = Annotated[
+    str, typer.Option(help="synthetic (the embedded default), heart, or a .h5ad/10x path.")
+]
+PresetOpt = Annotated[str, typer.Option(help="Synthetic preset.")]
+CellsOpt = Annotated[int, typer.Option(help="Cells simulated for --data synthetic.")]
+HeartOpt = Annotated[
+    Path, typer.Option(help="Directory holding hca_subsampled_20k.h5ad for --data heart.")
+]
+LayerOpt = Annotated[str | None, typer.Option(help="Layer holding the counts.")]
+BatchOpt = Annotated[str | None, typer.Option(help="obs column of the batch.")]
+TopGenesOpt = Annotated[int, typer.Option(help="Highly variable genes kept.")]
+EnsembleOpt = Annotated[str, typer.Option(help="single, deep, batch, hyperbatch or mcdropout.")]
+
+
 def _config(**kwargs) -> dict:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in kwargs.items()}
 
 
 @app.command()
 def run(
-    data: Annotated[
-        str, typer.Option(help="synthetic (the embedded default), heart, or a .h5ad/10x path.")
-    ] = "synthetic",
-    preset: Annotated[str, typer.Option(help="Synthetic preset.")] = "heartlike",
-    n_cells: Annotated[
-        int, typer.Option(help="Cells simulated for --data synthetic.")
-    ] = DEFAULT_CELLS,
-    heart_path: Annotated[
-        Path, typer.Option(help="Directory holding hca_subsampled_20k.h5ad for --data heart.")
-    ] = Path("data"),
-    layer: Annotated[str | None, typer.Option(help="Layer holding the counts.")] = None,
-    batch_key: Annotated[str | None, typer.Option(help="obs column of the batch.")] = None,
+    data: DataOpt = "synthetic",
+    preset: PresetOpt = "heartlike",
+    n_cells: CellsOpt = DEFAULT_CELLS,
+    heart_path: HeartOpt = Path("data"),
+    layer: LayerOpt = None,
+    batch_key: BatchOpt = None,
     labels_key: Annotated[str, typer.Option(help="obs column of the cell groups.")] = "cell_type",
-    n_top_genes: Annotated[int, typer.Option(help="Highly variable genes kept.")] = 1200,
-    ensemble: Annotated[
-        str, typer.Option(help="single, deep, batch, hyperbatch or mcdropout.")
-    ] = "deep",
+    n_top_genes: TopGenesOpt = 1200,
+    ensemble: EnsembleOpt = "deep",
     members: Annotated[int, typer.Option(help="Ensemble members K.")] = 4,
     seeds: Annotated[
         int, typer.Option(help="Train N scvi.model.SCVI seeds instead (the original experiment).")
@@ -501,25 +508,26 @@ def _training_data(spec: dict):
     return adata, title
 
 
+def _write_train_record(out: Path, spec: dict, model) -> None:
+    """OUT/train.json (atomically): the options, from which `merge` rebuilds the data."""
+    start, stop = model.member_range
+    tmp = out / ".train.json.tmp"
+    tmp.write_text(json.dumps({"spec": spec, "member_range": [start, stop]}, indent=2))
+    tmp.replace(out / "train.json")
+    console.print(f"wrote {out} (members {start}..{stop - 1} of {spec['members']})")
+
+
 @app.command()
 def train(
     out: Annotated[Path, typer.Option(help="Directory of the trained model.")],
-    data: Annotated[
-        str, typer.Option(help="synthetic (the embedded default), heart, or a .h5ad/10x path.")
-    ] = "synthetic",
-    preset: Annotated[str, typer.Option(help="Synthetic preset.")] = "heartlike",
-    n_cells: Annotated[
-        int, typer.Option(help="Cells simulated for --data synthetic.")
-    ] = DEFAULT_CELLS,
-    heart_path: Annotated[
-        Path, typer.Option(help="Directory holding hca_subsampled_20k.h5ad for --data heart.")
-    ] = Path("data"),
-    layer: Annotated[str | None, typer.Option(help="Layer holding the counts.")] = None,
-    batch_key: Annotated[str | None, typer.Option(help="obs column of the batch.")] = None,
-    n_top_genes: Annotated[int, typer.Option(help="Highly variable genes kept.")] = 1200,
-    ensemble: Annotated[
-        str, typer.Option(help="single, deep, batch, hyperbatch or mcdropout.")
-    ] = "deep",
+    data: DataOpt = "synthetic",
+    preset: PresetOpt = "heartlike",
+    n_cells: CellsOpt = DEFAULT_CELLS,
+    heart_path: HeartOpt = Path("data"),
+    layer: LayerOpt = None,
+    batch_key: BatchOpt = None,
+    n_top_genes: TopGenesOpt = 1200,
+    ensemble: EnsembleOpt = "deep",
     members: Annotated[int, typer.Option(help="Members K of the whole ensemble.")] = 4,
     shard: Annotated[
         str | None,
@@ -569,12 +577,7 @@ def train(
     except (FileNotFoundError, ValueError) as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from err
-    record = {"spec": spec, "member_range": list(model.member_range)}
-    tmp = out / ".train.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(out / "train.json")
-    start, stop = model.member_range
-    console.print(f"wrote {out} (members {start}..{stop - 1} of {members})")
+    _write_train_record(out, spec, model)
 
 
 @app.command()
@@ -611,12 +614,7 @@ def merge(
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from err
     merged.save(out, overwrite=True)
-    record = {"spec": spec, "member_range": list(merged.member_range)}
-    tmp = out / ".train.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(out / "train.json")
-    start, stop = merged.member_range
-    console.print(f"wrote {out} (members {start}..{stop - 1} of {spec['members']})")
+    _write_train_record(out, spec, merged)
 
 
 @app.command()
