@@ -134,3 +134,19 @@ def test_fused_broadcasts_smaller_inputs():
     ):
         assert a.shape == b.shape
         torch.testing.assert_close(b, a)
+
+
+def test_gamma_differences_tables_match_lgamma_and_digamma():
+    """Small integer counts from the recurrence tables, the rest computed: both exact."""
+    from ensemblevi.module._likelihood import N_TABLE, _gamma_differences
+
+    g = torch.Generator().manual_seed(11)
+    theta = torch.rand(3, 7, generator=g, dtype=torch.float64) * 50 + 1e-3
+    xv = torch.tensor([1, 2, N_TABLE, N_TABLE + 1, 3.5, 1e4, 7], dtype=torch.float64)
+    cols = torch.tensor([0, 6, 3, 3, 2, 5, 1])
+    lg, dg = _gamma_differences(xv, cols, theta)
+    th = theta[:, cols]
+    torch.testing.assert_close(lg, torch.lgamma(xv + th) - torch.lgamma(th), rtol=1e-12, atol=1e-10)
+    torch.testing.assert_close(
+        dg, torch.digamma(xv + th) - torch.digamma(th), rtol=1e-12, atol=1e-10
+    )

@@ -173,6 +173,35 @@ def test_batch_ensemble_parameter_groups(trained):
     assert len(deep_plan.configure_optimizers()["optimizer"].param_groups) == 1
 
 
+def test_fused_adam_takes_the_reference_adam_steps():
+    """The plan's fused Adam equals torch's default Adam with scvi-tools' settings."""
+    module = EnsembleSCVI(_data(n_cells=60), n_members=2, ensemble="batch", n_hidden=8).module
+    plan = ev.train.EnsembleTrainingPlan(module, lr=3e-3, weight_decay=1e-4, eps=0.01)
+    fused = plan.configure_optimizers()["optimizer"]
+    assert fused.defaults["fused"]
+    copy = [p.detach().clone().requires_grad_() for p in module.parameters()]
+    by_id = {id(p): c for p, c in zip(module.parameters(), copy, strict=True)}
+    groups = [
+        {
+            "params": [by_id[id(p)] for p in g["params"]],
+            "lr": g["lr"],
+            "weight_decay": g["weight_decay"],
+        }
+        for g in fused.param_groups
+    ]
+    ref = torch.optim.Adam(groups, lr=3e-3, eps=0.01, weight_decay=1e-4, fused=False)
+    assert not any(g["fused"] for g in ref.param_groups) and len(groups) == 2
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        for p, c in zip(module.parameters(), copy, strict=True):
+            p.grad = torch.randn(p.shape, generator=gen)
+            c.grad = p.grad.clone()
+        fused.step()
+        ref.step()
+    for p, c in zip(module.parameters(), copy, strict=True):
+        torch.testing.assert_close(p.detach(), c.detach(), rtol=1e-5, atol=1e-6)
+
+
 def test_same_seed_same_model_and_outputs():
     states, outputs = [], []
     for _ in range(2):

@@ -35,22 +35,50 @@ import torch.nn.functional as F
 EPS = 1e-8  # as scvi-tools' log_nb_positive / log_zinb_positive
 
 
+N_TABLE = 16  # counts up to this use per-gene tables instead of lgamma/digamma
+
+
+def _gamma_differences(
+    xv: torch.Tensor, cols: torch.Tensor, th: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``lgamma(x + theta) - lgamma(theta)`` and ``digamma(x + theta) - digamma(theta)``.
+
+    For the non-zero counts ``xv`` (genes ``cols``) and per-gene ``th`` ``(..., G)``;
+    returns two ``(..., nnz)`` tensors. Integer counts up to :data:`N_TABLE` (most
+    scRNA-seq counts) are looked up in per-gene tables built from the recurrences
+    ``lgamma(t + 1) = lgamma(t) + log t`` and ``digamma(t + 1) = digamma(t) + 1 / t``
+    (``N_TABLE x G`` logs instead of an lgamma and a digamma per non-zero count); larger
+    or non-integer counts are computed directly.
+    """
+    n_genes = th.shape[-1]
+    steps = th.unsqueeze(-2) + torch.arange(N_TABLE, dtype=th.dtype, device=th.device)[:, None]
+    lg_table = torch.cumsum(torch.log(steps), dim=-2).flatten(-2)  # row j: x = j + 1
+    dg_table = torch.cumsum(steps.reciprocal(), dim=-2).flatten(-2)
+    xi = xv.long()
+    small = (xi <= N_TABLE) & (xi.to(xv.dtype) == xv)
+    idx = (xi.clamp(1, N_TABLE) - 1) * n_genes + cols
+    lg, dg = lg_table.index_select(-1, idx), dg_table.index_select(-1, idx)
+    if not bool(small.all()):
+        big = torch.nonzero(~small, as_tuple=True)[0]
+        th_big = th.index_select(-1, cols[big])
+        xt = xv[big] + th_big
+        lg = lg.index_copy(-1, big, torch.lgamma(xt) - torch.lgamma(th_big))
+        dg = dg.index_copy(-1, big, torch.digamma(xt) - torch.digamma(th_big))
+    return lg, dg
+
+
 def _lgamma_ratio_sum(x: torch.Tensor, theta: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """``sum_g [lgamma(x + theta) - lgamma(theta)]`` per cell, shaped ``shape[:-1]``.
 
-    Zero counts contribute exactly 0, so with a per-gene theta (``(..., 1, G)``) only the
-    non-zero counts are evaluated: ``lgamma`` and its ``digamma`` gradient run on the
-    non-zeros, and the ``lgamma(theta)`` part is a (cells x genes) @ (genes) product.
-    Any other theta shape takes the dense path.
+    Zero counts contribute exactly 0, so with a per-gene theta (``(..., 1, G)``) on CPU only
+    the non-zero counts are evaluated (:func:`_gamma_differences`). Any other theta shape,
+    or an accelerator, takes the dense path.
     """
     if _gene_theta(x, theta):
         rows, cols = torch.nonzero(x, as_tuple=True)
-        th = theta[..., 0, :]  # (..., G)
-        vals = torch.lgamma(x[rows, cols] + th.index_select(-1, cols))  # (..., nnz)
-        acc = vals.new_zeros(*vals.shape[:-1], x.shape[0]).index_add_(vals.dim() - 1, rows, vals)
-        nonzero = (x > 0).to(th.dtype)  # (B, G)
-        out = acc - torch.matmul(torch.lgamma(th).unsqueeze(-2), nonzero.T).squeeze(-2)
-        return out.expand(shape[:-1])
+        lg, _ = _gamma_differences(x[rows, cols], cols, theta[..., 0, :])
+        acc = lg.new_zeros(*lg.shape[:-1], x.shape[0]).index_add_(lg.dim() - 1, rows, lg)
+        return acc.expand(shape[:-1])
     return (torch.lgamma(x + theta) - torch.lgamma(theta)).sum(-1).expand(shape[:-1])
 
 
@@ -197,13 +225,9 @@ class _CountLogProbSum(torch.autograd.Function):
         if _gene_theta(x, theta):
             # lgamma(x + theta) - lgamma(theta) on non-zero counts only (0 on zeros)
             rows, cols = torch.nonzero(x, as_tuple=True)
-            th = theta[..., 0, :]
-            xt = x[rows, cols] + th.index_select(-1, cols)
-            nonzero = (x > 0).to(th.dtype)
-            acc = xt.new_zeros(*xt.shape[:-1], x.shape[0])
-            acc.index_add_(xt.dim() - 1, rows, torch.lgamma(xt))
-            out = out + acc - torch.matmul(torch.lgamma(th).unsqueeze(-2), nonzero.T).squeeze(-2)
-            ctx.sparse = (rows, cols, torch.digamma(xt), torch.digamma(th), nonzero)
+            lg, dg = _gamma_differences(x[rows, cols], cols, theta[..., 0, :])
+            out = out + lg.new_zeros(*lg.shape[:-1], x.shape[0]).index_add_(lg.dim() - 1, rows, lg)
+            ctx.sparse = (rows, cols, dg, theta.shape[-1])
         else:
             out = out + (torch.lgamma(x + theta) - torch.lgamma(theta)).sum(-1)
             dtheta = dtheta + torch.digamma(x + theta) - torch.digamma(theta)
@@ -225,12 +249,11 @@ class _CountLogProbSum(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             g_theta = g * dtheta
             if ctx.sparse is not None:
-                rows, cols, dg_xt, dg_th, nonzero = ctx.sparse
+                rows, cols, dg, n_genes = ctx.sparse
                 g_cells = grad.expand(*g_theta.shape[:-1])  # (..., B)
                 # sum_b g_b [digamma(x_bg + theta_g) - digamma(theta_g)] over non-zeros
-                part = torch.zeros_like(dg_th.expand(*g_cells.shape[:-1], dg_th.shape[-1]))
-                part = part.index_add(part.dim() - 1, cols, g_cells.index_select(-1, rows) * dg_xt)
-                part = part - torch.matmul(g_cells.unsqueeze(-2), nonzero).squeeze(-2) * dg_th
+                part = g_cells.new_zeros(*g_cells.shape[:-1], n_genes)
+                part.index_add_(part.dim() - 1, cols, g_cells.index_select(-1, rows) * dg)
                 g_theta = g_theta.sum(-2, keepdim=True) + part.unsqueeze(-2)
             g_theta = _sum_to(g_theta, theta_shape)
         return None, g_mu, g_theta, g_pi

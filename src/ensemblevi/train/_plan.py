@@ -55,6 +55,28 @@ class EnsembleTrainingPlan(TrainingPlan):
             )
         return groups
 
+    def _optimizer_creator_fn(self, optimizer_cls):
+        """scvi-tools' Adam/AdamW with the same settings, as the fused implementation.
+
+        ``fused=True`` updates each parameter in one kernel instead of about ten element-
+        wise passes: 3x faster Adam steps on this CPU for a K = 4 ensemble (measured in
+        docs/benchmarks.md), and an ensemble has K times scVI's parameters. Same update
+        rule; falls back to the default implementation where fused is unavailable.
+        """
+
+        def create(params):
+            groups = list(params)
+            tensors = [p for g in groups for p in (g["params"] if isinstance(g, dict) else [g])]
+            settings = {"lr": self.lr, "eps": self.eps, "weight_decay": self.weight_decay}
+            if all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in tensors):
+                try:
+                    return optimizer_cls(groups, fused=True, **settings)
+                except (RuntimeError, TypeError, ValueError):  # older torch: no fused on CPU
+                    pass
+            return optimizer_cls(groups, **settings)
+
+        return create
+
     def get_optimizer_creator(self):
         """scvi-tools' optimiser creator, fed with parameter groups instead of a flat list."""
         create = super().get_optimizer_creator()
