@@ -392,7 +392,10 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
             for the measured gain). Needs a C++ compiler on CPU, Triton on CUDA.
         **kwargs
             Passed to ``scvi.model.base.UnsupervisedTrainingMixin.train``
-            (``train_size``, ``early_stopping``, ``accelerator``, ``callbacks``, ...).
+            (``train_size``, ``early_stopping``, ``accelerator``, ``devices``,
+            ``callbacks``, ...). Data-parallel training is scvi-tools' Lightning DDP
+            (``devices=N, strategy="ddp"``, ``num_nodes``): batch norms synchronise their
+            statistics across processes and rank 0 alone writes checkpoints.
 
         Raises
         ------
