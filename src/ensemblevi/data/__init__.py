@@ -4,7 +4,13 @@ from ._images import check_images, digits, load_images
 from ._io import HEART_FILE, HEART_OBS, heart_cell_atlas, read, write_h5ad_atomic
 from ._preprocess import preprocess
 from ._synthetic import DEFAULTS, PRESETS, params_from_uns, resolve_params, synthetic
-from ._validate import CountsReport, get_counts, require_obs_columns, validate_counts
+from ._validate import (
+    CountsReport,
+    get_counts,
+    is_collection,
+    require_obs_columns,
+    validate_counts,
+)
 
 __all__ = [
     "DEFAULTS",
@@ -16,6 +22,7 @@ __all__ = [
     "digits",
     "get_counts",
     "heart_cell_atlas",
+    "is_collection",
     "load_images",
     "params_from_uns",
     "preprocess",

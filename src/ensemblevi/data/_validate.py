@@ -41,8 +41,55 @@ def _source_name(layer: str | None) -> str:
     return "adata.X" if layer is None else f"adata.layers[{layer!r}]"
 
 
+class _CollectionCounts:
+    """Row-sliceable counts of an ``AnnCollection`` behind scvi-tools' ``CollectionAdapter``.
+
+    The adapter's own layer object is a stand-in without a shape, so counts are read
+    through views of the collection, a slice of rows at a time.
+    """
+
+    def __init__(self, collection, layer: str):
+        self.collection, self.layer = collection, layer
+        self.shape = (collection.n_obs, collection.n_vars)
+        self.dtype = self[0:1].dtype
+
+    def __getitem__(self, rows):
+        return self.collection[rows].layers[self.layer]
+
+
+def is_collection(adata) -> bool:
+    """Whether ``adata`` is an ``AnnCollection`` in scvi-tools' ``CollectionAdapter``."""
+    return _collection(adata) is not None
+
+
+def _collection(adata):
+    """The ``AnnCollection`` behind scvi-tools' ``CollectionAdapter``, else ``None``."""
+    from anndata.experimental import AnnCollection
+
+    coll = getattr(adata, "collection", None)
+    return coll if isinstance(coll, AnnCollection) else None
+
+
 def get_counts(adata: AnnData, layer: str | None = None):
-    """Return ``adata.X`` or ``adata.layers[layer]``; a missing layer names the ones there are."""
+    """Return ``adata.X`` or ``adata.layers[layer]``; a missing layer names the ones there are.
+
+    For an ``AnnCollection`` wrapped in scvi-tools' ``CollectionAdapter`` the result reads
+    rows lazily (``result[i:j]``), so the files behind it are never loaded whole.
+    """
+    coll = _collection(adata)
+    if coll is not None:
+        if layer is None:
+            raise ValueError(
+                "An AnnCollection (scvi-tools' CollectionAdapter) is read from a layer, not X: "
+                "store the counts in a layer of every file (e.g. a.layers['counts'] = a.X) "
+                "and pass layer='counts'."
+            )
+        if layer not in adata.layers.keys():
+            raise ValueError(
+                f"Layer {layer!r} not found in the collection's layers; available layers: "
+                f"{list(adata.layers.keys()) or 'none'}. Pass layer=None to use X."
+            )
+        return _CollectionCounts(coll, layer)
     if layer is None:
         if adata.X is None:
             raise ValueError(
@@ -105,6 +152,9 @@ def _example(adata: AnnData, x, mask_fn) -> str:
 def _integer_layers(adata: AnnData, exclude: str | None) -> list[str]:
     """Names of other layers (and raw) that look like counts, to suggest as the fix."""
     out = []
+    coll = _collection(adata)
+    if coll is not None:  # a sample of the collection stands in for its layers
+        adata = coll[: min(200, coll.n_obs)].to_adata()
     for name, mat in adata.layers.items():
         if name == exclude:
             continue

@@ -34,7 +34,7 @@ from ensemblevi._compat import (
     saved_var_names,
 )
 from ensemblevi._constants import VARIANCE_PARTS, EnsembleKind, check_kind, logmeanexp
-from ensemblevi.data import require_obs_columns, validate_counts
+from ensemblevi.data import is_collection, require_obs_columns, validate_counts
 from ensemblevi.module import EnsembleVAE, Predictive, load_scvi_member
 from ensemblevi.module._hyperparameters import hyperparameter_table, trajectory_frame
 from ensemblevi.module._likelihood import compiled_likelihood
@@ -911,6 +911,12 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
         ``mean, var_between, var_within, var_noise, cv_between, frac_between``; cells x
         ``cv_between, frac_between``).
         """
+        if key_added is not None and is_collection(adata):
+            raise ValueError(
+                "key_added writes into adata.var/obs, which an AnnCollection does not have: "
+                "call get_uncertainty(..., return_frames=False) without key_added and keep "
+                "the returned per-gene and per-cell summaries."
+            )
         adata = self._validate_anndata(adata)
         mask = self._gene_mask(adata, gene_list)
         idx = np.arange(adata.n_obs) if indices is None else np.asarray(indices)
@@ -1099,7 +1105,9 @@ def _variance_inputs(pred: Predictive, genes: torch.Tensor) -> dict[str, torch.T
     """The inputs of :func:`decompose_variance` for the selected genes."""
 
     def sel(t):
-        return None if t is None else t.index_select(-1, genes.to(t.device))
+        if t is None or (len(genes) == t.shape[-1] and t.shape[-1] == 1 + int(genes[-1])):
+            return t  # every gene, in order (genes are sorted positions): no copy
+        return t.index_select(-1, genes.to(t.device))
 
     return {
         "scale": sel(pred.scale),

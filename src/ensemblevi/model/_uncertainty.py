@@ -46,12 +46,22 @@ def count_variance_fraction(
     ``scale`` is the normalised expression (fractions), ``library`` the library size ``l``
     broadcastable to it (counts, not log).
     """
+    # in place on fresh buffers: these are (samples, members, cells, genes) tensors
+    params = [t for t in (theta, zi_logits) if t is not None]
+    shape = torch.broadcast_shapes(scale.shape, library.shape, *(t.shape for t in params))
     var = scale / library
+    if var.shape != shape:
+        var = var.expand(shape).contiguous()
+    if not params:
+        return var
+    sq = scale.square()
     if theta is not None:
-        var = var + scale.square() / theta
+        var.addcdiv_(sq, theta)
     if zi_logits is not None:
+        # (1 - pi) var + pi (1 - pi) scale^2 = (1 - pi) (var + pi scale^2)
         pi = torch.sigmoid(zi_logits)
-        var = (1 - pi) * var + pi * (1 - pi) * scale.square()
+        var.addcmul_(pi, sq)
+        var.mul_(pi.neg_().add_(1))
     return var
 
 
@@ -83,10 +93,11 @@ def decompose_variance(
     rho = scale * library_size
     member_mean = rho.mean(0)  # (K, B, G)
     mean = member_mean.mean(0)
-    var_between = (member_mean - mean).square().mean(0)
-    var_within = (rho - member_mean).square().mean(0).mean(0)
+    var_between = (member_mean - mean).square_().mean(0)
+    var_within = rho.sub_(member_mean).square_().mean(0).mean(0)
+    del rho
     noise = count_variance_fraction(scale, library, theta, zi_logits)
-    var_noise = noise.mean(0).mean(0) * library_size**2
+    var_noise = noise.mean(0).mean(0).mul_(library_size**2)
     return VarianceParts(mean, var_between, var_within, var_noise)
 
 

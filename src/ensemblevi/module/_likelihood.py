@@ -159,7 +159,7 @@ def _dense_terms(x, mu, theta, zi_logits):
     del mu_eps
     da_dtheta = log_t.neg_().add_(log_theta + theta / (theta + EPS)).sub_(theta_inv_t)
     if zi_logits is None:
-        return a.add_(x_term), dmu.sub_(theta_inv_t), da_dtheta.sub_(x_inv_t), None
+        return a.add_(x_term).sum(-1), dmu.sub_(theta_inv_t), da_dtheta.sub_(x_inv_t), None
     is_zero = x < EPS
     neg_pi = -zi_logits
     z = a.add_(neg_pi)
@@ -169,10 +169,20 @@ def _dense_terms(x, mu, theta, zi_logits):
     dmu = dmu.addcmul_(w, theta_inv_t, value=-1.0)
     dtheta = da_dtheta.mul_(w).sub_(x_inv_t)
     dpi = torch.sigmoid(neg_pi) - w
-    return f, dmu, dtheta, dpi
+    return f.sum(-1), dmu, dtheta, dpi
 
 
-_COMPILED: dict[str, object] = {"on": False, "fn": None}
+def _grad_terms(g, dmu, dtheta, dpi, reduce_theta: bool):
+    """Chain rule of the backward pass: ``g * d`` for each input, the dispersion's summed
+    over cells when it is per gene (``reduce_theta``), so no ``(K, B, G)`` product of it
+    is kept."""
+    g_theta = g * dtheta
+    if reduce_theta:
+        g_theta = g_theta.sum(-2, keepdim=True)
+    return g * dmu, g_theta, None if dpi is None else g * dpi
+
+
+_COMPILED: dict[str, object] = {"on": False, "fn": None, "grad": None}
 
 
 @contextmanager
@@ -189,6 +199,7 @@ def compiled_likelihood(enabled: bool = True):
     _COMPILED["on"] = bool(enabled)
     if enabled and _COMPILED["fn"] is None:
         _COMPILED["fn"] = torch.compile(_dense_terms, dynamic=False)
+        _COMPILED["grad"] = torch.compile(_grad_terms, dynamic=False)
     try:
         yield
     finally:
@@ -197,6 +208,10 @@ def compiled_likelihood(enabled: bool = True):
 
 def _dense(*args):
     return (_COMPILED["fn"] if _COMPILED["on"] else _dense_terms)(*args)
+
+
+def _grads(*args):
+    return (_COMPILED["grad"] if _COMPILED["on"] else _grad_terms)(*args)
 
 
 def _gene_theta(x: torch.Tensor, theta: torch.Tensor) -> bool:
@@ -220,8 +235,7 @@ class _CountLogProbSum(torch.autograd.Function):
     def forward(ctx, x, mu, theta, zi_logits):
         shapes = [x.shape, mu.shape, theta.shape] + ([] if zi_logits is None else [zi_logits.shape])
         shape = torch.broadcast_shapes(*shapes)
-        f, dmu, dtheta, dpi = _dense(x, mu, theta, zi_logits)
-        out = f.sum(-1)
+        out, dmu, dtheta, dpi = _dense(x, mu, theta, zi_logits)
         if _gene_theta(x, theta):
             # lgamma(x + theta) - lgamma(theta) on non-zero counts only (0 on zeros)
             rows, cols = torch.nonzero(x, as_tuple=True)
@@ -242,21 +256,21 @@ class _CountLogProbSum(torch.autograd.Function):
     def backward(ctx, grad):
         dmu, dtheta, dpi = ctx.saved_tensors
         mu_shape, theta_shape, zi_shape = ctx.shapes
-        g = grad.unsqueeze(-1)
-        g_mu = _sum_to(g * dmu, mu_shape) if ctx.needs_input_grad[1] else None
-        g_pi = _sum_to(g * dpi, zi_shape) if dpi is not None and ctx.needs_input_grad[3] else None
-        g_theta = None
-        if ctx.needs_input_grad[2]:
-            g_theta = g * dtheta
-            if ctx.sparse is not None:
-                rows, cols, dg, n_genes = ctx.sparse
-                g_cells = grad.expand(*g_theta.shape[:-1])  # (..., B)
-                # sum_b g_b [digamma(x_bg + theta_g) - digamma(theta_g)] over non-zeros
-                part = g_cells.new_zeros(*g_cells.shape[:-1], n_genes)
-                part.index_add_(part.dim() - 1, cols, g_cells.index_select(-1, rows) * dg)
-                g_theta = g_theta.sum(-2, keepdim=True) + part.unsqueeze(-2)
-            g_theta = _sum_to(g_theta, theta_shape)
-        return None, g_mu, g_theta, g_pi
+        reduce_theta = len(theta_shape) >= 2 and theta_shape[-2] == 1
+        g_mu, g_theta, g_pi = _grads(grad.unsqueeze(-1), dmu, dtheta, dpi, reduce_theta)
+        if ctx.sparse is not None:
+            rows, cols, dg, n_genes = ctx.sparse
+            g_cells = grad.expand(*dmu.shape[:-1])  # (..., B)
+            # sum_b g_b [digamma(x_bg + theta_g) - digamma(theta_g)] over non-zeros
+            part = g_cells.new_zeros(*g_cells.shape[:-1], n_genes)
+            part.index_add_(part.dim() - 1, cols, g_cells.index_select(-1, rows) * dg)
+            g_theta = g_theta + part.unsqueeze(-2)
+        return (
+            None,
+            _sum_to(g_mu, mu_shape) if ctx.needs_input_grad[1] else None,
+            _sum_to(g_theta, theta_shape) if ctx.needs_input_grad[2] else None,
+            _sum_to(g_pi, zi_shape) if g_pi is not None and ctx.needs_input_grad[3] else None,
+        )
 
 
 def _fused(x, *params) -> bool:
