@@ -52,6 +52,21 @@ def test_zinb_and_nb_match_scvi_values_and_gradients(theta_shape, seed):
             torch.testing.assert_close(b, a)
 
 
+@pytest.mark.parametrize("wanted", ["mu", "theta", "zi"])
+def test_gradient_of_one_input_only(wanted):
+    """Only the input that requires a gradient gets one, equal to scvi-tools' autograd."""
+    x, mu, theta, zi = _inputs((K, 1, G))
+    params = {"mu": mu, "theta": theta, "zi": zi}
+    for name, t in params.items():
+        t.requires_grad_(name == wanted)
+    ref = ZeroInflatedNegativeBinomial(mu=mu, theta=theta, zi_logits=zi).log_prob(x).sum(-1)
+    ours = zinb_log_prob_sum(x, mu, theta, zi)
+    w = torch.randn_like(ref)
+    (g_ref,) = torch.autograd.grad((ref * w).sum(), params[wanted])
+    (g_ours,) = torch.autograd.grad((ours * w).sum(), params[wanted])
+    torch.testing.assert_close(g_ours, g_ref)
+
+
 def test_poisson_matches_scvi():
     x, mu, _, _ = _inputs((K, 1, G))
     torch.testing.assert_close(poisson_log_prob_sum(x, mu), Poisson(mu).log_prob(x).sum(-1))

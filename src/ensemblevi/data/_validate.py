@@ -87,7 +87,7 @@ def get_counts(adata: AnnData, layer: str | None = None):
         if layer not in adata.layers.keys():
             raise ValueError(
                 f"Layer {layer!r} not found in the collection's layers; available layers: "
-                f"{list(adata.layers.keys()) or 'none'}. Pass layer=None to use X."
+                f"{list(adata.layers.keys()) or 'none'}. Pass one of those."
             )
         return _CollectionCounts(coll, layer)
     if layer is None:

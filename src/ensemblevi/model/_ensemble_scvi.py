@@ -993,7 +993,8 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
         batches = self._seeded_batches(
             adata, idx, batch_size, seed, "ensemble uncertainty" if progress else None
         )
-        gene_idx = torch.from_numpy(np.flatnonzero(mask))
+        # all genes: no index (an index_select would copy the (S, K, B, G) tensors)
+        gene_idx = None if mask.all() else torch.from_numpy(np.flatnonzero(mask))
         start = 0
         for tensors in batches:
             pred = self.module.predictive(tensors, n_samples=n_samples)
@@ -1101,13 +1102,13 @@ for _name, _why in MEMBER_ONLY.items():
     setattr(EnsembleSCVI, _name, member_only(_name, _why))
 
 
-def _variance_inputs(pred: Predictive, genes: torch.Tensor) -> dict[str, torch.Tensor | None]:
-    """The inputs of :func:`decompose_variance` for the selected genes."""
+def _variance_inputs(
+    pred: Predictive, genes: torch.Tensor | None
+) -> dict[str, torch.Tensor | None]:
+    """The inputs of :func:`decompose_variance` for the selected genes (``None``: all)."""
 
     def sel(t):
-        if t is None or (len(genes) == t.shape[-1] and t.shape[-1] == 1 + int(genes[-1])):
-            return t  # every gene, in order (genes are sorted positions): no copy
-        return t.index_select(-1, genes.to(t.device))
+        return t if t is None or genes is None else t.index_select(-1, genes.to(t.device))
 
     return {
         "scale": sel(pred.scale),

@@ -135,7 +135,7 @@ def _sum_to(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 
 
 def _dense_terms(x, mu, theta, zi_logits):
-    """Per-element log-likelihood without the lgamma terms, and its derivatives.
+    """Per-cell log-likelihood sums without the lgamma terms, and the per-element derivatives.
 
     ``f = where(x == 0, softplus(a - pi), a - pi) - softplus(-pi) + x (log mu - log T)``
     with ``T = theta + mu``, ``a = theta (log theta - log T)`` = log NB(0). With ``w`` the
@@ -173,13 +173,17 @@ def _dense_terms(x, mu, theta, zi_logits):
 
 
 def _grad_terms(g, dmu, dtheta, dpi, reduce_theta: bool):
-    """Chain rule of the backward pass: ``g * d`` for each input, the dispersion's summed
-    over cells when it is per gene (``reduce_theta``), so no ``(K, B, G)`` product of it
-    is kept."""
-    g_theta = g * dtheta
-    if reduce_theta:
+    """Chain rule of the backward pass: ``g * d`` for each derivative given (``None``: no
+    gradient wanted), the dispersion's summed over cells when it is per gene
+    (``reduce_theta``), so no ``(K, B, G)`` product of it is kept."""
+
+    def times(d):
+        return None if d is None else g * d
+
+    g_theta = times(dtheta)
+    if reduce_theta and g_theta is not None:
         g_theta = g_theta.sum(-2, keepdim=True)
-    return g * dmu, g_theta, None if dpi is None else g * dpi
+    return times(dmu), g_theta, times(dpi)
 
 
 _COMPILED: dict[str, object] = {"on": False, "fn": None, "grad": None}
@@ -256,20 +260,26 @@ class _CountLogProbSum(torch.autograd.Function):
     def backward(ctx, grad):
         dmu, dtheta, dpi = ctx.saved_tensors
         mu_shape, theta_shape, zi_shape = ctx.shapes
+        _, need_mu, need_theta, need_pi = ctx.needs_input_grad
+        wanted = (
+            dmu if need_mu else None,
+            dtheta if need_theta else None,
+            dpi if need_pi else None,
+        )
         reduce_theta = len(theta_shape) >= 2 and theta_shape[-2] == 1
-        g_mu, g_theta, g_pi = _grads(grad.unsqueeze(-1), dmu, dtheta, dpi, reduce_theta)
-        if ctx.sparse is not None:
+        g_mu, g_theta, g_pi = _grads(grad.unsqueeze(-1), *wanted, reduce_theta)
+        if ctx.sparse is not None and g_theta is not None:
             rows, cols, dg, n_genes = ctx.sparse
-            g_cells = grad.expand(*dmu.shape[:-1])  # (..., B)
+            g_cells = grad.expand(*dtheta.shape[:-1])  # (..., B)
             # sum_b g_b [digamma(x_bg + theta_g) - digamma(theta_g)] over non-zeros
             part = g_cells.new_zeros(*g_cells.shape[:-1], n_genes)
             part.index_add_(part.dim() - 1, cols, g_cells.index_select(-1, rows) * dg)
             g_theta = g_theta + part.unsqueeze(-2)
         return (
             None,
-            _sum_to(g_mu, mu_shape) if ctx.needs_input_grad[1] else None,
-            _sum_to(g_theta, theta_shape) if ctx.needs_input_grad[2] else None,
-            _sum_to(g_pi, zi_shape) if g_pi is not None and ctx.needs_input_grad[3] else None,
+            None if g_mu is None else _sum_to(g_mu, mu_shape),
+            None if g_theta is None else _sum_to(g_theta, theta_shape),
+            None if g_pi is None else _sum_to(g_pi, zi_shape),
         )
 
 
