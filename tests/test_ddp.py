@@ -38,9 +38,14 @@ def _launch(tmp_path, kind: str, world: int, no_sync: bool) -> dict:
             subprocess.Popen(cmd + (["--no-sync"] if no_sync else []), stderr=subprocess.PIPE)
         )
         outs.append(out)
-    for p in procs:
-        _, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err.decode()[-3000:]
+    try:
+        for p in procs:
+            _, err = p.communicate(timeout=300)
+            assert p.returncode == 0, err.decode()[-3000:]
+    finally:  # a failed or hung rank must not outlive the test
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
     results = [torch.load(o) for o in outs]
     if world > 1 and not no_sync:  # DDP keeps the replicas identical
         for key, value in results[0]["state"].items():

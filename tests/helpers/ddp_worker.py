@@ -7,6 +7,7 @@ the two must agree to float tolerance; writes the per-step losses and final stat
 """
 
 import argparse
+import datetime
 import logging
 import warnings
 
@@ -49,7 +50,7 @@ def main() -> None:
     if args.world > 1:
         dist.init_process_group(
             "gloo", rank=args.rank, world_size=args.world,
-            init_method=f"tcp://127.0.0.1:{args.port}",
+            init_method=f"tcp://127.0.0.1:{args.port}", timeout=datetime.timedelta(seconds=120),
         )  # fmt: skip
         net = torch.nn.parallel.DistributedDataParallel(module)
     loader = model._make_data_loader(adata=adata, batch_size=64, shuffle=False)
@@ -75,7 +76,10 @@ def main() -> None:
         del step
     torch.save({"losses": losses, "state": module.state_dict()}, args.out)
     if args.world > 1:
-        dist.destroy_process_group()
+        # Every rank has finished its collectives here. No destroy_process_group: with
+        # gloo it sometimes hung once rank 0 (the TCP store's host) had exited first
+        # (pytorch/pytorch#75097); process exit closes the sockets.
+        dist.barrier()
 
 
 if __name__ == "__main__":
