@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 from anndata import AnnData
+
+from ensemblevi._files import atomic_file
 
 from ._validate import validate_counts
 
@@ -59,22 +60,9 @@ def write_h5ad_atomic(adata: AnnData, path: str | os.PathLike, overwrite: bool =
 
     An interrupted write leaves either the old file or none, never a truncated one.
     """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(
-            f"{str(path)!r} exists; refusing to overwrite it. Choose another path or pass "
-            "overwrite=True (--force on the command line)."
-        )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_file(path, overwrite=overwrite) as tmp:
         adata.write_h5ad(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def heart_cell_atlas(
