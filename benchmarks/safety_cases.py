@@ -135,10 +135,10 @@ def merge_into_user_dir(tmp: Path, data: dict):
 def save_keeps_other_files(tmp: Path, data: dict):
     code = f"""
 import anndata, ensemblevi as ev
-a = anndata.read_h5ad({str(data['pbmc'])!r}); ev.data.preprocess(a, n_top_genes=100)
+a = anndata.read_h5ad({str(data["pbmc"])!r}); ev.data.preprocess(a, n_top_genes=100)
 ev.model.EnsembleSCVI.setup_anndata(a, layer='counts')
 m = ev.model.EnsembleSCVI(a, n_members=2); m.train(max_epochs=1)
-m.save({str(tmp / 'd')!r}, overwrite=True)
+m.save({str(tmp / "d")!r}, overwrite=True)
 """
     d = tmp / "d"
     d.mkdir()
@@ -293,7 +293,7 @@ def members_one(tmp, data):
 def hvg_zero(tmp, data):
     code = f"""
 import anndata, ensemblevi as ev
-a = anndata.read_h5ad({str(data['pbmc'])!r}); ev.data.preprocess(a, n_top_genes=0)
+a = anndata.read_h5ad({str(data["pbmc"])!r}); ev.data.preprocess(a, n_top_genes=0)
 print('n_vars', a.n_vars)
 """
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -305,7 +305,7 @@ print('n_vars', a.n_vars)
 def elbo_nan(tmp, data):
     code = f"""
 import anndata, numpy as np, ensemblevi as ev
-a = anndata.read_h5ad({str(data['pbmc'])!r}); ev.data.preprocess(a, n_top_genes=100)
+a = anndata.read_h5ad({str(data["pbmc"])!r}); ev.data.preprocess(a, n_top_genes=100)
 ev.model.EnsembleSCVI.setup_anndata(a, layer='counts')
 m = ev.model.EnsembleSCVI(a, n_members=2); m.train(max_epochs=1)
 b = a.copy(); X = b.layers['counts'].toarray().astype(float); X[0, 0] = np.nan
@@ -400,8 +400,12 @@ def _with_obs(tmp, data, column, values, name="o.h5ad"):
 
 @case("NaN in the labels column", "named error or explicit group with a warning")
 def nan_labels(tmp, data):
-    p = _with_obs(tmp, data, "cell_type",
-                  lambda a: a.obs["cell_type"].astype(object).where(np.arange(a.n_obs) % 10 > 0))
+    p = _with_obs(
+        tmp,
+        data,
+        "cell_type",
+        lambda a: a.obs["cell_type"].astype(object).where(np.arange(a.n_obs) % 10 > 0),
+    )
     rc, log = cli("run", "--data", p, *TINY, *PBMC, "--out", tmp / "r", cwd=tmp)
     silent = rc == 0 and "nan" not in log.lower() and "unlabel" not in log.lower()
     return not silent and "Traceback" not in log, f"rc {rc}; {last_error(log)}"
@@ -409,8 +413,9 @@ def nan_labels(tmp, data):
 
 @case("NaN in the batch column", "named error, no traceback")
 def nan_batch(tmp, data):
-    p = _with_obs(tmp, data, "b",
-                  lambda a: np.where(np.arange(a.n_obs) % 10 > 0, "x", None).astype(object))
+    p = _with_obs(
+        tmp, data, "b", lambda a: np.where(np.arange(a.n_obs) % 10 > 0, "x", None).astype(object)
+    )
     rc, log = cli("run", "--data", p, *TINY, *PBMC, "--batch-key", "b", "--out", tmp / "r",
                   cwd=tmp)  # fmt: skip
     return failed_clearly(rc, log, "b")
@@ -418,8 +423,12 @@ def nan_batch(tmp, data):
 
 @case("inspect with missing labels", "mentions the missing labels")
 def inspect_missing(tmp, data):
-    p = _with_obs(tmp, data, "cell_type",
-                  lambda a: a.obs["cell_type"].astype(object).where(np.arange(a.n_obs) % 10 > 0))
+    p = _with_obs(
+        tmp,
+        data,
+        "cell_type",
+        lambda a: a.obs["cell_type"].astype(object).where(np.arange(a.n_obs) % 10 > 0),
+    )
     rc, log = cli("inspect", p, cwd=tmp)
     ok = rc == 0 and ("missing" in log.lower() or "nan" in log.lower())
     return ok, f"rc {rc}; {'mentioned' if ok else 'not mentioned'}"

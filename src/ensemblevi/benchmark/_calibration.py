@@ -27,6 +27,26 @@ SETTINGS = {"lopez2020": (120, 5e-3), "draft": (100, 5e-3), "hard": (150, 5e-3),
 
 @dataclass
 class CalibrationConfig:
+    """Settings of the calibration suite (``quick`` shrinks everything for a smoke test).
+
+    Attributes
+    ----------
+    datasets
+        Presets and ``"pbmc3k"``.
+    settings
+        Per data set ``(epochs, lr)``.
+    kinds
+        ``(label, ensemble, members)`` per model.
+    n_samples
+        Posterior draws per member.
+    seed
+        Seed of the data, the split and the models.
+    max_test_cells
+        Held-out cells scored (subsampled above).
+    data_overrides
+        Simulator parameters that override the preset's.
+    """
+
     datasets: tuple[str, ...] = ("lopez2020", "draft", "hard", "pbmc3k")
     settings: dict = field(default_factory=lambda: dict(SETTINGS))
     kinds: tuple = KINDS

@@ -37,7 +37,33 @@ DEEP_SIZES = (1, 3, 5, 10)
 
 @dataclass
 class FDRConfig:
-    """Settings of the FDR suite (``quick`` shrinks everything for a smoke test)."""
+    """Settings of the FDR suite (``quick`` shrinks everything for a smoke test).
+
+    Attributes
+    ----------
+    presets
+        Simulator presets.
+    reps
+        Repetitions (data seeds 0..reps-1).
+    epochs
+        Training epochs per preset.
+    lr
+        Learning rate.
+    n_hidden
+        Hidden units of the 1x models.
+    n_samples
+        Posterior draws per member.
+    delta
+        Smallest |LFC| (log2) that counts as DE.
+    data_overrides
+        Simulator parameters that override the preset's.
+    deep_sizes
+        Deep ensemble sizes (the first k members of one deep ensemble).
+    wide
+        Width factors of the wider single VAEs.
+    members
+        Members of the BatchEnsemble and Hyper-BatchEnsemble.
+    """
 
     presets: tuple[str, ...] = PRESETS
     reps: int = 5

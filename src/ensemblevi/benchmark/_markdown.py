@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from ensemblevi._files import write_text
 
 from ._scoring import TARGETS
 
@@ -41,7 +42,15 @@ def _pm(mean: float, sd: float, digits: int = 3) -> str:
 
 
 def fdr_markdown(summary: pd.DataFrame, records: list[dict]) -> str:
-    """Per preset: metrics (mean ± sd over repetitions); then the targets, pass or miss."""
+    """Per preset: metrics (mean ± sd over repetitions); then the targets, pass or miss.
+
+    Parameters
+    ----------
+    summary
+        :func:`ensemblevi.benchmark._fdr.summarise` of ``records``.
+    records
+        The FDR suite's unit records.
+    """
     parts = []
     for preset, sub in summary.groupby("preset", sort=False, observed=True):
         rec = next(r for r in records if r["preset"] == preset)
@@ -89,6 +98,15 @@ def fdr_markdown(summary: pd.DataFrame, records: list[dict]) -> str:
 
 
 def calibration_markdown(summary: pd.DataFrame, records: list[dict]) -> str:
+    """Per data set: held-out NLL, PIT and interval coverage of each model.
+
+    Parameters
+    ----------
+    summary
+        The calibration suite's summary table.
+    records
+        The calibration suite's unit records.
+    """
     parts = []
     levels = sorted(int(c[3:]) for c in summary.columns if c.startswith("cov"))
     for rec in records:
@@ -112,6 +130,13 @@ def calibration_markdown(summary: pd.DataFrame, records: list[dict]) -> str:
 
 
 def ood_markdown(summary: pd.DataFrame) -> str:
+    """AUROC of the novelty scores for the left-out type, per data set and model.
+
+    Parameters
+    ----------
+    summary
+        The novelty suite's summary table.
+    """
     rows = [{"data": r["dataset"], "left out": f"{r['left_out']} ({r['n_unseen']} cells)",
              "vs held-out seen cells": r["n_heldout_seen"], "model": r["model"],
              "AUROC novelty_cv": f"{r['auroc_novelty_cv']:.3f}",
@@ -121,7 +146,17 @@ def ood_markdown(summary: pd.DataFrame) -> str:
 
 
 def update_docs(path: Path, suite: str, text: str) -> None:
-    """Replace the ``suite`` section of ``path`` (between its markers) or append it."""
+    """Replace the ``suite`` section of ``path`` (between its markers) or append it.
+
+    Parameters
+    ----------
+    path
+        The Markdown file (created if absent).
+    suite
+        Name in the ``<!-- suite:NAME -->`` markers.
+    text
+        The new section.
+    """
     path = Path(path)
     start, end = f"<!-- suite:{suite} -->", f"<!-- /suite:{suite} -->"
     block = f"{start}\n{text.rstrip()}\n{end}"
@@ -131,6 +166,4 @@ def update_docs(path: Path, suite: str, text: str) -> None:
         doc = pattern.sub(lambda _: block, doc)
     else:
         doc = f"{doc.rstrip()}\n\n{block}\n"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(doc)
-    os.replace(tmp, path)
+    write_text(path, doc)

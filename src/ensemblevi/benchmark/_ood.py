@@ -29,6 +29,22 @@ SCORES = ("novelty_cv", "novelty_llgap")
 
 @dataclass
 class OODConfig:
+    """Settings of the novelty suite (``quick`` shrinks everything for a smoke test).
+
+    Attributes
+    ----------
+    datasets
+        ``"pbmc3k"`` and presets.
+    settings
+        Per data set ``(left-out type, epochs, lr)``.
+    kinds
+        ``(label, ensemble, members)`` per model.
+    seed
+        Seed of the data, the split and the models.
+    data_overrides
+        Simulator parameters that override the preset's.
+    """
+
     datasets: tuple[str, ...] = ("pbmc3k", "hard")
     settings: dict = field(default_factory=lambda: dict(SETTINGS))
     kinds: tuple = KINDS

@@ -4,11 +4,12 @@ atomically and reused on a rerun with the same settings (an interrupted suite re
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+
+from ensemblevi._files import write_text
 
 
 def train_timed(adata, kind: str, k: int, seed: int, epochs: int, lr: float, **kwargs):
@@ -35,9 +36,8 @@ def cached(path: Path, settings: dict) -> dict | None:
 
 
 def save(path: Path, record: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(record, default=float))
-    os.replace(tmp, path)
+    # floats for numpy scalars: the records are read back as plain JSON numbers
+    write_text(path, json.dumps(record, default=float))
 
 
 def load_dataset(name: str, cfg, pbmc: Path | None):

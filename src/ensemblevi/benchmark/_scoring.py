@@ -25,9 +25,15 @@ GRID = np.round(np.arange(0.01, 0.3001, 0.01), 2)
 class MethodResult:
     """One method's answer on one data set.
 
-    ``kind`` is ``"bayes"`` (``values`` = posterior probability of DE) or ``"bh"``
-    (``values`` = Benjamini-Hochberg adjusted p-values; ``mask``, if given, also requires
-    ``mask`` for a call, e.g. ``|LFC| >= delta``).
+    Attributes
+    ----------
+    kind
+        ``"bayes"`` (``values`` = posterior probability of DE) or ``"bh"`` (``values`` =
+        Benjamini-Hochberg adjusted p-values).
+    values
+        One value per gene.
+    mask
+        With ``"bh"``: a call also requires ``mask`` (e.g. ``|LFC| >= delta``).
     """
 
     kind: str
@@ -44,7 +50,13 @@ class MethodResult:
         return score
 
     def calls(self, target: float) -> tuple[np.ndarray, float]:
-        """Calls at ``target`` and the FDR the method expects of them."""
+        """Calls at ``target`` and the FDR the method expects of them.
+
+        Parameters
+        ----------
+        target
+            The FDR target (e.g. 0.05).
+        """
         v = np.asarray(self.values, dtype=np.float64)
         if self.kind == "bayes":
             called = fdr_calls(v, target)
@@ -57,19 +69,45 @@ class MethodResult:
 
 
 def true_fdr(called: np.ndarray, truth: np.ndarray) -> float:
-    """False discoveries / discoveries (0 with no discoveries, as in Lopez et al.)."""
+    """False discoveries / discoveries (0 with no discoveries, as in Lopez et al.).
+
+    Parameters
+    ----------
+    called
+        Boolean calls per gene.
+    truth
+        Boolean ground truth per gene (DE or not).
+    """
     n = int(called.sum())
     return float((called & ~truth).sum() / n) if n else 0.0
 
 
 def tpr(called: np.ndarray, truth: np.ndarray) -> float:
-    """True discoveries / DE genes."""
+    """True discoveries / DE genes.
+
+    Parameters
+    ----------
+    called
+        Boolean calls per gene.
+    truth
+        Boolean ground truth per gene (DE or not).
+    """
     n = int(truth.sum())
     return float((called & truth).sum() / n) if n else float("nan")
 
 
 def fdr_curve(result: MethodResult, truth: np.ndarray, grid=GRID) -> pd.DataFrame:
-    """Per target: the expected and the true FDR of the calls, TPR and number of calls."""
+    """Per target: the expected and the true FDR of the calls, TPR and number of calls.
+
+    Parameters
+    ----------
+    result
+        The method's answer.
+    truth
+        Boolean ground truth per gene.
+    grid
+        FDR targets.
+    """
     rows = []
     for t in grid:
         called, expected = result.calls(float(t))
@@ -84,6 +122,13 @@ def score_method(result: MethodResult, truth: np.ndarray) -> dict[str, float]:
 
     ``fdr_l1`` is the mean over :data:`GRID` of |expected - true FDR| of the calls made at
     each target: how far the method's own FDR estimate is from the truth.
+
+    Parameters
+    ----------
+    result
+        The method's answer.
+    truth
+        Boolean ground truth per gene.
     """
     from sklearn.metrics import average_precision_score, roc_auc_score
 
