@@ -6,7 +6,7 @@ import pytest
 import scanpy as sc
 
 import ensemblevi as ev
-from ensemblevi.tl._de import (
+from ensemblevi.model.base._de_core import (
     cell_pair_lfc,
     expected_fdr,
     fdr_calls,

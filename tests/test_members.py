@@ -12,8 +12,9 @@ import torch
 from scvi.model.base import RNASeqMixin, VAEMixin
 
 import ensemblevi as ev
+from ensemblevi import _compat
 from ensemblevi._compat import check_scvi_tools
-from ensemblevi.model import EnsembleSCVI, MemberMethodError, MemberView
+from ensemblevi.model import EnsembleSCVI, MemberMethodError, MemberView, check_member_contract
 from ensemblevi.model._members import MEMBER_ONLY, OVERRIDDEN, VIA_MODULE
 
 
@@ -197,10 +198,39 @@ def test_from_scvi_members_are_the_scvi_models():
 
 def test_scvi_compatibility_check(monkeypatch):
     check_scvi_tools()  # the installed scvi-tools is supported
-    monkeypatch.setattr(RNASeqMixin, "get_new_output", lambda self: None, raising=False)
-    with pytest.raises(ImportError, match=r"scvi-tools 1\.4\.x.*get_new_output"):
-        check_scvi_tools()
     monkeypatch.delattr(scvi.settings.__class__, "_seed", raising=False)
     monkeypatch.delattr(scvi.settings, "_seed")
-    with pytest.raises(ImportError, match="_seed"):
+    with pytest.raises(ImportError, match=r"scvi-tools 1\.4\.x.*_seed"):
         check_scvi_tools()
+
+
+def test_compatibility_check_names_the_private_hooks(monkeypatch):
+    """Each private scvi-tools hook the code relies on is checked by name."""
+    from scvi.module._constants import MODULE_KEYS
+    from scvi.train import TrainingPlan
+
+    # the optimiser hook EnsembleTrainingPlan overrides
+    monkeypatch.delattr(TrainingPlan, "_optimizer_creator_fn")
+    with pytest.raises(ImportError, match="_optimizer_creator_fn"):
+        check_scvi_tools()
+    monkeypatch.undo()
+    # a module output key scvi-tools' mixins read from the member's module
+    monkeypatch.setattr(_compat, "MODULE_KEYS", MODULE_KEYS._replace(PX_KEY="px_dist"))
+    with pytest.raises(ImportError, match="PX_KEY"):
+        check_scvi_tools()
+
+
+def test_member_contract_catches_a_new_scvi_method(monkeypatch):
+    check_member_contract()  # every mixin method is in exactly one group, declared as such
+    monkeypatch.setattr(RNASeqMixin, "get_new_output", lambda self: None, raising=False)
+    with pytest.raises(ImportError, match=r"scvi-tools 1\.4\.x.*get_new_output"):
+        check_member_contract()
+
+
+def test_member_contract_catches_an_undeclared_member_only_method(monkeypatch):
+    # scvi-tools' own method back on the ensemble: it would compute member 0 silently
+    monkeypatch.setattr(
+        EnsembleSCVI, "get_likelihood_parameters", RNASeqMixin.get_likelihood_parameters
+    )
+    with pytest.raises(ImportError, match="get_likelihood_parameters is not declared"):
+        check_member_contract()
