@@ -89,11 +89,18 @@ def test_member_path_equals_scvi_path_with_the_same_noise(fitted):
     torch.manual_seed(4)
     scvi_way = model.members[2].get_marginal_ll(n_mc_samples=4, return_mean=False).numpy()
     np.testing.assert_allclose(ours, scvi_way, rtol=1e-5)
-    rec = model.get_reconstruction_error(member=0, seed=None)["reconstruction_loss"]
-    assert rec > 0
-    # the table's member column is computed the same way as member=k, on other noise
+    torch.manual_seed(5)
+    ours = model.get_reconstruction_error(member=0, seed=None, return_mean=False)
+    torch.manual_seed(5)
+    scvi_way = model.members[0].get_reconstruction_error(return_mean=False)
+    np.testing.assert_allclose(
+        ours["reconstruction_loss"], np.asarray(scvi_way["reconstruction_loss"]), rtol=1e-5
+    )
+    # the table's member columns (all members in one pass) against scvi-tools' per-member
+    # ELBO on other noise: one latent sample per cell, averaged over 160 cells
     table = model.get_elbo(return_table=True)
-    assert table["member_1"] == pytest.approx(model.get_elbo(member=1), rel=0.05)
+    for k, view in enumerate(model.members):
+        assert table[f"member_{k}"] == pytest.approx(float(view.get_elbo()), rel=0.02)
 
 
 def test_stacked_expression_matches_members(fitted):
