@@ -92,7 +92,22 @@ class EnsembleSCVI(
         its members' initial weights from it.
     **module_kwargs
         Passed to :class:`~ensemblevi.module.EnsembleVAE` (``random_sign_init``,
-        ``encode_covariates``, ``use_batch_norm``, ...).
+        ``encode_covariates``, ``use_batch_norm``, ``hyperparameters``, ...).
+
+    Notes
+    -----
+    Three names about Hyper-BatchEnsemble's hyperparameters, each meaning one thing:
+
+    * ``hyperparameters=`` (an :class:`~ensemblevi.module.EnsembleVAE` argument, passed
+      through ``**module_kwargs``): the *specification*, which hyperparameters the members
+      tune and their initial ranges (names, or ``{name: (low, high, init)}``).
+    * :meth:`get_hyperparameters` (this model): the *tuned values*, a table of each
+      member's log-uniform interval and mean.
+    * ``module.hyper_parameters()`` (the module): the *trainable torch parameters* of
+      those intervals (their log bounds), which only the tune step's optimiser updates.
+
+    None of them is scvi-tools' ``init_params_`` (the constructor arguments saved with the
+    model, which hold ``hyperparameters=`` among the module arguments).
 
     Examples
     --------
@@ -395,6 +410,19 @@ class EnsembleSCVI(
         Everything is written to a temporary directory next to ``dir_path`` and renamed into
         place, so a crash while saving leaves the previous model (or nothing), never a
         partial one.
+
+        Parameters
+        ----------
+        dir_path
+            Directory to save the model to.
+        prefix
+            Prefix of the saved files' names, as in scvi-tools.
+        overwrite
+            Replace a model already saved at ``dir_path`` (otherwise ``FileExistsError``).
+        save_anndata
+            Also save the AnnData, as in scvi-tools.
+        **kwargs
+            Passed to ``scvi.model.base.BaseModelClass.save``.
         """
         dir_path = os.path.abspath(os.fspath(dir_path))
         if os.path.exists(dir_path) and not overwrite:
@@ -429,6 +457,18 @@ class EnsembleSCVI(
 
         scvi-tools only warns when the genes differ, and a model then silently reads the
         wrong columns; here that is a ``ValueError`` that names the differences.
+
+        Parameters
+        ----------
+        dir_path
+            Directory the model was saved to.
+        adata
+            AnnData with the model's genes in the model's order (default: the AnnData saved
+            with ``save_anndata=True``).
+        prefix
+            Prefix given to :meth:`save`.
+        **kwargs
+            Passed to ``scvi.model.base.BaseModelClass.load`` (``accelerator``, ...).
         """
         model_file = saved_model_file(dir_path, prefix)
         if not os.path.exists(model_file):

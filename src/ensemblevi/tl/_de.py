@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 import pandas as pd
 
+from ensemblevi._constants import DE_KEY
 from ensemblevi.model.base._de_core import (  # noqa: F401  (re-exported: ev.tl API)
     ESTIMANDS,
     LIBRARY_SIZE,
@@ -36,7 +37,7 @@ def differential_expression(
     batch_correction: bool = False,
     pseudocount: float = 0.1,
     seed: int = 0,
-    key_added: str | None = "ensemblevi_de",
+    key_added: str | None = DE_KEY,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Ensemble differential expression of ``group1`` against ``group2`` (or the rest).

@@ -27,7 +27,7 @@ import pandas as pd
 from scvi import REGISTRY_KEYS
 from scvi.utils import track
 
-from ensemblevi._constants import chunk_size
+from ensemblevi._constants import DE_KEY, chunk_size
 
 ESTIMANDS = ("population", "cell_pairs")
 LIBRARY_SIZE = 1e4  # normalised expression per 10,000 counts before the log
@@ -270,7 +270,7 @@ def ensemble_de(
     batch_correction: bool = False,
     pseudocount: float = 0.1,
     seed: int = 0,
-    key_added: str | None = "ensemblevi_de",
+    key_added: str | None = DE_KEY,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Ensemble differential expression of ``group1`` against ``group2`` (or the rest).

@@ -17,6 +17,7 @@ from anndata import AnnData
 from scvi.model.base import RNASeqMixin
 
 from ensemblevi._compat import batch_codes
+from ensemblevi._constants import DE_KEY
 
 from .._members import MemberOnly
 from . import _de_core
@@ -163,7 +164,7 @@ class EnsembleRNASeqMixin(EnsembleMixin, RNASeqMixin):
         batch_correction: bool = False,
         pseudocount: float = 0.1,
         seed: int = 0,
-        key_added: str | None = "ensemblevi_de",
+        key_added: str | None = DE_KEY,
         progress: bool = True,
     ) -> pd.DataFrame:
         """Differential expression with the ensemble posterior and a posterior expected FDR.
