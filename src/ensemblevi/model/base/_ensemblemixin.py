@@ -70,6 +70,6 @@ class EnsembleMixin:
             ):
                 yield {k: v.to(device) if torch.is_tensor(v) else v for k, v in tensors.items()}
 
-    def _cell_names(self, adata: AnnData | None, indices) -> pd.Index:
-        adata = self._validate_anndata(adata)
+    def _cell_names(self, adata: AnnData, indices: Sequence[int] | None) -> pd.Index:
+        """Names of the cells ``indices`` (all for ``None``) of an already validated AnnData."""
         return adata.obs_names if indices is None else adata.obs_names[np.asarray(indices)]

@@ -117,7 +117,7 @@ class EnsembleRNASeqMixin(EnsembleMixin, RNASeqMixin):
         if return_numpy or mean.ndim != 2:
             return mean
         return pd.DataFrame(
-            mean, index=self._cell_names(adata, indices), columns=adata_.var_names[mask.numpy()]
+            mean, index=self._cell_names(adata_, indices), columns=adata_.var_names[mask.numpy()]
         )
 
     @torch.inference_mode()

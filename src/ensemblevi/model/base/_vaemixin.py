@@ -33,7 +33,7 @@ class EnsembleVAEMixin(EnsembleMixin, VAEMixin):
     def _stream(
         self,
         fn: Callable[[dict[str, torch.Tensor]], torch.Tensor],
-        adata: AnnData | None,
+        adata: AnnData,
         indices: Sequence[int] | None,
         batch_size: int | None,
         seed: int | None,
@@ -41,10 +41,9 @@ class EnsembleVAEMixin(EnsembleMixin, VAEMixin):
     ) -> torch.Tensor:
         """Concatenate ``fn(tensors)`` (``(M, B)``) over minibatches: ``(M, n_cells)``.
 
-        With ``member`` only that member is computed (``M = 1``).
+        With ``member`` only that member is computed (``M = 1``); ``adata`` is validated.
         """
         self._check_if_trained(warn=True)
-        adata = self._validate_anndata(adata)
         with self._only(member):
             out = [
                 fn(tensors).reshape(1 if member is not None else self.n_members, -1).cpu()
@@ -55,7 +54,7 @@ class EnsembleVAEMixin(EnsembleMixin, VAEMixin):
     def _likelihood_output(
         self,
         values: torch.Tensor,
-        adata: AnnData | None,
+        adata: AnnData,
         indices,
         return_mean: bool,
         member: int | None,
@@ -154,6 +153,7 @@ class EnsembleVAEMixin(EnsembleMixin, VAEMixin):
         -------
         A float (mean over cells), a per-cell array with ``return_mean=False``, or the table.
         """
+        adata = self._validate_anndata(adata)
         values = self._stream(self.module.member_elbo, adata, indices, batch_size, seed, member)
         return self._likelihood_output(values, adata, indices, return_mean, member, return_table)
 
@@ -193,6 +193,7 @@ class EnsembleVAEMixin(EnsembleMixin, VAEMixin):
                 tensors, n_mc_samples=n_mc_samples, n_mc_samples_per_pass=n_mc_samples_per_pass
             )
 
+        adata = self._validate_anndata(adata)
         values = self._stream(fn, adata, indices, batch_size, seed, member)
         return self._likelihood_output(values, adata, indices, return_mean, member, return_table)
 
@@ -227,6 +228,7 @@ class EnsembleVAEMixin(EnsembleMixin, VAEMixin):
             x = tensors[REGISTRY_KEYS.X_KEY]
             return self.module.predictive(tensors).log_prob_sum(x, self.module.gene_likelihood)
 
+        adata = self._validate_anndata(adata)
         values = self._stream(fn, adata, indices, batch_size, seed, member)
         log_p = values[0] if member is not None else logmeanexp(values, dim=0)
         rec = -log_p.numpy()
