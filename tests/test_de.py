@@ -184,3 +184,18 @@ def test_member_draws_pool_into_the_table_and_plot(de_model):
     assert len(fig.axes) == 2 and len(fig.axes[0].collections) >= 3
     with pytest.raises(ValueError, match="No DE result"):
         ev.pl.de_volcano(adata, key="nope")
+
+
+def test_the_three_entry_points_share_one_signature():
+    """``tl.differential_expression`` and the model method forward every argument of the
+    core with its default, so the three cannot drift apart."""
+    import inspect
+
+    from ensemblevi.model.base import ensemble_de
+
+    def params(fn):
+        return [(p.name, p.default) for p in inspect.signature(fn).parameters.values()][1:]
+
+    core = params(ensemble_de)
+    assert params(ev.tl.differential_expression) == core
+    assert params(ev.model.EnsembleSCVI.differential_expression) == core
