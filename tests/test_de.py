@@ -6,7 +6,7 @@ import pytest
 import scanpy as sc
 
 import ensemblevi as ev
-from ensemblevi.tl._de import (
+from ensemblevi.model.base._de_core import (
     cell_pair_lfc,
     expected_fdr,
     fdr_calls,
@@ -113,9 +113,39 @@ def test_de_against_ground_truth_and_written_for_scanpy(de_model):
                                           delta=delta, fdr_target=0.1, n_samples=20,
                                           key_added=None, progress=False)  # fmt: skip
     pd.testing.assert_frame_equal(t, again)
-    rest = model.differential_expression(group1="A", n_samples=4, max_cells=50, key_added=None,
-                                         progress=False, estimand="cell_pairs")  # fmt: skip
-    assert rest["proba_de"].between(0, 1).all()
+
+
+def test_cell_pairs_one_vs_rest_against_a_brute_force_computation(de_model):
+    """``cell_pairs`` against ``group2=None``: every other cell is the reference, cells are
+    subsampled and paired at random, and every member's every draw of every pair counts."""
+    adata, model = de_model
+    seed, n_samples, max_cells, delta = 4, 3, 50, 0.5
+    rest = model.differential_expression(group1="A", n_samples=n_samples, max_cells=max_cells,
+                                         key_added=None, progress=False, estimand="cell_pairs",
+                                         seed=seed, delta=delta)  # fmt: skip
+    # the same random stream, spent as documented: subsample, then draws, then the pairs
+    rng = np.random.default_rng(seed)
+    is_a = (adata.obs["cell_type"] == "A").to_numpy()
+    groups = [
+        np.sort(rng.choice(np.flatnonzero(m), max_cells, replace=False)) for m in (is_a, ~is_a)
+    ]
+    draw = {"n_samples": n_samples, "return_mean": False, "return_members": True}
+    expr = [
+        model.get_normalized_expression(
+            adata, indices=c, library_size=1e4, seed=seed + 1 + i, **draw
+        )
+        for i, c in enumerate(groups)
+    ]
+    i, j = rng.integers(0, max_cells, max_cells), rng.integers(0, max_cells, max_cells)
+    hits = np.zeros(adata.n_vars)
+    for k in range(model.n_members):
+        for s in range(n_samples):
+            for a, b in zip(i, j, strict=True):
+                lfc = np.log2(expr[0][k, s, a] + 0.1) - np.log2(expr[1][k, s, b] + 0.1)
+                hits += np.abs(lfc) >= delta
+    expected = hits / (model.n_members * n_samples * max_cells)
+    np.testing.assert_allclose(rest.loc[adata.var_names, "proba_de"], expected, rtol=1e-6)
+    assert 0.05 < expected.mean() < 0.95  # neither all nor no pairs clear delta
 
 
 def test_de_errors_name_the_problem(de_model):
@@ -154,3 +184,18 @@ def test_member_draws_pool_into_the_table_and_plot(de_model):
     assert len(fig.axes) == 2 and len(fig.axes[0].collections) >= 3
     with pytest.raises(ValueError, match="No DE result"):
         ev.pl.de_volcano(adata, key="nope")
+
+
+def test_the_three_entry_points_share_one_signature():
+    """``tl.differential_expression`` and the model method forward every argument of the
+    core with its default, so the three cannot drift apart."""
+    import inspect
+
+    from ensemblevi.model.base import ensemble_de
+
+    def params(fn):
+        return [(p.name, p.default) for p in inspect.signature(fn).parameters.values()][1:]
+
+    core = params(ensemble_de)
+    assert params(ev.tl.differential_expression) == core
+    assert params(ev.model.EnsembleSCVI.differential_expression) == core

@@ -162,3 +162,19 @@ def test_load_scvi_member_rejects_other_architectures():
         ev.module.load_scvi_member(be.module, 0, ref.module)
     with pytest.raises(IndexError, match="out of range"):
         ev.module.load_scvi_member(wide.module, 2, ref.module)
+
+
+@torch.no_grad()
+def test_module_outputs_are_the_module_keys_compat_checks(pair):
+    """The ``MODULE_KEYS`` that ``_compat`` checks are exactly those the module writes."""
+    from scvi.module._constants import MODULE_KEYS
+
+    from ensemblevi._compat import MIXIN_READ_KEYS, REQUIRED_MODULE_KEYS
+
+    _, _, module, tensors = pair
+    with module.member(MEMBER):
+        inf, gen, out = module(tensors)
+    written = set(inf) | set(gen) | set(out.kl_local)
+    known = {getattr(MODULE_KEYS, name): name for name in MODULE_KEYS._fields}
+    assert {known[k] for k in written if k in known} == set(REQUIRED_MODULE_KEYS)
+    assert set(MIXIN_READ_KEYS) <= set(REQUIRED_MODULE_KEYS)

@@ -4,6 +4,11 @@ Kept in one module so that a new scvi-tools release that changes one of them fai
 loudly and by name (:func:`check_scvi_tools`, run by the test suite), instead of somewhere
 deep inside a model method. Public API (``BaseModelClass``, the mixins, ``TrainingPlan``,
 ``AnnDataManager``, the distributions) is imported where it is used.
+
+Rank 0 of the package's layering: nothing from ensemblevi is imported here except
+``_constants``. What the model layer adds on top of scvi-tools' mixins (which of their
+methods it overrides, runs as they are, or refuses) is checked by
+:func:`ensemblevi.model.check_member_contract`.
 """
 
 from __future__ import annotations
@@ -20,27 +25,65 @@ import scvi
 import torch
 
 # Private helpers and constants (not in scvi-tools' public API).
-from scvi.model._utils import _init_library_size  # noqa: F401  (re-exported)
+from scvi.model._utils import _get_batch_code_from_category, _init_library_size  # noqa: F401
 from scvi.model.base._constants import SAVE_KEYS  # the saved-model file layout
-from scvi.module._constants import MODULE_KEYS
+from scvi.module._constants import MODULE_KEYS  # re-exported for module/
 
 #: The scvi-tools versions this code was written and tested against (checked by the tests).
 TESTED_SCVI = "1.4"
 
-#: The module output keys our module produces with scvi-tools' names.
-REQUIRED_MODULE_KEYS = ("Z_KEY", "QZ_KEY", "QL_KEY", "LIBRARY_KEY", "PX_KEY", "PL_KEY", "PZ_KEY")
+#: ``MODULE_KEYS`` names the ensemble module's inference, generative and loss outputs use
+#: (the module writes ``outputs[MODULE_KEYS.Z_KEY]``, ...); each must exist.
+REQUIRED_MODULE_KEYS = (
+    "Z_KEY",
+    "QZ_KEY",
+    "QL_KEY",
+    "LIBRARY_KEY",
+    "PX_KEY",
+    "PL_KEY",
+    "PZ_KEY",
+    "KL_Z_KEY",
+    "KL_L_KEY",
+)
 
-#: scvi-tools model methods that EnsembleSCVI calls on itself.
-REQUIRED_MODEL_METHODS = ("_make_data_loader", "_validate_anndata", "_check_if_trained")
+#: The outputs among them that scvi-tools' own mixins read when they run on one member
+#: (``model.members[k]``): their source must read them under the same names (through
+#: ``MODULE_KEYS.<name>`` or the literal value), or a member view reads a missing key.
+MIXIN_READ_KEYS = ("Z_KEY", "QZ_KEY", "QL_KEY", "LIBRARY_KEY", "PX_KEY")
+
+#: Private scvi-tools model methods that ensemblevi's models call on themselves.
+REQUIRED_MODEL_METHODS = (
+    "_make_data_loader",
+    "_validate_anndata",
+    "_check_if_trained",
+    "_get_init_params",
+    "_get_setup_method_args",
+)
 
 
 def saved_model_file(dir_path: str | os.PathLike, prefix: str | None = None) -> str:
-    """Path of the weights file that ``save`` writes into ``dir_path``."""
+    """Path of the weights file that ``save`` writes into ``dir_path``.
+
+    Parameters
+    ----------
+    dir_path
+        The directory a model was saved to.
+    prefix
+        The ``prefix`` given to ``save``.
+    """
     return os.path.join(os.fspath(dir_path), f"{prefix or ''}{SAVE_KEYS.MODEL_FNAME}")
 
 
 def saved_var_names(dir_path: str | os.PathLike, prefix: str | None = None) -> pd.Index:
-    """Gene names stored with a saved model (scvi-tools' saved-file layout)."""
+    """Gene names stored with a saved model (scvi-tools' saved-file layout).
+
+    Parameters
+    ----------
+    dir_path
+        The directory a model was saved to.
+    prefix
+        The ``prefix`` given to ``save``.
+    """
     saved = torch.load(saved_model_file(dir_path, prefix), map_location="cpu", weights_only=False)
     return pd.Index(np.asarray(saved[SAVE_KEYS.VAR_NAMES_KEY]).astype(str))
 
@@ -51,6 +94,11 @@ def data_split_seed(seed: int | None) -> Iterator[None]:
 
     scvi-tools draws the split from ``scvi.settings.seed``, whose setter also reseeds torch,
     numpy and Python globally. The private ``_seed`` is set instead and restored afterwards.
+
+    Parameters
+    ----------
+    seed
+        Seed of the split; ``None`` leaves the split as scvi-tools would draw it.
     """
     if seed is None:
         yield
@@ -63,52 +111,78 @@ def data_split_seed(seed: int | None) -> Iterator[None]:
         scvi.settings._seed = previous
 
 
-def check_scvi_tools() -> None:
-    """Raise ``ImportError`` naming what changed if scvi-tools lacks what ensemblevi uses."""
+def batch_codes(adata_manager, transform_batch) -> list[int | None]:
+    """Batch categories (names or codes, one or a list) as codes, as scvi-tools reads them.
+
+    Parameters
+    ----------
+    adata_manager
+        The model's ``AnnDataManager``.
+    transform_batch
+        ``None``, one batch category or a list of them.
+    """
+    return _get_batch_code_from_category(adata_manager, transform_batch)
+
+
+def _reads_key(source: str, name: str) -> bool:
+    value = getattr(MODULE_KEYS, name)
+    return f"MODULE_KEYS.{name}" in source or f'"{value}"' in source or f"'{value}'" in source
+
+
+def scvi_tools_problems() -> list[str]:
+    """What ensemblevi uses beyond scvi-tools' public API and the installed release lacks."""
     from scvi.dataloaders import _data_splitting
     from scvi.model.base import BaseModelClass, RNASeqMixin, VAEMixin
+    from scvi.train import TrainingPlan
 
     problems = []
     if not hasattr(scvi.settings, "_seed"):
         problems.append("scvi.settings._seed (the split seed) is gone")
     if "settings.seed" not in inspect.getsource(_data_splitting):
         problems.append("DataSplitter no longer draws the split from scvi.settings.seed")
+    mixin_source = inspect.getsource(RNASeqMixin) + inspect.getsource(VAEMixin)
     for key in REQUIRED_MODULE_KEYS:
         if not hasattr(MODULE_KEYS, key):
             problems.append(f"scvi.module._constants.MODULE_KEYS lacks {key}")
+        elif key in MIXIN_READ_KEYS and not _reads_key(mixin_source, key):
+            problems.append(f"scvi-tools' mixins no longer read the module output {key}")
     for name in REQUIRED_MODEL_METHODS:
         if not hasattr(BaseModelClass, name):
             problems.append(f"BaseModelClass.{name} is gone")
     save_src = inspect.getsource(BaseModelClass.save)
     if "SAVE_KEYS.VAR_NAMES_KEY" not in save_src or "SAVE_KEYS.MODEL_FNAME" not in save_src:
         problems.append("BaseModelClass.save no longer writes SAVE_KEYS.VAR_NAMES_KEY to model.pt")
-    sample = inspect.signature(scvi.module.VAE.sample).parameters
-    if "generative_kwargs" not in sample or "max_poisson_rate" not in sample:
-        problems.append("scvi.module.VAE.sample changed its signature")
-    from ensemblevi.model._members import MEMBER_ONLY, OVERRIDDEN, VIA_MODULE
-
-    inherited = {
-        name
-        for cls in (RNASeqMixin, VAEMixin)
-        for name, value in vars(cls).items()
-        if callable(value) and not name.startswith("__")
-    }
-    unknown = inherited - set(MEMBER_ONLY) - set(OVERRIDDEN) - set(VIA_MODULE)
-    if unknown:
+    # EnsembleTrainingPlan overrides this private hook to build the fused optimiser
+    if not hasattr(TrainingPlan, "_optimizer_creator_fn") or "self._optimizer_creator_fn(" not in (
+        inspect.getsource(TrainingPlan.get_optimizer_creator)
+    ):
+        problems.append("TrainingPlan.get_optimizer_creator no longer calls _optimizer_creator_fn")
+    # EnsembleVAE.sample is called by RNASeqMixin.posterior_predictive_sample with these
+    if "generative_kwargs=" not in inspect.getsource(RNASeqMixin.posterior_predictive_sample):
         problems.append(
-            f"scvi-tools' mixins have methods ensemblevi does not handle: {sorted(unknown)}"
+            "posterior_predictive_sample no longer calls module.sample(generative_kwargs=)"
         )
+    return problems
+
+
+def incompatibility_error(problems: list[str]) -> ImportError:
+    """The ``ImportError`` naming ``problems`` and the supported scvi-tools releases.
+
+    Parameters
+    ----------
+    problems
+        One phrase per incompatibility.
+    """
+    major, minor = TESTED_SCVI.split(".")
+    return ImportError(
+        f"ensemblevi was written for scvi-tools {TESTED_SCVI}.x; the installed "
+        f"scvi-tools {version('scvi-tools')} differs: " + "; ".join(problems) + ". Install "
+        f"'scvi-tools>={TESTED_SCVI},<{major}.{int(minor) + 1}' or report the incompatibility."
+    )
+
+
+def check_scvi_tools() -> None:
+    """Raise ``ImportError`` naming what changed if scvi-tools lacks what ensemblevi uses."""
+    problems = scvi_tools_problems()
     if problems:
-        raise ImportError(
-            f"ensemblevi was written for scvi-tools {TESTED_SCVI}.x; the installed "
-            f"scvi-tools {version('scvi-tools')} differs: " + "; ".join(problems) + ". Install "
-            f"'scvi-tools>={TESTED_SCVI},<{TESTED_SCVI[:-1]}{int(TESTED_SCVI[-1]) + 1}' or "
-            "report the incompatibility."
-        )
-
-
-def batch_codes(adata_manager, transform_batch) -> list[int | None]:
-    """Batch categories (names or codes, one or a list) as codes, as scvi-tools reads them."""
-    from scvi.model._utils import _get_batch_code_from_category
-
-    return _get_batch_code_from_category(adata_manager, transform_batch)
+        raise incompatibility_error(problems)

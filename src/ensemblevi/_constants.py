@@ -16,12 +16,51 @@ VARIANCE_PARTS: tuple[str, ...] = ("mean", "var_between", "var_within", "var_noi
 
 
 def check_kind(kind: str) -> str:
-    """Return ``kind`` if it is an ensemble kind, else raise a ``ValueError`` naming them."""
+    """Return ``kind`` if it is an ensemble kind, else raise a ``ValueError`` naming them.
+
+    Parameters
+    ----------
+    kind
+        The ``ensemble=`` argument to check.
+    """
     if kind not in ENSEMBLE_KINDS:
         raise ValueError(f"ensemble must be one of {ENSEMBLE_KINDS}, got {kind!r}.")
     return kind
 
 
 def logmeanexp(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
-    """``log(mean(exp(x)))`` along ``dim``, stably: the log of an equal-weight mixture."""
+    """``log(mean(exp(x)))`` along ``dim``, stably: the log of an equal-weight mixture.
+
+    Parameters
+    ----------
+    x
+        Log-values (e.g. members' log-likelihoods).
+    dim
+        The axis averaged over.
+    """
     return torch.logsumexp(x, dim=dim) - math.log(x.shape[dim])
+
+
+#: Default prefix (scanpy style ``key_added``) of what ensemblevi writes into an AnnData:
+#: ``layers["ensemblevi_mean"]``, ``var["ensemblevi_cv_between"]``, ``uns["ensemblevi"]``.
+DEFAULT_KEY = "ensemblevi"
+
+#: Default ``key_added`` of differential expression (``uns["ensemblevi_de"]``).
+DE_KEY = f"{DEFAULT_KEY}_de"
+
+#: Memory budget, in floats, of one dense (samples, members, cells, genes) block that an
+#: evaluation loop holds at once (about 80 MB in float32); chunk sizes derive from it.
+FLOAT_BUDGET = 20_000_000
+
+
+def chunk_size(per_item: int, low: int, high: int) -> int:
+    """How many items of ``per_item`` floats fit :data:`FLOAT_BUDGET`, clipped to ``[low, high]``.
+
+    Parameters
+    ----------
+    per_item
+        Floats held per item (per cell, per posterior draw, ...).
+    low, high
+        Bounds of the result (``low`` wins if the bounds cross).
+    """
+    return max(int(low), min(int(high), FLOAT_BUDGET // max(int(per_item), 1)))

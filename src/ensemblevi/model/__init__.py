@@ -2,7 +2,7 @@
 
 from ._conv_vae import ConvVAE
 from ._ensemble_scvi import EnsembleSCVI
-from ._members import MemberMethodError, Members, MemberView
+from ._members import MemberMethodError, Members, MemberView, check_member_contract
 from ._uncertainty import VarianceParts, count_variance_fraction, decompose_variance
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "MemberView",
     "Members",
     "VarianceParts",
+    "check_member_contract",
     "count_variance_fraction",
     "decompose_variance",
 ]

@@ -1,14 +1,20 @@
-"""EnsembleSCVI: an ensemble of scVI models as one scvi-tools model, trained in one pass."""
+"""EnsembleSCVI: an ensemble of scVI models as one scvi-tools model, trained in one pass.
+
+The class holds what is specific to the ensemble model (construction, ``setup_anndata``,
+training, ``save``/``load`` and its properties); its outputs come from the mixins of
+:mod:`ensemblevi.model.base`, as scvi-tools composes ``scvi.model.SCVI``:
+:class:`~ensemblevi.model.base.EnsembleRNASeqMixin` (normalised expression, DE),
+:class:`~ensemblevi.model.base.EnsembleVAEMixin` (latents, likelihoods),
+:class:`~ensemblevi.model.base.UncertaintyMixin` and
+:class:`~ensemblevi.model.base.AssemblyMixin` (``from_scvi``, ``merge``).
+"""
 
 from __future__ import annotations
 
 import logging
 import os
-import random
 import shutil
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from typing import Any, Literal
 
 import numpy as np
@@ -23,55 +29,33 @@ from scvi.data.fields import (
     LayerField,
     NumericalJointObsField,
 )
-from scvi.model.base import BaseModelClass, RNASeqMixin, UnsupervisedTrainingMixin, VAEMixin
-from scvi.utils import track
+from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
-from ensemblevi._compat import (
-    _init_library_size,
-    batch_codes,
-    data_split_seed,
-    saved_model_file,
-    saved_var_names,
-)
-from ensemblevi._constants import VARIANCE_PARTS, EnsembleKind, check_kind, logmeanexp
-from ensemblevi.data import is_collection, require_obs_columns, validate_counts
-from ensemblevi.module import EnsembleVAE, Predictive, load_scvi_member
+from ensemblevi._compat import _init_library_size, saved_model_file, saved_var_names
+from ensemblevi._constants import EnsembleKind, check_kind
+from ensemblevi._seeding import seeded_globally as _seeded_globally
+from ensemblevi.data import require_obs_columns, validate_counts
+from ensemblevi.module import EnsembleVAE
 from ensemblevi.module._hyperparameters import hyperparameter_table, trajectory_frame
 from ensemblevi.module._likelihood import compiled_likelihood
 from ensemblevi.nn import set_member_stream
 from ensemblevi.train import EnsembleTrainingPlan, EpochCheckpoint, HyperTrainingPlan, NaNGuard
 
-from ._members import MEMBER_ONLY, Members, member_only
-from ._shards import check_shard, member_slice, merge_models
-from ._uncertainty import UncertaintySummary, decompose_variance
+from ._members import Members
+from ._shards import check_shard, member_slice
+from .base import AssemblyMixin, EnsembleRNASeqMixin, EnsembleVAEMixin, UncertaintyMixin
 
 logger = logging.getLogger(__name__)
 
 
-@contextmanager
-def _seeded_globally(seed: int | None) -> Iterator[None]:
-    """Seed torch, numpy, Python and the data split for a block; restore them all afterwards."""
-    if seed is None:
-        yield
-        return
-    # numpy's legacy global generator is the one third-party code draws from
-    states = (torch.random.get_rng_state(), np.random.get_state(), random.getstate())  # noqa: NPY002
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    torch.manual_seed(seed)
-    np.random.seed(seed)  # noqa: NPY002
-    random.seed(seed)
-    try:
-        with data_split_seed(seed):
-            yield
-    finally:
-        torch.random.set_rng_state(states[0])
-        np.random.set_state(states[1])  # noqa: NPY002
-        random.setstate(states[2])
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
-
-
-class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
+class EnsembleSCVI(
+    EnsembleRNASeqMixin,
+    EnsembleVAEMixin,
+    UncertaintyMixin,
+    AssemblyMixin,
+    UnsupervisedTrainingMixin,
+    BaseModelClass,
+):
     """An ensemble of K scVI models trained together in one vectorised pass.
 
     The scvi-tools model API (``setup_anndata``, ``train``, ``save``/``load``, ``get_*``)
@@ -108,7 +92,22 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
         its members' initial weights from it.
     **module_kwargs
         Passed to :class:`~ensemblevi.module.EnsembleVAE` (``random_sign_init``,
-        ``encode_covariates``, ``use_batch_norm``, ...).
+        ``encode_covariates``, ``use_batch_norm``, ``hyperparameters``, ...).
+
+    Notes
+    -----
+    Three names about Hyper-BatchEnsemble's hyperparameters, each meaning one thing:
+
+    * ``hyperparameters=`` (an :class:`~ensemblevi.module.EnsembleVAE` argument, passed
+      through ``**module_kwargs``): the *specification*, which hyperparameters the members
+      tune and their initial ranges (names, or ``{name: (low, high, init)}``).
+    * :meth:`get_hyperparameters` (this model): the *tuned values*, a table of each
+      member's log-uniform interval and mean.
+    * ``module.hyper_parameters()`` (the module): the *trainable torch parameters* of
+      those intervals (their log bounds), which only the tune step's optimiser updates.
+
+    None of them is scvi-tools' ``init_params_`` (the constructor arguments saved with the
+    model, which hold ``hyperparameters=`` among the module arguments).
 
     Examples
     --------
@@ -213,24 +212,6 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
         start = int(self.init_params_["non_kwargs"].get("member_offset") or 0)
         return start, start + self.n_members
 
-    @classmethod
-    def merge(cls, shards: Sequence[EnsembleSCVI], adata: AnnData | None = None) -> EnsembleSCVI:
-        """One model holding the members of trained shards (``member_offset=`` models).
-
-        The shards must come from one ensemble specification (same architecture, ``seed``
-        and ``n_members_total``), share genes and data registration, and hold contiguous
-        members (in any order here). Shards trained with the same ``train(seed=...)`` on
-        the same data merge into exactly the ensemble trained in one piece (tested).
-
-        Parameters
-        ----------
-        shards
-            Trained shards, e.g. ``[EnsembleSCVI.load(d, adata) for d in shard_dirs]``.
-        adata
-            AnnData for the merged model (default: the first shard's).
-        """
-        return merge_models(cls, shards, adata)
-
     @property
     def ensemble(self) -> str:
         """The ensemble kind (``single``, ``deep``, ``batch``, ``hyperbatch``, ``mcdropout``)."""
@@ -244,48 +225,6 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
         alone and returns what scvi-tools returns for one model.
         """
         return Members(self)
-
-    @classmethod
-    def from_scvi(cls, models: Sequence[Any], adata: AnnData | None = None) -> EnsembleSCVI:
-        """A deep ensemble whose member ``k`` holds the weights of ``models[k]``.
-
-        Puts separately trained ``scvi.model.SCVI`` models (e.g. one per seed, the original
-        experiment) behind the ensemble API, so every ensemble output and analysis applies
-        to them. The models must share genes, data registration and architecture.
-
-        Parameters
-        ----------
-        models
-            Trained ``scvi.model.SCVI`` models.
-        adata
-            AnnData registered with ``EnsembleSCVI.setup_anndata`` using the same arguments
-            as the scVI models (default: the first model's AnnData, registered here).
-        """
-        if not models:
-            raise ValueError("from_scvi needs at least one trained scvi.model.SCVI.")
-        first = models[0]
-        names = first.adata.var_names
-        for i, m in enumerate(models):
-            if not m.is_trained:
-                raise ValueError(f"models[{i}] is not trained; train it first.")
-            if not m.adata.var_names.equals(names):
-                raise ValueError(f"models[{i}] was set up on other genes than models[0].")
-        params = dict(first.init_params_["non_kwargs"])
-        extra = dict(first.init_params_["kwargs"].get("kwargs", {}))
-        if params.pop("latent_distribution", "normal") != "normal":
-            raise ValueError("Only scVI models with latent_distribution='normal' can be loaded.")
-        if adata is None:
-            adata = first.adata
-            setup = dict(first.adata_manager.registry["setup_args"])
-            if setup.pop("size_factor_key", None) is not None:
-                raise ValueError("scVI models set up with size_factor_key are not supported.")
-            cls.setup_anndata(adata, **setup)
-        ensemble = cls(adata, n_members=len(models), ensemble="deep", **params, **extra)
-        for k, m in enumerate(models):
-            load_scvi_member(ensemble.module, k, m.module.cpu())
-        ensemble.module.eval()
-        ensemble.is_trained_ = True
-        return ensemble
 
     # ------------------------------------------------------------------ set-up
     @classmethod
@@ -457,576 +396,6 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
             )
         return hyperparameter_table(self.module.hyper)
 
-    # ------------------------------------------------------------ helpers
-    def _gene_mask(self, adata: AnnData, gene_list: Sequence[str] | None) -> np.ndarray:
-        if gene_list is None:
-            return np.ones(adata.n_vars, dtype=bool)
-        gene_list = [gene_list] if isinstance(gene_list, str) else list(gene_list)
-        missing = [g for g in gene_list if g not in adata.var_names]
-        if missing:
-            raise ValueError(
-                f"{len(missing)} gene(s) of gene_list are not in adata.var_names, e.g. "
-                f"{missing[:5]}. The model knows {adata.n_vars} genes; check the names "
-                "(symbols vs Ensembl ids) and that the genes survived HVG selection."
-            )
-        return adata.var_names.isin(gene_list)
-
-    def _check_member(self, member: int | None) -> int | None:
-        if member is not None and not 0 <= member < self.n_members:
-            raise IndexError(f"member {member} out of range: the ensemble has {self.n_members}.")
-        return member
-
-    @contextmanager
-    def _only(self, member: int | None):
-        """Compute only ``member`` inside the block (all members for ``None``)."""
-        if member is None:
-            yield
-        else:
-            with self.module.member(self._check_member(member)):
-                yield
-
-    def _seeded_batches(
-        self,
-        adata: AnnData,
-        indices: Sequence[int] | None,
-        batch_size: int | None,
-        seed: int | None,
-        description: str | None = None,
-    ) -> Iterator[dict[str, torch.Tensor]]:
-        """Minibatches on the model's device, module in eval mode, under a private seeded RNG.
-
-        The global RNG is left as it was, so outputs are reproducible for a ``seed`` without
-        disturbing the caller's random state. ``description`` shows a progress bar.
-        """
-        loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
-        self.module.eval()
-        device = self.device
-        with torch.random.fork_rng(devices=[device.index] if device.type == "cuda" else []):
-            if seed is not None:
-                torch.manual_seed(seed)
-            for tensors in track(
-                loader, description=description or "", disable=description is None, style="tqdm"
-            ):
-                yield {k: v.to(device) if torch.is_tensor(v) else v for k, v in tensors.items()}
-
-    @torch.inference_mode()
-    def _stream(
-        self,
-        fn: Callable[[dict[str, torch.Tensor]], torch.Tensor],
-        adata: AnnData | None,
-        indices: Sequence[int] | None,
-        batch_size: int | None,
-        seed: int | None,
-        member: int | None,
-    ) -> torch.Tensor:
-        """Concatenate ``fn(tensors)`` (``(M, B)``) over minibatches: ``(M, n_cells)``.
-
-        With ``member`` only that member is computed (``M = 1``).
-        """
-        self._check_if_trained(warn=True)
-        adata = self._validate_anndata(adata)
-        with self._only(member):
-            out = [
-                fn(tensors).reshape(1 if member is not None else self.n_members, -1).cpu()
-                for tensors in self._seeded_batches(adata, indices, batch_size, seed)
-            ]
-        return torch.cat(out, dim=1).double()
-
-    def _cell_names(self, adata: AnnData | None, indices) -> pd.Index:
-        adata = self._validate_anndata(adata)
-        return adata.obs_names if indices is None else adata.obs_names[np.asarray(indices)]
-
-    def _likelihood_output(
-        self,
-        values: torch.Tensor,
-        adata: AnnData | None,
-        indices,
-        return_mean: bool,
-        member: int | None,
-        return_table: bool,
-    ):
-        """A float or per-cell array (scvi-tools' types), or the member/mixture table."""
-        if member is not None:
-            row = values[0].numpy()
-            return float(row.mean()) if return_mean else row
-        mixture = logmeanexp(values, dim=0).numpy()
-        if not return_table:
-            return float(mixture.mean()) if return_mean else mixture
-        cols = [f"member_{k}" for k in range(self.n_members)]
-        frame = pd.DataFrame(
-            np.vstack([values.numpy(), mixture[None]]).T,
-            columns=[*cols, "mixture"],
-            index=self._cell_names(adata, indices),
-        )
-        return frame.mean(0) if return_mean else frame
-
-    # ---------------------------------------------------------------- outputs
-    def get_latent_representation(
-        self,
-        adata: AnnData | None = None,
-        indices: Sequence[int] | None = None,
-        give_mean: bool = True,
-        mc_samples: int = 5_000,
-        batch_size: int | None = None,
-        return_dist: bool = False,
-        member: int = 0,
-        return_members: bool = False,
-    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-        """Latent representation of one member (default member 0), or of all members stacked.
-
-        Members' latent spaces are not aligned with each other: never average them. One
-        member's codes go into ``adata.obsm`` and into any scvi-tools/scib code that
-        expects ``(n_obs, n_latent)``; compare members through data-space outputs.
-
-        Parameters
-        ----------
-        adata, indices, give_mean, mc_samples, batch_size, return_dist
-            As in ``scvi.model.SCVI.get_latent_representation``.
-        member
-            The member whose latent space is returned.
-        return_members
-            Return every member's codes stacked, ``(K, n_obs, n_latent)`` (and the
-            variances likewise with ``return_dist``); ``member`` is then ignored.
-
-        Returns
-        -------
-        ``(n_obs, n_latent)`` (``(K, n_obs, n_latent)`` with ``return_members``), or a tuple
-        of means and variances with ``return_dist=True``.
-        """
-        args = {
-            "adata": adata,
-            "indices": indices,
-            "give_mean": give_mean,
-            "mc_samples": mc_samples,
-            "batch_size": batch_size,
-            "return_dist": return_dist,
-        }
-        if not return_members:
-            return self.members[self._check_member(member)].get_latent_representation(**args)
-        outs = [view.get_latent_representation(**args) for view in self.members]
-        if return_dist:
-            return np.stack([o[0] for o in outs]), np.stack([o[1] for o in outs])
-        return np.stack(outs)
-
-    @torch.inference_mode()
-    def get_normalized_expression(
-        self,
-        adata: AnnData | None = None,
-        indices: Sequence[int] | None = None,
-        transform_batch: Sequence[int | str] | int | str | None = None,
-        gene_list: Sequence[str] | None = None,
-        library_size: float | Literal["latent"] = 1,
-        n_samples: int = 1,
-        batch_size: int | None = None,
-        return_mean: bool = True,
-        return_numpy: bool | None = None,
-        member: int | None = None,
-        return_members: bool = False,
-        seed: int | None = None,
-        silent: bool = True,
-    ) -> np.ndarray | pd.DataFrame:
-        """Normalised expression: the member average (how an ensemble predicts), or members.
-
-        Parameters
-        ----------
-        adata, indices, gene_list, n_samples, batch_size, return_mean, return_numpy
-            As in ``scvi.model.SCVI.get_normalized_expression``.
-        transform_batch
-            Decode as if from this batch category (its name in ``obs``); a list averages over
-            those batches, as scvi-tools does.
-        library_size
-            Counts per cell the expression is scaled to, or ``"latent"`` for the modelled
-            mean counts of each cell.
-        member
-            Only this member, through scvi-tools' own implementation (``model.members[k]``):
-            exactly what ``scvi.model.SCVI`` returns. Importance weighting
-            (``weights="importance"``) is available there.
-        return_members
-            Every member stacked: ``(K, n_obs, n_genes)``, or ``(K, n_samples, n_obs,
-            n_genes)`` with ``n_samples > 1`` and ``return_mean=False``.
-        seed
-            Seed of the latent samples (``None``: the global torch generator).
-        silent
-            Hide the progress bar.
-
-        Returns
-        -------
-        The member average as an ``n_obs x n_genes`` DataFrame (numpy with
-        ``return_numpy=True``, or ``(n_samples, n_obs, n_genes)`` numpy when samples are
-        kept, as scvi-tools), or the stacked members.
-        """
-        if member is not None and not return_members:
-            return self.members[self._check_member(member)].get_normalized_expression(
-                adata=adata,
-                indices=indices,
-                transform_batch=transform_batch,
-                gene_list=gene_list,
-                library_size=library_size,
-                n_samples=n_samples,
-                batch_size=batch_size,
-                return_mean=return_mean,
-                return_numpy=return_numpy,
-                silent=silent,
-            )
-        self._check_if_trained(warn=True)
-        adata_ = self._validate_anndata(adata)
-        mask = torch.from_numpy(self._gene_mask(adata_, gene_list))
-        codes = batch_codes(self.get_anndata_manager(adata_, required=True), transform_batch)
-        chunks = []
-        batches = self._seeded_batches(
-            adata_, indices, batch_size, seed, None if silent else "normalised expression"
-        )
-        for tensors in batches:
-            per_batch = []
-            for code in codes:
-                pred = self.module.predictive(tensors, n_samples=n_samples, transform_batch=code)
-                values = pred.rate if library_size == "latent" else pred.scale * library_size
-                per_batch.append(values[..., mask])
-            chunks.append(torch.stack(per_batch).mean(0).cpu())  # (S, K, B, G)
-        values = torch.cat(chunks, dim=2).numpy()
-        if return_mean or n_samples == 1:
-            values = values.mean(0)  # (K, n, G)
-        else:
-            values = values.swapaxes(0, 1)  # (K, S, n, G)
-        if return_members:
-            return values
-        mean = values.mean(0)
-        if return_numpy or mean.ndim != 2:
-            return mean
-        return pd.DataFrame(
-            mean, index=self._cell_names(adata, indices), columns=adata_.var_names[mask.numpy()]
-        )
-
-    def get_elbo(
-        self,
-        adata: AnnData | None = None,
-        indices: Sequence[int] | None = None,
-        batch_size: int | None = None,
-        return_mean: bool = True,
-        member: int | None = None,
-        return_table: bool = False,
-        seed: int | None = 0,
-    ) -> float | np.ndarray | pd.Series | pd.DataFrame:
-        """ELBO (higher is better) of the ensemble, of one member, or of each member.
-
-        The ensemble's value for a cell is ``log((1/K) sum_k exp(ELBO_k))``, a lower bound on
-        the log-likelihood of the equal-weight member mixture.
-
-        Parameters
-        ----------
-        adata, indices, batch_size, return_mean
-            As in ``scvi.model.SCVI.get_elbo``.
-        member
-            Compute only this member (its ELBO, as ``model.members[k].get_elbo``).
-        return_table
-            Return every member and the mixture: a ``Series`` of means over cells, or a
-            cells x (``member_0`` ... ``mixture``) ``DataFrame`` with ``return_mean=False``.
-        seed
-            Seed of the latent sample (``None``: the global torch generator).
-
-        Returns
-        -------
-        A float (mean over cells), a per-cell array with ``return_mean=False``, or the table.
-        """
-        values = self._stream(self.module.member_elbo, adata, indices, batch_size, seed, member)
-        return self._likelihood_output(values, adata, indices, return_mean, member, return_table)
-
-    def get_marginal_ll(
-        self,
-        adata: AnnData | None = None,
-        indices: Sequence[int] | None = None,
-        n_mc_samples: int = 1_000,
-        batch_size: int | None = None,
-        return_mean: bool = True,
-        member: int | None = None,
-        return_table: bool = False,
-        seed: int | None = 0,
-        n_mc_samples_per_pass: int = 25,
-    ) -> float | np.ndarray | pd.Series | pd.DataFrame:
-        """Importance-sampled log p(x) of the ensemble, of one member, or of each member.
-
-        The ensemble's value is ``log((1/K) sum_k p_k(x))``: the log-likelihood of its
-        predictive distribution, the number to compare with one scVI model.
-
-        Parameters
-        ----------
-        adata, indices, n_mc_samples, batch_size, return_mean
-            As in ``scvi.model.SCVI.get_marginal_ll``.
-        member, return_table, seed
-            As in :meth:`get_elbo`.
-        n_mc_samples_per_pass
-            Importance samples decoded at once (memory: samples x members x cells x genes).
-
-        Returns
-        -------
-        Same types as :meth:`get_elbo`.
-        """
-
-        def fn(tensors):
-            return self.module.marginal_ll(
-                tensors, n_mc_samples=n_mc_samples, n_mc_samples_per_pass=n_mc_samples_per_pass
-            )
-
-        values = self._stream(fn, adata, indices, batch_size, seed, member)
-        return self._likelihood_output(values, adata, indices, return_mean, member, return_table)
-
-    def get_reconstruction_error(
-        self,
-        adata: AnnData | None = None,
-        indices: Sequence[int] | None = None,
-        batch_size: int | None = None,
-        return_mean: bool = True,
-        member: int | None = None,
-        seed: int | None = 0,
-    ) -> dict[str, float | np.ndarray]:
-        """``-log p(x | z)`` from one latent sample, of the ensemble (mixture) or one member.
-
-        The ensemble's value is ``-log((1/K) sum_k p_k(x | z_k))``.
-
-        Returns
-        -------
-        ``{"reconstruction_loss": value}`` as scvi-tools (a mean, or per cell).
-        """
-
-        def fn(tensors):
-            x = tensors[REGISTRY_KEYS.X_KEY]
-            return self.module.predictive(tensors).log_prob_sum(x, self.module.gene_likelihood)
-
-        values = self._stream(fn, adata, indices, batch_size, seed, member)
-        log_p = values[0] if member is not None else logmeanexp(values, dim=0)
-        rec = -log_p.numpy()
-        return {"reconstruction_loss": float(rec.mean()) if return_mean else rec}
-
-    def get_latent_library_size(
-        self,
-        adata: AnnData | None = None,
-        indices: Sequence[int] | None = None,
-        give_mean: bool = True,
-        batch_size: int | None = None,
-        member: int | None = None,
-    ) -> np.ndarray:
-        """Library size (counts) of each cell: the member average, or one member's.
-
-        With the observed library size (the default) every member returns the cell's total
-        count. Returns ``(n_obs, 1)`` as scvi-tools.
-        """
-        args = {"adata": adata, "indices": indices, "give_mean": give_mean}
-        if member is not None:
-            return self.members[self._check_member(member)].get_latent_library_size(
-                **args, batch_size=batch_size
-            )
-        return np.mean(
-            [m.get_latent_library_size(**args, batch_size=batch_size) for m in self.members], 0
-        )
-
-    @torch.inference_mode()
-    def _get_denoised_samples(
-        self,
-        adata: AnnData | None = None,
-        indices: Sequence[int] | None = None,
-        n_samples: int = 25,
-        batch_size: int = 64,
-        rna_size_factor: int = 1000,
-        transform_batch: int | None = None,
-    ) -> np.ndarray:
-        """scvi-tools' denoised samples (Gamma around the NB mean), from the member mixture.
-
-        Used by the inherited ``get_feature_correlation_matrix``: each cell's each sample
-        comes from a member drawn uniformly at random.
-        """
-        if self.module.gene_likelihood == "poisson":
-            raise ValueError(
-                "Denoised samples (and get_feature_correlation_matrix) need a dispersion: "
-                "train with gene_likelihood='nb' or 'zinb'."
-            )
-        adata = self._validate_anndata(adata)
-        out = []
-        for tensors in self._seeded_batches(adata, indices, batch_size, seed=None):
-            pred = self.module.predictive(tensors, n_samples, transform_batch=transform_batch)
-            choose = pred.mixture_draw()
-            rate, theta = choose(rna_size_factor * pred.scale), choose(pred.theta)
-            data = torch.distributions.Gamma(theta, theta / rate).sample().cpu().numpy()
-            out.append(data[0] if n_samples == 1 else np.transpose(data, (1, 2, 0)))
-        return np.concatenate(out, axis=0)
-
-    @torch.inference_mode()
-    def get_uncertainty(
-        self,
-        adata: AnnData | None = None,
-        indices: Sequence[int] | None = None,
-        gene_list: Sequence[str] | None = None,
-        n_samples: int = 25,
-        library_size: float = 1e4,
-        batch_size: int | None = None,
-        seed: int = 0,
-        key_added: str | None = None,
-        store_layers: bool = True,
-        progress: bool = True,
-        return_frames: bool = True,
-    ) -> dict[str, pd.DataFrame]:
-        """Posterior mean of normalised expression and the three parts of its variance.
-
-        For each cell and gene, ``n_samples`` latent samples of each of the K members give
-        the mean normalised expression (per ``library_size`` counts) and the variance of
-        the cell's normalised count split by the law of total variance into
-        ``var_between`` (between members: model uncertainty), ``var_within`` (within a
-        member: latent-posterior uncertainty) and ``var_noise`` (the count model's noise);
-        see :mod:`ensemblevi.model._uncertainty` for the formulas.
-
-        Parameters
-        ----------
-        adata, indices, gene_list, batch_size
-            Cells and genes to compute, as in ``get_normalized_expression``.
-        n_samples
-            Latent samples per member and cell.
-        library_size
-            Counts per cell the expression is expressed in.
-        seed
-            Seed of the latent samples; the global random state is not touched.
-        key_added
-            Write the results into ``adata`` under this prefix (nothing is written when
-            ``None``, the default): per-gene summaries to ``adata.var`` (``<key>_mean``,
-            ``<key>_var_between``, ``<key>_var_within``, ``<key>_var_noise``: means over
-            cells; ``<key>_cv_between``: mean over cells of ``sqrt(var_between) / mean``;
-            ``<key>_frac_between``: between-member share of between + within), per-cell
-            summaries to ``adata.obs`` (``<key>_cv_between``: mean over genes of
-            ``sqrt(var_between) / mean``; ``<key>_frac_between``), the settings to
-            ``adata.uns[key]["uncertainty"]`` and, with ``store_layers``, the four cells x
-            genes parts to ``adata.layers["<key>_<part>"]`` (NaN outside the computed cells
-            and genes).
-        store_layers
-            With ``key_added``: also write the four dense cells x genes layers (4 x 4 bytes
-            per cell and gene: 32 GB for 1M cells x 2,000 genes; turn off for large data).
-        progress
-            Show a progress bar.
-        return_frames
-            Return the four cells x genes DataFrames (default). ``False`` returns only the
-            per-gene and per-cell summaries, accumulated chunk by chunk: with
-            ``store_layers=False`` too, memory stays O(cells + genes) at any data size.
-
-        Returns
-        -------
-        ``{"mean", "var_between", "var_within", "var_noise"}``: cells x genes DataFrames; or,
-        with ``return_frames=False``, ``{"genes", "cells"}``: the summaries (genes x
-        ``mean, var_between, var_within, var_noise, cv_between, frac_between``; cells x
-        ``cv_between, frac_between``).
-        """
-        if key_added is not None and is_collection(adata):
-            raise ValueError(
-                "key_added writes into adata.var/obs, which an AnnCollection does not have: "
-                "call get_uncertainty(..., return_frames=False) without key_added and keep "
-                "the returned per-gene and per-cell summaries."
-            )
-        adata = self._validate_anndata(adata)
-        mask = self._gene_mask(adata, gene_list)
-        idx = np.arange(adata.n_obs) if indices is None else np.asarray(indices)
-        parts: dict[str, list[torch.Tensor]] = {k: [] for k in VARIANCE_PARTS}
-        summary = UncertaintySummary(len(idx), int(mask.sum()))
-        chunks = self.iter_uncertainty(
-            adata, idx, gene_list, n_samples, library_size, batch_size, seed, progress
-        )
-        start = 0
-        for _, res, _ in chunks:
-            n = res.mean.shape[0]
-            summary.add(np.arange(start, start + n), res)
-            start += n
-            if return_frames or (key_added is not None and store_layers):
-                for name, value in zip(VARIANCE_PARTS, res, strict=True):
-                    parts[name].append(value.float().cpu())
-        obs_names, var_names = adata.obs_names[idx], adata.var_names[mask]
-        frames = {
-            name: pd.DataFrame(torch.cat(v).numpy(), index=obs_names, columns=var_names)
-            for name, v in parts.items()
-            if v
-        }
-        genes, cells = summary.genes(var_names), summary.cells(obs_names)
-        if key_added is not None:
-            settings = {"n_samples": int(n_samples), "library_size": float(library_size)}
-            settings["seed"] = int(seed)
-            self._store_uncertainty(
-                adata, idx, mask, frames if store_layers else {}, genes, cells, key_added,
-                settings,
-            )  # fmt: skip
-        return frames if return_frames else {"genes": genes, "cells": cells}
-
-    def differential_expression(self, adata: AnnData | None = None, **kwargs: Any) -> pd.DataFrame:
-        """Differential expression with the ensemble posterior and a posterior expected FDR.
-
-        :func:`ensemblevi.tl.differential_expression` with ``model=self``; ``kwargs`` are its
-        arguments (``groupby``, ``group1``, ``group2``, ``delta``, ``fdr_target``,
-        ``estimand``, ``n_samples``, ``max_cells``, ``batch_correction``, ``pseudocount``,
-        ``seed``, ``key_added``, ``progress``).
-        """
-        from ensemblevi.tl import differential_expression
-
-        return differential_expression(self, adata, **kwargs)
-
-    @torch.inference_mode()
-    def iter_uncertainty(
-        self,
-        adata: AnnData | None = None,
-        indices: Sequence[int] | None = None,
-        gene_list: Sequence[str] | None = None,
-        n_samples: int = 25,
-        library_size: float = 1e4,
-        batch_size: int | None = None,
-        seed: int = 0,
-        progress: bool = True,
-    ) -> Iterator[tuple[np.ndarray, Any, torch.Tensor]]:
-        """Stream :meth:`get_uncertainty` over cell chunks, for reductions in bounded memory.
-
-        Yields ``(cell_positions, parts, member_means)`` per minibatch: the positions in
-        ``adata`` of the chunk's cells, the :class:`~ensemblevi.model.VarianceParts` of the
-        chunk (each ``(B, G)``) and the members' means over latent samples ``(K, B, G)``
-        (normalised expression per ``library_size``), for the genes of ``gene_list``.
-        """
-        if n_samples < 1:
-            raise ValueError(f"n_samples must be >= 1, got {n_samples}.")
-        self._check_if_trained(warn=True)
-        adata = self._validate_anndata(adata)
-        mask = self._gene_mask(adata, gene_list)
-        idx = np.arange(adata.n_obs) if indices is None else np.asarray(indices)
-        if batch_size is None:
-            # bound the (samples, members, cells, genes) tensor to about 2e7 floats
-            per_cell = n_samples * self.n_members * adata.n_vars
-            batch_size = int(np.clip(2e7 // per_cell, 1, 256))
-        batches = self._seeded_batches(
-            adata, idx, batch_size, seed, "ensemble uncertainty" if progress else None
-        )
-        # all genes: no index (an index_select would copy the (S, K, B, G) tensors)
-        gene_idx = None if mask.all() else torch.from_numpy(np.flatnonzero(mask))
-        start = 0
-        for tensors in batches:
-            pred = self.module.predictive(tensors, n_samples=n_samples)
-            inputs = _variance_inputs(pred, gene_idx)
-            res = decompose_variance(**inputs, library_size=library_size)
-            n = res.mean.shape[0]
-            yield idx[start : start + n], res, (inputs["scale"] * library_size).mean(0)
-            start += n
-
-    def _store_uncertainty(self, adata, idx, mask, frames, genes, cells, key, settings):
-        cols = np.flatnonzero(mask)
-        for name, frame in frames.items():
-            layer = np.full(adata.shape, np.nan, dtype=np.float32)
-            layer[np.ix_(idx, cols)] = frame.to_numpy()
-            adata.layers[f"{key}_{name}"] = layer
-        for column, values in genes.items():
-            full = np.full(adata.n_vars, np.nan)
-            full[cols] = values.to_numpy()
-            adata.var[f"{key}_{column}"] = full
-        for column, values in cells.items():
-            full = np.full(adata.n_obs, np.nan)
-            full[idx] = values.to_numpy()
-            adata.obs[f"{key}_{column}"] = full
-        adata.uns.setdefault(key, {})["uncertainty"] = {
-            "ensemble": self.ensemble,
-            "n_members": self.n_members,
-            **settings,
-            "n_cells": len(idx),
-            "n_genes": len(cols),
-            "layers": [f"{key}_{n}" for n in frames],
-        }
-
     # ------------------------------------------------------------ save / load
     def save(
         self,
@@ -1041,6 +410,19 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
         Everything is written to a temporary directory next to ``dir_path`` and renamed into
         place, so a crash while saving leaves the previous model (or nothing), never a
         partial one.
+
+        Parameters
+        ----------
+        dir_path
+            Directory to save the model to.
+        prefix
+            Prefix of the saved files' names, as in scvi-tools.
+        overwrite
+            Replace a model already saved at ``dir_path`` (otherwise ``FileExistsError``).
+        save_anndata
+            Also save the AnnData, as in scvi-tools.
+        **kwargs
+            Passed to ``scvi.model.base.BaseModelClass.save``.
         """
         dir_path = os.path.abspath(os.fspath(dir_path))
         if os.path.exists(dir_path) and not overwrite:
@@ -1075,6 +457,18 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
 
         scvi-tools only warns when the genes differ, and a model then silently reads the
         wrong columns; here that is a ``ValueError`` that names the differences.
+
+        Parameters
+        ----------
+        dir_path
+            Directory the model was saved to.
+        adata
+            AnnData with the model's genes in the model's order (default: the AnnData saved
+            with ``save_anndata=True``).
+        prefix
+            Prefix given to :meth:`save`.
+        **kwargs
+            Passed to ``scvi.model.base.BaseModelClass.load`` (``accelerator``, ...).
         """
         model_file = saved_model_file(dir_path, prefix)
         if not os.path.exists(model_file):
@@ -1096,23 +490,3 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
                     "adata[:, model_var_names] before loading."
                 )
         return super().load(dir_path, adata=adata, prefix=prefix, **kwargs)
-
-
-for _name, _why in MEMBER_ONLY.items():
-    setattr(EnsembleSCVI, _name, member_only(_name, _why))
-
-
-def _variance_inputs(
-    pred: Predictive, genes: torch.Tensor | None
-) -> dict[str, torch.Tensor | None]:
-    """The inputs of :func:`decompose_variance` for the selected genes (``None``: all)."""
-
-    def sel(t):
-        return t if t is None or genes is None else t.index_select(-1, genes.to(t.device))
-
-    return {
-        "scale": sel(pred.scale),
-        "library": pred.library.exp(),
-        "theta": sel(pred.theta),
-        "zi_logits": sel(pred.zi_logits),
-    }

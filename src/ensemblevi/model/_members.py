@@ -1,8 +1,9 @@
 """Per-member views of an ensemble, and which scvi-tools methods work at which level.
 
 An :class:`~ensemblevi.model.EnsembleSCVI` inherits every method of scvi-tools'
-``RNASeqMixin`` and ``VAEMixin``. Each of them is in exactly one of three groups (a test
-checks that the groups cover the mixins, so a new scvi-tools method cannot slip through):
+``RNASeqMixin`` and ``VAEMixin``. Each of them is in exactly one of three groups
+(:func:`check_member_contract`, run by the tests, checks that the groups cover the mixins,
+so a new scvi-tools method cannot slip through):
 
 * ``OVERRIDDEN``: EnsembleSCVI implements an ensemble version (member-aware, scvi-tools'
   return types by default);
@@ -10,7 +11,8 @@ checks that the groups cover the mixins, so a new scvi-tools method cannot slip 
   because the module methods it calls (``sample``, ``_get_denoised_samples``) return the
   ensemble's predictive (the equal-weight member mixture);
 * ``MEMBER_ONLY``: only meaningful per member (latent-space or parameter outputs); on the
-  ensemble they raise :class:`MemberMethodError` naming ``model.members[k].<method>``.
+  ensemble they are :class:`MemberOnly` attributes that raise :class:`MemberMethodError`
+  naming ``model.members[k].<method>``.
 
 ``model.members[k]`` is a :class:`MemberView`: scvi-tools' own methods run with the module
 switched to member ``k`` alone, so it behaves like a ``scvi.model.SCVI`` holding that
@@ -20,10 +22,12 @@ member's weights, with scvi-tools' return types.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from scvi.model.base import RNASeqMixin, VAEMixin
+
+from ensemblevi._compat import incompatibility_error
 
 if TYPE_CHECKING:
     from ._ensemble_scvi import EnsembleSCVI
@@ -36,7 +40,7 @@ OVERRIDDEN = (
     "get_reconstruction_error",
     "get_latent_library_size",
     "_get_denoised_samples",
-    "differential_expression",  # the ensemble posterior's population estimand (tl._de)
+    "differential_expression",  # the ensemble posterior's population estimand (base._de_core)
 )
 VIA_MODULE = (
     "posterior_predictive_sample",
@@ -57,29 +61,44 @@ class MemberMethodError(TypeError):
     """An scvi-tools method that is defined per member was called on the whole ensemble."""
 
 
-def member_only(name: str, why: str):
-    """An EnsembleSCVI method that refuses and says what to call instead."""
+class MemberOnly:
+    """An ensemble attribute standing for an scvi-tools method that works per member only.
 
-    def method(self, *args: Any, **kwargs: Any):
-        raise MemberMethodError(
-            f"EnsembleSCVI.{name} works per member: {why}. Call "
-            f"model.members[k].{name}(...) for member k (k = 0..{self.n_members - 1}), which "
-            "behaves like scvi.model.SCVI."
+    Declared in a class body as ``get_likelihood_parameters = MemberOnly()``; the reason
+    comes from :data:`MEMBER_ONLY` under the attribute's name. Calling it raises
+    :class:`MemberMethodError` naming ``model.members[k].<name>``.
+    """
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        if name not in MEMBER_ONLY:
+            raise TypeError(f"{name} is not in MEMBER_ONLY; give its reason there.")
+        self.name, self.why = name, MEMBER_ONLY[name]
+        self.__doc__ = (
+            f"Not available on the whole ensemble ({self.why}); use ``model.members[k].{name}``."
         )
 
-    method.__name__ = name
-    method.__doc__ = (
-        f"Not available on the whole ensemble ({why}); use ``model.members[k].{name}``."
-    )
-    return method
+    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
+        if obj is None:
+            return self
+        return functools.partial(self._refuse, obj)
+
+    def _refuse(self, model: Any, *args: Any, **kwargs: Any):
+        raise MemberMethodError(
+            f"EnsembleSCVI.{self.name} works per member: {self.why}. Call "
+            f"model.members[k].{self.name}(...) for member k (k = 0..{model.n_members - 1}), "
+            "which behaves like scvi.model.SCVI."
+        )
 
 
-def _in_member(fn):
+def _in_member(fn: Callable) -> Callable:
+    """scvi-tools' ``fn``, run with the view's ensemble switched to the view's member."""
+
     @functools.wraps(fn)
     def wrapper(self: MemberView, *args, **kwargs):
         with self.model.module.member(self.member):
             return fn(self, *args, **kwargs)
 
+    wrapper.in_member = True
     return wrapper
 
 
@@ -93,7 +112,32 @@ class MemberView(RNASeqMixin, VAEMixin):
 
     For ``ensemble="mcdropout"`` the members are not fixed functions: each call of a member
     view draws new dropout masks, i.e. it is one more draw of the MC-dropout posterior.
+
+    Parameters
+    ----------
+    model
+        The ensemble.
+    member
+        The member's index, ``0 <= member < model.n_members``.
     """
+
+    # RNASeqMixin
+    _get_transform_batch_gen_kwargs = _in_member(RNASeqMixin._get_transform_batch_gen_kwargs)
+    get_importance_weights = _in_member(RNASeqMixin.get_importance_weights)
+    get_normalized_expression = _in_member(RNASeqMixin.get_normalized_expression)
+    differential_expression = _in_member(RNASeqMixin.differential_expression)
+    posterior_predictive_sample = _in_member(RNASeqMixin.posterior_predictive_sample)
+    _get_denoised_samples = _in_member(RNASeqMixin._get_denoised_samples)
+    get_feature_correlation_matrix = _in_member(RNASeqMixin.get_feature_correlation_matrix)
+    get_likelihood_parameters = _in_member(RNASeqMixin.get_likelihood_parameters)
+    get_latent_library_size = _in_member(RNASeqMixin.get_latent_library_size)
+    # VAEMixin
+    get_elbo = _in_member(VAEMixin.get_elbo)
+    get_marginal_ll = _in_member(VAEMixin.get_marginal_ll)
+    get_reconstruction_error = _in_member(VAEMixin.get_reconstruction_error)
+    get_latent_representation = _in_member(VAEMixin.get_latent_representation)
+    get_aggregated_posterior = _in_member(VAEMixin.get_aggregated_posterior)
+    differential_abundance = _in_member(VAEMixin.differential_abundance)
 
     def __init__(self, model: EnsembleSCVI, member: int):
         self.model = model
@@ -111,14 +155,14 @@ class MemberView(RNASeqMixin, VAEMixin):
         )
 
 
-for _cls in (RNASeqMixin, VAEMixin):
-    for _name, _value in vars(_cls).items():
-        if callable(_value) and not _name.startswith("__"):
-            setattr(MemberView, _name, _in_member(_value))
-
-
 class Members(Sequence):
-    """``model.members``: the K member views, indexable and iterable."""
+    """``model.members``: the K member views, indexable and iterable.
+
+    Parameters
+    ----------
+    model
+        The ensemble.
+    """
 
     def __init__(self, model: EnsembleSCVI):
         self._model = model
@@ -136,3 +180,67 @@ class Members(Sequence):
 
     def __iter__(self) -> Iterator[MemberView]:
         return (self[k] for k in range(len(self)))
+
+
+def mixin_methods() -> dict[str, Callable]:
+    """Every method scvi-tools' ``RNASeqMixin`` and ``VAEMixin`` define (dunders aside)."""
+    return {
+        name: value
+        for cls in (RNASeqMixin, VAEMixin)
+        for name, value in vars(cls).items()
+        if callable(value) and not name.startswith("__")
+    }
+
+
+def member_contract_problems(model_cls: type) -> list[str]:
+    """Where ``model_cls`` and :class:`MemberView` break the three-group contract.
+
+    Parameters
+    ----------
+    model_cls
+        The ensemble model class (``EnsembleSCVI``).
+    """
+    inherited = mixin_methods()
+    groups = [set(OVERRIDDEN), set(VIA_MODULE), set(MEMBER_ONLY)]
+    problems = []
+    unknown = set(inherited) - set.union(*groups)
+    if unknown:
+        problems.append(
+            f"scvi-tools' mixins have methods ensemblevi does not handle: {sorted(unknown)}"
+        )
+    twice = {n for i, g in enumerate(groups) for h in groups[i + 1 :] for n in g & h}
+    if twice:
+        problems.append(f"methods in more than one group: {sorted(twice)}")
+    for name, fn in inherited.items():
+        if name in OVERRIDDEN and getattr(model_cls, name) is fn:
+            problems.append(f"{model_cls.__name__}.{name} is scvi-tools' own, not an override")
+        if name in VIA_MODULE and getattr(model_cls, name) is not fn:
+            problems.append(f"{model_cls.__name__}.{name} should be scvi-tools' own")
+        if name in MEMBER_ONLY and not isinstance(_class_attr(model_cls, name), MemberOnly):
+            problems.append(f"{model_cls.__name__}.{name} is not declared MemberOnly()")
+        view = getattr(MemberView, name, None)
+        if not getattr(view, "in_member", False) or view.__wrapped__ is not fn:
+            problems.append(f"MemberView.{name} does not run scvi-tools' own on one member")
+    return problems
+
+
+def _class_attr(cls: type, name: str) -> Any:
+    for klass in cls.__mro__:
+        if name in vars(klass):
+            return vars(klass)[name]
+    return None
+
+
+def check_member_contract(model_cls: type | None = None) -> None:
+    """Raise ``ImportError`` naming the scvi-tools mixin methods the ensemble mishandles.
+
+    Parameters
+    ----------
+    model_cls
+        The ensemble model class (default: :class:`~ensemblevi.model.EnsembleSCVI`).
+    """
+    if model_cls is None:
+        from ._ensemble_scvi import EnsembleSCVI as model_cls
+    problems = member_contract_problems(model_cls)
+    if problems:
+        raise incompatibility_error(problems)

@@ -31,7 +31,19 @@ def check_shard(
     n_members_total: int | None,
     seed: int | None,
 ) -> tuple[int, int] | None:
-    """``(offset, total)`` of a shard, ``None`` for a whole ensemble; clear errors otherwise."""
+    """``(offset, total)`` of a shard, ``None`` for a whole ensemble; clear errors otherwise.
+
+    Parameters
+    ----------
+    ensemble
+        The ensemble kind (sharding needs ``deep``).
+    n_members
+        Members held by this model.
+    member_offset, n_members_total
+        Position of its first member in, and size of, the whole ensemble.
+    seed
+        The initialisation seed (sharding needs one).
+    """
     total = n_members if n_members_total is None else int(n_members_total)
     offset = int(member_offset)
     if (offset, total) == (0, n_members):
@@ -58,7 +70,17 @@ def check_shard(
 def member_slice(
     full: dict[str, torch.Tensor], small: dict[str, torch.Tensor], offset: int
 ) -> dict[str, torch.Tensor]:
-    """The whole ensemble's state restricted to ``small``'s members (axis 0 from ``offset``)."""
+    """The whole ensemble's state restricted to ``small``'s members (axis 0 from ``offset``).
+
+    Parameters
+    ----------
+    full
+        State dict of the whole ensemble's module.
+    small
+        State dict of the shard's module (the target shapes).
+    offset
+        The shard's first member.
+    """
     out = {}
     for key, ref in small.items():
         value = full[key]
@@ -78,7 +100,17 @@ def _spec(model: EnsembleSCVI) -> dict[str, Any]:
 
 
 def merge_models(cls: type[EnsembleSCVI], shards: Sequence[EnsembleSCVI], adata=None):
-    """Concatenate the members of ``shards`` (see :meth:`EnsembleSCVI.merge`)."""
+    """Concatenate the members of ``shards`` (see :meth:`EnsembleSCVI.merge`).
+
+    Parameters
+    ----------
+    cls
+        The model class to build the merged model with.
+    shards
+        Trained shards of one ensemble specification.
+    adata
+        AnnData of the merged model (default: the first shard's).
+    """
     if not shards:
         raise ValueError("merge needs at least one shard.")
     shards = sorted(shards, key=lambda m: m.member_range[0])

@@ -12,6 +12,8 @@ import scvi
 from anndata import AnnData
 from scvi.utils import track
 
+from ensemblevi._seeding import seeded_globally
+
 
 def seed_ensemble(
     adata: AnnData,
@@ -43,11 +45,12 @@ def seed_ensemble(
         Passed to ``setup_anndata`` (``layer``, ``batch_key``, ...).
     max_epochs, train_kwargs
         Passed to ``SCVI.train``.
+    progress
+        Show a progress bar over the seeds.
     **scvi_kwargs
         Passed to ``scvi.model.SCVI`` (``n_hidden``, ``n_latent``, ...).
     """
     from ensemblevi.model import EnsembleSCVI
-    from ensemblevi.model._ensemble_scvi import _seeded_globally
 
     setup_kwargs = dict(setup_kwargs or {})
     scvi.model.SCVI.setup_anndata(adata, **setup_kwargs)
@@ -57,7 +60,7 @@ def seed_ensemble(
         if path is not None and (path / "model.pt").exists():
             models.append(scvi.model.SCVI.load(str(path), adata=adata))
             continue
-        with _seeded_globally(seed), warnings.catch_warnings():
+        with seeded_globally(seed), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = scvi.model.SCVI(adata, **scvi_kwargs)
             model.train(max_epochs=max_epochs, enable_progress_bar=False, **(train_kwargs or {}))

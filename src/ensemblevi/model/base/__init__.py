@@ -1,0 +1,19 @@
+"""Building blocks of the ensemble model, as ``scvi.model.base``: mixins and the DE core."""
+
+from ._assembly import AssemblyMixin
+from ._de_core import ensemble_de, lfc_posterior, summarise_lfc
+from ._ensemblemixin import EnsembleMixin
+from ._rnamixin import EnsembleRNASeqMixin
+from ._uncertaintymixin import UncertaintyMixin
+from ._vaemixin import EnsembleVAEMixin
+
+__all__ = [
+    "AssemblyMixin",
+    "EnsembleMixin",
+    "EnsembleRNASeqMixin",
+    "EnsembleVAEMixin",
+    "UncertaintyMixin",
+    "ensemble_de",
+    "lfc_posterior",
+    "summarise_lfc",
+]

@@ -1,0 +1,75 @@
+"""Helpers every ensemble output mixin uses: members, genes, cells and seeded minibatches."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import numpy as np
+import pandas as pd
+import torch
+from anndata import AnnData
+from scvi.utils import track
+
+from ensemblevi._seeding import private_torch_rng
+
+
+class EnsembleMixin:
+    """Member selection, gene masks and seeded minibatches of an ensemble model.
+
+    Expects what ``scvi.model.base.BaseModelClass`` provides (``module``, ``device``,
+    ``_validate_anndata``, ``_make_data_loader``) and ``n_members``.
+    """
+
+    def _gene_mask(self, adata: AnnData, gene_list: Sequence[str] | None) -> np.ndarray:
+        if gene_list is None:
+            return np.ones(adata.n_vars, dtype=bool)
+        gene_list = [gene_list] if isinstance(gene_list, str) else list(gene_list)
+        missing = [g for g in gene_list if g not in adata.var_names]
+        if missing:
+            raise ValueError(
+                f"{len(missing)} gene(s) of gene_list are not in adata.var_names, e.g. "
+                f"{missing[:5]}. The model knows {adata.n_vars} genes; check the names "
+                "(symbols vs Ensembl ids) and that the genes survived HVG selection."
+            )
+        return adata.var_names.isin(gene_list)
+
+    def _check_member(self, member: int | None) -> int | None:
+        if member is not None and not 0 <= member < self.n_members:
+            raise IndexError(f"member {member} out of range: the ensemble has {self.n_members}.")
+        return member
+
+    @contextmanager
+    def _only(self, member: int | None):
+        """Compute only ``member`` inside the block (all members for ``None``)."""
+        if member is None:
+            yield
+        else:
+            with self.module.member(self._check_member(member)):
+                yield
+
+    def _seeded_batches(
+        self,
+        adata: AnnData,
+        indices: Sequence[int] | None,
+        batch_size: int | None,
+        seed: int | None,
+        description: str | None = None,
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        """Minibatches on the model's device, module in eval mode, under a private seeded RNG.
+
+        The global RNG is left as it was, so outputs are reproducible for a ``seed`` without
+        disturbing the caller's random state. ``description`` shows a progress bar.
+        """
+        loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
+        self.module.eval()
+        device = self.device
+        with private_torch_rng(seed, device):
+            for tensors in track(
+                loader, description=description or "", disable=description is None, style="tqdm"
+            ):
+                yield {k: v.to(device) if torch.is_tensor(v) else v for k, v in tensors.items()}
+
+    def _cell_names(self, adata: AnnData, indices: Sequence[int] | None) -> pd.Index:
+        """Names of the cells ``indices`` (all for ``None``) of an already validated AnnData."""
+        return adata.obs_names if indices is None else adata.obs_names[np.asarray(indices)]

@@ -1,0 +1,190 @@
+"""Ensemble versions of scvi-tools' ``RNASeqMixin`` outputs: expression and DE.
+
+Data-space outputs are the ensemble's: normalised expression averaged over members (or
+stacked), denoised samples and posterior predictive counts from the member mixture, and
+differential expression with the pooled members' posterior (:mod:`._de_core`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from anndata import AnnData
+from scvi.model.base import RNASeqMixin
+
+from ensemblevi._compat import batch_codes
+from ensemblevi._constants import DE_KEY
+
+from .._members import MemberOnly
+from . import _de_core
+from ._ensemblemixin import EnsembleMixin
+
+
+class EnsembleRNASeqMixin(EnsembleMixin, RNASeqMixin):
+    """Normalised expression, denoised samples and differential expression of an ensemble;
+    the methods about one member's count distribution or posterior are per member."""
+
+    get_likelihood_parameters = MemberOnly()
+    get_importance_weights = MemberOnly()
+
+    @torch.inference_mode()
+    def get_normalized_expression(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        transform_batch: Sequence[int | str] | int | str | None = None,
+        gene_list: Sequence[str] | None = None,
+        library_size: float | Literal["latent"] = 1,
+        n_samples: int = 1,
+        batch_size: int | None = None,
+        return_mean: bool = True,
+        return_numpy: bool | None = None,
+        member: int | None = None,
+        return_members: bool = False,
+        seed: int | None = None,
+        silent: bool = True,
+    ) -> np.ndarray | pd.DataFrame:
+        """Normalised expression: the member average (how an ensemble predicts), or members.
+
+        Parameters
+        ----------
+        adata, indices, gene_list, n_samples, batch_size, return_mean, return_numpy
+            As in ``scvi.model.SCVI.get_normalized_expression``.
+        transform_batch
+            Decode as if from this batch category (its name in ``obs``); a list averages over
+            those batches, as scvi-tools does.
+        library_size
+            Counts per cell the expression is scaled to, or ``"latent"`` for the modelled
+            mean counts of each cell.
+        member
+            Only this member, through scvi-tools' own implementation (``model.members[k]``):
+            exactly what ``scvi.model.SCVI`` returns. Importance weighting
+            (``weights="importance"``) is available there.
+        return_members
+            Every member stacked: ``(K, n_obs, n_genes)``, or ``(K, n_samples, n_obs,
+            n_genes)`` with ``n_samples > 1`` and ``return_mean=False``.
+        seed
+            Seed of the latent samples (``None``: the global torch generator).
+        silent
+            Hide the progress bar.
+
+        Returns
+        -------
+        The member average as an ``n_obs x n_genes`` DataFrame (numpy with
+        ``return_numpy=True``, or ``(n_samples, n_obs, n_genes)`` numpy when samples are
+        kept, as scvi-tools), or the stacked members.
+        """
+        if member is not None and not return_members:
+            return self.members[self._check_member(member)].get_normalized_expression(
+                adata=adata,
+                indices=indices,
+                transform_batch=transform_batch,
+                gene_list=gene_list,
+                library_size=library_size,
+                n_samples=n_samples,
+                batch_size=batch_size,
+                return_mean=return_mean,
+                return_numpy=return_numpy,
+                silent=silent,
+            )
+        self._check_if_trained(warn=True)
+        adata_ = self._validate_anndata(adata)
+        mask = torch.from_numpy(self._gene_mask(adata_, gene_list))
+        codes = batch_codes(self.get_anndata_manager(adata_, required=True), transform_batch)
+        chunks = []
+        batches = self._seeded_batches(
+            adata_, indices, batch_size, seed, None if silent else "normalised expression"
+        )
+        for tensors in batches:
+            per_batch = []
+            for code in codes:
+                pred = self.module.predictive(tensors, n_samples=n_samples, transform_batch=code)
+                values = pred.rate if library_size == "latent" else pred.scale * library_size
+                per_batch.append(values[..., mask])
+            chunks.append(torch.stack(per_batch).mean(0).cpu())  # (S, K, B, G)
+        values = torch.cat(chunks, dim=2).numpy()
+        if return_mean or n_samples == 1:
+            values = values.mean(0)  # (K, n, G)
+        else:
+            values = values.swapaxes(0, 1)  # (K, S, n, G)
+        if return_members:
+            return values
+        mean = values.mean(0)
+        if return_numpy or mean.ndim != 2:
+            return mean
+        return pd.DataFrame(
+            mean, index=self._cell_names(adata_, indices), columns=adata_.var_names[mask.numpy()]
+        )
+
+    @torch.inference_mode()
+    def _get_denoised_samples(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        n_samples: int = 25,
+        batch_size: int = 64,
+        rna_size_factor: int = 1000,
+        transform_batch: int | None = None,
+    ) -> np.ndarray:
+        """scvi-tools' denoised samples (Gamma around the NB mean), from the member mixture.
+
+        Used by the inherited ``get_feature_correlation_matrix``: each cell's each sample
+        comes from a member drawn uniformly at random.
+        """
+        if self.module.gene_likelihood == "poisson":
+            raise ValueError(
+                "Denoised samples (and get_feature_correlation_matrix) need a dispersion: "
+                "train with gene_likelihood='nb' or 'zinb'."
+            )
+        adata = self._validate_anndata(adata)
+        out = []
+        for tensors in self._seeded_batches(adata, indices, batch_size, seed=None):
+            pred = self.module.predictive(tensors, n_samples, transform_batch=transform_batch)
+            choose = pred.mixture_draw()
+            rate, theta = choose(rna_size_factor * pred.scale), choose(pred.theta)
+            data = torch.distributions.Gamma(theta, theta / rate).sample().cpu().numpy()
+            out.append(data[0] if n_samples == 1 else np.transpose(data, (1, 2, 0)))
+        return np.concatenate(out, axis=0)
+
+    def differential_expression(
+        self,
+        adata: AnnData | None = None,
+        groupby: str = "cell_type",
+        group1: str | None = None,
+        group2: str | None = None,
+        delta: float = 0.5,
+        fdr_target: float = 0.05,
+        estimand: Literal["population", "cell_pairs"] = "population",
+        n_samples: int = 50,
+        max_cells: int = 500,
+        batch_correction: bool = False,
+        pseudocount: float = 0.1,
+        seed: int = 0,
+        key_added: str | None = DE_KEY,
+        progress: bool = True,
+    ) -> pd.DataFrame:
+        """Differential expression with the ensemble posterior and a posterior expected FDR.
+
+        scvi-tools' own (``mode="change"``) runs per member on ``model.members[k]``.
+
+        Parameters
+        ----------
+        adata, groupby, group1, group2, delta, fdr_target, estimand, n_samples, max_cells
+            As in :func:`ensemblevi.model.base.ensemble_de`.
+        batch_correction, pseudocount, seed, key_added, progress
+            As in :func:`ensemblevi.model.base.ensemble_de`.
+
+        Returns
+        -------
+        The DE table, one row per gene (see :func:`ensemblevi.model.base.ensemble_de`).
+        """
+        return _de_core.ensemble_de(
+            self, adata, groupby=groupby, group1=group1, group2=group2, delta=delta,
+            fdr_target=fdr_target, estimand=estimand, n_samples=n_samples,
+            max_cells=max_cells, batch_correction=batch_correction, pseudocount=pseudocount,
+            seed=seed, key_added=key_added, progress=progress,
+        )  # fmt: skip
