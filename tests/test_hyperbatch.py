@@ -12,7 +12,7 @@ from ensemblevi.model import EnsembleSCVI
 from ensemblevi.module import DEFAULT_HYPERPARAMETERS, EnsembleVAE, resolve_hyperparameters
 from ensemblevi.module._hyperparameters import L2_GROUPS
 from ensemblevi.nn import HyperBatchEnsembleLinear, HyperDropout, hyper_l2_penalty
-from ensemblevi.train import HyperTrainingPlan
+from ensemblevi.train import HyperTrainingPlan, tune_step
 
 K, G, B = 3, 30, 16
 
@@ -64,7 +64,7 @@ def test_training_loss_weighs_kl_by_sampled_beta_and_adds_the_l2_penalty():
     l2 = (
         sum(
             hyper_l2_penalty(layer, module._lambda[..., module.hyper.index(f"l2_{group}")])
-            for group, layers in module._l2_groups().items()
+            for group, layers in module.l2_groups().items()
             for layer in layers
         )
         / 50
@@ -72,10 +72,10 @@ def test_training_loss_weighs_kl_by_sampled_beta_and_adds_the_l2_penalty():
     assert l2 > 0
     torch.testing.assert_close(out.loss, expected + l2)
     # every HBE linear layer is in exactly one L2 group
-    grouped = [id(m) for layers in module._l2_groups().values() for m in layers]
+    grouped = [id(m) for layers in module.l2_groups().values() for m in layers]
     all_layers = [id(m) for m in module.modules() if isinstance(m, HyperBatchEnsembleLinear)]
     assert sorted(grouped) == sorted(all_layers) and len(set(grouped)) == len(grouped)
-    assert tuple(module._l2_groups()) == L2_GROUPS
+    assert tuple(module.l2_groups()) == L2_GROUPS
     # evaluation: the plain ELBO (beta = 1, no penalty)
     module.eval()
     inf, gen, out = module(tensors)
@@ -104,15 +104,14 @@ def test_tune_loss_is_the_mixture_nll_minus_entropy_and_moves_only_the_bounds():
     torch.testing.assert_close(loss, nll - 0.1 * module.hyper.entropy().mean())
     # the tune step: only the bounds change, and they stay clipped
     plan = HyperTrainingPlan(module, tune_lr=0.05)
-    plan._tune_opt = torch.optim.Adam(module.hyper_parameters(), lr=0.05)
-    plan._val_iter = iter([tensors])
+    tune_opt = torch.optim.Adam(module.hyper_parameters(), lr=0.05)
     with torch.no_grad():  # a non-trivial embedding, so the NLL depends on lambda
         for m in module.modules():
             if isinstance(m, HyperBatchEnsembleLinear):
                 m.embedding.weight.normal_(0, 0.3)
     net = {n: p.detach().clone() for n, p in module.named_parameters() if "hyper.log" not in n}
     bounds = [p.detach().clone() for p in module.hyper_parameters()]
-    plan.tune_step()
+    tune_step(module, tensors, tune_opt, tau=plan.tau)
     for n, p in module.named_parameters():
         if n in net:
             assert torch.equal(p, net[n]), n

@@ -14,7 +14,7 @@ import warnings
 import torch
 import torch.distributed as dist
 
-import ensemblevi.nn._blocks as blocks
+import ensemblevi.nn._blocks as blocks  # EnsembleEncoder draws its latent noise here
 from ensemblevi.data import synthetic
 from ensemblevi.model import EnsembleSCVI
 
