@@ -53,16 +53,22 @@ def _launch(tmp_path, kind: str, world: int, no_sync: bool) -> dict:
     return results[0]
 
 
-@pytest.mark.parametrize("kind", ["deep", "batch"])
+@pytest.mark.parametrize("kind", ["deep", "batch", "hyperbatch"])
 def test_two_process_ddp_matches_one_process(tmp_path, kind):
     one = _run(tmp_path, kind, 1)
     two = _run(tmp_path, kind, 2)
+    # hyperbatch: train losses with the L2 penalty, and every second step a tune NLL
+    assert len(one["losses"]) == (6 if kind == "hyperbatch" else 4)
     torch.testing.assert_close(
         torch.tensor(two["losses"]), torch.tensor(one["losses"]), rtol=1e-5, atol=1e-4
     )
     for key, value in one["state"].items():
-        # members' weights, BatchEnsemble fast weights, per-member batch-norm statistics
+        # members' weights, BatchEnsemble fast weights, per-member batch-norm statistics,
+        # HBE's embeddings and (moved by the tune steps) hyperparameter bounds
         torch.testing.assert_close(two["state"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+    if kind == "hyperbatch":  # the tune steps did move the bounds compared above
+        for key in ("hyper.log_low", "hyper.log_high"):
+            assert (one["state"][key] - one["start"][key]).abs().max() > 1e-4
 
 
 def test_without_synced_batch_norm_the_statistics_differ(tmp_path):

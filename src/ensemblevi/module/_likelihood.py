@@ -192,10 +192,12 @@ _COMPILED: dict[str, object] = {"on": False, "fn": None, "grad": None, "failed":
 logger = logging.getLogger(__name__)
 
 
-#: Training steps from which ``EnsembleSCVI.train`` compiles the likelihood by default:
-#: the one-off compile time (measured by ``benchmarks/bench_compile_time.py``) is then
-#: at most a few per cent of the run.
-COMPILE_MIN_STEPS = 2000
+#: Training steps from which ``EnsembleSCVI.train`` compiles the likelihood by default.
+#: Compiling costs about 30 s once per process on a 2-core CPU with a cold cache (both
+#: minibatch shapes of a K = 4 ``heartlike`` run; ``benchmarks/bench_compile_time.py``),
+#: and saves about 10 ms a K = 4 step there (``docs/benchmarks.md``): it pays from about
+#: 3,000 steps. A default ``heartlike`` run (400 epochs of 146 steps) has 58,400.
+COMPILE_MIN_STEPS = 3000
 
 
 def should_compile(
