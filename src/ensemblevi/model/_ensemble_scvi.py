@@ -399,9 +399,9 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
             Compile the element-wise part of the fused ZINB/NB likelihood with
             ``torch.compile`` (one kernel per minibatch shape; see ``docs/benchmarks.md``
             for the measured gain). ``None`` (default): compile when the training has at
-            least :data:`~ensemblevi.module.COMPILE_MIN_STEPS` steps, where the one-off
-            compile time is repaid. Where ``torch.compile`` does not work (no C++
-            compiler on CPU, no Triton on CUDA, an unsupported platform) training runs
+            least ``ensemblevi.module._likelihood.COMPILE_MIN_STEPS`` steps (3,000), where
+            the one-off compile time is repaid. Where ``torch.compile`` does not work (no
+            C++ compiler on CPU, no Triton on CUDA, an unsupported platform) training runs
             the eager kernel, with one logged warning.
         **kwargs
             Passed to ``scvi.model.base.UnsupervisedTrainingMixin.train``

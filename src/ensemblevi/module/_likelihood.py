@@ -120,7 +120,15 @@ def _zinb_log_prob_sum(
 
 
 def poisson_log_prob_sum(x: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
-    """Sum over genes of the Poisson log-pmf; ``lgamma(x + 1)`` once per minibatch."""
+    """Sum over genes of the Poisson log-pmf; ``lgamma(x + 1)`` once per minibatch.
+
+    Parameters
+    ----------
+    x
+        Counts ``(B, G)``.
+    rate
+        Poisson rates ``(..., B, G)``.
+    """
     return (torch.xlogy(x, rate) - rate).sum(-1) - torch.lgamma(x + 1).sum(-1)
 
 
@@ -356,8 +364,16 @@ def _fused(x, *params) -> bool:
 def nb_log_prob_sum(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """Sum over genes of the negative-binomial log-pmf (scvi-tools' parameterisation).
 
-    ``x`` is ``(B, G)``; ``mu`` ``(..., B, G)``; ``theta`` broadcastable to ``mu`` (e.g.
-    ``(K, 1, G)``). Returns ``(..., B)``. Fused forward/backward when a gradient is needed.
+    Returns ``(..., B)``; fused forward/backward when a gradient is needed.
+
+    Parameters
+    ----------
+    x
+        Counts ``(B, G)``.
+    mu
+        Means ``(..., B, G)``.
+    theta
+        Inverse dispersions, broadcastable to ``mu`` (e.g. ``(K, 1, G)``).
     """
     if _fused(x, mu, theta):
         return _CountLogProbSum.apply(x, mu, theta, None)
@@ -369,8 +385,18 @@ def zinb_log_prob_sum(
 ) -> torch.Tensor:
     """Sum over genes of the zero-inflated negative-binomial log-pmf (scvi-tools' form).
 
-    Same shapes as :func:`nb_log_prob_sum`; ``zi_logits`` like ``mu``. Returns ``(..., B)``.
-    Fused forward/backward when a gradient is needed.
+    Returns ``(..., B)``; fused forward/backward when a gradient is needed.
+
+    Parameters
+    ----------
+    x
+        Counts ``(B, G)``.
+    mu
+        Means ``(..., B, G)``.
+    theta
+        Inverse dispersions, broadcastable to ``mu`` (e.g. ``(K, 1, G)``).
+    zi_logits
+        Zero-inflation logits, like ``mu``.
     """
     if _fused(x, mu, theta, zi_logits):
         return _CountLogProbSum.apply(x, mu, theta, zi_logits)

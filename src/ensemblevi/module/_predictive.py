@@ -65,7 +65,17 @@ class Predictive(NamedTuple):
 
 
 def to_smbd(t: torch.Tensor, n_samples: int, one_member: bool) -> torch.Tensor:
-    """Add the sample and member axes that ``inference``/``generative`` leave out."""
+    """Add the sample and member axes that ``inference``/``generative`` leave out.
+
+    Parameters
+    ----------
+    t
+        An output of ``inference`` or ``generative``.
+    n_samples
+        Latent samples it was computed with (1: no sample axis yet).
+    one_member
+        It comes from a single-member pass (no member axis yet).
+    """
     if one_member:
         t = t.unsqueeze(-3)
     if n_samples == 1 or t.dim() == 3:

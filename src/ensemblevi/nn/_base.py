@@ -225,6 +225,13 @@ class LinearBase(EnsembleModule):
 
     ``_members`` computes ``(..., K, B, d_in)`` input, ``_single`` one member's
     ``(..., B, d_in)``; ``_shared`` (a member-free input) defaults to broadcasting.
+
+    Parameters
+    ----------
+    n_members
+        K.
+    in_features, out_features
+        ``d_in``, ``d_out``.
     """
 
     def __init__(self, n_members: int, in_features: int, out_features: int):
@@ -361,6 +368,14 @@ class ConvBase(EnsembleModule):
 
 
 def per_row(v: torch.Tensor, n: int) -> torch.Tensor:
-    """``(K, C)`` per-member channel vector to ``(K*B, C, 1, 1)`` rows (``B = n / K``)."""
+    """``(K, C)`` per-member channel vector to ``(K*B, C, 1, 1)`` rows (``B = n / K``).
+
+    Parameters
+    ----------
+    v
+        One value per member and channel, ``(K, C)``.
+    n
+        Rows ``K*B`` of the member-major images.
+    """
     k = v.shape[0]
     return v.repeat_interleave(n // k, dim=0)[:, :, None, None]

@@ -44,15 +44,40 @@ class NaNGuard(Callback):
         self._state = copy.deepcopy(pl_module.module.state_dict())
 
     def on_train_start(self, trainer, pl_module) -> None:
+        """Snapshot the initial weights.
+
+        Parameters
+        ----------
+        trainer, pl_module
+            Lightning's trainer and the training plan.
+        """
         self._snapshot(pl_module)
         self.good_epoch = trainer.current_epoch
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        """Check pending flags; snapshot the epoch's weights.
+
+        Parameters
+        ----------
+        trainer, pl_module
+            Lightning's trainer and the training plan.
+        """
         self._check_pending(trainer, None)
         self._snapshot(pl_module)
         self.good_epoch = trainer.current_epoch + 1
 
     def on_train_batch_end(self, trainer, pl_module, outputs: Any, batch, batch_idx: int) -> None:
+        """Check the step's loss (or queue its check on an accelerator).
+
+        Parameters
+        ----------
+        trainer, pl_module
+            Lightning's trainer and the training plan.
+        outputs
+            What the training step returned.
+        batch, batch_idx
+            The minibatch and its index.
+        """
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if loss is None:
             return
@@ -124,11 +149,25 @@ class EpochCheckpoint(Callback):
         self.saved_epochs.append(epoch)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        """Save every ``every`` epochs (rank 0 only).
+
+        Parameters
+        ----------
+        trainer, pl_module
+            Lightning's trainer and the training plan.
+        """
         epoch = trainer.current_epoch + 1
         if epoch % self.every == 0 and trainer.is_global_zero:  # one writer under DDP
             self._save(epoch)
 
     def on_train_end(self, trainer, pl_module) -> None:
+        """Save the final model unless its epoch was just saved.
+
+        Parameters
+        ----------
+        trainer, pl_module
+            Lightning's trainer and the training plan.
+        """
         epoch = trainer.current_epoch
         if not trainer.is_global_zero:
             return
@@ -151,11 +190,29 @@ class HyperparameterTrajectory(Callback):
         self.records: list[dict] = []
 
     def on_train_start(self, trainer, pl_module) -> None:
+        """Record the initial bounds (a first training only).
+
+        Parameters
+        ----------
+        trainer, pl_module
+            Lightning's trainer and the training plan.
+        """
         if not self.records:
             self.records.append(bounds_record(pl_module.module.hyper, 0, trainer.current_epoch,
                                               None))  # fmt: skip
 
     def on_train_batch_end(self, trainer, pl_module, outputs: Any, batch, batch_idx: int) -> None:
+        """Record the bounds after a step that tuned them.
+
+        Parameters
+        ----------
+        trainer, pl_module
+            Lightning's trainer and the training plan.
+        outputs
+            What the training step returned.
+        batch, batch_idx
+            The minibatch and its index.
+        """
         if isinstance(outputs, dict) and "tune_nll" in outputs:
             self.records.append(
                 bounds_record(pl_module.module.hyper, pl_module.train_steps,
