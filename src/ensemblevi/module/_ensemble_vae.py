@@ -15,14 +15,14 @@ from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from torch import nn
 from torch.distributions import Normal, kl_divergence
 
-from ensemblevi._constants import EnsembleKind, check_kind, logmeanexp
+from ensemblevi._constants import EnsembleKind, check_kind
 from ensemblevi.module._hyperparameters import HyperparameterHost, HyperparameterSpec
 from ensemblevi.module._likelihood import (
     nb_log_prob_sum,
     poisson_log_prob_sum,
     zinb_log_prob_sum,
 )
-from ensemblevi.module._predictive import Predictive, to_smbd
+from ensemblevi.module._predictive import PredictiveMixin
 from ensemblevi.nn import (
     EnsembleDecoderSCVI,
     EnsembleEncoder,
@@ -32,7 +32,7 @@ from ensemblevi.nn import (
 )
 
 
-class EnsembleVAE(HyperparameterHost, BaseModuleClass):
+class EnsembleVAE(HyperparameterHost, PredictiveMixin, BaseModuleClass):
     """The scVI model (Lopez et al. 2018) as an ensemble of K members.
 
     ``z ~ N(0, I)``; ``x_g | z, l ~ ZINB / NB / Poisson(l * rho_g(z, s), theta_g)`` with the
@@ -476,178 +476,3 @@ class EnsembleVAE(HyperparameterHost, BaseModuleClass):
             reconstruction_loss=rec,
             kl_local={"kl_divergence_l": kl_l, "kl_divergence_z": kl_z},
         )
-
-    # ------------------------------------------------------------ evaluation
-    @auto_move_data
-    def predictive(
-        self,
-        tensors: dict[str, torch.Tensor],
-        n_samples: int = 1,
-        transform_batch: int | None = None,
-        use_mean: bool = False,
-    ) -> Predictive:
-        """The one all-member computation path behind every evaluation output.
-
-        Encodes the minibatch, draws ``n_samples`` latent samples per member (or takes the
-        posterior means with ``use_mean``) and decodes them, returning everything with
-        explicit ``(S, M, B, .)`` axes. Inside :meth:`member` only that member is computed
-        (``M = 1``). ELBO, marginal likelihood, posterior predictive samples, stacked
-        normalised expression and the uncertainty decomposition all read from here.
-
-        Parameters
-        ----------
-        tensors
-            A minibatch from an scvi-tools data loader.
-        n_samples
-            Latent samples per member and cell.
-        transform_batch
-            Decode every cell as if it came from this batch code.
-        use_mean
-            Decode the posterior means of ``z`` (and of the latent library size) instead of
-            samples; ``n_samples`` must then be 1.
-        """
-        if use_mean and n_samples != 1:
-            raise ValueError("use_mean=True decodes the posterior mean: pass n_samples=1.")
-        one = self.active_member is not None
-        inf = self.inference(**self._get_inference_input(tensors), n_samples=n_samples)
-        if use_mean:
-            inf["z"] = inf["qz"].loc
-            if inf["ql"] is not None:
-                inf["library"] = inf["ql"].loc
-        gen = self.generative(
-            **self._get_generative_input(tensors, inf), transform_batch=transform_batch
-        )
-        px = gen["px"]
-
-        def smbd(t):
-            return None if t is None else to_smbd(t, n_samples, one)
-
-        def dist(d):
-            return None if d is None else Normal(smbd(d.loc), smbd(d.scale), validate_args=False)
-
-        z = smbd(inf["z"])
-        if self.use_observed_lib_size:  # (B, 1) or (S, B, 1): no member axis
-            library = inf["library"].reshape(-1, 1, z.shape[2], 1).expand(-1, z.shape[1], -1, -1)
-        else:
-            library = smbd(inf["library"])
-        pl = gen["pl"]
-        if pl is not None:  # the prior depends on the batch only: (1, 1, B, 1)
-            pl = Normal(pl.loc.reshape(1, 1, -1, 1), pl.scale.reshape(1, 1, -1, 1))
-        theta = gen["theta"] if self.gene_likelihood != "poisson" else None
-        if theta is not None:
-            theta = theta.reshape(1, *([1] if one else []), *theta.shape)
-            theta = theta.reshape(1, theta.shape[1], -1, theta.shape[-1])
-        scale = px.scale
-        rate = px.mu if self.gene_likelihood != "poisson" else px.rate
-        return Predictive(
-            z=z,
-            qz=dist(inf["qz"]),
-            library=library,
-            ql=dist(inf["ql"]),
-            pl=pl,
-            scale=smbd(scale),
-            rate=smbd(rate),
-            theta=theta,
-            zi_logits=smbd(getattr(px, "zi_logits", None)),
-        )
-
-    @torch.inference_mode()
-    def member_elbo(self, tensors) -> torch.Tensor:
-        """Per-member, per-cell ELBO (beta = 1) from one latent sample: ``(M, B)``.
-
-        Parameters
-        ----------
-        tensors
-            A minibatch.
-        """
-        pred = self.predictive(tensors)
-        x = tensors[REGISTRY_KEYS.X_KEY]
-        elbo = pred.log_prob_sum(x, self.gene_likelihood)[0]
-        elbo = elbo - kl_divergence(pred.qz, Normal(0.0, 1.0)).sum(-1)[0]
-        if pred.ql is not None:
-            elbo = elbo - kl_divergence(pred.ql, pred.pl).sum(-1)[0]
-        return elbo
-
-    @torch.inference_mode()
-    @auto_move_data
-    def marginal_ll(
-        self,
-        tensors,
-        n_mc_samples: int,
-        return_mean: bool = False,
-        n_mc_samples_per_pass: int = 1,
-    ):
-        """Importance-sampled log p(x) per member: ``(K, B)``; ``(B,)`` in one member, as scVI.
-
-        Parameters
-        ----------
-        tensors
-            A minibatch.
-        n_mc_samples
-            Importance samples per member and cell.
-        return_mean
-            Return the mean over cells (and members) as a float.
-        n_mc_samples_per_pass
-            Samples decoded together (memory against speed).
-        """
-        n_per = max(1, min(n_mc_samples_per_pass, n_mc_samples))
-        x = tensors[REGISTRY_KEYS.X_KEY]
-        terms, done = [], 0
-        while done < n_mc_samples:
-            n = min(n_per, n_mc_samples - done)
-            pred = self.predictive(tensors, n_samples=n)
-            log_w = (
-                pred.log_prob_sum(x, self.gene_likelihood)
-                + Normal(0.0, 1.0).log_prob(pred.z).sum(-1)
-                - pred.qz.log_prob(pred.z).sum(-1)
-            )
-            if pred.ql is not None:
-                log_w = log_w + pred.pl.log_prob(pred.library).sum(-1)
-                log_w = log_w - pred.ql.log_prob(pred.library).sum(-1)
-            terms.append(log_w)
-            done += n
-        ll = logmeanexp(torch.cat(terms, dim=0), dim=0)  # (M, B)
-        if self.active_member is not None:
-            ll = ll[0]
-        return ll.mean().item() if return_mean else ll.cpu()
-
-    @torch.inference_mode()
-    def sample(
-        self,
-        tensors,
-        n_samples: int = 1,
-        max_poisson_rate: float = 1e8,
-        generative_kwargs: dict | None = None,
-    ) -> torch.Tensor:
-        """Posterior predictive counts, with the signature and shapes of ``scvi.module.VAE``.
-
-        ``(B, G)``, or ``(B, G, S)`` with ``n_samples > 1``, on the CPU. Inside
-        :meth:`member` these are that member's samples. With all members active they are
-        samples of the ensemble's predictive distribution, the equal-weight member mixture:
-        each cell's each sample comes from a member drawn uniformly at random.
-
-        Parameters
-        ----------
-        tensors
-            A minibatch.
-        n_samples
-            Samples per cell.
-        max_poisson_rate
-            Rates are clipped to this before Poisson sampling.
-        generative_kwargs
-            ``{"transform_batch": code}`` decodes every cell as from that batch.
-        """
-        transform_batch = (generative_kwargs or {}).get("transform_batch")
-        pred = self.predictive(tensors, n_samples=n_samples, transform_batch=transform_batch)
-        choose = pred.mixture_draw()
-        rate = choose(pred.rate)
-        if self.gene_likelihood == "poisson":
-            samples = Poisson(rate.clamp(max=max_poisson_rate)).sample()
-        elif self.gene_likelihood == "nb":
-            samples = NegativeBinomial(mu=rate, theta=choose(pred.theta)).sample()
-        else:
-            samples = ZeroInflatedNegativeBinomial(
-                mu=rate, theta=choose(pred.theta), zi_logits=choose(pred.zi_logits)
-            ).sample()
-        samples = samples.movedim(0, -1) if n_samples > 1 else samples[0]
-        return samples.cpu()

@@ -53,7 +53,7 @@ from ensemblevi.nn import (
     set_hyperparameters,
 )
 
-L2_GROUPS = ("encoder", "latent", "decoder", "heads")  # EnsembleVAE._l2_groups' keys
+L2_GROUPS = ("encoder", "latent", "decoder", "heads")  # keys of the modules' l2_groups()
 DEFAULT_HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
     Hyperparameter("dropout", 1e-3, 0.9, init=0.1),
     Hyperparameter("kl_weight", 0.1, 10.0, init=1.0),
