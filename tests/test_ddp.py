@@ -79,18 +79,23 @@ def test_without_synced_batch_norm_the_statistics_differ(tmp_path):
     assert (two["state"][key] - one["state"][key]).abs().max() > 1e-4
 
 
-def test_lightning_ddp_through_train(tmp_path):
-    """scvi-tools' own DDP path (``train(strategy="ddp", devices=2)``) keeps ranks identical."""
+@pytest.mark.parametrize("kind", ["deep", "hyperbatch"])
+def test_lightning_ddp_through_train(tmp_path, kind):
+    """scvi-tools' own DDP path (``train(strategy="ddp", devices=2)``) keeps ranks identical;
+    for hyperbatch that includes the bounds tuned by the plan's second optimiser."""
     script = Path(__file__).parent / "helpers" / "ddp_lightning.py"
     env = {**os.environ, "MASTER_PORT": str(_free_port())}
     proc = subprocess.run(
-        [sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, env=env,
-        timeout=400,
+        [sys.executable, str(script), str(tmp_path), kind], capture_output=True, text=True,
+        env=env, timeout=400,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
     assert all(r["trained"] for r in ranks)
     for key, value in ranks[0]["state"].items():
         torch.testing.assert_close(ranks[1]["state"][key], value, rtol=0, atol=0)
+    if kind == "hyperbatch":
+        traj = ranks[0]["trajectory"]
+        assert traj["step"].nunique() > 1 and traj.equals(ranks[1]["trajectory"])
     assert (tmp_path / "ckpt" / "model.pt").exists()  # written by rank 0 only
     assert not list(tmp_path.glob(".ckpt.tmp-*"))

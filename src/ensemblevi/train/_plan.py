@@ -59,8 +59,8 @@ def tune_step(module, batch, optimizer: torch.optim.Optimizer, tau: float) -> fl
 
     Differentiates the module's ``tune_loss`` (ensemble validation NLL minus ``tau`` x
     the mean entropy) with respect to the bounds alone, steps ``optimizer`` and clips the
-    bounds. Under data-parallel training the gradients are averaged over the processes
-    first, so every replica keeps the same bounds.
+    bounds. Under data-parallel training the gradients (and the reported NLL) are
+    averaged over the processes first, so every replica keeps the same bounds.
 
     Parameters
     ----------
@@ -76,25 +76,27 @@ def tune_step(module, batch, optimizer: torch.optim.Optimizer, tau: float) -> fl
     Returns
     -------
     float
-        The minibatch's ensemble NLL per example.
+        The minibatch's ensemble NLL per example (the processes' mean under DDP).
     """
     params = module.hyper_parameters()
     with torch.enable_grad():
         loss, nll = module.tune_loss(batch, tau=tau)
         grads = torch.autograd.grad(loss, params)
+    nll = nll.detach()
     dist = torch.distributed
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        flat = torch.cat([g.reshape(-1) for g in grads])
+        # one collective: the gradients and the NLL, averaged over the processes
+        flat = torch.cat([g.reshape(-1) for g in grads] + [nll.reshape(1)])
         dist.all_reduce(flat)
         flat /= dist.get_world_size()
-        grads = [f.view_as(g) for f, g in zip(flat.split([g.numel() for g in grads]), grads,
-                                              strict=True)]  # fmt: skip
+        *grads, nll = flat.split([g.numel() for g in grads] + [1])
+        grads = [g.view_as(p) for g, p in zip(grads, params, strict=True)]
     for p, g in zip(params, grads, strict=True):
         p.grad = g
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     module.hyper.clip_()
-    return float(nll.detach())
+    return float(nll)
 
 
 class EnsembleTrainingPlan(TrainingPlan):
