@@ -248,8 +248,12 @@ def test_both_optimisers_live_in_lightning_and_its_checkpoint(tmp_path):
     assert model._training_plan_cls is HyperTrainingPlan
     assert EnsembleSCVI(adata, n_members=2)._training_plan_cls is EnsembleTrainingPlan
     saver = _SaveCheckpoint(tmp_path / "last.ckpt")
+    # a plateau scheduler that must fire after epoch 2 (no improvement can pass a 1e9
+    # threshold): under manual optimisation the plan steps it, not Lightning
+    plateau = {"reduce_lr_on_plateau": True, "lr_patience": 0, "lr_threshold": 1e9}
     model.train(max_epochs=2, batch_size=40, seed=0, enable_progress_bar=False,
-                callbacks=[saver], plan_kwargs={"tune_every": 2})  # fmt: skip
+                callbacks=[saver], check_val_every_n_epoch=1,
+                plan_kwargs={"tune_every": 2, **plateau})  # fmt: skip
     n_train = int(np.ceil(len(model.train_indices) / 40)) * 2
     n_tune = n_train // 2
     assert saver.global_step == n_train  # tune steps do not count as training steps
@@ -260,7 +264,9 @@ def test_both_optimisers_live_in_lightning_and_its_checkpoint(tmp_path):
     for i, p in enumerate(bounds):
         assert tune_state["state"][i]["exp_avg"].shape == p.shape
         assert int(tune_state["state"][i]["step"]) == n_tune
-    assert tune_state["param_groups"][0]["lr"] == 1e-3
+    assert tune_state["param_groups"][0]["lr"] == 1e-3  # the scheduler is the network's
+    assert net_state["param_groups"][0]["lr"] == pytest.approx(0.6e-3)  # scvi's factor 0.6
+    assert len(ckpt["lr_schedulers"]) == 1
     n_net = sum(len(g["params"]) for g in net_state["param_groups"])
     assert n_net == len(list(model.module.parameters())) - 2  # every weight but the bounds
     # the trajectory came through the callback: one record per tune step, no module attribute

@@ -262,3 +262,16 @@ def test_active_member_is_validated_once_for_the_whole_network():
     assert all(m.active_member is None for m in net)  # nothing switched on a bad index
     set_active_member(net, 2)
     assert [m.active_member for m in net] == [2, 2]
+
+
+@pytest.mark.parametrize("name", ["_base", "_deep", "_batch", "_hyperbatch", "_norm_dropout"])
+def test_layer_docstring_examples_run(name):
+    import doctest
+    import importlib
+
+    import ensemblevi.nn as ev_nn
+
+    module = importlib.import_module(f"ensemblevi.nn.{name}")
+    globs = {"torch": torch, **{k: getattr(ev_nn, k) for k in ev_nn.__all__}}
+    result = doctest.testmod(module, extraglobs=globs)
+    assert result.attempted > 0 and result.failed == 0
