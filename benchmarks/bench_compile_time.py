@@ -9,6 +9,11 @@ caches go to a fresh temporary directory (a cold start, as on a new machine) unl
 ``--warm-cache``.
 
 Run: ``.venv/bin/python benchmarks/bench_compile_time.py [--k 4] [--batches 128 81]``
+
+2026-12-01, torch 2.13.0+cpu, 2 threads, machine shared (load average 3.5-4.5), K = 4:
+cold cache, first calls 23.9 s + 6.7 s and 19.8 s + 4.0 s (two runs; (4, 128, 1200) and
+(4, 81, 1200)); warm cache 4.1 s + 0.6 s. Step times are not meaningful under that load
+(the steady-state gain is in ``docs/benchmarks.md``, measured on a quiet machine).
 """
 
 from __future__ import annotations

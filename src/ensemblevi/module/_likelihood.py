@@ -201,10 +201,11 @@ logger = logging.getLogger(__name__)
 
 
 #: Training steps from which ``EnsembleSCVI.train`` compiles the likelihood by default.
-#: Compiling costs about 30 s once per process on a 2-core CPU with a cold cache (both
-#: minibatch shapes of a K = 4 ``heartlike`` run; ``benchmarks/bench_compile_time.py``),
-#: and saves about 10 ms a K = 4 step there (``docs/benchmarks.md``): it pays from about
-#: 3,000 steps. A default ``heartlike`` run (400 epochs of 146 steps) has 58,400.
+#: Compiling both minibatch shapes of a K = 4 ``heartlike`` run took 24-31 s on the
+#: project's 2-core CPU with a cold cache and 5 s with inductor's disk cache warm
+#: (``benchmarks/bench_compile_time.py``, machine shared), and saves about 10 ms a K = 4
+#: step there (``docs/benchmarks.md``): from a cold start it pays from about 3,000 steps.
+#: A default ``heartlike`` run (400 epochs of 146 steps) has 58,400.
 COMPILE_MIN_STEPS = 3000
 
 
