@@ -53,16 +53,22 @@ def _launch(tmp_path, kind: str, world: int, no_sync: bool) -> dict:
     return results[0]
 
 
-@pytest.mark.parametrize("kind", ["deep", "batch"])
+@pytest.mark.parametrize("kind", ["deep", "batch", "hyperbatch"])
 def test_two_process_ddp_matches_one_process(tmp_path, kind):
     one = _run(tmp_path, kind, 1)
     two = _run(tmp_path, kind, 2)
+    # hyperbatch: train losses with the L2 penalty, and every second step a tune NLL
+    assert len(one["losses"]) == (6 if kind == "hyperbatch" else 4)
     torch.testing.assert_close(
         torch.tensor(two["losses"]), torch.tensor(one["losses"]), rtol=1e-5, atol=1e-4
     )
     for key, value in one["state"].items():
-        # members' weights, BatchEnsemble fast weights, per-member batch-norm statistics
+        # members' weights, BatchEnsemble fast weights, per-member batch-norm statistics,
+        # HBE's embeddings and (moved by the tune steps) hyperparameter bounds
         torch.testing.assert_close(two["state"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+    if kind == "hyperbatch":  # the tune steps did move the bounds compared above
+        for key in ("hyper.log_low", "hyper.log_high"):
+            assert (one["state"][key] - one["start"][key]).abs().max() > 1e-4
 
 
 def test_without_synced_batch_norm_the_statistics_differ(tmp_path):
@@ -73,18 +79,23 @@ def test_without_synced_batch_norm_the_statistics_differ(tmp_path):
     assert (two["state"][key] - one["state"][key]).abs().max() > 1e-4
 
 
-def test_lightning_ddp_through_train(tmp_path):
-    """scvi-tools' own DDP path (``train(strategy="ddp", devices=2)``) keeps ranks identical."""
+@pytest.mark.parametrize("kind", ["deep", "hyperbatch"])
+def test_lightning_ddp_through_train(tmp_path, kind):
+    """scvi-tools' own DDP path (``train(strategy="ddp", devices=2)``) keeps ranks identical;
+    for hyperbatch that includes the bounds tuned by the plan's second optimiser."""
     script = Path(__file__).parent / "helpers" / "ddp_lightning.py"
     env = {**os.environ, "MASTER_PORT": str(_free_port())}
     proc = subprocess.run(
-        [sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, env=env,
-        timeout=400,
+        [sys.executable, str(script), str(tmp_path), kind], capture_output=True, text=True,
+        env=env, timeout=400,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
     assert all(r["trained"] for r in ranks)
     for key, value in ranks[0]["state"].items():
         torch.testing.assert_close(ranks[1]["state"][key], value, rtol=0, atol=0)
+    if kind == "hyperbatch":
+        traj = ranks[0]["trajectory"]
+        assert traj["step"].nunique() > 1 and traj.equals(ranks[1]["trajectory"])
     assert (tmp_path / "ckpt" / "model.pt").exists()  # written by rank 0 only
     assert not list(tmp_path.glob(".ckpt.tmp-*"))

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 from scvi import REGISTRY_KEYS
 
 import ensemblevi as ev
@@ -12,7 +13,7 @@ from ensemblevi.model import EnsembleSCVI
 from ensemblevi.module import DEFAULT_HYPERPARAMETERS, EnsembleVAE, resolve_hyperparameters
 from ensemblevi.module._hyperparameters import L2_GROUPS
 from ensemblevi.nn import HyperBatchEnsembleLinear, HyperDropout, hyper_l2_penalty
-from ensemblevi.train import HyperTrainingPlan
+from ensemblevi.train import EnsembleTrainingPlan, HyperTrainingPlan, tune_step
 
 K, G, B = 3, 30, 16
 
@@ -64,7 +65,7 @@ def test_training_loss_weighs_kl_by_sampled_beta_and_adds_the_l2_penalty():
     l2 = (
         sum(
             hyper_l2_penalty(layer, module._lambda[..., module.hyper.index(f"l2_{group}")])
-            for group, layers in module._l2_groups().items()
+            for group, layers in module.l2_groups().items()
             for layer in layers
         )
         / 50
@@ -72,10 +73,10 @@ def test_training_loss_weighs_kl_by_sampled_beta_and_adds_the_l2_penalty():
     assert l2 > 0
     torch.testing.assert_close(out.loss, expected + l2)
     # every HBE linear layer is in exactly one L2 group
-    grouped = [id(m) for layers in module._l2_groups().values() for m in layers]
+    grouped = [id(m) for layers in module.l2_groups().values() for m in layers]
     all_layers = [id(m) for m in module.modules() if isinstance(m, HyperBatchEnsembleLinear)]
     assert sorted(grouped) == sorted(all_layers) and len(set(grouped)) == len(grouped)
-    assert tuple(module._l2_groups()) == L2_GROUPS
+    assert tuple(module.l2_groups()) == L2_GROUPS
     # evaluation: the plain ELBO (beta = 1, no penalty)
     module.eval()
     inf, gen, out = module(tensors)
@@ -104,15 +105,14 @@ def test_tune_loss_is_the_mixture_nll_minus_entropy_and_moves_only_the_bounds():
     torch.testing.assert_close(loss, nll - 0.1 * module.hyper.entropy().mean())
     # the tune step: only the bounds change, and they stay clipped
     plan = HyperTrainingPlan(module, tune_lr=0.05)
-    plan._tune_opt = torch.optim.Adam(module.hyper_parameters(), lr=0.05)
-    plan._val_iter = iter([tensors])
+    tune_opt = torch.optim.Adam(module.hyper_parameters(), lr=0.05)
     with torch.no_grad():  # a non-trivial embedding, so the NLL depends on lambda
         for m in module.modules():
             if isinstance(m, HyperBatchEnsembleLinear):
                 m.embedding.weight.normal_(0, 0.3)
     net = {n: p.detach().clone() for n, p in module.named_parameters() if "hyper.log" not in n}
     bounds = [p.detach().clone() for p in module.hyper_parameters()]
-    plan.tune_step()
+    tune_step(module, tensors, tune_opt, tau=plan.tau)
     for n, p in module.named_parameters():
         if n in net:
             assert torch.equal(p, net[n]), n
@@ -227,3 +227,94 @@ def test_model_errors(hbe_model):
         deep.get_hyperparameters()
     with pytest.raises(ValueError, match="hyperbatch"):
         ev.pl.hyperparameter_trajectories(deep)
+
+
+class _SaveCheckpoint(Callback):
+    def __init__(self, path):
+        self.path = path
+        self.global_step = None
+
+    def on_train_end(self, trainer, pl_module):
+        self.global_step = trainer.global_step
+        trainer.save_checkpoint(self.path)
+
+
+def test_both_optimisers_live_in_lightning_and_its_checkpoint(tmp_path):
+    adata = ev.data.synthetic("lopez2020", seed=1, n_cells=200, n_genes=30)
+    EnsembleSCVI.setup_anndata(adata, layer="counts")
+    model = EnsembleSCVI(adata, n_members=2, ensemble="hyperbatch", n_hidden=8, n_latent=2,
+                         seed=0)  # fmt: skip
+    # the plan class is the model's from construction on (scvi-tools' train() reads it)
+    assert model._training_plan_cls is HyperTrainingPlan
+    assert EnsembleSCVI(adata, n_members=2)._training_plan_cls is EnsembleTrainingPlan
+    saver = _SaveCheckpoint(tmp_path / "last.ckpt")
+    # a plateau scheduler that must fire after epoch 2 (no improvement can pass a 1e9
+    # threshold): under manual optimisation the plan steps it, not Lightning
+    plateau = {"reduce_lr_on_plateau": True, "lr_patience": 0, "lr_threshold": 1e9}
+    model.train(max_epochs=2, batch_size=40, seed=0, enable_progress_bar=False,
+                callbacks=[saver], check_val_every_n_epoch=1,
+                plan_kwargs={"tune_every": 2, **plateau})  # fmt: skip
+    n_train = int(np.ceil(len(model.train_indices) / 40)) * 2
+    n_tune = n_train // 2
+    assert saver.global_step == n_train  # tune steps do not count as training steps
+    ckpt = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    net_state, tune_state = ckpt["optimizer_states"]
+    bounds = model.module.hyper_parameters()
+    assert len(tune_state["state"]) == len(bounds) == 2
+    for i, p in enumerate(bounds):
+        assert tune_state["state"][i]["exp_avg"].shape == p.shape
+        assert int(tune_state["state"][i]["step"]) == n_tune
+    assert tune_state["param_groups"][0]["lr"] == 1e-3  # the scheduler is the network's
+    assert net_state["param_groups"][0]["lr"] == pytest.approx(0.6e-3)  # scvi's factor 0.6
+    assert len(ckpt["lr_schedulers"]) == 1
+    n_net = sum(len(g["params"]) for g in net_state["param_groups"])
+    assert n_net == len(list(model.module.parameters())) - 2  # every weight but the bounds
+    # the trajectory came through the callback: one record per tune step, no module attribute
+    assert model.hyper_trajectory_["step"].nunique() == n_tune + 1
+    assert not hasattr(model.module, "hyper_trajectory")
+
+
+class _AutomaticHyperPlan(EnsembleTrainingPlan):
+    """The previous HBE loop, as reference: Lightning's automatic optimisation of the
+    network and a tune step with its own Adam, outside Lightning, after the batch."""
+
+    def __init__(self, module, *, tune_every=3, tau=1e-3, tune_lr=1e-3, **kwargs):
+        super().__init__(module, **kwargs)
+        self.tune_every, self.tau = tune_every, tau
+        self.tune_opt = torch.optim.Adam(module.hyper_parameters(), lr=tune_lr)
+        self.steps, self.val = 0, None
+
+    def param_groups(self, params):
+        bounds = {id(p) for p in self.module.hyper_parameters()}
+        return super().param_groups(p for p in params if id(p) not in bounds)
+
+    def on_train_start(self):
+        super().on_train_start()
+        self.module.l2_scale = 1.0 / self.n_obs_training
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        self.steps += 1
+        if self.steps % self.tune_every == 0:
+            batch = next(self.val, None) if self.val is not None else None
+            if batch is None:
+                self.val = iter(self.trainer.datamodule.val_dataloader())
+                batch = next(self.val)
+            tune_step(self.module, batch, self.tune_opt, self.tau)
+
+
+def test_manual_optimisation_trains_as_the_previous_automatic_loop():
+    adata = ev.data.synthetic("lopez2020", seed=2, n_cells=200, n_genes=30)
+    EnsembleSCVI.setup_anndata(adata, layer="counts")
+    states = []
+    for plan in (None, HyperTrainingPlan, _AutomaticHyperPlan):
+        model = EnsembleSCVI(adata, n_members=2, ensemble="hyperbatch", n_hidden=8,
+                             n_latent=2, seed=0)  # fmt: skip
+        if plan is not None:
+            model._training_plan_cls = plan
+            model.train(max_epochs=2, batch_size=40, seed=0, enable_progress_bar=False,
+                        plan_kwargs={"tune_every": 2, "tune_lr": 0.05})  # fmt: skip
+        states.append(model.module.state_dict())
+    start, new, old = states
+    assert (new["hyper.log_low"] - start["hyper.log_low"]).abs().max() > 1e-3  # tuned
+    for key, value in old.items():  # the same operations in the same order: bit-identical
+        torch.testing.assert_close(new[key], value, rtol=0, atol=0, msg=key)

@@ -191,3 +191,87 @@ def test_member_dropout_stays_on_at_prediction_only_when_asked():
     out = mc(x)
     assert torch.count_nonzero(out) < out.numel()
     assert not torch.equal(out[0], out[1])  # an independent mask per member
+
+
+def _fast_weights(module):
+    return torch.cat(
+        [p.detach().reshape(-1) for m in module.modules() if hasattr(m, "r") for p in (m.r, m.s)]
+    )
+
+
+@pytest.mark.parametrize("kind", ["batch", "hyperbatch"])
+def test_random_sign_init_reaches_the_fast_weights(kind):
+    from ensemblevi.module import EnsembleConvVAE, EnsembleVAE
+
+    def build(value):
+        torch.manual_seed(0)
+        return EnsembleVAE(200, n_members=4, ensemble=kind, n_hidden=64, random_sign_init=value)
+
+    signs, normal = build(0.9), build(-0.3)
+    # positive p: every r, s is +-1, and +1 with frequency p (binomial: 5 standard errors)
+    t = _fast_weights(signs)
+    n = t.numel()
+    assert n > 2000 and set(t.unique().tolist()) == {-1.0, 1.0}
+    assert abs((t == 1).double().mean() - 0.9) < 5 * (0.9 * 0.1 / n) ** 0.5
+    # negative v: N(1, |v|); mean within 5 standard errors, std within 5% (n > 2000)
+    t = _fast_weights(normal).double()
+    assert abs(t.mean() - 1) < 5 * 0.3 / n**0.5
+    assert abs(t.std() / 0.3 - 1) < 0.05
+    # two values give different models from the same seed (before: identical state dicts)
+    a, b = build(-0.5).state_dict(), build(0.9).state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    conv = EnsembleConvVAE((8, 8), n_members=3, ensemble=kind, random_sign_init=0.5)
+    assert set(_fast_weights(conv).unique().tolist()) == {-1.0, 1.0}
+
+
+def test_layer_spec_builds_the_kinds_layers_by_keyword():
+    from ensemblevi.nn import (
+        HyperBatchEnsembleLinear,
+        HyperDropout,
+        LayerSpec,
+        make_dropout,
+        make_linear,
+    )
+
+    cases = {
+        "single": EnsembleLinear,
+        "deep": EnsembleLinear,
+        "batch": BatchEnsembleLinear,
+        "hyperbatch": HyperBatchEnsembleLinear,
+        "mcdropout": SharedLinear,
+    }
+    for kind, cls in cases.items():
+        spec = LayerSpec(ensemble=kind, n_members=K, n_hyper=2 if kind == "hyperbatch" else 0)
+        assert type(make_linear(spec=spec, d_in=D_IN, d_out=D_OUT)) is cls
+    mc = make_dropout(spec=LayerSpec(ensemble="mcdropout", n_members=K), p=0.2)
+    assert isinstance(mc, MemberDropout) and mc.always_on
+    tuned = LayerSpec(ensemble="hyperbatch", n_members=K, n_hyper=1, tuned_dropout=True)
+    assert isinstance(make_dropout(spec=tuned, p=0.2), HyperDropout)
+    with pytest.raises(ValueError, match="n_hyper"):
+        LayerSpec(ensemble="hyperbatch", n_members=K)
+    with pytest.raises(ValueError, match="ensemble must be one of"):
+        LayerSpec(ensemble="deeep", n_members=K)
+    with pytest.raises(TypeError):
+        make_linear(LayerSpec(ensemble="deep", n_members=K), D_IN, D_OUT)  # keyword-only
+
+
+def test_active_member_is_validated_once_for_the_whole_network():
+    net = nn.Sequential(EnsembleLinear(K, D_IN, D_OUT), EnsembleBatchNorm(K, D_OUT))
+    with pytest.raises(IndexError, match="out of range: the ensemble has 3"):
+        set_active_member(net, K)
+    assert all(m.active_member is None for m in net)  # nothing switched on a bad index
+    set_active_member(net, 2)
+    assert [m.active_member for m in net] == [2, 2]
+
+
+@pytest.mark.parametrize("name", ["_base", "_deep", "_batch", "_hyperbatch", "_norm_dropout"])
+def test_layer_docstring_examples_run(name):
+    import doctest
+    import importlib
+
+    import ensemblevi.nn as ev_nn
+
+    module = importlib.import_module(f"ensemblevi.nn.{name}")
+    globs = {"torch": torch, **{k: getattr(ev_nn, k) for k in ev_nn.__all__}}
+    result = doctest.testmod(module, extraglobs=globs)
+    assert result.attempted > 0 and result.failed == 0

@@ -165,3 +165,78 @@ def test_gamma_differences_tables_match_lgamma_and_digamma():
     torch.testing.assert_close(
         dg, torch.digamma(xv + th) - torch.digamma(th), rtol=1e-12, atol=1e-10
     )
+
+
+@pytest.fixture
+def fresh_compile_state(monkeypatch):
+    """A process in which the likelihood was never compiled (restored afterwards)."""
+    from ensemblevi.module import _likelihood as lik
+
+    for key in ("fn", "grad", "failed"):
+        monkeypatch.setitem(lik._COMPILED, key, None)
+    return lik
+
+
+def _fused_value_and_grads(lik):
+    x, mu, theta, zi = _inputs((K, 1, G))
+    out = lik.zinb_log_prob_sum(x, mu, theta, zi)
+    return out, torch.autograd.grad(out.sum(), (mu, theta, zi))
+
+
+@pytest.mark.parametrize("where", ["wrap", "call"])
+def test_compile_failure_falls_back_to_eager_with_one_log_line(
+    fresh_compile_state, monkeypatch, caplog, where
+):
+    lik = fresh_compile_state
+    eager, eager_grads = _fused_value_and_grads(lik)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler found")
+
+    def compiles_to_broken(fn, **kwargs):
+        return broken
+
+    monkeypatch.setattr(torch, "compile", broken if where == "wrap" else compiles_to_broken)
+    with caplog.at_level("WARNING", logger=lik.__name__):
+        for _ in range(2):  # a second block does not retry (nor log again)
+            with lik.compiled_likelihood():
+                out, grads = _fused_value_and_grads(lik)
+            torch.testing.assert_close(out, eager, rtol=0, atol=0)
+            for g, e in zip(grads, eager_grads, strict=True):
+                torch.testing.assert_close(g, e, rtol=0, atol=0)
+    lines = [r for r in caplog.records if "torch.compile" in r.getMessage()]
+    assert len(lines) == 1 and "no C++ compiler found" in lines[0].getMessage()
+    assert lik._COMPILED["failed"] and not lik._COMPILED["on"]
+
+
+def test_training_compiles_by_default_when_long_enough(fresh_compile_state, monkeypatch):
+    """The default path: ``train()`` with no ``compile_likelihood`` compiles a long run."""
+    import ensemblevi as ev
+    from ensemblevi.model import EnsembleSCVI
+
+    lik = fresh_compile_state
+    assert lik.should_compile(18_641, 128, None, None)  # heartlike, scvi's 400 epochs
+    assert not lik.should_compile(300, 128, 3, None)  # a test-sized run stays eager
+    # 3 steps per epoch (270 training cells): the threshold in epochs, exactly
+    n_epochs = -(-lik.COMPILE_MIN_STEPS // 3)
+    assert lik.should_compile(300, 128, n_epochs, 0.9)
+    assert not lik.should_compile(300, 128, n_epochs - 1, 0.9)
+    calls = []
+
+    def spy(fn, **kwargs):  # compiled = the eager function, counted (no compile cost)
+        def run(*args):
+            calls.append(fn.__name__)
+            return fn(*args)
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", spy)
+    monkeypatch.setattr(lik, "COMPILE_MIN_STEPS", 1)
+    adata = ev.data.synthetic("lopez2020", seed=0, n_cells=120, n_genes=20)
+    EnsembleSCVI.setup_anndata(adata, layer="counts")
+    model = EnsembleSCVI(adata, n_members=2, n_hidden=8, n_latent=2, seed=0)
+    model.train(max_epochs=1, enable_progress_bar=False)
+    assert "_dense_terms" in calls and "_grad_terms" in calls
+    calls.clear()
+    model.train(max_epochs=1, enable_progress_bar=False, compile_likelihood=False)
+    assert not calls

@@ -4,6 +4,12 @@
 under ``torch.nn.parallel.DistributedDataParallel`` (gloo) on row half ``r`` of the same
 minibatches. The latent noise is switched off (z = posterior mean) and dropout is 0, so
 the two must agree to float tolerance; writes the per-step losses and final state.
+
+``--kind hyperbatch`` tunes every hyperparameter but the dropout rate (a tuned rate would
+draw masks), with lambda fixed at each member's mean for every cell (the per-cell draws
+of one process would not be those of its rows in the whole minibatch), the L2 penalty on,
+and a tune step (:func:`ensemblevi.train.tune_step`, gradients averaged over the
+processes) on the same rows after every second train step.
 """
 
 import argparse
@@ -14,9 +20,12 @@ import warnings
 import torch
 import torch.distributed as dist
 
-import ensemblevi.nn._blocks as blocks
+import ensemblevi.nn._blocks as blocks  # EnsembleEncoder draws its latent noise here
 from ensemblevi.data import synthetic
 from ensemblevi.model import EnsembleSCVI
+from ensemblevi.module._hyperparameters import L2_GROUPS
+from ensemblevi.nn import LogUniformHyperparameters
+from ensemblevi.train import tune_step
 
 
 def main() -> None:
@@ -35,13 +44,20 @@ def main() -> None:
 
     adata = synthetic("lopez2020", seed=0, n_cells=256)
     EnsembleSCVI.setup_anndata(adata, layer="counts", batch_key="batch")
+    hyper = args.kind == "hyperbatch"
+    tuned = {"hyperparameters": ["kl_weight", *(f"l2_{g}" for g in L2_GROUPS)]} if hyper else {}
     model = EnsembleSCVI(
         adata, n_members=3, ensemble=args.kind, n_hidden=16, n_latent=4, dropout_rate=0.0,
-        seed=1,
+        seed=1, **tuned,
     )  # fmt: skip
     module = model.module
     module.train()
     blocks.member_draw = lambda shape, n, stream, sample: torch.zeros(shape)
+    if hyper:
+        LogUniformHyperparameters.sample = lambda self, n: (
+            self.mean().unsqueeze(1).expand(-1, n, -1)
+        )
+        module.l2_scale = 1.0 / adata.n_obs
     if args.no_sync:
         for m in module.modules():
             if hasattr(m, "sync_stats"):
@@ -56,7 +72,9 @@ def main() -> None:
     loader = model._make_data_loader(adata=adata, batch_size=64, shuffle=False)
     # SGD: Adam would blow the ~1e-9 gradients of biases followed by batch norm (zero in
     # exact arithmetic) up to full steps, so float noise would decide those biases
-    opt = torch.optim.SGD(module.parameters(), lr=0.05)
+    opt = torch.optim.SGD(module.network_parameters(), lr=0.05)
+    tune_opt = torch.optim.SGD(module.hyper_parameters(), lr=0.05) if hyper else None
+    start = {k: v.clone() for k, v in module.state_dict().items()}
     losses = []
     for step, batch in zip(range(args.steps), loader, strict=False):
         if args.world > 1:
@@ -73,8 +91,9 @@ def main() -> None:
             dist.all_reduce(value)
             value /= args.world
         losses.append(float(value))
-        del step
-    torch.save({"losses": losses, "state": module.state_dict()}, args.out)
+        if hyper and step % 2 == 1:
+            losses.append(tune_step(module, batch, tune_opt, tau=1e-3))  # processes' mean
+    torch.save({"losses": losses, "state": module.state_dict(), "start": start}, args.out)
     if args.world > 1:
         # Every rank has finished its collectives here. No destroy_process_group: with
         # gloo it sometimes hung once rank 0 (the TCP store's host) had exited first

@@ -2,8 +2,9 @@
 
 Images are not AnnData, so this model has its own small training loop (Adam, minibatches,
 a progress bar, HBE's alternating train/tune steps) instead of scvi-tools' trainer; the
-layers, the hyperparameter distributions and the tune objective are the ones EnsembleSCVI
-uses.
+layers, the hyperparameter distributions, the tune objective, the optimiser's parameter
+groups and the tune step are the ones EnsembleSCVI's training plan uses
+(:func:`~ensemblevi.train.fast_param_groups`, :func:`~ensemblevi.train.tune_step`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ensemblevi.module._hyperparameters import (
     hyperparameter_table,
     trajectory_frame,
 )
+from ensemblevi.train import fast_param_groups, tune_step
 
 
 class ConvVAE:
@@ -38,6 +40,8 @@ class ConvVAE:
     n_latent, channels, n_hidden, likelihood, dropout_rate, hyperparameters
         See :class:`~ensemblevi.module.EnsembleConvVAE`. MC dropout defaults to a dropout
         rate of 0.1 (it needs one); the other kinds to none.
+    random_sign_init
+        BatchEnsemble fast-weight init, as in :class:`~ensemblevi.module.EnsembleVAE`.
     seed
         Seeds the initialisation.
 
@@ -60,6 +64,7 @@ class ConvVAE:
         likelihood: str = "bernoulli",
         dropout_rate: float | None = None,
         hyperparameters: HyperparameterSpec = None,
+        random_sign_init: float = -0.5,
         seed: int | None = None,
     ):
         self.images = check_images(images)
@@ -78,6 +83,7 @@ class ConvVAE:
                 likelihood=likelihood,
                 dropout_rate=dropout_rate,
                 hyperparameters=hyperparameters,
+                random_sign_init=random_sign_init,
             )
         self.module.eval()
         self.history: pd.DataFrame = pd.DataFrame()
@@ -121,6 +127,26 @@ class ConvVAE:
         validation NLL in :attr:`history`, and HBE's tune steps (every ``tune_every`` train
         steps: ensemble validation NLL minus ``tau`` x entropy, Adam at ``tune_lr`` on the
         bounds only, then clipping). Fast weights get ``lr * fast_lr_multiplier``.
+
+        Parameters
+        ----------
+        max_epochs
+            Epochs.
+        batch_size
+            Images per minibatch (seen by every member).
+        lr
+            Adam learning rate of the network.
+        validation_fraction
+            Held-out fraction of the images (must be above 0 for ``hyperbatch``).
+        fast_lr_multiplier
+            Learning-rate multiplier of the fast weights.
+        tune_every, tau, tune_lr
+            HBE's tune schedule, entropy weight and bounds' learning rate, as in
+            :class:`~ensemblevi.train.HyperTrainingPlan`.
+        seed
+            Seeds the split, the data order and the training draws.
+        progress
+            Show a progress bar.
         """
         if not 0 <= validation_fraction < 1:
             raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}.")
@@ -137,13 +163,10 @@ class ConvVAE:
         self.train_indices, self.validation_indices = perm[n_val:].numpy(), perm[:n_val].numpy()
         module = self.module
         module.l2_scale = 1.0 / len(train)
-        fast = {id(p) for p in module.fast_parameters()}
-        net = module.network_parameters()
-        groups = [{"params": [p for p in net if id(p) not in fast]}]
-        if fast:
-            groups.append(
-                {"params": [p for p in net if id(p) in fast], "lr": lr * fast_lr_multiplier}
-            )
+        groups = fast_param_groups(
+            module.network_parameters(), fast=module.fast_parameters(), lr=lr,
+            fast_lr_multiplier=fast_lr_multiplier,
+        )  # fmt: skip
         opt = torch.optim.Adam(groups, lr=lr)
         tune_opt = torch.optim.Adam(module.hyper_parameters(), lr=tune_lr) if hyper else None
         records, rows, step, val_pos = [], [], 0, 0
@@ -171,16 +194,8 @@ class ConvVAE:
                     if hyper and step % tune_every == 0:
                         vb = val[val_pos : val_pos + batch_size]
                         val_pos = (val_pos + batch_size) % max(len(val), 1)
-                        tune_loss, tune_nll = module.tune_loss(vb, tau)
-                        grads = torch.autograd.grad(tune_loss, module.hyper_parameters())
-                        for p, g in zip(module.hyper_parameters(), grads, strict=True):
-                            p.grad = g
-                        tune_opt.step()
-                        tune_opt.zero_grad(set_to_none=True)
-                        module.hyper.clip_()
-                        records.append(
-                            bounds_record(module.hyper, step, epoch, float(tune_nll.detach()))
-                        )
+                        nll = tune_step(module, vb, tune_opt, tau)
+                        records.append(bounds_record(module.hyper, step, epoch, nll))
                 module.eval()
                 row = {"epoch": epoch, "train_loss": total / len(train)}
                 if n_val:
@@ -215,8 +230,19 @@ class ConvVAE:
     def log_likelihood(
         self, images, n_samples: int = 100, return_members: bool = False, seed: int = 0
     ) -> np.ndarray:
-        """Importance-weighted ``log p(x)`` (nats per image) of the member mixture, ``(n,)``;
-        with ``return_members`` each member's, ``(K, n)``."""
+        """Importance-weighted ``log p(x)`` (nats per image) of the member mixture, ``(n,)``.
+
+        Parameters
+        ----------
+        images
+            ``(n, h, w)`` images of the training size.
+        n_samples
+            Importance samples per member and image.
+        return_members
+            Return each member's, ``(K, n)``.
+        seed
+            Seeds the latent draws.
+        """
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             members = self._batched(
@@ -227,7 +253,17 @@ class ConvVAE:
         return logmeanexp(torch.from_numpy(members), 0).numpy()
 
     def member_probabilities(self, images, n_samples: int = 1, seed: int = 0) -> np.ndarray:
-        """Members' predicted pixel means, ``(K, n, h, w)``."""
+        """Members' predicted pixel means, ``(K, n, h, w)``.
+
+        Parameters
+        ----------
+        images
+            ``(n, h, w)`` images.
+        n_samples
+            Latent draws averaged per member (1: the posterior mean).
+        seed
+            Seeds the latent draws.
+        """
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             x = self._check(images)
@@ -238,7 +274,15 @@ class ConvVAE:
         return torch.cat(parts, dim=1).numpy()
 
     def reconstruction_error(self, images, seed: int = 0) -> np.ndarray:
-        """Mean squared error per image between the image and the ensemble's mean prediction."""
+        """Mean squared error per image between the image and the ensemble's mean prediction.
+
+        Parameters
+        ----------
+        images
+            ``(n, h, w)`` images.
+        seed
+            Seeds the latent draws.
+        """
         x = self._check(images).numpy()
         probs = self.member_probabilities(images, seed=seed).mean(0)
         return ((probs - x) ** 2).reshape(len(x), -1).mean(1)
@@ -246,12 +290,30 @@ class ConvVAE:
     def epistemic_score(self, images, n_samples: int = 5, seed: int = 0) -> np.ndarray:
         """Per image, mean over pixels of the between-member variance of predicted pixel
         means (each member averaged over ``n_samples`` latent draws): high where members
-        disagree."""
+        disagree.
+
+        Parameters
+        ----------
+        images
+            ``(n, h, w)`` images.
+        n_samples
+            Latent draws averaged per member.
+        seed
+            Seeds the latent draws.
+        """
         probs = self.member_probabilities(images, n_samples=n_samples, seed=seed)
         return probs.var(0).reshape(probs.shape[1], -1).mean(1)
 
     def diversity(self, images, seed: int = 0) -> float:
-        """Mean pairwise absolute difference of members' predicted pixel means."""
+        """Mean pairwise absolute difference of members' predicted pixel means.
+
+        Parameters
+        ----------
+        images
+            ``(n, h, w)`` images.
+        seed
+            Seeds the latent draws.
+        """
         probs = self.member_probabilities(images, seed=seed)
         k = probs.shape[0]
         if k < 2:

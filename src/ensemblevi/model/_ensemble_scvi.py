@@ -37,9 +37,15 @@ from ensemblevi._seeding import seeded_globally as _seeded_globally
 from ensemblevi.data import require_obs_columns, validate_counts
 from ensemblevi.module import EnsembleVAE
 from ensemblevi.module._hyperparameters import hyperparameter_table, trajectory_frame
-from ensemblevi.module._likelihood import compiled_likelihood
+from ensemblevi.module._likelihood import compiled_likelihood, should_compile
 from ensemblevi.nn import set_member_stream
-from ensemblevi.train import EnsembleTrainingPlan, EpochCheckpoint, HyperTrainingPlan, NaNGuard
+from ensemblevi.train import (
+    EnsembleTrainingPlan,
+    EpochCheckpoint,
+    HyperparameterTrajectory,
+    HyperTrainingPlan,
+    NaNGuard,
+)
 
 from ._members import Members
 from ._shards import check_shard, member_slice
@@ -156,6 +162,9 @@ class EnsembleSCVI(
         if not use_observed_lib_size:
             library_log_means, library_log_vars = _init_library_size(self.adata_manager, n_batch)
         shard = check_shard(ensemble, int(n_members), member_offset, n_members_total, seed)
+        # fixed for the model's life (scvi-tools' train() reads it)
+        if ensemble == "hyperbatch":
+            self._training_plan_cls = HyperTrainingPlan
         module_args = {
             "n_input": self.summary_stats.n_vars,
             "ensemble": ensemble,
@@ -295,7 +304,7 @@ class EnsembleSCVI(
         checkpoint_every: int = 1,
         seed: int | None = None,
         plan_kwargs: dict | None = None,
-        compile_likelihood: bool = False,
+        compile_likelihood: bool | None = None,
         **kwargs: Any,
     ):
         """Train all members at once with scvi-tools' trainer.
@@ -328,7 +337,11 @@ class EnsembleSCVI(
         compile_likelihood
             Compile the element-wise part of the fused ZINB/NB likelihood with
             ``torch.compile`` (one kernel per minibatch shape; see ``docs/benchmarks.md``
-            for the measured gain). Needs a C++ compiler on CPU, Triton on CUDA.
+            for the measured gain). ``None`` (default): compile when the training has at
+            least ``ensemblevi.module._likelihood.COMPILE_MIN_STEPS`` steps (3,000), where
+            the one-off compile time is repaid. Where ``torch.compile`` does not work (no
+            C++ compiler on CPU, no Triton on CUDA, an unsupported platform) training runs
+            the eager kernel, with one logged warning.
         **kwargs
             Passed to ``scvi.model.base.UnsupervisedTrainingMixin.train``
             (``train_size``, ``early_stopping``, ``accelerator``, ``devices``,
@@ -343,7 +356,6 @@ class EnsembleSCVI(
         """
         plan_kwargs = {"fast_lr_multiplier": fast_lr_multiplier, **(plan_kwargs or {})}
         hyper = self.ensemble == "hyperbatch"
-        self._training_plan_cls = HyperTrainingPlan if hyper else EnsembleTrainingPlan
         if hyper and kwargs.get("train_size", 0.9) >= 1:
             raise ValueError(
                 "ensemble='hyperbatch' tunes its hyperparameters on validation cells: use "
@@ -354,6 +366,13 @@ class EnsembleSCVI(
         callbacks.append(guard)
         if checkpoint_path is not None:
             callbacks.append(EpochCheckpoint(self, checkpoint_path, every=checkpoint_every))
+        trajectory = HyperparameterTrajectory() if hyper else None
+        if trajectory is not None:
+            callbacks.append(trajectory)
+        if compile_likelihood is None:
+            compile_likelihood = should_compile(
+                self.adata.n_obs, batch_size, max_epochs, kwargs.get("train_size")
+            )
         try:
             with _seeded_globally(seed), compiled_likelihood(compile_likelihood):
                 out = super().train(
@@ -369,9 +388,8 @@ class EnsembleSCVI(
             self.module.eval()
             raise
         finally:
-            if hyper and getattr(self.module, "hyper_trajectory", None):
-                self._store_trajectory(self.module.hyper_trajectory)
-                self.module.hyper_trajectory = []
+            if trajectory is not None and trajectory.records:
+                self._store_trajectory(trajectory.records)
         return out
 
     # ------------------------------------------------------ hyperparameters

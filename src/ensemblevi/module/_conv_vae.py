@@ -23,33 +23,15 @@ from ensemblevi.module._hyperparameters import (
     HyperparameterSpec,
 )
 from ensemblevi.nn import (
-    BatchEnsembleConv2d,
-    BatchEnsembleConvTranspose2d,
-    EnsembleConv2d,
-    EnsembleConvTranspose2d,
-    EnsembleModule,
-    HyperBatchEnsembleConv2d,
-    HyperBatchEnsembleConvTranspose2d,
-    HyperDropout,
+    LayerSpec,
     MemberDropout,
-    hyper_l2_penalty,
+    make_conv,
+    make_dropout,
     make_linear,
     set_hyperparameters,
 )
 
 LIKELIHOODS = ("bernoulli", "continuous_bernoulli")
-
-
-def _conv(kind: str, k: int, c_in: int, c_out: int, transpose: bool, n_hyper: int, **kw):
-    if kind == "hyperbatch":
-        cls = HyperBatchEnsembleConvTranspose2d if transpose else HyperBatchEnsembleConv2d
-        return cls(k, c_in, c_out, 3, n_hyper=n_hyper, **kw)
-    if kind == "batch":
-        cls = BatchEnsembleConvTranspose2d if transpose else BatchEnsembleConv2d
-        return cls(k, c_in, c_out, 3, **kw)
-    # deep and single: K independent kernels; mcdropout: one network (K = 1 weights)
-    cls = EnsembleConvTranspose2d if transpose else EnsembleConv2d
-    return cls(k, c_in, c_out, 3, **kw)
 
 
 def _conv_baseline(dropout_rate: float) -> dict[str, float]:
@@ -76,6 +58,8 @@ class EnsembleConvVAE(HyperparameterHost, nn.Module):
         when ``dropout`` is among ``hyperparameters``).
     hyperparameters
         ``hyperbatch`` only; see :func:`~ensemblevi.module.resolve_hyperparameters`.
+    random_sign_init
+        BatchEnsemble fast-weight init, as in :class:`~ensemblevi.module.EnsembleVAE`.
     """
 
     def __init__(
@@ -89,6 +73,7 @@ class EnsembleConvVAE(HyperparameterHost, nn.Module):
         likelihood: str = "bernoulli",
         dropout_rate: float = 0.0,
         hyperparameters: HyperparameterSpec = None,
+        random_sign_init: float = -0.5,
     ):
         super().__init__()
         check_kind(ensemble)
@@ -105,41 +90,30 @@ class EnsembleConvVAE(HyperparameterHost, nn.Module):
         self.h4, self.w4 = math.ceil(math.ceil(h / 2) / 2), math.ceil(math.ceil(w / 2) / 2)
         c1, c2 = channels
         self.c2 = c2
-        mc = ensemble == "mcdropout"
-        kind = "deep" if ensemble == "single" else ensemble
-        k_w = 1 if mc else self.n_members  # MC dropout: one set of weights
-        lin_kind = "deep" if mc else kind
         n_hyper = self._init_hyper(
             ensemble, self.n_members, hyperparameters, baseline=_conv_baseline(dropout_rate)
         )
-        down = {"stride": 2, "padding": 1}
-        up = {"stride": 2, "padding": 1, "output_padding": 1}
-        self.enc1 = _conv(kind if not mc else "deep", k_w, 1, c1, False, n_hyper, **down)
-        self.enc2 = _conv(kind if not mc else "deep", k_w, c1, c2, False, n_hyper, **down)
+        spec = LayerSpec(
+            ensemble=ensemble, n_members=self.n_members, n_hyper=n_hyper,
+            tuned_dropout=self.hyper is not None and "dropout" in self.hyper.names,
+            random_sign_init=random_sign_init,
+        )  # fmt: skip
+        # MC dropout: one set of weights (a one-member deep network) under K masks
+        w = LayerSpec(ensemble="deep", n_members=1) if spec.mc_dropout else spec
+        down = {"kernel_size": 3, "stride": 2, "padding": 1}
+        up = {"kernel_size": 3, "stride": 2, "padding": 1, "output_padding": 1}
+        self.enc1 = make_conv(spec=w, in_channels=1, out_channels=c1, **down)
+        self.enc2 = make_conv(spec=w, in_channels=c1, out_channels=c2, **down)
         flat = c2 * self.h4 * self.w4
-        self.enc_dense = make_linear(lin_kind, k_w, flat, n_hidden, n_hyper=n_hyper)
-        self.enc_head = make_linear(lin_kind, k_w, n_hidden, 2 * n_latent, n_hyper=n_hyper)
-        self.dec_dense = make_linear(lin_kind, k_w, n_latent, n_hidden, n_hyper=n_hyper)
-        self.dec_expand = make_linear(lin_kind, k_w, n_hidden, flat, n_hyper=n_hyper)
-        self.dec1 = _conv(kind if not mc else "deep", k_w, c2, c1, True, n_hyper, **up)
-        self.dec_head = _conv(kind if not mc else "deep", k_w, c1, 1, True, n_hyper, **up)
-        tuned_dropout = self.hyper is not None and "dropout" in self.hyper.names
-        self.dropout = (
-            HyperDropout(self.n_members)
-            if tuned_dropout
-            else MemberDropout(self.n_members, dropout_rate, always_on=mc)
-        )
+        self.enc_dense = make_linear(spec=w, d_in=flat, d_out=n_hidden)
+        self.enc_head = make_linear(spec=w, d_in=n_hidden, d_out=2 * n_latent)
+        self.dec_dense = make_linear(spec=w, d_in=n_latent, d_out=n_hidden)
+        self.dec_expand = make_linear(spec=w, d_in=n_hidden, d_out=flat)
+        self.dec1 = make_conv(spec=w, in_channels=c2, out_channels=c1, transpose=True, **up)
+        self.dec_head = make_conv(spec=w, in_channels=c1, out_channels=1, transpose=True, **up)
+        self.dropout = make_dropout(spec=spec, p=dropout_rate)
 
     # ------------------------------------------------------------- helpers
-    def fast_parameters(self) -> list[nn.Parameter]:
-        return [
-            p for m in self.modules() if isinstance(m, EnsembleModule) for p in m.fast_parameters()
-        ]
-
-    def network_parameters(self) -> list[nn.Parameter]:
-        bounds = {id(p) for p in self.hyper_parameters()}
-        return [p for p in self.parameters() if id(p) not in bounds]
-
     def _drop(self, x: torch.Tensor) -> torch.Tensor:
         k = self.n_members
         return self.dropout(x.reshape(k, x.shape[0] // k, -1)).reshape(x.shape)
@@ -158,7 +132,13 @@ class EnsembleConvVAE(HyperparameterHost, nn.Module):
 
     # ------------------------------------------------------------ the model
     def encode(self, images: torch.Tensor) -> Normal:
-        """q(z | x) of every member for ``(B, H, W)`` images: loc/scale ``(K, B, L)``."""
+        """q(z | x) of every member for ``(B, H, W)`` images: loc/scale ``(K, B, L)``.
+
+        Parameters
+        ----------
+        images
+            ``(B, H, W)`` in [0, 1].
+        """
         b = images.shape[0]
         self._prepare_hyper(b)
         x = images.unsqueeze(1)
@@ -170,7 +150,13 @@ class EnsembleConvVAE(HyperparameterHost, nn.Module):
         return Normal(mu.reshape(k, b, -1), torch.exp(0.5 * logvar).reshape(k, b, -1) + 1e-4)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Pixel logits ``(S, K, B, H, W)`` for latent codes ``(S, K, B, L)``."""
+        """Pixel logits ``(S, K, B, H, W)`` for latent codes ``(S, K, B, L)``.
+
+        Parameters
+        ----------
+        z
+            Latent codes ``(S, K, B, L)``.
+        """
         s, k, b, _ = z.shape
         # samples go next to the cells so that rows stay member-major: (K, S*B, L)
         rows = z.transpose(0, 1).reshape(k * s * b, -1)
@@ -199,7 +185,15 @@ class EnsembleConvVAE(HyperparameterHost, nn.Module):
             self.dropout.rate = rate
 
     def log_lik(self, images: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """``log p(x | z)`` summed over pixels: ``(S, K, B)``."""
+        """``log p(x | z)`` summed over pixels: ``(S, K, B)``.
+
+        Parameters
+        ----------
+        images
+            ``(B, H, W)``.
+        logits
+            Pixel logits ``(S, K, B, H, W)``.
+        """
         x = images.expand_as(logits)
         if self.likelihood == "bernoulli":
             ll = -F.binary_cross_entropy_with_logits(logits, x, reduction="none")
@@ -208,7 +202,15 @@ class EnsembleConvVAE(HyperparameterHost, nn.Module):
         return ll.flatten(-2).sum(-1)
 
     def elbo_terms(self, images: torch.Tensor, n_samples: int = 1):
-        """``(rec, kl, z, qz)``: per-member reconstruction loss ``(S, K, B)`` and KL ``(K, B)``."""
+        """``(rec, kl, z, qz)``: per-member reconstruction loss ``(S, K, B)`` and KL ``(K, B)``.
+
+        Parameters
+        ----------
+        images
+            ``(B, H, W)``.
+        n_samples
+            Latent draws S per member and image.
+        """
         qz = self.encode(images)
         z = qz.rsample((n_samples,))
         rec = -self.log_lik(images, self.decode(z))
@@ -216,22 +218,33 @@ class EnsembleConvVAE(HyperparameterHost, nn.Module):
         return rec, kl, z, qz
 
     def loss(self, images: torch.Tensor) -> torch.Tensor:
-        """Training loss: members' mean negative ELBO, summed (deep) or averaged (shared
-        weights), with HBE's sampled KL weight and tuned L2 penalty in training mode."""
+        """Training loss: members' mean negative ELBO, reduced by :meth:`reduce_members`,
+        with HBE's sampled KL weight and tuned L2 penalty in training mode.
+
+        Parameters
+        ----------
+        images
+            A minibatch ``(B, H, W)``.
+        """
         rec, kl, _, _ = self.elbo_terms(images)
         beta = self._hyper_value("kl_weight") if self.training else None
         per = rec[0] + (kl if beta is None else beta * kl)
-        per_member = per.mean(-1)
-        loss = per_member.sum() if self.ensemble in ("deep", "single") else per_member.mean()
-        if self.training and self.hyper is not None and self.l2_scale:
-            for group, layers in self.l2_groups().items():
-                strength = self._hyper_value(f"l2_{group}")
-                if strength is not None:
-                    for layer in layers:
-                        loss = loss + self.l2_scale * hyper_l2_penalty(layer, strength)
-        return loss
+        loss = self.reduce_members(per.mean(-1))
+        return loss + self.hyper_l2() if self.training else loss
+
+    def negative_elbo(self, batch: torch.Tensor) -> torch.Tensor:
+        """Each member's per-image negative ELBO with ``beta = 1``, ``(K, B)`` (tune step).
+
+        Parameters
+        ----------
+        batch
+            Images ``(B, H, W)``.
+        """
+        rec, kl, _, _ = self.elbo_terms(batch)
+        return rec[0] + kl
 
     def l2_groups(self) -> dict[str, list[nn.Module]]:
+        """The layers of each L2 group (all are HBE layers in ``hyperbatch``)."""
         return {
             "encoder": [self.enc1, self.enc2, self.enc_dense],
             "latent": [self.enc_head],
@@ -239,25 +252,17 @@ class EnsembleConvVAE(HyperparameterHost, nn.Module):
             "heads": [self.dec_head],
         }
 
-    def tune_loss(
-        self, images: torch.Tensor, tau: float = 1e-3
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Ensemble validation NLL (beta = 1, evaluation mode, sampled lambda) - tau x entropy."""
-        was = self.training
-        self.eval()
-        self._sample_hyper = True
-        try:
-            rec, kl, _, _ = self.elbo_terms(images)
-            nll = -logmeanexp(-(rec[0] + kl), 0).mean()
-            loss = nll - tau * self.hyper.entropy().mean()
-        finally:
-            self._sample_hyper = False
-            self.train(was)
-        return loss, nll
-
     @torch.no_grad()
     def log_likelihood(self, images: torch.Tensor, n_samples: int = 100) -> torch.Tensor:
-        """Importance-weighted bound of ``log p(x)`` per member, ``(K, B)``."""
+        """Importance-weighted bound of ``log p(x)`` per member, ``(K, B)``.
+
+        Parameters
+        ----------
+        images
+            ``(B, H, W)``.
+        n_samples
+            Importance samples per member and image.
+        """
         qz = self.encode(images)
         z = qz.sample((n_samples,))
         log_w = (
@@ -269,7 +274,15 @@ class EnsembleConvVAE(HyperparameterHost, nn.Module):
 
     @torch.no_grad()
     def probabilities(self, images: torch.Tensor, n_samples: int = 1) -> torch.Tensor:
-        """Members' pixel means ``(K, B, H, W)``, averaged over ``n_samples`` latent draws."""
+        """Members' pixel means ``(K, B, H, W)``, averaged over ``n_samples`` latent draws.
+
+        Parameters
+        ----------
+        images
+            ``(B, H, W)``.
+        n_samples
+            Latent draws (1: the posterior mean).
+        """
         qz = self.encode(images)
         z = qz.sample((n_samples,)) if n_samples > 1 else qz.loc.unsqueeze(0)
         logits = self.decode(z)

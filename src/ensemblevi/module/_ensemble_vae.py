@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import contextmanager
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import numpy as np
 import torch
@@ -14,75 +15,24 @@ from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from torch import nn
 from torch.distributions import Normal, kl_divergence
 
-from ensemblevi._constants import EnsembleKind, check_kind, logmeanexp
+from ensemblevi._constants import EnsembleKind, check_kind
 from ensemblevi.module._hyperparameters import HyperparameterHost, HyperparameterSpec
 from ensemblevi.module._likelihood import (
     nb_log_prob_sum,
     poisson_log_prob_sum,
     zinb_log_prob_sum,
 )
+from ensemblevi.module._predictive import PredictiveMixin
 from ensemblevi.nn import (
     EnsembleDecoderSCVI,
     EnsembleEncoder,
-    EnsembleModule,
-    HyperBatchEnsembleLinear,
-    hyper_l2_penalty,
+    HyperEmbedding,
+    LayerSpec,
     set_active_member,
 )
 
 
-class Predictive(NamedTuple):
-    """All members' latent draws and likelihood parameters for one minibatch.
-
-    Every tensor has the axes ``(S, M, B, .)``: S latent samples, M members (K, or 1 inside
-    :meth:`EnsembleVAE.member`), B cells; dispersions keep size-1 axes where they do not
-    vary (``theta`` is ``(1, M, 1, G)`` with gene-wise dispersion).
-    """
-
-    z: torch.Tensor  # (S, M, B, n_latent)
-    qz: Normal  # q(z | x), (1, M, B, n_latent)
-    library: torch.Tensor  # log library size, (S, M, B, 1)
-    ql: Normal | None  # q(l | x) with a latent library size, (1, M, B, 1)
-    pl: Normal | None  # p(l), (1, 1|M, B, 1)
-    scale: torch.Tensor  # normalised expression (fractions), (S, M, B, G)
-    rate: torch.Tensor  # mean counts, (S, M, B, G)
-    theta: torch.Tensor | None  # NB dispersion (None for Poisson)
-    zi_logits: torch.Tensor | None  # zero-inflation logits (ZINB only), (S, M, B, G)
-
-    def mixture_draw(self):
-        """Draw a member uniformly per (sample, cell): samples of the equal-weight mixture.
-
-        Returns a function that takes any ``(S, M|1, B|1, G)`` tensor of this prediction
-        and gives the drawn members' values, ``(S, B, G)``.
-        """
-        n_s, n_m, n_b, _ = self.scale.shape
-        pick = torch.randint(n_m, (n_s, 1, n_b, 1), device=self.scale.device)
-
-        def choose(t: torch.Tensor) -> torch.Tensor:
-            t = t.expand(n_s, n_m, n_b, -1)
-            return t.gather(1, pick.expand(-1, -1, -1, t.shape[-1]))[:, 0]
-
-        return choose
-
-    def log_prob_sum(self, x: torch.Tensor, gene_likelihood: str) -> torch.Tensor:
-        """``sum_g log p(x_g | z, l)``: ``(S, M, B)``."""
-        if gene_likelihood == "zinb":
-            return zinb_log_prob_sum(x, self.rate, self.theta, self.zi_logits)
-        if gene_likelihood == "nb":
-            return nb_log_prob_sum(x, self.rate, self.theta)
-        return poisson_log_prob_sum(x, self.rate)
-
-
-def _to_smbd(t: torch.Tensor, n_samples: int, one_member: bool) -> torch.Tensor:
-    """Add the sample and member axes that ``inference``/``generative`` leave out."""
-    if one_member:
-        t = t.unsqueeze(-3)
-    if n_samples == 1 or t.dim() == 3:
-        t = t.unsqueeze(0)
-    return t
-
-
-class EnsembleVAE(HyperparameterHost, BaseModuleClass):
+class EnsembleVAE(HyperparameterHost, PredictiveMixin, BaseModuleClass):
     """The scVI model (Lopez et al. 2018) as an ensemble of K members.
 
     ``z ~ N(0, I)``; ``x_g | z, l ~ ZINB / NB / Poisson(l * rho_g(z, s), theta_g)`` with the
@@ -121,7 +71,9 @@ class EnsembleVAE(HyperparameterHost, BaseModuleClass):
     use_observed_lib_size, library_log_means, library_log_vars
         Library size handling, as in ``scvi.module.VAE``.
     random_sign_init
-        BatchEnsemble fast-weight init (negative: N(1, |value|); positive p: random signs).
+        BatchEnsemble fast-weight init of ``r`` and ``s`` (``batch``, ``hyperbatch``):
+        negative: ``N(1, |value|)`` (default -0.5, the reference's); positive ``p``: random
+        signs, +1 with probability ``p`` (Wen, Tran & Ba 2020); 0: all ones.
     hyperparameters
         ``hyperbatch`` only: what to tune (see
         :func:`~ensemblevi.module.resolve_hyperparameters`; default: dropout, KL weight and
@@ -188,7 +140,6 @@ class EnsembleVAE(HyperparameterHost, BaseModuleClass):
         self.encode_covariates = encode_covariates
         self.use_observed_lib_size = use_observed_lib_size
         self._active_member: int | None = None
-        kind: EnsembleKind = "deep" if ensemble == "single" else ensemble
         mc = ensemble == "mcdropout"
         # Hyper-BatchEnsemble: per-member hyperparameter distributions
         n_hyper = self._init_hyper(
@@ -216,8 +167,11 @@ class EnsembleVAE(HyperparameterHost, BaseModuleClass):
         ln_enc = use_layer_norm in ("encoder", "both")
         ln_dec = use_layer_norm in ("decoder", "both")
         n_input_encoder = n_input + n_continuous_cov * encode_covariates
-        common = {"kind": kind, "n_members": self.n_members, "mc_dropout": mc, "n_hyper": n_hyper}
-        enc_dropout = {"tuned_dropout": "dropout" in tuned}
+        dec_spec = LayerSpec(
+            ensemble=ensemble, n_members=self.n_members, n_hyper=n_hyper,
+            random_sign_init=random_sign_init,
+        )  # fmt: skip
+        enc_spec = dataclasses.replace(dec_spec, tuned_dropout="dropout" in tuned)
         self.z_encoder = EnsembleEncoder(
             n_input=n_input_encoder,
             n_output=n_latent,
@@ -228,8 +182,7 @@ class EnsembleVAE(HyperparameterHost, BaseModuleClass):
             use_batch_norm=bn_enc,
             use_layer_norm=ln_enc,
             inject_covariates=deeply_inject_covariates,
-            **common,
-            **enc_dropout,
+            spec=enc_spec,
         )
         self.l_encoder = (
             None
@@ -244,8 +197,7 @@ class EnsembleVAE(HyperparameterHost, BaseModuleClass):
                 use_batch_norm=bn_enc,
                 use_layer_norm=ln_enc,
                 inject_covariates=deeply_inject_covariates,
-                **common,
-                **enc_dropout,
+                spec=enc_spec,
             )
         )
         self.decoder = EnsembleDecoderSCVI(
@@ -259,24 +211,29 @@ class EnsembleVAE(HyperparameterHost, BaseModuleClass):
             inject_covariates=deeply_inject_covariates,
             dropout_rate=dropout_rate if mc else 0.0,
             tied_heads=hyper_heads == "tied",
-            **common,
+            spec=dec_spec,
         )
 
     # ----------------------------------------------------------------- members
     @property
     def active_member(self) -> int | None:
+        """The member computed alone (``None``: all); set through :meth:`member`."""
         return self._active_member
 
     @active_member.setter
     def active_member(self, member: int | None) -> None:
-        if member is not None and not 0 <= int(member) < self.n_members:
-            raise IndexError(f"member {member} out of range: the ensemble has {self.n_members}.")
+        set_active_member(self, member)  # validates the index, for every layer at once
         self._active_member = None if member is None else int(member)
-        set_active_member(self, self._active_member)
 
     @contextmanager
     def member(self, k: int | None):
-        """Run everything inside the block with member ``k`` alone (scVI-shaped outputs)."""
+        """Run everything inside the block with member ``k`` alone (scVI-shaped outputs).
+
+        Parameters
+        ----------
+        k
+            The member, or ``None`` for all.
+        """
         previous = self.active_member
         self.active_member = k
         try:
@@ -284,14 +241,9 @@ class EnsembleVAE(HyperparameterHost, BaseModuleClass):
         finally:
             self.active_member = previous
 
-    def fast_parameters(self) -> list[nn.Parameter]:
-        """BatchEnsemble fast weights (and per-member biases): their own optimiser group."""
-        return [
-            p for m in self.modules() if isinstance(m, EnsembleModule) for p in m.fast_parameters()
-        ]
-
     # ------------------------------------------------------ hyperparameters
-    def _l2_groups(self) -> dict[str, list[nn.Module]]:
+    def l2_groups(self) -> dict[str, list[nn.Module]]:
+        """The HBE layers of each L2 group: encoder, latent heads, decoder, likelihood heads."""
         enc = [self.z_encoder] + ([self.l_encoder] if self.l_encoder is not None else [])
         parts = {
             "encoder": [m for e in enc for m in e.encoder.modules()],
@@ -299,48 +251,20 @@ class EnsembleVAE(HyperparameterHost, BaseModuleClass):
             "decoder": list(self.decoder.px_decoder.modules()),
             "heads": list(self.decoder.heads.modules()),
         }
-        return {
-            g: [m for m in mods if isinstance(m, HyperBatchEnsembleLinear)]
-            for g, mods in parts.items()
-        }
+        return {g: [m for m in mods if isinstance(m, HyperEmbedding)] for g, mods in parts.items()}
 
-    def hyper_l2(self) -> torch.Tensor:
-        """The tuned L2 penalty of this pass (all members), divided by the training cells."""
-        total = torch.zeros((), device=self.px_r.device)
-        if self.hyper is None or self.active_member is not None or not self.l2_scale:
-            return total
-        for group, layers in self._l2_groups().items():
-            strength = self._hyper_value(f"l2_{group}")
-            if strength is None:
-                continue
-            for layer in layers:
-                total = total + hyper_l2_penalty(layer, strength)
-        return total * self.l2_scale
+    def negative_elbo(self, batch) -> torch.Tensor:
+        """Each member's per-cell negative ELBO with ``beta = 1``, ``(K, B)`` (tune step).
 
-    def tune_loss(self, tensors, tau: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
-        """The tune step's objective on a validation minibatch: ``(loss, nll)``.
-
-        ``nll = -mean_i log (1/K) sum_k exp(ELBO_k(x_i))`` with ``beta = 1`` and no
-        regulariser, computed in evaluation mode (no dropout) with lambda drawn from each
-        member's distribution; ``loss = nll - tau * mean entropy`` of the distributions.
-        Only the bounds should be updated from it (the plan differentiates it with
-        respect to :meth:`hyper_parameters` alone).
+        Parameters
+        ----------
+        batch
+            A minibatch from an scvi-tools data loader.
         """
-        if self.hyper is None:
-            raise ValueError("tune_loss is for ensemble='hyperbatch'.")
-        was_training = self.training
-        self.eval()
-        self._sample_hyper = True
-        try:
-            inf = self.inference(**self._get_inference_input(tensors))
-            gen = self.generative(**self._get_generative_input(tensors, inf))
-            rec, kl_z, kl_l = self.elbo_terms(tensors, inf, gen)
-            nll = -logmeanexp(-(rec + kl_z + kl_l), 0).mean()
-            loss = nll - tau * self.hyper.entropy().mean()
-        finally:
-            self._sample_hyper = False
-            self.train(was_training)
-        return loss, nll
+        inf = self.inference(**self._get_inference_input(batch))
+        gen = self.generative(**self._get_generative_input(batch, inf))
+        rec, kl_z, kl_l = self.elbo_terms(batch, inf, gen)
+        return rec + kl_z + kl_l
 
     # ---------------------------------------------------------------- inputs
     def _get_inference_input(self, tensors, **kwargs):
@@ -363,8 +287,34 @@ class EnsembleVAE(HyperparameterHost, BaseModuleClass):
 
     # ------------------------------------------------------------- inference
     @auto_move_data
-    def inference(self, x, batch_index, cont_covs=None, cat_covs=None, n_samples: int = 1):
-        """q(z | x) (and q(l | x)) of every active member."""
+    def inference(
+        self,
+        x: torch.Tensor,
+        batch_index: torch.Tensor,
+        cont_covs: torch.Tensor | None = None,
+        cat_covs: torch.Tensor | None = None,
+        n_samples: int = 1,
+    ) -> dict:
+        """q(z | x) (and q(l | x)) of every active member, and draws from it.
+
+        Parameters
+        ----------
+        x
+            Counts ``(B, G)``.
+        batch_index
+            Batch codes ``(B, 1)``.
+        cont_covs, cat_covs
+            Continuous ``(B, n)`` and categorical ``(B, n)`` covariates (used by the
+            encoder with ``encode_covariates``).
+        n_samples
+            Latent draws per member and cell (a leading sample axis when above 1).
+
+        Returns
+        -------
+        dict
+            ``z`` ``([S,] K, B, n_latent)``, ``qz``, ``ql`` (``None`` with the observed
+            library size) and ``library`` (log library size).
+        """
         self._prepare_hyper(x.shape[0])
         x_ = torch.log1p(x) if self.log_variational else x
         if cont_covs is not None and self.encode_covariates:
@@ -402,15 +352,37 @@ class EnsembleVAE(HyperparameterHost, BaseModuleClass):
     @auto_move_data
     def generative(
         self,
-        z,
-        library,
-        batch_index,
-        cont_covs=None,
-        cat_covs=None,
-        y=None,
-        transform_batch=None,
-    ):
-        """p(x | z, l) and the priors, for every active member."""
+        z: torch.Tensor,
+        library: torch.Tensor,
+        batch_index: torch.Tensor,
+        cont_covs: torch.Tensor | None = None,
+        cat_covs: torch.Tensor | None = None,
+        y: torch.Tensor | None = None,
+        transform_batch: int | None = None,
+    ) -> dict:
+        """p(x | z, l) and the priors, for every active member.
+
+        Parameters
+        ----------
+        z
+            Latent draws ``([S,] K, B, n_latent)`` (no member axis inside :meth:`member`).
+        library
+            Log library sizes, as :meth:`inference` returns them.
+        batch_index
+            Batch codes ``(B, 1)``.
+        cont_covs, cat_covs
+            Continuous and categorical covariates.
+        y
+            Label codes ``(B, 1)`` (for ``dispersion="gene-label"``).
+        transform_batch
+            Decode every cell as if it came from this batch code.
+
+        Returns
+        -------
+        dict
+            ``px`` (scvi-tools' ZINB / NB / Poisson), ``pl`` (prior of a latent library
+            size, else ``None``), ``pz`` and ``theta`` (the dispersion at its own shape).
+        """
         dec_in = z
         if cont_covs is not None:
             dec_in = torch.cat([z, cont_covs.expand(*z.shape[:-1], cont_covs.shape[-1])], dim=-1)
@@ -452,7 +424,15 @@ class EnsembleVAE(HyperparameterHost, BaseModuleClass):
         return poisson_log_prob_sum(x, px.rate)
 
     def elbo_terms(self, tensors, inference_outputs, generative_outputs):
-        """Per-cell reconstruction loss and KL terms, shaped ``(K, B)`` (``(B,)`` in one member)."""
+        """Per-cell reconstruction loss and KL terms, shaped ``(K, B)`` (``(B,)`` in one member).
+
+        Parameters
+        ----------
+        tensors
+            The minibatch.
+        inference_outputs, generative_outputs
+            :meth:`inference` and :meth:`generative` on it.
+        """
         x = tensors[REGISTRY_KEYS.X_KEY]
         rec = -self._log_prob_sum(generative_outputs, x)
         kl_z = kl_divergence(inference_outputs["qz"], generative_outputs["pz"]).sum(-1)
@@ -462,22 +442,30 @@ class EnsembleVAE(HyperparameterHost, BaseModuleClass):
             kl_l = kl_divergence(inference_outputs["ql"], generative_outputs["pl"]).sum(-1)
         return rec, kl_z, kl_l
 
-    def loss(self, tensors, inference_outputs, generative_outputs, kl_weight: float = 1.0):
-        """Each member's mean negative ELBO, summed (deep) or averaged (batch, mcdropout).
+    def loss(
+        self, tensors, inference_outputs, generative_outputs, kl_weight: float = 1.0
+    ) -> LossOutput:
+        """Each member's mean negative ELBO, summed (deep) or averaged (shared weights).
 
-        A deep ensemble sums: every member then gets exactly the gradient it would get if it
-        were trained alone. BatchEnsemble and MC dropout share weights, and the reference
-        averages over the K*B rows. The logged per-cell metrics are member averages.
-        Hyper-BatchEnsemble in training mode weighs each cell's KL by its sampled ``beta``
-        (times the warm-up ``kl_weight``) and adds the tuned L2 penalty; in evaluation mode
-        the loss is the plain ELBO, as for the other kinds.
+        The reduction is :meth:`reduce_members`'. The logged per-cell metrics are member
+        averages. Hyper-BatchEnsemble in training mode weighs each cell's KL by its sampled
+        ``beta`` (times the warm-up ``kl_weight``) and adds the tuned L2 penalty; in
+        evaluation mode the loss is the plain ELBO, as for the other kinds.
+
+        Parameters
+        ----------
+        tensors
+            The minibatch.
+        inference_outputs, generative_outputs
+            :meth:`inference` and :meth:`generative` on it.
+        kl_weight
+            The KL warm-up weight (scvi-tools' training plan sets it).
         """
         rec, kl_z, kl_l = self.elbo_terms(tensors, inference_outputs, generative_outputs)
         beta = self._hyper_value("kl_weight") if self.training else None
         per_cell = rec + kl_weight * (kl_z if beta is None else beta * kl_z) + kl_l
         if self.active_member is None:
-            per_member = per_cell.mean(-1)
-            loss = per_member.sum() if self.ensemble in ("deep", "single") else per_member.mean()
+            loss = self.reduce_members(per_cell.mean(-1))
             if self.training:
                 loss = loss + self.hyper_l2()
             rec, kl_z, kl_l = rec.mean(0), kl_z.mean(0), kl_l.mean(0)
@@ -488,152 +476,3 @@ class EnsembleVAE(HyperparameterHost, BaseModuleClass):
             reconstruction_loss=rec,
             kl_local={"kl_divergence_l": kl_l, "kl_divergence_z": kl_z},
         )
-
-    # ------------------------------------------------------------ evaluation
-    @auto_move_data
-    def predictive(
-        self,
-        tensors: dict[str, torch.Tensor],
-        n_samples: int = 1,
-        transform_batch: int | None = None,
-        use_mean: bool = False,
-    ) -> Predictive:
-        """The one all-member computation path behind every evaluation output.
-
-        Encodes the minibatch, draws ``n_samples`` latent samples per member (or takes the
-        posterior means with ``use_mean``) and decodes them, returning everything with
-        explicit ``(S, M, B, .)`` axes. Inside :meth:`member` only that member is computed
-        (``M = 1``). ELBO, marginal likelihood, posterior predictive samples, stacked
-        normalised expression and the uncertainty decomposition all read from here.
-
-        Parameters
-        ----------
-        tensors
-            A minibatch from an scvi-tools data loader.
-        n_samples
-            Latent samples per member and cell.
-        transform_batch
-            Decode every cell as if it came from this batch code.
-        use_mean
-            Decode the posterior means of ``z`` (and of the latent library size) instead of
-            samples; ``n_samples`` must then be 1.
-        """
-        if use_mean and n_samples != 1:
-            raise ValueError("use_mean=True decodes the posterior mean: pass n_samples=1.")
-        one = self.active_member is not None
-        inf = self.inference(**self._get_inference_input(tensors), n_samples=n_samples)
-        if use_mean:
-            inf["z"] = inf["qz"].loc
-            if inf["ql"] is not None:
-                inf["library"] = inf["ql"].loc
-        gen = self.generative(
-            **self._get_generative_input(tensors, inf), transform_batch=transform_batch
-        )
-        px = gen["px"]
-
-        def smbd(t):
-            return None if t is None else _to_smbd(t, n_samples, one)
-
-        def dist(d):
-            return None if d is None else Normal(smbd(d.loc), smbd(d.scale), validate_args=False)
-
-        z = smbd(inf["z"])
-        if self.use_observed_lib_size:  # (B, 1) or (S, B, 1): no member axis
-            library = inf["library"].reshape(-1, 1, z.shape[2], 1).expand(-1, z.shape[1], -1, -1)
-        else:
-            library = smbd(inf["library"])
-        pl = gen["pl"]
-        if pl is not None:  # the prior depends on the batch only: (1, 1, B, 1)
-            pl = Normal(pl.loc.reshape(1, 1, -1, 1), pl.scale.reshape(1, 1, -1, 1))
-        theta = gen["theta"] if self.gene_likelihood != "poisson" else None
-        if theta is not None:
-            theta = theta.reshape(1, *([1] if one else []), *theta.shape)
-            theta = theta.reshape(1, theta.shape[1], -1, theta.shape[-1])
-        scale = px.scale
-        rate = px.mu if self.gene_likelihood != "poisson" else px.rate
-        return Predictive(
-            z=z,
-            qz=dist(inf["qz"]),
-            library=library,
-            ql=dist(inf["ql"]),
-            pl=pl,
-            scale=smbd(scale),
-            rate=smbd(rate),
-            theta=theta,
-            zi_logits=smbd(getattr(px, "zi_logits", None)),
-        )
-
-    @torch.inference_mode()
-    def member_elbo(self, tensors) -> torch.Tensor:
-        """Per-member, per-cell ELBO (beta = 1) from one latent sample: ``(M, B)``."""
-        pred = self.predictive(tensors)
-        x = tensors[REGISTRY_KEYS.X_KEY]
-        elbo = pred.log_prob_sum(x, self.gene_likelihood)[0]
-        elbo = elbo - kl_divergence(pred.qz, Normal(0.0, 1.0)).sum(-1)[0]
-        if pred.ql is not None:
-            elbo = elbo - kl_divergence(pred.ql, pred.pl).sum(-1)[0]
-        return elbo
-
-    @torch.inference_mode()
-    @auto_move_data
-    def marginal_ll(
-        self,
-        tensors,
-        n_mc_samples: int,
-        return_mean: bool = False,
-        n_mc_samples_per_pass: int = 1,
-    ):
-        """Importance-sampled log p(x) per member: ``(K, B)``; ``(B,)`` in one member, as scVI.
-
-        With ``return_mean`` the mean over cells (and members) as a float.
-        """
-        n_per = max(1, min(n_mc_samples_per_pass, n_mc_samples))
-        x = tensors[REGISTRY_KEYS.X_KEY]
-        terms, done = [], 0
-        while done < n_mc_samples:
-            n = min(n_per, n_mc_samples - done)
-            pred = self.predictive(tensors, n_samples=n)
-            log_w = (
-                pred.log_prob_sum(x, self.gene_likelihood)
-                + Normal(0.0, 1.0).log_prob(pred.z).sum(-1)
-                - pred.qz.log_prob(pred.z).sum(-1)
-            )
-            if pred.ql is not None:
-                log_w = log_w + pred.pl.log_prob(pred.library).sum(-1)
-                log_w = log_w - pred.ql.log_prob(pred.library).sum(-1)
-            terms.append(log_w)
-            done += n
-        ll = logmeanexp(torch.cat(terms, dim=0), dim=0)  # (M, B)
-        if self.active_member is not None:
-            ll = ll[0]
-        return ll.mean().item() if return_mean else ll.cpu()
-
-    @torch.inference_mode()
-    def sample(
-        self,
-        tensors,
-        n_samples: int = 1,
-        max_poisson_rate: float = 1e8,
-        generative_kwargs: dict | None = None,
-    ) -> torch.Tensor:
-        """Posterior predictive counts, with the signature and shapes of ``scvi.module.VAE``.
-
-        ``(B, G)``, or ``(B, G, S)`` with ``n_samples > 1``, on the CPU. Inside
-        :meth:`member` these are that member's samples. With all members active they are
-        samples of the ensemble's predictive distribution, the equal-weight member mixture:
-        each cell's each sample comes from a member drawn uniformly at random.
-        """
-        transform_batch = (generative_kwargs or {}).get("transform_batch")
-        pred = self.predictive(tensors, n_samples=n_samples, transform_batch=transform_batch)
-        choose = pred.mixture_draw()
-        rate = choose(pred.rate)
-        if self.gene_likelihood == "poisson":
-            samples = Poisson(rate.clamp(max=max_poisson_rate)).sample()
-        elif self.gene_likelihood == "nb":
-            samples = NegativeBinomial(mu=rate, theta=choose(pred.theta)).sample()
-        else:
-            samples = ZeroInflatedNegativeBinomial(
-                mu=rate, theta=choose(pred.theta), zi_logits=choose(pred.zi_logits)
-            ).sample()
-        samples = samples.movedim(0, -1) if n_samples > 1 else samples[0]
-        return samples.cpu()

@@ -34,9 +34,16 @@ def _heads(dst: nn.Module, k: int, first: tuple[torch.Tensor, torch.Tensor], sec
 def load_scvi_member(module: EnsembleVAE, member: int, vae: nn.Module) -> None:
     """Put the weights of ``vae`` (a ``scvi.module.VAE``) into member ``member`` of ``module``.
 
-    ``module`` must be a ``deep`` (or ``single``) ensemble with the same architecture
-    (genes, covariates, hidden units, layers, latent size, dispersion, library size
-    handling); a mismatch raises a ``ValueError`` naming the tensor.
+    Parameters
+    ----------
+    module
+        A ``deep`` (or ``single``) ensemble with the same architecture as ``vae`` (genes,
+        covariates, hidden units, layers, latent size, dispersion, library size handling);
+        a mismatch raises a ``ValueError`` naming the tensor.
+    member
+        The member to overwrite.
+    vae
+        The trained ``scvi.module.VAE``.
     """
     if module.ensemble not in ("deep", "single"):
         raise ValueError(

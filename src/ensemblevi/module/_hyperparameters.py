@@ -1,7 +1,7 @@
 """The hyperparameters Hyper-BatchEnsemble tunes in a VAE, and their defaults.
 
 Only continuous hyperparameters that enter the training loss can be tuned this way
-(``../shared/docs/ensembles.md`` section 4): the encoder's dropout rate, the KL weight
+(Wenzel, Snoek, Tran & Jenatton 2020, NeurIPS, section 3): the encoder's dropout rate, the KL weight
 ``beta`` and an L2 strength per layer group. Latent size, depth, width and the likelihood
 family cannot.
 
@@ -41,15 +41,19 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 import torch
+from torch import nn
 
+from ensemblevi._constants import logmeanexp
 from ensemblevi.nn import (
+    EnsembleModule,
     HyperDropout,
     Hyperparameter,
     LogUniformHyperparameters,
+    hyper_l2_penalty,
     set_hyperparameters,
 )
 
-L2_GROUPS = ("encoder", "latent", "decoder", "heads")  # EnsembleVAE._l2_groups' keys
+L2_GROUPS = ("encoder", "latent", "decoder", "heads")  # keys of the modules' l2_groups()
 DEFAULT_HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
     Hyperparameter("dropout", 1e-3, 0.9, init=0.1),
     Hyperparameter("kl_weight", 0.1, 10.0, init=1.0),
@@ -75,14 +79,17 @@ def resolve_hyperparameters(
 ) -> tuple[Hyperparameter, ...]:
     """Hyperparameters to tune from a user's specification.
 
-    ``None``: all defaults. A list of names takes those defaults; a list may also hold
-    :class:`~ensemblevi.nn.Hyperparameter` objects or dicts of their fields. A mapping
-    ``{name: {"low": .., "high": .., "init": ..}}`` or ``{name: (low, high[, init])}``
-    overrides the named defaults' fields.
-
-    ``baseline`` (e.g. ``{"dropout": 0.0}``: the model's untuned setting) centres the
-    initial interval of a default whose ``init`` the user did not set, so that an HBE
-    starts where the BatchEnsemble it extends is (a rate of 0 starts at the low end).
+    Parameters
+    ----------
+    spec
+        ``None``: all defaults. A list of names takes those defaults; a list may also hold
+        :class:`~ensemblevi.nn.Hyperparameter` objects or dicts of their fields. A mapping
+        ``{name: {"low": .., "high": .., "init": ..}}`` or ``{name: (low, high[, init])}``
+        overrides the named defaults' fields.
+    baseline
+        The model's untuned settings (e.g. ``{"dropout": 0.0}``): they centre the initial
+        interval of a default whose ``init`` the user did not set, so that an HBE starts
+        where the BatchEnsemble it extends is (a rate of 0 starts at the low end).
     """
     defaults = {h.name: h for h in DEFAULT_HYPERPARAMETERS}
     for name, value in (baseline or {}).items():
@@ -133,16 +140,107 @@ def resolve_hyperparameters(
 
 
 class HyperparameterHost:
-    """What a module with Hyper-BatchEnsemble hyperparameters shares (EnsembleVAE, the
-    convolutional VAE): choosing lambda for a pass and reading its values.
+    """What the ensemble modules (EnsembleVAE, the convolutional VAE) share: the loss
+    reduction over members, the parameter groups, and Hyper-BatchEnsemble's pieces
+    (choosing lambda for a pass, the tuned L2 penalty, the tune objective).
 
     The module sets ``hyper`` (a :class:`~ensemblevi.nn.LogUniformHyperparameters` or
-    ``None``), ``_sample_hyper`` and ``_lambda`` in its ``__init__`` via :meth:`_init_hyper`.
+    ``None``), ``_sample_hyper`` and ``_lambda`` in its ``__init__`` via :meth:`_init_hyper`,
+    and defines :meth:`l2_groups` and :meth:`negative_elbo`.
     """
 
     hyper: LogUniformHyperparameters | None
     _lambda: torch.Tensor | None
     active_member: int | None = None
+    ensemble: str
+    n_members: int
+
+    # ------------------------------------------------------ members and groups
+    def reduce_members(self, per_member: torch.Tensor) -> torch.Tensor:
+        """The training loss from each member's mean loss ``(K,)``: summed or averaged.
+
+        A deep ensemble sums: every member then gets exactly the gradient it would get
+        if it were trained alone. BatchEnsemble, Hyper-BatchEnsemble and MC dropout share
+        weights, and the reference averages over the K*B rows.
+
+        Parameters
+        ----------
+        per_member
+            Each member's mean loss over the minibatch, ``(K,)``.
+        """
+        return per_member.sum() if self.ensemble in ("deep", "single") else per_member.mean()
+
+    def fast_parameters(self) -> list[nn.Parameter]:
+        """BatchEnsemble fast weights (and per-member biases): their own optimiser group."""
+        return [
+            p for m in self.modules() if isinstance(m, EnsembleModule) for p in m.fast_parameters()
+        ]
+
+    def network_parameters(self) -> list[nn.Parameter]:
+        """Every parameter but the hyperparameter bounds (the train step's)."""
+        bounds = {id(p) for p in self.hyper_parameters()}
+        return [p for p in self.parameters() if id(p) not in bounds]
+
+    # ------------------------------------------------------- Hyper-BatchEnsemble
+    def l2_groups(self) -> dict[str, list[nn.Module]]:
+        """The HBE layers of each L2 group (keys: :data:`L2_GROUPS`)."""
+        raise NotImplementedError
+
+    def negative_elbo(self, batch) -> torch.Tensor:
+        """Each member's per-example negative ELBO with ``beta = 1``, ``(K, B)``.
+
+        Parameters
+        ----------
+        batch
+            A minibatch, as the module's training loss takes it.
+        """
+        raise NotImplementedError
+
+    def hyper_l2(self) -> torch.Tensor:
+        """The tuned L2 penalty of this pass (all members), divided by the training cells.
+
+        Zero outside Hyper-BatchEnsemble, inside a single-member pass, and before the
+        training loop has set ``l2_scale``.
+        """
+        total = torch.zeros((), device=next(self.parameters()).device)
+        if self.hyper is None or self.active_member is not None or not self.l2_scale:
+            return total
+        for group, layers in self.l2_groups().items():
+            strength = self._hyper_value(f"l2_{group}")
+            if strength is None:
+                continue
+            for layer in layers:
+                total = total + hyper_l2_penalty(layer, strength)
+        return total * self.l2_scale
+
+    def tune_loss(self, batch, tau: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tune step's objective on a validation minibatch: ``(loss, nll)``.
+
+        ``nll = -mean_i log (1/K) sum_k exp(ELBO_k(x_i))`` with ``beta = 1`` and no
+        regulariser, computed in evaluation mode (no dropout) with lambda drawn from each
+        member's distribution; ``loss = nll - tau * mean entropy`` of the distributions.
+        Only the bounds should be updated from it (the plan differentiates it with
+        respect to :meth:`hyper_parameters` alone).
+
+        Parameters
+        ----------
+        batch
+            A validation minibatch.
+        tau
+            Entropy weight (reference: 1e-3).
+        """
+        if self.hyper is None:
+            raise ValueError("tune_loss is for ensemble='hyperbatch'.")
+        was_training = self.training
+        self.eval()
+        self._sample_hyper = True
+        try:
+            nll = -logmeanexp(-self.negative_elbo(batch), 0).mean()
+            loss = nll - tau * self.hyper.entropy().mean()
+        finally:
+            self._sample_hyper = False
+            self.train(was_training)
+        return loss, nll
 
     def _init_hyper(
         self,
@@ -152,7 +250,16 @@ class HyperparameterHost:
         baseline: Mapping[str, float] | None = None,
     ) -> int:
         """Build the distributions for ``hyperbatch``; returns J (0 for other kinds).
-        ``baseline``: see :func:`resolve_hyperparameters`."""
+
+        Parameters
+        ----------
+        ensemble, n_members
+            The module's kind and K.
+        spec
+            What to tune (see :func:`resolve_hyperparameters`).
+        baseline
+            See :func:`resolve_hyperparameters`.
+        """
         if spec is not None and ensemble != "hyperbatch":
             raise ValueError("hyperparameters are tuned by ensemble='hyperbatch' only.")
         self.hyper = None
@@ -170,6 +277,11 @@ class HyperparameterHost:
 
     def _prepare_hyper(self, n: int) -> None:
         """Choose lambda for the coming pass and hand it to the layers.
+
+        Parameters
+        ----------
+        n
+            Examples in the pass.
 
         Training (and the tune step): one reparameterised draw per member and example,
         ``(K, n, J)``; prediction: each member's mean, ``(K, 1, J)``.
@@ -190,7 +302,13 @@ class HyperparameterHost:
 
     def _hyper_value(self, name: str) -> torch.Tensor | None:
         """This pass' ``(K, n|1)`` values of one tuned hyperparameter (``None``: not tuned);
-        inside a single-member pass, that member's ``(n|1,)``."""
+        inside a single-member pass, that member's ``(n|1,)``.
+
+        Parameters
+        ----------
+        name
+            The hyperparameter.
+        """
         if self.hyper is None or name not in self.hyper.names or self._lambda is None:
             return None
         lam = self._lambda[..., self.hyper.index(name)]
@@ -198,7 +316,13 @@ class HyperparameterHost:
 
 
 def hyperparameter_table(hyper: LogUniformHyperparameters) -> pd.DataFrame:
-    """``member, hyperparameter, low, high, mean`` of every member's interval."""
+    """``member, hyperparameter, low, high, mean`` of every member's interval.
+
+    Parameters
+    ----------
+    hyper
+        The tuned distributions.
+    """
     with torch.no_grad():
         low, high = (t.cpu().numpy() for t in hyper.bounds())
         mean = hyper.mean().cpu().numpy()
@@ -213,13 +337,31 @@ def hyperparameter_table(hyper: LogUniformHyperparameters) -> pd.DataFrame:
 
 
 def bounds_record(hyper: LogUniformHyperparameters, step: int, epoch: int, nll) -> dict:
-    """One point of the tuning trajectory: the bounds after a tune step."""
+    """One point of the tuning trajectory: the bounds after a tune step.
+
+    Parameters
+    ----------
+    hyper
+        The tuned distributions.
+    step, epoch
+        Train steps done, and the epoch.
+    nll
+        The tune step's validation NLL per cell (``None`` for the initial bounds).
+    """
     low, high = (t.detach().cpu().numpy() for t in hyper.bounds())
     return {"step": step, "epoch": epoch, "low": low, "high": high, "nll": nll}
 
 
 def trajectory_frame(hyper: LogUniformHyperparameters, records: list[dict]) -> pd.DataFrame:
-    """Long table of :func:`bounds_record` points: one row per record, member and name."""
+    """Long table of :func:`bounds_record` points: one row per record, member and name.
+
+    Parameters
+    ----------
+    hyper
+        The tuned distributions (for the names).
+    records
+        :func:`bounds_record` points.
+    """
     return pd.DataFrame(
         [
             (r["step"], r["epoch"], k, name, float(r["low"][k, j]), float(r["high"][k, j]),

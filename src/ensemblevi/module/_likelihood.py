@@ -27,6 +27,8 @@ this: scvi-tools' ``log_zinb_positive`` is written for autograd.
 
 from __future__ import annotations
 
+import logging
+import math
 from contextlib import contextmanager
 
 import torch
@@ -118,7 +120,15 @@ def _zinb_log_prob_sum(
 
 
 def poisson_log_prob_sum(x: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
-    """Sum over genes of the Poisson log-pmf; ``lgamma(x + 1)`` once per minibatch."""
+    """Sum over genes of the Poisson log-pmf; ``lgamma(x + 1)`` once per minibatch.
+
+    Parameters
+    ----------
+    x
+        Counts ``(B, G)``.
+    rate
+        Poisson rates ``(..., B, G)``.
+    """
     return (torch.xlogy(x, rate) - rate).sum(-1) - torch.lgamma(x + 1).sum(-1)
 
 
@@ -186,7 +196,47 @@ def _grad_terms(g, dmu, dtheta, dpi, reduce_theta: bool):
     return times(dmu), g_theta, times(dpi)
 
 
-_COMPILED: dict[str, object] = {"on": False, "fn": None, "grad": None}
+_COMPILED: dict[str, object] = {"on": False, "fn": None, "grad": None, "failed": None}
+logger = logging.getLogger(__name__)
+
+
+#: Training steps from which ``EnsembleSCVI.train`` compiles the likelihood by default.
+#: Compiling both minibatch shapes of a K = 4 ``heartlike`` run took 24-31 s on the
+#: project's 2-core CPU with a cold cache and 5 s with inductor's disk cache warm
+#: (``benchmarks/bench_compile_time.py``, machine shared), and saves about 10 ms a K = 4
+#: step there (``docs/benchmarks.md``): from a cold start it pays from about 3,000 steps.
+#: A default ``heartlike`` run (400 epochs of 146 steps) has 58,400.
+COMPILE_MIN_STEPS = 3000
+
+
+def should_compile(
+    n_cells: int, batch_size: int, max_epochs: int | None, train_size: float | None
+) -> bool:
+    """Whether a training run is long enough to compile the likelihood by default.
+
+    Parameters
+    ----------
+    n_cells
+        Cells of the AnnData.
+    batch_size
+        Cells per minibatch.
+    max_epochs
+        Epochs (``None``: scvi-tools' heuristic for ``n_cells``).
+    train_size
+        Training fraction (``None``: scvi-tools' default, 0.9).
+    """
+    from scvi.model._utils import get_max_epochs_heuristic
+
+    epochs = max_epochs if max_epochs is not None else get_max_epochs_heuristic(n_cells)
+    steps_per_epoch = math.ceil(n_cells * (0.9 if train_size is None else train_size) / batch_size)
+    return epochs * steps_per_epoch >= COMPILE_MIN_STEPS
+
+
+def _compile_failed(err: BaseException) -> None:
+    """Switch the compiled path off for this process, saying why once."""
+    reason = f"{type(err).__name__}: {err}".splitlines()[0][:200]
+    _COMPILED.update(on=False, fn=None, grad=None, failed=reason)
+    logger.warning("torch.compile of the likelihood failed (%s); using the eager kernel.", reason)
 
 
 @contextmanager
@@ -197,25 +247,50 @@ def compiled_likelihood(enabled: bool = True):
     it compiles once per ``(K, B, G)`` (twice per epoch at most: the last minibatch is
     smaller) into one loop over the tensor; the lgamma/digamma parts on non-zero counts,
     whose size changes every step, stay outside it. Needs a working ``torch.compile``
-    backend (a C++ compiler on CPU, Triton on GPU).
+    backend (a C++ compiler on CPU, Triton on GPU). Where compiling fails (no compiler,
+    an unsupported platform, an error inside the compiler), the kernel runs eagerly, with
+    the same values, and one warning says why; later blocks in the process then stay
+    eager.
+
+    Parameters
+    ----------
+    enabled
+        Compile (``False``: the block runs the eager kernel).
     """
     previous = _COMPILED["on"]
-    _COMPILED["on"] = bool(enabled)
-    if enabled and _COMPILED["fn"] is None:
-        _COMPILED["fn"] = torch.compile(_dense_terms, dynamic=False)
-        _COMPILED["grad"] = torch.compile(_grad_terms, dynamic=False)
+    on = bool(enabled) and _COMPILED["failed"] is None
+    if on and _COMPILED["fn"] is None:
+        try:
+            _COMPILED["fn"] = torch.compile(_dense_terms, dynamic=False)
+            _COMPILED["grad"] = torch.compile(_grad_terms, dynamic=False)
+        except Exception as err:  # e.g. torch.compile unsupported on this Python
+            _compile_failed(err)
+            on = False
+    _COMPILED["on"] = on
     try:
         yield
     finally:
-        _COMPILED["on"] = previous
+        _COMPILED["on"] = previous and _COMPILED["failed"] is None
+
+
+def _run(name: str, eager, *args):
+    fn = _COMPILED[name]
+    if _COMPILED["on"] and fn is not None:
+        try:
+            return fn(*args)
+        except Exception as err:  # compiler missing or broken: an eager retry is exact
+            out = eager(*args)  # an error of the inputs themselves is raised from here
+            _compile_failed(err)
+            return out
+    return eager(*args)
 
 
 def _dense(*args):
-    return (_COMPILED["fn"] if _COMPILED["on"] else _dense_terms)(*args)
+    return _run("fn", _dense_terms, *args)
 
 
 def _grads(*args):
-    return (_COMPILED["grad"] if _COMPILED["on"] else _grad_terms)(*args)
+    return _run("grad", _grad_terms, *args)
 
 
 def _gene_theta(x: torch.Tensor, theta: torch.Tensor) -> bool:
@@ -290,8 +365,16 @@ def _fused(x, *params) -> bool:
 def nb_log_prob_sum(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """Sum over genes of the negative-binomial log-pmf (scvi-tools' parameterisation).
 
-    ``x`` is ``(B, G)``; ``mu`` ``(..., B, G)``; ``theta`` broadcastable to ``mu`` (e.g.
-    ``(K, 1, G)``). Returns ``(..., B)``. Fused forward/backward when a gradient is needed.
+    Returns ``(..., B)``; fused forward/backward when a gradient is needed.
+
+    Parameters
+    ----------
+    x
+        Counts ``(B, G)``.
+    mu
+        Means ``(..., B, G)``.
+    theta
+        Inverse dispersions, broadcastable to ``mu`` (e.g. ``(K, 1, G)``).
     """
     if _fused(x, mu, theta):
         return _CountLogProbSum.apply(x, mu, theta, None)
@@ -303,8 +386,18 @@ def zinb_log_prob_sum(
 ) -> torch.Tensor:
     """Sum over genes of the zero-inflated negative-binomial log-pmf (scvi-tools' form).
 
-    Same shapes as :func:`nb_log_prob_sum`; ``zi_logits`` like ``mu``. Returns ``(..., B)``.
-    Fused forward/backward when a gradient is needed.
+    Returns ``(..., B)``; fused forward/backward when a gradient is needed.
+
+    Parameters
+    ----------
+    x
+        Counts ``(B, G)``.
+    mu
+        Means ``(..., B, G)``.
+    theta
+        Inverse dispersions, broadcastable to ``mu`` (e.g. ``(K, 1, G)``).
+    zi_logits
+        Zero-inflation logits, like ``mu``.
     """
     if _fused(x, mu, theta, zi_logits):
         return _CountLogProbSum.apply(x, mu, theta, zi_logits)

@@ -1,12 +1,14 @@
-"""scVI's encoder and decoder built from ensemble layers.
+"""scVI's encoder and decoder built from ensemble layers, and the layer factories.
 
 They mirror ``scvi.nn.FCLayers``, ``scvi.nn.Encoder`` and ``scvi.nn.DecoderSCVI``
 (one-hot covariates concatenated to the input of the first layer, and of every layer when
 ``inject_covariates``; Linear -> BatchNorm -> ReLU -> Dropout), with a member axis added.
+Which ensemble layers they are made of is one :class:`~ensemblevi.nn.LayerSpec`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Sequence
 
@@ -14,44 +16,97 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ensemblevi._constants import ENSEMBLE_KINDS, EnsembleKind
-
-from ._hyper import HyperBatchEnsembleLinear, HyperDropout
-from ._layers import (
-    MEMBER_AXIS,
-    BatchEnsembleLinear,
-    EnsembleBatchNorm,
-    EnsembleLinear,
-    MemberDropout,
-    SharedLinear,
-    member_draw,
+from ._base import MEMBER_AXIS, ConvBase, EnsembleModule, LayerSpec, member_draw
+from ._batch import BatchEnsembleConv2d, BatchEnsembleConvTranspose2d, BatchEnsembleLinear
+from ._deep import EnsembleConv2d, EnsembleConvTranspose2d, EnsembleLinear
+from ._hyperbatch import (
+    HyperBatchEnsembleConv2d,
+    HyperBatchEnsembleConvTranspose2d,
+    HyperBatchEnsembleLinear,
+    HyperDropout,
 )
+from ._norm_dropout import EnsembleBatchNorm, MemberDropout, SharedLinear
 
 
-def make_linear(
-    kind: EnsembleKind,
-    n_members: int,
-    d_in: int,
-    d_out: int,
-    bias: bool = True,
-    n_hyper: int = 0,
-    tied: bool = False,
-) -> nn.Module:
-    """The linear layer of an ensemble kind (``n_hyper``: tuned hyperparameters, HBE only;
-    ``tied``: an HBE layer with ``W' = W``, see :class:`HyperBatchEnsembleLinear`)."""
-    if kind in ("deep", "single"):
-        return EnsembleLinear(n_members, d_in, d_out, bias=bias)
-    if kind == "batch":
-        return BatchEnsembleLinear(n_members, d_in, d_out, bias=bias)
-    if kind == "hyperbatch":
-        if n_hyper < 1:
-            raise ValueError("A hyperbatch layer needs n_hyper >= 1 tuned hyperparameters.")
+def make_linear(*, spec: LayerSpec, d_in: int, d_out: int, bias: bool = True) -> nn.Module:
+    """The linear layer of ``spec``'s ensemble kind.
+
+    Parameters
+    ----------
+    spec
+        The ensemble kind, members and per-kind options (``tied``, ``n_hyper``,
+        ``random_sign_init``).
+    d_in, d_out
+        Features in and out.
+    bias
+        Whether the layer has biases.
+    """
+    k = spec.n_members
+    if spec.ensemble in ("deep", "single"):
+        return EnsembleLinear(k, d_in, d_out, bias=bias)
+    if spec.ensemble == "batch":
+        return BatchEnsembleLinear(k, d_in, d_out, bias=bias,
+                                   random_sign_init=spec.random_sign_init)  # fmt: skip
+    if spec.ensemble == "hyperbatch":
         return HyperBatchEnsembleLinear(
-            n_members, d_in, d_out, n_hyper=n_hyper, bias=bias, tied=tied
-        )
-    if kind == "mcdropout":
-        return SharedLinear(n_members, d_in, d_out, bias=bias)
-    raise ValueError(f"Unknown ensemble kind {kind!r}; use one of {ENSEMBLE_KINDS}.")
+            k, d_in, d_out, n_hyper=spec.n_hyper, bias=bias,
+            random_sign_init=spec.random_sign_init, tied=spec.tied,
+        )  # fmt: skip
+    return SharedLinear(k, d_in, d_out, bias=bias)  # mcdropout (LayerSpec checked the kind)
+
+
+def make_conv(
+    *,
+    spec: LayerSpec,
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    transpose: bool = False,
+    **conv_kwargs: int | bool,
+) -> ConvBase:
+    """The (transposed) convolution of ``spec``'s ensemble kind.
+
+    MC dropout has no shared convolution: pass a one-member ``deep`` spec for its one
+    network.
+
+    Parameters
+    ----------
+    spec
+        The ensemble kind, members and per-kind options.
+    in_channels, out_channels, kernel_size
+        As in ``torch.nn.Conv2d``.
+    transpose
+        A transposed convolution.
+    **conv_kwargs
+        ``stride``, ``padding``, ``output_padding``, ``bias``.
+    """
+    k = spec.n_members
+    if spec.ensemble == "hyperbatch":
+        cls = HyperBatchEnsembleConvTranspose2d if transpose else HyperBatchEnsembleConv2d
+        extra = {"n_hyper": spec.n_hyper, "random_sign_init": spec.random_sign_init}
+    elif spec.ensemble == "batch":
+        cls = BatchEnsembleConvTranspose2d if transpose else BatchEnsembleConv2d
+        extra = {"random_sign_init": spec.random_sign_init}
+    elif spec.ensemble in ("deep", "single"):
+        cls, extra = EnsembleConvTranspose2d if transpose else EnsembleConv2d, {}
+    else:
+        raise ValueError("MC dropout convolutions are one network: use a one-member deep spec.")
+    return cls(k, in_channels, out_channels, kernel_size, **extra, **conv_kwargs)
+
+
+def make_dropout(*, spec: LayerSpec, p: float) -> EnsembleModule:
+    """The dropout of ``spec``: tuned (HBE), kept on at prediction (MC dropout) or plain.
+
+    Parameters
+    ----------
+    spec
+        The ensemble kind and ``tuned_dropout``.
+    p
+        The fixed dropout rate (unused when the rate is tuned).
+    """
+    if spec.tuned_dropout:
+        return HyperDropout(spec.n_members)
+    return MemberDropout(spec.n_members, p, always_on=spec.mc_dropout)
 
 
 def _one_hots(cats: Sequence[torch.Tensor], n_cat_list: Sequence[int]) -> list[torch.Tensor]:
@@ -71,12 +126,30 @@ def _concat(x: torch.Tensor, onehots: list[torch.Tensor]) -> torch.Tensor:
 
 
 class EnsembleFCLayers(nn.Module):
-    """``scvi.nn.FCLayers`` with a member axis."""
+    """``scvi.nn.FCLayers`` with a member axis.
+
+    Parameters
+    ----------
+    spec
+        The layers' ensemble kind and options (MC dropout: one shared batch norm).
+    n_in, n_out
+        Input and output features.
+    n_cat_list
+        Categories of each one-hot covariate (1 or fewer: not used).
+    n_layers, n_hidden
+        Depth and width.
+    dropout_rate
+        Fixed dropout after each layer (tuned instead with ``spec.tuned_dropout``).
+    use_batch_norm, use_layer_norm
+        Normalisation after each linear layer.
+    inject_covariates
+        Covariates enter every layer (else the first only).
+    """
 
     def __init__(
         self,
-        kind: EnsembleKind,
-        n_members: int,
+        *,
+        spec: LayerSpec,
         n_in: int,
         n_out: int,
         n_cat_list: Sequence[int] | None = None,
@@ -86,42 +159,40 @@ class EnsembleFCLayers(nn.Module):
         use_batch_norm: bool = True,
         use_layer_norm: bool = False,
         inject_covariates: bool = True,
-        mc_dropout: bool = False,
-        n_hyper: int = 0,
-        tuned_dropout: bool = False,
     ):
         super().__init__()
         self.n_cat_list = [n if n > 1 else 0 for n in (n_cat_list or [])]
         self.inject_covariates = inject_covariates
         n_cov = sum(self.n_cat_list)
         dims = [n_in] + [n_hidden] * (n_layers - 1) + [n_out]
+        bn_members = 1 if spec.mc_dropout else None
         self.layers = nn.ModuleList()
         for i, (d_in, d_out) in enumerate(itertools.pairwise(dims)):
             inject = i == 0 or inject_covariates
-            self.layers.append(
-                nn.ModuleDict(
-                    {
-                        "linear": make_linear(
-                            kind, n_members, d_in + n_cov * inject, d_out, n_hyper=n_hyper
-                        ),
-                        "bn": EnsembleBatchNorm(
-                            n_members, d_out, n_param_members=1 if kind == "mcdropout" else None
-                        )
-                        if use_batch_norm
-                        else nn.Identity(),
-                        "ln": nn.LayerNorm(d_out, elementwise_affine=False)
-                        if use_layer_norm
-                        else nn.Identity(),
-                        "dropout": HyperDropout(n_members)
-                        if tuned_dropout
-                        else MemberDropout(n_members, dropout_rate, always_on=mc_dropout),
-                    }
-                )
-            )
+            bn = EnsembleBatchNorm(spec.n_members, d_out, n_param_members=bn_members)
+            ln = nn.LayerNorm(d_out, elementwise_affine=False)
+            layer = {
+                "linear": make_linear(spec=spec, d_in=d_in + n_cov * inject, d_out=d_out),
+                "bn": bn if use_batch_norm else nn.Identity(),
+                "ln": ln if use_layer_norm else nn.Identity(),
+                "dropout": make_dropout(spec=spec, p=dropout_rate),
+            }
+            self.layers.append(nn.ModuleDict(layer))
 
     def forward(
         self, x: torch.Tensor, *cat_list: torch.Tensor, shared_input: bool = False
     ) -> torch.Tensor:
+        """Run the layers.
+
+        Parameters
+        ----------
+        x
+            ``(..., K, B, n_in)``, or ``(B, n_in)`` with ``shared_input``.
+        *cat_list
+            One ``(B, 1)`` category code tensor per covariate of ``n_cat_list``.
+        shared_input
+            ``x`` has no member axis.
+        """
         onehots = _one_hots(cat_list, self.n_cat_list)
         for i, layer in enumerate(self.layers):
             if i == 0 or self.inject_covariates:
@@ -132,12 +203,25 @@ class EnsembleFCLayers(nn.Module):
 
 
 class EnsembleEncoder(nn.Module):
-    """``scvi.nn.Encoder`` with a member axis: q(z | x) = N(mu_k(x), var_k(x)) per member."""
+    """``scvi.nn.Encoder`` with a member axis: q(z | x) = N(mu_k(x), var_k(x)) per member.
+
+    Parameters
+    ----------
+    spec
+        The ensemble kind and options.
+    n_input, n_output
+        Input features and latent dimensions.
+    n_cat_list, n_layers, n_hidden, dropout_rate, use_batch_norm, use_layer_norm,
+    inject_covariates
+        As in :class:`EnsembleFCLayers`.
+    var_eps
+        Added to the variance, as in scvi-tools.
+    """
 
     def __init__(
         self,
-        kind: EnsembleKind,
-        n_members: int,
+        *,
+        spec: LayerSpec,
         n_input: int,
         n_output: int,
         n_cat_list: Sequence[int] | None = None,
@@ -148,38 +232,35 @@ class EnsembleEncoder(nn.Module):
         use_layer_norm: bool = False,
         inject_covariates: bool = True,
         var_eps: float = 1e-4,
-        mc_dropout: bool = False,
-        n_hyper: int = 0,
-        tuned_dropout: bool = False,
     ):
         super().__init__()
         self.n_output = n_output
         self.var_eps = var_eps
-        self.n_members = n_members
+        self.n_members = spec.n_members
         self.member_stream: tuple[int, int] | None = None  # see set_member_stream
         self.encoder = EnsembleFCLayers(
-            kind,
-            n_members,
-            n_input,
-            n_hidden,
-            n_cat_list,
-            n_layers,
-            n_hidden,
-            dropout_rate,
-            use_batch_norm,
-            use_layer_norm,
-            inject_covariates,
-            mc_dropout,
-            n_hyper,
-            tuned_dropout,
-        )
+            spec=spec, n_in=n_input, n_out=n_hidden, n_cat_list=n_cat_list, n_layers=n_layers,
+            n_hidden=n_hidden, dropout_rate=dropout_rate, use_batch_norm=use_batch_norm,
+            use_layer_norm=use_layer_norm, inject_covariates=inject_covariates,
+        )  # fmt: skip
         # Mean and log-variance heads fused into one matmul; Linear's init depends on the
         # fan-in only, so this initialises exactly like two separate heads.
-        self.heads = make_linear(kind, n_members, n_hidden, 2 * n_output, n_hyper=n_hyper)
+        self.heads = make_linear(spec=spec, d_in=n_hidden, d_out=2 * n_output)
 
     def forward(
         self, x: torch.Tensor, *cat_list: torch.Tensor, shared_input: bool = True
     ) -> tuple[torch.distributions.Normal, torch.Tensor]:
+        """``(q(z | x), z)``: the posterior and one reparameterised draw.
+
+        Parameters
+        ----------
+        x
+            ``(B, n_input)`` (shared by the members), or with a member axis.
+        *cat_list
+            Covariate codes, as in :meth:`EnsembleFCLayers.forward`.
+        shared_input
+            ``x`` has no member axis (the default: counts enter every member).
+        """
         q = self.encoder(x, *cat_list, shared_input=shared_input)
         q_m, q_v = self.heads(q).split(self.n_output, dim=-1)
         q_v = torch.exp(q_v) + self.var_eps
@@ -197,12 +278,25 @@ class EnsembleEncoder(nn.Module):
 
 
 class EnsembleDecoderSCVI(nn.Module):
-    """``scvi.nn.DecoderSCVI`` with a member axis: normalised expression and zero-inflation."""
+    """``scvi.nn.DecoderSCVI`` with a member axis: normalised expression and zero-inflation.
+
+    Parameters
+    ----------
+    spec
+        The ensemble kind and options (the decoder never tunes its dropout).
+    n_input, n_output
+        Latent (plus continuous covariate) dimensions and genes.
+    n_cat_list, n_layers, n_hidden, use_batch_norm, use_layer_norm, inject_covariates,
+    dropout_rate
+        As in :class:`EnsembleFCLayers` (scVI's decoder has no dropout: 0 by default).
+    tied_heads
+        ``hyperbatch``: the likelihood heads are tied HBE layers (``W' = W``).
+    """
 
     def __init__(
         self,
-        kind: EnsembleKind,
-        n_members: int,
+        *,
+        spec: LayerSpec,
         n_input: int,
         n_output: int,
         n_cat_list: Sequence[int] | None = None,
@@ -212,35 +306,34 @@ class EnsembleDecoderSCVI(nn.Module):
         use_layer_norm: bool = False,
         inject_covariates: bool = True,
         dropout_rate: float = 0.0,
-        mc_dropout: bool = False,
-        n_hyper: int = 0,
         tied_heads: bool = False,
     ):
         super().__init__()
         self.n_output = n_output
         self.px_decoder = EnsembleFCLayers(
-            kind,
-            n_members,
-            n_input,
-            n_hidden,
-            n_cat_list,
-            n_layers,
-            n_hidden,
-            dropout_rate,
-            use_batch_norm,
-            use_layer_norm,
-            inject_covariates,
-            mc_dropout,
-            n_hyper,
-        )
+            spec=spec, n_in=n_input, n_out=n_hidden, n_cat_list=n_cat_list, n_layers=n_layers,
+            n_hidden=n_hidden, dropout_rate=dropout_rate, use_batch_norm=use_batch_norm,
+            use_layer_norm=use_layer_norm, inject_covariates=inject_covariates,
+        )  # fmt: skip
         # Scale and zero-inflation logits heads fused into one matmul (same init as two).
-        self.heads = make_linear(
-            kind, n_members, n_hidden, 2 * n_output, n_hyper=n_hyper, tied=tied_heads
-        )
+        head_spec = dataclasses.replace(spec, tied=tied_heads)
+        self.heads = make_linear(spec=head_spec, d_in=n_hidden, d_out=2 * n_output)
 
     def forward(
         self, z: torch.Tensor, library: torch.Tensor, *cat_list: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(px_scale, px_rate, px_dropout)``, each ``(..., K, B, n_output)``.
+
+        Parameters
+        ----------
+        z
+            Latent draws ``(..., K, B, n_input)``.
+        library
+            Log library sizes: observed ``(..., B, 1)`` (the same for every member) or
+            latent ``(..., K, B, 1)``.
+        *cat_list
+            Covariate codes, as in :meth:`EnsembleFCLayers.forward`.
+        """
         px = self.px_decoder(z, *cat_list)
         raw_scale, px_dropout = self.heads(px).split(self.n_output, dim=-1)
         px_scale = torch.softmax(raw_scale, dim=-1)

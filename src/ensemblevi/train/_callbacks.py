@@ -1,4 +1,5 @@
-"""Lightning callbacks: stop on a non-finite loss with the last good weights, save per epoch."""
+"""Lightning callbacks: stop on a non-finite loss with the last good weights, save per epoch,
+record the tuned hyperparameters' trajectory."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from typing import Any
 
 import torch
 from lightning.pytorch.callbacks import Callback
+
+from ensemblevi.module._hyperparameters import bounds_record
 
 
 class NaNGuard(Callback):
@@ -22,6 +25,11 @@ class NaNGuard(Callback):
     On an accelerator, reading the loss back every step would stall the device, so the
     flags stay on the device and are read every ``check_every`` steps and at the end of
     each epoch (on CPU every step is checked: reading costs nothing there).
+
+    Parameters
+    ----------
+    check_every
+        Steps between reads of the device-side flags (accelerators only).
     """
 
     def __init__(self, check_every: int = 50) -> None:
@@ -36,15 +44,40 @@ class NaNGuard(Callback):
         self._state = copy.deepcopy(pl_module.module.state_dict())
 
     def on_train_start(self, trainer, pl_module) -> None:
+        """Snapshot the initial weights.
+
+        Parameters
+        ----------
+        trainer, pl_module
+            Lightning's trainer and the training plan.
+        """
         self._snapshot(pl_module)
         self.good_epoch = trainer.current_epoch
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        """Check pending flags; snapshot the epoch's weights.
+
+        Parameters
+        ----------
+        trainer, pl_module
+            Lightning's trainer and the training plan.
+        """
         self._check_pending(trainer, None)
         self._snapshot(pl_module)
         self.good_epoch = trainer.current_epoch + 1
 
     def on_train_batch_end(self, trainer, pl_module, outputs: Any, batch, batch_idx: int) -> None:
+        """Check the step's loss (or queue its check on an accelerator).
+
+        Parameters
+        ----------
+        trainer, pl_module
+            Lightning's trainer and the training plan.
+        outputs
+            What the training step returned.
+        batch, batch_idx
+            The minibatch and its index.
+        """
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if loss is None:
             return
@@ -83,6 +116,15 @@ class EpochCheckpoint(Callback):
 
     The model's ``save`` writes to a temporary directory and renames it into place, so an
     interrupted training leaves the previous complete checkpoint, never a partial one.
+
+    Parameters
+    ----------
+    model
+        The model whose ``save`` writes the checkpoint.
+    path
+        The checkpoint directory.
+    every
+        Epochs between checkpoints.
     """
 
     def __init__(self, model, path: str | os.PathLike, every: int = 1) -> None:
@@ -107,13 +149,72 @@ class EpochCheckpoint(Callback):
         self.saved_epochs.append(epoch)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        """Save every ``every`` epochs (rank 0 only).
+
+        Parameters
+        ----------
+        trainer, pl_module
+            Lightning's trainer and the training plan.
+        """
         epoch = trainer.current_epoch + 1
         if epoch % self.every == 0 and trainer.is_global_zero:  # one writer under DDP
             self._save(epoch)
 
     def on_train_end(self, trainer, pl_module) -> None:
+        """Save the final model unless its epoch was just saved.
+
+        Parameters
+        ----------
+        trainer, pl_module
+            Lightning's trainer and the training plan.
+        """
         epoch = trainer.current_epoch
         if not trainer.is_global_zero:
             return
         if not self.saved_epochs or self.saved_epochs[-1] != epoch:
             self._save(epoch)
+
+
+class HyperparameterTrajectory(Callback):
+    """Record Hyper-BatchEnsemble's bounds: at the start, and after every tune step.
+
+    Reads what :class:`~ensemblevi.train.HyperTrainingPlan` returns from a training step
+    that ran a tune step (``"tune_nll"``); :attr:`records` holds
+    :func:`~ensemblevi.module._hyperparameters.bounds_record` points (train steps done,
+    epoch, bounds, the tune step's NLL), which the model turns into its
+    ``hyper_trajectory_`` table. On a multi-process run the replicas' bounds are
+    identical, so every process records the same trajectory.
+    """
+
+    def __init__(self) -> None:
+        self.records: list[dict] = []
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        """Record the initial bounds (a first training only).
+
+        Parameters
+        ----------
+        trainer, pl_module
+            Lightning's trainer and the training plan.
+        """
+        if not self.records:
+            self.records.append(bounds_record(pl_module.module.hyper, 0, trainer.current_epoch,
+                                              None))  # fmt: skip
+
+    def on_train_batch_end(self, trainer, pl_module, outputs: Any, batch, batch_idx: int) -> None:
+        """Record the bounds after a step that tuned them.
+
+        Parameters
+        ----------
+        trainer, pl_module
+            Lightning's trainer and the training plan.
+        outputs
+            What the training step returned.
+        batch, batch_idx
+            The minibatch and its index.
+        """
+        if isinstance(outputs, dict) and "tune_nll" in outputs:
+            self.records.append(
+                bounds_record(pl_module.module.hyper, pl_module.train_steps,
+                              trainer.current_epoch, outputs["tune_nll"])
+            )  # fmt: skip

@@ -1,4 +1,8 @@
-"""scvi-tools' TrainingPlan with explicit optimiser parameter groups for ensemble fast weights."""
+"""scvi-tools' TrainingPlan with ensemble parameter groups, and HBE's train/tune alternation.
+
+The parameter groups and the tune step are functions (:func:`fast_param_groups`,
+:func:`tune_step`) so that the image model's own loop (``ConvVAE``) runs the same ones.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +12,100 @@ import torch
 from scvi.train import TrainingPlan
 from torch import nn
 
-from ensemblevi.module._hyperparameters import bounds_record
+
+def fast_param_groups(
+    params: Iterable[nn.Parameter],
+    *,
+    fast: Iterable[nn.Parameter],
+    lr: float,
+    fast_lr_multiplier: float,
+) -> list[dict]:
+    """Optimiser groups: the shared weights, and the fast weights at their own rate.
+
+    Fast weights (BatchEnsemble's ``r``, ``s`` and per-member biases) get
+    ``lr * fast_lr_multiplier`` and no weight decay, as in the reference implementation
+    (Wen, Tran & Ba 2020). Groups are built from the module's own list of fast
+    parameters, never from parameter names.
+
+    Parameters
+    ----------
+    params
+        The parameters to optimise.
+    fast
+        The module's fast parameters (``module.fast_parameters()``).
+    lr
+        The base learning rate.
+    fast_lr_multiplier
+        Learning-rate multiplier of the fast-weight group.
+    """
+    fast_ids = {id(p) for p in fast}
+    params = list(params)
+    groups = [{"params": [p for p in params if id(p) not in fast_ids], "name": "shared"}]
+    fast_params = [p for p in params if id(p) in fast_ids]
+    if fast_params:
+        groups.append(
+            {
+                "params": fast_params,
+                "name": "fast",
+                "lr": lr * fast_lr_multiplier,
+                "weight_decay": 0.0,
+            }
+        )
+    return groups
+
+
+def tune_step(module, batch, optimizer: torch.optim.Optimizer, tau: float) -> float:
+    """One update of the hyperparameter bounds on a validation minibatch.
+
+    Differentiates the module's ``tune_loss`` (ensemble validation NLL minus ``tau`` x
+    the mean entropy) with respect to the bounds alone, steps ``optimizer`` and clips the
+    bounds. Under data-parallel training the gradients (and the reported NLL) are
+    averaged over the processes first, so every replica keeps the same bounds.
+
+    Parameters
+    ----------
+    module
+        A Hyper-BatchEnsemble module (``hyper_parameters()``, ``tune_loss``, ``hyper``).
+    batch
+        A validation minibatch, as the module's loss takes it.
+    optimizer
+        The optimiser of the bounds.
+    tau
+        Entropy weight of the tune objective.
+
+    Returns
+    -------
+    float
+        The minibatch's ensemble NLL per example (the processes' mean under DDP).
+    """
+    params = module.hyper_parameters()
+    with torch.enable_grad():
+        loss, nll = module.tune_loss(batch, tau=tau)
+        grads = torch.autograd.grad(loss, params)
+    nll = nll.detach()
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        # one collective: the gradients and the NLL, averaged over the processes
+        flat = torch.cat([g.reshape(-1) for g in grads] + [nll.reshape(1)])
+        dist.all_reduce(flat)
+        flat /= dist.get_world_size()
+        *grads, nll = flat.split([g.numel() for g in grads] + [1])
+        grads = [g.view_as(p) for g, p in zip(grads, params, strict=True)]
+    for p, g in zip(params, grads, strict=True):
+        p.grad = g
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    module.hyper.clip_()
+    return float(nll)
 
 
 class EnsembleTrainingPlan(TrainingPlan):
     """``scvi.train.TrainingPlan`` whose optimiser has two parameter groups.
 
-    BatchEnsemble fast weights (``r``, ``s`` and per-member biases; whatever the module's
-    ``fast_parameters()`` returns) get ``lr * fast_lr_multiplier`` and no weight decay, as in
-    the reference implementation; every other parameter gets the usual settings. Groups are
-    built from the module's own list of fast parameters, never from parameter names.
-    Everything else (KL warm-up, metrics, schedulers, the optimiser choice) is scvi-tools'.
+    BatchEnsemble fast weights (whatever the module's ``fast_parameters()`` returns) get
+    ``lr * fast_lr_multiplier`` and no weight decay (:func:`fast_param_groups`); every
+    other parameter gets the usual settings. Everything else (KL warm-up, metrics,
+    schedulers, the optimiser choice) is scvi-tools'.
 
     Parameters
     ----------
@@ -38,25 +125,26 @@ class EnsembleTrainingPlan(TrainingPlan):
         self.fast_lr_multiplier = fast_lr_multiplier
 
     def param_groups(self, params: Iterable[nn.Parameter]) -> list[dict]:
-        """Split ``params`` into the shared group and the fast-weight group."""
-        fast_ids = {id(p) for p in self.module.fast_parameters()}
-        params = list(params)
-        shared = [p for p in params if id(p) not in fast_ids]
-        fast = [p for p in params if id(p) in fast_ids]
-        groups = [{"params": shared, "name": "shared"}]
-        if fast:
-            groups.append(
-                {
-                    "params": fast,
-                    "name": "fast",
-                    "lr": self.lr * self.fast_lr_multiplier,
-                    "weight_decay": 0.0,
-                }
-            )
-        return groups
+        """Split ``params`` into the shared group and the fast-weight group.
+
+        Parameters
+        ----------
+        params
+            The parameters scvi-tools hands to the optimiser.
+        """
+        return fast_param_groups(
+            params, fast=self.module.fast_parameters(), lr=self.lr,
+            fast_lr_multiplier=self.fast_lr_multiplier,
+        )  # fmt: skip
 
     def _optimizer_creator_fn(self, optimizer_cls):
         """scvi-tools' Adam/AdamW with the same settings, as the fused implementation.
+
+        Parameters
+        ----------
+        optimizer_cls
+            ``torch.optim.Adam`` or ``torch.optim.AdamW``.
+
 
         ``fused=True`` updates each parameter in one kernel instead of about ten element-
         wise passes: 3x faster Adam steps on this CPU for a K = 4 ensemble (measured in
@@ -86,16 +174,20 @@ class EnsembleTrainingPlan(TrainingPlan):
 class HyperTrainingPlan(EnsembleTrainingPlan):
     """Hyper-BatchEnsemble's alternating algorithm on scvi-tools' training loop.
 
-    Written by hand: scvi-tools has no self-tuning training. Train steps are scvi-tools'
-    (one sampled lambda per member and cell, lambda-weighted KL and L2 in the loss; the
-    optimiser holds every network parameter but not the hyperparameter bounds). After every
-    ``tune_every``-th train step, a *tune step* takes a minibatch of the validation split,
-    computes :meth:`~ensemblevi.module.EnsembleVAE.tune_loss` (ensemble validation NLL with
+    Written by hand: scvi-tools has no self-tuning training. Like scvi-tools'
+    ``AdversarialTrainingPlan``, it optimises manually with two optimisers, both returned
+    by :meth:`configure_optimizers` (so a Lightning checkpoint holds both states): the
+    network's (every parameter but the hyperparameter bounds, in scvi-tools' train step:
+    one sampled lambda per member and cell, lambda-weighted KL and L2 in the loss) and the
+    bounds' Adam (``tune_lr``). After every ``tune_every``-th train step, a *tune step*
+    (:func:`tune_step`) takes a minibatch of the validation split, differentiates
+    :meth:`~ensemblevi.module.EnsembleVAE.tune_loss` (ensemble validation NLL with
     ``beta = 1`` and no regulariser, minus ``tau`` x the mean entropy of the lambda
-    distributions, in evaluation mode), differentiates it with respect to the bounds only,
-    takes an Adam step (``tune_lr``) and clips the bounds. The bounds after each tune step
-    are kept in :attr:`trajectory` (and each epoch's end is logged to the history as
-    ``hyper_<name>_<low|high>_m<k>``), so one can see whether tuning moved them.
+    distributions, in evaluation mode) with respect to the bounds only, steps their
+    optimiser and clips them. That step's NLL is returned in the training step's output
+    (``"tune_nll"``), where :class:`~ensemblevi.train.HyperparameterTrajectory` records
+    the bounds; each epoch's mean is logged as ``tune_nll`` and its end bounds as
+    ``hyper_<name>_<low|high>_m<k>``.
 
     Parameters
     ----------
@@ -130,16 +222,29 @@ class HyperTrainingPlan(EnsembleTrainingPlan):
         self.tune_every = int(tune_every)
         self.tau = float(tau)
         self.tune_lr = float(tune_lr)
-        self.trajectory: list[dict] = []
-        module.hyper_trajectory = self.trajectory  # read by the model after training
-        self._tune_opt = None
+        self.automatic_optimization = False
+        self.train_steps = 0  # network updates so far; tune steps are not counted
         self._val_iter = None
-        self._train_steps = 0
 
     def param_groups(self, params: Iterable[nn.Parameter]) -> list[dict]:
-        """The network's groups, without the hyperparameter bounds (tuned separately)."""
+        """The network's groups, without the hyperparameter bounds (tuned separately).
+
+        Parameters
+        ----------
+        params
+            The parameters scvi-tools hands to the optimiser.
+        """
         bounds = {id(p) for p in self.module.hyper_parameters()}
         return super().param_groups(p for p in params if id(p) not in bounds)
+
+    def configure_optimizers(self):
+        """scvi-tools' optimiser (and scheduler) for the network, and Adam for the bounds."""
+        config = super().configure_optimizers()
+        tune = torch.optim.Adam(self.module.hyper_parameters(), lr=self.tune_lr)
+        optimizers = [config["optimizer"], tune]
+        if "lr_scheduler" in config:
+            return optimizers, [config["lr_scheduler"]]
+        return optimizers
 
     def _val_loader(self):
         dm = getattr(self.trainer, "datamodule", None)
@@ -151,18 +256,11 @@ class HyperTrainingPlan(EnsembleTrainingPlan):
             )
         return loader
 
-    def _record(self, nll: float | None) -> None:
-        self.trajectory.append(
-            bounds_record(self.module.hyper, self._train_steps, self.current_epoch, nll)
-        )
-
     def on_train_start(self) -> None:
+        """Set the L2 scale (1 / training cells); fail early without validation cells."""
         super().on_train_start()
         self.module.l2_scale = 1.0 / max(int(self.n_obs_training or 1), 1)
-        self._tune_opt = torch.optim.Adam(self.module.hyper_parameters(), lr=self.tune_lr)
-        self._val_loader()  # fail before the first step when there is no validation split
-        if not self.trajectory:
-            self._record(None)
+        self._val_loader()
 
     def _next_val_batch(self) -> dict:
         if self._val_iter is None:
@@ -175,35 +273,51 @@ class HyperTrainingPlan(EnsembleTrainingPlan):
         device = self.module.device
         return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
-    def tune_step(self) -> float:
-        """One update of the bounds on a validation minibatch; returns its NLL per cell."""
-        params = self.module.hyper_parameters()
-        with torch.enable_grad():
-            loss, nll = self.module.tune_loss(self._next_val_batch(), tau=self.tau)
-            grads = torch.autograd.grad(loss, params)
-        for p, g in zip(params, grads, strict=True):
-            p.grad = g
-        self._tune_opt.step()
-        self._tune_opt.zero_grad(set_to_none=True)
-        self.module.hyper.clip_()
-        return float(nll.detach())
+    def training_step(self, batch, batch_idx):
+        """scvi-tools' train step, a manual network update, and every ``tune_every``-th
+        step a tune step.
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        super().on_train_batch_end(outputs, batch, batch_idx)
-        self._train_steps += 1
-        if self._train_steps % self.tune_every == 0:
-            nll = self.tune_step()
-            self._record(nll)
+        Parameters
+        ----------
+        batch
+            The training minibatch.
+        batch_idx
+            Its index in the epoch.
+        """
+        opt, tune_opt = self.optimizers()
+        loss = super().training_step(batch, batch_idx)  # forward pass and scvi's logging
+        opt.zero_grad()
+        self.manual_backward(loss)
+        opt.step()
+        self.train_steps += 1
+        out = {"loss": loss}
+        if self.train_steps % self.tune_every == 0:
+            # the bare optimiser: Lightning's wrapper would count the tune step in
+            # global_step, which must stay the number of network updates (KL warm-up)
+            nll = tune_step(self.module, self._next_val_batch(), tune_opt.optimizer, self.tau)
+            self.log("tune_nll", nll, on_step=False, on_epoch=True, batch_size=1)
+            out["tune_nll"] = nll
+        return out
+
+    def _step_plateau_scheduler(self, on_validation: bool) -> None:
+        # manual optimisation: Lightning leaves the scheduler to the plan (as scvi-tools'
+        # AdversarialTrainingPlan does), stepped after the epoch whose metric it monitors
+        metric = self.lr_scheduler_metric
+        if self.reduce_lr_on_plateau and ("validation" in metric) == on_validation:
+            self.lr_schedulers().step(self.trainer.callback_metrics[metric])
+
+    def on_validation_epoch_end(self) -> None:
+        """Step a validation-monitoring learning-rate scheduler."""
+        super().on_validation_epoch_end()
+        self._step_plateau_scheduler(on_validation=True)
 
     def on_train_epoch_end(self) -> None:
+        """Log each member's bounds; step a train-monitoring learning-rate scheduler."""
         super().on_train_epoch_end()
+        self._step_plateau_scheduler(on_validation=False)
         low, high = (t.detach().cpu() for t in self.module.hyper.bounds())
         for j, name in enumerate(self.module.hyper.names):
             for k in range(self.module.n_members):
                 for side, t in (("low", low), ("high", high)):
                     self.log(f"hyper_{name}_{side}_m{k}", float(t[k, j]), on_epoch=True,
                              on_step=False)  # fmt: skip
-        nlls = [r["nll"] for r in self.trajectory if r["nll"] is not None and
-                r["epoch"] == self.current_epoch]  # fmt: skip
-        if nlls:
-            self.log("tune_nll", sum(nlls) / len(nlls), on_epoch=True, on_step=False)
