@@ -64,7 +64,7 @@ class CalibrationConfig:
 
 
 def run_dataset(name: str, adata, batch_key, cfg: CalibrationConfig, log=print) -> dict:
-    import ensemblevi as ev
+    from ensemblevi import metrics
     from ensemblevi.model import EnsembleSCVI
 
     epochs, lr = cfg.settings[name]
@@ -77,7 +77,7 @@ def run_dataset(name: str, adata, batch_key, cfg: CalibrationConfig, log=print) 
     rows, pit_hist = [], {}
     for label, kind, k in cfg.kinds:
         model, secs = train_timed(train, kind, k, cfg.seed, epochs, lr)
-        res = ev.metrics.predictive_calibration(model, test, n_samples=cfg.n_samples,
+        res = metrics.predictive_calibration(model, test, n_samples=cfg.n_samples,
                                                 seed=cfg.seed, progress=False)  # fmt: skip
         cov, uni = res["coverage"], res["uniformity"]
         ll = float(model.get_marginal_ll(test, n_mc_samples=50, seed=cfg.seed))

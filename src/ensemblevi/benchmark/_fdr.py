@@ -110,10 +110,10 @@ def run_rep(preset: str, rep: int, cfg: FDRConfig, log=print) -> dict:
     """Every method on one simulated data set; returns a JSON-able record."""
     import scvi
 
-    import ensemblevi as ev
+    from ensemblevi import data, tl
     from ensemblevi.model import EnsembleSCVI
 
-    adata = ev.data.synthetic(preset, seed=rep, **cfg.data_overrides)
+    adata = data.synthetic(preset, seed=rep, **cfg.data_overrides)
     truth = adata.var["is_de_B_vs_A"].to_numpy(dtype=bool)
     batch_key = "batch" if adata.obs["batch"].nunique() > 1 else None
     EnsembleSCVI.setup_anndata(adata, layer="counts", batch_key=batch_key)
@@ -121,7 +121,7 @@ def run_rep(preset: str, rep: int, cfg: FDRConfig, log=print) -> dict:
     seconds: dict[str, float] = {}
 
     def draws(model):
-        d, _ = ev.tl.lfc_posterior(model, adata, "cell_type", "B", "A", n_samples=cfg.n_samples,
+        d, _ = tl.lfc_posterior(model, adata, "cell_type", "B", "A", n_samples=cfg.n_samples,
                                    seed=rep, progress=False)  # fmt: skip
         return d
 

@@ -62,7 +62,7 @@ class OODConfig:
 def run_dataset(name: str, adata, batch_key, cfg: OODConfig, log=print) -> dict:
     from sklearn.metrics import roc_auc_score
 
-    import ensemblevi as ev
+    from ensemblevi import tl
     from ensemblevi.model import EnsembleSCVI
 
     unseen, epochs, lr = cfg.settings[name]
@@ -74,7 +74,7 @@ def run_dataset(name: str, adata, batch_key, cfg: OODConfig, log=print) -> dict:
     rows = []
     for label, kind, k in cfg.kinds:
         model, secs = train_timed(seen, kind, k, cfg.seed, epochs, lr)
-        scores = ev.tl.cell_novelty(model, full, seed=cfg.seed, progress=False)
+        scores = tl.cell_novelty(model, full, seed=cfg.seed, progress=False)
         held = full.obs_names.isin(seen.obs_names[model.validation_indices])
         sel = is_new | held
         row = {"dataset": name, "model": label, "left_out": unseen,

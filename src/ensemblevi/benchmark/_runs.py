@@ -44,15 +44,15 @@ def load_dataset(name: str, cfg, pbmc: Path | None):
     """(adata with counts in ``layers["counts"]``, batch key) or None when not available."""
     import anndata as ad
 
-    import ensemblevi as ev
+    from ensemblevi import data
 
     if name == "pbmc3k":
         if pbmc is None or not Path(pbmc).exists():
             return None
         adata = ad.read_h5ad(pbmc)
-        ev.data.preprocess(adata, n_top_genes=1200)
+        data.preprocess(adata, n_top_genes=1200)
         return adata, None
-    adata = ev.data.synthetic(name, seed=cfg.seed, **cfg.data_overrides)
+    adata = data.synthetic(name, seed=cfg.seed, **cfg.data_overrides)
     return adata, ("batch" if adata.obs["batch"].nunique() > 1 else None)
 
 
