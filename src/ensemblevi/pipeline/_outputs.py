@@ -50,6 +50,8 @@ def write_figures(stage: Path, adata: AnnData, trained: Trained, analysis: Analy
     labels_key
         ``obs`` column the novelty UMAP is coloured by.
     """
+    import matplotlib.pyplot as plt
+
     import ensemblevi as ev
 
     marker_genes = list(analysis.summary["gene"].unique())
@@ -64,7 +66,9 @@ def write_figures(stage: Path, adata: AnnData, trained: Trained, analysis: Analy
     if trained.model.ensemble == "hyperbatch":
         figs["hyperparameters"] = lambda: ev.pl.hyperparameter_trajectories(trained.model)
     for name, draw in figs.items():  # one at a time: a figure's memory goes before the next
-        ev.pl.save_figure(draw(), stage / "figures" / name)
+        fig = draw()
+        ev.pl.save_figure(fig, stage / "figures" / name)
+        plt.close(fig)
     return list(figs)
 
 

@@ -158,6 +158,7 @@ def train_or_reuse(
     model.save(path, overwrite=True)
     # the record last: a model without one is never reused
     write_record(path, wanted)
+    log(f"saved the trained model to {path} (kept there until the run is committed)")
     _kept_hint(out, path)
     return Trained(model, "trained", path, wanted)
 
