@@ -188,3 +188,34 @@ def test_sigterm_after_training_keeps_the_model_and_says_where(tmp_path):
     kept = out / _files.STAGE / "model"
     assert f"kept in {kept}" in " ".join("".join(lines).split())
     assert fp.read_record(kept) is not None and not (out / "run.json").exists()
+
+
+# ------------------------------------------------------------------ the >8,000-cell crash
+class _StubModel:
+    """Stands in for a trained model: the UMAP stage only needs its denoised expression."""
+
+    def get_normalized_expression(self, adata, library_size, return_numpy):
+        import numpy as np
+
+        rho = np.random.default_rng(0).gamma(1.0, 1.0, (adata.n_obs, 60))
+        return rho / rho.sum(1, keepdims=True) * library_size
+
+
+@pytest.mark.xfail(
+    raises=AttributeError,
+    strict=True,  # XPASS fails: remove this marker once the tl/pl UMAP fix is merged
+    reason="issue 19 item 10: above 8,000 cells scanpy.pp.neighbors switches to pynndescent "
+    "0.7.0, which calls csr_array.getnnz (gone in scipy 1.17); fixed in the tl UMAP path",
+)
+def test_umap_stage_above_the_pynndescent_size():
+    # here because the main job crashed at this size after training (the CLI-level run of
+    # 9,000 cells takes ~100 s on 2 cores, too long for the suite; the pipeline's keeping of
+    # the model on such a failure is tested above with a failing figure stage). ~60 s.
+    import numpy as np
+
+    import ensemblevi as ev
+
+    adata = anndata.AnnData(np.zeros((9000, 60), dtype=np.float32))
+    adata.obs["ensemblevi_novelty_cv"] = np.random.default_rng(1).random(adata.n_obs)
+    ev.pl.novelty_umap(adata, _StubModel())
+    assert adata.obsm["X_umap_ensemblevi"].shape == (9000, 2)

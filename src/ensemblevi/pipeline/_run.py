@@ -80,14 +80,19 @@ def run_pipeline(
                 "); pass --force to replace it (the current result stays whole until the new "
                 "run is complete) or choose another --out."
             )
-        directory.new_stage(keep=MODEL_DIRS)  # a model a failed run left may be reused
+        stage = directory.new_stage(keep=MODEL_DIRS)  # a model a failed run left may be reused
         timings: dict[str, float] = {}
-        t = time.perf_counter()
-        prepared = prepare_data(config, log=log, on_loaded=on_loaded)
-        timings["data"] = time.perf_counter() - t
-        t = time.perf_counter()
-        trained = train_or_reuse(config, prepared, directory, force=force, log=log)
-        timings["training"] = time.perf_counter() - t
+        try:
+            t = time.perf_counter()
+            prepared = prepare_data(config, log=log, on_loaded=on_loaded)
+            timings["data"] = time.perf_counter() - t
+            t = time.perf_counter()
+            trained = train_or_reuse(config, prepared, directory, force=force, log=log)
+            timings["training"] = time.perf_counter() - t
+        except BaseException:
+            if not any(stage.iterdir()):  # nothing worth keeping: no empty stage left behind
+                directory.discard_stage()
+            raise
         try:
             t = time.perf_counter()
             analysis = analyse(trained.model, prepared.adata, prepared.markers,
