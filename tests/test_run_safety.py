@@ -145,6 +145,18 @@ def test_de_results_of_lossy_names_do_not_collide(tmp_path):
     assert len(table) == uns["ensemblevi_" + names[0]]["names"].shape[0]
 
 
+def test_seed_models_get_records_and_the_run_reuses_them(tmp_path):
+    out = tmp_path / "run"
+    res = _run(*TINY, "--seeds", "2", "--out", out)
+    assert res.exit_code == 0, res.output
+    for k in range(2):
+        record = fp.read_record(out / "seeds" / f"seed_{k}")
+        assert record["config"]["seed"] == k and record["config"]["max_epochs"] == 1
+    assert fp.read_record(out / "model")["config"]["seeds"] == 2
+    res = _run(*TINY, "--seeds", "2", "--out", out)
+    assert res.exit_code == 0 and "reusing the trained model" in res.output
+
+
 # ------------------------------------------------------------------ interruption
 def _start(out: Path, *extra: str) -> tuple[subprocess.Popen, list[str]]:
     env = {**os.environ, "PYTHONPATH": str(SRC), "PYTHONUNBUFFERED": "1", "COLUMNS": "1000"}
@@ -174,7 +186,7 @@ def test_sigterm_during_training_exits_143_and_leaves_the_directory_as_it_was(tm
     assert proc.wait(60) == 143, "".join(lines)
     time.sleep(0.2)
     output = " ".join("".join(lines).split())
-    assert "interrupted" in output and "Nothing was lost" in output
+    assert "interrupted (sigterm)" in output.lower() and "Nothing was lost" in output
     assert not (out / "run.json").exists() and not (out / _files.LOCK).exists()
 
 

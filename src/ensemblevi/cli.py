@@ -451,16 +451,22 @@ def version() -> None:
 
 
 def main() -> None:
-    # minimal handling in the run branch; the safety branch owns main()
+    """The ``ensemblevi`` command: an interruption exits 130 (SIGINT) or 143 (SIGTERM).
+
+    The one line printed then says what was kept and how to resume
+    (:func:`ensemblevi._interrupt.set_resume_hint`).
+    """
     import sys
 
-    from ensemblevi._interrupt import Interrupted, resume_hint
+    from ensemblevi._interrupt import Interrupted, interruptible, message
 
-    try:
-        app()
-    except Interrupted as err:
-        console.print(f"[red]interrupted[/red] ({err}). {resume_hint() or ''}".rstrip())
-        sys.exit(err.exit_code)
+    with interruptible():
+        try:
+            app()
+        except Interrupted as err:
+            # a progress bar may have left the cursor mid-line: the message gets its own
+            console.print(f"\n{message(err)}", soft_wrap=True)
+            sys.exit(err.exit_code)
 
 
 if __name__ == "__main__":
