@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from ensemblevi._files import STAGE, OutputDirectory, write_csv, write_json
+from ensemblevi._interrupt import set_resume_hint
 from ensemblevi.pipeline._report import DE_KEY, render_run_report
 
 #: ``de`` stages its files apart from the run's stage, which may hold a kept model
@@ -117,6 +118,7 @@ def run_de(run_dir: str | Path, group1: str, groupby: str = "cell_type",
     name = de_name(group1, group2)
     key = DE_KEY + name[3:]
     with out.locked():
+        set_resume_hint(f"Nothing was lost: {run_dir} is unchanged; rerun the command.")
         adata = anndata.read_h5ad(run_dir / "results.h5ad")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -136,4 +138,5 @@ def run_de(run_dir: str | Path, group1: str, groupby: str = "cell_type",
             out.discard_stage()  # the run directory was not touched
             raise
         out.commit(keep=out.files)
+        set_resume_hint(None)
     return DEResult(name, key, table, settings)

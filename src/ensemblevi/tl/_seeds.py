@@ -39,9 +39,8 @@ def seed_ensemble(
     (a fingerprint of the counts, genes, cells and registered ``obs`` columns, and the
     options), and a later call loads a saved model only when its record matches, so an
     interrupted run resumes and a model of other data or options is retrained, not reused.
-    The result is an
-    :class:`~ensemblevi.model.EnsembleSCVI` whose member ``k`` holds seed ``k``'s weights
-    (``EnsembleSCVI.from_scvi``), so every ensemble analysis applies to it.
+    The result is an :class:`~ensemblevi.model.EnsembleSCVI` whose member ``k`` holds seed
+    ``k``'s weights (``EnsembleSCVI.from_scvi``), so every ensemble analysis applies to it.
 
     Parameters
     ----------
