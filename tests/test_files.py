@@ -188,3 +188,16 @@ def test_journal_names_the_stage_it_commits(tmp_path):
     F.write_json(out.path / F.JOURNAL, {"files": ["a.txt"], "remove": [], "stage": de.stage_name})
     F.OutputDirectory(out.path, "run").claim()  # another instance rolls it forward
     assert (out.path / "a.txt").read_text() == "2" and not de.stage.exists()
+
+
+def test_claim_leaves_a_live_writers_files_alone(tmp_path):
+    out = F.OutputDirectory(tmp_path / "run", "run").claim()
+    tmp = out.path / f"{F.TMP_PREFIX}abc-report.html"
+    tmp.write_text("being written")
+    (out.path / F.LOCK).write_text(str(os.getppid()))  # another process, alive
+    with pytest.raises(FileExistsError, match="another ensemblevi process"):
+        F.OutputDirectory(out.path, "run").claim()
+    assert tmp.read_text() == "being written"
+    (out.path / F.LOCK).write_text(str(os.getpid()))  # this process's own lock is no writer
+    F.OutputDirectory(out.path, "run").claim()
+    assert not tmp.exists()

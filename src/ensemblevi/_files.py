@@ -276,6 +276,8 @@ class OutputDirectory:
                 f"{self.path} holds the output of `ensemblevi {manifest.get('command')}`, not "
                 f"of `ensemblevi {self.command}`; choose another output directory."
             )
+        # a live writer's journal and temporaries are its own: leave them alone
+        self._refuse_live_writer()
         if (self.path / JOURNAL).exists():
             self._roll_forward()
         clean_temporaries(self.path)
@@ -361,15 +363,7 @@ class OutputDirectory:
                 fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
                 break
             except FileExistsError:
-                try:
-                    pid = int(lock.read_text().strip() or 0)
-                except (OSError, ValueError):
-                    pid = 0
-                if pid and _alive(pid):
-                    raise FileExistsError(
-                        f"{self.path} is being written by another ensemblevi process (pid "
-                        f"{pid}); wait for it to finish or choose another output directory."
-                    ) from None
+                self._refuse_live_writer(own_too=True)
                 lock.unlink(missing_ok=True)
         else:  # pragma: no cover - a race with another process taking over the same lock
             raise FileExistsError(f"could not lock {self.path}; try again.")
@@ -379,6 +373,24 @@ class OutputDirectory:
             yield self
         finally:
             lock.unlink(missing_ok=True)
+
+    def _refuse_live_writer(self, own_too: bool = False) -> None:
+        """Raise ``FileExistsError`` if a running process (other than this one) holds the lock.
+
+        Parameters
+        ----------
+        own_too
+            Refuse this process's own lock as well (a second ``locked()`` in one process).
+        """
+        try:
+            pid = int((self.path / LOCK).read_text().strip() or 0)
+        except (OSError, ValueError):
+            return
+        if pid and _alive(pid) and (own_too or pid != os.getpid()):
+            raise FileExistsError(
+                f"{self.path} is being written by another ensemblevi process (pid "
+                f"{pid}); wait for it to finish or choose another output directory."
+            )
 
 
 def _alive(pid: int) -> bool:
