@@ -59,7 +59,8 @@ def load_data(config: RunConfig) -> tuple[AnnData, str | None, str]:
         title = f"synthetic preset {config.preset!r}, {config.n_cells:,} cells, seed {config.seed}"
         return adata, "counts", title
     if config.data == "heart":
-        return heart_cell_atlas(save_path=config.heart_path), config.layer, "heart cell atlas subsample"
+        adata = heart_cell_atlas(save_path=config.heart_path)
+        return adata, config.layer, "heart cell atlas subsample"
     return read(config.data, layer=config.layer), config.layer, str(config.data)
 
 
