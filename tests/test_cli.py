@@ -1,3 +1,5 @@
+import json
+
 import anndata
 import numpy as np
 import pandas as pd
@@ -123,8 +125,19 @@ def test_run_main_job_writes_everything_and_reuses(tmp_path):
     # a different run is refused without --force, and nothing is touched
     before = (out / "run.json").read_bytes()
     res = runner.invoke(app, [*args, "--members", "3"])
-    assert res.exit_code == 1 and "--force" in res.output
+    assert res.exit_code == 1 and "--force" in res.output and "members: 2 -> 3" in res.output
     assert (out / "run.json").read_bytes() == before
+    manifest = json.loads((out / ".ensemblevi-manifest.json").read_text())
+    assert f"tables/{name}.csv" in manifest["files"] and manifest["command"] == "run"
+    # a new model (--force) takes the DE results of the old one with it, at its commit
+    res = runner.invoke(app, [*args, "--members", "3", "--force"])
+    assert res.exit_code == 0, res.output
+    assert not (out / "tables" / f"{name}.csv").exists()
+    assert not (out / "figures" / f"{name}.png").exists()
+    assert "Differential expression" not in (out / "report.html").read_text()
+    assert not any(
+        k.startswith("ensemblevi_de_") for k in anndata.read_h5ad(out / "results.h5ad").uns
+    )
 
 
 def test_run_reports_bad_markers(tmp_path):

@@ -152,3 +152,52 @@ def test_lock_refuses_a_live_writer_and_takes_over_a_dead_one(tmp_path):
     (out.path / F.LOCK).write_text("999999999")  # a pid that cannot be running
     with out.locked():
         assert (out.path / F.LOCK).read_text() == str(os.getpid())
+
+
+def test_new_stage_keeps_named_entries(tmp_path):
+    out = F.OutputDirectory(tmp_path / "run", "run").claim()
+    _stage(out, {"model/model.pt": "m", "report.html": "half"})
+    stage = out.new_stage(keep=["model"])
+    assert (stage / "model" / "model.pt").read_text() == "m"
+    assert not (stage / "report.html").exists()
+    assert not any(out.new_stage().iterdir())
+
+
+def test_a_second_stage_commits_without_touching_the_first(tmp_path):
+    out = F.OutputDirectory(tmp_path / "run", "run").claim()
+    _stage(out, {"model/model.pt": "m1", "report.html": "r1"})
+    out.commit()
+    out.new_stage()
+    (out.stage / "model").mkdir()
+    (out.stage / "model" / "model.pt").write_text("unfinished run's model")
+    de = F.OutputDirectory(out.path, "run", stage=F.STAGE + "-de").claim()
+    (de.new_stage() / "tables").mkdir()
+    (de.stage / "tables" / "de_a.csv").write_text("x")
+    de.commit(keep=de.files)
+    assert out.files == ["model/model.pt", "report.html", "tables/de_a.csv"]
+    assert (out.path / "model" / "model.pt").read_text() == "m1"
+    assert (out.stage / "model" / "model.pt").read_text() == "unfinished run's model"
+    with pytest.raises(ValueError, match="stage name"):
+        F.OutputDirectory(out.path, "run", stage="elsewhere")
+
+
+def test_journal_names_the_stage_it_commits(tmp_path):
+    out = F.OutputDirectory(tmp_path / "run", "run").claim()
+    de = F.OutputDirectory(out.path, "run", stage=F.STAGE + "-de")
+    (de.new_stage() / "a.txt").write_text("2")
+    F.write_json(out.path / F.JOURNAL, {"files": ["a.txt"], "remove": [], "stage": de.stage_name})
+    F.OutputDirectory(out.path, "run").claim()  # another instance rolls it forward
+    assert (out.path / "a.txt").read_text() == "2" and not de.stage.exists()
+
+
+def test_claim_leaves_a_live_writers_files_alone(tmp_path):
+    out = F.OutputDirectory(tmp_path / "run", "run").claim()
+    tmp = out.path / f"{F.TMP_PREFIX}abc-report.html"
+    tmp.write_text("being written")
+    (out.path / F.LOCK).write_text(str(os.getppid()))  # another process, alive
+    with pytest.raises(FileExistsError, match="another ensemblevi process"):
+        F.OutputDirectory(out.path, "run").claim()
+    assert tmp.read_text() == "being written"
+    (out.path / F.LOCK).write_text(str(os.getpid()))  # this process's own lock is no writer
+    F.OutputDirectory(out.path, "run").claim()
+    assert not tmp.exists()

@@ -193,6 +193,10 @@ class OutputDirectory:
     command
         Name of the command that owns it (``"run"``, ``"train"``, ...). Another command's
         directory is refused.
+    stage
+        Name of the stage folder. A step that adds to a result (``de`` on a run) uses a
+        stage of its own, so that it neither sees nor commits what an unfinished run left
+        in the run's stage (e.g. a trained model kept for reuse).
 
     Notes
     -----
@@ -204,15 +208,18 @@ class OutputDirectory:
     forward by the next :meth:`claim`.
     """
 
-    def __init__(self, path: str | os.PathLike, command: str) -> None:
+    def __init__(self, path: str | os.PathLike, command: str, stage: str = STAGE) -> None:
+        if not stage.startswith(STAGE):
+            raise ValueError(f"a stage name starts with {STAGE!r}, got {stage!r}")
         self.path = Path(path)
         self.command = command
+        self.stage_name = stage
 
     # ------------------------------------------------------------------ state
     @property
     def stage(self) -> Path:
         """The folder where the next result is assembled."""
-        return self.path / STAGE
+        return self.path / self.stage_name
 
     @property
     def manifest_path(self) -> Path:
@@ -269,6 +276,8 @@ class OutputDirectory:
                 f"{self.path} holds the output of `ensemblevi {manifest.get('command')}`, not "
                 f"of `ensemblevi {self.command}`; choose another output directory."
             )
+        # a live writer's journal and temporaries are its own: leave them alone
+        self._refuse_live_writer()
         if (self.path / JOURNAL).exists():
             self._roll_forward()
         clean_temporaries(self.path)
@@ -279,11 +288,21 @@ class OutputDirectory:
         write_json(self.manifest_path, record)
 
     # ------------------------------------------------------------------ staging
-    def new_stage(self) -> Path:
-        """An empty stage (a previous, unfinished one is removed: it is ours)."""
+    def new_stage(self, keep: Iterable[str] = ()) -> Path:
+        """An empty stage (a previous, unfinished one is removed: it is ours).
+
+        Parameters
+        ----------
+        keep
+            Top-level names in the previous stage that stay (e.g. ``"model"``: a trained
+            model that a failed run left for the next one to reuse).
+        """
+        kept = set(keep)
         if self.stage.exists():
-            _remove(self.stage)
-        self.stage.mkdir(parents=True)
+            for entry in self.stage.iterdir():
+                if entry.name not in kept:
+                    _remove(entry)
+        self.stage.mkdir(parents=True, exist_ok=True)
         return self.stage
 
     def commit(self, keep: Iterable[str] = ()) -> list[str]:
@@ -306,22 +325,25 @@ class OutputDirectory:
         kept = {k for k in keep if k in old}
         new = sorted(set(staged) | kept)
         remove = sorted(old - set(new))
-        write_json(self.path / JOURNAL, {"files": new, "remove": remove})
+        journal = {"files": new, "remove": remove, "stage": self.stage_name}
+        write_json(self.path / JOURNAL, journal)
         self._roll_forward()
         return new
 
     def _roll_forward(self) -> None:
         journal = json.loads((self.path / JOURNAL).read_text())
-        if self.stage.exists():
-            move_into(self.stage, self.path)
+        # the stage being committed, which need not be this instance's
+        stage = self.path / journal.get("stage", STAGE)
+        if stage.exists():
+            move_into(stage, self.path)
         for rel in journal["remove"]:
             target = self.path / rel
             target.unlink(missing_ok=True)
             _prune_empty(target.parent, self.path)
         self._write_manifest(journal["files"])
         (self.path / JOURNAL).unlink(missing_ok=True)
-        if self.stage.exists():
-            _remove(self.stage)
+        if stage.exists():
+            _remove(stage)
 
     def discard_stage(self) -> None:
         """Remove the stage (an abandoned new result); the current result is untouched."""
@@ -341,15 +363,7 @@ class OutputDirectory:
                 fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
                 break
             except FileExistsError:
-                try:
-                    pid = int(lock.read_text().strip() or 0)
-                except (OSError, ValueError):
-                    pid = 0
-                if pid and _alive(pid):
-                    raise FileExistsError(
-                        f"{self.path} is being written by another ensemblevi process (pid "
-                        f"{pid}); wait for it to finish or choose another output directory."
-                    ) from None
+                self._refuse_live_writer(own_too=True)
                 lock.unlink(missing_ok=True)
         else:  # pragma: no cover - a race with another process taking over the same lock
             raise FileExistsError(f"could not lock {self.path}; try again.")
@@ -359,6 +373,24 @@ class OutputDirectory:
             yield self
         finally:
             lock.unlink(missing_ok=True)
+
+    def _refuse_live_writer(self, own_too: bool = False) -> None:
+        """Raise ``FileExistsError`` if a running process (other than this one) holds the lock.
+
+        Parameters
+        ----------
+        own_too
+            Refuse this process's own lock as well (a second ``locked()`` in one process).
+        """
+        try:
+            pid = int((self.path / LOCK).read_text().strip() or 0)
+        except (OSError, ValueError):
+            return
+        if pid and _alive(pid) and (own_too or pid != os.getpid()):
+            raise FileExistsError(
+                f"{self.path} is being written by another ensemblevi process (pid "
+                f"{pid}); wait for it to finish or choose another output directory."
+            )
 
 
 def _alive(pid: int) -> bool:

@@ -124,18 +124,6 @@ QUICK = {"n_cells": 1000, "epochs": 10, "n_samples": 3}
 DEFAULT_CELLS = 3000  # the embedded default, sized to finish in a few minutes here
 
 
-def _load_data(data: str, preset: str, n_cells: int, seed: int, layer, heart_path: Path):
-    """(adata, layer, title) for ``--data``: synthetic, heart or a file."""
-    from ensemblevi.data import heart_cell_atlas, read, synthetic
-
-    if data == "synthetic":
-        adata = synthetic(preset=preset, seed=seed, n_cells=n_cells)
-        return adata, "counts", f"synthetic preset {preset!r}, {n_cells:,} cells, seed {seed}"
-    if data == "heart":
-        return heart_cell_atlas(save_path=heart_path), layer, "heart cell atlas subsample"
-    return read(data, layer=layer), layer, str(data)
-
-
 # options shared by `run` and `train`
 DataOpt = Annotated[
     str, typer.Option(help="synthetic (the embedded default), heart, or a .h5ad/10x path.")
@@ -182,219 +170,47 @@ def run(
     ] = False,
     seed: Annotated[int, typer.Option(help="Random seed (data, initialisation, training).")] = 0,
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("results"),
-    force: Annotated[bool, typer.Option("--force", help="Replace a different run.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace a different run (or a stale model).")
+    ] = False,
 ) -> None:
     """The main job: data -> trained ensemble -> marker spread, gene uncertainty, novelty.
 
     Writes into OUT: model/, results.h5ad, tables/*.csv, figures/*.png, report.html and
-    run.json (the input file is never modified). A model already in OUT from the same
-    configuration is reused; a different run is replaced only with --force.
+    run.json (the input file is never modified). The new result is assembled beside the
+    old one and swapped in when complete. A saved model trained on the same data with the
+    same options is reused; a different run is replaced only with --force.
     """
-    import platform
-    import warnings
-    from importlib.metadata import version as pkg_version
-
-    import ensemblevi as ev
-    from ensemblevi._report import DE_KEY, render_run_report
-    from ensemblevi.data import preprocess, write_h5ad_atomic
-    from ensemblevi.model import EnsembleSCVI
-    from ensemblevi.pl import save_figure
+    from ensemblevi._interrupt import interruptible
+    from ensemblevi.pipeline import RunConfig, RunRefused, StageFailed, run_pipeline
 
     if quick:
         n_cells, epochs, n_samples = QUICK["n_cells"], min(epochs, QUICK["epochs"]), 3
-    config = _config(
-        data=data, preset=preset, n_cells=n_cells, layer=layer, batch_key=batch_key,
-        labels_key=labels_key, n_top_genes=n_top_genes, ensemble=ensemble, members=members,
-        seeds=seeds, markers=markers, marker=marker or [], epochs=epochs, n_samples=n_samples,
-        seed=seed,
+    config = RunConfig(
+        data=data, preset=preset, n_cells=n_cells, heart_path=heart_path, layer=layer,
+        batch_key=batch_key, labels_key=labels_key, n_top_genes=n_top_genes,
+        ensemble=ensemble, members=members, seeds=seeds, markers=markers,
+        marker=tuple(marker or ()), epochs=epochs, n_samples=n_samples, seed=seed,
     )  # fmt: skip
-    run_json, model_dir = out / "run.json", out / "model"
-    previous = json.loads(run_json.read_text())["config"] if run_json.exists() else None
-    if previous is not None and previous != config and not force:
-        console.print(
-            f"[red]{out} holds a different run[/red] ({run_json}); pass --force to replace it "
-            "or choose another --out."
-        )
-        raise typer.Exit(1)
-    reuse = previous == config and (model_dir / "model.pt").exists()
-    timings: dict[str, float] = {}
-    t0 = t = time.perf_counter()
+    t0 = time.perf_counter()
     try:
-        adata, layer, title = _load_data(data, preset, n_cells, seed, layer, heart_path)
-        marker_set = ev.tl.load_markers(markers)
-        for group, genes in ev.tl.parse_marker_options(marker or []).items():
-            marker_set.setdefault(group, []).extend(genes)
-        console.print(summary_table(adata, layer, title=title))
-        if batch_key is None and "batch" in adata.obs and adata.obs["batch"].nunique() > 1:
-            batch_key = "batch"
-        if adata.n_vars > n_top_genes:
-            wanted = [g for v in marker_set.values() for g in v]
-            preprocess(
-                adata, n_top_genes=n_top_genes, batch_key=batch_key, layer=layer,
-                keep_genes=wanted,
-            )  # fmt: skip
-            layer = "counts"
-            console.print(f"kept {adata.n_vars:,} genes (highly variable + markers)")
-        groups = adata.obs[labels_key].astype(str).unique() if labels_key in adata.obs else None
-        found, missing = ev.tl.check_markers(marker_set, adata.var_names, groups)
-        if len(missing):
-            console.print("[yellow]markers not usable:[/yellow]\n" + missing.to_string(index=False))
-        if not found:
-            raise ValueError("None of the marker genes are in the data; see the table above.")
-        timings["data"] = time.perf_counter() - t
-        t = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            setup = {"layer": layer, "batch_key": batch_key}
-            if reuse:
-                EnsembleSCVI.setup_anndata(adata, **setup)
-                model = EnsembleSCVI.load(model_dir, adata=adata)
-                console.print(f"reusing the trained model in {model_dir}")
-            elif seeds:
-                console.print(f"training {seeds} scvi.model.SCVI seeds for {epochs} epochs")
-                model = ev.tl.seed_ensemble(
-                    adata, n_seeds=seeds, save_dir=out / "seeds", setup_kwargs=setup,
-                    max_epochs=epochs,
-                )  # fmt: skip
-            else:
-                EnsembleSCVI.setup_anndata(adata, **setup)
-                model = EnsembleSCVI(adata, n_members=members, ensemble=ensemble, seed=seed)
-                console.print(f"training {model._model_summary_string} for {epochs} epochs")
-                model.train(max_epochs=epochs, seed=seed)
-        timings["training"] = time.perf_counter() - t
+        with interruptible():
+            reading = run_pipeline(config, out, force=force, log=console.print,
+                                   on_loaded=lambda ad, lay, title: console.print(
+                                       summary_table(ad, lay, title=title)))  # fmt: skip
     except (FileNotFoundError, ValueError) as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from err
-
-    t = time.perf_counter()
-    spread = ev.tl.expression_spread(
-        model, adata, found, groupby=labels_key, n_samples=n_samples, seed=seed
-    )
-    genes = ev.tl.gene_uncertainty(
-        model, adata, groupby=labels_key, n_samples=max(2, n_samples // 2), seed=seed
-    )
-    novelty = ev.tl.cell_novelty(model, adata, seed=seed) if model.n_members > 1 else None
-    timings["analysis"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "tables").mkdir(exist_ok=True)
-    figures = out / "figures"
-    # the report is built from what is on disk: a replaced run's outputs must go (DE results
-    # stay only while the trained model they came from is reused)
-    for stale in [*(out / "tables").glob("*.*"), *figures.glob("*.png")]:
-        if not (reuse and stale.name.startswith("de_")):
-            stale.unlink()
-    marker_genes = [g for v in found.values() for g in v]
-    figs = {
-        "model_spread": ev.pl.model_spread(adata),
-        "biological_spread": ev.pl.biological_spread(adata),
-        "member_histograms": ev.pl.member_histograms(adata),
-        "gene_uncertainty": ev.pl.gene_uncertainty(adata, highlight=marker_genes),
-    }
-    if novelty is not None:
-        figs["novelty_umap"] = ev.pl.novelty_umap(adata, model, color=labels_key)
-    hyper = model.get_hyperparameters() if model.ensemble == "hyperbatch" else None
-    if hyper is not None:
-        figs["hyperparameters"] = ev.pl.hyperparameter_trajectories(model)
-    for name, fig in figs.items():
-        save_figure(fig, figures / name)
-    summary = spread["summary"]
-    tables = {
-        "markers_not_usable": missing if len(missing) else None,
-        "marker_summary": summary,
-        "gene_uncertainty": genes,
-        "cell_novelty": novelty,
-        "hyperparameters": hyper,
-        "run_metadata": _config_frame(config),
-    }
-    for name, frame in tables.items():
-        if frame is not None:
-            index = name not in ("marker_summary", "hyperparameters", "markers_not_usable")
-            _write_csv(frame, out / "tables" / f"{name}.csv", index=index)
-    timings["figures"] = time.perf_counter() - t
-    if not reuse:
-        model.save(model_dir, overwrite=True)
-    elif (out / "results.h5ad").exists():  # keep the DE results of `ensemblevi de`
-        import anndata
-
-        old = anndata.read_h5ad(out / "results.h5ad")
-        adata.uns.update({k: v for k, v in old.uns.items() if k.startswith(DE_KEY)})
-    write_h5ad_atomic(adata, out / "results.h5ad", overwrite=True)
-
-    top = summary.sort_values("member_cv", ascending=False).iloc[0]
-    reading = [
-        f"Across the {model.n_members} members, the marker whose denoised level the members "
-        f"agree on least is {top['gene']} in {top['group']}: a typical cell's value varies by "
-        f"{100 * top['member_cv']:.0f}% between members (coefficient of variation), and "
-        f"{100 * top['frac_uncertain_cells']:.0f}% of its cells exceed the CV threshold of "
-        f"{_spread_threshold(adata)}.",
-        "For the markers, between-member disagreement is "
-        f"{100 * summary['frac_between'].mean():.0f}% of the model's uncertainty on average "
-        "(the rest is the latent posterior within a member): retraining would move these "
-        "values more than resampling one model shows.",
-        f"The least certain gene overall is {genes.index[0]} "
-        f"(CV {genes.iloc[0]['uncertainty']:.2f}); the median gene has CV "
-        f"{genes['uncertainty'].median():.2f}.",
-    ]
-    if novelty is not None:
-        info = adata.uns["ensemblevi"]["cell_novelty"]
-        fpr = info.get("novelty_cv_fpr_heldout")
-        reading.append(
-            f"{info['n_flagged']} of {adata.n_obs:,} cells are flagged as unlike the training "
-            f"data (threshold: the {100 * (1 - info['alpha']):.0f}th percentile on "
-            f"{info['calibrated_on']}"
-            + (
-                f"; measured false-positive rate on other held-out cells {100 * fpr:.1f}%)."
-                if fpr is not None
-                else ")."
-            )
-        )
-    meta = {
-        "summary": f"{title}; {adata.n_obs:,} cells x {adata.n_vars:,} genes; "
-        f"{model.ensemble} ensemble of {model.n_members}",
-        **{f"config.{k}": v for k, v in config.items()},
-        **{f"time.{k} (s)": round(v, 1) for k, v in timings.items()},
-        "python": platform.python_version(),
-        "ensemblevi": ev.__version__,
-        **{name: pkg_version(name) for name in ("torch", "scvi-tools", "scanpy", "anndata")},
-    }
-    timings["total"] = time.perf_counter() - t0
-    record = {
-        "config": config,
-        "timings": timings,
-        "versions": {
-            k: meta[k] for k in ("ensemblevi", "torch", "scvi-tools", "scanpy", "anndata")
-        },
-        "reading": reading,
-        "meta": meta,
-    }
-    tmp = out / ".run.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2, default=str))
-    tmp.replace(run_json)
-    render_run_report(out)
+    except (RunRefused, FileExistsError) as err:
+        console.print(f"[red]refused:[/red] {err}")
+        raise typer.Exit(1) from err
+    except StageFailed as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(1) from err
     for line in reading:
         console.print(f"- {line}")
-    console.print(
-        f"wrote {out}/report.html, results.h5ad, tables/, figures/, model/ "
-        f"in {timings['total']:.1f} s"
-    )
-
-
-def _config_frame(config: dict):
-    import pandas as pd
-
-    return pd.DataFrame({"value": [json.dumps(v) for v in config.values()]}, index=list(config))
-
-
-def _spread_threshold(adata) -> float:
-    return adata.uns["ensemblevi"]["expression_spread"]["params"]["cv_threshold"]
-
-
-def _write_csv(frame, path: Path, index: bool) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_csv(tmp, index=index)
-    tmp.replace(path)
+    console.print(f"wrote {out}/report.html, results.h5ad, tables/, figures/, model/ "
+                  f"in {time.perf_counter() - t0:.1f} s")  # fmt: skip
 
 
 @app.command("de")
@@ -419,56 +235,31 @@ def de_command(
 
     Writes tables/de_<group1>_vs_<group2|rest>.csv (+ .json settings),
     figures/de_<...>.png, the result into results.h5ad (uns["ensemblevi_de_<...>"], readable
-    by scanpy.get.rank_genes_groups_df) and rebuilds report.html with a DE section.
+    by scanpy.get.rank_genes_groups_df) and rebuilds report.html with a DE section. Group
+    names that do not spell safely as a file name get a short hash of the exact names
+    appended, so two groups never share a result. All of it is committed at once.
     """
-    import re
-    import warnings
+    from ensemblevi.pipeline import run_de
+    from ensemblevi.pipeline._report import de_reading
 
-    import anndata
-
-    import ensemblevi as ev
-    from ensemblevi._report import DE_KEY, de_reading, render_run_report
-    from ensemblevi.data import write_h5ad_atomic
-    from ensemblevi.model import EnsembleSCVI
-    from ensemblevi.pl import save_figure
-
-    needed = [run_dir / "run.json", run_dir / "results.h5ad", run_dir / "model" / "model.pt"]
-    absent = [str(p) for p in needed if not p.exists()]
-    if absent:
-        console.print(f"[red]error:[/red] {run_dir} is not a finished `ensemblevi run` "
-                      f"directory (missing: {', '.join(absent)}); run `ensemblevi run --out "
-                      f"{run_dir}` first.")  # fmt: skip
-        raise typer.Exit(2)
-    name = "de_" + re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{group1}_vs_{group2 or 'rest'}")
-    key = DE_KEY + name[3:]
-    adata = anndata.read_h5ad(run_dir / "results.h5ad")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model = EnsembleSCVI.load(run_dir / "model", adata=adata)
-        table = ev.tl.differential_expression(
-            model, adata, groupby=groupby, group1=group1, group2=group2, delta=delta,
-            fdr_target=fdr, estimand=estimand, n_samples=n_samples, max_cells=max_cells,
-            batch_correction=batch_correction, seed=seed, key_added=key,
+        res = run_de(
+            run_dir, group1, groupby=groupby, group2=group2, delta=delta, fdr_target=fdr,
+            estimand=estimand, n_samples=n_samples, max_cells=max_cells,
+            batch_correction=batch_correction, seed=seed,
         )  # fmt: skip
-    except (KeyError, ValueError) as err:
+    except (FileNotFoundError, KeyError, ValueError) as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from err
-    tables, figures = run_dir / "tables", run_dir / "figures"
-    settings = {**adata.uns[key]["params"], "group1": group1}
-    fig = ev.pl.de_volcano(adata, key=key, title=f"{group1} vs {group2 or 'rest'}")
-    save_figure(fig, figures / name)
-    _write_csv(table, tables / f"{name}.csv", index=True)
-    tmp = tables / f".{name}.json.tmp"
-    tmp.write_text(json.dumps(settings, indent=2, default=str))
-    tmp.replace(tables / f"{name}.json")
-    write_h5ad_atomic(adata, run_dir / "results.h5ad", overwrite=True)
-    render_run_report(run_dir)
-    console.print("- " + de_reading(settings, table))
-    top = table.head(10)[["proba_de", "lfc_median", "lfc_member_std", "call_flips"]]
+    except FileExistsError as err:
+        console.print(f"[red]refused:[/red] {err}")
+        raise typer.Exit(1) from err
+    console.print("- " + de_reading(res.settings, res.table))
+    top = res.table.head(10)[["proba_de", "lfc_median", "lfc_member_std", "call_flips"]]
     console.print(top.round(3).to_string())
-    console.print(f"wrote {tables / name}.csv, {figures / name}.png, updated results.h5ad "
-                  f"(uns[{key!r}]) and report.html")  # fmt: skip
+    tables, figures = run_dir / "tables", run_dir / "figures"
+    console.print(f"wrote {tables / res.name}.csv, {figures / res.name}.png, updated "
+                  f"results.h5ad (uns[{res.key!r}]) and report.html")  # fmt: skip
 
 
 def parse_shard(shard: str | None, n_members: int) -> tuple[int, int]:
@@ -491,21 +282,9 @@ def parse_shard(shard: str | None, n_members: int) -> tuple[int, int]:
 
 def _training_data(spec: dict):
     """The AnnData a `train` spec describes, genes selected and registered for EnsembleSCVI."""
-    from ensemblevi.data import preprocess
-    from ensemblevi.model import EnsembleSCVI
+    from ensemblevi.pipeline import training_data
 
-    adata, layer, title = _load_data(
-        spec["data"], spec["preset"], spec["n_cells"], spec["seed"], spec["layer"],
-        Path(spec["heart_path"]),
-    )  # fmt: skip
-    batch_key = spec["batch_key"]
-    if batch_key is None and "batch" in adata.obs and adata.obs["batch"].nunique() > 1:
-        batch_key = "batch"
-    if adata.n_vars > spec["n_top_genes"]:
-        preprocess(adata, n_top_genes=spec["n_top_genes"], batch_key=batch_key, layer=layer)
-        layer = "counts"
-    EnsembleSCVI.setup_anndata(adata, layer=layer, batch_key=batch_key)
-    return adata, title
+    return training_data(spec)
 
 
 def _write_train_record(out: Path, spec: dict, model) -> None:
@@ -672,4 +451,23 @@ def version() -> None:
 
 
 def main() -> None:
-    app()
+    """The ``ensemblevi`` command: an interruption exits 130 (SIGINT) or 143 (SIGTERM).
+
+    The one line printed then says what was kept and how to resume
+    (:func:`ensemblevi._interrupt.set_resume_hint`).
+    """
+    import sys
+
+    from ensemblevi._interrupt import Interrupted, interruptible, message
+
+    with interruptible():
+        try:
+            app()
+        except Interrupted as err:
+            # a progress bar may have left the cursor mid-line: the message gets its own
+            console.print(f"\n{message(err)}", soft_wrap=True)
+            sys.exit(err.exit_code)
+
+
+if __name__ == "__main__":
+    main()

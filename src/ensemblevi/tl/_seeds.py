@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import warnings
@@ -12,6 +13,13 @@ import scvi
 from anndata import AnnData
 from scvi.utils import track
 
+from ensemblevi._fingerprint import (
+    data_fingerprint,
+    differences,
+    model_record,
+    read_record,
+    write_record,
+)
 from ensemblevi._seeding import seeded_globally
 
 
@@ -28,10 +36,12 @@ def seed_ensemble(
     """Train ``n_seeds`` ``scvi.model.SCVI`` models, seed 0 .. n-1, as one deep ensemble.
 
     Each model is scvi-tools' own SCVI, trained with its own seed; with ``save_dir`` each
-    is saved (atomically) to ``save_dir/seed_<k>`` and a later call loads the models that
-    are already there, so an interrupted run resumes. The result is an
-    :class:`~ensemblevi.model.EnsembleSCVI` whose member ``k`` holds seed ``k``'s weights
-    (``EnsembleSCVI.from_scvi``), so every ensemble analysis applies to it.
+    is saved (atomically) to ``save_dir/seed_<k>`` with a record of what it was trained on
+    (a fingerprint of the counts, genes, cells and registered ``obs`` columns, and the
+    options), and a later call loads a saved model only when its record matches, so an
+    interrupted run resumes and a model of other data or options is retrained, not reused.
+    The result is an :class:`~ensemblevi.model.EnsembleSCVI` whose member ``k`` holds seed
+    ``k``'s weights (``EnsembleSCVI.from_scvi``), so every ensemble analysis applies to it.
 
     Parameters
     ----------
@@ -54,12 +64,23 @@ def seed_ensemble(
 
     setup_kwargs = dict(setup_kwargs or {})
     scvi.model.SCVI.setup_anndata(adata, **setup_kwargs)
+    data = None
+    if save_dir is not None:  # hashed once: every seed trains on the same data
+        obs_keys = [setup_kwargs.get("batch_key"), setup_kwargs.get("labels_key")]
+        data = data_fingerprint(adata, setup_kwargs.get("layer"), obs_keys)
     models = []
     for seed in track(range(n_seeds), description="scVI seeds", disable=not progress):
         path = None if save_dir is None else Path(save_dir) / f"seed_{seed}"
-        if path is not None and (path / "model.pt").exists():
-            models.append(scvi.model.SCVI.load(str(path), adata=adata))
-            continue
+        record = None
+        if path is not None:
+            options = {"model": "scvi.model.SCVI", "seed": seed, "max_epochs": max_epochs,
+                       "setup_kwargs": setup_kwargs, "train_kwargs": train_kwargs or {},
+                       "scvi_kwargs": scvi_kwargs}  # fmt: skip
+            # through JSON so that the comparison sees what the saved record holds
+            record = json.loads(json.dumps(model_record(data, options), default=str))
+            if (path / "model.pt").exists() and not differences(read_record(path), record):
+                models.append(scvi.model.SCVI.load(str(path), adata=adata))
+                continue
         with seeded_globally(seed), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = scvi.model.SCVI(adata, **scvi_kwargs)
@@ -67,6 +88,7 @@ def seed_ensemble(
         if path is not None:
             tmp = path.with_name(f".{path.name}.tmp")
             model.save(str(tmp), overwrite=True)
+            write_record(tmp, record)
             if path.exists():  # a partial directory from an interrupted save
                 shutil.rmtree(path)
             os.replace(tmp, path)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from ensemblevi._files import write_text
+
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;
 margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
@@ -43,8 +45,19 @@ def write_report(
 ) -> Path:
     """Write the report atomically.
 
-    ``sections`` is a list of ``(heading, items)``; an item is a DataFrame (a table), a
-    ``Path`` to a PNG (embedded), or a string (a paragraph, escaped).
+    Parameters
+    ----------
+    path
+        The HTML file.
+    title
+        Its title.
+    reading
+        The plain-language sentences, shown first.
+    sections
+        ``(heading, items)`` pairs; an item is a DataFrame (a table), a ``Path`` to a PNG
+        (embedded), or a string (a paragraph, escaped).
+    meta
+        Settings shown in the last table; ``meta["summary"]`` is the line under the title.
     """
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
@@ -69,11 +82,7 @@ def write_report(
     )
     parts += ["<h2>Configuration, versions, seeds, timings</h2>", _table(rows, 200)]
     parts.append("</body></html>")
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text(path, "\n".join(parts))
 
 
 DE_KEY = "ensemblevi_de_"  # uns key prefix of `ensemblevi de` results in a run's AnnData
@@ -92,7 +101,15 @@ def _csv(path: Path, index_name: str | None = None) -> pd.DataFrame | None:
 
 
 def de_reading(settings: dict, table: pd.DataFrame) -> str:
-    """One sentence on a DE result for the report's reading."""
+    """One sentence on a DE result for the report's reading.
+
+    Parameters
+    ----------
+    settings
+        The result's settings (``tables/de_<name>.json``).
+    table
+        The result's table.
+    """
     calls = table[f"is_de_fdr_{settings['fdr_target']:g}"].astype(bool)
     flips = table["call_flips"].astype(bool)
     return (
@@ -104,25 +121,107 @@ def de_reading(settings: dict, table: pd.DataFrame) -> str:
     )
 
 
-def render_run_report(out: str | os.PathLike) -> Path:
-    """(Re)build ``OUT/report.html`` of ``ensemblevi run`` from what OUT holds.
+def run_reading(
+    summary: pd.DataFrame,
+    genes: pd.DataFrame,
+    n_members: int,
+    cv_threshold: float,
+    novelty: dict | None = None,
+    n_cells: int | None = None,
+) -> list[str]:
+    """The plain-language sentences ("What the results say") of a run report.
+
+    Parameters
+    ----------
+    summary
+        ``expression_spread``'s per-marker summary (``gene``, ``group``, ``member_cv``,
+        ``frac_uncertain_cells``, ``frac_between``).
+    genes
+        ``gene_uncertainty``'s table, most uncertain gene first (``uncertainty``).
+    n_members
+        Members of the ensemble.
+    cv_threshold
+        The CV above which a cell counts as uncertain.
+    novelty
+        ``uns["ensemblevi"]["cell_novelty"]`` (``n_flagged``, ``alpha``, ``calibrated_on``,
+        ``novelty_cv_fpr_heldout``), or ``None`` when novelty was not computed.
+    n_cells
+        Cells analysed (needed with ``novelty``).
+    """
+    reading = []
+    if n_members < 2:
+        # one model has no between-member spread: a CV of 0 is by construction, not a finding
+        reading.append(
+            "This model has a single member, so there is no between-member spread: the "
+            "member CVs are 0 by construction and say nothing about how far retraining "
+            "would move the values. Train an ensemble (e.g. --members 4) to measure it."
+        )
+    else:
+        top = summary.sort_values("member_cv", ascending=False).iloc[0]
+        share = summary["frac_between"].mean()
+        reading += [
+            f"Across the {n_members} members, the marker whose denoised level the members "
+            f"agree on least is {top['gene']} in {top['group']}: a typical cell's value "
+            f"varies by {100 * top['member_cv']:.0f}% between members (coefficient of "
+            f"variation), and {100 * top['frac_uncertain_cells']:.0f}% of its cells exceed "
+            f"the CV threshold of {cv_threshold}.",
+            "For the markers, between-member disagreement is "
+            f"{100 * share:.0f}% of the model's uncertainty on average (the rest is the "
+            "latent posterior within a member): retraining would move these values "
+            + ("more" if share > 0.5 else "less")
+            + " than resampling one model shows.",
+        ]
+    reading.append(
+        f"The least certain gene overall is {genes.index[0]} "
+        f"(CV {genes.iloc[0]['uncertainty']:.2f}); the median gene has CV "
+        f"{genes['uncertainty'].median():.2f}."
+    )
+    if novelty is not None:
+        fpr = novelty.get("novelty_cv_fpr_heldout")
+        reading.append(
+            f"{novelty['n_flagged']} of {n_cells:,} cells are flagged as unlike the training "
+            f"data (threshold: the {100 * (1 - novelty['alpha']):.0f}th percentile on "
+            f"{novelty['calibrated_on']}"
+            + (
+                f"; measured false-positive rate on other held-out cells {100 * fpr:.1f}%)."
+                if fpr is not None
+                else ")."
+            )
+        )
+    return reading
+
+
+def render_run_report(out: str | os.PathLike, stage: str | os.PathLike | None = None) -> Path:
+    """(Re)build the ``report.html`` of ``ensemblevi run`` from the files of a run.
 
     Reads ``run.json`` (reading and settings), ``tables/*.csv`` and ``figures/*.png``, so
     later steps (``ensemblevi de``) add their sections by writing their files and calling
     this again. Each DE result ``tables/de_<name>.csv`` (with ``de_<name>.json``, its
     settings, and ``figures/de_<name>.png``) gets a section.
+
+    Parameters
+    ----------
+    out
+        The run directory.
+    stage
+        A stage of new files over ``out``: a file there is read instead of the one in
+        ``out``, and the report is written there (to be committed with them).
     """
     out = Path(out)
-    record = json.loads((out / "run.json").read_text())
-    tables, figures = out / "tables", out / "figures"
+    over = None if stage is None else Path(stage)
+
+    def find(rel: str) -> Path:
+        return over / rel if over is not None and (over / rel).exists() else out / rel
+
+    record = json.loads(find("run.json").read_text())
 
     def fig(name: str) -> list[Path]:
-        return [p] if (p := figures / f"{name}.png").exists() else []
+        return [p] if (p := find(f"figures/{name}.png")).exists() else []
 
-    summary = _csv(tables / "marker_summary.csv")
-    genes = _csv(tables / "gene_uncertainty.csv", "gene")
-    hyper = _csv(tables / "hyperparameters.csv")
-    missing = _csv(tables / "markers_not_usable.csv")
+    summary = _csv(find("tables/marker_summary.csv"))
+    genes = _csv(find("tables/gene_uncertainty.csv"), "gene")
+    hyper = _csv(find("tables/hyperparameters.csv"))
+    missing = _csv(find("tables/markers_not_usable.csv"))
     sections: list[tuple[str, list]] = []
     if summary is not None:
         sections.append(("Marker genes: summary", [summary]))
@@ -151,10 +250,11 @@ def render_run_report(out: str | os.PathLike) -> Path:
             hyper,
         ]))  # fmt: skip
     reading = list(record.get("reading", []))
-    for settings_file in sorted(tables.glob("de_*.json")):
-        name = settings_file.stem
-        settings = json.loads(settings_file.read_text())
-        table = _csv(tables / f"{name}.csv", "gene")
+    roots = [out] if over is None else [out, over]
+    names = sorted({p.stem for root in roots for p in (root / "tables").glob("de_*.json")})
+    for name in names:
+        settings = json.loads(find(f"tables/{name}.json").read_text())
+        table = _csv(find(f"tables/{name}.csv"), "gene")
         if table is None:
             continue
         reading.append(de_reading(settings, table))
@@ -174,4 +274,5 @@ def render_run_report(out: str | os.PathLike) -> Path:
     if missing is not None:
         sections.append(("Markers not usable", [missing]))
     meta = record.get("meta", {"summary": ""})
-    return write_report(out / "report.html", "ensemblevi run report", reading, sections, meta)
+    dest = (out if over is None else over) / "report.html"
+    return write_report(dest, "ensemblevi run report", reading, sections, meta)

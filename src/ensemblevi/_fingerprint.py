@@ -1,0 +1,167 @@
+"""What a trained model depends on, as a record saved with it: the reuse check reads this.
+
+A saved model is reused only when its record matches what a new training would see:
+
+- ``counts``: a blake2b hash of the registered count matrix (CSR/CSC: shape, dtype,
+  ``data``, ``indices``, ``indptr``; dense: shape, dtype and the C-ordered bytes);
+- ``genes`` and ``cells``: hashes of ``var_names`` and ``obs_names`` (order included);
+- ``obs``: a hash of each ``obs`` column the model registered (batch, labels);
+- ``config``: the options the training used;
+- ``ensemblevi``: the package version.
+
+The same matrix stored differently (e.g. unsorted sparse indices) hashes differently: the
+check errs towards retraining, never towards reusing a model of other data. This module
+imports nothing from the rest of the package but the version (it is a lowest layer).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ensemblevi._files import write_json
+from ensemblevi._version import __version__
+
+#: the record's file name inside a saved model's directory
+RECORD = "ensemblevi.json"
+
+
+def _digest(*chunks: bytes | memoryview) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for chunk in chunks:
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def _array_bytes(a: np.ndarray) -> list[bytes | memoryview]:
+    a = np.ascontiguousarray(a)
+    # shape and dtype first: equal bytes of a (2, 3) and a (3, 2) matrix must not match
+    return [f"{a.shape}{a.dtype.str}".encode(), memoryview(a).cast("B")]
+
+
+def matrix_digest(x: Any) -> str:
+    """A hash of a count matrix's content (scipy sparse, numpy or anything ``np.asarray`` reads).
+
+    Parameters
+    ----------
+    x
+        The matrix.
+    """
+    import scipy.sparse as sp
+
+    if sp.issparse(x):
+        x = sp.csr_matrix(x) if x.format not in ("csr", "csc") else x
+        return _digest(
+            f"{x.format}{x.shape}".encode(),
+            *_array_bytes(x.data),
+            *_array_bytes(x.indices),
+            *_array_bytes(x.indptr),
+        )
+    return _digest(*_array_bytes(np.asarray(x)))
+
+
+def _names_digest(names: Iterable[Any]) -> str:
+    # JSON of the list: "a,b" + "c" and "a" + "b,c" differ
+    return _digest(json.dumps([str(n) for n in names]).encode())
+
+
+def data_fingerprint(adata, layer: str | None, obs_keys: Iterable[str | None] = ()) -> dict:
+    """The data part of a model record: hashes of counts, genes, cells and used obs columns.
+
+    Parameters
+    ----------
+    adata
+        The AnnData the model is (or would be) trained on.
+    layer
+        Layer holding the counts (``None``: ``X``).
+    obs_keys
+        ``obs`` columns the model registers (``None`` entries are skipped).
+    """
+    counts = adata.X if layer is None else adata.layers[layer]
+    obs = {key: _names_digest(adata.obs[key].astype(str)) for key in obs_keys if key is not None}
+    return {
+        "counts": matrix_digest(counts),
+        "shape": list(counts.shape),
+        "genes": _names_digest(adata.var_names),
+        "cells": _names_digest(adata.obs_names),
+        "obs": obs,
+    }
+
+
+def model_record(data: Mapping[str, Any], config: Mapping[str, Any]) -> dict:
+    """A model record: the data fingerprint, the training options and the version.
+
+    Parameters
+    ----------
+    data
+        From :func:`data_fingerprint`.
+    config
+        The options the training used (JSON-serialisable).
+    """
+    return {"data": dict(data), "config": dict(config), "ensemblevi": __version__}
+
+
+def differences(saved: Mapping[str, Any] | None, wanted: Mapping[str, Any]) -> list[str]:
+    """What differs between a saved record and the wanted one, in words (empty: a match).
+
+    Parameters
+    ----------
+    saved
+        The saved model's record (``None``: there is none).
+    wanted
+        The record of the training that would happen now.
+    """
+    if saved is None:
+        return ["the saved model has no record of its data and configuration"]
+    out = []
+    names = {"counts": "the count matrix", "shape": "the matrix shape", "genes": "the genes",
+             "cells": "the cells (names or order)"}  # fmt: skip
+    old_data, new_data = saved.get("data", {}), wanted["data"]
+    for part, words in names.items():
+        if old_data.get(part) != new_data.get(part):
+            out.append(f"{words} changed")
+    old_obs, new_obs = old_data.get("obs", {}), new_data.get("obs", {})
+    for key in sorted(set(old_obs) | set(new_obs)):
+        if old_obs.get(key) != new_obs.get(key):
+            out.append(f"obs[{key!r}] changed" if key in old_obs and key in new_obs
+                       else f"obs[{key!r}] used by one and not the other")  # fmt: skip
+    old_cfg, new_cfg = saved.get("config", {}), wanted["config"]
+    for key in sorted(set(old_cfg) | set(new_cfg)):
+        if old_cfg.get(key) != new_cfg.get(key):
+            out.append(f"{key}: {old_cfg.get(key)!r} -> {new_cfg.get(key)!r}")
+    if saved.get("ensemblevi") != wanted["ensemblevi"]:
+        out.append(f"ensemblevi version {saved.get('ensemblevi')} -> {wanted['ensemblevi']}")
+    return out
+
+
+def read_record(model_dir: str | os.PathLike) -> dict | None:
+    """The record saved with a model, or ``None`` (no model, no record, unreadable record).
+
+    Parameters
+    ----------
+    model_dir
+        The saved model's directory.
+    """
+    try:
+        return json.loads((Path(model_dir) / RECORD).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def write_record(model_dir: str | os.PathLike, record: Mapping[str, Any]) -> Path:
+    """Save ``record`` with the model in ``model_dir`` (atomically).
+
+    Parameters
+    ----------
+    model_dir
+        The saved model's directory.
+    record
+        From :func:`model_record`.
+    """
+    return write_json(Path(model_dir) / RECORD, dict(record))

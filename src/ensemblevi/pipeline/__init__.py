@@ -1,0 +1,39 @@
+"""``ensemblevi run`` as a pipeline of stages, each testable alone.
+
+:func:`prepare_data` (load, check, markers, batch column, genes) -> :func:`train_or_reuse`
+(a saved model whose record matches, or a new one saved at once) -> :func:`analyse` ->
+:func:`write_outputs` (tables, figures, results.h5ad, run.json, report), all into the stage
+of the run directory, committed by :func:`run_pipeline` at the end. :func:`run_de` adds a
+DE result to a finished run.
+"""
+
+from ._analyse import Analysis, analyse
+from ._config import RunConfig
+from ._data import Prepared, load_data, prepare_data, training_data
+from ._de import DEResult, de_name, run_de
+from ._outputs import write_figures, write_outputs
+from ._report import render_run_report, run_reading
+from ._run import StageFailed, run_pipeline
+from ._train import RunRefused, Trained, train_or_reuse
+
+__all__ = [
+    "Analysis",
+    "DEResult",
+    "Prepared",
+    "RunConfig",
+    "RunRefused",
+    "StageFailed",
+    "Trained",
+    "analyse",
+    "de_name",
+    "load_data",
+    "prepare_data",
+    "render_run_report",
+    "run_de",
+    "run_pipeline",
+    "run_reading",
+    "train_or_reuse",
+    "training_data",
+    "write_figures",
+    "write_outputs",
+]

@@ -1,0 +1,70 @@
+"""Stage 3 of a run: the ensemble analyses (marker spread, gene uncertainty, novelty)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+from anndata import AnnData
+
+
+@dataclass
+class Analysis:
+    """What the analyses found (their per-cell and per-gene results are also in ``adata``).
+
+    Parameters
+    ----------
+    summary
+        Per marker and group: ``expression_spread``'s summary.
+    genes
+        ``gene_uncertainty``'s table, most uncertain gene first.
+    novelty
+        ``cell_novelty``'s per-cell scores, or ``None`` for a one-member model.
+    cv_threshold
+        The CV above which a cell's marker value counts as uncertain.
+    """
+
+    summary: pd.DataFrame
+    genes: pd.DataFrame
+    novelty: pd.DataFrame | None
+    cv_threshold: float
+
+
+def analyse(
+    model,
+    adata: AnnData,
+    markers: dict[str, list[str]],
+    labels_key: str,
+    n_samples: int,
+    seed: int = 0,
+) -> Analysis:
+    """Run the ensemble analyses of a run on ``adata`` (results also written into it).
+
+    The one place the pipeline calls ``ensemblevi.tl``'s analyses, so that they can be
+    swapped for a one-pass version without touching the other stages.
+
+    Parameters
+    ----------
+    model
+        A trained ``EnsembleSCVI`` registered on ``adata``.
+    adata
+        The run's data.
+    markers
+        Marker genes per group (present in ``adata``).
+    labels_key
+        ``obs`` column of the groups.
+    n_samples
+        Latent samples per member (half of them, at least 2, for gene uncertainty).
+    seed
+        Random seed of the draws.
+    """
+    import ensemblevi as ev
+
+    spread = ev.tl.expression_spread(model, adata, markers, groupby=labels_key,
+                                     n_samples=n_samples, seed=seed)  # fmt: skip
+    genes = ev.tl.gene_uncertainty(model, adata, groupby=labels_key,
+                                   n_samples=max(2, n_samples // 2), seed=seed)  # fmt: skip
+    # one member has no between-member disagreement to score cells by
+    novelty = ev.tl.cell_novelty(model, adata, seed=seed) if model.n_members > 1 else None
+    threshold = adata.uns["ensemblevi"]["expression_spread"]["params"]["cv_threshold"]
+    return Analysis(spread["summary"], genes, novelty, threshold)

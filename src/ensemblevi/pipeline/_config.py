@@ -1,0 +1,123 @@
+"""The settings of one run, in one object, checked before anything is loaded or trained."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ensemblevi._constants import ENSEMBLE_KINDS
+
+#: the options a trained model depends on (with the data): they go into the model's record
+TRAINING_OPTIONS = ("n_top_genes", "ensemble", "members", "seeds", "epochs", "seed", "layer")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything ``ensemblevi run`` was asked to do.
+
+    Parameters
+    ----------
+    data
+        ``"synthetic"``, ``"heart"`` or the path of a .h5ad / 10x file.
+    preset
+        Synthetic preset (``data="synthetic"``).
+    n_cells
+        Cells simulated (``data="synthetic"``).
+    heart_path
+        Folder of the heart atlas file (``data="heart"``); not part of :meth:`options`
+        (where a file lies does not change a result; its content is fingerprinted).
+    layer
+        Layer holding the counts (``None``: ``X``).
+    batch_key
+        ``obs`` column of the batch; ``None`` uses ``"batch"`` when it has several values.
+    labels_key
+        ``obs`` column of the cell groups; ``None`` for a training without analysis.
+    n_top_genes
+        Highly variable genes kept (markers are kept too).
+    ensemble
+        Ensemble kind.
+    members
+        Members K.
+    seeds
+        Train this many ``scvi.model.SCVI`` seeds instead (0: an ``EnsembleSCVI``).
+    markers
+        Built-in marker set name or a JSON/YAML file; ``None``: no markers.
+    marker
+        Extra markers, ``TYPE=GENE,GENE`` each.
+    epochs
+        Training epochs.
+    n_samples
+        Latent samples per member in the analyses.
+    seed
+        Random seed (data, initialisation, training, analyses).
+    """
+
+    data: str = "synthetic"
+    preset: str = "heartlike"
+    n_cells: int = 3000
+    heart_path: Path = Path("data")
+    layer: str | None = None
+    batch_key: str | None = None
+    labels_key: str | None = "cell_type"
+    n_top_genes: int = 1200
+    ensemble: str = "deep"
+    members: int = 4
+    seeds: int = 0
+    markers: str | None = "heart"
+    marker: tuple[str, ...] = field(default_factory=tuple)
+    epochs: int = 60
+    n_samples: int = 10
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        # lists from the CLI become tuples: a frozen config must hash and compare by value
+        object.__setattr__(self, "marker", tuple(self.marker or ()))
+        object.__setattr__(self, "heart_path", Path(self.heart_path))
+
+    def validate(self) -> RunConfig:
+        """Check every option's value; raise a ``ValueError`` naming all bad ones at once."""
+        problems = []
+        at_least = {"members": 1, "epochs": 1, "n_samples": 1, "n_top_genes": 1,
+                    "seeds": 0, "n_cells": 1}  # fmt: skip
+        for name, low in at_least.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < low:
+                option = "--" + name.replace("_", "-")
+                problems.append(f"{option} must be an integer >= {low}, got {value!r}")
+        if self.ensemble not in ENSEMBLE_KINDS:
+            problems.append(f"--ensemble must be one of {list(ENSEMBLE_KINDS)}, got "
+                            f"{self.ensemble!r}")  # fmt: skip
+        if problems:
+            raise ValueError("; ".join(problems) + ".")
+        return self
+
+    def options(self) -> dict:
+        """The settings as recorded in ``run.json`` (JSON types; ``heart_path`` left out)."""
+        out = dataclasses.asdict(self)
+        out.pop("heart_path")
+        out["marker"] = list(self.marker)
+        return out
+
+    def training_options(self, batch_key: str | None) -> dict:
+        """The options the trained model depends on, with the batch column actually used.
+
+        Parameters
+        ----------
+        batch_key
+            The resolved batch column (the option or the detected ``"batch"``).
+        """
+        return {**{k: getattr(self, k) for k in TRAINING_OPTIONS}, "batch_key": batch_key}
+
+    def changed(self, previous: dict) -> list[str]:
+        """``key: old -> new`` for each setting that differs from a recorded run's.
+
+        Parameters
+        ----------
+        previous
+            :meth:`options` of the earlier run (from its ``run.json``).
+        """
+        now = self.options()
+        keys = sorted(set(now) | set(previous))
+        return [f"{k}: {previous.get(k)!r} -> {now.get(k)!r}" for k in keys
+                if previous.get(k) != now.get(k)]  # fmt: skip

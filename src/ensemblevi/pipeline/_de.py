@@ -1,0 +1,142 @@
+"""``ensemblevi de``: a differential expression result added to a finished run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ensemblevi._files import STAGE, OutputDirectory, write_csv, write_json
+from ensemblevi._interrupt import set_resume_hint
+from ensemblevi.pipeline._report import DE_KEY, render_run_report
+
+#: ``de`` stages its files apart from the run's stage, which may hold a kept model
+DE_STAGE = STAGE + "-de"
+
+
+def de_name(group1: str, group2: str | None) -> str:
+    """The file stem of a DE result, unique per pair of exact group names and stable.
+
+    ``de_<group1>_vs_<group2|rest>`` where that is a faithful spelling (letters, digits,
+    ``_ . -`` and no ``_vs_`` inside a group name); else the slug plus 8 hex digits of a
+    hash of the exact names, so "CD4 T" and "CD4+ T" get different names.
+
+    Parameters
+    ----------
+    group1
+        The tested group.
+    group2
+        The reference group (``None``: all other cells).
+    """
+    raw = f"{group1}_vs_{group2 or 'rest'}"
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", raw)
+    lossy = slug != raw or any("_vs_" in g for g in (group1, group2 or ""))
+    if group2 == "rest":  # "vs rest" would otherwise read as "vs all other cells"
+        lossy = True
+    if lossy:
+        exact = json.dumps([group1, group2], ensure_ascii=False).encode()
+        slug += "_" + hashlib.blake2b(exact, digest_size=4).hexdigest()
+    return "de_" + slug
+
+
+@dataclass
+class DEResult:
+    """A DE result written into a run directory.
+
+    Parameters
+    ----------
+    name
+        The file stem (``tables/<name>.csv``, ``figures/<name>.png``).
+    key
+        Its key in ``results.h5ad``'s ``uns``.
+    table
+        The per-gene table.
+    settings
+        Its settings (``tables/<name>.json``).
+    """
+
+    name: str
+    key: str
+    table: pd.DataFrame
+    settings: dict
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """Raise ``FileNotFoundError`` unless ``run_dir`` holds a finished run.
+
+    Parameters
+    ----------
+    run_dir
+        The directory.
+    """
+    needed = [run_dir / "run.json", run_dir / "results.h5ad", run_dir / "model" / "model.pt"]
+    absent = [str(p) for p in needed if not p.exists()]
+    if absent:
+        raise FileNotFoundError(
+            f"{run_dir} is not a finished `ensemblevi run` directory (missing: "
+            f"{', '.join(absent)}); run `ensemblevi run --out {run_dir}` first."
+        )
+
+
+def run_de(run_dir: str | Path, group1: str, groupby: str = "cell_type",
+           group2: str | None = None, **options: Any) -> DEResult:  # fmt: skip
+    """Differential expression on a run's model, committed into the run directory.
+
+    Stages the table, its settings, the volcano plot, ``results.h5ad`` (with the result
+    in ``uns``) and the rebuilt report, then commits them into the run's manifest; the run
+    directory is unchanged until then.
+
+    Parameters
+    ----------
+    run_dir
+        Directory of a finished ``ensemblevi run``.
+    group1
+        The tested group.
+    groupby
+        ``obs`` column of the groups.
+    group2
+        The reference group (``None``: all other cells).
+    **options
+        Passed to ``ensemblevi.tl.differential_expression`` (``delta``, ``fdr_target``,
+        ``estimand``, ``n_samples``, ``max_cells``, ``batch_correction``, ``seed``).
+    """
+    import anndata
+
+    import ensemblevi as ev
+    from ensemblevi.data import write_h5ad_atomic
+    from ensemblevi.model import EnsembleSCVI
+
+    run_dir = Path(run_dir)
+    check_run_dir(run_dir)
+    out = OutputDirectory(run_dir, "run", stage=DE_STAGE).claim()
+    name = de_name(group1, group2)
+    key = DE_KEY + name[3:]
+    with out.locked():
+        set_resume_hint(f"Nothing was lost: {run_dir} is unchanged; rerun the command.")
+        adata = anndata.read_h5ad(run_dir / "results.h5ad")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = EnsembleSCVI.load(run_dir / "model", adata=adata)
+        table = ev.tl.differential_expression(model, adata, groupby=groupby, group1=group1,
+                                              group2=group2, key_added=key, **options)  # fmt: skip
+        settings = {**adata.uns[key]["params"], "group1": group1}
+        stage = out.new_stage()
+        try:
+            fig = ev.pl.de_volcano(adata, key=key, title=f"{group1} vs {group2 or 'rest'}")
+            ev.pl.save_figure(fig, stage / "figures" / name)
+            write_csv(table, stage / "tables" / f"{name}.csv", index=True)
+            write_json(stage / "tables" / f"{name}.json", settings)
+            write_h5ad_atomic(adata, stage / "results.h5ad", overwrite=True)
+            render_run_report(run_dir, stage=stage)
+        except BaseException:
+            out.discard_stage()  # the run directory was not touched
+            raise
+        out.commit(keep=out.files)
+        set_resume_hint(None)
+    return DEResult(name, key, table, settings)

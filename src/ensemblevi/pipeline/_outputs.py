@@ -1,0 +1,163 @@
+"""Stage 4 of a run: tables, figures, results.h5ad, run.json and the report, into the stage."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+from importlib.metadata import version as pkg_version
+from pathlib import Path
+
+import pandas as pd
+from anndata import AnnData
+
+from ensemblevi._files import OutputDirectory, write_csv, write_json
+from ensemblevi.pipeline._analyse import Analysis
+from ensemblevi.pipeline._config import RunConfig
+from ensemblevi.pipeline._data import Prepared
+from ensemblevi.pipeline._report import DE_KEY, render_run_report, run_reading
+from ensemblevi.pipeline._train import Trained
+
+#: tables written without their index (it is a plain row number)
+_NO_INDEX = ("marker_summary", "hyperparameters", "markers_not_usable")
+
+
+def config_frame(config: dict) -> pd.DataFrame:
+    """The settings as a one-column table (``value``: each setting as JSON).
+
+    Parameters
+    ----------
+    config
+        The settings (``RunConfig.options()``).
+    """
+    return pd.DataFrame({"value": [json.dumps(v) for v in config.values()]}, index=list(config))
+
+
+def write_figures(stage: Path, adata: AnnData, trained: Trained, analysis: Analysis,
+                  labels_key: str) -> list[str]:  # fmt: skip
+    """Draw and save the run's figures into ``stage/figures``; return their names.
+
+    Parameters
+    ----------
+    stage
+        The run's stage.
+    adata
+        The analysed data.
+    trained
+        The run's model.
+    analysis
+        The analyses' results.
+    labels_key
+        ``obs`` column the novelty UMAP is coloured by.
+    """
+    import matplotlib.pyplot as plt
+
+    import ensemblevi as ev
+
+    marker_genes = list(analysis.summary["gene"].unique())
+    figs = {
+        "model_spread": lambda: ev.pl.model_spread(adata),
+        "biological_spread": lambda: ev.pl.biological_spread(adata),
+        "member_histograms": lambda: ev.pl.member_histograms(adata),
+        "gene_uncertainty": lambda: ev.pl.gene_uncertainty(adata, highlight=marker_genes),
+    }
+    if analysis.novelty is not None:
+        figs["novelty_umap"] = lambda: ev.pl.novelty_umap(adata, trained.model, color=labels_key)
+    if trained.model.ensemble == "hyperbatch":
+        figs["hyperparameters"] = lambda: ev.pl.hyperparameter_trajectories(trained.model)
+    for name, draw in figs.items():  # one at a time: a figure's memory goes before the next
+        fig = draw()
+        ev.pl.save_figure(fig, stage / "figures" / name)
+        plt.close(fig)
+    return list(figs)
+
+
+def _carry_de_results(out: OutputDirectory, stage: Path, adata: AnnData) -> None:
+    # DE results belong to the model they came from: they stay while it is reused
+    import anndata
+
+    for rel in out.files:
+        if rel.startswith(("tables/de_", "figures/de_")):
+            (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(out.path / rel, stage / rel)
+    if "results.h5ad" in out.files:
+        old = anndata.read_h5ad(out.path / "results.h5ad")
+        adata.uns.update({k: v for k, v in old.uns.items() if k.startswith(DE_KEY)})
+
+
+def write_outputs(
+    out: OutputDirectory,
+    config: RunConfig,
+    prepared: Prepared,
+    trained: Trained,
+    analysis: Analysis,
+    timings: dict[str, float],
+) -> list[str]:
+    """Write a run's result into the stage of ``out`` (committing it is the caller's step).
+
+    Writes ``tables/*.csv``, ``figures/*.png``, ``results.h5ad``, ``run.json`` and
+    ``report.html``; with the previous run's model reused, its DE results are carried over.
+
+    Parameters
+    ----------
+    out
+        The run directory (claimed; its stage holds the new result).
+    config
+        The run's settings.
+    prepared
+        The run's data.
+    trained
+        The run's model.
+    analysis
+        The analyses' results.
+    timings
+        Seconds per stage so far (``figures`` and ``total`` are added here).
+    """
+    import time
+
+    import ensemblevi as ev
+    from ensemblevi.data import write_h5ad_atomic
+
+    t = time.perf_counter()
+    stage, adata, model = out.stage, prepared.adata, trained.model
+    hyper = model.get_hyperparameters() if model.ensemble == "hyperbatch" else None
+    figures = write_figures(stage, adata, trained, analysis, config.labels_key)
+    tables = {
+        "markers_not_usable": prepared.missing if len(prepared.missing) else None,
+        "marker_summary": analysis.summary,
+        "gene_uncertainty": analysis.genes,
+        "cell_novelty": analysis.novelty,
+        "hyperparameters": hyper,
+        "run_metadata": config_frame(config.options()),
+    }
+    for name, frame in tables.items():
+        if frame is not None:
+            write_csv(frame, stage / "tables" / f"{name}.csv", index=name not in _NO_INDEX)
+    timings["figures"] = time.perf_counter() - t
+    if trained.source == "result":
+        _carry_de_results(out, stage, adata)
+    write_h5ad_atomic(adata, stage / "results.h5ad", overwrite=True)
+    novelty = adata.uns["ensemblevi"]["cell_novelty"] if analysis.novelty is not None else None
+    reading = run_reading(analysis.summary, analysis.genes, model.n_members,
+                          analysis.cv_threshold, novelty, adata.n_obs)  # fmt: skip
+    timings["total"] = sum(v for k, v in timings.items() if k != "total")
+    options = config.options()
+    versions = {
+        "ensemblevi": ev.__version__,
+        **{n: pkg_version(n) for n in ("torch", "scvi-tools", "scanpy", "anndata")},
+    }
+    meta = {
+        "summary": f"{prepared.title}; {adata.n_obs:,} cells x {adata.n_vars:,} genes; "
+        f"{model.ensemble} ensemble of {model.n_members}",
+        **{f"config.{k}": v for k, v in options.items()},
+        "model": f"{trained.source} ({trained.path.name}/)",
+        **{f"time.{k} (s)": round(v, 1) for k, v in timings.items()},
+        "python": platform.python_version(),
+        **versions,
+    }  # fmt: skip
+    record = {"config": options, "timings": timings, "versions": versions,
+              "reading": reading, "meta": meta, "figures": figures,
+              "model": trained.record}  # fmt: skip
+    write_json(stage / "run.json", record)
+    render_run_report(stage)
+    return reading

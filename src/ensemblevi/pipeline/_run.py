@@ -1,0 +1,111 @@
+"""The run as a pipeline: data -> model (trained or reused) -> analyses -> outputs -> commit."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from anndata import AnnData
+
+from ensemblevi._files import OutputDirectory
+from ensemblevi._interrupt import set_resume_hint
+from ensemblevi.pipeline._analyse import analyse
+from ensemblevi.pipeline._config import RunConfig
+from ensemblevi.pipeline._data import Log, prepare_data
+from ensemblevi.pipeline._outputs import write_outputs
+from ensemblevi.pipeline._train import MODEL_DIRS, RunRefused, train_or_reuse
+
+
+class StageFailed(RuntimeError):
+    """A stage after training failed; the trained model was kept (the message says where)."""
+
+
+def _previous_config(out: OutputDirectory) -> dict | None:
+    if "run.json" not in out.files:
+        return None
+    return json.loads((out.path / "run.json").read_text())["config"]
+
+
+def run_pipeline(
+    config: RunConfig,
+    out: str | Path,
+    force: bool = False,
+    log: Log = print,
+    on_loaded: Callable[[AnnData, str | None, str], None] | None = None,
+) -> list[str]:
+    """Run ``ensemblevi run``: every stage in turn, the result committed into ``out`` at the end.
+
+    The new result is assembled in the stage of ``out``; the previous result stays whole
+    until the new one is complete, then is replaced in one commit. A model trained here is
+    saved (with its record) before the analyses start and survives their failure, for the
+    next run with the same data and options to reuse.
+
+    Parameters
+    ----------
+    config
+        The run's settings.
+    out
+        The run directory (new, empty, or written by an earlier ``ensemblevi run``).
+    force
+        Replace a different run (settings, data or model) in ``out``.
+    log
+        Where progress lines go.
+    on_loaded
+        Called with ``(adata, layer, title)`` once the data is read.
+
+    Returns
+    -------
+    The report's reading (its plain-language sentences).
+
+    Raises
+    ------
+    ValueError, FileNotFoundError
+        Bad settings or data (nothing trained, ``out`` untouched).
+    RunRefused, FileExistsError
+        ``out`` holds something the run would replace without ``force``, or is not ours.
+    StageFailed
+        A stage after training failed; the model is kept in the stage.
+    """
+    config.validate()
+    directory = OutputDirectory(out, "run").claim()
+    with directory.locked():
+        set_resume_hint(f"Nothing was lost: {directory.path} holds its previous result (if "
+                        "any), whole; rerun the same command to start again.")  # fmt: skip
+        previous = _previous_config(directory)
+        if previous is not None and previous != config.options() and not force:
+            raise RunRefused(
+                f"{directory.path} holds a different run ({'; '.join(config.changed(previous))}"
+                "); pass --force to replace it (the current result stays whole until the new "
+                "run is complete) or choose another --out."
+            )
+        stage = directory.new_stage(keep=MODEL_DIRS)  # a model a failed run left may be reused
+        timings: dict[str, float] = {}
+        try:
+            t = time.perf_counter()
+            prepared = prepare_data(config, log=log, on_loaded=on_loaded)
+            timings["data"] = time.perf_counter() - t
+            t = time.perf_counter()
+            trained = train_or_reuse(config, prepared, directory, force=force, log=log)
+            timings["training"] = time.perf_counter() - t
+        except BaseException:
+            if not any(stage.iterdir()):  # nothing worth keeping: no empty stage left behind
+                directory.discard_stage()
+            raise
+        try:
+            t = time.perf_counter()
+            analysis = analyse(trained.model, prepared.adata, prepared.markers,
+                               config.labels_key, config.n_samples, config.seed)  # fmt: skip
+            timings["analysis"] = time.perf_counter() - t
+            reading = write_outputs(directory, config, prepared, trained, analysis, timings)
+        except Exception as err:
+            kept = (f"the trained model is kept in {trained.path}; rerun the same command to "
+                    "reuse it") if trained.source != "result" else (
+                    f"the model in {trained.path} is unchanged")  # fmt: skip
+            raise StageFailed(f"{type(err).__name__}: {err} ({kept}; {directory.path} still "
+                              "holds its previous result, whole).") from err  # fmt: skip
+        model_files = [f for f in directory.files if f.split("/")[0] in MODEL_DIRS]
+        directory.commit(keep=model_files if trained.source == "result" else [])
+        set_resume_hint(None)
+    return reading

@@ -1,0 +1,178 @@
+"""Stage 2 of a run: reuse a saved model whose record matches, or train and save one."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from ensemblevi._files import OutputDirectory
+from ensemblevi._fingerprint import (
+    data_fingerprint,
+    differences,
+    model_record,
+    read_record,
+    write_record,
+)
+from ensemblevi._interrupt import set_resume_hint
+from ensemblevi.pipeline._config import RunConfig
+from ensemblevi.pipeline._data import Log, Prepared
+
+#: folders of the trained model(s) in a run directory (and in its stage)
+MODEL_DIRS = ("model", "seeds")
+
+
+class RunRefused(Exception):
+    """The run would replace or discard something the user did not ask to replace."""
+
+
+@dataclass
+class Trained:
+    """The model of a run and where it came from.
+
+    Parameters
+    ----------
+    model
+        The trained (or loaded) ``EnsembleSCVI``.
+    source
+        ``"trained"`` (now, saved to the stage), ``"stage"`` (trained by an earlier run
+        that did not finish, kept in the stage) or ``"result"`` (the committed run's model).
+    path
+        Folder of the saved model.
+    record
+        The model's record (``model/ensemblevi.json``).
+    """
+
+    model: object
+    source: str
+    path: Path
+    record: dict
+
+
+def wanted_record(config: RunConfig, prepared: Prepared) -> dict:
+    """The record a model trained now on ``prepared`` with ``config`` gets.
+
+    Parameters
+    ----------
+    config
+        The run's settings.
+    prepared
+        The run's data.
+    """
+    data = data_fingerprint(prepared.adata, prepared.layer, [prepared.batch_key])
+    record = model_record(data, config.training_options(prepared.batch_key))
+    return json.loads(json.dumps(record, default=str))  # as the saved record will read
+
+
+def _load(path: Path, prepared: Prepared):
+    from ensemblevi.model import EnsembleSCVI
+
+    EnsembleSCVI.setup_anndata(prepared.adata, layer=prepared.layer,
+                               batch_key=prepared.batch_key)  # fmt: skip
+    return EnsembleSCVI.load(path, adata=prepared.adata)
+
+
+def _train(config: RunConfig, prepared: Prepared, stage: Path, log: Log):
+    import ensemblevi as ev
+    from ensemblevi.model import EnsembleSCVI
+
+    adata, setup = prepared.adata, {"layer": prepared.layer, "batch_key": prepared.batch_key}
+    if config.seeds:
+        log(f"training {config.seeds} scvi.model.SCVI seeds for {config.epochs} epochs")
+        # each seed model is saved with its record as it finishes: an interrupted run resumes
+        return ev.tl.seed_ensemble(adata, n_seeds=config.seeds, save_dir=stage / "seeds",
+                                   setup_kwargs=setup, max_epochs=config.epochs)  # fmt: skip
+    EnsembleSCVI.setup_anndata(adata, **setup)
+    model = EnsembleSCVI(adata, n_members=config.members, ensemble=config.ensemble,
+                         seed=config.seed)  # fmt: skip
+    log(f"training {model._model_summary_string} for {config.epochs} epochs")
+    model.train(max_epochs=config.epochs, seed=config.seed)
+    return model
+
+
+def train_or_reuse(
+    config: RunConfig,
+    prepared: Prepared,
+    out: OutputDirectory,
+    force: bool = False,
+    log: Log = print,
+) -> Trained:
+    """Reuse a saved model trained on the same data with the same options, or train one.
+
+    A saved model is reused only when its record (``ensemblevi.json`` beside it: a
+    fingerprint of the counts, genes, cells and batch column, the training options and the
+    ensemblevi version) matches. Looked at in turn: a model an unfinished run left in the
+    stage, then the committed run's model. A model that does not match is replaced only
+    with ``force`` (else :class:`RunRefused`, naming what changed). A new model is saved
+    with its record into the stage before this returns, so a later failure keeps it.
+
+    Parameters
+    ----------
+    config
+        The run's settings.
+    prepared
+        The run's data (from :func:`prepare_data`).
+    out
+        The run directory, claimed, with its stage created.
+    force
+        Replace (train anew over) a saved model that does not match.
+    log
+        Where progress lines go.
+    """
+    wanted = wanted_record(config, prepared)
+    places = {"stage": out.stage / "model", "result": out.path / "model"}
+    found = {}
+    for source, path in places.items():
+        owned = source == "stage" or "model/model.pt" in out.files
+        if owned and (path / "model.pt").exists():
+            found[source] = differences(read_record(path), wanted)
+    for source in places:
+        if source in found and not found[source]:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model = _load(places[source], prepared)
+            why = "an unfinished earlier run" if source == "stage" else "the previous run"
+            log(f"reusing the trained model in {places[source]} (trained by {why} on the "
+                "same data with the same options)")  # fmt: skip
+            if source == "result":  # the stage's leftovers must not replace it at commit
+                _discard_stage_models(out.stage)
+            _kept_hint(out, places[source])
+            return Trained(model, source, places[source], wanted)
+    stale = {s: diffs for s, diffs in found.items() if diffs}
+    if stale and not force:
+        lines = [f"{places[s]} holds a model trained on other data or options ("
+                 + "; ".join(d) + ")" for s, d in stale.items()]  # fmt: skip
+        raise RunRefused("; ".join(lines) + ". Pass --force to train a new one (the current "
+                         "result stays whole until the new run is complete) or choose "
+                         "another --out.")  # fmt: skip
+    for source, diffs in stale.items():
+        log(f"[yellow]not reusing {places[source]}[/yellow]: {'; '.join(diffs)}")
+    if "stage" in stale:
+        _discard_stage_models(out.stage)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = _train(config, prepared, out.stage, log)
+    path = out.stage / "model"
+    model.save(path, overwrite=True)
+    # the record last: a model without one is never reused
+    write_record(path, wanted)
+    log(f"saved the trained model to {path} (kept there until the run is committed)")
+    _kept_hint(out, path)
+    return Trained(model, "trained", path, wanted)
+
+
+def _discard_stage_models(stage: Path) -> None:
+    for name in MODEL_DIRS:
+        shutil.rmtree(stage / name, ignore_errors=True)
+
+
+def _kept_hint(out: OutputDirectory, model_dir: Path) -> None:
+    if model_dir.parent == out.stage:
+        hint = (f"The trained model is kept in {model_dir}; rerun the same command to reuse "
+                f"it. {out.path} still holds its previous result, whole.")  # fmt: skip
+    else:
+        hint = (f"Nothing was lost: {out.path} holds its previous result, whole, and its "
+                "model is reused by the same command.")  # fmt: skip
+    set_resume_hint(hint)

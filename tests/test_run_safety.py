@@ -1,0 +1,233 @@
+"""`ensemblevi run` / `de` never lose what the user had: staging, reuse, refusal, interruption."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import anndata
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from ensemblevi import _files, cli
+from ensemblevi import _fingerprint as fp
+from ensemblevi.data import synthetic, write_h5ad_atomic
+from ensemblevi.pipeline import _outputs
+
+runner = CliRunner()
+TINY = ["--n-cells", "200", "--epochs", "1", "--members", "2", "--n-samples", "2",
+        "--n-top-genes", "100"]  # fmt: skip
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+@pytest.fixture(autouse=True)
+def _wide_console(monkeypatch):
+    # paths in messages must not be folded at 80 columns for the assertions below
+    monkeypatch.setattr(cli.console, "width", 1000)
+
+
+def _run(*args):
+    return runner.invoke(cli.app, ["run", *map(str, args)])
+
+
+def _snapshot(out: Path) -> dict[str, bytes]:
+    """Every file of the committed result, by relative path."""
+    files = _files.OutputDirectory(out, "run").files
+    return {rel: (out / rel).read_bytes() for rel in files}
+
+
+def _data_file(path: Path, seed: int = 0, rename: dict | None = None) -> Path:
+    adata = synthetic(preset="heartlike", seed=seed, n_cells=200)
+    if rename:
+        adata.obs["cell_type"] = adata.obs["cell_type"].cat.rename_categories(rename)
+    write_h5ad_atomic(adata, path, overwrite=True)
+    return path
+
+
+def test_failed_figures_keep_the_old_run_whole_and_the_new_model_for_reuse(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    assert _run(*TINY, "--out", out).exit_code == 0
+    before = _snapshot(out)
+    assert "model/ensemblevi.json" in before and "run.json" in before
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("figure stage broke")
+
+    monkeypatch.setattr(_outputs, "write_figures", broken)
+    res = _run(*TINY, "--seed", "1", "--force", "--out", out)
+    assert res.exit_code == 1 and "figure stage broke" in res.output
+    kept = out / _files.STAGE / "model"
+    assert f"kept in {kept}" in res.output
+    assert _snapshot(out) == before  # the old run is whole: --force removed nothing yet
+    assert fp.read_record(kept)["config"]["seed"] == 1
+    monkeypatch.undo()
+    monkeypatch.setattr(cli.console, "width", 1000)
+    res = _run(*TINY, "--seed", "1", "--force", "--out", out)
+    assert res.exit_code == 0, res.output
+    assert f"reusing the trained model in {kept}" in res.output
+    assert not (out / _files.STAGE).exists()
+    assert fp.read_record(out / "model")["config"]["seed"] == 1
+    assert json.loads((out / "run.json").read_text())["config"]["seed"] == 1
+
+
+def test_the_reuse_check_reads_the_data_not_the_path(tmp_path):
+    data, out = _data_file(tmp_path / "cells.h5ad"), tmp_path / "run"
+    args = [*TINY, "--data", data, "--layer", "counts", "--out", out]
+    assert _run(*args).exit_code == 0
+    before = _snapshot(out)
+    _data_file(data, seed=1)  # same path, same options, other counts
+    res = _run(*args)
+    assert res.exit_code == 1 and "the count matrix changed" in res.output
+    assert "--force" in res.output and _snapshot(out) == before
+    res = _run(*args, "--force")
+    assert res.exit_code == 0 and "not reusing" in res.output
+    assert _snapshot(out)["model/ensemblevi.json"] != before["model/ensemblevi.json"]
+
+
+def test_a_foreign_directory_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    res = _run(*TINY, "--out", tmp_path)
+    assert res.exit_code == 1 and "not empty" in res.output
+    assert os.listdir(tmp_path) == ["notes.txt"] and (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [(["--labels-key", "nope"], "--labels-key 'nope'"), (["--n-samples", "0"], "--n-samples"),
+     (["--epochs", "0"], "--epochs"), (["--members", "0"], "--members"),
+     (["--markers", "BAD"], "")],
+)  # fmt: skip
+def test_bad_arguments_are_refused_before_training(tmp_path, bad, message):
+    if bad == ["--markers", "BAD"]:
+        (tmp_path / "m.json").write_text("{not: json")
+        bad = ["--markers", str(tmp_path / "m.json")]
+    res = _run(*TINY, *bad, "--out", tmp_path / "run")
+    assert res.exit_code == 2 and message in res.output
+    assert "training" not in res.output
+    assert not (tmp_path / "run" / "model").exists()
+
+
+def test_a_single_model_report_says_it_has_no_spread(tmp_path):
+    out = tmp_path / "run"
+    res = _run(*TINY, "--ensemble", "single", "--out", out)
+    assert res.exit_code == 0, res.output
+    report = (out / "report.html").read_text()
+    assert "no between-member spread" in report
+    assert "retraining would move these values" not in report
+
+
+def test_de_results_of_lossy_names_do_not_collide(tmp_path):
+    rename = {"Fibroblast": "CD4 T", "Myeloid": "CD4+ T"}
+    data, out = _data_file(tmp_path / "cells.h5ad", rename=rename), tmp_path / "run"
+    assert _run(*TINY, "--data", data, "--layer", "counts", "--out", out).exit_code == 0
+    names = []
+    for group in rename.values():
+        res = runner.invoke(cli.app, ["de", str(out), "--group1", group, "--n-samples", "2",
+                                      "--max-cells", "40"])  # fmt: skip
+        assert res.exit_code == 0, res.output
+        names.append(next(n for n in os.listdir(out / "tables") if n.endswith(".json")
+                          and n[:-5] not in names)[:-5])  # fmt: skip
+    assert len(set(names)) == 2 and all(n.startswith("de_CD4_T_vs_rest_") for n in names)
+    files = _files.OutputDirectory(out, "run").files
+    for name in names:
+        assert {f"tables/{name}.csv", f"tables/{name}.json", f"figures/{name}.png"} <= set(files)
+    uns = anndata.read_h5ad(out / "results.h5ad").uns
+    assert {"ensemblevi_" + n for n in names} <= set(uns)
+    report = (out / "report.html").read_text()
+    assert "Differential expression: CD4 T vs rest" in report
+    assert "Differential expression: CD4+ T vs rest" in report
+    table = pd.read_csv(out / "tables" / f"{names[0]}.csv", index_col=0)
+    assert len(table) == uns["ensemblevi_" + names[0]]["names"].shape[0]
+
+
+def test_seed_models_get_records_and_the_run_reuses_them(tmp_path):
+    out = tmp_path / "run"
+    res = _run(*TINY, "--seeds", "2", "--out", out)
+    assert res.exit_code == 0, res.output
+    for k in range(2):
+        record = fp.read_record(out / "seeds" / f"seed_{k}")
+        assert record["config"]["seed"] == k and record["config"]["max_epochs"] == 1
+    assert fp.read_record(out / "model")["config"]["seeds"] == 2
+    res = _run(*TINY, "--seeds", "2", "--out", out)
+    assert res.exit_code == 0 and "reusing the trained model" in res.output
+
+
+# ------------------------------------------------------------------ interruption
+def _start(out: Path, *extra: str) -> tuple[subprocess.Popen, list[str]]:
+    env = {**os.environ, "PYTHONPATH": str(SRC), "PYTHONUNBUFFERED": "1", "COLUMNS": "1000"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ensemblevi.cli", "run", "--n-cells", "300", "--members", "2",
+         "--n-top-genes", "100", "--out", str(out), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
+    return proc, lines
+
+
+def _wait_for(lines: list[str], text: str, timeout: float = 60) -> None:
+    end = time.monotonic() + timeout
+    while not any(text in line for line in lines):
+        assert time.monotonic() < end, f"{text!r} never printed: {''.join(lines)}"
+        time.sleep(0.1)
+
+
+def test_sigterm_during_training_exits_143_and_leaves_the_directory_as_it_was(tmp_path):
+    out = tmp_path / "run"
+    proc, lines = _start(out, "--epochs", "2000")
+    _wait_for(lines, "training ")
+    time.sleep(1)  # well inside the 2,000 epochs
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 143, "".join(lines)
+    time.sleep(0.2)
+    output = " ".join("".join(lines).split())
+    assert "interrupted (sigterm)" in output.lower() and "Nothing was lost" in output
+    assert not (out / "run.json").exists() and not (out / _files.LOCK).exists()
+
+
+def test_sigterm_after_training_keeps_the_model_and_says_where(tmp_path):
+    out = tmp_path / "run"
+    proc, lines = _start(out, "--epochs", "1", "--n-samples", "400")
+    _wait_for(lines, "saved the trained model")
+    proc.send_signal(signal.SIGTERM)  # the analyses take many seconds with 400 samples
+    assert proc.wait(60) == 143, "".join(lines)
+    time.sleep(0.2)
+    kept = out / _files.STAGE / "model"
+    assert f"kept in {kept}" in " ".join("".join(lines).split())
+    assert fp.read_record(kept) is not None and not (out / "run.json").exists()
+
+
+# ------------------------------------------------------------------ the >8,000-cell crash
+class _StubModel:
+    """Stands in for a trained model: the UMAP stage only needs its denoised expression."""
+
+    def get_normalized_expression(self, adata, library_size, return_numpy):
+        import numpy as np
+
+        rho = np.random.default_rng(0).gamma(1.0, 1.0, (adata.n_obs, 60))
+        return rho / rho.sum(1, keepdims=True) * library_size
+
+
+@pytest.mark.xfail(
+    raises=AttributeError,
+    strict=True,  # XPASS fails: remove this marker once the tl/pl UMAP fix is merged
+    reason="issue 19 item 10: above 8,000 cells scanpy.pp.neighbors switches to pynndescent "
+    "0.7.0, which calls csr_array.getnnz (gone in scipy 1.17); fixed in the tl UMAP path",
+)
+def test_umap_stage_above_the_pynndescent_size():
+    # here because the main job crashed at this size after training (the CLI-level run of
+    # 9,000 cells takes ~100 s on 2 cores, too long for the suite; the pipeline's keeping of
+    # the model on such a failure is tested above with a failing figure stage). ~60 s.
+    import numpy as np
+
+    import ensemblevi as ev
+
+    adata = anndata.AnnData(np.zeros((9000, 60), dtype=np.float32))
+    adata.obs["ensemblevi_novelty_cv"] = np.random.default_rng(1).random(adata.n_obs)
+    ev.pl.novelty_umap(adata, _StubModel())
+    assert adata.obsm["X_umap_ensemblevi"].shape == (9000, 2)
