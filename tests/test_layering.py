@@ -19,6 +19,8 @@ RANKS = {
     "_compat": 0,
     "_files": 0,
     "_seeding": 0,
+    "_fingerprint": 0,
+    "_interrupt": 0,
     "data": 1,
     "metrics": 1,
     "nn": 1,
@@ -29,7 +31,6 @@ RANKS = {
     "pl": 6,
     "benchmark": 7,
     "pipeline": 8,
-    "_report": 8,
     "cli": 9,
     "__init__": 9,
 }
