@@ -1,0 +1,121 @@
+"""Interruptions (SIGINT, SIGTERM) as one exception that reaches the command line's ``main``.
+
+Without this, an interrupted training ends in other people's handlers: Lightning answers
+``KeyboardInterrupt`` with ``sys.exit(1)`` and SIGTERM with a flag that ends training
+normally (exit status 0, as if the model were finished), and scvi-tools' ``TrainRunner``
+prints ``Exception raised during training. <class 'NameError'>`` for any exception. Inside
+:func:`interruptible` both signals raise :class:`Interrupted` instead: it derives from
+``BaseException`` but not from ``KeyboardInterrupt``, so Lightning re-raises it untouched
+(its ``except BaseException`` branch) and ``main`` turns it into the conventional exit
+status (128 + signal number) and one line saying what was kept and how to resume
+(:func:`set_resume_hint`).
+
+This module imports nothing from the rest of the package (it is the lowest layer).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+#: the signals turned into :class:`Interrupted`
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# scvi-tools' TrainRunner prints every training exception through this module's `print`
+_SCVI_RUNNER = "scvi.train._trainrunner"
+
+_hint: str | None = None
+
+
+class Interrupted(BaseException):
+    """The process received SIGINT or SIGTERM.
+
+    Parameters
+    ----------
+    signum
+        The signal number.
+
+    Attributes
+    ----------
+    signum
+        The signal number.
+    exit_code
+        ``128 + signum``: 130 for SIGINT, 143 for SIGTERM (what a shell reports for a
+        process the signal killed).
+    """
+
+    def __init__(self, signum: int) -> None:
+        self.signum = int(signum)
+        self.exit_code = 128 + self.signum
+        super().__init__(f"interrupted by {signal.Signals(self.signum).name}")
+
+
+def set_resume_hint(text: str | None) -> None:
+    """Record the line printed when the command is interrupted (``None``: a generic one).
+
+    Parameters
+    ----------
+    text
+        What was kept and how to resume, e.g. ``"kept the checkpoint after epoch 3 in
+        out/...; rerun with --resume to continue"``.
+    """
+    global _hint
+    _hint = text
+
+
+def resume_hint() -> str | None:
+    """The line recorded by :func:`set_resume_hint` (``None`` when none is)."""
+    return _hint
+
+
+def _quiet_print(*args: Any, **kwargs: Any) -> None:
+    # scvi-tools announces every training exception, an interruption included, as
+    # "Exception raised during training. <class 'NameError'> ..."; that line is wrong here
+    if any(isinstance(a, Interrupted) for a in args):
+        return
+    print(*args, **kwargs)
+
+
+def _handler(signum: int, frame: Any) -> None:
+    runner = sys.modules.get(_SCVI_RUNNER)
+    if runner is not None:
+        runner.print = _quiet_print  # removed again when interruptible() exits
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """Turn SIGINT and SIGTERM into :class:`Interrupted` for the block (main thread only).
+
+    The previous handlers are put back afterwards. In another thread (where Python cannot
+    install signal handlers) the block runs unchanged.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    set_resume_hint(None)  # a hint from an earlier block does not describe this one
+    previous = {s: signal.signal(s, _handler) for s in SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        runner = sys.modules.get(_SCVI_RUNNER)
+        if runner is not None and getattr(runner, "print", None) is _quiet_print:
+            del runner.print
+
+
+def message(err: Interrupted) -> str:
+    """The one line ``main`` prints for ``err``: the signal, then the recorded hint.
+
+    Parameters
+    ----------
+    err
+        The interruption.
+    """
+    name = signal.Signals(err.signum).name
+    hint = _hint or "nothing was written; rerun the command to start again"
+    return f"Interrupted ({name}): {hint}"
