@@ -97,7 +97,11 @@ def interruptible() -> Iterator[None]:
         yield
         return
     set_resume_hint(None)  # a hint from an earlier block does not describe this one
-    previous = {s: signal.signal(s, _handler) for s in SIGNALS}
+    # a signal the caller ignores (`nohup`, a background job of a non-interactive shell)
+    # stays ignored
+    previous = {
+        s: signal.signal(s, _handler) for s in SIGNALS if signal.getsignal(s) != signal.SIG_IGN
+    }
     try:
         yield
     finally:
