@@ -61,6 +61,19 @@ def sim_file(tmp_path_factory):
     )
 
 
+def test_unreadable_data_file_is_a_short_error(tmp_path):
+    bad = tmp_path / "data.h5ad"
+    bad.write_text("this is a text file\n")
+    for args in (
+        ["inspect", str(bad)],
+        ["train", "--data", str(bad), "--out", str(tmp_path / "m")],
+    ):
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 2 and "is not a readable AnnData (.h5ad) file" in res.output
+        assert "re-export" in res.output and "Traceback" not in res.output
+    assert bad.read_text() == "this is a text file\n"
+
+
 @pytest.mark.parametrize("epochs", ["0", "-3"])
 def test_epochs_below_one_refused_before_anything(tmp_path, epochs):
     res = _train("--epochs", epochs, "--out", str(tmp_path / "m"))
@@ -72,8 +85,14 @@ def test_force_resume_and_a_failed_retraining_keeps_the_model(tmp_path, monkeypa
     out = tmp_path / "m"
     assert _train("--epochs", "2", "--out", str(out)).exit_code == 0
     first = (out / "model.pt").read_bytes()
+    # what a killed writer leaves (temporaries, an unfinished checkpoint save) goes next time
+    leftovers = [out / ".ensemblevi-tmp-dead" / "model.pt", out / STAGE / ".ensemblevi-tmp-x"]
+    for p in leftovers:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("half")
     res = _train("--epochs", "2", "--out", str(out))
     assert res.exit_code == 0 and "nothing to do" in res.output
+    assert not any(p.exists() for p in leftovers)
     res = _train("--epochs", "3", "--out", str(out))
     assert res.exit_code == 1 and "epochs: 2 -> 3" in res.output and "--force" in res.output
     assert (out / "model.pt").read_bytes() == first

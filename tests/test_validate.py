@@ -139,3 +139,28 @@ def test_check_finite_counts(counts, fmt):
     check_finite_counts(ad, layer="counts", indices=[0, 1, 2])  # only those cells
     with pytest.raises(ValueError, match="has 1 NaN"):
         check_finite_counts(ad, layer="counts", indices=[9, 1])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="EnsembleSCVI._seeded_batches must call ensemblevi.data.check_finite_counts "
+    "(one line, owned by the model restructuring); remove this mark with it",
+)
+def test_get_elbo_on_nan_counts_is_a_named_error():
+    import logging
+    import warnings
+
+    from ensemblevi.data import synthetic
+    from ensemblevi.model import EnsembleSCVI
+
+    warnings.filterwarnings("ignore")
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    ad = synthetic("lopez2020", seed=0, n_cells=60, n_genes=20)
+    EnsembleSCVI.setup_anndata(ad, layer="counts")
+    model = EnsembleSCVI(ad, n_members=2, n_hidden=8, n_latent=2, seed=0)
+    model.train(max_epochs=1, batch_size=30, enable_progress_bar=False)
+    assert np.isfinite(model.get_elbo())
+    ad.layers["counts"] = ad.layers["counts"].toarray()
+    ad.layers["counts"][5, 3] = np.nan  # e.g. a step that wrote into the counts after setup
+    with pytest.raises(ValueError, match=r"layers\['counts'\] has 1 NaN or infinite count"):
+        model.get_elbo()

@@ -109,8 +109,7 @@ def simulate(
     try:
         adata = synthetic(preset=preset, seed=seed, **_parse_overrides(set_ or []))
     except ValueError as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from err
+        _fail(str(err))
     write_h5ad_atomic(adata, out, overwrite=force)
     console.print(
         f"wrote {out}: {adata.n_obs:,} cells x {adata.n_vars:,} genes, preset {preset}, "
@@ -129,8 +128,7 @@ def inspect(
     try:
         adata = read(path, validate=False)
     except (FileNotFoundError, ValueError) as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from err
+        _fail(str(err))
     console.print(summary_table(adata, layer, title=str(path)))
 
 
@@ -543,7 +541,8 @@ def _write_train_record(out: Path, spec: dict, model, **extra: Any) -> None:
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
-    console.print(f"[red]error:[/red] {message}")
+    # not wrapped to the terminal: a message pasted or grepped stays one line
+    console.print(f"[red]error:[/red] {message}", soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -50,9 +50,9 @@ def read(path: str | os.PathLike, layer: str | None = None, validate: bool = Tru
             )
         adata = sc.read_10x_mtx(path)
     elif path.suffix == ".h5ad":
-        adata = _read_file(anndata.read_h5ad, path, "an AnnData (.h5ad)", "adata.write_h5ad")
+        adata = _read_file(anndata.read_h5ad, path, "AnnData (.h5ad)", "adata.write_h5ad")
     elif path.suffix == ".h5":
-        adata = _read_file(sc.read_10x_h5, path, "a 10x HDF5 matrix (.h5)", "Cell Ranger")
+        adata = _read_file(sc.read_10x_h5, path, "10x HDF5 matrix (.h5)", "Cell Ranger")
     else:
         raise ValueError(
             f"Cannot read {str(path)!r}: unknown file type {path.suffix!r}. Supported: .h5ad, "
