@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 import ensemblevi
 from ensemblevi.cli import _kl_continuation, _training_data, app
 from ensemblevi.model import EnsembleSCVI
-from ensemblevi.model._memory import check_training_memory, training_bytes
+from ensemblevi.model._memory import check_training_memory, parameter_count, training_bytes
 from ensemblevi.train import EpochCheckpoint
 
 COMMON = ["--preset", "lopez2020", "--n-cells", "200", "--members", "2", "--batch-size", "50"]
@@ -150,16 +150,32 @@ def test_memory_estimate_refuses_before_allocating(tmp_path, monkeypatch):
     def build(n):
         return torch.nn.Linear(10, 3 * n)  # 3n(10 + 1) parameters: 33 per member
 
-    assert training_bytes(0, 33, 10, 1, 1) == (4 * 330 + 6 * 10) * 4
+    assert training_bytes(330, 10, 1, 1) == (4 * 330 + 6 * 10) * 4
     with pytest.raises(MemoryError, match=r"needs at least .* GiB .*--shard I/N"):
-        check_training_memory(build, 10**8, 128, 100, available=2**30)
-    assert check_training_memory(build, 10, 1, 1, available=2**30) > 0
+        check_training_memory(build, 10**8, 128, 100, available=2**30)  # meta: no allocation
+    assert check_training_memory(build, 10, 1, 1, available=2**30) == (4 * 330 + 60) * 4
+    assert parameter_count(build, 10**9) == 33 * 10**9
 
     monkeypatch.setattr(mem, "available_bytes", lambda accelerator="auto": 2**30)
     res = _train("--members", "100000", "--epochs", "1", "--out", str(tmp_path / "m"))
-    assert res.exit_code == 2 and "Training 100,000 members needs at least" in res.output
+    assert res.exit_code == 2 and "100,000 members needs at least" in res.output
     assert "1.0 GiB is free" in res.output
     assert not (tmp_path / "m" / STAGE / "checkpoint").exists()
+
+
+def test_model_constructor_refuses_weights_that_cannot_fit(monkeypatch):
+    import ensemblevi.model._memory as mem
+    from ensemblevi.data import synthetic
+
+    ad = synthetic("lopez2020", seed=0, n_cells=50, n_genes=20)
+    EnsembleSCVI.setup_anndata(ad, layer="counts")
+    one, two = (
+        sum(p.numel() for p in EnsembleSCVI(ad, n_members=k).module.parameters()) for k in (1, 2)
+    )
+    expected = (2 * one - two) + (two - one) * 100_000  # shared + per member x K, counted real
+    monkeypatch.setattr(mem, "available_bytes", lambda accelerator="auto": 2**30)
+    with pytest.raises(MemoryError, match=rf"Building 100,000 members .*\({expected:,} param"):
+        EnsembleSCVI(ad, n_members=100_000)
 
 
 def test_nan_batch_is_a_named_error_in_train(tmp_path, sim_file):

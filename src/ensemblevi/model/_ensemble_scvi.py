@@ -42,6 +42,7 @@ from ensemblevi.nn import set_member_stream
 from ensemblevi.train import EnsembleTrainingPlan, EpochCheckpoint, HyperTrainingPlan, NaNGuard
 
 from ._members import MEMBER_ONLY, Members, member_only
+from ._memory import check_weights_memory
 from ._shards import check_shard, member_slice, merge_models
 from ._uncertainty import UncertaintySummary, decompose_variance
 
@@ -175,6 +176,9 @@ class EnsembleSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelCl
             "library_log_vars": library_log_vars,
             **module_kwargs,
         }
+        # a raw allocation error (or the OOM killer) is all --members 100000 would give
+        check_weights_memory(lambda n: self._module_cls(n_members=n, **module_args),
+                             int(n_members) + (shard[1] if shard else 0))  # fmt: skip
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
                 torch.manual_seed(seed)
