@@ -176,6 +176,8 @@ def test_model_constructor_refuses_weights_that_cannot_fit(monkeypatch):
     monkeypatch.setattr(mem, "available_bytes", lambda accelerator="auto": 2**30)
     with pytest.raises(MemoryError, match=rf"Building 100,000 members .*\({expected:,} param"):
         EnsembleSCVI(ad, n_members=100_000)
+    with pytest.raises(ValueError):  # what every command already reports as an error line
+        EnsembleSCVI(ad, n_members=100_000)
 
 
 def test_nan_batch_is_a_named_error_in_train(tmp_path, sim_file):

@@ -742,7 +742,7 @@ def train(
     except FloatingPointError as err:
         _fail(f"{err} The last checkpoint is kept: continue with --resume (e.g. with other "
               "options after --force).")  # fmt: skip
-    except (FileNotFoundError, FileExistsError, ValueError, MemoryError) as err:
+    except (FileNotFoundError, FileExistsError, ValueError) as err:  # NotEnoughMemory too
         _fail(str(err))
     console.print(f"wrote {out} (members {offset}..{offset + k - 1} of {members})")
 

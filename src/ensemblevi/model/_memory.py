@@ -84,9 +84,16 @@ def available_bytes(accelerator: str = "auto") -> int | None:
         return None
 
 
+class NotEnoughMemory(MemoryError, ValueError):
+    """A model or its training would not fit in the free memory (refused before allocating).
+
+    Also a ``ValueError``: like any bad input, commands report it as a one-line error.
+    """
+
+
 def _refuse(need: int, free: int | None, n_members: int, n_parameters: int, what: str) -> None:
     if free is not None and need > free:
-        raise MemoryError(
+        raise NotEnoughMemory(
             f"{what} {n_members:,} members needs at least {need / 2**30:,.1f} GiB "
             f"({n_parameters:,} parameters), but only {free / 2**30:,.1f} GiB is free. Use "
             "fewer members, train them in shards in separate jobs (`ensemblevi train --shard "
@@ -130,7 +137,7 @@ def check_training_memory(
 
     Raises
     ------
-    MemoryError
+    NotEnoughMemory
         The estimate exceeds the free memory; the message gives both numbers and the fix.
     """
     n_parameters = parameter_count(build, n_members)
