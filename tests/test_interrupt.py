@@ -46,3 +46,17 @@ def test_scvi_runner_message_silenced_only_for_interruptions(monkeypatch, capsys
             raise
     assert capsys.readouterr().out == "other output\n"
     assert not hasattr(fake, "print")  # the shim is gone after the block
+
+
+def test_deferred_holds_the_signal_until_the_block_is_done():
+    done = []
+    with pytest.raises(I.Interrupted) as info, I.interruptible():
+        with I.deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(10_000):
+                pass
+            done.append("commit")  # the block finishes despite the signal
+        done.append("after")  # never reached: the held signal is raised here
+    assert done == ["commit"] and info.value.exit_code == 143
+    with I.deferred():  # outside interruptible(): no handler is swapped
+        assert signal.getsignal(signal.SIGTERM) is not I._handler

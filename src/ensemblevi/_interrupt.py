@@ -112,6 +112,32 @@ def interruptible() -> Iterator[None]:
             del runner.print
 
 
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM for a short block that must finish (a commit); raise after it.
+
+    Inside :func:`interruptible` only (elsewhere the block runs unchanged): a signal that
+    arrives during the block raises :class:`Interrupted` once the block is done, so what
+    the block writes is either all there or not started.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        pending.append(signum)
+
+    previous = {s: signal.signal(s, hold) for s in SIGNALS if signal.getsignal(s) is _handler}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if pending:
+        raise Interrupted(pending[0])
+
+
 def message(err: Interrupted) -> str:
     """The one line ``main`` prints for ``err``: the signal, then the recorded hint.
 

@@ -648,7 +648,7 @@ def train(
     import warnings
 
     from ensemblevi._files import OutputDirectory
-    from ensemblevi._interrupt import set_resume_hint
+    from ensemblevi._interrupt import deferred, set_resume_hint
     from ensemblevi.model import EnsembleSCVI
     from ensemblevi.model._memory import check_training_memory
     from ensemblevi.train import EpochCheckpoint
@@ -734,14 +734,19 @@ def train(
             model.save(target.stage, overwrite=True)
             _write_train_record(target.stage, spec, model, epochs_trained=epochs,
                                 resumed_after=done or None)  # fmt: skip
-            set_resume_hint(f"the finished model was being written{kept}; rerun the same "
-                            "command to write it again")  # fmt: skip
-            shutil.rmtree(target.stage / "checkpoint", ignore_errors=True)
-            target.commit()
-            set_resume_hint(None)
+            with deferred():  # the checkpoint goes and the model comes in one step
+                shutil.rmtree(target.stage / "checkpoint", ignore_errors=True)
+                target.commit()
+                set_resume_hint(f"training had finished: the model is in {out}")
     except FloatingPointError as err:
-        _fail(f"{err} The last checkpoint is kept: continue with --resume (e.g. with other "
-              "options after --force).")  # fmt: skip
+        ckpt = EpochCheckpoint.read(target.stage / "checkpoint")
+        kept_ckpt = (
+            f"The checkpoint after epoch {ckpt['epochs_done']} is kept: --resume continues "
+            "from it, --force starts over."
+            if ckpt
+            else "No epoch had finished, so no checkpoint was kept."
+        )
+        _fail(f"{err} {kept_ckpt}")
     except (FileNotFoundError, FileExistsError, ValueError) as err:  # NotEnoughMemory too
         _fail(str(err))
     console.print(f"wrote {out} (members {offset}..{offset + k - 1} of {members})")
