@@ -686,6 +686,17 @@ def train(
             ckpt = _checkpoint_to_resume(target, ckpt_record, epochs, resume, force)
             done = 0 if ckpt is None else int(ckpt["epochs_done"])
             kept = f"; the model already in {out} is unchanged" if finished else ""
+
+            def saved(n: int, folder: Path) -> None:
+                set_resume_hint(f"kept the checkpoint after epoch {n} of {epochs} in "
+                                f"{folder}{kept}; continue with the same command and "
+                                "--resume")  # fmt: skip
+
+            if ckpt is None:
+                set_resume_hint(f"no epoch had finished, so nothing was kept{kept}; rerun "
+                                "the same command to start again")  # fmt: skip
+            else:
+                saved(done, Path(ckpt["folder"]))
             adata, title = _training_data(spec)
             console.print(
                 summary_table(adata, "counts" if "counts" in adata.layers else None, title)
@@ -706,16 +717,6 @@ def train(
                         n_members_total=members,
                     )  # fmt: skip
 
-                def saved(n: int, folder: Path) -> None:
-                    set_resume_hint(f"kept the checkpoint after epoch {n} of {epochs} in "
-                                    f"{folder}{kept}; continue with the same command and "
-                                    "--resume")  # fmt: skip
-
-                if ckpt is None:
-                    set_resume_hint(f"no epoch had finished, so nothing was kept{kept}; rerun "
-                                    "the same command to start again")  # fmt: skip
-                else:
-                    saved(done, Path(ckpt["folder"]))
                 span = f" (epochs {done + 1}..{epochs})" if done else ""
                 console.print(
                     f"training {model._model_summary_string} for {epochs - done} epochs{span}"
