@@ -60,3 +60,14 @@ def test_deferred_holds_the_signal_until_the_block_is_done():
     assert done == ["commit"] and info.value.exit_code == 143
     with I.deferred():  # outside interruptible(): no handler is swapped
         assert signal.getsignal(signal.SIGTERM) is not I._handler
+
+
+def test_an_ignored_signal_stays_ignored():
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # e.g. started with nohup
+    try:
+        with I.interruptible():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) is I._handler
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -127,6 +127,26 @@ def test_force_resume_and_a_failed_retraining_keeps_the_model(tmp_path, monkeypa
     assert res.exit_code == 0 and "nothing to do" in res.output
 
 
+def test_resumable_checkpoint_layout(tmp_path):
+    from ensemblevi.data import synthetic
+
+    ad = synthetic("lopez2020", seed=0, n_cells=60, n_genes=20)
+    EnsembleSCVI.setup_anndata(ad, layer="counts")
+    model = EnsembleSCVI(ad, n_members=2, n_hidden=8, n_latent=2, seed=0)
+    seen = []
+    cb = EpochCheckpoint(model, tmp_path, record={"spec": {"x": 1}}, epochs_before=4,
+                         on_save=lambda n, folder: seen.append((n, folder.name)))  # fmt: skip
+    model.train(max_epochs=3, batch_size=30, enable_progress_bar=False, callbacks=[cb])
+    assert seen == [(5, "epoch-0005"), (6, "epoch-0006"), (7, "epoch-0007")]
+    record = EpochCheckpoint.read(tmp_path)
+    assert record["epochs_done"] == 7 and record["spec"] == {"x": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.json", "epoch-0007"]
+    (tmp_path / "epoch-0007" / "model.pt").unlink()  # a record whose model is gone
+    assert EpochCheckpoint.read(tmp_path) is None
+    (tmp_path / "checkpoint.json").write_text("{trunc")
+    assert EpochCheckpoint.read(tmp_path) is None
+
+
 def test_resume_without_checkpoint_is_refused(tmp_path):
     res = _train("--epochs", "1", "--out", str(tmp_path / "m"), "--resume")
     assert res.exit_code == 2 and "no checkpoint of an interrupted training" in res.output
