@@ -74,10 +74,13 @@ def test_unreadable_data_file_is_a_short_error(tmp_path):
     assert bad.read_text() == "this is a text file\n"
 
 
-@pytest.mark.parametrize("epochs", ["0", "-3"])
-def test_epochs_below_one_refused_before_anything(tmp_path, epochs):
-    res = _train("--epochs", epochs, "--out", str(tmp_path / "m"))
-    assert res.exit_code == 2 and "--epochs must be at least 1" in res.output
+@pytest.mark.parametrize(
+    ("option", "value"), [("--epochs", "0"), ("--epochs", "-3"), ("--members", "0"),
+                          ("--batch-size", "0")],
+)  # fmt: skip
+def test_counts_below_one_refused_before_anything(tmp_path, option, value):
+    res = _train("--epochs", "1", option, value, "--out", str(tmp_path / "m"))
+    assert res.exit_code == 2 and f"{option} must be at least 1" in res.output
     assert not (tmp_path / "m").exists()
 
 

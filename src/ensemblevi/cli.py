@@ -656,6 +656,9 @@ def train(
     if epochs < 1:
         _fail(f"--epochs must be at least 1, got {epochs}: a model trained for no epoch is "
               "its random initialisation.")  # fmt: skip
+    for name, value in (("--members", members), ("--batch-size", batch_size)):
+        if value < 1:
+            _fail(f"{name} must be at least 1, got {value}.")
     offset, k = parse_shard(shard, members)
     spec = _config(
         data=data, preset=preset, n_cells=n_cells, heart_path=heart_path, layer=layer,
