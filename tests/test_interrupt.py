@@ -71,3 +71,10 @@ def test_an_ignored_signal_stays_ignored():
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_interrupted_pickles_and_reads():
+    import pickle
+
+    err = pickle.loads(pickle.dumps(I.Interrupted(signal.SIGINT)))
+    assert (err.signum, err.exit_code, str(err)) == (signal.SIGINT, 130, "interrupted by SIGINT")

@@ -50,7 +50,10 @@ class Interrupted(BaseException):
     def __init__(self, signum: int) -> None:
         self.signum = int(signum)
         self.exit_code = 128 + self.signum
-        super().__init__(f"interrupted by {signal.Signals(self.signum).name}")
+        super().__init__(self.signum)  # args = (signum,): it pickles (DDP, multiprocessing)
+
+    def __str__(self) -> str:
+        return f"interrupted by {signal.Signals(self.signum).name}"
 
 
 def set_resume_hint(text: str | None) -> None:
