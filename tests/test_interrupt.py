@@ -29,7 +29,7 @@ def test_resume_hint_in_message():
         text = I.message(I.Interrupted(signal.SIGTERM))
     assert text == "Interrupted (SIGTERM): kept epoch 3 in out/; rerun with --resume"
     with I.interruptible():  # a new block starts without the old hint
-        assert "nothing was written" in I.message(I.Interrupted(signal.SIGINT))
+        assert "rerun the same command" in I.message(I.Interrupted(signal.SIGINT))
 
 
 def test_scvi_runner_message_silenced_only_for_interruptions(monkeypatch, capsys):

@@ -150,5 +150,6 @@ def message(err: Interrupted) -> str:
         The interruption.
     """
     name = signal.Signals(err.signum).name
-    hint = _hint or "nothing was written; rerun the command to start again"
+    # without a hint: every writer is atomic, so what exists is whole
+    hint = _hint or "what had been written completely is kept; rerun the same command"
     return f"Interrupted ({name}): {hint}"
