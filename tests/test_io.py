@@ -1,4 +1,5 @@
 import gzip
+from pathlib import Path
 
 import anndata
 import numpy as np
@@ -148,3 +149,139 @@ def test_pbmc3k_loads_and_validates(pbmc_path):
     assert {"CD14", "MS4A1", "NKG7"} <= set(ad.var_names)
     out = preprocess(ad, n_top_genes=1200, copy=True)
     assert out.n_vars == 1200 and "counts" in out.layers
+
+
+def test_read_names_damaged_files(tmp_path, sim):
+    good = write_h5ad_atomic(sim[:50].copy(), tmp_path / "good.h5ad")
+    data = good.read_bytes()
+    (tmp_path / "text.h5ad").write_text("cell,gene\n1,2\n")
+    (tmp_path / "trunc.h5ad").write_bytes(data[: len(data) // 3])
+    (tmp_path / "empty.h5ad").write_bytes(b"")
+    (tmp_path / "fake.h5").write_text("not hdf5")
+    for name in ("text.h5ad", "trunc.h5ad", "empty.h5ad", "fake.h5"):
+        with pytest.raises(ValueError, match=r"is not a readable .*(re-export|again)") as info:
+            read(tmp_path / name)
+        assert name in str(info.value)
+        assert info.value.__cause__ is None and info.value.__suppress_context__
+    assert good.read_bytes() == data  # reading never writes
+
+
+def test_preprocess_refuses_zero_genes(sim):
+    for bad in (0, -5, 2.5):
+        with pytest.raises(ValueError, match=r"n_top_genes must be a positive"):
+            preprocess(sim, n_top_genes=bad, copy=True)
+
+
+def test_hvg_small_batch_falls_back_with_warning(sim):
+    ad = sim.copy()
+    ad.obs["lane"] = np.where(np.arange(ad.n_obs) < ad.n_obs - 1, "big", "single")
+    # a 1-cell batch crashes scanpy's loess (segfault), so it must never reach it
+    with pytest.warns(UserWarning, match=r"'single' \(1 cells\).*over all cells"):
+        out = preprocess(ad, n_top_genes=60, batch_key="lane", copy=True)
+    assert out.n_vars == 60
+    plain = preprocess(sim, n_top_genes=60, copy=True)
+    assert list(out.var_names) == list(plain.var_names)
+
+
+def test_hvg_failing_loess_falls_back_naming_sizes(sim, monkeypatch):
+    import scanpy as sc
+
+    real = sc.pp.highly_variable_genes
+
+    def loess_fails_per_batch(adata, **kw):
+        if kw.get("batch_key") is not None:
+            raise ValueError("b'svddc failed in l2fit.'")
+        return real(adata, **kw)
+
+    monkeypatch.setattr(sc.pp, "highly_variable_genes", loess_fails_per_batch)
+    with pytest.warns(UserWarning, match=r"svddc failed.*'batch0' 104"):
+        out = preprocess(sim, n_top_genes=60, batch_key="batch", copy=True)
+    assert out.n_vars == 60
+
+
+def test_hvg_two_small_real_batches(pbmc_path):
+    ad = read(pbmc_path)[:300].copy()
+    ad.obs["batch"] = np.repeat(["x", "y"], 150)
+    with pytest.warns(UserWarning, match=r"Per-batch highly variable gene selection failed"):
+        out = preprocess(ad, n_top_genes=1200, batch_key="batch", copy=True)
+    assert out.n_vars == 1200
+
+
+def test_preprocess_refuses_nan_batch_and_duplicate_genes(sim):
+    ad = sim.copy()
+    ad.obs["batch"] = ad.obs["batch"].astype(object)
+    ad.obs.iloc[[3, 7], ad.obs.columns.get_loc("batch")] = np.nan
+    with pytest.raises(ValueError, match=r"obs\['batch'\] has 2 missing.*notna"):
+        preprocess(ad, batch_key="batch", copy=True)
+    ad = sim.copy()
+    names = list(ad.var_names)
+    names[5] = names[2]
+    ad.var_names = names
+    with pytest.raises(ValueError, match=rf"\['{names[2]}'\].*var_names_make_unique"):
+        preprocess(ad, copy=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    import logging
+    import warnings
+
+    from ensemblevi.model import EnsembleSCVI
+
+    warnings.filterwarnings("ignore")
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    ad = synthetic("lopez2020", seed=0, n_cells=100, n_genes=30)
+    EnsembleSCVI.setup_anndata(ad, layer="counts")
+    model = EnsembleSCVI(ad, n_members=2, n_hidden=8, n_latent=2, seed=0)
+    model.train(max_epochs=1, batch_size=50, enable_progress_bar=False)
+    return model
+
+
+def test_model_save_keeps_other_files(tmp_path, tiny_model, sim):
+    from ensemblevi.model import EnsembleSCVI
+
+    d = tmp_path / "d"
+    d.mkdir()
+    write_h5ad_atomic(sim[:20].copy(), d / "data.h5ad")
+    (d / "notes.txt").write_text("mine")
+    tiny_model.save(d)  # a folder with other files is fine: no model file there yet
+    tiny_model.save(d, overwrite=True)
+    assert sorted(p.name for p in d.iterdir()) == ["data.h5ad", "model.pt", "notes.txt"]
+    assert (d / "notes.txt").read_text() == "mine"
+    assert anndata.read_h5ad(d / "data.h5ad").n_obs == 20
+    with pytest.raises(FileExistsError, match=r"model\.pt already exists.*overwrite=True"):
+        tiny_model.save(d)
+    tiny_model.save(d, prefix="second_")  # another prefix is another model: no conflict
+    assert EnsembleSCVI.load(d, adata=tiny_model.adata, prefix="second_").n_members == 2
+
+
+def test_model_save_interrupted_keeps_old_model(tmp_path, tiny_model, monkeypatch):
+    from scvi.model.base import BaseModelClass
+
+    tiny_model.save(tmp_path)
+    before = (tmp_path / "model.pt").read_bytes()
+
+    def dies(self, dir_path, **kw):
+        Path(dir_path).mkdir()
+        (Path(dir_path) / "model.pt").write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(BaseModelClass, "save", dies)
+    with pytest.raises(KeyboardInterrupt):
+        tiny_model.save(tmp_path, overwrite=True)
+    assert (tmp_path / "model.pt").read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # no temporary left
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage \x00\x01 not a torch file", "truncate"])
+def test_load_names_damaged_model_file(tmp_path, tiny_model, content):
+    from ensemblevi.model import EnsembleSCVI
+
+    tiny_model.save(tmp_path)
+    model_file = tmp_path / "model.pt"
+    data = model_file.read_bytes()
+    model_file.write_bytes(data[: len(data) // 2] if content == "truncate" else content)
+    for adata in (None, tiny_model.adata):
+        with pytest.raises(ValueError, match=r"model\.pt is not a readable saved model") as info:
+            EnsembleSCVI.load(tmp_path, adata=adata)
+        assert str(model_file) in str(info.value) and "train the model again" in str(info.value)

@@ -149,3 +149,34 @@ def test_cli_train_shards_and_merge(tmp_path):
         torch.testing.assert_close(merged[key], whole[key], rtol=0, atol=1e-6)
     res = runner.invoke(app, ["train", *common, "--shard", "3/2", "--out", str(tmp_path / "x")])
     assert res.exit_code != 0 and "1 <= I <= N" in res.output
+
+    # one shard of the ensemble: refused, naming the missing member, unless --partial
+    res = runner.invoke(app, ["merge", str(tmp_path / "s1"), "--out", str(tmp_path / "p")])
+    assert res.exit_code == 2 and "members 2..2 are missing" in res.output
+    assert "--partial" in res.output and not (tmp_path / "p").exists()
+    res = runner.invoke(
+        app, ["merge", str(tmp_path / "s1"), "--out", str(tmp_path / "p"), "--partial"]
+    )
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "p" / "train.json").read_text())["member_range"] == [0, 2]
+
+    # never into a folder of the user's, nor over a shard `train` wrote
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    shard_files = sorted(p.name for p in (tmp_path / "s1").iterdir())
+    for target in (mine, tmp_path / "s1"):
+        res = runner.invoke(
+            app, ["merge", str(tmp_path / "s1"), str(tmp_path / "s2"), "--out", str(target)]
+        )
+        assert res.exit_code == 2 and "hoose another output directory" in res.output
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    assert sorted(p.name for p in (tmp_path / "s1").iterdir()) == shard_files
+
+
+def test_missing_members():
+    from ensemblevi.model._shards import missing_members
+
+    assert missing_members([[0, 2], [2, 3]], 3) == []
+    assert missing_members([[2, 3]], 4) == [(0, 2), (3, 4)]
+    assert missing_members([], 2) == [(0, 2)]

@@ -93,3 +93,69 @@ def test_input_not_modified(counts):
     before = ad.X.copy()
     validate_counts(ad)
     assert (ad.X != before).nnz == 0
+
+
+def test_duplicate_gene_names_refused(counts):
+    ad = _adata(counts)
+    ad.var_names = ["g0", "g1", "g1", *[f"g{j}" for j in range(3, 11)], "g0"]
+    match = r"2 gene name\(s\).*\['g1', 'g0'\].*var_names_make_unique"
+    with pytest.raises(ValueError, match=match):
+        validate_counts(ad)
+    ad.var_names_make_unique()
+    validate_counts(ad)
+
+
+def test_missing_obs_values_named_with_count_and_fix(counts):
+    from ensemblevi.data import missing_obs_values, require_obs_columns
+
+    ad = _adata(counts)
+    ad.obs["batch"] = pd.Categorical(["b0", "b1", None] * 10)
+    with pytest.raises(ValueError, match=r"obs\['batch'\] has 10 missing value.*'c2'.*notna"):
+        validate_counts(ad, obs_keys=["batch"])
+    require_obs_columns(ad, ["batch"], complete=False)  # existence only
+    assert missing_obs_values(ad) == {"batch": 10}
+
+
+def test_setup_anndata_refuses_nan_batch(counts):
+    from ensemblevi.model import EnsembleSCVI
+
+    ad = _adata(counts)
+    ad.obs["batch"] = ["b0", np.nan] * 15
+    with pytest.raises(ValueError, match=r"obs\['batch'\] has 15 missing"):
+        EnsembleSCVI.setup_anndata(ad, batch_key="batch")
+
+
+@pytest.mark.parametrize("fmt", [np.asarray, sp.csr_matrix])
+def test_check_finite_counts(counts, fmt):
+    from ensemblevi.data import check_finite_counts
+
+    x = counts.copy()
+    x[4, 2] = np.nan
+    x[9, 0] = np.inf
+    ad = _adata(fmt(counts), counts=fmt(x))
+    check_finite_counts(ad)
+    with pytest.raises(ValueError, match=r"layers\['counts'\] has 2 NaN or infinite"):
+        check_finite_counts(ad, layer="counts")
+    check_finite_counts(ad, layer="counts", indices=[0, 1, 2])  # only those cells
+    with pytest.raises(ValueError, match="has 1 NaN"):
+        check_finite_counts(ad, layer="counts", indices=[9, 1])
+
+
+def test_get_elbo_on_nan_counts_is_a_named_error():
+    import logging
+    import warnings
+
+    from ensemblevi.data import synthetic
+    from ensemblevi.model import EnsembleSCVI
+
+    warnings.filterwarnings("ignore")
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    ad = synthetic("lopez2020", seed=0, n_cells=60, n_genes=20)
+    EnsembleSCVI.setup_anndata(ad, layer="counts")
+    model = EnsembleSCVI(ad, n_members=2, n_hidden=8, n_latent=2, seed=0)
+    model.train(max_epochs=1, batch_size=30, enable_progress_bar=False)
+    assert np.isfinite(model.get_elbo())
+    ad.layers["counts"] = ad.layers["counts"].toarray()
+    ad.layers["counts"][5, 3] = np.nan  # e.g. a step that wrote into the counts after setup
+    with pytest.raises(ValueError, match=r"layers\['counts'\] has 1 NaN or infinite count"):
+        model.get_elbo()

@@ -50,7 +50,10 @@ class Interrupted(BaseException):
     def __init__(self, signum: int) -> None:
         self.signum = int(signum)
         self.exit_code = 128 + self.signum
-        super().__init__(f"interrupted by {signal.Signals(self.signum).name}")
+        super().__init__(self.signum)  # args = (signum,): it pickles (DDP, multiprocessing)
+
+    def __str__(self) -> str:
+        return f"interrupted by {signal.Signals(self.signum).name}"
 
 
 def set_resume_hint(text: str | None) -> None:
@@ -112,6 +115,32 @@ def interruptible() -> Iterator[None]:
             del runner.print
 
 
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM for a short block that must finish (a commit); raise after it.
+
+    Inside :func:`interruptible` only (elsewhere the block runs unchanged): a signal that
+    arrives during the block raises :class:`Interrupted` once the block is done, so what
+    the block writes is either all there or not started.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        pending.append(signum)
+
+    previous = {s: signal.signal(s, hold) for s in SIGNALS if signal.getsignal(s) is _handler}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if pending:
+        raise Interrupted(pending[0])
+
+
 def message(err: Interrupted) -> str:
     """The one line ``main`` prints for ``err``: the signal, then the recorded hint.
 
@@ -121,5 +150,6 @@ def message(err: Interrupted) -> str:
         The interruption.
     """
     name = signal.Signals(err.signum).name
-    hint = _hint or "nothing was written; rerun the command to start again"
+    # without a hint: every writer is atomic, so what exists is whole
+    hint = _hint or "what had been written completely is kept; rerun the same command"
     return f"Interrupted ({name}): {hint}"

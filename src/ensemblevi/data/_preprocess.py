@@ -8,6 +8,9 @@ from anndata import AnnData
 
 from ._validate import get_counts, validate_counts
 
+#: smaller batches make scanpy's per-batch seurat_v3 loess fail (a 1-cell batch crashes it)
+MIN_BATCH_CELLS = 50
+
 
 def preprocess(
     adata: AnnData,
@@ -31,9 +34,11 @@ def preprocess(
     adata
         Data with raw counts in ``X`` or ``layers[layer]``. Files on disk are never touched.
     n_top_genes
-        Number of highly variable genes; ``None`` keeps all genes.
+        Number of highly variable genes (>= 1); ``None`` keeps all genes.
     batch_key
-        ``obs`` column for batch-aware HVG selection.
+        ``obs`` column for batch-aware HVG selection. Batches of fewer than
+        :data:`MIN_BATCH_CELLS` cells, or a per-batch fit that fails, fall back to selection
+        over all cells with a warning naming the batches.
     min_counts
         Minimum total count of a gene across cells.
     layer
@@ -49,6 +54,11 @@ def preprocess(
     """
     import scanpy as sc
 
+    if n_top_genes is not None and (int(n_top_genes) != n_top_genes or n_top_genes < 1):
+        raise ValueError(
+            f"n_top_genes must be a positive number of genes (or None to keep all), got "
+            f"{n_top_genes!r}: 0 would leave a matrix without genes."
+        )
     validate_counts(adata, layer=layer, obs_keys=[batch_key], warn_zeros=False)
     ad = adata.copy() if copy else adata
     if layer is not None:
@@ -80,14 +90,57 @@ def preprocess(
                 stacklevel=2,
             )
         else:
-            sc.pp.highly_variable_genes(
-                ad,
-                n_top_genes=n_top_genes,
-                flavor="seurat_v3",
-                layer="counts",
-                batch_key=batch_key,
-            )
+            _highly_variable(ad, n_top_genes, batch_key)
             # genes the analysis needs (markers) stay even when not highly variable
             keep = ad.var["highly_variable"].to_numpy() | ad.var_names.isin(keep_genes or [])
             ad._inplace_subset_var(keep)
     return ad if copy else None
+
+
+def _highly_variable(ad: AnnData, n_top_genes: int, batch_key: str | None) -> None:
+    """seurat_v3 selection per batch, over all cells where the batches are too small for it.
+
+    Parameters
+    ----------
+    ad
+        Data with counts in ``layers["counts"]``; ``var["highly_variable"]`` is written.
+    n_top_genes
+        Genes to select.
+    batch_key
+        ``obs`` column of the batch, or ``None``.
+    """
+    import scanpy as sc
+
+    def select(key: str | None) -> None:
+        sc.pp.highly_variable_genes(
+            ad, n_top_genes=n_top_genes, flavor="seurat_v3", layer="counts", batch_key=key
+        )
+
+    if batch_key is None:
+        select(None)
+        return
+    sizes = ad.obs[batch_key].value_counts()
+    small = sizes[sizes < MIN_BATCH_CELLS]
+    shown = ", ".join(f"{k!r} ({v} cells)" for k, v in small.items())
+    if len(small):
+        warnings.warn(
+            f"Batch(es) {shown} of obs[{batch_key!r}] have fewer than {MIN_BATCH_CELLS} "
+            "cells, too few for per-batch highly variable gene selection; genes are selected "
+            "over all cells instead (the model still corrects for the batch).",
+            UserWarning,
+            stacklevel=3,
+        )
+        select(None)
+        return
+    try:
+        select(batch_key)
+    except ValueError as err:  # scikit-misc's loess: "svddc failed in l2fit", singularities
+        sizes_text = ", ".join(f"{k!r} {v}" for k, v in sizes.items())
+        warnings.warn(
+            f"Per-batch highly variable gene selection failed ({err}); it needs batches with "
+            f"enough cells (sizes here: {sizes_text}). Genes are selected over all cells "
+            "instead (the model still corrects for the batch).",
+            UserWarning,
+            stacklevel=3,
+        )
+        select(None)

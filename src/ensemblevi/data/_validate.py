@@ -105,13 +105,118 @@ def get_counts(adata: AnnData, layer: str | None = None):
     return adata.layers[layer]
 
 
-def require_obs_columns(adata: AnnData, keys: Iterable[str | None]) -> None:
-    """Raise a ``ValueError`` naming every requested ``obs`` column that is missing."""
-    missing = [k for k in keys if k is not None and k not in adata.obs.columns]
+def require_obs_columns(adata: AnnData, keys: Iterable[str | None], complete: bool = True) -> None:
+    """Raise a ``ValueError`` naming every requested ``obs`` column that is missing.
+
+    Parameters
+    ----------
+    adata
+        The data.
+    keys
+        ``obs`` columns that must exist (``None`` entries are skipped).
+    complete
+        Also refuse a column with missing values (NaN, ``None``): scvi-tools would turn
+        them into a category error (or a ``TypeError`` in scanpy) far from the cause.
+    """
+    keys = [k for k in keys if k is not None]
+    missing = [k for k in keys if k not in adata.obs.columns]
     if missing:
         raise ValueError(
             f"Column(s) {missing} not found in adata.obs; available columns: "
             f"{list(adata.obs.columns) or 'none'}. Add the column(s) or pass the right key."
+        )
+    if complete:
+        for key in dict.fromkeys(keys):
+            check_obs_complete(adata, key)
+
+
+def missing_obs_values(adata: AnnData) -> dict[str, int]:
+    """Number of missing values (NaN, ``None``) per ``obs`` column that has any.
+
+    Parameters
+    ----------
+    adata
+        The data.
+    """
+    counts = adata.obs.isna().sum()
+    return {str(k): int(v) for k, v in counts.items() if v}
+
+
+def check_obs_complete(adata: AnnData, key: str) -> None:
+    """Raise a ``ValueError`` when ``obs[key]`` has missing values, with their number and fix.
+
+    Parameters
+    ----------
+    adata
+        The data.
+    key
+        An ``obs`` column (batch, labels, covariate).
+    """
+    na = adata.obs[key].isna().to_numpy()
+    if na.any():
+        first = adata.obs_names[np.flatnonzero(na)[0]]
+        raise ValueError(
+            f"obs[{key!r}] has {int(na.sum())} missing value(s) (NaN) in {adata.n_obs} cells, "
+            f"e.g. cell {first!r}; every cell needs a {key}. Drop those cells "
+            f"(adata = adata[adata.obs[{key!r}].notna()].copy()) or give them a value of "
+            "their own (e.g. 'unknown')."
+        )
+
+
+def check_unique_genes(adata: AnnData) -> None:
+    """Raise a ``ValueError`` naming duplicated gene names (``var_names``).
+
+    A duplicated name makes every look-up by gene (markers, DE tables, loading a model onto
+    new data) read one of the columns and silently ignore the other.
+
+    Parameters
+    ----------
+    adata
+        The data.
+    """
+    names = adata.var_names
+    if names.is_unique:
+        return
+    dup = names[names.duplicated()].unique()
+    raise ValueError(
+        f"{len(dup)} gene name(s) occur more than once in adata.var_names, e.g. "
+        f"{list(dup[:5])}; a gene looked up by name would be read from one of its columns "
+        "only. Make them unique first: adata.var_names_make_unique() (or use gene ids as "
+        "var_names)."
+    )
+
+
+def check_finite_counts(
+    adata: AnnData, layer: str | None = None, indices: Iterable[int] | None = None
+) -> None:
+    """Raise a ``ValueError`` when the counts hold NaN or infinite values.
+
+    A cheaper check than :func:`validate_counts`, for data given to a trained model: a NaN
+    count makes every likelihood ``nan`` without an error.
+
+    Parameters
+    ----------
+    adata
+        The data.
+    layer
+        Layer holding the counts (``None``: ``X``).
+    indices
+        Only these cells (``None``: all).
+    """
+    x = get_counts(adata, layer)
+    if indices is not None:
+        x = x[np.sort(np.asarray(list(indices), dtype=int))]
+    if np.issubdtype(x.dtype, np.integer) or x.dtype == bool:
+        return
+    n_bad = 0
+    for _, rows in _row_chunks(x):
+        vals = rows.data if sp.issparse(rows) else rows
+        n_bad += int(vals.size - np.isfinite(vals).sum())
+    if n_bad:
+        raise ValueError(
+            f"{_source_name(layer)} has {n_bad} NaN or infinite count(s); every likelihood of "
+            "those cells would be nan. Raw counts are always finite: reload the count matrix "
+            "or drop the affected cells/genes (and check any step that wrote into it)."
         )
 
 
@@ -190,7 +295,8 @@ def validate_counts(
     layer
         Layer holding the counts; ``None`` means ``adata.X``.
     obs_keys
-        ``obs`` columns that must exist (batch, labels, covariates).
+        ``obs`` columns that must exist, without missing values (batch, labels,
+        covariates).
     warn_zeros
         Warn, with their number, about cells or genes with no counts at all. They are not
         dropped: filtering is the caller's decision.
@@ -203,12 +309,14 @@ def validate_counts(
     Raises
     ------
     ValueError
-        For an empty matrix, a missing layer or column, NaN/inf, negative or non-integer
-        values. The message names the problem, where it is, an example entry and the fix.
+        For an empty matrix, a missing layer or column, a column with missing values,
+        duplicated gene names, NaN/inf, negative or non-integer values. The message names
+        the problem, where it is, an example entry and the fix.
     """
     src = _source_name(layer)
     x = get_counts(adata, layer)
     require_obs_columns(adata, obs_keys)
+    check_unique_genes(adata)
     n_cells, n_genes = x.shape
     if n_cells == 0 or n_genes == 0:
         raise ValueError(

@@ -48,6 +48,7 @@ from ensemblevi.train import (
 )
 
 from ._members import Members
+from ._memory import check_weights_memory
 from ._shards import check_shard, member_slice
 from .base import AssemblyMixin, EnsembleRNASeqMixin, EnsembleVAEMixin, UncertaintyMixin
 
@@ -183,6 +184,9 @@ class EnsembleSCVI(
             "library_log_vars": library_log_vars,
             **module_kwargs,
         }
+        # a raw allocation error (or the OOM killer) is all --members 100000 would give
+        check_weights_memory(lambda n: self._module_cls(n_members=n, **module_args),
+                             int(n_members) + (shard[1] if shard else 0))  # fmt: skip
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
                 torch.manual_seed(seed)
@@ -423,45 +427,48 @@ class EnsembleSCVI(
         save_anndata: bool = False,
         **kwargs: Any,
     ) -> None:
-        """``scvi-tools``' save, made atomic.
+        """``scvi-tools``' save, made atomic, that touches only the files it writes.
 
-        Everything is written to a temporary directory next to ``dir_path`` and renamed into
-        place, so a crash while saving leaves the previous model (or nothing), never a
-        partial one.
+        The model is written to a temporary folder inside ``dir_path`` and its files are
+        renamed into place one by one, so a crash while saving leaves the previous model (or
+        nothing) under the final names, never a partial one. Other files in ``dir_path``
+        (an input ``.h5ad``, notes) are never removed.
 
         Parameters
         ----------
         dir_path
-            Directory to save the model to.
+            Folder of the saved model (created if needed; it may hold other files).
         prefix
-            Prefix of the saved files' names, as in scvi-tools.
+            Prefix of the file names (``{prefix}model.pt``).
         overwrite
-            Replace a model already saved at ``dir_path`` (otherwise ``FileExistsError``).
+            Replace a model saved there before. Without it, only an existing model file of
+            this name (or its AnnData with ``save_anndata``) is refused.
         save_anndata
-            Also save the AnnData, as in scvi-tools.
+            Also save the AnnData (``{prefix}adata.h5ad``).
         **kwargs
-            Passed to ``scvi.model.base.BaseModelClass.save``.
+            Passed to scvi-tools' ``save``.
         """
+        from ensemblevi._files import TMP_PREFIX, move_into
+
         dir_path = os.path.abspath(os.fspath(dir_path))
-        if os.path.exists(dir_path) and not overwrite:
+        model_file = saved_model_file(dir_path, prefix)
+        own = [model_file] + ([os.path.join(dir_path, f"{prefix or ''}adata.h5ad")]
+                              if save_anndata else [])  # fmt: skip
+        existing = [f for f in own if os.path.exists(f)]
+        if existing and not overwrite:
             raise FileExistsError(
-                f"{dir_path} already exists; pass overwrite=True to replace the saved model."
+                f"{existing[0]} already exists; pass overwrite=True to replace the saved model "
+                "(or save to another folder)."
             )
-        parent = os.path.dirname(dir_path)
-        os.makedirs(parent, exist_ok=True)
-        tmp = os.path.join(parent, f".{os.path.basename(dir_path)}.tmp-{uuid.uuid4().hex[:8]}")
+        os.makedirs(dir_path, exist_ok=True)
+        # inside dir_path: same file system for the renames, and a folder an interrupted
+        # save leaves behind carries the prefix that clean_temporaries removes
+        tmp = os.path.join(dir_path, f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}")
         try:
             super().save(tmp, prefix=prefix, overwrite=True, save_anndata=save_anndata, **kwargs)
-            old = None
-            if os.path.exists(dir_path):
-                old = f"{tmp}.old"
-                os.replace(dir_path, old)
-            os.replace(tmp, dir_path)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+            move_into(tmp, dir_path)
         finally:
-            if os.path.exists(tmp):
-                shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(tmp, ignore_errors=True)
 
     @classmethod
     def load(
@@ -474,27 +481,36 @@ class EnsembleSCVI(
         """``scvi-tools``' load; refuses an AnnData whose genes differ from the model's.
 
         scvi-tools only warns when the genes differ, and a model then silently reads the
-        wrong columns; here that is a ``ValueError`` that names the differences.
+        wrong columns; here that is a ``ValueError`` that names the differences. A damaged
+        or truncated model file is a ``ValueError`` naming the file, not torch's unpickling
+        traceback.
 
         Parameters
         ----------
         dir_path
-            Directory the model was saved to.
+            Folder given to :meth:`save`.
         adata
-            AnnData with the model's genes in the model's order (default: the AnnData saved
-            with ``save_anndata=True``).
+            AnnData to attach (registered with :meth:`setup_anndata`; same genes, same
+            order); ``None``: the one saved with the model.
         prefix
-            Prefix given to :meth:`save`.
+            Prefix the model was saved with.
         **kwargs
-            Passed to ``scvi.model.base.BaseModelClass.load`` (``accelerator``, ...).
+            Passed to scvi-tools' ``load`` (``accelerator``, ``device``, ...).
         """
         model_file = saved_model_file(dir_path, prefix)
         if not os.path.exists(model_file):
             raise FileNotFoundError(
                 f"No saved model at {model_file}; pass the directory given to model.save()."
             )
-        if adata is not None:
+        try:
             saved_vars = saved_var_names(dir_path, prefix)
+        except Exception as err:  # torch raises UnpicklingError, EOFError, RuntimeError, ...
+            raise ValueError(
+                f"{model_file} is not a readable saved model ({type(err).__name__}: {err}); it "
+                "is truncated or damaged, e.g. by a process killed while copying it. Restore "
+                "it from a copy or train the model again."
+            ) from err
+        if adata is not None:
             given = pd.Index(adata.var_names.astype(str))
             if not saved_vars.equals(given):
                 missing = saved_vars.difference(given)

@@ -93,6 +93,29 @@ def member_slice(
     return out
 
 
+def missing_members(ranges: Sequence[Sequence[int]], total: int) -> list[tuple[int, int]]:
+    """The ``[start, stop)`` runs of members of a ``total``-member ensemble no range covers.
+
+    Parameters
+    ----------
+    ranges
+        ``[start, stop)`` member ranges of the shards at hand.
+    total
+        Members of the whole ensemble.
+    """
+    covered = [False] * total
+    for start, stop in ranges:
+        covered[start:stop] = [True] * (min(stop, total) - start)
+    gaps, start = [], None
+    for i, done in enumerate([*covered, True]):
+        if not done and start is None:
+            start = i
+        elif done and start is not None:
+            gaps.append((start, i))
+            start = None
+    return gaps
+
+
 def _spec(model: EnsembleSCVI) -> dict[str, Any]:
     extra = {k: v for kw in model.init_params_["kwargs"].values() for k, v in kw.items()}
     params = {**model.init_params_["non_kwargs"], **extra}

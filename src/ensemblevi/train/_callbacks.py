@@ -4,13 +4,18 @@ record the tuned hyperparameters' trajectory."""
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from ensemblevi._files import write_json
 from ensemblevi.module._hyperparameters import bounds_record
 
 
@@ -112,41 +117,100 @@ class NaNGuard(Callback):
 
 
 class EpochCheckpoint(Callback):
-    """Save the model atomically every ``every`` epochs and at the end of training.
-
-    The model's ``save`` writes to a temporary directory and renames it into place, so an
-    interrupted training leaves the previous complete checkpoint, never a partial one.
+    """Save the model every ``every`` epochs and at the end of training, never half a model.
 
     Parameters
     ----------
     model
-        The model whose ``save`` writes the checkpoint.
+        The model being trained (its ``save`` is used).
     path
-        The checkpoint directory.
+        Folder of the checkpoint.
     every
         Epochs between checkpoints.
+    record
+        ``None``: the model's files in ``path`` are replaced at each checkpoint (each file
+        renamed into place). A dict makes a resumable checkpoint: the model of epoch N goes
+        to ``path/epoch-NNNN/`` and, once it is complete, ``path/checkpoint.json`` (the
+        record plus ``epochs_done`` and the folder) points to it; only then is the previous
+        epoch's folder removed. A process killed at any moment leaves a record that points
+        to a complete model of the epoch it names (:meth:`read`).
+    epochs_before
+        Epochs the model was trained before this training (a resumed run), so that the
+        recorded epochs count the whole training.
+    on_save
+        Called as ``on_save(epochs_done, folder)`` after each checkpoint (e.g. to say what
+        an interruption would keep).
     """
 
-    def __init__(self, model, path: str | os.PathLike, every: int = 1) -> None:
+    RECORD = "checkpoint.json"
+
+    def __init__(
+        self,
+        model,
+        path: str | os.PathLike,
+        every: int = 1,
+        record: dict | None = None,
+        epochs_before: int = 0,
+        on_save: Callable[[int, Path], None] | None = None,
+    ) -> None:
         if every < 1:
             raise ValueError(f"checkpoint_every must be >= 1, got {every}.")
         self.model = model
-        self.path = os.fspath(path)
+        self.path = Path(path)
         self.every = every
+        self.record = record
+        self.epochs_before = int(epochs_before)
+        self.on_save = on_save
         self.saved_epochs: list[int] = []
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> dict | None:
+        """The record of a resumable checkpoint in ``path``, ``None`` where there is none.
+
+        Parameters
+        ----------
+        path
+            The checkpoint folder given to the callback.
+
+        Returns
+        -------
+        The record, with ``"folder"`` the absolute path of the model it points to, or
+        ``None`` when there is no record or its model file is gone.
+        """
+        path = Path(path)
+        try:
+            record = json.loads((path / cls.RECORD).read_text())
+        except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+            return None
+        folder = path / str(record.get("model", ""))
+        if not record.get("model") or not (folder / "model.pt").is_file():
+            return None
+        return {**record, "folder": str(folder)}
 
     def _save(self, epoch: int) -> None:
         module = self.model.module
         was_training, was_trained = module.training, self.model.is_trained_
-        # a checkpoint holds usable weights (trained for `epoch` epochs): load() must not
+        done = self.epochs_before + epoch
+        folder = self.path if self.record is None else self.path / f"epoch-{done:04d}"
+        # a checkpoint holds usable weights (trained for `done` epochs): load() must not
         # refuse or warn about it, so it is saved as trained
         self.model.is_trained_ = True
         try:
-            self.model.save(self.path, overwrite=True)
+            self.model.save(folder, overwrite=True)
         finally:
             self.model.is_trained_ = was_trained
             module.train(was_training)
+        if self.record is not None:
+            write_json(
+                self.path / self.RECORD,
+                {**self.record, "epochs_done": done, "model": folder.name},
+            )
+            for old in self.path.glob("epoch-*"):
+                if old != folder:
+                    shutil.rmtree(old, ignore_errors=True)
         self.saved_epochs.append(epoch)
+        if self.on_save is not None:
+            self.on_save(done, folder)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         """Save every ``every`` epochs (rank 0 only).

@@ -12,6 +12,7 @@ from anndata import AnnData
 from scvi.utils import track
 
 from ensemblevi._seeding import private_torch_rng
+from ensemblevi.data import check_finite_counts
 
 
 class EnsembleMixin:
@@ -61,6 +62,9 @@ class EnsembleMixin:
         The global RNG is left as it was, so outputs are reproducible for a ``seed`` without
         disturbing the caller's random state. ``description`` shows a progress bar.
         """
+        if isinstance(adata, AnnData):
+            # a NaN count makes every output nan without an error; integer matrices skip this
+            check_finite_counts(adata, self.registry_["setup_args"].get("layer"), indices)
         loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
         self.module.eval()
         device = self.device
