@@ -58,13 +58,13 @@ def analyse(
     seed
         Random seed of the draws.
     """
-    import ensemblevi as ev
+    from ensemblevi import tl
 
-    spread = ev.tl.expression_spread(model, adata, markers, groupby=labels_key,
+    spread = tl.expression_spread(model, adata, markers, groupby=labels_key,
                                      n_samples=n_samples, seed=seed)  # fmt: skip
-    genes = ev.tl.gene_uncertainty(model, adata, groupby=labels_key,
+    genes = tl.gene_uncertainty(model, adata, groupby=labels_key,
                                    n_samples=max(2, n_samples // 2), seed=seed)  # fmt: skip
     # one member has no between-member disagreement to score cells by
-    novelty = ev.tl.cell_novelty(model, adata, seed=seed) if model.n_members > 1 else None
+    novelty = tl.cell_novelty(model, adata, seed=seed) if model.n_members > 1 else None
     threshold = adata.uns["ensemblevi"]["expression_spread"]["params"]["cv_threshold"]
     return Analysis(spread["summary"], genes, novelty, threshold)

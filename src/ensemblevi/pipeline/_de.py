@@ -108,7 +108,7 @@ def run_de(run_dir: str | Path, group1: str, groupby: str = "cell_type",
     """
     import anndata
 
-    import ensemblevi as ev
+    from ensemblevi import pl, tl
     from ensemblevi.data import write_h5ad_atomic
     from ensemblevi.model import EnsembleSCVI
 
@@ -123,13 +123,13 @@ def run_de(run_dir: str | Path, group1: str, groupby: str = "cell_type",
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = EnsembleSCVI.load(run_dir / "model", adata=adata)
-        table = ev.tl.differential_expression(model, adata, groupby=groupby, group1=group1,
+        table = tl.differential_expression(model, adata, groupby=groupby, group1=group1,
                                               group2=group2, key_added=key, **options)  # fmt: skip
         settings = {**adata.uns[key]["params"], "group1": group1}
         stage = out.new_stage()
         try:
-            fig = ev.pl.de_volcano(adata, key=key, title=f"{group1} vs {group2 or 'rest'}")
-            ev.pl.save_figure(fig, stage / "figures" / name)
+            fig = pl.de_volcano(adata, key=key, title=f"{group1} vs {group2 or 'rest'}")
+            pl.save_figure(fig, stage / "figures" / name)
             write_csv(table, stage / "tables" / f"{name}.csv", index=True)
             write_json(stage / "tables" / f"{name}.json", settings)
             write_h5ad_atomic(adata, stage / "results.h5ad", overwrite=True)

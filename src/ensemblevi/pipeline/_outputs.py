@@ -52,22 +52,22 @@ def write_figures(stage: Path, adata: AnnData, trained: Trained, analysis: Analy
     """
     import matplotlib.pyplot as plt
 
-    import ensemblevi as ev
+    from ensemblevi import pl
 
     marker_genes = list(analysis.summary["gene"].unique())
     figs = {
-        "model_spread": lambda: ev.pl.model_spread(adata),
-        "biological_spread": lambda: ev.pl.biological_spread(adata),
-        "member_histograms": lambda: ev.pl.member_histograms(adata),
-        "gene_uncertainty": lambda: ev.pl.gene_uncertainty(adata, highlight=marker_genes),
+        "model_spread": lambda: pl.model_spread(adata),
+        "biological_spread": lambda: pl.biological_spread(adata),
+        "member_histograms": lambda: pl.member_histograms(adata),
+        "gene_uncertainty": lambda: pl.gene_uncertainty(adata, highlight=marker_genes),
     }
     if analysis.novelty is not None:
-        figs["novelty_umap"] = lambda: ev.pl.novelty_umap(adata, trained.model, color=labels_key)
+        figs["novelty_umap"] = lambda: pl.novelty_umap(adata, trained.model, color=labels_key)
     if trained.model.ensemble == "hyperbatch":
-        figs["hyperparameters"] = lambda: ev.pl.hyperparameter_trajectories(trained.model)
+        figs["hyperparameters"] = lambda: pl.hyperparameter_trajectories(trained.model)
     for name, draw in figs.items():  # one at a time: a figure's memory goes before the next
         fig = draw()
-        ev.pl.save_figure(fig, stage / "figures" / name)
+        pl.save_figure(fig, stage / "figures" / name)
         plt.close(fig)
     return list(figs)
 
@@ -115,7 +115,7 @@ def write_outputs(
     """
     import time
 
-    import ensemblevi as ev
+    from ensemblevi._version import __version__
     from ensemblevi.data import write_h5ad_atomic
 
     t = time.perf_counter()
@@ -143,7 +143,7 @@ def write_outputs(
     timings["total"] = sum(v for k, v in timings.items() if k != "total")
     options = config.options()
     versions = {
-        "ensemblevi": ev.__version__,
+        "ensemblevi": __version__,
         **{n: pkg_version(n) for n in ("torch", "scvi-tools", "scanpy", "anndata")},
     }
     meta = {

@@ -75,14 +75,14 @@ def _load(path: Path, prepared: Prepared):
 
 
 def _train(config: RunConfig, prepared: Prepared, stage: Path, log: Log):
-    import ensemblevi as ev
+    from ensemblevi import tl
     from ensemblevi.model import EnsembleSCVI
 
     adata, setup = prepared.adata, {"layer": prepared.layer, "batch_key": prepared.batch_key}
     if config.seeds:
         log(f"training {config.seeds} scvi.model.SCVI seeds for {config.epochs} epochs")
         # each seed model is saved with its record as it finishes: an interrupted run resumes
-        return ev.tl.seed_ensemble(adata, n_seeds=config.seeds, save_dir=stage / "seeds",
+        return tl.seed_ensemble(adata, n_seeds=config.seeds, save_dir=stage / "seeds",
                                    setup_kwargs=setup, max_epochs=config.epochs)  # fmt: skip
     EnsembleSCVI.setup_anndata(adata, **setup)
     model = EnsembleSCVI(adata, n_members=config.members, ensemble=config.ensemble,
