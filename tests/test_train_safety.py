@@ -15,9 +15,11 @@ import torch
 from typer.testing import CliRunner
 
 import ensemblevi
-from ensemblevi.cli import _kl_continuation, _training_data, app
+from ensemblevi.cli import app
 from ensemblevi.model import EnsembleSCVI
 from ensemblevi.model._memory import check_training_memory, parameter_count, training_bytes
+from ensemblevi.pipeline import training_data
+from ensemblevi.pipeline._train_command import kl_continuation
 from ensemblevi.train import EpochCheckpoint
 
 COMMON = ["--preset", "lopez2020", "--n-cells", "200", "--members", "2", "--batch-size", "50"]
@@ -156,15 +158,15 @@ def test_resume_without_checkpoint_is_refused(tmp_path):
 
 
 def test_kl_warmup_continues_after_resume():
-    assert _kl_continuation(0) is None
-    plan = _kl_continuation(100)
+    assert kl_continuation(0) is None
+    plan = kl_continuation(100)
     # scvi-tools' weight epoch/400 continued: (100 + e) / 400 = min + (1 - min) e / (400 - 100)
     for e in (0, 50, 299):
         weight = (
             plan["min_kl_weight"] + (1 - plan["min_kl_weight"]) * e / plan["n_epochs_kl_warmup"]
         )
         assert weight == pytest.approx((100 + e) / 400)
-    assert _kl_continuation(500) == {"min_kl_weight": 1.0, "n_epochs_kl_warmup": None}
+    assert kl_continuation(500) == {"min_kl_weight": 1.0, "n_epochs_kl_warmup": None}
 
 
 def test_memory_estimate_refuses_before_allocating(tmp_path, monkeypatch):
@@ -256,7 +258,7 @@ def test_signal_exits_nonzero_keeps_checkpoint_and_resumes(tmp_path, sig, code):
     ckpt = EpochCheckpoint.read(out / STAGE / "checkpoint")
     assert 1 <= ckpt["epochs_done"] < 40
     assert f"after epoch {ckpt['epochs_done']} of 40" in line
-    adata, _ = _training_data({**ckpt["spec"], "epochs": 40})
+    adata, _ = training_data({**ckpt["spec"], "epochs": 40})
     model = EnsembleSCVI.load(ckpt["folder"], adata=adata)  # the checkpoint is usable
     assert model.is_trained and model.n_members == 2
     assert not (out / "model.pt").exists()  # nothing is called finished

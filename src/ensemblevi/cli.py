@@ -274,112 +274,10 @@ def de_command(
                   f"results.h5ad (uns[{res.key!r}]) and report.html")  # fmt: skip
 
 
-def parse_shard(shard: str | None, n_members: int) -> tuple[int, int]:
-    """``"i/n"`` (shards numbered 1..n) to this shard's ``(offset, n_members)``.
-
-    Members are split as evenly as possible, the first shards taking one more.
-    """
-    if shard is None:
-        return 0, n_members
-    try:
-        i, n = (int(v) for v in shard.split("/"))
-    except ValueError:
-        raise typer.BadParameter(f"--shard {shard!r} is not I/N (e.g. 2/4).") from None
-    if not 1 <= i <= n or n > n_members:
-        raise typer.BadParameter(f"--shard {shard}: need 1 <= I <= N <= --members ({n_members}).")
-    size, extra = divmod(n_members, n)
-    offset = (i - 1) * size + min(i - 1, extra)
-    return offset, size + (i <= extra)
-
-
-def _training_data(spec: dict):
-    """The AnnData a `train` spec describes, genes selected and registered for EnsembleSCVI."""
-    from ensemblevi.pipeline import training_data
-
-    return training_data(spec)
-
-
-def _write_train_record(out: Path, spec: dict, model, **extra: Any) -> None:
-    """OUT/train.json (atomically): the options, from which `merge` rebuilds the data.
-
-    Parameters
-    ----------
-    out
-        Folder of the model (a stage, committed afterwards).
-    spec
-        The options of the `train` command.
-    model
-        The trained model (its member range is recorded).
-    **extra
-        Further entries (epochs trained, resumed from).
-    """
-    from ensemblevi._files import write_json
-
-    start, stop = model.member_range
-    write_json(out / "train.json", {"spec": spec, "member_range": [start, stop], **extra})
-
-
 def _fail(message: str, code: int = 2) -> NoReturn:
     # not wrapped to the terminal: a message pasted or grepped stays one line
     console.print(f"[red]error:[/red] {message}", soft_wrap=True)
     raise typer.Exit(code)
-
-
-def _differences(old: dict, new: dict) -> str:
-    """``key: old -> new`` for every option that differs (for refusals)."""
-    keys = [k for k in {**old, **new} if old.get(k) != new.get(k)]
-    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys)
-
-
-KL_WARMUP_EPOCHS = 400  # scvi-tools' TrainingPlan default (n_epochs_kl_warmup)
-
-
-def _kl_continuation(done: int) -> dict | None:
-    """plan_kwargs that continue scvi-tools' KL warm-up (epoch / 400) after ``done`` epochs.
-
-    A resumed training starts Lightning's epoch count at 0 again; without this its KL
-    weight would restart at 0 instead of going on from ``done / 400``.
-    """
-    if done <= 0:
-        return None
-    if done >= KL_WARMUP_EPOCHS:
-        return {"min_kl_weight": 1.0, "n_epochs_kl_warmup": None}
-    return {"min_kl_weight": done / KL_WARMUP_EPOCHS, "n_epochs_kl_warmup": KL_WARMUP_EPOCHS - done}
-
-
-def _checkpoint_to_resume(target, ckpt_record: dict, epochs: int, resume: bool, force: bool):
-    """The checkpoint `train` continues from (``None``: start afresh in a new stage)."""
-    from ensemblevi.train import EpochCheckpoint
-
-    out = target.path
-    ckpt = EpochCheckpoint.read(target.stage / "checkpoint")
-    if not resume:
-        if ckpt is not None and not force:
-            _fail(
-                f"{out} holds the checkpoint of an interrupted training (after epoch "
-                f"{ckpt['epochs_done']}, in {ckpt['folder']}); pass --resume to continue it "
-                "or --force to start over.",
-                1,
-            )
-        if ckpt is not None:
-            console.print(f"--force: discarding the checkpoint of an interrupted training "
-                          f"(after epoch {ckpt['epochs_done']})")  # fmt: skip
-        target.new_stage()
-        return None
-    if ckpt is None:
-        _fail(f"--resume: there is no checkpoint of an interrupted training in {out}; "
-              "run without --resume.")  # fmt: skip
-    old = {"member_range": ckpt["member_range"], **ckpt["spec"]}
-    why = _differences(old, {"member_range": ckpt_record["member_range"], **ckpt_record["spec"]})
-    if why:
-        _fail(
-            f"--resume: the checkpoint in {out} was trained with other options ({why}); "
-            "rerun with its options, or without --resume (with --force) to start over."
-        )
-    if ckpt["epochs_done"] > epochs:
-        _fail(f"--resume: the checkpoint has {ckpt['epochs_done']} epochs, more than "
-              f"--epochs {epochs}; pass --epochs {ckpt['epochs_done']} or more.")  # fmt: skip
-    return ckpt
 
 
 @app.command()
@@ -403,8 +301,14 @@ def train(
     accelerator: Annotated[str, typer.Option(help="auto, cpu or gpu.")] = "auto",
     devices: Annotated[str, typer.Option(help="Devices: auto, a count, or a list.")] = "auto",
     compile_likelihood: Annotated[
-        bool, typer.Option("--compile-likelihood", help="torch.compile the likelihood kernel.")
-    ] = False,
+        bool | None,
+        typer.Option(
+            "--compile-likelihood/--no-compile-likelihood",
+            help="torch.compile the likelihood kernel [default: when the training is long "
+            "enough to repay the compile time].",
+            show_default=False,
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Random seed (data, initialisation, training).")] = 0,
     force: Annotated[
         bool, typer.Option("--force", help="Replace a model trained with other options.")
@@ -423,125 +327,25 @@ def train(
     the new one is complete. Every epoch is checkpointed beside it; an interrupted training
     (exit status 130/143) continues with the same command and --resume.
     """
-    import shutil
-    import warnings
+    from ensemblevi.pipeline import RunRefused, train_command
 
-    from ensemblevi._files import OutputDirectory
-    from ensemblevi._interrupt import deferred, set_resume_hint
-    from ensemblevi.model import EnsembleSCVI
-    from ensemblevi.model._memory import check_training_memory
-    from ensemblevi.train import EpochCheckpoint
-
-    if epochs < 1:
-        _fail(f"--epochs must be at least 1, got {epochs}: a model trained for no epoch is "
-              "its random initialisation.")  # fmt: skip
-    for name, value in (("--members", members), ("--batch-size", batch_size)):
-        if value < 1:
-            _fail(f"{name} must be at least 1, got {value}.")
-    offset, k = parse_shard(shard, members)
     spec = _config(
         data=data, preset=preset, n_cells=n_cells, heart_path=heart_path, layer=layer,
         batch_key=batch_key, n_top_genes=n_top_genes, ensemble=ensemble, members=members,
         epochs=epochs, batch_size=batch_size, seed=seed,
     )  # fmt: skip
-    member_range = [offset, offset + k]
-    # what a checkpoint must match to be resumed (more epochs may be asked for)
-    ckpt_record = {"spec": {k_: v for k_, v in spec.items() if k_ != "epochs"},
-                   "member_range": member_range}  # fmt: skip
-    target = OutputDirectory(out, "train")
     try:
-        target.claim()
-        with target.locked():
-            finished = _read_record(out) if "train.json" in target.files else None
-            if finished is not None and not force:
-                if finished["spec"] == spec and finished["member_range"] == member_range:
-                    console.print(f"{out} already holds this model (same options); nothing to "
-                                  "do. Pass --force to train it again.")  # fmt: skip
-                    return
-                why = _differences(finished["spec"], spec)
-                _fail(
-                    f"{out} holds a model trained with other options ({why}); pass --force "
-                    "to replace it (it stays until the new one is complete) or choose another "
-                    "--out.",
-                    1,
-                )
-            ckpt = _checkpoint_to_resume(target, ckpt_record, epochs, resume, force)
-            done = 0 if ckpt is None else int(ckpt["epochs_done"])
-            kept = f"; the model already in {out} is unchanged" if finished else ""
-
-            def saved(n: int, folder: Path) -> None:
-                set_resume_hint(f"kept the checkpoint after epoch {n} of {epochs} in "
-                                f"{folder}{kept}; continue with the same command and "
-                                "--resume")  # fmt: skip
-
-            if ckpt is None:
-                set_resume_hint(f"no epoch had finished, so nothing was kept{kept}; rerun "
-                                "the same command to start again")  # fmt: skip
-            else:
-                saved(done, Path(ckpt["folder"]))
-            adata, title = _training_data(spec)
-            console.print(
-                summary_table(adata, "counts" if "counts" in adata.layers else None, title)
-            )
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                if ckpt is not None:
-                    model = EnsembleSCVI.load(ckpt["folder"], adata=adata)
-                    console.print(f"resuming {ckpt['folder']} after epoch {done}")
-                else:
-                    check_training_memory(
-                        lambda n: EnsembleSCVI(adata, n_members=n, ensemble=ensemble, seed=seed),
-                        k, batch_size, adata.n_vars, accelerator,
-                        also_built=members if shard else 0,
-                    )  # fmt: skip
-                    model = EnsembleSCVI(
-                        adata, n_members=k, ensemble=ensemble, seed=seed, member_offset=offset,
-                        n_members_total=members,
-                    )  # fmt: skip
-
-                span = f" (epochs {done + 1}..{epochs})" if done else ""
-                console.print(
-                    f"training {model._model_summary_string} for {epochs - done} epochs{span}"
-                )
-                checkpoint = EpochCheckpoint(
-                    model, target.stage / "checkpoint", record=ckpt_record,
-                    epochs_before=done, on_save=saved,
-                )  # fmt: skip
-                if done < epochs:
-                    model.train(
-                        max_epochs=epochs - done, batch_size=batch_size, seed=seed,
-                        callbacks=[checkpoint], plan_kwargs=_kl_continuation(done),
-                        accelerator=accelerator, devices=devices,
-                        compile_likelihood=compile_likelihood,
-                    )  # fmt: skip
-            model.save(target.stage, overwrite=True)
-            _write_train_record(target.stage, spec, model, epochs_trained=epochs,
-                                resumed_after=done or None)  # fmt: skip
-            with deferred():  # the checkpoint goes and the model comes in one step
-                shutil.rmtree(target.stage / "checkpoint", ignore_errors=True)
-                target.commit()
-                set_resume_hint(f"training had finished: the model is in {out}")
-    except FloatingPointError as err:
-        ckpt = EpochCheckpoint.read(target.stage / "checkpoint")
-        kept_ckpt = (
-            f"The checkpoint after epoch {ckpt['epochs_done']} is kept: --resume continues "
-            "from it, --force starts over."
-            if ckpt
-            else "No epoch had finished, so no checkpoint was kept."
-        )
-        _fail(f"{err} {kept_ckpt}")
+        done = train_command(
+            spec, out, shard=shard, accelerator=accelerator, devices=devices,
+            compile_likelihood=compile_likelihood, force=force, resume=resume,
+            log=console.print,
+            on_loaded=lambda ad, lay, title: console.print(summary_table(ad, lay, title)),
+        )  # fmt: skip
+    except RunRefused as err:
+        _fail(str(err), 1)
     except (FileNotFoundError, FileExistsError, ValueError) as err:  # NotEnoughMemory too
         _fail(str(err))
-    console.print(f"wrote {out} (members {offset}..{offset + k - 1} of {members})")
-
-
-def _read_record(folder: Path) -> dict:
-    """A `train`/`merge` record (train.json); a damaged one is a clear error."""
-    path = folder / "train.json"
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        _fail(f"{path} is damaged ({err}); train that directory again.")
+    console.print(done)
 
 
 @app.command()
@@ -558,46 +362,12 @@ def merge(
     Every shard of the ensemble must be given (the error names the missing members), unless
     --partial merges only those given. OUT must be new, empty or written by `merge`.
     """
-    import warnings
+    from ensemblevi.pipeline import merge_command
 
-    from ensemblevi._files import OutputDirectory
-    from ensemblevi.model import EnsembleSCVI
-    from ensemblevi.model._shards import missing_members
-
-    records = []
-    for d in shards:
-        if not (d / "train.json").exists() or not (d / "model.pt").exists():
-            _fail(f"{d} is not a finished `ensemblevi train` directory (train.json and "
-                  "model.pt expected).")  # fmt: skip
-        records.append(_read_record(d))
-    spec = records[0]["spec"]
-    different = [str(d) for d, r in zip(shards, records, strict=True) if r["spec"] != spec]
-    if different:
-        _fail(f"{', '.join(different)} trained with other options than {shards[0]}; only "
-              "shards of one `train` command merge.")  # fmt: skip
-    gaps = missing_members([r["member_range"] for r in records], spec["members"])
-    if gaps and not partial:
-        shown = ", ".join(f"{a}..{b - 1}" for a, b in gaps)
-        _fail(f"the shards given hold only part of the {spec['members']}-member ensemble: "
-              f"members {shown} are missing. Give every shard directory, or pass --partial "
-              "to merge only these.")  # fmt: skip
-    target = OutputDirectory(out, "merge")
     try:
-        target.claim()
-        with target.locked():
-            adata, _ = _training_data(spec)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                models = [EnsembleSCVI.load(d, adata=adata) for d in shards]
-                merged = EnsembleSCVI.merge(models)
-            stage = target.new_stage()
-            merged.save(stage)
-            _write_train_record(stage, spec, merged, merged_from=[str(d) for d in shards])
-            target.commit()
+        console.print(merge_command(shards, out, partial=partial))
     except (FileNotFoundError, FileExistsError, ValueError) as err:
         _fail(str(err))
-    start, stop = merged.member_range
-    console.print(f"wrote {out} (members {start}..{stop - 1} of {spec['members']})")
 
 
 @app.command()

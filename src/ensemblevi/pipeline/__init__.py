@@ -15,6 +15,7 @@ from ._outputs import write_figures, write_outputs
 from ._report import render_run_report, run_reading
 from ._run import StageFailed, run_pipeline
 from ._train import RunRefused, Trained, train_or_reuse
+from ._train_command import merge_command, parse_shard, train_command
 
 __all__ = [
     "Analysis",
@@ -27,11 +28,14 @@ __all__ = [
     "analyse",
     "de_name",
     "load_data",
+    "merge_command",
+    "parse_shard",
     "prepare_data",
     "render_run_report",
     "run_de",
     "run_pipeline",
     "run_reading",
+    "train_command",
     "train_or_reuse",
     "training_data",
     "write_figures",
