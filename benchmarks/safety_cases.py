@@ -91,6 +91,11 @@ def subset(src: str, n: int, path: Path, seed: int = 0) -> Path:
     return path
 
 
+def reused(log: str) -> bool:
+    """Whether the run said it reused a trained model ("not reusing ..." is the opposite)."""
+    return "reusing the trained model" in log.lower()
+
+
 def failed_clearly(rc: int, out: str, *words: str) -> tuple[bool, str]:
     named = all(w.lower() in out.lower() for w in words)
     tb = "Traceback (most recent call last)" in out
@@ -176,11 +181,16 @@ def run_force_interrupted(tmp: Path, data: dict):
     if rc != 0:
         return False, f"first run failed: {last_error(log)}"
     before = digest(out)
-    # a second run with other epochs, killed 25 s in
-    t0 = time.time()
+
+    def new_model_trained():  # the new run's model is saved; its analysis has begun
+        return any(".ensemblevi-stage" in str(p) for p in out.rglob("model.pt"))
+
+    # a second run with other epochs, killed after its training
     rc, log = cli("run", "--data", data["pbmc"], *TINY[:1], "3", *TINY[2:], *PBMC, "--force",
                   "--out", out, cwd=tmp, sig=signal.SIGTERM,
-                  kill_after=lambda: time.time() - t0 > 25)  # fmt: skip
+                  kill_after=new_model_trained)  # fmt: skip
+    if rc == 0:
+        return False, "the new run finished before the signal (case not exercised)"
     now = digest(out)
     whole = all(now.get(k) == v for k, v in before.items() if not k.startswith("."))
     ok = rc not in (0, None) and whole
@@ -198,8 +208,8 @@ def changed_input(tmp: Path, data: dict):
         return False, f"first run failed: {last_error(log)}"
     subset("pbmc3k.h5ad", 300, src, seed=7)  # other cells, same path
     rc, log = cli(*args, cwd=tmp)
-    reused = "reusing" in log.lower()
-    return not reused, f"rc {rc}; {'REUSED' if reused else 'not reused'}; {last_error(log)}"
+    again = reused(log)
+    return not again, f"rc {rc}; {'REUSED' if again else 'not reused'}; {last_error(log)}"
 
 
 @case("--seeds after --force with other data", "seed models not reused across data")
@@ -209,10 +219,13 @@ def seeds_other_data(tmp: Path, data: dict):
     rc, log = cli("run", "--data", data["pbmc"], *base, *PBMC, "--out", out, cwd=tmp)
     if rc != 0:
         return False, f"first run failed: {last_error(log)}"
+    # a reused seed model would be the old file itself
+    old = digest(out / "seeds") if (out / "seeds").exists() else {}
     rc, log = cli("run", "--data", data["paul"], *base, "--marker", "2Ery=Car2,Klf1",
                   "--force", "--out", out, cwd=tmp)  # fmt: skip
-    reused = "reusing" in log.lower() or "reused" in log.lower()
-    return rc == 0 and not reused, f"rc {rc}; {'REUSED' if reused else 'retrained'}"
+    new = digest(out / "seeds") if (out / "seeds").exists() else {}
+    same = [k for k, v in new.items() if k.endswith("model.pt") and old.get(k) == v]
+    return rc == 0 and not same, f"rc {rc}; {len(same)} seed model(s) reused; {last_error(log)}"
 
 
 def _signal_case(tmp: Path, data: dict, command: str, sig, code: int):
@@ -252,8 +265,8 @@ def de_collision(tmp: Path, data: dict):
     a.obs["grp"] = labels
     a.write_h5ad(src)
     out = tmp / "r"
-    rc, log = cli("run", "--data", src, *TINY, "--markers", "pbmc3k", "--labels-key", "grp",
-                  "--out", out, cwd=tmp)  # fmt: skip
+    rc, log = cli("run", "--data", src, *TINY, "--marker", "CD4 T=IL7R,CD3E", "--labels-key",
+                  "grp", "--out", out, cwd=tmp)  # fmt: skip
     if rc != 0:
         return False, f"run failed: {last_error(log)}"
     for g in ("CD4 T", "CD4+ T"):
@@ -456,7 +469,7 @@ def hvg_one_cell(tmp, data):
 def members_huge(tmp, data):
     rc, log = cli("train", "--data", data["pbmc"], "--members", "100000", "--epochs", "1",
                   "--n-top-genes", "150", "--out", tmp / "t", cwd=tmp, timeout=300)  # fmt: skip
-    return failed_clearly(rc, log, "memory")
+    return failed_clearly(rc, log, "GiB")
 
 
 @case("duplicate gene names", "refused, names them")
@@ -574,9 +587,13 @@ def seeds_resume(tmp, data):
         return len(list(out.rglob("model.pt"))) >= 1
 
     cli(*args, cwd=tmp, sig=signal.SIGTERM, kill_after=one_seed_done)
-    rc, log = cli(*args, cwd=tmp)
-    reused = "reus" in log.lower()
-    return rc == 0 and reused, f"rc {rc}; {'reused finished seeds' if reused else 'no reuse'}"
+    done = {p.relative_to(out).parts[-2]: digest(p.parent)["model.pt"]
+            for p in out.rglob("seed_*/model.pt")}  # fmt: skip
+    rc, _log = cli(*args, cwd=tmp)
+    final = {p.parts[-2]: digest(p.parent)["model.pt"] for p in (out / "seeds").rglob("model.pt")}
+    kept_seeds = [k for k, v in done.items() if final.get(k) == v]
+    ok = rc == 0 and bool(done) and len(kept_seeds) == len(done)
+    return ok, f"rc {rc}; {len(kept_seeds)} of {len(done)} finished seed(s) reused"
 
 
 @case("run into a different run without --force", "refused, old run intact")
