@@ -117,8 +117,8 @@ def worker(
     else:
         model = _model(name, adata)
         out["flops_per_step"] = _step_flops(model, batch_size)
-        if name.endswith("+compile"):
-            fit["compile_likelihood"] = True
+        # explicit both ways: the default compiles only long trainings
+        fit["compile_likelihood"] = name.endswith("+compile")
         timer = EpochTimer()
         t0 = time.perf_counter()
         model.train(max_epochs=epochs, callbacks=[timer], **fit)
