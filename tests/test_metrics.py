@@ -133,7 +133,7 @@ def test_calibration_figure(tmp_path):
         "right": {"pit": pit, "coverage": interval_coverage(pit)},
         "poisson": {"pit": pois, "coverage": interval_coverage(pois)},
     }
-    fig = ev.pl.calibration(res)
+    fig = ev.pl.calibration(res, return_fig=True)
     assert len(fig.axes) == 2 and len(fig.axes[1].get_lines()) == 3  # 2 models + diagonal
     (path,) = ev.pl.save_figure(fig, tmp_path / "cal")
     assert path.stat().st_size > 0

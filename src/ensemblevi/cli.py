@@ -267,13 +267,11 @@ def run(
         raise typer.Exit(2) from err
 
     t = time.perf_counter()
-    spread = ev.tl.expression_spread(
-        model, adata, found, groupby=labels_key, n_samples=n_samples, seed=seed
-    )
-    genes = ev.tl.gene_uncertainty(
-        model, adata, groupby=labels_key, n_samples=max(2, n_samples // 2), seed=seed
-    )
-    novelty = ev.tl.cell_novelty(model, adata, seed=seed) if model.n_members > 1 else None
+    analysis = ev.tl.uncertainty_analysis(
+        model, adata, found, groupby=labels_key, n_samples=n_samples, seed=seed,
+        embedding=model.n_members > 1,
+    )  # fmt: skip
+    spread, genes, novelty = analysis["spread"], analysis["genes"], analysis["novelty"]
     timings["analysis"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -293,7 +291,7 @@ def run(
         "gene_uncertainty": ev.pl.gene_uncertainty(adata, highlight=marker_genes),
     }
     if novelty is not None:
-        figs["novelty_umap"] = ev.pl.novelty_umap(adata, model, color=labels_key)
+        figs["novelty_umap"] = ev.pl.novelty_umap(adata, color=labels_key)
     hyper = model.get_hyperparameters() if model.ensemble == "hyperbatch" else None
     if hyper is not None:
         figs["hyperparameters"] = ev.pl.hyperparameter_trajectories(model)
