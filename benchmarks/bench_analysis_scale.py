@@ -8,7 +8,7 @@ and cell types, ``tl.cell_novelty`` on all cells. Peak memory is the process' pe
 resident set size (``ru_maxrss``), which includes the data, the model and the imports;
 the increase over the peak before the analysis is printed too.
 
-Target (issue 7): under 2 GB peak and under 2 minutes for the analysis.
+Target: under 2 GB peak and under 2 minutes for the analysis.
 
 Run: ``.venv/bin/python benchmarks/bench_analysis_scale.py`` (about 3 minutes here).
 """

@@ -10,13 +10,13 @@ from pathlib import Path
 import pandas as pd
 
 MARKER_SETS: dict[str, dict[str, list[str]]] = {
-    # The science's nine markers, with the heart cell atlas' cell_type names.
+    # Nine markers of three heart cell types, with the heart cell atlas' cell_type names.
     "heart": {
         "Fibroblast": ["DCN", "GSN", "PDGFRA"],
         "Smooth_muscle_cells": ["MYH11", "TAGLN", "ACTA2"],
         "Myeloid": ["CD14", "C1QA", "CD68"],
     },
-    # scanpy's PBMC 3k tutorial labels (../shared/data/pbmc3k.h5ad).
+    # The cell type labels of scanpy's PBMC 3k tutorial.
     "pbmc3k": {
         "CD14+ Monocytes": ["CD14", "LYZ"],
         "B cells": ["MS4A1", "CD79A"],
