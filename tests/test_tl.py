@@ -239,3 +239,21 @@ def test_seed_ensemble_resumes_from_saved_models(tmp_path):
     z0, z1 = (ens.get_latent_representation(member=k) for k in (0, 1))
     assert not np.allclose(z0, z1)  # different seeds, different models
     assert isinstance(ens.get_marginal_ll(n_mc_samples=3, return_table=True), pd.Series)
+
+
+def test_fuzzy_graph_matches_umap_learn():
+    from scipy import sparse
+    from sklearn.neighbors import NearestNeighbors
+    from umap.umap_ import fuzzy_simplicial_set
+
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.normal(size=(150, 5)), rng.normal(4, 0.3, size=(50, 5))])
+    x[7] = x[8]  # a duplicate: a zero distance to another cell
+    k = 12
+    dist, idx = NearestNeighbors(n_neighbors=k).fit(x).kneighbors(x)
+    ours = ev.tl._embedding.fuzzy_graph(idx, dist)
+    ref, _, _ = fuzzy_simplicial_set(
+        sparse.coo_matrix((len(x), 1)), k, None, None, knn_indices=idx, knn_dists=dist
+    )
+    assert (ours != ours.T).nnz == 0  # symmetric
+    np.testing.assert_allclose(ours.toarray(), ref.toarray(), rtol=1e-4, atol=1e-6)

@@ -192,7 +192,9 @@ def member_histograms(
     with style():
         fig, axes = panels(len(pairs), ax, ncols)
         for axis, (group, gene) in zip(axes, pairs, strict=True):
-            axis.hist(_rows(cells, group, gene)["cv"], bins=40, color="tab:gray")
+            axis.hist(
+                _rows(cells, group, gene)["cv"], bins=40, color="tab:gray", histtype="stepfilled"
+            )  # one patch, not one per bar: draws faster
             axis.axvline(threshold, color="tab:red", lw=1, label=f"CV = {threshold}")
             axis.set_title(f"{gene} ({group})")
             axis.set_xlabel("CV across members")

@@ -93,7 +93,17 @@ class SpreadReducer:
         self._chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
 
     def add(self, pos: np.ndarray, parts, members: torch.Tensor) -> None:
-        """Keep the chunk's member means and between/within variances (float64)."""
+        """Keep the chunk's member means and between/within variances (float64).
+
+        Parameters
+        ----------
+        pos
+            The chunk's cells: positions in the AnnData.
+        parts
+            Their variance parts, each ``(B, G)``.
+        members
+            The members' means over latent samples ``(K, B, G)``.
+        """
         self._chunks.append(
             (
                 pos,

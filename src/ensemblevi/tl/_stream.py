@@ -31,7 +31,17 @@ class Reducer(Protocol):
     genes: Sequence[str] | None
 
     def add(self, pos: np.ndarray, parts: VarianceParts, members: torch.Tensor) -> None:
-        """Take one chunk: positions, parts ``(B, G)`` and member means ``(K, B, G)``."""
+        """Take one chunk of cells.
+
+        Parameters
+        ----------
+        pos
+            The chunk's cells: positions in the AnnData.
+        parts
+            Their variance parts, each ``(B, G)``.
+        members
+            The members' means over latent samples ``(K, B, G)``.
+        """
 
 
 class SummaryReducer:
@@ -50,7 +60,17 @@ class SummaryReducer:
         self.summary = summary
 
     def add(self, pos: np.ndarray, parts: VarianceParts, members: torch.Tensor) -> None:
-        """Add the chunk to the summary (see :class:`Reducer`)."""
+        """Add the chunk to the summary.
+
+        Parameters
+        ----------
+        pos
+            The chunk's cells: positions in the AnnData.
+        parts
+            Their variance parts, each ``(B, G)``.
+        members
+            The members' means over latent samples ``(K, B, G)``.
+        """
         self.summary.add(pos, parts)
 
 
