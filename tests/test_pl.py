@@ -98,6 +98,10 @@ def test_each_plot_draws_into_the_given_axes(analysed, name):
     with pytest.raises(ValueError, match="axes were given"):
         plot(analysed, ax=[axes[0]] * (n - 1) or [], show=False)
     plt.close(fig)
+    grid = plt.subplots(2, 2)[1]  # an array of axes, as plt.subplots returns
+    if n > 1:
+        assert plot(analysed, ax=grid, show=False) == list(grid.flat)[:n]
+    plt.close("all")
 
 
 @pytest.mark.parametrize("name", list(PLOTS))

@@ -43,7 +43,8 @@ def panels(
     n
         Panels needed.
     ax
-        Axes to draw into, or ``None`` for a new figure with a grid of ``ncols`` columns
+        Axes to draw into (an Axes, a list or an array of them, e.g. from
+        ``plt.subplots``), or ``None`` for a new figure with a grid of ``ncols`` columns
         (unused cells switched off).
     ncols
         Columns of a new grid.
@@ -51,7 +52,7 @@ def panels(
         Width and height of a new grid's panel, inches.
     """
     if ax is not None:
-        axes = [ax] if isinstance(ax, Axes) else list(ax)
+        axes = [ax] if isinstance(ax, Axes) else list(np.ravel(np.asarray(ax, dtype=object)))
         if len(axes) < n:
             raise ValueError(
                 f"This figure has {n} panels but {len(axes)} axes were given: pass a "
