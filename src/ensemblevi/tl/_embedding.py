@@ -110,6 +110,7 @@ def umap(
     The ``n_obs x 2`` embedding.
     """
     import scanpy as sc
+    import sklearn
     import torch
     from sklearn.neighbors import NearestNeighbors
 
@@ -124,7 +125,8 @@ def umap(
                                     values.shape[1]), center=True, niter=4)  # fmt: skip
     pcs = (u[:, :n_comps] * s[:n_comps]).numpy()
     k = min(n_neighbors, n)
-    dist, idx = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(pcs).kneighbors(pcs)
+    with sklearn.config_context(working_memory=64):  # distance chunks of <= 64 MB, not 1 GB
+        dist, idx = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(pcs).kneighbors(pcs)
     tmp = AnnData(obs=pd.DataFrame(index=adata.obs_names.astype(str)))
     tmp.obsm["X_pca"] = pcs
     tmp.obsp["connectivities"] = fuzzy_graph(idx, dist)
