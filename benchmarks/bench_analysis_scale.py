@@ -34,6 +34,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--n-samples", type=int, default=10, help="as ensemblevi run")
     parser.add_argument("--embedding", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--batch-size", type=int, default=None, help="cells per chunk")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     logging.getLogger("scvi").setLevel(logging.ERROR)
@@ -56,10 +57,11 @@ def main() -> None:
     t, cpu = time.perf_counter(), time.process_time()
     ev.tl.uncertainty_analysis(
         model, adata, markers, groupby="cell_type", n_samples=args.n_samples,
-        embedding=args.embedding, progress=False,
+        embedding=args.embedding, batch_size=args.batch_size, progress=False,
     )  # fmt: skip
     total, cpu = time.perf_counter() - t, time.process_time() - cpu
-    name = f"uncertainty_analysis ({args.n_samples} samples, embedding {args.embedding})"
+    name = (f"uncertainty_analysis ({args.n_samples} samples, embedding {args.embedding}, "
+            f"batch size {args.batch_size or 'default'})")  # fmt: skip
     print("\n| step | time (s) | process peak RSS after it (MB) |\n| --- | --- | --- |")
     print(f"| {name} | {total:.1f} | {peak_mb():,.0f} |")
     print(f"\nincrease of the peak during the analysis: {peak_mb() - before:,.0f} MB")
