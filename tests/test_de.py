@@ -180,7 +180,7 @@ def test_member_draws_pool_into_the_table_and_plot(de_model):
     np.testing.assert_allclose(
         one["proba_de"], np.mean(np.abs(draws[0]) >= 0.5, axis=0), rtol=0, atol=0
     )
-    fig = ev.pl.de_volcano(adata, key="de_b")
+    fig = ev.pl.de_volcano(adata, key="de_b", return_fig=True)
     assert len(fig.axes) == 2 and len(fig.axes[0].collections) >= 3
     with pytest.raises(ValueError, match="No DE result"):
         ev.pl.de_volcano(adata, key="nope")

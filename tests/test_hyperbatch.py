@@ -214,7 +214,7 @@ def test_model_records_tuning_and_round_trips(hbe_model, tmp_path):
     np.testing.assert_allclose(
         loaded.get_elbo(return_mean=False), model.get_elbo(return_mean=False), rtol=1e-5
     )
-    fig = ev.pl.hyperparameter_trajectories(model)
+    fig = ev.pl.hyperparameter_trajectories(model, return_fig=True)
     assert len([ax for ax in fig.axes if ax.has_data()]) == len(DEFAULT_HYPERPARAMETERS)
 
 

@@ -2,6 +2,7 @@
 
 import json
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
@@ -69,7 +70,13 @@ def test_expression_spread_matches_the_full_decomposition(heart):
                 rtol=1e-3,
                 atol=1e-8,
             )
-    assert len(out["members"]) == 3 * 9 and out["summary"]["frac_between"].between(0, 1).all()
+    assert len(out["members"]) == 3 * 9
+    # between-member share of the model's variance, from the full cells x genes frames
+    for (group, gene), row in summary.iterrows():
+        names = adata.obs_names[cells][adata.obs["cell_type"].iloc[cells] == group]
+        b = full["var_between"].loc[names, gene].mean()
+        w = full["var_within"].loc[names, gene].mean()
+        np.testing.assert_allclose(row["frac_between"], b / (b + w), rtol=1e-4)
     assert "expression_spread" in adata.uns["ensemblevi"]
     with pytest.raises(ValueError, match="not in the data"):
         ev.tl.expression_spread(model, adata, ["NOT_A_GENE"], groupby="cell_type")
@@ -92,19 +99,131 @@ def test_gene_uncertainty_streams_the_same_numbers(heart):
     assert adata.var["ensemblevi_uncertainty_rank"].min() == 1
 
 
+def _reference(model, adata, n_samples, batch_size, library_size=1e4, seed=0):
+    """Member means and variance parts from the members' samples, in float64 numpy.
+
+    ``get_normalized_expression`` draws the same latent samples as ``iter_uncertainty``
+    for the same seed and batch size; everything after the draws is computed here.
+    """
+    x = model.get_normalized_expression(
+        adata, library_size=library_size, n_samples=n_samples, return_members=True,
+        return_mean=False, batch_size=batch_size, seed=seed,
+    ).astype(np.float64)  # fmt: skip
+    assert x.shape == (model.n_members, n_samples, adata.n_obs, adata.n_vars)
+    members = x.mean(1)  # (K, cells, genes)
+    mean, vb, vw = members.mean(0), members.var(0), x.var(1).mean(0)
+    return members, mean, vb, vw
+
+
 def test_cell_novelty_scores_and_rule(heart):
     adata, model = heart
-    scores = ev.tl.cell_novelty(model, adata, alpha=0.05, n_samples=2, progress=False)
-    assert (scores["novelty_cv"] > 0).all() and (scores["novelty_llgap"] >= -1e-9).all()
+    alpha = 0.05
+    scores = ev.tl.cell_novelty(model, adata, alpha=alpha, n_samples=2, progress=False)
     info = adata.uns["ensemblevi"]["cell_novelty"]
-    assert info["n_flagged"] == int(adata.obs["ensemblevi_is_novel"].sum())
-    # the flag is exactly "score above its threshold"
-    expected = scores["novelty_cv"] > info["novelty_cv_threshold"]
-    assert (adata.obs["ensemblevi_is_novel"].to_numpy() == expected.to_numpy()).all()
-    assert 0 <= info["novelty_cv_fpr_heldout"] <= 1 and "validation" in info["calibrated_on"]
+    # novelty_cv: root mean square over genes of the between-member CV, from the samples
+    bs = int(np.clip(2e7 // (2 * model.n_members * adata.n_vars), 1, 256))
+    _, mean, vb, _ = _reference(model, adata, 2, bs)
+    np.testing.assert_allclose(
+        scores["novelty_cv"].to_numpy(), np.sqrt((vb / mean**2).mean(1)), rtol=1e-4
+    )
+    assert (scores["novelty_llgap"] >= -1e-9).all()  # Jensen: mixture ELBO >= mean ELBO
+    # the calibration cells are a recorded half of the validation cells, the other half checks
+    calib, check = info["calibration_cells"], info["check_cells"]
+    val = np.sort(model.validation_indices)
+    assert len(calib) == len(val) // 2 and not set(calib) & set(check)
+    np.testing.assert_array_equal(np.sort(np.concatenate([calib, check])), val)
+    assert "validation" in info["calibrated_on"]
+    # the threshold recomputed from the stored scores of the calibration cells
+    cv = adata.obs["ensemblevi_novelty_cv"].to_numpy()
+    q = np.quantile(cv[calib], 1 - alpha)
+    np.testing.assert_array_equal(adata.obs["ensemblevi_is_novel"].to_numpy(), cv > q)
+    assert (cv[calib] > q).sum() <= np.ceil(alpha * len(calib))  # what a quantile means
+    assert info["novelty_cv_fpr_heldout"] == pytest.approx((cv[check] > q).mean())
+    assert info["n_flagged"] == int((cv > q).sum())
     single = EnsembleSCVI(adata, ensemble="single", n_hidden=8, n_latent=2)
     with pytest.raises(ValueError, match="at least 2 members"):
         ev.tl.cell_novelty(single, adata)
+
+
+def test_one_pass_equals_the_separate_calls(heart):
+    adata, model = heart
+    genes = ["DCN", "GSN", "CD14"]  # summarised in every group: the same cells as the pass
+    kw = {"n_samples": 3, "seed": 1, "progress": False}
+    spread = ev.tl.expression_spread(model, adata, genes, groupby="cell_type", **kw)
+    table = ev.tl.gene_uncertainty(model, adata, groupby="cell_type", **kw)
+    novelty = ev.tl.cell_novelty(model, adata, alpha=0.05, **kw)
+    stored = {
+        "var": adata.var.filter(like="ensemblevi_").copy(),
+        "varm": adata.varm["ensemblevi_uncertainty_by_group"].copy(),
+        "obs": adata.obs.filter(like="ensemblevi_").copy(),
+        "novelty": dict(adata.uns["ensemblevi"]["cell_novelty"]),
+    }
+    adata.obs.drop(columns=stored["obs"].columns, inplace=True)
+    out = ev.tl.uncertainty_analysis(
+        model, adata, genes, groupby="cell_type", alpha=0.05, embedding=True, **kw
+    )
+    for name in ("cells", "members", "summary"):
+        pd.testing.assert_frame_equal(out["spread"][name], spread[name])
+    pd.testing.assert_frame_equal(out["genes"], table)
+    pd.testing.assert_frame_equal(out["novelty"], novelty)
+    pd.testing.assert_frame_equal(adata.var.filter(like="ensemblevi_"), stored["var"])
+    pd.testing.assert_frame_equal(adata.varm["ensemblevi_uncertainty_by_group"], stored["varm"])
+    pd.testing.assert_frame_equal(adata.obs.filter(like="ensemblevi_"), stored["obs"])
+    info = adata.uns["ensemblevi"]["cell_novelty"]
+    for key, value in stored["novelty"].items():
+        np.testing.assert_array_equal(info[key], value)
+    umap = adata.obsm[ev.tl.UMAP_KEY]
+    assert umap.shape == (adata.n_obs, 2) and np.isfinite(umap).all()
+
+
+def test_one_pass_against_a_float64_reference(heart):
+    adata, model = heart
+    markers = ev.tl.load_markers("heart")  # 3 of the 11 cell types
+    n, bs = 3, 64
+    out = ev.tl.uncertainty_analysis(
+        model, adata, markers, groupby="cell_type", n_samples=n, batch_size=bs, progress=False
+    )
+    members, mean, vb, vw = _reference(model, adata, n, bs)
+    col = {g: j for j, g in enumerate(adata.var_names)}
+    labels = adata.obs["cell_type"].astype(str).to_numpy()
+    cells = out["spread"]["cells"]
+    summary = out["spread"]["summary"].set_index(["group", "gene"])
+    for group, gene_list in markers.items():
+        sel = labels == group
+        for gene in gene_list:
+            j = col[gene]
+            rows = cells[(cells["group"] == group) & (cells["gene"] == gene)]
+            np.testing.assert_array_equal(rows["cell"], adata.obs_names[sel])
+            np.testing.assert_allclose(rows["mean"], mean[sel, j], rtol=1e-5)
+            np.testing.assert_allclose(rows["std"], members[:, sel, j].std(0), rtol=1e-4)
+            b, w = vb[sel, j].mean(), vw[sel, j].mean()
+            np.testing.assert_allclose(summary.loc[(group, gene), "frac_between"], b / (b + w),
+                                       rtol=1e-4)  # fmt: skip
+    cv = np.sqrt(vb) / mean
+    genes = out["genes"].loc[adata.var_names]
+    np.testing.assert_allclose(genes["uncertainty"], cv.mean(0), rtol=1e-4)
+    np.testing.assert_allclose(genes["mean"], mean.mean(0), rtol=1e-5)
+    by_group = adata.varm["ensemblevi_uncertainty_by_group"]
+    for group in np.unique(labels):
+        np.testing.assert_allclose(by_group[group], cv[labels == group].mean(0), rtol=1e-4)
+    np.testing.assert_allclose(
+        out["novelty"]["novelty_cv"], np.sqrt((vb / mean**2).mean(1)), rtol=1e-4
+    )
+
+
+def test_umap_above_pynndescents_size_uses_exact_neighbours():
+    # scanpy switches to pynndescent above 4,096-8,192 cells, which fails with scipy 1.17
+    rng = np.random.default_rng(0)
+    n, centres = 8500, rng.normal(0, 8, size=(3, 20))
+    label = rng.integers(0, 3, n)
+    values = centres[label] + rng.normal(size=(n, 20))
+    adata = ad.AnnData(obs=pd.DataFrame(index=[f"c{i}" for i in range(n)]))
+    xy = ev.tl.umap(adata, values, n_pcs=10, n_epochs=20)
+    assert xy.shape == (n, 2) and adata.obsm[ev.tl.UMAP_KEY] is xy
+    # the three clusters stay apart: every cell is nearer its own cluster's centre
+    mid = np.stack([xy[label == k].mean(0) for k in range(3)])
+    nearest = np.argmin(((xy[:, None, :] - mid[None]) ** 2).sum(-1), axis=1)
+    assert (nearest == label).mean() > 0.99
 
 
 def test_seed_ensemble_resumes_from_saved_models(tmp_path):
@@ -120,3 +239,21 @@ def test_seed_ensemble_resumes_from_saved_models(tmp_path):
     z0, z1 = (ens.get_latent_representation(member=k) for k in (0, 1))
     assert not np.allclose(z0, z1)  # different seeds, different models
     assert isinstance(ens.get_marginal_ll(n_mc_samples=3, return_table=True), pd.Series)
+
+
+def test_fuzzy_graph_matches_umap_learn():
+    from scipy import sparse
+    from sklearn.neighbors import NearestNeighbors
+    from umap.umap_ import fuzzy_simplicial_set
+
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.normal(size=(150, 5)), rng.normal(4, 0.3, size=(50, 5))])
+    x[7] = x[8]  # a duplicate: a zero distance to another cell
+    k = 12
+    dist, idx = NearestNeighbors(n_neighbors=k).fit(x).kneighbors(x)
+    ours = ev.tl._embedding.fuzzy_graph(idx, dist)
+    ref, _, _ = fuzzy_simplicial_set(
+        sparse.coo_matrix((len(x), 1)), k, None, None, knn_indices=idx, knn_dists=dist
+    )
+    assert (ours != ours.T).nnz == 0  # symmetric
+    np.testing.assert_allclose(ours.toarray(), ref.toarray(), rtol=1e-4, atol=1e-6)

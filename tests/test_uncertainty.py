@@ -4,7 +4,8 @@ import numpy as np
 import torch
 from scvi.distributions import NegativeBinomial, ZeroInflatedNegativeBinomial
 
-from ensemblevi.model import count_variance_fraction, decompose_variance
+from ensemblevi.model import VarianceParts, count_variance_fraction, decompose_variance
+from ensemblevi.model._uncertainty import UncertaintySummary
 
 
 def _loop_reference(scale, library, theta, zi, L):
@@ -71,3 +72,30 @@ def test_count_noise_matches_sampled_variance():
     np.testing.assert_allclose(
         draws.var(0).numpy(), count_variance_fraction(scale, lib).numpy(), rtol=0.03
     )
+
+
+def test_summary_over_shuffled_chunks_matches_numpy():
+    rng = np.random.default_rng(1)
+    n, G = 23, 7
+    parts = [rng.gamma(2.0, 1.0, size=(n, G)) for _ in range(4)]
+    parts[0][0, 0] = 0.0  # a zero mean: the CV is clamped, never inf or nan
+    groups = rng.integers(0, 3, n)
+    summary = UncertaintySummary(n, G, groups, n_groups=4)  # group 3 has no cells
+    order = rng.permutation(n)
+    for rows in np.array_split(order, 5):  # chunks out of order
+        summary.add(rows, VarianceParts(*(torch.from_numpy(p[rows]).float() for p in parts)))
+    mean, vb, vw, vn = (p.astype(np.float32).astype(np.float64) for p in parts)
+    m = np.maximum(mean, np.finfo(np.float32).tiny)
+    cv = np.sqrt(vb) / m
+    genes = summary.genes([f"g{j}" for j in range(G)])
+    np.testing.assert_allclose(genes["cv_between"], cv.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(genes["var_noise"], vn.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(genes["frac_between"], vb.sum(0) / (vb + vw).sum(0), rtol=1e-12)
+    by_group = summary.genes_by_group(genes.index, ["a", "b", "c", "empty"])
+    for k, name in enumerate(["a", "b", "c"]):
+        np.testing.assert_allclose(by_group[name], cv[groups == k].mean(0), rtol=1e-12)
+    assert (by_group["empty"] == 0).all()
+    np.testing.assert_allclose(summary.cell_rms_cv, np.sqrt((vb / m**2).mean(1)), rtol=1e-12)
+    cells = summary.cells(range(n))
+    np.testing.assert_allclose(cells["cv_between"], cv.mean(1), rtol=1e-12)
+    np.testing.assert_allclose(cells["frac_between"], vb.sum(1) / (vb + vw).sum(1), rtol=1e-12)

@@ -1,7 +1,7 @@
 """Calibration of count predictive distributions: randomised PIT and interval coverage.
 
-Written by hand (``../shared/docs/decisions.md``): ``scvi.criticism`` has known bugs in
-1.4.2 and neither scanpy nor scvi-tools offers a discrete-aware PIT.
+Written by hand: ``scvi.criticism`` has known bugs in 1.4.2 and neither scanpy nor
+scvi-tools offers a discrete-aware PIT.
 """
 
 from ._counts import (

@@ -34,6 +34,17 @@ def count_cdf(
     (variance ``mu + mu^2 / theta``), zero-inflation probability ``sigmoid(zi_logits)``.
     Arrays broadcast; ``x`` may be negative (CDF 0). Computed in float64 with the
     regularised incomplete beta / gamma functions.
+
+    Parameters
+    ----------
+    x
+        Counts (floored; negative values give 0).
+    mu
+        Means.
+    theta
+        Inverse dispersions (``None``: Poisson).
+    zi_logits
+        Logits of the zero-inflation probability (``None``: no zero inflation).
     """
     x = np.asarray(x, dtype=np.float64)
     mu = np.asarray(mu, dtype=np.float64)
@@ -64,6 +75,17 @@ def randomized_pit(
     components (e.g. 2 for latent samples x members) followed by ``x``'s shape; the mixture
     CDF is the mean of the components' CDFs. Returns float64 values in [0, 1], shaped like
     ``x``.
+
+    Parameters
+    ----------
+    x
+        Non-negative integer counts.
+    mu, theta, zi_logits
+        The components' parameters, as in :func:`count_cdf`.
+    mixture_axes
+        Number of leading component axes of the parameters.
+    rng
+        Generator or seed of the uniform randomisation.
     """
     x = np.asarray(x)
     if not np.all(np.isfinite(x)) or np.any(x < 0) or np.any(x != np.round(x)):
@@ -75,7 +97,15 @@ def randomized_pit(
 
 
 def randomize(lower: np.ndarray, upper: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """The randomised PIT ``F(x - 1) + v (F(x) - F(x - 1))`` from the two CDF values."""
+    """The randomised PIT ``F(x - 1) + v (F(x) - F(x - 1))`` from the two CDF values.
+
+    Parameters
+    ----------
+    lower, upper
+        ``F(x - 1)`` and ``F(x)``.
+    v
+        Uniform draws on [0, 1], shaped like ``lower``.
+    """
     return np.clip(lower + v * (upper - lower), 0.0, 1.0)
 
 
@@ -92,6 +122,15 @@ def interval_coverage(
     ``interval``: the share of counts inside the integer interval between the
     ``(1 - c)/2`` and ``(1 + c)/2`` quantiles, i.e. ``F(x) >= (1 - c)/2`` and
     ``F(x - 1) < (1 + c)/2`` (at least ``c`` under calibration, for discrete data).
+
+    Parameters
+    ----------
+    pit
+        Randomised PIT values.
+    levels
+        Nominal levels ``c`` in (0, 1).
+    lower, upper
+        Optional ``F(x - 1)`` and ``F(x)`` of the same counts, for ``interval``.
     """
     pit = np.asarray(pit, dtype=np.float64).ravel()
     if pit.size == 0:
@@ -120,6 +159,13 @@ def pit_uniformity(pit: np.ndarray, n_bins: int = 10) -> dict[str, float]:
     (0: uniform, 1: all in one bin); ``ks``: sup-distance of the empirical CDF from the
     identity; ``mean`` (0.5 when unbiased; above: the model predicts too low) and ``var``
     (1/12 when the spread is right; above: over-confident, below: under-confident).
+
+    Parameters
+    ----------
+    pit
+        PIT values.
+    n_bins
+        Bins of the histogram distance.
     """
     pit = np.asarray(pit, dtype=np.float64).ravel()
     if pit.size == 0:

@@ -25,14 +25,14 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ensemblevi._constants import VARIANCE_PARTS
 
-class VarianceParts(NamedTuple):
-    """Per (cell, gene) mean and variance parts, each ``(B, G)``."""
-
-    mean: torch.Tensor
-    var_between: torch.Tensor
-    var_within: torch.Tensor
-    var_noise: torch.Tensor
+# the field names are defined once, in ``_constants.VARIANCE_PARTS``
+VarianceParts = NamedTuple("VarianceParts", [(name, torch.Tensor) for name in VARIANCE_PARTS])
+VarianceParts.__doc__ = (
+    "Per (cell, gene) mean and variance parts, each ``(B, G)``: "
+    "``mean``, ``var_between``, ``var_within``, ``var_noise``."
+)
 
 
 def count_variance_fraction(
@@ -43,8 +43,16 @@ def count_variance_fraction(
 ) -> torch.Tensor:
     """``Var(x | rho) / l^2`` for Poisson (no theta), NB (theta) or ZINB (theta and zi_logits).
 
-    ``scale`` is the normalised expression (fractions), ``library`` the library size ``l``
-    broadcastable to it (counts, not log).
+    Parameters
+    ----------
+    scale
+        Normalised expression ``rho`` (fractions of the library).
+    library
+        Library size ``l`` (counts, not log), broadcastable to ``scale``.
+    theta
+        Inverse dispersion (NB, ZINB), broadcastable to ``scale``; ``None``: Poisson.
+    zi_logits
+        Logits of the zero probability (ZINB), broadcastable to ``scale``; ``None``: none.
     """
     # in place on fresh buffers: these are (samples, members, cells, genes) tensors
     params = [t for t in (theta, zi_logits) if t is not None]
@@ -104,48 +112,119 @@ def decompose_variance(
 class UncertaintySummary:
     """Per-gene and per-cell summaries of :class:`VarianceParts`, accumulated chunk by chunk.
 
-    Memory is O(cells + genes) whatever the data size: what ``get_uncertainty`` writes to
-    ``var``/``obs`` for an atlas without holding any cells x genes array. Sums are kept in
-    float64.
+    Memory is O(cells + groups x genes) whatever the data size: what ``get_uncertainty``
+    writes to ``var``/``obs`` and what ``tl.gene_uncertainty`` and ``tl.cell_novelty``
+    reduce to, without holding any cells x genes array. Sums are kept in float64.
 
-    Per gene (means over cells): ``mean``, ``var_between``, ``var_within``, ``var_noise``,
-    ``cv_between`` (mean of ``sqrt(var_between) / mean``) and ``frac_between`` (between-
-    member share of between + within, ratio of sums). Per cell (over genes):
-    ``cv_between`` (mean over genes) and ``frac_between`` (ratio of sums).
+    With ``cv = sqrt(var_between) / mean`` (between-member coefficient of variation of a
+    cell and gene; ``mean`` clamped at float32's smallest normal number):
+
+    * per gene (means over cells): ``mean``, ``var_between``, ``var_within``,
+      ``var_noise``, ``cv_between`` (mean of ``cv``) and ``frac_between`` (between-member
+      share of between + within, ratio of sums); with ``groups``, the mean of ``cv`` over
+      each group's cells (:meth:`genes_by_group`);
+    * per cell (over genes): ``cv_between`` (mean of ``cv``), ``frac_between`` (ratio of
+      sums) and, in :attr:`cell_rms_cv`, the root mean square of ``cv``
+      (``sqrt(mean_g var_between / mean^2)``).
+
+    Parameters
+    ----------
+    n_cells
+        Number of summarised cells (the ``rows`` given to :meth:`add` index them).
+    n_genes
+        Number of genes of each chunk.
+    groups
+        Optional integer group code (``0 .. n_groups - 1``) of each summarised cell.
+    n_groups
+        Number of groups (default: ``groups.max() + 1``).
     """
 
     GENE_COLUMNS = ("mean", "var_between", "var_within", "var_noise", "cv_between", "frac_between")
     CELL_COLUMNS = ("cv_between", "frac_between")
 
-    def __init__(self, n_cells: int, n_genes: int):
+    def __init__(
+        self,
+        n_cells: int,
+        n_genes: int,
+        groups: np.ndarray | None = None,
+        n_groups: int | None = None,
+    ):
         self.n = 0
         self._sums = {name: np.zeros(n_genes) for name in (*VarianceParts._fields, "cv")}
         self.cell_cv = np.full(n_cells, np.nan)
         self.cell_frac = np.full(n_cells, np.nan)
+        self.cell_rms_cv = np.full(n_cells, np.nan)
+        self._groups = None
+        if groups is not None:
+            self._groups = torch.as_tensor(np.asarray(groups, dtype=np.int64))
+            if len(self._groups) != n_cells:
+                raise ValueError(f"groups has {len(self._groups)} codes for {n_cells} cells.")
+            n_groups = int(self._groups.max()) + 1 if n_groups is None else n_groups
+            self._group_cv = torch.zeros(n_groups, n_genes, dtype=torch.float64)
+            self.group_counts = np.bincount(self._groups.numpy(), minlength=n_groups)
 
     def add(self, rows: np.ndarray, parts: VarianceParts) -> None:
-        """Add a chunk: ``rows`` are its positions among the summarised cells."""
+        """Add a chunk of cells.
+
+        Parameters
+        ----------
+        rows
+            The chunk's positions among the summarised cells.
+        parts
+            Its variance parts, each ``(len(rows), n_genes)``.
+        """
         tiny = torch.finfo(torch.float32).tiny
-        p = VarianceParts(*(t.double() for t in parts))
-        cv = p.var_between.sqrt() / p.mean.clamp_min(tiny)
+        p = VarianceParts(*(t.double().cpu() for t in parts))
+        mean = p.mean.clamp_min(tiny)
+        cv = p.var_between.sqrt() / mean
         for name, value in zip(VarianceParts._fields, p, strict=True):
-            self._sums[name] += value.sum(0).cpu().numpy()
-        self._sums["cv"] += cv.sum(0).cpu().numpy()
-        self.cell_cv[rows] = cv.mean(1).cpu().numpy()
+            self._sums[name] += value.sum(0).numpy()
+        self._sums["cv"] += cv.sum(0).numpy()
+        self.cell_cv[rows] = cv.mean(1).numpy()
+        self.cell_rms_cv[rows] = (p.var_between / mean.square()).mean(1).sqrt().numpy()
         model = (p.var_between + p.var_within).sum(1).clamp_min(tiny)
-        self.cell_frac[rows] = (p.var_between.sum(1) / model).cpu().numpy()
+        self.cell_frac[rows] = (p.var_between.sum(1) / model).numpy()
+        if self._groups is not None:
+            self._group_cv.index_add_(0, self._groups[torch.as_tensor(rows)], cv)
         self.n += len(rows)
 
     def genes(self, index) -> pd.DataFrame:
-        """The per-gene summaries, one row per gene of ``index``."""
+        """The per-gene summaries (:attr:`GENE_COLUMNS`).
+
+        Parameters
+        ----------
+        index
+            The genes' names, in the chunks' column order.
+        """
         n = max(self.n, 1)
         s = self._sums
         frac = s["var_between"] / np.maximum(s["var_between"] + s["var_within"], 1e-300)
         data = {name: s[name] / n for name in VarianceParts._fields}
         return pd.DataFrame({**data, "cv_between": s["cv"] / n, "frac_between": frac}, index=index)
 
+    def genes_by_group(self, index, columns) -> pd.DataFrame:
+        """Per gene and group: the mean of ``cv`` over the group's cells (0 for empty groups).
+
+        Parameters
+        ----------
+        index
+            The genes' names, in the chunks' column order.
+        columns
+            The groups' names, in code order.
+        """
+        if self._groups is None:
+            raise ValueError("genes_by_group needs the groups given to UncertaintySummary.")
+        mean = self._group_cv.numpy() / np.maximum(self.group_counts, 1)[:, None]
+        return pd.DataFrame(mean.T, index=index, columns=columns)
+
     def cells(self, index) -> pd.DataFrame:
-        """The per-cell summaries, one row per summarised cell."""
+        """The per-cell summaries (:attr:`CELL_COLUMNS`), one row per summarised cell.
+
+        Parameters
+        ----------
+        index
+            The summarised cells' names.
+        """
         return pd.DataFrame(
             {"cv_between": self.cell_cv, "frac_between": self.cell_frac}, index=index
         )

@@ -40,8 +40,9 @@ def analyse(
 ) -> Analysis:
     """Run the ensemble analyses of a run on ``adata`` (results also written into it).
 
-    The one place the pipeline calls ``ensemblevi.tl``'s analyses, so that they can be
-    swapped for a one-pass version without touching the other stages.
+    One streamed pass through the decoders feeds every analysis
+    (:func:`ensemblevi.tl.uncertainty_analysis`); with more than one member it also stores
+    the UMAP of the denoised expression that the novelty figure shows.
 
     Parameters
     ----------
@@ -54,17 +55,16 @@ def analyse(
     labels_key
         ``obs`` column of the groups.
     n_samples
-        Latent samples per member (half of them, at least 2, for gene uncertainty).
+        Latent samples per member.
     seed
         Random seed of the draws.
     """
     from ensemblevi import tl
 
-    spread = tl.expression_spread(model, adata, markers, groupby=labels_key,
-                                     n_samples=n_samples, seed=seed)  # fmt: skip
-    genes = tl.gene_uncertainty(model, adata, groupby=labels_key,
-                                   n_samples=max(2, n_samples // 2), seed=seed)  # fmt: skip
-    # one member has no between-member disagreement to score cells by
-    novelty = tl.cell_novelty(model, adata, seed=seed) if model.n_members > 1 else None
+    several = model.n_members > 1  # one member has no disagreement to score cells by
+    found = tl.uncertainty_analysis(model, adata, markers=markers, groupby=labels_key,
+                                    n_samples=n_samples, seed=seed, novelty=several,
+                                    embedding=several)  # fmt: skip
+    spread, genes, novelty = found["spread"], found["genes"], found["novelty"]
     threshold = adata.uns["ensemblevi"]["expression_spread"]["params"]["cv_threshold"]
     return Analysis(spread["summary"], genes, novelty, threshold)

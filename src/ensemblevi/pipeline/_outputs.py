@@ -62,7 +62,7 @@ def write_figures(stage: Path, adata: AnnData, trained: Trained, analysis: Analy
         "gene_uncertainty": lambda: pl.gene_uncertainty(adata, highlight=marker_genes),
     }
     if analysis.novelty is not None:
-        figs["novelty_umap"] = lambda: pl.novelty_umap(adata, trained.model, color=labels_key)
+        figs["novelty_umap"] = lambda: pl.novelty_umap(adata, color=labels_key)
     if trained.model.ensemble == "hyperbatch":
         figs["hyperparameters"] = lambda: pl.hyperparameter_trajectories(trained.model)
     for name, draw in figs.items():  # one at a time: a figure's memory goes before the next

@@ -1,23 +1,30 @@
 """Analysis tools, scanpy style: take a model and an AnnData, write results into it."""
 
+from ._analysis import uncertainty_analysis
 from ._de import differential_expression, expected_fdr, fdr_calls, lfc_posterior, summarise_lfc
+from ._embedding import UMAP_KEY, expression_umap, umap
 from ._markers import MARKER_SETS, check_markers, load_markers, parse_marker_options
 from ._novelty import cell_novelty
 from ._seeds import seed_ensemble
-from ._spread import expression_spread, gene_uncertainty
+from ._spread import expression_spread, gene_uncertainty, point_density
 
 __all__ = [
     "MARKER_SETS",
+    "UMAP_KEY",
     "cell_novelty",
     "check_markers",
     "differential_expression",
     "expected_fdr",
     "expression_spread",
+    "expression_umap",
     "fdr_calls",
     "gene_uncertainty",
     "lfc_posterior",
     "load_markers",
     "parse_marker_options",
+    "point_density",
     "seed_ensemble",
     "summarise_lfc",
+    "umap",
+    "uncertainty_analysis",
 ]

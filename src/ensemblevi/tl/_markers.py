@@ -10,13 +10,13 @@ from pathlib import Path
 import pandas as pd
 
 MARKER_SETS: dict[str, dict[str, list[str]]] = {
-    # The science's nine markers, with the heart cell atlas' cell_type names.
+    # Nine markers of three heart cell types, with the heart cell atlas' cell_type names.
     "heart": {
         "Fibroblast": ["DCN", "GSN", "PDGFRA"],
         "Smooth_muscle_cells": ["MYH11", "TAGLN", "ACTA2"],
         "Myeloid": ["CD14", "C1QA", "CD68"],
     },
-    # scanpy's PBMC 3k tutorial labels (../shared/data/pbmc3k.h5ad).
+    # The cell type labels of scanpy's PBMC 3k tutorial.
     "pbmc3k": {
         "CD14+ Monocytes": ["CD14", "LYZ"],
         "B cells": ["MS4A1", "CD79A"],
@@ -31,7 +31,14 @@ MARKER_SETS: dict[str, dict[str, list[str]]] = {
 
 
 def load_markers(spec: str | Path | Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
-    """A marker set from a built-in name, a JSON/YAML file (``{group: [genes]}``) or a dict."""
+    """A marker set from a built-in name, a JSON/YAML file (``{group: [genes]}``) or a dict.
+
+    Parameters
+    ----------
+    spec
+        A name in :data:`MARKER_SETS`, a path to a ``.json``/``.yaml`` file mapping each
+        group to its genes, or such a mapping.
+    """
     if isinstance(spec, Mapping):
         return {str(k): [str(g) for g in v] for k, v in spec.items()}
     if str(spec) in MARKER_SETS:
@@ -55,7 +62,13 @@ def load_markers(spec: str | Path | Mapping[str, Sequence[str]]) -> dict[str, li
 
 
 def parse_marker_options(items: Sequence[str]) -> dict[str, list[str]]:
-    """``TYPE=GENE,GENE`` strings (the CLI's ``--marker``) as a marker set."""
+    """``TYPE=GENE,GENE`` strings (the CLI's ``--marker``) as a marker set.
+
+    Parameters
+    ----------
+    items
+        Strings ``TYPE=GENE,GENE``; a type given twice collects both lists.
+    """
     out: dict[str, list[str]] = {}
     for item in items:
         if "=" not in item:
@@ -75,6 +88,15 @@ def check_markers(
     Returns the markers found in ``var_names`` and a DataFrame (``group``, ``gene``,
     ``problem``, ``close_matches``) of missing genes (with close names from the data) and
     of groups absent from ``groups`` (the values of the grouping column).
+
+    Parameters
+    ----------
+    markers
+        The marker set ``{group: [genes]}``.
+    var_names
+        The data's gene names.
+    groups
+        The values of the grouping column (``None``: groups are not checked).
     """
     names = pd.Index(var_names).astype(str)
     upper = {n.upper(): n for n in names}

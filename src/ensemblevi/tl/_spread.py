@@ -1,8 +1,9 @@
 """Model spread and biological spread of marker genes, and per-gene uncertainty scores.
 
 Written by hand (no library summarises an ensemble's disagreement this way). Everything
-streams over cell chunks through ``EnsembleSCVI.iter_uncertainty``: at no time is a
-members x samples x cells x genes array held, and only the requested genes are kept.
+streams over cell chunks through ``EnsembleSCVI.iter_uncertainty`` (see ``_stream``): at
+no time is a members x samples x cells x genes array held, and only the requested genes
+are kept. :func:`ensemblevi.tl.uncertainty_analysis` computes both in one pass.
 """
 
 from __future__ import annotations
@@ -11,13 +12,17 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 from anndata import AnnData
 
+from ensemblevi._constants import DEFAULT_KEY
 from ensemblevi.data import require_obs_columns
+from ensemblevi.model._uncertainty import UncertaintySummary
 
 from ._markers import check_markers
+from ._stream import SummaryReducer, stream
 
-KEY = "ensemblevi"
+KEY = DEFAULT_KEY
 
 
 def _group_labels(adata: AnnData, groupby: str | None) -> pd.Series:
@@ -25,6 +30,182 @@ def _group_labels(adata: AnnData, groupby: str | None) -> pd.Series:
         return pd.Series("all cells", index=adata.obs_names)
     require_obs_columns(adata, [groupby])
     return adata.obs[groupby].astype(str)
+
+
+def point_density(x: np.ndarray, y: np.ndarray, bins: int = 60) -> np.ndarray:
+    """Points per bin of a ``bins x bins`` 2-d histogram, at each point.
+
+    A fast stand-in for a kernel density estimate at atlas size (what the model-spread
+    figure colours by).
+
+    Parameters
+    ----------
+    x, y
+        The points' coordinates.
+    bins
+        Histogram bins per axis.
+    """
+    if len(x) < 2:
+        return np.ones(len(x))
+    hist, xe, ye = np.histogram2d(x, y, bins=bins)
+    i = np.clip(np.searchsorted(xe, x, side="right") - 1, 0, bins - 1)
+    j = np.clip(np.searchsorted(ye, y, side="right") - 1, 0, bins - 1)
+    return hist[i, j]
+
+
+class SpreadReducer:
+    """The marker genes' values that :func:`expression_spread` summarises, per chunk.
+
+    Parameters
+    ----------
+    adata
+        AnnData registered with the model.
+    genes, groupby, groups
+        As in :func:`expression_spread`.
+    """
+
+    def __init__(
+        self,
+        adata: AnnData,
+        genes: Mapping[str, Sequence[str]] | Sequence[str] | None,
+        groupby: str | None,
+        groups: Sequence[str] | None = None,
+    ) -> None:
+        labels = _group_labels(adata, groupby)
+        if genes is None:
+            raise ValueError("Pass genes: a list of genes or a marker set {group: [genes]}.")
+        if isinstance(genes, Mapping):
+            found, missing = check_markers(genes, adata.var_names, labels.unique())
+            if not found:
+                raise ValueError(f"None of the marker genes are usable:\n{missing.to_string()}")
+            plan = {g: list(v) for g, v in found.items() if groups is None or g in groups}
+        else:
+            _, missing = check_markers({"genes": list(genes)}, adata.var_names)
+            if len(missing):
+                raise ValueError(f"Genes not in the data:\n{missing.to_string()}")
+            use = groups if groups is not None else sorted(labels.unique())
+            plan = {g: list(genes) for g in use}
+        self.plan, self.missing, self.labels = plan, missing, labels
+        self.cells = np.flatnonzero(labels.isin(list(plan)).to_numpy())
+        if not len(self.cells):
+            raise ValueError(f"No cells in the groups {list(plan)} of obs[{groupby!r}].")
+        wanted = {g for v in plan.values() for g in v}
+        self.genes = [g for g in adata.var_names if g in wanted]  # the order of the chunks
+        self._chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def add(self, pos: np.ndarray, parts, members: torch.Tensor) -> None:
+        """Keep the chunk's member means and between/within variances (float64).
+
+        Parameters
+        ----------
+        pos
+            The chunk's cells: positions in the AnnData.
+        parts
+            Their variance parts, each ``(B, G)``.
+        members
+            The members' means over latent samples ``(K, B, G)``.
+        """
+        self._chunks.append(
+            (
+                pos,
+                members.double().cpu().numpy(),  # (K, B, G): small (marker genes)
+                parts.var_between.double().cpu().numpy(),
+                parts.var_within.double().cpu().numpy(),
+            )
+        )
+
+    def finish(
+        self, adata: AnnData, cv_threshold: float, params: dict, key_added: str
+    ) -> dict[str, pd.DataFrame]:
+        """The tables of :func:`expression_spread`, also written to ``adata.uns``.
+
+        Parameters
+        ----------
+        adata
+            The AnnData the chunks came from.
+        cv_threshold
+            A cell is *uncertain* when its across-member CV exceeds this.
+        params
+            Settings stored next to the tables.
+        key_added
+            Results go to ``adata.uns[key_added]["expression_spread"]``.
+        """
+        pos = np.concatenate([c[0] for c in self._chunks])
+        per_member = np.concatenate([c[1] for c in self._chunks], axis=1)  # (K, cells, G)
+        vb = np.concatenate([c[2] for c in self._chunks])
+        vw = np.concatenate([c[3] for c in self._chunks])
+        mean, std = per_member.mean(0), per_member.std(0)
+        col = {g: i for i, g in enumerate(self.genes)}
+        cell_groups = self.labels.to_numpy()[pos]
+        tiny = np.finfo(float).tiny
+        rows_cells, rows_members, rows_summary = [], [], []
+        for group, gene_list in self.plan.items():
+            sel = cell_groups == group
+            for gene in gene_list:
+                j = col[gene]
+                mu, sd = mean[sel, j], std[sel, j]
+                cv = sd / np.maximum(mu, tiny)
+                rows_cells.append(
+                    pd.DataFrame(
+                        {
+                            "cell": adata.obs_names[pos[sel]],
+                            "group": group,
+                            "gene": gene,
+                            "mean": mu,
+                            "std": sd,
+                            "cv": cv,
+                            "density": point_density(mu, sd),
+                        }
+                    )
+                )
+                for k in range(per_member.shape[0]):
+                    vals = per_member[k, sel, j]
+                    rows_members.append((group, gene, k, vals.mean(), vals.std()))
+                b, w = vb[sel, j].mean(), vw[sel, j].mean()
+                rows_summary.append(
+                    {
+                        "group": group,
+                        "gene": gene,
+                        "n_cells": int(sel.sum()),
+                        "mean": mu.mean(),
+                        "std": mu.std(),
+                        "cv": mu.std() / max(mu.mean(), tiny),
+                        "median": np.median(mu),
+                        "q2.5": np.quantile(mu, 0.025),
+                        "q97.5": np.quantile(mu, 0.975),
+                        "member_cv": cv.mean(),
+                        "var_between": b,
+                        "var_within": w,
+                        "frac_between": b / max(b + w, tiny),
+                        "frac_uncertain_cells": float((cv > cv_threshold).mean()),
+                    }
+                )
+        out = {
+            "cells": pd.concat(rows_cells, ignore_index=True),
+            "members": pd.DataFrame(
+                rows_members, columns=["group", "gene", "member", "mean", "std"]
+            ),
+            "summary": pd.DataFrame(rows_summary),
+        }
+        adata.uns.setdefault(key_added, {})["expression_spread"] = {
+            "summary": out["summary"],
+            "members": out["members"],
+            "cells": out["cells"],
+            "params": {**params, "cv_threshold": float(cv_threshold)},
+            "missing": self.missing.astype(str),  # h5ad-safe, also when empty
+        }
+        return out
+
+
+def _settings(model, groupby, n_samples, library_size, seed) -> dict:
+    return {
+        "groupby": groupby or "",
+        "n_samples": int(n_samples),
+        "library_size": float(library_size),
+        "seed": int(seed),
+        "n_members": int(model.n_members),
+        "ensemble": model.ensemble,
+    }
 
 
 def expression_spread(
@@ -61,118 +242,102 @@ def expression_spread(
         set's groups).
     n_samples
         Latent samples per member and cell.
+    library_size
+        Counts per cell the denoised expression is expressed in.
     cv_threshold
-        A cell is counted as *uncertain* when its across-member CV exceeds this.
+        A cell is counted as *uncertain* when its across-member CV exceeds this (stored
+        with the results: the figures draw this threshold).
+    seed
+        Seed of the latent samples.
     key_added
         Results go to ``adata.uns[key_added]["expression_spread"]``.
+    progress
+        Show a progress bar.
 
     Returns
     -------
-    ``{"cells", "members", "summary"}``: per (cell, gene) mean, std and CV across members;
+    ``{"cells", "members", "summary"}``: per (cell, gene) mean, std and CV across members
+    and ``density`` (cells of the gene's group in the same bin of a 60 x 60 histogram of
+    (mean, std): what the model-spread figure colours by);
     per (group, gene, member) mean and std over cells; per (group, gene) ``mean``, ``std``,
     ``cv``, ``median``, ``q2.5``, ``q97.5`` (over cells, of the member-mean expression),
     ``member_cv`` (mean over cells of the across-member CV), ``var_between``,
     ``var_within`` (means over cells), ``frac_between`` and ``frac_uncertain_cells``.
     """
     adata = model._validate_anndata(adata)
+    reducer = SpreadReducer(adata, genes, groupby, groups)
+    stream(model, adata, [reducer], n_samples, library_size, seed, progress=progress)
+    settings = _settings(model, groupby, n_samples, library_size, seed)
+    return reducer.finish(adata, cv_threshold, settings, key_added)
+
+
+def gene_summary(adata: AnnData, groupby: str | None) -> tuple[UncertaintySummary, list[str]]:
+    """The all-cells, all-genes summary that :func:`gene_uncertainty` reduces to.
+
+    Parameters
+    ----------
+    adata
+        AnnData registered with the model.
+    groupby
+        ``obs`` column of the groups (``None``: one group of all cells).
+
+    Returns
+    -------
+    The empty summary (feed it through :class:`~ensemblevi.tl._stream.SummaryReducer`) and
+    the group names in code order.
+    """
     labels = _group_labels(adata, groupby)
-    if genes is None:
-        raise ValueError("Pass genes: a list of genes or a marker set {group: [genes]}.")
-    if isinstance(genes, Mapping):
-        found, missing = check_markers(genes, adata.var_names, labels.unique())
-        if not found:
-            raise ValueError(f"None of the marker genes are usable:\n{missing.to_string()}")
-        plan = {g: list(v) for g, v in found.items() if groups is None or g in groups}
-    else:
-        _, missing = check_markers({"genes": list(genes)}, adata.var_names)
-        if len(missing):
-            raise ValueError(f"Genes not in the data:\n{missing.to_string()}")
-        use = groups if groups is not None else sorted(labels.unique())
-        plan = {g: list(genes) for g in use}
-    all_genes = list(dict.fromkeys(g for v in plan.values() for g in v))
-    cells = np.flatnonzero(labels.isin(list(plan)).to_numpy())
-    if not len(cells):
-        raise ValueError(f"No cells in the groups {list(plan)} of obs[{groupby!r}].")
-    # iter_uncertainty returns the genes in adata.var_names order
-    wanted = set(all_genes)
-    col = {g: i for i, g in enumerate(g for g in adata.var_names if g in wanted)}
-    means, stds, member_means, between, within = [], [], [], [], []
-    for _, parts, members in model.iter_uncertainty(
-        adata, cells, all_genes, n_samples, library_size, seed=seed, progress=progress
-    ):
-        m = members.double().cpu().numpy()  # (K, B, G)
-        means.append(m.mean(0))
-        stds.append(m.std(0))
-        member_means.append(m)
-        between.append(parts.var_between.double().cpu().numpy())
-        within.append(parts.var_within.double().cpu().numpy())
-    mean, std = np.concatenate(means), np.concatenate(stds)
-    per_member = np.concatenate(member_means, axis=1)  # (K, cells, G): small (marker genes)
-    vb, vw = np.concatenate(between), np.concatenate(within)
-    cell_groups = labels.to_numpy()[cells]
-    tiny = np.finfo(float).tiny
-    rows_cells, rows_members, rows_summary = [], [], []
-    for group, gene_list in plan.items():
-        sel = cell_groups == group
-        for gene in gene_list:
-            j = col[gene]
-            mu, sd = mean[sel, j], std[sel, j]
-            cv = sd / np.maximum(mu, tiny)
-            rows_cells.append(
-                pd.DataFrame(
-                    {
-                        "cell": adata.obs_names[cells[sel]],
-                        "group": group,
-                        "gene": gene,
-                        "mean": mu,
-                        "std": sd,
-                        "cv": cv,
-                    }
-                )
-            )
-            for k in range(per_member.shape[0]):
-                vals = per_member[k, sel, j]
-                rows_members.append((group, gene, k, vals.mean(), vals.std()))
-            b, w = vb[sel, j].mean(), vw[sel, j].mean()
-            rows_summary.append(
-                {
-                    "group": group,
-                    "gene": gene,
-                    "n_cells": int(sel.sum()),
-                    "mean": mu.mean(),
-                    "std": mu.std(),
-                    "cv": mu.std() / max(mu.mean(), tiny),
-                    "median": np.median(mu),
-                    "q2.5": np.quantile(mu, 0.025),
-                    "q97.5": np.quantile(mu, 0.975),
-                    "member_cv": cv.mean(),
-                    "var_between": b,
-                    "var_within": w,
-                    "frac_between": b / max(b + w, tiny),
-                    "frac_uncertain_cells": float((cv > cv_threshold).mean()),
-                }
-            )
-    out = {
-        "cells": pd.concat(rows_cells, ignore_index=True),
-        "members": pd.DataFrame(rows_members, columns=["group", "gene", "member", "mean", "std"]),
-        "summary": pd.DataFrame(rows_summary),
-    }
-    adata.uns.setdefault(key_added, {})["expression_spread"] = {
-        "summary": out["summary"],
-        "members": out["members"],
-        "cells": out["cells"],
-        "params": {
-            "groupby": groupby or "",
-            "n_samples": int(n_samples),
-            "library_size": float(library_size),
-            "cv_threshold": float(cv_threshold),
-            "seed": int(seed),
-            "n_members": int(model.n_members),
-            "ensemble": model.ensemble,
-        },
-        "missing": missing.astype(str),  # h5ad-safe, also when empty
-    }
-    return out
+    names = sorted(labels.unique())
+    codes = pd.Categorical(labels, categories=names).codes
+    return UncertaintySummary(adata.n_obs, adata.n_vars, codes, len(names)), names
+
+
+def write_gene_uncertainty(
+    adata: AnnData,
+    summary: UncertaintySummary,
+    names: list[str],
+    groupby: str | None,
+    params: dict,
+    key_added: str = KEY,
+) -> pd.DataFrame:
+    """Write the per-gene scores of a filled :func:`gene_summary` into ``adata``.
+
+    Parameters
+    ----------
+    adata
+        The AnnData the summary was computed on.
+    summary, names
+        The filled summary and its group names (from :func:`gene_summary`).
+    groupby
+        ``obs`` column of the groups, or ``None``.
+    params
+        Settings stored in ``adata.uns[key_added]["gene_uncertainty"]``.
+    key_added
+        Prefix of the ``var``/``varm`` entries.
+
+    Returns
+    -------
+    The per-gene table, least certain genes first.
+    """
+    genes = summary.genes(adata.var_names)
+    table = pd.DataFrame(
+        {
+            "uncertainty": genes["cv_between"],
+            "mean": genes["mean"],
+            "frac_between": genes["frac_between"],
+        }
+    )
+    table["rank"] = table["uncertainty"].rank(ascending=False, method="min").astype(int)
+    for col in ("uncertainty", "mean", "frac_between"):
+        adata.var[f"{key_added}_{col}"] = table[col].to_numpy()
+    adata.var[f"{key_added}_uncertainty_rank"] = table["rank"].to_numpy()
+    if groupby is not None:
+        by_group = summary.genes_by_group(adata.var_names, names)
+        adata.varm[f"{key_added}_uncertainty_by_group"] = by_group
+        for g in names:
+            table[f"uncertainty_{g}"] = by_group[g].to_numpy()
+    adata.uns.setdefault(key_added, {})["gene_uncertainty"] = params
+    return table.sort_values("uncertainty", ascending=False)
 
 
 def gene_uncertainty(
@@ -189,62 +354,38 @@ def gene_uncertainty(
 
     The score of a gene is the mean over cells of its between-member coefficient of
     variation, ``sqrt(var_between) / mean`` of the denoised expression: how far the members
-    disagree on its level, relative to the level. Streamed over cells.
+    disagree on its level, relative to the level (``UncertaintySummary``'s
+    ``cv_between``). Streamed over cells.
 
-    Writes ``adata.var[f"{key_added}_uncertainty"]`` (score), ``..._uncertainty_rank``
-    (1 = least certain), ``..._mean`` (mean denoised expression per ``library_size``) and
-    ``..._frac_between`` (between-member share of between + within variance); per group
-    the scores go to ``adata.varm[f"{key_added}_uncertainty_by_group"]``.
+    Parameters
+    ----------
+    model
+        A trained :class:`~ensemblevi.model.EnsembleSCVI`.
+    adata
+        AnnData registered with the model (default: the model's).
+    groupby
+        ``obs`` column of groups to score separately too (``None``: all cells only).
+    n_samples
+        Latent samples per member and cell.
+    library_size
+        Counts per cell the denoised expression is expressed in.
+    seed
+        Seed of the latent samples.
+    key_added
+        Writes ``adata.var[f"{key_added}_uncertainty"]`` (score), ``..._uncertainty_rank``
+        (1 = least certain), ``..._mean`` (mean denoised expression per ``library_size``)
+        and ``..._frac_between`` (between-member share of between + within variance); per
+        group the scores go to ``adata.varm[f"{key_added}_uncertainty_by_group"]``.
+    progress
+        Show a progress bar.
 
     Returns
     -------
     The per-gene table, least certain genes first.
     """
     adata = model._validate_anndata(adata)
-    labels = _group_labels(adata, groupby)
-    names = sorted(labels.unique())
-    code = pd.Categorical(labels, categories=names).codes
-    n_g = adata.n_vars
-    sums = {k: np.zeros((len(names), n_g)) for k in ("cv", "mean", "between", "within")}
-    counts = np.zeros(len(names))
-    tiny = np.finfo(np.float32).tiny
-    for pos, parts, _ in model.iter_uncertainty(
-        adata, None, None, n_samples, library_size, seed=seed, progress=progress
-    ):
-        mean = parts.mean.double().cpu().numpy()
-        vb = parts.var_between.double().cpu().numpy()
-        vw = parts.var_within.double().cpu().numpy()
-        cv = np.sqrt(vb) / np.maximum(mean, tiny)
-        onehot = np.eye(len(names))[code[pos]]  # (B, groups)
-        for key, value in (("cv", cv), ("mean", mean), ("between", vb), ("within", vw)):
-            sums[key] += onehot.T @ value
-        counts += onehot.sum(0)
-    n_all = counts.sum()
-    score = sums["cv"].sum(0) / n_all
-    b, w = sums["between"].sum(0), sums["within"].sum(0)
-    table = pd.DataFrame(
-        {
-            "uncertainty": score,
-            "mean": sums["mean"].sum(0) / n_all,
-            "frac_between": b / np.maximum(b + w, tiny),
-        },
-        index=adata.var_names,
-    )
-    table["rank"] = table["uncertainty"].rank(ascending=False, method="min").astype(int)
-    for col in ("uncertainty", "mean", "frac_between"):
-        adata.var[f"{key_added}_{col}"] = table[col].to_numpy()
-    adata.var[f"{key_added}_uncertainty_rank"] = table["rank"].to_numpy()
-    by_group = pd.DataFrame(
-        (sums["cv"] / np.maximum(counts, 1)[:, None]).T, index=adata.var_names, columns=names
-    )
-    if groupby is not None:
-        adata.varm[f"{key_added}_uncertainty_by_group"] = by_group
-        for g in names:
-            table[f"uncertainty_{g}"] = by_group[g].to_numpy()
-    adata.uns.setdefault(key_added, {})["gene_uncertainty"] = {
-        "groupby": groupby or "",
-        "n_samples": int(n_samples),
-        "library_size": float(library_size),
-        "seed": int(seed),
-    }
-    return table.sort_values("uncertainty", ascending=False)
+    summary, names = gene_summary(adata, groupby)
+    stream(model, adata, [SummaryReducer(summary)], n_samples, library_size, seed,
+           progress=progress)  # fmt: skip
+    params = _settings(model, groupby, n_samples, library_size, seed)
+    return write_gene_uncertainty(adata, summary, names, groupby, params, key_added)

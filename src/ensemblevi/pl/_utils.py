@@ -1,0 +1,162 @@
+"""What every figure shares: its style, its axes, and scanpy's show / save / return rules.
+
+Nothing here changes matplotlib's global settings: the style applies only while a figure
+is drawn (:func:`style`), so importing ensemblevi leaves the user's ``rcParams`` alone.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from ensemblevi._constants import DEFAULT_KEY
+from ensemblevi._files import atomic_file
+
+KEY = DEFAULT_KEY
+STYLE = {"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9}
+#: What ``save`` and ``show`` accept: a path or True (scanpy's ``figdir``), and a flag.
+SaveArg = str | os.PathLike | bool | None
+
+
+@contextmanager
+def style() -> Iterator[None]:
+    """The figures' style (9 pt text), for what is drawn inside the block only."""
+    with plt.rc_context(STYLE):
+        yield
+
+
+def panels(
+    n: int,
+    ax: Axes | Sequence[Axes] | None,
+    ncols: int = 3,
+    size: tuple[float, float] = (2.9, 2.9),
+) -> tuple[Figure, list[Axes]]:
+    """``n`` axes: the given ones (an Axes for one panel, a sequence for several) or a grid.
+
+    Parameters
+    ----------
+    n
+        Panels needed.
+    ax
+        Axes to draw into (an Axes, a list or an array of them, e.g. from
+        ``plt.subplots``), or ``None`` for a new figure with a grid of ``ncols`` columns
+        (unused cells switched off).
+    ncols
+        Columns of a new grid.
+    size
+        Width and height of a new grid's panel, inches.
+    """
+    if ax is not None:
+        axes = [ax] if isinstance(ax, Axes) else list(np.ravel(np.asarray(ax, dtype=object)))
+        if len(axes) < n:
+            raise ValueError(
+                f"This figure has {n} panels but {len(axes)} axes were given: pass a "
+                f"sequence of {n} axes, or select fewer panels."
+            )
+        return axes[0].figure, axes[:n]
+    ncols = max(1, min(ncols, n))
+    nrows = int(np.ceil(n / ncols))
+    fig, grid = plt.subplots(
+        nrows,
+        ncols,
+        figsize=(size[0] * ncols, size[1] * nrows),
+        squeeze=False,
+        layout="constrained",
+    )
+    axes = list(grid.flat)
+    for extra in axes[n:]:
+        extra.axis("off")
+    return fig, axes[:n]
+
+
+def finish(
+    fig: Figure,
+    axes: list[Axes],
+    name: str,
+    show: bool | None,
+    save: SaveArg,
+    return_fig: bool | None,
+) -> Figure | Axes | list[Axes] | None:
+    """Save and show as scanpy does, and return what scanpy returns.
+
+    Parameters
+    ----------
+    fig, axes
+        The figure drawn and its panels.
+    name
+        File name (without suffix) when ``save=True``.
+    show
+        Show the figure (``plt.show()``); ``None``: when matplotlib is interactive.
+    save
+        A path (its suffix picks the format, PNG without one) or ``True`` for
+        ``scanpy.settings.figdir / f"{name}.png"``.
+    return_fig
+        Return the Figure.
+
+    Returns
+    -------
+    The Figure with ``return_fig``; else ``None`` when shown; else the Axes (a list for
+    several panels).
+    """
+    if save:
+        if save is True:
+            import scanpy as sc
+
+            target = Path(sc.settings.figdir) / f"{name}.png"
+        else:
+            target = Path(save)
+        fmt = target.suffix.lstrip(".") or "png"
+        save_figure(fig, target, formats=(fmt,))
+    if return_fig:
+        return fig
+    if plt.isinteractive() if show is None else show:
+        plt.show()
+        return None
+    return axes[0] if len(axes) == 1 else axes
+
+
+def save_figure(
+    fig: Figure | Axes | Sequence[Axes],
+    path: str | os.PathLike,
+    formats: tuple[str, ...] = ("png",),
+    dpi: int = 200,
+) -> list[Path]:
+    """Write ``fig`` as ``path`` with each suffix in ``formats``, atomically.
+
+    Each file is written to a temporary file in the same directory and renamed into
+    place (``os.replace``): a crash while saving leaves the previous file or none, never
+    a truncated one.
+
+    Parameters
+    ----------
+    fig
+        The figure, or an Axes (or list of Axes, as the plots return) of it.
+    path
+        Target path; its suffix is replaced by each format's.
+    formats
+        File formats (``png``, ``svg``, ``pdf``, ...).
+    dpi
+        Resolution of raster formats.
+
+    Returns
+    -------
+    The paths written.
+    """
+    if not isinstance(fig, Figure):
+        fig = (fig if isinstance(fig, Axes) else next(iter(fig))).figure
+    # figures with a layout engine are laid out already: no second, "tight" draw
+    tight = None if fig.get_layout_engine() is not None else "tight"
+    out = []
+    for fmt in formats:
+        target = Path(path).with_suffix(f".{fmt}")
+        with atomic_file(target) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches=tight)
+        out.append(target)
+    return out

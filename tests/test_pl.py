@@ -1,0 +1,198 @@
+"""Figures: scanpy's ax / show / save / return_fig rules, stored thresholds, no global style."""
+
+import json
+import subprocess
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+import ensemblevi as ev
+from ensemblevi.model import EnsembleSCVI
+
+MARKERS = {"Fibroblast": ["DCN", "GSN"], "Myeloid": ["CD14"]}
+THRESHOLD = 0.25  # not the default 0.1: the figures must draw the stored value
+
+
+@pytest.fixture(scope="module")
+def analysed():
+    adata = ev.data.synthetic("heartlike", seed=0, n_cells=300, n_genes=80)
+    EnsembleSCVI.setup_anndata(adata, layer="counts", batch_key="batch")
+    model = EnsembleSCVI(adata, n_members=3, n_hidden=16, n_latent=4, seed=0)
+    model.train(max_epochs=2, enable_progress_bar=False, seed=0)
+    ev.tl.uncertainty_analysis(
+        model, adata, MARKERS, groupby="cell_type", n_samples=2, cv_threshold=THRESHOLD,
+        alpha=0.05, embedding=True, progress=False,
+    )  # fmt: skip
+    return adata
+
+
+def _de_table(n=40):
+    rng = np.random.default_rng(0)
+    lfc = rng.normal(0, 1.5, n)
+    return pd.DataFrame(
+        {
+            "lfc_median": lfc,
+            "lfc_q2.5": lfc - 0.5,
+            "lfc_q97.5": lfc + 0.5,
+            "proba_de": 1 / (1 + np.exp(-3 * (np.abs(lfc) - 1))),
+            "is_de_fdr_0.05": np.abs(lfc) > 2,
+            "call_flips": np.arange(n) % 7 == 0,
+            "lfc_member_std": rng.gamma(2, 0.1, n),
+        },
+        index=[f"g{i}" for i in range(n)],
+    )
+
+
+def _calibration():
+    rng = np.random.default_rng(0)
+    pit = rng.random(2000)
+    return {"a": {"pit": pit, "coverage": ev.metrics.interval_coverage(pit)}}
+
+
+# (name, call with adata -> plot kwargs -> result, number of panels)
+PLOTS = {
+    "model_spread": (lambda a, **kw: ev.pl.model_spread(a, **kw), 3),
+    "biological_spread": (lambda a, **kw: ev.pl.biological_spread(a, **kw), 3),
+    "member_histograms": (lambda a, **kw: ev.pl.member_histograms(a, **kw), 3),
+    "gene_uncertainty": (lambda a, **kw: ev.pl.gene_uncertainty(a, highlight=["DCN"], **kw), 1),
+    "novelty_umap": (lambda a, **kw: ev.pl.novelty_umap(a, color="cell_type", **kw), 3),
+    "calibration": (lambda a, **kw: ev.pl.calibration(_calibration(), **kw), 2),
+    "de_volcano": (lambda a, **kw: ev.pl.de_volcano(_de_table(), **kw), 2),
+}
+
+
+def _drawn(axis: Axes) -> int:
+    return len(axis.collections) + len(axis.lines) + len(axis.patches)
+
+
+def test_import_changes_no_matplotlib_setting():
+    code = (
+        "import json, matplotlib\n"
+        "before = {k: repr(v) for k, v in matplotlib.rcParams.items()}\n"
+        "import ensemblevi, ensemblevi.pl\n"
+        "after = {k: repr(v) for k, v in matplotlib.rcParams.items()}\n"
+        "print(json.dumps({k: [before[k], after[k]] for k in before if before[k] != after[k]}))"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(res.stdout.strip().splitlines()[-1]) == {}
+
+
+@pytest.mark.parametrize("name", list(PLOTS))
+def test_each_plot_draws_into_the_given_axes(analysed, name):
+    plot, n = PLOTS[name]
+    fig, axes = plt.subplots(1, n + 1, figsize=(3 * (n + 1), 3))
+    size = int(plt.rcParams["font.size"])
+    out = plot(analysed, ax=axes[:n] if n > 1 else axes[0], show=False)
+    expected = list(axes[:n]) if n > 1 else axes[0]
+    assert out == expected  # the given axes come back, no new figure
+    assert all(_drawn(axis) > 0 for axis in axes[:n]) and _drawn(axes[n]) == 0
+    assert plt.rcParams["font.size"] == size  # the style does not leak out
+    with pytest.raises(ValueError, match="axes were given"):
+        plot(analysed, ax=[axes[0]] * (n - 1) or [], show=False)
+    plt.close(fig)
+    grid = plt.subplots(2, 2)[1]  # an array of axes, as plt.subplots returns
+    if n > 1:
+        assert plot(analysed, ax=grid, show=False) == list(grid.flat)[:n]
+    plt.close("all")
+
+
+@pytest.mark.parametrize("name", list(PLOTS))
+def test_return_fig_and_save(analysed, name, tmp_path):
+    plot, n = PLOTS[name]
+    fig = plot(analysed, return_fig=True)
+    assert isinstance(fig, Figure) and len([a for a in fig.axes if a.has_data()]) >= n
+    plt.close(fig)
+    axes = plot(analysed, show=False)
+    assert (isinstance(axes, Axes) and n == 1) or (len(axes) == n and n > 1)
+    target = tmp_path / "sub" / f"{name}.png"
+    plot(analysed, show=False, save=target)
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in target.parent.iterdir()) == [target.name]  # no temp file
+    plt.close("all")
+
+
+def test_save_true_goes_to_scanpys_figdir(analysed, tmp_path):
+    import scanpy as sc
+
+    old = sc.settings.figdir
+    sc.settings.figdir = tmp_path
+    try:
+        ev.pl.member_histograms(analysed, show=False, save=True)
+    finally:
+        sc.settings.figdir = old
+    assert (tmp_path / "member_histograms.png").stat().st_size > 0
+    plt.close("all")
+
+
+def test_show_none_follows_matplotlib_interactivity(analysed, monkeypatch):
+    shown = []
+    monkeypatch.setattr(plt, "show", lambda *a, **k: shown.append(1))
+    monkeypatch.setattr(plt, "isinteractive", lambda: True)
+    assert ev.pl.gene_uncertainty(analysed) is None and shown == [1]
+    monkeypatch.setattr(plt, "isinteractive", lambda: False)
+    assert isinstance(ev.pl.gene_uncertainty(analysed), Axes) and shown == [1]
+    plt.close("all")
+
+
+def test_thresholds_drawn_are_the_stored_ones(analysed):
+    stored = analysed.uns["ensemblevi"]["expression_spread"]["params"]["cv_threshold"]
+    assert stored == THRESHOLD
+    for axis in ev.pl.model_spread(analysed, show=False):
+        (line,) = [ln for ln in axis.lines if ln.get_linestyle() == "--"]
+        # the dashed line is std = threshold x mean: through (0, 0) and (1, threshold)
+        assert line.get_slope() == pytest.approx(THRESHOLD)
+        np.testing.assert_array_equal(line.get_xydata()[0], [0, 0])
+    for axis in ev.pl.member_histograms(analysed, show=False):
+        (line,) = axis.lines
+        np.testing.assert_allclose(line.get_xdata(), [THRESHOLD, THRESHOLD])
+    plt.close("all")
+
+
+def test_model_spread_reads_the_stored_points(analysed):
+    cells = analysed.uns["ensemblevi"]["expression_spread"]["cells"]
+    axes = ev.pl.model_spread(analysed, genes=["CD14"], show=False)
+    sel = cells[cells["gene"] == "CD14"]
+    points = axes.collections[0].get_offsets()
+    assert len(points) == len(sel)
+    np.testing.assert_allclose(np.sort(points[:, 0]), np.sort(sel["mean"]))
+    np.testing.assert_allclose(np.sort(axes.collections[0].get_array()), np.sort(sel["density"]))
+    plt.close("all")
+
+
+def test_novelty_umap_reads_the_stored_embedding(analysed):
+    axes = ev.pl.novelty_umap(analysed, show=False)
+    assert [a.get_title() for a in axes] == ["novelty_cv", "novelty_llgap"]
+    xy = np.sort(axes[0].collections[0].get_offsets(), axis=0)
+    np.testing.assert_allclose(xy, np.sort(analysed.obsm[ev.tl.UMAP_KEY], axis=0), rtol=1e-6)
+    del_key = analysed.obsm.pop(ev.tl.UMAP_KEY)
+    try:
+        with pytest.raises(ValueError, match="embedding=True"):
+            ev.pl.novelty_umap(analysed, show=False)
+    finally:
+        analysed.obsm[ev.tl.UMAP_KEY] = del_key
+    plt.close("all")
+
+
+def test_save_figure_is_atomic(analysed, tmp_path, monkeypatch):
+    fig = ev.pl.gene_uncertainty(analysed, return_fig=True)
+    (path,) = ev.pl.save_figure(fig, tmp_path / "g")
+    before = path.read_bytes()
+
+    def broken(target, **kwargs):
+        with open(target, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(fig, "savefig", broken)
+    with pytest.raises(OSError, match="disk full"):
+        ev.pl.save_figure(fig, tmp_path / "g")
+    assert path.read_bytes() == before and sorted(tmp_path.iterdir()) == [path]
+    plt.close("all")
