@@ -128,7 +128,8 @@ def run_de(run_dir: str | Path, group1: str, groupby: str = "cell_type",
         settings = {**adata.uns[key]["params"], "group1": group1}
         stage = out.new_stage()
         try:
-            fig = pl.de_volcano(adata, key=key, title=f"{group1} vs {group2 or 'rest'}")
+            fig = pl.de_volcano(adata, key=key, title=f"{group1} vs {group2 or 'rest'}",
+                            return_fig=True)  # fmt: skip
             pl.save_figure(fig, stage / "figures" / name)
             write_csv(table, stage / "tables" / f"{name}.csv", index=True)
             write_json(stage / "tables" / f"{name}.json", settings)

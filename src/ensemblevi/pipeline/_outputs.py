@@ -56,15 +56,19 @@ def write_figures(stage: Path, adata: AnnData, trained: Trained, analysis: Analy
 
     marker_genes = list(analysis.summary["gene"].unique())
     figs = {
-        "model_spread": lambda: pl.model_spread(adata),
-        "biological_spread": lambda: pl.biological_spread(adata),
-        "member_histograms": lambda: pl.member_histograms(adata),
-        "gene_uncertainty": lambda: pl.gene_uncertainty(adata, highlight=marker_genes),
+        "model_spread": lambda: pl.model_spread(adata, return_fig=True),
+        "biological_spread": lambda: pl.biological_spread(adata, return_fig=True),
+        "member_histograms": lambda: pl.member_histograms(adata, return_fig=True),
+        "gene_uncertainty": lambda: pl.gene_uncertainty(
+            adata, highlight=marker_genes, return_fig=True
+        ),
     }
     if analysis.novelty is not None:
-        figs["novelty_umap"] = lambda: pl.novelty_umap(adata, color=labels_key)
+        figs["novelty_umap"] = lambda: pl.novelty_umap(adata, color=labels_key, return_fig=True)
     if trained.model.ensemble == "hyperbatch":
-        figs["hyperparameters"] = lambda: pl.hyperparameter_trajectories(trained.model)
+        figs["hyperparameters"] = lambda: pl.hyperparameter_trajectories(
+            trained.model, return_fig=True
+        )
     for name, draw in figs.items():  # one at a time: a figure's memory goes before the next
         fig = draw()
         pl.save_figure(fig, stage / "figures" / name)
