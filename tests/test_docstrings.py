@@ -47,8 +47,10 @@ def _documented_callables():
 
 def _parameters(obj) -> list[str]:
     target = obj.__init__ if inspect.isclass(obj) else obj
-    if inspect.isclass(obj) and not _own(target):
-        return []
+    # a class that inherits its constructor is documented (and checked) on the parent
+    if inspect.isclass(obj) and (not _own(target) or "__init__" not in vars(obj)):
+        if not is_dataclass(obj):
+            return []
     try:
         sig = inspect.signature(target)
     except (TypeError, ValueError):

@@ -9,7 +9,15 @@ import numpy as np
 
 
 def check_images(images, name: str = "images") -> np.ndarray:
-    """``images`` as a float32 ``(n, h, w)`` array in [0, 1], or a ``ValueError`` naming the fix."""
+    """``images`` as a float32 ``(n, h, w)`` array in [0, 1], or a ``ValueError`` naming the fix.
+
+    Parameters
+    ----------
+    images
+        Array-like of grey images ``(n_images, height, width)``.
+    name
+        How the error messages call it.
+    """
     arr = np.asarray(images)
     if arr.ndim != 3:
         raise ValueError(
@@ -40,6 +48,13 @@ def digits(binarize: bool = True, threshold: float = 0.5) -> tuple[np.ndarray, n
     Returns ``(images, labels)``: ``(1797, 8, 8)`` float32 in [0, 1] (intensities / 16,
     binarised at ``threshold`` by default so the Bernoulli likelihood is a proper one) and
     the digit of each image.
+
+    Parameters
+    ----------
+    binarize
+        Binarise the intensities.
+    threshold
+        Intensity (in [0, 1]) above which a pixel is 1.
     """
     from sklearn.datasets import load_digits
 
@@ -57,6 +72,15 @@ def load_images(
 
     Returns ``(images, labels)``; ``labels`` is the ``.npz``'s ``labels_key`` array if present.
     The array is checked with :func:`check_images`; the file is only read.
+
+    Parameters
+    ----------
+    path
+        A ``.npy`` or ``.npz`` file.
+    key
+        The ``.npz`` array holding the images (default: the first).
+    labels_key
+        The ``.npz`` array holding the labels, if present.
     """
     path = Path(path)
     if not path.exists():

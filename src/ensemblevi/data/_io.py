@@ -83,6 +83,15 @@ def write_h5ad_atomic(adata: AnnData, path: str | os.PathLike, overwrite: bool =
     """Write ``adata`` to ``path`` through a temporary file in the same folder.
 
     An interrupted write leaves either the old file or none, never a truncated one.
+
+    Parameters
+    ----------
+    adata
+        The data to write.
+    path
+        The ``.h5ad`` file.
+    overwrite
+        Replace an existing file (else :class:`FileExistsError`).
     """
     with atomic_file(path, overwrite=overwrite) as tmp:
         adata.write_h5ad(tmp)

@@ -142,7 +142,15 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def resolve_params(preset: str | None = "draft", **overrides: Any) -> dict[str, Any]:
-    """Defaults, then the preset, then ``overrides``; unknown names raise a ``ValueError``."""
+    """Defaults, then the preset, then ``overrides``; unknown names raise a ``ValueError``.
+
+    Parameters
+    ----------
+    preset
+        A preset name, or ``None`` for the defaults.
+    **overrides
+        Parameters that replace the preset's.
+    """
     params = copy.deepcopy(DEFAULTS)
     if preset is not None:
         if preset not in PRESETS:
@@ -389,7 +397,13 @@ def _storable(p: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def params_from_uns(adata: AnnData) -> dict[str, Any]:
-    """The generating parameters stored by :func:`synthetic`, ready to pass back to it."""
+    """The generating parameters stored by :func:`synthetic`, ready to pass back to it.
+
+    Parameters
+    ----------
+    adata
+        A data set written by :func:`synthetic`.
+    """
     if UNS_KEY not in adata.uns:
         raise ValueError(f"adata.uns has no {UNS_KEY!r} entry: this is not a synthetic dataset.")
     stored = adata.uns[UNS_KEY]["params"]

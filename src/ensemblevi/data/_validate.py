@@ -16,7 +16,25 @@ _CHUNK_ROWS = 4096  # rows checked at a time, so a dense 20k x 30k matrix is nev
 
 @dataclass(frozen=True)
 class CountsReport:
-    """What :func:`validate_counts` found in a valid count matrix."""
+    """What :func:`validate_counts` found in a valid count matrix.
+
+    Attributes
+    ----------
+    source
+        Where the counts were read (``adata.X`` or a layer).
+    n_cells, n_genes
+        The matrix' shape.
+    dtype
+        Its dtype.
+    sparse
+        Whether it is sparse.
+    nnz
+        Its non-zero entries.
+    total_counts, max_count
+        Sum and largest entry.
+    n_zero_cells, n_zero_genes
+        Cells and genes without any count.
+    """
 
     source: str
     n_cells: int
@@ -58,7 +76,13 @@ class _CollectionCounts:
 
 
 def is_collection(adata) -> bool:
-    """Whether ``adata`` is an ``AnnCollection`` in scvi-tools' ``CollectionAdapter``."""
+    """Whether ``adata`` is an ``AnnCollection`` in scvi-tools' ``CollectionAdapter``.
+
+    Parameters
+    ----------
+    adata
+        An AnnData or scvi-tools' ``CollectionAdapter``.
+    """
     return _collection(adata) is not None
 
 
@@ -75,6 +99,13 @@ def get_counts(adata: AnnData, layer: str | None = None):
 
     For an ``AnnCollection`` wrapped in scvi-tools' ``CollectionAdapter`` the result reads
     rows lazily (``result[i:j]``), so the files behind it are never loaded whole.
+
+    Parameters
+    ----------
+    adata
+        An AnnData or scvi-tools' ``CollectionAdapter``.
+    layer
+        Layer holding the counts (``None``: ``X``).
     """
     coll = _collection(adata)
     if coll is not None:

@@ -61,7 +61,7 @@ def fuzzy_graph(indices: np.ndarray, distances: np.ndarray) -> sparse.csr_matrix
     floor = 1e-3 * np.where(rho > 0, d.mean(1), d.mean())
     sigma = np.maximum(mid, floor).astype(np.float32)
     gap = d - rho[:, None]
-    weights = np.where(gap <= 0, 1.0, np.exp(-gap / sigma[:, None]))
+    weights = np.exp(-np.maximum(gap, 0) / sigma[:, None])  # 1 within the nearest distance
     weights[indices == np.arange(n)[:, None]] = 0.0
     w = sparse.csr_matrix(
         (weights.ravel(), (np.repeat(np.arange(n), k), np.asarray(indices).ravel())),
