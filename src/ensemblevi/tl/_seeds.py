@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from anndata import AnnData
 from scvi.utils import track
 
 from ensemblevi._fingerprint import (
+    RECORD,
     data_fingerprint,
     differences,
     model_record,
@@ -86,12 +86,12 @@ def seed_ensemble(
             model = scvi.model.SCVI(adata, **scvi_kwargs)
             model.train(max_epochs=max_epochs, enable_progress_bar=False, **(train_kwargs or {}))
         if path is not None:
-            tmp = path.with_name(f".{path.name}.tmp")
-            model.save(str(tmp), overwrite=True)
-            write_record(tmp, record)
-            if path.exists():  # a partial directory from an interrupted save
-                shutil.rmtree(path)
-            os.replace(tmp, path)
+            # the stale record goes first and the new one comes last: a model without a
+            # record is never reused, so a kill in between costs a retraining, not a wrong
+            # reuse; other files in the folder are left alone
+            (path / RECORD).unlink(missing_ok=True)
+            model.save(str(path), overwrite=True)
+            write_record(path, record)
         models.append(model)
     EnsembleSCVI.setup_anndata(adata, **setup_kwargs)
     return EnsembleSCVI.from_scvi(models, adata=adata)
