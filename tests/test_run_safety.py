@@ -89,6 +89,19 @@ def test_the_reuse_check_reads_the_data_not_the_path(tmp_path):
     assert _snapshot(out)["model/ensemblevi.json"] != before["model/ensemblevi.json"]
 
 
+def test_a_damaged_model_is_named_and_force_retrains_it(tmp_path):
+    out = tmp_path / "run"
+    assert _run(*TINY, "--out", out).exit_code == 0
+    (out / "model" / "model.pt").write_bytes(b"")  # e.g. a disk that filled up
+    res = _run(*TINY, "--out", out)
+    assert res.exit_code == 2 and "model.pt is not a readable saved model" in res.output
+    assert "--force" in res.output
+    res = _run(*TINY, "--force", "--out", out)
+    assert res.exit_code == 0, res.output
+    assert (out / "model" / "model.pt").stat().st_size > 0
+    assert _run(*TINY, "--out", out).exit_code == 0  # and the new model is reused
+
+
 def test_a_foreign_directory_is_refused(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     res = _run(*TINY, "--out", tmp_path)

@@ -130,9 +130,17 @@ def train_or_reuse(
             found[source] = differences(read_record(path), wanted)
     for source in places:
         if source in found and not found[source]:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                model = _load(places[source], prepared)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    model = _load(places[source], prepared)
+            except ValueError as err:  # a damaged model file: load names it
+                if not force:
+                    raise ValueError(f"{err} Or pass --force to train a new model in its "
+                                     "place (the current result stays whole until the new "
+                                     "run is complete).") from err  # fmt: skip
+                found[source] = ["its model file cannot be read"]
+                continue
             why = "an unfinished earlier run" if source == "stage" else "the previous run"
             log(f"reusing the trained model in {places[source]} (trained by {why} on the "
                 "same data with the same options)")  # fmt: skip
