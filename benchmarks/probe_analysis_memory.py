@@ -1,0 +1,52 @@
+"""Peak-memory increase of one part of the run's analysis pass, by latent samples.
+
+Where the atlas-scale analysis' memory goes (docs/benchmarks.md, "Analysis memory and time
+at atlas scale"): 6,000 ``heartlike`` cells, deep K = 36 trained 1 epoch, then
+``tl.uncertainty_analysis`` with one part switched on beside the marker spread (``spread``
+alone, ``genes``, ``novelty``, ``embedding``, or ``all``), in a fresh process; prints the
+time and the increase of the process' peak RSS over the peak before the analysis.
+
+    for S in 5 10; do for p in spread genes novelty embedding; do
+        .venv/bin/python benchmarks/probe_analysis_memory.py $S $p; done; done
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import resource
+import sys
+import time
+import warnings
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    warnings.filterwarnings("ignore")
+    for name in ("scvi", "lightning.pytorch"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    import ensemblevi as ev
+
+    n_samples, part = int(sys.argv[1]), sys.argv[2]
+    adata = ev.data.synthetic("heartlike", seed=0, n_cells=6000, lean=True)
+    layer = "counts" if "counts" in adata.layers else None
+    ev.model.EnsembleSCVI.setup_anndata(adata, layer=layer)
+    model = ev.model.EnsembleSCVI(adata, n_members=36, seed=0)
+    model.train(max_epochs=1, enable_progress_bar=False)
+    gc.collect()
+    before = peak_mb()
+    t = time.perf_counter()
+    ev.tl.uncertainty_analysis(
+        model, adata, markers=ev.tl.load_markers("heart"), groupby="cell_type",
+        n_samples=n_samples, progress=False, genes=part in ("genes", "all"),
+        novelty=part in ("novelty", "all"), embedding=part in ("embedding", "all"),
+    )  # fmt: skip
+    print(f"S={n_samples} part={part} time={time.perf_counter() - t:.1f}s "
+          f"increase={peak_mb() - before:.0f}MB before={before:.0f}", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
