@@ -235,10 +235,12 @@ def check_finite_counts(
         Only these cells (``None``: all).
     """
     x = get_counts(adata, layer)
-    if indices is not None:
-        x = x[np.sort(np.asarray(list(indices), dtype=int))]
     if np.issubdtype(x.dtype, np.integer) or x.dtype == bool:
         return
+    if indices is not None:
+        rows = np.unique(np.asarray(list(indices), dtype=int))
+        if len(rows) < x.shape[0]:  # all cells: no copy of the matrix
+            x = x[rows]
     n_bad = 0
     for _, rows in _row_chunks(x):
         vals = rows.data if sp.issparse(rows) else rows
