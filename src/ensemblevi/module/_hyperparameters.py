@@ -184,7 +184,8 @@ class HyperparameterHost:
     # ------------------------------------------------------- Hyper-BatchEnsemble
     def l2_groups(self) -> dict[str, list[nn.Module]]:
         """The HBE layers of each L2 group (keys: :data:`L2_GROUPS`)."""
-        raise NotImplementedError
+        # a hook of the base class: each technique (subclass) defines it
+        raise NotImplementedError(f"{type(self).__name__} does not define l2_groups()")
 
     def negative_elbo(self, batch) -> torch.Tensor:
         """Each member's per-example negative ELBO with ``beta = 1``, ``(K, B)``.
@@ -194,7 +195,8 @@ class HyperparameterHost:
         batch
             A minibatch, as the module's training loss takes it.
         """
-        raise NotImplementedError
+        # a hook of the base class: each technique (subclass) defines it
+        raise NotImplementedError(f"{type(self).__name__} does not define negative_elbo()")
 
     def hyper_l2(self) -> torch.Tensor:
         """The tuned L2 penalty of this pass (all members), divided by the training cells.

@@ -265,10 +265,12 @@ class LinearBase(EnsembleModule):
         return self._members(x)
 
     def _members(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        # a hook of the base class: each technique (subclass) defines it
+        raise NotImplementedError(f"{type(self).__name__} does not define _members()")
 
     def _single(self, x: torch.Tensor, k: int) -> torch.Tensor:
-        raise NotImplementedError
+        # a hook of the base class: each technique (subclass) defines it
+        raise NotImplementedError(f"{type(self).__name__} does not define _single()")
 
     def _shared(self, x: torch.Tensor) -> torch.Tensor:
         return self._members(x.unsqueeze(MEMBER_AXIS))
@@ -355,10 +357,12 @@ class ConvBase(EnsembleModule):
         return self._members(x)
 
     def _members(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        # a hook of the base class: each technique (subclass) defines it
+        raise NotImplementedError(f"{type(self).__name__} does not define _members()")
 
     def _single(self, x: torch.Tensor, k: int) -> torch.Tensor:
-        raise NotImplementedError
+        # a hook of the base class: each technique (subclass) defines it
+        raise NotImplementedError(f"{type(self).__name__} does not define _single()")
 
     def extra_repr(self) -> str:
         return (

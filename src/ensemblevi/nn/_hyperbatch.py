@@ -239,7 +239,8 @@ class HyperEmbedding:
 
     def kernels(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """``(W, W')`` with the output units on axis 0, for :func:`hyper_l2_penalty`."""
-        raise NotImplementedError
+        # a hook of the base class: each technique (subclass) defines it
+        raise NotImplementedError(f"{type(self).__name__} does not define kernels()")
 
 
 class HyperBatchEnsembleLinear(HyperEmbedding, FastWeights, LinearBase):
