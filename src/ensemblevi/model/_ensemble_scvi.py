@@ -11,17 +11,19 @@ training, ``save``/``load`` and its properties); its outputs come from the mixin
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import logging
 import os
 import shutil
 import uuid
+import warnings
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-import torch
 from anndata import AnnData
-from scvi import REGISTRY_KEYS
+from scvi import REGISTRY_KEYS, settings
 from scvi.data import AnnDataManager
 from scvi.data.fields import (
     CategoricalJointObsField,
@@ -38,7 +40,6 @@ from ensemblevi.data import require_obs_columns, validate_counts
 from ensemblevi.module import EnsembleVAE
 from ensemblevi.module._hyperparameters import hyperparameter_table, trajectory_frame
 from ensemblevi.module._likelihood import compiled_likelihood, should_compile
-from ensemblevi.nn import set_member_stream
 from ensemblevi.train import (
     EnsembleTrainingPlan,
     EpochCheckpoint,
@@ -47,10 +48,16 @@ from ensemblevi.train import (
     NaNGuard,
 )
 
+from ._building import ModuleBuilderMixin, base_accepts_no_data
 from ._members import Members
-from ._memory import check_weights_memory
-from ._shards import check_shard, member_slice
-from .base import AssemblyMixin, EnsembleRNASeqMixin, EnsembleVAEMixin, UncertaintyMixin
+from ._shards import check_shard
+from .base import (
+    AssemblyMixin,
+    EnsembleEmbeddingMixin,
+    EnsembleRNASeqMixin,
+    EnsembleVAEMixin,
+    UncertaintyMixin,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +65,10 @@ logger = logging.getLogger(__name__)
 class EnsembleSCVI(
     EnsembleRNASeqMixin,
     EnsembleVAEMixin,
+    EnsembleEmbeddingMixin,
     UncertaintyMixin,
     AssemblyMixin,
+    ModuleBuilderMixin,
     UnsupervisedTrainingMixin,
     BaseModelClass,
 ):
@@ -74,7 +83,9 @@ class EnsembleSCVI(
     Parameters
     ----------
     adata
-        AnnData registered with :meth:`setup_anndata`.
+        AnnData registered with :meth:`setup_anndata`; ``None``: the module is built at the
+        first :meth:`train` from its ``datamodule`` (scvi-tools' experimental path; the
+        outputs then need an AnnData passed to them, as in scvi-tools).
     n_members
         Number of members K (ignored, i.e. 1, for ``ensemble="single"``).
     ensemble
@@ -99,7 +110,12 @@ class EnsembleSCVI(
         its members' initial weights from it.
     **module_kwargs
         Passed to :class:`~ensemblevi.module.EnsembleVAE` (``random_sign_init``,
-        ``encode_covariates``, ``use_batch_norm``, ``hyperparameters``, ...).
+        ``encode_covariates``, ``use_batch_norm``, ``hyperparameters``,
+        ``batch_representation``, ``batch_embedding_kwargs``, ...). With
+        ``batch_representation="embedding"``, ``deep`` members each learn their own batch
+        embedding (they are independent models); ``batch``, ``hyperbatch`` and
+        ``mcdropout`` members share one, which their per-member fast weights (or dropout
+        masks) read differently; :meth:`get_batch_representation` returns them.
 
     Notes
     -----
@@ -145,34 +161,20 @@ class EnsembleSCVI(
         n_members_total: int | None = None,
         **module_kwargs: Any,
     ):
-        if adata is None:
-            raise ValueError(
-                "EnsembleSCVI needs an AnnData registered with EnsembleSCVI.setup_anndata(adata)."
-            )
         check_kind(ensemble)
         if int(n_members) != n_members or n_members < 1:
             raise ValueError(f"n_members must be a positive integer, got {n_members!r}.")
-        super().__init__(adata)
-        n_cats_per_cov = None
-        if REGISTRY_KEYS.CAT_COVS_KEY in self.adata_manager.data_registry:
-            n_cats_per_cov = self.adata_manager.get_state_registry(
-                REGISTRY_KEYS.CAT_COVS_KEY
-            ).n_cats_per_key
-        n_batch = self.summary_stats.n_batch
-        library_log_means = library_log_vars = None
-        if not use_observed_lib_size:
-            library_log_means, library_log_vars = _init_library_size(self.adata_manager, n_batch)
+        with base_accepts_no_data(self) if adata is None else contextlib.nullcontext():
+            super().__init__(adata)
         shard = check_shard(ensemble, int(n_members), member_offset, n_members_total, seed)
         # fixed for the model's life (scvi-tools' train() reads it)
         if ensemble == "hyperbatch":
             self._training_plan_cls = HyperTrainingPlan
-        module_args = {
-            "n_input": self.summary_stats.n_vars,
+        n_built = 1 if ensemble == "single" else int(n_members)
+        self._build_plan = (n_built, seed, shard)
+        # what the module gets besides the data's sizes (scvi-tools' name for it)
+        self._module_kwargs = {
             "ensemble": ensemble,
-            "n_batch": n_batch,
-            "n_labels": self.summary_stats.n_labels,
-            "n_continuous_cov": self.summary_stats.get("n_extra_continuous_covs", 0),
-            "n_cats_per_cov": n_cats_per_cov,
             "n_hidden": n_hidden,
             "n_latent": n_latent,
             "n_layers": n_layers,
@@ -180,39 +182,67 @@ class EnsembleSCVI(
             "dispersion": dispersion,
             "gene_likelihood": gene_likelihood,
             "use_observed_lib_size": use_observed_lib_size,
-            "library_log_means": library_log_means,
-            "library_log_vars": library_log_vars,
             **module_kwargs,
         }
-        # a raw allocation error (or the OOM killer) is all --members 100000 would give
-        check_weights_memory(lambda n: self._module_cls(n_members=n, **module_args),
-                             int(n_members) + (shard[1] if shard else 0))  # fmt: skip
-        with torch.random.fork_rng(devices=[]):
-            if seed is not None:
-                torch.manual_seed(seed)
-            full = self._module_cls(n_members=shard[1] if shard else int(n_members), **module_args)
-        if shard is None:
-            self.module = full
-        else:
-            with torch.random.fork_rng(devices=[]):
-                self.module = self._module_cls(n_members=int(n_members), **module_args)
-            self.module.load_state_dict(
-                member_slice(full.state_dict(), self.module.state_dict(), shard[0])
-            )
-            set_member_stream(self.module, *shard)
-            del full
         part = f", members {shard[0]}..{shard[0] + n_members - 1} of {shard[1]}" if shard else ""
         self._model_summary_string = (
-            f"EnsembleSCVI ({ensemble}, {self.module.n_members} member(s){part}): n_hidden: "
+            f"EnsembleSCVI ({ensemble}, {n_built} member(s){part}): n_hidden: "
             f"{n_hidden}, n_latent: {n_latent}, n_layers: {n_layers}, dropout_rate: "
             f"{dropout_rate}, dispersion: {dispersion}, gene_likelihood: {gene_likelihood}"
         )
+        if self._module_init_on_train:
+            self.module = None
+            warnings.warn(
+                "EnsembleSCVI was built without an AnnData: its module is built when train() "
+                "is called with datamodule=..., from the datamodule's n_vars, n_batch, ... "
+                "(scvi-tools' experimental behaviour).",
+                UserWarning,
+                stacklevel=settings.warnings_stacklevel,
+            )
+        else:
+            n_cats_per_cov = None
+            if REGISTRY_KEYS.CAT_COVS_KEY in self.adata_manager.data_registry:
+                n_cats_per_cov = self.adata_manager.get_state_registry(
+                    REGISTRY_KEYS.CAT_COVS_KEY
+                ).n_cats_per_key
+            n_batch = self.summary_stats.n_batch
+            library_log_means = library_log_vars = None
+            if not use_observed_lib_size:
+                library_log_means, library_log_vars = _init_library_size(
+                    self.adata_manager, n_batch
+                )
+            self._build_module(
+                n_input=self.summary_stats.n_vars,
+                n_batch=n_batch,
+                n_labels=self.summary_stats.n_labels,
+                n_continuous_cov=self.summary_stats.get("n_extra_continuous_covs", 0),
+                n_cats_per_cov=n_cats_per_cov,
+                library_log_means=library_log_means,
+                library_log_vars=library_log_vars,
+            )
         self.init_params_ = self._get_init_params(locals())
+
+    def _get_init_params(self, locals: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """scvi-tools' saved constructor arguments, read with this class's signature.
+
+        ``locals`` are those of :meth:`EnsembleSCVI.__init__`; a subclass whose ``__init__``
+        only changes defaults (``def __init__(self, adata=None, n_members=2, **kwargs)``)
+        names them otherwise, and scvi-tools, reading them with the subclass's signature,
+        would drop ``**module_kwargs`` from what ``load`` rebuilds the model with.
+        """
+        params = inspect.signature(EnsembleSCVI.__init__).parameters.values()
+        given = {k: v for k, v in locals.items() if k not in ("self", "adata", "__class__")}
+        named = {p.name for p in params if p.kind != p.VAR_KEYWORD and p.name in given}
+        var = [p.name for p in params if p.kind == p.VAR_KEYWORD]
+        return {
+            "kwargs": {k: given[k] for k in var if k in given},
+            "non_kwargs": {k: given[k] for k in named},
+        }
 
     @property
     def n_members(self) -> int:
         """Number of members K."""
-        return self.module.n_members
+        return self.module.n_members if self.module is not None else self._build_plan[0]
 
     @property
     def n_members_total(self) -> int:
@@ -228,7 +258,7 @@ class EnsembleSCVI(
     @property
     def ensemble(self) -> str:
         """The ensemble kind (``single``, ``deep``, ``batch``, ``hyperbatch``, ``mcdropout``)."""
-        return self.module.ensemble
+        return self.module.ensemble if self.module is not None else self._module_kwargs["ensemble"]
 
     @property
     def members(self) -> Members:
@@ -343,7 +373,8 @@ class EnsembleSCVI(
             ``torch.compile`` (one kernel per minibatch shape; see ``docs/benchmarks.md``
             for the measured gain). ``None`` (default): compile when the training has at
             least ``ensemblevi.module._likelihood.COMPILE_MIN_STEPS`` steps (3,000), where
-            the one-off compile time is repaid. Where ``torch.compile`` does not work (no
+            the one-off compile time is repaid; with a ``datamodule`` (whose steps are not
+            known beforehand) only ``True`` compiles. Where ``torch.compile`` does not work (no
             C++ compiler on CPU, no Triton on CUDA, an unsupported platform) training runs
             the eager kernel, with one logged warning.
         **kwargs
@@ -352,15 +383,32 @@ class EnsembleSCVI(
             ``callbacks``, ...). Data-parallel training is scvi-tools' Lightning DDP
             (``devices=N, strategy="ddp"``, ``num_nodes``): batch norms synchronise their
             statistics across processes and rank 0 alone writes checkpoints.
+            ``datamodule=`` (a ``LightningDataModule`` with ``n_vars``, ``n_batch``, ...)
+            trains on it instead of the AnnData; a model built with ``adata=None`` builds
+            its module from those sizes at its first training, as scvi-tools does.
 
         Raises
         ------
         FloatingPointError
             On a NaN or infinite loss; the model then holds the last good epoch's weights.
         """
+        datamodule = kwargs.get("datamodule")
+        if datamodule is None and getattr(self, "_adata", None) is None:
+            raise AttributeError(
+                "This EnsembleSCVI was built without an AnnData (adata=None): pass the data "
+                "as train(datamodule=...), or build the model with an AnnData."
+            )
+        if datamodule is not None and self.module is None:
+            if max_epochs is None and not hasattr(datamodule, "n_obs"):
+                raise ValueError(
+                    "max_epochs=None takes scvi-tools' heuristic from the number of cells, "
+                    "which this datamodule does not give: pass max_epochs or set "
+                    "datamodule.n_obs."
+                )
+            self._build_module_from_datamodule(datamodule)
         plan_kwargs = {"fast_lr_multiplier": fast_lr_multiplier, **(plan_kwargs or {})}
         hyper = self.ensemble == "hyperbatch"
-        if hyper and kwargs.get("train_size", 0.9) >= 1:
+        if hyper and datamodule is None and (kwargs.get("train_size") or 0.9) >= 1:
             raise ValueError(
                 "ensemble='hyperbatch' tunes its hyperparameters on validation cells: use "
                 "train_size < 1 (default 0.9)."
@@ -374,7 +422,8 @@ class EnsembleSCVI(
         if trajectory is not None:
             callbacks.append(trajectory)
         if compile_likelihood is None:
-            compile_likelihood = should_compile(
+            # a datamodule's steps per epoch are unknown until the trainer sets it up
+            compile_likelihood = datamodule is None and should_compile(
                 self.adata.n_obs, batch_size, max_epochs, kwargs.get("train_size")
             )
         try:

@@ -25,7 +25,7 @@ import functools
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from scvi.model.base import RNASeqMixin, VAEMixin
+from scvi.model.base import EmbeddingMixin, RNASeqMixin, VAEMixin
 
 from ensemblevi._compat import incompatibility_error
 
@@ -138,6 +138,23 @@ class MemberView(RNASeqMixin, VAEMixin):
     get_latent_representation = _in_member(VAEMixin.get_latent_representation)
     get_aggregated_posterior = _in_member(VAEMixin.get_aggregated_posterior)
     differential_abundance = _in_member(VAEMixin.differential_abundance)
+    # EmbeddingMixin
+    get_batch_representation = _in_member(EmbeddingMixin.get_batch_representation)
+    # scvi-tools' own docstring of it has no Parameters section
+    get_batch_representation.__doc__ = """The member's learned batch embedding of each cell.
+
+        scvi-tools' ``EmbeddingMixin.get_batch_representation`` on this member:
+        ``(n_obs, embedding_dim)``.
+
+        Parameters
+        ----------
+        adata
+            AnnData registered with the model (``None``: the model's).
+        indices
+            Cells to return (``None``: all).
+        batch_size
+            Minibatch size (``None``: ``scvi.settings.batch_size``).
+        """
 
     def __init__(self, model: EnsembleSCVI, member: int):
         self.model = model

@@ -16,6 +16,7 @@ from torch import nn
 from torch.distributions import Normal, kl_divergence
 
 from ensemblevi._constants import EnsembleKind, check_kind
+from ensemblevi.module._embedding import BatchEmbeddingMixin
 from ensemblevi.module._hyperparameters import HyperparameterHost, HyperparameterSpec
 from ensemblevi.module._likelihood import (
     nb_log_prob_sum,
@@ -32,7 +33,7 @@ from ensemblevi.nn import (
 )
 
 
-class EnsembleVAE(HyperparameterHost, PredictiveMixin, BaseModuleClass):
+class EnsembleVAE(HyperparameterHost, PredictiveMixin, BatchEmbeddingMixin, BaseModuleClass):
     """The scVI model (Lopez et al. 2018) as an ensemble of K members.
 
     ``z ~ N(0, I)``; ``x_g | z, l ~ ZINB / NB / Poisson(l * rho_g(z, s), theta_g)`` with the
@@ -85,6 +86,13 @@ class EnsembleVAE(HyperparameterHost, PredictiveMixin, BaseModuleClass):
         ``"full"`` gives them a second kernel like every other layer (the reference's
         layer: 1.13-1.17x the tied model's training time on PBMC 3k and ``hard``; see
         ``docs/benchmarks.md``).
+    batch_representation
+        ``"one-hot"`` (default) or ``"embedding"``: a learned vector per batch appended to
+        the decoder's input (and the encoder's with ``encode_covariates``) in place of the
+        batch's one-hot code, as in ``scvi.module.VAE``. ``deep`` members each learn their
+        own table; the other kinds share one (see :mod:`ensemblevi.module._embedding`).
+    batch_embedding_kwargs
+        ``{"embedding_dim": d}`` (default 5) for ``batch_representation="embedding"``.
     """
 
     def __init__(
@@ -113,6 +121,8 @@ class EnsembleVAE(HyperparameterHost, PredictiveMixin, BaseModuleClass):
         random_sign_init: float = -0.5,
         hyperparameters: HyperparameterSpec = None,
         hyper_heads: Literal["tied", "full"] = "tied",
+        batch_representation: Literal["one-hot", "embedding"] = "one-hot",
+        batch_embedding_kwargs: dict | None = None,
     ):
         super().__init__()
         check_kind(ensemble)
@@ -160,13 +170,17 @@ class EnsembleVAE(HyperparameterHost, PredictiveMixin, BaseModuleClass):
         extra = {"gene": (), "gene-batch": (n_batch,), "gene-label": (n_labels,)}[dispersion]
         self.px_r = nn.Parameter(torch.randn(n_disp, n_input, *extra))
 
-        cat_list = [n_batch, *list(n_cats_per_cov or [])]
+        # after px_r, where scvi.module.VAE draws its embedding
+        batch_dim = self._init_batch_representation(
+            batch_representation, n_batch, batch_embedding_kwargs
+        )
+        cat_list = [*([] if batch_dim else [n_batch]), *list(n_cats_per_cov or [])]
         enc_cats = cat_list if encode_covariates else None
         bn_enc = use_batch_norm in ("encoder", "both")
         bn_dec = use_batch_norm in ("decoder", "both")
         ln_enc = use_layer_norm in ("encoder", "both")
         ln_dec = use_layer_norm in ("decoder", "both")
-        n_input_encoder = n_input + n_continuous_cov * encode_covariates
+        n_input_encoder = n_input + (n_continuous_cov + batch_dim) * encode_covariates
         dec_spec = LayerSpec(
             ensemble=ensemble, n_members=self.n_members, n_hyper=n_hyper,
             random_sign_init=random_sign_init,
@@ -201,7 +215,7 @@ class EnsembleVAE(HyperparameterHost, PredictiveMixin, BaseModuleClass):
             )
         )
         self.decoder = EnsembleDecoderSCVI(
-            n_input=n_latent + n_continuous_cov,
+            n_input=n_latent + n_continuous_cov + batch_dim,
             n_output=n_input,
             n_cat_list=cat_list,
             n_layers=n_layers,
@@ -321,13 +335,16 @@ class EnsembleVAE(HyperparameterHost, PredictiveMixin, BaseModuleClass):
             x_ = torch.cat((x_, cont_covs), dim=-1)
         cats = ()
         if self.encode_covariates:
-            cats = (batch_index, *(torch.split(cat_covs, 1, dim=1) if cat_covs is not None else ()))
-        qz, z = self.z_encoder(x_, *cats, shared_input=True)
+            x_ = self._with_batch_rep(x_, batch_index)
+            cat_codes = torch.split(cat_covs, 1, dim=1) if cat_covs is not None else ()
+            cats = (*self._batch_codes(batch_index), *cat_codes)
+        shared = x_.dim() == x.dim()  # per-member batch embeddings give x_ a member axis
+        qz, z = self.z_encoder(x_, *cats, shared_input=shared)
         ql = None
         if self.use_observed_lib_size:
             library = torch.log(x.sum(1)).unsqueeze(1)
         else:
-            ql, library = self.l_encoder(x_, *cats, shared_input=True)
+            ql, library = self.l_encoder(x_, *cats, shared_input=shared)
         if n_samples > 1:
             z = qz.sample((n_samples,))
             if self.use_observed_lib_size:
@@ -389,7 +406,9 @@ class EnsembleVAE(HyperparameterHost, PredictiveMixin, BaseModuleClass):
         cats = torch.split(cat_covs, 1, dim=1) if cat_covs is not None else ()
         if transform_batch is not None:
             batch_index = torch.ones_like(batch_index) * transform_batch
-        px_scale, px_rate, px_dropout = self.decoder(dec_in, library, batch_index, *cats)
+        dec_in = self._with_batch_rep(dec_in, batch_index)
+        batch_codes = self._batch_codes(batch_index)
+        px_scale, px_rate, px_dropout = self.decoder(dec_in, library, *batch_codes, *cats)
         theta = torch.exp(self._dispersion(batch_index, y))
         if self.gene_likelihood == "zinb":
             px = ZeroInflatedNegativeBinomial(

@@ -30,6 +30,19 @@ def _heads(dst: nn.Module, k: int, first: tuple[torch.Tensor, torch.Tensor], sec
     yield dst.bias[k], torch.cat([first[1], second[1]], dim=0)
 
 
+def _embedding_pairs(module: EnsembleVAE, src: dict[str, torch.Tensor], k: int):
+    """Member ``k``'s embedding tables and scVI's (``batch_representation="embedding"``)."""
+    theirs = {key.split(".")[1] for key in src if key.startswith("_embeddings_dict.")}
+    ours = set(module.embeddings_dict) if hasattr(module, "_embeddings_dict") else set()
+    if theirs != ours:
+        raise ValueError(
+            f"The scVI model has embeddings {sorted(theirs)}, the ensemble {sorted(ours)}: "
+            "build the ensemble with the scVI model's batch_representation."
+        )
+    for key in sorted(ours):
+        yield module.get_embedding(key).weight[k], src[f"_embeddings_dict.{key}.weight"]
+
+
 @torch.no_grad()
 def load_scvi_member(module: EnsembleVAE, member: int, vae: nn.Module) -> None:
     """Put the weights of ``vae`` (a ``scvi.module.VAE``) into member ``member`` of ``module``.
@@ -80,6 +93,7 @@ def load_scvi_member(module: EnsembleVAE, member: int, vae: nn.Module) -> None:
         (src["decoder.px_dropout_decoder.weight"], src["decoder.px_dropout_decoder.bias"]),
     )
     pairs.append((module.px_r[k], src["px_r"]))
+    pairs += _embedding_pairs(module, src, k)
     for dst, value in pairs:
         if dst.shape != value.shape:
             raise ValueError(

@@ -2,6 +2,7 @@
 
 from ._assembly import AssemblyMixin
 from ._de_core import ensemble_de, lfc_posterior, summarise_lfc
+from ._embeddingmixin import EnsembleEmbeddingMixin
 from ._ensemblemixin import EnsembleMixin
 from ._rnamixin import EnsembleRNASeqMixin
 from ._uncertaintymixin import UncertaintyMixin
@@ -9,6 +10,7 @@ from ._vaemixin import EnsembleVAEMixin
 
 __all__ = [
     "AssemblyMixin",
+    "EnsembleEmbeddingMixin",
     "EnsembleMixin",
     "EnsembleRNASeqMixin",
     "EnsembleVAEMixin",
