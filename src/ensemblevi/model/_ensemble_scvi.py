@@ -50,7 +50,14 @@ from ensemblevi.train import (
 from ._members import Members
 from ._memory import check_weights_memory
 from ._shards import check_shard, member_slice
-from .base import AssemblyMixin, EnsembleRNASeqMixin, EnsembleVAEMixin, UncertaintyMixin
+from .base import (
+    ArchesMixin,
+    AssemblyMixin,
+    EnsembleRNASeqMixin,
+    EnsembleVAEMixin,
+    MinificationMixin,
+    UncertaintyMixin,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +67,8 @@ class EnsembleSCVI(
     EnsembleVAEMixin,
     UncertaintyMixin,
     AssemblyMixin,
+    ArchesMixin,
+    MinificationMixin,
     UnsupervisedTrainingMixin,
     BaseModelClass,
 ):
