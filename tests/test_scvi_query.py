@@ -252,3 +252,23 @@ def test_scvi_reference_is_refused(scvi_reference):
     query = _data(batches=("batch_2", "batch_3"))
     with pytest.raises(TypeError, match="from_scvi"):
         EnsembleSCVI.load_query_data(query, scvi_reference)
+
+
+def test_single_batch_reference_gains_a_batch():
+    """A one-batch reference has no batch columns; the query's old-batch column is zero."""
+    adata = synthetic_iid(batch_size=80, n_genes=N_GENES, n_batches=1)
+    EnsembleSCVI.setup_anndata(adata, batch_key="batch")
+    ref = EnsembleSCVI(adata, n_members=2, ensemble="batch", encode_covariates=True, **SMALL)
+    _quiet_train(ref)
+    query = synthetic_iid(batch_size=80, n_genes=N_GENES, n_batches=2)
+    query.obs["batch"] = query.obs.batch.cat.rename_categories(["batch_0", "new"])
+    model = EnsembleSCVI.load_query_data(query, ref)
+    for stack in (model.module.z_encoder.encoder, model.module.decoder.px_decoder):
+        w = stack.layers[0]["linear"].weight
+        assert torch.all(w[-2] == 0) and torch.any(w[-1] != 0)
+    model.is_trained_ = True  # untrained: the reference's function exactly
+    np.testing.assert_allclose(
+        model.get_latent_representation(adata, return_members=True),
+        ref.get_latent_representation(adata, return_members=True),
+        atol=1e-6,
+    )
