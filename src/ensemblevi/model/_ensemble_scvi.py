@@ -52,10 +52,12 @@ from ._building import ModuleBuilderMixin, base_accepts_no_data
 from ._members import Members
 from ._shards import check_shard
 from .base import (
+    ArchesMixin,
     AssemblyMixin,
     EnsembleEmbeddingMixin,
     EnsembleRNASeqMixin,
     EnsembleVAEMixin,
+    MinificationMixin,
     UncertaintyMixin,
 )
 
@@ -69,6 +71,8 @@ class EnsembleSCVI(
     UncertaintyMixin,
     AssemblyMixin,
     ModuleBuilderMixin,
+    ArchesMixin,
+    MinificationMixin,
     UnsupervisedTrainingMixin,
     BaseModelClass,
 ):
