@@ -50,8 +50,8 @@ def fast_param_groups(
         # scvi.model.SCVI, where a named group would log "lr-Adam/<name>"
         return [{"params": params}]
     shared = {"params": [p for p in params if id(p) not in fast_ids], "name": "shared"}
-    fast = {"params": fast_params, "name": "fast", "lr": lr * fast_lr_multiplier}
-    return [shared, {**fast, "weight_decay": 0.0}]
+    fast_lr = lr * fast_lr_multiplier
+    return [shared, {"params": fast_params, "name": "fast", "lr": fast_lr, "weight_decay": 0.0}]
 
 
 def tune_step(module, batch, optimizer: torch.optim.Optimizer, tau: float) -> float:

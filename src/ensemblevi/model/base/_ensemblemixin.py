@@ -107,10 +107,8 @@ class EnsembleMixin:
         self.module.eval()
         device = self.device
         with private_torch_rng(seed, device):
-            for tensors in track(
-                dataloader, description=description or "", disable=description is None,
-                style="tqdm",
-            ):  # fmt: skip
+            bar = {"description": description or "", "disable": description is None}
+            for tensors in track(dataloader, style="tqdm", **bar):
                 yield {k: v.to(device) if torch.is_tensor(v) else v for k, v in tensors.items()}
 
     def _cell_names(self, adata: AnnData, indices: Sequence[int] | None) -> pd.Index:
