@@ -1,7 +1,9 @@
 """The scvi-tools contract: member views, ensemble-level defaults, hygiene, compatibility."""
 
 import random
+import re
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -40,6 +42,17 @@ def test_every_inherited_method_is_handled():
     for name in OVERRIDDEN:
         assert getattr(EnsembleSCVI, name) is not getattr(RNASeqMixin, name, None)
         assert getattr(EnsembleSCVI, name) is not getattr(VAEMixin, name, None)
+    # the README's contract table lists the public methods of each group, in its own row
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = {
+        "ensemble versions": OVERRIDDEN,
+        "scvi-tools' code, ensemble semantics": VIA_MODULE,
+        "per member only": MEMBER_ONLY,
+    }
+    for label, group in rows.items():
+        (line,) = [row for row in readme.splitlines() if row.startswith(f"| {label} |")]
+        listed = set(re.findall(r"`(\w+)`", line.split("|")[2]))
+        assert listed == {n for n in group if not n.startswith("_")}, label
 
 
 @pytest.mark.parametrize("name", sorted(MEMBER_ONLY))

@@ -154,7 +154,7 @@ def test_get_elbo_on_nan_counts_is_a_named_error():
     EnsembleSCVI.setup_anndata(ad, layer="counts")
     model = EnsembleSCVI(ad, n_members=2, n_hidden=8, n_latent=2, seed=0)
     model.train(max_epochs=1, batch_size=30, enable_progress_bar=False)
-    assert np.isfinite(model.get_elbo())
+    assert np.isfinite(float(model.get_elbo()))
     ad.layers["counts"] = ad.layers["counts"].toarray()
     ad.layers["counts"][5, 3] = np.nan  # e.g. a step that wrote into the counts after setup
     with pytest.raises(ValueError, match=r"layers\['counts'\] has 1 NaN or infinite count"):

@@ -21,6 +21,11 @@ from importlib.metadata import version
 
 import numpy as np
 import pandas as pd
+
+# scvi-tools 1.4.2's view_anndata_setup/view_setup_args call rich.pretty.pprint but import
+# only rich.table and rich.console, which in rich 15 no longer import rich.pretty: without
+# this import both fail with "module 'rich' has no attribute 'pretty'" (scvi.model.SCVI too).
+import rich.pretty  # noqa: F401
 import scvi
 import torch
 

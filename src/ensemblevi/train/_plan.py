@@ -22,6 +22,10 @@ def fast_param_groups(
 ) -> list[dict]:
     """Optimiser groups: the shared weights, and the fast weights at their own rate.
 
+    Without fast weights (single, deep, MC dropout) there is one unnamed group, as in
+    scvi-tools; with them the groups are named ``shared`` and ``fast`` (what Lightning's
+    ``LearningRateMonitor`` logs as ``lr-Adam/shared`` and ``lr-Adam/fast``).
+
     Fast weights (BatchEnsemble's ``r``, ``s`` and per-member biases) get
     ``lr * fast_lr_multiplier`` and no weight decay, as in the reference implementation
     (Wen, Tran & Ba 2020). Groups are built from the module's own list of fast
@@ -40,18 +44,14 @@ def fast_param_groups(
     """
     fast_ids = {id(p) for p in fast}
     params = list(params)
-    groups = [{"params": [p for p in params if id(p) not in fast_ids], "name": "shared"}]
     fast_params = [p for p in params if id(p) in fast_ids]
-    if fast_params:
-        groups.append(
-            {
-                "params": fast_params,
-                "name": "fast",
-                "lr": lr * fast_lr_multiplier,
-                "weight_decay": 0.0,
-            }
-        )
-    return groups
+    if not fast_params:
+        # one unnamed group, as scvi-tools': LearningRateMonitor then logs "lr-Adam" as for
+        # scvi.model.SCVI, where a named group would log "lr-Adam/<name>"
+        return [{"params": params}]
+    shared = {"params": [p for p in params if id(p) not in fast_ids], "name": "shared"}
+    fast_lr = lr * fast_lr_multiplier
+    return [shared, {"params": fast_params, "name": "fast", "lr": fast_lr, "weight_decay": 0.0}]
 
 
 def tune_step(module, batch, optimizer: torch.optim.Optimizer, tau: float) -> float:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -49,31 +50,72 @@ class EnsembleMixin:
             with self.module.member(self._check_member(member)):
                 yield
 
+    def _check_dataloader(
+        self,
+        method: str,
+        adata: AnnData | None,
+        dataloader: Iterable | None,
+        **ignored: Any,
+    ) -> None:
+        """Refuse ``adata`` or loader arguments next to a custom ``dataloader``.
+
+        scvi-tools raises for ``adata`` and ignores the others; here nothing is ignored.
+        ``ignored`` are the arguments a custom loader makes meaningless (``indices``,
+        ``batch_size``, ``data_loader_kwargs``), given as ``name=value``.
+        """
+        if dataloader is None:
+            return
+        if adata is not None:
+            raise ValueError(
+                f"{method}: pass either adata or dataloader, not both (a custom dataloader "
+                "already holds the cells)."
+            )
+        given = sorted(
+            name for name, value in ignored.items() if value is not None and not _empty(value)
+        )
+        if given:
+            raise ValueError(
+                f"{method}: {', '.join(given)} cannot apply to a custom dataloader, which "
+                "already fixes the cells and minibatches; build the loader with them instead, "
+                "e.g. model._make_data_loader(adata, indices=..., batch_size=...)."
+            )
+
     def _seeded_batches(
         self,
-        adata: AnnData,
+        adata: AnnData | None,
         indices: Sequence[int] | None,
         batch_size: int | None,
         seed: int | None,
         description: str | None = None,
+        dataloader: Iterable[dict[str, torch.Tensor]] | None = None,
+        data_loader_kwargs: dict | None = None,
     ) -> Iterator[dict[str, torch.Tensor]]:
         """Minibatches on the model's device, module in eval mode, under a private seeded RNG.
 
         The global RNG is left as it was, so outputs are reproducible for a ``seed`` without
-        disturbing the caller's random state. ``description`` shows a progress bar.
+        disturbing the caller's random state. ``description`` shows a progress bar. A custom
+        ``dataloader`` (minibatches as scvi-tools' loaders yield them) replaces the one built
+        from ``adata``, ``indices``, ``batch_size`` and ``data_loader_kwargs``.
         """
-        if isinstance(adata, AnnData):
-            # a NaN count makes every output nan without an error; integer matrices skip this
-            check_finite_counts(adata, self.registry_["setup_args"].get("layer"), indices)
-        loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
+        if dataloader is None:
+            if isinstance(adata, AnnData):
+                # a NaN count makes every output nan without an error; integer matrices skip it
+                check_finite_counts(adata, self.registry_["setup_args"].get("layer"), indices)
+            dataloader = self._make_data_loader(
+                adata=adata, indices=indices, batch_size=batch_size, **(data_loader_kwargs or {})
+            )
         self.module.eval()
         device = self.device
         with private_torch_rng(seed, device):
-            for tensors in track(
-                loader, description=description or "", disable=description is None, style="tqdm"
-            ):
+            bar = {"description": description or "", "disable": description is None}
+            for tensors in track(dataloader, style="tqdm", **bar):
                 yield {k: v.to(device) if torch.is_tensor(v) else v for k, v in tensors.items()}
 
     def _cell_names(self, adata: AnnData, indices: Sequence[int] | None) -> pd.Index:
         """Names of the cells ``indices`` (all for ``None``) of an already validated AnnData."""
         return adata.obs_names if indices is None else adata.obs_names[np.asarray(indices)]
+
+
+def _empty(value: Any) -> bool:
+    """An empty dict of loader keyword arguments (what callers pass for none)."""
+    return isinstance(value, dict) and not value

@@ -1,0 +1,47 @@
+"""The ``scvi.model.SCVI`` parameters that EnsembleSCVI refuses, each with why and what instead.
+
+``tests/test_scvi_contract.py`` checks every public method and parameter of
+``scvi.model.SCVI``: EnsembleSCVI either accepts it by name or lists it here, and then
+calling with it raises an error containing the listed text. ``**kwargs`` stands for
+scvi-tools' catch-all keyword arguments of that method.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_FORWARD_KWARGS = (
+    "scvi-tools passes them to the module's forward pass, but the ensemble's value comes "
+    "from EnsembleVAE's all-member evaluation path, which takes no such arguments; call "
+    "model.members[k].{method}(..., **kwargs) to run scvi-tools' own code on member k"
+)
+
+#: ``(method, parameter)`` -> why EnsembleSCVI refuses it and what to use instead.
+REFUSED: dict[tuple[str, str], str] = {
+    ("get_elbo", "**kwargs"): _FORWARD_KWARGS.format(method="get_elbo"),
+    ("get_reconstruction_error", "**kwargs"): _FORWARD_KWARGS.format(
+        method="get_reconstruction_error"
+    ),
+    ("get_marginal_ll", "**kwargs"): (
+        "scvi-tools passes them to the module's marginal_ll, but the ensemble's importance "
+        "sampler takes only n_mc_samples and n_mc_samples_per_pass; call "
+        "model.members[k].get_marginal_ll(..., **kwargs) to run scvi-tools' own code on member k"
+    ),
+}
+
+
+def refuse_kwargs(method: str, kwargs: dict[str, Any]) -> None:
+    """Raise ``TypeError`` with :data:`REFUSED`'s text if ``kwargs`` is not empty.
+
+    Parameters
+    ----------
+    method
+        The EnsembleSCVI method whose catch-all keyword arguments ``kwargs`` are.
+    kwargs
+        What the caller passed beyond the method's named parameters.
+    """
+    if kwargs:
+        raise TypeError(
+            f"EnsembleSCVI.{method} got unexpected keyword arguments {sorted(kwargs)}: "
+            f"{REFUSED[(method, '**kwargs')]}."
+        )
