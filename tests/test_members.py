@@ -55,11 +55,37 @@ def test_every_inherited_method_is_handled():
         assert listed == {n for n in group if not n.startswith("_")}, label
 
 
-@pytest.mark.parametrize("name", sorted(MEMBER_ONLY))
-def test_member_only_methods_raise_and_name_the_fix(fitted, name):
-    _, model = fitted
-    with pytest.raises(MemberMethodError, match=rf"model\.members\[k\]\.{name}"):
-        getattr(model, name)()
+def test_member_only_methods_run_scvi_tools_on_one_member(fitted):
+    adata, model = fitted
+
+    def seeded(fn, *args, alone=None, **kwargs):  # the parameters come from a latent draw
+        torch.manual_seed(3)
+        if alone is None:
+            return fn(*args, **kwargs)
+        with model.module.member(alone):  # scvi-tools' own code on member k alone
+            return fn(*args, **kwargs)
+
+    for k in (0, 2):
+        want = seeded(RNASeqMixin.get_likelihood_parameters, model, indices=[1, 5], alone=k)
+        got = seeded(
+            model.get_likelihood_parameters, indices=[1, 5], **({"member": k} if k else {})
+        )
+        assert set(got) == set(want) == {"mean", "dispersions", "dropout"}
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key])
+    assert got["mean"].shape == (2, adata.n_vars)
+    every = seeded(model.get_likelihood_parameters, indices=[1, 5], return_members=True)
+    assert len(every) == 3 and all(p["mean"].shape == (2, adata.n_vars) for p in every)
+    # members differ: the list is not one member repeated
+    assert not np.allclose(every[0]["dispersions"], every[1]["dispersions"])
+    post = model.get_aggregated_posterior(indices=np.arange(10), member=1)
+    # its components are member 1's posteriors: their means are member 1's latent codes
+    z1 = model.get_latent_representation(indices=np.arange(10), member=1)
+    np.testing.assert_allclose(post.component_distribution.mean.numpy(), z1, rtol=1e-5, atol=1e-6)
+    z0 = model.get_latent_representation(indices=np.arange(10))
+    assert not np.allclose(z0, z1)
+    with pytest.raises(MemberMethodError, match="get_likelihood_parameters.*out of range"):
+        model.get_likelihood_parameters(member=3)
 
 
 def test_member_views_are_scvi_models(fitted):

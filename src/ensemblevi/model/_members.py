@@ -11,8 +11,10 @@ so a new scvi-tools method cannot slip through):
   because the module methods it calls (``sample``, ``_get_denoised_samples``) return the
   ensemble's predictive (the equal-weight member mixture);
 * ``MEMBER_ONLY``: only meaningful per member (latent-space or parameter outputs); on the
-  ensemble they are :class:`MemberOnly` attributes that raise :class:`MemberMethodError`
-  naming ``model.members[k].<method>``.
+  ensemble they are :class:`MemberOnly` attributes that return one member's result
+  (``member=0`` by default, as ``get_latent_representation`` returns member 0's latent
+  space) or, with ``return_members=True``, the list of every member's: scvi-tools' own
+  method run on ``model.members[k]``.
 
 ``model.members[k]`` is a :class:`MemberView`: scvi-tools' own methods run with the module
 switched to member ``k`` alone, so it behaves like a ``scvi.model.SCVI`` holding that
@@ -58,15 +60,18 @@ MEMBER_ONLY = {
 
 
 class MemberMethodError(TypeError):
-    """An scvi-tools method that is defined per member was called on the whole ensemble."""
+    """A per-member scvi-tools method was asked for something only the whole ensemble has."""
 
 
 class MemberOnly:
     """An ensemble attribute standing for an scvi-tools method that works per member only.
 
     Declared in a class body as ``get_likelihood_parameters = MemberOnly()``; the reason
-    comes from :data:`MEMBER_ONLY` under the attribute's name. Calling it raises
-    :class:`MemberMethodError` naming ``model.members[k].<name>``.
+    comes from :data:`MEMBER_ONLY` under the attribute's name. Called on the ensemble it
+    runs scvi-tools' own method on ``model.members[member]`` (default member 0, the member
+    ``get_latent_representation`` returns), or on every member with
+    ``return_members=True`` (a list, member by member), so that a script written for
+    ``scvi.model.SCVI`` runs and gets scvi-tools' types.
     """
 
     def __set_name__(self, owner: type, name: str) -> None:
@@ -74,20 +79,34 @@ class MemberOnly:
             raise TypeError(f"{name} is not in MEMBER_ONLY; give its reason there.")
         self.name, self.why = name, MEMBER_ONLY[name]
         self.__doc__ = (
-            f"Not available on the whole ensemble ({self.why}); use ``model.members[k].{name}``."
+            f"Member ``member``'s ``{name}`` (scvi-tools' own on ``model.members[member]``).\n\n"
+            f"Per member only: {self.why}.\n\n"
+            "Parameters\n----------\n"
+            "*args, **kwargs\n    scvi-tools' arguments of the method.\n"
+            "member\n    The member (default 0).\n"
+            "return_members\n    Return the list of every member's result instead.\n"
         )
 
     def __get__(self, obj: Any, objtype: type | None = None) -> Any:
         if obj is None:
             return self
-        return functools.partial(self._refuse, obj)
+        bound = functools.partial(self._call, obj)
+        bound.__doc__ = self.__doc__
+        return bound
 
-    def _refuse(self, model: Any, *args: Any, **kwargs: Any):
-        raise MemberMethodError(
-            f"EnsembleSCVI.{self.name} works per member: {self.why}. Call "
-            f"model.members[k].{self.name}(...) for member k (k = 0..{model.n_members - 1}), "
-            "which behaves like scvi.model.SCVI."
-        )
+    def _call(
+        self, model: Any, *args: Any, member: int = 0, return_members: bool = False, **kwargs: Any
+    ):
+        if return_members:
+            return [getattr(view, self.name)(*args, **kwargs) for view in model.members]
+        try:
+            view = model.members[member]
+        except (IndexError, TypeError) as err:
+            raise MemberMethodError(
+                f"EnsembleSCVI.{self.name}(member={member!r}): {err} ({self.name} works per "
+                f"member: {self.why})."
+            ) from None
+        return getattr(view, self.name)(*args, **kwargs)
 
 
 def _in_member(fn: Callable) -> Callable:
