@@ -84,7 +84,7 @@ def test_member_only_methods_run_scvi_tools_on_one_member(fitted):
     np.testing.assert_allclose(post.component_distribution.mean.numpy(), z1, rtol=1e-5, atol=1e-6)
     z0 = model.get_latent_representation(indices=np.arange(10))
     assert not np.allclose(z0, z1)
-    with pytest.raises(MemberMethodError, match="get_likelihood_parameters.*out of range"):
+    with pytest.raises(MemberMethodError, match=r"get_likelihood_parameters.*out of range"):
         model.get_likelihood_parameters(member=3)
 
 

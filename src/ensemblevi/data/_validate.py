@@ -253,6 +253,84 @@ def check_finite_counts(
         )
 
 
+def check_setup_data(
+    adata: AnnData,
+    layer: str | None,
+    obs_keys: Iterable[str | None],
+    continuous_keys: Iterable[str],
+    size_factor_key: str | None,
+) -> None:
+    """The checks of ``EnsembleSCVI.setup_anndata``: structure, not the likelihood's needs.
+
+    Whether the data must be raw integer counts depends on the likelihood, so
+    :func:`validate_counts` runs where the model is built. Here: the data exist, are not
+    empty, are finite, gene names are unique, the ``obs`` columns exist without missing
+    values, continuous covariates are finite and size factors positive and finite.
+
+    Parameters
+    ----------
+    adata
+        The data.
+    layer
+        Layer holding the data (``None``: ``X``).
+    obs_keys
+        Categorical ``obs`` columns (batch, labels, covariates; ``None`` entries skipped).
+    continuous_keys
+        Continuous covariate columns.
+    size_factor_key
+        The size factor column, or ``None``.
+    """
+    x = get_counts(adata, layer)  # a missing layer is named with the ones there are
+    if 0 in x.shape:
+        raise ValueError(
+            f"{_source_name(layer)} is empty ({x.shape[0]} cells x {x.shape[1]} genes); a "
+            "model needs at least one cell and one gene."
+        )
+    check_finite_counts(adata, layer=layer)
+    check_unique_genes(adata)
+    continuous_keys = list(continuous_keys)
+    require_obs_columns(adata, [*obs_keys, size_factor_key, *continuous_keys])
+    if size_factor_key is not None:
+        check_size_factors(adata, size_factor_key)
+    for key in continuous_keys:
+        values = np.asarray(adata.obs[key], dtype=float)
+        if not np.isfinite(values).all():
+            raise ValueError(
+                f"Continuous covariate obs[{key!r}] has {int((~np.isfinite(values)).sum())} "
+                "NaN or infinite values; fill or drop those cells first."
+            )
+
+
+def check_size_factors(adata: AnnData, key: str) -> None:
+    """Raise a ``ValueError`` unless ``obs[key]`` holds positive, finite size factors.
+
+    The likelihood uses ``log(size factor)`` as the log library, so a zero, negative or
+    missing factor would make every likelihood of that cell ``nan`` or infinite.
+
+    Parameters
+    ----------
+    adata
+        The data.
+    key
+        The ``obs`` column of the size factors.
+    """
+    try:
+        values = np.asarray(adata.obs[key], dtype=float)
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"Size factors obs[{key!r}] are not numbers ({err}); pass the column of "
+            "per-cell size factors (positive floats) as size_factor_key."
+        ) from err
+    bad = ~(np.isfinite(values) & (values > 0))
+    if bad.any():
+        first = adata.obs_names[np.flatnonzero(bad)[0]]
+        raise ValueError(
+            f"Size factors obs[{key!r}] have {int(bad.sum())} value(s) that are not positive "
+            f"and finite, e.g. cell {first!r}: {values[bad][0]!r}. The library is their log: "
+            "fix or drop those cells, or set up without size_factor_key to use total counts."
+        )
+
+
 def _row_chunks(x) -> Iterator[tuple[int, Any]]:
     """Yield (first row, rows) per chunk of rows: CSR chunks for sparse input, arrays else.
 

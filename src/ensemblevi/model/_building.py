@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 from collections.abc import Iterator
 from typing import Any
 
@@ -104,3 +105,27 @@ class ModuleBuilderMixin:
             n_continuous_cov=getattr(datamodule, "n_continuous_cov", 0),
             n_cats_per_cov=getattr(datamodule, "n_cats_per_cov", None),
         )
+
+    def _get_init_params(self, locals: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """scvi-tools' saved constructor arguments, read with the model class's signature.
+
+        ``locals`` are those of ``EnsembleSCVI.__init__`` (its ``__class__`` cell names the
+        class). A subclass whose ``__init__`` only changes defaults
+        (``def __init__(self, adata=None, n_members=2, **kwargs)``) names them otherwise,
+        and scvi-tools, reading them with the subclass's signature, would drop
+        ``**module_kwargs`` from what ``load`` rebuilds the model with.
+
+        Parameters
+        ----------
+        locals
+            ``locals()`` of the model's ``__init__``.
+        """
+        owner = locals.get("__class__", type(self))
+        params = inspect.signature(owner.__init__).parameters.values()
+        given = {k: v for k, v in locals.items() if k not in ("self", "adata", "__class__")}
+        named = {p.name for p in params if p.kind != p.VAR_KEYWORD and p.name in given}
+        var = [p.name for p in params if p.kind == p.VAR_KEYWORD]
+        return {
+            "kwargs": {k: given[k] for k in var if k in given},
+            "non_kwargs": {k: given[k] for k in named},
+        }

@@ -12,16 +12,16 @@ training, ``save``/``load`` and its properties); its outputs come from the mixin
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import os
 import shutil
 import uuid
 import warnings
+from collections.abc import Callable
 from typing import Any, Literal
 
-import numpy as np
 import pandas as pd
+import torch
 from anndata import AnnData
 from scvi import REGISTRY_KEYS, settings
 from scvi.data import AnnDataManager
@@ -30,13 +30,14 @@ from scvi.data.fields import (
     CategoricalObsField,
     LayerField,
     NumericalJointObsField,
+    NumericalObsField,
 )
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
 from ensemblevi._compat import _init_library_size, saved_model_file, saved_var_names
 from ensemblevi._constants import EnsembleKind, check_kind
 from ensemblevi._seeding import seeded_globally as _seeded_globally
-from ensemblevi.data import require_obs_columns, validate_counts
+from ensemblevi.data import check_setup_data, validate_counts
 from ensemblevi.module import EnsembleVAE
 from ensemblevi.module._hyperparameters import hyperparameter_table, trajectory_frame
 from ensemblevi.module._likelihood import compiled_likelihood, should_compile
@@ -97,10 +98,23 @@ class EnsembleSCVI(
         ``"mcdropout"`` (one network, K dropout masks kept on at prediction: its members are
         mask draws, new at every call, not fixed functions) or ``"single"`` (one scVI
         network, for comparisons).
-    n_hidden, n_latent, n_layers, dropout_rate, dispersion, gene_likelihood
+    n_hidden, n_latent, n_layers, dropout_rate
         As in ``scvi.model.SCVI``.
+    dispersion
+        ``gene``, ``gene-batch``, ``gene-label`` or ``gene-cell`` (decoded per cell, each
+        member its own), as in ``scvi.model.SCVI``.
+    gene_likelihood
+        ``zinb``, ``nb``, ``poisson`` (these need raw integer counts: anything else is
+        refused here, naming the problem and the fix) or ``normal`` (continuous data, e.g.
+        log-normalised).
     use_observed_lib_size
-        Observed library size (default) or a latent one, as in ``scvi.model.SCVI``.
+        Observed library size (default) or a latent one, as in ``scvi.model.SCVI``. Data set
+        up with ``size_factor_key`` use the size factors as the library.
+    latent_distribution
+        ``normal`` or ``ln`` (logistic normal), as in ``scvi.model.SCVI``.
+    var_activation
+        Callable making the encoders' variances positive (``None``: ``torch.exp``), as
+        ``scvi.module.VAE``'s.
     seed
         Seed of the weight initialisation; ``None`` uses the global torch generator
         (``scvi.settings.seed``).
@@ -157,9 +171,11 @@ class EnsembleSCVI(
         n_latent: int = 10,
         n_layers: int = 1,
         dropout_rate: float = 0.1,
-        dispersion: Literal["gene", "gene-batch", "gene-label"] = "gene",
-        gene_likelihood: Literal["zinb", "nb", "poisson"] = "zinb",
+        dispersion: Literal["gene", "gene-batch", "gene-label", "gene-cell"] = "gene",
+        gene_likelihood: Literal["zinb", "nb", "poisson", "normal"] = "zinb",
         use_observed_lib_size: bool = True,
+        latent_distribution: Literal["normal", "ln"] = "normal",
+        var_activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
         seed: int | None = None,
         member_offset: int = 0,
         n_members_total: int | None = None,
@@ -170,6 +186,13 @@ class EnsembleSCVI(
             raise ValueError(f"n_members must be a positive integer, got {n_members!r}.")
         with base_accepts_no_data(self) if adata is None else contextlib.nullcontext():
             super().__init__(adata)
+        use_size_factor_key = False
+        if adata is not None:
+            setup_args = self.registry_["setup_args"]
+            if gene_likelihood in ("zinb", "nb", "poisson"):
+                # checked here, where the likelihood is known: "normal" takes continuous data
+                validate_counts(self.adata, layer=setup_args.get("layer"))
+            use_size_factor_key = setup_args.get("size_factor_key") is not None
         shard = check_shard(ensemble, int(n_members), member_offset, n_members_total, seed)
         # fixed for the model's life (scvi-tools' train() reads it)
         if ensemble == "hyperbatch":
@@ -186,13 +209,17 @@ class EnsembleSCVI(
             "dispersion": dispersion,
             "gene_likelihood": gene_likelihood,
             "use_observed_lib_size": use_observed_lib_size,
+            "latent_distribution": latent_distribution,
+            "var_activation": var_activation,
+            "use_size_factor_key": use_size_factor_key,
             **module_kwargs,
         }
         part = f", members {shard[0]}..{shard[0] + n_members - 1} of {shard[1]}" if shard else ""
         self._model_summary_string = (
             f"EnsembleSCVI ({ensemble}, {n_built} member(s){part}): n_hidden: "
             f"{n_hidden}, n_latent: {n_latent}, n_layers: {n_layers}, dropout_rate: "
-            f"{dropout_rate}, dispersion: {dispersion}, gene_likelihood: {gene_likelihood}"
+            f"{dropout_rate}, dispersion: {dispersion}, gene_likelihood: {gene_likelihood}, "
+            f"latent_distribution: {latent_distribution}"
         )
         if self._module_init_on_train:
             self.module = None
@@ -211,7 +238,7 @@ class EnsembleSCVI(
                 ).n_cats_per_key
             n_batch = self.summary_stats.n_batch
             library_log_means = library_log_vars = None
-            if not use_observed_lib_size:
+            if not use_observed_lib_size and not use_size_factor_key:
                 library_log_means, library_log_vars = _init_library_size(
                     self.adata_manager, n_batch
                 )
@@ -225,23 +252,6 @@ class EnsembleSCVI(
                 library_log_vars=library_log_vars,
             )
         self.init_params_ = self._get_init_params(locals())
-
-    def _get_init_params(self, locals: dict[str, Any]) -> dict[str, dict[str, Any]]:
-        """scvi-tools' saved constructor arguments, read with this class's signature.
-
-        ``locals`` are those of :meth:`EnsembleSCVI.__init__`; a subclass whose ``__init__``
-        only changes defaults (``def __init__(self, adata=None, n_members=2, **kwargs)``)
-        names them otherwise, and scvi-tools, reading them with the subclass's signature,
-        would drop ``**module_kwargs`` from what ``load`` rebuilds the model with.
-        """
-        params = inspect.signature(EnsembleSCVI.__init__).parameters.values()
-        given = {k: v for k, v in locals.items() if k not in ("self", "adata", "__class__")}
-        named = {p.name for p in params if p.kind != p.VAR_KEYWORD and p.name in given}
-        var = [p.name for p in params if p.kind == p.VAR_KEYWORD]
-        return {
-            "kwargs": {k: given[k] for k in var if k in given},
-            "non_kwargs": {k: given[k] for k in named},
-        }
 
     @property
     def n_members(self) -> int:
@@ -281,50 +291,47 @@ class EnsembleSCVI(
         layer: str | None = None,
         batch_key: str | None = None,
         labels_key: str | None = None,
+        size_factor_key: str | None = None,
         categorical_covariate_keys: list[str] | None = None,
         continuous_covariate_keys: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
         """Register ``adata`` as ``scvi.model.SCVI.setup_anndata`` does, after checking it.
 
-        The counts (``adata.X`` or ``layers[layer]``) must be raw counts: finite,
-        non-negative integers; anything else raises a ``ValueError`` naming the problem and
-        the fix (see :func:`ensemblevi.data.validate_counts`). Missing ``obs`` columns raise
-        one too.
+        Checked here: the data (``adata.X`` or ``layers[layer]``) exist and are finite, the
+        ``obs`` columns exist, continuous covariates are finite and size factors positive
+        and finite; each problem raises a ``ValueError`` naming it and the fix. Whether the
+        data must be raw integer counts depends on the likelihood, so that is checked when
+        the model is built (``gene_likelihood`` ``zinb``, ``nb``, ``poisson``; see
+        :func:`ensemblevi.data.validate_counts`), still before any training.
 
         Parameters
         ----------
         adata
-            AnnData with raw counts.
+            AnnData with raw counts (or continuous data for ``gene_likelihood="normal"``).
         layer
             Layer holding the counts (``None``: ``adata.X``).
         batch_key, labels_key
             ``obs`` columns of the batch and the labels.
+        size_factor_key
+            ``obs`` column of size factors (positive), used as the library of the
+            likelihood instead of the total counts, as in ``scvi.model.SCVI``.
         categorical_covariate_keys, continuous_covariate_keys
             ``obs`` columns of further covariates.
         """
-        validate_counts(adata, layer=layer)
-        require_obs_columns(
+        check_setup_data(
             adata,
-            [
-                batch_key,
-                labels_key,
-                *(categorical_covariate_keys or []),
-                *(continuous_covariate_keys or []),
-            ],
+            layer=layer,
+            obs_keys=[batch_key, labels_key, *(categorical_covariate_keys or [])],
+            continuous_keys=continuous_covariate_keys or [],
+            size_factor_key=size_factor_key,
         )
-        for key in continuous_covariate_keys or []:
-            values = np.asarray(adata.obs[key], dtype=float)
-            if not np.isfinite(values).all():
-                raise ValueError(
-                    f"Continuous covariate obs[{key!r}] has {int((~np.isfinite(values)).sum())} "
-                    "NaN or infinite values; fill or drop those cells first."
-                )
         setup_method_args = cls._get_setup_method_args(**locals())
         anndata_fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
             CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
             CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
+            NumericalObsField(REGISTRY_KEYS.SIZE_FACTOR_KEY, size_factor_key, required=False),
             CategoricalJointObsField(REGISTRY_KEYS.CAT_COVS_KEY, categorical_covariate_keys),
             NumericalJointObsField(REGISTRY_KEYS.CONT_COVS_KEY, continuous_covariate_keys),
         ]

@@ -13,7 +13,8 @@ mixture, the latent posterior and the count model gives
 
 with ``rho`` in units of ``L`` and ``Var(y | rho) = L^2 Var(x | k, s) / l^2``:
 Poisson ``rho/l``, NB ``rho/l + rho^2/theta``, ZINB with zero probability ``pi``
-``(1 - pi)(rho/l + rho^2/theta) + pi (1 - pi) rho^2`` (all ``rho`` as fractions here).
+``(1 - pi)(rho/l + rho^2/theta) + pi (1 - pi) rho^2`` (all ``rho`` as fractions here);
+a Normal likelihood with standard deviation ``sigma``: ``sigma^2 / l^2``.
 Every moment is the plain (population) moment over the drawn samples.
 """
 
@@ -79,6 +80,7 @@ def decompose_variance(
     theta: torch.Tensor | None = None,
     zi_logits: torch.Tensor | None = None,
     library_size: float = 1e4,
+    std: torch.Tensor | None = None,
 ) -> VarianceParts:
     """Mean and variance parts of normalised expression from member samples.
 
@@ -93,6 +95,10 @@ def decompose_variance(
         inflation).
     library_size
         ``L``: the counts per cell that expression is expressed in.
+    std
+        The standard deviation of a Normal likelihood (``gene_likelihood="normal"``),
+        broadcastable to ``scale``: the noise is then ``std^2 / l^2``, and ``theta`` and
+        ``zi_logits`` must be ``None``.
     """
     if scale.dim() != 4:
         raise ValueError(
@@ -104,7 +110,12 @@ def decompose_variance(
     var_between = (member_mean - mean).square_().mean(0)
     var_within = rho.sub_(member_mean).square_().mean(0).mean(0)
     del rho
-    noise = count_variance_fraction(scale, library, theta, zi_logits)
+    if std is None:
+        noise = count_variance_fraction(scale, library, theta, zi_logits)
+    elif theta is not None or zi_logits is not None:
+        raise ValueError("std (a Normal likelihood) excludes theta and zi_logits.")
+    else:
+        noise = (std / library).square().expand_as(scale)
     var_noise = noise.mean(0).mean(0).mul_(library_size**2)
     return VarianceParts(mean, var_between, var_within, var_noise)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
+from collections.abc import Callable
 from contextlib import contextmanager
 from typing import Literal
 
@@ -11,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from scvi import REGISTRY_KEYS
 from scvi.distributions import NegativeBinomial, Poisson, ZeroInflatedNegativeBinomial
+from scvi.distributions import Normal as NormalLikelihood
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from torch import nn
 from torch.distributions import Normal, kl_divergence
@@ -20,6 +23,7 @@ from ensemblevi.module._embedding import BatchEmbeddingMixin
 from ensemblevi.module._hyperparameters import HyperparameterHost, HyperparameterSpec
 from ensemblevi.module._likelihood import (
     nb_log_prob_sum,
+    normal_log_prob_sum,
     poisson_log_prob_sum,
     zinb_log_prob_sum,
 )
@@ -66,11 +70,23 @@ class EnsembleVAE(HyperparameterHost, PredictiveMixin, BatchEmbeddingMixin, Base
         Architecture, as in ``scvi.module.VAE``. For ``mcdropout`` the decoder gets the same
         dropout rate as the encoder (scVI's decoder has none), so that its K masks differ.
     dispersion
-        ``gene``, ``gene-batch`` or ``gene-label``.
+        ``gene``, ``gene-batch``, ``gene-label`` or ``gene-cell`` (decoded per cell by a
+        head of each member's decoder).
     gene_likelihood
-        ``zinb``, ``nb`` or ``poisson``.
+        ``zinb``, ``nb``, ``poisson`` or ``normal`` (scvi-tools' Normal on continuous data:
+        mean ``l * rho``, standard deviation ``exp(px_r)``, the dispersion parameter).
+    latent_distribution
+        ``normal`` or ``ln`` (logistic normal: ``z = softmax(u)``, ``u ~ q``), as in
+        ``scvi.module.VAE``.
+    var_activation
+        Makes the encoders' variances positive (``None``: ``torch.exp``), as in
+        ``scvi.module.VAE``.
     use_observed_lib_size, library_log_means, library_log_vars
         Library size handling, as in ``scvi.module.VAE``.
+    use_size_factor_key
+        The registered size factor is the library in the likelihood (with softplus
+        instead of softmax expression), as ``scvi.module.VAE``; the library is then
+        observed: ``use_observed_lib_size=False`` is overridden, with a warning.
     random_sign_init
         BatchEnsemble fast-weight init of ``r`` and ``s`` (``batch``, ``hyperbatch``):
         negative: ``N(1, |value|)`` (default -0.5, the reference's); positive ``p``: random
@@ -108,9 +124,11 @@ class EnsembleVAE(HyperparameterHost, PredictiveMixin, BatchEmbeddingMixin, Base
         n_continuous_cov: int = 0,
         n_cats_per_cov: list[int] | None = None,
         dropout_rate: float = 0.1,
-        dispersion: Literal["gene", "gene-batch", "gene-label"] = "gene",
+        dispersion: Literal["gene", "gene-batch", "gene-label", "gene-cell"] = "gene",
         log_variational: bool = True,
-        gene_likelihood: Literal["zinb", "nb", "poisson"] = "zinb",
+        gene_likelihood: Literal["zinb", "nb", "poisson", "normal"] = "zinb",
+        latent_distribution: Literal["normal", "ln"] = "normal",
+        var_activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
         encode_covariates: bool = False,
         deeply_inject_covariates: bool = True,
         use_batch_norm: Literal["encoder", "decoder", "none", "both"] = "both",
@@ -118,6 +136,7 @@ class EnsembleVAE(HyperparameterHost, PredictiveMixin, BatchEmbeddingMixin, Base
         use_observed_lib_size: bool = True,
         library_log_means: np.ndarray | None = None,
         library_log_vars: np.ndarray | None = None,
+        use_size_factor_key: bool = False,
         random_sign_init: float = -0.5,
         hyperparameters: HyperparameterSpec = None,
         hyper_heads: Literal["tied", "full"] = "tied",
@@ -128,14 +147,24 @@ class EnsembleVAE(HyperparameterHost, PredictiveMixin, BatchEmbeddingMixin, Base
         check_kind(ensemble)
         if hyper_heads not in ("tied", "full"):
             raise ValueError(f"hyper_heads must be 'tied' or 'full', got {hyper_heads!r}.")
-        if gene_likelihood not in ("zinb", "nb", "poisson"):
+        if gene_likelihood not in ("zinb", "nb", "poisson", "normal"):
             raise ValueError(
-                f"gene_likelihood must be zinb, nb or poisson, got {gene_likelihood!r}."
+                f"gene_likelihood must be zinb, nb, poisson or normal, got {gene_likelihood!r}."
             )
-        if dispersion not in ("gene", "gene-batch", "gene-label"):
+        if dispersion not in ("gene", "gene-batch", "gene-label", "gene-cell"):
             raise ValueError(
-                f"dispersion must be gene, gene-batch or gene-label, not {dispersion!r}."
+                f"dispersion must be gene, gene-batch, gene-label or gene-cell, not {dispersion!r}."
             )
+        if use_size_factor_key and not use_observed_lib_size:
+            # scvi-tools' rule (its own tests rely on it), said out loud here
+            warnings.warn(
+                "use_observed_lib_size=False is overridden: the AnnData was set up with "
+                "size_factor_key, whose size factors are the library of the likelihood (as "
+                "in scvi-tools). Set the data up without size_factor_key for a latent library.",
+                UserWarning,
+                stacklevel=2,
+            )
+            use_observed_lib_size = True
         if ensemble == "single":
             n_members = 1
         self.n_members = int(n_members)
@@ -146,6 +175,8 @@ class EnsembleVAE(HyperparameterHost, PredictiveMixin, BatchEmbeddingMixin, Base
         self.n_latent = n_latent
         self.dispersion = dispersion
         self.gene_likelihood = gene_likelihood
+        self.latent_distribution = latent_distribution
+        self.use_size_factor_key = use_size_factor_key
         self.log_variational = log_variational
         self.encode_covariates = encode_covariates
         self.use_observed_lib_size = use_observed_lib_size
@@ -165,10 +196,15 @@ class EnsembleVAE(HyperparameterHost, PredictiveMixin, BatchEmbeddingMixin, Base
             self.register_buffer("library_log_means", torch.from_numpy(library_log_means).float())
             self.register_buffer("library_log_vars", torch.from_numpy(library_log_vars).float())
 
-        # One dispersion per member, except for the single network of MC dropout.
+        # One dispersion per member, except for the single network of MC dropout; the
+        # decoder computes a per-cell one.
         n_disp = 1 if mc else self.n_members
-        extra = {"gene": (), "gene-batch": (n_batch,), "gene-label": (n_labels,)}[dispersion]
-        self.px_r = nn.Parameter(torch.randn(n_disp, n_input, *extra))
+        extra = {"gene": (), "gene-batch": (n_batch,), "gene-label": (n_labels,)}
+        self.px_r = (
+            None
+            if dispersion == "gene-cell"
+            else nn.Parameter(torch.randn(n_disp, n_input, *extra[dispersion]))
+        )
 
         # after px_r, where scvi.module.VAE draws its embedding
         batch_dim = self._init_batch_representation(
@@ -197,6 +233,8 @@ class EnsembleVAE(HyperparameterHost, PredictiveMixin, BatchEmbeddingMixin, Base
             use_layer_norm=ln_enc,
             inject_covariates=deeply_inject_covariates,
             spec=enc_spec,
+            distribution=latent_distribution,
+            var_activation=var_activation,
         )
         self.l_encoder = (
             None
@@ -212,6 +250,7 @@ class EnsembleVAE(HyperparameterHost, PredictiveMixin, BatchEmbeddingMixin, Base
                 use_layer_norm=ln_enc,
                 inject_covariates=deeply_inject_covariates,
                 spec=enc_spec,
+                var_activation=var_activation,
             )
         )
         self.decoder = EnsembleDecoderSCVI(
@@ -226,6 +265,8 @@ class EnsembleVAE(HyperparameterHost, PredictiveMixin, BatchEmbeddingMixin, Base
             dropout_rate=dropout_rate if mc else 0.0,
             tied_heads=hyper_heads == "tied",
             spec=dec_spec,
+            scale_activation="softplus" if use_size_factor_key else "softmax",
+            dispersion_head=dispersion == "gene-cell",
         )
 
     # ----------------------------------------------------------------- members
@@ -290,7 +331,9 @@ class EnsembleVAE(HyperparameterHost, PredictiveMixin, BatchEmbeddingMixin, Base
         }
 
     def _get_generative_input(self, tensors, inference_outputs, **kwargs):
+        size_factor = tensors.get(REGISTRY_KEYS.SIZE_FACTOR_KEY)
         return {
+            "size_factor": None if size_factor is None else torch.log(size_factor),
             "z": inference_outputs["z"],
             "library": inference_outputs["library"],
             "batch_index": tensors[REGISTRY_KEYS.BATCH_KEY],
@@ -327,7 +370,9 @@ class EnsembleVAE(HyperparameterHost, PredictiveMixin, BatchEmbeddingMixin, Base
         -------
         dict
             ``z`` ``([S,] K, B, n_latent)``, ``qz``, ``ql`` (``None`` with the observed
-            library size) and ``library`` (log library size).
+            library size) and ``library`` (log library size); with
+            ``latent_distribution="ln"`` also ``untran_z``, the normal draws ``z`` is the
+            softmax of.
         """
         self._prepare_hyper(x.shape[0])
         x_ = torch.log1p(x) if self.log_variational else x
@@ -339,19 +384,24 @@ class EnsembleVAE(HyperparameterHost, PredictiveMixin, BatchEmbeddingMixin, Base
             cat_codes = torch.split(cat_covs, 1, dim=1) if cat_covs is not None else ()
             cats = (*self._batch_codes(batch_index), *cat_codes)
         shared = x_.dim() == x.dim()  # per-member batch embeddings give x_ a member axis
-        qz, z = self.z_encoder(x_, *cats, shared_input=shared)
+        qz, untran_z = self.z_encoder(x_, *cats, shared_input=shared, transform=False)
         ql = None
         if self.use_observed_lib_size:
             library = torch.log(x.sum(1)).unsqueeze(1)
         else:
             ql, library = self.l_encoder(x_, *cats, shared_input=shared)
         if n_samples > 1:
-            z = qz.sample((n_samples,))
+            untran_z = qz.sample((n_samples,))
             if self.use_observed_lib_size:
                 library = library.unsqueeze(0).expand(n_samples, *library.shape)
             else:
                 library = ql.sample((n_samples,))
-        return {"z": z, "qz": qz, "ql": ql, "library": library}
+        z = self.z_encoder.z_transformation(untran_z)
+        out = {"z": z, "qz": qz, "ql": ql, "library": library}
+        if self.latent_distribution == "ln":
+            # importance weights need the draw of q itself; softmax is not invertible
+            out["untran_z"] = untran_z
+        return out
 
     # ------------------------------------------------------------ generative
     def _dispersion(self, batch_index, y):
@@ -376,6 +426,7 @@ class EnsembleVAE(HyperparameterHost, PredictiveMixin, BatchEmbeddingMixin, Base
         cat_covs: torch.Tensor | None = None,
         y: torch.Tensor | None = None,
         transform_batch: int | None = None,
+        size_factor: torch.Tensor | None = None,
     ) -> dict:
         """p(x | z, l) and the priors, for every active member.
 
@@ -393,12 +444,16 @@ class EnsembleVAE(HyperparameterHost, PredictiveMixin, BatchEmbeddingMixin, Base
             Label codes ``(B, 1)`` (for ``dispersion="gene-label"``).
         transform_batch
             Decode every cell as if it came from this batch code.
+        size_factor
+            Log size factors ``(B, 1)``: the library of the likelihood when the model uses
+            ``size_factor_key`` (``library`` is then not used by the decoder).
 
         Returns
         -------
         dict
-            ``px`` (scvi-tools' ZINB / NB / Poisson), ``pl`` (prior of a latent library
-            size, else ``None``), ``pz`` and ``theta`` (the dispersion at its own shape).
+            ``px`` (scvi-tools' ZINB / NB / Poisson / Normal), ``pl`` (prior of a latent
+            library size, else ``None``), ``pz`` and ``theta`` (the dispersion at its own
+            shape: the NB inverse dispersion, or the Normal's standard deviation).
         """
         dec_in = z
         if cont_covs is not None:
@@ -406,18 +461,27 @@ class EnsembleVAE(HyperparameterHost, PredictiveMixin, BatchEmbeddingMixin, Base
         cats = torch.split(cat_covs, 1, dim=1) if cat_covs is not None else ()
         if transform_batch is not None:
             batch_index = torch.ones_like(batch_index) * transform_batch
+        if self.use_size_factor_key:
+            if size_factor is None:
+                raise ValueError(
+                    "The model was set up with size_factor_key, but the minibatch has no size "
+                    "factors: register the AnnData with the same setup_anndata arguments."
+                )
+            library = size_factor
         dec_in = self._with_batch_rep(dec_in, batch_index)
         batch_codes = self._batch_codes(batch_index)
-        px_scale, px_rate, px_dropout = self.decoder(dec_in, library, *batch_codes, *cats)
-        theta = torch.exp(self._dispersion(batch_index, y))
+        px_scale, px_rate, px_dropout, px_r = self.decoder(dec_in, library, *batch_codes, *cats)
+        theta = torch.exp(px_r if px_r is not None else self._dispersion(batch_index, y))
         if self.gene_likelihood == "zinb":
             px = ZeroInflatedNegativeBinomial(
                 mu=px_rate, theta=theta, zi_logits=px_dropout, scale=px_scale
             )
         elif self.gene_likelihood == "nb":
             px = NegativeBinomial(mu=px_rate, theta=theta, scale=px_scale)
-        else:
+        elif self.gene_likelihood == "poisson":
             px = Poisson(rate=px_rate, scale=px_scale)
+        else:
+            px = NormalLikelihood(px_rate, theta, normal_mu=px_scale)
         pl = None
         if not self.use_observed_lib_size:
             onehot = F.one_hot(batch_index.reshape(-1).long(), self.library_log_means.shape[1])
@@ -440,6 +504,8 @@ class EnsembleVAE(HyperparameterHost, PredictiveMixin, BatchEmbeddingMixin, Base
             return zinb_log_prob_sum(x, px.mu, theta, px.zi_logits)
         if self.gene_likelihood == "nb":
             return nb_log_prob_sum(x, px.mu, theta)
+        if self.gene_likelihood == "normal":
+            return normal_log_prob_sum(x, px.loc, theta)
         return poisson_log_prob_sum(x, px.rate)
 
     def elbo_terms(self, tensors, inference_outputs, generative_outputs):

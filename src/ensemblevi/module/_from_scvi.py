@@ -25,9 +25,9 @@ def _fc_pairs(dst: nn.Module, src: dict[str, torch.Tensor], prefix: str, k: int)
                 yield getattr(bn, name)[k], src[f"{base}.1.{name}"]
 
 
-def _heads(dst: nn.Module, k: int, first: tuple[torch.Tensor, torch.Tensor], second):
-    yield dst.weight[k], torch.cat([first[0], second[0]], dim=0).T
-    yield dst.bias[k], torch.cat([first[1], second[1]], dim=0)
+def _heads(dst: nn.Module, k: int, *parts: tuple[torch.Tensor, torch.Tensor]):
+    yield dst.weight[k], torch.cat([w for w, _ in parts], dim=0).T
+    yield dst.bias[k], torch.cat([b for _, b in parts], dim=0)
 
 
 def _embedding_pairs(module: EnsembleVAE, src: dict[str, torch.Tensor], k: int):
@@ -52,7 +52,9 @@ def load_scvi_member(module: EnsembleVAE, member: int, vae: nn.Module) -> None:
     module
         A ``deep`` (or ``single``) ensemble with the same architecture as ``vae`` (genes,
         covariates, hidden units, layers, latent size, dispersion, library size handling);
-        a mismatch raises a ``ValueError`` naming the tensor.
+        a mismatch raises a ``ValueError`` naming the tensor. Options without weights
+        (likelihood, latent distribution, variance activation, size factors) must match
+        too; they are checked by name.
     member
         The member to overwrite.
     vae
@@ -64,6 +66,23 @@ def load_scvi_member(module: EnsembleVAE, member: int, vae: nn.Module) -> None:
         )
     if not 0 <= member < module.n_members:
         raise IndexError(f"member {member} out of range: the ensemble has {module.n_members}.")
+    options = {
+        "gene_likelihood": str,
+        "latent_distribution": str,
+        "dispersion": str,
+        "use_size_factor_key": bool,  # scvi-tools stores the key itself
+    }
+    differ = [
+        f"{name}: scVI {as_(getattr(vae, name))!r}, member {as_(getattr(module, name))!r}"
+        for name, as_ in options.items()
+        if hasattr(vae, name) and as_(getattr(vae, name)) != as_(getattr(module, name))
+    ]
+    if differ:
+        raise ValueError(
+            "The scVI model and the ensemble differ in options that have no weights ("
+            + "; ".join(differ)
+            + "): build the ensemble with the scVI model's options."
+        )
     src = vae.state_dict()
     k = member
     pairs = list(_fc_pairs(module.z_encoder.encoder, src, "z_encoder.encoder", k))
@@ -86,13 +105,15 @@ def load_scvi_member(module: EnsembleVAE, member: int, vae: nn.Module) -> None:
             (module.library_log_vars, src["library_log_vars"]),
         ]
     pairs += _fc_pairs(module.decoder.px_decoder, src, "decoder.px_decoder", k)
-    pairs += _heads(
-        module.decoder.heads,
-        k,
+    heads = [
         (src["decoder.px_scale_decoder.0.weight"], src["decoder.px_scale_decoder.0.bias"]),
         (src["decoder.px_dropout_decoder.weight"], src["decoder.px_dropout_decoder.bias"]),
-    )
-    pairs.append((module.px_r[k], src["px_r"]))
+    ]
+    if module.dispersion == "gene-cell":  # the decoder's third head
+        heads.append((src["decoder.px_r_decoder.weight"], src["decoder.px_r_decoder.bias"]))
+    pairs += _heads(module.decoder.heads, k, *heads)
+    if module.px_r is not None:
+        pairs.append((module.px_r[k], src["px_r"]))
     pairs += _embedding_pairs(module, src, k)
     for dst, value in pairs:
         if dst.shape != value.shape:

@@ -132,6 +132,27 @@ def poisson_log_prob_sum(x: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
     return (torch.xlogy(x, rate) - rate).sum(-1) - torch.lgamma(x + 1).sum(-1)
 
 
+def normal_log_prob_sum(x: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Sum over genes of the normal log-density (``gene_likelihood="normal"``).
+
+    The same values as ``torch.distributions.Normal(loc, scale).log_prob(x).sum(-1)``
+    without building the broadcast distribution.
+
+    Parameters
+    ----------
+    x
+        Data ``(B, G)``.
+    loc
+        Means ``(..., B, G)``.
+    scale
+        Standard deviations, broadcastable to ``loc`` (e.g. ``(K, 1, G)``).
+    """
+    z = (x - loc) / scale
+    return (-0.5 * z.square() - torch.log(scale)).sum(-1) - 0.5 * math.log(2 * math.pi) * x.shape[
+        -1
+    ]
+
+
 # ----------------------------------------------------------------- fused forward/backward
 def _sum_to(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """Reduce a broadcast gradient back to an input's shape."""

@@ -14,6 +14,7 @@ from torch.distributions import Normal, kl_divergence
 from ensemblevi._constants import logmeanexp
 from ensemblevi.module._likelihood import (
     nb_log_prob_sum,
+    normal_log_prob_sum,
     poisson_log_prob_sum,
     zinb_log_prob_sum,
 )
@@ -24,10 +25,13 @@ class Predictive(NamedTuple):
 
     Every tensor has the axes ``(S, M, B, .)``: S latent samples, M members (K, or 1 inside
     :meth:`EnsembleVAE.member`), B cells; dispersions keep size-1 axes where they do not
-    vary (``theta`` is ``(1, M, 1, G)`` with gene-wise dispersion).
+    vary (``theta`` is ``(1, M, 1, G)`` with gene-wise dispersion, ``(S, M, B, G)`` with
+    ``gene-cell``). ``library`` is the library of the likelihood: the size factor when the
+    model uses one. With ``gene_likelihood="normal"``, ``theta`` and ``zi_logits`` are
+    ``None`` and ``std`` holds the Normal's standard deviation (shaped like ``theta``).
     """
 
-    z: torch.Tensor  # (S, M, B, n_latent)
+    z: torch.Tensor  # (S, M, B, n_latent), what the decoder sees (softmax(u) for "ln")
     qz: Normal  # q(z | x), (1, M, B, n_latent)
     library: torch.Tensor  # log library size, (S, M, B, 1)
     ql: Normal | None  # q(l | x) with a latent library size, (1, M, B, 1)
@@ -36,6 +40,13 @@ class Predictive(NamedTuple):
     rate: torch.Tensor  # mean counts, (S, M, B, G)
     theta: torch.Tensor | None  # NB dispersion (None for Poisson)
     zi_logits: torch.Tensor | None  # zero-inflation logits (ZINB only), (S, M, B, G)
+    std: torch.Tensor | None = None  # Normal likelihood's standard deviation
+    untran_z: torch.Tensor | None = None  # the draws of qz when z = softmax(u) ("ln")
+
+    @property
+    def qz_draw(self) -> torch.Tensor:
+        """The draws of ``qz`` themselves (``z`` unless the latent is logistic normal)."""
+        return self.z if self.untran_z is None else self.untran_z
 
     def mixture_draw(self):
         """Draw a member uniformly per (sample, cell): samples of the equal-weight mixture.
@@ -60,12 +71,14 @@ class Predictive(NamedTuple):
         x
             Counts ``(B, G)``.
         gene_likelihood
-            ``zinb``, ``nb`` or ``poisson``.
+            ``zinb``, ``nb``, ``poisson`` or ``normal``.
         """
         if gene_likelihood == "zinb":
             return zinb_log_prob_sum(x, self.rate, self.theta, self.zi_logits)
         if gene_likelihood == "nb":
             return nb_log_prob_sum(x, self.rate, self.theta)
+        if gene_likelihood == "normal":
+            return normal_log_prob_sum(x, self.rate, self.std)
         return poisson_log_prob_sum(x, self.rate)
 
 
@@ -92,7 +105,8 @@ class PredictiveMixin:
     """EnsembleVAE's evaluation methods, all computed through :meth:`predictive`.
 
     The host defines ``inference``, ``generative``, their ``_get_*_input`` methods,
-    ``active_member``, ``gene_likelihood`` and ``use_observed_lib_size``.
+    ``active_member``, ``gene_likelihood``, ``dispersion``, ``z_encoder``,
+    ``use_observed_lib_size`` and ``use_size_factor_key``.
     """
 
     @auto_move_data
@@ -129,6 +143,9 @@ class PredictiveMixin:
         inf = self.inference(**self._get_inference_input(tensors), n_samples=n_samples)
         if use_mean:
             inf["z"] = inf["qz"].loc
+            if "untran_z" in inf:
+                inf["untran_z"] = inf["qz"].loc
+                inf["z"] = self.z_encoder.z_transformation(inf["qz"].loc)
             if inf["ql"] is not None:
                 inf["library"] = inf["ql"].loc
         gen = self.generative(
@@ -143,19 +160,30 @@ class PredictiveMixin:
             return None if d is None else Normal(smbd(d.loc), smbd(d.scale), validate_args=False)
 
         z = smbd(inf["z"])
+        untran_z = smbd(inf.get("untran_z"))
         if self.use_observed_lib_size:  # (B, 1) or (S, B, 1): no member axis
-            library = inf["library"].reshape(-1, 1, z.shape[2], 1).expand(-1, z.shape[1], -1, -1)
+            library = inf["library"]
+            if self.use_size_factor_key:  # the likelihood's library is the size factor
+                library = self._get_generative_input(tensors, inf)["size_factor"]
+            library = library.reshape(-1, 1, z.shape[2], 1).expand(*z.shape[:2], -1, -1)
         else:
             library = smbd(inf["library"])
         pl = gen["pl"]
         if pl is not None:  # the prior depends on the batch only: (1, 1, B, 1)
             pl = Normal(pl.loc.reshape(1, 1, -1, 1), pl.scale.reshape(1, 1, -1, 1))
         theta = gen["theta"] if self.gene_likelihood != "poisson" else None
-        if theta is not None:
+        if theta is not None and self.dispersion == "gene-cell":
+            theta = smbd(theta)  # decoded per cell: ([S,] M, B, G)
+        elif theta is not None:
             theta = theta.reshape(1, *([1] if one else []), *theta.shape)
             theta = theta.reshape(1, theta.shape[1], -1, theta.shape[-1])
-        scale = px.scale
-        rate = px.mu if self.gene_likelihood != "poisson" else px.rate
+        std = None
+        if self.gene_likelihood == "normal":
+            theta, std = None, theta
+            scale, rate = px.normal_mu, px.loc
+        else:
+            scale = px.scale
+            rate = px.mu if self.gene_likelihood != "poisson" else px.rate
         return Predictive(
             z=z,
             qz=dist(inf["qz"]),
@@ -166,6 +194,8 @@ class PredictiveMixin:
             rate=smbd(rate),
             theta=theta,
             zi_logits=smbd(getattr(px, "zi_logits", None)),
+            std=std,
+            untran_z=untran_z,
         )
 
     @torch.inference_mode()
@@ -213,10 +243,12 @@ class PredictiveMixin:
         while done < n_mc_samples:
             n = min(n_per, n_mc_samples - done)
             pred = self.predictive(tensors, n_samples=n)
+            # weights of the draws of q: for a logistic-normal latent the softmax is a
+            # deterministic part of the decoder, so u (not z = softmax(u)) is weighed
             log_w = (
                 pred.log_prob_sum(x, self.gene_likelihood)
-                + Normal(0.0, 1.0).log_prob(pred.z).sum(-1)
-                - pred.qz.log_prob(pred.z).sum(-1)
+                + Normal(0.0, 1.0).log_prob(pred.qz_draw).sum(-1)
+                - pred.qz.log_prob(pred.qz_draw).sum(-1)
             )
             if pred.ql is not None:
                 log_w = log_w + pred.pl.log_prob(pred.library).sum(-1)
@@ -262,6 +294,8 @@ class PredictiveMixin:
             samples = Poisson(rate.clamp(max=max_poisson_rate)).sample()
         elif self.gene_likelihood == "nb":
             samples = NegativeBinomial(mu=rate, theta=choose(pred.theta)).sample()
+        elif self.gene_likelihood == "normal":
+            samples = Normal(rate, choose(pred.std)).sample()
         else:
             samples = ZeroInflatedNegativeBinomial(
                 mu=rate, theta=choose(pred.theta), zi_logits=choose(pred.zi_logits)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -205,6 +205,9 @@ class EnsembleFCLayers(nn.Module):
 class EnsembleEncoder(nn.Module):
     """``scvi.nn.Encoder`` with a member axis: q(z | x) = N(mu_k(x), var_k(x)) per member.
 
+    With ``distribution="ln"`` the latent is logistic normal, as in scvi-tools: ``q`` is the
+    normal of the untransformed draw and the returned draw is its softmax.
+
     Parameters
     ----------
     spec
@@ -216,6 +219,10 @@ class EnsembleEncoder(nn.Module):
         As in :class:`EnsembleFCLayers`.
     var_eps
         Added to the variance, as in scvi-tools.
+    distribution
+        ``"normal"`` or ``"ln"`` (logistic normal: the draws go through a softmax).
+    var_activation
+        Makes the variance head positive (``None``: ``torch.exp``, scvi-tools' default).
     """
 
     def __init__(
@@ -232,10 +239,24 @@ class EnsembleEncoder(nn.Module):
         use_layer_norm: bool = False,
         inject_covariates: bool = True,
         var_eps: float = 1e-4,
+        distribution: str = "normal",
+        var_activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
         super().__init__()
+        if distribution not in ("normal", "ln"):
+            raise ValueError(
+                f"latent_distribution must be 'normal' or 'ln' (logistic normal), got "
+                f"{distribution!r}."
+            )
+        if var_activation is not None and not callable(var_activation):
+            raise TypeError(
+                "var_activation must be a callable mapping the variance head's output to "
+                f"positive values (e.g. torch.nn.Softplus()), got {type(var_activation).__name__}."
+            )
         self.n_output = n_output
         self.var_eps = var_eps
+        self.distribution = distribution
+        self.var_activation = torch.exp if var_activation is None else var_activation
         self.n_members = spec.n_members
         self.member_stream: tuple[int, int] | None = None  # see set_member_stream
         self.encoder = EnsembleFCLayers(
@@ -248,7 +269,11 @@ class EnsembleEncoder(nn.Module):
         self.heads = make_linear(spec=spec, d_in=n_hidden, d_out=2 * n_output)
 
     def forward(
-        self, x: torch.Tensor, *cat_list: torch.Tensor, shared_input: bool = True
+        self,
+        x: torch.Tensor,
+        *cat_list: torch.Tensor,
+        shared_input: bool = True,
+        transform: bool = True,
     ) -> tuple[torch.distributions.Normal, torch.Tensor]:
         """``(q(z | x), z)``: the posterior and one reparameterised draw.
 
@@ -260,21 +285,35 @@ class EnsembleEncoder(nn.Module):
             Covariate codes, as in :meth:`EnsembleFCLayers.forward`.
         shared_input
             ``x`` has no member axis (the default: counts enter every member).
+        transform
+            Return the draw through :meth:`z_transformation` (``False``: the draw of ``q``).
         """
         q = self.encoder(x, *cat_list, shared_input=shared_input)
         q_m, q_v = self.heads(q).split(self.n_output, dim=-1)
-        q_v = torch.exp(q_v) + self.var_eps
+        q_v = self.var_activation(q_v) + self.var_eps
         dist = torch.distributions.Normal(q_m, q_v.sqrt(), validate_args=False)
         if q_m.dim() < 3 or q_m.shape[MEMBER_AXIS] != self.n_members:
-            return dist, dist.rsample()
-        # reparameterised sample with the noise of this shard's slice of the ensemble
-        eps = member_draw(
-            q_m.shape,
-            self.n_members,
-            self.member_stream,
-            lambda s: torch.randn(s, dtype=q_m.dtype, device=q_m.device),
-        )
-        return dist, q_m + dist.scale * eps
+            u = dist.rsample()
+        else:
+            # reparameterised sample with the noise of this shard's slice of the ensemble
+            eps = member_draw(
+                q_m.shape,
+                self.n_members,
+                self.member_stream,
+                lambda s: torch.randn(s, dtype=q_m.dtype, device=q_m.device),
+            )
+            u = q_m + dist.scale * eps
+        return dist, self.z_transformation(u) if transform else u
+
+    def z_transformation(self, u: torch.Tensor) -> torch.Tensor:
+        """The latent from an untransformed normal draw: the identity, or softmax for ``ln``.
+
+        Parameters
+        ----------
+        u
+            Draws of ``q``, latent dimensions last.
+        """
+        return torch.softmax(u, dim=-1) if self.distribution == "ln" else u
 
 
 class EnsembleDecoderSCVI(nn.Module):
@@ -291,6 +330,12 @@ class EnsembleDecoderSCVI(nn.Module):
         As in :class:`EnsembleFCLayers` (scVI's decoder has no dropout: 0 by default).
     tied_heads
         ``hyperbatch``: the likelihood heads are tied HBE layers (``W' = W``).
+    scale_activation
+        ``"softmax"`` (expression as fractions of the library) or ``"softplus"`` (used with
+        a size factor as the library, as scvi-tools does).
+    dispersion_head
+        Also decode a per-cell dispersion (``dispersion="gene-cell"``): a third head, each
+        member its own.
     """
 
     def __init__(
@@ -307,22 +352,34 @@ class EnsembleDecoderSCVI(nn.Module):
         inject_covariates: bool = True,
         dropout_rate: float = 0.0,
         tied_heads: bool = False,
+        scale_activation: str = "softmax",
+        dispersion_head: bool = False,
     ):
         super().__init__()
+        if scale_activation not in ("softmax", "softplus"):
+            raise ValueError(
+                f"scale_activation must be 'softmax' or 'softplus', got {scale_activation!r}."
+            )
         self.n_output = n_output
+        self.scale_activation = scale_activation
+        self.dispersion_head = dispersion_head
         self.px_decoder = EnsembleFCLayers(
             spec=spec, n_in=n_input, n_out=n_hidden, n_cat_list=n_cat_list, n_layers=n_layers,
             n_hidden=n_hidden, dropout_rate=dropout_rate, use_batch_norm=use_batch_norm,
             use_layer_norm=use_layer_norm, inject_covariates=inject_covariates,
         )  # fmt: skip
-        # Scale and zero-inflation logits heads fused into one matmul (same init as two).
+        # Scale, zero-inflation logits (and dispersion) heads fused into one matmul (same
+        # init as separate heads).
         head_spec = dataclasses.replace(spec, tied=tied_heads)
-        self.heads = make_linear(spec=head_spec, d_in=n_hidden, d_out=2 * n_output)
+        n_heads = 3 if dispersion_head else 2
+        self.heads = make_linear(spec=head_spec, d_in=n_hidden, d_out=n_heads * n_output)
 
     def forward(
         self, z: torch.Tensor, library: torch.Tensor, *cat_list: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(px_scale, px_rate, px_dropout)``, each ``(..., K, B, n_output)``.
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(px_scale, px_rate, px_dropout, px_r)``, each ``(..., K, B, n_output)``.
+
+        ``px_r`` is the log dispersion of ``dispersion_head`` (else ``None``).
 
         Parameters
         ----------
@@ -335,9 +392,12 @@ class EnsembleDecoderSCVI(nn.Module):
             Covariate codes, as in :meth:`EnsembleFCLayers.forward`.
         """
         px = self.px_decoder(z, *cat_list)
-        raw_scale, px_dropout = self.heads(px).split(self.n_output, dim=-1)
-        px_scale = torch.softmax(raw_scale, dim=-1)
+        raw_scale, px_dropout, *px_r = self.heads(px).split(self.n_output, dim=-1)
+        if self.scale_activation == "softmax":
+            px_scale = torch.softmax(raw_scale, dim=-1)
+        else:
+            px_scale = F.softplus(raw_scale)
         if library.dim() < px_scale.dim() and library.shape[-2] == px_scale.shape[-2]:
             library = library.unsqueeze(MEMBER_AXIS)  # observed library: same for all members
         px_rate = torch.exp(library) * px_scale
-        return px_scale, px_rate, px_dropout
+        return px_scale, px_rate, px_dropout, px_r[0] if px_r else None

@@ -245,4 +245,5 @@ def _variance_inputs(
         "library": pred.library.exp(),
         "theta": sel(pred.theta),
         "zi_logits": sel(pred.zi_logits),
+        "std": sel(pred.std),  # a Normal likelihood's noise (theta is then None)
     }
