@@ -63,6 +63,12 @@ def predictive_calibration(
     """
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}.")
+    if model.module.gene_likelihood not in ("zinb", "nb", "poisson"):
+        raise ValueError(
+            "predictive_calibration scores counts with a randomised PIT of a count model; "
+            f"this model's gene_likelihood is {model.module.gene_likelihood!r} (continuous "
+            "data). Train it with gene_likelihood='zinb', 'nb' or 'poisson' on raw counts."
+        )
     model._check_if_trained(warn=True)
     adata = model._validate_anndata(adata)
     idx = np.arange(adata.n_obs) if indices is None else np.asarray(indices)

@@ -60,13 +60,9 @@ class AssemblyMixin:
                 raise ValueError(f"models[{i}] was set up on other genes than models[0].")
         params = dict(first.init_params_["non_kwargs"])
         extra = dict(first.init_params_["kwargs"].get("kwargs", {}))
-        if params.pop("latent_distribution", "normal") != "normal":
-            raise ValueError("Only scVI models with latent_distribution='normal' can be loaded.")
         if adata is None:
             adata = first.adata
             setup = dict(first.adata_manager.registry["setup_args"])
-            if setup.pop("size_factor_key", None) is not None:
-                raise ValueError("scVI models set up with size_factor_key are not supported.")
             cls.setup_anndata(adata, **setup)
         ensemble = cls(adata, n_members=len(models), ensemble="deep", **params, **extra)
         for k, m in enumerate(models):

@@ -135,9 +135,10 @@ class EnsembleRNASeqMixin(EnsembleMixin, RNASeqMixin):
         Used by the inherited ``get_feature_correlation_matrix``: each cell's each sample
         comes from a member drawn uniformly at random.
         """
-        if self.module.gene_likelihood == "poisson":
+        if self.module.gene_likelihood in ("poisson", "normal"):
             raise ValueError(
-                "Denoised samples (and get_feature_correlation_matrix) need a dispersion: "
+                "Denoised samples (and get_feature_correlation_matrix) need a count "
+                f"dispersion, which gene_likelihood={self.module.gene_likelihood!r} has not: "
                 "train with gene_likelihood='nb' or 'zinb'."
             )
         adata = self._validate_anndata(adata)
