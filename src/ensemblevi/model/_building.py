@@ -3,10 +3,7 @@ datamodule at ``train`` (a model made with ``adata=None``), in one place."""
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import inspect
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -15,35 +12,6 @@ from ensemblevi.nn import set_member_stream
 
 from ._memory import check_weights_memory
 from ._shards import member_slice
-
-
-@functools.cache
-def _named_scvi(cls: type) -> type:
-    return type("SCVI", (cls,), {"__module__": cls.__module__, "__doc__": cls.__doc__})
-
-
-@contextlib.contextmanager
-def base_accepts_no_data(model: Any) -> Iterator[None]:
-    """Let scvi-tools' ``BaseModelClass.__init__`` run for ``adata=None``.
-
-    scvi-tools 1.4 builds a model without data (its module made at ``train``) only for
-    classes named ``SCVI`` or ``GIMVI``: a check on the class name, not on any ability. Its
-    own initialiser runs here with the instance seen as a subclass of that name.
-
-    Parameters
-    ----------
-    model
-        The model being initialised.
-    """
-    cls = type(model)
-    if cls.__name__ in ("SCVI", "GIMVI"):
-        yield
-        return
-    model.__class__ = _named_scvi(cls)
-    try:
-        yield
-    finally:
-        model.__class__ = cls
 
 
 class ModuleBuilderMixin:

@@ -34,7 +34,12 @@ from scvi.data.fields import (
 )
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
-from ensemblevi._compat import _init_library_size, saved_model_file, saved_var_names
+from ensemblevi._compat import (
+    _init_library_size,
+    base_accepts_no_data,
+    saved_model_file,
+    saved_var_names,
+)
 from ensemblevi._constants import EnsembleKind, check_kind
 from ensemblevi._seeding import seeded_globally as _seeded_globally
 from ensemblevi.data import check_setup_data, validate_counts
@@ -49,7 +54,7 @@ from ensemblevi.train import (
     NaNGuard,
 )
 
-from ._building import ModuleBuilderMixin, base_accepts_no_data
+from ._building import ModuleBuilderMixin
 from ._members import Members
 from ._shards import check_shard
 from .base import (
