@@ -404,3 +404,42 @@ def test_uncertainty_noise_of_the_normal_likelihood_is_its_variance():
     library = np.asarray(adata.X.sum(1)).reshape(-1, 1)
     want = 100.0**2 * sigma2[None, :] / library**2
     np.testing.assert_allclose(parts["var_noise"].to_numpy(), want, rtol=1e-4)
+
+
+def test_count_only_outputs_refuse_the_normal_likelihood_by_name():
+    adata = _lognormal()
+    EnsembleSCVI.setup_anndata(adata, batch_key="batch")
+    model = EnsembleSCVI(adata, n_members=2, gene_likelihood="normal", n_hidden=8, seed=0)
+    model.is_trained_ = True
+    with pytest.raises(ValueError, match="gene_likelihood='normal'"):
+        model.get_feature_correlation_matrix()
+    with pytest.raises(ValueError, match="randomised PIT of a count model"):
+        ev.metrics.predictive_calibration(model, progress=False)
+
+
+@pytest.mark.parametrize("name", ["size-factor", "ln-softplus-latent-lib"])
+def test_from_scvi_takes_models_with_these_options(name):
+    """from_scvi of trained scVI models with the option gives their own outputs per member."""
+    make, setup, opts = CONFIGS[name]
+    adata = make()
+    arch = {"n_hidden": 16, "n_latent": 4, **opts}
+    refs = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scvi.model.SCVI.setup_anndata(adata, **setup)
+        for seed in (0, 1):
+            torch.manual_seed(seed)
+            ref = scvi.model.SCVI(adata, **arch)
+            ref.train(max_epochs=1, batch_size=60, enable_progress_bar=False)
+            refs.append(ref)
+        ens = EnsembleSCVI.from_scvi(refs)
+    loader = refs[0]._make_data_loader(adata=adata, batch_size=adata.n_obs, shuffle=False)
+    tensors = next(iter(loader))
+    ens.module.eval()
+    for k, ref in enumerate(refs):
+        ref.module.eval()
+        want = ref.module.inference(**ref.module._get_inference_input(tensors))
+        with ens.module.member(k):
+            got = ens.module.inference(**ens.module._get_inference_input(tensors))
+        _close(got["qz"].loc, want["qz"].loc, f"member {k} posterior mean")
+        _close(got["qz"].scale, want["qz"].scale, f"member {k} posterior scale")
