@@ -66,6 +66,7 @@ from .base import (
     MinificationMixin,
     UncertaintyMixin,
 )
+from .base._refused import REFUSED
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +132,8 @@ class EnsembleSCVI(
         slices of the whole ensemble's), so :meth:`merge` of the shards gives that
         ensemble. Each shard builds the whole ensemble once at initialisation, to slice
         its members' initial weights from it.
+    registry
+        scvi-tools' model-from-a-registry path; refused (``ensemblevi.model.base._refused``).
     **module_kwargs
         Passed to :class:`~ensemblevi.module.EnsembleVAE` (``random_sign_init``,
         ``encode_covariates``, ``use_batch_norm``, ``hyperparameters``,
@@ -184,8 +187,11 @@ class EnsembleSCVI(
         seed: int | None = None,
         member_offset: int = 0,
         n_members_total: int | None = None,
+        registry: dict | None = None,
         **module_kwargs: Any,
     ):
+        if registry is not None:
+            raise ValueError(f"EnsembleSCVI(registry=...): {REFUSED[('__init__', 'registry')]}.")
         check_kind(ensemble)
         if int(n_members) != n_members or n_members < 1:
             raise ValueError(f"n_members must be a positive integer, got {n_members!r}.")

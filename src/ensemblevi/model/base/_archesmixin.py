@@ -27,6 +27,7 @@ from scvi.model.base import BaseModelClass
 from ensemblevi._compat import SAVE_KEYS, saved_model_file
 from ensemblevi.module import EnsembleVAE
 
+from ._refused import REFUSED
 from ._surgery import CovariateSizes, KeepFrozen, freeze_for_query, transfer_reference_weights
 
 logger = logging.getLogger(__name__)
@@ -152,6 +153,24 @@ class ArchesMixin:
             adata._init_as_actual(out)
         return None
 
+    @staticmethod
+    def prepare_query_mudata(
+        mdata: Any,
+        reference_model: str | os.PathLike | BaseModelClass,
+        return_reference_var_names: bool = False,
+        inplace: bool = True,
+    ) -> None:
+        """Refused: an EnsembleSCVI is set up on an AnnData, not a MuData.
+
+        Parameters
+        ----------
+        mdata, reference_model, return_reference_var_names, inplace
+            scvi-tools' arguments; any call raises.
+        """
+        raise NotImplementedError(
+            f"prepare_query_mudata: {REFUSED[('prepare_query_mudata', 'mdata')]}."
+        )
+
     @classmethod
     def load_query_data(
         cls,
@@ -167,6 +186,9 @@ class ArchesMixin:
         freeze_batchnorm_encoder: bool = True,
         freeze_batchnorm_decoder: bool = False,
         freeze_classifier: bool = True,
+        transfer_batch: bool = True,
+        registry: dict | None = None,
+        datamodule: Any = None,
     ) -> Self:
         """A query model: the reference ensemble extended to the query's new categories.
 
@@ -206,7 +228,21 @@ class ArchesMixin:
         freeze_classifier
             scvi-tools' option for SCANVI's classifier; this model has none, so only
             ``True`` (nothing to train) is accepted.
+        transfer_batch
+            ``True`` (scvi-tools' default): the query's new batches are appended to the
+            reference's. ``False`` is refused (see ``REFUSED``).
+        registry, datamodule
+            scvi-tools' query mapping without an AnnData; refused (see ``REFUSED``).
         """
+        for name, value, default in (
+            ("transfer_batch", transfer_batch, True),
+            ("registry", registry, None),
+            ("datamodule", datamodule, None),
+        ):
+            if value is not default:
+                raise ValueError(
+                    f"load_query_data({name}=...): {REFUSED[('load_query_data', name)]}."
+                )
         if not freeze_classifier:
             raise ValueError(
                 f"freeze_classifier=False: {cls.__name__} has no classifier to train (the "

@@ -8,8 +8,6 @@ decode member 0's posterior through every member, or silently read missing count
 
 from __future__ import annotations
 
-from typing import Any
-
 
 class MinificationMixin:
     """``minify_adata`` that raises, and ``minified_data_type`` that is always ``None``."""
@@ -19,14 +17,18 @@ class MinificationMixin:
         """Always ``None``: an ensemble model's AnnData is never minified."""
         return None
 
-    def minify_adata(self, *args: Any, **kwargs: Any) -> None:
+    def minify_adata(
+        self,
+        minified_data_type: str = "latent_posterior_parameters",
+        use_latent_qzm_key: str = "X_latent_qzm",
+        use_latent_qzv_key: str = "X_latent_qzv",
+    ) -> None:
         """Refused: an ensemble has no single latent posterior to store.
 
         Parameters
         ----------
-        *args, **kwargs
-            scvi-tools' arguments (``minified_data_type``, ``use_latent_qzm_key``,
-            ``use_latent_qzv_key``); any call raises.
+        minified_data_type, use_latent_qzm_key, use_latent_qzv_key
+            scvi-tools' arguments; any call raises.
         """
         raise NotImplementedError(
             f"{type(self).__name__}.minify_adata is not available: scvi-tools' minified mode "

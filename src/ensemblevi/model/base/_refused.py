@@ -16,8 +16,34 @@ _FORWARD_KWARGS = (
     "model.members[k].{method}(..., **kwargs) to run scvi-tools' own code on member k"
 )
 
+_MUDATA = (
+    "EnsembleSCVI is set up on an AnnData of RNA counts, not a MuData; prepare the RNA "
+    "modality with EnsembleSCVI.prepare_query_anndata(mdata['rna'], reference_model)"
+)
+
 #: ``(method, parameter)`` -> why EnsembleSCVI refuses it and what to use instead.
 REFUSED: dict[tuple[str, str], str] = {
+    ("__init__", "registry"): (
+        "a model built from a registry alone (scvi-tools' setup_datamodule path) is not "
+        "supported; build it with adata=None and pass the datamodule to train(datamodule=...), "
+        "or with an AnnData registered by EnsembleSCVI.setup_anndata"
+    ),
+    ("load_query_data", "registry"): (
+        "mapping a query without an AnnData is not supported; register the query AnnData "
+        "and pass it as adata"
+    ),
+    ("load_query_data", "datamodule"): (
+        "mapping a query through a custom datamodule is not supported; pass the query "
+        "AnnData as adata (train(datamodule=...) takes a datamodule afterwards)"
+    ),
+    ("load_query_data", "transfer_batch"): (
+        "only transfer_batch=True is supported (the query's new batches are appended to the "
+        "reference's, as scvi-tools does by default)"
+    ),
+    **{
+        ("prepare_query_mudata", p): _MUDATA
+        for p in ("mdata", "reference_model", "return_reference_var_names", "inplace")
+    },
     ("get_elbo", "**kwargs"): _FORWARD_KWARGS.format(method="get_elbo"),
     ("get_reconstruction_error", "**kwargs"): _FORWARD_KWARGS.format(
         method="get_reconstruction_error"
