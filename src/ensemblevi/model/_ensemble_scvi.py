@@ -132,10 +132,9 @@ class EnsembleSCVI(
         slices of the whole ensemble's), so :meth:`merge` of the shards gives that
         ensemble. Each shard builds the whole ensemble once at initialisation, to slice
         its members' initial weights from it.
-    registry
-        scvi-tools' model-from-a-registry path; refused (``ensemblevi.model.base._refused``).
     **module_kwargs
-        Passed to :class:`~ensemblevi.module.EnsembleVAE` (``random_sign_init``,
+        Passed to :class:`~ensemblevi.module.EnsembleVAE` (scvi-tools' ``registry=``, a
+        model from a registry alone, is refused; ``random_sign_init``,
         ``encode_covariates``, ``use_batch_norm``, ``hyperparameters``,
         ``batch_representation``, ``batch_embedding_kwargs``, ...). With
         ``batch_representation="embedding"``, ``deep`` members each learn their own batch
@@ -187,10 +186,9 @@ class EnsembleSCVI(
         seed: int | None = None,
         member_offset: int = 0,
         n_members_total: int | None = None,
-        registry: dict | None = None,
         **module_kwargs: Any,
     ):
-        if registry is not None:
+        if "registry" in module_kwargs:  # not named: scvi's load would pass it if it were
             raise ValueError(f"EnsembleSCVI(registry=...): {REFUSED[('__init__', 'registry')]}.")
         check_kind(ensemble)
         if int(n_members) != n_members or n_members < 1:
