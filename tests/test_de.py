@@ -158,8 +158,8 @@ def test_de_errors_name_the_problem(de_model):
         model.differential_expression(group1="B", estimand="wilcoxon", progress=False)
     with pytest.raises(ValueError, match="fdr_target"):
         model.differential_expression(group1="B", fdr_target=0, progress=False)
-    with pytest.raises(ValueError, match="group1"):
-        model.differential_expression(progress=False)
+    with pytest.raises(ValueError, match="groupby would go unused"):
+        model.differential_expression(idx1=[0, 1], groupby="cell_type", progress=False)
     with pytest.raises(ValueError, match="same group"):
         model.differential_expression(group1="B", group2="B", progress=False)
 

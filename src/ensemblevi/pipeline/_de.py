@@ -104,7 +104,10 @@ def run_de(run_dir: str | Path, group1: str, groupby: str = "cell_type",
         The reference group (``None``: all other cells).
     **options
         Passed to ``ensemblevi.tl.differential_expression`` (``delta``, ``fdr_target``,
-        ``estimand``, ``n_samples``, ``max_cells``, ``batch_correction``, ``seed``).
+        ``estimand``, ``n_samples``, ``max_cells``, ``batch_correction``, ``seed``, ...).
+        The report describes the ensemble's estimands for one pair of groups, so
+        ``mode``, ``idx1``/``idx2`` and a list ``group1`` are refused here; call
+        ``model.differential_expression`` for those.
     """
     import anndata
 
@@ -112,6 +115,15 @@ def run_de(run_dir: str | Path, group1: str, groupby: str = "cell_type",
     from ensemblevi.data import write_h5ad_atomic
     from ensemblevi.model import EnsembleSCVI
 
+    for name in ("mode", "idx1", "idx2", "key_added"):
+        if options.get(name) is not None:
+            raise ValueError(
+                f"run_de does not take {name}= (the run report describes one pair of groups "
+                "with the ensemble's estimand, stored under its own key); use "
+                "model.differential_expression for it."
+            )
+    if not isinstance(group1, str):
+        raise ValueError(f"run_de compares one group1 (a name), got {group1!r}.")
     run_dir = Path(run_dir)
     check_run_dir(run_dir)
     out = OutputDirectory(run_dir, "run", stage=DE_STAGE).claim()

@@ -6,6 +6,7 @@ the analysis-tool entry point, a wrapper of ``model.differential_expression``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import pandas as pd
@@ -26,21 +27,33 @@ from ensemblevi.model.base._de_core import (  # noqa: F401  (re-exported: ev.tl 
 def differential_expression(
     model: Any,
     adata: Any = None,
-    groupby: str = "cell_type",
-    group1: str | None = None,
+    groupby: str | None = None,
+    group1: str | Sequence[str] | None = None,
     group2: str | None = None,
-    delta: float = 0.5,
-    fdr_target: float = 0.05,
-    estimand: Literal["population", "cell_pairs"] = "population",
-    n_samples: int = 50,
-    max_cells: int = 500,
+    idx1: Sequence[int] | Sequence[bool] | str | None = None,
+    idx2: Sequence[int] | Sequence[bool] | str | None = None,
+    mode: Literal["change", "vanilla"] | None = None,
+    delta: float | None = 0.5,
+    batch_size: int | None = None,
+    all_stats: bool = True,
     batch_correction: bool = False,
-    pseudocount: float = 0.1,
+    batchid1: Sequence[str] | None = None,
+    batchid2: Sequence[str] | None = None,
+    fdr_target: float = 0.05,
+    silent: bool = False,
+    weights: Literal["uniform", "importance"] | None = "uniform",
+    filter_outlier_cells: bool = False,
+    importance_weighting_kwargs: dict | None = None,
+    estimand: Literal["population", "cell_pairs"] = "population",
+    n_samples: int | None = None,
+    max_cells: int | None = None,
+    pseudocounts: float | None = None,
     seed: int = 0,
     key_added: str | None = DE_KEY,
     progress: bool = True,
+    **kwargs: Any,
 ) -> pd.DataFrame:
-    """Ensemble differential expression of ``group1`` against ``group2`` (or the rest).
+    """Ensemble differential expression, in scvi-tools' call forms.
 
     ``model.differential_expression(adata, ...)``; see
     :func:`ensemblevi.model.base.ensemble_de` for the method and the table.
@@ -49,18 +62,29 @@ def differential_expression(
     ----------
     model
         A trained :class:`~ensemblevi.model.EnsembleSCVI`.
-    adata, groupby, group1, group2, delta, fdr_target, estimand, n_samples, max_cells
+    adata, groupby, group1, group2, idx1, idx2, mode, delta, batch_size, all_stats
+        As in :func:`ensemblevi.model.base.ensemble_de` (scvi-tools' arguments).
+    batch_correction, batchid1, batchid2, fdr_target, silent, weights
+        As in :func:`ensemblevi.model.base.ensemble_de` (scvi-tools' arguments).
+    filter_outlier_cells, importance_weighting_kwargs
+        As in :func:`ensemblevi.model.base.ensemble_de` (scvi-tools' arguments).
+    estimand, n_samples, max_cells, pseudocounts, seed, key_added, progress
         As in :func:`ensemblevi.model.base.ensemble_de`.
-    batch_correction, pseudocount, seed, key_added, progress
-        As in :func:`ensemblevi.model.base.ensemble_de`.
+    **kwargs
+        scvi-tools' ``get_bayes_factors`` keywords, where they apply (see
+        :func:`ensemblevi.model.base.ensemble_de`).
 
     Returns
     -------
-    The DE table, one row per gene, sorted by ``proba_de`` then ``|lfc_median|``.
+    The DE table, one row per gene and comparison.
     """
     return model.differential_expression(
-        adata, groupby=groupby, group1=group1, group2=group2, delta=delta,
-        fdr_target=fdr_target, estimand=estimand, n_samples=n_samples, max_cells=max_cells,
-        batch_correction=batch_correction, pseudocount=pseudocount, seed=seed,
-        key_added=key_added, progress=progress,
+        adata, groupby=groupby, group1=group1, group2=group2, idx1=idx1, idx2=idx2,
+        mode=mode, delta=delta, batch_size=batch_size, all_stats=all_stats,
+        batch_correction=batch_correction, batchid1=batchid1, batchid2=batchid2,
+        fdr_target=fdr_target, silent=silent, weights=weights,
+        filter_outlier_cells=filter_outlier_cells,
+        importance_weighting_kwargs=importance_weighting_kwargs, estimand=estimand,
+        n_samples=n_samples, max_cells=max_cells, pseudocounts=pseudocounts, seed=seed,
+        key_added=key_added, progress=progress, **kwargs,
     )  # fmt: skip

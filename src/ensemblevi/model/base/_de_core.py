@@ -29,8 +29,16 @@ from scvi.utils import track
 
 from ensemblevi._constants import DE_KEY, chunk_size
 
+from ._de_groups import comparisons, raw_count_stats
+from ._de_scvi import MemberFilter, check_kwargs, global_seed, member_draws, scvi_mode_de
+from ._de_store import store_de
+
 ESTIMANDS = ("population", "cell_pairs")
+MODES = (None, "change", "vanilla")
 LIBRARY_SIZE = 1e4  # normalised expression per 10,000 counts before the log
+#: the ensemble estimands' pseudocount, per LIBRARY_SIZE counts (1e-5 per unit library)
+PSEUDOCOUNT = 0.1
+EPS = 1e-8  # scvi-tools' guard in the Bayes factor's logs
 
 
 def expected_fdr(proba_de: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -114,13 +122,18 @@ def cell_pair_lfc(
 
 
 def summarise_lfc(
-    draws: np.ndarray, delta: float, fdr_target: float, gene_names: Sequence[str]
+    draws: np.ndarray,
+    delta: float,
+    fdr_target: float,
+    gene_names: Sequence[str],
+    test_mode: Literal["two", "three"] = "two",
 ) -> pd.DataFrame:
     """The DE table from LFC draws ``(K, N, G)`` (members x draws per member x genes).
 
     ``proba_de`` pools all members' draws; ``lfc_member_std`` is the standard deviation of
     the members' mean LFCs; ``member_calls`` counts the members whose own posterior calls the
     gene at the target, and ``call_flips`` marks genes some members call and others not.
+    ``bayes_factor`` is scvi-tools' ``log(p / (1 - p))`` of ``proba_de``.
 
     Parameters
     ----------
@@ -132,67 +145,85 @@ def summarise_lfc(
         Target of the expected-FDR rule (column ``is_de_fdr_<target>``).
     gene_names
         The ``G`` gene names (the table's index).
+    test_mode
+        ``two``: ``P(|LFC| >= delta)``; ``three`` (scvi-tools' default in ``change`` mode):
+        the larger of ``P(LFC >= delta)`` and ``P(LFC < -delta)``.
     """
     k, _, g = draws.shape
     pooled = draws.reshape(-1, g)
-    proba = np.mean(np.abs(pooled) >= delta, axis=0)
-    member_p = np.mean(np.abs(draws) >= delta, axis=1)  # (K, G)
-    member_calls = np.stack([fdr_calls(p, fdr_target) for p in member_p]).sum(0)
-    efdr, _ = expected_fdr(proba)
+
+    def proba(x, axis):
+        if test_mode == "two":
+            return np.mean(np.abs(x) >= delta, axis=axis)
+        return np.maximum(np.mean(x >= delta, axis=axis), np.mean(x < -delta, axis=axis))
+
+    p = proba(pooled, 0)
+    member_p = proba(draws, 1)  # (K, G)
+    member_calls = np.stack([fdr_calls(m, fdr_target) for m in member_p]).sum(0)
+    efdr, _ = expected_fdr(p)
     q = np.quantile(pooled, [0.025, 0.5, 0.975], axis=0)
     table = pd.DataFrame(
         {
-            "proba_de": proba,
-            "proba_not_de": 1.0 - proba,
+            "proba_de": p,
+            "proba_not_de": 1.0 - p,
+            "bayes_factor": np.log(p + EPS) - np.log(1.0 - p + EPS),
             "lfc_mean": pooled.mean(0),
             "lfc_median": q[1],
             "lfc_std": pooled.std(0),
+            "lfc_min": pooled.min(0),
+            "lfc_max": pooled.max(0),
             "lfc_q2.5": q[0],
             "lfc_q97.5": q[2],
             "lfc_member_std": draws.mean(1).std(0) if k > 1 else np.zeros(g),
             "member_calls": member_calls.astype(int),
             "call_flips": (member_calls > 0) & (member_calls < k),
             "expected_fdr": efdr,
-            f"is_de_fdr_{fdr_target:g}": fdr_calls(proba, fdr_target),
+            f"is_de_fdr_{fdr_target:g}": fdr_calls(p, fdr_target),
         },
         index=pd.Index(gene_names, name="gene"),
     )
     return table
 
 
-def _group_cells(adata, groupby: str, group1: str, group2: str | None) -> tuple:
-    if groupby not in adata.obs.columns:
-        raise KeyError(
-            f"obs has no column {groupby!r} (columns: {list(adata.obs.columns)}); pass "
-            "groupby= the column with the groups to compare."
-        )
-    labels = adata.obs[groupby].astype(str).to_numpy()
-    present = sorted(set(labels))
-    for g in (group1, group2):
-        if g is not None and str(g) not in present:
-            raise ValueError(f"Group {g!r} is not in obs[{groupby!r}] (groups: {present}).")
-    if group2 is not None and str(group1) == str(group2):
-        raise ValueError("group1 and group2 are the same group.")
-    in1 = labels == str(group1)
-    in2 = ~in1 if group2 is None else labels == str(group2)
-    if not in2.any():
-        raise ValueError(f"No cells outside {group1!r} to compare with.")
-    return np.flatnonzero(in1), np.flatnonzero(in2)
+def _transforms(model: Any, batch_correction: bool, batchid1: Any, batchid2: Any) -> tuple:
+    """The batches each side is decoded in (``None``: every cell's observed batch)."""
+    if not batch_correction:
+        for name, ids in (("batchid1", batchid1), ("batchid2", batchid2)):
+            if ids is not None:
+                raise ValueError(
+                    f"{name} names the batches to decode a side in, which needs "
+                    "batch_correction=True (without it every cell keeps its observed batch)."
+                )
+        return None, None
+    mapping = model.adata_manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY)
+    every = list(mapping.categorical_mapping)
+    return tuple(
+        every if ids is None else [ids] if isinstance(ids, str | int) else list(ids)
+        for ids in (batchid1, batchid2)
+    )
 
 
 def lfc_posterior(
     model: Any,
     adata: Any,
-    groupby: str,
-    group1: str | None,
-    group2: str | None = None,
+    groupby: str | None,
+    group1: Any,
+    group2: Any = None,
     estimand: Literal["population", "cell_pairs"] = "population",
     n_samples: int = 50,
     max_cells: int = 500,
     batch_correction: bool = False,
-    pseudocount: float = 0.1,
+    pseudocount: float = PSEUDOCOUNT,
     seed: int = 0,
     progress: bool = True,
+    *,
+    cells: tuple[np.ndarray, np.ndarray] | None = None,
+    batchid1: Any = None,
+    batchid2: Any = None,
+    weights: Literal["uniform", "importance"] = "uniform",
+    member_filter: MemberFilter | None = None,
+    batch_size: int | None = None,
+    importance_weighting_kwargs: dict | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Posterior LFC draws of every member: the sampling half of :func:`ensemble_de`.
 
@@ -202,32 +233,56 @@ def lfc_posterior(
     normalised expression per 1e4. Members' draws are kept apart so that an ensemble of the
     first ``k`` members of a deep ensemble is ``draws[:k]`` (the benchmark suite's use).
 
+    Uniform weights without outlier filtering draw all members at once (seeded by
+    ``seed``); importance weights or outlier filtering draw member by member through
+    scvi-tools' own sampling on ``model.members[k]`` (see :func:`._de_scvi.member_draws`),
+    under torch's and numpy's global generators seeded by ``seed``.
+
     Parameters
     ----------
     model
         A trained :class:`~ensemblevi.model.EnsembleSCVI`.
     adata, groupby, group1, group2, estimand, n_samples, max_cells, batch_correction
+        As in :func:`ensemble_de` (``group1`` one group).
+    pseudocount
+        Added to the expression per 1e4 counts before the log2.
+    seed, progress
         As in :func:`ensemble_de`.
-    pseudocount, seed, progress
+    cells
+        ``(cells1, cells2)`` positions instead of ``groupby``/``group1``/``group2``.
+    batchid1, batchid2, weights, batch_size, importance_weighting_kwargs
         As in :func:`ensemble_de`.
+    member_filter
+        Per-member outlier filtering (:class:`._de_scvi.MemberFilter`); ``None``: none.
     """
     if estimand not in ESTIMANDS:
         raise ValueError(f"estimand must be one of {ESTIMANDS}, got {estimand!r}.")
     if n_samples < 2 or max_cells < 1:
         raise ValueError(f"Need n_samples >= 2 and max_cells >= 1, got {n_samples}, {max_cells}.")
-    if group1 is None:
-        raise ValueError("Pass group1= the group to test (and group2=, or None for the rest).")
     adata = model._validate_anndata(adata)
-    cells1, cells2 = _group_cells(adata, groupby, group1, group2)
+    if cells is None:
+        if group1 is None or not isinstance(group1, str | int | np.integer):
+            raise ValueError("Pass group1= the group to test (and group2=, or None for the rest).")
+        comp = comparisons(adata, groupby, group1, group2, None, None)[0]
+        cells = comp.cells1, comp.cells2
     rng = np.random.default_rng(seed)
     cells1, cells2 = (
-        np.sort(rng.choice(c, max_cells, replace=False)) if len(c) > max_cells else c
-        for c in (cells1, cells2)
+        np.sort(rng.choice(c, max_cells, replace=False)) if len(c) > max_cells else c for c in cells
     )
-    transform = None
-    if batch_correction:
-        mapping = model.adata_manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY)
-        transform = list(mapping.categorical_mapping)
+    t1, t2 = _transforms(model, batch_correction, batchid1, batchid2)
+    member_wise = weights == "importance" or (member_filter is not None and member_filter.enabled)
+    if member_wise and estimand != "population":
+        raise ValueError(
+            "weights='importance' and filter_outlier_cells draw each member's cells apart, "
+            "which the cell_pairs estimand's shared pairs cannot use; use mode='change' "
+            "(scvi-tools' cell-pair estimand, which supports both) or estimand='population'."
+        )
+    if weights == "importance" and batch_correction and max(len(t1), len(t2)) > 1:
+        raise ValueError(
+            "weights='importance' cannot average a cell over several batches (the weights "
+            "belong to one decoding); pass batchid1=/batchid2= a single batch each, or "
+            "batch_correction=False, or use mode='change' (scvi-tools' sampling per batch)."
+        )
     # draws in blocks so that (K, block, cells, genes) stays within the float budget
     block = chunk_size(model.n_members * (len(cells1) + len(cells2)) * adata.n_vars, 2, n_samples)
     draws, sums = [], np.zeros((2, adata.n_vars))
@@ -235,12 +290,25 @@ def lfc_posterior(
     for b, start in enumerate(track(starts, description="DE posterior draws",
                                     disable=not progress, style="tqdm")):  # fmt: skip
         s = min(block, n_samples - start)
+        if member_wise:
+            expr = [[], []]
+            with global_seed(seed + b):
+                for k in range(model.n_members):
+                    for i, (c, t) in enumerate(((cells1, t1), (cells2, t2))):
+                        c = member_filter(k, c) if member_filter is not None else c
+                        x = member_draws(model, adata, k, c, s, LIBRARY_SIZE, t, weights,
+                                         batch_size, importance_weighting_kwargs or {})  # fmt: skip
+                        sums[i] += x.mean(1).sum(0)
+                        expr[i].append(x)
+            lfc = [population_lfc(x1, x2, pseudocount) for x1, x2 in zip(*expr, strict=True)]
+            draws.append(np.stack(lfc))
+            continue
         expr = []
-        for i, cells in enumerate((cells1, cells2)):
+        for i, (c, t) in enumerate(((cells1, t1), (cells2, t2))):
             x = model.get_normalized_expression(
-                adata, indices=cells, n_samples=s, return_mean=False,
+                adata, indices=c, n_samples=s, return_mean=False, batch_size=batch_size,
                 return_members=True, library_size=LIBRARY_SIZE, seed=seed + 1 + 2 * b + i,
-                transform_batch=transform,
+                transform_batch=t,
             )  # fmt: skip
             if s == 1:  # one draw comes back without its sample axis
                 x = x[:, None]
@@ -256,24 +324,85 @@ def lfc_posterior(
     }  # fmt: skip
 
 
+def _settings(mode, estimand, delta, pseudocounts, n_samples, max_cells, weights, kwargs):
+    """Check the arguments that depend on the mode; returns the resolved ones."""
+    if mode not in MODES:
+        raise ValueError(
+            f"mode must be None (the ensemble's estimand=), 'change' or 'vanilla' "
+            f"(scvi-tools' modes), got {mode!r}."
+        )
+    if estimand not in ESTIMANDS:
+        raise ValueError(f"estimand must be one of {ESTIMANDS}, got {estimand!r}.")
+    if weights not in ("uniform", "importance"):
+        raise ValueError(f"weights must be 'uniform' or 'importance', got {weights!r}.")
+    if mode is not None and estimand != "population":
+        raise ValueError(
+            f"estimand={estimand!r} is one of the ensemble's estimands (mode=None) and "
+            f"mode={mode!r} is scvi-tools'; pass one of them."
+        )
+    check_kwargs(kwargs, estimand if mode is None else mode)
+    if delta is not None and delta <= 0:
+        raise ValueError(f"delta must be > 0 (a log2 fold change), got {delta}.")
+    if pseudocounts is not None and pseudocounts < 0:
+        raise ValueError(f"pseudocounts must be >= 0, got {pseudocounts}.")
+    if mode is None:
+        if delta is None:
+            raise ValueError(
+                "delta=None (estimated from the LFCs) is scvi-tools' change mode; pass a "
+                "number for the ensemble's estimand, or mode='change'."
+            )
+        pc = PSEUDOCOUNT if pseudocounts is None else pseudocounts * LIBRARY_SIZE
+        return 50 if n_samples is None else n_samples, 500 if max_cells is None else max_cells, pc
+    if n_samples is not None:
+        raise ValueError(
+            "n_samples= is the ensemble estimand's draws per member; scvi-tools' modes take "
+            "n_samples_overall= (all members' samples together, default 5000)."
+        )
+    if mode == "vanilla" and pseudocounts is not None:
+        raise ValueError("pseudocounts= applies to mode='change' and the ensemble's estimands, "
+                         "not to 'vanilla' (which compares scales, no log).")  # fmt: skip
+    return None, max_cells, pseudocounts
+
+
 def ensemble_de(
     model: Any,
     adata: Any = None,
-    groupby: str = "cell_type",
-    group1: str | None = None,
-    group2: str | None = None,
-    delta: float = 0.5,
-    fdr_target: float = 0.05,
-    estimand: Literal["population", "cell_pairs"] = "population",
-    n_samples: int = 50,
-    max_cells: int = 500,
+    groupby: str | None = None,
+    group1: Any = None,
+    group2: Any = None,
+    idx1: Any = None,
+    idx2: Any = None,
+    mode: Literal["change", "vanilla"] | None = None,
+    delta: float | None = 0.5,
+    batch_size: int | None = None,
+    all_stats: bool = True,
     batch_correction: bool = False,
-    pseudocount: float = 0.1,
+    batchid1: Sequence[str] | None = None,
+    batchid2: Sequence[str] | None = None,
+    fdr_target: float = 0.05,
+    silent: bool = False,
+    weights: Literal["uniform", "importance"] | None = "uniform",
+    filter_outlier_cells: bool = False,
+    importance_weighting_kwargs: dict | None = None,
+    estimand: Literal["population", "cell_pairs"] = "population",
+    n_samples: int | None = None,
+    max_cells: int | None = None,
+    pseudocounts: float | None = None,
     seed: int = 0,
     key_added: str | None = DE_KEY,
     progress: bool = True,
+    **kwargs: Any,
 ) -> pd.DataFrame:
-    """Ensemble differential expression of ``group1`` against ``group2`` (or the rest).
+    """Ensemble differential expression, with scvi-tools' call forms and columns.
+
+    The default (``mode=None``) is the ensemble's ``population`` estimand (module
+    docstring): per posterior draw, the LFC of the groups' median log2 expression.
+    ``mode="change"`` and ``mode="vanilla"`` are scvi-tools' own (``change``: LFCs of
+    random pairs of single-cell posterior samples, scvi-tools' ``delta``/``pseudocounts``
+    handling and ``test_mode="three"``; ``vanilla``: ``P(scale1 > scale2)`` of such pairs),
+    computed by scvi-tools' ``DifferentialComputation`` on samples of the ensemble
+    posterior, an equal share from each member (:mod:`._de_scvi`); with one member they are
+    ``scvi.model.SCVI.differential_expression``.
 
     Parameters
     ----------
@@ -281,112 +410,171 @@ def ensemble_de(
         A trained :class:`~ensemblevi.model.EnsembleSCVI`.
     adata
         Cells to use (default: the model's AnnData).
-    groupby, group1, group2
-        The ``obs`` column and the groups; ``group2=None`` compares with all other cells.
+    groupby
+        ``obs`` column of the groups (``None``: ``"cell_type"``, unless ``idx1`` is given).
+    group1
+        One group, a list of groups (each a comparison), or ``None``: every group in turn.
+    group2
+        The reference group; ``None``: all other cells (``group2`` column ``"Rest"``).
+    idx1, idx2
+        The two sides' cells instead of groups: boolean masks, integer positions or
+        ``adata.obs.query`` strings (``idx2=None``: all other cells).
+    mode
+        ``None`` (the ensemble's ``estimand``), or scvi-tools' ``"change"``/``"vanilla"``.
     delta
-        Smallest |LFC| (log2) that counts as a change.
-    fdr_target
-        Target of the posterior expected FDR rule for ``is_de_fdr_<target>``.
-    estimand
-        ``population`` (median over each group's cells per posterior draw, see the module
-        docstring) or ``cell_pairs`` (scvi-tools' ``change`` mode, randomly paired single
-        cells; for comparison).
-    n_samples
-        Posterior draws per member (each draw: one latent sample for every cell).
-    max_cells
-        Cells per group, subsampled without replacement (seeded) above this cap, so the
-        cost stays bounded on large groups.
+        Smallest |LFC| (log2) that counts as a change; ``None`` (``change`` only):
+        scvi-tools' estimate from the LFC means. Unused by ``vanilla``.
+    batch_size
+        Minibatch size of the model passes.
+    all_stats
+        Add scvi-tools' raw-count columns (``raw_mean1/2``, ``non_zeros_proportion1/2``,
+        ``raw_normalized_mean1/2``) of the full groups.
     batch_correction
-        Decode every cell in every batch and average the expression over batches (as
-        scvi-tools' ``transform_batch`` with all categories), comparing groups with the
-        batch effect marginalised.
-    pseudocount
-        Added to the expression per ``1e4`` counts before the log2.
+        Compare the groups decoded in every batch (``batchid1``/``batchid2``: in those
+        batches) instead of each cell's own. Ensemble estimands: each cell's expression
+        averaged over the batches; scvi-tools' modes: samples paired within a batch.
+    batchid1, batchid2
+        Batch categories each side is decoded in (need ``batch_correction=True``).
+    fdr_target
+        Target of the posterior expected FDR rule for ``is_de_fdr_<target>`` (not in
+        ``vanilla``, which has no ``proba_de``, as in scvi-tools).
+    silent
+        Hide the progress bars (as ``progress=False``).
+    weights
+        ``"uniform"`` or ``"importance"`` (``None``: uniform): scvi-tools' importance
+        weights, computed per member on that member's posterior. Ensemble estimands: each
+        draw is a weighted bootstrap of the group's cells (``population`` only);
+        scvi-tools' modes: each member's samples are resampled with its weights.
+    filter_outlier_cells
+        Drop a group's outlier cells (scvi-tools' elliptic envelope in latent space) before
+        sampling; per member, in that member's latent space (``population`` or scvi modes).
+    importance_weighting_kwargs
+        Passed to each member's ``get_importance_weights`` (with ``weights="importance"``).
+    estimand
+        With ``mode=None``: ``population`` (default) or ``cell_pairs`` (the ensemble's
+        randomly paired single cells, ``P(|LFC| >= delta)``).
+    n_samples
+        Ensemble estimands: posterior draws per member (``None``: 50). scvi-tools' modes
+        take ``n_samples_overall=`` instead (all members together, default 5000).
+    max_cells
+        Cells per group, subsampled without replacement (seeded) above this cap
+        (``None``: 500 for the ensemble's estimands, every cell for scvi-tools' modes).
+    pseudocounts
+        Added to the expression per unit library (scvi-tools' units) before the log2;
+        ``None``: ``1e-5`` (0.1 per 1e4 counts) for the ensemble's estimands, scvi-tools'
+        estimate from non-expressed genes in ``change`` mode.
     seed
-        Seed of the cell subsample and the latent draws.
+        Seed of the cell subsample and the draws (scvi-tools' modes and member-wise draws
+        run under torch's and numpy's global generators seeded with it, restored after).
     key_added
-        Write the table to ``adata.uns[key_added]`` in ``rank_genes_groups``' layout
-        (``names``, ``scores`` = ``proba_de``, ``logfoldchanges`` = ``lfc_median``,
-        ``pvals`` = ``proba_not_de``, ``pvals_adj`` = ``expected_fdr``: Bayesian analogues,
-        so ``scanpy.get.rank_genes_groups_df(adata, group1, key=key_added)`` reads it),
-        plus the full table under ``"table"``. ``None``: write nothing.
+        Write the result to ``adata.uns[key_added]`` in ``rank_genes_groups``' layout (one
+        field per comparison; ``names``, ``scores`` = ``proba_de``, ``logfoldchanges`` =
+        ``lfc_median``, ``pvals`` = ``proba_not_de``, ``pvals_adj`` = ``expected_fdr``;
+        ``vanilla``: ``scores`` = ``bayes_factor``, ``logfoldchanges`` = log2 scale ratio,
+        ``pvals`` = ``pvals_adj`` = ``proba_m2``, one-sided as its Bayes factor),
+        so ``scanpy.get.rank_genes_groups_df(adata, group, key=key_added)`` reads it, plus
+        the full table under ``"table"``. ``None``: write nothing.
     progress
-        Show a progress bar over posterior draws.
+        Show progress bars.
+    **kwargs
+        scvi-tools' ``get_bayes_factors`` keywords where they apply (``n_samples_overall``,
+        ``use_permutation``, ``m_permutation``, ``change_fn``, ``m1_domain_fn``,
+        ``threshold_counts``, ``cred_interval_lvls``: scvi modes; ``test_mode``: also the
+        ensemble's estimands, default ``"two"`` there); others raise.
 
     Returns
     -------
-    One row per gene, sorted by ``proba_de`` then ``|lfc_median|`` (descending):
-    ``proba_de``, ``proba_not_de``, ``lfc_mean``, ``lfc_median``, ``lfc_std``,
-    ``lfc_q2.5``, ``lfc_q97.5``, ``lfc_member_std``, ``member_calls``, ``call_flips``,
-    ``expected_fdr``, ``is_de_fdr_<target>``, ``scale1``, ``scale2`` (mean normalised
-    expression per 1e4).
+    One row per gene and comparison (comparisons concatenated, as scvi-tools). Ensemble
+    estimands, sorted by ``proba_de`` then ``|lfc_median|``: ``proba_de``,
+    ``proba_not_de``, ``bayes_factor``, ``lfc_mean``, ``lfc_median``, ``lfc_std``,
+    ``lfc_min``, ``lfc_max``, ``lfc_q2.5``, ``lfc_q97.5`` (of the estimand's LFC),
+    ``lfc_member_std``, ``member_calls``, ``call_flips``, ``expected_fdr``,
+    ``is_de_fdr_<target>``, ``scale1``, ``scale2`` (mean normalised expression per unit
+    library), ``pseudocounts``, ``delta``. scvi-tools' modes: its columns (``change`` adds
+    ``expected_fdr`` and ``is_de_fdr_<target>``). Then the ``all_stats`` columns, and
+    ``comparison``, ``group1``, ``group2`` for ``groupby`` calls.
     """
-    if delta <= 0:
-        raise ValueError(f"delta must be > 0 (a log2 fold change), got {delta}.")
+    weights = "uniform" if weights is None else weights
+    n_samples, max_cells, pc = _settings(mode, estimand, delta, pseudocounts, n_samples,
+                                         max_cells, weights, kwargs)  # fmt: skip
     if not 0 < fdr_target < 1:
         raise ValueError(f"fdr_target must be in (0, 1), got {fdr_target}.")
+    if importance_weighting_kwargs and weights != "importance":
+        raise ValueError("importance_weighting_kwargs need weights='importance'.")
+    if max_cells is not None and max_cells < 1:
+        raise ValueError(f"max_cells must be >= 1, got {max_cells}.")
+    model._check_if_trained(warn=True)
     adata = model._validate_anndata(adata)
-    lfc_draws, info = lfc_posterior(
-        model, adata, groupby, group1, group2, estimand=estimand, n_samples=n_samples,
-        max_cells=max_cells, batch_correction=batch_correction, pseudocount=pseudocount,
-        seed=seed, progress=progress,
-    )  # fmt: skip
-    cells1, cells2, sums = info["cells1"], info["cells2"], info["scale"]
-    table = summarise_lfc(lfc_draws, delta, fdr_target, adata.var_names)
-    table["scale1"], table["scale2"] = sums
-    # ties in proba_de (common: every draw clears delta) are broken by the effect size
-    order = np.lexsort((-np.abs(table["lfc_median"].to_numpy()), -table["proba_de"].to_numpy()))
-    table = table.iloc[order]
+    comps = comparisons(adata, groupby, group1, group2, idx1, idx2)
+    member_filter = MemberFilter(model, adata, filter_outlier_cells)
+    iw = importance_weighting_kwargs or {}
+    show = progress and not silent
+    tables = []
+    for comp in track(comps, description="DE...", disable=not show or len(comps) == 1):
+        if mode is None:
+            draws, info = lfc_posterior(
+                model, adata, None, None, estimand=estimand, n_samples=n_samples,
+                max_cells=max_cells, batch_correction=batch_correction, pseudocount=pc,
+                seed=seed, progress=show, cells=(comp.cells1, comp.cells2),
+                batchid1=batchid1, batchid2=batchid2, weights=weights,
+                member_filter=member_filter, batch_size=batch_size,
+                importance_weighting_kwargs=iw,
+            )  # fmt: skip
+            table = summarise_lfc(draws, delta, fdr_target, adata.var_names, **kwargs)
+            table["scale1"], table["scale2"] = info["scale"] / LIBRARY_SIZE
+            table["pseudocounts"], table["delta"] = pc / LIBRARY_SIZE, float(delta)
+            # ties in proba_de (common: every draw clears delta) are broken by the effect size
+            order = np.lexsort((-np.abs(table["lfc_median"].to_numpy()),
+                                -table["proba_de"].to_numpy()))  # fmt: skip
+            table = table.iloc[order]
+        else:
+            table = _scvi_table(model, adata, comp, mode, delta, pc, batch_correction,
+                                batchid1, batchid2, weights, batch_size, iw, member_filter,
+                                max_cells, seed, fdr_target, kwargs)  # fmt: skip
+        if all_stats:
+            stats = raw_count_stats(model.get_anndata_manager(adata, required=True),
+                                    comp.cells1, comp.cells2)  # fmt: skip
+            for name, values in stats.items():
+                table[name] = pd.Series(values, index=adata.var_names).loc[table.index]
+        if comp.group1 is not None:
+            table["comparison"] = f"{comp.group1} vs {comp.group2}"
+            table["group1"], table["group2"] = comp.group1, comp.group2
+        tables.append((comp, table))
+    result = pd.concat([t for _, t in tables], axis=0)
     if key_added is not None:
-        store_de(adata, table, key_added, groupby, str(group1), group2, {
-            "delta": float(delta), "fdr_target": float(fdr_target), "estimand": estimand,
-            "n_samples": int(n_samples), "max_cells": int(max_cells),
-            "batch_correction": bool(batch_correction), "seed": int(seed),
-            "n_cells1": len(cells1), "n_cells2": len(cells2),
+        store_de(adata, tables, key_added, groupby, {
+            "delta": "auto" if delta is None else float(delta),
+            "fdr_target": float(fdr_target),
+            "estimand": estimand if mode is None else f"scvi_{mode}",
+            "n_samples": int(n_samples if n_samples is not None
+                             else kwargs.get("n_samples_overall", 5000)),
+            "max_cells": -1 if max_cells is None else int(max_cells),
+            "batch_correction": bool(batch_correction), "seed": int(seed), "weights": weights,
+            "filter_outlier_cells": bool(filter_outlier_cells),
             "ensemble": model.ensemble, "n_members": int(model.n_members),
         })  # fmt: skip
+    return result
+
+
+def _scvi_table(model, adata, comp, mode, delta, pseudocounts, batch_correction, batchid1,
+                batchid2, weights, batch_size, iw, member_filter, max_cells, seed, fdr_target,
+                kwargs) -> pd.DataFrame:  # fmt: skip
+    """One comparison in scvi-tools' ``change``/``vanilla`` mode (see :mod:`._de_scvi`)."""
+    rng = np.random.default_rng(seed)
+    cells1, cells2 = (
+        np.sort(rng.choice(c, max_cells, replace=False))
+        if max_cells is not None and len(c) > max_cells else c
+        for c in (comp.cells1, comp.cells2)
+    )  # fmt: skip
+    with global_seed(seed):
+        res = scvi_mode_de(model, adata, cells1, cells2, mode, delta, pseudocounts,
+                           batch_correction, batchid1, batchid2, weights, batch_size, iw,
+                           member_filter, kwargs)  # fmt: skip
+    table = pd.DataFrame(res, index=pd.Index(adata.var_names, name="gene"))
+    # scvi-tools' own sort (ties in its default, unstable order), so one member gives its rows
+    if mode == "vanilla":
+        return table.sort_values(by="bayes_factor", ascending=False)
+    table = table.sort_values(by="proba_de", ascending=False)
+    table["expected_fdr"], _ = expected_fdr(table["proba_de"].to_numpy())
+    table[f"is_de_fdr_{fdr_target:g}"] = fdr_calls(table["proba_de"].to_numpy(), fdr_target)
     return table
-
-
-def store_de(
-    adata: Any,
-    table: pd.DataFrame,
-    key: str,
-    groupby: str,
-    group1: str,
-    group2: str | None,
-    settings: dict[str, Any],
-) -> None:
-    """Write a DE table to ``adata.uns[key]`` in scanpy's ``rank_genes_groups`` layout.
-
-    Parameters
-    ----------
-    adata
-        The AnnData the table was computed on.
-    table
-        The table of :func:`ensemble_de`, in its row order.
-    key
-        Key in ``adata.uns``.
-    groupby, group1, group2
-        The compared groups (``group2=None``: the rest).
-    settings
-        The call's settings, kept under ``params`` (``estimand`` names the method).
-    """
-
-    def rec(values, dtype):
-        return np.rec.fromarrays([np.asarray(values, dtype=dtype)], names=[group1])
-
-    adata.uns[key] = {
-        "params": {
-            "groupby": groupby,
-            "reference": "rest" if group2 is None else str(group2),
-            "method": f"ensemblevi_{settings['estimand']}",
-            **settings,
-        },
-        "names": rec(table.index.to_numpy(dtype=str), "U64"),
-        "scores": rec(table["proba_de"], "float32"),
-        "logfoldchanges": rec(table["lfc_median"], "float32"),
-        "pvals": rec(table["proba_not_de"], "float64"),
-        "pvals_adj": rec(table["expected_fdr"], "float64"),
-        "table": table.reset_index(),
-    }

@@ -8,7 +8,7 @@ differential expression with the pooled members' posterior (:mod:`._de_core`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -154,38 +154,67 @@ class EnsembleRNASeqMixin(EnsembleMixin, RNASeqMixin):
     def differential_expression(
         self,
         adata: AnnData | None = None,
-        groupby: str = "cell_type",
-        group1: str | None = None,
+        groupby: str | None = None,
+        group1: str | Sequence[str] | None = None,
         group2: str | None = None,
-        delta: float = 0.5,
-        fdr_target: float = 0.05,
-        estimand: Literal["population", "cell_pairs"] = "population",
-        n_samples: int = 50,
-        max_cells: int = 500,
+        idx1: Sequence[int] | Sequence[bool] | str | None = None,
+        idx2: Sequence[int] | Sequence[bool] | str | None = None,
+        mode: Literal["change", "vanilla"] | None = None,
+        delta: float | None = 0.5,
+        batch_size: int | None = None,
+        all_stats: bool = True,
         batch_correction: bool = False,
-        pseudocount: float = 0.1,
+        batchid1: Sequence[str] | None = None,
+        batchid2: Sequence[str] | None = None,
+        fdr_target: float = 0.05,
+        silent: bool = False,
+        weights: Literal["uniform", "importance"] | None = "uniform",
+        filter_outlier_cells: bool = False,
+        importance_weighting_kwargs: dict | None = None,
+        estimand: Literal["population", "cell_pairs"] = "population",
+        n_samples: int | None = None,
+        max_cells: int | None = None,
+        pseudocounts: float | None = None,
         seed: int = 0,
         key_added: str | None = DE_KEY,
         progress: bool = True,
+        **kwargs: Any,
     ) -> pd.DataFrame:
-        """Differential expression with the ensemble posterior and a posterior expected FDR.
+        """Differential expression with the ensemble posterior, in scvi-tools' call forms.
 
-        scvi-tools' own (``mode="change"``) runs per member on ``model.members[k]``.
+        The default is the ensemble's ``population`` estimand (the LFC of the groups'
+        median log2 expression per posterior draw, called at a posterior expected FDR);
+        ``mode="change"``/``"vanilla"`` are scvi-tools' own modes on the ensemble posterior
+        (``change``: LFCs of random single-cell pairs). scvi-tools' single-member result
+        is ``model.members[k].differential_expression(...)``.
 
         Parameters
         ----------
-        adata, groupby, group1, group2, delta, fdr_target, estimand, n_samples, max_cells
+        adata, groupby, group1, group2, idx1, idx2, mode, delta, batch_size, all_stats
+            As in :func:`ensemblevi.model.base.ensemble_de` (scvi-tools' arguments).
+        batch_correction, batchid1, batchid2, fdr_target, silent, weights
+            As in :func:`ensemblevi.model.base.ensemble_de` (scvi-tools' arguments).
+        filter_outlier_cells, importance_weighting_kwargs
+            As in :func:`ensemblevi.model.base.ensemble_de` (scvi-tools' arguments).
+        estimand, n_samples, max_cells, pseudocounts, seed, key_added, progress
             As in :func:`ensemblevi.model.base.ensemble_de`.
-        batch_correction, pseudocount, seed, key_added, progress
-            As in :func:`ensemblevi.model.base.ensemble_de`.
+        **kwargs
+            scvi-tools' ``get_bayes_factors`` keywords, where they apply (see
+            :func:`ensemblevi.model.base.ensemble_de`).
 
         Returns
         -------
-        The DE table, one row per gene (see :func:`ensemblevi.model.base.ensemble_de`).
+        The DE table, one row per gene and comparison (see
+        :func:`ensemblevi.model.base.ensemble_de`).
         """
         return _de_core.ensemble_de(
-            self, adata, groupby=groupby, group1=group1, group2=group2, delta=delta,
-            fdr_target=fdr_target, estimand=estimand, n_samples=n_samples,
-            max_cells=max_cells, batch_correction=batch_correction, pseudocount=pseudocount,
-            seed=seed, key_added=key_added, progress=progress,
+            self, adata, groupby=groupby, group1=group1, group2=group2, idx1=idx1, idx2=idx2,
+            mode=mode, delta=delta, batch_size=batch_size, all_stats=all_stats,
+            batch_correction=batch_correction, batchid1=batchid1, batchid2=batchid2,
+            fdr_target=fdr_target, silent=silent, weights=weights,
+            filter_outlier_cells=filter_outlier_cells,
+            importance_weighting_kwargs=importance_weighting_kwargs,
+            estimand=estimand, n_samples=n_samples, max_cells=max_cells,
+            pseudocounts=pseudocounts, seed=seed, key_added=key_added,
+            progress=progress, **kwargs,
         )  # fmt: skip
