@@ -176,3 +176,11 @@ def test_forwarded_parameters_reach_scvi_tools(ctx, tmp_path):
     assert loaded.device.type == "cpu"
     with pytest.raises(TypeError):
         model.train(max_epochs=1, not_a_trainer_argument=1)
+
+
+def test_load_names_a_legacy_save_and_its_conversion(tmp_path):
+    (tmp_path / "model_params.pt").write_bytes(b"")  # what scvi-tools < 0.15 saved
+    with pytest.raises(ValueError, match="convert_legacy_save"):
+        EnsembleSCVI.load(tmp_path)
+    with pytest.raises(FileNotFoundError, match="No saved model"):
+        EnsembleSCVI.load(tmp_path / "elsewhere")

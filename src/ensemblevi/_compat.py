@@ -80,6 +80,32 @@ def saved_model_file(dir_path: str | os.PathLike, prefix: str | None = None) -> 
     return os.path.join(os.fspath(dir_path), f"{prefix or ''}{SAVE_KEYS.MODEL_FNAME}")
 
 
+def existing_model_file(dir_path: str | os.PathLike, prefix: str | None, cls_name: str) -> str:
+    """:func:`saved_model_file`, or an error naming what the folder holds instead.
+
+    Parameters
+    ----------
+    dir_path
+        The directory a model was saved to.
+    prefix
+        The ``prefix`` given to ``save``.
+    cls_name
+        The model class, for the conversion hint.
+    """
+    model_file = saved_model_file(dir_path, prefix)
+    legacy = os.path.join(os.fspath(dir_path), f"{prefix or ''}model_params.pt")
+    if not os.path.exists(model_file) and os.path.exists(legacy):
+        raise ValueError(  # scvi-tools raises ValueError here too
+            f"{dir_path} holds a model saved by scvi-tools < 0.15 ({legacy}); convert it "
+            f"first with {cls_name}.convert_legacy_save(dir_path, output_dir_path)."
+        )
+    if not os.path.exists(model_file):
+        raise FileNotFoundError(
+            f"No saved model at {model_file}; pass the directory given to model.save()."
+        )
+    return model_file
+
+
 def saved_var_names(dir_path: str | os.PathLike, prefix: str | None = None) -> pd.Index:
     """Gene names stored with a saved model (scvi-tools' saved-file layout).
 

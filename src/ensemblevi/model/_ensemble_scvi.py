@@ -37,6 +37,7 @@ from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 from ensemblevi._compat import (
     _init_library_size,
     base_accepts_no_data,
+    existing_model_file,
     saved_model_file,
     saved_var_names,
 )
@@ -566,11 +567,7 @@ class EnsembleSCVI(
         **kwargs
             Passed to scvi-tools' ``load`` (``accelerator``, ``device``, ...).
         """
-        model_file = saved_model_file(dir_path, prefix)
-        if not os.path.exists(model_file):
-            raise FileNotFoundError(
-                f"No saved model at {model_file}; pass the directory given to model.save()."
-            )
+        model_file = existing_model_file(dir_path, prefix, cls.__name__)
         try:
             saved_vars = saved_var_names(dir_path, prefix)
         except Exception as err:  # torch raises UnpicklingError, EOFError, RuntimeError, ...
