@@ -164,3 +164,32 @@ def test_inspection_methods_print_the_setup(pair, tmp_path, capsys):
     assert "EnsembleSCVI.setup_anndata" in out and "'batch_key': 'batch'" in out
     ref.view_anndata_setup()  # scvi-tools' own works too once ensemblevi is imported
     assert "batch State Registry" in capsys.readouterr().out
+
+
+def test_normalized_expression_takes_scvi_arguments(pair):
+    adata, ref, ens = pair
+    idx = np.arange(10, 50)
+    # a custom dataloader gives the same expression as the AnnData path (numpy, as scvi)
+    loader = ens._make_data_loader(adata, indices=idx, batch_size=16)
+    via_loader = ens.get_normalized_expression(dataloader=loader, seed=3)
+    via_adata = ens.get_normalized_expression(indices=idx, batch_size=16, seed=3)
+    assert isinstance(via_loader, np.ndarray)
+    np.testing.assert_allclose(via_loader, via_adata.to_numpy(), rtol=1e-6)
+    # n_samples_overall: that many rows, each one cell's expression draw
+    draws = ens.get_normalized_expression(indices=idx, n_samples_overall=7, seed=0)
+    assert draws.shape == (7, adata.n_vars)
+    np.testing.assert_allclose(draws.sum(1), 1.0, rtol=1e-5)  # library_size 1: proportions
+    # importance weights are one member's: refused on the ensemble, scvi's own on a member
+    with pytest.raises(ValueError, match="member=k"):
+        ens.get_normalized_expression(weights="importance", n_samples=3)
+    with pytest.raises(TypeError, match="member=k"):
+        ens.get_normalized_expression(truncation=True)
+    torch.manual_seed(2)
+    want = ref.get_normalized_expression(
+        indices=idx, n_samples=4, weights="importance", return_numpy=True
+    )
+    torch.manual_seed(2)
+    got = ens.get_normalized_expression(
+        indices=idx, n_samples=4, weights="importance", return_numpy=True, member=0
+    )
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)

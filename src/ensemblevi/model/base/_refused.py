@@ -44,6 +44,15 @@ REFUSED: dict[tuple[str, str], str] = {
         ("prepare_query_mudata", p): _MUDATA
         for p in ("mdata", "reference_model", "return_reference_var_names", "inplace")
     },
+    ("get_normalized_expression", "weights"): (
+        "importance weights belong to one member's posterior; the ensemble averages its "
+        "members with equal weight. Pass member=k (with weights='importance') for member k, "
+        "scvi-tools' own computation"
+    ),
+    ("get_normalized_expression", "**importance_weighting_kwargs"): (
+        "they configure importance weighting, which is per member; pass member=k and "
+        "weights='importance' with them"
+    ),
     ("get_elbo", "**kwargs"): _FORWARD_KWARGS.format(method="get_elbo"),
     ("get_reconstruction_error", "**kwargs"): _FORWARD_KWARGS.format(
         method="get_reconstruction_error"

@@ -7,7 +7,7 @@ differential expression with the pooled members' posterior (:mod:`._de_core`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -22,6 +22,7 @@ from ensemblevi._constants import DE_KEY
 from .._members import MemberOnly
 from . import _de_core
 from ._ensemblemixin import EnsembleMixin
+from ._refused import REFUSED
 
 
 class EnsembleRNASeqMixin(EnsembleMixin, RNASeqMixin):
@@ -40,13 +41,18 @@ class EnsembleRNASeqMixin(EnsembleMixin, RNASeqMixin):
         gene_list: Sequence[str] | None = None,
         library_size: float | Literal["latent"] = 1,
         n_samples: int = 1,
+        n_samples_overall: int | None = None,
+        weights: Literal["uniform", "importance"] | None = None,
         batch_size: int | None = None,
         return_mean: bool = True,
         return_numpy: bool | None = None,
+        silent: bool = True,
+        dataloader: Iterable[dict[str, torch.Tensor]] | None = None,
+        data_loader_kwargs: dict | None = None,
         member: int | None = None,
         return_members: bool = False,
         seed: int | None = None,
-        silent: bool = True,
+        **importance_weighting_kwargs: Any,
     ) -> np.ndarray | pd.DataFrame:
         """Normalised expression: the member average (how an ensemble predicts), or members.
 
@@ -60,45 +66,75 @@ class EnsembleRNASeqMixin(EnsembleMixin, RNASeqMixin):
         library_size
             Counts per cell the expression is scaled to, or ``"latent"`` for the modelled
             mean counts of each cell.
+        n_samples_overall
+            As scvi-tools: ``(n_samples_overall, n_genes)`` draws of the expression of random
+            cells of ``indices``, here from the member mixture (each draw's member uniform).
+        weights
+            ``"uniform"`` (or ``None``). ``"importance"`` weighs one member's latent draws
+            by that member's posterior: pass ``member=k`` (scvi-tools' own on member k).
+        silent
+            Hide the progress bar.
+        dataloader, data_loader_kwargs
+            As in scvi-tools: a custom loader replaces ``adata``/``indices``/``batch_size``
+            (a numpy array is returned, as scvi-tools does).
         member
             Only this member, through scvi-tools' own implementation (``model.members[k]``):
-            exactly what ``scvi.model.SCVI`` returns. Importance weighting
-            (``weights="importance"``) is available there.
+            exactly what ``scvi.model.SCVI`` returns, importance weighting included.
         return_members
             Every member stacked: ``(K, n_obs, n_genes)``, or ``(K, n_samples, n_obs,
             n_genes)`` with ``n_samples > 1`` and ``return_mean=False``.
         seed
             Seed of the latent samples (``None``: the global torch generator).
-        silent
-            Hide the progress bar.
+        **importance_weighting_kwargs
+            scvi-tools' importance-weighting options: only with ``member=k`` and
+            ``weights="importance"``.
 
         Returns
         -------
         The member average as an ``n_obs x n_genes`` DataFrame (numpy with
-        ``return_numpy=True``, or ``(n_samples, n_obs, n_genes)`` numpy when samples are
-        kept, as scvi-tools), or the stacked members.
+        ``return_numpy=True`` or a ``dataloader``, or ``(n_samples, n_obs, n_genes)`` numpy
+        when samples are kept, as scvi-tools), or the stacked members.
         """
         if member is not None and not return_members:
             return self.members[self._check_member(member)].get_normalized_expression(
-                adata=adata,
-                indices=indices,
-                transform_batch=transform_batch,
-                gene_list=gene_list,
-                library_size=library_size,
-                n_samples=n_samples,
-                batch_size=batch_size,
-                return_mean=return_mean,
-                return_numpy=return_numpy,
-                silent=silent,
+                adata=adata, indices=indices, transform_batch=transform_batch,
+                gene_list=gene_list, library_size=library_size, n_samples=n_samples,
+                n_samples_overall=n_samples_overall, weights=weights, batch_size=batch_size,
+                return_mean=return_mean, return_numpy=return_numpy, silent=silent,
+                dataloader=dataloader, data_loader_kwargs=data_loader_kwargs,
+                **importance_weighting_kwargs,
+            )  # fmt: skip
+        if weights not in (None, "uniform"):
+            raise ValueError(
+                f"get_normalized_expression(weights={weights!r}): "
+                f"{REFUSED[('get_normalized_expression', 'weights')]}."
             )
+        if importance_weighting_kwargs:
+            raise TypeError(
+                f"get_normalized_expression got {sorted(importance_weighting_kwargs)}: "
+                f"{REFUSED[('get_normalized_expression', '**importance_weighting_kwargs')]}."
+            )
+        self._check_dataloader(
+            "get_normalized_expression", adata, dataloader, indices=indices,
+            batch_size=batch_size, data_loader_kwargs=data_loader_kwargs,
+        )  # fmt: skip
+        if n_samples_overall is not None:
+            if n_samples != 1 or return_members:
+                raise ValueError(
+                    "n_samples_overall draws n_samples itself (as scvi-tools): leave "
+                    "n_samples at 1 and return_members False."
+                )
+            n_cells = self._validate_anndata(adata).n_obs if indices is None else len(indices)
+            n_samples = n_samples_overall // max(n_cells, 1) + 1
         self._check_if_trained(warn=True)
-        adata_ = self._validate_anndata(adata)
+        adata_ = self._validate_anndata(adata) if dataloader is None else self.adata
         mask = torch.from_numpy(self._gene_mask(adata_, gene_list))
         codes = batch_codes(self.get_anndata_manager(adata_, required=True), transform_batch)
         chunks = []
         batches = self._seeded_batches(
-            adata_, indices, batch_size, seed, None if silent else "normalised expression"
-        )
+            None if dataloader is not None else adata_, indices, batch_size, seed,
+            None if silent else "normalised expression", dataloader, data_loader_kwargs,
+        )  # fmt: skip
         for tensors in batches:
             per_batch = []
             for code in codes:
@@ -107,6 +143,10 @@ class EnsembleRNASeqMixin(EnsembleMixin, RNASeqMixin):
                 per_batch.append(values[..., mask])
             chunks.append(torch.stack(per_batch).mean(0).cpu())  # (S, K, B, G)
         values = torch.cat(chunks, dim=2).numpy()
+        if n_samples_overall is not None:
+            rng = np.random.default_rng(seed)
+            pooled = values.reshape(-1, values.shape[-1])  # every (sample, member, cell)
+            return pooled[rng.choice(len(pooled), n_samples_overall, replace=True)]
         if return_mean or n_samples == 1:
             values = values.mean(0)  # (K, n, G)
         else:
@@ -114,7 +154,7 @@ class EnsembleRNASeqMixin(EnsembleMixin, RNASeqMixin):
         if return_members:
             return values
         mean = values.mean(0)
-        if return_numpy or mean.ndim != 2:
+        if return_numpy or mean.ndim != 2 or dataloader is not None:
             return mean
         return pd.DataFrame(
             mean, index=self._cell_names(adata_, indices), columns=adata_.var_names[mask.numpy()]
