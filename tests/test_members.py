@@ -194,7 +194,7 @@ def test_unknown_arguments_raise(fitted):
         lambda: model.get_elbo(n_mc_samples=3),
         lambda: model.get_marginal_ll(give_mean=True),
         lambda: model.get_uncertainty(store=True),
-        lambda: model.get_normalized_expression(weights="importance"),
+        lambda: model.get_normalized_expression(weight="importance"),
         lambda: model.get_latent_representation(foo=1),
     ):
         with pytest.raises(TypeError, match="unexpected keyword"):

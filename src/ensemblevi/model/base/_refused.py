@@ -50,8 +50,7 @@ REFUSED: dict[tuple[str, str], str] = {
         "scvi-tools' own computation"
     ),
     ("get_normalized_expression", "**importance_weighting_kwargs"): (
-        "they configure importance weighting, which is per member; pass member=k and "
-        "weights='importance' with them"
+        "importance weighting is per member; pass them with member=k and weights='importance'"
     ),
     ("get_elbo", "**kwargs"): _FORWARD_KWARGS.format(method="get_elbo"),
     ("get_reconstruction_error", "**kwargs"): _FORWARD_KWARGS.format(

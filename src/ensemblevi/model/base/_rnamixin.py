@@ -111,7 +111,8 @@ class EnsembleRNASeqMixin(EnsembleMixin, RNASeqMixin):
             )
         if importance_weighting_kwargs:
             raise TypeError(
-                f"get_normalized_expression got {sorted(importance_weighting_kwargs)}: "
+                "get_normalized_expression got unexpected keyword arguments "
+                f"{sorted(importance_weighting_kwargs)}; if they are importance-weighting options: "
                 f"{REFUSED[('get_normalized_expression', '**importance_weighting_kwargs')]}."
             )
         self._check_dataloader(
