@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -42,6 +43,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="JSON of the result")
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # progress lines show up in a redirected log
     if not args.data.exists():
         raise SystemExit(f"{args.data} is absent: this benchmark needs the PBMC 3k counts.")
     logging.getLogger("scvi").setLevel(logging.ERROR)
