@@ -242,6 +242,15 @@ def de_command(
         bool, typer.Option("--batch-correction", help="Marginalise over batches.")
     ] = False,
     seed: Annotated[int, typer.Option(help="Seed of the cell subsample and draws.")] = 0,
+    null_check: Annotated[
+        bool,
+        typer.Option(
+            "--null-check",
+            help="Also run the test on random halves of group1 "
+            "(no true change) and warn when they get calls.",
+        ),
+    ] = False,
+    n_null: Annotated[int, typer.Option(help="Repetitions of the null check.")] = 3,
 ) -> None:
     """Ensemble differential expression on a run directory, added to its report.
 
@@ -250,16 +259,26 @@ def de_command(
     by scanpy.get.rank_genes_groups_df) and rebuilds report.html with a DE section. Group
     names that do not spell safely as a file name get a short hash of the exact names
     appended, so two groups never share a result. All of it is committed at once.
+
+    --null-check repeats the same test --n-null times on seeded random halves of group1,
+    where every call is false, and warns when the halves' mean fraction of genes called
+    is above 0.5% or one repetition calls above 1%; the counts go to the .json settings,
+    uns and the report.
     """
+    import warnings
+
     from ensemblevi.pipeline import run_de
-    from ensemblevi.pipeline._report import de_reading
+    from ensemblevi.pipeline._report import de_reading, null_reading
 
     try:
-        res = run_de(
-            run_dir, group1, groupby=groupby, group2=group2, delta=delta, fdr_target=fdr,
-            estimand=estimand, n_samples=n_samples, max_cells=max_cells,
-            batch_correction=batch_correction, seed=seed,
-        )  # fmt: skip
+        with warnings.catch_warnings():  # the null check's warning is printed below
+            warnings.filterwarnings("ignore", message="Null check", category=UserWarning)
+            res = run_de(
+                run_dir, group1, groupby=groupby, group2=group2, delta=delta, fdr_target=fdr,
+                estimand=estimand, n_samples=n_samples, max_cells=max_cells,
+                batch_correction=batch_correction, seed=seed, null_check=null_check,
+                n_null=n_null,
+            )  # fmt: skip
     except (FileNotFoundError, KeyError, ValueError) as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from err
@@ -267,6 +286,12 @@ def de_command(
         console.print(f"[red]refused:[/red] {err}")
         raise typer.Exit(1) from err
     console.print("- " + de_reading(res.settings, res.table))
+    if (null := null_reading(res.settings)) is not None:
+        from rich.markup import escape
+
+        warn = res.settings["null_check"]["any_warn"]
+        console.print(f"[yellow]- {escape(null)}[/yellow]" if warn else "- " + escape(null),
+                      soft_wrap=True)  # fmt: skip
     top = res.table.head(10)[["proba_de", "lfc_median", "lfc_member_std", "call_flips"]]
     console.print(top.round(3).to_string())
     tables, figures = run_dir / "tables", run_dir / "figures"

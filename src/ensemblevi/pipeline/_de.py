@@ -104,7 +104,9 @@ def run_de(run_dir: str | Path, group1: str, groupby: str = "cell_type",
         The reference group (``None``: all other cells).
     **options
         Passed to ``ensemblevi.tl.differential_expression`` (``delta``, ``fdr_target``,
-        ``estimand``, ``n_samples``, ``max_cells``, ``batch_correction``, ``seed``, ...).
+        ``estimand``, ``n_samples``, ``max_cells``, ``batch_correction``, ``seed``,
+        ``null_check``, ``n_null``, ...). With ``null_check=True`` its summary goes into
+        the settings (``tables/<name>.json``), ``uns`` and the report's DE section.
         The report describes the ensemble's estimands for one pair of groups, so
         ``mode``, ``idx1``/``idx2`` and a list ``group1`` are refused here; call
         ``model.differential_expression`` for those.
@@ -138,6 +140,8 @@ def run_de(run_dir: str | Path, group1: str, groupby: str = "cell_type",
         table = tl.differential_expression(model, adata, groupby=groupby, group1=group1,
                                               group2=group2, key_added=key, **options)  # fmt: skip
         settings = {**adata.uns[key]["params"], "group1": group1}
+        if "null_check" in table.attrs:  # the calibration check on halves of group1
+            settings["null_check"] = table.attrs["null_check"]
         stage = out.new_stage()
         try:
             fig = pl.de_volcano(adata, key=key, title=f"{group1} vs {group2 or 'rest'}",

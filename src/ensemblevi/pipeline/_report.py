@@ -21,7 +21,37 @@ td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}th{background:#f4f4
 td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #eee}
 .reading{background:#f6f9ff;border-left:4px solid #4a7bd0;padding:.6em 1em}
 .meta{color:#666;font-size:.85em}
+.warn{background:#fff6e5;border-left:4px solid #d08a00;padding:.6em 1em}
+.ok{background:#f3faf3;border-left:4px solid #4a9d4a;padding:.6em 1em}
 """
+
+
+class Alert(str):
+    """A report paragraph shown as a warning box (``ok=True``: as a passed check).
+
+    Parameters
+    ----------
+    text
+        The paragraph.
+    ok
+        Shown as a passed check instead of a warning.
+    """
+
+    ok: bool
+
+    def __new__(cls, text: str, ok: bool = False) -> Alert:
+        """A new alert paragraph.
+
+        Parameters
+        ----------
+        text
+            The paragraph.
+        ok
+            Shown as a passed check instead of a warning.
+        """
+        self = super().__new__(cls, text)
+        self.ok = ok
+        return self
 
 
 def _table(frame: pd.DataFrame, max_rows: int = 30, index: bool = False) -> str:
@@ -75,6 +105,9 @@ def write_report(
                 parts.append(_table(item))
             elif isinstance(item, Path):
                 parts.append(_image(item, item.stem))
+            elif isinstance(item, Alert):
+                kind = "ok" if item.ok else "warn"
+                parts.append(f"<p class='{kind}'>{html.escape(str(item))}</p>")
             else:
                 parts.append(f"<p>{html.escape(str(item))}</p>")
     rows = pd.DataFrame(
@@ -118,6 +151,36 @@ def de_reading(settings: dict, table: pd.DataFrame) -> str:
         f"{settings['delta']:g} (log2) at a posterior expected FDR of "
         f"{100 * settings['fdr_target']:g}%; for {int(flips.sum())} genes the members "
         "disagree on the call (some call it, others not): treat those as unsettled."
+    )
+
+
+def null_reading(settings: dict) -> str | None:
+    """One sentence on a DE result's null check (``None`` when it was not run).
+
+    Parameters
+    ----------
+    settings
+        The result's settings; ``settings["null_check"]`` is the summary of
+        :func:`ensemblevi.model.base._de_null.run_null_check`.
+    """
+    null = settings.get("null_check")
+    if not null:
+        return None
+    n_called, frac = null["n_called"][0], null["fraction_called"][0]
+    reps = ", ".join(f"{n} ({100 * f:.2g}%)" for n, f in zip(n_called, frac, strict=True))
+    verdict = (
+        "WARNING: the test calls genes where nothing changes, so its FDR does not hold on "
+        "these data; read the calls above as holding more false ones than the target says."
+        if null["any_warn"]
+        else "the test passes the check."
+    )
+    return (
+        f"Null check: the same test on {null['n_null']} random halves of "
+        f"{settings['group1']} ({null['n_cells_half1'][0]:,} vs "
+        f"{null['n_cells_half2'][0]:,} cells, no true change, so every call is false) "
+        f"called {reps} of {null['n_genes']:,} genes, mean {null['mean_called'][0]:.3g} "
+        f"({100 * null['mean_fraction_called'][0]:.2g}%), at the "
+        f"{100 * null['fdr_target']:g}% target ({null['rule']}): {verdict}"
     )
 
 
@@ -258,6 +321,9 @@ def render_run_report(out: str | os.PathLike, stage: str | os.PathLike | None = 
         if table is None:
             continue
         reading.append(de_reading(settings, table))
+        null = null_reading(settings)
+        if null is not None:
+            reading.append(null)
         call = f"is_de_fdr_{settings['fdr_target']:g}"
         sections.append((f"Differential expression: {settings['group1']} vs "
                          f"{settings['reference']}", [
@@ -267,7 +333,9 @@ def render_run_report(out: str | os.PathLike, stage: str | os.PathLike | None = 
             f"pooled ({settings['n_samples']} each). proba_de = P(|LFC| >= "
             f"{settings['delta']:g}); genes called by the posterior expected FDR rule at "
             f"{settings['fdr_target']:g}. member_calls: how many members call the gene "
-            "on their own; call_flips: some do and some do not. Top 25 genes by proba_de:",
+            "on their own; call_flips: some do and some do not.",
+            *([Alert(null, ok=not settings["null_check"]["any_warn"])] if null else []),
+            "Top 25 genes by proba_de:",
             *fig(name),
             table[[c for c in [*DE_COLUMNS, call] if c in table.columns]].head(25),
         ]))  # fmt: skip

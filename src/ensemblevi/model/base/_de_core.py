@@ -29,6 +29,7 @@ from scvi.utils import track
 
 from ensemblevi._constants import DE_KEY, chunk_size
 
+from . import _de_null
 from ._de_groups import comparisons, raw_count_stats
 from ._de_scvi import MemberFilter, check_kwargs, global_seed, member_draws, scvi_mode_de
 from ._de_store import store_de
@@ -391,6 +392,8 @@ def ensemble_de(
     seed: int = 0,
     key_added: str | None = DE_KEY,
     progress: bool = True,
+    null_check: bool = False,
+    n_null: int = 3,
     **kwargs: Any,
 ) -> pd.DataFrame:
     """Ensemble differential expression, with scvi-tools' call forms and columns.
@@ -476,6 +479,10 @@ def ensemble_de(
         the full table under ``"table"``. ``None``: write nothing.
     progress
         Show progress bars.
+    null_check, n_null
+        Repeat the test on ``n_null`` seeded random halves of each comparison's ``group1``
+        (no true change) and warn when they get calls (:mod:`._de_null`); the summary goes to
+        ``result.attrs["null_check"]`` and ``adata.uns[key_added]["null_check"]``.
     **kwargs
         scvi-tools' ``get_bayes_factors`` keywords where they apply (``n_samples_overall``,
         ``use_permutation``, ``m_permutation``, ``change_fn``, ``m1_domain_fn``,
@@ -494,6 +501,7 @@ def ensemble_de(
     ``expected_fdr`` and ``is_de_fdr_<target>``). Then the ``all_stats`` columns, and
     ``comparison``, ``group1``, ``group2`` for ``groupby`` calls.
     """
+    shared = _de_null.shared_args(locals())
     weights = "uniform" if weights is None else weights
     n_samples, max_cells, pc = _settings(mode, estimand, delta, pseudocounts, n_samples,
                                          max_cells, weights, kwargs)  # fmt: skip
@@ -506,6 +514,8 @@ def ensemble_de(
     model._check_if_trained(warn=True)
     adata = model._validate_anndata(adata)
     comps = comparisons(adata, groupby, group1, group2, idx1, idx2)
+    null = null_check and _de_null.run_null_check(ensemble_de, model, adata, comps, shared,
+                                                  n_null, progress and not silent)  # fmt: skip
     member_filter = MemberFilter(model, adata, filter_outlier_cells)
     iw = importance_weighting_kwargs or {}
     show = progress and not silent
@@ -553,6 +563,10 @@ def ensemble_de(
             "filter_outlier_cells": bool(filter_outlier_cells),
             "ensemble": model.ensemble, "n_members": int(model.n_members),
         })  # fmt: skip
+        if null:
+            adata.uns[key_added]["null_check"] = null
+    if null:
+        result.attrs["null_check"] = null
     return result
 
 

@@ -219,6 +219,8 @@ class EnsembleRNASeqMixin(EnsembleMixin, RNASeqMixin):
         seed: int = 0,
         key_added: str | None = DE_KEY,
         progress: bool = True,
+        null_check: bool = False,
+        n_null: int = 3,
         **kwargs: Any,
     ) -> pd.DataFrame:
         """Differential expression with the ensemble posterior, in scvi-tools' call forms.
@@ -239,6 +241,9 @@ class EnsembleRNASeqMixin(EnsembleMixin, RNASeqMixin):
             As in :func:`ensemblevi.model.base.ensemble_de` (scvi-tools' arguments).
         estimand, n_samples, max_cells, pseudocounts, seed, key_added, progress
             As in :func:`ensemblevi.model.base.ensemble_de`.
+        null_check, n_null
+            Check the test on random halves of ``group1`` (no true change) and warn on calls
+            there; as in :func:`ensemblevi.model.base.ensemble_de`.
         **kwargs
             scvi-tools' ``get_bayes_factors`` keywords, where they apply (see
             :func:`ensemblevi.model.base.ensemble_de`).
@@ -257,5 +262,5 @@ class EnsembleRNASeqMixin(EnsembleMixin, RNASeqMixin):
             importance_weighting_kwargs=importance_weighting_kwargs,
             estimand=estimand, n_samples=n_samples, max_cells=max_cells,
             pseudocounts=pseudocounts, seed=seed, key_added=key_added,
-            progress=progress, **kwargs,
+            progress=progress, null_check=null_check, n_null=n_null, **kwargs,
         )  # fmt: skip
