@@ -24,6 +24,7 @@ def main() -> None:
     parser.add_argument("--deep", type=int, default=4)
     parser.add_argument("--n-samples", type=int, default=50)
     parser.add_argument("--all-kinds", action="store_true")
+    parser.add_argument("--datasets", nargs="+", default=["pbmc_thinning", "pbmc_null"])
     args = parser.parse_args()
 
     from ensemblevi.benchmark import _fdr, _quiet
@@ -31,7 +32,8 @@ def main() -> None:
 
     _quiet()
     kw = {} if args.all_kinds else {"deep_sizes": (1, args.deep), "wide": (), "batch_kinds": ()}
-    cfg = _fdr.FDRConfig(presets=(), reps=args.reps, n_samples=args.n_samples, **kw)
+    cfg = _fdr.FDRConfig(presets=(), reps=args.reps, n_samples=args.n_samples,
+                         datasets=tuple(args.datasets), **kw)  # fmt: skip
     cfg.epochs.update(dict.fromkeys(_fdr.THINNING_DATASETS, args.epochs))
     records = _fdr.run(Path(args.out), cfg, pbmc=args.pbmc)
     if not records:
