@@ -157,3 +157,19 @@ def test_quick_suite_end_to_end(tmp_path):
     assert "Rebuilt from the saved results" in (out / "fdr.md").read_text()
     bad = CliRunner().invoke(app, ["benchmark", "--suite", "nope", "--out", str(out)])
     assert bad.exit_code == 2 and "Unknown suite" in bad.output
+
+
+def test_cli_fdr_datasets_option(tmp_path):
+    from typer.testing import CliRunner
+
+    from ensemblevi.cli import app
+
+    out = tmp_path / "b"
+    base = ["benchmark", "--suite", "fdr", "--quick", "--out", str(out)]
+    bad = CliRunner().invoke(app, [*base, "--datasets", "lopez2020,nope"])
+    assert bad.exit_code == 2 and "Unknown FDR data set" in bad.output
+    # the real-count data sets without --pbmc: skipped with the reason, nothing trained
+    res = CliRunner().invoke(app, [*base, "--datasets", "pbmc_thinning,pbmc_null"])
+    assert res.exit_code == 0, res.output
+    assert "skipped (no pbmc3k.h5ad" in res.output and "no results to report" in res.output
+    assert not any((out / "fdr").iterdir())

@@ -419,6 +419,13 @@ def benchmark(
         bool,
         typer.Option("--no-train", help="Train nothing: report the results saved in OUT so far."),
     ] = False,
+    datasets: Annotated[
+        str | None,
+        typer.Option(
+            help="FDR suite: comma-separated presets and data sets to run (lopez2020, draft, "
+            "hard, pbmc_thinning, pbmc_null; the last two need --pbmc) [default: all]."
+        ),
+    ] = None,
 ) -> None:
     """The benchmark suite: DE FDR against ground truth, count calibration, OOD novelty.
 
@@ -433,8 +440,10 @@ def benchmark(
     if pbmc is not None and not pbmc.exists():
         console.print(f"[yellow]{pbmc} not found: the PBMC parts are skipped[/yellow]")
     try:
+        names = None if datasets is None else tuple(filter(None, datasets.split(",")))
         written = run_suite(suite, out, reps=reps, quick=quick, pbmc=pbmc, docs=docs,
-                            figures=figures, train=not no_train, log=console.print)  # fmt: skip
+                            figures=figures, train=not no_train, datasets=names,
+                            log=console.print)  # fmt: skip
     except ValueError as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from err

@@ -3,7 +3,8 @@
 Three suites, each saving one result file per unit of work (reused on a rerun with the
 same settings), tables as CSV, figures as PNG and a Markdown section:
 
-- ``fdr``: the paper draft's DE experiment (:mod:`._fdr`);
+- ``fdr``: the paper draft's DE experiment (:mod:`._fdr`) on the simulator's presets and,
+  with ``pbmc3k.h5ad``, on real counts with a known truth (:mod:`._thinning`);
 - ``calibration``: count calibration on held-out cells (:mod:`._calibration`);
 - ``ood``: novelty of a left-out cell type (:mod:`._ood`).
 """
@@ -22,6 +23,7 @@ from ._fdr import FDRConfig
 from ._markdown import calibration_markdown, fdr_markdown, ood_markdown, update_docs
 from ._ood import OODConfig
 from ._scoring import GRID, TARGETS, MethodResult, fdr_curve, score_method, tpr, true_fdr
+from ._thinning import THINNING_DATASETS, null_split, thinning_dataset
 
 SUITES = ("fdr", "calibration", "ood")
 
@@ -41,6 +43,7 @@ def run_suite(
     docs: str | Path | None = None,
     figures: str | Path | None = None,
     train: bool = True,
+    datasets: tuple[str, ...] | None = None,
     log=print,
 ) -> dict[str, Path]:
     """Run one suite (or ``all``), writing results, tables and figures under ``out``.
@@ -66,6 +69,12 @@ def run_suite(
     train
         ``False``: train nothing, report the saved results only (units not run yet are
         left out and the tables say how many repetitions they hold).
+    datasets
+        FDR suite only: run just these presets and real-count data sets (of
+        ``("lopez2020", "draft", "hard", "pbmc_thinning", "pbmc_null")``); default all of
+        them (the real-count ones only with ``pbmc``).
+    log
+        Progress messages go here.
     """
     from ensemblevi.pl import save_figure
 
@@ -86,7 +95,14 @@ def run_suite(
         log(f"suite {name}:")
         if name == "fdr":
             cfg = FDRConfig.quick(reps=reps) if quick else FDRConfig(reps=reps)
-            records = _fdr.run(out / "fdr", cfg, log, train)
+            if datasets is not None:
+                known = (*_fdr.PRESETS, *THINNING_DATASETS)
+                bad = [d for d in datasets if d not in known]
+                if bad:
+                    raise ValueError(f"Unknown FDR data set(s) {bad}; choose from {known}.")
+                cfg.presets = tuple(d for d in datasets if d in _fdr.PRESETS)
+                cfg.datasets = tuple(d for d in datasets if d in THINNING_DATASETS)
+            records = _fdr.run(out / "fdr", cfg, log, train, pbmc=pbmc)
             if not records:
                 log("suite fdr: no results to report")
                 continue
@@ -96,8 +112,11 @@ def run_suite(
             fig_name = "de_fdr"
             intro = (
                 "Posterior expected FDR rule on the population estimand (B vs A, delta 0.5) "
-                "against the simulator's ground truth; deep K=1/3/5 are the first members of "
-                f"the deep K=10; lr {cfg.lr:g}, {cfg.n_samples} posterior draws per member."
+                "against the simulator's ground truth (pbmc_thinning: binomial thinning of "
+                "real counts, truth on normalised expected expression; pbmc_null: no DE, "
+                "'called' = fraction of genes called); deep K=1/3/5 are the first members of "
+                f"the deep K=10; lr {cfg.lr:g} (real counts "
+                f"{cfg.lr_of('pbmc_thinning'):g}), {cfg.n_samples} posterior draws per member."
             )
         elif name == "calibration":
             cfg = CalibrationConfig.quick() if quick else CalibrationConfig()
@@ -127,6 +146,8 @@ def run_suite(
                 else "Rebuilt from the saved results of earlier runs.")  # fmt: skip
         when += " Training times are in the CSV only: they depend on the machine's load."
         reps_flag = f" --reps {reps}" if name == "fdr" else ""
+        if name == "fdr" and datasets is not None:
+            reps_flag += f" --datasets {','.join(datasets)}"
         heading = f"## Suite `{name}` ({command.format(name + reps_flag)}, {stamp})"
         section = f"{heading}\n\n{intro} {when}\n\n{body}"
         if fig is not None:
@@ -146,13 +167,16 @@ __all__ = [
     "GRID",
     "SUITES",
     "TARGETS",
+    "THINNING_DATASETS",
     "CalibrationConfig",
     "FDRConfig",
     "MethodResult",
     "OODConfig",
     "fdr_curve",
+    "null_split",
     "run_suite",
     "score_method",
+    "thinning_dataset",
     "tpr",
     "true_fdr",
 ]
