@@ -26,12 +26,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
 from pathlib import Path
 
+MARKER = ".ensemblevi-scvi-tests"
 IMPORT_LINE = "from scvi.model import SCVI\n"
 
 SHIM = '''"""SCVI as EnsembleSCVI with other defaults: written by benchmarks/scvi_tests.py."""
@@ -49,6 +51,7 @@ class SCVI(EnsembleSCVI):
 
 def extract_tests(source: Path, tag: str, dest: Path) -> Path:
     """Copy scvi-tools' ``tests`` package for ``tag`` from ``source`` into ``dest``."""
+    shutil.rmtree(dest / "tests", ignore_errors=True)  # dest is the script's own scratch
     if (source / "tests" / "model" / "test_scvi.py").is_file() and not _is_git(source):
         subprocess.run(["cp", "-r", str(source / "tests"), str(dest)], check=True)
         return dest / "tests"
@@ -86,7 +89,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     scratch = args.keep or Path(tempfile.mkdtemp(prefix="scvi-tests-"))
+    marker = scratch / MARKER
+    if scratch.exists() and any(scratch.iterdir()) and not marker.exists():
+        # the folder is refilled on every run: never write into one this script did not make
+        raise SystemExit(
+            f"--keep {scratch} is not empty and was not made by this script; pass a new or "
+            "empty folder."
+        )
     scratch.mkdir(parents=True, exist_ok=True)
+    marker.write_text("scratch folder of benchmarks/scvi_tests.py; refilled on every run\n")
     tests = extract_tests(args.source.resolve(), args.tag, scratch)
     test_file = tests / "model" / "test_scvi.py"
     text = test_file.read_text()
