@@ -171,7 +171,8 @@ def test_member_draws_pool_into_the_table_and_plot(de_model):
     assert draws.shape == (3, 6, adata.n_vars)
     assert len(info["cells1"]) == (adata.obs["cell_type"] == "B").sum()
     table = model.differential_expression(delta=0.5, fdr_target=0.1, progress=False,
-                                          key_added="de_b", **kw)  # fmt: skip
+                                          key_added="de_b", estimand="population",
+                                          **kw)  # fmt: skip
     again = ev.tl.summarise_lfc(draws, 0.5, 0.1, adata.var_names).loc[table.index]
     pd.testing.assert_series_equal(table["proba_de"], again["proba_de"])
     # a sub-ensemble is the first members' draws: member 0 alone has no member spread

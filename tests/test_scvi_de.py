@@ -154,7 +154,7 @@ def test_raw_count_columns_by_hand(models):
 
 
 def test_population_pseudocounts_and_scales_in_scvi_units(models):
-    """The default estimand's numbers by hand from the member draws; pseudocounts and
+    """The population estimand's numbers by hand from the member draws; pseudocounts and
     scale1/2 are per unit library (scvi-tools' units), the old default is 1e-5."""
     refs, _, two = models
     adata, seed, s, delta = two.adata, 3, 5, 0.3
@@ -173,6 +173,7 @@ def test_population_pseudocounts_and_scales_in_scvi_units(models):
             seed=seed,
             delta=delta,
             pseudocounts=pc,
+            estimand="population",
             **QUIET,
         )
         t = t.loc[adata.var_names]

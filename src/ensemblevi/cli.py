@@ -235,11 +235,14 @@ def de_command(
     ] = None,
     fdr: Annotated[float, typer.Option(help="Target of the posterior expected FDR.")] = 0.05,
     delta: Annotated[float, typer.Option(help="Smallest |LFC| (log2) that counts.")] = 0.5,
-    estimand: Annotated[str, typer.Option(help="population or cell_pairs.")] = "population",
+    estimand: Annotated[
+        str, typer.Option(help="counts (calibrated on the counts), population or cell_pairs.")
+    ] = "counts",
     n_samples: Annotated[int, typer.Option(help="Posterior draws per member.")] = 50,
     max_cells: Annotated[int, typer.Option(help="Cells per group, subsampled above.")] = 500,
     batch_correction: Annotated[
-        bool, typer.Option("--batch-correction", help="Marginalise over batches.")
+        bool, typer.Option("--batch-correction", help="Marginalise over batches "
+                           "(counts: standardise the means to one batch mix).")
     ] = False,
     seed: Annotated[int, typer.Option(help="Seed of the cell subsample and draws.")] = 0,
     null_check: Annotated[

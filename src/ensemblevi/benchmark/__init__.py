@@ -111,7 +111,10 @@ def run_suite(
             fig = fdr_figure(records)
             fig_name = "de_fdr"
             intro = (
-                "Posterior expected FDR rule on the population estimand (B vs A, delta 0.5) "
+                "The default DE (the counts estimand: the groups' mean normalised counts, "
+                "empirical Bayes within strata of the model's posterior) and its posterior "
+                "expected FDR rule (B vs A, delta 0.5; 'model alone (population)': the deep "
+                "ensemble's own posterior, the earlier default) "
                 "against the simulator's ground truth (pbmc_thinning: binomial thinning of "
                 "real counts, truth on normalised expected expression; pbmc_null: no DE, "
                 "'called' = fraction of genes called); deep K=1/3/5 are the first members of "

@@ -119,8 +119,9 @@ def write_report(
 
 
 DE_KEY = "ensemblevi_de_"  # uns key prefix of `ensemblevi de` results in a run's AnnData
-DE_COLUMNS = ["gene", "proba_de", "lfc_median", "lfc_q2.5", "lfc_q97.5", "lfc_member_std",
-              "member_calls", "call_flips", "expected_fdr"]  # fmt: skip
+DE_COLUMNS = ["gene", "proba_de", "lfc_median", "lfc_q2.5", "lfc_q97.5", "lfc_counts",
+              "model_proba_de", "model_lfc_median", "lfc_member_std", "member_calls",
+              "call_flips", "expected_fdr"]  # fmt: skip
 
 
 def _csv(path: Path, index_name: str | None = None) -> pd.DataFrame | None:
@@ -131,6 +132,34 @@ def _csv(path: Path, index_name: str | None = None) -> pd.DataFrame | None:
     frame = pd.read_csv(path, index_col=0)
     frame.index.name = frame.index.name or index_name
     return frame.reset_index()
+
+
+def estimand_text(settings: dict) -> str:
+    """How the DE section's numbers were made, for the report.
+
+    Parameters
+    ----------
+    settings
+        The result's settings (``tables/de_<name>.json``).
+    """
+    cells = f"{settings['n_cells1']:,} and {settings['n_cells2']:,} cells"
+    rule = (f"proba_de = P(|LFC| >= {settings['delta']:g}); genes called by the posterior "
+            f"expected FDR rule at {settings['fdr_target']:g}.")  # fmt: skip
+    if settings["estimand"] == "counts":
+        return (
+            f"Estimand counts: the log2 ratio of the groups' mean normalised counts ({cells}), "
+            "its posterior by empirical Bayes within strata of the ensemble's probability "
+            f"of a change (all {settings['n_members']} members, {settings['n_samples']} "
+            f"draws each); the model's own answer is model_proba_de / model_lfc_median, the "
+            f"counts' LFC before shrinkage lfc_counts. {rule} member_calls: how many members' "
+            "strata give the call; call_flips: some do and some do not."
+        )
+    return (
+        f"Estimand {settings['estimand']}: per posterior draw, the median over each group's "
+        f"cells of log2 normalised expression ({cells}); all {settings['n_members']} "
+        f"members' draws pooled ({settings['n_samples']} each). {rule} member_calls: how "
+        "many members call the gene on their own; call_flips: some do and some do not."
+    )
 
 
 def de_reading(settings: dict, table: pd.DataFrame) -> str:
@@ -327,13 +356,7 @@ def render_run_report(out: str | os.PathLike, stage: str | os.PathLike | None = 
         call = f"is_de_fdr_{settings['fdr_target']:g}"
         sections.append((f"Differential expression: {settings['group1']} vs "
                          f"{settings['reference']}", [
-            f"Estimand {settings['estimand']}: per posterior draw, the median over each "
-            f"group's cells of log2 normalised expression ({settings['n_cells1']:,} and "
-            f"{settings['n_cells2']:,} cells); all {settings['n_members']} members' draws "
-            f"pooled ({settings['n_samples']} each). proba_de = P(|LFC| >= "
-            f"{settings['delta']:g}); genes called by the posterior expected FDR rule at "
-            f"{settings['fdr_target']:g}. member_calls: how many members call the gene "
-            "on their own; call_flips: some do and some do not.",
+            estimand_text(settings),
             *([Alert(null, ok=not settings["null_check"]["any_warn"])] if null else []),
             "Top 25 genes by proba_de:",
             *fig(name),

@@ -44,7 +44,7 @@ def differential_expression(
     weights: Literal["uniform", "importance"] | None = "uniform",
     filter_outlier_cells: bool = False,
     importance_weighting_kwargs: dict | None = None,
-    estimand: Literal["population", "cell_pairs"] = "population",
+    estimand: Literal["counts", "population", "cell_pairs"] = "counts",
     n_samples: int | None = None,
     max_cells: int | None = None,
     pseudocounts: float | None = None,

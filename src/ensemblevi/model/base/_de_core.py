@@ -29,57 +29,19 @@ from scvi.utils import track
 
 from ensemblevi._constants import DE_KEY, chunk_size
 
-from . import _de_null
+from . import _de_counts, _de_null
+from ._de_calls import expected_fdr, fdr_calls, summarise_lfc
 from ._de_groups import comparisons, raw_count_stats
 from ._de_scvi import MemberFilter, check_kwargs, global_seed, member_draws, scvi_mode_de
 from ._de_store import store_de
 
-ESTIMANDS = ("population", "cell_pairs")
+ESTIMANDS = ("counts", "population", "cell_pairs")
+#: the estimands the model alone answers (lfc_posterior draws them)
+MODEL_ESTIMANDS = ("population", "cell_pairs")
 MODES = (None, "change", "vanilla")
 LIBRARY_SIZE = 1e4  # normalised expression per 10,000 counts before the log
 #: the ensemble estimands' pseudocount, per LIBRARY_SIZE counts (1e-5 per unit library)
 PSEUDOCOUNT = 0.1
-EPS = 1e-8  # scvi-tools' guard in the Bayes factor's logs
-
-
-def expected_fdr(proba_de: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Posterior expected FDR of calling each gene and every gene more probably DE.
-
-    Returns ``(efdr, order)``: ``efdr[g]`` is the mean of ``1 - p`` over the genes ranked at
-    or above ``g`` (ranking by ``p`` descending, ties in input order), ``order`` the ranking.
-
-    Parameters
-    ----------
-    proba_de
-        Posterior probability of a change, one per gene.
-    """
-    p = np.asarray(proba_de, dtype=np.float64)
-    order = np.argsort(-p, kind="stable")
-    cum = np.cumsum(1.0 - p[order]) / np.arange(1, p.size + 1)
-    efdr = np.empty_like(p)
-    efdr[order] = cum
-    return efdr, order
-
-
-def fdr_calls(proba_de: np.ndarray, target: float) -> np.ndarray:
-    """Boolean calls: the largest top-ranked set whose posterior expected FDR <= target.
-
-    Parameters
-    ----------
-    proba_de
-        Posterior probability of a change, one per gene.
-    target
-        The FDR target, in ``(0, 1)``.
-    """
-    if not 0 < target < 1:
-        raise ValueError(f"The FDR target must be in (0, 1), got {target}.")
-    efdr, order = expected_fdr(proba_de)
-    ranked = efdr[order]
-    ok = np.flatnonzero(ranked <= target)
-    calls = np.zeros(len(order), dtype=bool)
-    if ok.size:
-        calls[order[: ok[-1] + 1]] = True
-    return calls
 
 
 def population_lfc(expr1: np.ndarray, expr2: np.ndarray, pseudocount: float = 0.1) -> np.ndarray:
@@ -120,70 +82,6 @@ def cell_pair_lfc(
     i = rng.integers(0, expr1.shape[-2], n)
     j = rng.integers(0, expr2.shape[-2], n)
     return np.log2(expr1[..., i, :] + pseudocount) - np.log2(expr2[..., j, :] + pseudocount)
-
-
-def summarise_lfc(
-    draws: np.ndarray,
-    delta: float,
-    fdr_target: float,
-    gene_names: Sequence[str],
-    test_mode: Literal["two", "three"] = "two",
-) -> pd.DataFrame:
-    """The DE table from LFC draws ``(K, N, G)`` (members x draws per member x genes).
-
-    ``proba_de`` pools all members' draws; ``lfc_member_std`` is the standard deviation of
-    the members' mean LFCs; ``member_calls`` counts the members whose own posterior calls the
-    gene at the target, and ``call_flips`` marks genes some members call and others not.
-    ``bayes_factor`` is scvi-tools' ``log(p / (1 - p))`` of ``proba_de``.
-
-    Parameters
-    ----------
-    draws
-        LFC draws, ``(K, N, G)``.
-    delta
-        Smallest |LFC| that counts as a change.
-    fdr_target
-        Target of the expected-FDR rule (column ``is_de_fdr_<target>``).
-    gene_names
-        The ``G`` gene names (the table's index).
-    test_mode
-        ``two``: ``P(|LFC| >= delta)``; ``three`` (scvi-tools' default in ``change`` mode):
-        the larger of ``P(LFC >= delta)`` and ``P(LFC < -delta)``.
-    """
-    k, _, g = draws.shape
-    pooled = draws.reshape(-1, g)
-
-    def proba(x, axis):
-        if test_mode == "two":
-            return np.mean(np.abs(x) >= delta, axis=axis)
-        return np.maximum(np.mean(x >= delta, axis=axis), np.mean(x < -delta, axis=axis))
-
-    p = proba(pooled, 0)
-    member_p = proba(draws, 1)  # (K, G)
-    member_calls = np.stack([fdr_calls(m, fdr_target) for m in member_p]).sum(0)
-    efdr, _ = expected_fdr(p)
-    q = np.quantile(pooled, [0.025, 0.5, 0.975], axis=0)
-    table = pd.DataFrame(
-        {
-            "proba_de": p,
-            "proba_not_de": 1.0 - p,
-            "bayes_factor": np.log(p + EPS) - np.log(1.0 - p + EPS),
-            "lfc_mean": pooled.mean(0),
-            "lfc_median": q[1],
-            "lfc_std": pooled.std(0),
-            "lfc_min": pooled.min(0),
-            "lfc_max": pooled.max(0),
-            "lfc_q2.5": q[0],
-            "lfc_q97.5": q[2],
-            "lfc_member_std": draws.mean(1).std(0) if k > 1 else np.zeros(g),
-            "member_calls": member_calls.astype(int),
-            "call_flips": (member_calls > 0) & (member_calls < k),
-            "expected_fdr": efdr,
-            f"is_de_fdr_{fdr_target:g}": fdr_calls(p, fdr_target),
-        },
-        index=pd.Index(gene_names, name="gene"),
-    )
-    return table
 
 
 def _transforms(model: Any, batch_correction: bool, batchid1: Any, batchid2: Any) -> tuple:
@@ -256,8 +154,11 @@ def lfc_posterior(
     member_filter
         Per-member outlier filtering (:class:`._de_scvi.MemberFilter`); ``None``: none.
     """
-    if estimand not in ESTIMANDS:
-        raise ValueError(f"estimand must be one of {ESTIMANDS}, got {estimand!r}.")
+    if estimand not in MODEL_ESTIMANDS:
+        raise ValueError(
+            f"estimand must be one of {MODEL_ESTIMANDS} (the model's own draws; 'counts' is "
+            f"built on them by ensemble_de), got {estimand!r}."
+        )
     if n_samples < 2 or max_cells < 1:
         raise ValueError(f"Need n_samples >= 2 and max_cells >= 1, got {n_samples}, {max_cells}.")
     adata = model._validate_anndata(adata)
@@ -336,7 +237,7 @@ def _settings(mode, estimand, delta, pseudocounts, n_samples, max_cells, weights
         raise ValueError(f"estimand must be one of {ESTIMANDS}, got {estimand!r}.")
     if weights not in ("uniform", "importance"):
         raise ValueError(f"weights must be 'uniform' or 'importance', got {weights!r}.")
-    if mode is not None and estimand != "population":
+    if mode is not None and estimand != "counts":
         raise ValueError(
             f"estimand={estimand!r} is one of the ensemble's estimands (mode=None) and "
             f"mode={mode!r} is scvi-tools'; pass one of them."
@@ -385,7 +286,7 @@ def ensemble_de(
     weights: Literal["uniform", "importance"] | None = "uniform",
     filter_outlier_cells: bool = False,
     importance_weighting_kwargs: dict | None = None,
-    estimand: Literal["population", "cell_pairs"] = "population",
+    estimand: Literal["counts", "population", "cell_pairs"] = "counts",
     n_samples: int | None = None,
     max_cells: int | None = None,
     pseudocounts: float | None = None,
@@ -398,8 +299,12 @@ def ensemble_de(
 ) -> pd.DataFrame:
     """Ensemble differential expression, with scvi-tools' call forms and columns.
 
-    The default (``mode=None``) is the ensemble's ``population`` estimand (module
-    docstring): per posterior draw, the LFC of the groups' median log2 expression.
+    The default (``mode=None``, ``estimand="counts"``) takes each gene's LFC from the
+    groups' mean normalised counts and calibrates it by empirical Bayes within strata of
+    the ensemble's posterior probability of a change (:mod:`._de_counts`: the model's own
+    LFC carries an error its members share, so its posterior alone over-calls);
+    ``estimand="population"`` is the model's answer alone (module docstring): per
+    posterior draw, the LFC of the groups' median log2 expression.
     ``mode="change"`` and ``mode="vanilla"`` are scvi-tools' own (``change``: LFCs of
     random pairs of single-cell posterior samples, scvi-tools' ``delta``/``pseudocounts``
     handling and ``test_mode="three"``; ``vanilla``: ``P(scale1 > scale2)`` of such pairs),
@@ -454,8 +359,13 @@ def ensemble_de(
     importance_weighting_kwargs
         Passed to each member's ``get_importance_weights`` (with ``weights="importance"``).
     estimand
-        With ``mode=None``: ``population`` (default) or ``cell_pairs`` (the ensemble's
-        randomly paired single cells, ``P(|LFC| >= delta)``).
+        With ``mode=None``: ``counts`` (default: the log2 ratio of the groups' mean
+        normalised counts, empirical Bayes within strata of the ensemble's
+        ``P(|LFC| >= delta)``; ``batch_correction`` standardises the means to one batch
+        mix, ``weights``/``filter_outlier_cells``/``batchid1``/``batchid2`` shape the strata
+        only), ``population`` (the model alone: the LFC of the groups' median log2
+        expression per posterior draw) or ``cell_pairs`` (the model's randomly paired
+        single cells, ``P(|LFC| >= delta)``).
     n_samples
         Ensemble estimands: posterior draws per member (``None``: 50). scvi-tools' modes
         take ``n_samples_overall=`` instead (all members together, default 5000).
@@ -497,9 +407,12 @@ def ensemble_de(
     ``lfc_min``, ``lfc_max``, ``lfc_q2.5``, ``lfc_q97.5`` (of the estimand's LFC),
     ``lfc_member_std``, ``member_calls``, ``call_flips``, ``expected_fdr``,
     ``is_de_fdr_<target>``, ``scale1``, ``scale2`` (mean normalised expression per unit
-    library), ``pseudocounts``, ``delta``. scvi-tools' modes: its columns (``change`` adds
-    ``expected_fdr`` and ``is_de_fdr_<target>``). Then the ``all_stats`` columns, and
-    ``comparison``, ``group1``, ``group2`` for ``groupby`` calls.
+    library), ``pseudocounts``, ``delta``; ``counts`` adds ``model_proba_de``,
+    ``model_lfc_median`` (the population estimand), ``lfc_counts``, ``lfc_counts_se``
+    (the counts' LFC before shrinkage) and ``stratum``. scvi-tools' modes: its columns
+    (``change`` adds ``expected_fdr`` and ``is_de_fdr_<target>``). Then the
+    ``all_stats`` columns, and ``comparison``, ``group1``, ``group2`` for ``groupby``
+    calls.
     """
     shared = _de_null.shared_args(locals())
     weights = "uniform" if weights is None else weights
@@ -521,16 +434,27 @@ def ensemble_de(
     show = progress and not silent
     tables = []
     for comp in track(comps, description="DE...", disable=not show or len(comps) == 1):
+        if mode is None and estimand == "counts" and not batch_correction:
+            _de_counts.warn_batch_imbalance(model.get_anndata_manager(adata, required=True),
+                                            comp.cells1, comp.cells2)  # fmt: skip
         if mode is None:
             draws, info = lfc_posterior(
-                model, adata, None, None, estimand=estimand, n_samples=n_samples,
+                model, adata, None, None, n_samples=n_samples,
+                estimand="population" if estimand == "counts" else estimand,
                 max_cells=max_cells, batch_correction=batch_correction, pseudocount=pc,
                 seed=seed, progress=show, cells=(comp.cells1, comp.cells2),
                 batchid1=batchid1, batchid2=batchid2, weights=weights,
                 member_filter=member_filter, batch_size=batch_size,
                 importance_weighting_kwargs=iw,
             )  # fmt: skip
-            table = summarise_lfc(draws, delta, fdr_target, adata.var_names, **kwargs)
+            if estimand == "counts":
+                manager = model.get_anndata_manager(adata, required=True)
+                table = _de_counts.counts_table(draws, manager, comp.cells1, comp.cells2, delta,
+                                                fdr_target, adata.var_names, seed, pc,
+                                                batch_correction=batch_correction,
+                                                **kwargs)  # fmt: skip
+            else:
+                table = summarise_lfc(draws, delta, fdr_target, adata.var_names, **kwargs)
             table["scale1"], table["scale2"] = info["scale"] / LIBRARY_SIZE
             table["pseudocounts"], table["delta"] = pc / LIBRARY_SIZE, float(delta)
             # ties in proba_de (common: every draw clears delta) are broken by the effect size

@@ -212,7 +212,7 @@ class EnsembleRNASeqMixin(EnsembleMixin, RNASeqMixin):
         weights: Literal["uniform", "importance"] | None = "uniform",
         filter_outlier_cells: bool = False,
         importance_weighting_kwargs: dict | None = None,
-        estimand: Literal["population", "cell_pairs"] = "population",
+        estimand: Literal["counts", "population", "cell_pairs"] = "counts",
         n_samples: int | None = None,
         max_cells: int | None = None,
         pseudocounts: float | None = None,
@@ -225,11 +225,13 @@ class EnsembleRNASeqMixin(EnsembleMixin, RNASeqMixin):
     ) -> pd.DataFrame:
         """Differential expression with the ensemble posterior, in scvi-tools' call forms.
 
-        The default is the ensemble's ``population`` estimand (the LFC of the groups'
-        median log2 expression per posterior draw, called at a posterior expected FDR);
-        ``mode="change"``/``"vanilla"`` are scvi-tools' own modes on the ensemble posterior
-        (``change``: LFCs of random single-cell pairs). scvi-tools' single-member result
-        is ``model.members[k].differential_expression(...)``.
+        The default is the ``counts`` estimand: each gene's LFC from the groups' mean
+        normalised counts, calibrated by empirical Bayes within strata of the ensemble's
+        posterior probability of a change, called at a posterior expected FDR;
+        ``estimand="population"`` is the model alone (the LFC of the groups' median log2
+        expression per posterior draw); ``mode="change"``/``"vanilla"`` are scvi-tools' own
+        modes on the ensemble posterior (``change``: LFCs of random single-cell pairs).
+        scvi-tools' single-member result is ``model.members[k].differential_expression(...)``.
 
         Parameters
         ----------
