@@ -3,6 +3,7 @@
 from ._analysis import uncertainty_analysis
 from ._de import differential_expression, expected_fdr, fdr_calls, lfc_posterior, summarise_lfc
 from ._embedding import UMAP_KEY, expression_umap, umap
+from ._group_novelty import group_novelty
 from ._markers import MARKER_SETS, check_markers, load_markers, parse_marker_options
 from ._novelty import cell_novelty
 from ._seeds import seed_ensemble
@@ -19,6 +20,7 @@ __all__ = [
     "expression_umap",
     "fdr_calls",
     "gene_uncertainty",
+    "group_novelty",
     "lfc_posterior",
     "load_markers",
     "parse_marker_options",

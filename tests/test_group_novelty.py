@@ -1,0 +1,95 @@
+"""Group novelty: the rank test against brute force, BH against a loop, and the wiring."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import ensemblevi as ev
+from ensemblevi.tl._group_novelty import group_rank_test, rank_auroc
+
+
+def test_rank_auroc_is_the_pairwise_win_rate():
+    rng = np.random.default_rng(0)
+    x, ref = rng.integers(0, 5, 13).astype(float), rng.integers(0, 5, 17).astype(float)  # ties
+    wins = sum((a > b) + 0.5 * (a == b) for a in x for b in ref)
+    assert rank_auroc(x, ref) == pytest.approx(wins / (len(x) * len(ref)))
+
+
+def test_pvalue_is_the_exact_permutation_pvalue_on_small_groups():
+    rng = np.random.default_rng(1)
+    x, ref = rng.normal(0.8, 1, 5), rng.normal(0, 1, 7)
+    ranks = np.argsort(np.argsort(np.concatenate([x, ref]))) + 1.0  # no ties
+    observed = ranks[:5].sum()
+    sums = [ranks[list(c)].sum() for c in itertools.combinations(range(12), 5)]
+    exact = np.mean(np.array(sums) >= observed - 1e-12)
+    table = group_rank_test(x, np.array(["g"] * 5), ref, min_cells=5)
+    assert table.loc["g", "pval"] == pytest.approx(exact, rel=1e-9)
+
+
+def test_bh_and_calls_match_a_slow_loop_and_find_the_planted_group():
+    rng = np.random.default_rng(2)
+    names = [f"t{i}" for i in range(6)]
+    groups = np.repeat(names, 60)
+    scores = rng.normal(0, 1, groups.size)
+    scores[groups == "t3"] += 1.5  # the unseen population
+    ref = rng.normal(0, 1, 400)
+    table = group_rank_test(scores, groups, ref, fdr=0.05)
+    assert table.index[0] == "t3" and table.loc["t3", "is_novel"]
+    assert not table.drop("t3")["is_novel"].any()
+    assert table.loc["t3", "auroc"] > 0.8
+    p = table["pval"].to_numpy()
+    order = np.argsort(p)
+    m = len(p)
+    q = np.empty(m)
+    running = 1.0
+    for rank in range(m, 0, -1):  # BH step-up, by hand
+        i = order[rank - 1]
+        running = min(running, p[i] * m / rank)
+        q[i] = running
+    np.testing.assert_allclose(table["qval"].to_numpy(), q)
+
+
+def test_leave_group_out_reference_and_small_groups():
+    scores = np.r_[np.full(20, 1.0), np.full(3, 5.0)]
+    groups = np.r_[["a"] * 20, ["b"] * 3]
+    ref = np.r_[np.full(30, 1.0), np.full(30, 9.0)]
+    ref_groups = np.r_[["a"] * 30, ["c"] * 30]
+    table = group_rank_test(scores, groups, ref, ref_groups)
+    assert table.loc["a", "n_reference"] == 30 and table.loc["a", "auroc"] == pytest.approx(0)
+    assert np.isnan(table.loc["b", "pval"]) and not table.loc["b", "is_novel"]
+    with pytest.raises(ValueError, match="fdr"):
+        group_rank_test(scores, groups, ref, fdr=0)
+
+
+@pytest.fixture(scope="module")
+def novelty_model():
+    adata = ev.data.synthetic("lopez2020", seed=0, n_cells=500, n_genes=40)
+    ev.model.EnsembleSCVI.setup_anndata(adata, layer="counts")
+    model = ev.model.EnsembleSCVI(adata, n_members=2, ensemble="deep", n_hidden=16, n_latent=3,
+                                  seed=0)  # fmt: skip
+    model.train(max_epochs=5, seed=0, enable_progress_bar=False)
+    return adata, model
+
+
+def test_group_novelty_on_the_model_and_a_query(novelty_model):
+    adata, model = novelty_model
+    table = ev.tl.group_novelty(model, groupby="cell_type", progress=False)
+    assert set(table.index) == set(adata.obs["cell_type"].astype(str))
+    n_train = pd.Series(adata.obs["cell_type"].astype(str).to_numpy()[model.train_indices])
+    for g, row in table.iterrows():
+        assert row["n_cells"] == (adata.obs["cell_type"] == g).sum()
+        assert row["n_tested"] == row["n_cells"] - (n_train == g).sum()  # no training cells
+    stored = adata.uns["ensemblevi"]["group_novelty"]
+    assert stored["groupby"] == "cell_type" and "leave-group-out" in stored["reference"]
+    query = adata[model.validation_indices].copy()
+    q = ev.tl.group_novelty(model, query, groupby="cell_type", progress=False)
+    assert (q["n_tested"] == q["n_cells"]).all()
+    assert "all the model's validation" in query.uns["ensemblevi"]["group_novelty"]["reference"]
+    with pytest.raises(ValueError, match="score must be"):
+        ev.tl.group_novelty(model, score="cv", progress=False)
+    with pytest.raises(ValueError, match="obs\\['nope'\\]"):
+        ev.tl.group_novelty(model, groupby="nope", progress=False)
