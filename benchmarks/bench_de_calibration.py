@@ -119,8 +119,8 @@ def unit(name: str, rep: int, cfg, models: Path, pbmc, kinds) -> dict:
                                        n_samples=cfg.n_samples, seed=rep,
                                        progress=False)  # fmt: skip
         timing[f"{kind} draws"] = time.perf_counter() - t
-        if kind == "deep":
-            errors = model_errors(adata, draws, info)
+        if kind == kinds[0]:  # the error table is of the first kind (deep by default)
+            errors = {"kind": kind, **model_errors(adata, draws, info)}
         variants = {KIND_LABELS[kind]: draws}
         if kind == "deep":
             variants["single VAE (deep member 0)"] = draws[:1]
@@ -189,8 +189,11 @@ def error_table(records: list[dict]) -> str:
     rows = [{"data": r["preset"], **r["errors"]} for r in records if "errors" in r]
     if not rows:
         return ""
+    kind = rows[0].pop("kind", "deep")
+    for row in rows[1:]:
+        row.pop("kind", None)
     g = pd.DataFrame(rows).groupby("data", sort=False).mean()
-    lines = ["### Where the model's error is (deep K=4, mean over repetitions)", "",
+    lines = [f"### Where the model's error is ({KIND_LABELS[kind]}, mean over repetitions)", "",
              "| data | " + " | ".join(g.columns) + " |",
              "| --- |" + " --- |" * len(g.columns)]  # fmt: skip
     lines += [f"| {d} | " + " | ".join(f"{v:.3f}" for v in row) + " |" for d, row in g.iterrows()]

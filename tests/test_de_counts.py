@@ -109,8 +109,7 @@ def test_mixture_posterior_matches_quadrature_and_its_draws():
     r, v = np.array([0.05, 0.45, 1.3, -2.2]), np.array([0.04, 0.09, 0.01, 0.25])
     w, mu, sd = dc.mixture_posterior(r, v, pi, grid)
     delta = 0.5
-    analytic = (w * (stats.norm.sf(delta, mu, np.maximum(sd, 1e-300))
-                     + stats.norm.cdf(-delta, mu, np.maximum(sd, 1e-300)))).sum(1)  # fmt: skip
+    analytic = dc.tail_probability(w, mu, sd, delta)
     t = np.linspace(-12, 12, 400_001)
     for g in range(r.size):
         like = stats.norm.pdf(r[g], t, np.sqrt(v[g]))
@@ -122,6 +121,9 @@ def test_mixture_posterior_matches_quadrature_and_its_draws():
         assert w[g, 0] == pytest.approx(atom / z, abs=1e-6)
     draws = dc.posterior_draws(w, mu, sd, 100_000, np.random.default_rng(3))
     np.testing.assert_allclose(np.mean(np.abs(draws) >= delta, 0), analytic, atol=0.01)
+    three = dc.tail_probability(w, mu, sd, delta, "three")
+    ref = np.maximum(np.mean(draws >= delta, 0), np.mean(draws < -delta, 0))
+    np.testing.assert_allclose(three, ref, atol=0.01)
 
 
 def test_strata_merge_small_ones_into_a_neighbour():

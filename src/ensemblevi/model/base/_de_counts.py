@@ -51,11 +51,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import sparse
+from scipy import sparse, stats
 from scipy.special import logsumexp
 from scvi import REGISTRY_KEYS
 
-from ._de_calls import fdr_calls, summarise_lfc
+from ._de_calls import EPS, expected_fdr, fdr_calls, summarise_lfc
 
 #: prior standard deviations (log2) of the scale mixture; 0 is the point mass at no change
 GRID = np.array([0.0, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4])
@@ -73,6 +73,8 @@ LIBRARY_SIZE = 1e4
 EM_ITERATIONS = 500
 #: Gamma draws per gene behind the counts' LFC median and variance
 GAMMA_DRAWS = 1000
+#: posterior draws per gene behind the table's LFC summaries (quantiles, min, max)
+POSTERIOR_DRAWS = 400
 EM_TOLERANCE = 1e-8
 
 
@@ -405,17 +407,41 @@ def warn_batch_imbalance(adata_manager: Any, cells1: np.ndarray, cells2: np.ndar
         )  # fmt: skip
 
 
-def counts_draws(adata_manager: Any, cells1: np.ndarray, cells2: np.ndarray,
-                 member_proba: np.ndarray, delta: float, n_draws: int, seed: int,
-                 pseudocount: float = 0.1, batch_correction: bool = False
-                 ) -> tuple[np.ndarray, np.ndarray, dict]:  # fmt: skip
+def tail_probability(w: np.ndarray, mu: np.ndarray, sd: np.ndarray, delta: float,
+                     test_mode: str = "two") -> np.ndarray:  # fmt: skip
+    """Per gene, the mixture posterior's ``P(|theta| >= delta)`` (``test_mode="two"``) or
+    the larger of ``P(theta >= delta)`` and ``P(theta < -delta)`` (``"three"``), in closed
+    form (no Monte Carlo error).
+
+    Parameters
+    ----------
+    w, mu, sd
+        ``(G, K)`` component weights, means and standard deviations
+        (:func:`mixture_posterior`; ``sd = 0`` is a point mass).
+    delta
+        Smallest |LFC| that counts as a change.
+    test_mode
+        ``"two"`` or ``"three"``.
+    """
+    safe = np.where(sd > 0, sd, 1.0)
+    up = np.where(sd > 0, stats.norm.sf((delta - mu) / safe), (mu >= delta).astype(float))
+    down = np.where(sd > 0, stats.norm.cdf((-delta - mu) / safe), (mu < -delta).astype(float))
+    up, down = (w * up).sum(1), (w * down).sum(1)
+    return np.clip(up + down if test_mode == "two" else np.maximum(up, down), 0.0, 1.0)
+
+
+def counts_posterior(adata_manager: Any, cells1: np.ndarray, cells2: np.ndarray,
+                     member_proba: np.ndarray, delta: float, n_draws: int, seed: int,
+                     pseudocount: float = 0.1, batch_correction: bool = False,
+                     test_mode: str = "two") -> dict:  # fmt: skip
     """The ``counts`` estimand's posterior for one comparison.
 
-    Returns ``(ensemble, members, info)``: ``ensemble`` ``(n_draws, G)`` draws of
-    ``theta`` with strata from the pooled ensemble's ``P(|LFC| >= delta)`` (the mean of
-    ``member_proba``); ``members`` ``(K, n_draws, G)`` the same with each member's own
-    strata (for ``member_calls``); ``info`` the counts' ``lfc_counts`` and
-    ``lfc_counts_se`` and the ensemble's ``stratum`` per gene.
+    Returns a dict: ``draws`` ``(n_draws, G)`` of ``theta`` with strata from the pooled
+    ensemble's ``P(|LFC| >= delta)`` (the mean of ``member_proba``), ``proba`` its
+    closed-form :func:`tail_probability`; ``member_proba`` and ``member_mean`` ``(K, G)``
+    the same probability and the posterior mean with each member's own strata (closed
+    form: no member draws are kept, so K x genes stays small at atlas scale); the
+    counts' ``lfc_counts``, ``lfc_counts_se`` and the ensemble's ``stratum`` per gene.
 
     Parameters
     ----------
@@ -426,16 +452,17 @@ def counts_draws(adata_manager: Any, cells1: np.ndarray, cells2: np.ndarray,
     member_proba
         ``(K, G)``: each member's ``P(|LFC| >= delta)`` on the population estimand.
     delta
-        Smallest |LFC| that counts as a change (only recorded; the strata come from
-        ``member_proba``).
+        Smallest |LFC| that counts as a change.
     n_draws
-        Posterior draws per gene.
+        Posterior draws per gene (for the LFC quantiles).
     seed
         Seed of the Gamma and posterior draws.
     pseudocount
         Per ``LIBRARY_SIZE``, added before the log2.
     batch_correction
         Standardise both sides' means to one batch mix (:func:`count_means`).
+    test_mode
+        As in :func:`tail_probability`.
     """
     rng = np.random.default_rng(seed)
     y = normalised_counts(adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY))
@@ -443,11 +470,27 @@ def counts_draws(adata_manager: Any, cells1: np.ndarray, cells2: np.ndarray,
              if batch_correction else None)  # fmt: skip
     means = count_means(y, np.asarray(cells1), np.asarray(cells2), batch)
     r, v = gamma_lfc_moments(means, GAMMA_DRAWS, rng, pseudocount)
+
+    def posterior(strata):
+        parts = np.zeros((r.size, GRID.size)), np.zeros((r.size, GRID.size)), np.zeros(
+            (r.size, GRID.size))
+        for k in np.unique(strata):
+            sel = strata == k
+            pi = fit_scale_mixture(r[sel], v[sel])
+            for out, part in zip(parts, mixture_posterior(r[sel], v[sel], pi), strict=True):
+                out[sel] = part
+        return parts
+
     strata = strata_of(member_proba.mean(axis=0))
-    ensemble = eb_draws(r, v, strata, n_draws, rng)
-    members = np.stack([eb_draws(r, v, strata_of(p), n_draws, rng) for p in member_proba])
-    return ensemble, members, {"lfc_counts": r, "lfc_counts_se": np.sqrt(v), "stratum": strata,
-                               "delta": float(delta)}  # fmt: skip
+    w, mu, sd = posterior(strata)
+    own = [posterior(strata_of(p)) for p in member_proba]
+    return {
+        "draws": posterior_draws(w, mu, sd, n_draws, rng),
+        "proba": tail_probability(w, mu, sd, delta, test_mode),
+        "member_proba": np.stack([tail_probability(*m, delta, test_mode) for m in own]),
+        "member_mean": np.stack([(m[0] * m[1]).sum(1) for m in own]),
+        "lfc_counts": r, "lfc_counts_se": np.sqrt(v), "stratum": strata,
+    }  # fmt: skip
 
 
 def counts_table(model_draws: np.ndarray, adata_manager: Any, cells1: np.ndarray,
@@ -457,10 +500,11 @@ def counts_table(model_draws: np.ndarray, adata_manager: Any, cells1: np.ndarray
     """The DE table of the ``counts`` estimand for one comparison.
 
     The columns of :func:`._de_calls.summarise_lfc` on the posterior of ``theta`` (strata
-    from the pooled ensemble), with the member columns from each member's own strata
-    (``member_calls``: members whose strata call the gene at the target;
-    ``lfc_member_std``: spread of their posterior means), plus ``model_proba_de`` and
-    ``model_lfc_median`` (the ensemble's population estimand), ``lfc_counts`` and
+    from the pooled ensemble; ``proba_de`` and the columns made from it in closed form,
+    the LFC summaries from :data:`POSTERIOR_DRAWS` draws), with the member columns from
+    each member's own strata (``member_calls``: members whose strata call the gene at the
+    target; ``lfc_member_std``: spread of their posterior means), plus ``model_proba_de``
+    and ``model_lfc_median`` (the ensemble's population estimand), ``lfc_counts`` and
     ``lfc_counts_se`` (the counts' LFC before shrinkage) and ``stratum``.
 
     Parameters
@@ -468,7 +512,7 @@ def counts_table(model_draws: np.ndarray, adata_manager: Any, cells1: np.ndarray
     model_draws
         ``(K, N, G)`` population-estimand LFC draws of the members.
     adata_manager, cells1, cells2
-        As in :func:`counts_draws`.
+        As in :func:`counts_posterior`.
     delta, fdr_target, gene_names, test_mode
         As in :func:`._de_calls.summarise_lfc`.
     seed
@@ -478,23 +522,23 @@ def counts_table(model_draws: np.ndarray, adata_manager: Any, cells1: np.ndarray
     batch_correction
         Standardise the counts' means to one batch mix (:func:`count_means`).
     """
-    k, n, g = model_draws.shape
-    member_proba = np.mean(np.abs(model_draws) >= delta, axis=1)
-    ensemble, members, info = counts_draws(adata_manager, cells1, cells2, member_proba, delta,
-                                           max(n * k, 200), seed, pseudocount,
-                                           batch_correction)  # fmt: skip
-    table = summarise_lfc(ensemble[None], delta, fdr_target, gene_names, test_mode)
-    own = summarise_lfc(members, delta, fdr_target, gene_names, test_mode)
-    member_p = (np.mean(np.abs(members) >= delta, axis=1) if test_mode == "two" else
-                np.maximum(np.mean(members >= delta, axis=1),
-                           np.mean(members < -delta, axis=1)))  # fmt: skip
-    calls = np.stack([fdr_calls(p, fdr_target) for p in member_p]).sum(0)
-    table["lfc_member_std"] = own["lfc_member_std"].to_numpy()
+    k, _, g = model_draws.shape
+    model_proba = np.mean(np.abs(model_draws) >= delta, axis=1)
+    post = counts_posterior(adata_manager, cells1, cells2, model_proba, delta, POSTERIOR_DRAWS,
+                            seed, pseudocount, batch_correction, test_mode)  # fmt: skip
+    table = summarise_lfc(post["draws"][None], delta, fdr_target, gene_names, test_mode)
+    p = post["proba"]
+    efdr, _ = expected_fdr(p)
+    table["proba_de"], table["proba_not_de"] = p, 1.0 - p
+    table["bayes_factor"] = np.log(p + EPS) - np.log(1.0 - p + EPS)
+    table["expected_fdr"] = efdr
+    table[f"is_de_fdr_{fdr_target:g}"] = fdr_calls(p, fdr_target)
+    calls = np.stack([fdr_calls(q, fdr_target) for q in post["member_proba"]]).sum(0)
+    table["lfc_member_std"] = post["member_mean"].std(0) if k > 1 else np.zeros(g)
     table["member_calls"] = calls.astype(int)
     table["call_flips"] = (calls > 0) & (calls < k)
-    pooled = model_draws.reshape(-1, g)
-    table["model_proba_de"] = member_proba.mean(0)
-    table["model_lfc_median"] = np.median(pooled, axis=0)
+    table["model_proba_de"] = model_proba.mean(0)
+    table["model_lfc_median"] = np.median(model_draws.reshape(-1, g), axis=0)
     for name in ("lfc_counts", "lfc_counts_se", "stratum"):
-        table[name] = info[name]
+        table[name] = post[name]
     return table
