@@ -63,6 +63,10 @@ def test_leave_group_out_reference_and_small_groups():
     assert np.isnan(table.loc["b", "pval"]) and not table.loc["b", "is_novel"]
     with pytest.raises(ValueError, match="fdr"):
         group_rank_test(scores, groups, ref, fdr=0)
+    sets = {"a": np.arange(10), "b": np.arange(30, 60)}  # an explicit reference per group
+    t = group_rank_test(scores, groups, ref, ref_groups, min_cells=3, reference_sets=sets)
+    assert t.loc["a", "n_reference"] == 10 and t.loc["b", "n_reference"] == 30
+    assert t.loc["b", "auroc"] == pytest.approx(0.0)  # 5.0 against 9.0 everywhere
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +81,7 @@ def novelty_model():
 
 def test_group_novelty_on_the_model_and_a_query(novelty_model):
     adata, model = novelty_model
-    table = ev.tl.group_novelty(model, groupby="cell_type", progress=False)
+    table = ev.tl.group_novelty(model, groupby="cell_type", reference="all", progress=False)
     assert set(table.index) == set(adata.obs["cell_type"].astype(str))
     n_train = pd.Series(adata.obs["cell_type"].astype(str).to_numpy()[model.train_indices])
     for g, row in table.iterrows():
@@ -86,9 +90,18 @@ def test_group_novelty_on_the_model_and_a_query(novelty_model):
     stored = adata.uns["ensemblevi"]["group_novelty"]
     assert stored["groupby"] == "cell_type" and "leave-group-out" in stored["reference"]
     query = adata[model.validation_indices].copy()
-    q = ev.tl.group_novelty(model, query, groupby="cell_type", progress=False)
+    q = ev.tl.group_novelty(model, query, groupby="cell_type", reference="all", progress=False)
     assert (q["n_tested"] == q["n_cells"]).all()
     assert "all the model's validation" in query.uns["ensemblevi"]["group_novelty"]["reference"]
+    # matched: each group's reference is its cells' nearest validation cells, never the
+    # tested cells themselves (here the query is the validation cells: the rest of them)
+    m = ev.tl.group_novelty(model, query, groupby="cell_type", n_neighbors=10, progress=False)
+    n_val = len(model.validation_indices)
+    for _, row in m.iterrows():
+        assert 0 < row["n_reference"] <= n_val - row["n_tested"]
+    assert "nearest" in query.uns["ensemblevi"]["group_novelty"]["reference"]
+    with pytest.raises(ValueError, match="reference must be"):
+        ev.tl.group_novelty(model, reference="knn", progress=False)
     with pytest.raises(ValueError, match="score must be"):
         ev.tl.group_novelty(model, score="cv", progress=False)
     with pytest.raises(ValueError, match="obs\\['nope'\\]"):

@@ -53,6 +53,7 @@ def group_rank_test(
     reference_groups: np.ndarray | None = None,
     fdr: float = 0.05,
     min_cells: int = MIN_GROUP_CELLS,
+    reference_sets: dict | None = None,
 ) -> pd.DataFrame:
     """Per group, the one-sided rank test of its scores against the reference's.
 
@@ -71,6 +72,9 @@ def group_rank_test(
         Benjamini-Hochberg level of ``is_novel``.
     min_cells
         Groups with fewer tested cells get no test (``pval`` NaN, not novel).
+    reference_sets
+        Per group, positions in ``reference`` of its own reference cells (the matched
+        reference); overrides ``reference_groups``.
 
     Returns
     -------
@@ -84,7 +88,10 @@ def group_rank_test(
     rows = {}
     for g in pd.unique(groups):
         x = scores[groups == g]
-        ref = reference if ref_groups is None else reference[ref_groups != g]
+        if reference_sets is not None:
+            ref = reference[reference_sets[g]]
+        else:
+            ref = reference if ref_groups is None else reference[ref_groups != g]
         row = {"n_cells": int(x.size), "n_tested": int(x.size), "n_reference": int(ref.size),
                "median_score": float(np.median(x)) if x.size else np.nan,
                "median_reference": float(np.median(ref)) if ref.size else np.nan,
@@ -111,6 +118,8 @@ def group_novelty(
     score: str = "novelty_cv",
     fdr: float = 0.05,
     min_cells: int = MIN_GROUP_CELLS,
+    reference: str = "matched",
+    n_neighbors: int = 15,
     n_samples: int = 5,
     seed: int = 0,
     key_added: str = KEY,
@@ -139,6 +148,14 @@ def group_novelty(
         Benjamini-Hochberg level of ``is_novel``.
     min_cells
         Fewest tested cells (and reference cells) a group needs to be tested.
+    reference
+        ``"matched"`` (default): each group against the validation cells nearest to its
+        cells (``n_neighbors`` per cell, in member 0's latent space, the tested cells
+        themselves left out), so that seen types whose cells disagree more by nature are
+        compared with their own kind; ``"all"``: against all validation cells (on the
+        model's own AnnData: those of the other groups).
+    n_neighbors
+        Nearest validation cells per tested cell for ``reference="matched"``.
     n_samples, seed, progress
         Passed to :func:`cell_novelty` when the scores are not there yet.
     key_added
@@ -158,6 +175,8 @@ def group_novelty(
     """
     if score not in SCORES:
         raise ValueError(f"score must be one of {SCORES}, got {score!r}.")
+    if reference not in ("matched", "all"):
+        raise ValueError(f"reference must be 'matched' or 'all', got {reference!r}.")
     adata = model._validate_anndata(adata)
     if groupby not in adata.obs:
         raise ValueError(f"obs[{groupby!r}] is not in the AnnData; pass groupby= a column of "
@@ -179,14 +198,17 @@ def group_novelty(
     if column not in ref_data.obs:
         cell_novelty(model, ref_data, **kw)
     val = np.sort(np.asarray(val))
-    reference = ref_data.obs[column].to_numpy(dtype=np.float64)[val]
+    ref_scores = ref_data.obs[column].to_numpy(dtype=np.float64)[val]
     values = adata.obs[column].to_numpy(dtype=np.float64)
     labels = adata.obs[groupby].astype(str).to_numpy()
     tested = np.ones(adata.n_obs, dtype=bool)
     if own:
         tested[np.asarray(getattr(model, "train_indices", []), dtype=np.int64)] = False
-    table = group_rank_test(values[tested], labels[tested], reference,
-                            labels[val] if own else None, fdr, min_cells)  # fmt: skip
+    sets = None
+    if reference == "matched":
+        sets = _matched_sets(model, adata, tested, labels, val, n_neighbors)
+    table = group_rank_test(values[tested], labels[tested], ref_scores,
+                            labels[val] if own else None, fdr, min_cells, sets)  # fmt: skip
     counts = pd.Series(labels).value_counts()
     missing = [g for g in counts.index if g not in table.index]
     if missing:  # groups whose every cell was a training cell
@@ -197,8 +219,31 @@ def group_novelty(
     table = table.astype({"n_cells": int, "n_tested": int, "is_novel": bool})
     adata.uns.setdefault(key_added, {})["group_novelty"] = {
         "groupby": groupby, "score": score, "fdr": float(fdr), "min_cells": int(min_cells),
-        "reference": ("validation cells of the other groups (leave-group-out); training "
-                      "cells not tested") if own else "all the model's validation cells",
+        "reference": (f"the {n_neighbors} nearest validation cells of each tested cell "
+                      "(member 0's latent space), tested cells left out" if reference ==
+                      "matched" else "validation cells of the other groups (leave-group-out)"
+                      if own else "all the model's validation cells"),
+        "training_cells_tested": False,
         "table": table.reset_index(),
     }  # fmt: skip
     return table
+
+
+def _matched_sets(model, adata: AnnData, tested: np.ndarray, labels: np.ndarray,
+                  val: np.ndarray, n_neighbors: int) -> dict:  # fmt: skip
+    """Per group, positions (in ``val``) of the validation cells nearest to its tested
+    cells in member 0's latent space, without the tested cells themselves."""
+    from sklearn.neighbors import NearestNeighbors
+
+    z = np.asarray(model.get_latent_representation(adata, member=0))
+    z_ref = np.asarray(model.get_latent_representation(model.adata, indices=val, member=0))
+    ref_names = np.asarray(model.adata.obs_names)[val]
+    k = min(n_neighbors + 1, len(val))
+    _, nn = NearestNeighbors(n_neighbors=k).fit(z_ref).kneighbors(z[tested])
+    names, groups = np.asarray(adata.obs_names)[tested], labels[tested]
+    sets = {}
+    for g in pd.unique(groups):
+        rows = groups == g
+        chosen = np.unique(nn[rows].ravel())
+        sets[g] = chosen[~np.isin(ref_names[chosen], names[rows])]
+    return sets
