@@ -80,7 +80,8 @@ def markdown(records: list[dict]) -> str:
     for r in records:
         c = r["cells"]
         title = f"#### {r['kind']} K=4 (training {r['train_s']:.0f} s, tests {r['test_s']:.0f} s)"
-        line = (f"Per cell (`novelty_cv`, B vs the query's seen cells): AUROC {c['auroc']:.3f}, TPR "
+        line = (f"Per cell (`novelty_cv`, B vs the query's seen cells): AUROC {c['auroc']:.3f}, "
+                "TPR "
                 f"{c['tpr_at_0.01_fpr']:.2f} at 1% FPR and {c['tpr_at_0.05_fpr']:.2f} "
                 "at 5%.")  # fmt: skip
         out += [title, "", line, ""]
