@@ -100,6 +100,11 @@ def test_group_novelty_on_the_model_and_a_query(novelty_model):
     for _, row in m.iterrows():
         assert 0 < row["n_reference"] <= n_val - row["n_tested"]
     assert "nearest" in query.uns["ensemblevi"]["group_novelty"]["reference"]
+    # the default: matched on a query, leave-group-out on the model's own cells
+    ev.tl.group_novelty(model, query, groupby="cell_type", progress=False)
+    assert "nearest" in query.uns["ensemblevi"]["group_novelty"]["reference"]
+    ev.tl.group_novelty(model, groupby="cell_type", progress=False)
+    assert "leave-group-out" in adata.uns["ensemblevi"]["group_novelty"]["reference"]
     with pytest.raises(ValueError, match="reference must be"):
         ev.tl.group_novelty(model, reference="knn", progress=False)
     with pytest.raises(ValueError, match="score must be"):

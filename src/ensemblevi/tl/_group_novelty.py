@@ -118,7 +118,7 @@ def group_novelty(
     score: str = "novelty_cv",
     fdr: float = 0.05,
     min_cells: int = MIN_GROUP_CELLS,
-    reference: str = "matched",
+    reference: str = "auto",
     n_neighbors: int = 15,
     n_samples: int = 5,
     seed: int = 0,
@@ -149,11 +149,13 @@ def group_novelty(
     min_cells
         Fewest tested cells (and reference cells) a group needs to be tested.
     reference
-        ``"matched"`` (default): each group against the validation cells nearest to its
-        cells (``n_neighbors`` per cell, in member 0's latent space, the tested cells
-        themselves left out), so that seen types whose cells disagree more by nature are
-        compared with their own kind; ``"all"``: against all validation cells (on the
-        model's own AnnData: those of the other groups).
+        ``"matched"``: each group against the validation cells nearest to its cells
+        (``n_neighbors`` per cell, in member 0's latent space, the tested cells themselves
+        left out), so that seen types whose cells disagree more by nature are compared
+        with their own kind; ``"all"``: against all validation cells (on the model's own
+        AnnData: those of the other groups); ``"auto"`` (default): ``matched`` on a query,
+        ``all`` on the model's own AnnData (there a group's tested cells are its
+        validation cells, so its nearest *other* validation cells are of other kinds).
     n_neighbors
         Nearest validation cells per tested cell for ``reference="matched"``.
     n_samples, seed, progress
@@ -175,8 +177,8 @@ def group_novelty(
     """
     if score not in SCORES:
         raise ValueError(f"score must be one of {SCORES}, got {score!r}.")
-    if reference not in ("matched", "all"):
-        raise ValueError(f"reference must be 'matched' or 'all', got {reference!r}.")
+    if reference not in ("auto", "matched", "all"):
+        raise ValueError(f"reference must be 'auto', 'matched' or 'all', got {reference!r}.")
     adata = model._validate_anndata(adata)
     if groupby not in adata.obs:
         raise ValueError(f"obs[{groupby!r}] is not in the AnnData; pass groupby= a column of "
@@ -190,6 +192,8 @@ def group_novelty(
             "(scvi-tools' default 0.9)."
         )
     own = adata is model.adata
+    if reference == "auto":
+        reference = "all" if own else "matched"
     column = f"{key_added}_{score}"
     kw = {"n_samples": n_samples, "seed": seed, "key_added": key_added, "progress": progress}
     if column not in adata.obs:
