@@ -432,7 +432,7 @@ def ensemble_de(
     member_filter = MemberFilter(model, adata, filter_outlier_cells)
     iw = importance_weighting_kwargs or {}
     show = progress and not silent
-    tables = []
+    tables, normalised = [], None
     for comp in track(comps, description="DE...", disable=not show or len(comps) == 1):
         if mode is None and estimand == "counts" and not batch_correction:
             _de_counts.warn_batch_imbalance(model.get_anndata_manager(adata, required=True),
@@ -449,10 +449,13 @@ def ensemble_de(
             )  # fmt: skip
             if estimand == "counts":
                 manager = model.get_anndata_manager(adata, required=True)
+                if normalised is None:  # once for every comparison of the call
+                    normalised = _de_counts.normalised_counts(
+                        manager.get_from_registry(REGISTRY_KEYS.X_KEY))
                 table = _de_counts.counts_table(draws, manager, comp.cells1, comp.cells2, delta,
                                                 fdr_target, adata.var_names, seed, pc,
                                                 batch_correction=batch_correction,
-                                                **kwargs)  # fmt: skip
+                                                normalised=normalised, **kwargs)  # fmt: skip
             else:
                 table = summarise_lfc(draws, delta, fdr_target, adata.var_names, **kwargs)
             table["scale1"], table["scale2"] = info["scale"] / LIBRARY_SIZE

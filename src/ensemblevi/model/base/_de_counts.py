@@ -433,7 +433,7 @@ def tail_probability(w: np.ndarray, mu: np.ndarray, sd: np.ndarray, delta: float
 def counts_posterior(adata_manager: Any, cells1: np.ndarray, cells2: np.ndarray,
                      member_proba: np.ndarray, delta: float, n_draws: int, seed: int,
                      pseudocount: float = 0.1, batch_correction: bool = False,
-                     test_mode: str = "two") -> dict:  # fmt: skip
+                     test_mode: str = "two", normalised: Any = None) -> dict:  # fmt: skip
     """The ``counts`` estimand's posterior for one comparison.
 
     Returns a dict: ``draws`` ``(n_draws, G)`` of ``theta`` with strata from the pooled
@@ -463,9 +463,13 @@ def counts_posterior(adata_manager: Any, cells1: np.ndarray, cells2: np.ndarray,
         Standardise both sides' means to one batch mix (:func:`count_means`).
     test_mode
         As in :func:`tail_probability`.
+    normalised
+        :func:`normalised_counts` of the registered counts, when the caller already has
+        them (one-vs-rest calls share one); ``None``: computed here.
     """
     rng = np.random.default_rng(seed)
-    y = normalised_counts(adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY))
+    y = (normalised_counts(adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY))
+         if normalised is None else normalised)  # fmt: skip
     batch = (np.asarray(adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)).ravel()
              if batch_correction else None)  # fmt: skip
     means = count_means(y, np.asarray(cells1), np.asarray(cells2), batch)
@@ -496,7 +500,8 @@ def counts_posterior(adata_manager: Any, cells1: np.ndarray, cells2: np.ndarray,
 def counts_table(model_draws: np.ndarray, adata_manager: Any, cells1: np.ndarray,
                  cells2: np.ndarray, delta: float, fdr_target: float, gene_names: Any,
                  seed: int, pseudocount: float = 0.1, test_mode: str = "two",
-                 batch_correction: bool = False) -> pd.DataFrame:  # fmt: skip
+                 batch_correction: bool = False, normalised: Any = None
+                 ) -> pd.DataFrame:  # fmt: skip
     """The DE table of the ``counts`` estimand for one comparison.
 
     The columns of :func:`._de_calls.summarise_lfc` on the posterior of ``theta`` (strata
@@ -521,11 +526,14 @@ def counts_table(model_draws: np.ndarray, adata_manager: Any, cells1: np.ndarray
         Per ``LIBRARY_SIZE``, added before the log2.
     batch_correction
         Standardise the counts' means to one batch mix (:func:`count_means`).
+    normalised
+        As in :func:`counts_posterior`.
     """
     k, _, g = model_draws.shape
     model_proba = np.mean(np.abs(model_draws) >= delta, axis=1)
     post = counts_posterior(adata_manager, cells1, cells2, model_proba, delta, POSTERIOR_DRAWS,
-                            seed, pseudocount, batch_correction, test_mode)  # fmt: skip
+                            seed, pseudocount, batch_correction, test_mode,
+                            normalised)  # fmt: skip
     table = summarise_lfc(post["draws"][None], delta, fdr_target, gene_names, test_mode)
     p = post["proba"]
     efdr, _ = expected_fdr(p)
