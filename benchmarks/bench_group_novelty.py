@@ -32,7 +32,17 @@ import numpy as np
 QUERY_SHARE = 0.2
 
 
-def run(pbmc: str, kind: str, seed: int, epochs: int, lr: float, models: str | None = None
+def parse_variant(variant: str) -> tuple[str, dict]:
+    """``"batch:random_sign_init=0.5"`` -> ``("batch", {"random_sign_init": 0.5})``."""
+    kind, _, rest = variant.partition(":")
+    extra = {}
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        extra[key] = float(value)
+    return kind, extra
+
+
+def run(pbmc: str, variant: str, seed: int, epochs: int, lr: float, models: str | None = None
         ) -> dict:  # fmt: skip
     from sklearn.metrics import roc_auc_score
 
@@ -46,11 +56,13 @@ def run(pbmc: str, kind: str, seed: int, epochs: int, lr: float, models: str | N
     kept = is_seen & (rng.random(adata.n_obs) >= QUERY_SHARE)  # the model's cells
     seen = adata[kept].copy()
     ev.model.EnsembleSCVI.setup_anndata(seen, layer="counts")
-    path = Path(models) / f"pbmc_noB_q20_{kind}_seed{seed}" if models else None
+    kind, extra = parse_variant(variant)
+    name = variant.replace(":", "_").replace("=", "")
+    path = Path(models) / f"pbmc_noB_q20_{name}_seed{seed}" if models else None
     if path is not None and path.exists():
         model, secs = ev.model.EnsembleSCVI.load(str(path), adata=seen), float("nan")
     else:
-        model, secs = train_timed(seen, kind, 4, seed, epochs, lr)
+        model, secs = train_timed(seen, kind, 4, seed, epochs, lr, **extra)
         if path is not None:
             model.save(str(path))
     query = adata[~kept].copy()  # seen cells the model never had, and every B cell
@@ -68,7 +80,7 @@ def run(pbmc: str, kind: str, seed: int, epochs: int, lr: float, models: str | N
     cells = {"auroc": float(roc_auc_score(is_b, score))}
     for fpr in (0.01, 0.05):
         cells[f"tpr_at_{fpr:g}_fpr"] = float(np.mean(score[is_b] > np.quantile(neg, 1 - fpr)))
-    return {"kind": kind, "train_s": secs, "test_s": test_s, "cells": cells,
+    return {"kind": variant, "train_s": secs, "test_s": test_s, "cells": cells,
             "tables": {k: v.reset_index().to_dict(orient="list")
                        for k, v in tables.items()}}  # fmt: skip
 

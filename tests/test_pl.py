@@ -26,7 +26,7 @@ def analysed():
     adata = ev.data.synthetic("heartlike", seed=0, n_cells=300, n_genes=80)
     EnsembleSCVI.setup_anndata(adata, layer="counts", batch_key="batch")
     model = EnsembleSCVI(adata, n_members=3, n_hidden=16, n_latent=4, seed=0)
-    model.train(max_epochs=2, enable_progress_bar=False, seed=0)
+    model.train(max_epochs=2, enable_progress_bar=False, seed=0, train_size=0.85)
     ev.tl.uncertainty_analysis(
         model, adata, MARKERS, groupby="cell_type", n_samples=2, cv_threshold=THRESHOLD,
         alpha=0.05, embedding=True, progress=False,
@@ -63,7 +63,7 @@ PLOTS = {
     "biological_spread": (lambda a, **kw: ev.pl.biological_spread(a, **kw), 3),
     "member_histograms": (lambda a, **kw: ev.pl.member_histograms(a, **kw), 3),
     "gene_uncertainty": (lambda a, **kw: ev.pl.gene_uncertainty(a, highlight=["DCN"], **kw), 1),
-    "novelty_umap": (lambda a, **kw: ev.pl.novelty_umap(a, color="cell_type", **kw), 3),
+    "novelty_umap": (lambda a, **kw: ev.pl.novelty_umap(a, color="cell_type", **kw), 4),
     "calibration": (lambda a, **kw: ev.pl.calibration(_calibration(), **kw), 2),
     "de_volcano": (lambda a, **kw: ev.pl.de_volcano(_de_table(), **kw), 2),
 }
@@ -169,7 +169,7 @@ def test_model_spread_reads_the_stored_points(analysed):
 
 def test_novelty_umap_reads_the_stored_embedding(analysed):
     axes = ev.pl.novelty_umap(analysed, show=False)
-    assert [a.get_title() for a in axes] == ["novelty_cv", "novelty_llgap"]
+    assert [a.get_title() for a in axes] == ["novelty_knn", "novelty_cv", "novelty_llgap"]
     xy = np.sort(axes[0].collections[0].get_offsets(), axis=0)
     np.testing.assert_allclose(xy, np.sort(analysed.obsm[ev.tl.UMAP_KEY], axis=0), rtol=1e-6)
     del_key = analysed.obsm.pop(ev.tl.UMAP_KEY)

@@ -127,19 +127,34 @@ def test_cell_novelty_scores_and_rule(heart):
         scores["novelty_cv"].to_numpy(), np.sqrt((vb / mean**2).mean(1)), rtol=1e-4
     )
     assert (scores["novelty_llgap"] >= -1e-9).all()  # Jensen: mixture ELBO >= mean ELBO
-    # the calibration cells are a recorded half of the validation cells, the other half checks
-    calib, check = info["calibration_cells"], info["check_cells"]
-    val = np.sort(model.validation_indices)
-    assert len(calib) == len(val) // 2 and not set(calib) & set(check)
-    np.testing.assert_array_equal(np.sort(np.concatenate([calib, check])), val)
+    train, val = np.sort(model.train_indices), np.sort(model.validation_indices)
+    assert len(val) == 40 and np.array_equal(info["calibration_cells"], val)
+    # novelty_knn by brute force: every pairwise distance, per member, in float64
+    knn = np.zeros(adata.n_obs)
+    for k in range(model.n_members):
+        z = model.get_latent_representation(adata, member=k).astype(np.float64)
+        d = np.sqrt(((z[:, None, :] - z[None, train, :]) ** 2).sum(-1))  # cells x training
+        d[train, np.arange(len(train))] = np.inf  # a training cell is not its own neighbour
+        mean15 = np.sort(d, 1)[:, :15].mean(1)
+        knn += mean15 / np.median(mean15[val])
+    knn /= model.n_members
+    np.testing.assert_allclose(scores["novelty_knn"], knn, rtol=1e-5)
+    # training cells are never tested nor flagged
+    tested = adata.obs["ensemblevi_novelty_tested"].to_numpy()
+    assert not tested[train].any() and tested[val].all()
+    flags = adata.obs["ensemblevi_is_novel"].to_numpy()
+    assert not flags[train].any()
+    # each validation cell against the conformal threshold of the other half: by loop
+    perm = np.random.default_rng(0).permutation(len(val))
+    halves = perm[:20], perm[20:]
+    for this, other in (halves, halves[::-1]):
+        ref = np.sort(knn[val[other]])
+        rank = int(np.ceil(21 * (1 - alpha)))  # 20 cells: the 20th smallest is the max
+        np.testing.assert_array_equal(flags[val[this]], knn[val[this]] > ref[rank - 1])
+    assert info["novelty_knn_fpr_heldout"] == pytest.approx(flags[val].mean())
+    assert info["novelty_knn_threshold"] == pytest.approx(np.sort(knn[val])[39 - 1])
+    assert info["n_flagged"] == int(flags.sum()) and info["n_tested"] == len(val)
     assert "validation" in info["calibrated_on"]
-    # the threshold recomputed from the stored scores of the calibration cells
-    cv = adata.obs["ensemblevi_novelty_cv"].to_numpy()
-    q = np.quantile(cv[calib], 1 - alpha)
-    np.testing.assert_array_equal(adata.obs["ensemblevi_is_novel"].to_numpy(), cv > q)
-    assert (cv[calib] > q).sum() <= np.ceil(alpha * len(calib))  # what a quantile means
-    assert info["novelty_cv_fpr_heldout"] == pytest.approx((cv[check] > q).mean())
-    assert info["n_flagged"] == int((cv > q).sum())
     single = EnsembleSCVI(adata, ensemble="single", n_hidden=8, n_latent=2)
     with pytest.raises(ValueError, match="at least 2 members"):
         ev.tl.cell_novelty(single, adata)
@@ -171,7 +186,11 @@ def test_one_pass_equals_the_separate_calls(heart):
     pd.testing.assert_frame_equal(adata.obs.filter(like="ensemblevi_"), stored["obs"])
     info = adata.uns["ensemblevi"]["cell_novelty"]
     for key, value in stored["novelty"].items():
-        np.testing.assert_array_equal(info[key], value)
+        if isinstance(value, dict):
+            for name, v in value.items():
+                np.testing.assert_array_equal(info[key][name], v)
+        else:
+            np.testing.assert_array_equal(info[key], value)
     umap = adata.obsm[ev.tl.UMAP_KEY]
     assert umap.shape == (adata.n_obs, 2) and np.isfinite(umap).all()
 

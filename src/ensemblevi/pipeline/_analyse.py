@@ -60,11 +60,21 @@ def analyse(
         Random seed of the draws.
     """
     from ensemblevi import tl
+    from ensemblevi.tl._novelty_rule import MIN_VALIDATION_CELLS
 
     several = model.n_members > 1  # one member has no disagreement to score cells by
+    val = getattr(model, "validation_indices", None)
+    n_val = 0 if val is None else len(val)
+    novelty = several and n_val >= MIN_VALIDATION_CELLS
     found = tl.uncertainty_analysis(model, adata, markers=markers, groupby=labels_key,
-                                    n_samples=n_samples, seed=seed, novelty=several,
+                                    n_samples=n_samples, seed=seed, novelty=novelty,
                                     embedding=several)  # fmt: skip
+    if several and not novelty:
+        adata.uns["ensemblevi"]["cell_novelty"] = {
+            "skipped": f"the model held out {n_val} cells from training, and the rule needs "
+            f"at least {MIN_VALIDATION_CELLS} to set its threshold (more cells or a smaller "
+            "train_size)"
+        }
     spread, genes, novelty = found["spread"], found["genes"], found["novelty"]
     threshold = adata.uns["ensemblevi"]["expression_spread"]["params"]["cv_threshold"]
     return Analysis(spread["summary"], genes, novelty, threshold)

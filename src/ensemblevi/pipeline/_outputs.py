@@ -141,7 +141,7 @@ def write_outputs(
     if trained.source == "result":
         _carry_de_results(out, stage, adata)
     write_h5ad_atomic(adata, stage / "results.h5ad", overwrite=True)
-    novelty = adata.uns["ensemblevi"]["cell_novelty"] if analysis.novelty is not None else None
+    novelty = adata.uns["ensemblevi"].get("cell_novelty")
     reading = run_reading(analysis.summary, analysis.genes, model.n_members,
                           analysis.cv_threshold, novelty, adata.n_obs)  # fmt: skip
     timings["total"] = sum(v for k, v in timings.items() if k != "total")

@@ -268,19 +268,39 @@ def run_reading(
         f"(CV {genes.iloc[0]['uncertainty']:.2f}); the median gene has CV "
         f"{genes['uncertainty'].median():.2f}."
     )
-    if novelty is not None:
-        fpr = novelty.get("novelty_cv_fpr_heldout")
-        reading.append(
-            f"{novelty['n_flagged']} of {n_cells:,} cells are flagged as unlike the training "
-            f"data (threshold: the {100 * (1 - novelty['alpha']):.0f}th percentile on "
-            f"{novelty['calibrated_on']}"
-            + (
-                f"; measured false-positive rate on other held-out cells {100 * fpr:.1f}%)."
-                if fpr is not None
-                else ")."
-            )
-        )
+    if novelty is not None and "skipped" in novelty:
+        reading.append(f"Novelty was not tested: {novelty['skipped']}.")
+    elif novelty is not None:
+        reading.append(novelty_text(novelty, n_cells))
     return reading
+
+
+def novelty_text(novelty: dict, n_cells: int) -> str:
+    """The report's sentence on the novelty rule, from ``uns[...]["cell_novelty"]``.
+
+    Parameters
+    ----------
+    novelty
+        What :func:`ensemblevi.tl.cell_novelty` stored.
+    n_cells
+        Cells scored.
+    """
+    decides = novelty.get("decides", "novelty_knn")
+    fpr = novelty.get(f"{decides}_fpr_heldout")
+    tested = novelty.get("n_tested", n_cells)
+    text = (
+        f"Novelty is tested only on cells the model did not train on ({tested:,} of "
+        f"{n_cells:,} here): the cells it trained on are never called novel, because every "
+        f"score is biased on them. {novelty['n_flagged']:,} of the tested cells are flagged "
+        f"as unlike the training data ({decides} above its "
+        f"{100 * (1 - novelty['alpha']):.0f}th percentile on {novelty['calibrated_on']})."
+    )
+    if fpr is not None:
+        text += (f" Each held-out cell was tested against a threshold from the other half: "
+                 f"{100 * fpr:.1f}% of them were flagged, against a target of "
+                 f"{100 * novelty['alpha']:g}%.")  # fmt: skip
+    return text + (" To find the cells and populations the model has not seen, map new "
+                   "cells onto it: `ensemblevi map --model RUN_DIR --query NEW.h5ad`.")
 
 
 def render_run_report(out: str | os.PathLike, stage: str | os.PathLike | None = None) -> Path:

@@ -27,8 +27,8 @@ def novelty_umap(
 ) -> Figure | Axes | list[Axes] | None:
     """The stored UMAP coloured by the novelty scores (log scale) and by ``color``.
 
-    One panel per score that ``tl.cell_novelty`` wrote (``<key>_novelty_cv``,
-    ``<key>_novelty_llgap``) and per ``color`` column, each drawn by
+    One panel per score that ``tl.cell_novelty`` wrote (``<key>_novelty_knn``,
+    ``<key>_novelty_cv``, ``<key>_novelty_llgap``) and per ``color`` column, each drawn by
     ``scanpy.pl.embedding`` (like it, categorical colours are stored in
     ``adata.uns[f"{color}_colors"]``). Scores of 0 are drawn in grey (off a log scale).
 
@@ -66,7 +66,8 @@ def novelty_umap(
             "embedding=True) or ensemblevi.tl.expression_umap first."
         )
     extra = [color] if isinstance(color, str) else list(color or [])
-    scores = [c for c in (f"{key}_novelty_cv", f"{key}_novelty_llgap") if c in adata.obs]
+    scores = [c for c in (f"{key}_novelty_knn", f"{key}_novelty_cv", f"{key}_novelty_llgap")
+              if c in adata.obs]
     columns = scores + extra
     if not columns:
         raise ValueError("No novelty scores in adata.obs; run ensemblevi.tl.cell_novelty.")

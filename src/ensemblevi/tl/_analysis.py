@@ -10,7 +10,8 @@ import torch
 from anndata import AnnData
 
 from ._embedding import UMAP_KEY, umap
-from ._novelty import _check_novelty, _scores, flag_novel_cells, novelty_scores
+from ._novelty import _check_novelty, flag_novel_cells, novelty_scores
+from ._novelty_rule import MIN_VALIDATION_CELLS
 from ._spread import KEY, SpreadReducer, _settings, gene_summary, write_gene_uncertainty
 from ._stream import SummaryReducer, stream
 
@@ -79,7 +80,7 @@ def uncertainty_analysis(
         Score every gene (:func:`~ensemblevi.tl.gene_uncertainty`).
     novelty
         Score and flag every cell (:func:`~ensemblevi.tl.cell_novelty`); ``None``: when
-        the model has at least 2 members.
+        the model has at least 2 members and 40 validation cells.
     embedding
         Store a UMAP of ``log1p`` of the pass' mean denoised expression in
         ``adata.obsm["X_umap_ensemblevi"]`` (:func:`~ensemblevi.tl.umap`; holds one
@@ -99,7 +100,10 @@ def uncertainty_analysis(
     for an analysis not run).
     """
     adata = model._validate_anndata(adata)
-    novelty = model.n_members > 1 if novelty is None else novelty
+    if novelty is None:  # the rule needs disagreement and held-out cells to calibrate on
+        val = getattr(model, "validation_indices", None)
+        n_val = 0 if val is None else len(val)
+        novelty = model.n_members > 1 and n_val >= MIN_VALIDATION_CELLS
     if novelty:
         _check_novelty(model, alpha)
     spread = None if markers is None else SpreadReducer(adata, markers, groupby)
@@ -119,10 +123,9 @@ def uncertainty_analysis(
         out["genes"] = write_gene_uncertainty(adata, summary, names, groupby, settings, key_added)
     if novelty:
         scores = novelty_scores(model, adata, summary, seed)
-        ref = scores if adata is model.adata else _scores(model, model.adata, n_samples, seed,
-                                                          progress)  # fmt: skip
         info = {"n_samples": int(n_samples), "seed": int(seed)}
-        out["novelty"] = flag_novel_cells(model, adata, scores, ref, alpha, info, key_added)
+        out["novelty"] = flag_novel_cells(model, adata, scores, alpha, info, key_added,
+                                          progress=progress)  # fmt: skip
     if expression is not None:
         umap(adata, expression.values, UMAP_KEY, seed=seed)
         del expression

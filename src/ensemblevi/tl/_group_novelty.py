@@ -24,7 +24,8 @@ import pandas as pd
 from anndata import AnnData
 from scipy import stats
 
-from ._novelty import KEY, MIN_VALIDATION_CELLS, SCORES, cell_novelty
+from ._novelty import KEY, SCORES, cell_novelty
+from ._novelty_rule import NoveltyReference, novelty_reference
 
 #: fewest tested cells a group needs to get a p-value
 MIN_GROUP_CELLS = 10
@@ -115,7 +116,7 @@ def group_novelty(
     model,
     adata: AnnData | None = None,
     groupby: str = "cell_type",
-    score: str = "novelty_cv",
+    score: str = "novelty_knn",
     fdr: float = 0.05,
     min_cells: int = MIN_GROUP_CELLS,
     reference: str = "auto",
@@ -124,6 +125,7 @@ def group_novelty(
     seed: int = 0,
     key_added: str = KEY,
     progress: bool = True,
+    reference_model=None,
 ) -> pd.DataFrame:
     """Which groups of cells are unlike the cells the model was checked on.
 
@@ -143,7 +145,7 @@ def group_novelty(
     groupby
         ``obs`` column of the groups.
     score
-        ``novelty_cv`` or ``novelty_llgap``.
+        ``novelty_knn`` (default), ``novelty_cv`` or ``novelty_llgap``.
     fdr
         Benjamini-Hochberg level of ``is_novel``.
     min_cells
@@ -160,6 +162,9 @@ def group_novelty(
         Nearest validation cells per tested cell for ``reference="matched"``.
     n_samples, seed, progress
         Passed to :func:`cell_novelty` when the scores are not there yet.
+    reference_model
+        For a query model (``load_query_data``): the reference model it was mapped from,
+        whose validation cells are the reference (as in :func:`cell_novelty`).
     key_added
         Prefix of the score columns; the table goes to ``adata.uns[key_added]
         ["group_novelty"]`` with its settings.
@@ -183,34 +188,26 @@ def group_novelty(
     if groupby not in adata.obs:
         raise ValueError(f"obs[{groupby!r}] is not in the AnnData; pass groupby= a column of "
                          f"obs ({', '.join(map(str, adata.obs.columns[:8]))}, ...).")  # fmt: skip
-    val = getattr(model, "validation_indices", None)
-    if val is None or len(val) < MIN_VALIDATION_CELLS:
-        n = 0 if val is None else len(val)
-        raise ValueError(
-            f"group_novelty needs held-out reference cells: the model has {n} validation "
-            f"cells (at least {MIN_VALIDATION_CELLS}); train with train_size < 1 "
-            "(scvi-tools' default 0.9)."
-        )
-    own = adata is model.adata
+    ref = novelty_reference(model, reference_model)
+    own = adata is ref.adata
     if reference == "auto":
         reference = "all" if own else "matched"
     column = f"{key_added}_{score}"
-    kw = {"n_samples": n_samples, "seed": seed, "key_added": key_added, "progress": progress}
-    if column not in adata.obs:
-        cell_novelty(model, adata, **kw)
-    ref_data = model.adata
-    if column not in ref_data.obs:
-        cell_novelty(model, ref_data, **kw)
-    val = np.sort(np.asarray(val))
-    ref_scores = ref_data.obs[column].to_numpy(dtype=np.float64)[val]
+    stored = adata.uns.get(key_added, {}).get("cell_novelty", {})
+    if column not in adata.obs or "calibration_scores" not in stored:
+        cell_novelty(model, adata, n_samples=n_samples, seed=seed, key_added=key_added,
+                     progress=progress, reference_model=reference_model)  # fmt: skip
+        stored = adata.uns[key_added]["cell_novelty"]
+    val = ref.calibration
+    ref_scores = np.asarray(stored["calibration_scores"][score], dtype=np.float64)
     values = adata.obs[column].to_numpy(dtype=np.float64)
     labels = adata.obs[groupby].astype(str).to_numpy()
     tested = np.ones(adata.n_obs, dtype=bool)
     if own:
-        tested[np.asarray(getattr(model, "train_indices", []), dtype=np.int64)] = False
+        tested[ref.train] = False
     sets = None
     if reference == "matched":
-        sets = _matched_sets(model, adata, tested, labels, val, n_neighbors)
+        sets = _matched_sets(model, adata, tested, labels, ref, n_neighbors)
     table = group_rank_test(values[tested], labels[tested], ref_scores,
                             labels[val] if own else None, fdr, min_cells, sets)  # fmt: skip
     counts = pd.Series(labels).value_counts()
@@ -234,14 +231,15 @@ def group_novelty(
 
 
 def _matched_sets(model, adata: AnnData, tested: np.ndarray, labels: np.ndarray,
-                  val: np.ndarray, n_neighbors: int) -> dict:  # fmt: skip
+                  ref: NoveltyReference, n_neighbors: int) -> dict:  # fmt: skip
     """Per group, positions (in ``val``) of the validation cells nearest to its tested
     cells in member 0's latent space, without the tested cells themselves."""
     from sklearn.neighbors import NearestNeighbors
 
     z = np.asarray(model.get_latent_representation(adata, member=0))
-    z_ref = np.asarray(model.get_latent_representation(model.adata, indices=val, member=0))
-    ref_names = np.asarray(model.adata.obs_names)[val]
+    val = ref.calibration
+    z_ref = np.asarray(model.get_latent_representation(ref.adata, indices=val, member=0))
+    ref_names = np.asarray(ref.adata.obs_names)[val]
     k = min(n_neighbors + 1, len(val))
     _, nn = NearestNeighbors(n_neighbors=k).fit(z_ref).kneighbors(z[tested])
     names, groups = np.asarray(adata.obs_names)[tested], labels[tested]

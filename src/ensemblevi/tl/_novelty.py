@@ -1,26 +1,26 @@
 """Per-cell epistemic scores: does the ensemble know this cell?
 
-Two scores, both large where members disagree about a cell (hand-written: scvi-tools has
-no ensemble novelty score):
+Three scores (hand-written: scvi-tools has no ensemble novelty score):
 
+* ``novelty_knn`` (the one the rule decides on): per member, the mean distance from the
+  cell to its 15 nearest training cells in that member's latent space, over its median on
+  the calibration cells; averaged over members (:mod:`ensemblevi.tl._novelty_rule`);
 * ``novelty_cv``: the root mean square over genes of the between-member coefficient of
   variation of the cell's denoised expression, ``sqrt(mean_g var_between / mean^2)``
-  (``UncertaintySummary.cell_rms_cv``). Until version 0.x of this module the column held
-  its square, ``mean_g var_between / mean^2``, under the same name: a monotone change,
-  so rankings, AUROCs and flags are unchanged while thresholds are now square roots;
+  (``UncertaintySummary.cell_rms_cv``);
 * ``novelty_llgap``: the gap between the member mixture's ELBO and the members' mean ELBO,
   ``log mean_k exp(ELBO_k) - mean_k ELBO_k >= 0`` (Jensen), which is 0 when the members
   agree on the cell's likelihood and grows with their disagreement.
 
-Threshold rule: a cell is flagged (``is_novel``) when its ``novelty_cv`` exceeds the
-``1 - alpha`` quantile of the score on cells like the training data that the model did
-not train on: half of the model's validation cells (a fixed random half), so that the
-other half measures the rule's false-positive rate honestly. Which cells calibrated the
-rule and which checked it is stored with the thresholds.
-Cells the model trained on are not used to calibrate because their scores can differ
-from those of new cells of the same kind, in either direction
-(``benchmarks/bench_seed_agreement.py``'s PBMC run had them higher); they are used only
-when the model has fewer than 40 validation cells, and the stored settings say so.
+Rule: a cell is flagged (``is_novel``) when its ``novelty_knn`` exceeds a conformal
+``1 - alpha`` quantile of the score on the reference's validation cells (cells like the
+training data that the model did not train on). Cells the model trained on are never
+tested (``novelty_tested`` is False, ``is_novel`` False): every score is biased on them
+(:mod:`ensemblevi.tl._novelty_rule`). Validation cells of the scored AnnData are each
+tested against a threshold from the other half of the validation cells, and the share
+of them flagged is the rule's measured false-positive rate (``<score>_fpr_heldout``).
+A query model (``load_query_data``) is calibrated on its reference model's cells: pass
+``reference_model``.
 """
 
 from __future__ import annotations
@@ -33,17 +33,27 @@ from anndata import AnnData
 from ensemblevi._constants import DEFAULT_KEY, logmeanexp
 from ensemblevi.model._uncertainty import UncertaintySummary
 
+from ._novelty_rule import (
+    conformal_threshold,
+    cross_fit_flags,
+    knn_scores,
+    member_latents,
+    novelty_reference,
+)
 from ._stream import SummaryReducer, stream
 
 KEY = DEFAULT_KEY
-SCORES = ("novelty_cv", "novelty_llgap")
-MIN_VALIDATION_CELLS = 40
+SCORES = ("novelty_knn", "novelty_cv", "novelty_llgap")
+#: the score ``is_novel`` is the flag of
+DECIDING = "novelty_knn"
+N_NEIGHBORS = 15
 
 
 def novelty_scores(
     model, adata: AnnData, summary: UncertaintySummary, seed: int = 0
 ) -> pd.DataFrame:
-    """Both scores of every cell, from a filled all-cells summary and the members' ELBOs.
+    """The two disagreement scores of every cell, from a filled all-cells summary and the
+    members' ELBOs (``novelty_knn`` is added by :func:`flag_novel_cells`).
 
     Parameters
     ----------
@@ -82,62 +92,91 @@ def flag_novel_cells(
     model,
     adata: AnnData,
     scores: pd.DataFrame,
-    ref: pd.DataFrame,
     alpha: float,
     info: dict,
     key_added: str = KEY,
+    reference_model=None,
+    n_neighbors: int = N_NEIGHBORS,
+    progress: bool = True,
 ) -> pd.DataFrame:
-    """Calibrate the thresholds on ``ref`` (the model's cells), flag ``scores``, write both.
+    """Add ``novelty_knn``, calibrate every score's threshold on the reference's validation
+    cells, flag the cells the model did not train on, and write it all.
 
     Parameters
     ----------
     model
-        The model the scores came from (its validation and training cells).
+        The model the scores came from.
     adata
         The scored AnnData (the flags and scores go to its ``obs``).
     scores
         :func:`novelty_scores` of ``adata``.
-    ref
-        :func:`novelty_scores` of the model's own AnnData (``scores`` when that is it).
     alpha
         Target false-positive rate.
     info
-        Settings (``n_samples``, ``seed``: the seed also picks the calibration half) stored
-        with the thresholds in ``adata.uns[key_added]["cell_novelty"]``.
+        Settings (``n_samples``, ``seed``: the seed also splits the validation cells in
+        halves) stored with the thresholds in ``adata.uns[key_added]["cell_novelty"]``.
     key_added
         Prefix of the ``obs`` columns and ``uns`` key.
+    reference_model
+        The reference a query model was mapped from (``None``: ``model``).
+    n_neighbors
+        Training cells the ``novelty_knn`` distance averages over.
+    progress
+        Show a progress bar (when the reference's scores are computed).
 
     Returns
     -------
-    ``scores`` with a ``<score>_flag`` column per score and ``is_novel``.
+    ``scores`` with ``novelty_knn``, a ``<score>_flag`` column per score, ``novelty_tested``
+    and ``is_novel`` (``novelty_knn_flag``).
     """
     scores = scores.copy()
-    train_idx = getattr(model, "train_indices", None)
-    val_idx = getattr(model, "validation_indices", None)
-    info = {**info, "alpha": float(alpha)}
-    check = np.zeros(0, dtype=np.int64)
-    if val_idx is not None and len(val_idx) >= MIN_VALIDATION_CELLS:
-        perm = np.random.default_rng(info.get("seed", 0)).permutation(np.asarray(val_idx))
-        calib, check = perm[: len(perm) // 2], perm[len(perm) // 2 :]
-        info["calibrated_on"] = f"{len(calib)} validation cells (held out from training)"
-    else:
-        calib = np.asarray(train_idx) if train_idx is not None else np.arange(len(ref))
-        info["calibrated_on"] = f"{len(calib)} training cells (too few validation cells)"
-    # positions in the model's AnnData of the cells that set / checked the thresholds
-    info["calibration_cells"] = np.sort(calib).astype(np.int64)
-    info["check_cells"] = np.sort(check).astype(np.int64)
+    ref = novelty_reference(model, reference_model)
+    own = adata is ref.adata
+    seed = int(info.get("seed", 0))
+    ref_scores = scores if own else _scores(model, ref.adata, info.get("n_samples", 5), seed,
+                                            progress)  # fmt: skip
+    z_ref = member_latents(model, ref.adata)
+    z = z_ref if own else member_latents(model, adata)
+    self_rows = None
+    if own:
+        self_rows = np.full(adata.n_obs, -1, dtype=np.int64)
+        self_rows[ref.train] = np.arange(len(ref.train))
+    knn, knn_cal = knn_scores(z_ref[:, ref.train], z, z_ref[:, ref.calibration], n_neighbors,
+                              self_rows)  # fmt: skip
+    scores.insert(0, "novelty_knn", knn)
+    calib = ref_scores.iloc[ref.calibration].copy()
+    calib["novelty_knn"] = knn_cal
+    tested = np.ones(adata.n_obs, dtype=bool)
+    if own:
+        tested[ref.train] = False
+    info = {**info, "alpha": float(alpha), "decides": DECIDING, "n_neighbors": n_neighbors,
+            "training_cells_tested": False, "n_tested": int(tested.sum()),
+            "calibrated_on": f"{len(ref.calibration)} validation cells of the "
+            + ("model" if reference_model is None else "reference model")
+            + " (held out from training)"}  # fmt: skip
     for name in SCORES:
-        threshold = float(np.quantile(ref[name].iloc[calib], 1 - alpha))
+        values = calib[name].to_numpy(dtype=np.float64)
+        threshold, guaranteed = conformal_threshold(values, alpha)
+        held_out, _ = cross_fit_flags(values, alpha, seed)
+        flags = tested & (scores[name].to_numpy() > threshold)
+        if own:  # a validation cell is tested against the other half's threshold
+            flags[ref.calibration] = held_out
         info[f"{name}_threshold"] = threshold
-        if len(check):
-            info[f"{name}_fpr_heldout"] = float((ref[name].iloc[check] > threshold).mean())
-        if train_idx is not None:
-            info[f"{name}_fpr_training"] = float((ref[name].iloc[train_idx] > threshold).mean())
-        scores[f"{name}_flag"] = scores[name] > threshold
-    scores["is_novel"] = scores["novelty_cv_flag"]
-    for col in (*SCORES, "is_novel"):
+        info[f"{name}_fpr_heldout"] = float(held_out.mean())
+        if own:  # how the score's bias on training cells would read, were they tested
+            info[f"{name}_fpr_training"] = float((scores[name].iloc[ref.train] > threshold).mean())
+        info["threshold_guaranteed"] = guaranteed
+        scores[f"{name}_flag"] = flags
+    # what tl.group_novelty compares groups with: the same cells' scores, from this call
+    info["calibration_scores"] = {name: calib[name].to_numpy(dtype=np.float64)
+                                  for name in SCORES}  # fmt: skip
+    scores["novelty_tested"] = tested
+    scores["is_novel"] = scores[f"{DECIDING}_flag"]
+    for col in (*SCORES, "novelty_tested", "is_novel"):
         adata.obs[f"{key_added}_{col}"] = scores[col].to_numpy()
     info["n_flagged"] = int(scores["is_novel"].sum())
+    # positions in the reference AnnData of the cells that set the thresholds
+    info["calibration_cells"] = ref.calibration
     adata.uns.setdefault(key_added, {})["cell_novelty"] = info
     return scores
 
@@ -150,37 +189,54 @@ def cell_novelty(
     seed: int = 0,
     key_added: str = KEY,
     progress: bool = True,
+    reference_model=None,
+    n_neighbors: int = N_NEIGHBORS,
 ) -> pd.DataFrame:
-    """Per-cell epistemic scores and a flag for cells unlike the training data.
+    """Per-cell novelty scores and a flag for the cells unlike the training data.
 
     Parameters
     ----------
     model
-        A trained :class:`~ensemblevi.model.EnsembleSCVI` with at least 2 members.
+        A trained :class:`~ensemblevi.model.EnsembleSCVI` with at least 2 members and at
+        least 40 validation cells (or a query model and its ``reference_model``).
     adata
         Cells to score, registered with the model (default: the model's own).
     alpha
-        Target false-positive rate of the threshold rule on cells like the training data.
+        Target false-positive rate of the rule on new cells like the training data.
     n_samples
         Latent samples per member for the CV score.
     seed
-        Seed of the latent samples, the ELBO and the choice of the calibration half.
+        Seed of the latent samples, the ELBO and the halves of the validation cells.
     key_added
-        Prefix of the ``adata.obs`` columns ``<key>_novelty_cv``, ``<key>_novelty_llgap``
-        and ``<key>_is_novel`` (``novelty_cv`` above its threshold) and of
-        ``adata.uns[key]["cell_novelty"]`` (thresholds, false-positive rates, settings,
-        and ``calibration_cells`` / ``check_cells``: positions in the model's AnnData of
-        the cells the thresholds were computed on and checked on).
+        Prefix of the ``adata.obs`` columns ``<key>_novelty_knn``, ``<key>_novelty_cv``,
+        ``<key>_novelty_llgap``, ``<key>_novelty_tested`` (False for the cells the model
+        trained on, which are never flagged) and ``<key>_is_novel`` (``novelty_knn`` above
+        its threshold), and of ``adata.uns[key]["cell_novelty"]`` (thresholds, measured
+        false-positive rates, settings, and ``calibration_cells``: positions in the
+        reference AnnData of the cells the thresholds were set on).
     progress
         Show a progress bar.
+    reference_model
+        For a query model from ``load_query_data``: the trained reference model (loaded
+        with its AnnData), whose validation cells set the thresholds and whose training
+        cells the distances are measured to. ``None``: ``model`` itself.
+    n_neighbors
+        Nearest training cells the ``novelty_knn`` distance averages over.
 
     Returns
     -------
-    The per-cell scores and flag.
+    The per-cell scores and flags.
+
+    Examples
+    --------
+    >>> scores = ev.tl.cell_novelty(model)  # doctest: +SKIP
+    >>> query_model = ev.model.EnsembleSCVI.load_query_data(query, model)  # doctest: +SKIP
+    >>> query_model.train(max_epochs=100)  # doctest: +SKIP
+    >>> ev.tl.cell_novelty(query_model, query, reference_model=model)  # doctest: +SKIP
     """
     _check_novelty(model, alpha)
     adata = model._validate_anndata(adata)
     scores = _scores(model, adata, n_samples, seed, progress)
-    ref = scores if adata is model.adata else _scores(model, model.adata, n_samples, seed, progress)
     info = {"n_samples": int(n_samples), "seed": int(seed)}
-    return flag_novel_cells(model, adata, scores, ref, alpha, info, key_added)
+    return flag_novel_cells(model, adata, scores, alpha, info, key_added, reference_model,
+                            n_neighbors, progress)  # fmt: skip

@@ -293,6 +293,9 @@ class ArchesMixin:
                 freeze_batchnorm_decoder=freeze_batchnorm_decoder,
             )
         model.is_trained_ = False
+        # saved with the model (scvi-tools keeps attributes ending in "_"): novelty on a
+        # query model must be calibrated on its reference's cells, not the query's
+        model.is_query_model_ = True
         return model
 
     def train(self, *args: Any, callbacks: list | None = None, **kwargs: Any):
