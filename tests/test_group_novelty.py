@@ -111,3 +111,37 @@ def test_group_novelty_on_the_model_and_a_query(novelty_model):
         ev.tl.group_novelty(model, score="cv", progress=False)
     with pytest.raises(ValueError, match="obs\\['nope'\\]"):
         ev.tl.group_novelty(model, groupby="nope", progress=False)
+
+
+def test_a_query_model_is_calibrated_on_its_reference(novelty_model, tmp_path):
+    adata, model = novelty_model
+    query = adata[model.validation_indices].copy()
+    query.obs["batch"] = "new"  # a batch the reference never saw
+    ref = adata.copy()
+    ref.obs["batch"] = "ref"
+    ev.model.EnsembleSCVI.setup_anndata(ref, layer="counts", batch_key="batch")
+    reference = ev.model.EnsembleSCVI(ref, n_members=2, n_hidden=16, n_latent=3, seed=0)
+    reference.train(max_epochs=3, seed=0, enable_progress_bar=False)
+    mapped = ev.model.EnsembleSCVI.load_query_data(query, reference)
+    mapped.train(max_epochs=2, seed=0, enable_progress_bar=False)
+    assert mapped.is_query_model_
+    with pytest.raises(ValueError, match="reference_model"):  # its own cells are the query
+        ev.tl.cell_novelty(mapped, query, progress=False)
+    scores = ev.tl.cell_novelty(mapped, query, reference_model=reference, progress=False)
+    info = query.uns["ensemblevi"]["cell_novelty"]
+    assert "reference model" in info["calibrated_on"]
+    np.testing.assert_array_equal(info["calibration_cells"], np.sort(reference.validation_indices))
+    assert scores["novelty_tested"].all()  # no query cell was trained on by the reference
+    # the threshold is the conformal quantile of the reference's validation cells' scores
+    cal = np.sort(info["calibration_scores"]["novelty_knn"])
+    rank = int(np.ceil((len(cal) + 1) * 0.99))
+    assert info["novelty_knn_threshold"] == pytest.approx(cal[min(rank, len(cal)) - 1])
+    np.testing.assert_array_equal(
+        scores["is_novel"], scores["novelty_knn"] > cal[min(rank, len(cal)) - 1]
+    )
+    table = ev.tl.group_novelty(mapped, query, groupby="cell_type", progress=False,
+                                reference_model=reference)  # fmt: skip
+    assert table["n_reference"].max() <= len(reference.validation_indices)
+    mapped.save(str(tmp_path / "q"))
+    loaded = ev.model.EnsembleSCVI.load(str(tmp_path / "q"), adata=query)
+    assert loaded.is_query_model_  # kept with the model: a reloaded query still refuses

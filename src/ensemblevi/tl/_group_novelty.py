@@ -116,7 +116,7 @@ def group_novelty(
     model,
     adata: AnnData | None = None,
     groupby: str = "cell_type",
-    score: str = "novelty_knn",
+    score: str = "novelty_cv",
     fdr: float = 0.05,
     min_cells: int = MIN_GROUP_CELLS,
     reference: str = "auto",
@@ -145,7 +145,9 @@ def group_novelty(
     groupby
         ``obs`` column of the groups.
     score
-        ``novelty_knn`` (default), ``novelty_cv`` or ``novelty_llgap``.
+        ``novelty_cv`` (default; on PBMC it flagged no seen type with the deep ensemble,
+        where ``novelty_knn``, whose distances are larger in sparse populations, flagged
+        three: docs/benchmarks.md), ``novelty_knn`` or ``novelty_llgap``.
     fdr
         Benjamini-Hochberg level of ``is_novel``.
     min_cells
