@@ -300,7 +300,8 @@ def novelty_text(novelty: dict, n_cells: int) -> str:
                  f"{100 * fpr:.1f}% of them were flagged, against a target of "
                  f"{100 * novelty['alpha']:g}%.")  # fmt: skip
     return text + (" To find the cells and populations the model has not seen, map new "
-                   "cells onto it: `ensemblevi map --model RUN_DIR --query NEW.h5ad`.")
+                   "cells onto it (EnsembleSCVI.load_query_data, then tl.cell_novelty and "
+                   "tl.group_novelty with reference_model=).")
 
 
 def render_run_report(out: str | os.PathLike, stage: str | os.PathLike | None = None) -> Path:
