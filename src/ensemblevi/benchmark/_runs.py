@@ -12,13 +12,16 @@ from pathlib import Path
 from ensemblevi._files import write_text
 
 
-def train_timed(adata, kind: str, k: int, seed: int, epochs: int, lr: float, **kwargs):
+def train_timed(adata, kind: str, k: int, seed: int, epochs: int, lr: float,
+                train_size: float | None = None, **kwargs):  # fmt: skip
     """An :class:`~ensemblevi.model.EnsembleSCVI` trained quietly; ``(model, seconds)``."""
     from ensemblevi.model import EnsembleSCVI
 
     model = EnsembleSCVI(adata, n_members=k, ensemble=kind, seed=seed, **kwargs)
     t = time.perf_counter()
-    model.train(max_epochs=epochs, seed=seed, enable_progress_bar=False, plan_kwargs={"lr": lr})
+    extra = {} if train_size is None else {"train_size": train_size}
+    model.train(max_epochs=epochs, seed=seed, enable_progress_bar=False, plan_kwargs={"lr": lr},
+                **extra)  # fmt: skip
     return model, time.perf_counter() - t
 
 
