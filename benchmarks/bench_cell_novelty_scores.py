@@ -26,53 +26,17 @@ Run: ``PYTHONPATH=src .venv/bin/python benchmarks/bench_cell_novelty_scores.py -
 
 from __future__ import annotations
 
-import argparse
-import json
-from pathlib import Path
-
 import numpy as np
+from bench_group_novelty import main_loop, split_and_model
 
-QUERY_SHARE = 0.2
 ALPHA = (0.01, 0.05)
 
 
-def _split(pbmc: str, seed: int):
-    import ensemblevi as ev
-
-    adata = ev.data.read(pbmc)
-    ev.data.preprocess(adata, n_top_genes=1200)
-    is_seen = (adata.obs["cell_type"].astype(str) != "B cells").to_numpy()
-    rng = np.random.default_rng(seed)
-    kept = is_seen & (rng.random(adata.n_obs) >= QUERY_SHARE)
-    seen, query = adata[kept].copy(), adata[~kept].copy()
-    for a in (seen, query):
-        ev.model.EnsembleSCVI.setup_anndata(a, layer="counts")
-    return seen, query
-
-
-def _model(seen, variant: str, seed: int, epochs: int, lr: float, models: str | None):
-    from bench_group_novelty import parse_variant
-
-    import ensemblevi as ev
-    from ensemblevi.benchmark._runs import train_timed
-
-    kind, extra = parse_variant(variant)
-    name = variant.replace(":", "_").replace("=", "")
-    path = Path(models) / f"pbmc_noB_q20_{name}_seed{seed}" if models else None
-    if path is not None and path.exists():
-        return ev.model.EnsembleSCVI.load(str(path), adata=seen)
-    model, _ = train_timed(seen, kind, 4, seed, epochs, lr, **extra)
-    if path is not None:
-        model.save(str(path))
-    return model
-
-
 def _knn_mean(ref: np.ndarray, x: np.ndarray, k: int, exclude_self: bool) -> np.ndarray:
-    from sklearn.neighbors import NearestNeighbors
+    from ensemblevi.tl._novelty_rule import knn_distance
 
-    nn = NearestNeighbors(n_neighbors=k + int(exclude_self)).fit(ref)
-    dist, _ = nn.kneighbors(x)
-    return dist[:, int(exclude_self):].mean(1)
+    # exclude_self: x is ref, each row left out of its own neighbours
+    return knn_distance(ref, x, k, np.arange(len(x)) if exclude_self else None)
 
 
 def raw_scores(model, adata, val_pos: np.ndarray, own: bool, seed: int) -> dict[str, np.ndarray]:
@@ -117,8 +81,8 @@ def evaluate(variant: str, args) -> dict:
     from scipy.stats import spearmanr
     from sklearn.metrics import roc_auc_score
 
-    seen, query = _split(args.pbmc, args.seed)
-    model = _model(seen, variant, args.seed, args.epochs, args.lr, args.models)
+    model, seen, query, _ = split_and_model(args.pbmc, variant, args.seed, args.epochs, args.lr,
+                                            args.models)  # fmt: skip
     val_pos = np.sort(np.asarray(model.validation_indices))
     train_pos = np.sort(np.asarray(model.train_indices))
     own = raw_scores(model, seen, val_pos, True, args.seed)
@@ -174,27 +138,7 @@ def markdown(record: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pbmc", default="../shared/data/pbmc3k.h5ad")
-    parser.add_argument("--kinds", nargs="+", default=["deep", "batch"])
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=150)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--models", default=None, help="save/reuse the trained models here")
-    parser.add_argument("--out", default="bench_results/cell_novelty_scores.json")
-    args = parser.parse_args()
-    if not Path(args.pbmc).exists():
-        print(f"skipped: no {args.pbmc} (pass --pbmc PATH to pbmc3k.h5ad)")
-        return
-    from ensemblevi._files import write_text
-    from ensemblevi.benchmark import _quiet
-
-    _quiet()
-    records = []
-    for variant in args.kinds:
-        records.append(evaluate(variant, args))
-        write_text(Path(args.out), json.dumps(records, default=float))
-        print(markdown(records[-1]), flush=True)
+    main_loop(__doc__, "bench_results/cell_novelty_scores.json", evaluate, markdown)
 
 
 if __name__ == "__main__":

@@ -42,10 +42,11 @@ def parse_variant(variant: str) -> tuple[str, dict]:
     return kind, extra
 
 
-def run(pbmc: str, variant: str, seed: int, epochs: int, lr: float, models: str | None = None
-        ) -> dict:  # fmt: skip
-    from sklearn.metrics import roc_auc_score
-
+def split_and_model(pbmc: str, variant: str, seed: int, epochs: int, lr: float,
+                    models: str | None = None):  # fmt: skip
+    """``(model, its AnnData, the query, training seconds)`` of the benchmark's split: the
+    model trained on 80% of the seen cells (or loaded from ``models``), the query the other
+    20% and every B cell."""
     import ensemblevi as ev
     from ensemblevi.benchmark._runs import train_timed
 
@@ -54,19 +55,54 @@ def run(pbmc: str, variant: str, seed: int, epochs: int, lr: float, models: str 
     is_seen = (adata.obs["cell_type"].astype(str) != "B cells").to_numpy()
     rng = np.random.default_rng(seed)
     kept = is_seen & (rng.random(adata.n_obs) >= QUERY_SHARE)  # the model's cells
-    seen = adata[kept].copy()
-    ev.model.EnsembleSCVI.setup_anndata(seen, layer="counts")
+    seen, query = adata[kept].copy(), adata[~kept].copy()
+    for a in (seen, query):
+        ev.model.EnsembleSCVI.setup_anndata(a, layer="counts")
     kind, extra = parse_variant(variant)
     name = variant.replace(":", "_").replace("=", "")
     path = Path(models) / f"pbmc_noB_q20_{name}_seed{seed}" if models else None
     if path is not None and path.exists():
-        model, secs = ev.model.EnsembleSCVI.load(str(path), adata=seen), float("nan")
-    else:
-        model, secs = train_timed(seen, kind, 4, seed, epochs, lr, **extra)
-        if path is not None:
-            model.save(str(path))
-    query = adata[~kept].copy()  # seen cells the model never had, and every B cell
-    ev.model.EnsembleSCVI.setup_anndata(query, layer="counts")
+        return ev.model.EnsembleSCVI.load(str(path), adata=seen), seen, query, float("nan")
+    model, secs = train_timed(seen, kind, 4, seed, epochs, lr, **extra)
+    if path is not None:
+        model.save(str(path))
+    return model, seen, query, secs
+
+
+def main_loop(doc: str, out: str, evaluate, markdown) -> None:
+    """The benchmarks' command line: ``evaluate(variant, args)`` per ``--kinds`` entry, the
+    records written to ``--out`` as each finishes, ``markdown(record)`` printed."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--pbmc", default="../shared/data/pbmc3k.h5ad")
+    parser.add_argument("--kinds", nargs="+", default=["deep", "batch"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=150)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--out", default=out)
+    parser.add_argument("--models", default=None, help="save/reuse the trained models here")
+    args = parser.parse_args()
+    if not Path(args.pbmc).exists():
+        print(f"skipped: no {args.pbmc} (pass --pbmc PATH to pbmc3k.h5ad)")
+        return
+    from ensemblevi._files import write_text
+    from ensemblevi.benchmark import _quiet
+
+    _quiet()
+    records = []
+    for variant in args.kinds:
+        records.append(evaluate(variant, args))
+        write_text(Path(args.out), json.dumps(records, default=float))
+        print(markdown(records[-1]), flush=True)
+
+
+def run(variant: str, args) -> dict:
+    from sklearn.metrics import roc_auc_score
+
+    import ensemblevi as ev
+
+    seed = args.seed
+    model, _, query, secs = split_and_model(args.pbmc, variant, seed, args.epochs, args.lr,
+                                               args.models)  # fmt: skip
     t = time.perf_counter()
     tables = {}
     for ref in ("matched", "all"):
@@ -93,11 +129,11 @@ def run(pbmc: str, variant: str, seed: int, epochs: int, lr: float, models: str 
                        for k, v in tables.items()}}  # fmt: skip
 
 
-def markdown(records: list[dict]) -> str:
+def markdown(record: dict) -> str:
     import pandas as pd
 
     out = []
-    for r in records:
+    for r in [record]:
         c = r["cells"]
         title = f"#### {r['kind']} K=4 (training {r['train_s']:.0f} s, tests {r['test_s']:.0f} s)"
         line = (f"Per cell (`novelty_knn`, B vs the query's seen cells): AUROC {c['auroc']:.3f} "
@@ -124,27 +160,7 @@ def markdown(records: list[dict]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pbmc", default="../shared/data/pbmc3k.h5ad")
-    parser.add_argument("--kinds", nargs="+", default=["deep", "batch"])
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=150)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--out", default="bench_results/group_novelty.json")
-    parser.add_argument("--models", default=None, help="save/reuse the trained models here")
-    args = parser.parse_args()
-    if not Path(args.pbmc).exists():
-        print(f"skipped: no {args.pbmc} (pass --pbmc PATH to pbmc3k.h5ad)")
-        return
-    from ensemblevi._files import write_text
-    from ensemblevi.benchmark import _quiet
-
-    _quiet()
-    records = []
-    for kind in args.kinds:
-        records.append(run(args.pbmc, kind, args.seed, args.epochs, args.lr, args.models))
-        write_text(Path(args.out), json.dumps(records, default=float))
-        print(markdown(records[-1:]), flush=True)
+    main_loop(__doc__, "bench_results/group_novelty.json", run, markdown)
 
 
 if __name__ == "__main__":

@@ -145,3 +145,38 @@ def test_a_query_model_is_calibrated_on_its_reference(novelty_model, tmp_path):
     mapped.save(str(tmp_path / "q"))
     loaded = ev.model.EnsembleSCVI.load(str(tmp_path / "q"), adata=query)
     assert loaded.is_query_model_  # kept with the model: a reloaded query still refuses
+
+
+def test_conformal_threshold_keeps_its_rate_on_exchangeable_scores():
+    from ensemblevi.tl._novelty_rule import conformal_threshold, cross_fit_flags
+
+    rng = np.random.default_rng(3)
+    alpha, n, reps = 0.05, 60, 4000
+    exceed = []
+    for _ in range(reps):  # a new score from the same law as the n reference scores
+        ref, new = rng.gamma(2.0, 1.0, n), rng.gamma(2.0, 1.0)
+        threshold, exact = conformal_threshold(ref, alpha)
+        exceed.append(new > threshold)
+    # rank ceil(61 * 0.95) = 58 of 60: P(exceed) = (60 - 58 + 1) / 61 = 0.049 exactly
+    assert exact and np.mean(exceed) == pytest.approx(3 / 61, abs=0.01)
+    assert np.mean(exceed) <= alpha + 0.01
+    threshold, exact = conformal_threshold(np.arange(10.0), 0.01)  # too few for 1%
+    assert threshold == 9.0 and not exact
+    flags, halves = cross_fit_flags(np.r_[np.zeros(50), [10.0, 10.0]], 0.05, seed=0)
+    assert halves["halves"] == [26, 26] and flags.sum() <= 2
+
+
+def test_knn_distance_leaves_each_training_cell_out_of_its_own_neighbours():
+    from ensemblevi.tl._novelty_rule import knn_distance
+
+    rng = np.random.default_rng(4)
+    ref = rng.normal(size=(30, 3))
+    ref[5] = ref[4]  # a duplicate: its twin at distance 0 is a neighbour, itself is not
+    x = np.r_[ref[:10], rng.normal(size=(4, 3))]
+    self_rows = np.r_[np.arange(10), np.full(4, -1)]
+    got = knn_distance(ref, x, 6, self_rows)
+    for i, row in enumerate(x):  # brute force
+        d = np.sqrt(((ref - row) ** 2).sum(1))
+        if self_rows[i] >= 0:
+            d = np.delete(d, self_rows[i])
+        assert got[i] == pytest.approx(np.sort(d)[:6].mean())

@@ -236,7 +236,8 @@ def run_reading(
         The CV above which a cell counts as uncertain.
     novelty
         ``uns["ensemblevi"]["cell_novelty"]`` (``n_flagged``, ``alpha``, ``calibrated_on``,
-        ``novelty_cv_fpr_heldout``), or ``None`` when novelty was not computed.
+        ``<score>_fpr_heldout``, ``n_tested``), ``{"skipped": why}``, or ``None`` when
+        novelty was not computed.
     n_cells
         Cells analysed (needed with ``novelty``).
     """

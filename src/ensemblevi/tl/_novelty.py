@@ -75,10 +75,20 @@ def novelty_scores(
     )
 
 
-def _scores(model, adata: AnnData, n_samples: int, seed: int, progress: bool) -> pd.DataFrame:
+def _scores(model, adata: AnnData, n_samples: int, seed: int, progress: bool,
+            cells: np.ndarray | None = None) -> pd.DataFrame:  # fmt: skip
     summary = UncertaintySummary(adata.n_obs, adata.n_vars)
-    stream(model, adata, [SummaryReducer(summary)], n_samples, seed=seed, progress=progress)
-    return novelty_scores(model, adata, summary, seed)
+    reducer = SummaryReducer(summary)
+    if cells is None:
+        stream(model, adata, [reducer], n_samples, seed=seed, progress=progress)
+        return novelty_scores(model, adata, summary, seed)
+    reducer.cells = cells  # only these cells are decoded (the reference's calibration cells)
+    stream(model, adata, [reducer], n_samples, seed=seed, progress=progress)
+    elbo = model.get_elbo(adata, indices=cells, return_mean=False, return_table=True, seed=seed)
+    members = torch.from_numpy(elbo.drop(columns="mixture").to_numpy().T)
+    gap = (logmeanexp(members, 0) - members.mean(0)).numpy()
+    return pd.DataFrame({"novelty_cv": summary.cell_rms_cv[cells], "novelty_llgap": gap},
+                        index=adata.obs_names[cells])  # fmt: skip
 
 
 def _check_novelty(model, alpha: float) -> None:
@@ -133,8 +143,10 @@ def flag_novel_cells(
     ref = novelty_reference(model, reference_model)
     own = adata is ref.adata
     seed = int(info.get("seed", 0))
-    ref_scores = scores if own else _scores(model, ref.adata, info.get("n_samples", 5), seed,
-                                            progress)  # fmt: skip
+    # the reference's scores are needed on its calibration cells only
+    calib = (scores.iloc[ref.calibration].copy() if own else
+             _scores(model, ref.adata, info.get("n_samples", 5), seed, progress,
+                     cells=ref.calibration))  # fmt: skip
     z_ref = member_latents(model, ref.adata)
     z = z_ref if own else member_latents(model, adata)
     self_rows = None
@@ -144,7 +156,6 @@ def flag_novel_cells(
     knn, knn_cal = knn_scores(z_ref[:, ref.train], z, z_ref[:, ref.calibration], n_neighbors,
                               self_rows)  # fmt: skip
     scores.insert(0, "novelty_knn", knn)
-    calib = ref_scores.iloc[ref.calibration].copy()
     calib["novelty_knn"] = knn_cal
     tested = np.ones(adata.n_obs, dtype=bool)
     if own:
@@ -154,9 +165,11 @@ def flag_novel_cells(
             "calibrated_on": f"{len(ref.calibration)} validation cells of the "
             + ("model" if reference_model is None else "reference model")
             + " (held out from training)"}  # fmt: skip
+    # one count of calibration cells for every score: whether alpha is reachable with it
+    info["threshold_guaranteed"] = conformal_threshold(knn_cal, alpha)[1]
     for name in SCORES:
         values = calib[name].to_numpy(dtype=np.float64)
-        threshold, guaranteed = conformal_threshold(values, alpha)
+        threshold, _ = conformal_threshold(values, alpha)
         held_out, _ = cross_fit_flags(values, alpha, seed)
         flags = tested & (scores[name].to_numpy() > threshold)
         if own:  # a validation cell is tested against the other half's threshold
@@ -165,7 +178,6 @@ def flag_novel_cells(
         info[f"{name}_fpr_heldout"] = float(held_out.mean())
         if own:  # how the score's bias on training cells would read, were they tested
             info[f"{name}_fpr_training"] = float((scores[name].iloc[ref.train] > threshold).mean())
-        info["threshold_guaranteed"] = guaranteed
         scores[f"{name}_flag"] = flags
     # what tl.group_novelty compares groups with: the same cells' scores, from this call
     info["calibration_scores"] = {name: calib[name].to_numpy(dtype=np.float64)
