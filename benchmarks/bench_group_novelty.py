@@ -43,10 +43,11 @@ def parse_variant(variant: str) -> tuple[str, dict]:
 
 
 def split_and_model(pbmc: str, variant: str, seed: int, epochs: int, lr: float,
-                    models: str | None = None):  # fmt: skip
+                    models: str | None = None, batch: bool = False):  # fmt: skip
     """``(model, its AnnData, the query, training seconds)`` of the benchmark's split: the
     model trained on 80% of the seen cells (or loaded from ``models``), the query the other
-    20% and every B cell."""
+    20% and every B cell. With ``batch``, the model's cells are set up as one batch
+    ``"reference"`` (``obs["batch"]``), so that a query can arrive as a new batch."""
     import ensemblevi as ev
     from ensemblevi.benchmark._runs import train_timed
 
@@ -56,10 +57,12 @@ def split_and_model(pbmc: str, variant: str, seed: int, epochs: int, lr: float,
     rng = np.random.default_rng(seed)
     kept = is_seen & (rng.random(adata.n_obs) >= QUERY_SHARE)  # the model's cells
     seen, query = adata[kept].copy(), adata[~kept].copy()
+    seen.obs["batch"] = "reference"
     for a in (seen, query):
-        ev.model.EnsembleSCVI.setup_anndata(a, layer="counts")
+        ev.model.EnsembleSCVI.setup_anndata(a, layer="counts",
+                                            batch_key="batch" if batch and a is seen else None)
     kind, extra = parse_variant(variant)
-    name = variant.replace(":", "_").replace("=", "")
+    name = variant.replace(":", "_").replace("=", "") + ("_batch" if batch else "")
     path = Path(models) / f"pbmc_noB_q20_{name}_seed{seed}" if models else None
     if path is not None and path.exists():
         return ev.model.EnsembleSCVI.load(str(path), adata=seen), seen, query, float("nan")
@@ -69,9 +72,10 @@ def split_and_model(pbmc: str, variant: str, seed: int, epochs: int, lr: float,
     return model, seen, query, secs
 
 
-def main_loop(doc: str, out: str, evaluate, markdown) -> None:
+def main_loop(doc: str, out: str, evaluate, markdown, extra: list | None = None) -> None:
     """The benchmarks' command line: ``evaluate(variant, args)`` per ``--kinds`` entry, the
-    records written to ``--out`` as each finishes, ``markdown(record)`` printed."""
+    records written to ``--out`` as each finishes, ``markdown(record)`` printed; ``extra``:
+    further ``(flag, add_argument keywords)``."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--pbmc", default="../shared/data/pbmc3k.h5ad")
     parser.add_argument("--kinds", nargs="+", default=["deep", "batch"])
@@ -80,6 +84,8 @@ def main_loop(doc: str, out: str, evaluate, markdown) -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--out", default=out)
     parser.add_argument("--models", default=None, help="save/reuse the trained models here")
+    for flag, kwargs in extra or []:
+        parser.add_argument(flag, **kwargs)
     args = parser.parse_args()
     if not Path(args.pbmc).exists():
         print(f"skipped: no {args.pbmc} (pass --pbmc PATH to pbmc3k.h5ad)")

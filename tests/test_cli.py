@@ -20,6 +20,7 @@ runner = CliRunner()
         ["inspect"],
         ["run"],
         ["de"],
+        ["map"],
         ["train"],
         ["merge"],
         ["benchmark"],

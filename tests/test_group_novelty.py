@@ -139,6 +139,14 @@ def test_a_query_model_is_calibrated_on_its_reference(novelty_model, tmp_path):
     np.testing.assert_array_equal(
         scores["is_novel"], scores["novelty_knn"] > cal[min(rank, len(cal)) - 1]
     )
+    # the calibration cells are decoded in the query's batch, as the query's cells are: the
+    # scores of those cells copied into batch "new" and scored as a plain query
+    assert info["calibration_batch"] == "new"
+    cal = ref[np.sort(reference.validation_indices)].copy()
+    cal.obs["batch"] = "new"
+    as_query = ev.tl.cell_novelty(mapped, cal, reference_model=reference, progress=False)
+    np.testing.assert_allclose(info["calibration_scores"]["novelty_cv"], as_query["novelty_cv"],
+                               rtol=1e-5)  # fmt: skip
     table = ev.tl.group_novelty(mapped, query, groupby="cell_type", progress=False,
                                 reference_model=reference)  # fmt: skip
     assert table["n_reference"].max() <= len(reference.validation_indices)

@@ -31,6 +31,7 @@ def analysed():
         model, adata, MARKERS, groupby="cell_type", n_samples=2, cv_threshold=THRESHOLD,
         alpha=0.05, embedding=True, progress=False,
     )  # fmt: skip
+    ev.tl.group_novelty(model, adata, groupby="cell_type", min_cells=3, progress=False)
     return adata
 
 
@@ -64,6 +65,7 @@ PLOTS = {
     "member_histograms": (lambda a, **kw: ev.pl.member_histograms(a, **kw), 3),
     "gene_uncertainty": (lambda a, **kw: ev.pl.gene_uncertainty(a, highlight=["DCN"], **kw), 1),
     "novelty_umap": (lambda a, **kw: ev.pl.novelty_umap(a, color="cell_type", **kw), 4),
+    "group_novelty": (lambda a, **kw: ev.pl.group_novelty(a, **kw), 1),
     "calibration": (lambda a, **kw: ev.pl.calibration(_calibration(), **kw), 2),
     "de_volcano": (lambda a, **kw: ev.pl.de_volcano(_de_table(), **kw), 2),
 }
@@ -179,6 +181,19 @@ def test_novelty_umap_reads_the_stored_embedding(analysed):
     finally:
         analysed.obsm[ev.tl.UMAP_KEY] = del_key
     plt.close("all")
+
+
+def test_group_novelty_bars_are_the_stored_aurocs(analysed):
+    ax = ev.pl.group_novelty(analysed, show=False)
+    table = pd.DataFrame(analysed.uns["ensemblevi"]["group_novelty"]["table"])
+    bars = {t.get_text(): p.get_x() + p.get_width()
+            for t, p in zip(ax.get_yticklabels(), ax.patches, strict=True)}  # fmt: skip
+    for _, row in table.iterrows():
+        expected = 0.5 if pd.isna(row["auroc"]) else row["auroc"]
+        assert bars[row["group"]] == pytest.approx(expected)
+    plt.close("all")
+    with pytest.raises(ValueError, match="group_novelty first"):
+        ev.pl.group_novelty(ev.data.synthetic("lopez2020", n_cells=50, n_genes=10), show=False)
 
 
 def test_save_figure_is_atomic(analysed, tmp_path, monkeypatch):

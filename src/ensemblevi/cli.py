@@ -181,6 +181,9 @@ def run(
         bool, typer.Option("--quick", help="1,000 cells, 10 epochs, 3 samples: < 1 minute.")
     ] = False,
     seed: Annotated[int, typer.Option(help="Random seed (data, initialisation, training).")] = 0,
+    resolution: Annotated[
+        float, typer.Option(help="Leiden resolution of the cluster stability.")
+    ] = 1.0,
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("results"),
     force: Annotated[
         bool, typer.Option("--force", help="Replace a different run (or a stale model).")
@@ -203,6 +206,7 @@ def run(
         batch_key=batch_key, labels_key=labels_key, n_top_genes=n_top_genes,
         ensemble=ensemble, members=members, seeds=seeds, markers=markers,
         marker=tuple(marker or ()), epochs=epochs, n_samples=n_samples, seed=seed,
+        resolution=resolution,
     )  # fmt: skip
     t0 = time.perf_counter()
     try:
@@ -300,6 +304,54 @@ def de_command(
     tables, figures = run_dir / "tables", run_dir / "figures"
     console.print(f"wrote {tables / res.name}.csv, {figures / res.name}.png, updated "
                   f"results.h5ad (uns[{res.key!r}]) and report.html")  # fmt: skip
+
+
+@app.command("map")
+def map_command(
+    model: Annotated[Path, typer.Option("--model", help="Directory written by `ensemblevi run`.")],
+    query: Annotated[Path, typer.Option(help="New cells: .h5ad, 10x .h5 or 10x directory.")],
+    out: Annotated[Path, typer.Option(help="Output directory of the map.")],
+    layer: LayerOpt = None,
+    batch_key: Annotated[
+        str | None,
+        typer.Option(help="obs column of the query's batches [default: one new batch].")
+    ] = None,
+    groupby: Annotated[
+        str | None,
+        typer.Option(help="obs column of the groups tested [default: cell_type where the "
+                     "query has it, else Leiden clusters].")
+    ] = None,
+    epochs: Annotated[int, typer.Option(help="Query training epochs (scArches).")] = 100,
+    alpha: Annotated[float, typer.Option(help="Target FPR of the per-cell flag.")] = 0.01,
+    fdr: Annotated[float, typer.Option(help="FDR of the novel-group calls.")] = 0.05,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Replace an earlier map in OUT.")] = False,
+) -> None:
+    """Map new cells onto a run's ensemble (scArches) and flag what it has not seen.
+
+    The query's cells and groups (--groupby, cell_type, or Leiden clusters where the query
+    has neither) are tested against the reference's held-out cells, never the query's own.
+    Writes into OUT: results.h5ad, tables/cell_novelty.csv, tables/group_novelty.csv,
+    figures/, model/ (the query model), map.json and report.html, committed at once. The
+    run directory is only read.
+    """
+    from ensemblevi._interrupt import interruptible
+    from ensemblevi.pipeline import run_map
+
+    t0 = time.perf_counter()
+    try:
+        with interruptible():
+            res = run_map(model, query, out, layer=layer, batch_key=batch_key,
+                          groupby=groupby, epochs=epochs, alpha=alpha, fdr=fdr, seed=seed,
+                          force=force, log=console.print)  # fmt: skip
+    except (FileNotFoundError, KeyError, ValueError) as err:
+        _fail(str(err))
+    except FileExistsError as err:
+        _fail(str(err), 1)
+    for line in res.reading:
+        console.print(f"- {line}", soft_wrap=True)
+    console.print(f"wrote {out}/report.html, results.h5ad, tables/, figures/, model/ "
+                  f"in {time.perf_counter() - t0:.1f} s")  # fmt: skip
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:

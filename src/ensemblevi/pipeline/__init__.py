@@ -4,13 +4,14 @@
 (a saved model whose record matches, or a new one saved at once) -> :func:`analyse` ->
 :func:`write_outputs` (tables, figures, results.h5ad, run.json, report), all into the stage
 of the run directory, committed by :func:`run_pipeline` at the end. :func:`run_de` adds a
-DE result to a finished run.
+DE result to a finished run; :func:`run_map` maps new cells onto its ensemble.
 """
 
 from ._analyse import Analysis, analyse
 from ._config import RunConfig
 from ._data import Prepared, load_data, prepare_data, training_data
 from ._de import DEResult, de_name, run_de
+from ._map import MapResult, prepare_query, run_map
 from ._outputs import write_figures, write_outputs
 from ._report import render_run_report, run_reading
 from ._run import StageFailed, run_pipeline
@@ -20,6 +21,7 @@ from ._train_command import merge_command, parse_shard, train_command
 __all__ = [
     "Analysis",
     "DEResult",
+    "MapResult",
     "Prepared",
     "RunConfig",
     "RunRefused",
@@ -31,8 +33,10 @@ __all__ = [
     "merge_command",
     "parse_shard",
     "prepare_data",
+    "prepare_query",
     "render_run_report",
     "run_de",
+    "run_map",
     "run_pipeline",
     "run_reading",
     "train_command",

@@ -22,12 +22,19 @@ class Analysis:
         ``cell_novelty``'s per-cell scores, or ``None`` for a one-member model.
     cv_threshold
         The CV above which a cell's marker value counts as uncertain.
+    groups
+        ``group_novelty``'s per-group table (each group's held-out cells against the other
+        groups'), or ``None`` where novelty was not tested.
+    clusters
+        ``cluster_stability``'s per-cluster table, or ``None`` for a one-member model.
     """
 
     summary: pd.DataFrame
     genes: pd.DataFrame
     novelty: pd.DataFrame | None
     cv_threshold: float
+    groups: pd.DataFrame | None = None
+    clusters: pd.DataFrame | None = None
 
 
 def analyse(
@@ -37,6 +44,7 @@ def analyse(
     labels_key: str,
     n_samples: int,
     seed: int = 0,
+    resolution: float = 1.0,
 ) -> Analysis:
     """Run the ensemble analyses of a run on ``adata`` (results also written into it).
 
@@ -58,6 +66,8 @@ def analyse(
         Latent samples per member.
     seed
         Random seed of the draws.
+    resolution
+        Leiden resolution of the cluster stability.
     """
     from ensemblevi import tl
     from ensemblevi.tl._novelty_rule import MIN_VALIDATION_CELLS
@@ -77,4 +87,12 @@ def analyse(
         }
     spread, genes, novelty = found["spread"], found["genes"], found["novelty"]
     threshold = adata.uns["ensemblevi"]["expression_spread"]["params"]["cv_threshold"]
-    return Analysis(spread["summary"], genes, novelty, threshold)
+    groups = None
+    if novelty is not None and labels_key in adata.obs:
+        # reads the scores cell_novelty just wrote: no second pass through the decoders
+        groups = tl.group_novelty(model, adata, groupby=labels_key, seed=seed, progress=False)
+    clusters = None
+    if several:  # every member is a run: do the clusters and neighbours hold up?
+        clusters = tl.cluster_stability(model, adata, resolution=resolution, seed=seed)
+        tl.member_umaps(model, adata, members=4, seed=seed)
+    return Analysis(spread["summary"], genes, novelty, threshold, groups, clusters)

@@ -51,6 +51,9 @@ class RunConfig:
         Latent samples per member in the analyses.
     seed
         Random seed (data, initialisation, training, analyses).
+    resolution
+        Leiden resolution of the cluster stability (each member's clusters and the
+        consensus).
     """
 
     data: str = "synthetic"
@@ -69,6 +72,7 @@ class RunConfig:
     epochs: int = 60
     n_samples: int = 10
     seed: int = 0
+    resolution: float = 1.0
 
     def __post_init__(self) -> None:
         # lists from the CLI become tuples: a frozen config must hash and compare by value
@@ -85,6 +89,8 @@ class RunConfig:
             if not isinstance(value, int) or value < low:
                 option = "--" + name.replace("_", "-")
                 problems.append(f"{option} must be an integer >= {low}, got {value!r}")
+        if not isinstance(self.resolution, int | float) or not self.resolution > 0:
+            problems.append(f"--resolution must be a number > 0, got {self.resolution!r}")
         if self.ensemble not in ENSEMBLE_KINDS:
             problems.append(f"--ensemble must be one of {list(ENSEMBLE_KINDS)}, got "
                             f"{self.ensemble!r}")  # fmt: skip

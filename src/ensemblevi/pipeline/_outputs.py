@@ -15,7 +15,13 @@ from ensemblevi._files import OutputDirectory, write_csv, write_json
 from ensemblevi.pipeline._analyse import Analysis
 from ensemblevi.pipeline._config import RunConfig
 from ensemblevi.pipeline._data import Prepared
-from ensemblevi.pipeline._report import DE_KEY, render_run_report, run_reading
+from ensemblevi.pipeline._report import (
+    DE_KEY,
+    group_reading,
+    render_run_report,
+    run_reading,
+    stability_reading,
+)
 from ensemblevi.pipeline._train import Trained
 
 #: tables written without their index (it is a plain row number)
@@ -65,6 +71,12 @@ def write_figures(stage: Path, adata: AnnData, trained: Trained, analysis: Analy
     }
     if analysis.novelty is not None:
         figs["novelty_umap"] = lambda: pl.novelty_umap(adata, color=labels_key, return_fig=True)
+    if analysis.groups is not None:
+        figs["group_novelty"] = lambda: pl.group_novelty(adata, return_fig=True)
+    if analysis.clusters is not None:
+        figs["cluster_stability"] = lambda: pl.cluster_stability(adata, return_fig=True)
+        figs["stability_umap"] = lambda: pl.stability_umap(adata, return_fig=True)
+        figs["member_embeddings"] = lambda: pl.member_embeddings(adata, return_fig=True)
     if trained.model.ensemble == "hyperbatch":
         figs["hyperparameters"] = lambda: pl.hyperparameter_trajectories(
             trained.model, return_fig=True
@@ -131,6 +143,8 @@ def write_outputs(
         "marker_summary": analysis.summary,
         "gene_uncertainty": analysis.genes,
         "cell_novelty": analysis.novelty,
+        "group_novelty": analysis.groups,
+        "cluster_stability": analysis.clusters,
         "hyperparameters": hyper,
         "run_metadata": config_frame(config.options()),
     }
@@ -144,6 +158,13 @@ def write_outputs(
     novelty = adata.uns["ensemblevi"].get("cell_novelty")
     reading = run_reading(analysis.summary, analysis.genes, model.n_members,
                           analysis.cv_threshold, novelty, adata.n_obs)  # fmt: skip
+    if analysis.groups is not None:
+        stored = adata.uns["ensemblevi"]["group_novelty"]
+        reading += group_reading(analysis.groups, stored["groupby"], stored["fdr"],
+                                 own=True)  # fmt: skip
+    if analysis.clusters is not None:
+        reading += stability_reading(adata.uns["ensemblevi"]["cluster_stability"],
+                                     adata.uns["ensemblevi"]["neighbourhood_stability"])
     timings["total"] = sum(v for k, v in timings.items() if k != "total")
     options = config.options()
     versions = {

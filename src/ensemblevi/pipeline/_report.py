@@ -301,8 +301,71 @@ def novelty_text(novelty: dict, n_cells: int) -> str:
                  f"{100 * fpr:.1f}% of them were flagged, against a target of "
                  f"{100 * novelty['alpha']:g}%.")  # fmt: skip
     return text + (" To find the cells and populations the model has not seen, map new "
-                   "cells onto it (EnsembleSCVI.load_query_data, then tl.cell_novelty and "
-                   "tl.group_novelty with reference_model=).")
+                   "cells onto it: `ensemblevi map --model <this run> --query new.h5ad`.")
+
+
+def group_reading(groups: pd.DataFrame, groupby: str, fdr: float, own: bool = False) -> list[str]:
+    """The report's sentences on ``group_novelty``'s table: each novel group, or none.
+
+    Parameters
+    ----------
+    groups
+        ``group_novelty``'s table (index: the groups).
+    groupby
+        The groups' ``obs`` column.
+    fdr
+        The table's Benjamini-Hochberg level.
+    own
+        The groups are of the model's own cells (each group's held-out cells against the
+        other groups'): every group was seen in training, so a call is a group the model
+        fits worse than the rest, not an unseen one.
+    """
+    novel = groups[groups["is_novel"].astype(bool)]
+    tested = int(pd.to_numeric(groups["qval"], errors="coerce").notna().sum())
+    if novel.empty:
+        where = "of the model's own cells stands out from the others" if own else (
+            "of the query is unlike the reference")
+        return [f"No {groupby} group {where} at FDR {100 * fdr:g}% ({tested} groups tested)."]
+    lines = []
+    for name, row in novel.iterrows():
+        q = "q < 1e-10" if row["qval"] < 1e-10 else f"q = {row['qval']:.2g}"
+        what = ("scores above the held-out cells of the other groups (it was in training: "
+                "the model fits it worse, or it is a mix of kinds)" if own else
+                "is unlike anything the model trained on")  # fmt: skip
+        lines.append(f"{groupby} {name} ({int(row['n_cells']):,} cells) {what}: AUROC "
+                     f"{row['auroc']:.2f}, {q}.")  # fmt: skip
+    return lines
+
+
+def stability_reading(clusters: dict, neighbourhood: dict) -> list[str]:
+    """The report's sentences on the cluster and neighbourhood stability.
+
+    Parameters
+    ----------
+    clusters
+        ``uns["ensemblevi"]["cluster_stability"]``.
+    neighbourhood
+        ``uns["ensemblevi"]["neighbourhood_stability"]``.
+    """
+    table = pd.DataFrame(clusters["table"])
+    n_members = len(clusters["ari"])
+    bad = table[~table["reproducible"].astype(bool)]
+    threshold = clusters["params"]["threshold"]
+    text = (f"Each of the {n_members} members is a training run: clustered on its own (Leiden, "
+            f"resolution {clusters['params']['resolution']:g}), they agree with mean ARI "
+            f"{clusters['mean_ari']:.2f}, and a cell keeps on average "
+            f"{100 * neighbourhood['mean']:.0f}% of its {neighbourhood['n_neighbors'] - 1} "
+            f"nearest neighbours from one member to another (Jaccard). ")
+    if bad.empty:
+        text += (f"All {len(table)} consensus clusters are reproducible (best-match Jaccard "
+                 f">= {threshold:g} on average over members).")
+    else:
+        names = ", ".join(f"{c} ({int(n)} cells, {v:.2f})" for c, n, v in
+                          zip(bad["cluster"], bad["n_cells"], bad["stability"], strict=True))
+        text += (f"{len(bad)} of {len(table)} consensus clusters are not reproducible "
+                 f"(best-match Jaccard below {threshold:g}): {names}; do not report them "
+                 "as populations without other evidence.")
+    return [text]
 
 
 def render_run_report(out: str | os.PathLike, stage: str | os.PathLike | None = None) -> Path:
@@ -356,6 +419,17 @@ def render_run_report(out: str | os.PathLike, stage: str | os.PathLike | None = 
     ]  # fmt: skip
     if fig("novelty_umap"):
         sections.append(("Cell novelty", fig("novelty_umap")))
+    groups = _csv(find("tables/group_novelty.csv"))
+    if groups is not None:
+        sections.append(("Groups that stand out", [
+            "Each group's held-out cells against the held-out cells of the other groups "
+            "(one-sided rank test of the novelty score, Benjamini-Hochberg across groups). "
+            "Every group here was in training; novelty proper is tested on new cells "
+            "(`ensemblevi map`).",
+            *fig("group_novelty"),
+            groups[[c for c in ("group", "n_cells", "n_tested", "auroc", "qval", "is_novel")
+                    if c in groups.columns]],
+        ]))  # fmt: skip
     if hyper is not None:
         sections.append(("Tuned hyperparameters (Hyper-BatchEnsemble)", [
             "Each member's interval of each tuned hyperparameter over training (band) and "
@@ -383,6 +457,19 @@ def render_run_report(out: str | os.PathLike, stage: str | os.PathLike | None = 
             "Top 25 genes by proba_de:",
             *fig(name),
             table[[c for c in [*DE_COLUMNS, call] if c in table.columns]].head(25),
+        ]))  # fmt: skip
+    clusters = _csv(find("tables/cluster_stability.csv"))
+    if clusters is not None:
+        sections.append(("Do the clusters hold up?", [
+            "Each member was clustered on its own latent space (Leiden); the consensus "
+            "clusters come from how often members put two neighbouring cells together. A "
+            "cluster's stability is the Jaccard index of its best-matching cluster in each "
+            "member, averaged over members (Hennig 2007: below 0.6, not to be trusted); "
+            "mk is the overlap of the members' top-10 marker genes.",
+            *fig("cluster_stability"), *fig("stability_umap"),
+            "One UMAP per member (aligned for display only), coloured by consensus cluster:",
+            *fig("member_embeddings"),
+            clusters,
         ]))  # fmt: skip
     if missing is not None:
         sections.append(("Markers not usable", [missing]))

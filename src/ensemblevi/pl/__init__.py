@@ -7,19 +7,24 @@ the package changes no matplotlib setting; the figures' style applies while they
 """
 
 from ._model import calibration, de_volcano, hyperparameter_trajectories
-from ._novelty import novelty_umap
+from ._novelty import group_novelty, novelty_umap
 from ._spread import biological_spread, gene_uncertainty, member_histograms, model_spread
+from ._stability import cluster_stability, member_embeddings, stability_umap
 from ._utils import save_figure, style
 
 __all__ = [
     "biological_spread",
     "calibration",
+    "cluster_stability",
     "de_volcano",
     "gene_uncertainty",
+    "group_novelty",
     "hyperparameter_trajectories",
+    "member_embeddings",
     "member_histograms",
     "model_spread",
     "novelty_umap",
     "save_figure",
+    "stability_umap",
     "style",
 ]

@@ -82,3 +82,67 @@ def novelty_umap(
             axis.set_xlabel("UMAP 1")
             axis.set_ylabel("UMAP 2")
     return finish(fig, axes, "novelty_umap", show, save, return_fig)
+
+
+def group_novelty(
+    adata: AnnData,
+    key: str = KEY,
+    ax: Axes | None = None,
+    show: bool | None = None,
+    save: SaveArg = None,
+    return_fig: bool | None = None,
+) -> Figure | Axes | None:
+    """Per group, the AUROC of its novelty scores against the reference, novel groups in red.
+
+    Reads the table ``tl.group_novelty`` stored in ``adata.uns[key]["group_novelty"]``: one
+    bar per tested group (AUROC 0.5: like the reference cells; 1: every cell scores above
+    them), labelled with its cell count and q-value; groups too small to test are listed
+    without a bar.
+
+    Parameters
+    ----------
+    adata
+        AnnData that ``tl.group_novelty`` wrote into.
+    key
+        The prefix it wrote under.
+    ax
+        Axes to draw into.
+    show
+        Show the figure; ``None``: when matplotlib is interactive.
+    save
+        Write the figure: a path or ``True`` (``group_novelty.png`` in ``figdir``).
+    return_fig
+        Return the Figure instead of the Axes.
+
+    Returns
+    -------
+    The Figure with ``return_fig``, ``None`` when shown, else the Axes.
+    """
+    import pandas as pd
+
+    stored = adata.uns.get(key, {}).get("group_novelty")
+    if stored is None:
+        raise ValueError(f"No adata.uns[{key!r}]['group_novelty']; run "
+                         "ensemblevi.tl.group_novelty first.")  # fmt: skip
+    table = pd.DataFrame(stored["table"]).set_index("group")
+    table = table.sort_values("auroc", na_position="first")
+    with style():
+        height = max(2.0, 0.28 * len(table) + 1.0)
+        fig, (axis,) = panels(1, ax, ncols=1, size=(5.2, height))
+        auroc = pd.to_numeric(table["auroc"], errors="coerce")
+        novel = table["is_novel"].astype(bool).to_numpy()
+        y = range(len(table))
+        axis.barh(y, auroc.fillna(0.5).to_numpy() - 0.5, left=0.5,
+                  color=["#c0392b" if v else "#95a5a6" for v in novel])  # fmt: skip
+        axis.axvline(0.5, color="black", lw=0.8)
+        axis.set_yticks(list(y), [str(g) for g in table.index])
+        axis.set_xlim(0, 1.12)
+        for i, (g, row) in enumerate(table.iterrows()):
+            q = pd.to_numeric(row["qval"], errors="coerce")
+            text = (f"n={int(row['n_cells'])}, not tested" if pd.isna(q) else
+                    f"n={int(row['n_cells'])}, q={q:.1g}")  # fmt: skip
+            x = 0.5 if pd.isna(auroc[g]) else max(float(auroc[g]), 0.5)
+            axis.text(x + 0.01, i, text, va="center", fontsize=7)
+        axis.set_xlabel(f"AUROC of {stored['score']} against the reference cells")
+        axis.set_title(f"Is each {stored['groupby']} group novel? (red: q < {stored['fdr']:g})")
+    return finish(fig, [axis], "group_novelty", show, save, return_fig)

@@ -82,6 +82,7 @@ def umap(
     n_neighbors: int = 15,
     n_epochs: int | None = 200,
     seed: int = 0,
+    graph_key: str | None = None,
 ) -> np.ndarray:
     """PCA, exact neighbour graph and UMAP of per-cell ``values``, stored in ``obsm``.
 
@@ -104,6 +105,9 @@ def umap(
         time).
     seed
         Seed of the PCA and the UMAP layout.
+    graph_key
+        Also store the fuzzy neighbour graph in ``adata.obsp[graph_key]`` (for
+        ``sc.tl.leiden(adata, adjacency=...)``); ``None``: not kept.
 
     Returns
     -------
@@ -138,6 +142,8 @@ def umap(
     }  # fmt: skip
     sc.tl.umap(tmp, random_state=seed, maxiter=n_epochs)
     adata.obsm[key_added] = tmp.obsm["X_umap"]
+    if graph_key is not None:
+        adata.obsp[graph_key] = tmp.obsp["connectivities"]
     return adata.obsm[key_added]
 
 
@@ -151,6 +157,7 @@ def expression_umap(
     n_neighbors: int = 15,
     n_epochs: int | None = 200,
     seed: int = 0,
+    graph_key: str | None = None,
 ) -> np.ndarray:
     """UMAP of ``log1p`` of the model's member-averaged denoised expression (see :func:`umap`).
 
@@ -167,7 +174,7 @@ def expression_umap(
         Latent samples per member averaged into the expression.
     library_size
         Counts per cell the expression is expressed in.
-    key_added, n_pcs, n_neighbors, n_epochs, seed
+    key_added, n_pcs, n_neighbors, n_epochs, seed, graph_key
         As in :func:`umap`; ``seed`` also seeds the latent samples.
 
     Returns
@@ -178,4 +185,47 @@ def expression_umap(
     rho = model.get_normalized_expression(
         adata, library_size=library_size, n_samples=n_samples, return_numpy=True, seed=seed
     )
-    return umap(adata, np.log1p(rho), key_added, n_pcs, n_neighbors, n_epochs, seed)
+    return umap(adata, np.log1p(rho), key_added, n_pcs, n_neighbors, n_epochs, seed, graph_key)
+
+
+def member_umaps(
+    model,
+    adata: AnnData | None = None,
+    members: int | list[int] = 4,
+    n_neighbors: int = 15,
+    n_epochs: int | None = 200,
+    seed: int = 0,
+) -> list[str]:
+    """A UMAP of each of some members' own latent space, for ``pl.member_embeddings``.
+
+    Each member's codes get their own neighbour graph and layout (:func:`umap` of the
+    codes, all their principal components but the last); the layouts are never averaged
+    (the spaces are not aligned), and ``pl.member_embeddings`` aligns them for display
+    only.
+
+    Parameters
+    ----------
+    model
+        A trained :class:`~ensemblevi.model.EnsembleSCVI`.
+    adata
+        AnnData registered with the model (default: the model's).
+    members
+        How many members (the first ones) or which.
+    n_neighbors, n_epochs, seed
+        As in :func:`umap`.
+
+    Returns
+    -------
+    The ``obsm`` keys written, ``X_umap_member_<k>``.
+    """
+    adata = model._validate_anndata(adata)
+    chosen = list(range(min(members, model.n_members))) if isinstance(members, int) else [
+        model._check_member(k) for k in members]
+    keys = []
+    for k in chosen:
+        z = np.asarray(model.get_latent_representation(adata, member=k))
+        key = f"X_umap_member_{k}"
+        umap(adata, z, key, n_pcs=z.shape[1], n_neighbors=n_neighbors, n_epochs=n_epochs,
+             seed=seed)  # fmt: skip
+        keys.append(key)
+    return keys

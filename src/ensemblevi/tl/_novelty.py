@@ -91,6 +91,27 @@ def _scores(model, adata: AnnData, n_samples: int, seed: int, progress: bool,
                         index=adata.obs_names[cells])  # fmt: skip
 
 
+def _query_batch(model, adata: AnnData) -> str | None:
+    """The query's most common batch, where ``model`` is a query model with a batch column.
+
+    A query model decodes its cells through batch columns trained on them (scArches), which
+    shifts the decoder scores of every query cell, seen type or not (on PBMC 3k mapped as a
+    new batch, ``group_novelty`` flagged every seen type when the reference's cells were
+    decoded in their own batch): so the calibration cells are decoded in the query's batch.
+    """
+    key = model.adata_manager.registry["setup_args"].get("batch_key")
+    if not getattr(model, "is_query_model_", False) or key is None or key not in adata.obs:
+        return None
+    return str(adata.obs[key].astype(str).value_counts().index[0])
+
+
+def _in_batch(model, cells: AnnData, batch: str) -> AnnData:
+    key = model.adata_manager.registry["setup_args"]["batch_key"]
+    out = cells.copy()
+    out.obs[key] = batch
+    return model._validate_anndata(out)
+
+
 def _check_novelty(model, alpha: float) -> None:
     if model.n_members < 2:
         raise ValueError("cell_novelty needs an ensemble of at least 2 members to disagree.")
@@ -144,9 +165,15 @@ def flag_novel_cells(
     own = adata is ref.adata
     seed = int(info.get("seed", 0))
     # the reference's scores are needed on its calibration cells only
-    calib = (scores.iloc[ref.calibration].copy() if own else
-             _scores(model, ref.adata, info.get("n_samples", 5), seed, progress,
-                     cells=ref.calibration))  # fmt: skip
+    if own:
+        calib = scores.iloc[ref.calibration].copy()
+    elif (batch := _query_batch(model, adata)) is not None:
+        info = {**info, "calibration_batch": batch}
+        calib = _scores(model, _in_batch(model, ref.adata[ref.calibration], batch),
+                        info.get("n_samples", 5), seed, progress)  # fmt: skip
+    else:
+        calib = _scores(model, ref.adata, info.get("n_samples", 5), seed, progress,
+                        cells=ref.calibration)  # fmt: skip
     z_ref = member_latents(model, ref.adata)
     z = z_ref if own else member_latents(model, adata)
     self_rows = None
