@@ -13,11 +13,14 @@ Per cell: AUROC of each score for B against the query's seen cells, TPR at 1% / 
 reference model itself (no mapping: same batch) are the comparison.
 
 Run: ``PYTHONPATH=src .venv/bin/python benchmarks/bench_query_novelty.py --pbmc
-../shared/data/pbmc3k.h5ad --kinds deep batch``
+../shared/data/pbmc3k.h5ad --kinds deep batch --seed S --out bench_results/query_s<S>.json``
+for S = 0, 1, 2, then ``... bench_query_novelty.py --summarise bench_results/query_s*.json``
+for the table over seeds.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -107,7 +110,32 @@ def markdown(r: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def summary(paths: list[str]) -> str:
+    """One row per (kind, seed) from the ``--out`` files of several seeds."""
+    import pandas as pd
+
+    out = ["| kind | seed | AUROC knn | rule FPR / TPR at 5% | rule FPR / TPR at 1% | groups "
+           "flagged, direct | groups flagged, mapped |", "| --- " * 7 + "|"]  # fmt: skip
+    for path in paths:
+        seed = Path(path).stem.rsplit("_s", 1)[-1]
+        for r in json.loads(Path(path).read_text()):
+            c = r["mapped"]
+            flags = []
+            for arm in ("direct", "mapped"):
+                df = pd.DataFrame(r[f"{arm}_groups"])
+                flags.append(", ".join(g for g, v in zip(df["group"], df["is_novel"],
+                                                         strict=True) if v) or "none")
+            out.append(f"| {r['kind']} | {seed} | {c['auroc_novelty_knn']:.3f} | "
+                       f"{c['rule_fpr_0.05']:.3f} / {c['rule_tpr_0.05']:.2f} | "
+                       f"{c['rule_fpr_0.01']:.3f} / {c['rule_tpr_0.01']:.2f} | {flags[0]} | "
+                       f"{flags[1]} |")  # fmt: skip
+    return "\n".join(out)
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--summarise"]:  # the table of several seeds' --out files
+        print(summary(sys.argv[2:]))
+        return
     main_loop(__doc__, "bench_results/query_novelty.json", run, markdown,
               extra=[("--query-epochs", {"type": int, "default": 100})])
 

@@ -188,3 +188,49 @@ def test_knn_distance_leaves_each_training_cell_out_of_its_own_neighbours():
         if self_rows[i] >= 0:
             d = np.delete(d, self_rows[i])
         assert got[i] == pytest.approx(np.sort(d)[:6].mean())
+
+
+def test_share_test_is_the_exact_binomial_tail_with_bh():
+    from math import comb
+
+    from ensemblevi.tl._group_novelty import group_share_test
+
+    rng = np.random.default_rng(4)
+    groups = np.repeat(["a", "b", "c", "d"], [30, 12, 40, 5])
+    share = {"a": 0.9, "b": 0.5, "c": 0.1, "d": 1.0}
+    flags = np.array([rng.random() < share[g] for g in groups])
+    table = group_share_test(flags, groups, min_share=0.5, fdr=0.05, min_cells=10)
+    pvals = {}
+    for g in "abc":
+        n, x = int((groups == g).sum()), int(flags[groups == g].sum())
+        pvals[g] = sum(comb(n, j) for j in range(x, n + 1)) / 2**n  # P(Bin(n, 1/2) >= x)
+        assert table.loc[g, "pval"] == pytest.approx(pvals[g], rel=1e-9)
+        assert table.loc[g, "share_flagged"] == pytest.approx(x / n)
+    order = sorted(pvals, key=pvals.get)  # BH by hand
+    q, running = {}, 1.0
+    for rank in range(len(order), 0, -1):
+        g = order[rank - 1]
+        running = min(running, pvals[g] * len(order) / rank)
+        q[g] = running
+    for g in "abc":
+        assert table.loc[g, "qval"] == pytest.approx(q[g])
+    assert np.isnan(table.loc["d", "pval"]) and not table.loc["d", "is_novel"]  # 5 < 10 cells
+    assert table.loc["a", "is_novel"] and not table.loc["c", "is_novel"]
+
+
+def test_majority_test_counts_the_calibrated_per_cell_flags(novelty_model):
+    adata, model = novelty_model
+    query = adata[model.validation_indices].copy()
+    table = ev.tl.group_novelty(model, query, groupby="cell_type", cell_alpha=0.2,
+                                min_cells=3, progress=False)  # fmt: skip
+    info = query.uns["ensemblevi"]["cell_novelty"]
+    cal = np.sort(info["calibration_scores"]["novelty_knn"])
+    threshold = cal[int(np.ceil((len(cal) + 1) * 0.8)) - 1]
+    flagged = query.obs["ensemblevi_novelty_knn"].to_numpy() > threshold
+    labels = query.obs["cell_type"].astype(str).to_numpy()
+    for g, row in table.iterrows():
+        assert row["n_flagged"] == flagged[labels == g].sum()
+    stored = query.uns["ensemblevi"]["group_novelty"]
+    assert stored["test"] == "majority" and stored["score"] == "novelty_knn"
+    with pytest.raises(ValueError, match="test must be"):
+        ev.tl.group_novelty(model, query, test="binomial", progress=False)

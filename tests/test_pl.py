@@ -32,6 +32,8 @@ def analysed():
         alpha=0.05, embedding=True, progress=False,
     )  # fmt: skip
     ev.tl.group_novelty(model, adata, groupby="cell_type", min_cells=3, progress=False)
+    ev.tl.cluster_stability(model, adata, n_top_markers=5)
+    ev.tl.member_umaps(model, adata, members=3, n_epochs=30)
     return adata
 
 
@@ -66,6 +68,9 @@ PLOTS = {
     "gene_uncertainty": (lambda a, **kw: ev.pl.gene_uncertainty(a, highlight=["DCN"], **kw), 1),
     "novelty_umap": (lambda a, **kw: ev.pl.novelty_umap(a, color="cell_type", **kw), 4),
     "group_novelty": (lambda a, **kw: ev.pl.group_novelty(a, **kw), 1),
+    "cluster_stability": (lambda a, **kw: ev.pl.cluster_stability(a, **kw), 1),
+    "stability_umap": (lambda a, **kw: ev.pl.stability_umap(a, **kw), 3),
+    "member_embeddings": (lambda a, **kw: ev.pl.member_embeddings(a, **kw), 3),
     "calibration": (lambda a, **kw: ev.pl.calibration(_calibration(), **kw), 2),
     "de_volcano": (lambda a, **kw: ev.pl.de_volcano(_de_table(), **kw), 2),
 }
@@ -183,17 +188,41 @@ def test_novelty_umap_reads_the_stored_embedding(analysed):
     plt.close("all")
 
 
-def test_group_novelty_bars_are_the_stored_aurocs(analysed):
+def test_group_novelty_bars_are_the_stored_values(analysed):
     ax = ev.pl.group_novelty(analysed, show=False)
     table = pd.DataFrame(analysed.uns["ensemblevi"]["group_novelty"]["table"])
     bars = {t.get_text(): p.get_x() + p.get_width()
             for t, p in zip(ax.get_yticklabels(), ax.patches, strict=True)}  # fmt: skip
-    for _, row in table.iterrows():
-        expected = 0.5 if pd.isna(row["auroc"]) else row["auroc"]
+    for _, row in table.iterrows():  # the majority test: the share of cells flagged
+        expected = 0.0 if pd.isna(row["share_flagged"]) else row["share_flagged"]
         assert bars[row["group"]] == pytest.approx(expected)
     plt.close("all")
     with pytest.raises(ValueError, match="group_novelty first"):
         ev.pl.group_novelty(ev.data.synthetic("lopez2020", n_cells=50, n_genes=10), show=False)
+
+
+def test_cluster_stability_bars_are_the_stored_values_and_threshold(analysed):
+    ax = ev.pl.cluster_stability(analysed, show=False)
+    stored = analysed.uns["ensemblevi"]["cluster_stability"]
+    table = pd.DataFrame(stored["table"])
+    np.testing.assert_allclose([p.get_height() for p in ax.patches], table["stability"])
+    assert ax.lines[0].get_ydata()[0] == stored["params"]["threshold"]
+    plt.close("all")
+
+
+def test_member_embeddings_align_for_display_only(analysed):
+    from ensemblevi.pl._stability import _aligned
+
+    rng = np.random.default_rng(0)
+    target = rng.normal(size=(50, 2))
+    rot = np.array([[0.0, -1.0], [1.0, 0.0]])
+    source = 3.0 * target @ rot + np.array([5.0, -2.0])
+    np.testing.assert_allclose(_aligned(target, source), target, atol=1e-10)
+    before = analysed.obsm["X_umap_member_1"].copy()
+    axes = ev.pl.member_embeddings(analysed, show=False)
+    assert [a.get_title() for a in axes] == ["member 0", "member 1", "member 2"]
+    np.testing.assert_array_equal(analysed.obsm["X_umap_member_1"], before)  # not changed
+    plt.close("all")
 
 
 def test_save_figure_is_atomic(analysed, tmp_path, monkeypatch):

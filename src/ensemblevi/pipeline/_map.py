@@ -283,12 +283,15 @@ def _write(stage: Path, q: AnnData, qmodel, cells: pd.DataFrame, groups: pd.Data
     qmodel.save(str(stage / "model"), save_anndata=False, overwrite=True)
     write_h5ad_atomic(q, stage / "results.h5ad", overwrite=True)
     write_json(stage / "map.json", {**record, "reading": reading})
-    shown = groups.reset_index()[["group", "n_cells", "n_tested", "auroc", "qval", "is_novel"]]
+    shown = groups.reset_index()[["group", "n_cells", "n_tested", "share_flagged", "auroc",
+                                  "qval", "is_novel"]]  # fmt: skip
     write_report(stage / "report.html", "ensemblevi map report", reading, [
         ("Novel populations", [
-            f"Each {key} group's novelty scores against the reference's held-out cells "
-            "nearest to its cells (one-sided rank test, Benjamini-Hochberg across groups; "
-            "AUROC 0.5: like the reference).",
+            f"Per {key} group, the share of its cells the per-cell rule flags (at 5%), "
+            "tested one-sided against a share of one half (binomial, Benjamini-Hochberg "
+            "across groups): a novel group is one most of whose cells lie outside what the "
+            "model trained on. AUROC: its novelty_knn against the reference's held-out "
+            "cells.",
             stage / "figures" / "group_novelty.png", shown]),
         ("Novel cells", [stage / "figures" / "novelty_umap.png",
                          f"{int(np.sum(cells['is_novel'])):,} cells flagged."]),

@@ -329,11 +329,13 @@ def group_reading(groups: pd.DataFrame, groupby: str, fdr: float, own: bool = Fa
     lines = []
     for name, row in novel.iterrows():
         q = "q < 1e-10" if row["qval"] < 1e-10 else f"q = {row['qval']:.2g}"
-        what = ("scores above the held-out cells of the other groups (it was in training: "
-                "the model fits it worse, or it is a mix of kinds)" if own else
+        what = ("has most of its held-out cells flagged although it was in training (the "
+                "model fits it poorly: too few cells, or a mix of kinds)" if own else
                 "is unlike anything the model trained on")  # fmt: skip
-        lines.append(f"{groupby} {name} ({int(row['n_cells']):,} cells) {what}: AUROC "
-                     f"{row['auroc']:.2f}, {q}.")  # fmt: skip
+        share = (f"{100 * row['share_flagged']:.0f}% of its cells flagged, "
+                 if "share_flagged" in row and pd.notna(row["share_flagged"]) else "")
+        lines.append(f"{groupby} {name} ({int(row['n_cells']):,} cells) {what}: {share}"
+                     f"AUROC {row['auroc']:.2f}, {q}.")  # fmt: skip
     return lines
 
 
@@ -422,12 +424,14 @@ def render_run_report(out: str | os.PathLike, stage: str | os.PathLike | None = 
     groups = _csv(find("tables/group_novelty.csv"))
     if groups is not None:
         sections.append(("Groups that stand out", [
-            "Each group's held-out cells against the held-out cells of the other groups "
-            "(one-sided rank test of the novelty score, Benjamini-Hochberg across groups). "
-            "Every group here was in training; novelty proper is tested on new cells "
-            "(`ensemblevi map`).",
+            "Per group, the share of its held-out cells that the per-cell novelty rule "
+            "flags (each against the other half's threshold), tested one-sided against a "
+            "share of one half (binomial, Benjamini-Hochberg across groups). Every group "
+            "here was in training; novelty proper is tested on new cells (`ensemblevi "
+            "map`).",
             *fig("group_novelty"),
-            groups[[c for c in ("group", "n_cells", "n_tested", "auroc", "qval", "is_novel")
+            groups[[c for c in ("group", "n_cells", "n_tested", "share_flagged", "auroc", "qval",
+                                  "is_novel")
                     if c in groups.columns]],
         ]))  # fmt: skip
     if hyper is not None:

@@ -92,12 +92,13 @@ def group_novelty(
     save: SaveArg = None,
     return_fig: bool | None = None,
 ) -> Figure | Axes | None:
-    """Per group, the AUROC of its novelty scores against the reference, novel groups in red.
+    """Per group, how novel its cells are; novel groups in red.
 
     Reads the table ``tl.group_novelty`` stored in ``adata.uns[key]["group_novelty"]``: one
-    bar per tested group (AUROC 0.5: like the reference cells; 1: every cell scores above
-    them), labelled with its cell count and q-value; groups too small to test are listed
-    without a bar.
+    bar per tested group, the share of its cells the per-cell rule flags with the majority
+    test (dashed: the null's share), the AUROC against the reference cells with the rank
+    test (0.5: like them), labelled with its cell count and q-value; groups too small to
+    test are listed without a bar.
 
     Parameters
     ----------
@@ -125,24 +126,32 @@ def group_novelty(
         raise ValueError(f"No adata.uns[{key!r}]['group_novelty']; run "
                          "ensemblevi.tl.group_novelty first.")  # fmt: skip
     table = pd.DataFrame(stored["table"]).set_index("group")
-    table = table.sort_values("auroc", na_position="first")
+    share = "share_flagged" in table  # the majority test: the share of cells flagged
+    value = pd.to_numeric(table["share_flagged" if share else "auroc"], errors="coerce")
+    base = 0.0 if share else 0.5
+    order = value.fillna(-1).sort_values(kind="stable").index
+    table, value = table.loc[order], value.loc[order]
     with style():
         height = max(2.0, 0.28 * len(table) + 1.0)
         fig, (axis,) = panels(1, ax, ncols=1, size=(5.2, height))
-        auroc = pd.to_numeric(table["auroc"], errors="coerce")
         novel = table["is_novel"].astype(bool).to_numpy()
         y = range(len(table))
-        axis.barh(y, auroc.fillna(0.5).to_numpy() - 0.5, left=0.5,
+        axis.barh(y, value.fillna(base).to_numpy() - base, left=base,
                   color=["#c0392b" if v else "#95a5a6" for v in novel])  # fmt: skip
-        axis.axvline(0.5, color="black", lw=0.8)
+        line = stored.get("min_share", 0.5) if share else 0.5
+        axis.axvline(line, color="black", lw=0.8, ls="--" if share else "-")
         axis.set_yticks(list(y), [str(g) for g in table.index])
-        axis.set_xlim(0, 1.12)
+        axis.set_xlim(0, 1.25)
         for i, (g, row) in enumerate(table.iterrows()):
             q = pd.to_numeric(row["qval"], errors="coerce")
             text = (f"n={int(row['n_cells'])}, not tested" if pd.isna(q) else
                     f"n={int(row['n_cells'])}, q={q:.1g}")  # fmt: skip
-            x = 0.5 if pd.isna(auroc[g]) else max(float(auroc[g]), 0.5)
+            x = base if pd.isna(value[g]) else max(float(value[g]), base)
             axis.text(x + 0.01, i, text, va="center", fontsize=7)
-        axis.set_xlabel(f"AUROC of {stored['score']} against the reference cells")
+        if share:
+            axis.set_xlabel(f"share of cells flagged (per-cell rule at "
+                            f"{100 * stored['cell_alpha']:g}%; dashed: null share)")  # fmt: skip
+        else:
+            axis.set_xlabel(f"AUROC of {stored['score']} against the reference cells")
         axis.set_title(f"Is each {stored['groupby']} group novel? (red: q < {stored['fdr']:g})")
     return finish(fig, [axis], "group_novelty", show, save, return_fig)
