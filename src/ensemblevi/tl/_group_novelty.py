@@ -47,6 +47,18 @@ COLUMNS = ("n_cells", "n_tested", "n_reference", "median_score", "median_referen
            "pval", "qval", "is_novel")  # fmt: skip
 
 
+def _bh_calls(table: pd.DataFrame, fdr: float) -> pd.DataFrame:
+    """``qval`` (Benjamini-Hochberg over the groups with a ``pval``) and ``is_novel``."""
+    tested = table["pval"].notna().to_numpy()
+    q = np.full(len(table), np.nan)
+    if tested.any():
+        q[tested] = stats.false_discovery_control(table["pval"].to_numpy()[tested], method="bh")
+    table["qval"] = q
+    table["is_novel"] = np.nan_to_num(q, nan=1.0) < fdr
+    table.index.name = "group"
+    return table
+
+
 def rank_auroc(x: np.ndarray, ref: np.ndarray) -> float:
     """``P(X > R) + P(X = R) / 2`` for ``X`` from ``x``, ``R`` from ``ref`` (the
     Mann-Whitney U statistic of ``x`` over ``len(x) * len(ref)``).
@@ -115,14 +127,7 @@ def group_rank_test(
             row["auroc"] = rank_auroc(x, ref)
             row["pval"] = float(stats.mannwhitneyu(x, ref, alternative="greater").pvalue)
         rows[g] = row
-    table = pd.DataFrame.from_dict(rows, orient="index")
-    tested = table["pval"].notna().to_numpy()
-    q = np.full(len(table), np.nan)
-    if tested.any():
-        q[tested] = stats.false_discovery_control(table["pval"].to_numpy()[tested], method="bh")
-    table["qval"] = q
-    table["is_novel"] = np.nan_to_num(q, nan=1.0) < fdr
-    table.index.name = "group"
+    table = _bh_calls(pd.DataFrame.from_dict(rows, orient="index"), fdr)
     return table.sort_values(["qval", "auroc"], ascending=[True, False], na_position="last")
 
 
@@ -164,14 +169,7 @@ def group_share_test(
         p = float(stats.binom.sf(x - 1, n, min_share)) if n >= min_cells else np.nan
         rows[g] = {"n_tested": n, "n_flagged": x, "share_flagged": x / n if n else np.nan,
                    "pval": p}  # fmt: skip
-    table = pd.DataFrame.from_dict(rows, orient="index")
-    tested = table["pval"].notna().to_numpy()
-    q = np.full(len(table), np.nan)
-    if tested.any():
-        q[tested] = stats.false_discovery_control(table["pval"].to_numpy()[tested], method="bh")
-    table["qval"] = q
-    table["is_novel"] = np.nan_to_num(q, nan=1.0) < fdr
-    table.index.name = "group"
+    table = _bh_calls(pd.DataFrame.from_dict(rows, orient="index"), fdr)
     return table
 
 
