@@ -354,6 +354,61 @@ def map_command(
                   f"in {time.perf_counter() - t0:.1f} s")  # fmt: skip
 
 
+@app.command("annotate")
+def annotate_command(
+    data: Annotated[Path, typer.Option(help="Cells with labels: .h5ad, 10x .h5 or directory.")],
+    labels_key: Annotated[str, typer.Option(help="obs column of the cell types.")],
+    out: Annotated[Path, typer.Option(help="Output directory of the annotation.")],
+    unlabeled_category: Annotated[
+        str, typer.Option(help="Value of --labels-key for cells of unknown type.")
+    ] = "Unknown",
+    holdout: Annotated[
+        float, typer.Option(help="Share of each type's labels hidden to measure accuracy "
+                            "and calibration.")
+    ] = 0.2,
+    layer: LayerOpt = None,
+    batch_key: Annotated[str | None, typer.Option(help="obs column of the batches.")] = None,
+    kind: Annotated[str, typer.Option(help="Ensemble kind: deep, batch, hyperbatch, "
+                                      "mcdropout, single.")] = "deep",
+    members: Annotated[int, typer.Option(help="Ensemble members K.")] = 4,
+    epochs: Annotated[int, typer.Option(help="Epochs of the scVI ensemble.")] = 60,
+    scanvi_epochs: Annotated[int, typer.Option(help="Epochs of the scANVI fine-tuning.")] = 20,
+    alpha: Annotated[float, typer.Option(help="Target rate of known cells called unknown.")]
+    = 0.05,
+    score: Annotated[str, typer.Option(help="Unknown rule's score: entropy, "
+                                       "mutual_information, max_probability.")] = "entropy",
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Replace an earlier annotation.")]
+    = False,
+) -> None:
+    """Transfer cell types with an ensemble scANVI, say how sure it is, and flag unknowns.
+
+    Writes into OUT: results.h5ad, tables/labels.csv (per cell: type, confidence,
+    entropy, mutual information, unknown), tables/label_calibration.csv and confusion.csv
+    (on the held-out cells), figures/, model/, annotate.json and report.html, committed at
+    once. DATA is only read.
+    """
+    from ensemblevi._interrupt import interruptible
+    from ensemblevi.pipeline import run_annotate
+
+    t0 = time.perf_counter()
+    try:
+        with interruptible():
+            res = run_annotate(data, out, labels_key, unlabeled_category=unlabeled_category,
+                               holdout=holdout, layer=layer, batch_key=batch_key,
+                               ensemble=kind, members=members, epochs=epochs,
+                               scanvi_epochs=scanvi_epochs, alpha=alpha, score=score,
+                               seed=seed, force=force, log=console.print)  # fmt: skip
+    except (FileNotFoundError, KeyError, ValueError) as err:
+        _fail(str(err))
+    except FileExistsError as err:
+        _fail(str(err), 1)
+    for line in res.reading:
+        console.print(f"- {line}", soft_wrap=True)
+    console.print(f"wrote {out}/report.html, results.h5ad, tables/, figures/, model/ "
+                  f"in {time.perf_counter() - t0:.1f} s")  # fmt: skip
+
+
 def _fail(message: str, code: int = 2) -> NoReturn:
     # not wrapped to the terminal: a message pasted or grepped stays one line
     console.print(f"[red]error:[/red] {message}", soft_wrap=True)

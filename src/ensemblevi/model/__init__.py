@@ -1,12 +1,14 @@
 """User-facing models (scvi-tools model API)."""
 
 from ._conv_vae import ConvVAE
+from ._ensemble_scanvi import EnsembleSCANVI
 from ._ensemble_scvi import EnsembleSCVI
 from ._members import MemberMethodError, Members, MemberView, check_member_contract
 from ._uncertainty import VarianceParts, count_variance_fraction, decompose_variance
 
 __all__ = [
     "ConvVAE",
+    "EnsembleSCANVI",
     "EnsembleSCVI",
     "MemberMethodError",
     "MemberView",

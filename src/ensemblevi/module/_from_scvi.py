@@ -123,3 +123,56 @@ def load_scvi_member(module: EnsembleVAE, member: int, vae: nn.Module) -> None:
                 "n_layers, n_latent, dispersion or library size handling)."
             )
         dst.copy_(value)
+
+
+@torch.no_grad()
+def load_scanvi_member(module: nn.Module, member: int, scanvae: nn.Module) -> None:
+    """Put the weights of ``scanvae`` (an ``scvi.module.SCANVAE``) into member ``member``.
+
+    The VAE part goes through :func:`load_scvi_member`; the classifier, ``q(z2 | z1, y)``
+    and ``p(z1 | z2, y)`` are copied here (scvi-tools' separate mean/variance heads into
+    the fused ones).
+
+    Parameters
+    ----------
+    module
+        A ``deep`` (or ``single``) :class:`~ensemblevi.module.EnsembleSCANVAE` with the
+        architecture of ``scanvae``.
+    member
+        The member to overwrite.
+    scanvae
+        The trained ``scvi.module.SCANVAE``.
+    """
+    if getattr(scanvae, "use_labels_groups", False):
+        raise ValueError("scANVI models with labels groups are not supported.")
+    load_scvi_member(module, member, scanvae)
+    src, k = scanvae.state_dict(), member
+    seq = [key for key in src if key.startswith("classifier.classifier.")]
+    n_linear = max(int(key.split(".")[2]) for key in seq)
+    pairs = []
+    if module.classifier_layers is not None:
+        pairs += _fc_pairs(module.classifier_layers, src, "classifier.classifier.0", k)
+    pairs += [
+        (module.classifier_head.weight[k], src[f"classifier.classifier.{n_linear}.weight"].T),
+        (module.classifier_head.bias[k], src[f"classifier.classifier.{n_linear}.bias"]),
+    ]
+    pairs += _fc_pairs(module.encoder_z2_z1.encoder, src, "encoder_z2_z1.encoder", k)
+    pairs += _heads(
+        module.encoder_z2_z1.heads, k,
+        (src["encoder_z2_z1.mean_encoder.weight"], src["encoder_z2_z1.mean_encoder.bias"]),
+        (src["encoder_z2_z1.var_encoder.weight"], src["encoder_z2_z1.var_encoder.bias"]),
+    )  # fmt: skip
+    pairs += _fc_pairs(module.decoder_z1_z2, src, "decoder_z1_z2.decoder", k)
+    pairs += _heads(
+        module.decoder_z1_z2_heads, k,
+        (src["decoder_z1_z2.mean_decoder.weight"], src["decoder_z1_z2.mean_decoder.bias"]),
+        (src["decoder_z1_z2.var_decoder.weight"], src["decoder_z1_z2.var_decoder.bias"]),
+    )  # fmt: skip
+    pairs.append((module.y_prior, src["y_prior"]))
+    for dst, value in pairs:
+        if dst.shape != value.shape:
+            raise ValueError(
+                f"scANVI tensor of shape {tuple(value.shape)} does not fit the member's "
+                f"{tuple(dst.shape)}: the architectures differ."
+            )
+        dst.copy_(value)

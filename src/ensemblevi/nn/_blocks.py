@@ -144,6 +144,10 @@ class EnsembleFCLayers(nn.Module):
         Normalisation after each linear layer.
     inject_covariates
         Covariates enter every layer (else the first only).
+    cat_role
+        What the one-hot inputs are: ``"covariates"`` (batch, then categorical covariates)
+        or ``"labels"`` (scANVI's label-conditioned layers); reference mapping extends each
+        kind with its own categories.
     """
 
     def __init__(
@@ -159,8 +163,12 @@ class EnsembleFCLayers(nn.Module):
         use_batch_norm: bool = True,
         use_layer_norm: bool = False,
         inject_covariates: bool = True,
+        cat_role: str = "covariates",
     ):
         super().__init__()
+        if cat_role not in ("covariates", "labels"):
+            raise ValueError(f"cat_role must be 'covariates' or 'labels', got {cat_role!r}.")
+        self.cat_role = cat_role
         self.n_cat_list = [n if n > 1 else 0 for n in (n_cat_list or [])]
         self.inject_covariates = inject_covariates
         n_cov = sum(self.n_cat_list)
@@ -223,6 +231,8 @@ class EnsembleEncoder(nn.Module):
         ``"normal"`` or ``"ln"`` (logistic normal: the draws go through a softmax).
     var_activation
         Makes the variance head positive (``None``: ``torch.exp``, scvi-tools' default).
+    cat_role
+        As in :class:`EnsembleFCLayers`.
     """
 
     def __init__(
@@ -241,6 +251,7 @@ class EnsembleEncoder(nn.Module):
         var_eps: float = 1e-4,
         distribution: str = "normal",
         var_activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        cat_role: str = "covariates",
     ):
         super().__init__()
         if distribution not in ("normal", "ln"):
@@ -263,6 +274,7 @@ class EnsembleEncoder(nn.Module):
             spec=spec, n_in=n_input, n_out=n_hidden, n_cat_list=n_cat_list, n_layers=n_layers,
             n_hidden=n_hidden, dropout_rate=dropout_rate, use_batch_norm=use_batch_norm,
             use_layer_norm=use_layer_norm, inject_covariates=inject_covariates,
+            cat_role=cat_role,
         )  # fmt: skip
         # Mean and log-variance heads fused into one matmul; Linear's init depends on the
         # fan-in only, so this initialises exactly like two separate heads.

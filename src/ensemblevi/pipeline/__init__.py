@@ -4,10 +4,12 @@
 (a saved model whose record matches, or a new one saved at once) -> :func:`analyse` ->
 :func:`write_outputs` (tables, figures, results.h5ad, run.json, report), all into the stage
 of the run directory, committed by :func:`run_pipeline` at the end. :func:`run_de` adds a
-DE result to a finished run; :func:`run_map` maps new cells onto its ensemble.
+DE result to a finished run; :func:`run_map` maps new cells onto its ensemble;
+:func:`run_annotate` transfers cell types with an ensemble scANVI.
 """
 
 from ._analyse import Analysis, analyse
+from ._annotate import AnnotateResult, run_annotate
 from ._config import RunConfig
 from ._data import Prepared, load_data, prepare_data, training_data
 from ._de import DEResult, de_name, run_de
@@ -20,6 +22,7 @@ from ._train_command import merge_command, parse_shard, train_command
 
 __all__ = [
     "Analysis",
+    "AnnotateResult",
     "DEResult",
     "MapResult",
     "Prepared",
@@ -35,6 +38,7 @@ __all__ = [
     "prepare_data",
     "prepare_query",
     "render_run_report",
+    "run_annotate",
     "run_de",
     "run_map",
     "run_pipeline",

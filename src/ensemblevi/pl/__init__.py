@@ -6,6 +6,7 @@ and returns the Figure (``return_fig=True``), ``None`` (shown) or its Axes. Impo
 the package changes no matplotlib setting; the figures' style applies while they draw.
 """
 
+from ._labels import label_calibration, label_confusion
 from ._model import calibration, de_volcano, hyperparameter_trajectories
 from ._novelty import group_novelty, novelty_umap
 from ._spread import biological_spread, gene_uncertainty, member_histograms, model_spread
@@ -20,6 +21,8 @@ __all__ = [
     "gene_uncertainty",
     "group_novelty",
     "hyperparameter_trajectories",
+    "label_calibration",
+    "label_confusion",
     "member_embeddings",
     "member_histograms",
     "model_spread",

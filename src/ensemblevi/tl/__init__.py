@@ -4,6 +4,7 @@ from ._analysis import uncertainty_analysis
 from ._de import differential_expression, expected_fdr, fdr_calls, lfc_posterior, summarise_lfc
 from ._embedding import UMAP_KEY, expression_umap, member_umaps, umap
 from ._group_novelty import group_novelty
+from ._labels import label_calibration, label_uncertainty
 from ._markers import MARKER_SETS, check_markers, load_markers, parse_marker_options
 from ._novelty import cell_novelty
 from ._seeds import seed_ensemble
@@ -23,6 +24,8 @@ __all__ = [
     "fdr_calls",
     "gene_uncertainty",
     "group_novelty",
+    "label_calibration",
+    "label_uncertainty",
     "lfc_posterior",
     "load_markers",
     "marker_stability",

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
-from scvi.train import TrainingPlan
+from scvi.train import SemiSupervisedTrainingPlan, TrainingPlan
 from torch import nn
 
 
@@ -99,31 +99,32 @@ def tune_step(module, batch, optimizer: torch.optim.Optimizer, tau: float) -> fl
     return float(nll)
 
 
-class EnsembleTrainingPlan(TrainingPlan):
-    """``scvi.train.TrainingPlan`` whose optimiser has two parameter groups.
+class FastGroupsMixin:
+    """Two optimiser parameter groups for any scvi-tools training plan.
 
     BatchEnsemble fast weights (whatever the module's ``fast_parameters()`` returns) get
     ``lr * fast_lr_multiplier`` and no weight decay (:func:`fast_param_groups`); every
     other parameter gets the usual settings. Everything else (KL warm-up, metrics,
-    schedulers, the optimiser choice) is scvi-tools'.
+    schedulers, the optimiser choice) is the host plan's (scvi-tools').
 
     Parameters
     ----------
     module
         An :class:`~ensemblevi.module.EnsembleVAE` (anything with ``fast_parameters()``).
+    *args
+        The host plan's positional arguments after the module (``n_classes``).
     fast_lr_multiplier
         Learning-rate multiplier of the fast-weight group (reference default 0.5).
     **kwargs
-        Passed to :class:`scvi.train.TrainingPlan` (``lr``, ``weight_decay``, ``eps``,
+        Passed to the host plan (``lr``, ``weight_decay``, ``eps``,
         ``n_epochs_kl_warmup``, ``optimizer``, ...).
     """
 
-    def __init__(self, module, *, fast_lr_multiplier: float = 0.5, **kwargs):
-        super().__init__(module, **kwargs)
+    def __init__(self, module, *args, fast_lr_multiplier: float = 0.5, **kwargs):
+        super().__init__(module, *args, **kwargs)
         if fast_lr_multiplier <= 0:
             raise ValueError(f"fast_lr_multiplier must be > 0, got {fast_lr_multiplier}.")
         self.fast_lr_multiplier = fast_lr_multiplier
-
     def param_groups(self, params: Iterable[nn.Parameter]) -> list[dict]:
         """Split ``params`` into the shared group and the fast-weight group.
 
@@ -171,7 +172,44 @@ class EnsembleTrainingPlan(TrainingPlan):
         return lambda params: create(self.param_groups(params))
 
 
-class HyperTrainingPlan(EnsembleTrainingPlan):
+class EnsembleTrainingPlan(FastGroupsMixin, TrainingPlan):
+    """``scvi.train.TrainingPlan`` whose optimiser has two parameter groups.
+
+    See :class:`FastGroupsMixin`.
+
+    Parameters
+    ----------
+    module
+        An :class:`~ensemblevi.module.EnsembleVAE`.
+    fast_lr_multiplier
+        Learning-rate multiplier of the fast-weight group (reference default 0.5).
+    **kwargs
+        Passed to :class:`scvi.train.TrainingPlan`.
+    """
+
+
+class EnsembleSemiSupervisedTrainingPlan(FastGroupsMixin, SemiSupervisedTrainingPlan):
+    """``scvi.train.SemiSupervisedTrainingPlan`` (scANVI's) with two parameter groups.
+
+    Each step sees a minibatch of all cells and one of labelled cells, whose
+    classification loss is weighted by ``classification_ratio``, as in scvi-tools; the
+    logged accuracy and calibration error are the ensemble's (its mixture prediction).
+
+    Parameters
+    ----------
+    module
+        An :class:`~ensemblevi.module.EnsembleSCANVAE`.
+    n_classes
+        The number of cell types.
+    fast_lr_multiplier
+        Learning-rate multiplier of the fast-weight group.
+    **kwargs
+        Passed to :class:`scvi.train.SemiSupervisedTrainingPlan` (``classification_ratio``,
+        ``lr``, ...).
+    """
+
+
+class HyperTuneMixin:
     """Hyper-BatchEnsemble's alternating algorithm on scvi-tools' training loop.
 
     Written by hand: scvi-tools has no self-tuning training. Like scvi-tools'
@@ -193,6 +231,8 @@ class HyperTrainingPlan(EnsembleTrainingPlan):
     ----------
     module
         An :class:`~ensemblevi.module.EnsembleVAE` with ``ensemble="hyperbatch"``.
+    *args
+        The host plan's positional arguments after the module (``n_classes``).
     tune_every
         Train steps per tune step (reference: 3).
     tau
@@ -206,13 +246,13 @@ class HyperTrainingPlan(EnsembleTrainingPlan):
     def __init__(
         self,
         module,
-        *,
+        *args,
         tune_every: int = 3,
         tau: float = 1e-3,
         tune_lr: float = 1e-3,
         **kwargs,
     ):
-        super().__init__(module, **kwargs)
+        super().__init__(module, *args, **kwargs)
         if getattr(module, "hyper", None) is None:
             raise ValueError("HyperTrainingPlan needs a module built with ensemble='hyperbatch'.")
         if int(tune_every) != tune_every or tune_every < 1:
@@ -270,6 +310,8 @@ class HyperTrainingPlan(EnsembleTrainingPlan):
         except StopIteration:
             self._val_iter = iter(self._val_loader())
             batch = next(self._val_iter)
+        if isinstance(batch, (list, tuple)):  # semi-supervised loaders: [all, labelled]
+            batch = batch[0]
         device = self.module.device
         return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
@@ -321,3 +363,34 @@ class HyperTrainingPlan(EnsembleTrainingPlan):
                 for side, t in (("low", low), ("high", high)):
                     self.log(f"hyper_{name}_{side}_m{k}", float(t[k, j]), on_epoch=True,
                              on_step=False)  # fmt: skip
+
+
+class HyperTrainingPlan(HyperTuneMixin, EnsembleTrainingPlan):
+    """Hyper-BatchEnsemble's training on :class:`EnsembleTrainingPlan` (see
+    :class:`HyperTuneMixin`).
+
+    Parameters
+    ----------
+    module
+        An :class:`~ensemblevi.module.EnsembleVAE` with ``ensemble="hyperbatch"``.
+    **kwargs
+        ``tune_every``, ``tau``, ``tune_lr``, and :class:`EnsembleTrainingPlan`'s.
+    """
+
+
+class HyperSemiSupervisedTrainingPlan(HyperTuneMixin, EnsembleSemiSupervisedTrainingPlan):
+    """Hyper-BatchEnsemble's training on the semi-supervised plan.
+
+    The tune step's objective stays the ensemble's validation NLL of the counts (the
+    generative model shared with scVI); the labels enter only the network's train step.
+
+    Parameters
+    ----------
+    module
+        An :class:`~ensemblevi.module.EnsembleSCANVAE` with ``ensemble="hyperbatch"``.
+    n_classes
+        The number of cell types.
+    **kwargs
+        ``tune_every``, ``tau``, ``tune_lr``, and
+        :class:`EnsembleSemiSupervisedTrainingPlan`'s.
+    """

@@ -307,10 +307,15 @@ class ArchesMixin:
             As the model's ``train``; a query model adds a callback that writes the frozen
             entries back after every step (weight decay would otherwise move them).
         """
+        return super().train(*args, callbacks=self._query_callbacks(callbacks), **kwargs)
+
+    def _query_callbacks(self, callbacks: list | None) -> list:
+        """``callbacks`` plus, for a query model, the one that keeps frozen weights frozen."""
+        callbacks = list(callbacks or [])
         frozen = getattr(self, "_query_frozen", None)
         if frozen is not None and frozen.entries:
-            callbacks = [*(callbacks or []), KeepFrozen(frozen)]
-        return super().train(*args, callbacks=callbacks, **kwargs)
+            callbacks.append(KeepFrozen(frozen))
+        return callbacks
 
 
 def _check_genes(adata: AnnData, var_names: pd.Index, subset: bool) -> None:

@@ -98,7 +98,7 @@ def _input_map(stack: EnsembleFCLayers, layer: int, old: CovariateSizes, n_in: i
     blocks_new = stack.n_cat_list
     if not (layer == 0 or stack.inject_covariates) or not blocks_new:
         return list(range(n_in))
-    n_old_cats = [old.n_batch, *old.n_cats]
+    n_old_cats = [old.n_labels] if stack.cat_role == "labels" else [old.n_batch, *old.n_cats]
     d_prev = n_in - sum(blocks_new)
     src = list(range(d_prev))
     offset = d_prev

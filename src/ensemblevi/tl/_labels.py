@@ -1,0 +1,257 @@
+"""Label transfer that knows when it does not know: per-cell label uncertainty, a
+calibrated "unknown" rule, and the calibration of the predicted probabilities."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from ensemblevi.metrics import (
+    N_BINS,
+    apply_temperature,
+    confusion_table,
+    fit_temperature,
+    label_calibration_metrics,
+    label_uncertainty_parts,
+    per_type_calibration,
+    reliability_table,
+)
+
+from ._novelty_rule import conformal_threshold, cross_fit_flags
+
+KEY = "ensemblevi"
+
+LabelScore = Literal["entropy", "mutual_information", "max_probability"]
+
+#: Scores of the unknown rule (each: higher, less likely a known type).
+SCORES = ("entropy", "mutual_information", "max_probability")
+
+
+def _calibration_cells(model, calibration) -> tuple[AnnData, np.ndarray]:
+    """The held-out labelled cells (of the model's AnnData) the unknown rule is set on."""
+    if calibration is None:
+        val = getattr(model, "validation_indices", None)
+        if val is None or not len(val):
+            raise ValueError(
+                "The unknown rule is calibrated on labelled cells the model did not train on, "
+                "and this model has no validation split (train with train_size < 1), or is "
+                "a query model: pass calibration= (held-out labelled cells) or threshold= "
+                "(e.g. the reference's uns[key]['label_uncertainty']['threshold'])."
+            )
+        labelled = np.intersect1d(np.asarray(val), model._labeled_indices)
+        if not len(labelled):
+            raise ValueError(
+                "The validation split holds no labelled cell to calibrate the unknown rule "
+                "on; pass calibration= or threshold=."
+            )
+        return model.adata, labelled
+    mask = np.asarray(calibration)
+    if mask.dtype != bool or len(mask) != model.adata.n_obs:
+        raise ValueError(
+            "calibration must be a boolean mask over the model's cells (model.adata), True "
+            "for labelled cells the classifier did not train on."
+        )
+    return model.adata, np.flatnonzero(mask)
+
+
+def _tempered_parts(members: np.ndarray, t: float) -> dict[str, np.ndarray]:
+    """Label uncertainty of the members' probabilities, the mixture tempered by ``t``."""
+    parts = label_uncertainty_parts(members)
+    if t != 1.0:
+        mix = apply_temperature(parts["probabilities"], t)
+        ent = -(np.clip(mix, 1e-12, 1) * np.log(np.clip(mix, 1e-12, 1))).sum(1)
+        parts.update(probabilities=mix, confidence=mix.max(1), entropy=ent,
+                     mutual_information=np.maximum(ent - parts["expected_entropy"], 0.0))
+    return parts
+
+
+def _score(parts: dict[str, np.ndarray], score: str) -> np.ndarray:
+    if score == "max_probability":
+        return 1.0 - parts["confidence"]
+    return parts[score]
+
+
+def label_uncertainty(
+    model,
+    adata: AnnData | None = None,
+    alpha: float = 0.05,
+    score: LabelScore = "entropy",
+    calibration: np.ndarray | None = None,
+    threshold: float | None = None,
+    temperature: bool | float = False,
+    batch_size: int | None = None,
+    key_added: str = KEY,
+) -> dict:
+    """Predicted cell types, how sure the ensemble is of each, and which cells are unknown.
+
+    From each member's label probabilities (:meth:`EnsembleSCANVI.predict_members`):
+    the ensemble's type and confidence (its mixture's maximum), the predictive entropy,
+    the members' expected entropy, their difference (the mutual information: how much
+    the members disagree about the label) and the share of members voting for the
+    ensemble's type. A cell is called *unknown* when its ``score`` exceeds a threshold set
+    on labelled cells the classifier did not train on (by default the validation split's):
+    the conformal ``ceil((n + 1)(1 - alpha))``-th smallest of their scores, so a new cell
+    of a known type is called unknown with probability at most ``alpha``. The rate measured
+    on the calibration cells themselves (each half thresholded on the other) is stored.
+
+    Parameters
+    ----------
+    model
+        A trained :class:`~ensemblevi.model.EnsembleSCANVI`.
+    adata
+        Cells to annotate (``None``: the model's), registered with the model.
+    alpha
+        Target rate of known-type cells called unknown.
+    score
+        ``"entropy"`` (predictive entropy, default), ``"mutual_information"`` or
+        ``"max_probability"`` (``1 -`` confidence, what a single scANVI offers).
+    calibration
+        Boolean mask over ``model.adata`` of held-out labelled cells to calibrate on
+        (``None``: the validation split's labelled cells).
+    threshold
+        Use this threshold instead of calibrating (e.g. a reference model's, for a query).
+    temperature
+        ``True``: temper the pooled probabilities (``p ** (1 / T)``, renormalised) with the
+        ``T`` that minimises their NLL on the calibration cells' labels, before anything
+        else is computed from them; a number: that ``T`` (e.g. a reference's, for a
+        query); ``False``: none. The type called never changes.
+    batch_size
+        Minibatch size of the predictions.
+    key_added
+        Prefix of the ``obs`` columns and key of ``uns``.
+
+    Returns
+    -------
+    dict
+        What is stored in ``adata.uns[key_added]["label_uncertainty"]``.
+
+    Notes
+    -----
+    Writes ``obs``: ``<key>_label`` (the type), ``<key>_label_call`` (the type, or
+    ``"unknown"``), ``<key>_label_confidence``, ``<key>_label_entropy``,
+    ``<key>_label_expected_entropy``, ``<key>_label_mutual_information``,
+    ``<key>_label_agreement``, ``<key>_label_unknown``; ``obsm``:
+    ``<key>_label_probabilities`` (cells x types).
+    """
+    if score not in SCORES:
+        raise ValueError(f"score must be one of {sorted(SCORES)}, got {score!r}.")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}.")
+    if not hasattr(model, "predict_members"):
+        raise TypeError(f"label_uncertainty needs an EnsembleSCANVI, got {type(model).__name__}.")
+    adata = model.adata if adata is None else adata
+    types = model.cell_types
+    members = model.predict_members(adata, batch_size=batch_size)
+    info: dict = {"score": score, "alpha": float(alpha), "cell_types": list(types)}
+    cal_members = None
+    if threshold is None or temperature is True:
+        cal_adata, cal_idx = _calibration_cells(model, calibration)
+        cal_members = model.predict_members(cal_adata, indices=cal_idx, batch_size=batch_size)
+    t = 1.0
+    if temperature is True:
+        codes = np.asarray(model.adata_manager.get_from_registry("labels")).ravel()[cal_idx]
+        if (codes >= len(types)).any():
+            raise ValueError(
+                "temperature=True fits T to the calibration cells' registered labels, and "
+                f"{int((codes >= len(types)).sum())} of them are unlabelled; pass labelled "
+                "calibration cells, or a temperature value."
+            )
+        t = fit_temperature(cal_members.mean(0), codes)
+    elif temperature is not False:
+        t = float(temperature)
+    parts = _tempered_parts(members, t)
+    values = _score(parts, score)
+    info["temperature"] = t
+    if threshold is None:
+        cal = _score(_tempered_parts(cal_members, t), score)
+        threshold, exact = conformal_threshold(cal, alpha)
+        flags, _ = cross_fit_flags(cal, alpha, seed=0)
+        info.update(n_calibration=len(cal), exact=bool(exact),
+                    calibration_fpr=float(flags.mean()))  # fmt: skip
+    else:
+        info.update(n_calibration=0, exact=False, calibration_fpr=float("nan"))
+    unknown = values > threshold
+    label = np.asarray(types, dtype=object)[parts["label"]]
+    obs = adata.obs
+    obs[f"{key_added}_label"] = pd.Categorical(label, categories=types)
+    obs[f"{key_added}_label_call"] = pd.Categorical(
+        np.where(unknown, "unknown", label), categories=[*types, "unknown"]
+    )
+    obs[f"{key_added}_label_confidence"] = parts["confidence"].astype(np.float32)
+    for name in ("entropy", "expected_entropy", "mutual_information", "agreement"):
+        obs[f"{key_added}_label_{name}"] = parts[name].astype(np.float32)
+    obs[f"{key_added}_label_unknown"] = unknown
+    adata.obsm[f"{key_added}_label_probabilities"] = pd.DataFrame(
+        parts["probabilities"].astype(np.float32), index=adata.obs_names, columns=types
+    )
+    info.update(threshold=float(threshold), n_unknown=int(unknown.sum()),
+                n_cells=int(adata.n_obs))  # fmt: skip
+    adata.uns.setdefault(key_added, {})["label_uncertainty"] = info
+    return info
+
+
+def label_calibration(
+    adata: AnnData,
+    truth_key: str,
+    mask: np.ndarray | None = None,
+    n_bins: int = N_BINS,
+    key: str = KEY,
+) -> dict:
+    """How well the stored label probabilities are calibrated against known types.
+
+    Reads ``obsm[<key>_label_probabilities]`` (:func:`label_uncertainty`) and scores the
+    cells whose ``obs[truth_key]`` is one of the predicted types (within ``mask``):
+    accuracy, NLL, Brier score, ECE and classwise ECE (``n_bins`` equal-width bins), a
+    per-type table, the reliability table and the confusion matrix (a last column for
+    cells called unknown). Use it on cells whose labels the model did not train on.
+
+    Parameters
+    ----------
+    adata
+        AnnData annotated by :func:`label_uncertainty`.
+    truth_key
+        ``obs`` column of the true types.
+    mask
+        Boolean mask of the cells to score (``None``: every cell with a known true type).
+    n_bins
+        Bins of the ECEs and the reliability table.
+    key
+        The key :func:`label_uncertainty` wrote under.
+
+    Returns
+    -------
+    dict
+        ``summary`` (metrics), ``per_type``, ``reliability`` and ``confusion`` (tables), also
+        stored in ``adata.uns[key]["label_calibration"]``.
+    """
+    name = f"{key}_label_probabilities"
+    if name not in adata.obsm:
+        raise ValueError(f"No adata.obsm[{name!r}]; run ensemblevi.tl.label_uncertainty first.")
+    if truth_key not in adata.obs:
+        raise KeyError(f"No obs[{truth_key!r}] to compare the predictions with.")
+    probs = pd.DataFrame(adata.obsm[name])
+    types = [str(c) for c in probs.columns]
+    truth = adata.obs[truth_key].astype(str).to_numpy()
+    keep = np.isin(truth, types) & (np.ones(adata.n_obs, bool) if mask is None
+                                    else np.asarray(mask, dtype=bool))  # fmt: skip
+    if not keep.any():
+        raise ValueError(f"No cell has a true type (obs[{truth_key!r}]) among {types[:5]}...")
+    p = probs.to_numpy(dtype=np.float64)[keep]
+    y = pd.Categorical(truth[keep], categories=types).codes
+    call = adata.obs.get(f"{key}_label_unknown")
+    pred = p.argmax(1)
+    if call is not None:
+        pred = np.where(np.asarray(call, dtype=bool)[keep], len(types), pred)
+    summary = label_calibration_metrics(p, y, n_bins)
+    summary.update(truth_key=truth_key, n_unknown=int((pred == len(types)).sum()))
+    out = {
+        "summary": summary,
+        "per_type": per_type_calibration(p, y, types, n_bins),
+        "reliability": reliability_table(p, y, n_bins),
+        "confusion": confusion_table(y, pred, types).reset_index(),
+    }
+    adata.uns.setdefault(key, {})["label_calibration"] = out
+    return out
