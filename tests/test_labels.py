@@ -134,7 +134,7 @@ def test_one_member_copied_from_scanvae_gives_its_logits_and_loss():
 @pytest.fixture(scope="module")
 def labelled():
     warnings.simplefilter("ignore")
-    adata = ev.data.synthetic("lopez2020", seed=0, n_cells=400, n_genes=40)
+    adata = ev.data.synthetic("lopez2020", seed=0, n_cells=460, n_genes=40)  # >= 40 held out
     truth = adata.obs["cell_type"].astype(str).to_numpy()
     lab = truth.copy()
     lab[np.random.default_rng(0).random(adata.n_obs) < 0.3] = "Unknown"
@@ -361,3 +361,16 @@ def test_label_uncertainty_with_temperature_tempers_the_pooled_probabilities(tra
                                atol=1e-5)  # fmt: skip
     fixed = ev.tl.label_uncertainty(model, adata, temperature=2.0, key_added="t2")
     assert fixed["temperature"] == 2.0
+
+
+def test_novelty_knn_unknown_rule_is_cell_novelty_flag(trained):
+    adata, _, model = trained
+    query = adata[:150].copy()
+    info = ev.tl.label_uncertainty(model, query, score="novelty_knn", key_added="nk")
+    flags = query.obs["nk_is_novel"].to_numpy().astype(bool)
+    np.testing.assert_array_equal(query.obs["nk_label_unknown"].to_numpy(), flags)
+    nov = query.uns["nk"]["cell_novelty"]
+    assert info["threshold"] == nov["novelty_knn_threshold"]
+    knn = query.obs["nk_novelty_knn"].to_numpy()
+    tested = query.obs["nk_novelty_tested"].to_numpy().astype(bool)
+    np.testing.assert_array_equal(flags, tested & (knn > info["threshold"]))

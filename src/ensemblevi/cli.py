@@ -376,7 +376,8 @@ def annotate_command(
     alpha: Annotated[float, typer.Option(help="Target rate of known cells called unknown.")]
     = 0.05,
     score: Annotated[str, typer.Option(help="Unknown rule's score: entropy, "
-                                       "mutual_information, max_probability.")] = "entropy",
+                                       "mutual_information, max_probability, novelty_knn.")]
+    = "entropy",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     force: Annotated[bool, typer.Option("--force", help="Replace an earlier annotation.")]
     = False,

@@ -24,10 +24,10 @@ from ._novelty_rule import conformal_threshold, cross_fit_flags
 
 KEY = "ensemblevi"
 
-LabelScore = Literal["entropy", "mutual_information", "max_probability"]
+LabelScore = Literal["entropy", "mutual_information", "max_probability", "novelty_knn"]
 
 #: Scores of the unknown rule (each: higher, less likely a known type).
-SCORES = ("entropy", "mutual_information", "max_probability")
+SCORES = ("entropy", "mutual_information", "max_probability", "novelty_knn")
 
 
 def _calibration_cells(model, calibration) -> tuple[AnnData, np.ndarray]:
@@ -69,6 +69,7 @@ def _tempered_parts(members: np.ndarray, t: float) -> dict[str, np.ndarray]:
 
 
 def _score(parts: dict[str, np.ndarray], score: str) -> np.ndarray:
+    """The unknown rule's score from the label uncertainty (not ``novelty_knn``)."""
     if score == "max_probability":
         return 1.0 - parts["confidence"]
     return parts[score]
@@ -106,8 +107,12 @@ def label_uncertainty(
     alpha
         Target rate of known-type cells called unknown.
     score
-        ``"entropy"`` (predictive entropy, default), ``"mutual_information"`` or
-        ``"max_probability"`` (``1 -`` confidence, what a single scANVI offers).
+        ``"entropy"`` (predictive entropy, default), ``"mutual_information"``,
+        ``"max_probability"`` (``1 -`` confidence, what a single scANVI offers) or
+        ``"novelty_knn"``: the cell's distance to the training cells in the members' latent
+        spaces, and its rule (:func:`ensemblevi.tl.cell_novelty`, calibrated on all the
+        validation split's cells; a training cell is never tested by it, so on the model's
+        own cells only held-out cells can be called unknown).
     calibration
         Boolean mask over ``model.adata`` of held-out labelled cells to calibrate on
         (``None``: the validation split's labelled cells).
@@ -147,7 +152,7 @@ def label_uncertainty(
     members = model.predict_members(adata, batch_size=batch_size)
     info: dict = {"score": score, "alpha": float(alpha), "cell_types": list(types)}
     cal_members = None
-    if threshold is None or temperature is True:
+    if (threshold is None and score != "novelty_knn") or temperature is True:
         cal_adata, cal_idx = _calibration_cells(model, calibration)
         cal_members = model.predict_members(cal_adata, indices=cal_idx, batch_size=batch_size)
     t = 1.0
@@ -163,9 +168,17 @@ def label_uncertainty(
     elif temperature is not False:
         t = float(temperature)
     parts = _tempered_parts(members, t)
-    values = _score(parts, score)
     info["temperature"] = t
-    if threshold is None:
+    if score == "novelty_knn":
+        from ._novelty import cell_novelty
+
+        cell_novelty(model, adata, alpha=alpha, key_added=key_added, progress=False)
+        nov = adata.uns[key_added]["cell_novelty"]
+        unknown = adata.obs[f"{key_added}_is_novel"].to_numpy().astype(bool)
+        info.update(n_calibration=len(nov["calibration_cells"]), exact=True,
+                    calibration_fpr=float(nov["novelty_knn_fpr_heldout"]))  # fmt: skip
+        threshold = float(nov["novelty_knn_threshold"])
+    elif threshold is None:
         cal = _score(_tempered_parts(cal_members, t), score)
         threshold, exact = conformal_threshold(cal, alpha)
         flags, _ = cross_fit_flags(cal, alpha, seed=0)
@@ -173,7 +186,8 @@ def label_uncertainty(
                     calibration_fpr=float(flags.mean()))  # fmt: skip
     else:
         info.update(n_calibration=0, exact=False, calibration_fpr=float("nan"))
-    unknown = values > threshold
+    if score != "novelty_knn":
+        unknown = _score(parts, score) > threshold
     label = np.asarray(types, dtype=object)[parts["label"]]
     obs = adata.obs
     obs[f"{key_added}_label"] = pd.Categorical(label, categories=types)
