@@ -80,7 +80,7 @@ def label_calibration(
         rel.set_ylabel("accuracy")
         rel.set_title(f"ECE {summary['ece']:.3f}, accuracy {summary['accuracy']:.3f}\n"
                       f"NLL {summary['nll']:.3f}, {summary['n_cells']} cells")  # fmt: skip
-        rel.legend(loc="lower right", frameon=False, fontsize=7)
+        rel.legend(loc="upper left", frameon=False, fontsize=7)
         gap = pd.to_numeric(per_type["overconfidence"], errors="coerce").fillna(0.0)
         y = np.arange(len(per_type))
         types.barh(y, gap, color=["#c0392b" if g > 0 else "#27ae60" for g in gap])
