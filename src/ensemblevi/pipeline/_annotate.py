@@ -93,11 +93,12 @@ def annotate_reading(info: dict, calib: dict | None, n_held: int) -> list[str]:
     lines = []
     if calib is not None:
         s = calib["summary"]
-        side = "surer than right" if s["mean_confidence"] > s["accuracy"] else "less sure"
+        side = "surer" if s["mean_confidence"] > s["accuracy"] else "less sure"
         lines.append(
             f"On {n_held:,} cells whose labels were hidden from training, the ensemble's type "
             f"is right for {s['accuracy']:.1%}, with a mean confidence of "
-            f"{s['mean_confidence']:.1%} ({side}; ECE {s['ece']:.3f}, NLL {s['nll']:.3f})."
+            f"{s['mean_confidence']:.1%} ({side} than right; ECE {s['ece']:.3f}, "
+            f"NLL {s['nll']:.3f})."
         )
         per = pd.DataFrame(calib["per_type"])
         over = per[pd.to_numeric(per["overconfidence"], errors="coerce") > 0.05]
