@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -335,23 +336,11 @@ def map_command(
     figures/, model/ (the query model), map.json and report.html, committed at once. The
     run directory is only read.
     """
-    from ensemblevi._interrupt import interruptible
     from ensemblevi.pipeline import run_map
 
-    t0 = time.perf_counter()
-    try:
-        with interruptible():
-            res = run_map(model, query, out, layer=layer, batch_key=batch_key,
-                          groupby=groupby, epochs=epochs, alpha=alpha, fdr=fdr, seed=seed,
-                          force=force, log=console.print)  # fmt: skip
-    except (FileNotFoundError, KeyError, ValueError) as err:
-        _fail(str(err))
-    except FileExistsError as err:
-        _fail(str(err), 1)
-    for line in res.reading:
-        console.print(f"- {line}", soft_wrap=True)
-    console.print(f"wrote {out}/report.html, results.h5ad, tables/, figures/, model/ "
-                  f"in {time.perf_counter() - t0:.1f} s")  # fmt: skip
+    _run_job(lambda: run_map(model, query, out, layer=layer, batch_key=batch_key,
+                             groupby=groupby, epochs=epochs, alpha=alpha, fdr=fdr, seed=seed,
+                             force=force, log=console.print), out)  # fmt: skip
 
 
 @app.command("annotate")
@@ -389,17 +378,24 @@ def annotate_command(
     (on the held-out cells), figures/, model/, annotate.json and report.html, committed at
     once. DATA is only read.
     """
-    from ensemblevi._interrupt import interruptible
     from ensemblevi.pipeline import run_annotate
+
+    _run_job(lambda: run_annotate(
+        data, out, labels_key, unlabeled_category=unlabeled_category, holdout=holdout,
+        layer=layer, batch_key=batch_key, ensemble=kind, members=members, epochs=epochs,
+        scanvi_epochs=scanvi_epochs, alpha=alpha, score=score, seed=seed, force=force,
+        log=console.print), out)  # fmt: skip
+
+
+def _run_job(job: Callable[[], Any], out: Path) -> None:
+    """Run a job writing into ``out``: bad input exits 2, a refused replacement 1; print
+    its reading and what it wrote."""
+    from ensemblevi._interrupt import interruptible
 
     t0 = time.perf_counter()
     try:
         with interruptible():
-            res = run_annotate(data, out, labels_key, unlabeled_category=unlabeled_category,
-                               holdout=holdout, layer=layer, batch_key=batch_key,
-                               ensemble=kind, members=members, epochs=epochs,
-                               scanvi_epochs=scanvi_epochs, alpha=alpha, score=score,
-                               seed=seed, force=force, log=console.print)  # fmt: skip
+            res = job()
     except (FileNotFoundError, KeyError, ValueError) as err:
         _fail(str(err))
     except FileExistsError as err:

@@ -10,17 +10,9 @@ from anndata import AnnData
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from ._utils import SaveArg, finish, panels, style
+from ._utils import SaveArg, finish, panels, stored_result, style
 
 KEY = "ensemblevi"
-
-
-def _stored(adata: AnnData, key: str) -> dict:
-    stored = adata.uns.get(key, {}).get("label_calibration")
-    if stored is None:
-        raise ValueError(f"No adata.uns[{key!r}]['label_calibration']; run "
-                         "ensemblevi.tl.label_calibration first.")  # fmt: skip
-    return stored
 
 
 def label_calibration(
@@ -57,7 +49,7 @@ def label_calibration(
     -------
     The Figure with ``return_fig``, ``None`` when shown, else the Axes.
     """
-    stored = _stored(adata, key)
+    stored = stored_result(adata, key, "label_calibration")
     table = pd.DataFrame(stored["reliability"])
     per_type = pd.DataFrame(stored["per_type"])
     summary = stored["summary"]
@@ -125,7 +117,8 @@ def label_confusion(
     -------
     The Figure with ``return_fig``, ``None`` when shown, else the Axes.
     """
-    table = pd.DataFrame(_stored(adata, key)["confusion"]).set_index("true")
+    stored = stored_result(adata, key, "label_calibration")
+    table = pd.DataFrame(stored["confusion"]).set_index("true")
     counts = table.to_numpy(dtype=float)
     shown = counts / np.maximum(counts.sum(1, keepdims=True), 1) if normalize else counts
     with style():

@@ -12,15 +12,7 @@ from matplotlib.figure import Figure
 
 from ensemblevi.tl import UMAP_KEY
 
-from ._utils import KEY, SaveArg, finish, panels, style
-
-
-def _stored(adata: AnnData, key: str) -> dict:
-    stored = adata.uns.get(key, {}).get("cluster_stability")
-    if stored is None:
-        raise ValueError(f"No adata.uns[{key!r}]['cluster_stability']; run "
-                         "ensemblevi.tl.cluster_stability first.")  # fmt: skip
-    return stored
+from ._utils import KEY, SaveArg, finish, panels, stored_result, style
 
 
 def cluster_stability(
@@ -57,7 +49,7 @@ def cluster_stability(
     -------
     The Figure with ``return_fig``, ``None`` when shown, else the Axes.
     """
-    stored = _stored(adata, key)
+    stored = stored_result(adata, key, "cluster_stability")
     table = pd.DataFrame(stored["table"])
     threshold = stored["params"]["threshold"]
     with style():
@@ -121,7 +113,7 @@ def stability_umap(
     """
     import scanpy as sc
 
-    _stored(adata, key)
+    stored_result(adata, key, "cluster_stability")
     if basis not in adata.obsm:
         raise ValueError(f"No adata.obsm[{basis!r}]; run ensemblevi.tl.expression_umap (or "
                          "tl.uncertainty_analysis(..., embedding=True)) first.")  # fmt: skip

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+from anndata import AnnData
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
@@ -23,6 +24,24 @@ KEY = DEFAULT_KEY
 STYLE = {"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9}
 #: What ``save`` and ``show`` accept: a path or True (scanpy's ``figdir``), and a flag.
 SaveArg = str | os.PathLike | bool | None
+
+
+def stored_result(adata: AnnData, key: str, name: str) -> dict:
+    """``adata.uns[key][name]``, what ``ensemblevi.tl.<name>`` wrote, or a clear error.
+
+    Parameters
+    ----------
+    adata
+        The AnnData.
+    key
+        The key the tool stored under.
+    name
+        The tool (and the entry) name.
+    """
+    stored = adata.uns.get(key, {}).get(name)
+    if stored is None:
+        raise ValueError(f"No adata.uns[{key!r}][{name!r}]; run ensemblevi.tl.{name} first.")
+    return stored
 
 
 @contextmanager
