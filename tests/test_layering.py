@@ -21,6 +21,7 @@ RANKS = {
     "_seeding": 0,
     "_fingerprint": 0,
     "_interrupt": 0,
+    "_names": 0,
     "data": 1,
     "metrics": 1,
     "nn": 1,

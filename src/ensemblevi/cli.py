@@ -13,6 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ensemblevi._names import console_text
+
 app = typer.Typer(
     help="Ensembles of scVI-style VAEs and the uncertainty they imply for scRNA-seq data.",
     no_args_is_help=True,
@@ -67,10 +69,10 @@ def summary_table(adata, layer: str | None, title: str) -> Table:
                 f"all-zero cells {rep.n_zero_cells}, all-zero genes {rep.n_zero_genes}"
             )
         except ValueError as err:
-            status = f"[red]invalid[/red]: {err}"
+            status = f"[red]invalid[/red]: {console_text(err)}"
     table.add_row("counts", status)
     for w in caught:
-        table.add_row("warning", str(w.message))
+        table.add_row("warning", console_text(w.message))
     for col in adata.obs.columns:
         s = adata.obs[col]
         n_na = int(s.isna().sum())
@@ -80,10 +82,10 @@ def summary_table(adata, layer: str | None, title: str) -> Table:
             vc = s.value_counts()
             shown = ", ".join(f"{k} {v}" for k, v in vc.head(12).items())
             more = f", ... ({len(vc)} levels)" if len(vc) > 12 else ""
-            table.add_row(f"obs[{col!r}]", shown + more + gaps)
+            table.add_row(console_text(f"obs[{col!r}]"), console_text(shown + more) + gaps)
         else:
             table.add_row(
-                f"obs[{col!r}]",
+                console_text(f"obs[{col!r}]"),
                 f"numeric, mean {s.mean():.3g}, range [{s.min():.3g}, {s.max():.3g}]{gaps}",
             )
     return table
@@ -104,7 +106,7 @@ def simulate(
     from ensemblevi.data import synthetic, write_h5ad_atomic
 
     if out.exists() and not force:
-        console.print(f"[red]{out} exists[/red]; pass --force to overwrite it.")
+        console.print(f"[red]{console_text(out)} exists[/red]; pass --force to overwrite it.")
         raise typer.Exit(1)
     t0 = time.perf_counter()
     try:
@@ -112,10 +114,10 @@ def simulate(
     except ValueError as err:
         _fail(str(err))
     write_h5ad_atomic(adata, out, overwrite=force)
-    console.print(
+    console.print(console_text(
         f"wrote {out}: {adata.n_obs:,} cells x {adata.n_vars:,} genes, preset {preset}, "
         f"seed {seed} ({time.perf_counter() - t0:.1f} s)"
-    )
+    ))
 
 
 @app.command()
@@ -130,7 +132,7 @@ def inspect(
         adata = read(path, validate=False)
     except (FileNotFoundError, ValueError) as err:
         _fail(str(err))
-    console.print(summary_table(adata, layer, title=str(path)))
+    console.print(summary_table(adata, layer, title=console_text(path)))
 
 
 QUICK = {"n_cells": 1000, "epochs": 10, "n_samples": 3}
@@ -212,22 +214,16 @@ def run(
     t0 = time.perf_counter()
     try:
         with interruptible():
-            reading = run_pipeline(config, out, force=force, log=console.print,
+            reading = run_pipeline(config, out, force=force, log=_log,
                                    on_loaded=lambda ad, lay, title: console.print(
-                                       summary_table(ad, lay, title=title)))  # fmt: skip
+                                       summary_table(ad, lay, title=console_text(title))))
     except (FileNotFoundError, ValueError) as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from err
+        _fail(str(err))
     except (RunRefused, FileExistsError) as err:
-        console.print(f"[red]refused:[/red] {err}")
-        raise typer.Exit(1) from err
+        _fail(str(err), 1, "refused")
     except StageFailed as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(1) from err
-    for line in reading:
-        console.print(f"- {line}")
-    console.print(f"wrote {out}/report.html, results.h5ad, tables/, figures/, model/ "
-                  f"in {time.perf_counter() - t0:.1f} s")  # fmt: skip
+        _fail(str(err), 1)
+    _print_done(reading, out, t0)
 
 
 @app.command("de")
@@ -288,23 +284,20 @@ def de_command(
                 n_null=n_null,
             )  # fmt: skip
     except (FileNotFoundError, KeyError, ValueError) as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from err
+        _fail(str(err))
     except FileExistsError as err:
-        console.print(f"[red]refused:[/red] {err}")
-        raise typer.Exit(1) from err
-    console.print("- " + de_reading(res.settings, res.table))
+        _fail(str(err), 1, "refused")
+    console.print("- " + console_text(de_reading(res.settings, res.table)), soft_wrap=True)
     if (null := null_reading(res.settings)) is not None:
-        from rich.markup import escape
-
         warn = res.settings["null_check"]["any_warn"]
-        console.print(f"[yellow]- {escape(null)}[/yellow]" if warn else "- " + escape(null),
-                      soft_wrap=True)  # fmt: skip
+        console.print(f"[yellow]- {console_text(null)}[/yellow]" if warn
+                      else "- " + console_text(null), soft_wrap=True)  # fmt: skip
     top = res.table.head(10)[["proba_de", "lfc_median", "lfc_member_std", "call_flips"]]
-    console.print(top.round(3).to_string())
-    tables, figures = run_dir / "tables", run_dir / "figures"
-    console.print(f"wrote {tables / res.name}.csv, {figures / res.name}.png, updated "
-                  f"results.h5ad (uns[{res.key!r}]) and report.html")  # fmt: skip
+    console.print(console_text(top.round(3).to_string()))
+    # the files as written: a group name never has to be guessed back from a file name
+    console.print(console_text(f"wrote {', '.join(map(str, res.files))}, updated "
+                               f"results.h5ad (uns[{res.key!r}]) and report.html"),
+                  soft_wrap=True)  # fmt: skip
 
 
 @app.command("map")
@@ -340,7 +333,7 @@ def map_command(
 
     _run_job(lambda: run_map(model, query, out, layer=layer, batch_key=batch_key,
                              groupby=groupby, epochs=epochs, alpha=alpha, fdr=fdr, seed=seed,
-                             force=force, log=console.print), out)  # fmt: skip
+                             force=force, log=_log), out)  # fmt: skip
 
 
 @app.command("annotate")
@@ -384,7 +377,7 @@ def annotate_command(
         data, out, labels_key, unlabeled_category=unlabeled_category, holdout=holdout,
         layer=layer, batch_key=batch_key, ensemble=kind, members=members, epochs=epochs,
         scanvi_epochs=scanvi_epochs, alpha=alpha, score=score, seed=seed, force=force,
-        log=console.print), out)  # fmt: skip
+        log=_log), out)  # fmt: skip
 
 
 def _run_job(job: Callable[[], Any], out: Path) -> None:
@@ -400,15 +393,30 @@ def _run_job(job: Callable[[], Any], out: Path) -> None:
         _fail(str(err))
     except FileExistsError as err:
         _fail(str(err), 1)
-    for line in res.reading:
-        console.print(f"- {line}", soft_wrap=True)
-    console.print(f"wrote {out}/report.html, results.h5ad, tables/, figures/, model/ "
-                  f"in {time.perf_counter() - t0:.1f} s")  # fmt: skip
+    _print_done(res.reading, out, t0)
 
 
-def _fail(message: str, code: int = 2) -> NoReturn:
-    # not wrapped to the terminal: a message pasted or grepped stays one line
-    console.print(f"[red]error:[/red] {message}", soft_wrap=True)
+def _log(message: Any) -> None:
+    """Print a progress line of a job: the jobs write plain text, which may hold names
+    from the data or paths, so it is printed literally (never read as Rich markup)."""
+    text = str(message)
+    warn = text.startswith(("warning", "markers not usable", "not reusing"))
+    console.print(f"[yellow]{console_text(text)}[/yellow]" if warn else console_text(text),
+                  soft_wrap=True)  # fmt: skip
+
+
+def _print_done(reading: list[str], out: Path, t0: float) -> None:
+    # names from the data are in the reading: printed literally, never as Rich markup
+    for line in reading:
+        console.print(f"- {console_text(line)}", soft_wrap=True)
+    console.print(console_text(f"wrote {out}/report.html, results.h5ad, tables/, figures/, "
+                               f"model/ in {time.perf_counter() - t0:.1f} s"))  # fmt: skip
+
+
+def _fail(message: str, code: int = 2, what: str = "error") -> NoReturn:
+    # not wrapped to the terminal: a message pasted or grepped stays one line; escaped,
+    # as it may hold names from the data ("[bold]" must print, not turn text bold)
+    console.print(f"[red]{what}:[/red] {console_text(message)}", soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -470,14 +478,15 @@ def train(
         done = train_command(
             spec, out, shard=shard, accelerator=accelerator, devices=devices,
             compile_likelihood=compile_likelihood, force=force, resume=resume,
-            log=console.print,
-            on_loaded=lambda ad, lay, title: console.print(summary_table(ad, lay, title)),
+            log=_log,
+            on_loaded=lambda ad, lay, title: console.print(
+                summary_table(ad, lay, console_text(title))),
         )  # fmt: skip
     except RunRefused as err:
         _fail(str(err), 1)
     except (FileNotFoundError, FileExistsError, ValueError) as err:  # NotEnoughMemory too
         _fail(str(err))
-    console.print(done)
+    console.print(console_text(done))
 
 
 @app.command()
@@ -497,7 +506,7 @@ def merge(
     from ensemblevi.pipeline import merge_command
 
     try:
-        console.print(merge_command(shards, out, partial=partial))
+        console.print(console_text(merge_command(shards, out, partial=partial)))
     except (FileNotFoundError, FileExistsError, ValueError) as err:
         _fail(str(err))
 
@@ -545,16 +554,16 @@ def benchmark(
     if reps is not None and reps < 1:
         raise typer.BadParameter(f"--reps must be >= 1, got {reps}.")
     if pbmc is not None and not pbmc.exists():
-        console.print(f"[yellow]{pbmc} not found: the PBMC parts are skipped[/yellow]")
+        console.print(f"[yellow]{console_text(pbmc)} not found: the PBMC parts are skipped"
+                      "[/yellow]")
     try:
         names = None if datasets is None else tuple(filter(None, datasets.split(",")))
         written = run_suite(suite, out, reps=reps, quick=quick, pbmc=pbmc, docs=docs,
                             figures=figures, train=not no_train, datasets=names,
-                            log=console.print)  # fmt: skip
+                            log=_log)  # fmt: skip
     except ValueError as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from err
-    console.print("wrote " + ", ".join(str(p) for p in written.values()))
+        _fail(str(err))
+    console.print(console_text("wrote " + ", ".join(str(p) for p in written.values())))
 
 
 @app.command()
@@ -578,7 +587,7 @@ def main() -> None:
             app()
         except Interrupted as err:
             # a progress bar may have left the cursor mid-line: the message gets its own
-            console.print(f"\n{message(err)}", soft_wrap=True)
+            console.print(f"\n{console_text(message(err))}", soft_wrap=True)
             sys.exit(err.exit_code)
 
 

@@ -148,7 +148,7 @@ def prepare_data(
             groups = adata.obs[config.labels_key].astype(str).unique()
         found, missing = check_markers(marker_set, adata.var_names, groups)
         if len(missing):
-            log("[yellow]markers not usable:[/yellow]\n" + missing.to_string(index=False))
+            log("markers not usable:\n" + missing.to_string(index=False))
         if not found:
             raise ValueError("None of the marker genes are in the data; see the table above.")
     return Prepared(adata, layer, batch_key, title, found, missing)

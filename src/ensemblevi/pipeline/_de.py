@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +11,7 @@ import pandas as pd
 
 from ensemblevi._files import STAGE, OutputDirectory, write_csv, write_json
 from ensemblevi._interrupt import set_resume_hint
+from ensemblevi._names import file_stem
 from ensemblevi.pipeline._report import DE_KEY, render_run_report
 
 #: ``de`` stages its files apart from the run's stage, which may hold a kept model
@@ -25,7 +23,8 @@ def de_name(group1: str, group2: str | None) -> str:
 
     ``de_<group1>_vs_<group2|rest>`` where that is a faithful spelling (letters, digits,
     ``_ . -`` and no ``_vs_`` inside a group name); else the slug plus 8 hex digits of a
-    hash of the exact names, so "CD4 T" and "CD4+ T" get different names.
+    hash of the exact names (:func:`ensemblevi._names.file_stem`), so "CD4 T" and
+    "CD4+ T" get different names. Dots are kept: "CD4.Naive" and "CD4.Memory" differ.
 
     Parameters
     ----------
@@ -34,15 +33,9 @@ def de_name(group1: str, group2: str | None) -> str:
     group2
         The reference group (``None``: all other cells).
     """
-    raw = f"{group1}_vs_{group2 or 'rest'}"
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", raw)
-    lossy = slug != raw or any("_vs_" in g for g in (group1, group2 or ""))
-    if group2 == "rest":  # "vs rest" would otherwise read as "vs all other cells"
-        lossy = True
-    if lossy:
-        exact = json.dumps([group1, group2], ensure_ascii=False).encode()
-        slug += "_" + hashlib.blake2b(exact, digest_size=4).hexdigest()
-    return "de_" + slug
+    # a group called "rest" would otherwise read as "vs all other cells"
+    return file_stem(group1, group2 or "rest", prefix="de_", sep="_vs_",
+                     hashed=group2 == "rest", exact=[group1, group2])  # fmt: skip
 
 
 @dataclass
@@ -59,12 +52,15 @@ class DEResult:
         The per-gene table.
     settings
         Its settings (``tables/<name>.json``).
+    files
+        The files written into the run directory (table, settings, figure), as committed.
     """
 
     name: str
     key: str
     table: pd.DataFrame
     settings: dict
+    files: list[Path] = field(default_factory=list)
 
 
 def check_run_dir(run_dir: Path) -> None:
@@ -146,9 +142,9 @@ def run_de(run_dir: str | Path, group1: str, groupby: str = "cell_type",
         try:
             fig = pl.de_volcano(adata, key=key, title=f"{group1} vs {group2 or 'rest'}",
                             return_fig=True)  # fmt: skip
-            pl.save_figure(fig, stage / "figures" / name)
-            write_csv(table, stage / "tables" / f"{name}.csv", index=True)
-            write_json(stage / "tables" / f"{name}.json", settings)
+            written = [write_csv(table, stage / "tables" / f"{name}.csv", index=True),
+                       write_json(stage / "tables" / f"{name}.json", settings),
+                       *pl.save_figure(fig, stage / "figures" / name)]  # fmt: skip
             write_h5ad_atomic(adata, stage / "results.h5ad", overwrite=True)
             render_run_report(run_dir, stage=stage)
         except BaseException:
@@ -156,4 +152,5 @@ def run_de(run_dir: str | Path, group1: str, groupby: str = "cell_type",
             raise
         out.commit(keep=out.files)
         set_resume_hint(None)
-    return DEResult(name, key, table, settings)
+    files = [run_dir / p.relative_to(stage) for p in written]
+    return DEResult(name, key, table, settings, files)

@@ -90,15 +90,19 @@ def write_figures(stage: Path, adata: AnnData, trained: Trained, analysis: Analy
 
 def _carry_de_results(out: OutputDirectory, stage: Path, adata: AnnData) -> None:
     # DE results belong to the model they came from: they stay while it is reused
-    import anndata
+    import h5py
+    from anndata.io import read_elem
 
     for rel in out.files:
         if rel.startswith(("tables/de_", "figures/de_")):
             (stage / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(out.path / rel, stage / rel)
     if "results.h5ad" in out.files:
-        old = anndata.read_h5ad(out.path / "results.h5ad")
-        adata.uns.update({k: v for k, v in old.uns.items() if k.startswith(DE_KEY)})
+        # only the DE entries of uns are read: not the whole result, which an older version
+        # may have written with names it cannot read back
+        with h5py.File(out.path / "results.h5ad", "r") as f:
+            uns = f.get("uns", {})
+            adata.uns.update({k: read_elem(uns[k]) for k in uns if k.startswith(DE_KEY)})
 
 
 def write_outputs(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import html
 import json
 import os
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from ensemblevi._files import write_text
+from ensemblevi._names import html_text, read_table
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;
@@ -63,7 +63,7 @@ def _table(frame: pd.DataFrame, max_rows: int = 30, index: bool = False) -> str:
 
 def _image(path: Path, alt: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+    return f'<img alt="{html_text(alt)}" src="data:image/png;base64,{data}">'
 
 
 def write_report(
@@ -91,15 +91,15 @@ def write_report(
     """
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1>",
-        f"<p class='meta'>{html.escape(meta.get('summary', ''))}</p>",
+        f"<title>{html_text(title)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{html_text(title)}</h1>",
+        f"<p class='meta'>{html_text(meta.get('summary', ''))}</p>",
         "<h2>What the results say</h2><div class='reading'><ul>",
-        *(f"<li>{html.escape(line)}</li>" for line in reading),
+        *(f"<li>{html_text(line)}</li>" for line in reading),
         "</ul></div>",
     ]
     for heading, items in sections:
-        parts.append(f"<h2>{html.escape(heading)}</h2>")
+        parts.append(f"<h2>{html_text(heading)}</h2>")
         for item in items:
             if isinstance(item, pd.DataFrame):
                 parts.append(_table(item))
@@ -107,9 +107,9 @@ def write_report(
                 parts.append(_image(item, item.stem))
             elif isinstance(item, Alert):
                 kind = "ok" if item.ok else "warn"
-                parts.append(f"<p class='{kind}'>{html.escape(str(item))}</p>")
+                parts.append(f"<p class='{kind}'>{html_text(str(item))}</p>")
             else:
-                parts.append(f"<p>{html.escape(str(item))}</p>")
+                parts.append(f"<p>{html_text(str(item))}</p>")
     rows = pd.DataFrame(
         [(k, v) for k, v in meta.items() if k != "summary"], columns=["setting", "value"]
     )
@@ -127,9 +127,10 @@ DE_COLUMNS = ["gene", "proba_de", "lfc_median", "lfc_q2.5", "lfc_q97.5", "lfc_co
 def _csv(path: Path, index_name: str | None = None) -> pd.DataFrame | None:
     if not path.exists():
         return None
+    # our own tables: a group or gene called "NA" stays "NA", not NaN
     if index_name is None:
-        return pd.read_csv(path)
-    frame = pd.read_csv(path, index_col=0)
+        return read_table(path)
+    frame = read_table(path, index_col=0)
     frame.index.name = frame.index.name or index_name
     return frame.reset_index()
 

@@ -156,7 +156,7 @@ def train_or_reuse(
                          "result stays whole until the new run is complete) or choose "
                          "another --out.")  # fmt: skip
     for source, diffs in stale.items():
-        log(f"[yellow]not reusing {places[source]}[/yellow]: {'; '.join(diffs)}")
+        log(f"not reusing {places[source]}: {'; '.join(diffs)}")
     if "stage" in stale:
         _discard_stage_models(out.stage)
     with warnings.catch_warnings():

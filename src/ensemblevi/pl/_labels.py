@@ -10,6 +10,8 @@ from anndata import AnnData
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from ensemblevi._names import from_h5_columns
+
 from ._utils import SaveArg, finish, panels, stored_result, style
 
 KEY = "ensemblevi"
@@ -118,7 +120,7 @@ def label_confusion(
     The Figure with ``return_fig``, ``None`` when shown, else the Axes.
     """
     stored = stored_result(adata, key, "label_calibration")
-    table = pd.DataFrame(stored["confusion"]).set_index("true")
+    table = from_h5_columns(pd.DataFrame(stored["confusion"])).set_index("true")
     counts = table.to_numpy(dtype=float)
     shown = counts / np.maximum(counts.sum(1, keepdims=True), 1) if normalize else counts
     with style():

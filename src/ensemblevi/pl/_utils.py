@@ -131,7 +131,7 @@ def finish(
             target = Path(sc.settings.figdir) / f"{name}.png"
         else:
             target = Path(save)
-        fmt = target.suffix.lstrip(".") or "png"
+        fmt = _format_of(target) or "png"
         save_figure(fig, target, formats=(fmt,))
     if return_fig:
         return fig
@@ -139,6 +139,30 @@ def finish(
         plt.show()
         return None
     return axes[0] if len(axes) == 1 else axes
+
+
+def _format_of(path: Path) -> str | None:
+    """The figure format ``path``'s suffix names, or ``None`` (``de_CD4.Naive``: none)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    fmt = path.suffix.lstrip(".").lower()
+    return fmt if fmt in FigureCanvasBase.get_supported_filetypes() else None
+
+
+def figure_path(path: str | os.PathLike, fmt: str) -> Path:
+    """``path`` with the suffix of ``fmt``: a suffix naming a figure format is replaced,
+    any other dot stays part of the name (group names such as ``CD4.Naive`` keep theirs).
+
+    Parameters
+    ----------
+    path
+        Target path, with or without a format suffix.
+    fmt
+        The format (``png``, ``svg``, ``pdf``, ...).
+    """
+    path = Path(path)
+    stem = path.with_suffix("") if _format_of(path) else path
+    return stem.with_name(f"{stem.name}.{fmt}")
 
 
 def save_figure(
@@ -158,7 +182,8 @@ def save_figure(
     fig
         The figure, or an Axes (or list of Axes, as the plots return) of it.
     path
-        Target path; its suffix is replaced by each format's.
+        Target path; a suffix naming a figure format is replaced by each format's, any
+        other dot is part of the name (:func:`figure_path`).
     formats
         File formats (``png``, ``svg``, ``pdf``, ...).
     dpi
@@ -174,7 +199,7 @@ def save_figure(
     tight = None if fig.get_layout_engine() is not None else "tight"
     out = []
     for fmt in formats:
-        target = Path(path).with_suffix(f".{fmt}")
+        target = figure_path(path, fmt)
         with atomic_file(target) as tmp:
             fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches=tight)
         out.append(target)

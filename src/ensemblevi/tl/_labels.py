@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from ensemblevi._names import from_h5_key, h5_columns, h5_key
 from ensemblevi.metrics import (
     N_BINS,
     apply_temperature,
@@ -199,7 +200,9 @@ def label_uncertainty(
         obs[f"{key_added}_label_{name}"] = parts[name].astype(np.float32)
     obs[f"{key_added}_label_unknown"] = unknown
     adata.obsm[f"{key_added}_label_probabilities"] = pd.DataFrame(
-        parts["probabilities"].astype(np.float32), index=adata.obs_names, columns=types
+        # type names become HDF5 names in results.h5ad: "/A" would be a path
+        parts["probabilities"].astype(np.float32), index=adata.obs_names,
+        columns=[h5_key(t) for t in types],
     )
     info.update(threshold=float(threshold), n_unknown=int(unknown.sum()),
                 n_cells=int(adata.n_obs))  # fmt: skip
@@ -247,7 +250,7 @@ def label_calibration(
     if truth_key not in adata.obs:
         raise KeyError(f"No obs[{truth_key!r}] to compare the predictions with.")
     probs = pd.DataFrame(adata.obsm[name])
-    types = [str(c) for c in probs.columns]
+    types = [from_h5_key(c) for c in probs.columns]
     truth = adata.obs[truth_key].astype(str).to_numpy()
     keep = np.isin(truth, types) & (np.ones(adata.n_obs, bool) if mask is None
                                     else np.asarray(mask, dtype=bool))  # fmt: skip
@@ -267,5 +270,6 @@ def label_calibration(
         "reliability": reliability_table(p, y, n_bins),
         "confusion": confusion_table(y, pred, types).reset_index(),
     }
-    adata.uns.setdefault(key, {})["label_calibration"] = out
+    adata.uns.setdefault(key, {})["label_calibration"] = {
+        **out, "confusion": h5_columns(out["confusion"])}  # type names as HDF5 names
     return out

@@ -16,6 +16,7 @@ import torch
 from anndata import AnnData
 
 from ensemblevi._constants import DEFAULT_KEY
+from ensemblevi._names import h5_columns
 from ensemblevi.data import require_obs_columns
 from ensemblevi.model._uncertainty import UncertaintySummary
 
@@ -333,7 +334,8 @@ def write_gene_uncertainty(
     adata.var[f"{key_added}_uncertainty_rank"] = table["rank"].to_numpy()
     if groupby is not None:
         by_group = summary.genes_by_group(adata.var_names, names)
-        adata.varm[f"{key_added}_uncertainty_by_group"] = by_group
+        # group names become HDF5 names in results.h5ad: "/A" would be a path
+        adata.varm[f"{key_added}_uncertainty_by_group"] = h5_columns(by_group)
         for g in names:
             table[f"uncertainty_{g}"] = by_group[g].to_numpy()
     adata.uns.setdefault(key_added, {})["gene_uncertainty"] = params
