@@ -36,6 +36,19 @@ class EnsembleMixin:
             )
         return adata.var_names.isin(gene_list)
 
+    def _validate_anndata(self, adata: AnnData | None = None, copy_if_view: bool = True):
+        """scvi-tools' check of ``adata``, after checking its genes against the model's.
+
+        Every ``adata=`` entry point goes through here. The same genes in another order
+        give a copy in the model's order (with a warning), so each output is computed and
+        labelled gene by gene; missing or extra genes are refused with the fix. The
+        model's own AnnData, or genes in the model's order, pass at the cost of one
+        comparison of the names.
+        """
+        if adata is not None and adata is not getattr(self, "adata", None):
+            adata = _in_model_gene_order(adata, _model_var_names(self))
+        return super()._validate_anndata(adata, copy_if_view=copy_if_view)
+
     def _check_member(self, member: int | None) -> int | None:
         if member is not None and not 0 <= member < self.n_members:
             raise IndexError(f"member {member} out of range: the ensemble has {self.n_members}.")
@@ -119,3 +132,49 @@ class EnsembleMixin:
 def _empty(value: Any) -> bool:
     """An empty dict of loader keyword arguments (what callers pass for none)."""
     return isinstance(value, dict) and not value
+
+
+def _model_var_names(model) -> pd.Index | None:
+    """The genes the model was set up with, in its order (``None``: not known)."""
+    if getattr(model, "adata", None) is not None:
+        return model.adata.var_names
+    try:  # a model loaded without its AnnData: the registry keeps the names
+        state = model.registry_["field_registries"]["X"]["state_registry"]
+    except (AttributeError, KeyError, TypeError):
+        return None
+    names = state.get("column_names")
+    return None if names is None else pd.Index(names)
+
+
+def _in_model_gene_order(adata: AnnData, genes: pd.Index | None) -> AnnData:
+    """``adata`` with its genes in the model's order (``genes``), or a named error."""
+    if genes is None or adata.var_names.equals(genes):  # the fast path: one comparison
+        return adata
+    given = pd.Index(adata.var_names)
+    missing, extra = genes.difference(given), given.difference(genes)
+    if len(missing) or len(extra) or not given.is_unique:
+        parts = [f"{len(missing):,} of the model's {len(genes):,} genes are missing (e.g. "
+                 f"{list(missing[:3])})"] if len(missing) else []  # fmt: skip
+        if len(extra):
+            parts.append(f"{len(extra):,} genes are not the model's (e.g. {list(extra[:3])})")
+        problem = "; ".join(parts) or "its gene names are not unique"
+        raise ValueError(
+            f"The AnnData's genes do not match the model's: {problem}. Pass the model's genes "
+            "in its order (adata[:, model.adata.var_names], after adding any missing gene "
+            "with zero counts), or map new data with a different gene set through "
+            "load_query_data (scArches), which pads missing genes."
+        )
+    import warnings
+
+    warnings.warn(
+        f"The AnnData has the model's {len(genes):,} genes in another order; the model reads "
+        "a copy in its own order, so outputs are computed and labelled gene by gene (functions "
+        "that write results into the AnnData write them into that copy: pass "
+        "adata[:, model.adata.var_names].copy() to keep them).",
+        UserWarning,
+        stacklevel=4,
+    )
+    out = adata[:, genes].copy()
+    for key in ("_scvi_uuid", "_scvi_manager_uuid"):  # the copy is registered on its own
+        out.uns.pop(key, None)
+    return out
