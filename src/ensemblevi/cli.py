@@ -166,14 +166,18 @@ def run(
     heart_path: HeartOpt = Path("data"),
     layer: LayerOpt = None,
     batch_key: BatchOpt = None,
-    labels_key: Annotated[str, typer.Option(help="obs column of the cell groups.")] = "cell_type",
+    labels_key: Annotated[str, typer.Option(
+        help="obs column of the cell groups (data without the default cell_type column run "
+        "without groups).")] = "cell_type",
     n_top_genes: TopGenesOpt = 1200,
     ensemble: EnsembleOpt = "deep",
     members: Annotated[int, typer.Option(help="Ensemble members K.")] = 4,
     seeds: Annotated[
         int, typer.Option(help="Train N scvi.model.SCVI seeds instead (the original experiment).")
     ] = 0,
-    markers: Annotated[str, typer.Option(help="heart, pbmc3k, or a JSON/YAML file.")] = "heart",
+    markers: Annotated[str, typer.Option(
+        help="auto (the heart set where its genes are in the data, else each group's top genes "
+        "in the data), none (no marker section), heart, pbmc3k, or a JSON/YAML file.")] = "auto",
     marker: Annotated[
         list[str] | None,
         typer.Option("--marker", help="Extra markers TYPE=GENE,GENE (repeatable)."),
@@ -226,6 +230,15 @@ def run(
     _print_done(reading, out, t0)
 
 
+def _open_range(value: float, option: str, low: float, high: float | None = None) -> float:
+    """``value`` if ``low < value < high``; else the parser's error (exit 2, nothing loaded)."""
+    if not (low < value and (high is None or value < high)):
+        where = f"between {low:g} and {high:g} (both excluded)" if high is not None else (
+            f"above {low:g}")  # fmt: skip
+        raise typer.BadParameter(f"{option} must be {where}, got {value:g}.")
+    return value
+
+
 @app.command("de")
 def de_command(
     run_dir: Annotated[Path, typer.Argument(help="Directory written by `ensemblevi run`.")],
@@ -234,13 +247,17 @@ def de_command(
     group2: Annotated[
         str | None, typer.Option(help="Reference group [default: all other cells].")
     ] = None,
-    fdr: Annotated[float, typer.Option(help="Target of the posterior expected FDR.")] = 0.05,
-    delta: Annotated[float, typer.Option(help="Smallest |LFC| (log2) that counts.")] = 0.5,
+    # ranges checked by the parser: a bad value is refused before the run's model loads
+    fdr: Annotated[float, typer.Option(help="Target of the posterior expected FDR.",
+                                       callback=lambda v: _open_range(v, "--fdr", 0, 1))] = 0.05,
+    delta: Annotated[float, typer.Option(help="Smallest |LFC| (log2) that counts.",
+                                         callback=lambda v: _open_range(v, "--delta", 0))] = 0.5,
     estimand: Annotated[
         str, typer.Option(help="counts (calibrated on the counts), population or cell_pairs.")
     ] = "counts",
-    n_samples: Annotated[int, typer.Option(help="Posterior draws per member.")] = 50,
-    max_cells: Annotated[int, typer.Option(help="Cells per group, subsampled above.")] = 500,
+    n_samples: Annotated[int, typer.Option(help="Posterior draws per member.", min=1)] = 50,
+    max_cells: Annotated[int, typer.Option(help="Cells per group, subsampled above.",
+                                           min=1)] = 500,
     batch_correction: Annotated[
         bool, typer.Option("--batch-correction", help="Marginalise over batches "
                            "(counts: standardise the means to one batch mix).")

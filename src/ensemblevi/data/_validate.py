@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
@@ -191,6 +192,59 @@ def check_obs_complete(adata: AnnData, key: str) -> None:
             f"e.g. cell {first!r}; every cell needs a {key}. Drop those cells "
             f"(adata = adata[adata.obs[{key!r}].notna()].copy()) or give them a value of "
             "their own (e.g. 'unknown')."
+        )
+
+
+def check_size(adata: AnnData, *, min_cells: int = 1, min_genes: int = 1, what: str = "the data",
+               why: str = "") -> None:  # fmt: skip
+    """Raise a ``ValueError`` when ``adata`` has fewer cells or genes than a job needs.
+
+    Parameters
+    ----------
+    adata
+        The data (after any selection the job makes).
+    min_cells, min_genes
+        The least the job needs.
+    what
+        What the data is, in words ("the query", "the data after gene selection").
+    why
+        Why that many are needed (added to the message).
+    """
+    short = [f"{n:,} {unit} (needs at least {low:,})" for n, low, unit in
+             ((adata.n_obs, min_cells, "cells"), (adata.n_vars, min_genes, "genes"))
+             if n < low]  # fmt: skip
+    if short:
+        raise ValueError(f"{what[0].upper()}{what[1:]} has {' and '.join(short)}"
+                         f"{': ' + why if why else ''}. Nothing was trained.")  # fmt: skip
+
+
+def check_labels_column(adata: AnnData, key: str, option: str = "labels_key") -> None:
+    """Raise a ``ValueError`` when ``obs[key]`` looks continuous, not a set of cell types.
+
+    A float column with non-integer values, or a column with a distinct value for more
+    than half of the cells (above 100 values), is a measurement or an id, not a label:
+    each value would become a class of one or a few cells.
+
+    Parameters
+    ----------
+    adata
+        The data.
+    key
+        The ``obs`` column of the labels.
+    option
+        The option that named it (for the message).
+    """
+    col = adata.obs[key]
+    values = col.dropna()
+    n_levels = int(values.nunique())
+    floats = pd.api.types.is_float_dtype(col.dtype) and bool(
+        (np.asarray(values, dtype=np.float64) % 1 != 0).any())  # fmt: skip
+    if floats or (n_levels > 100 and n_levels > 0.5 * adata.n_obs):
+        kind = "non-integer numbers" if floats else "values"
+        raise ValueError(
+            f"{option} {key!r} holds {n_levels:,} distinct {kind} in {adata.n_obs:,} cells: it "
+            "looks like a measurement or an id, not cell types, and each value would be a "
+            "type of its own. Pass the obs column of the cell types (categories or strings)."
         )
 
 

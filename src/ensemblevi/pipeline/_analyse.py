@@ -15,7 +15,7 @@ class Analysis:
     Parameters
     ----------
     summary
-        Per marker and group: ``expression_spread``'s summary.
+        Per marker and group: ``expression_spread``'s summary (``None``: no markers).
     genes
         ``gene_uncertainty``'s table, most uncertain gene first.
     novelty
@@ -29,10 +29,10 @@ class Analysis:
         ``cluster_stability``'s per-cluster table, or ``None`` for a one-member model.
     """
 
-    summary: pd.DataFrame
+    summary: pd.DataFrame | None
     genes: pd.DataFrame
     novelty: pd.DataFrame | None
-    cv_threshold: float
+    cv_threshold: float | None
     groups: pd.DataFrame | None = None
     clusters: pd.DataFrame | None = None
 
@@ -41,7 +41,7 @@ def analyse(
     model,
     adata: AnnData,
     markers: dict[str, list[str]],
-    labels_key: str,
+    labels_key: str | None,
     n_samples: int,
     seed: int = 0,
     resolution: float = 1.0,
@@ -59,9 +59,9 @@ def analyse(
     adata
         The run's data.
     markers
-        Marker genes per group (present in ``adata``).
+        Marker genes per group (present in ``adata``; empty: no marker spread).
     labels_key
-        ``obs`` column of the groups.
+        ``obs`` column of the groups (``None``: the run has none).
     n_samples
         Latent samples per member.
     seed
@@ -76,7 +76,7 @@ def analyse(
     val = getattr(model, "validation_indices", None)
     n_val = 0 if val is None else len(val)
     novelty = several and n_val >= MIN_VALIDATION_CELLS
-    found = tl.uncertainty_analysis(model, adata, markers=markers, groupby=labels_key,
+    found = tl.uncertainty_analysis(model, adata, markers=markers or None, groupby=labels_key,
                                     n_samples=n_samples, seed=seed, novelty=novelty,
                                     embedding=several)  # fmt: skip
     if several and not novelty:
@@ -86,13 +86,15 @@ def analyse(
             "train_size)"
         }
     spread, genes, novelty = found["spread"], found["genes"], found["novelty"]
-    threshold = adata.uns["ensemblevi"]["expression_spread"]["params"]["cv_threshold"]
+    threshold = (adata.uns["ensemblevi"]["expression_spread"]["params"]["cv_threshold"]
+                 if spread is not None else None)  # fmt: skip
     groups = None
-    if novelty is not None and labels_key in adata.obs:
+    if novelty is not None and labels_key is not None:
         # reads the scores cell_novelty just wrote: no second pass through the decoders
         groups = tl.group_novelty(model, adata, groupby=labels_key, seed=seed, progress=False)
     clusters = None
     if several:  # every member is a run: do the clusters and neighbours hold up?
         clusters = tl.cluster_stability(model, adata, resolution=resolution, seed=seed)
         tl.member_umaps(model, adata, members=4, seed=seed)
-    return Analysis(spread["summary"], genes, novelty, threshold, groups, clusters)
+    summary = spread["summary"] if spread is not None else None
+    return Analysis(summary, genes, novelty, threshold, groups, clusters)

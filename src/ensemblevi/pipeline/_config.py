@@ -32,7 +32,9 @@ class RunConfig:
     batch_key
         ``obs`` column of the batch; ``None`` uses ``"batch"`` when it has several values.
     labels_key
-        ``obs`` column of the cell groups; ``None`` for a training without analysis.
+        ``obs`` column of the cell groups; ``None`` for a training without analysis. Where
+        the data has no column of the default name (``cell_type``), the run goes on
+        without groups (the report says so); another name must exist.
     n_top_genes
         Highly variable genes kept (markers are kept too).
     ensemble
@@ -42,7 +44,10 @@ class RunConfig:
     seeds
         Train this many ``scvi.model.SCVI`` seeds instead (0: an ``EnsembleSCVI``).
     markers
-        Built-in marker set name or a JSON/YAML file; ``None``: no markers.
+        ``"auto"``: the heart set where any of its genes is in the data, else each group's
+        top markers found in the data (:func:`ensemblevi.tl.data_markers`; the report
+        says so); a built-in marker set name or a JSON/YAML file; ``None`` or ``"none"``:
+        no markers (the marker section is skipped).
     marker
         Extra markers, ``TYPE=GENE,GENE`` each.
     epochs
@@ -67,7 +72,7 @@ class RunConfig:
     ensemble: str = "deep"
     members: int = 4
     seeds: int = 0
-    markers: str | None = "heart"
+    markers: str | None = "auto"
     marker: tuple[str, ...] = field(default_factory=tuple)
     epochs: int = 60
     n_samples: int = 10

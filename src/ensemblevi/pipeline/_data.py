@@ -33,6 +33,10 @@ class Prepared:
         The markers found in the data, per group.
     missing
         Markers (or groups) not usable, and why (empty when all are).
+    labels_key
+        The groups' ``obs`` column used (``None``: the run has no groups).
+    notes
+        What the run did differently from what was asked, and why, for the report.
     """
 
     adata: AnnData
@@ -41,6 +45,8 @@ class Prepared:
     title: str
     markers: dict[str, list[str]] = field(default_factory=dict)
     missing: pd.DataFrame = field(default_factory=pd.DataFrame)
+    labels_key: str | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 def load_data(config: RunConfig) -> tuple[AnnData, str | None, str]:
@@ -64,15 +70,70 @@ def load_data(config: RunConfig) -> tuple[AnnData, str | None, str]:
     return read(config.data, layer=config.layer), config.layer, str(config.data)
 
 
+#: the labels column looked for when none is named; data without it runs without groups
+DEFAULT_LABELS_KEY = "cell_type"
+#: fewest genes a run trains on: no fewer than the latent dimensions (scVI's 10)
+MIN_GENES = 10
+#: fewest cells: the training/validation split and the neighbour graphs need some
+MIN_CELLS = 20
+
+
+def _no_markers(config: RunConfig) -> bool:
+    return config.markers is None or str(config.markers).lower() == "none"
+
+
 def _marker_set(config: RunConfig) -> dict[str, list[str]]:
     from ensemblevi.tl import load_markers, parse_marker_options
 
-    if config.markers is None and not config.marker:
+    if _no_markers(config) and not config.marker:
         return {}
-    marker_set = load_markers(config.markers) if config.markers is not None else {}
+    named = "heart" if config.markers == "auto" else config.markers
+    marker_set = {} if _no_markers(config) else load_markers(named)
     for group, genes in parse_marker_options(list(config.marker)).items():
         marker_set.setdefault(group, []).extend(genes)
     return marker_set
+
+
+def _labels_key(adata: AnnData, labels_key: str | None, notes: list[str]) -> str | None:
+    """The groups' column the run uses: ``None`` where the default one is absent."""
+    if labels_key == DEFAULT_LABELS_KEY and labels_key not in adata.obs:
+        notes.append(f"The data has no obs[{labels_key!r}] column, so the run has no cell "
+                     "groups: the marker and group sections are skipped, and the clusters "
+                     "are the consensus Leiden clusters. Pass --labels-key COLUMN to use "
+                     "groups.")  # fmt: skip
+        return None
+    return labels_key
+
+
+def _found_markers(config: RunConfig, marker_set: dict, adata: AnnData, labels_key: str | None,
+                   layer: str | None, notes: list[str], log: Log):  # fmt: skip
+    """The markers of the run found in the data, and the table of those that are not."""
+    from ensemblevi.tl import check_markers, data_markers
+
+    if not marker_set and not (config.markers == "auto" and labels_key is not None):
+        if labels_key is not None:  # --markers none
+            notes.append("No marker genes were asked for (--markers none): the marker "
+                         "section is skipped.")  # fmt: skip
+        return {}, pd.DataFrame()
+    if labels_key is None:  # markers are per group: without groups there is nothing to read
+        return {}, pd.DataFrame()
+    groups = adata.obs[labels_key].astype(str).unique()
+    found, missing = check_markers(marker_set, adata.var_names, groups)
+    if not found and config.markers == "auto" and not config.marker:
+        found = data_markers(adata, labels_key, layer=layer)
+        notes.append(f"No marker set was given and none of the heart atlas' markers is in "
+                     f"the data, so each {labels_key} group's top genes in the data (highest "
+                     "mean log-normalised expression against the other cells) are its "
+                     "markers here; pass --markers FILE to choose them, "
+                     "or --markers none to skip the section.")  # fmt: skip
+        return found, pd.DataFrame()
+    if len(missing):
+        log("markers not usable:\n" + missing.to_string(index=False))
+    if not found:
+        raise ValueError("None of the marker genes are in the data; see the table above. Pass "
+                         "the markers of these data (--markers FILE, --marker TYPE=GENE,GENE), "
+                         "or --markers none.")  # fmt: skip
+    return found, missing
 
 
 def _check_obs(adata: AnnData, labels_key: str | None, batch_key: str | None) -> None:
@@ -122,8 +183,7 @@ def prepare_data(
         Called with ``(adata, layer, title)`` once the data is read, before genes are
         selected (the CLI prints its summary table there).
     """
-    from ensemblevi.data import preprocess
-    from ensemblevi.tl import check_markers
+    from ensemblevi.data import check_size, preprocess
 
     config.validate()
     marker_set = _marker_set(config)  # a bad marker file fails before the data is read
@@ -133,25 +193,25 @@ def prepare_data(
     batch_key = config.batch_key
     if batch_key is None and "batch" in adata.obs and adata.obs["batch"].nunique() > 1:
         batch_key = "batch"
-    _check_obs(adata, config.labels_key, batch_key)
+    notes: list[str] = []
+    labels_key = _labels_key(adata, config.labels_key, notes)
+    _check_obs(adata, labels_key, batch_key)
+    check_size(adata, min_cells=MIN_CELLS, min_genes=MIN_GENES, what="the data",
+               why=f"a run trains on at least {MIN_GENES} genes (no fewer than the latent "
+               f"dimensions) and {MIN_CELLS} cells")  # fmt: skip
     if adata.n_vars > config.n_top_genes:
         wanted = [g for genes in marker_set.values() for g in genes]
         preprocess(adata, n_top_genes=config.n_top_genes, batch_key=batch_key, layer=layer,
                    keep_genes=wanted or None)  # fmt: skip
         layer = "counts"
         log(f"kept {adata.n_vars:,} genes (highly variable + markers)")
-    found: dict[str, list[str]] = {}
-    missing = pd.DataFrame()
-    if marker_set:
-        groups = None
-        if config.labels_key is not None:
-            groups = adata.obs[config.labels_key].astype(str).unique()
-        found, missing = check_markers(marker_set, adata.var_names, groups)
-        if len(missing):
-            log("markers not usable:\n" + missing.to_string(index=False))
-        if not found:
-            raise ValueError("None of the marker genes are in the data; see the table above.")
-    return Prepared(adata, layer, batch_key, title, found, missing)
+        check_size(adata, min_cells=MIN_CELLS, min_genes=MIN_GENES,
+                   what="the data after gene selection", why="raise --n-top-genes, or pass "
+                   "data with more genes expressed")  # fmt: skip
+    found, missing = _found_markers(config, marker_set, adata, labels_key, layer, notes, log)
+    for note in notes:
+        log(note)
+    return Prepared(adata, layer, batch_key, title, found, missing, labels_key, notes)
 
 
 def training_data(spec: dict) -> tuple[AnnData, str]:

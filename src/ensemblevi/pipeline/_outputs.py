@@ -40,7 +40,7 @@ def config_frame(config: dict) -> pd.DataFrame:
 
 
 def write_figures(stage: Path, adata: AnnData, trained: Trained, analysis: Analysis,
-                  labels_key: str) -> list[str]:  # fmt: skip
+                  labels_key: str | None) -> list[str]:  # fmt: skip
     """Draw and save the run's figures into ``stage/figures``; return their names.
 
     Parameters
@@ -54,21 +54,27 @@ def write_figures(stage: Path, adata: AnnData, trained: Trained, analysis: Analy
     analysis
         The analyses' results.
     labels_key
-        ``obs`` column the novelty UMAP is coloured by.
+        ``obs`` column the novelty UMAP is coloured by (``None``: the consensus clusters
+        where they were computed).
     """
     import matplotlib.pyplot as plt
 
     from ensemblevi import pl
+    from ensemblevi._constants import DEFAULT_KEY
 
-    marker_genes = list(analysis.summary["gene"].unique())
-    figs = {
-        "model_spread": lambda: pl.model_spread(adata, return_fig=True),
-        "biological_spread": lambda: pl.biological_spread(adata, return_fig=True),
-        "member_histograms": lambda: pl.member_histograms(adata, return_fig=True),
-        "gene_uncertainty": lambda: pl.gene_uncertainty(
-            adata, highlight=marker_genes, return_fig=True
-        ),
-    }
+    figs = {}
+    marker_genes = []
+    if analysis.summary is not None:  # the marker figures need markers
+        marker_genes = list(analysis.summary["gene"].unique())
+        figs = {
+            "model_spread": lambda: pl.model_spread(adata, return_fig=True),
+            "biological_spread": lambda: pl.biological_spread(adata, return_fig=True),
+            "member_histograms": lambda: pl.member_histograms(adata, return_fig=True),
+        }
+    figs["gene_uncertainty"] = lambda: pl.gene_uncertainty(adata, highlight=marker_genes,
+                                                           return_fig=True)  # fmt: skip
+    if labels_key is None and f"{DEFAULT_KEY}_consensus_leiden" in adata.obs:
+        labels_key = f"{DEFAULT_KEY}_consensus_leiden"
     if analysis.novelty is not None:
         figs["novelty_umap"] = lambda: pl.novelty_umap(adata, color=labels_key, return_fig=True)
     if analysis.groups is not None:
@@ -141,7 +147,7 @@ def write_outputs(
     t = time.perf_counter()
     stage, adata, model = out.stage, prepared.adata, trained.model
     hyper = model.get_hyperparameters() if model.ensemble == "hyperbatch" else None
-    figures = write_figures(stage, adata, trained, analysis, config.labels_key)
+    figures = write_figures(stage, adata, trained, analysis, prepared.labels_key)
     tables = {
         "markers_not_usable": prepared.missing if len(prepared.missing) else None,
         "marker_summary": analysis.summary,
@@ -160,8 +166,9 @@ def write_outputs(
         _carry_de_results(out, stage, adata)
     write_h5ad_atomic(adata, stage / "results.h5ad", overwrite=True)
     novelty = adata.uns["ensemblevi"].get("cell_novelty")
-    reading = run_reading(analysis.summary, analysis.genes, model.n_members,
-                          analysis.cv_threshold, novelty, adata.n_obs)  # fmt: skip
+    reading = list(prepared.notes)  # what the run did differently from what was asked
+    reading += run_reading(analysis.summary, analysis.genes, model.n_members,
+                           analysis.cv_threshold, novelty, adata.n_obs)  # fmt: skip
     if analysis.groups is not None:
         stored = adata.uns["ensemblevi"]["group_novelty"]
         reading += group_reading(analysis.groups, stored["groupby"], stored["fdr"],

@@ -215,10 +215,10 @@ def null_reading(settings: dict) -> str | None:
 
 
 def run_reading(
-    summary: pd.DataFrame,
+    summary: pd.DataFrame | None,
     genes: pd.DataFrame,
     n_members: int,
-    cv_threshold: float,
+    cv_threshold: float | None,
     novelty: dict | None = None,
     n_cells: int | None = None,
 ) -> list[str]:
@@ -228,7 +228,7 @@ def run_reading(
     ----------
     summary
         ``expression_spread``'s per-marker summary (``gene``, ``group``, ``member_cv``,
-        ``frac_uncertain_cells``, ``frac_between``).
+        ``frac_uncertain_cells``, ``frac_between``); ``None``: the run had no markers.
     genes
         ``gene_uncertainty``'s table, most uncertain gene first (``uncertainty``).
     n_members
@@ -250,7 +250,7 @@ def run_reading(
             "member CVs are 0 by construction and say nothing about how far retraining "
             "would move the values. Train an ensemble (e.g. --members 4) to measure it."
         )
-    else:
+    elif summary is not None and len(summary):
         top = summary.sort_values("member_cv", ascending=False).iloc[0]
         share = summary["frac_between"].mean()
         reading += [
@@ -371,6 +371,24 @@ def stability_reading(clusters: dict, neighbourhood: dict) -> list[str]:
     return [text]
 
 
+def _marker_sections(summary: pd.DataFrame, fig) -> list[tuple[str, list]]:
+    """The report's marker sections: the summary table and the spread figures."""
+    return [
+        ("Marker genes: summary", [summary]),
+        ("Model spread", [
+            "Each point is a cell: the mean and standard deviation of the marker's denoised "
+            "expression across members. Points above the dashed line vary by more than 10%.",
+            *fig("model_spread"),
+        ]),
+        ("Biological spread", [
+            "One point per member: the marker's average over the group's cells and its "
+            "standard deviation over cells. Members far apart disagree on the population.",
+            *fig("biological_spread"),
+        ]),
+        ("Across-member variation per cell", fig("member_histograms")),
+    ]  # fmt: skip
+
+
 def render_run_report(out: str | os.PathLike, stage: str | os.PathLike | None = None) -> Path:
     """(Re)build the ``report.html`` of ``ensemblevi run`` from the files of a run.
 
@@ -403,20 +421,9 @@ def render_run_report(out: str | os.PathLike, stage: str | os.PathLike | None = 
     hyper = _csv(find("tables/hyperparameters.csv"))
     missing = _csv(find("tables/markers_not_usable.csv"))
     sections: list[tuple[str, list]] = []
-    if summary is not None:
-        sections.append(("Marker genes: summary", [summary]))
+    if summary is not None:  # a run without markers (or groups) has no marker figures
+        sections += _marker_sections(summary, fig)
     sections += [
-        ("Model spread", [
-            "Each point is a cell: the mean and standard deviation of the marker's denoised "
-            "expression across members. Points above the dashed line vary by more than 10%.",
-            *fig("model_spread"),
-        ]),
-        ("Biological spread", [
-            "One point per member: the marker's average over the group's cells and its "
-            "standard deviation over cells. Members far apart disagree on the population.",
-            *fig("biological_spread"),
-        ]),
-        ("Across-member variation per cell", fig("member_histograms")),
         ("Gene uncertainty", [*fig("gene_uncertainty"),
                               *([genes.head(20)] if genes is not None else [])]),
     ]  # fmt: skip

@@ -96,7 +96,7 @@ def run_pipeline(
         try:
             t = time.perf_counter()
             analysis = analyse(trained.model, prepared.adata, prepared.markers,
-                               config.labels_key, config.n_samples, config.seed,
+                               prepared.labels_key, config.n_samples, config.seed,
                                config.resolution)  # fmt: skip
             timings["analysis"] = time.perf_counter() - t
             reading = write_outputs(directory, config, prepared, trained, analysis, timings)

@@ -5,7 +5,13 @@ from ._de import differential_expression, expected_fdr, fdr_calls, lfc_posterior
 from ._embedding import UMAP_KEY, expression_umap, member_umaps, umap
 from ._group_novelty import group_novelty
 from ._labels import label_calibration, label_uncertainty
-from ._markers import MARKER_SETS, check_markers, load_markers, parse_marker_options
+from ._markers import (
+    MARKER_SETS,
+    check_markers,
+    data_markers,
+    load_markers,
+    parse_marker_options,
+)
 from ._novelty import cell_novelty
 from ._seeds import seed_ensemble
 from ._spread import expression_spread, gene_uncertainty, point_density
@@ -16,6 +22,7 @@ __all__ = [
     "UMAP_KEY",
     "cell_novelty",
     "check_markers",
+    "data_markers",
     "cluster_stability",
     "differential_expression",
     "expected_fdr",
