@@ -75,11 +75,11 @@ def file_stem(*names: Any, prefix: str = "", sep: str = "_", hashed: bool = Fals
     """A file-name stem for ``names``, readable and unique per exact names.
 
     The names joined by ``sep``, with every run of characters other than letters, digits
-    and ``_ . -`` replaced by ``_``. Where that spelling is not faithful (a character was
-    replaced, ``sep`` occurs inside a name, or it was shortened to 80 characters), 8 hex
-    digits of a hash of the exact names are appended, so "CD4 T" and "CD4+ T" get
-    different stems; dots are kept, so "CD4.Naive" and "CD4.Memory" do too. Record the
-    exact names beside the file where they must be recovered.
+    and ``_ . -`` (and a leading dot) replaced by ``_``. Where that spelling is not
+    faithful (a character was replaced, ``sep`` occurs inside a name, or it was shortened
+    to 80 characters), 8 hex digits of a hash of the exact names are appended, so "CD4 T"
+    and "CD4+ T" get different stems; dots are kept, so "CD4.Naive" and "CD4.Memory" do
+    too. Record the exact names beside the file where they must be recovered.
 
     Parameters
     ----------
@@ -97,7 +97,8 @@ def file_stem(*names: Any, prefix: str = "", sep: str = "_", hashed: bool = Fals
     """
     parts = [str(n) for n in names]
     raw = sep.join(parts)
-    slug = _FILE_UNSAFE.sub("_", raw)
+    # a leading dot would hide the file, or make ".." a path: it becomes "_" too
+    slug = re.sub(r"^\.", "_", _FILE_UNSAFE.sub("_", raw))
     lossy = (hashed or slug != raw or len(slug) > _MAX_STEM
              or (len(parts) > 1 and any(sep in p for p in parts)))  # fmt: skip
     if lossy:

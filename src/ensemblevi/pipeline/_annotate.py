@@ -181,7 +181,7 @@ def run_annotate(
         Where progress notes go.
     """
     from ensemblevi import tl
-    from ensemblevi.data import preprocess, read
+    from ensemblevi.data import check_labels_column, preprocess, read
     from ensemblevi.model import EnsembleSCANVI, EnsembleSCVI
     from ensemblevi.tl._labels import SCORES
 
@@ -198,12 +198,17 @@ def run_annotate(
         if column is not None and column not in adata.obs:
             raise ValueError(f"{option} {column!r} is not a column of obs "
                              f"({', '.join(map(str, adata.obs.columns[:8])) or 'none'}).")
+    check_labels_column(adata, labels_key, "--labels-key")  # 1,000 floats are not 1,000 types
     labels = adata.obs[labels_key].astype(object).where(adata.obs[labels_key].notna(),
                                                          unlabeled_category)  # fmt: skip
     known = sorted(set(labels.astype(str)) - {unlabeled_category})
     if len(known) < 2:
         raise ValueError(f"obs[{labels_key!r}] has {len(known)} cell type(s) besides "
                          f"{unlabeled_category!r}; label transfer needs at least 2.")
+    if "unknown" in known:  # the call of a cell the rule rejects: it must stay unambiguous
+        raise ValueError(f"obs[{labels_key!r}] has a cell type named 'unknown', the name of the "
+                         "call for cells of no known type; rename it (or pass it as "
+                         "--unlabeled-category 'unknown' if it means unlabelled cells).")
     dest = OutputDirectory(out_path, "annotate").claim()
     if dest.files and not force:
         raise FileExistsError(f"{out_path} holds an earlier `ensemblevi annotate`; pass --force "

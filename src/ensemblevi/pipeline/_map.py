@@ -30,6 +30,11 @@ Log = Callable[[str], Any]
 CLUSTER_KEY = "ensemblevi_leiden"
 #: the batch the query's cells get where it names none
 QUERY_BATCH = "query"
+#: least share of the reference's genes a query must have: the others are filled with zero
+#: counts, and past half of them missing a cell's novelty measures the gene set, not the cell
+MIN_SHARED_GENES = 0.5
+#: fewest query cells: the query model holds some out, and groups need cells to be tested
+MIN_QUERY_CELLS = 10
 
 
 @dataclass
@@ -75,6 +80,18 @@ def prepare_query(query: AnnData, reference, batch_key: str | None = None,
     """
     from ensemblevi.model import EnsembleSCVI
 
+    genes = reference.adata.var_names
+    shared = int(genes.isin(query.var_names).sum())
+    if shared < MIN_SHARED_GENES * len(genes):
+        raise ValueError(
+            f"The query has {shared:,} of the reference's {len(genes):,} genes "
+            f"({100 * shared / len(genes):.0f}%); mapping needs at least "
+            f"{100 * MIN_SHARED_GENES:.0f}%, as the missing ones are filled with zero counts "
+            "and would make every cell look unlike the reference. Check that both use the "
+            "same gene names (symbols vs Ensembl ids, upper/lower case; the reference's "
+            f"begin {list(genes[:3])}, the query's {list(query.var_names[:3])}), or map onto a "
+            "run trained on the query's genes."
+        )
     setup = reference.adata_manager.registry["setup_args"]
     q = AnnData(X=query.X.copy(), obs=query.obs.copy(), var=query.var[[]].copy())
     if setup.get("layer") is not None:
@@ -191,7 +208,7 @@ def run_map(run_dir: str | Path, query: str | Path, out: str | Path, *,
 
     from ensemblevi import tl
     from ensemblevi._seeding import seeded_globally
-    from ensemblevi.data import read
+    from ensemblevi.data import check_size, read
     from ensemblevi.model import EnsembleSCVI
     from ensemblevi.tl._novelty_rule import MIN_VALIDATION_CELLS
 
@@ -205,6 +222,9 @@ def run_map(run_dir: str | Path, query: str | Path, out: str | Path, *,
         raise ValueError(f"--out {out_path} is the run directory; the map goes to a "
                          "directory of its own (e.g. --out map_<sample>).")  # fmt: skip
     raw = read(query, layer=layer)  # validated raw counts: the error names the fix
+    check_size(raw, min_cells=MIN_QUERY_CELLS, what="the query",
+               why="the query model holds some of them out to check its training, and the "
+               "groups are tested on them")  # fmt: skip
     if layer is not None:
         raw.X = raw.layers[layer]
     for option, column in (("--groupby", groupby), ("--batch-key", batch_key)):

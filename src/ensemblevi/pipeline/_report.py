@@ -466,6 +466,8 @@ def render_run_report(out: str | os.PathLike, stage: str | os.PathLike | None = 
                          f"{settings['reference']}", [
             estimand_text(settings),
             *([Alert(null, ok=not settings["null_check"]["any_warn"])] if null else []),
+            # the files by name: a group's name is never guessed back from a file name
+            f"Files: tables/{name}.csv" + "".join(f", figures/{p.name}" for p in fig(name)),
             "Top 25 genes by proba_de:",
             *fig(name),
             table[[c for c in [*DE_COLUMNS, call] if c in table.columns]].head(25),

@@ -290,7 +290,7 @@ def group_novelty(
     ref_scores = np.asarray(stored["calibration_scores"][score], dtype=np.float64)
     values = adata.obs[column].to_numpy(dtype=np.float64)
     labels = adata.obs[groupby].astype(str).to_numpy()
-    tested = np.ones(adata.n_obs, dtype=bool)
+    tested = ~np.isnan(values)  # cells without counts have no score (cell_novelty)
     if own:
         tested[ref.train] = False
     sets = None

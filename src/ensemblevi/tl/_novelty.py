@@ -20,7 +20,9 @@ tested (``novelty_tested`` is False, ``is_novel`` False): every score is biased 
 tested against a threshold from the other half of the validation cells, and the share
 of them flagged is the rule's measured false-positive rate (``<score>_fpr_heldout``).
 A query model (``load_query_data``) is calibrated on its reference model's cells: pass
-``reference_model``.
+``reference_model``. A cell with no counts carries no evidence either way: its scores are
+NaN and it is not tested (``novelty_tested`` False, ``is_novel`` False), with a warning
+giving their number; it is never called familiar (a score of 0) nor novel.
 """
 
 from __future__ import annotations
@@ -209,15 +211,43 @@ def flag_novel_cells(
     # what tl.group_novelty compares groups with: the same cells' scores, from this call
     info["calibration_scores"] = {name: calib[name].to_numpy(dtype=np.float64)
                                   for name in SCORES}  # fmt: skip
+    _leave_out_empty_cells(model, adata, scores, tested)
     scores["novelty_tested"] = tested
     scores["is_novel"] = scores[f"{DECIDING}_flag"]
     for col in (*SCORES, "novelty_tested", "is_novel"):
         adata.obs[f"{key_added}_{col}"] = scores[col].to_numpy()
+    info["n_tested"] = int(tested.sum())
     info["n_flagged"] = int(scores["is_novel"].sum())
     # positions in the reference AnnData of the cells that set the thresholds
     info["calibration_cells"] = ref.calibration
     adata.uns.setdefault(key_added, {})["cell_novelty"] = info
     return scores
+
+
+def _leave_out_empty_cells(model, adata: AnnData, scores: pd.DataFrame,
+                           tested: np.ndarray) -> None:  # fmt: skip
+    """Set the scores of cells without counts to NaN and leave them untested (in place)."""
+    import warnings
+
+    from scvi import REGISTRY_KEYS
+
+    counts = model.get_anndata_manager(adata, required=True).get_from_registry(
+        REGISTRY_KEYS.X_KEY)  # fmt: skip
+    empty = np.asarray(counts.sum(axis=1)).ravel() == 0
+    if not empty.any():
+        return
+    # an empty cell's latent is the prior's: a score of 0 would call it the most familiar
+    warnings.warn(
+        f"{int(empty.sum()):,} of {adata.n_obs:,} cells have no counts: their novelty scores "
+        "are NaN and they are not tested (nothing in them says whether the model knows "
+        "them). Remove them (scanpy.pp.filter_cells(adata, min_counts=1)) to silence this.",
+        UserWarning,
+        stacklevel=3,
+    )
+    scores.loc[empty, list(SCORES)] = np.nan
+    for name in SCORES:
+        scores.loc[empty, f"{name}_flag"] = False
+    tested[empty] = False
 
 
 def cell_novelty(
