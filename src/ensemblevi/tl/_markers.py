@@ -186,6 +186,7 @@ def data_markers(
         n_in, n_out = sel.sum(), max(len(sel) - sel.sum(), 1)
         score = inside / n_in - (total - inside) / n_out
         genes = [g for g in adata.var_names[np.argsort(-score, kind="stable")] if g not in used]
-        out[group] = [str(g) for g in genes[:n_genes]]
-        used.update(out[group])
+        if genes:  # with fewer genes than groups x n_genes, the last groups get none
+            out[group] = [str(g) for g in genes[:n_genes]]
+            used.update(out[group])
     return out
