@@ -53,7 +53,7 @@ def summary_table(adata, layer: str | None, title: str) -> Table:
 
     from ensemblevi.data import validate_counts
 
-    table = Table(title=title, show_header=False, title_justify="left")
+    table = Table(title=console_text(title), show_header=False, title_justify="left")
     table.add_column("what", style="bold")
     table.add_column("value")
     table.add_row("shape", f"{adata.n_obs:,} cells x {adata.n_vars:,} genes")
@@ -132,7 +132,7 @@ def inspect(
         adata = read(path, validate=False)
     except (FileNotFoundError, ValueError) as err:
         _fail(str(err))
-    console.print(summary_table(adata, layer, title=console_text(path)))
+    console.print(summary_table(adata, layer, title=str(path)))
 
 
 QUICK = {"n_cells": 1000, "epochs": 10, "n_samples": 3}
@@ -166,18 +166,16 @@ def run(
     heart_path: HeartOpt = Path("data"),
     layer: LayerOpt = None,
     batch_key: BatchOpt = None,
-    labels_key: Annotated[str, typer.Option(
-        help="obs column of the cell groups (data without the default cell_type column run "
-        "without groups).")] = "cell_type",
+    labels_key: Annotated[str, typer.Option(help="obs column of the cell groups (data "
+                          "without the default run without groups).")] = "cell_type",
     n_top_genes: TopGenesOpt = 1200,
     ensemble: EnsembleOpt = "deep",
     members: Annotated[int, typer.Option(help="Ensemble members K.")] = 4,
     seeds: Annotated[
         int, typer.Option(help="Train N scvi.model.SCVI seeds instead (the original experiment).")
     ] = 0,
-    markers: Annotated[str, typer.Option(
-        help="auto (the heart set where its genes are in the data, else each group's top genes "
-        "in the data), none (no marker section), heart, pbmc3k, or a JSON/YAML file.")] = "auto",
+    markers: Annotated[str, typer.Option(help="auto (heart where its genes are in the data, "
+                       "else each group's top genes), none, heart, pbmc3k or a file.")] = "auto",
     marker: Annotated[
         list[str] | None,
         typer.Option("--marker", help="Extra markers TYPE=GENE,GENE (repeatable)."),
@@ -220,7 +218,7 @@ def run(
         with interruptible():
             reading = run_pipeline(config, out, force=force, log=_log,
                                    on_loaded=lambda ad, lay, title: console.print(
-                                       summary_table(ad, lay, title=console_text(title))))
+                                       summary_table(ad, lay, title=title)))  # fmt: skip
     except (FileNotFoundError, ValueError) as err:
         _fail(str(err))
     except (RunRefused, FileExistsError) as err:
@@ -230,12 +228,11 @@ def run(
     _print_done(reading, out, t0)
 
 
-def _open_range(value: float, option: str, low: float, high: float | None = None) -> float:
+def _open_range(value: float, option: str, low: float, high: float = float("inf")) -> float:
     """``value`` if ``low < value < high``; else the parser's error (exit 2, nothing loaded)."""
-    if not (low < value and (high is None or value < high)):
-        where = f"between {low:g} and {high:g} (both excluded)" if high is not None else (
-            f"above {low:g}")  # fmt: skip
-        raise typer.BadParameter(f"{option} must be {where}, got {value:g}.")
+    if not low < value < high:
+        below = f" and < {high:g}" if high < float("inf") else ""
+        raise typer.BadParameter(f"{option} must be > {low:g}{below}, got {value:g}.")
     return value
 
 
@@ -247,7 +244,6 @@ def de_command(
     group2: Annotated[
         str | None, typer.Option(help="Reference group [default: all other cells].")
     ] = None,
-    # ranges checked by the parser: a bad value is refused before the run's model loads
     fdr: Annotated[float, typer.Option(help="Target of the posterior expected FDR.",
                                        callback=lambda v: _open_range(v, "--fdr", 0, 1))] = 0.05,
     delta: Annotated[float, typer.Option(help="Smallest |LFC| (log2) that counts.",
@@ -256,8 +252,7 @@ def de_command(
         str, typer.Option(help="counts (calibrated on the counts), population or cell_pairs.")
     ] = "counts",
     n_samples: Annotated[int, typer.Option(help="Posterior draws per member.", min=1)] = 50,
-    max_cells: Annotated[int, typer.Option(help="Cells per group, subsampled above.",
-                                           min=1)] = 500,
+    max_cells: Annotated[int, typer.Option(help="Cells per group (subsampled).", min=1)] = 500,
     batch_correction: Annotated[
         bool, typer.Option("--batch-correction", help="Marginalise over batches "
                            "(counts: standardise the means to one batch mix).")
@@ -311,10 +306,8 @@ def de_command(
                       else "- " + console_text(null), soft_wrap=True)  # fmt: skip
     top = res.table.head(10)[["proba_de", "lfc_median", "lfc_member_std", "call_flips"]]
     console.print(console_text(top.round(3).to_string()))
-    # the files as written: a group name never has to be guessed back from a file name
-    console.print(console_text(f"wrote {', '.join(map(str, res.files))}, updated "
-                               f"results.h5ad (uns[{res.key!r}]) and report.html"),
-                  soft_wrap=True)  # fmt: skip
+    console.print(console_text(f"wrote {', '.join(map(str, res.files))}, updated results.h5ad "
+                               f"(uns[{res.key!r}]) and report.html"), soft_wrap=True)
 
 
 @app.command("map")
@@ -414,16 +407,13 @@ def _run_job(job: Callable[[], Any], out: Path) -> None:
 
 
 def _log(message: Any) -> None:
-    """Print a progress line of a job: the jobs write plain text, which may hold names
-    from the data or paths, so it is printed literally (never read as Rich markup)."""
-    text = str(message)
-    warn = text.startswith(("warning", "markers not usable", "not reusing"))
-    console.print(f"[yellow]{console_text(text)}[/yellow]" if warn else console_text(text),
+    """Print a job's progress line literally (it may hold names from the data or paths)."""
+    text, warn = console_text(message), str(message).startswith(("warning", "markers not"))
+    console.print(f"[yellow]{text}[/yellow]" if warn else text,
                   soft_wrap=True)  # fmt: skip
 
 
 def _print_done(reading: list[str], out: Path, t0: float) -> None:
-    # names from the data are in the reading: printed literally, never as Rich markup
     for line in reading:
         console.print(f"- {console_text(line)}", soft_wrap=True)
     console.print(console_text(f"wrote {out}/report.html, results.h5ad, tables/, figures/, "
@@ -431,8 +421,7 @@ def _print_done(reading: list[str], out: Path, t0: float) -> None:
 
 
 def _fail(message: str, code: int = 2, what: str = "error") -> NoReturn:
-    # not wrapped to the terminal: a message pasted or grepped stays one line; escaped,
-    # as it may hold names from the data ("[bold]" must print, not turn text bold)
+    # one line, not wrapped (pasted or grepped whole); escaped: "[bold]" in a name prints
     console.print(f"[red]{what}:[/red] {console_text(message)}", soft_wrap=True)
     raise typer.Exit(code)
 
@@ -496,8 +485,7 @@ def train(
             spec, out, shard=shard, accelerator=accelerator, devices=devices,
             compile_likelihood=compile_likelihood, force=force, resume=resume,
             log=_log,
-            on_loaded=lambda ad, lay, title: console.print(
-                summary_table(ad, lay, console_text(title))),
+            on_loaded=lambda ad, lay, title: console.print(summary_table(ad, lay, title)),
         )  # fmt: skip
     except RunRefused as err:
         _fail(str(err), 1)

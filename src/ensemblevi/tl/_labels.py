@@ -140,7 +140,9 @@ def label_uncertainty(
     ``"unknown"``), ``<key>_label_confidence``, ``<key>_label_entropy``,
     ``<key>_label_expected_entropy``, ``<key>_label_mutual_information``,
     ``<key>_label_agreement``, ``<key>_label_unknown``; ``obsm``:
-    ``<key>_label_probabilities`` (cells x types).
+    ``<key>_label_probabilities`` (cells x types; the columns are the type names as
+    HDF5-safe keys, ``/`` and ``%`` percent-encoded: ``ensemblevi._names.from_h5_key``
+    gives the names back).
     """
     if score not in SCORES:
         raise ValueError(f"score must be one of {sorted(SCORES)}, got {score!r}.")
