@@ -237,3 +237,19 @@ def test_missing_or_extra_genes_are_refused_with_the_fix(small_model, edit):
     with pytest.raises(ValueError, match=r"(2 of the model's 50 genes are missing|1 genes are "
                        r"not the model's).*adata\[:, model.adata.var_names\]"):  # fmt: skip
         model.get_latent_representation(other)
+
+
+def test_a_result_an_older_version_could_not_read_back_gets_a_named_error(hostile_run,
+                                                                          tmp_path):  # fmt: skip
+    import shutil
+
+    import h5py
+
+    run = tmp_path / "run"
+    shutil.copytree(hostile_run[0], run)
+    with h5py.File(run / "results.h5ad", "a") as f:  # what uns[...]["/A"] used to write
+        f["A"] = np.zeros(2)
+        f["A"].attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
+    res = CliRunner().invoke(app, ["de", str(run), "--group1", "NA"])
+    assert res.exit_code == 2 and "cannot be read" in res.output, res.output
+    assert "Traceback" not in res.output

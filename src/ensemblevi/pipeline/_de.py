@@ -80,6 +80,28 @@ def check_run_dir(run_dir: Path) -> None:
         )
 
 
+def read_run_result(run_dir: Path):
+    """The ``results.h5ad`` of a finished run, or a ``ValueError`` saying why it cannot be read.
+
+    Parameters
+    ----------
+    run_dir
+        The run directory (checked with :func:`check_run_dir`).
+    """
+    import anndata
+
+    path = run_dir / "results.h5ad"
+    try:
+        return anndata.read_h5ad(path)
+    except Exception as err:  # h5py and anndata raise many kinds: all mean "unreadable"
+        raise ValueError(
+            f"{path} cannot be read ({type(err).__name__}: {' '.join(str(err).split())[:200]});"
+            " an earlier ensemblevi wrote a group name starting with '/' as an HDF5 path. "
+            f"Run the same `ensemblevi run ... --out {run_dir}` again to rewrite it (its "
+            "trained model is reused)."
+        ) from err
+
+
 def run_de(run_dir: str | Path, group1: str, groupby: str = "cell_type",
            group2: str | None = None, **options: Any) -> DEResult:  # fmt: skip
     """Differential expression on a run's model, committed into the run directory.
@@ -107,8 +129,6 @@ def run_de(run_dir: str | Path, group1: str, groupby: str = "cell_type",
         ``mode``, ``idx1``/``idx2`` and a list ``group1`` are refused here; call
         ``model.differential_expression`` for those.
     """
-    import anndata
-
     from ensemblevi import pl, tl
     from ensemblevi.data import write_h5ad_atomic
     from ensemblevi.model import EnsembleSCVI
@@ -129,7 +149,7 @@ def run_de(run_dir: str | Path, group1: str, groupby: str = "cell_type",
     key = DE_KEY + name[3:]
     with out.locked():
         set_resume_hint(f"Nothing was lost: {run_dir} is unchanged; rerun the command.")
-        adata = anndata.read_h5ad(run_dir / "results.h5ad")
+        adata = read_run_result(run_dir)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = EnsembleSCVI.load(run_dir / "model", adata=adata)

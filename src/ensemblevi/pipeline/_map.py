@@ -22,7 +22,7 @@ from anndata import AnnData
 
 from ensemblevi._files import OutputDirectory, write_csv, write_json
 from ensemblevi._interrupt import set_resume_hint
-from ensemblevi.pipeline._de import check_run_dir
+from ensemblevi.pipeline._de import check_run_dir, read_run_result
 from ensemblevi.pipeline._report import group_reading, write_report
 
 Log = Callable[[str], Any]
@@ -204,8 +204,6 @@ def run_map(run_dir: str | Path, query: str | Path, out: str | Path, *,
     log
         Where progress notes go.
     """
-    import anndata
-
     from ensemblevi import tl
     from ensemblevi._seeding import seeded_globally
     from ensemblevi.data import check_size, read
@@ -240,7 +238,7 @@ def run_map(run_dir: str | Path, query: str | Path, out: str | Path, *,
     with dest.locked():
         set_resume_hint(f"Nothing was lost: {run_dir} and {out_path} are unchanged; rerun the "
                         "command.")  # fmt: skip
-        ref_adata = anndata.read_h5ad(run_dir / "results.h5ad")
+        ref_adata = read_run_result(run_dir)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             reference = EnsembleSCVI.load(run_dir / "model", adata=ref_adata)
