@@ -66,6 +66,9 @@ def prepare_query(query: AnnData, reference, batch_key: str | None = None,
                   log: Log = print) -> AnnData:  # fmt: skip
     """A copy of ``query`` set out as the reference was: its counts layer, batch, genes.
 
+    A query holding fewer than half of the reference's genes (:data:`MIN_SHARED_GENES`)
+    is refused with a ``ValueError`` naming how many it shares.
+
     Parameters
     ----------
     query
