@@ -121,11 +121,11 @@ def _found_markers(config: RunConfig, marker_set: dict, adata: AnnData, labels_k
     found, missing = check_markers(marker_set, adata.var_names, groups)
     if not found and config.markers == "auto" and not config.marker:
         found = data_markers(adata, labels_key, layer=layer)
-        notes.append(f"No marker set was given and none of the heart atlas' markers is in "
-                     f"the data, so each {labels_key} group's top genes in the data (highest "
-                     "mean log-normalised expression against the other cells) are its "
-                     "markers here; pass --markers FILE to choose them, "
-                     "or --markers none to skip the section.")  # fmt: skip
+        notes.append(f"No marker set was given and the heart atlas' markers do not fit the "
+                     f"data (their genes or groups are absent), so each {labels_key} group's "
+                     "top genes in the data (highest mean log-normalised expression against "
+                     "the other cells) are its markers here; pass --markers FILE to choose "
+                     "them, or --markers none to skip the section.")  # fmt: skip
         return found, pd.DataFrame()
     if len(missing):
         log("markers not usable:\n" + missing.to_string(index=False))
