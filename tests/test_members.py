@@ -17,7 +17,7 @@ import ensemblevi as ev
 from ensemblevi import _compat
 from ensemblevi._compat import check_scvi_tools
 from ensemblevi.model import EnsembleSCVI, MemberMethodError, MemberView, check_member_contract
-from ensemblevi.model._members import MEMBER_ONLY, OVERRIDDEN, VIA_MODULE
+from ensemblevi.model.base._members import MEMBER_ONLY, OVERRIDDEN, VIA_MODULE
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,8 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
+from ensemblevi._seeding import forked_rng
+
 UMAP_KEY = "X_umap_ensemblevi"
 
 
@@ -123,8 +125,7 @@ def umap(
     if n != adata.n_obs:
         raise ValueError(f"values has {n} rows for {adata.n_obs} cells.")
     n_comps = max(1, min(n_pcs, values.shape[1] - 1, n - 1))
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
+    with forked_rng(seed):
         u, s, _ = torch.pca_lowrank(torch.from_numpy(values), q=min(n_comps + 10, n - 1,
                                     values.shape[1]), center=True, niter=4)  # fmt: skip
     pcs = (u[:, :n_comps] * s[:n_comps]).numpy()

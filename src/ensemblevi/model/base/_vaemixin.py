@@ -19,8 +19,8 @@ from scvi.model.base import VAEMixin
 
 from ensemblevi._constants import logmeanexp
 
-from .._members import MemberOnly
 from ._ensemblemixin import EnsembleMixin
+from ._members import MemberOnly
 from ._refused import refuse_kwargs
 
 
