@@ -25,6 +25,7 @@ RANKS = {
     "_seeding": 0,
     "_fingerprint": 0,
     "_interrupt": 0,
+    "_warnings": 0,
     "data": 1,
     "metrics": 1,
     "nn": 1,

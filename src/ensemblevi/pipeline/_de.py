@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import pandas as pd
 
 from ensemblevi._files import STAGE, OutputDirectory, write_csv, write_json
 from ensemblevi._interrupt import set_resume_hint
+from ensemblevi._warnings import quiet_third_party
 from ensemblevi.pipeline._report import DE_KEY, render_run_report
 
 #: ``de`` stages its files apart from the run's stage, which may hold a kept model
@@ -134,8 +134,7 @@ def run_de(run_dir: str | Path, group1: str, groupby: str = "cell_type",
     with out.locked():
         set_resume_hint(f"Nothing was lost: {run_dir} is unchanged; rerun the command.")
         adata = anndata.read_h5ad(run_dir / "results.h5ad")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet_third_party():
             model = EnsembleSCVI.load(run_dir / "model", adata=adata)
         table = tl.differential_expression(model, adata, groupby=groupby, group1=group1,
                                               group2=group2, key_added=key, **options)  # fmt: skip
