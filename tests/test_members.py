@@ -280,3 +280,29 @@ def test_member_contract_catches_an_undeclared_member_only_method(monkeypatch):
     )
     with pytest.raises(ImportError, match="get_likelihood_parameters is not declared"):
         check_member_contract()
+
+
+@pytest.mark.parametrize("kind", ["deep", "batch", "hyperbatch", "single", "mcdropout"])
+def test_all_member_latents_equal_the_member_loop(kind):
+    """One batched encoder pass gives each member's scvi-tools latent (means, variances)."""
+    adata = ev.data.synthetic("lopez2020", seed=1, n_cells=90, n_genes=20)
+    EnsembleSCVI.setup_anndata(adata, layer="counts", batch_key="batch")
+    k = 1 if kind == "single" else 3
+    model = EnsembleSCVI(adata, n_members=k, ensemble=kind, n_hidden=8, n_latent=3, seed=0)
+    model.train(max_epochs=1, enable_progress_bar=False, seed=0)
+    cells = np.arange(5, 80, 2)
+    mean, var = model.get_latent_representation(
+        indices=cells, batch_size=16, return_dist=True, return_members=True
+    )
+    assert mean.shape == var.shape == (k, len(cells), 3)
+    if kind == "mcdropout":  # members are new dropout masks at every pass: no fixed values
+        assert np.isfinite(mean).all() and (var > 0).all()
+        return
+    for j in range(k):
+        loop_mean, loop_var = model.members[j].get_latent_representation(
+            indices=cells, batch_size=16, return_dist=True
+        )
+        np.testing.assert_allclose(mean[j], loop_mean, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(var[j], loop_var, rtol=1e-5, atol=1e-6)
+    stacked = model.get_latent_representation(return_members=True)
+    np.testing.assert_allclose(stacked[:, cells], mean, rtol=1e-5, atol=1e-6)

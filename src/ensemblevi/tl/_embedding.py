@@ -21,6 +21,8 @@ from scipy import sparse
 
 from ensemblevi._seeding import forked_rng
 
+from ._novelty_rule import member_latents
+
 UMAP_KEY = "X_umap_ensemblevi"
 
 
@@ -223,8 +225,9 @@ def member_umaps(
     chosen = list(range(min(members, model.n_members))) if isinstance(members, int) else [
         model._check_member(k) for k in members]
     keys = []
+    latents = member_latents(model, adata)  # one encoder pass for all members, reused
     for k in chosen:
-        z = np.asarray(model.get_latent_representation(adata, member=k))
+        z = latents[k]
         key = f"X_umap_member_{k}"
         umap(adata, z, key, n_pcs=z.shape[1], n_neighbors=n_neighbors, n_epochs=n_epochs,
              seed=seed)  # fmt: skip
