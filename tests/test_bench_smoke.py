@@ -27,11 +27,11 @@ SMOKE: dict[str, list[str]] = {
                                 "--no-embedding"],
     "bench_ensemble_speed.py": ["--epochs", "1", "--cells", "300", "--only", "scvi", "single",
                                 "--seq", "0"],
-    "bench_fingerprint.py": ["--cells", "200", "--genes", "50"],
+    "bench_fingerprint.py": ["--cells", "200", "--genes", "300"],
     "bench_likelihood.py": ["--k", "1", "2", "--batch", "8", "--genes", "20", "--steps", "1",
                             "--repeats", "1"],
     "bench_stability_scale.py": ["--members", "2", "--cells", "300", "--dim", "3"],
-    "profile_uncertainty.py": ["--cells", "64", "--genes", "40", "--members", "2",
+    "profile_uncertainty.py": ["--cells", "64", "--genes", "300", "--members", "2",
                                "--n-samples", "1", "--chunk", "32"],
 }  # fmt: skip
 

@@ -111,7 +111,7 @@ def member_latents(model, adata: AnnData) -> np.ndarray:
     ``adata.uns``; a later call with the same weights (the novelty rule, stability, the
     member UMAPs of one run) reads it back instead of encoding again. New weights
     (training, another model) recompute it. Counts edited in place after a call are not
-    detected: delete the ``obsm`` key then.
+    detected: delete the ``obsm`` key then. A view of an AnnData is encoded, not stored.
 
     Parameters
     ----------
@@ -133,6 +133,8 @@ def member_latents(model, adata: AnnData) -> np.ndarray:
     ):
         return np.ascontiguousarray(np.asarray(stored).reshape(n, k, -1).transpose(1, 0, 2))
     z = np.asarray(model.get_latent_representation(adata, return_members=True))
+    if adata.is_view:  # writing would turn the caller's view into a copy: do not store
+        return z
     adata.obsm[MEMBER_LATENT_KEY] = z.transpose(1, 0, 2).reshape(n, -1)
     adata.uns[MEMBER_LATENT_KEY] = {"weights": stamp, "n_members": k, "n_latent": z.shape[2]}
     return z
