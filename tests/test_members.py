@@ -306,3 +306,40 @@ def test_all_member_latents_equal_the_member_loop(kind):
         np.testing.assert_allclose(var[j], loop_var, rtol=1e-5, atol=1e-6)
     stacked = model.get_latent_representation(return_members=True)
     np.testing.assert_allclose(stacked[:, cells], mean, rtol=1e-5, atol=1e-6)
+
+
+def test_member_latents_are_stored_once_and_recomputed_for_new_weights(fitted, monkeypatch):
+    """Novelty, stability and the member UMAPs read one stored all-member pass."""
+    from ensemblevi.tl._novelty_rule import MEMBER_LATENT_KEY, member_latents
+
+    adata, model = fitted
+    adata = adata.copy()
+    calls = []
+    encode = type(model).get_latent_representation
+
+    def counted(self, *args, **kwargs):
+        calls.append(kwargs.get("return_members"))
+        return encode(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "get_latent_representation", counted)
+    z = member_latents(model, adata)
+    loop = np.stack([model.members[k].get_latent_representation(adata) for k in range(3)])
+    np.testing.assert_allclose(z, loop, rtol=1e-5, atol=1e-6)
+    assert adata.obsm[MEMBER_LATENT_KEY].shape == (adata.n_obs, 3 * z.shape[2])
+    calls.clear()
+    np.testing.assert_array_equal(member_latents(model, adata), z)
+    assert calls == []  # read back, not encoded again
+    view = adata[:10]
+    np.testing.assert_array_equal(member_latents(model, view), z[:, :10])
+    assert calls == []  # a view's rows of the stored pass
+    encoder = list(model.module.z_encoder.parameters())
+    with torch.no_grad():  # new weights: the stored pass no longer describes the model
+        for p in encoder:
+            p.add_(0.1)
+    try:
+        changed = member_latents(model, adata)
+        assert calls == [True] and not np.allclose(changed, z)
+    finally:
+        with torch.no_grad():
+            for p in encoder:
+                p.sub_(0.1)
