@@ -64,11 +64,11 @@ def main() -> None:
     for b in args.batches:
         inputs = _inputs(args.k, b, args.genes)
         eager = statistics.median(_step(inputs) for _ in range(args.steps))
-        with lik.compiled_likelihood():
+        with lik.compiled_likelihood() as run:
             first = _step(inputs)
             steady = statistics.median(_step(inputs) for _ in range(args.steps))
-        if lik._COMPILED["failed"]:
-            raise SystemExit(f"torch.compile failed here: {lik._COMPILED['failed']}")
+        if run.failed:
+            raise SystemExit(f"torch.compile failed here: {run.failed}")
         print(
             f"| ({args.k}, {b}, {args.genes}) | {first:.1f} | {first - steady:.1f} | "
             f"{1e3 * steady:.1f} | {1e3 * eager:.1f} |"

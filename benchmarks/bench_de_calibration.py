@@ -213,10 +213,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from ensemblevi._files import write_text
-    from ensemblevi.benchmark import _quiet
     from ensemblevi.benchmark._fdr import FDRConfig
 
-    _quiet()
     cfg = FDRConfig()
     out = Path(args.out)
     models = Path(args.models) if args.models else out / "models"
@@ -242,4 +240,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from ensemblevi._warnings import quiet_third_party
+
+    with quiet_third_party(loggers=True):
+        main()

@@ -24,7 +24,6 @@ from bench_group_novelty import split_and_model
 
 def main() -> None:
     import ensemblevi as ev
-    from ensemblevi.benchmark import _quiet
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pbmc", default="../shared/data/pbmc3k.h5ad")
@@ -32,7 +31,6 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--kinds", nargs="+", default=["deep", "batch"])
     args = parser.parse_args()
-    _quiet()
     warnings.simplefilter("ignore")
     rows, counts = {}, None
     for seed in args.seeds:
@@ -52,4 +50,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from ensemblevi._warnings import quiet_third_party
+
+    with quiet_third_party(loggers=True):
+        main()

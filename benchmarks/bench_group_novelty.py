@@ -91,9 +91,7 @@ def main_loop(doc: str, out: str, evaluate, markdown, extra: list | None = None)
         print(f"skipped: no {args.pbmc} (pass --pbmc PATH to pbmc3k.h5ad)")
         return
     from ensemblevi._files import write_text
-    from ensemblevi.benchmark import _quiet
 
-    _quiet()
     records = []
     for variant in args.kinds:
         records.append(evaluate(variant, args))
@@ -170,4 +168,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from ensemblevi._warnings import quiet_third_party
+
+    with quiet_third_party(loggers=True):
+        main()

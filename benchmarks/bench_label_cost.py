@@ -21,7 +21,6 @@ def main() -> None:
     from bench_label_transfer import LABELS, UNLABELED, _split, _train_ensemble, _train_scanvi
 
     import ensemblevi as ev
-    from ensemblevi.benchmark import _quiet
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="../shared/data/pbmc3k.h5ad")
@@ -29,7 +28,6 @@ def main() -> None:
     parser.add_argument("--scanvi-epochs", type=int, default=20)
     parser.add_argument("--kinds", nargs="+", default=["deep", "batch"])
     args = parser.parse_args()
-    _quiet()
     warnings.simplefilter("ignore")
     adata = ev.data.read(args.data)
     ev.data.preprocess(adata, n_top_genes=1200)
@@ -46,4 +44,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from ensemblevi._warnings import quiet_third_party
+
+    with quiet_third_party(loggers=True):
+        main()

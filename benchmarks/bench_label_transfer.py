@@ -99,7 +99,6 @@ def run(args) -> dict:
     import pandas as pd
 
     import ensemblevi as ev
-    from ensemblevi.benchmark import _quiet
     from ensemblevi.metrics import (
         apply_temperature,
         fit_temperature,
@@ -108,7 +107,6 @@ def run(args) -> dict:
     )
     from ensemblevi.tl._novelty_rule import conformal_threshold
 
-    _quiet()
     warnings.simplefilter("ignore")
     full = ev.data.read(args.data)
     ev.data.preprocess(full, n_top_genes=1200)
@@ -249,4 +247,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from ensemblevi._warnings import quiet_third_party
+
+    with quiet_third_party(loggers=True):
+        main()

@@ -69,7 +69,6 @@ def main() -> None:
         return
     import ensemblevi as ev
     from ensemblevi._files import write_text
-    from ensemblevi.benchmark import _quiet
     from ensemblevi.benchmark._runs import train_timed
     from ensemblevi.tl._stability_core import coassignment_graph, leiden
 
@@ -86,7 +85,6 @@ def main() -> None:
     if args.data != "heartlike" and not Path(args.data).exists():
         print(f"skipped: no {args.data}")
         return
-    _quiet()
     warnings.simplefilter("ignore")
     adata = load(args.data, args.n_cells, 0)
     t = time.perf_counter()
@@ -161,4 +159,7 @@ def markdown(r: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    from ensemblevi._warnings import quiet_third_party
+
+    with quiet_third_party(loggers=True):
+        main()

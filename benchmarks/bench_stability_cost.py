@@ -17,7 +17,6 @@ import warnings
 
 def main() -> None:
     import ensemblevi as ev
-    from ensemblevi.benchmark import _quiet
     from ensemblevi.benchmark._runs import train_timed
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -26,7 +25,6 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--kinds", nargs="+", default=["deep", "batch", "hyperbatch"])
     args = parser.parse_args()
-    _quiet()
     warnings.simplefilter("ignore")
     adata = ev.data.read(args.data)
     ev.data.preprocess(adata, n_top_genes=1200)
@@ -44,4 +42,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from ensemblevi._warnings import quiet_third_party
+
+    with quiet_third_party(loggers=True):
+        main()

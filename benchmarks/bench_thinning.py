@@ -27,10 +27,9 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=["pbmc_thinning", "pbmc_null"])
     args = parser.parse_args()
 
-    from ensemblevi.benchmark import _fdr, _quiet
+    from ensemblevi.benchmark import _fdr
     from ensemblevi.benchmark._markdown import fdr_markdown
 
-    _quiet()
     kw = {} if args.all_kinds else {"deep_sizes": (1, args.deep), "wide": (), "batch_kinds": ()}
     cfg = _fdr.FDRConfig(presets=(), reps=args.reps, n_samples=args.n_samples,
                          datasets=tuple(args.datasets), **kw)  # fmt: skip
@@ -45,4 +44,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from ensemblevi._warnings import quiet_third_party
+
+    with quiet_third_party(loggers=True):
+        main()

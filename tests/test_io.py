@@ -162,7 +162,8 @@ def test_read_names_damaged_files(tmp_path, sim):
         with pytest.raises(ValueError, match=r"is not a readable .*(re-export|again)") as info:
             read(tmp_path / name)
         assert name in str(info.value)
-        assert info.value.__cause__ is None and info.value.__suppress_context__
+        # the reader's own error stays attached (its traceback shows under ours)
+        assert isinstance(info.value.__cause__, Exception)
     assert good.read_bytes() == data  # reading never writes
 
 

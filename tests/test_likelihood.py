@@ -172,8 +172,8 @@ def fresh_compile_state(monkeypatch):
     """A process in which the likelihood was never compiled (restored afterwards)."""
     from ensemblevi.module import _likelihood as lik
 
-    for key in ("fn", "grad", "failed"):
-        monkeypatch.setitem(lik._COMPILED, key, None)
+    monkeypatch.setattr(lik, "_KERNELS", {})
+    monkeypatch.setattr(lik, "_LOGGED", set())
     return lik
 
 
@@ -198,15 +198,42 @@ def test_compile_failure_falls_back_to_eager_with_one_log_line(
 
     monkeypatch.setattr(torch, "compile", broken if where == "wrap" else compiles_to_broken)
     with caplog.at_level("WARNING", logger=lik.__name__):
-        for _ in range(2):  # a second block does not retry (nor log again)
-            with lik.compiled_likelihood():
+        for _ in range(2):  # each block tries again; the same reason is logged once
+            with lik.compiled_likelihood() as run:
                 out, grads = _fused_value_and_grads(lik)
             torch.testing.assert_close(out, eager, rtol=0, atol=0)
             for g, e in zip(grads, eager_grads, strict=True):
                 torch.testing.assert_close(g, e, rtol=0, atol=0)
+            assert "no C++ compiler found" in run.failed and run.compiled_calls == 0
     lines = [r for r in caplog.records if "torch.compile" in r.getMessage()]
     assert len(lines) == 1 and "no C++ compiler found" in lines[0].getMessage()
-    assert lik._COMPILED["failed"] and not lik._COMPILED["on"]
+    assert lik._BLOCK.get() is None  # nothing left switched after the blocks
+
+
+def test_a_failure_stays_in_its_block(fresh_compile_state, monkeypatch):
+    """One block's failure leaves the next block compiling (no process-wide switch)."""
+    lik = fresh_compile_state
+    fail = [True]
+
+    def flaky_compile(fn, **kwargs):  # "compiled" = the eager function, failing on demand
+        def run(*args):
+            if fail[0]:
+                raise RuntimeError("compiler crashed once")
+            return fn(*args)
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", flaky_compile)
+    with lik.compiled_likelihood() as first:
+        _fused_value_and_grads(lik)
+    fail[0] = False
+    with lik.compiled_likelihood() as second:
+        _fused_value_and_grads(lik)
+    with lik.compiled_likelihood(False) as off:
+        _fused_value_and_grads(lik)
+    assert first.failed and first.compiled_calls == 0
+    assert second.failed is None and second.compiled_calls == 2  # forward and backward
+    assert off.compiled_calls == 0 and off.failed is None
 
 
 def test_training_compiles_by_default_when_long_enough(fresh_compile_state, monkeypatch):

@@ -17,7 +17,7 @@ import ensemblevi as ev
 from ensemblevi import _compat
 from ensemblevi._compat import check_scvi_tools
 from ensemblevi.model import EnsembleSCVI, MemberMethodError, MemberView, check_member_contract
-from ensemblevi.model._members import MEMBER_ONLY, OVERRIDDEN, VIA_MODULE
+from ensemblevi.model.base._members import MEMBER_ONLY, OVERRIDDEN, VIA_MODULE
 
 
 @pytest.fixture(scope="module")
@@ -280,3 +280,66 @@ def test_member_contract_catches_an_undeclared_member_only_method(monkeypatch):
     )
     with pytest.raises(ImportError, match="get_likelihood_parameters is not declared"):
         check_member_contract()
+
+
+@pytest.mark.parametrize("kind", ["deep", "batch", "hyperbatch", "single", "mcdropout"])
+def test_all_member_latents_equal_the_member_loop(kind):
+    """One batched encoder pass gives each member's scvi-tools latent (means, variances)."""
+    adata = ev.data.synthetic("lopez2020", seed=1, n_cells=90, n_genes=20)
+    EnsembleSCVI.setup_anndata(adata, layer="counts", batch_key="batch")
+    k = 1 if kind == "single" else 3
+    model = EnsembleSCVI(adata, n_members=k, ensemble=kind, n_hidden=8, n_latent=3, seed=0)
+    model.train(max_epochs=1, enable_progress_bar=False, seed=0)
+    cells = np.arange(5, 80, 2)
+    mean, var = model.get_latent_representation(
+        indices=cells, batch_size=16, return_dist=True, return_members=True
+    )
+    assert mean.shape == var.shape == (k, len(cells), 3)
+    if kind == "mcdropout":  # members are new dropout masks at every pass: no fixed values
+        assert np.isfinite(mean).all() and (var > 0).all()
+        return
+    for j in range(k):
+        loop_mean, loop_var = model.members[j].get_latent_representation(
+            indices=cells, batch_size=16, return_dist=True
+        )
+        np.testing.assert_allclose(mean[j], loop_mean, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(var[j], loop_var, rtol=1e-5, atol=1e-6)
+    stacked = model.get_latent_representation(return_members=True)
+    np.testing.assert_allclose(stacked[:, cells], mean, rtol=1e-5, atol=1e-6)
+
+
+def test_member_latents_are_stored_once_and_recomputed_for_new_weights(fitted, monkeypatch):
+    """Novelty, stability and the member UMAPs read one stored all-member pass."""
+    from ensemblevi.tl._novelty_rule import MEMBER_LATENT_KEY, member_latents
+
+    adata, model = fitted
+    adata = adata.copy()
+    calls = []
+    encode = type(model).get_latent_representation
+
+    def counted(self, *args, **kwargs):
+        calls.append(kwargs.get("return_members"))
+        return encode(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "get_latent_representation", counted)
+    z = member_latents(model, adata)
+    loop = np.stack([model.members[k].get_latent_representation(adata) for k in range(3)])
+    np.testing.assert_allclose(z, loop, rtol=1e-5, atol=1e-6)
+    assert adata.obsm[MEMBER_LATENT_KEY].shape == (adata.n_obs, 3 * z.shape[2])
+    calls.clear()
+    np.testing.assert_array_equal(member_latents(model, adata), z)
+    assert calls == []  # read back, not encoded again
+    view = adata[:10]
+    np.testing.assert_array_equal(member_latents(model, view), z[:, :10])
+    assert calls == []  # a view's rows of the stored pass
+    encoder = list(model.module.z_encoder.parameters())
+    with torch.no_grad():  # new weights: the stored pass no longer describes the model
+        for p in encoder:
+            p.add_(0.1)
+    try:
+        changed = member_latents(model, adata)
+        assert calls == [True] and not np.allclose(changed, z)
+    finally:
+        with torch.no_grad():
+            for p in encoder:
+                p.sub_(0.1)

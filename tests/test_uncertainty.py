@@ -5,7 +5,7 @@ import torch
 from scvi.distributions import NegativeBinomial, ZeroInflatedNegativeBinomial
 
 from ensemblevi.model import VarianceParts, count_variance_fraction, decompose_variance
-from ensemblevi.model._uncertainty import UncertaintySummary
+from ensemblevi.model.base._uncertainty import UncertaintySummary
 
 
 def _loop_reference(scale, library, theta, zi, L):

@@ -169,6 +169,12 @@ def base_accepts_no_data(model: object) -> Iterator[None]:
     classes named ``SCVI`` or ``GIMVI``: a check on the class name, not on any ability. Its
     own initialiser runs here with the instance seen as a subclass of that name.
 
+    Why a class swap and not a hook: ``BaseModelClass.__init__`` has no argument, class
+    attribute or method that allows ``adata=None`` (the name test is inline), and
+    re-implementing its body here would copy a dozen private attributes that change between
+    releases. The swap lasts for that one call and is undone also on an error;
+    :func:`scvi_tools_problems` fails the import if scvi-tools drops the name test.
+
     Parameters
     ----------
     model
@@ -191,7 +197,14 @@ def _reads_key(source: str, name: str) -> bool:
 
 
 def scvi_tools_problems() -> list[str]:
-    """What ensemblevi uses beyond scvi-tools' public API and the installed release lacks."""
+    """What ensemblevi uses beyond scvi-tools' public API and the installed release lacks.
+
+    Read from scvi-tools' source text because these are behaviours, not names: no public
+    attribute says that the data split draws from ``scvi.settings.seed``, that the mixins
+    read a module output key, or that ``__init__`` tests the class name. A changed behaviour
+    would give wrong results silently; the text check turns it into an ``ImportError`` that
+    names it, and each line says which ensemblevi function relies on it.
+    """
     from scvi.dataloaders import _data_splitting
     from scvi.model.base import BaseModelClass, RNASeqMixin, VAEMixin
     from scvi.train import TrainingPlan

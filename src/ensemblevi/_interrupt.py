@@ -10,6 +10,13 @@ prints ``Exception raised during training. <class 'NameError'>`` for any excepti
 status (128 + signal number) and one line saying what was kept and how to resume
 (:func:`set_resume_hint`).
 
+scvi-tools' line is printed through a module-level ``print`` in the private
+``TrainRunner._run_training_core``; no public hook reaches it (the models' ``_train_runner_cls``
+covers ensemblevi's own models only, not the ``scvi.model.SCVI`` models ``--seeds`` trains, and
+would mean overriding that private method), so the shim replaces the module's ``print`` only
+while a signal is being handled inside :func:`interruptible`, passes every other line through,
+and is removed when the block exits.
+
 This module imports nothing from the rest of the package (it is the lowest layer).
 """
 

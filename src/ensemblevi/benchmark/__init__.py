@@ -11,11 +11,11 @@ same settings), tables as CSV, figures as PNG and a Markdown section:
 
 from __future__ import annotations
 
-import logging
 import time
-import warnings
 from datetime import date
 from pathlib import Path
+
+from ensemblevi._warnings import quiet_third_party
 
 from . import _calibration, _fdr, _ood
 from ._calibration import CalibrationConfig
@@ -26,12 +26,6 @@ from ._scoring import GRID, TARGETS, MethodResult, fdr_curve, score_method, tpr,
 from ._thinning import THINNING_DATASETS, null_split, thinning_dataset
 
 SUITES = ("fdr", "calibration", "ood")
-
-
-def _quiet() -> None:
-    warnings.filterwarnings("ignore")
-    for name in ("scvi", "lightning", "lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def run_suite(
@@ -76,13 +70,18 @@ def run_suite(
     log
         Progress messages go here.
     """
+    if suite not in (*SUITES, "all"):
+        raise ValueError(f"Unknown suite {suite!r}; choose one of {(*SUITES, 'all')}.")
+    with quiet_third_party(loggers=True):
+        return _run_suites(suite, out, reps, quick, pbmc, docs, figures, train, datasets, log)
+
+
+def _run_suites(suite, out, reps, quick, pbmc, docs, figures, train, datasets, log):
+    """:func:`run_suite`'s body, run with third-party warnings and log lines quieted."""
     from ensemblevi.pl import save_figure
 
     from ._figures import calibration_figure, fdr_figure
 
-    if suite not in (*SUITES, "all"):
-        raise ValueError(f"Unknown suite {suite!r}; choose one of {(*SUITES, 'all')}.")
-    _quiet()
     reps = (1 if quick else 5) if reps is None else reps
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

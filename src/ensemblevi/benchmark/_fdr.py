@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ensemblevi._seeding import seeded_globally
+
 from ._runs import cached, save, settings_of, train_timed
 from ._scoring import GRID, TARGETS, MethodResult, fdr_curve, score_method
 from ._thinning import THINNING_DATASETS, load_thinning
@@ -195,7 +197,6 @@ def load(preset: str, rep: int, cfg: FDRConfig, pbmc: str | Path | None = None):
 
 def run_rep(preset: str, rep: int, cfg: FDRConfig, log=print, pbmc=None, adata=None) -> dict:
     """Every method on one data set; returns a JSON-able record."""
-    import scvi
 
     from ensemblevi import tl
     from ensemblevi.model import EnsembleSCVI
@@ -232,11 +233,11 @@ def run_rep(preset: str, rep: int, cfg: FDRConfig, log=print, pbmc=None, adata=N
     for k in cfg.deep_sizes:
         results[f"deep K={k}"] = default(deep, deep_draws[:k])
     results[f"model alone (population), deep K={k_max}"] = _bayes(deep_draws, cfg.delta)
-    scvi.settings.seed = rep
-    change = deep.members[0].differential_expression(
-        adata, groupby="cell_type", group1="B", group2="A", mode="change", delta=cfg.delta,
-        silent=True,
-    )  # fmt: skip
+    with seeded_globally(rep):  # scvi-tools' sampling seeded for the rep, restored after
+        change = deep.members[0].differential_expression(
+            adata, groupby="cell_type", group1="B", group2="A", mode="change", delta=cfg.delta,
+            silent=True,
+        )  # fmt: skip
     results["scvi-tools change (K=1)"] = MethodResult(
         "bayes", change.loc[adata.var_names, "proba_de"].to_numpy(dtype=np.float64)
     )

@@ -76,7 +76,7 @@ def _read_file(reader, path: Path, kind: str, writer: str) -> AnnData:
             "may be truncated or damaged (e.g. an interrupted copy or download), or another "
             f"format with this extension. Copy or download it again, or re-export it "
             f"({writer})."
-        ) from None
+        ) from err
 
 
 def write_h5ad_atomic(adata: AnnData, path: str | os.PathLike, overwrite: bool = False) -> Path:

@@ -3,8 +3,9 @@
 from ._conv_vae import ConvVAE
 from ._ensemble_scanvi import EnsembleSCANVI
 from ._ensemble_scvi import EnsembleSCVI
-from ._members import MemberMethodError, Members, MemberView, check_member_contract
-from ._uncertainty import VarianceParts, count_variance_fraction, decompose_variance
+from ._members import check_member_contract
+from .base._members import MemberMethodError, Members, MemberView
+from .base._uncertainty import VarianceParts, count_variance_fraction, decompose_variance
 
 __all__ = [
     "ConvVAE",

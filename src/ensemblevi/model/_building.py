@@ -6,8 +6,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-import torch
-
+from ensemblevi._seeding import forked_rng
 from ensemblevi.nn import set_member_stream
 
 from ._memory import check_weights_memory
@@ -39,14 +38,12 @@ class ModuleBuilderMixin:
         # a raw allocation error (or the OOM killer) is all --members 100000 would give
         check_weights_memory(lambda n: self._module_cls(n_members=n, **module_args),
                              n_members + (shard[1] if shard else 0))  # fmt: skip
-        with torch.random.fork_rng(devices=[]):
-            if seed is not None:
-                torch.manual_seed(seed)
+        with forked_rng(seed):
             full = self._module_cls(n_members=shard[1] if shard else n_members, **module_args)
         if shard is None:
             self.module = full
             return
-        with torch.random.fork_rng(devices=[]):
+        with forked_rng():  # its initial weights are overwritten: leave the caller's streams
             self.module = self._module_cls(n_members=n_members, **module_args)
         self.module.load_state_dict(
             member_slice(full.state_dict(), self.module.state_dict(), shard[0])

@@ -17,6 +17,7 @@ import torch
 from scvi.utils import track
 
 from ensemblevi._constants import EnsembleKind, logmeanexp
+from ensemblevi._seeding import forked_rng
 from ensemblevi.data import check_images
 from ensemblevi.module._conv_vae import EnsembleConvVAE
 from ensemblevi.module._hyperparameters import (
@@ -70,9 +71,7 @@ class ConvVAE:
         self.images = check_images(images)
         if dropout_rate is None:
             dropout_rate = 0.1 if ensemble == "mcdropout" else 0.0
-        with torch.random.fork_rng(devices=[]):
-            if seed is not None:
-                torch.manual_seed(seed)
+        with forked_rng(seed):
             self.module = EnsembleConvVAE(
                 self.images.shape[1:],
                 n_members=n_members,
@@ -175,9 +174,7 @@ class ConvVAE:
         if hyper:
             records.append(bounds_record(module.hyper, step, 0, None))
         start = time.perf_counter()
-        with torch.random.fork_rng(devices=[]):
-            if seed is not None:
-                torch.manual_seed(seed)
+        with forked_rng(seed):
             for epoch in track(range(max_epochs), description=f"ConvVAE {self.ensemble}",
                                disable=not progress):  # fmt: skip
                 module.train()
@@ -243,8 +240,7 @@ class ConvVAE:
         seed
             Seeds the latent draws.
         """
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with forked_rng(seed):
             members = self._batched(
                 images, lambda b: self.module.log_likelihood(b, n_samples), batch_size=64
             )
@@ -264,8 +260,7 @@ class ConvVAE:
         seed
             Seeds the latent draws.
         """
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with forked_rng(seed):
             x = self._check(images)
             self.module.eval()
             parts = [

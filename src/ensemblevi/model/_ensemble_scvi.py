@@ -51,7 +51,6 @@ from ensemblevi.train import (
 )
 
 from ._building import ModuleBuilderMixin
-from ._members import Members
 from ._persistence import SafePersistenceMixin
 from ._shards import check_shard
 from .base import (
@@ -63,6 +62,7 @@ from .base import (
     MinificationMixin,
     UncertaintyMixin,
 )
+from .base._members import Members
 from .base._refused import REFUSED
 
 logger = logging.getLogger(__name__)

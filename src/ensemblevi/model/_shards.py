@@ -11,17 +11,12 @@ stream (data order included) as the whole ensemble does.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import torch
 
-if TYPE_CHECKING:
-    from ._ensemble_scvi import EnsembleSCVI
-
-SHARD_ARGS = ("n_members", "member_offset", "n_members_total")
+# merging lives in model.base (AssemblyMixin.merge), which cannot import this layer
+from .base._assembly import SHARD_ARGS, merge_models  # noqa: F401  (re-exported)
 
 
 def check_shard(
@@ -114,82 +109,3 @@ def missing_members(ranges: Sequence[Sequence[int]], total: int) -> list[tuple[i
             gaps.append((start, i))
             start = None
     return gaps
-
-
-def _spec(model: EnsembleSCVI) -> dict[str, Any]:
-    extra = {k: v for kw in model.init_params_["kwargs"].values() for k, v in kw.items()}
-    params = {**model.init_params_["non_kwargs"], **extra}
-    return {k: v for k, v in params.items() if k not in SHARD_ARGS}
-
-
-def merge_models(cls: type[EnsembleSCVI], shards: Sequence[EnsembleSCVI], adata=None):
-    """Concatenate the members of ``shards`` (see :meth:`EnsembleSCVI.merge`).
-
-    Parameters
-    ----------
-    cls
-        The model class to build the merged model with.
-    shards
-        Trained shards of one ensemble specification.
-    adata
-        AnnData of the merged model (default: the first shard's).
-    """
-    if not shards:
-        raise ValueError("merge needs at least one shard.")
-    shards = sorted(shards, key=lambda m: m.member_range[0])
-    first = shards[0]
-    spec, total = _spec(first), first.n_members_total
-    setup = first.adata_manager.registry["setup_args"]
-    for m in shards[1:]:
-        if not m.adata.var_names.equals(first.adata.var_names):
-            raise ValueError("The shards were set up on different genes; they cannot be merged.")
-        if m.adata_manager.registry["setup_args"] != setup:
-            raise ValueError(
-                "The shards registered their data differently (setup_anndata arguments "
-                f"{m.adata_manager.registry['setup_args']} vs {setup})."
-            )
-        if _spec(m) != spec or m.n_members_total != total:
-            raise ValueError(
-                "The shards come from different ensemble specifications (architecture, seed "
-                "or n_members_total differ); only shards of one ensemble can be merged."
-            )
-    for a, b in itertools.pairwise(shards):
-        if a.member_range[1] != b.member_range[0]:
-            raise ValueError(
-                f"The shards' members are not contiguous: {a.member_range} then "
-                f"{b.member_range} (member ranges are [start, stop))."
-            )
-    if any(not m.is_trained for m in shards):
-        raise ValueError("Every shard must be trained before merging.")
-    start, stop = shards[0].member_range[0], shards[-1].member_range[1]
-    merged = cls(
-        first.adata if adata is None else adata,
-        n_members=stop - start,
-        member_offset=start,
-        n_members_total=total,
-        **spec,
-    )
-    state = merged.module.state_dict()
-    parts = [m.module.cpu().state_dict() for m in shards]
-    for key, ref in state.items():
-        values = [p[key] for p in parts]
-        if values[0].shape == ref.shape:
-            if not all(torch.equal(values[0], v) for v in values[1:]):
-                raise ValueError(f"Shared state {key!r} differs between the shards.")
-            state[key] = values[0]
-        else:
-            state[key] = torch.cat(values, dim=0)
-    merged.module.load_state_dict(state)
-    merged.module.eval()
-    merged.is_trained_ = True
-    histories = [getattr(m, "history_", None) for m in shards]
-    if all(isinstance(h, dict) for h in histories):
-        merged.history_ = {
-            key: pd.concat(
-                [h[key].add_suffix(f"_members_{m.member_range[0]}_{m.member_range[1] - 1}")
-                 for h, m in zip(histories, shards, strict=True) if key in h],
-                axis=1,
-            )
-            for key in histories[0]
-        }  # fmt: skip
-    return merged

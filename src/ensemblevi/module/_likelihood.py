@@ -27,9 +27,12 @@ this: scvi-tools' ``log_zinb_positive`` is written for autograd.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
@@ -217,8 +220,40 @@ def _grad_terms(g, dmu, dtheta, dpi, reduce_theta: bool):
     return times(dmu), g_theta, times(dpi)
 
 
-_COMPILED: dict[str, object] = {"on": False, "fn": None, "grad": None, "failed": None}
 logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class CompileRun:
+    """What one :func:`compiled_likelihood` block asked for and got.
+
+    Attributes
+    ----------
+    enabled
+        The block asked for the compiled kernel.
+    compiled_calls
+        Kernel calls (forward or backward) that ran compiled code.
+    failed
+        Why the block fell back to the eager kernel (``None``: it did not).
+    """
+
+    enabled: bool
+    compiled_calls: int = 0
+    failed: str | None = None
+
+    @property
+    def active(self) -> bool:
+        """Whether kernel calls in the block still try the compiled code."""
+        return self.enabled and self.failed is None
+
+
+#: the innermost ``compiled_likelihood`` block of this context (``None``: eager); a
+#: context variable, not a process-wide switch, so a block and its failure stay its own
+_BLOCK: ContextVar[CompileRun | None] = ContextVar("ensemblevi_compile_block", default=None)
+#: the compiled callables (a cache: each block decides whether they are used)
+_KERNELS: dict[str, Callable] = {}
+#: fallback reasons already logged in this process (each is logged once)
+_LOGGED: set[str] = set()
 
 
 #: Training steps from which ``EnsembleSCVI.train`` compiles the likelihood by default.
@@ -253,15 +288,19 @@ def should_compile(
     return epochs * steps_per_epoch >= COMPILE_MIN_STEPS
 
 
-def _compile_failed(err: BaseException) -> None:
-    """Switch the compiled path off for this process, saying why once."""
+def _fall_back(run: CompileRun, err: BaseException) -> None:
+    """Run the rest of ``run``'s block eagerly; log why, once per reason and process."""
     reason = f"{type(err).__name__}: {err}".splitlines()[0][:200]
-    _COMPILED.update(on=False, fn=None, grad=None, failed=reason)
-    logger.warning("torch.compile of the likelihood failed (%s); using the eager kernel.", reason)
+    run.failed = reason
+    if reason not in _LOGGED:
+        _LOGGED.add(reason)
+        logger.warning(
+            "torch.compile of the likelihood failed (%s); using the eager kernel.", reason
+        )
 
 
 @contextmanager
-def compiled_likelihood(enabled: bool = True):
+def compiled_likelihood(enabled: bool = True) -> Iterator[CompileRun]:
     """Run the fused kernel's element-wise part through ``torch.compile`` inside the block.
 
     The element-wise chain of :func:`_dense_terms` has fixed shapes per minibatch size, so
@@ -269,49 +308,52 @@ def compiled_likelihood(enabled: bool = True):
     smaller) into one loop over the tensor; the lgamma/digamma parts on non-zero counts,
     whose size changes every step, stay outside it. Needs a working ``torch.compile``
     backend (a C++ compiler on CPU, Triton on GPU). Where compiling fails (no compiler,
-    an unsupported platform, an error inside the compiler), the kernel runs eagerly, with
-    the same values, and one warning says why; later blocks in the process then stay
-    eager.
+    an unsupported platform, an error inside the compiler), the rest of the block runs the
+    eager kernel, with the same values, and one warning per reason and process says why.
+    The setting is the block's own (a context variable): it leaves no switch behind, and a
+    failure in one block does not turn compilation off for the next.
 
     Parameters
     ----------
     enabled
         Compile (``False``: the block runs the eager kernel).
+
+    Yields
+    ------
+    CompileRun
+        The block's record: ``compiled_calls`` counts the kernel calls that ran compiled,
+        ``failed`` says why it fell back.
     """
-    previous = _COMPILED["on"]
-    on = bool(enabled) and _COMPILED["failed"] is None
-    if on and _COMPILED["fn"] is None:
+    run = CompileRun(enabled=bool(enabled))
+    if run.enabled and not _KERNELS:
         try:
-            _COMPILED["fn"] = torch.compile(_dense_terms, dynamic=False)
-            _COMPILED["grad"] = torch.compile(_grad_terms, dynamic=False)
+            kernels = {
+                "fn": torch.compile(_dense_terms, dynamic=False),
+                "grad": torch.compile(_grad_terms, dynamic=False),
+            }
         except Exception as err:  # e.g. torch.compile unsupported on this Python
-            _compile_failed(err)
-            on = False
-    _COMPILED["on"] = on
+            _fall_back(run, err)
+        else:
+            _KERNELS.update(kernels)
+    token = _BLOCK.set(run)
     try:
-        yield
+        yield run
     finally:
-        _COMPILED["on"] = previous and _COMPILED["failed"] is None
+        _BLOCK.reset(token)
 
 
-def _run(name: str, eager, *args):
-    fn = _COMPILED[name]
-    if _COMPILED["on"] and fn is not None:
+def _run(name: str, eager, run: CompileRun | None, *args):
+    fn = _KERNELS.get(name)
+    if run is not None and run.active and fn is not None:
         try:
-            return fn(*args)
+            out = fn(*args)
         except Exception as err:  # compiler missing or broken: an eager retry is exact
             out = eager(*args)  # an error of the inputs themselves is raised from here
-            _compile_failed(err)
+            _fall_back(run, err)
             return out
+        run.compiled_calls += 1
+        return out
     return eager(*args)
-
-
-def _dense(*args):
-    return _run("fn", _dense_terms, *args)
-
-
-def _grads(*args):
-    return _run("grad", _grad_terms, *args)
 
 
 def _gene_theta(x: torch.Tensor, theta: torch.Tensor) -> bool:
@@ -335,7 +377,10 @@ class _CountLogProbSum(torch.autograd.Function):
     def forward(ctx, x, mu, theta, zi_logits):
         shapes = [x.shape, mu.shape, theta.shape] + ([] if zi_logits is None else [zi_logits.shape])
         shape = torch.broadcast_shapes(*shapes)
-        out, dmu, dtheta, dpi = _dense(x, mu, theta, zi_logits)
+        # the block's compile setting travels with the graph: backward may run in another
+        # thread (autograd's device threads), where the context variable is not set
+        ctx.compile_run = _BLOCK.get()
+        out, dmu, dtheta, dpi = _run("fn", _dense_terms, ctx.compile_run, x, mu, theta, zi_logits)
         if _gene_theta(x, theta):
             # lgamma(x + theta) - lgamma(theta) on non-zero counts only (0 on zeros)
             rows, cols = torch.nonzero(x, as_tuple=True)
@@ -363,7 +408,9 @@ class _CountLogProbSum(torch.autograd.Function):
             dpi if need_pi else None,
         )
         reduce_theta = len(theta_shape) >= 2 and theta_shape[-2] == 1
-        g_mu, g_theta, g_pi = _grads(grad.unsqueeze(-1), *wanted, reduce_theta)
+        g_mu, g_theta, g_pi = _run(
+            "grad", _grad_terms, ctx.compile_run, grad.unsqueeze(-1), *wanted, reduce_theta
+        )
         if ctx.sparse is not None and g_theta is not None:
             rows, cols, dg, n_genes = ctx.sparse
             g_cells = grad.expand(*dtheta.shape[:-1])  # (..., B)

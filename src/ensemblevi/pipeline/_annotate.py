@@ -10,7 +10,6 @@ cells, which the classifier does not train on either. The input file is only rea
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from anndata import AnnData
 
 from ensemblevi._files import OutputDirectory, write_csv, write_json
 from ensemblevi._interrupt import set_resume_hint
+from ensemblevi._warnings import quiet_third_party
 from ensemblevi.pipeline._report import write_report
 
 Log = Callable[[str], Any]
@@ -233,8 +233,7 @@ def run_annotate(
         train_s = time.perf_counter() - t0
         info = tl.label_uncertainty(model, adata, alpha=alpha, score=score)
         calib = tl.label_calibration(adata, labels_key, mask=held) if held.any() else None
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet_third_party():
             tl.expression_umap(model, adata, seed=seed)
         reading = annotate_reading(info, calib, int(held.sum()))
         record = {"data": str(data), "labels_key": labels_key,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import pandas as pd
 from ensemblevi._files import STAGE, OutputDirectory, write_csv, write_json
 from ensemblevi._interrupt import set_resume_hint
 from ensemblevi._names import file_stem
+from ensemblevi._warnings import quiet_third_party
 from ensemblevi.pipeline._report import DE_KEY, render_run_report
 
 #: ``de`` stages its files apart from the run's stage, which may hold a kept model
@@ -150,8 +150,7 @@ def run_de(run_dir: str | Path, group1: str, groupby: str = "cell_type",
     with out.locked():
         set_resume_hint(f"Nothing was lost: {run_dir} is unchanged; rerun the command.")
         adata = read_run_result(run_dir)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet_third_party():
             model = EnsembleSCVI.load(run_dir / "model", adata=adata)
         table = tl.differential_expression(model, adata, groupby=groupby, group1=group1,
                                               group2=group2, key_added=key, **options)  # fmt: skip

@@ -22,6 +22,7 @@ from anndata import AnnData
 
 from ensemblevi._files import OutputDirectory, write_csv, write_json
 from ensemblevi._interrupt import set_resume_hint
+from ensemblevi._warnings import quiet_third_party
 from ensemblevi.pipeline._de import check_run_dir, read_run_result
 from ensemblevi.pipeline._report import group_reading, write_report
 
@@ -242,8 +243,7 @@ def run_map(run_dir: str | Path, query: str | Path, out: str | Path, *,
         set_resume_hint(f"Nothing was lost: {run_dir} and {out_path} are unchanged; rerun the "
                         "command.")  # fmt: skip
         ref_adata = read_run_result(run_dir)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet_third_party():
             reference = EnsembleSCVI.load(run_dir / "model", adata=ref_adata)
         if reference.n_members < 2:
             raise ValueError("The run's model has one member: novelty needs the members' "

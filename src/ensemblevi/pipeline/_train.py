@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from ensemblevi._fingerprint import (
     write_record,
 )
 from ensemblevi._interrupt import set_resume_hint
+from ensemblevi._warnings import quiet_third_party
 from ensemblevi.pipeline._config import RunConfig
 from ensemblevi.pipeline._data import Log, Prepared
 
@@ -131,8 +131,7 @@ def train_or_reuse(
     for source in places:
         if source in found and not found[source]:
             try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
+                with quiet_third_party():
                     model = _load(places[source], prepared)
             except ValueError as err:  # a damaged model file: load names it
                 if not force:
@@ -159,8 +158,7 @@ def train_or_reuse(
         log(f"not reusing {places[source]}: {'; '.join(diffs)}")
     if "stage" in stale:
         _discard_stage_models(out.stage)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with quiet_third_party():
         model = _train(config, prepared, out.stage, log)
     path = out.stage / "model"
     model.save(path, overwrite=True)

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ensemblevi._files import OutputDirectory, write_json
+from ensemblevi._warnings import quiet_third_party
 
 from ._data import Log, training_data
 from ._train import RunRefused
@@ -232,8 +232,7 @@ def train_command(
             adata, title = training_data(spec)
             if on_loaded is not None:
                 on_loaded(adata, "counts" if "counts" in adata.layers else None, title)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with quiet_third_party():
                 if ckpt is not None:
                     model = EnsembleSCVI.load(ckpt["folder"], adata=adata)
                     log(f"resuming {ckpt['folder']} after epoch {done}")
@@ -321,8 +320,7 @@ def merge_command(shards: Sequence[Path], out: Path, partial: bool = False) -> s
     target.claim()
     with target.locked():
         adata, _ = training_data(spec)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet_third_party():
             models = [EnsembleSCVI.load(d, adata=adata) for d in shards]
             merged = EnsembleSCVI.merge(models)
         stage = target.new_stage()

@@ -19,6 +19,10 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
+from ensemblevi._seeding import forked_rng
+
+from ._novelty_rule import member_latents
+
 UMAP_KEY = "X_umap_ensemblevi"
 
 
@@ -123,8 +127,7 @@ def umap(
     if n != adata.n_obs:
         raise ValueError(f"values has {n} rows for {adata.n_obs} cells.")
     n_comps = max(1, min(n_pcs, values.shape[1] - 1, n - 1))
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
+    with forked_rng(seed):
         u, s, _ = torch.pca_lowrank(torch.from_numpy(values), q=min(n_comps + 10, n - 1,
                                     values.shape[1]), center=True, niter=4)  # fmt: skip
     pcs = (u[:, :n_comps] * s[:n_comps]).numpy()
@@ -222,8 +225,9 @@ def member_umaps(
     chosen = list(range(min(members, model.n_members))) if isinstance(members, int) else [
         model._check_member(k) for k in members]
     keys = []
+    latents = member_latents(model, adata)  # one encoder pass for all members, reused
     for k in chosen:
-        z = np.asarray(model.get_latent_representation(adata, member=k))
+        z = latents[k]
         key = f"X_umap_member_{k}"
         umap(adata, z, key, n_pcs=z.shape[1], n_neighbors=n_neighbors, n_epochs=n_epochs,
              seed=seed)  # fmt: skip

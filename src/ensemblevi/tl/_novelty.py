@@ -33,7 +33,7 @@ import torch
 from anndata import AnnData
 
 from ensemblevi._constants import DEFAULT_KEY, logmeanexp
-from ensemblevi.model._uncertainty import UncertaintySummary
+from ensemblevi.model.base._uncertainty import UncertaintySummary
 
 from ._novelty_rule import (
     conformal_threshold,

@@ -19,10 +19,13 @@ Written by hand (scvi-tools has no ensemble novelty score or rule). Three facts 
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from anndata import AnnData
 
 #: fewest held-out cells the rule is calibrated on
@@ -86,8 +89,29 @@ def novelty_reference(model, reference_model=None) -> NoveltyReference:
                             np.sort(np.asarray(val, dtype=np.int64)))  # fmt: skip
 
 
+#: ``obsm`` key of every member's latent means, ``(n_obs, K * n_latent)`` (member-major),
+#: and ``uns`` key of the record saying which weights computed them
+MEMBER_LATENT_KEY = "ensemblevi_member_latents"
+
+
+def _weights_stamp(model) -> str:
+    """A digest of the module's weights: a stored latent is reused only for these weights."""
+    digest = hashlib.sha1(usedforsecurity=False)
+    for name, tensor in model.module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
 def member_latents(model, adata: AnnData) -> np.ndarray:
     """``(K, n_cells, n_latent)``: every member's latent means of ``adata``'s cells.
+
+    Computed in one batched encoder pass over all members and stored in
+    ``adata.obsm["ensemblevi_member_latents"]`` with a digest of the model's weights in
+    ``adata.uns``; a later call with the same weights (the novelty rule, stability, the
+    member UMAPs of one run) reads it back instead of encoding again. New weights
+    (training, another model) recompute it. Counts edited in place after a call are not
+    detected: delete the ``obsm`` key then. A view of an AnnData is encoded, not stored.
 
     Parameters
     ----------
@@ -96,8 +120,24 @@ def member_latents(model, adata: AnnData) -> np.ndarray:
     adata
         AnnData registered with it.
     """
-    return np.stack([np.asarray(model.get_latent_representation(adata, member=k))
-                     for k in range(model.n_members)])  # fmt: skip
+    k, n = model.n_members, adata.n_obs
+    stamp = _weights_stamp(model)
+    record = adata.uns.get(MEMBER_LATENT_KEY)
+    stored = adata.obsm.get(MEMBER_LATENT_KEY)
+    if (
+        stored is not None
+        and isinstance(record, Mapping)
+        and record.get("weights") == stamp
+        and int(record.get("n_members", -1)) == k
+        and np.asarray(stored).shape[1] % k == 0
+    ):
+        return np.ascontiguousarray(np.asarray(stored).reshape(n, k, -1).transpose(1, 0, 2))
+    z = np.asarray(model.get_latent_representation(adata, return_members=True))
+    if adata.is_view:  # writing would turn the caller's view into a copy: do not store
+        return z
+    adata.obsm[MEMBER_LATENT_KEY] = z.transpose(1, 0, 2).reshape(n, -1)
+    adata.uns[MEMBER_LATENT_KEY] = {"weights": stamp, "n_members": k, "n_latent": z.shape[2]}
+    return z
 
 
 def knn_distance(

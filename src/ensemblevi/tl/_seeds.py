@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from ensemblevi._fingerprint import (
     write_record,
 )
 from ensemblevi._seeding import seeded_globally
+from ensemblevi._warnings import quiet_third_party
 
 
 def seed_ensemble(
@@ -81,8 +81,7 @@ def seed_ensemble(
             if (path / "model.pt").exists() and not differences(read_record(path), record):
                 models.append(scvi.model.SCVI.load(str(path), adata=adata))
                 continue
-        with seeded_globally(seed), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with seeded_globally(seed), quiet_third_party():
             model = scvi.model.SCVI(adata, **scvi_kwargs)
             model.train(max_epochs=max_epochs, enable_progress_bar=False, **(train_kwargs or {}))
         if path is not None:

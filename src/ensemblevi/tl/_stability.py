@@ -15,6 +15,7 @@ from scipy import sparse
 from ensemblevi._constants import DEFAULT_KEY
 from ensemblevi._seeding import seeded_globally
 
+from ._novelty_rule import member_latents
 from ._stability_core import (
     STABLE_JACCARD,
     cluster_table,
@@ -33,8 +34,7 @@ KEY = DEFAULT_KEY
 def _graphs(model, adata: AnnData, n_neighbors: int) -> tuple[np.ndarray, np.ndarray]:
     if model.n_members < 2:
         raise ValueError("Stability compares members: the model needs at least 2 (it has 1).")
-    latents = model.get_latent_representation(adata, return_members=True)
-    return member_knn(np.asarray(latents), n_neighbors)
+    return member_knn(member_latents(model, adata), n_neighbors)
 
 
 def _by_group(values: np.ndarray, adata: AnnData, groupby: str | None) -> pd.DataFrame | None:

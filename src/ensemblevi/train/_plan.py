@@ -6,11 +6,28 @@ The parameter groups and the tune step are functions (:func:`fast_param_groups`,
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 import torch
 from scvi.train import SemiSupervisedTrainingPlan, TrainingPlan
 from torch import nn
+
+logger = logging.getLogger(__name__)
+#: optimiser classes whose fused fallback was logged (once each per process)
+_FUSED_FALLBACKS: set[str] = set()
+
+
+def _fused_fallback(optimizer_cls: type, err: BaseException) -> None:
+    """Log once per optimiser class that the fused implementation is unavailable, and why."""
+    name = optimizer_cls.__name__
+    if name not in _FUSED_FALLBACKS:
+        _FUSED_FALLBACKS.add(name)
+        why = str(err).splitlines()[0][:200] if str(err) else ""
+        logger.info(
+            "fused %s unavailable (%s: %s); using the default implementation (same update, "
+            "slower steps).", name, type(err).__name__, why
+        )
 
 
 def fast_param_groups(
@@ -160,8 +177,8 @@ class FastGroupsMixin:
             if all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in tensors):
                 try:
                     return optimizer_cls(groups, fused=True, **settings)
-                except (RuntimeError, TypeError, ValueError):  # older torch: no fused on CPU
-                    pass
+                except (RuntimeError, TypeError, ValueError) as err:  # older torch: no fused
+                    _fused_fallback(optimizer_cls, err)
             return optimizer_cls(groups, **settings)
 
         return create

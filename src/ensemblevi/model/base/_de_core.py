@@ -28,11 +28,12 @@ from scvi import REGISTRY_KEYS
 from scvi.utils import track
 
 from ensemblevi._constants import DE_KEY, chunk_size
+from ensemblevi._seeding import forked_rng as global_seed  # every generator, restored
 
 from . import _de_counts, _de_null
 from ._de_calls import expected_fdr, fdr_calls, summarise_lfc
 from ._de_groups import comparisons, raw_count_stats
-from ._de_scvi import MemberFilter, check_kwargs, global_seed, member_draws, scvi_mode_de
+from ._de_scvi import MemberFilter, check_kwargs, member_draws, scvi_mode_de
 from ._de_store import store_de
 
 ESTIMANDS = ("counts", "population", "cell_pairs")

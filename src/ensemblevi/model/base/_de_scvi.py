@@ -15,12 +15,9 @@ member samples only the cells that are inliers in its own latent space.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
-import torch
 from scvi.model.base import DifferentialComputation
 
 #: ``get_bayes_factors`` keywords (scvi-tools' ``**kwargs``) and the modes they apply to
@@ -66,28 +63,6 @@ def check_kwargs(kwargs: dict[str, Any], mode: str) -> None:
             )
     if kwargs.get("test_mode", "two") not in ("two", "three"):
         raise ValueError(f"test_mode must be 'two' or 'three', got {kwargs['test_mode']!r}.")
-
-
-@contextmanager
-def global_seed(seed: int) -> Iterator[None]:
-    """Seed torch's and numpy's global generators (scvi-tools draws from both), restoring
-    them afterwards so that the call leaves the caller's random streams as they were.
-
-    Parameters
-    ----------
-    seed
-        The seed of both generators.
-    """
-    # scvi-tools resamples and pairs with numpy's legacy global generator, so only it can
-    # seed them
-    torch_state, np_state = torch.random.get_rng_state(), np.random.get_state()  # noqa: NPY002
-    torch.manual_seed(seed)
-    np.random.seed(seed)  # noqa: NPY002
-    try:
-        yield
-    finally:
-        torch.random.set_rng_state(torch_state)
-        np.random.set_state(np_state)  # noqa: NPY002
 
 
 class MemberFilter:

@@ -12,7 +12,7 @@ import torch
 from anndata import AnnData
 from scvi.utils import track
 
-from ensemblevi._seeding import private_torch_rng
+from ensemblevi._seeding import forked_rng
 from ensemblevi.data import check_finite_counts
 
 
@@ -119,7 +119,7 @@ class EnsembleMixin:
             )
         self.module.eval()
         device = self.device
-        with private_torch_rng(seed, device):
+        with forked_rng(seed):
             bar = {"description": description or "", "disable": description is None}
             for tensors in track(dataloader, style="tqdm", **bar):
                 yield {k: v.to(device) if torch.is_tensor(v) else v for k, v in tensors.items()}

@@ -19,9 +19,9 @@ from scvi.model.base import RNASeqMixin
 from ensemblevi._compat import batch_codes
 from ensemblevi._constants import DE_KEY
 
-from .._members import MemberOnly
 from . import _de_core
 from ._ensemblemixin import EnsembleMixin
+from ._members import MemberOnly
 from ._refused import REFUSED
 
 

@@ -18,8 +18,8 @@ from ensemblevi._constants import VARIANCE_PARTS, chunk_size
 from ensemblevi.data import is_collection
 from ensemblevi.module import Predictive
 
-from .._uncertainty import UncertaintySummary, decompose_variance
 from ._ensemblemixin import EnsembleMixin
+from ._uncertainty import UncertaintySummary, decompose_variance
 
 
 class UncertaintyMixin(EnsembleMixin):

@@ -1,0 +1,80 @@
+"""Every committed benchmark script still runs: each once, with tiny settings.
+
+A script runs in this process (``runpy``, as ``__main__``, with its ``sys.argv``) in a
+temporary folder, so the imports are paid once for the file. The numbers are meaningless;
+what fails is a script that no longer runs (a renamed function, a changed signature, an
+option passed to the wrong model). :data:`SMOKE` holds each script's tiny arguments; a
+script without them is listed in :data:`NO_SMOKE_YET` with the reason, and
+:func:`test_every_script_is_listed` makes sure a new script gets one of the two.
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+DATA = Path(os.environ.get("ENSEMBLEVI_DATA", "/work/shared/data"))
+
+#: script -> tiny arguments (``{pbmc}``: the PBMC 3k file; the test skips without it)
+SMOKE: dict[str, list[str]] = {
+    "bench_analysis_scale.py": ["--members", "2", "--cells", "300", "--n-samples", "2",
+                                "--no-embedding"],
+    "bench_ensemble_speed.py": ["--epochs", "1", "--cells", "300", "--only", "scvi", "single",
+                                "--seq", "0"],
+    "bench_fingerprint.py": ["--cells", "200", "--genes", "300"],
+    "bench_likelihood.py": ["--k", "1", "2", "--batch", "8", "--genes", "20", "--steps", "1",
+                            "--repeats", "1"],
+    "bench_stability_scale.py": ["--members", "2", "--cells", "300", "--dim", "3"],
+    "profile_uncertainty.py": ["--cells", "64", "--genes", "300", "--members", "2",
+                               "--n-samples", "1", "--chunk", "32"],
+}  # fmt: skip
+
+#: scripts without tiny settings yet, with the reason (each is a candidate for a --smoke flag)
+NO_SMOKE_YET: dict[str, str] = {
+    name: "no tiny settings yet (trains real-size models or real data for minutes)"
+    for name in (
+        "bench_atlas.py", "bench_cell_novelty_scores.py", "bench_compile_time.py",
+        "bench_convvae.py", "bench_de_calibration.py", "bench_ensemble_quality.py",
+        "bench_group_flag_rates.py", "bench_group_novelty.py", "bench_hyperbatch.py",
+        "bench_label_cost.py", "bench_label_transfer.py", "bench_member_gap.py",
+        "bench_query_novelty.py", "bench_seed_agreement.py", "bench_simulator.py",
+        "bench_stability.py", "bench_stability_cost.py", "bench_thinning.py",
+        "de_diagnosis.py", "de_null_check.py", "fdr_normalised_truth.py",
+        "probe_analysis_memory.py", "profile_figures.py", "profile_step.py",
+        "safety_cases.py",
+    )
+}  # fmt: skip
+NO_SMOKE_YET["scvi_tests.py"] = "runs scvi-tools' own test suite from a clone of scvi-tools"
+
+
+def test_every_script_is_listed():
+    scripts = {p.name for p in BENCH.glob("*.py")}
+    assert not scripts - set(SMOKE) - set(NO_SMOKE_YET), "give the new script tiny settings"
+    assert not (set(SMOKE) | set(NO_SMOKE_YET)) - scripts, "a listed script is gone"
+    assert not set(SMOKE) & set(NO_SMOKE_YET)
+
+
+@pytest.mark.parametrize("script", sorted(SMOKE))
+def test_script_runs_with_tiny_settings(script, tmp_path, monkeypatch):
+    args = SMOKE[script]
+    if any("{pbmc}" in a for a in args):
+        pbmc = DATA / "pbmc3k.h5ad"
+        if not pbmc.exists():
+            pytest.skip(f"{pbmc} is absent here")
+        args = [a.replace("{pbmc}", str(pbmc)) for a in args]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [str(BENCH / script), *args])
+    monkeypatch.syspath_prepend(str(BENCH))
+    threads = __import__("torch").get_num_threads()
+    try:
+        runpy.run_path(str(BENCH / script), run_name="__main__")
+    except SystemExit as err:  # argparse's exit, or the script's own
+        assert err.code in (0, None), f"{script} exited with {err.code}"
+    finally:
+        __import__("torch").set_num_threads(threads)  # some scripts pin the thread count
