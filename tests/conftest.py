@@ -6,8 +6,8 @@ maps a query onto it, writes into its AnnData) takes :func:`private_copy` of it,
 test sees another's changes whatever the order they run in.
 """
 
-import copy
 import logging
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -37,9 +37,13 @@ def pbmc_path() -> Path:
 def private_copy(model):
     """An independent copy of a trained model and of its AnnData (``model.adata``).
 
-    The copy's own AnnData is its training data (``copy.adata``), as for the original.
+    Saved and loaded with a copy of the AnnData (``copy.deepcopy`` would leave the copied
+    AnnData unregistered with the model class): the copy's ``adata`` is its training data,
+    as the original's is, with the same weights, split and history.
     """
-    return copy.deepcopy(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save(tmp, overwrite=True)
+        return type(model).load(tmp, adata=model.adata.copy())
 
 
 def _quiet():
