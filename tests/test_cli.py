@@ -67,7 +67,9 @@ def test_inspect_reports_validation(tmp_path):
 
 def test_run_main_job_writes_everything_and_reuses(tmp_path):
     out = tmp_path / "run"
-    args = ["run", "--quick", "--n-cells", "300", "--epochs", "2", "--members", "2"]
+    # not --quick: it sets 1,000 cells whatever --n-cells says; 500 cells hold out the 45
+    # validation cells the novelty rule needs to calibrate
+    args = ["run", "--n-cells", "500", "--epochs", "2", "--n-samples", "3", "--members", "2"]
     args += ["--marker", "Myeloid=CD14,NOTAGENE", "--out", str(out)]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
@@ -148,7 +150,7 @@ def test_run_reports_bad_markers(tmp_path):
 
 def test_run_hyperbatch_reports_tuned_hyperparameters(tmp_path):
     out = tmp_path / "hbe"
-    args = ["run", "--quick", "--n-cells", "300", "--epochs", "2", "--members", "2"]
+    args = ["run", "--n-cells", "300", "--epochs", "2", "--n-samples", "3", "--members", "2"]
     res = runner.invoke(app, [*args, "--ensemble", "hyperbatch", "--out", str(out)])
     assert res.exit_code == 0, res.output
     table = pd.read_csv(out / "tables" / "hyperparameters.csv")

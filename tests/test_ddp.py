@@ -18,45 +18,47 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-_CACHE: dict = {}
+KINDS = ["deep", "batch", "hyperbatch"]
+#: every configuration each world size trains: one interpreter per rank for all of them
+CONFIGS = {1: KINDS, 2: [*KINDS, "deep:no-sync"]}
 
 
-def _run(tmp_path, kind: str, world: int, no_sync: bool = False) -> dict:
-    key = (kind, world, no_sync)
-    if key not in _CACHE:
-        _CACHE[key] = _launch(tmp_path, kind, world, no_sync)
-    return _CACHE[key]
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict:
+    """``{world: {config: rank 0's result}}`` for the configurations of :data:`CONFIGS`."""
+    root = tmp_path_factory.mktemp("ddp")
+    return {world: _launch(root, world, configs) for world, configs in CONFIGS.items()}
 
 
-def _launch(tmp_path, kind: str, world: int, no_sync: bool) -> dict:
+def _launch(tmp_path, world: int, configs: list[str]) -> dict:
     port, outs, procs = _free_port(), [], []
     for rank in range(world):
-        out = tmp_path / f"{kind}_{world}_{rank}_{no_sync}.pt"
+        out = tmp_path / f"world{world}_rank{rank}.pt"
         cmd = [sys.executable, str(WORKER), "--rank", str(rank), "--world", str(world)]
-        cmd += ["--port", str(port), "--kind", kind, "--out", str(out)]
-        procs.append(
-            subprocess.Popen(cmd + (["--no-sync"] if no_sync else []), stderr=subprocess.PIPE)
-        )
+        cmd += ["--port", str(port), "--configs", ",".join(configs), "--out", str(out)]
+        procs.append(subprocess.Popen(cmd, stderr=subprocess.PIPE))
         outs.append(out)
     try:
         for p in procs:
-            _, err = p.communicate(timeout=300)
+            _, err = p.communicate(timeout=400)
             assert p.returncode == 0, err.decode()[-3000:]
     finally:  # a failed or hung rank must not outlive the test
         for p in procs:
             if p.poll() is None:
                 p.kill()
     results = [torch.load(o) for o in outs]
-    if world > 1 and not no_sync:  # DDP keeps the replicas identical
-        for key, value in results[0]["state"].items():
-            torch.testing.assert_close(results[1]["state"][key], value, rtol=0, atol=0)
+    for config in configs:
+        if world > 1 and not config.endswith(":no-sync"):  # DDP keeps the replicas identical
+            for key, value in results[0][config]["state"].items():
+                torch.testing.assert_close(
+                    results[1][config]["state"][key], value, rtol=0, atol=0
+                )
     return results[0]
 
 
 @pytest.mark.parametrize("kind", ["deep", "batch", "hyperbatch"])
-def test_two_process_ddp_matches_one_process(tmp_path, kind):
-    one = _run(tmp_path, kind, 1)
-    two = _run(tmp_path, kind, 2)
+def test_two_process_ddp_matches_one_process(runs, kind):
+    one, two = runs[1][kind], runs[2][kind]
     # hyperbatch: train losses with the L2 penalty, and every second step a tune NLL
     assert len(one["losses"]) == (6 if kind == "hyperbatch" else 4)
     torch.testing.assert_close(
@@ -71,10 +73,9 @@ def test_two_process_ddp_matches_one_process(tmp_path, kind):
             assert (one["state"][key] - one["start"][key]).abs().max() > 1e-4
 
 
-def test_without_synced_batch_norm_the_statistics_differ(tmp_path):
+def test_without_synced_batch_norm_the_statistics_differ(runs):
     """The check above can fail: per-process batch norm gives other running statistics."""
-    one = _run(tmp_path, "deep", 1)
-    two = _run(tmp_path, "deep", 2, no_sync=True)
+    one, two = runs[1]["deep"], runs[2]["deep:no-sync"]
     key = next(k for k in one["state"] if k.endswith("running_var"))
     assert (two["state"][key] - one["state"][key]).abs().max() > 1e-4
 

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import KIND_TRAIN, KIND_TUNE_EVERY
 from lightning.pytorch.callbacks import Callback
 from scvi import REGISTRY_KEYS
 
@@ -184,13 +185,10 @@ def test_tied_heads_are_the_default_and_full_heads_double_the_kernel():
 
 
 @pytest.fixture(scope="module")
-def hbe_model():
-    adata = ev.data.synthetic("lopez2020", seed=0, n_cells=300, n_genes=40)
-    EnsembleSCVI.setup_anndata(adata, layer="counts")
-    model = EnsembleSCVI(adata, n_members=K, ensemble="hyperbatch", n_hidden=16, n_latent=4,
-                         seed=0)  # fmt: skip
-    model.train(max_epochs=3, seed=0, enable_progress_bar=False, plan_kwargs={"tune_every": 2})
-    return adata, model
+def hbe_model(kind_models):
+    """The session's hyperbatch ensemble (conftest.py: K = 3, tuned every 2 steps)."""
+    model = kind_models["hyperbatch"]
+    return model.adata, model
 
 
 def test_model_records_tuning_and_round_trips(hbe_model, tmp_path):
@@ -201,7 +199,8 @@ def test_model_records_tuning_and_round_trips(hbe_model, tmp_path):
     assert ((table["low"] < table["mean"]) & (table["mean"] < table["high"])).all()
     traj = model.hyper_trajectory_
     steps_per_epoch = int(np.ceil(len(model.train_indices) / 128))
-    n_tune = 3 * steps_per_epoch // 2
+    n_tune = KIND_TRAIN["max_epochs"] * steps_per_epoch // KIND_TUNE_EVERY
+    assert n_tune >= 2
     assert traj["step"].nunique() == n_tune + 1  # the initial bounds + one per tune step
     first = traj[traj["step"] == 0].set_index(["member", "hyperparameter"])
     last = table.set_index(["member", "hyperparameter"])

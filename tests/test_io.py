@@ -223,19 +223,9 @@ def test_preprocess_refuses_nan_batch_and_duplicate_genes(sim):
 
 
 @pytest.fixture(scope="module")
-def tiny_model():
-    import logging
-    import warnings
-
-    from ensemblevi.model import EnsembleSCVI
-
-    warnings.filterwarnings("ignore")
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    ad = synthetic("lopez2020", seed=0, n_cells=100, n_genes=30)
-    EnsembleSCVI.setup_anndata(ad, layer="counts")
-    model = EnsembleSCVI(ad, n_members=2, n_hidden=8, n_latent=2, seed=0)
-    model.train(max_epochs=1, batch_size=50, enable_progress_bar=False)
-    return model
+def tiny_model(kind_models):
+    """The session's deep ensemble (conftest.py): saved and loaded here, never changed."""
+    return kind_models["deep"]
 
 
 def test_model_save_keeps_other_files(tmp_path, tiny_model, sim):
@@ -253,7 +243,8 @@ def test_model_save_keeps_other_files(tmp_path, tiny_model, sim):
     with pytest.raises(FileExistsError, match=r"model\.pt already exists.*overwrite=True"):
         tiny_model.save(d)
     tiny_model.save(d, prefix="second_")  # another prefix is another model: no conflict
-    assert EnsembleSCVI.load(d, adata=tiny_model.adata, prefix="second_").n_members == 2
+    second = EnsembleSCVI.load(d, adata=tiny_model.adata, prefix="second_")
+    assert second.n_members == tiny_model.n_members
 
 
 def test_model_save_interrupted_keeps_old_model(tmp_path, tiny_model, monkeypatch):

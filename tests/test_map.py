@@ -24,7 +24,7 @@ def _digest(path):
 def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("map")
     out = root / "run"
-    res = runner.invoke(app, ["run", "--n-cells", "700", "--epochs", "4", "--n-samples", "2",
+    res = runner.invoke(app, ["run", "--n-cells", "400", "--epochs", "2", "--n-samples", "2",
                               "--members", "2", "--out", str(out)])  # fmt: skip
     assert res.exit_code == 0, res.output
     query = ev.data.synthetic(preset="heartlike", n_cells=300, seed=5)

@@ -102,11 +102,9 @@ def test_metrics_reject_bad_counts_and_empty_input():
         interval_coverage(np.array([0.5]), levels=[1.0])
 
 
-def test_predictive_calibration_of_a_trained_model():
-    adata = ev.data.synthetic("lopez2020", seed=0, n_cells=300, n_genes=40)
-    ev.model.EnsembleSCVI.setup_anndata(adata, layer="counts")
-    model = ev.model.EnsembleSCVI(adata, n_members=3, ensemble="deep", n_hidden=16, n_latent=4)
-    model.train(max_epochs=5, seed=0, enable_progress_bar=False)
+def test_predictive_calibration_of_a_trained_model(kind_models):
+    model = kind_models["deep"]  # the session's (conftest.py), K = 3 on 40 genes
+    adata = model.adata.copy()  # the results are written into this copy
     held = model.validation_indices
     out = predictive_calibration(model, adata, indices=held, n_samples=4, key_added="ev",
                                  progress=False)  # fmt: skip

@@ -6,13 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import KIND_TRAIN, KINDS
 from lightning.pytorch.callbacks import Callback
 
 import ensemblevi as ev
 from ensemblevi.model import EnsembleSCVI
 
-KINDS = ["deep", "batch", "hyperbatch", "mcdropout", "single"]
-TRAIN = {"max_epochs": 2, "enable_progress_bar": False, "seed": 0}
+TRAIN = KIND_TRAIN
 
 
 def _data(n_cells=240, seed=0):
@@ -22,14 +22,9 @@ def _data(n_cells=240, seed=0):
 
 
 @pytest.fixture(scope="module")
-def trained():
-    adata = _data()
-    models = {}
-    for kind in KINDS:
-        model = EnsembleSCVI(adata, n_members=3, ensemble=kind, n_hidden=32, n_latent=4, seed=0)
-        model.train(**TRAIN)
-        models[kind] = model
-    return adata, models
+def trained(lopez_adata, kind_models):
+    """The session's models of every kind (conftest.py), trained on ``_data()``."""
+    return lopez_adata, kind_models
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -237,14 +232,17 @@ def test_fused_adam_takes_the_reference_adam_steps():
         torch.testing.assert_close(p.detach(), c.detach(), rtol=1e-5, atol=1e-6)
 
 
-def test_same_seed_same_model_and_outputs():
+def test_same_seed_same_model_and_outputs(trained):
+    """A second training with the same seed on a new copy of the data: the same weights
+    and outputs as the session's deep ensemble (conftest.py, trained the same way)."""
     states, outputs = [], []
-    for _ in range(2):
-        adata = _data(n_cells=120)
-        model = EnsembleSCVI(adata, n_members=2, n_hidden=16, n_latent=3, seed=7)
-        model.train(**TRAIN)
+    for model in (trained[1]["deep"], None):
+        if model is None:
+            model = EnsembleSCVI(_data(), n_members=3, n_hidden=32, n_latent=4, seed=0)
+            model.train(**TRAIN)
         states.append(model.module.state_dict())
         outputs.append(model.get_uncertainty(n_samples=2, progress=False)["mean"])
+    assert states[0].keys() == states[1].keys()
     for key in states[0]:
         torch.testing.assert_close(states[0][key], states[1][key])
     pd.testing.assert_frame_equal(outputs[0], outputs[1])

@@ -11,22 +11,20 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import private_copy
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 import ensemblevi as ev
-from ensemblevi.model import EnsembleSCVI
 
 MARKERS = {"Fibroblast": ["DCN", "GSN"], "Myeloid": ["CD14"]}
 THRESHOLD = 0.25  # not the default 0.1: the figures must draw the stored value
 
 
 @pytest.fixture(scope="module")
-def analysed():
-    adata = ev.data.synthetic("heartlike", seed=0, n_cells=300, n_genes=80)
-    EnsembleSCVI.setup_anndata(adata, layer="counts", batch_key="batch")
-    model = EnsembleSCVI(adata, n_members=3, n_hidden=16, n_latent=4, seed=0)
-    model.train(max_epochs=2, enable_progress_bar=False, seed=0, train_size=0.85)
+def analysed(heart_model):
+    model = private_copy(heart_model)  # the session's (conftest.py); results go in its copy
+    adata = model.adata
     ev.tl.uncertainty_analysis(
         model, adata, MARKERS, groupby="cell_type", n_samples=2, cv_threshold=THRESHOLD,
         alpha=0.05, embedding=True, progress=False,

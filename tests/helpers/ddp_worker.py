@@ -1,5 +1,7 @@
 """One process of a data-parallel training check (run by tests/test_ddp.py).
 
+One process trains every configuration of ``--configs`` in turn (``kind`` or
+``kind:no-sync``), so the interpreter starts once per rank, not once per configuration.
 ``--world 1`` trains on whole minibatches in one process; ``--world 2 --rank r`` trains
 under ``torch.nn.parallel.DistributedDataParallel`` (gloo) on row half ``r`` of the same
 minibatches. The latent noise is switched off (z = posterior mean) and dropout is 0, so
@@ -33,10 +35,12 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=0)
     parser.add_argument("--world", type=int, default=1)
     parser.add_argument("--port", type=int, default=29511)
-    parser.add_argument("--kind", default="deep")
+    parser.add_argument(
+        "--configs", default="deep", help="comma-separated kind or kind:no-sync (per-process "
+        "batch norm), trained one after the other",
+    )  # fmt: skip
     parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--no-sync", action="store_true", help="per-process batch norm")
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out", required=True, help="one .pt file: {config: result}")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     logging.getLogger("scvi").setLevel(logging.ERROR)
@@ -44,10 +48,29 @@ def main() -> None:
 
     adata = synthetic("lopez2020", seed=0, n_cells=256)
     EnsembleSCVI.setup_anndata(adata, layer="counts", batch_key="batch")
-    hyper = args.kind == "hyperbatch"
+    if args.world > 1:
+        dist.init_process_group(
+            "gloo", rank=args.rank, world_size=args.world,
+            init_method=f"tcp://127.0.0.1:{args.port}", timeout=datetime.timedelta(seconds=120),
+        )  # fmt: skip
+    results = {}
+    for config in args.configs.split(","):
+        kind, _, option = config.partition(":")
+        results[config] = train(adata, args, kind, no_sync=option == "no-sync")
+    torch.save(results, args.out)
+    if args.world > 1:
+        # Every rank has finished its collectives here. No destroy_process_group: with
+        # gloo it sometimes hung once rank 0 (the TCP store's host) had exited first
+        # (pytorch/pytorch#75097); process exit closes the sockets.
+        dist.barrier()
+
+
+def train(adata, args, kind: str, no_sync: bool) -> dict:
+    """Train one configuration from its seeded initialisation; its losses and states."""
+    hyper = kind == "hyperbatch"
     tuned = {"hyperparameters": ["kl_weight", *(f"l2_{g}" for g in L2_GROUPS)]} if hyper else {}
     model = EnsembleSCVI(
-        adata, n_members=3, ensemble=args.kind, n_hidden=16, n_latent=4, dropout_rate=0.0,
+        adata, n_members=3, ensemble=kind, n_hidden=16, n_latent=4, dropout_rate=0.0,
         seed=1, **tuned,
     )  # fmt: skip
     module = model.module
@@ -58,16 +81,12 @@ def main() -> None:
             self.mean().unsqueeze(1).expand(-1, n, -1)
         )
         module.l2_scale = 1.0 / adata.n_obs
-    if args.no_sync:
+    if no_sync:
         for m in module.modules():
             if hasattr(m, "sync_stats"):
                 m.sync_stats = False
     net = module
     if args.world > 1:
-        dist.init_process_group(
-            "gloo", rank=args.rank, world_size=args.world,
-            init_method=f"tcp://127.0.0.1:{args.port}", timeout=datetime.timedelta(seconds=120),
-        )  # fmt: skip
         net = torch.nn.parallel.DistributedDataParallel(module)
     loader = model._make_data_loader(adata=adata, batch_size=64, shuffle=False)
     # SGD: Adam would blow the ~1e-9 gradients of biases followed by batch norm (zero in
@@ -93,12 +112,7 @@ def main() -> None:
         losses.append(float(value))
         if hyper and step % 2 == 1:
             losses.append(tune_step(module, batch, tune_opt, tau=1e-3))  # processes' mean
-    torch.save({"losses": losses, "state": module.state_dict(), "start": start}, args.out)
-    if args.world > 1:
-        # Every rank has finished its collectives here. No destroy_process_group: with
-        # gloo it sometimes hung once rank 0 (the TCP store's host) had exited first
-        # (pytorch/pytorch#75097); process exit closes the sockets.
-        dist.barrier()
+    return {"losses": losses, "state": module.state_dict(), "start": start}
 
 
 if __name__ == "__main__":
