@@ -9,7 +9,14 @@ Every writer of the package goes through here, so that the same rules hold every
   did not write, never removes a file that is not in its manifest, and stages a new result
   beside the old one, swapping it in only once the new result is complete;
 - every temporary name starts with :data:`TMP_PREFIX`, so leftovers of a killed process
-  can be told apart from a user's files and cleaned up safely.
+  can be told apart from a user's files and cleaned up safely;
+- every path read back from the bookkeeping (manifest, commit journal, stage, a record
+  such as a checkpoint's) goes through :func:`contained`, which refuses one that leads
+  outside the output directory (``..``, an absolute path, a symbolic link pointing out)
+  before any file is touched: a crafted or damaged folder cannot make ensemblevi move or
+  delete a file elsewhere;
+- :func:`staged_output` is the one way a command writes a result: claim, lock, stage,
+  commit on success, discard on failure.
 
 This module imports nothing from the rest of the package (it is the lowest layer).
 """
@@ -17,11 +24,12 @@ This module imports nothing from the rest of the package (it is the lowest layer
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +40,64 @@ JOURNAL = ".ensemblevi-commit.json"
 LOCK = ".ensemblevi-lock"
 #: names inside an owned directory that belong to the bookkeeping, not to a result
 BOOKKEEPING = (MANIFEST, STAGE, JOURNAL, LOCK)
+
+
+class UnsafePathError(ValueError):
+    """A path read from ensemblevi's bookkeeping leads outside the folder it belongs to."""
+
+
+class OutputNotWritableError(ValueError):
+    """The output directory cannot be created or written (permissions, a full disk, ...)."""
+
+
+def contained(root: str | os.PathLike, relpath: str | os.PathLike, *, source: str = "") -> Path:
+    """``root / relpath``, refused unless it lies strictly inside ``root`` (symlinks resolved).
+
+    Every path that ensemblevi reads back from a file it wrote earlier (a manifest, a commit
+    journal, a stage name, a checkpoint record) goes through here before it is used: such a
+    file may have been crafted or damaged, and following it could move or delete a file
+    outside the output directory.
+
+    Parameters
+    ----------
+    root
+        The folder the path must stay in (it may itself be a symbolic link).
+    relpath
+        The path as read: relative, without a way out of ``root``.
+    source
+        The file the path was read from, named in the error.
+
+    Returns
+    -------
+    The path, ``root / relpath`` (not resolved: a link that stays inside is kept as a link).
+
+    Raises
+    ------
+    UnsafePathError
+        ``relpath`` is absolute, empty, not a string, or resolves (``..``, a symbolic link)
+        to ``root`` itself or to a place outside it.
+    """
+    root = Path(root)
+    where = f" (read from {source})" if source else ""
+    if not isinstance(relpath, (str, os.PathLike)) or not os.fspath(relpath):
+        raise UnsafePathError(f"{relpath!r}{where} is not a file path inside {root}. "
+                              + _UNSAFE_FIX.format(root=root))  # fmt: skip
+    rel = Path(relpath)
+    if rel.is_absolute() or "\x00" in os.fspath(rel):
+        raise UnsafePathError(f"{os.fspath(rel)!r}{where} is an absolute path, not one inside "
+                              f"{root}. " + _UNSAFE_FIX.format(root=root))  # fmt: skip
+    path = root / rel
+    real_root = root.resolve()
+    real = path.resolve()  # follows every symbolic link on the way, the last one too
+    if real == real_root or real_root not in real.parents:
+        raise UnsafePathError(f"{os.fspath(rel)!r}{where} leads outside {root} (to {real}). "
+                              + _UNSAFE_FIX.format(root=root))  # fmt: skip
+    return path
+
+
+_UNSAFE_FIX = ("ensemblevi never writes such a path, so the folder's bookkeeping was edited "
+               "or the folder holds a symbolic link pointing out of it; nothing was touched. "
+               "Check {root} by hand, or choose another output directory.")
 
 
 def _fsync(path: Path) -> None:
@@ -156,14 +222,28 @@ def move_into(source: str | os.PathLike, target: str | os.PathLike) -> list[Path
     """
     source, target = Path(source), Path(target)
     moved = []
-    for file in sorted(p for p in source.rglob("*") if not p.is_dir()):
+    for file in _files_below(source):
         rel = file.relative_to(source)
-        dest = target / rel
+        dest = contained(target, rel)  # a symbolic link in target must not lead the file out
         dest.parent.mkdir(parents=True, exist_ok=True)
         _fsync(file)
         os.replace(file, dest)
         moved.append(rel)
     return moved
+
+
+def _files_below(folder: Path) -> list[Path]:
+    """The files below ``folder``, sorted; a symbolic link there is refused (never ours)."""
+    found = []
+    for p in sorted(folder.rglob("*")):
+        if p.is_symlink():
+            raise UnsafePathError(
+                f"{p} is a symbolic link; ensemblevi writes none, so it was placed there by "
+                "hand and is not followed. " + _UNSAFE_FIX.format(root=folder)
+            )
+        if not p.is_dir():
+            found.append(p)
+    return found
 
 
 def clean_temporaries(directory: str | os.PathLike) -> list[Path]:
@@ -177,9 +257,14 @@ def clean_temporaries(directory: str | os.PathLike) -> list[Path]:
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    found = [p for p in directory.rglob(f"{TMP_PREFIX}*")]
-    for p in found:
+    found = []
+    for p in directory.rglob(f"{TMP_PREFIX}*"):
+        try:  # only what lies inside: never through a link pointing out
+            contained(directory, p.relative_to(directory))
+        except UnsafePathError:
+            continue
         _remove(p)
+        found.append(p)
     return found
 
 
@@ -205,30 +290,45 @@ class OutputDirectory:
     (``.ensemblevi-stage/``) and committed: files are renamed into place, the files of the
     previous result that the new one does not hold are removed, then the manifest is
     rewritten. The commit is journalled, so a process killed in the middle of it is rolled
-    forward by the next :meth:`claim`.
+    forward by the next :meth:`claim`. Every path read back from the manifest or the
+    journal is checked with :func:`contained` before any file is touched.
     """
 
     def __init__(self, path: str | os.PathLike, command: str, stage: str = STAGE) -> None:
-        if not stage.startswith(STAGE):
-            raise ValueError(f"a stage name starts with {STAGE!r}, got {stage!r}")
+        if not stage.startswith(STAGE) or "/" in stage or "\\" in stage:
+            raise ValueError(f"a stage name starts with {STAGE!r} and has no '/', got {stage!r}")
         self.path = Path(path)
         self.command = command
         self.stage_name = stage
+        #: the directory was created (or was empty) at this instance's claim
+        self.created = False
+        #: a commit happened (staged_output then does not commit again)
+        self.committed = False
+        #: the command has nothing to write after all (staged_output does not commit)
+        self.abandoned = False
 
     # ------------------------------------------------------------------ state
     @property
     def stage(self) -> Path:
-        """The folder where the next result is assembled."""
-        return self.path / self.stage_name
+        """The folder where the next result is assembled (checked: inside the directory)."""
+        return contained(self.path, self.stage_name, source="the stage name")
 
     @property
     def manifest_path(self) -> Path:
         return self.path / MANIFEST
 
     def read_manifest(self) -> dict | None:
-        """The manifest as a dict, or ``None`` where there is none."""
+        """The manifest as a dict, or ``None`` where there is none.
+
+        Raises
+        ------
+        ValueError
+            The manifest is damaged.
+        UnsafePathError
+            It lists a path outside the directory.
+        """
         try:
-            return json.loads(self.manifest_path.read_text())
+            manifest = json.loads(self.manifest_path.read_text())
         except FileNotFoundError:
             return None
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -237,6 +337,13 @@ class OutputDirectory:
                 f"{self.path} until it is readable. Remove {self.path} by hand if its "
                 "contents are not needed, or choose another output directory."
             ) from err
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("files", []), list):
+            raise ValueError(f"{self.manifest_path} is damaged (not an ensemblevi manifest); "
+                             f"remove {self.path} by hand if its contents are not needed, or "
+                             "choose another output directory.")  # fmt: skip
+        for rel in manifest.get("files", []):
+            contained(self.path, rel, source=str(self.manifest_path))
+        return manifest
 
     @property
     def files(self) -> list[str]:
@@ -248,16 +355,24 @@ class OutputDirectory:
     def claim(self) -> OutputDirectory:
         """Create the directory or check that this command owns it; finish a broken commit.
 
+        Every path its bookkeeping names is checked before anything is touched.
+
         Raises
         ------
         FileExistsError
             The directory holds files ensemblevi did not write, or another command's output.
+        UnsafePathError
+            Its manifest, journal or stage leads outside it.
+        OutputNotWritableError
+            It cannot be created or written.
         """
         if self.path.exists() and not self.path.is_dir():
             raise FileExistsError(
                 f"{self.path} is a file, not a directory; choose another output directory."
             )
-        self.path.mkdir(parents=True, exist_ok=True)
+        with _writable(self.path):
+            existed = self.path.exists()
+            self.path.mkdir(parents=True, exist_ok=True)
         manifest = self.read_manifest()
         if manifest is None:
             foreign = sorted(p.name for p in self.path.iterdir())
@@ -269,23 +384,56 @@ class OutputDirectory:
                     "before, so that it never replaces or removes a file of yours. Choose "
                     "another output directory."
                 )
-            self._write_manifest([])
+            with _writable(self.path):
+                try:
+                    self._write_manifest([])
+                except BaseException:
+                    if not existed:  # a new folder we could not write in: not left behind
+                        _remove_if_only_bookkeeping(self.path)
+                    raise
+            self.created = True
             return self
         if manifest.get("command") != self.command:
             raise FileExistsError(
                 f"{self.path} holds the output of `ensemblevi {manifest.get('command')}`, not "
                 f"of `ensemblevi {self.command}`; choose another output directory."
             )
+        self.stage  # noqa: B018 - checks the stage before anything below touches it
+        journal = self._read_journal()  # checked in full before the roll-forward moves a file
         # a live writer's journal and temporaries are its own: leave them alone
         self._refuse_live_writer()
-        if (self.path / JOURNAL).exists():
-            self._roll_forward()
-        clean_temporaries(self.path)
+        with _writable(self.path):
+            if journal is not None:
+                self._roll_forward(journal)
+            clean_temporaries(self.path)
         return self
 
     def _write_manifest(self, files: Iterable[str]) -> None:
         record = {"command": self.command, "files": sorted(set(files))}
         write_json(self.manifest_path, record)
+
+    def _read_journal(self) -> dict | None:
+        """The commit journal, every path in it checked; ``None`` where there is none."""
+        path = self.path / JOURNAL
+        try:
+            journal = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path} is damaged ({err}); remove {self.path} by hand if its "
+                             "contents are not needed, or choose another output "
+                             "directory.") from err  # fmt: skip
+        ok = isinstance(journal, dict) and all(
+            isinstance(journal.get(k), list) for k in ("files", "remove"))  # fmt: skip
+        stage = journal.get("stage", STAGE) if ok else None
+        if not ok or not isinstance(stage, str) or not stage.startswith(STAGE) or "/" in stage:
+            raise UnsafePathError(f"{path} is not a commit journal ensemblevi writes (its "
+                                  f"stage {stage!r} is not an ensemblevi stage). "
+                                  + _UNSAFE_FIX.format(root=self.path))  # fmt: skip
+        contained(self.path, stage, source=str(path))
+        for rel in journal["files"] + journal["remove"]:
+            contained(self.path, rel, source=str(path))
+        return journal
 
     # ------------------------------------------------------------------ staging
     def new_stage(self, keep: Iterable[str] = ()) -> Path:
@@ -298,12 +446,14 @@ class OutputDirectory:
             model that a failed run left for the next one to reuse).
         """
         kept = set(keep)
-        if self.stage.exists():
-            for entry in self.stage.iterdir():
-                if entry.name not in kept:
-                    _remove(entry)
-        self.stage.mkdir(parents=True, exist_ok=True)
-        return self.stage
+        stage = self.stage
+        with _writable(self.path):
+            if stage.exists():
+                for entry in stage.iterdir():
+                    if entry.name not in kept or entry.is_symlink():
+                        _remove(entry)
+            stage.mkdir(parents=True, exist_ok=True)
+        return stage
 
     def commit(self, keep: Iterable[str] = ()) -> list[str]:
         """Swap the stage in as the new result.
@@ -318,21 +468,22 @@ class OutputDirectory:
         -------
         The relative paths of the new result.
         """
-        staged = sorted(
-            str(p.relative_to(self.stage)) for p in self.stage.rglob("*") if not p.is_dir()
-        )
+        stage = self.stage
+        staged = sorted(str(p.relative_to(stage)) for p in _files_below(stage))
         old = set(self.files)
         kept = {k for k in keep if k in old}
         new = sorted(set(staged) | kept)
         remove = sorted(old - set(new))
         journal = {"files": new, "remove": remove, "stage": self.stage_name}
-        write_json(self.path / JOURNAL, journal)
-        self._roll_forward()
+        with _writable(self.path):
+            write_json(self.path / JOURNAL, journal)
+            self._roll_forward(self._read_journal())
+        self.committed = True
         return new
 
-    def _roll_forward(self) -> None:
-        journal = json.loads((self.path / JOURNAL).read_text())
-        # the stage being committed, which need not be this instance's
+    def _roll_forward(self, journal: dict) -> None:
+        # the stage being committed, which need not be this instance's; every path in the
+        # journal was checked by _read_journal
         stage = self.path / journal.get("stage", STAGE)
         if stage.exists():
             move_into(stage, self.path)
@@ -347,8 +498,22 @@ class OutputDirectory:
 
     def discard_stage(self) -> None:
         """Remove the stage (an abandoned new result); the current result is untouched."""
-        if self.stage.exists():
-            _remove(self.stage)
+        stage = self.stage
+        if stage.exists() or stage.is_symlink():
+            _remove(stage)
+
+    def abandon(self) -> None:
+        """Mark the stage as not to be committed (the command found nothing to do)."""
+        self.abandoned = True
+
+    def discard_if_new(self) -> None:
+        """Remove the directory again if this claim created it and it holds no result.
+
+        Called when a command fails before its first commit: a new output folder is not
+        left behind holding only bookkeeping.
+        """
+        if self.created and not self.files and not _holds_files(self.stage):
+            _remove_if_only_bookkeeping(self.path)
 
     # ------------------------------------------------------------------ lock
     @contextlib.contextmanager
@@ -360,16 +525,19 @@ class OutputDirectory:
         lock = self.path / LOCK
         for _ in range(2):
             try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                with _writable(self.path):
+                    fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
                 break
             except FileExistsError:
                 self._refuse_live_writer(own_too=True)
-                lock.unlink(missing_ok=True)
+                lock.unlink(missing_ok=True)  # a link is removed, never what it points to
         else:  # pragma: no cover - a race with another process taking over the same lock
             raise FileExistsError(f"could not lock {self.path}; try again.")
         try:
-            os.write(fd, str(os.getpid()).encode())
-            os.close(fd)
+            try:
+                os.write(fd, str(os.getpid()).encode())
+            finally:
+                os.close(fd)
             yield self
         finally:
             lock.unlink(missing_ok=True)
@@ -382,8 +550,11 @@ class OutputDirectory:
         own_too
             Refuse this process's own lock as well (a second ``locked()`` in one process).
         """
+        lock = self.path / LOCK
+        if lock.is_symlink():  # never read through a link: ensemblevi writes none
+            return
         try:
-            pid = int((self.path / LOCK).read_text().strip() or 0)
+            pid = int(lock.read_text().strip() or 0)
         except (OSError, ValueError):
             return
         if pid and _alive(pid) and (own_too or pid != os.getpid()):
@@ -391,6 +562,145 @@ class OutputDirectory:
                 f"{self.path} is being written by another ensemblevi process (pid "
                 f"{pid}); wait for it to finish or choose another output directory."
             )
+
+
+@contextlib.contextmanager
+def staged_output(
+    path: str | os.PathLike,
+    command: str,
+    *,
+    stage: str = STAGE,
+    replace: bool = True,
+    keep_stage: Iterable[str] | None = None,
+    keep_files: Callable[[OutputDirectory], Iterable[str]] | None = None,
+    on_claimed: Callable[[OutputDirectory], None] | None = None,
+) -> Iterator[OutputDirectory]:
+    """Write one result into an owned directory: claim, lock, stage, commit or discard.
+
+    The one pattern every command uses. The block receives the claimed, locked
+    :class:`OutputDirectory`, whose stage (``out.stage``) exists; it writes its result
+    there. When the block ends normally the stage is committed (unless the block committed
+    itself, e.g. inside a section that defers interrupts, or called ``out.abandon()``:
+    nothing to write after all); when it raises, the stage is removed (or,
+    with ``keep_stage``, kept where it holds something worth keeping, e.g. a trained
+    model), the previous result stays whole, the lock goes, and a directory this call
+    created is removed again if it still holds no result.
+
+    Parameters
+    ----------
+    path
+        The output directory.
+    command
+        The command that owns it.
+    stage
+        The stage's name (see :class:`OutputDirectory`).
+    replace
+        ``False``: an existing result is refused (``FileExistsError`` naming ``--force``)
+        right after the claim, before any work.
+    keep_stage
+        Top-level names of an earlier stage that stay in the new one, and survive a failure
+        of the block (``None``: the stage starts empty and is removed on failure).
+    keep_files
+        Called with the directory at commit: files of the previous result that stay (see
+        :meth:`OutputDirectory.commit`).
+    on_claimed
+        Called with the directory once it is claimed and locked, before the stage is made
+        (a check that may refuse, e.g. a different earlier run).
+
+    Raises
+    ------
+    FileExistsError, UnsafePathError, OutputNotWritableError
+        From the claim; nothing was touched.
+
+    Examples
+    --------
+    >>> with staged_output("out", "map") as out:  # doctest: +SKIP
+    ...     write_csv(table, out.stage / "tables" / "t.csv")
+    """
+    out = OutputDirectory(path, command, stage=stage).claim()
+    if not replace and out.files:
+        raise FileExistsError(f"{out.path} holds an earlier `ensemblevi {command}`; pass --force "
+                              "to replace it (it stays whole until the new one is complete).")
+    try:
+        with out.locked():
+            if on_claimed is not None:
+                on_claimed(out)
+            stage_dir = out.new_stage(keep=keep_stage or ())
+            try:
+                yield out
+                if out.abandoned:
+                    if keep_stage is None or not _holds_files(stage_dir):
+                        out.discard_stage()
+                elif not out.committed:
+                    out.commit(keep=keep_files(out) if keep_files is not None else ())
+            except BaseException:
+                if keep_stage is None or not _holds_files(stage_dir):
+                    out.discard_stage()
+                raise
+    except BaseException as err:
+        out.discard_if_new()
+        # a full disk while the block wrote: named, after the cleanup above (an EACCES in
+        # the block may come from reading an input, so it is left as it is)
+        named = _not_writable(out.path, err, permissions=False)
+        if named is not None:
+            raise named from err
+        raise
+
+
+#: errors of writing (not of reading an input): a full disk, a read-only file system
+_WRITE_ERRNOS = {errno.ENOSPC: "the disk is full (free space, or choose a folder on another "
+                               "disk)",
+                 errno.EDQUOT: "your disk quota is used up",
+                 errno.EROFS: "it lies on a read-only file system",
+                 errno.EFBIG: "a file grew beyond the size the system allows"}  # fmt: skip
+_PERMISSION = {errno.EACCES: "it is not writable for you (check its permissions)",
+               errno.EPERM: "it is not writable for you (check its permissions)"}  # fmt: skip
+
+
+def _not_writable(path: Path, err: BaseException,
+                  permissions: bool = True) -> OutputNotWritableError | None:  # fmt: skip
+    """The named error for ``err`` if it is a failure to write (``None`` for anything else)."""
+    if not isinstance(err, OSError) or isinstance(err, (FileExistsError, FileNotFoundError)):
+        return None
+    hints = {**_WRITE_ERRNOS, **(_PERMISSION if permissions else {})}
+    if err.errno not in hints:
+        return None
+    why = os.strerror(err.errno)
+    return OutputNotWritableError(
+        f"cannot write the output directory {path}: {hints[err.errno]} ({why}: "
+        f"{err.filename or path}). Nothing of an earlier result there was changed; choose "
+        "another --out or fix the folder and rerun."
+    )
+
+
+@contextlib.contextmanager
+def _writable(path: Path) -> Iterator[None]:
+    """Turn an ``OSError`` of writing (permissions, a full disk) into a named error."""
+    try:
+        yield
+    except OSError as err:
+        named = _not_writable(path, err)
+        if named is None:
+            raise
+        raise named from err
+
+
+def _holds_files(folder: Path) -> bool:
+    # empty folders (a model folder whose save failed) are not worth keeping
+    return folder.is_dir() and any(not p.is_dir() for p in folder.rglob("*"))
+
+
+def _remove_if_only_bookkeeping(path: Path) -> None:
+    # a folder this process created and that holds nothing but its own bookkeeping
+    try:
+        entries = list(path.iterdir())
+    except OSError:
+        return
+    if all(e.name in BOOKKEEPING or e.name.startswith(TMP_PREFIX) for e in entries):
+        for e in entries:
+            _remove(e)
+        with contextlib.suppress(OSError):
+            path.rmdir()
 
 
 def _alive(pid: int) -> bool:
