@@ -400,7 +400,7 @@ def test_an_unwritable_out_is_a_named_error(tmp_path, monkeypatch):
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system", str(out))
 
-    monkeypatch.setattr(F.os, "replace", read_only)
+    monkeypatch.setattr(os, "replace", read_only)
     with pytest.raises(F.OutputNotWritableError, match="read-only file system"):
         F.OutputDirectory(out, "run").claim()
     monkeypatch.undo()
@@ -411,14 +411,14 @@ def test_a_full_disk_on_a_new_folder_leaves_nothing_behind(tmp_path, monkeypatch
     import errno
 
     out = tmp_path / "new"
-    real = F.os.replace
+    real = os.replace
 
     def full(src, dst):
         if str(dst).endswith(".csv"):
             raise OSError(errno.ENOSPC, "No space left on device", str(src))
         return real(src, dst)
 
-    monkeypatch.setattr(F.os, "replace", full)
+    monkeypatch.setattr(os, "replace", full)
     with pytest.raises(F.OutputNotWritableError, match="disk is full"):
         with F.staged_output(out, "map") as d:
             F.write_text(d.stage / "report.html", "r")
@@ -428,7 +428,7 @@ def test_a_full_disk_on_a_new_folder_leaves_nothing_behind(tmp_path, monkeypatch
     # an existing result stays whole, and only the stage goes
     with F.staged_output(out, "map") as d:
         F.write_text(d.stage / "report.html", "r1")
-    monkeypatch.setattr(F.os, "replace", full)
+    monkeypatch.setattr(os, "replace", full)
     with pytest.raises(F.OutputNotWritableError):
         with F.staged_output(out, "map") as d:
             F.write_csv(pd.DataFrame({"a": [1]}), d.stage / "t.csv")

@@ -150,15 +150,9 @@ LayerOpt = Annotated[str | None, typer.Option(help="Layer holding the counts.")]
 BatchOpt = Annotated[str | None, typer.Option(help="obs column of the batch.")]
 TopGenesOpt = Annotated[int, typer.Option(help="Highly variable genes kept.")]
 EnsembleOpt = Annotated[str, typer.Option(help="single, deep, batch, hyperbatch or mcdropout.")]
-TrustOpt = Annotated[
-    bool,
-    typer.Option(
-        "--trust-model",
-        help="Also load models saved in scvi-tools' pickled format (older ensemblevi "
-        "saves). Unpickling runs any code the file carries: only for files from a source "
-        "you trust. Models saved by this ensemblevi never need it.",
-    ),
-]
+TrustOpt = Annotated[bool, typer.Option("--trust-model", help=(
+    "Also load models in scvi-tools' pickled format (older ensemblevi saves): unpickling "
+    "runs any code the file carries, so only for files from a source you trust."))]
 
 
 def _config(**kwargs) -> dict:

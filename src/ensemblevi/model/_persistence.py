@@ -37,14 +37,6 @@ from ensemblevi._compat import (
 
 __all__ = ["SafePersistenceMixin", "UntrustedModelError", "load_model", "save_model"]
 
-#: what ``trust`` risks, for docstrings and the CLI's --trust-model
-TRUST_RISK = (
-    "Also read models that only unpickling reads (scvi-tools' own format: older ensemblevi "
-    "saves, scvi.model.SCVI folders). Unpickling runs any code the file carries: use it "
-    "only for files from a source you trust."
-)
-
-
 def save_model(
     model,
     dir_path: str | os.PathLike,
