@@ -202,15 +202,19 @@ def test_de_results_of_lossy_names_do_not_collide(tmp_path):
 
 
 def test_seed_models_get_records_and_the_run_reuses_them(tmp_path):
+    # stage 2 of `run --seeds 2` (real scvi.model.SCVI seeds), then the same again: reused
+    from ensemblevi.pipeline import RunConfig
+
     out = tmp_path / "run"
-    res = _run(*TINY, "--seeds", "2", "--out", out)
-    assert res.exit_code == 0, res.output
+    config = RunConfig(n_cells=200, n_top_genes=100, seeds=2, epochs=1, markers=None)
+    assert _stage2(config, out)[0].source == "trained"
     for k in range(2):
         record = fp.read_record(out / "seeds" / f"seed_{k}")
         assert record["config"]["seed"] == k and record["config"]["max_epochs"] == 1
+        assert (out / "seeds" / f"seed_{k}" / "model.json").exists()  # loads without pickles
     assert fp.read_record(out / "model")["config"]["seeds"] == 2
-    res = _run(*TINY, "--seeds", "2", "--out", out)
-    assert res.exit_code == 0 and "reusing the trained model" in res.output
+    trained, log = _stage2(config, out)
+    assert trained.source == "result" and "reusing the trained model" in log
 
 
 # ------------------------------------------------------------------ interruption

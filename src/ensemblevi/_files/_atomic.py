@@ -203,7 +203,9 @@ def move_into(source: str | os.PathLike, target: str | os.PathLike) -> list[Path
     moved = []
     for file in _files_below(source):
         rel = file.relative_to(source)
-        dest = contained(target, rel)  # a symbolic link in target must not lead the file out
+        if rel.parent != Path("."):  # a linked folder in target must not lead the file out
+            contained(target, rel.parent)
+        dest = target / rel  # a link in its place is replaced, never written through
         dest.parent.mkdir(parents=True, exist_ok=True)
         _fsync(file)
         os.replace(file, dest)
