@@ -237,7 +237,8 @@ def test_model_save_keeps_other_files(tmp_path, tiny_model, sim):
     (d / "notes.txt").write_text("mine")
     tiny_model.save(d)  # a folder with other files is fine: no model file there yet
     tiny_model.save(d, overwrite=True)
-    assert sorted(p.name for p in d.iterdir()) == ["data.h5ad", "model.pt", "notes.txt"]
+    assert sorted(p.name for p in d.iterdir()) == ["data.h5ad", "model.json", "model.pt",
+                                                   "notes.txt"]  # fmt: skip
     assert (d / "notes.txt").read_text() == "mine"
     assert anndata.read_h5ad(d / "data.h5ad").n_obs == 20
     with pytest.raises(FileExistsError, match=r"model\.pt already exists.*overwrite=True"):
@@ -248,21 +249,20 @@ def test_model_save_keeps_other_files(tmp_path, tiny_model, sim):
 
 
 def test_model_save_interrupted_keeps_old_model(tmp_path, tiny_model, monkeypatch):
-    from scvi.model.base import BaseModelClass
+    from ensemblevi.model import _persistence
 
     tiny_model.save(tmp_path)
     before = (tmp_path / "model.pt").read_bytes()
 
-    def dies(self, dir_path, **kw):
-        Path(dir_path).mkdir()
+    def dies(dir_path, prefix, **kw):
         (Path(dir_path) / "model.pt").write_bytes(b"half")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(BaseModelClass, "save", dies)
+    monkeypatch.setattr(_persistence, "write_saved_model", dies)
     with pytest.raises(KeyboardInterrupt):
         tiny_model.save(tmp_path, overwrite=True)
     assert (tmp_path / "model.pt").read_bytes() == before
-    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # no temporary left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.json", "model.pt"]  # no temp
 
 
 @pytest.mark.parametrize("content", [b"", b"garbage \x00\x01 not a torch file", "truncate"])

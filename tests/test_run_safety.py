@@ -75,31 +75,74 @@ def test_failed_figures_keep_the_old_run_whole_and_the_new_model_for_reuse(tmp_p
     assert json.loads((out / "run.json").read_text())["config"]["seed"] == 1
 
 
-def test_the_reuse_check_reads_the_data_not_the_path(tmp_path):
+# ------------------------------------------------------------------ the reuse check
+# on the directory layer: the run's stage 2 (train_or_reuse) in a staged output, with a
+# stub training (an untrained model of the same class, saved and loaded for real)
+def _stub_train(monkeypatch, trained: list):
+    from ensemblevi.model import EnsembleSCVI
+    from ensemblevi.pipeline import _train
+
+    def stub(config, prepared, stage, log, trust):
+        EnsembleSCVI.setup_anndata(prepared.adata, layer=prepared.layer,
+                                   batch_key=prepared.batch_key)  # fmt: skip
+        trained.append(config.seed)
+        return EnsembleSCVI(prepared.adata, n_members=2, n_hidden=4, n_latent=2, seed=0)
+
+    monkeypatch.setattr(_train, "_train", stub)
+
+
+def _stage2(config, out: Path, force: bool = False):
+    """Stage 2 of a run on ``config``, committed into ``out``: the Trained and the log."""
+    from ensemblevi.pipeline import prepare_data
+    from ensemblevi.pipeline._train import MODEL_DIRS, train_or_reuse
+
+    lines: list[str] = []
+    with _files.staged_output(out, "run", keep_stage=MODEL_DIRS) as d:
+        prepared = prepare_data(config, log=lines.append)
+        trained = train_or_reuse(config, prepared, d, force=force, log=lines.append)
+        if trained.source == "result":  # as the run does: the reused model stays
+            d.abandon()
+    return trained, " ".join(lines)
+
+
+def test_the_reuse_check_reads_the_data_not_the_path(tmp_path, monkeypatch):
+    from ensemblevi.pipeline import RunConfig, RunRefused
+
+    trained: list = []
+    _stub_train(monkeypatch, trained)
     data, out = _data_file(tmp_path / "cells.h5ad"), tmp_path / "run"
-    args = [*TINY, "--data", data, "--layer", "counts", "--out", out]
-    assert _run(*args).exit_code == 0
+    config = RunConfig(data=str(data), layer="counts", n_top_genes=100, members=2, epochs=1,
+                       markers=None)  # fmt: skip
+    assert _stage2(config, out)[0].source == "trained"
+    reused, log = _stage2(config, out)
+    assert reused.source == "result" and "reusing the trained model" in log
+    assert len(trained) == 1
     before = _snapshot(out)
     _data_file(data, seed=1)  # same path, same options, other counts
-    res = _run(*args)
-    assert res.exit_code == 1 and "the count matrix changed" in res.output
-    assert "--force" in res.output and _snapshot(out) == before
-    res = _run(*args, "--force")
-    assert res.exit_code == 0 and "not reusing" in res.output
+    with pytest.raises(RunRefused, match="the count matrix changed") as err:
+        _stage2(config, out)
+    assert "--force" in str(err.value) and _snapshot(out) == before
+    again, log = _stage2(config, out, force=True)
+    assert again.source == "trained" and "not reusing" in log and len(trained) == 2
     assert _snapshot(out)["model/ensemblevi.json"] != before["model/ensemblevi.json"]
 
 
-def test_a_damaged_model_is_named_and_force_retrains_it(tmp_path):
+def test_a_damaged_model_is_named_and_force_retrains_it(tmp_path, monkeypatch):
+    from ensemblevi.pipeline import RunConfig
+
+    trained: list = []
+    _stub_train(monkeypatch, trained)
     out = tmp_path / "run"
-    assert _run(*TINY, "--out", out).exit_code == 0
+    config = RunConfig(n_cells=200, n_top_genes=100, members=2, epochs=1, markers=None)
+    _stage2(config, out)
     (out / "model" / "model.pt").write_bytes(b"")  # e.g. a disk that filled up
-    res = _run(*TINY, "--out", out)
-    assert res.exit_code == 2 and "model.pt is not a readable saved model" in res.output
-    assert "--force" in res.output
-    res = _run(*TINY, "--force", "--out", out)
-    assert res.exit_code == 0, res.output
+    with pytest.raises(ValueError, match=r"model\.pt is not a readable saved model") as err:
+        _stage2(config, out)
+    assert "--force" in str(err.value) and (out / "model" / "model.pt").read_bytes() == b""
+    assert _stage2(config, out, force=True)[0].source == "trained"
     assert (out / "model" / "model.pt").stat().st_size > 0
-    assert _run(*TINY, "--out", out).exit_code == 0  # and the new model is reused
+    assert _stage2(config, out)[0].source == "result"  # and the new model is reused
+    assert len(trained) == 2
 
 
 def test_a_foreign_directory_is_refused(tmp_path):
@@ -159,15 +202,19 @@ def test_de_results_of_lossy_names_do_not_collide(tmp_path):
 
 
 def test_seed_models_get_records_and_the_run_reuses_them(tmp_path):
+    # stage 2 of `run --seeds 2` (real scvi.model.SCVI seeds), then the same again: reused
+    from ensemblevi.pipeline import RunConfig
+
     out = tmp_path / "run"
-    res = _run(*TINY, "--seeds", "2", "--out", out)
-    assert res.exit_code == 0, res.output
+    config = RunConfig(n_cells=200, n_top_genes=100, seeds=2, epochs=1, markers=None)
+    assert _stage2(config, out)[0].source == "trained"
     for k in range(2):
         record = fp.read_record(out / "seeds" / f"seed_{k}")
         assert record["config"]["seed"] == k and record["config"]["max_epochs"] == 1
+        assert (out / "seeds" / f"seed_{k}" / "model.json").exists()  # loads without pickles
     assert fp.read_record(out / "model")["config"]["seeds"] == 2
-    res = _run(*TINY, "--seeds", "2", "--out", out)
-    assert res.exit_code == 0 and "reusing the trained model" in res.output
+    trained, log = _stage2(config, out)
+    assert trained.source == "result" and "reusing the trained model" in log
 
 
 # ------------------------------------------------------------------ interruption

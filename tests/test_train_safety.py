@@ -127,7 +127,8 @@ def test_force_resume_and_a_failed_retraining_keeps_the_model(tmp_path, monkeypa
     assert "epochs 2..3" in res.output
     done = json.loads((out / "train.json").read_text())
     assert done["spec"]["epochs"] == 3 and done["resumed_after"] == 1
-    assert sorted(os.listdir(out)) == [".ensemblevi-manifest.json", "model.pt", "train.json"]
+    assert sorted(os.listdir(out)) == [".ensemblevi-manifest.json", "model.json", "model.pt",
+                                       "train.json"]  # fmt: skip
     res = _train("--epochs", "3", "--seed", "1", "--out", str(out), "--resume")
     assert res.exit_code == 0 and "nothing to do" in res.output
 

@@ -13,9 +13,15 @@ methods it overrides, runs as they are, or refuses) is checked by
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
+import io
+import json
 import os
+import pickle
+import re
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.metadata import version
@@ -31,8 +37,15 @@ import scvi
 import torch
 
 # Private helpers and constants (not in scvi-tools' public API).
-from scvi.model._utils import _get_batch_code_from_category, _init_library_size  # noqa: F401
+# parse_device_args and _initialize_model: what scvi-tools' BaseModelClass.load does after
+# reading the file; ensemblevi's own load reads its JSON + tensors, then does the same
+from scvi.model._utils import (  # noqa: F401
+    _get_batch_code_from_category,
+    _init_library_size,
+    parse_device_args,
+)
 from scvi.model.base._constants import SAVE_KEYS  # the saved-model file layout
+from scvi.model.base._save_load import _initialize_model  # noqa: F401
 from scvi.module._constants import MODULE_KEYS  # re-exported for module/
 
 #: The scvi-tools versions this code was written and tested against (checked by the tests).
@@ -106,8 +119,50 @@ def existing_model_file(dir_path: str | os.PathLike, prefix: str | None, cls_nam
     return model_file
 
 
-def saved_var_names(dir_path: str | os.PathLike, prefix: str | None = None) -> pd.Index:
-    """Gene names stored with a saved model (scvi-tools' saved-file layout).
+#: ensemblevi's own save (format 2): ``model.pt`` holds tensors only (read with
+#: ``torch.load(weights_only=True)``), and everything else (the attribute dict with the
+#: registry, the genes) is JSON in ``model.json`` beside it. Format 1 is scvi-tools' own:
+#: one pickled ``model.pt``, which only unpickling reads (ensemblevi before format 2,
+#: ``scvi.model.SCVI`` folders).
+SAVE_FORMAT = "ensemblevi-model"
+SAVE_FORMAT_VERSION = 2
+ATTRS_FNAME = "model.json"
+
+#: callables a model's init_params_ may hold (``var_activation``), saved by name
+_SAFE_CALLABLES = {"torch.exp": torch.exp, "torch.nn.functional.softplus":
+                   torch.nn.functional.softplus, "torch.sigmoid": torch.sigmoid}  # fmt: skip
+
+
+class UntrustedModelError(ValueError):
+    """A saved model can be read only by unpickling it, which can run code it carries.
+
+    Raised for a model in scvi-tools' pickled format (older ensemblevi saves,
+    ``scvi.model.SCVI`` folders) and for a ``model.pt`` that holds anything but tensors.
+    ``trust=True`` (``--trust-model`` on the command line) reads it anyway.
+    """
+
+
+def untrusted_model(path: str | os.PathLike, why: str) -> UntrustedModelError:
+    """The error for a model file that only unpickling reads.
+
+    Parameters
+    ----------
+    path
+        The file.
+    why
+        What it is, e.g. ``"is in scvi-tools' pickled format"``.
+    """
+    return UntrustedModelError(
+        f"{path} {why}: reading it means unpickling it, and unpickling a file can run any "
+        "code it carries (a shared or downloaded model can be crafted to). Load it only if "
+        "you trust where it came from: pass trust=True (Python) or --trust-model (command "
+        "line). Models saved by this ensemblevi need neither; saving a trusted model again "
+        "(model.save) converts it."
+    )
+
+
+def saved_attrs_file(dir_path: str | os.PathLike, prefix: str | None = None) -> str:
+    """Path of the JSON half of ensemblevi's own save (``{prefix}model.json``).
 
     Parameters
     ----------
@@ -116,8 +171,261 @@ def saved_var_names(dir_path: str | os.PathLike, prefix: str | None = None) -> p
     prefix
         The ``prefix`` given to ``save``.
     """
-    saved = torch.load(saved_model_file(dir_path, prefix), map_location="cpu", weights_only=False)
-    return pd.Index(np.asarray(saved[SAVE_KEYS.VAR_NAMES_KEY]).astype(str))
+    return os.path.join(os.fspath(dir_path), f"{prefix or ''}{ATTRS_FNAME}")
+
+
+def _encode(obj, where: str):
+    """A JSON value for ``obj``; numpy arrays, DataFrames and tuples tagged to come back."""
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, (int, float)) and not isinstance(obj, np.generic):
+        return obj
+    if isinstance(obj, np.generic):
+        return _encode(obj.item(), where)
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.kind not in "biufUO":
+            raise TypeError(f"{where}: a {obj.dtype} array cannot be saved as JSON")
+        kind = "U" if obj.dtype.kind == "U" else obj.dtype.str
+        return {"__ev__": "ndarray", "dtype": kind, "shape": list(obj.shape),
+                "data": [_encode(v, where) for v in obj.ravel().tolist()]}  # fmt: skip
+    if isinstance(obj, pd.DataFrame):
+        return {"__ev__": "dataframe", "columns": [_encode(c, where) for c in obj.columns],
+                "index": _encode(obj.index.to_numpy(), where), "index_name": obj.index.name,
+                "data": [_encode(obj[c].to_numpy(), where) for c in obj.columns]}  # fmt: skip
+    if isinstance(obj, tuple):
+        return {"__ev__": "tuple", "items": [_encode(v, where) for v in obj]}
+    if isinstance(obj, list):
+        return [_encode(v, where) for v in obj]
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) for k in obj) and "__ev__" not in obj:
+            return {k: _encode(v, f"{where}[{k!r}]") for k, v in obj.items()}
+        return {"__ev__": "dict", "items": [[_encode(k, where), _encode(v, where)]
+                                            for k, v in obj.items()]}  # fmt: skip
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        # e.g. a Hyperparameter in init_params_: its spec accepts the dict of its fields
+        return _encode(dataclasses.asdict(obj), where)
+    for name, fn in _SAFE_CALLABLES.items():
+        if obj is fn:
+            return {"__ev__": "callable", "name": name}
+    raise TypeError(
+        f"{where} is a {type(obj).__name__}, which ensemblevi's save format (JSON, so that "
+        "loading never runs code) cannot hold; pass a plain value (numbers, strings, lists, "
+        "dicts) or one of " + ", ".join(_SAFE_CALLABLES) + "."
+    )
+
+
+def _decode(obj):
+    """The value :func:`_encode` wrote; only data is built (no class is looked up by name)."""
+    if isinstance(obj, list):
+        return [_decode(v) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    tag = obj.get("__ev__")
+    if tag is None:
+        return {k: _decode(v) for k, v in obj.items()}
+    if tag == "ndarray":
+        dtype = np.dtype(str) if obj["dtype"] == "U" else np.dtype(obj["dtype"])
+        if dtype.kind not in "biufUO":
+            raise ValueError(f"unexpected array type {obj['dtype']!r}")
+        values = [_decode(v) for v in obj["data"]]
+        if dtype.kind == "O":
+            arr = np.empty(len(values), dtype=object)
+            arr[:] = values
+        else:
+            arr = np.asarray(values, dtype=dtype)
+        return arr.reshape([int(n) for n in obj["shape"]])
+    if tag == "dataframe":
+        index = pd.Index(_decode(obj["index"]), name=obj.get("index_name"))
+        columns = [_decode(c) for c in obj["columns"]]
+        data = dict(zip(columns, (_decode(c) for c in obj["data"]), strict=True))
+        return pd.DataFrame(data, index=index, columns=columns)
+    if tag == "tuple":
+        return tuple(_decode(v) for v in obj["items"])
+    if tag == "dict":
+        return {_hashable(_decode(k)): _decode(v) for k, v in obj["items"]}
+    if tag == "callable":
+        return _SAFE_CALLABLES[obj["name"]]
+    raise ValueError(f"unknown tag {tag!r}")
+
+
+def _hashable(key):
+    return tuple(key) if isinstance(key, list) else key
+
+
+def write_saved_model(dir_path: str | os.PathLike, prefix: str | None, *, state_dict: dict,
+                      var_names, attrs: dict, class_name: str) -> None:  # fmt: skip
+    """Write a model in ensemblevi's own format: weights in ``model.pt``, the rest JSON.
+
+    Parameters
+    ----------
+    dir_path
+        The folder (written directly; the caller makes the save atomic).
+    prefix
+        File name prefix.
+    state_dict
+        The module's weights (tensors).
+    var_names
+        The genes, in order.
+    attrs
+        scvi-tools' attribute dict (``registry_``, ``init_params_``, ``history_``, ...).
+    class_name
+        The model class, for the reader's messages.
+    """
+    tensors = {k: v for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
+    if len(tensors) != len(state_dict):
+        odd = sorted(set(state_dict) - set(tensors))
+        raise TypeError(f"the module's state holds non-tensors ({odd[:3]}); ensemblevi's save "
+                        "format holds tensors only.")  # fmt: skip
+    doc = {
+        "format": SAVE_FORMAT,
+        "version": SAVE_FORMAT_VERSION,
+        "class": class_name,
+        "var_names": [str(v) for v in np.asarray(var_names).tolist()],
+        "attr_dict": {k: _encode(v, k) for k, v in attrs.items()},
+    }
+    text = json.dumps(doc)  # encoded first: a value JSON cannot hold fails before any write
+    # serialised in memory, written by Python: torch's own file writer turns a full disk
+    # into a RuntimeError ("unexpected pos"), Python's write gives the OSError (ENOSPC)
+    buffer = io.BytesIO()
+    torch.save({SAVE_KEYS.MODEL_STATE_DICT_KEY: tensors}, buffer)
+    with open(saved_model_file(dir_path, prefix), "wb") as fh:
+        fh.write(buffer.getbuffer())
+    with open(saved_attrs_file(dir_path, prefix), "w", encoding="utf-8") as fh:
+        fh.write(text)
+
+
+@dataclasses.dataclass
+class SavedModel:
+    """A saved model as read from disk.
+
+    Parameters
+    ----------
+    attrs
+        scvi-tools' attribute dict (``registry_``, ``init_params_``, ...).
+    var_names
+        The genes, in order.
+    state_dict
+        The module's weights (``None`` where only the description was read).
+    version
+        The save format (1: scvi-tools' pickled file, read with ``trust=True``).
+    """
+
+    attrs: dict
+    var_names: pd.Index
+    state_dict: dict | None
+    version: int
+
+
+def is_safe_save(dir_path: str | os.PathLike, prefix: str | None = None) -> bool:
+    """Whether ``dir_path`` holds ensemblevi's own save (readable without unpickling).
+
+    Parameters
+    ----------
+    dir_path
+        The directory a model was saved to.
+    prefix
+        The ``prefix`` given to ``save``.
+    """
+    return os.path.isfile(saved_attrs_file(dir_path, prefix))
+
+
+#: attribute names a saved attr dict may set on a model (scvi-tools saves those ending in _)
+_ATTR_NAME = re.compile(r"^[a-z][A-Za-z0-9_]*_$")
+
+
+def read_saved_model(dir_path: str | os.PathLike, prefix: str | None = None, *,
+                     trust: bool = False, weights: bool = True,
+                     map_location: str | torch.device = "cpu") -> SavedModel:  # fmt: skip
+    """Read a saved model without unpickling anything, unless ``trust`` allows it.
+
+    Parameters
+    ----------
+    dir_path
+        The directory a model was saved to.
+    prefix
+        The ``prefix`` given to ``save``.
+    trust
+        Read a model that only unpickling reads (scvi-tools' format, or a ``model.pt``
+        holding other objects than tensors). Unpickling runs any code the file carries:
+        only for files from a source you trust.
+    weights
+        Read the weights too (``False``: the genes and attributes only).
+    map_location
+        Where the weights go.
+
+    Raises
+    ------
+    UntrustedModelError
+        The model needs unpickling and ``trust`` is ``False``; nothing was unpickled.
+    ValueError
+        The files are damaged.
+    """
+    model_file = saved_model_file(dir_path, prefix)
+    attrs_file = saved_attrs_file(dir_path, prefix)
+    if not is_safe_save(dir_path, prefix):
+        if not trust:
+            raise untrusted_model(model_file, "is in scvi-tools' pickled format (a model "
+                                  "saved by scvi-tools, or by ensemblevi before its save "
+                                  f"format {SAVE_FORMAT_VERSION})")  # fmt: skip
+        saved = torch.load(model_file, map_location=map_location, weights_only=False)
+        return SavedModel(saved[SAVE_KEYS.ATTR_DICT_KEY],
+                          pd.Index(np.asarray(saved[SAVE_KEYS.VAR_NAMES_KEY]).astype(str)),
+                          saved[SAVE_KEYS.MODEL_STATE_DICT_KEY], 1)  # fmt: skip
+    try:
+        with open(attrs_file, encoding="utf-8") as fh:
+            doc = json.load(fh)
+        if doc.get("format") != SAVE_FORMAT or not isinstance(doc.get("version"), int):
+            raise ValueError(f"not an ensemblevi model description (format {doc.get('format')!r})")
+        if doc["version"] > SAVE_FORMAT_VERSION:
+            raise ValueError(f"saved by a newer ensemblevi (save format {doc['version']}; this "
+                             f"one reads up to {SAVE_FORMAT_VERSION}): update ensemblevi")
+        raw = doc["attr_dict"]
+        bad = [k for k in raw if not _ATTR_NAME.match(str(k))]
+        if bad:
+            raise ValueError(f"attribute names {bad[:3]} are not ones a model saves")
+        attrs = {k: _decode(v) for k, v in raw.items()}
+        var_names = pd.Index([str(v) for v in doc["var_names"]])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ValueError(f"{attrs_file} is not a readable ensemblevi model description ({err}); "
+                         "it is damaged or was edited. Restore it from a copy or train the "
+                         "model again.") from err  # fmt: skip
+    state = None
+    if weights:
+        try:
+            try:
+                saved = torch.load(model_file, map_location=map_location, weights_only=True)
+            except pickle.UnpicklingError as err:
+                if not zipfile.is_zipfile(model_file):  # not torch's format at all: damaged
+                    raise RuntimeError(str(err).splitlines()[-1]) from err
+                if not trust:
+                    raise untrusted_model(model_file, "holds objects other than tensors, which "
+                                          "ensemblevi never saves there") from err  # fmt: skip
+                saved = torch.load(model_file, map_location=map_location, weights_only=False)
+        except (RuntimeError, EOFError, KeyError, OSError) as err:
+            raise ValueError(f"{model_file} is not a readable saved model ({type(err).__name__}: "
+                             f"{err}); it is truncated or damaged, e.g. by a process killed "
+                             "while copying it. Restore it from a copy or train the model "
+                             "again.") from err  # fmt: skip
+        state = saved.get(SAVE_KEYS.MODEL_STATE_DICT_KEY) if isinstance(saved, dict) else None
+        if not isinstance(state, dict):
+            raise ValueError(f"{model_file} holds no model weights; it is damaged.")
+    return SavedModel(attrs, var_names, state, int(doc["version"]))
+
+
+def saved_var_names(dir_path: str | os.PathLike, prefix: str | None = None, *,
+                    trust: bool = False) -> pd.Index:  # fmt: skip
+    """Gene names stored with a saved model (read from its JSON; no weights are loaded).
+
+    Parameters
+    ----------
+    dir_path
+        The directory a model was saved to.
+    prefix
+        The ``prefix`` given to ``save``.
+    trust
+        Allow unpickling a model in scvi-tools' format (see :func:`read_saved_model`).
+    """
+    return read_saved_model(dir_path, prefix, trust=trust, weights=False).var_names
 
 
 @contextmanager

@@ -10,8 +10,11 @@ A saved model is reused only when its record matches what a new training would s
 - ``ensemblevi``: the package version.
 
 The same matrix stored differently (e.g. unsorted sparse indices) hashes differently: the
-check errs towards retraining, never towards reusing a model of other data. This module
-imports nothing from the rest of the package but the version (it is a lowest layer).
+check errs towards retraining, never towards reusing a model of other data. The one reuse
+path (:func:`reuse_problems`, :func:`save_with_record`) serves ``run``'s model and
+``tl.seed_ensemble``'s seeds; :func:`option_changes` is the one "what changed" between two
+option dicts (records, ``run.json``, ``train.json``). This module imports only other lowest
+layers (it is one itself).
 """
 
 from __future__ import annotations
@@ -19,12 +22,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ensemblevi._compat import SAVE_KEYS, is_safe_save
 from ensemblevi._files import write_json
 from ensemblevi._version import __version__
 
@@ -103,8 +107,25 @@ def model_record(data: Mapping[str, Any], config: Mapping[str, Any]) -> dict:
         From :func:`data_fingerprint`.
     config
         The options the training used (JSON-serialisable).
+
+    Returns
+    -------
+    The record as the saved one reads back (through JSON), so the two compare equal.
     """
-    return {"data": dict(data), "config": dict(config), "ensemblevi": __version__}
+    record = {"data": dict(data), "config": dict(config), "ensemblevi": __version__}
+    return json.loads(json.dumps(record, default=str))
+
+
+def option_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """``key: old -> new`` for every option whose value differs (sorted by key).
+
+    Parameters
+    ----------
+    old, new
+        Two option dicts (a missing key reads as ``None``).
+    """
+    keys = sorted(set(old) | set(new), key=str)
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
 
 
 def differences(saved: Mapping[str, Any] | None, wanted: Mapping[str, Any]) -> list[str]:
@@ -131,10 +152,7 @@ def differences(saved: Mapping[str, Any] | None, wanted: Mapping[str, Any]) -> l
         if old_obs.get(key) != new_obs.get(key):
             out.append(f"obs[{key!r}] changed" if key in old_obs and key in new_obs
                        else f"obs[{key!r}] used by one and not the other")  # fmt: skip
-    old_cfg, new_cfg = saved.get("config", {}), wanted["config"]
-    for key in sorted(set(old_cfg) | set(new_cfg)):
-        if old_cfg.get(key) != new_cfg.get(key):
-            out.append(f"{key}: {old_cfg.get(key)!r} -> {new_cfg.get(key)!r}")
+    out += option_changes(saved.get("config", {}), wanted["config"])
     if saved.get("ensemblevi") != wanted["ensemblevi"]:
         out.append(f"ensemblevi version {saved.get('ensemblevi')} -> {wanted['ensemblevi']}")
     return out
@@ -165,3 +183,52 @@ def write_record(model_dir: str | os.PathLike, record: Mapping[str, Any]) -> Pat
         From :func:`model_record`.
     """
     return write_json(Path(model_dir) / RECORD, dict(record))
+
+
+def reuse_problems(model_dir: str | os.PathLike, wanted: Mapping[str, Any], *,
+                   trust: bool = False) -> list[str] | None:  # fmt: skip
+    """Why the model saved in ``model_dir`` may not be reused for ``wanted`` (empty: it may).
+
+    Parameters
+    ----------
+    model_dir
+        The saved model's directory.
+    wanted
+        The record of the training that would happen now.
+    trust
+        A model in scvi-tools' pickled format may be reused (loading it unpickles it).
+
+    Returns
+    -------
+    ``None`` where no model is saved there; else what differs, in words.
+    """
+    model_dir = Path(model_dir)
+    if not (model_dir / SAVE_KEYS.MODEL_FNAME).is_file():
+        return None
+    problems = differences(read_record(model_dir), wanted)
+    if not trust and not is_safe_save(model_dir):
+        problems.append("the saved model is in scvi-tools' pickled format, which only "
+                        "unpickling reads (--trust-model / trust=True reuses it)")  # fmt: skip
+    return problems
+
+
+def save_with_record(model_dir: str | os.PathLike, record: Mapping[str, Any],
+                     save: Callable[[Path], Any]) -> Path:  # fmt: skip
+    """Save a model with its record: the stale record goes first, the new one comes last.
+
+    A model without a record is never reused, so a process killed in between costs a
+    retraining, never a wrong reuse. Other files in the folder are left alone.
+
+    Parameters
+    ----------
+    model_dir
+        The model's directory.
+    record
+        From :func:`model_record`.
+    save
+        Called with ``model_dir``: saves the model there.
+    """
+    model_dir = Path(model_dir)
+    (model_dir / RECORD).unlink(missing_ok=True)
+    save(model_dir)
+    return write_record(model_dir, record)

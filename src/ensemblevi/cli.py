@@ -152,6 +152,9 @@ LayerOpt = Annotated[str | None, typer.Option(help="Layer holding the counts.")]
 BatchOpt = Annotated[str | None, typer.Option(help="obs column of the batch.")]
 TopGenesOpt = Annotated[int, typer.Option(help="Highly variable genes kept.")]
 EnsembleOpt = Annotated[str, typer.Option(help="single, deep, batch, hyperbatch or mcdropout.")]
+TrustOpt = Annotated[bool, typer.Option("--trust-model", help=(
+    "Also load models in scvi-tools' pickled format (older ensemblevi saves): unpickling "
+    "runs any code the file carries, so only for files from a source you trust."))]
 
 
 def _config(**kwargs) -> dict:
@@ -193,6 +196,7 @@ def run(
     force: Annotated[
         bool, typer.Option("--force", help="Replace a different run (or a stale model).")
     ] = False,
+    trust_model: TrustOpt = False,
 ) -> None:
     """The main job: data -> trained ensemble -> marker spread, gene uncertainty, novelty.
 
@@ -218,7 +222,8 @@ def run(
         with interruptible():
             reading = run_pipeline(config, out, force=force, log=_log,
                                    on_loaded=lambda ad, lay, title: console.print(
-                                       summary_table(ad, lay, title=title)))  # fmt: skip
+                                       summary_table(ad, lay, title=title)),
+                                   trust=trust_model)  # fmt: skip
     except (FileNotFoundError, ValueError) as err:
         _fail(str(err))
     except (RunRefused, FileExistsError) as err:
@@ -267,6 +272,7 @@ def de_command(
         ),
     ] = False,
     n_null: Annotated[int, typer.Option(help="Repetitions of the null check.")] = 3,
+    trust_model: TrustOpt = False,
 ) -> None:
     """Ensemble differential expression on a run directory, added to its report.
 
@@ -293,7 +299,7 @@ def de_command(
                 run_dir, group1, groupby=groupby, group2=group2, delta=delta, fdr_target=fdr,
                 estimand=estimand, n_samples=n_samples, max_cells=max_cells,
                 batch_correction=batch_correction, seed=seed, null_check=null_check,
-                n_null=n_null,
+                n_null=n_null, trust=trust_model,
             )  # fmt: skip
     except (FileNotFoundError, KeyError, ValueError) as err:
         _fail(str(err))
@@ -330,6 +336,7 @@ def map_command(
     fdr: Annotated[float, typer.Option(help="FDR of the novel-group calls.")] = 0.05,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     force: Annotated[bool, typer.Option("--force", help="Replace an earlier map in OUT.")] = False,
+    trust_model: TrustOpt = False,
 ) -> None:
     """Map new cells onto a run's ensemble (scArches) and flag what it has not seen.
 
@@ -343,7 +350,7 @@ def map_command(
 
     _run_job(lambda: run_map(model, query, out, layer=layer, batch_key=batch_key,
                              groupby=groupby, epochs=epochs, alpha=alpha, fdr=fdr, seed=seed,
-                             force=force, log=_log), out)  # fmt: skip
+                             force=force, log=_log, trust=trust_model), out)  # fmt: skip
 
 
 @app.command("annotate")
@@ -462,6 +469,7 @@ def train(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue an interrupted training from its checkpoint.")
     ] = False,
+    trust_model: TrustOpt = False,
 ) -> None:
     """Train an ensemble (or one shard of its members) and save it to OUT.
 
@@ -486,6 +494,7 @@ def train(
             compile_likelihood=compile_likelihood, force=force, resume=resume,
             log=_log,
             on_loaded=lambda ad, lay, title: console.print(summary_table(ad, lay, title)),
+            trust=trust_model,
         )  # fmt: skip
     except RunRefused as err:
         _fail(str(err), 1)
@@ -502,6 +511,7 @@ def merge(
         bool,
         typer.Option("--partial", help="Merge a part of the ensemble's shards (not all)."),
     ] = False,
+    trust_model: TrustOpt = False,
 ) -> None:
     """Merge shards trained by `ensemblevi train --shard I/N` into one model in OUT.
 
@@ -511,7 +521,7 @@ def merge(
     from ensemblevi.pipeline import merge_command
 
     try:
-        console.print(console_text(merge_command(shards, out, partial=partial)))
+        console.print(console_text(merge_command(shards, out, partial=partial, trust=trust_model)))
     except (FileNotFoundError, FileExistsError, ValueError) as err:
         _fail(str(err))
 

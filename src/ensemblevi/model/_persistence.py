@@ -1,4 +1,17 @@
-"""Atomic ``save`` and a gene-checking ``load`` for the ensemble model classes."""
+"""Saving and loading models without pickles: the one place of ensemblevi's save format.
+
+A model is saved as ``model.pt`` (its weights, tensors only: read back with
+``torch.load(weights_only=True)``) and ``model.json`` (everything else: scvi-tools'
+attribute dict with the registry and constructor arguments, the genes, the save format's
+version), written atomically. Loading reads these two files and builds the model as
+scvi-tools' ``BaseModelClass.load`` does, so loading a model never runs code it carries.
+
+A folder in scvi-tools' own format (one pickled ``model.pt``: ensemblevi before save
+format 2, ``scvi.model.SCVI``) is refused with :class:`~ensemblevi._compat.UntrustedModelError`
+unless ``trust=True``; then scvi-tools' own load reads it. The file layout itself (the
+JSON encoding) is in :mod:`ensemblevi._compat` (``write_saved_model``,
+``read_saved_model``), below every layer that reads a saved model.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +23,190 @@ from typing import Any, Self
 import pandas as pd
 from anndata import AnnData
 
-from ensemblevi._compat import existing_model_file, saved_model_file, saved_var_names
+from ensemblevi._compat import (
+    SAVE_KEYS,
+    UntrustedModelError,
+    _initialize_model,
+    existing_model_file,
+    is_safe_save,
+    parse_device_args,
+    read_saved_model,
+    saved_model_file,
+    write_saved_model,
+)
+
+__all__ = ["SafePersistenceMixin", "UntrustedModelError", "load_model", "save_model"]
+
+def save_model(
+    model,
+    dir_path: str | os.PathLike,
+    *,
+    prefix: str | None = None,
+    overwrite: bool = False,
+    save_anndata: bool = False,
+    **anndata_write_kwargs: Any,
+) -> None:
+    """Save any scvi-tools model in ensemblevi's format, atomically, touching only its files.
+
+    Parameters
+    ----------
+    model
+        A model (``BaseModelClass``, data registered with ``setup_anndata``).
+    dir_path
+        Folder of the saved model (created if needed; it may hold other files).
+    prefix
+        Prefix of the file names.
+    overwrite
+        Replace a model saved there before.
+    save_anndata
+        Also save the AnnData (``{prefix}adata.h5ad``).
+    **anndata_write_kwargs
+        Passed to ``AnnData.write``.
+    """
+    from ensemblevi._files import TMP_PREFIX, move_into
+
+    dir_path = os.path.abspath(os.fspath(dir_path))
+    model_file = saved_model_file(dir_path, prefix)
+    own = [model_file] + ([os.path.join(dir_path, f"{prefix or ''}adata.h5ad")]
+                          if save_anndata else [])  # fmt: skip
+    existing = [f for f in own if os.path.exists(f)]
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"{existing[0]} already exists; pass overwrite=True to replace the saved model "
+            "(or save to another folder)."
+        )
+    # scvi-tools' attribute dict: the public attributes ending in _
+    attrs = {a: v for a, v in model._get_user_attributes() if a[-1] == "_"}
+    state = model.module.state_dict()
+    os.makedirs(dir_path, exist_ok=True)
+    # inside dir_path: same file system for the renames, and a folder an interrupted
+    # save leaves behind carries the prefix that clean_temporaries removes
+    tmp = os.path.join(dir_path, f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}")
+    try:
+        os.makedirs(tmp)
+        if save_anndata:
+            model.adata.write(os.path.join(tmp, f"{prefix or ''}{SAVE_KEYS.ADATA_FNAME}"),
+                              **anndata_write_kwargs)  # fmt: skip
+        write_saved_model(tmp, prefix, state_dict=state, var_names=model.get_var_names(),
+                          attrs=attrs, class_name=type(model).__name__)  # fmt: skip
+        move_into(tmp, dir_path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_genes(dir_path, saved_vars: pd.Index, adata: AnnData) -> None:
+    """Refuse an AnnData whose genes (or their order) differ from a saved model's.
+
+    Parameters
+    ----------
+    dir_path
+        The saved model's folder (named in the error).
+    saved_vars
+        The model's genes.
+    adata
+        The data to attach.
+    """
+    given = pd.Index(adata.var_names.astype(str))
+    if saved_vars.equals(given):
+        return
+    missing = saved_vars.difference(given)
+    extra = given.difference(saved_vars)
+    order = " (same genes, other order)" if not len(missing) and not len(extra) else ""
+    raise ValueError(
+        f"The model at {dir_path} was trained on {len(saved_vars)} genes; this "
+        f"AnnData has {len(given)}{order}. Missing here: {len(missing)} "
+        f"(e.g. {list(missing[:5])}); not in the model: {len(extra)} "
+        f"(e.g. {list(extra[:5])}). Subset and order the AnnData as "
+        "adata[:, model_var_names] before loading."
+    )
+
+
+def load_model(
+    cls,
+    dir_path: str | os.PathLike,
+    adata: AnnData | None = None,
+    *,
+    prefix: str | None = None,
+    trust: bool = False,
+    accelerator: str = "auto",
+    device: int | str = "auto",
+):
+    """Load a model of class ``cls`` saved by :func:`save_model`, without unpickling.
+
+    Builds the model as scvi-tools' ``BaseModelClass.load`` does (``setup_anndata`` with
+    the saved registry, the saved constructor arguments and attributes, the weights).
+
+    Parameters
+    ----------
+    cls
+        The model class (its name must match the saved one).
+    dir_path
+        The folder given to :func:`save_model`.
+    adata
+        AnnData to attach (same genes, same order); ``None``: the one saved with the model
+        (``adata.h5ad``).
+    prefix
+        Prefix the model was saved with.
+    trust
+        Also read a model in scvi-tools' pickled format (through scvi-tools' own load).
+        Unpickling runs any code the file carries: only for files you trust.
+    accelerator, device
+        Where the model goes, as in scvi-tools.
+
+    Raises
+    ------
+    UntrustedModelError
+        The folder needs unpickling and ``trust`` is ``False`` (nothing was unpickled).
+    ValueError
+        Damaged files, other genes, or a model of another class.
+    """
+    from scvi.data._constants import _MODEL_NAME_KEY, _SETUP_ARGS_KEY, _SETUP_METHOD_NAME
+
+    existing_model_file(dir_path, prefix, cls.__name__)
+    if not is_safe_save(dir_path, prefix):
+        saved = read_saved_model(dir_path, prefix, trust=trust, weights=False)  # refuses
+        if adata is not None:
+            check_genes(dir_path, saved.var_names, adata)
+        load = super(SafePersistenceMixin, cls).load if issubclass(
+            cls, SafePersistenceMixin) else cls.load  # fmt: skip
+        return load(os.fspath(dir_path), adata=adata, prefix=prefix, accelerator=accelerator,
+                    device=device)  # fmt: skip
+    _, _, dev = parse_device_args(accelerator=accelerator, devices=device,
+                                  return_device="torch", validate_single_device=True)  # fmt: skip
+    saved = read_saved_model(dir_path, prefix, trust=trust, map_location=dev)
+    attrs = dict(saved.attrs)
+    registry = attrs.pop("registry_", None)
+    if not isinstance(registry, dict) or _SETUP_ARGS_KEY not in registry:
+        raise ValueError(f"{dir_path}: the saved model has no data registry; it is damaged.")
+    saved_class = registry.get(_MODEL_NAME_KEY, cls.__name__)
+    if saved_class != cls.__name__:
+        raise ValueError(f"{dir_path} holds a {saved_class}, not a {cls.__name__}; load it "
+                         f"with {saved_class}.load.")  # fmt: skip
+    if registry.get(_SETUP_METHOD_NAME, "setup_anndata") != "setup_anndata":
+        raise ValueError(f"{dir_path}: models set up with "
+                         f"{registry.get(_SETUP_METHOD_NAME)} are not supported here.")
+    if adata is None:
+        path = os.path.join(os.fspath(dir_path), f"{prefix or ''}{SAVE_KEYS.ADATA_FNAME}")
+        if os.path.exists(path):
+            import anndata
+
+            adata = anndata.read_h5ad(path)
+        else:
+            raise ValueError(f"{dir_path} holds no AnnData saved with the model (adata.h5ad); "
+                             "pass the data it was trained on: load(dir_path, adata=...).")
+    check_genes(dir_path, saved.var_names, adata)
+    cls.setup_anndata(adata, source_registry=registry, **registry[_SETUP_ARGS_KEY])
+    model = _initialize_model(cls, adata, registry, attrs, None)
+    model.module.on_load(model, pyro_param_store=None)
+    model.module.load_state_dict(saved.state_dict)
+    model.to_device(dev)
+    model.module.eval()
+    model._validate_anndata(adata)
+    return model
 
 
 class SafePersistenceMixin:
-    """scvi-tools' ``save``/``load`` made atomic and strict about genes.
+    """``save``/``load`` in ensemblevi's format: atomic, strict about genes, no pickles.
 
     Sits before ``scvi.model.base.BaseModelClass`` in a model class's bases.
     """
@@ -25,50 +217,33 @@ class SafePersistenceMixin:
         prefix: str | None = None,
         overwrite: bool = False,
         save_anndata: bool = False,
-        **kwargs: Any,
+        **anndata_write_kwargs: Any,
     ) -> None:
-        """``scvi-tools``' save, made atomic, that touches only the files it writes.
+        """Save the model (weights and a JSON description), atomically.
 
         The model is written to a temporary folder inside ``dir_path`` and its files are
         renamed into place one by one, so a crash while saving leaves the previous model (or
         nothing) under the final names, never a partial one. Other files in ``dir_path``
-        (an input ``.h5ad``, notes) are never removed.
+        (an input ``.h5ad``, notes) are never removed. The weights go to ``model.pt``
+        (tensors only) and everything else to ``model.json``: :meth:`load` reads them
+        without unpickling anything.
 
         Parameters
         ----------
         dir_path
             Folder of the saved model (created if needed; it may hold other files).
         prefix
-            Prefix of the file names (``{prefix}model.pt``).
+            Prefix of the file names (``{prefix}model.pt``, ``{prefix}model.json``).
         overwrite
             Replace a model saved there before. Without it, only an existing model file of
             this name (or its AnnData with ``save_anndata``) is refused.
         save_anndata
             Also save the AnnData (``{prefix}adata.h5ad``).
-        **kwargs
-            Passed to scvi-tools' ``save``.
+        **anndata_write_kwargs
+            Passed to ``AnnData.write``.
         """
-        from ensemblevi._files import TMP_PREFIX, move_into
-
-        dir_path = os.path.abspath(os.fspath(dir_path))
-        model_file = saved_model_file(dir_path, prefix)
-        own = [model_file] + ([os.path.join(dir_path, f"{prefix or ''}adata.h5ad")]
-                              if save_anndata else [])  # fmt: skip
-        existing = [f for f in own if os.path.exists(f)]
-        if existing and not overwrite:
-            raise FileExistsError(
-                f"{existing[0]} already exists; pass overwrite=True to replace the saved model "
-                "(or save to another folder)."
-            )
-        os.makedirs(dir_path, exist_ok=True)
-        # inside dir_path: same file system for the renames, and a folder an interrupted
-        # save leaves behind carries the prefix that clean_temporaries removes
-        tmp = os.path.join(dir_path, f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}")
-        try:
-            super().save(tmp, prefix=prefix, overwrite=True, save_anndata=save_anndata, **kwargs)
-            move_into(tmp, dir_path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        save_model(self, dir_path, prefix=prefix, overwrite=overwrite, save_anndata=save_anndata,
+                   **anndata_write_kwargs)  # fmt: skip
 
     @classmethod
     def load(
@@ -76,14 +251,16 @@ class SafePersistenceMixin:
         dir_path: str | os.PathLike,
         adata: AnnData | None = None,
         prefix: str | None = None,
-        **kwargs: Any,
+        *,
+        trust: bool = False,
+        accelerator: str = "auto",
+        device: int | str = "auto",
     ) -> Self:
-        """``scvi-tools``' load; refuses an AnnData whose genes differ from the model's.
+        """Load a saved model; refuses other genes, and never unpickles unless ``trust``.
 
         scvi-tools only warns when the genes differ, and a model then silently reads the
         wrong columns; here that is a ``ValueError`` that names the differences. A damaged
-        or truncated model file is a ``ValueError`` naming the file, not torch's unpickling
-        traceback.
+        or truncated model file is a ``ValueError`` naming the file.
 
         Parameters
         ----------
@@ -94,29 +271,19 @@ class SafePersistenceMixin:
             order); ``None``: the one saved with the model.
         prefix
             Prefix the model was saved with.
-        **kwargs
-            Passed to scvi-tools' ``load`` (``accelerator``, ``device``, ...).
+        trust
+            Also read a model in scvi-tools' pickled format (saved by scvi-tools, or by an
+            ensemblevi before save format 2), through scvi-tools' own load. Unpickling runs
+            any code the file carries, so a shared or downloaded model could run code on
+            your machine: pass ``True`` only for files from a source you trust. Saving the
+            loaded model again converts it.
+        accelerator, device
+            Where the model goes, as in scvi-tools.
+
+        Raises
+        ------
+        UntrustedModelError
+            The folder needs unpickling and ``trust`` is ``False``; nothing was unpickled.
         """
-        model_file = existing_model_file(dir_path, prefix, cls.__name__)
-        try:
-            saved_vars = saved_var_names(dir_path, prefix)
-        except Exception as err:  # torch raises UnpicklingError, EOFError, RuntimeError, ...
-            raise ValueError(
-                f"{model_file} is not a readable saved model ({type(err).__name__}: {err}); it "
-                "is truncated or damaged, e.g. by a process killed while copying it. Restore "
-                "it from a copy or train the model again."
-            ) from err
-        if adata is not None:
-            given = pd.Index(adata.var_names.astype(str))
-            if not saved_vars.equals(given):
-                missing = saved_vars.difference(given)
-                extra = given.difference(saved_vars)
-                order = " (same genes, other order)" if not len(missing) and not len(extra) else ""
-                raise ValueError(
-                    f"The model at {dir_path} was trained on {len(saved_vars)} genes; this "
-                    f"AnnData has {len(given)}{order}. Missing here: {len(missing)} "
-                    f"(e.g. {list(missing[:5])}); not in the model: {len(extra)} "
-                    f"(e.g. {list(extra[:5])}). Subset and order the AnnData as "
-                    "adata[:, model_var_names] before loading."
-                )
-        return super().load(dir_path, adata=adata, prefix=prefix, **kwargs)
+        return load_model(cls, dir_path, adata, prefix=prefix, trust=trust,
+                          accelerator=accelerator, device=device)  # fmt: skip

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from ensemblevi._files import OutputDirectory, write_csv, write_json
+from ensemblevi._files import staged_output, write_csv, write_json
 from ensemblevi._interrupt import set_resume_hint
 from ensemblevi._warnings import quiet_third_party
 from ensemblevi.pipeline._report import write_report
@@ -209,12 +209,8 @@ def run_annotate(
         raise ValueError(f"obs[{labels_key!r}] has a cell type named 'unknown', the name of the "
                          "call for cells of no known type; rename it (or pass it as "
                          "--unlabeled-category 'unknown' if it means unlabelled cells).")
-    dest = OutputDirectory(out_path, "annotate").claim()
-    if dest.files and not force:
-        raise FileExistsError(f"{out_path} holds an earlier `ensemblevi annotate`; pass --force "
-                              "to replace it (it stays whole until the new one is complete).")
     t0 = time.perf_counter()
-    with dest.locked():
+    with staged_output(out_path, "annotate", replace=force) as dest:
         set_resume_hint(f"Nothing was lost: {data} and {out_path} are unchanged; rerun.")
         preprocess(adata, n_top_genes=n_top_genes, batch_key=batch_key, layer=layer)
         held = hide_labels(labels, unlabeled_category, holdout, seed)
@@ -246,14 +242,8 @@ def run_annotate(
                   "time.total (s)": round(time.perf_counter() - t0, 1)}  # fmt: skip
         if calib is not None:
             record.update({f"held_out.{k}": v for k, v in calib["summary"].items()})
-        stage = dest.new_stage()
-        try:
-            _write(stage, adata, model, calib, labels_key, reading, record)
-        except BaseException:
-            dest.discard_stage()
-            raise
-        dest.commit()
-        set_resume_hint(None)
+        _write(dest.stage, adata, model, calib, labels_key, reading, record)
+    set_resume_hint(None)
     return AnnotateResult(adata, model, calib, reading)
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ensemblevi._constants import ENSEMBLE_KINDS
+from ensemblevi._fingerprint import option_changes
 
 #: the options a trained model depends on (with the data): they go into the model's record
 TRAINING_OPTIONS = ("n_top_genes", "ensemble", "members", "seeds", "epochs", "seed", "layer")
@@ -128,7 +129,4 @@ class RunConfig:
         previous
             :meth:`options` of the earlier run (from its ``run.json``).
         """
-        now = self.options()
-        keys = sorted(set(now) | set(previous))
-        return [f"{k}: {previous.get(k)!r} -> {now.get(k)!r}" for k in keys
-                if previous.get(k) != now.get(k)]  # fmt: skip
+        return option_changes(previous, self.options())

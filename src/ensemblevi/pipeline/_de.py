@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from ensemblevi._files import STAGE, OutputDirectory, write_csv, write_json
+from ensemblevi._files import STAGE, staged_output, write_csv, write_json
 from ensemblevi._interrupt import set_resume_hint
 from ensemblevi._names import file_stem
 from ensemblevi._warnings import quiet_third_party
@@ -103,7 +103,8 @@ def read_run_result(run_dir: Path):
 
 
 def run_de(run_dir: str | Path, group1: str, groupby: str = "cell_type",
-           group2: str | None = None, **options: Any) -> DEResult:  # fmt: skip
+           group2: str | None = None, *, trust: bool = False,
+           **options: Any) -> DEResult:  # fmt: skip
     """Differential expression on a run's model, committed into the run directory.
 
     Stages the table, its settings, the volcano plot, ``results.h5ad`` (with the result
@@ -120,6 +121,9 @@ def run_de(run_dir: str | Path, group1: str, groupby: str = "cell_type",
         ``obs`` column of the groups.
     group2
         The reference group (``None``: all other cells).
+    trust
+        Also read a run's model in scvi-tools' pickled format (an older ensemblevi's):
+        loading it unpickles it, which runs any code the file carries.
     **options
         Passed to ``ensemblevi.tl.differential_expression`` (``delta``, ``fdr_target``,
         ``estimand``, ``n_samples``, ``max_cells``, ``batch_correction``, ``seed``,
@@ -144,32 +148,27 @@ def run_de(run_dir: str | Path, group1: str, groupby: str = "cell_type",
         raise ValueError(f"run_de compares one group1 (a name), got {group1!r}.")
     run_dir = Path(run_dir)
     check_run_dir(run_dir)
-    out = OutputDirectory(run_dir, "run", stage=DE_STAGE).claim()
     name = de_name(group1, group2)
     key = DE_KEY + name[3:]
-    with out.locked():
+    # every file of the run stays; the DE result's files are added or replaced
+    with staged_output(run_dir, "run", stage=DE_STAGE, keep_files=lambda out: out.files) as out:
         set_resume_hint(f"Nothing was lost: {run_dir} is unchanged; rerun the command.")
         adata = read_run_result(run_dir)
         with quiet_third_party():
-            model = EnsembleSCVI.load(run_dir / "model", adata=adata)
+            model = EnsembleSCVI.load(run_dir / "model", adata=adata, trust=trust)
         table = tl.differential_expression(model, adata, groupby=groupby, group1=group1,
                                               group2=group2, key_added=key, **options)  # fmt: skip
         settings = {**adata.uns[key]["params"], "group1": group1}
         if "null_check" in table.attrs:  # the calibration check on halves of group1
             settings["null_check"] = table.attrs["null_check"]
-        stage = out.new_stage()
-        try:
-            fig = pl.de_volcano(adata, key=key, title=f"{group1} vs {group2 or 'rest'}",
+        stage = out.stage
+        fig = pl.de_volcano(adata, key=key, title=f"{group1} vs {group2 or 'rest'}",
                             return_fig=True)  # fmt: skip
-            written = [write_csv(table, stage / "tables" / f"{name}.csv", index=True),
-                       write_json(stage / "tables" / f"{name}.json", settings),
-                       *pl.save_figure(fig, stage / "figures" / name)]  # fmt: skip
-            write_h5ad_atomic(adata, stage / "results.h5ad", overwrite=True)
-            render_run_report(run_dir, stage=stage)
-        except BaseException:
-            out.discard_stage()  # the run directory was not touched
-            raise
-        out.commit(keep=out.files)
-        set_resume_hint(None)
+        written = [write_csv(table, stage / "tables" / f"{name}.csv", index=True),
+                   write_json(stage / "tables" / f"{name}.json", settings),
+                   *pl.save_figure(fig, stage / "figures" / name)]  # fmt: skip
+        write_h5ad_atomic(adata, stage / "results.h5ad", overwrite=True)
+        render_run_report(run_dir, stage=stage)
+    set_resume_hint(None)
     files = [run_dir / p.relative_to(stage) for p in written]
     return DEResult(name, key, table, settings, files)

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from ensemblevi._files import OutputDirectory, write_csv, write_json
+from ensemblevi._files import staged_output, write_csv, write_json
 from ensemblevi._interrupt import set_resume_hint
 from ensemblevi._warnings import quiet_third_party
 from ensemblevi.pipeline._de import check_run_dir, read_run_result
@@ -167,7 +167,7 @@ def run_map(run_dir: str | Path, query: str | Path, out: str | Path, *,
             layer: str | None = None, batch_key: str | None = None,
             groupby: str | None = None, epochs: int = 100, alpha: float = 0.01,
             fdr: float = 0.05, seed: int = 0, force: bool = False,
-            log: Log = print) -> MapResult:  # fmt: skip
+            log: Log = print, trust: bool = False) -> MapResult:  # fmt: skip
     """Map a query file onto the ensemble of a finished run; write its novelty into ``out``.
 
     Writes ``results.h5ad`` (the query with ``obs[ensemblevi_novelty_*]``,
@@ -207,6 +207,9 @@ def run_map(run_dir: str | Path, query: str | Path, out: str | Path, *,
         Replace an earlier map in ``out``.
     log
         Where progress notes go.
+    trust
+        Also read a run's model in scvi-tools' pickled format (an older ensemblevi's):
+        loading it unpickles it, which runs any code the file carries.
     """
     from ensemblevi import tl
     from ensemblevi._seeding import seeded_globally
@@ -234,17 +237,13 @@ def run_map(run_dir: str | Path, query: str | Path, out: str | Path, *,
             raise ValueError(f"{option} {column!r} is not a column of the query's obs "
                              f"({', '.join(map(str, raw.obs.columns[:8])) or 'none'}); name "
                              "one, or leave the option out.")  # fmt: skip
-    dest = OutputDirectory(out_path, "map").claim()
-    if dest.files and not force:
-        raise FileExistsError(f"{out_path} holds an earlier `ensemblevi map`; pass --force to "
-                              "replace it (it stays whole until the new one is complete).")
     t0 = time.perf_counter()
-    with dest.locked():
+    with staged_output(out_path, "map", replace=force) as dest:
         set_resume_hint(f"Nothing was lost: {run_dir} and {out_path} are unchanged; rerun the "
                         "command.")  # fmt: skip
         ref_adata = read_run_result(run_dir)
         with quiet_third_party():
-            reference = EnsembleSCVI.load(run_dir / "model", adata=ref_adata)
+            reference = EnsembleSCVI.load(run_dir / "model", adata=ref_adata, trust=trust)
         if reference.n_members < 2:
             raise ValueError("The run's model has one member: novelty needs the members' "
                              "disagreement; run `ensemblevi run --members 4` first.")
@@ -273,14 +272,8 @@ def run_map(run_dir: str | Path, query: str | Path, out: str | Path, *,
                   "reference": f"{reference.ensemble} x {reference.n_members}",
                   "time.train (s)": round(train_s, 1),
                   "time.total (s)": round(time.perf_counter() - t0, 1)}  # fmt: skip
-        stage = dest.new_stage()
-        try:
-            _write(stage, q, qmodel, cells, groups, key, reading, record)
-        except BaseException:
-            dest.discard_stage()
-            raise
-        dest.commit()
-        set_resume_hint(None)
+        _write(dest.stage, q, qmodel, cells, groups, key, reading, record)
+    set_resume_hint(None)
     return MapResult(q, cells, groups, key, reading)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from anndata import AnnData
 
-from ensemblevi._files import OutputDirectory
+from ensemblevi._files import OutputDirectory, staged_output
 from ensemblevi._interrupt import set_resume_hint
 from ensemblevi.pipeline._analyse import analyse
 from ensemblevi.pipeline._config import RunConfig
@@ -34,6 +34,8 @@ def run_pipeline(
     force: bool = False,
     log: Log = print,
     on_loaded: Callable[[AnnData, str | None, str], None] | None = None,
+    *,
+    trust: bool = False,
 ) -> list[str]:
     """Run ``ensemblevi run``: every stage in turn, the result committed into ``out`` at the end.
 
@@ -54,6 +56,9 @@ def run_pipeline(
         Where progress lines go.
     on_loaded
         Called with ``(adata, layer, title)`` once the data is read.
+    trust
+        Reuse a saved model in scvi-tools' pickled format (an older ensemblevi's): loading
+        it unpickles it, which runs any code the file carries.
 
     Returns
     -------
@@ -69,8 +74,8 @@ def run_pipeline(
         A stage after training failed; the model is kept in the stage.
     """
     config.validate()
-    directory = OutputDirectory(out, "run").claim()
-    with directory.locked():
+
+    def refuse_other_run(directory: OutputDirectory) -> None:
         set_resume_hint(f"Nothing was lost: {directory.path} holds its previous result (if "
                         "any), whole; rerun the same command to start again.")  # fmt: skip
         previous = _previous_config(directory)
@@ -80,19 +85,23 @@ def run_pipeline(
                 "); pass --force to replace it (the current result stays whole until the new "
                 "run is complete) or choose another --out."
             )
-        stage = directory.new_stage(keep=MODEL_DIRS)  # a model a failed run left may be reused
+
+    def reused_model_files(directory: OutputDirectory) -> list[str]:
+        # a model reused from the result stays; one trained now comes from the stage
+        if trained.source != "result":
+            return []
+        return [f for f in directory.files if f.split("/")[0] in MODEL_DIRS]
+
+    # a model a failed run left in the stage is kept there, to be reused
+    with staged_output(out, "run", keep_stage=MODEL_DIRS, on_claimed=refuse_other_run,
+                       keep_files=reused_model_files) as directory:  # fmt: skip
         timings: dict[str, float] = {}
-        try:
-            t = time.perf_counter()
-            prepared = prepare_data(config, log=log, on_loaded=on_loaded)
-            timings["data"] = time.perf_counter() - t
-            t = time.perf_counter()
-            trained = train_or_reuse(config, prepared, directory, force=force, log=log)
-            timings["training"] = time.perf_counter() - t
-        except BaseException:
-            if not any(stage.iterdir()):  # nothing worth keeping: no empty stage left behind
-                directory.discard_stage()
-            raise
+        t = time.perf_counter()
+        prepared = prepare_data(config, log=log, on_loaded=on_loaded)
+        timings["data"] = time.perf_counter() - t
+        t = time.perf_counter()
+        trained = train_or_reuse(config, prepared, directory, force=force, log=log, trust=trust)
+        timings["training"] = time.perf_counter() - t
         try:
             t = time.perf_counter()
             analysis = analyse(trained.model, prepared.adata, prepared.markers,
@@ -106,7 +115,5 @@ def run_pipeline(
                     f"the model in {trained.path} is unchanged")  # fmt: skip
             raise StageFailed(f"{type(err).__name__}: {err} ({kept}; {directory.path} still "
                               "holds its previous result, whole).") from err  # fmt: skip
-        model_files = [f for f in directory.files if f.split("/")[0] in MODEL_DIRS]
-        directory.commit(keep=model_files if trained.source == "result" else [])
-        set_resume_hint(None)
+    set_resume_hint(None)
     return reading

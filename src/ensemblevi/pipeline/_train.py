@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from ensemblevi._compat import UntrustedModelError
 from ensemblevi._files import OutputDirectory
-from ensemblevi._fingerprint import (
-    data_fingerprint,
-    differences,
-    model_record,
-    read_record,
-    write_record,
-)
+from ensemblevi._fingerprint import data_fingerprint, model_record, reuse_problems, save_with_record
 from ensemblevi._interrupt import set_resume_hint
 from ensemblevi._warnings import quiet_third_party
 from ensemblevi.pipeline._config import RunConfig
@@ -62,19 +56,18 @@ def wanted_record(config: RunConfig, prepared: Prepared) -> dict:
         The run's data.
     """
     data = data_fingerprint(prepared.adata, prepared.layer, [prepared.batch_key])
-    record = model_record(data, config.training_options(prepared.batch_key))
-    return json.loads(json.dumps(record, default=str))  # as the saved record will read
+    return model_record(data, config.training_options(prepared.batch_key))
 
 
-def _load(path: Path, prepared: Prepared):
+def _load(path: Path, prepared: Prepared, trust: bool):
     from ensemblevi.model import EnsembleSCVI
 
     EnsembleSCVI.setup_anndata(prepared.adata, layer=prepared.layer,
                                batch_key=prepared.batch_key)  # fmt: skip
-    return EnsembleSCVI.load(path, adata=prepared.adata)
+    return EnsembleSCVI.load(path, adata=prepared.adata, trust=trust)
 
 
-def _train(config: RunConfig, prepared: Prepared, stage: Path, log: Log):
+def _train(config: RunConfig, prepared: Prepared, stage: Path, log: Log, trust: bool):
     from ensemblevi import tl
     from ensemblevi.model import EnsembleSCVI
 
@@ -83,7 +76,8 @@ def _train(config: RunConfig, prepared: Prepared, stage: Path, log: Log):
         log(f"training {config.seeds} scvi.model.SCVI seeds for {config.epochs} epochs")
         # each seed model is saved with its record as it finishes: an interrupted run resumes
         return tl.seed_ensemble(adata, n_seeds=config.seeds, save_dir=stage / "seeds",
-                                   setup_kwargs=setup, max_epochs=config.epochs)  # fmt: skip
+                                setup_kwargs=setup, max_epochs=config.epochs,
+                                trust=trust)  # fmt: skip
     EnsembleSCVI.setup_anndata(adata, **setup)
     model = EnsembleSCVI(adata, n_members=config.members, ensemble=config.ensemble,
                          seed=config.seed)  # fmt: skip
@@ -98,6 +92,8 @@ def train_or_reuse(
     out: OutputDirectory,
     force: bool = False,
     log: Log = print,
+    *,
+    trust: bool = False,
 ) -> Trained:
     """Reuse a saved model trained on the same data with the same options, or train one.
 
@@ -120,25 +116,35 @@ def train_or_reuse(
         Replace (train anew over) a saved model that does not match.
     log
         Where progress lines go.
+    trust
+        Also reuse a model in scvi-tools' pickled format (an older ensemblevi's save):
+        loading it unpickles it, which runs any code the file carries.
+
+    Raises
+    ------
+    UntrustedModelError
+        The matching model's file needs unpickling (without ``trust`` and ``force``).
     """
     wanted = wanted_record(config, prepared)
     places = {"stage": out.stage / "model", "result": out.path / "model"}
     found = {}
     for source, path in places.items():
         owned = source == "stage" or "model/model.pt" in out.files
-        if owned and (path / "model.pt").exists():
-            found[source] = differences(read_record(path), wanted)
+        problems = reuse_problems(path, wanted, trust=trust) if owned else None
+        if problems is not None:
+            found[source] = problems
     for source in places:
         if source in found and not found[source]:
             try:
                 with quiet_third_party():
-                    model = _load(places[source], prepared)
-            except ValueError as err:  # a damaged model file: load names it
+                    model = _load(places[source], prepared, trust)
+            except ValueError as err:  # damaged, or needs unpickling: load names the file
                 if not force:
-                    raise ValueError(f"{err} Or pass --force to train a new model in its "
-                                     "place (the current result stays whole until the new "
-                                     "run is complete).") from err  # fmt: skip
-                found[source] = ["its model file cannot be read"]
+                    raise type(err)(f"{err} Or pass --force to train a new model in its "
+                                    "place (the current result stays whole until the new "
+                                    "run is complete).") from err  # fmt: skip
+                found[source] = ["its model file needs unpickling" if isinstance(
+                    err, UntrustedModelError) else "its model file cannot be read"]  # fmt: skip
                 continue
             why = "an unfinished earlier run" if source == "stage" else "the previous run"
             log(f"reusing the trained model in {places[source]} (trained by {why} on the "
@@ -159,11 +165,9 @@ def train_or_reuse(
     if "stage" in stale:
         _discard_stage_models(out.stage)
     with quiet_third_party():
-        model = _train(config, prepared, out.stage, log)
+        model = _train(config, prepared, out.stage, log, trust)
     path = out.stage / "model"
-    model.save(path, overwrite=True)
-    # the record last: a model without one is never reused
-    write_record(path, wanted)
+    save_with_record(path, wanted, lambda p: model.save(p, overwrite=True))
     log(f"saved the trained model to {path} (kept there until the run is committed)")
     _kept_hint(out, path)
     return Trained(model, "trained", path, wanted)

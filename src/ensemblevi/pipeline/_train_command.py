@@ -12,7 +12,8 @@ import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ensemblevi._files import OutputDirectory, write_json
+from ensemblevi._files import OutputDirectory, staged_output, write_json
+from ensemblevi._fingerprint import option_changes
 from ensemblevi._warnings import quiet_third_party
 
 from ._data import Log, training_data
@@ -80,18 +81,6 @@ def read_train_record(folder: Path) -> dict:
         raise ValueError(f"{path} is damaged ({err}); train that directory again.") from err
 
 
-def differences(old: dict, new: dict) -> str:
-    """``key: old -> new`` for every option that differs (for refusals).
-
-    Parameters
-    ----------
-    old, new
-        Two option dicts.
-    """
-    keys = [k for k in {**old, **new} if old.get(k) != new.get(k)]
-    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys)
-
-
 def kl_continuation(done: int) -> dict | None:
     """plan_kwargs that continue scvi-tools' KL warm-up (epoch / 400) after ``done`` epochs.
 
@@ -134,7 +123,8 @@ def _checkpoint_to_resume(
         raise ValueError(f"--resume: there is no checkpoint of an interrupted training in "
                          f"{out}; run without --resume.")  # fmt: skip
     old = {"member_range": ckpt["member_range"], **ckpt["spec"]}
-    why = differences(old, {"member_range": ckpt_record["member_range"], **ckpt_record["spec"]})
+    new = {"member_range": ckpt_record["member_range"], **ckpt_record["spec"]}
+    why = ", ".join(option_changes(old, new))
     if why:
         raise ValueError(
             f"--resume: the checkpoint in {out} was trained with other options ({why}); "
@@ -158,6 +148,8 @@ def train_command(
     resume: bool = False,
     log: Log = print,
     on_loaded: Callable | None = None,
+    *,
+    trust: bool = False,
 ) -> str:
     """Train the model (or shard) ``spec`` describes into ``out``; returns a closing line.
 
@@ -183,6 +175,9 @@ def train_command(
         Where progress lines go.
     on_loaded
         Called as ``on_loaded(adata, layer, title)`` once the data are loaded.
+    trust
+        Resume from a checkpoint in scvi-tools' pickled format (an older ensemblevi's):
+        loading it unpickles it, which runs any code the file carries.
     """
     from ensemblevi._interrupt import deferred, set_resume_hint
     from ensemblevi.model import EnsembleSCVI
@@ -201,19 +196,22 @@ def train_command(
     # what a checkpoint must match to be resumed (more epochs may be asked for)
     ckpt_record = {"spec": {k_: v for k_, v in spec.items() if k_ != "epochs"},
                    "member_range": member_range}  # fmt: skip
-    target = OutputDirectory(out, "train")
+    stage = OutputDirectory(out, "train").stage  # for the error below, before any claim
     try:
-        target.claim()
-        with target.locked():
+        # the checkpoint of an interrupted training stays in the stage, for --resume
+        with staged_output(out, "train", keep_stage=("checkpoint",)) as target:
+            stage = target.stage
             finished = read_train_record(out) if "train.json" in target.files else None
             if finished is not None and not force:
                 if finished["spec"] == spec and finished["member_range"] == member_range:
+                    target.abandon()
                     return (f"{out} already holds this model (same options); nothing to do. "
                             "Pass --force to train it again.")  # fmt: skip
                 raise RunRefused(
                     f"{out} holds a model trained with other options "
-                    f"({differences(finished['spec'], spec)}); pass --force to replace it (it "
-                    "stays until the new one is complete) or choose another --out."
+                    f"({', '.join(option_changes(finished['spec'], spec))}); pass --force to "
+                    "replace it (it stays until the new one is complete) or choose another "
+                    "--out."
                 )
             ckpt = _checkpoint_to_resume(target, ckpt_record, epochs, resume, force, log)
             done = 0 if ckpt is None else int(ckpt["epochs_done"])
@@ -234,7 +232,7 @@ def train_command(
                 on_loaded(adata, "counts" if "counts" in adata.layers else None, title)
             with quiet_third_party():
                 if ckpt is not None:
-                    model = EnsembleSCVI.load(ckpt["folder"], adata=adata)
+                    model = EnsembleSCVI.load(ckpt["folder"], adata=adata, trust=trust)
                     log(f"resuming {ckpt['folder']} after epoch {done}")
                 else:
                     check_training_memory(
@@ -269,7 +267,7 @@ def train_command(
                 target.commit()
                 set_resume_hint(f"training had finished: the model is in {out}")
     except FloatingPointError as err:
-        ckpt = EpochCheckpoint.read(target.stage / "checkpoint")
+        ckpt = EpochCheckpoint.read(stage / "checkpoint")
         kept_ckpt = (
             f"The checkpoint after epoch {ckpt['epochs_done']} is kept: --resume continues "
             "from it, --force starts over."
@@ -280,7 +278,8 @@ def train_command(
     return f"wrote {out} (members {offset}..{offset + k - 1} of {members})"
 
 
-def merge_command(shards: Sequence[Path], out: Path, partial: bool = False) -> str:
+def merge_command(shards: Sequence[Path], out: Path, partial: bool = False, *,
+                  trust: bool = False) -> str:  # fmt: skip
     """Merge shard directories written by ``train --shard`` into one model in ``out``.
 
     Parameters
@@ -291,6 +290,9 @@ def merge_command(shards: Sequence[Path], out: Path, partial: bool = False) -> s
         The merged model's directory (new, empty or written by ``merge``).
     partial
         Allow merging only part of the ensemble's shards.
+    trust
+        Also read shards in scvi-tools' pickled format (an older ensemblevi's): loading
+        them unpickles them, which runs any code the files carry.
 
     Returns
     -------
@@ -316,16 +318,12 @@ def merge_command(shards: Sequence[Path], out: Path, partial: bool = False) -> s
         raise ValueError(f"the shards given hold only part of the {spec['members']}-member "
                          f"ensemble: members {shown} are missing. Give every shard directory, "
                          "or pass --partial to merge only these.")  # fmt: skip
-    target = OutputDirectory(out, "merge")
-    target.claim()
-    with target.locked():
+    with staged_output(out, "merge") as target:
         adata, _ = training_data(spec)
         with quiet_third_party():
-            models = [EnsembleSCVI.load(d, adata=adata) for d in shards]
+            models = [EnsembleSCVI.load(d, adata=adata, trust=trust) for d in shards]
             merged = EnsembleSCVI.merge(models)
-        stage = target.new_stage()
-        merged.save(stage)
-        write_train_record(stage, spec, merged, merged_from=[str(d) for d in shards])
-        target.commit()
+        merged.save(target.stage)
+        write_train_record(target.stage, spec, merged, merged_from=[str(d) for d in shards])
     start, stop = merged.member_range
     return f"wrote {out} (members {start}..{stop - 1} of {spec['members']})"

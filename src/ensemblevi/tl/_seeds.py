@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -11,14 +10,7 @@ import scvi
 from anndata import AnnData
 from scvi.utils import track
 
-from ensemblevi._fingerprint import (
-    RECORD,
-    data_fingerprint,
-    differences,
-    model_record,
-    read_record,
-    write_record,
-)
+from ensemblevi._fingerprint import data_fingerprint, model_record, reuse_problems, save_with_record
 from ensemblevi._seeding import seeded_globally
 from ensemblevi._warnings import quiet_third_party
 
@@ -31,6 +23,8 @@ def seed_ensemble(
     max_epochs: int | None = None,
     train_kwargs: dict[str, Any] | None = None,
     progress: bool = True,
+    *,
+    trust: bool = False,
     **scvi_kwargs: Any,
 ):
     """Train ``n_seeds`` ``scvi.model.SCVI`` models, seed 0 .. n-1, as one deep ensemble.
@@ -57,10 +51,16 @@ def seed_ensemble(
         Passed to ``SCVI.train``.
     progress
         Show a progress bar over the seeds.
+    trust
+        Also reuse a saved seed in scvi-tools' pickled format (``model.save`` of an
+        ``scvi.model.SCVI``, or an ensemblevi before save format 2): loading it unpickles
+        it, which runs any code the file carries. Without it such a seed is trained again;
+        seeds saved here are in ensemblevi's format, which loads without unpickling.
     **scvi_kwargs
         Passed to ``scvi.model.SCVI`` (``n_hidden``, ``n_latent``, ...).
     """
     from ensemblevi.model import EnsembleSCVI
+    from ensemblevi.model._persistence import load_model, save_model
 
     setup_kwargs = dict(setup_kwargs or {})
     scvi.model.SCVI.setup_anndata(adata, **setup_kwargs)
@@ -76,21 +76,15 @@ def seed_ensemble(
             options = {"model": "scvi.model.SCVI", "seed": seed, "max_epochs": max_epochs,
                        "setup_kwargs": setup_kwargs, "train_kwargs": train_kwargs or {},
                        "scvi_kwargs": scvi_kwargs}  # fmt: skip
-            # through JSON so that the comparison sees what the saved record holds
-            record = json.loads(json.dumps(model_record(data, options), default=str))
-            if (path / "model.pt").exists() and not differences(read_record(path), record):
-                models.append(scvi.model.SCVI.load(str(path), adata=adata))
+            record = model_record(data, options)
+            if reuse_problems(path, record, trust=trust) == []:
+                models.append(load_model(scvi.model.SCVI, path, adata, trust=trust))
                 continue
         with seeded_globally(seed), quiet_third_party():
             model = scvi.model.SCVI(adata, **scvi_kwargs)
             model.train(max_epochs=max_epochs, enable_progress_bar=False, **(train_kwargs or {}))
         if path is not None:
-            # the stale record goes first and the new one comes last: a model without a
-            # record is never reused, so a kill in between costs a retraining, not a wrong
-            # reuse; other files in the folder are left alone
-            (path / RECORD).unlink(missing_ok=True)
-            model.save(str(path), overwrite=True)
-            write_record(path, record)
+            save_with_record(path, record, lambda p, m=model: save_model(m, p, overwrite=True))
         models.append(model)
     EnsembleSCVI.setup_anndata(adata, **setup_kwargs)
     return EnsembleSCVI.from_scvi(models, adata=adata)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from ensemblevi._files import write_json
+from ensemblevi._files import contained, write_json
 from ensemblevi.module._hyperparameters import bounds_record
 
 
@@ -176,14 +176,22 @@ class EpochCheckpoint(Callback):
         -------
         The record, with ``"folder"`` the absolute path of the model it points to, or
         ``None`` when there is no record or its model file is gone.
+
+        Raises
+        ------
+        UnsafePathError
+            The record names a folder outside ``path``.
         """
         path = Path(path)
         try:
             record = json.loads((path / cls.RECORD).read_text())
         except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
             return None
-        folder = path / str(record.get("model", ""))
-        if not record.get("model") or not (folder / "model.pt").is_file():
+        if not isinstance(record, dict) or not record.get("model"):
+            return None
+        # the record names a folder: it must lie inside the checkpoint (UnsafePathError)
+        folder = contained(path, record["model"], source=str(path / cls.RECORD))
+        if not (folder / "model.pt").is_file():
             return None
         return {**record, "folder": str(folder)}
 

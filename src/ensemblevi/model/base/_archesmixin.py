@@ -24,7 +24,7 @@ import torch
 from anndata import AnnData
 from scvi.model.base import BaseModelClass
 
-from ensemblevi._compat import SAVE_KEYS, saved_model_file
+from ensemblevi._compat import UntrustedModelError, read_saved_model, saved_model_file
 from ensemblevi.module import EnsembleVAE
 
 from ._refused import REFUSED
@@ -58,13 +58,19 @@ class Reference:
     state_dict: dict[str, torch.Tensor]
 
     @classmethod
-    def read(cls, reference_model: str | os.PathLike | BaseModelClass) -> Reference:
+    def read(cls, reference_model: str | os.PathLike | BaseModelClass, *,
+             trust: bool = False) -> Reference:  # fmt: skip
         """From a trained ensemble model or the folder it was saved to.
 
         Parameters
         ----------
         reference_model
             A trained model of an ensemble class, or a folder given to its ``save``.
+        trust
+            Also read a folder in scvi-tools' pickled format (see
+            :func:`ensemblevi._compat.read_saved_model`): unpickling runs any code the file
+            carries. Without it such a folder is refused; a model loaded with
+            ``Model.load(path, adata, trust=True)`` can be passed instead.
         """
         if isinstance(reference_model, (str, os.PathLike)):
             path = saved_model_file(reference_model)
@@ -73,18 +79,19 @@ class Reference:
                     f"reference_model: no saved model at {path}; pass the folder given to "
                     "model.save() or the trained model itself."
                 )
-            saved = torch.load(path, map_location="cpu", weights_only=False)
-            attrs = saved[SAVE_KEYS.ATTR_DICT_KEY]
+            try:
+                saved = read_saved_model(reference_model, trust=trust)
+            except UntrustedModelError as err:
+                raise UntrustedModelError(
+                    f"reference_model: {err} For a reference you trust, pass the model "
+                    "loaded with Model.load(path, adata, trust=True) as reference_model."
+                ) from err
+            attrs = saved.attrs
             if not attrs.get("is_trained_", False):
                 raise ValueError(f"reference_model: the model saved at {path} is not trained.")
-            state = dict(saved[SAVE_KEYS.MODEL_STATE_DICT_KEY])
+            state = dict(saved.state_dict)
             state.pop("pyro_param_store", None)  # scvi-tools saves it with every model
-            return cls(
-                attrs["registry_"],
-                attrs["init_params_"],
-                pd.Index(np.asarray(saved[SAVE_KEYS.VAR_NAMES_KEY]).astype(str)),
-                state,
-            )
+            return cls(attrs["registry_"], attrs["init_params_"], saved.var_names, state)
         if not isinstance(reference_model, BaseModelClass):
             raise TypeError(
                 "reference_model must be a trained model or the folder it was saved to, not "
