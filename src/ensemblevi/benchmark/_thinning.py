@@ -381,7 +381,8 @@ def pseudo_samples(
     lo, hi = map(float, lfc_range)
     if not 0 <= de_fraction <= 1 or not 0 < lo <= hi or sample_sd < 0:
         raise ValueError(f"need 0 <= de_fraction <= 1, 0 < lfc_range[0] <= lfc_range[1] and "
-                         f"sample_sd >= 0; got {de_fraction}, {lfc_range}, {sample_sd}")  # fmt: skip
+                         f"sample_sd >= 0; got {de_fraction}, {lfc_range}, "
+                         f"{sample_sd}")  # fmt: skip
     split_seq, de_seq, thin_seq = np.random.SeedSequence([seed, 34]).spawn(3)
     rng = np.random.default_rng(split_seq)
     pool = _pool(adata, group_key, group, n_top_genes, min_counts, max_cells, rng)

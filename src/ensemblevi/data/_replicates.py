@@ -150,7 +150,8 @@ def synthetic_replicates(
     obs = pd.DataFrame(
         {
             "sample": pd.Categorical.from_codes(sample, categories=names),
-            "condition": pd.Categorical(np.where(stim, "stim", "ctrl"), categories=["ctrl", "stim"]),
+            "condition": pd.Categorical(np.where(stim, "stim", "ctrl"),
+                                        categories=["ctrl", "stim"]),
             "cell_type": pd.Categorical.from_codes(cell_type, categories=types),
             "size_factor": size_factor.astype(np.float32),
         },

@@ -29,6 +29,7 @@ PyDESeq2 (``~condition`` or ``~sample + condition``), an optional dependency.
 
 from __future__ import annotations
 
+import itertools
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -44,6 +45,8 @@ DEFAULT_SAMPLE_METHOD = "counts"
 DESIGNS = ("auto", "between", "paired")
 #: fewer samples (or pairs) per side than this: measured not calibrated, the code warns
 MIN_CALIBRATED_SAMPLES = 3
+#: (sample, side) units with fewer cells are left out
+MIN_CELLS = 10
 PRIOR_COUNT = 0.5
 #: what the calls describe, by unit of replication (table attrs, uns, CLI, report)
 UNIT_STATEMENT = {
@@ -445,9 +448,8 @@ def member_denoised(model: Any, adata: Any, units: Units, *, n_samples: int = 5,
     rho = np.asarray(rho, dtype=np.float64)  # (K, cells, genes)
     den = rho * lib[None, :, None]
     bounds = np.cumsum([0] + [len(c) for c in groups])
-    sums = np.stack([den[:, a:b].sum(1) for a, b in zip(bounds[:-1], bounds[1:], strict=True)],
-                    axis=1)  # fmt: skip
-    libs = np.array([lib[a:b].sum() for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
+    sums = np.stack([den[:, a:b].sum(1) for a, b in itertools.pairwise(bounds)], axis=1)
+    libs = np.array([lib[a:b].sum() for a, b in itertools.pairwise(bounds)])
     return sums, libs
 
 
