@@ -134,6 +134,9 @@ def prepare_data(
     if batch_key is None and "batch" in adata.obs and adata.obs["batch"].nunique() > 1:
         batch_key = "batch"
     _check_obs(adata, config.labels_key, batch_key)
+    if config.sample_key is not None and config.sample_key not in adata.obs:
+        raise ValueError(f"--sample-key {config.sample_key!r} is not an obs column; the data "
+                         f"has: {list(map(str, adata.obs.columns))}.")  # fmt: skip
     if adata.n_vars > config.n_top_genes:
         wanted = [g for genes in marker_set.values() for g in genes]
         preprocess(adata, n_top_genes=config.n_top_genes, batch_key=batch_key, layer=layer,

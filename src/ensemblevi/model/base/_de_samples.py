@@ -187,6 +187,10 @@ def make_units(samples: np.ndarray, cells1: np.ndarray, cells2: np.ndarray, *,
     if design == "auto":
         design = "paired" if shared else "between"
     dropped: dict[str, int] = {}
+    if design == "paired" and not shared:
+        raise ValueError("design='paired' needs samples with cells on both sides; no sample "
+                         "has both here (each is in one group): use design='between' or "
+                         "'auto'.")  # fmt: skip
     if design == "paired":
         keep = [s for s in shared if len(s1[s]) >= min_cells and len(s2[s]) >= min_cells]
         for s in sorted(set(s1) | set(s2)):
