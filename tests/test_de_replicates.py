@@ -13,7 +13,6 @@ from scipy import special, stats
 import ensemblevi as ev
 from ensemblevi.model.base import _de_samples as S
 
-
 # -- the estimator's core numbers -------------------------------------------------------
 
 
@@ -332,8 +331,9 @@ def test_cli_run_and_de_with_sample_key(tmp_path):
     out = tmp_path / "run"
     runner = CliRunner()
     res = runner.invoke(app, ["run", "--data", str(path), "--labels-key", "condition",
-                              "--sample-key", "sample", "--markers", str(markers), "--epochs", "2", "--members", "2",
-                              "--n-samples", "2", "--out", str(out)])  # fmt: skip
+                              "--sample-key", "sample", "--markers", str(markers),
+                              "--epochs", "2", "--members", "2", "--n-samples", "2",
+                              "--out", str(out)])  # fmt: skip
     assert res.exit_code == 0, res.output
     assert json.loads((out / "run.json").read_text())["config"]["sample_key"] == "sample"
     res = runner.invoke(app, ["de", str(out), "--groupby", "condition", "--group1", "stim",
