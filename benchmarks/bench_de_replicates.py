@@ -196,6 +196,91 @@ def cached(path: Path, fn, *args):
     return rec
 
 
+def _records(out: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+
+
+def _mean_range(values: list[float], pct: bool = False) -> str:
+    if not values:
+        return "-"
+    f = (lambda v: f"{100 * v:.2g}%") if pct else (lambda v: f"{v:.3f}")
+    if len(values) == 1:
+        return f(values[0])
+    return f"{f(float(np.mean(values)))} [{f(min(values))}, {f(max(values))}]"
+
+
+def summarise(out: Path, md: Path | None, fig: Path | None) -> str:
+    """Markdown tables (and a figure) from the saved records."""
+    recs = _records(out)
+    lines = []
+    # null: genes called at a 5% target, per data set
+    rows = {}
+    for r in recs:
+        for key, res in r.items():
+            if not (isinstance(res, dict) and key.startswith("null")):
+                continue
+            if r["kind"] == "between":
+                name = f"simulator, donor sd {r['sd']}, {key.split('=')[1]} vs {key.split('=')[1]}"
+            else:
+                name = f"PBMC pseudo-samples, donor sd {r['sd']}, 4 vs 4"
+            n_genes = 400 if r["kind"] == "between" else None
+            for m, x in res.items():
+                g = n_genes or r.get("n_genes", 1200)
+                rows.setdefault(name, {}).setdefault(m, []).append(x["calls@0.05"] / g)
+    lines += ["| null data set (reps) | " + " | ".join(METHODS) + " |",
+              "|---|" + "---|" * len(METHODS)]
+    for name in sorted(rows):
+        n = max(len(v) for v in rows[name].values())
+        lines.append(f"| {name} ({n}) | " + " | ".join(
+            _mean_range(rows[name].get(m, []), pct=True) for m in METHODS) + " |")
+    # true changes: FDR and TPR at targets, TPR at matched true FDR
+    true = {}
+    for r in recs:
+        for key, res in r.items():
+            if isinstance(res, dict) and key.startswith("true"):
+                k = key.split("=")[1] if "=" in key else "4"
+                kind = r["kind"]
+                true.setdefault((kind, int(k)), []).append(res)
+    lines += ["", "| design, samples per side (reps) | method | true FDR at 5% | 10% | 20% "
+              "| TPR at 5% | TPR at true FDR 5% | 10% | 20% |", "|---|---|" + "---|" * 7]
+    for (kind, k) in sorted(true):
+        group = true[(kind, k)]
+        for m in METHODS:
+            xs = [g[m] for g in group if m in g]
+            if not xs:
+                continue
+            cells = [_mean_range([x[f"fdr@{t:g}"] for x in xs]) for t in TARGETS]
+            cells.append(_mean_range([x["tpr@0.05"] for x in xs]))
+            cells += [_mean_range([x[f"tpr_at_fdr{t:g}"] for x in xs]) for t in TARGETS]
+            lines.append(f"| {kind}, {k} ({len(xs)}) | {m} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    if md is not None:
+        md.write_text(text)
+    if fig is not None and true:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        kinds = sorted({kind for kind, _ in true})
+        f, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.4), squeeze=False)
+        for ax, kind in zip(axes[0], kinds, strict=True):
+            ks = sorted(k for kk, k in true if kk == kind)
+            for m in METHODS:
+                ys = [np.mean([g[m]["tpr_at_fdr0.1"] for g in true[(kind, k)] if m in g] or
+                              [np.nan]) for k in ks]
+                ax.plot(ks, ys, marker="o", label=m)
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(ks, [str(k) for k in ks])
+            ax.set_xlabel("samples per side")
+            ax.set_ylabel("TPR at a true FDR of 10%")
+            ax.set_title(kind)
+        axes[0][0].legend(frameon=False, fontsize=8)
+        f.tight_layout()
+        f.savefig(fig, dpi=120)
+    return text
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--reps", type=int, default=5)
@@ -205,7 +290,13 @@ def main(argv=None) -> None:
     ap.add_argument("--models-all", action="store_true", help="train on the sd 0.2/0.5 nulls")
     ap.add_argument("--only", default="between,paired,null_sd,pbmc")
     ap.add_argument("--out", default="bench_out/de_replicates")
+    ap.add_argument("--summarise", action="store_true", help="only the tables from records")
+    ap.add_argument("--md", default=None, help="write the Markdown tables here")
+    ap.add_argument("--fig", default=None, help="write the TPR-at-matched-FDR figure here")
     args = ap.parse_args(argv)
+    if args.summarise:
+        print(summarise(Path(args.out), args.md and Path(args.md), args.fig and Path(args.fig)))
+        return
     warnings.simplefilter("ignore")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -630,6 +630,13 @@ def _sample_aware(model, adata, groupby, group1, group2, idx1, idx2, sample_key,
                     f"({units.design}); below {_de_samples.MIN_CALIBRATED_SAMPLES} per side "
                     "the test's FDR was not shown to hold (docs/de_replicates.md): treat "
                     "the calls as provisional.", UserWarning, stacklevel=3)  # fmt: skip
+            if method == "ensemble" and units.n_min >= _de_samples.ENSEMBLE_CALIBRATED_BELOW:
+                warnings.warn(
+                    f"DE {comp.name}: method='ensemble' with {units.n_min} samples per side "
+                    "over-called in the benchmarks (the model's denoised pseudobulks carry "
+                    "an error shared by all samples, which more samples do not average "
+                    "away; docs/de_replicates.md): use method='counts' (the default) here.",
+                    UserWarning, stacklevel=3)  # fmt: skip
             table = _de_samples.sample_de(
                 model, adata, counts, comp.cells1, comp.cells2, samples, adata.var_names,
                 method=method, delta=lfc_threshold, fdr_target=fdr_target,

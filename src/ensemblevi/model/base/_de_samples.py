@@ -45,6 +45,8 @@ DEFAULT_SAMPLE_METHOD = "counts"
 DESIGNS = ("auto", "between", "paired")
 #: fewer samples (or pairs) per side than this: measured not calibrated, the code warns
 MIN_CALIBRATED_SAMPLES = 3
+#: method="ensemble" over-called from this many samples per side on (benchmarks): it warns
+ENSEMBLE_CALIBRATED_BELOW = 4
 #: (sample, side) units with fewer cells are left out
 MIN_CELLS = 10
 PRIOR_COUNT = 0.5
