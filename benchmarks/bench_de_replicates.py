@@ -284,6 +284,7 @@ def summarise(out: Path, md: Path | None, fig: Path | None) -> str:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--first-rep", type=int, default=0, help="start here (parallel runs)")
     ap.add_argument("--epochs", type=int, default=25)
     ap.add_argument("--pbmc", default=None, help="pbmc3k.h5ad (PBMC pseudo-samples)")
     ap.add_argument("--pbmc-models", action="store_true", help="train on PBMC sets too")
@@ -301,7 +302,7 @@ def main(argv=None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     only = args.only.split(",")
-    for rep in range(args.reps):
+    for rep in range(args.first_rep, args.reps):
         if "between" in only:
             cached(out / f"between_sd0.3_rep{rep}.json", unit_between, rep, args.epochs, 0.3,
                    True, (2, 3, 4), (2, 3, 4, 8))  # fmt: skip
