@@ -238,10 +238,11 @@ def summarise(out: Path, md: Path | None, fig: Path | None) -> str:
     for r in recs:
         for key, res in r.items():
             if isinstance(res, dict) and key.startswith("true"):
-                k = key.split("=")[1] if "=" in key else "4"
+                # PBMC: 4 vs 4 samples between, 8 pairs paired
+                k = key.split("=")[1] if "=" in key else ("8" if "paired" in r["kind"] else "4")
                 kind = r["kind"]
                 true.setdefault((kind, int(k)), []).append(res)
-    lines += ["", "| design, samples per side (reps) | method | true FDR at 5% | 10% | 20% "
+    lines += ["", "| design, samples per side or pairs (reps) | method | true FDR at 5% | 10% | 20% "
               "| TPR at 5% | TPR at true FDR 5% | 10% | 20% |", "|---|---|" + "---|" * 7]
     for (kind, k) in sorted(true):
         group = true[(kind, k)]
