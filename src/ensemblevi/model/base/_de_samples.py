@@ -82,7 +82,7 @@ def sample_like_columns(obs: pd.DataFrame, cells1: np.ndarray, cells2: np.ndarra
     """
     found = []
     for col in obs.columns:
-        if col in exclude:
+        if col in exclude or str(col).startswith("_"):  # scvi-tools' own registry columns
             continue
         name = str(col).lower()
         values = obs[col]
