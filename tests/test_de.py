@@ -200,3 +200,19 @@ def test_the_three_entry_points_share_one_signature():
     core = params(ensemble_de)
     assert params(ev.tl.differential_expression) == core
     assert params(ev.model.EnsembleSCVI.differential_expression) == core
+
+
+def test_vanilla_store_lfc_is_finite_when_a_side_has_no_expression():
+    from anndata import AnnData
+
+    from ensemblevi.model.base._de_groups import Comparison
+    from ensemblevi.model.base._de_store import store_de
+
+    adata = AnnData(np.zeros((4, 2), dtype=np.float32))
+    table = pd.DataFrame({"bayes_factor": [1.0, -1.0], "proba_m2": [0.1, 0.9],
+                          "scale1": [1e-3, 0.0], "scale2": [0.0, 2e-3]},
+                         index=["g0", "g1"])  # fmt: skip
+    comp = Comparison(np.array([0, 1]), np.array([2, 3]), "A", "B")
+    store_de(adata, [(comp, table)], "v", "cell_type", {"estimand": "scvi_vanilla"})
+    lfc = adata.uns["v"]["logfoldchanges"]["A"]
+    assert np.isfinite(lfc).all() and lfc[0] > 0 > lfc[1]

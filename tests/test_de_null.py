@@ -78,7 +78,8 @@ def test_null_check_passes_a_calibrated_test_and_warns_on_a_tiny_delta(null_mode
     assert "passed" in null["message"]
     # the table's scvi-tools columns are those of the call without the check
     plain = model.differential_expression(delta=0.5, key_added=None, **KW)
-    assert list(plain.columns) == list(t.columns) and not plain.attrs
+    assert list(plain.columns) == list(t.columns) and "null_check" not in plain.attrs
+    assert plain.attrs["inference_unit"] == "cells"  # no samples: the calls describe cells
     np.testing.assert_array_equal(plain["proba_de"], t["proba_de"])
     # a tiny delta: the model's finite-sample differences between the halves clear it, and
     # the check says so (the default counts estimand shrinks them to no change: no warning)

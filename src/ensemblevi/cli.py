@@ -143,6 +143,10 @@ def run(
         bool, typer.Option("--force", help="Replace a different run (or a stale model).")
     ] = False,
     trust_model: TrustOpt = False,
+    sample_key: Annotated[
+        str | None, typer.Option(help="obs column of the biological samples (donors); "
+                                 "recorded for `ensemblevi de` to compare samples.")
+    ] = None,
 ) -> None:
     """The main job: data -> trained ensemble -> marker spread, gene uncertainty, novelty.
 
@@ -161,7 +165,7 @@ def run(
         batch_key=batch_key, labels_key=labels_key, n_top_genes=n_top_genes,
         ensemble=ensemble, members=members, seeds=seeds, markers=markers,
         marker=tuple(marker or ()), epochs=epochs, n_samples=n_samples, seed=seed,
-        resolution=resolution,
+        resolution=resolution, sample_key=sample_key,
     )  # fmt: skip
     t0 = time.perf_counter()
     try:
@@ -219,6 +223,17 @@ def de_command(
     ] = False,
     n_null: Annotated[int, typer.Option(help="Repetitions of the null check.")] = 3,
     trust_model: TrustOpt = False,
+    sample_key: Annotated[
+        str | None, typer.Option(help="obs column of the biological samples: compare samples, "
+                                 "not cells [default: the run's --sample-key].")
+    ] = None,
+    method: Annotated[
+        str | None, typer.Option(help="With samples: counts (default), ensemble or "
+                                 "pseudobulk (PyDESeq2).")
+    ] = None,
+    design: Annotated[
+        str, typer.Option(help="With samples: auto, between or paired.")
+    ] = "auto",
 ) -> None:
     """Ensemble differential expression on a run directory, added to its report.
 
@@ -232,6 +247,10 @@ def de_command(
     where every call is false, and warns when the halves' mean fraction of genes called
     is above 0.5% or one repetition calls above 1%; the counts go to the .json settings,
     uns and the report.
+
+    --sample-key compares samples (donors), not cells: pseudobulks per sample and a
+    moderated t-test on the between-sample variance (docs/de_replicates.md). Without it
+    the calls describe these cells, not the population, and the output says so.
     """
     import warnings
 
@@ -245,7 +264,8 @@ def de_command(
                 run_dir, group1, groupby=groupby, group2=group2, delta=delta, fdr_target=fdr,
                 estimand=estimand, n_samples=n_samples, max_cells=max_cells,
                 batch_correction=batch_correction, seed=seed, null_check=null_check,
-                n_null=n_null, trust=trust_model,
+                n_null=n_null, trust=trust_model, sample_key=sample_key, method=method,
+                design=design,
             )  # fmt: skip
     except (FileNotFoundError, KeyError, ValueError) as err:
         _fail(str(err))
@@ -256,8 +276,12 @@ def de_command(
         warn = res.settings["null_check"]["any_warn"]
         console.print(f"[yellow]- {console_text(null)}[/yellow]" if warn
                       else "- " + console_text(null), soft_wrap=True)  # fmt: skip
-    top = res.table.head(10)[["proba_de", "lfc_median", "lfc_member_std", "call_flips"]]
-    console.print(console_text(top.round(3).to_string()))
+    from ensemblevi.pipeline._report import replicates_text
+
+    console.print("- " + console_text(replicates_text(res.settings)), soft_wrap=True)
+    columns = (["lfc", "lfc_se", "pval", "padj"] if "pval" in res.table
+               else ["proba_de", "lfc_median", "lfc_member_std", "call_flips"])  # fmt: skip
+    console.print(console_text(res.table.head(10)[columns].round(3).to_string()))
     console.print(console_text(f"wrote {', '.join(map(str, res.files))}, updated results.h5ad "
                                f"(uns[{res.key!r}]) and report.html"), soft_wrap=True)
 

@@ -287,6 +287,150 @@ def null_split(
     return _assemble(pool, sp.csr_matrix(pool.X, dtype=np.int64), half, group_key, var, settings)
 
 
+def thin_by_group(counts: sp.spmatrix, cell_group: np.ndarray, keep: np.ndarray,
+                  rng: np.random.Generator) -> sp.csr_matrix:  # fmt: skip
+    """Thin every count by its cell's group and gene: ``x -> Binomial(x, keep[group, g])``.
+
+    The general form of :func:`binomial_thin` (which is ``keep`` with one row per half).
+
+    Parameters
+    ----------
+    counts
+        Cells x genes integer counts.
+    cell_group
+        Per cell: its row of ``keep`` (0 .. n_groups - 1).
+    keep
+        ``(n_groups, n_genes)`` probabilities that a count is kept, in [0, 1].
+    rng
+        Random generator.
+
+    Returns
+    -------
+    The thinned counts (a new CSR matrix, int64, explicit zeros removed).
+    """
+    keep = np.asarray(keep, dtype=np.float64)
+    if keep.min() < 0 or keep.max() > 1:
+        raise ValueError("keep probabilities must lie in [0, 1].")
+    x = sp.csr_matrix(counts, copy=True)
+    x.data = np.asarray(np.rint(x.data), dtype=np.int64)
+    rows = np.repeat(np.arange(x.shape[0]), np.diff(x.indptr))
+    x.data = rng.binomial(x.data, keep[np.asarray(cell_group)[rows], x.indices]).astype(np.int64)
+    x.eliminate_zeros()
+    return x
+
+
+def pseudo_samples(
+    adata: AnnData,
+    *,
+    group_key: str = "cell_type",
+    group: str = "CD4 T cells",
+    n_samples: int = 8,
+    design: str = "between",
+    sample_sd: float = 0.3,
+    de_fraction: float = 0.1,
+    lfc_range: tuple[float, float] = (0.5, 2.0),
+    seed: int = 0,
+    n_top_genes: int | None = 1200,
+    min_counts: int = 3,
+    max_cells: int | None = None,
+) -> AnnData:
+    """Real counts with donor variation and a known truth: one cell type in pseudo-samples.
+
+    The cells of ``group`` are split at random into ``n_samples`` pseudo-samples. Each
+    sample ``s`` gets its own per-gene factor ``f[s, g] = exp(u[s, g])``, ``u ~ N(0,
+    sample_sd^2)``, applied by binomial thinning with keep probability
+    ``f[s, g] / max_s f[s, g]`` (so the log ratio of any two samples' expected counts is
+    exactly ``u[s, g] - u[s', g]``: log-normal donor effects with sd ``sample_sd``).
+    ``design="between"``: half of the samples are ``stim``; ``"paired"``: each sample's
+    cells are split at random into ``ctrl`` and ``stim``. A fraction ``de_fraction`` of the
+    genes changes with ``stim`` by a known log2 change, half up and half down, made by
+    thinning the lower condition by ``2^-|lfc|`` on top of the sample's factor. With
+    ``de_fraction=0`` nothing changes: every call is false.
+
+    Parameters
+    ----------
+    adata
+        Raw counts in ``X`` (e.g. ``pbmc3k.h5ad``).
+    group_key, group
+        ``obs`` column of the cell types and the type that is split.
+    n_samples
+        Pseudo-samples (``"between"``: even, >= 2).
+    design
+        ``"between"`` or ``"paired"``.
+    sample_sd
+        Standard deviation of the per-sample log factors (natural log).
+    de_fraction, lfc_range
+        Fraction of genes changed by ``stim`` and the range of ``|log2 change|``.
+    seed
+        Seed of the subsample, the samples, the factors, the changed genes and the thinning.
+    n_top_genes, min_counts, max_cells
+        As in :func:`thinning_dataset`.
+
+    Returns
+    -------
+    AnnData with thinned counts in ``X`` and ``layers["counts"]``, ``obs["sample"]``,
+    ``obs["condition"]`` (``ctrl``/``stim``), ``obs["cell_type"]`` (the group), the truth
+    ``var["lfc_stim_vs_ctrl"]`` (generating log2 change) and ``var["is_de_stim_vs_ctrl"]``,
+    ``varm["sample_effect"]`` (genes x samples, the log factors ``u``) and the settings in
+    ``uns["thinning"]``.
+    """
+    if design not in ("between", "paired"):
+        raise ValueError(f"design must be 'between' or 'paired', got {design!r}.")
+    if design == "between" and (n_samples < 2 or n_samples % 2):
+        raise ValueError(f"design='between' needs an even n_samples >= 2, got {n_samples}.")
+    lo, hi = map(float, lfc_range)
+    if not 0 <= de_fraction <= 1 or not 0 < lo <= hi or sample_sd < 0:
+        raise ValueError(f"need 0 <= de_fraction <= 1, 0 < lfc_range[0] <= lfc_range[1] and "
+                         f"sample_sd >= 0; got {de_fraction}, {lfc_range}, "
+                         f"{sample_sd}")  # fmt: skip
+    split_seq, de_seq, thin_seq = np.random.SeedSequence([seed, 34]).spawn(3)
+    rng = np.random.default_rng(split_seq)
+    pool = _pool(adata, group_key, group, n_top_genes, min_counts, max_cells, rng)
+    n, g = pool.n_obs, pool.n_vars
+    if n < 4 * n_samples:
+        raise ValueError(f"{n} cells are too few for {n_samples} samples (need >= 4 each).")
+    sample = np.arange(n) % n_samples
+    rng.shuffle(sample)
+    if design == "between":
+        stim_sample = np.zeros(n_samples, dtype=bool)
+        stim_sample[rng.permutation(n_samples)[: n_samples // 2]] = True
+        stim = stim_sample[sample]
+    else:
+        stim = _split(n, rng).astype(bool)
+    de_rng = np.random.default_rng(de_seq)
+    u = de_rng.normal(0.0, sample_sd, (n_samples, g))
+    n_de = round(float(de_fraction) * g)
+    genes = de_rng.choice(g, size=n_de, replace=False)
+    lfc = np.zeros(g)
+    lfc[genes] = np.where(np.arange(n_de) < n_de // 2, 1.0, -1.0) * de_rng.uniform(lo, hi, n_de)
+    # keep[sample, condition, gene]: the sample's factor times the condition's thinning
+    keep_sample = np.exp(u - u.max(axis=0, keepdims=True))
+    keep_cond = np.ones((2, g))
+    keep_cond[0, lfc > 0] = np.exp2(-lfc[lfc > 0])  # up in stim: ctrl is thinned
+    keep_cond[1, lfc < 0] = np.exp2(lfc[lfc < 0])
+    keep = (keep_sample[:, None, :] * keep_cond[None, :, :]).reshape(2 * n_samples, g)
+    counts = thin_by_group(pool.X, 2 * sample + stim, keep, np.random.default_rng(thin_seq))
+    names = [f"s{s}" for s in range(n_samples)]
+    obs = pd.DataFrame(index=pool.obs_names)
+    obs["sample"] = pd.Categorical.from_codes(sample, categories=names)
+    obs["condition"] = pd.Categorical(np.where(stim, "stim", "ctrl"), categories=["ctrl", "stim"])
+    obs["cell_type"] = pd.Categorical([str(group)] * n)
+    var = pd.DataFrame({"lfc_stim_vs_ctrl": lfc, "is_de_stim_vs_ctrl": lfc != 0},
+                       index=pool.var_names)  # fmt: skip
+    out = AnnData(counts.astype(np.float32), obs=obs, var=var)
+    out.layers["counts"] = out.X.copy()
+    out.varm["sample_effect"] = u.T.astype(np.float32)
+    out.uns["thinning"] = {
+        "kind": "pseudo_samples", "group_key": group_key, "group": group,
+        "n_samples": int(n_samples), "design": design, "sample_sd": float(sample_sd),
+        "de_fraction": float(de_fraction), "lfc_range": [lo, hi], "seed": int(seed),
+        "n_top_genes": n_top_genes, "min_counts": min_counts, "max_cells": max_cells,
+        "n_cells": int(n), "n_genes": int(g), "n_de": int(n_de),
+        "truth": "var['lfc_stim_vs_ctrl']: the generating log2 change (by thinning)",
+    }  # fmt: skip
+    return out
+
+
 def load_thinning(name: str, path: str | Path | None, seed: int, delta: float,
                   **kwargs) -> AnnData | None:  # fmt: skip
     """The FDR suite's ``pbmc_thinning`` / ``pbmc_null`` from ``pbmc3k.h5ad``, or None.
@@ -319,4 +463,4 @@ def load_thinning(name: str, path: str | Path | None, seed: int, delta: float,
 
 
 __all__ = ["THINNING_DATASETS", "binomial_thin", "expected_truth", "load_thinning",
-           "null_split", "thinning_dataset"]  # fmt: skip
+           "null_split", "pseudo_samples", "thin_by_group", "thinning_dataset"]  # fmt: skip

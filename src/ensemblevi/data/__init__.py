@@ -3,6 +3,7 @@
 from ._images import check_images, digits, load_images
 from ._io import HEART_FILE, HEART_OBS, heart_cell_atlas, read, write_h5ad_atomic
 from ._preprocess import preprocess
+from ._replicates import synthetic_replicates
 from ._synthetic import DEFAULTS, PRESETS, params_from_uns, resolve_params, synthetic
 from ._validate import (
     CountsReport,
@@ -46,6 +47,7 @@ __all__ = [
     "require_obs_columns",
     "resolve_params",
     "synthetic",
+    "synthetic_replicates",
     "validate_counts",
     "write_h5ad_atomic",
 ]

@@ -60,6 +60,9 @@ class RunConfig:
     resolution
         Leiden resolution of the cluster stability (each member's clusters and the
         consensus).
+    sample_key
+        ``obs`` column of the biological samples (donors); recorded in ``run.json`` and
+        used by ``ensemblevi de`` to compare samples, not cells. ``None``: none.
     """
 
     data: str = "synthetic"
@@ -79,6 +82,7 @@ class RunConfig:
     n_samples: int = 10
     seed: int = 0
     resolution: float = 1.0
+    sample_key: str | None = None
 
     def __post_init__(self) -> None:
         # lists from the CLI become tuples: a frozen config must hash and compare by value
@@ -108,6 +112,8 @@ class RunConfig:
         """The settings as recorded in ``run.json`` (JSON types; ``heart_path`` left out)."""
         out = dataclasses.asdict(self)
         out.pop("heart_path")
+        if out["sample_key"] is None:  # runs recorded before the option compare equal
+            out.pop("sample_key")
         out["marker"] = list(self.marker)
         return out
 

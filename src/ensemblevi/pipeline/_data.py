@@ -199,6 +199,9 @@ def prepare_data(
     check_size(adata, min_cells=MIN_CELLS, min_genes=MIN_GENES, what="the data",
                why=f"a run trains on at least {MIN_GENES} genes (no fewer than the latent "
                f"dimensions) and {MIN_CELLS} cells")  # fmt: skip
+    if config.sample_key is not None and config.sample_key not in adata.obs:
+        raise ValueError(f"--sample-key {config.sample_key!r} is not an obs column; the data "
+                         f"has: {list(map(str, adata.obs.columns))}.")  # fmt: skip
     if adata.n_vars > config.n_top_genes:
         wanted = [g for genes in marker_set.values() for g in genes]
         preprocess(adata, n_top_genes=config.n_top_genes, batch_key=batch_key, layer=layer,

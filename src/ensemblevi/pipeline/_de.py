@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,8 +128,11 @@ def run_de(run_dir: str | Path, group1: str, groupby: str = "cell_type",
     **options
         Passed to ``ensemblevi.tl.differential_expression`` (``delta``, ``fdr_target``,
         ``estimand``, ``n_samples``, ``max_cells``, ``batch_correction``, ``seed``,
-        ``null_check``, ``n_null``, ...). With ``null_check=True`` its summary goes into
-        the settings (``tables/<name>.json``), ``uns`` and the report's DE section.
+        ``null_check``, ``n_null``, ``sample_key``, ``method``, ``design``, ...). With
+        ``null_check=True`` its summary goes into the settings (``tables/<name>.json``),
+        ``uns`` and the report's DE section. ``sample_key`` defaults to the one recorded by
+        ``ensemblevi run --sample-key``; the settings and the report say which unit the
+        calls are about (samples, or these cells) and how many samples each side had.
         The report describes the ensemble's estimands for one pair of groups, so
         ``mode``, ``idx1``/``idx2`` and a list ``group1`` are refused here; call
         ``model.differential_expression`` for those.
@@ -148,6 +152,10 @@ def run_de(run_dir: str | Path, group1: str, groupby: str = "cell_type",
         raise ValueError(f"run_de compares one group1 (a name), got {group1!r}.")
     run_dir = Path(run_dir)
     check_run_dir(run_dir)
+    if options.get("sample_key") is None:  # the run's recorded samples, if any
+        recorded = json.loads((run_dir / "run.json").read_text()).get("config", {})
+        if recorded.get("sample_key") is not None:
+            options["sample_key"] = recorded["sample_key"]
     name = de_name(group1, group2)
     key = DE_KEY + name[3:]
     # every file of the run stays; the DE result's files are added or replaced
@@ -161,9 +169,11 @@ def run_de(run_dir: str | Path, group1: str, groupby: str = "cell_type",
         settings = {**adata.uns[key]["params"], "group1": group1}
         if "null_check" in table.attrs:  # the calibration check on halves of group1
             settings["null_check"] = table.attrs["null_check"]
+        settings.update(_unit_settings(table.attrs))
         stage = out.stage
-        fig = pl.de_volcano(adata, key=key, title=f"{group1} vs {group2 or 'rest'}",
-                            return_fig=True)  # fmt: skip
+        title = f"{group1} vs {group2 or 'rest'}"
+        fig = (_sample_volcano(table, settings, title) if "pval" in table
+               else pl.de_volcano(adata, key=key, title=title, return_fig=True))  # fmt: skip
         written = [write_csv(table, stage / "tables" / f"{name}.csv", index=True),
                    write_json(stage / "tables" / f"{name}.json", settings),
                    *pl.save_figure(fig, stage / "figures" / name)]  # fmt: skip
@@ -172,3 +182,30 @@ def run_de(run_dir: str | Path, group1: str, groupby: str = "cell_type",
     set_resume_hint(None)
     files = [run_dir / p.relative_to(stage) for p in written]
     return DEResult(name, key, table, settings, files)
+
+
+def _unit_settings(attrs: dict) -> dict:
+    """The result's unit of replication for the settings file and the report (JSON)."""
+    out = {k: attrs[k] for k in ("inference_unit", "statement", "sample_key", "method",
+                                 "unused_sample_columns") if k in attrs}  # fmt: skip
+    reps = attrs.get("replicates")
+    if isinstance(reps, list) and reps:
+        out["replicates"] = {k: v for k, v in reps[0].items() if k != "comparison"}
+    return out
+
+
+def _sample_volcano(table: pd.DataFrame, settings: dict, title: str):
+    """LFC against -log10 p of the sample-aware test, calls highlighted."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    called = table[f"is_de_fdr_{settings['fdr_target']:g}"].to_numpy(dtype=bool)
+    y = -np.log10(np.maximum(table["pval"].to_numpy(dtype=float), 1e-300))
+    ax.scatter(table["lfc"][~called], y[~called], s=6, c="0.6", label="not called")
+    ax.scatter(table["lfc"][called], y[called], s=8, c="C3", label="called")
+    ax.set_xlabel("log2 fold change (samples)")
+    ax.set_ylabel("-log10 p")
+    ax.set_title(title)
+    ax.legend(frameon=False)
+    return fig

@@ -121,7 +121,32 @@ def write_report(
 DE_KEY = "ensemblevi_de_"  # uns key prefix of `ensemblevi de` results in a run's AnnData
 DE_COLUMNS = ["gene", "proba_de", "lfc_median", "lfc_q2.5", "lfc_q97.5", "lfc_counts",
               "model_proba_de", "model_lfc_median", "lfc_member_std", "member_calls",
-              "call_flips", "expected_fdr"]  # fmt: skip
+              "call_flips", "expected_fdr", "lfc", "lfc_se", "t", "pval", "padj"]  # fmt: skip
+
+
+def replicates_text(settings: dict) -> str:
+    """What the DE's replicates were: samples per side, or cells (and what that means).
+
+    Parameters
+    ----------
+    settings
+        The result's settings (``tables/de_<name>.json``).
+    """
+    reps = settings.get("replicates")
+    if settings.get("inference_unit") == "samples" and isinstance(reps, dict):
+        text = (f"Replicates: the samples of obs[{settings.get('sample_key')!r}], "
+                f"{reps['n_samples1']} vs {reps['n_samples2']} ({reps['design']} design); "
+                f"{settings['statement']}.")  # fmt: skip
+        if not reps.get("calibrated", True):
+            text += (" Fewer than 3 samples per side: the FDR was not shown to hold here "
+                     "(docs/de_replicates.md).")  # fmt: skip
+        return text
+    text = f"Replicates: none; {settings.get('statement', 'cells are the replicates')}."
+    if settings.get("unused_sample_columns"):
+        text += (" The data has sample-like column(s) "
+                 f"{', '.join(map(repr, settings['unused_sample_columns']))}: rerun with "
+                 "--sample-key to compare samples.")  # fmt: skip
+    return text
 
 
 def _csv(path: Path, index_name: str | None = None) -> pd.DataFrame | None:
@@ -174,13 +199,23 @@ def de_reading(settings: dict, table: pd.DataFrame) -> str:
         The result's table.
     """
     calls = table[f"is_de_fdr_{settings['fdr_target']:g}"].astype(bool)
+    if settings.get("inference_unit") == "samples":
+        reps = settings.get("replicates", {})
+        return (
+            f"Differential expression {settings['group1']} vs {settings['reference']}, "
+            f"comparing samples ({reps.get('n_samples1')} vs {reps.get('n_samples2')}, "
+            f"{reps.get('design')}): {int(calls.sum())} of {len(table):,} genes called at a "
+            f"Benjamini-Hochberg FDR of {100 * settings['fdr_target']:g}%."
+        )
     flips = table["call_flips"].astype(bool)
+    unit = (" These calls treat cells as replicates: they describe these cells, not the "
+            "population they came from." if settings.get("inference_unit") == "cells" else "")
     return (
         f"Differential expression {settings['group1']} vs {settings['reference']}: "
         f"{int(calls.sum())} of {len(table):,} genes change by at least "
         f"{settings['delta']:g} (log2) at a posterior expected FDR of "
         f"{100 * settings['fdr_target']:g}%; for {int(flips.sum())} genes the members "
-        "disagree on the call (some call it, others not): treat those as unsettled."
+        "disagree on the call (some call it, others not): treat those as unsettled." + unit
     )
 
 
@@ -464,11 +499,13 @@ def render_run_report(out: str | os.PathLike, stage: str | os.PathLike | None = 
         call = f"is_de_fdr_{settings['fdr_target']:g}"
         sections.append((f"Differential expression: {settings['group1']} vs "
                          f"{settings['reference']}", [
-            estimand_text(settings),
+            replicates_text(settings),
+            *([] if settings.get("inference_unit") == "samples" else [estimand_text(settings)]),
             *([Alert(null, ok=not settings["null_check"]["any_warn"])] if null else []),
             # the files by name: a group's name is never guessed back from a file name
             f"Files: tables/{name}.csv" + "".join(f", figures/{p.name}" for p in fig(name)),
-            "Top 25 genes by proba_de:",
+            "Top 25 genes by p-value:" if settings.get("inference_unit") == "samples"
+            else "Top 25 genes by proba_de:",
             *fig(name),
             table[[c for c in [*DE_COLUMNS, call] if c in table.columns]].head(25),
         ]))  # fmt: skip

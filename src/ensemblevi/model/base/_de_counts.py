@@ -236,11 +236,14 @@ def fit_scale_mixture(r: np.ndarray, v: np.ndarray, grid: np.ndarray = GRID,
     extra[0] = null_weight - 1.0
     prev = -np.inf
     for _ in range(EM_ITERATIONS):
-        lw = ll + np.log(np.maximum(pi, 1e-300))
+        log_pi = np.log(np.maximum(pi, 1e-300))
+        lw = ll + log_pi
         norm = logsumexp(lw, axis=1, keepdims=True)
+        # the penalised log-likelihood at the current weights: likelihood and penalty at the
+        # same pi (EM raises it every step, so its gain is the stopping rule)
+        objective = float(norm.sum() + extra @ log_pi)
         counts = np.exp(lw - norm).sum(axis=0) + extra
         pi = counts / counts.sum()
-        objective = float(norm.sum() + extra @ np.log(np.maximum(pi, 1e-300)))
         if objective - prev < EM_TOLERANCE * max(1.0, abs(objective)):
             break
         prev = objective

@@ -52,9 +52,18 @@ def store_de(
         },
         "names": rec(None, "U64", lambda t: t.index.to_numpy(dtype=str)),
     }  # fmt: skip
-    if vanilla:
+    if settings["estimand"].startswith("samples_"):
+        # the sample-aware test is frequentist: its own t, LFC, p-values and BH-adjusted ones
+        out["scores"] = rec("t", "float32")
+        out["logfoldchanges"] = rec("lfc", "float32")
+        out["pvals"] = rec("pval", "float64")
+        out["pvals_adj"] = rec("padj", "float64")
+    elif vanilla:
         out["scores"] = rec("bayes_factor", "float32")
-        out["logfoldchanges"] = rec(None, "float32", lambda t: np.log2(t["scale1"] / t["scale2"]))
+        # a scale of 0 (a gene without counts on one side) would give an infinite LFC:
+        # floor both at 1e-12 per unit library, far below any measurable expression
+        out["logfoldchanges"] = rec(None, "float32", lambda t: np.log2(
+            np.maximum(t["scale1"], 1e-12) / np.maximum(t["scale2"], 1e-12)))
         # vanilla tests h1 > h2 with no FDR rule: proba_m2 is the posterior of the other side
         out["pvals"] = out["pvals_adj"] = rec("proba_m2", "float64")
     else:

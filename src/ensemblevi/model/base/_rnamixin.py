@@ -221,6 +221,10 @@ class EnsembleRNASeqMixin(EnsembleMixin, RNASeqMixin):
         progress: bool = True,
         null_check: bool = False,
         n_null: int = 3,
+        sample_key: str | None = None,
+        method: Literal["counts", "ensemble", "pseudobulk"] | None = None,
+        design: Literal["auto", "between", "paired"] = "auto",
+        lfc_threshold: float = 0.0,
         **kwargs: Any,
     ) -> pd.DataFrame:
         """Differential expression with the ensemble posterior, in scvi-tools' call forms.
@@ -246,6 +250,9 @@ class EnsembleRNASeqMixin(EnsembleMixin, RNASeqMixin):
         null_check, n_null
             Check the test on random halves of ``group1`` (no true change) and warn on calls
             there; as in :func:`ensemblevi.model.base.ensemble_de`.
+        sample_key, method, design, lfc_threshold
+            Biological replicates: compare samples, not cells; as in
+            :func:`ensemblevi.model.base.ensemble_de`.
         **kwargs
             scvi-tools' ``get_bayes_factors`` keywords, where they apply (see
             :func:`ensemblevi.model.base.ensemble_de`).
@@ -264,5 +271,7 @@ class EnsembleRNASeqMixin(EnsembleMixin, RNASeqMixin):
             importance_weighting_kwargs=importance_weighting_kwargs,
             estimand=estimand, n_samples=n_samples, max_cells=max_cells,
             pseudocounts=pseudocounts, seed=seed, key_added=key_added,
-            progress=progress, null_check=null_check, n_null=n_null, **kwargs,
+            progress=progress, null_check=null_check, n_null=n_null,
+            sample_key=sample_key, method=method, design=design,
+            lfc_threshold=lfc_threshold, **kwargs,
         )  # fmt: skip

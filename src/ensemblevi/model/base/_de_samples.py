@@ -1,0 +1,639 @@
+"""Differential expression with biological replicates: samples, not cells, are the unit.
+
+Cells of one sample (donor, patient, mouse) share that sample's deviations from the
+population, so a test that treats cells as replicates calls those deviations as changes
+(Squair et al. 2021). With ``sample_key``, :func:`sample_de` compares samples:
+
+1. Each (sample, side) unit with at least ``min_cells`` cells is summarised by its
+   pseudobulk: summed counts ``X_ug`` and summed library ``L_u``, on a log-CPM scale
+   ``y_ug = log2((X_ug + 0.5) / (L_u + 1) * 1e6)`` (voom's transform).
+2. ``method="ensemble"`` replaces ``X_ug`` by each member's denoised counts (the sum over
+   the unit's cells of the member's normalised expression times the cell's library), so
+   there is one ``y`` per member; ``method="counts"`` is the same estimator on the raw
+   counts (the model-free variant, reported beside it).
+3. Design. ``between``: every sample is on one side; the LFC is the difference of the
+   sides' mean ``y`` and its variance ``s^2 (1/n1 + 1/n2)`` with ``s^2`` the pooled
+   between-sample variance (``n1 + n2 - 2`` df). ``paired``: both sides occur in every
+   sample; per sample ``d_s = y_s1 - y_s2``, LFC the mean ``d``, variance ``s^2 / n``
+   (``n - 1`` df).
+4. Empirical Bayes (Smyth 2004, limma-trend): the genes' ``s^2`` are shrunk towards a prior
+   ``s0^2`` that follows the mean log expression, with prior df ``d0`` estimated from the
+   spread of ``log s^2``; the moderated ``t = LFC / sqrt(s_post^2 v + m)`` has ``df + d0``
+   df, where ``m`` (ensemble only) is the variance of the members' LFCs (their
+   disagreement, added as extra variance). ``delta > 0`` tests ``|LFC| > delta``
+   (McCarthy & Smyth 2009's TREAT p-value); then Benjamini-Hochberg.
+
+``method="pseudobulk"`` is the reference the field uses: the same summed counts into
+PyDESeq2 (``~condition`` or ``~sample + condition``), an optional dependency.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import sparse, special, stats
+
+#: the sample-aware methods; the default is chosen in docs/de_replicates.md from measurement
+SAMPLE_METHODS = ("counts", "ensemble", "pseudobulk")
+DEFAULT_SAMPLE_METHOD = "counts"
+DESIGNS = ("auto", "between", "paired")
+#: fewer samples (or pairs) per side than this: measured not calibrated, the code warns
+MIN_CALIBRATED_SAMPLES = 3
+#: method="ensemble" over-called from this many samples per side on (benchmarks): it warns
+ENSEMBLE_CALIBRATED_BELOW = 4
+#: (sample, side) units with fewer cells are left out
+MIN_CELLS = 10
+PRIOR_COUNT = 0.5
+#: what the calls describe, by unit of replication (table attrs, uns, CLI, report)
+UNIT_STATEMENT = {
+    "samples": "the calls compare samples: they describe the population the samples came "
+    "from (between-sample variance is the uncertainty)",
+    "cells": "the calls treat cells as replicates: they describe these cells, not the "
+    "population they came from (no biological replicates were used; pass sample_key= "
+    "with at least 2 samples per side)",
+}
+#: obs column names that look like samples (matched case-insensitively, as whole words)
+SAMPLE_LIKE = ("donor", "sample", "patient", "individual", "orig.ident", "subject",
+               "replicate", "mouse", "animal")  # fmt: skip
+
+
+def sample_like_columns(obs: pd.DataFrame, cells1: np.ndarray, cells2: np.ndarray,
+                        exclude: tuple = ()) -> list[str]:  # fmt: skip
+    """``obs`` columns that look like biological samples among the compared cells.
+
+    A column qualifies when its name contains one of :data:`SAMPLE_LIKE` and it has at
+    least 2 values among the cells, or when it is named ``batch`` (or ``*batch*``) and has
+    several values within each side.
+
+    Parameters
+    ----------
+    obs
+        The AnnData's ``obs``.
+    cells1, cells2
+        Positions of the two sides.
+    exclude
+        Columns not to report (e.g. the groupby column).
+    """
+    found = []
+    for col in obs.columns:
+        if col in exclude or str(col).startswith("_"):  # scvi-tools' own registry columns
+            continue
+        name = str(col).lower()
+        values = obs[col]
+        if values.dtype.kind == "f":  # continuous covariates are not samples
+            continue
+        v1 = values.iloc[cells1].astype(str)
+        v2 = values.iloc[cells2].astype(str)
+        if any(re.search(rf"(^|[^a-z]){re.escape(w)}", name) for w in SAMPLE_LIKE):
+            if pd.concat([v1, v2]).nunique() >= 2 and pd.concat([v1, v2]).nunique() < len(obs):
+                found.append(str(col))
+        elif "batch" in name and v1.nunique() >= 2 and v2.nunique() >= 2:
+            found.append(str(col))
+    return found
+
+
+def warn_unused_samples(obs: pd.DataFrame, cells1: np.ndarray, cells2: np.ndarray,
+                        exclude: tuple = ()) -> list[str]:  # fmt: skip
+    """Warn, naming the columns, when the data has sample-like columns that DE ignores.
+
+    Parameters
+    ----------
+    obs, cells1, cells2, exclude
+        As :func:`sample_like_columns`.
+
+    Returns
+    -------
+    The columns warned about.
+    """
+    cols = sample_like_columns(obs, cells1, cells2, exclude)
+    if cols:
+        warnings.warn(
+            f"DE without samples: obs has {', '.join(repr(c) for c in cols)}, which look(s) "
+            "like biological samples (donors), but the test treats cells as replicates, so "
+            "its calls describe these cells, not the population, and sample-to-sample "
+            f"differences are called as changes. Pass sample_key={cols[0]!r} (CLI: "
+            f"--sample-key {cols[0]}) to compare samples.",
+            UserWarning, stacklevel=3,
+        )  # fmt: skip
+    return cols
+
+
+@dataclass
+class Units:
+    """The (sample, side) units of a sample-aware comparison.
+
+    Parameters
+    ----------
+    design
+        ``"between"`` or ``"paired"``.
+    samples1, samples2
+        Sample names of the units on each side (``paired``: the same names, in order).
+    cells1, cells2
+        Per unit: the cell positions.
+    dropped
+        ``{sample: n_cells}`` of units dropped for having fewer than ``min_cells`` cells
+        (and, paired, samples left without a partner).
+    """
+
+    design: str
+    samples1: list[str]
+    samples2: list[str]
+    cells1: list[np.ndarray]
+    cells2: list[np.ndarray]
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def n1(self) -> int:
+        return len(self.samples1)
+
+    @property
+    def n2(self) -> int:
+        return len(self.samples2)
+
+    @property
+    def n_min(self) -> int:
+        """Replicates per side: pairs (paired) or the smaller side (between)."""
+        return self.n1 if self.design == "paired" else min(self.n1, self.n2)
+
+
+def make_units(samples: np.ndarray, cells1: np.ndarray, cells2: np.ndarray, *,
+               design: str = "auto", min_cells: int = 10) -> Units:  # fmt: skip
+    """Group the two sides' cells by sample and decide the design.
+
+    ``auto``: ``paired`` when some samples have cells on both sides (those with at least
+    ``min_cells`` on each are the pairs; the others are dropped, with a warning), else
+    ``between``.
+
+    Parameters
+    ----------
+    samples
+        Per cell of the AnnData: its sample (strings).
+    cells1, cells2
+        Positions of the two sides.
+    design
+        ``"auto"``, ``"between"`` or ``"paired"``.
+    min_cells
+        Units with fewer cells are dropped.
+    """
+    if design not in DESIGNS:
+        raise ValueError(f"design must be one of {DESIGNS}, got {design!r}.")
+    s1 = pd.Series(cells1).groupby(samples[cells1], sort=True).apply(np.asarray).to_dict()
+    s2 = pd.Series(cells2).groupby(samples[cells2], sort=True).apply(np.asarray).to_dict()
+    shared = sorted(set(s1) & set(s2))
+    if design == "auto":
+        design = "paired" if shared else "between"
+    dropped: dict[str, int] = {}
+    if design == "paired" and not shared:
+        raise ValueError("design='paired' needs samples with cells on both sides; no sample "
+                         "has both here (each is in one group): use design='between' or "
+                         "'auto'.")  # fmt: skip
+    if design == "paired":
+        keep = [s for s in shared if len(s1[s]) >= min_cells and len(s2[s]) >= min_cells]
+        for s in sorted(set(s1) | set(s2)):
+            if s not in keep:
+                dropped[s] = len(s1.get(s, ())) + len(s2.get(s, ()))
+        return Units("paired", keep, keep, [s1[s] for s in keep], [s2[s] for s in keep],
+                     dropped)  # fmt: skip
+    if shared:
+        raise ValueError(
+            f"design='between' needs each sample on one side, but {len(shared)} sample(s) "
+            f"have cells on both (e.g. {shared[0]!r}); use design='paired' (or 'auto')."
+        )
+    k1 = [s for s in s1 if len(s1[s]) >= min_cells]
+    k2 = [s for s in s2 if len(s2[s]) >= min_cells]
+    dropped = {s: len(c) for d, k in ((s1, k1), (s2, k2)) for s, c in d.items() if s not in k}
+    return Units("between", k1, k2, [s1[s] for s in k1], [s2[s] for s in k2], dropped)
+
+
+def log_cpm(counts: np.ndarray, library: np.ndarray, prior_count: float = PRIOR_COUNT
+            ) -> np.ndarray:  # fmt: skip
+    """voom's ``log2((x + prior) / (L + 2 prior) * 1e6)`` of pseudobulk counts.
+
+    Parameters
+    ----------
+    counts
+        ``(..., units, genes)`` summed (or denoised) counts.
+    library
+        ``(..., units)`` summed library sizes.
+    prior_count
+        Added to every count (and twice to the library).
+    """
+    return np.log2((counts + prior_count) / (library[..., None] + 2 * prior_count) * 1e6)
+
+
+def pseudobulk(counts: Any, groups: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Summed counts ``(units, genes)`` and libraries ``(units,)`` of cell groups.
+
+    Parameters
+    ----------
+    counts
+        Cells x genes counts (dense or sparse).
+    groups
+        Per unit: cell positions.
+    """
+    x = sparse.csr_matrix(counts)
+    sums = np.stack([np.asarray(x[c].sum(axis=0), dtype=np.float64).ravel() for c in groups])
+    return sums, sums.sum(axis=1)
+
+
+def effective_library(sums: np.ndarray, libs: np.ndarray) -> np.ndarray:
+    """Libraries corrected for composition by the median-of-ratios rule (DESeq2's, TMM's aim).
+
+    When some genes change a lot, the others' share of the library moves with them; the
+    median over genes (expressed in every unit) of a unit's ratio to the genes' geometric
+    mean is that shift. ``sums`` may carry a leading member axis.
+
+    Parameters
+    ----------
+    sums
+        ``(..., units, genes)`` pseudobulk counts.
+    libs
+        ``(..., units)`` summed libraries.
+    """
+    with np.errstate(divide="ignore"):
+        logp = np.log(sums) - np.log(libs[..., None])
+    ok = np.all(np.isfinite(logp), axis=tuple(range(logp.ndim - 1)))
+    if ok.sum() < 10:  # too few genes seen everywhere: keep the plain libraries
+        return libs
+    ratio = logp[..., ok] - logp[..., ok].mean(-2, keepdims=True)
+    nf = np.median(ratio, axis=-1)
+    nf = nf - nf.mean(-1, keepdims=True)
+    return libs * np.exp(nf)
+
+
+def trigamma_inverse(x: np.ndarray) -> np.ndarray:
+    """Solve ``trigamma(y) = x`` for ``y`` (Newton, as limma's ``trigammaInverse``).
+
+    Parameters
+    ----------
+    x
+        Positive values.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.where(x > 1e7, 1.0 / np.sqrt(np.maximum(x, 1e-300)), 0.5 + 1.0 / x)
+    big = x < 1e-6
+    for _ in range(50):
+        tri = special.polygamma(1, y)
+        dif = tri * (1.0 - tri / x) / special.polygamma(2, y)
+        y = y + dif
+        if np.all(-dif / y < 1e-8):
+            break
+    return np.where(big, 1.0 / x, y)
+
+
+def _smooth(x: np.ndarray, e: np.ndarray, n_bins: int) -> np.ndarray:
+    """A running-mean trend of ``e`` on ``x``: quantile-bin means, linearly interpolated."""
+    if n_bins <= 1:
+        return np.full_like(e, e.mean())
+    edges = np.quantile(x, np.linspace(0, 1, n_bins + 1))
+    which = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, n_bins - 1)
+    centres = np.array([x[which == b].mean() for b in range(n_bins) if np.any(which == b)])
+    means = np.array([e[which == b].mean() for b in range(n_bins) if np.any(which == b)])
+    return np.interp(x, centres, means)
+
+
+def fit_f_dist(s2: np.ndarray, df: float, covariate: np.ndarray | None = None
+               ) -> tuple[float, np.ndarray]:  # fmt: skip
+    """Prior df ``d0`` and prior variance ``s0^2`` of the genes' variances (Smyth 2004).
+
+    ``s2 / s0^2 ~ F(df, d0)``: moments of ``log s2`` give both. With ``covariate`` (the
+    mean log expression), the prior variance follows it (limma-trend), fitted as a
+    quantile-bin trend of ``log s2``.
+
+    Parameters
+    ----------
+    s2
+        Per gene residual variance (``> 0``).
+    df
+        Their residual degrees of freedom.
+    covariate
+        Per gene covariate of the prior variance, or ``None`` (one prior).
+
+    Returns
+    -------
+    ``d0`` (``inf`` when the variances are no more spread than sampling allows) and
+    ``s0^2`` per gene.
+    """
+    s2 = np.maximum(np.asarray(s2, dtype=np.float64), 1e-12)
+    g = s2.size
+    e = np.log(s2) - special.digamma(df / 2) + np.log(df / 2)
+    n_bins = 0 if covariate is None else int(min(10, g // 50))
+    emean = np.full(g, e.mean()) if n_bins <= 1 else _smooth(np.asarray(covariate), e, n_bins)
+    n_par = 1 if n_bins <= 1 else n_bins
+    evar = np.sum((e - emean) ** 2) / max(g - n_par, 1) - special.polygamma(1, df / 2)
+    if evar <= 0:
+        return float("inf"), np.exp(emean)
+    d0 = float(2 * trigamma_inverse(np.array(evar)))
+    return d0, np.exp(emean + special.digamma(d0 / 2) - np.log(d0 / 2))
+
+
+def moderated_test(lfc: np.ndarray, s2: np.ndarray, df: float, v: float, *,
+                   extra_var: np.ndarray | float = 0.0, prior: bool = True,
+                   covariate: np.ndarray | None = None, delta: float = 0.0) -> dict:  # fmt: skip
+    """The moderated t-test of ``lfc`` (module docstring, step 4).
+
+    Parameters
+    ----------
+    lfc
+        Per gene estimate.
+    s2
+        Per gene residual variance, ``df`` degrees of freedom.
+    df
+        Residual degrees of freedom.
+    v
+        Unscaled variance of ``lfc`` (``1/n1 + 1/n2`` or ``1/n``).
+    extra_var
+        Added to ``lfc``'s variance after moderation (the members' disagreement).
+    prior
+        Shrink ``s2`` by empirical Bayes; ``False``: the ordinary t-test.
+    covariate
+        Per gene covariate of the prior (mean log expression), or ``None``.
+    delta
+        Test ``|lfc| > delta`` (TREAT) instead of ``lfc != 0``.
+
+    Returns
+    -------
+    ``lfc``, ``se``, ``t``, ``df`` (per gene), ``pval``, ``s2_post``, ``d0``.
+    """
+    lfc = np.asarray(lfc, dtype=np.float64)
+    s2 = np.asarray(s2, dtype=np.float64)
+    if prior:
+        d0, s0sq = fit_f_dist(s2, df, covariate)
+        # limma caps the total df at the pooled residual df of all genes
+        d0 = min(d0, df * (s2.size - 1))
+        s2_post = (d0 * s0sq + df * s2) / (d0 + df)
+    else:
+        d0, s2_post = 0.0, s2
+    se = np.sqrt(s2_post * v + extra_var)
+    df_total = np.full(lfc.shape, df + d0)
+    t = lfc / se
+    if delta > 0:
+        a = np.abs(lfc)
+        pval = stats.t.sf((a - delta) / se, df_total) + stats.t.sf((a + delta) / se, df_total)
+    else:
+        pval = 2 * stats.t.sf(np.abs(t), df_total)
+    return {"lfc": lfc, "se": se, "t": t, "df": df_total, "pval": np.minimum(pval, 1.0),
+            "s2_post": s2_post, "d0": d0}  # fmt: skip
+
+
+def bh(p: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values.
+
+    Parameters
+    ----------
+    p
+        P-values.
+    """
+    p = np.asarray(p, dtype=np.float64)
+    n = p.size
+    order = np.argsort(p)
+    adj = p[order] * n / np.arange(1, n + 1)
+    adj = np.minimum.accumulate(adj[::-1])[::-1]
+    out = np.empty(n)
+    out[order] = np.minimum(adj, 1.0)
+    return out
+
+
+def design_stats(y1: np.ndarray, y2: np.ndarray, design: str
+                 ) -> tuple[np.ndarray, np.ndarray, float, float]:  # fmt: skip
+    """LFC, residual variance, df and unscaled variance of ``(..., units, genes)`` log values.
+
+    Parameters
+    ----------
+    y1, y2
+        Log expression of the units of each side (``paired``: row ``i`` of both is sample
+        ``i``); leading axes (members) are kept.
+    design
+        ``"between"`` or ``"paired"``.
+    """
+    if design == "paired":
+        d = y1 - y2
+        n = d.shape[-2]
+        return d.mean(-2), d.var(-2, ddof=1), float(n - 1), 1.0 / n
+    n1, n2 = y1.shape[-2], y2.shape[-2]
+    ss = ((y1 - y1.mean(-2, keepdims=True)) ** 2).sum(-2)
+    ss = ss + ((y2 - y2.mean(-2, keepdims=True)) ** 2).sum(-2)
+    df = float(n1 + n2 - 2)
+    return y1.mean(-2) - y2.mean(-2), ss / df, df, 1.0 / n1 + 1.0 / n2
+
+
+def member_denoised(model: Any, adata: Any, units: Units, *, n_samples: int = 5,
+                    batch_size: int | None = None, seed: int = 0,
+                    counts: Any = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Each member's denoised pseudobulk counts ``(K, units, genes)`` and the libraries.
+
+    A cell's denoised counts are the member's normalised expression (mean of ``n_samples``
+    latent draws) times the cell's observed library; a unit's are their sum.
+
+    Parameters
+    ----------
+    model
+        A trained ensemble.
+    adata
+        The AnnData of the cells.
+    units
+        The comparison's units; their cells are sides 1 then 2.
+    n_samples, batch_size, seed
+        Latent draws per cell, minibatch size, seed.
+    counts
+        The registered counts (cells x genes) of ``adata``.
+    """
+    groups = units.cells1 + units.cells2
+    allc = np.concatenate(groups)
+    lib = np.asarray(sparse.csr_matrix(counts)[allc].sum(axis=1), dtype=np.float64).ravel()
+    rho = model.get_normalized_expression(
+        adata, indices=allc, n_samples=n_samples, return_mean=True, return_members=True,
+        library_size=1, batch_size=batch_size, seed=seed,
+    )  # fmt: skip
+    rho = np.asarray(rho, dtype=np.float64)  # (K, cells, genes)
+    den = rho * lib[None, :, None]
+    bounds = np.cumsum([0] + [len(c) for c in groups])
+    sums = np.stack([den[:, a:b].sum(1) for a, b in itertools.pairwise(bounds)], axis=1)
+    libs = np.array([lib[a:b].sum() for a, b in itertools.pairwise(bounds)])
+    return sums, libs
+
+
+def sample_test(sums: np.ndarray, libs: np.ndarray, n1: int, design: str, *,
+                delta: float = 0.0, prior: bool = True, prior_count: float = PRIOR_COUNT
+                ) -> dict:  # fmt: skip
+    """The moderated test from pseudobulk counts: ``(units, G)`` or ``(K, units, G)``.
+
+    With a leading member axis the members' LFCs are averaged, their residual variances
+    averaged, and the variance of their LFCs added as extra variance.
+
+    Parameters
+    ----------
+    sums
+        Pseudobulk counts, units of side 1 first (``n1`` of them), then side 2.
+    libs
+        Their libraries ``(units,)``.
+    n1
+        Units of side 1.
+    design
+        ``"between"`` or ``"paired"``.
+    delta, prior
+        As :func:`moderated_test`.
+    prior_count
+        As :func:`log_cpm`.
+    """
+    y = log_cpm(sums, effective_library(sums, libs), prior_count)
+    lfc, s2, df, v = design_stats(y[..., :n1, :], y[..., n1:, :], design)
+    extra: np.ndarray | float = 0.0
+    mean_y = y.mean(-2)
+    if y.ndim == 3:
+        extra = lfc.var(0, ddof=1) if lfc.shape[0] > 1 else 0.0
+        member_std = np.sqrt(extra) if lfc.shape[0] > 1 else np.zeros(lfc.shape[-1])
+        lfc, s2, mean_y = lfc.mean(0), s2.mean(0), mean_y.mean(0)
+    else:
+        member_std = None
+    res = moderated_test(lfc, s2, df, v, extra_var=extra, prior=prior, covariate=mean_y,
+                         delta=delta)  # fmt: skip
+    res["mean_log_cpm"] = mean_y
+    res["member_std"] = member_std
+    return res
+
+
+def pydeseq2_test(sums: np.ndarray, units: Units, *, seed: int = 0) -> dict:
+    """Pseudobulk PyDESeq2: ``~condition`` (between) or ``~sample + condition`` (paired).
+
+    Parameters
+    ----------
+    sums
+        Summed counts of the units (side 1 first).
+    units
+        The comparison's units.
+    seed
+        Unused by PyDESeq2's fit; kept for a uniform call.
+    """
+    try:
+        from pydeseq2.dds import DeseqDataSet
+        from pydeseq2.ds import DeseqStats
+    except ImportError as err:  # optional dependency
+        raise ImportError(
+            "method='pseudobulk' needs PyDESeq2: pip install 'ensemblevi[pseudobulk]' (or "
+            "pip install pydeseq2), or use method='counts' (no extra dependency)."
+        ) from err
+    names = [f"u{i}" for i in range(sums.shape[0])]
+    meta = pd.DataFrame(
+        {"condition": ["g1"] * units.n1 + ["g2"] * units.n2,
+         "sample": [f"s_{s}" for s in units.samples1 + units.samples2]}, index=names)
+    counts = pd.DataFrame(np.rint(sums).astype(np.int64), index=names,
+                          columns=[f"g{j}" for j in range(sums.shape[1])])  # fmt: skip
+    design = "~sample + condition" if units.design == "paired" else "~condition"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dds = DeseqDataSet(counts=counts, metadata=meta, design=design, quiet=True, n_cpus=1)
+        dds.deseq2()
+        ds = DeseqStats(dds, contrast=["condition", "g1", "g2"], quiet=True, n_cpus=1)
+        ds.summary()
+    r = ds.results_df
+    pval = r["pvalue"].to_numpy(dtype=np.float64)
+    padj = r["padj"].to_numpy(dtype=np.float64)
+    return {"lfc": r["log2FoldChange"].to_numpy(dtype=np.float64),
+            "se": r["lfcSE"].to_numpy(dtype=np.float64), "t": r["stat"].to_numpy(np.float64),
+            "pval": np.where(np.isfinite(pval), pval, 1.0),
+            "padj": np.where(np.isfinite(padj), padj, 1.0)}  # fmt: skip
+
+
+def sample_de(model: Any, adata: Any, counts: Any, cells1: np.ndarray, cells2: np.ndarray,
+              samples: np.ndarray, var_names: Any, *, method: str = DEFAULT_SAMPLE_METHOD,
+              design: str = "auto", delta: float = 0.0, fdr_target: float = 0.05,
+              min_cells: int = 10, n_samples: int = 5, batch_size: int | None = None,
+              seed: int = 0, units: Units | None = None) -> pd.DataFrame:  # fmt: skip
+    """One sample-aware comparison: the table (module docstring).
+
+    Parameters
+    ----------
+    model
+        The ensemble (``method="ensemble"`` only).
+    adata
+        Its AnnData.
+    counts
+        The registered counts of ``adata``.
+    cells1, cells2
+        Positions of the two sides.
+    samples
+        Per cell of ``adata``: its sample.
+    var_names
+        Gene names.
+    method
+        One of :data:`SAMPLE_METHODS`.
+    design
+        One of :data:`DESIGNS`.
+    delta
+        Smallest |LFC| (log2) tested (TREAT); 0 tests any change. PyDESeq2 tests any change.
+    fdr_target
+        Benjamini-Hochberg target of ``is_de_fdr_<target>``.
+    min_cells
+        Units with fewer cells are dropped.
+    n_samples, batch_size, seed
+        Latent draws per cell, minibatch size and seed of the ensemble's denoising.
+    units
+        Precomputed units (else made from the rest).
+
+    Returns
+    -------
+    Per gene, sorted by p-value: ``lfc``, ``lfc_se``, ``t``, ``df``, ``pval``, ``padj``,
+    ``is_de_fdr_<target>``, ``mean_log_cpm``, ``lfc_member_std`` (ensemble), ``n_samples1``,
+    ``n_samples2``, ``design``, ``inference_unit`` (``"samples"``); its ``attrs`` hold the
+    units.
+    """
+    if method not in SAMPLE_METHODS:
+        raise ValueError(f"method must be one of {SAMPLE_METHODS}, got {method!r}.")
+    if units is None:
+        units = make_units(np.asarray(samples).astype(str), cells1, cells2, design=design,
+                           min_cells=min_cells)  # fmt: skip
+    groups = units.cells1 + units.cells2
+    sums, libs = pseudobulk(counts, groups)
+    if method == "pseudobulk":
+        res = pydeseq2_test(sums, units, seed=seed)
+        mean_y = log_cpm(sums, libs).mean(0)
+        member_std = None
+        df = np.full(sums.shape[1], np.nan)
+    else:
+        if method == "ensemble":
+            sums_m, libs_m = member_denoised(model, adata, units, n_samples=n_samples,
+                                             batch_size=batch_size, seed=seed, counts=counts)
+            res = sample_test(sums_m, libs_m, units.n1, units.design, delta=delta)
+        else:
+            res = sample_test(sums, libs, units.n1, units.design, delta=delta)
+        res["padj"] = bh(res["pval"])
+        mean_y, member_std, df = res["mean_log_cpm"], res["member_std"], res["df"]
+    table = pd.DataFrame(
+        {"lfc": res["lfc"], "lfc_se": res["se"], "t": res["t"], "df": df,
+         "pval": res["pval"], "padj": res["padj"],
+         f"is_de_fdr_{fdr_target:g}": res["padj"] <= fdr_target,
+         "mean_log_cpm": mean_y},
+        index=pd.Index(np.asarray(var_names, dtype=str), name="gene"),
+    )  # fmt: skip
+    if member_std is not None:
+        table["lfc_member_std"] = member_std
+    table["n_samples1"], table["n_samples2"] = units.n1, units.n2
+    table["design"], table["inference_unit"] = units.design, "samples"
+    table = table.iloc[np.lexsort((-np.abs(table["lfc"].to_numpy()), table["pval"].to_numpy()))]
+    return table
+
+
+def describe_units(units: Units) -> dict:
+    """What the replicates were, for ``uns``, the settings and the report.
+
+    Parameters
+    ----------
+    units
+        The comparison's units.
+    """
+    return {"design": units.design, "n_samples1": units.n1, "n_samples2": units.n2,
+            "samples1": list(units.samples1), "samples2": list(units.samples2),
+            "dropped_samples": {str(k): int(v) for k, v in units.dropped.items()},
+            "calibrated": units.n_min >= MIN_CALIBRATED_SAMPLES}  # fmt: skip
+
+
+__all__ = ["DEFAULT_SAMPLE_METHOD", "DESIGNS", "SAMPLE_METHODS", "UNIT_STATEMENT", "Units",
+           "bh", "describe_units", "fit_f_dist", "make_units", "moderated_test", "sample_de",
+           "sample_like_columns", "warn_unused_samples"]  # fmt: skip
