@@ -7,6 +7,7 @@ from ._group_novelty import group_novelty
 from ._labels import label_calibration, label_uncertainty
 from ._markers import MARKER_SETS, check_markers, load_markers, parse_marker_options
 from ._novelty import cell_novelty
+from ._novelty_rule import sample_split
 from ._seeds import seed_ensemble
 from ._spread import expression_spread, gene_uncertainty, point_density
 from ._stability import cluster_stability, marker_stability, neighbourhood_stability
@@ -33,6 +34,7 @@ __all__ = [
     "neighbourhood_stability",
     "parse_marker_options",
     "point_density",
+    "sample_split",
     "seed_ensemble",
     "summarise_lfc",
     "umap",
