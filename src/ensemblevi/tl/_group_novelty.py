@@ -356,7 +356,7 @@ def _cell_flags(adata: AnnData, stored: dict, ref: NoveltyReference, own: bool,
         return values > threshold
     flags = np.zeros(adata.n_obs, dtype=bool)  # training cells are never tested
     held_out, _ = cross_fit_flags(cal, cell_alpha, int(stored.get("seed", 0)),
-                                  ref.calibration_samples)  # fmt: skip
+                                  ref.fold_samples)  # fmt: skip
     flags[ref.calibration] = held_out
     return flags
 

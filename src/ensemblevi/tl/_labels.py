@@ -46,7 +46,7 @@ def _calibration_cells(model, calibration, sample_key: str | None = None
         if not keep.any():
             raise ValueError("The held-out samples hold no labelled cell to calibrate the "
                              "unknown rule on; pass calibration= or threshold=.")  # fmt: skip
-        groups = None if ref.calibration_samples is None else ref.calibration_samples[keep]
+        groups = None if ref.fold_samples is None else ref.fold_samples[keep]
         about = {**ref.describe(), "n_calibration_cells": int(keep.sum())}
         if groups is not None:
             about["n_calibration_samples"] = len(set(groups))

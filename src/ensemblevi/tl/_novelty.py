@@ -208,7 +208,7 @@ def flag_novel_cells(
     for name in SCORES:
         values = calib[name].to_numpy(dtype=np.float64)
         threshold, _ = conformal_threshold(values, alpha)
-        held_out, how = cross_fit_flags(values, alpha, seed, ref.calibration_samples)
+        held_out, how = cross_fit_flags(values, alpha, seed, ref.fold_samples)
         info["fpr_measured_on"] = how["fpr_measured_on"]
         flags = tested & (scores[name].to_numpy() > threshold)
         if own:  # a validation cell is tested against the other half's threshold

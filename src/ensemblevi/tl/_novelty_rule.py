@@ -65,6 +65,13 @@ class NoveltyReference:
     calibration_samples: np.ndarray | None = None
     sample_key: str | None = None
 
+    @property
+    def fold_samples(self) -> np.ndarray | None:
+        """Sample per calibration cell where the rate is measured across samples (unseen
+        samples: each against a threshold from the others), else ``None`` (halves of the
+        cells: the calibration cells are new cells of the training samples)."""
+        return self.calibration_samples if self.kind == UNSEEN_SAMPLES else None
+
     def describe(self) -> dict:
         """What the calibration is, for ``uns``: its kind, cells, samples, and for which new
         cells its false-positive rate holds."""
