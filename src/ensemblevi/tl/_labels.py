@@ -3,6 +3,7 @@ calibrated "unknown" rule, and the calibration of the predicted probabilities.""
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import numpy as np
@@ -224,6 +225,13 @@ def label_uncertainty(
                      sample_key=sample_key, calibration=calibration or "auto")  # fmt: skip
         nov = adata.uns[key_added]["cell_novelty"]
         unknown = adata.obs[f"{key_added}_is_novel"].to_numpy().astype(bool)
+        untested = int(adata.n_obs - nov["n_tested"])
+        if untested:
+            # scANVI trains on unlabelled cells too: those are never tested by this score
+            warnings.warn(f"{untested:,} cells were trained on and are never called unknown by "
+                          "score='novelty_knn' (its scores are biased on them); use "
+                          "score='entropy' for cells the model trained on.", stacklevel=2)
+        info["n_untested"] = untested
         info.update(n_calibration=len(nov["calibration_cells"]), exact=True,
                     calibration_fpr=float(nov["novelty_knn_fpr_heldout"]),
                     fpr_measured_on=nov["fpr_measured_on"],
