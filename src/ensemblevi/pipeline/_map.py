@@ -227,6 +227,14 @@ def run_map(run_dir: str | Path, query: str | Path, out: str | Path, *,
             raise ValueError(f"{option} {column!r} is not a column of the query's obs "
                              f"({', '.join(map(str, raw.obs.columns[:8])) or 'none'}); name "
                              "one, or leave the option out.")  # fmt: skip
+    if sample_key is not None:  # refused before anything is written
+        backed = anndata.read_h5ad(run_dir / "results.h5ad", backed="r")
+        columns = list(backed.obs.columns)
+        backed.file.close()
+        if sample_key not in columns:
+            raise ValueError(f"--sample-key {sample_key!r} is not a column of the run's cells "
+                             f"(results.h5ad obs: {', '.join(map(str, columns[:8]))}); name the "
+                             "reference's column of samples.")  # fmt: skip
     dest = OutputDirectory(out_path, "map").claim()
     if dest.files and not force:
         raise FileExistsError(f"{out_path} holds an earlier `ensemblevi map`; pass --force to "
@@ -239,9 +247,6 @@ def run_map(run_dir: str | Path, query: str | Path, out: str | Path, *,
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             reference = EnsembleSCVI.load(run_dir / "model", adata=ref_adata)
-        if sample_key is not None and sample_key not in ref_adata.obs:
-            raise ValueError(f"--sample-key {sample_key!r} is not a column of the run's cells "
-                             "(results.h5ad obs); name the reference's column of samples.")
         val = getattr(reference, "validation_indices", None)
         n_val = 0 if val is None else len(val)
         if n_val < MIN_VALIDATION_CELLS:
