@@ -134,7 +134,7 @@ def test_a_query_model_is_calibrated_on_its_reference(novelty_model, tmp_path):
     assert scores["novelty_tested"].all()  # no query cell was trained on by the reference
     # the threshold is the conformal quantile of the reference's validation cells' scores
     cal = np.sort(info["calibration_scores"]["novelty_knn"])
-    rank = int(np.ceil((len(cal) + 1) * 0.99))
+    rank = int(np.ceil((len(cal) + 1) * (1 - info["alpha"])))  # default alpha: 5%
     assert info["novelty_knn_threshold"] == pytest.approx(cal[min(rank, len(cal)) - 1])
     np.testing.assert_array_equal(
         scores["is_novel"], scores["novelty_knn"] > cal[min(rank, len(cal)) - 1]

@@ -202,7 +202,7 @@ def test_save_load_round_trip(trained, tmp_path):
 
 def test_label_uncertainty_rule_is_the_conformal_quantile_of_held_out_labelled(trained):
     adata, _, model = trained
-    info = ev.tl.label_uncertainty(model, adata, alpha=0.1)
+    info = ev.tl.label_uncertainty(model, adata, alpha=0.1, score="entropy")
     held = np.intersect1d(model.validation_indices, model._labeled_indices)
     members = model.predict_members(indices=held)
     mix = members.mean(0)
@@ -221,7 +221,8 @@ def test_label_uncertainty_rule_is_the_conformal_quantile_of_held_out_labelled(t
     probs = adata.obsm["ensemblevi_label_probabilities"]
     assert list(probs.columns) == model.cell_types
     # a threshold given is used as it is
-    again = ev.tl.label_uncertainty(model, adata, threshold=0.0, key_added="t")
+    again = ev.tl.label_uncertainty(model, adata, threshold=0.0, key_added="t",
+                                    score="entropy")
     assert again["n_unknown"] == int((adata.obs["t_label_entropy"] > 0).sum())
 
 
@@ -322,10 +323,10 @@ def test_label_uncertainty_without_a_validation_split_asks_for_calibration(label
     model = EnsembleSCANVI(adata, n_members=2, n_hidden=16, n_latent=3)
     model.train(max_epochs=1, train_size=1.0, enable_progress_bar=False)
     with pytest.raises(ValueError, match="calibration="):
-        ev.tl.label_uncertainty(model, adata)
+        ev.tl.label_uncertainty(model, adata, score="entropy")
     mask = np.zeros(adata.n_obs, dtype=bool)
     mask[:40] = True
-    info = ev.tl.label_uncertainty(model, adata, calibration=mask)
+    info = ev.tl.label_uncertainty(model, adata, calibration=mask, score="entropy")
     assert info["n_calibration"] == 40
     assert isinstance(adata.obs["ensemblevi_label"].dtype, pd.CategoricalDtype)
 

@@ -55,6 +55,9 @@ def test_map_writes_its_result_and_only_reads_the_run(run_dir, tmp_path):
     assert q.obs["batch"].eq("query").all()  # one new batch where the query names none
     info = q.uns["ensemblevi"]["cell_novelty"]
     assert "reference model" in info["calibrated_on"]
+    # issue 35: one alpha for cell flags and group calls; the calibration's kind is said
+    assert info["alpha"] == q.uns["ensemblevi"]["group_novelty"]["cell_alpha"] == 0.05
+    assert info["calibration_kind"] == "cells of the training samples"
     assert q.obs["ensemblevi_novelty_tested"].all()  # no query cell was trained on
     groups = q.uns["ensemblevi"]["group_novelty"]
     assert groups["groupby"] == "ensemblevi_leiden" and q.obs["ensemblevi_leiden"].nunique() > 1
@@ -63,6 +66,7 @@ def test_map_writes_its_result_and_only_reads_the_run(run_dir, tmp_path):
         f"{int(q.obs['ensemblevi_is_novel'].sum())} of 300 query cells")
     html = (out / "report.html").read_text()
     assert "Novel populations" in html and "data:image/png;base64" in html
+    assert "Calibration: cells of the training samples" in html
     # an earlier map is replaced only with --force, and stays whole until then
     kept = _digest(out)
     res = runner.invoke(app, ["map", "--model", str(run), "--query", str(qpath), "--out",
@@ -81,11 +85,13 @@ def test_map_refuses_bad_input_before_training(run_dir, tmp_path):
         (["--out", str(tmp_path / "a"), "--batch-key", "nope"], "--batch-key 'nope'"),
         (["--out", str(tmp_path / "b"), "--groupby", "nope"], "--groupby 'nope'"),
         (["--out", str(run)], "is the run directory"),
+        (["--out", str(tmp_path / "d"), "--sample-key", "nope"], "--sample-key 'nope'"),
     ]
     for extra, message in cases:
         res = runner.invoke(app, [*base, *extra])
         assert res.exit_code == 2 and message in res.output, res.output
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert not (tmp_path / "d").exists()
     res = runner.invoke(app, ["map", "--model", str(tmp_path), "--query", str(qpath), "--out",
                               str(tmp_path / "c")])  # fmt: skip
     assert res.exit_code == 2 and "not a finished `ensemblevi run`" in res.output

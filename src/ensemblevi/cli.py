@@ -302,7 +302,13 @@ def map_command(
                      "query has it, else Leiden clusters].")
     ] = None,
     epochs: Annotated[int, typer.Option(help="Query training epochs (scArches).")] = 100,
-    alpha: Annotated[float, typer.Option(help="Target FPR of the per-cell flag.")] = 0.01,
+    alpha: Annotated[float, typer.Option(help="Target FPR of the per-cell flag, also the "
+                                       "flag the group test counts.")] = 0.05,
+    sample_key: Annotated[
+        str | None,
+        typer.Option(help="obs column of the reference run's samples: calibrate on samples "
+                     "the run kept out of training, and say which calibration applies.")
+    ] = None,
     fdr: Annotated[float, typer.Option(help="FDR of the novel-group calls.")] = 0.05,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     force: Annotated[bool, typer.Option("--force", help="Replace an earlier map in OUT.")] = False,
@@ -320,7 +326,8 @@ def map_command(
 
     _run_job(lambda: run_map(model, query, out, layer=layer, batch_key=batch_key,
                              groupby=groupby, epochs=epochs, alpha=alpha, fdr=fdr, seed=seed,
-                             force=force, log=_log, trust=trust_model), out)  # fmt: skip
+                             force=force, log=_log, trust=trust_model,
+                             sample_key=sample_key), out)  # fmt: skip
 
 
 @app.command("annotate")
@@ -350,6 +357,11 @@ def annotate_command(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     force: Annotated[bool, typer.Option("--force", help="Replace an earlier annotation.")]
     = False,
+    sample_key: Annotated[
+        str | None,
+        typer.Option(help="obs column of the samples: keep a quarter of them out of "
+                     "training and calibrate the unknown rule on them (a new sample's rate).")
+    ] = None,
 ) -> None:
     """Transfer cell types with an ensemble scANVI, say how sure it is, and flag unknowns.
 
@@ -364,7 +376,7 @@ def annotate_command(
         data, out, labels_key, unlabeled_category=unlabeled_category, holdout=holdout,
         layer=layer, batch_key=batch_key, ensemble=kind, members=members, epochs=epochs,
         scanvi_epochs=scanvi_epochs, alpha=alpha, score=score, seed=seed, force=force,
-        log=_log), out)  # fmt: skip
+        log=_log, sample_key=sample_key), out)  # fmt: skip
 
 
 def _run_job(job: Callable[[], Any], out: Path) -> None:

@@ -114,6 +114,10 @@ def annotate_reading(info: dict, calib: dict | None, n_held: int) -> list[str]:
         f"labelled cells of known types reach (measured on them: {rate:.1%}). They may be a "
         "type the labels do not have, doublets, or poor-quality cells."
     )
+    if "calibration_kind" in info:
+        lines.append(f"Calibration: {info['calibration_kind']} "
+                     f"({info.get('n_calibration_cells', info.get('n_calibration', 0)):,} "
+                     f"cells); the rate holds for {info['rate_holds_for']}.")  # fmt: skip
     return lines
 
 
@@ -135,6 +139,7 @@ def run_annotate(
     seed: int = 0,
     force: bool = False,
     log: Log = print,
+    sample_key: str | None = None,
 ) -> AnnotateResult:
     """Train an ensemble scANVI on a labelled data set and write its annotation into ``out``.
 
@@ -172,13 +177,20 @@ def run_annotate(
     alpha
         Target rate of known-type cells called unknown.
     score
-        Score of the unknown rule (see :func:`ensemblevi.tl.label_uncertainty`).
+        Score of the unknown rule (see :func:`ensemblevi.tl.label_uncertainty`). Here the
+        default stays ``"entropy"``: scANVI trains on the unlabelled cells too, and
+        ``"novelty_knn"`` never tests a cell the model trained on.
     seed
         Seed of the held-out choice, the training and the UMAP.
     force
         Replace an earlier annotation in ``out``.
     log
         Where progress notes go.
+    sample_key
+        ``obs`` column of the samples: a quarter of them (at least 1) are kept out of
+        training (:func:`ensemblevi.tl.sample_split`) and the unknown rule is calibrated on
+        them, so its rate is that of a new sample; ``None``: held-out cells at random, whose
+        rate holds for new cells of the same samples.
     """
     from ensemblevi import tl
     from ensemblevi.data import check_labels_column, preprocess, read
@@ -194,7 +206,8 @@ def run_annotate(
         raise ValueError(f"--score must be one of {', '.join(SCORES)}, got {score!r}.")
     out_path = Path(out)
     adata = read(data, layer=layer)
-    for option, column in (("--labels-key", labels_key), ("--batch-key", batch_key)):
+    for option, column in (("--labels-key", labels_key), ("--batch-key", batch_key),
+                           ("--sample-key", sample_key)):
         if column is not None and column not in adata.obs:
             raise ValueError(f"{option} {column!r} is not a column of obs "
                              f"({', '.join(map(str, adata.obs.columns[:8])) or 'none'}).")
@@ -222,12 +235,15 @@ def run_annotate(
             f"{scanvi_epochs} epochs")  # fmt: skip
         EnsembleSCVI.setup_anndata(adata, layer="counts", batch_key=batch_key)
         vae = EnsembleSCVI(adata, n_members=members, ensemble=ensemble, seed=seed)
-        vae.train(max_epochs=epochs, seed=seed)
+        split = {} if sample_key is None else {"datasplitter_kwargs": tl.sample_split(
+            adata, sample_key, seed=seed)["datasplitter_kwargs"]}  # fmt: skip
+        vae.train(max_epochs=epochs, seed=seed, **split)
         model = EnsembleSCANVI.from_ensemble_scvi(vae, unlabeled_category,
                                                   labels_key=TRAIN_LABELS)  # fmt: skip
-        model.train(max_epochs=scanvi_epochs, seed=seed)
+        model.train(max_epochs=scanvi_epochs, seed=seed, **split)
         train_s = time.perf_counter() - t0
-        info = tl.label_uncertainty(model, adata, alpha=alpha, score=score)
+        info = tl.label_uncertainty(model, adata, alpha=alpha, score=score,
+                                    sample_key=sample_key)  # fmt: skip
         calib = tl.label_calibration(adata, labels_key, mask=held) if held.any() else None
         with quiet_third_party():
             tl.expression_umap(model, adata, seed=seed)
@@ -237,6 +253,7 @@ def run_annotate(
                   "n_held_out": int(held.sum()), "ensemble": ensemble, "members": members,
                   "epochs": epochs, "scanvi_epochs": scanvi_epochs, "alpha": alpha,
                   "score": score, "seed": seed, "n_cells": adata.n_obs,
+                  "sample_key": sample_key, "calibration_kind": info.get("calibration_kind"),
                   "threshold": info["threshold"], "n_unknown": info["n_unknown"],
                   "time.train (s)": round(train_s, 1),
                   "time.total (s)": round(time.perf_counter() - t0, 1)}  # fmt: skip

@@ -159,15 +159,24 @@ def map_reading(cells: dict, groups: pd.DataFrame, groupby: str, n_cells: int,
             f"{100 * (1 - cells['alpha']):g}th percentile on {cells['calibrated_on']}")
     if fpr is not None:
         text += (f"; on the reference's own held-out cells this rule flagged "
-                 f"{100 * fpr:.1f}% against a target of {100 * cells['alpha']:g}%")
-    return [text + ").", *group_reading(groups, groupby, fdr)]
+                 f"{100 * fpr:.1f}% against a target of {100 * cells['alpha']:g}%, measured "
+                 f"on {cells.get('fpr_measured_on', 'halves of the calibration cells')}")
+    kind = cells.get("calibration_kind", "cells of the training samples")
+    holds = cells.get("rate_holds_for", "new cells of the samples the model trained on")
+    calibration = (f"Calibration: {kind}; the stated false-positive rate holds for {holds}. "
+                   "A cell flag says this one cell lies farther from the reference's training "
+                   "cells than all but that share of the calibration cells; a group call says "
+                   "that most of a group's cells are flagged (a population the reference did "
+                   "not have), which holds even where single flags are noisy.")
+    return [text + ").", calibration, *group_reading(groups, groupby, fdr)]
 
 
 def run_map(run_dir: str | Path, query: str | Path, out: str | Path, *,
             layer: str | None = None, batch_key: str | None = None,
-            groupby: str | None = None, epochs: int = 100, alpha: float = 0.01,
+            groupby: str | None = None, epochs: int = 100, alpha: float = 0.05,
             fdr: float = 0.05, seed: int = 0, force: bool = False,
-            log: Log = print, trust: bool = False) -> MapResult:  # fmt: skip
+            log: Log = print, trust: bool = False,
+            sample_key: str | None = None) -> MapResult:  # fmt: skip
     """Map a query file onto the ensemble of a finished run; write its novelty into ``out``.
 
     Writes ``results.h5ad`` (the query with ``obs[ensemblevi_novelty_*]``,
@@ -198,7 +207,10 @@ def run_map(run_dir: str | Path, query: str | Path, out: str | Path, *,
     epochs
         Query training epochs.
     alpha
-        Target false-positive rate of the per-cell rule.
+        Target false-positive rate of the per-cell rule, also the rule the group test
+        counts flags of (one alpha for both: at 1% the per-cell threshold sat above where
+        an unseen type's cells fall, 0.6% of unseen B cells flagged, while the groups'
+        5% rule flagged 94% of them; issue 35).
     fdr
         Benjamini-Hochberg level of the group test.
     seed
@@ -210,6 +222,10 @@ def run_map(run_dir: str | Path, query: str | Path, out: str | Path, *,
     trust
         Also read a run's model in scvi-tools' pickled format (an older ensemblevi's):
         loading it unpickles it, which runs any code the file carries.
+    sample_key
+        ``obs`` column of the *reference's* samples: where the run kept whole samples out of
+        training, the thresholds are set on them (the rate of a new sample); otherwise the
+        report says the rate holds for new cells of the training samples only.
     """
     from ensemblevi import tl
     from ensemblevi._seeding import seeded_globally
@@ -237,6 +253,16 @@ def run_map(run_dir: str | Path, query: str | Path, out: str | Path, *,
             raise ValueError(f"{option} {column!r} is not a column of the query's obs "
                              f"({', '.join(map(str, raw.obs.columns[:8])) or 'none'}); name "
                              "one, or leave the option out.")  # fmt: skip
+    if sample_key is not None:  # refused before anything is written
+        import anndata
+
+        backed = anndata.read_h5ad(run_dir / "results.h5ad", backed="r")
+        columns = list(backed.obs.columns)
+        backed.file.close()
+        if sample_key not in columns:
+            raise ValueError(f"--sample-key {sample_key!r} is not a column of the run's cells "
+                             f"(results.h5ad obs: {', '.join(map(str, columns[:8]))}); name the "
+                             "reference's column of samples.")  # fmt: skip
     t0 = time.perf_counter()
     with staged_output(out_path, "map", replace=force) as dest:
         set_resume_hint(f"Nothing was lost: {run_dir} and {out_path} are unchanged; rerun the "
@@ -244,9 +270,6 @@ def run_map(run_dir: str | Path, query: str | Path, out: str | Path, *,
         ref_adata = read_run_result(run_dir)
         with quiet_third_party():
             reference = EnsembleSCVI.load(run_dir / "model", adata=ref_adata, trust=trust)
-        if reference.n_members < 2:
-            raise ValueError("The run's model has one member: novelty needs the members' "
-                             "disagreement; run `ensemblevi run --members 4` first.")
         val = getattr(reference, "validation_indices", None)
         n_val = 0 if val is None else len(val)
         if n_val < MIN_VALIDATION_CELLS:
@@ -259,16 +282,19 @@ def run_map(run_dir: str | Path, query: str | Path, out: str | Path, *,
             f"{reference.ensemble} ensemble: {epochs} epochs")  # fmt: skip
         qmodel.train(max_epochs=epochs, seed=seed)
         train_s = time.perf_counter() - t0
-        cells = tl.cell_novelty(qmodel, q, alpha=alpha, seed=seed, reference_model=reference)
+        cells = tl.cell_novelty(qmodel, q, alpha=alpha, seed=seed, reference_model=reference,
+                                sample_key=sample_key)  # fmt: skip
         tl.expression_umap(qmodel, q, seed=seed, graph_key="ensemblevi_connectivities")
         key = _groups(q, groupby, seed)
         groups = tl.group_novelty(qmodel, q, groupby=key, fdr=fdr, seed=seed,
-                                  reference_model=reference)  # fmt: skip
+                                  reference_model=reference, cell_alpha=alpha,
+                                  sample_key=sample_key)  # fmt: skip
         info = q.uns["ensemblevi"]["cell_novelty"]
         reading = map_reading(info, groups, key, q.n_obs, fdr)
         record = {"run_dir": str(run_dir), "query": str(query), "layer": layer,
                   "batch_key": batch_key, "groupby": key, "epochs": epochs, "alpha": alpha,
                   "fdr": fdr, "seed": seed, "n_query_cells": q.n_obs,
+                  "sample_key": sample_key, "calibration_kind": info["calibration_kind"],
                   "reference": f"{reference.ensemble} x {reference.n_members}",
                   "time.train (s)": round(train_s, 1),
                   "time.total (s)": round(time.perf_counter() - t0, 1)}  # fmt: skip
@@ -301,7 +327,8 @@ def _write(stage: Path, q: AnnData, qmodel, cells: pd.DataFrame, groups: pd.Data
                                   "qval", "is_novel"]]  # fmt: skip
     write_report(stage / "report.html", "ensemblevi map report", reading, [
         ("Novel populations", [
-            f"Per {key} group, the share of its cells the per-cell rule flags (at 5%), "
+            f"Per {key} group, the share of its cells the per-cell rule flags (at "
+            f"{record['alpha']:.0%}), "
             "tested one-sided against a share of one half (binomial, Benjamini-Hochberg "
             "across groups): a novel group is one most of whose cells lie outside what the "
             "model trained on. AUROC: its novelty_knn against the reference's held-out "

@@ -13,6 +13,7 @@ from ._markers import (
     parse_marker_options,
 )
 from ._novelty import cell_novelty
+from ._novelty_rule import sample_split
 from ._seeds import seed_ensemble
 from ._spread import expression_spread, gene_uncertainty, point_density
 from ._stability import cluster_stability, marker_stability, neighbourhood_stability
@@ -40,6 +41,7 @@ __all__ = [
     "neighbourhood_stability",
     "parse_marker_options",
     "point_density",
+    "sample_split",
     "seed_ensemble",
     "summarise_lfc",
     "umap",

@@ -37,7 +37,7 @@ def uncertainty_analysis(
     n_samples: int = 10,
     library_size: float = 1e4,
     cv_threshold: float = 0.1,
-    alpha: float = 0.01,
+    alpha: float = 0.05,
     genes: bool = True,
     novelty: bool | None = None,
     embedding: bool = False,

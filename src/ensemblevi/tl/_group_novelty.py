@@ -190,6 +190,9 @@ def group_novelty(
     test: str = "majority",
     cell_alpha: float = 0.05,
     min_share: float = 0.5,
+    *,
+    sample_key: str | None = None,
+    calibration: str = "auto",
 ) -> pd.DataFrame:
     """Which groups of cells are unlike the cells the model was checked on.
 
@@ -208,8 +211,9 @@ def group_novelty(
     Parameters
     ----------
     model
-        A trained :class:`~ensemblevi.model.EnsembleSCVI` with at least 2 members and at
-        least 40 validation cells (scvi-tools' default ``train_size=0.9`` keeps 10%).
+        A trained :class:`~ensemblevi.model.EnsembleSCVI` (one member is enough for the
+        default test) with at least 40 validation cells (scvi-tools' default
+        ``train_size=0.9`` keeps 10%).
     adata
         Cells to test, registered with the model (default: the model's own).
     groupby
@@ -249,6 +253,11 @@ def group_novelty(
         The per-cell rule's false-positive rate in the majority test.
     min_share
         The majority test's null share of flagged cells.
+    sample_key, calibration
+        Which held-out cells are the reference and set the per-cell threshold (as in
+        :func:`cell_novelty`): with ``sample_key`` and whole samples kept out of training,
+        those samples' cells, so that a seen type of a *new sample* is flagged at about
+        ``cell_alpha``.
 
     Returns
     -------
@@ -276,15 +285,20 @@ def group_novelty(
     if groupby not in adata.obs:
         raise ValueError(f"obs[{groupby!r}] is not in the AnnData; pass groupby= a column of "
                          f"obs ({', '.join(map(str, adata.obs.columns[:8]))}, ...).")  # fmt: skip
-    ref = novelty_reference(model, reference_model)
+    ref = novelty_reference(model, reference_model, sample_key=sample_key,
+                            calibration=calibration)  # fmt: skip
     own = adata is ref.adata
     if reference == "auto":
         reference = "all" if own else "matched"
     column = f"{key_added}_{score}"
     stored = adata.uns.get(key_added, {}).get("cell_novelty", {})
-    if column not in adata.obs or "calibration_scores" not in stored:
+    # the stored scores are reused only when they were calibrated on the same cells
+    same = (stored.get("sample_key") == sample_key and "calibration_cells" in stored
+            and np.array_equal(stored["calibration_cells"], ref.calibration))  # fmt: skip
+    if column not in adata.obs or "calibration_scores" not in stored or not same:
         cell_novelty(model, adata, n_samples=n_samples, seed=seed, key_added=key_added,
-                     progress=progress, reference_model=reference_model)  # fmt: skip
+                     progress=progress, reference_model=reference_model,
+                     sample_key=sample_key, calibration=calibration)  # fmt: skip
         stored = adata.uns[key_added]["cell_novelty"]
     val = ref.calibration
     ref_scores = np.asarray(stored["calibration_scores"][score], dtype=np.float64)
@@ -326,6 +340,7 @@ def group_novelty(
                       "matched" else "validation cells of the other groups (leave-group-out)"
                       if own else "all the model's validation cells"),
         "training_cells_tested": False,
+        **ref.describe(),
         "table": table.reset_index(),
     }  # fmt: skip
     return table
@@ -340,7 +355,8 @@ def _cell_flags(adata: AnnData, stored: dict, ref: NoveltyReference, own: bool,
         threshold, _ = conformal_threshold(cal, cell_alpha)
         return values > threshold
     flags = np.zeros(adata.n_obs, dtype=bool)  # training cells are never tested
-    held_out, _ = cross_fit_flags(cal, cell_alpha, int(stored.get("seed", 0)))
+    held_out, _ = cross_fit_flags(cal, cell_alpha, int(stored.get("seed", 0)),
+                                  ref.fold_samples)  # fmt: skip
     flags[ref.calibration] = held_out
     return flags
 

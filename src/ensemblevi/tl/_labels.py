@@ -3,6 +3,7 @@ calibrated "unknown" rule, and the calibration of the predicted probabilities.""
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import numpy as np
@@ -21,7 +22,13 @@ from ensemblevi.metrics import (
     reliability_table,
 )
 
-from ._novelty_rule import conformal_threshold, cross_fit_flags
+from ._novelty_rule import (
+    CALIBRATIONS,
+    TRAINING_SAMPLES,
+    conformal_threshold,
+    cross_fit_flags,
+    novelty_reference,
+)
 
 KEY = "ensemblevi"
 
@@ -31,8 +38,23 @@ LabelScore = Literal["entropy", "mutual_information", "max_probability", "novelt
 SCORES = ("entropy", "mutual_information", "max_probability", "novelty_knn")
 
 
-def _calibration_cells(model, calibration) -> tuple[AnnData, np.ndarray]:
-    """The held-out labelled cells (of the model's AnnData) the unknown rule is set on."""
+def _calibration_cells(model, calibration, sample_key: str | None = None
+                       ) -> tuple[AnnData, np.ndarray, dict, np.ndarray | None]:  # fmt: skip
+    """The held-out labelled cells (of the model's AnnData) the unknown rule is set on, what
+    they are (for ``uns``) and each one's sample (``None``: samples unknown)."""
+    if isinstance(calibration, str) or (calibration is None and sample_key is not None):
+        ref = novelty_reference(model, sample_key=sample_key, calibration=calibration or "auto")
+        keep = np.isin(ref.calibration, model._labeled_indices)
+        if not keep.any():
+            raise ValueError("The held-out samples hold no labelled cell to calibrate the "
+                             "unknown rule on; pass calibration= or threshold=.")  # fmt: skip
+        groups = None if ref.fold_samples is None else ref.fold_samples[keep]
+        about = {**ref.describe(), "n_calibration_cells": int(keep.sum())}
+        if groups is not None:
+            about["n_calibration_samples"] = len(set(groups))
+        return model.adata, ref.calibration[keep], about, groups
+    about = {"calibration_kind": TRAINING_SAMPLES, "sample_key": sample_key,
+             "rate_holds_for": "new cells of the samples the model trained on"}  # fmt: skip
     if calibration is None:
         val = getattr(model, "validation_indices", None)
         if val is None or not len(val):
@@ -48,14 +70,17 @@ def _calibration_cells(model, calibration) -> tuple[AnnData, np.ndarray]:
                 "The validation split holds no labelled cell to calibrate the unknown rule "
                 "on; pass calibration= or threshold=."
             )
-        return model.adata, labelled
+        return model.adata, labelled, {**about, "n_calibration_cells": len(labelled)}, None
     mask = np.asarray(calibration)
     if mask.dtype != bool or len(mask) != model.adata.n_obs:
         raise ValueError(
             "calibration must be a boolean mask over the model's cells (model.adata), True "
             "for labelled cells the classifier did not train on."
         )
-    return model.adata, np.flatnonzero(mask)
+    about = {"calibration_kind": "cells given (calibration mask)", "sample_key": sample_key,
+             "rate_holds_for": "new cells exchangeable with the cells given"}  # fmt: skip
+    about["n_calibration_cells"] = int(mask.sum())
+    return model.adata, np.flatnonzero(mask), about, None
 
 
 def _tempered_parts(members: np.ndarray, t: float) -> dict[str, np.ndarray]:
@@ -80,12 +105,14 @@ def label_uncertainty(
     model,
     adata: AnnData | None = None,
     alpha: float = 0.05,
-    score: LabelScore = "entropy",
-    calibration: np.ndarray | None = None,
+    score: LabelScore = "novelty_knn",
+    calibration: np.ndarray | str | None = None,
     threshold: float | None = None,
     temperature: bool | float = False,
     batch_size: int | None = None,
     key_added: str = KEY,
+    *,
+    sample_key: str | None = None,
 ) -> dict:
     """Predicted cell types, how sure the ensemble is of each, and which cells are unknown.
 
@@ -108,15 +135,19 @@ def label_uncertainty(
     alpha
         Target rate of known-type cells called unknown.
     score
-        ``"entropy"`` (predictive entropy, default), ``"mutual_information"``,
-        ``"max_probability"`` (``1 -`` confidence, what a single scANVI offers) or
-        ``"novelty_knn"``: the cell's distance to the training cells in the members' latent
-        spaces, and its rule (:func:`ensemblevi.tl.cell_novelty`, calibrated on all the
-        validation split's cells; a training cell is never tested by it, so on the model's
-        own cells only held-out cells can be called unknown).
+        ``"novelty_knn"`` (default): the cell's distance to the training cells in the
+        members' latent spaces, and its rule (:func:`ensemblevi.tl.cell_novelty`, calibrated
+        on the held-out cells, labelled or not; a training cell is never tested by it, so
+        on the model's own cells only held-out cells can be called unknown). It ranked
+        unseen types best in the label benchmark (AUROC 0.974 against 0.905 for the
+        entropy and 0.870 for the mutual information, docs/benchmarks.md), and needs one
+        member only. ``"entropy"`` (predictive entropy), ``"mutual_information"`` (0 for
+        one member), ``"max_probability"`` (``1 -`` confidence, what a single scANVI offers).
     calibration
-        Boolean mask over ``model.adata`` of held-out labelled cells to calibrate on
-        (``None``: the validation split's labelled cells).
+        Boolean mask over ``model.adata`` of held-out labelled cells to calibrate on, or
+        which held-out cells: ``"auto"`` (with ``sample_key``: those of samples the model did
+        not train on, where any), ``"unseen_samples"``, ``"training_samples"``. ``None``:
+        ``"auto"`` with ``sample_key``, else the validation split's labelled cells.
     threshold
         Use this threshold instead of calibrating (e.g. a reference model's, for a query).
     temperature
@@ -128,11 +159,19 @@ def label_uncertainty(
         Minibatch size of the predictions.
     key_added
         Prefix of the ``obs`` columns and key of ``uns``.
+    sample_key
+        ``obs`` column of the samples: with it (and samples kept out of training with
+        :func:`ensemblevi.tl.sample_split`) the rule is calibrated on unseen samples, and
+        the rate of known-type cells called unknown is measured on each held-out sample
+        against a threshold from the others (the rate of a new sample).
 
     Returns
     -------
     dict
-        What is stored in ``adata.uns[key_added]["label_uncertainty"]``.
+        What is stored in ``adata.uns[key_added]["label_uncertainty"]``: with the
+        threshold, ``calibration_kind`` (``"cells of the training samples"`` or ``"unseen
+        samples"``), ``n_calibration_cells``, ``n_calibration_samples``,
+        ``calibration_fpr`` and ``fpr_measured_on``, ``rate_holds_for``.
 
     Notes
     -----
@@ -146,6 +185,9 @@ def label_uncertainty(
     """
     if score not in SCORES:
         raise ValueError(f"score must be one of {sorted(SCORES)}, got {score!r}.")
+    if isinstance(calibration, str) and calibration not in CALIBRATIONS:
+        raise ValueError(f"calibration must be a boolean mask or one of {CALIBRATIONS}, got "
+                         f"{calibration!r}.")  # fmt: skip
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}.")
     if not hasattr(model, "predict_members"):
@@ -155,8 +197,10 @@ def label_uncertainty(
     members = model.predict_members(adata, batch_size=batch_size)
     info: dict = {"score": score, "alpha": float(alpha), "cell_types": list(types)}
     cal_members = None
+    about: dict = {}
+    groups = None
     if (threshold is None and score != "novelty_knn") or temperature is True:
-        cal_adata, cal_idx = _calibration_cells(model, calibration)
+        cal_adata, cal_idx, about, groups = _calibration_cells(model, calibration, sample_key)
         cal_members = model.predict_members(cal_adata, indices=cal_idx, batch_size=batch_size)
     t = 1.0
     if temperature is True:
@@ -175,18 +219,35 @@ def label_uncertainty(
     if score == "novelty_knn":
         from ._novelty import cell_novelty
 
-        cell_novelty(model, adata, alpha=alpha, key_added=key_added, progress=False)
+        if calibration is not None and not isinstance(calibration, str):
+            raise ValueError("score='novelty_knn' is calibrated on the held-out cells chosen "
+                             "by sample_key and calibration='auto'/'unseen_samples'/"
+                             "'training_samples', not on a mask; use another score with a "
+                             "mask.")  # fmt: skip
+        cell_novelty(model, adata, alpha=alpha, key_added=key_added, progress=False,
+                     sample_key=sample_key, calibration=calibration or "auto")  # fmt: skip
         nov = adata.uns[key_added]["cell_novelty"]
         unknown = adata.obs[f"{key_added}_is_novel"].to_numpy().astype(bool)
+        untested = int(adata.n_obs - nov["n_tested"])
+        if untested:
+            # scANVI trains on unlabelled cells too: those are never tested by this score
+            warnings.warn(f"{untested:,} cells were trained on and are never called unknown by "
+                          "score='novelty_knn' (its scores are biased on them); use "
+                          "score='entropy' for cells the model trained on.", stacklevel=2)
+        info["n_untested"] = untested
         info.update(n_calibration=len(nov["calibration_cells"]), exact=True,
-                    calibration_fpr=float(nov["novelty_knn_fpr_heldout"]))  # fmt: skip
+                    calibration_fpr=float(nov["novelty_knn_fpr_heldout"]),
+                    fpr_measured_on=nov["fpr_measured_on"],
+                    **{k: nov[k] for k in ("calibration_kind", "n_calibration_cells",
+                                           "n_calibration_samples", "rate_holds_for",
+                                           "sample_key")})  # fmt: skip
         threshold = float(nov["novelty_knn_threshold"])
     elif threshold is None:
         cal = _score(_tempered_parts(cal_members, t), score)
         threshold, exact = conformal_threshold(cal, alpha)
-        flags, _ = cross_fit_flags(cal, alpha, seed=0)
+        flags, how = cross_fit_flags(cal, alpha, seed=0, groups=groups)
         info.update(n_calibration=len(cal), exact=bool(exact),
-                    calibration_fpr=float(flags.mean()))  # fmt: skip
+                    calibration_fpr=float(flags.mean()), **about, **how)  # fmt: skip
     else:
         info.update(n_calibration=0, exact=False, calibration_fpr=float("nan"))
     if score != "novelty_knn":

@@ -36,6 +36,7 @@ from ensemblevi._constants import DEFAULT_KEY, logmeanexp
 from ensemblevi.model.base._uncertainty import UncertaintySummary
 
 from ._novelty_rule import (
+    UNSEEN_SAMPLES,
     conformal_threshold,
     cross_fit_flags,
     knn_scores,
@@ -115,8 +116,10 @@ def _in_batch(model, cells: AnnData, batch: str) -> AnnData:
 
 
 def _check_novelty(model, alpha: float) -> None:
-    if model.n_members < 2:
-        raise ValueError("cell_novelty needs an ensemble of at least 2 members to disagree.")
+    # one member is allowed: the deciding score (latent kNN distance) needs no disagreement;
+    # novelty_cv and novelty_llgap are then 0 for every cell
+    if model.n_members < 1:
+        raise ValueError("cell_novelty needs a trained model with at least 1 member.")
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}.")
 
@@ -131,6 +134,9 @@ def flag_novel_cells(
     reference_model=None,
     n_neighbors: int = N_NEIGHBORS,
     progress: bool = True,
+    *,
+    sample_key: str | None = None,
+    calibration: str = "auto",
 ) -> pd.DataFrame:
     """Add ``novelty_knn``, calibrate every score's threshold on the reference's validation
     cells, flag the cells the model did not train on, and write it all.
@@ -156,6 +162,8 @@ def flag_novel_cells(
         Training cells the ``novelty_knn`` distance averages over.
     progress
         Show a progress bar (when the reference's scores are computed).
+    sample_key, calibration
+        Which held-out cells set the thresholds (:func:`cell_novelty`).
 
     Returns
     -------
@@ -163,7 +171,8 @@ def flag_novel_cells(
     and ``is_novel`` (``novelty_knn_flag``).
     """
     scores = scores.copy()
-    ref = novelty_reference(model, reference_model)
+    ref = novelty_reference(model, reference_model, sample_key=sample_key,
+                            calibration=calibration)  # fmt: skip
     own = adata is ref.adata
     seed = int(info.get("seed", 0))
     # the reference's scores are needed on its calibration cells only
@@ -193,13 +202,16 @@ def flag_novel_cells(
             "training_cells_tested": False, "n_tested": int(tested.sum()),
             "calibrated_on": f"{len(ref.calibration)} validation cells of the "
             + ("model" if reference_model is None else "reference model")
-            + " (held out from training)"}  # fmt: skip
+            + (f" in {len({*map(str, ref.calibration_samples)})} samples it did not train on"
+               if ref.kind == UNSEEN_SAMPLES else " (held out from training)"),
+            "calibration": calibration, **ref.describe()}  # fmt: skip
     # one count of calibration cells for every score: whether alpha is reachable with it
     info["threshold_guaranteed"] = conformal_threshold(knn_cal, alpha)[1]
     for name in SCORES:
         values = calib[name].to_numpy(dtype=np.float64)
         threshold, _ = conformal_threshold(values, alpha)
-        held_out, _ = cross_fit_flags(values, alpha, seed)
+        held_out, how = cross_fit_flags(values, alpha, seed, ref.fold_samples)
+        info["fpr_measured_on"] = how["fpr_measured_on"]
         flags = tested & (scores[name].to_numpy() > threshold)
         if own:  # a validation cell is tested against the other half's threshold
             flags[ref.calibration] = held_out
@@ -253,25 +265,32 @@ def _leave_out_empty_cells(model, adata: AnnData, scores: pd.DataFrame,
 def cell_novelty(
     model,
     adata: AnnData | None = None,
-    alpha: float = 0.01,
+    alpha: float = 0.05,
     n_samples: int = 5,
     seed: int = 0,
     key_added: str = KEY,
     progress: bool = True,
     reference_model=None,
     n_neighbors: int = N_NEIGHBORS,
+    *,
+    sample_key: str | None = None,
+    calibration: str = "auto",
 ) -> pd.DataFrame:
     """Per-cell novelty scores and a flag for the cells unlike the training data.
 
     Parameters
     ----------
     model
-        A trained :class:`~ensemblevi.model.EnsembleSCVI` with at least 2 members and at
-        least 40 validation cells (or a query model and its ``reference_model``).
+        A trained :class:`~ensemblevi.model.EnsembleSCVI` (one member is enough: the rule
+        decides on the latent kNN distance; ``novelty_cv`` and ``novelty_llgap`` need 2)
+        with at least 40 validation cells (or a query model and its ``reference_model``).
     adata
         Cells to score, registered with the model (default: the model's own).
     alpha
-        Target false-positive rate of the rule on new cells like the training data.
+        Target false-positive rate of the rule on new cells like the calibration cells
+        (default 5%, the per-cell rule :func:`group_novelty` counts: one alpha for cell
+        flags and group calls; at 1% an unseen type's cells fell under the threshold,
+        issue 35).
     n_samples
         Latent samples per member for the CV score.
     seed
@@ -291,6 +310,21 @@ def cell_novelty(
         cells the distances are measured to. ``None``: ``model`` itself.
     n_neighbors
         Nearest training cells the ``novelty_knn`` distance averages over.
+    sample_key
+        ``obs`` column of the reference's samples (donors, runs). With it, and a model
+        trained with whole samples kept out (:func:`ensemblevi.tl.sample_split`), the
+        thresholds are set on those samples' cells, and the false-positive rate is measured
+        on each of them against a threshold from the others: the rate of a *new sample*.
+        Without it, the thresholds come from validation cells of the training samples,
+        whose rate holds for new cells of those samples only (a new sample's known cells
+        differ by its own effects).
+    calibration
+        ``"auto"`` (unseen samples where there are any), ``"unseen_samples"`` or
+        ``"training_samples"`` (:func:`ensemblevi.tl._novelty_rule.novelty_reference`).
+        ``uns[key]["cell_novelty"]`` records which (``calibration_kind``: ``"cells of the
+        training samples"`` or ``"unseen samples"``), on how many cells and samples, what
+        the rate was measured on (``fpr_measured_on``) and for which cells it holds
+        (``rate_holds_for``).
 
     Returns
     -------
@@ -308,4 +342,5 @@ def cell_novelty(
     scores = _scores(model, adata, n_samples, seed, progress)
     info = {"n_samples": int(n_samples), "seed": int(seed)}
     return flag_novel_cells(model, adata, scores, alpha, info, key_added, reference_model,
-                            n_neighbors, progress)  # fmt: skip
+                            n_neighbors, progress, sample_key=sample_key,
+                            calibration=calibration)  # fmt: skip

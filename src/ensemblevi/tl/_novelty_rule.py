@@ -25,11 +25,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 from anndata import AnnData
 
 #: fewest held-out cells the rule is calibrated on
 MIN_VALIDATION_CELLS = 40
+
+
+#: the two kinds of calibration a threshold can have (recorded in ``uns``)
+TRAINING_SAMPLES = "cells of the training samples"
+UNSEEN_SAMPLES = "unseen samples"
+#: values of the ``calibration`` option: which held-out cells set the thresholds
+CALIBRATIONS = ("auto", "unseen_samples", "training_samples")
 
 
 @dataclass
@@ -43,15 +51,131 @@ class NoveltyReference:
     train
         Positions in ``adata`` of the cells it trained on.
     calibration
-        Positions of its held-out cells (validation cells), which set the thresholds.
+        Positions of the held-out cells that set the thresholds.
+    kind
+        :data:`TRAINING_SAMPLES` (validation cells drawn from the samples the model trained
+        on) or :data:`UNSEEN_SAMPLES` (cells of whole samples kept out of training).
+    calibration_samples
+        Sample of each calibration cell (``None``: samples unknown).
+    sample_key
+        The ``obs`` column of the samples (``None``: not given).
     """
 
     adata: AnnData
     train: np.ndarray
     calibration: np.ndarray
+    kind: str = TRAINING_SAMPLES
+    calibration_samples: np.ndarray | None = None
+    sample_key: str | None = None
+
+    @property
+    def fold_samples(self) -> np.ndarray | None:
+        """Sample per calibration cell where the rate is measured across samples (unseen
+        samples: each against a threshold from the others), else ``None`` (halves of the
+        cells: the calibration cells are new cells of the training samples)."""
+        return self.calibration_samples if self.kind == UNSEEN_SAMPLES else None
+
+    def describe(self) -> dict:
+        """What the calibration is, for ``uns``: its kind, cells, samples, and for which new
+        cells its false-positive rate holds."""
+        out = {"calibration_kind": self.kind, "n_calibration_cells": len(self.calibration),
+               "sample_key": self.sample_key}  # fmt: skip
+        if self.calibration_samples is None:
+            out["n_calibration_samples"] = None
+            out["rate_holds_for"] = ("new cells of the samples the model trained on "
+                                     "(samples unknown: pass sample_key to calibrate on "
+                                     "unseen ones)")  # fmt: skip
+            return out
+        samples = pd.unique(self.calibration_samples)
+        out["n_calibration_samples"] = len(samples)
+        out["calibration_sample_names"] = [str(s) for s in samples]
+        n_all = self.adata.obs[self.sample_key].nunique()
+        if self.kind == UNSEEN_SAMPLES:
+            out["rate_holds_for"] = "cells of a new sample (one the model did not train on)"
+        elif n_all == 1:
+            out["rate_holds_for"] = ("new cells of the one sample the model trained on only; "
+                                     "not measured on another sample")  # fmt: skip
+        else:
+            out["rate_holds_for"] = ("new cells of the samples the model trained on; not "
+                                     "measured on a new sample (no sample was kept out of "
+                                     "training: train with sample_split)")  # fmt: skip
+        return out
 
 
-def novelty_reference(model, reference_model=None) -> NoveltyReference:
+def sample_split(
+    adata: AnnData,
+    sample_key: str,
+    *,
+    n_holdout: int | None = None,
+    train_size: float = 0.9,
+    seed: int = 0,
+) -> dict:
+    """A training split that keeps whole samples out, for calibration on unseen samples.
+
+    The validation cells are every cell of ``n_holdout`` samples drawn at random and
+    ``1 - train_size`` of the cells of the other samples (the model trains on the rest). A
+    novelty or ``unknown`` rule then sets its thresholds on the held-out samples' cells
+    (``calibration="auto"``), so its false-positive rate is that of a new sample, which
+    cells of the training samples do not measure: they share their sample's effects with
+    the cells the model trained on.
+
+    Parameters
+    ----------
+    adata
+        The reference AnnData (before or after ``setup_anndata``).
+    sample_key
+        ``obs`` column of the samples (donors, patients, mice, runs).
+    n_holdout
+        Samples kept out of training (``None``: a quarter of them, at least 1, at most 2
+        fewer than their number). Two or more let the rate be measured on each held-out
+        sample against a threshold from the others.
+    train_size
+        Share of the training samples' cells the model trains on.
+    seed
+        Seed of the samples and cells drawn.
+
+    Returns
+    -------
+    ``{"datasplitter_kwargs": {"external_indexing": [train, validation, test]},
+    "holdout_samples": [names]}``: pass the first to ``model.train(datasplitter_kwargs=...)``.
+
+    Examples
+    --------
+    >>> split = ev.tl.sample_split(adata, "donor")  # doctest: +SKIP
+    >>> kwargs = split["datasplitter_kwargs"]  # doctest: +SKIP
+    >>> model.train(max_epochs=100, datasplitter_kwargs=kwargs)  # doctest: +SKIP
+    """
+    if sample_key not in adata.obs:
+        raise ValueError(f"obs[{sample_key!r}] is not in the AnnData; pass sample_key= the "
+                         "column of the samples.")  # fmt: skip
+    if not 0 < train_size <= 1:
+        raise ValueError(f"train_size must be in (0, 1], got {train_size}.")
+    samples = adata.obs[sample_key].astype(str).to_numpy()
+    names = np.unique(samples)
+    if len(names) < 2:
+        raise ValueError(f"obs[{sample_key!r}] has {len(names)} sample: keeping whole samples "
+                         "out of training needs at least 2 (with one sample, train as usual; "
+                         "the rate then holds for new cells of that sample only).")  # fmt: skip
+    if n_holdout is None:
+        n_holdout = min(max(1, len(names) // 4), max(1, len(names) - 2))
+    if not 1 <= n_holdout < len(names):
+        raise ValueError(f"n_holdout must be between 1 and {len(names) - 1} (samples: "
+                         f"{len(names)}), got {n_holdout}.")  # fmt: skip
+    rng = np.random.default_rng(seed)
+    held = np.sort(rng.choice(names, size=n_holdout, replace=False))
+    out = np.isin(samples, held)
+    rest = np.flatnonzero(~out)
+    n_val = round(len(rest) * (1 - train_size))
+    val_rest = rng.choice(rest, size=n_val, replace=False)
+    val = np.sort(np.concatenate([np.flatnonzero(out), val_rest]))
+    train = np.setdiff1d(rest, val_rest)
+    return {"datasplitter_kwargs": {"external_indexing": [train, val, np.array([], dtype=int)]},
+            "holdout_samples": [str(s) for s in held]}  # fmt: skip
+
+
+def novelty_reference(
+    model, reference_model=None, *, sample_key: str | None = None, calibration: str = "auto"
+) -> NoveltyReference:
     """The reference cells of ``model``: its own, or those of the model it was mapped from.
 
     Parameters
@@ -61,7 +185,21 @@ def novelty_reference(model, reference_model=None) -> NoveltyReference:
     reference_model
         For a query model (from ``load_query_data``): the trained reference model, whose
         AnnData and training / validation split define the reference. ``None``: ``model``.
+    sample_key
+        ``obs`` column of the reference's samples. With it, the validation cells of samples
+        the model never trained on (kept out by :func:`sample_split`) are the calibration
+        cells, and the rule's rate is that of a new sample.
+    calibration
+        ``"auto"``: the unseen samples' validation cells where there are any, else all the
+        validation cells; ``"unseen_samples"``: those, or an error when no sample was kept
+        out; ``"training_samples"``: the validation cells of the samples the model trained
+        on (what a model without ``sample_key`` uses).
     """
+    if calibration not in CALIBRATIONS:
+        raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {calibration!r}.")
+    if calibration != "auto" and sample_key is None:
+        raise ValueError(f"calibration={calibration!r} chooses cells by sample: pass "
+                         "sample_key= (the obs column of the samples).")  # fmt: skip
     if reference_model is None:
         if getattr(model, "is_query_model_", False):
             raise ValueError(
@@ -85,8 +223,32 @@ def novelty_reference(model, reference_model=None) -> NoveltyReference:
         )
     if reference_model is not model:
         model._validate_anndata(ref_adata)  # register the reference cells with the query model
-    return NoveltyReference(ref_adata, np.sort(np.asarray(train, dtype=np.int64)),
-                            np.sort(np.asarray(val, dtype=np.int64)))  # fmt: skip
+    train = np.sort(np.asarray(train, dtype=np.int64))
+    val = np.sort(np.asarray(val, dtype=np.int64))
+    if sample_key is None:
+        return NoveltyReference(ref_adata, train, val)
+    if sample_key not in ref_adata.obs:
+        raise ValueError(f"obs[{sample_key!r}] is not in the reference AnnData; pass "
+                         "sample_key= its column of samples.")  # fmt: skip
+    samples = ref_adata.obs[sample_key].astype(str).to_numpy()
+    # a sample is unseen when the model trained on none of its cells
+    unseen = ~np.isin(samples[val], np.unique(samples[train]))
+    if calibration == "unseen_samples" or (calibration == "auto" and unseen.any()):
+        if unseen.sum() < MIN_VALIDATION_CELLS:
+            raise ValueError(
+                f"{int(unseen.sum())} validation cells belong to samples the model did not "
+                f"train on (at least {MIN_VALIDATION_CELLS} are needed): train with "
+                "ensemblevi.tl.sample_split(adata, sample_key) to keep whole samples out, or "
+                "pass calibration='training_samples'."
+            )
+        cal, kind = val[unseen], UNSEEN_SAMPLES
+    else:
+        cal, kind = val[~unseen], TRAINING_SAMPLES
+        if len(cal) < MIN_VALIDATION_CELLS:
+            raise ValueError(f"{len(cal)} validation cells belong to the training samples "
+                             f"(at least {MIN_VALIDATION_CELLS}): pass "
+                             "calibration='auto'.")  # fmt: skip
+    return NoveltyReference(ref_adata, train, cal, kind, samples[cal], sample_key)
 
 
 #: ``obsm`` key of every member's latent means, ``(n_obs, K * n_latent)`` (member-major),
@@ -229,12 +391,17 @@ def conformal_threshold(reference: np.ndarray, alpha: float) -> tuple[float, boo
     return float(values[min(rank, len(values)) - 1]), rank <= len(values)
 
 
-def cross_fit_flags(values: np.ndarray, alpha: float, seed: int) -> tuple[np.ndarray, dict]:
-    """Flags of calibration cells, each half thresholded on the other half.
+def cross_fit_flags(
+    values: np.ndarray, alpha: float, seed: int, groups: np.ndarray | None = None
+) -> tuple[np.ndarray, dict]:
+    """Flags of calibration cells, each tested against a threshold it did not set.
 
     A calibration cell set the threshold it would be tested against, so it is tested
-    against the other half's instead; the flagged share is an honest estimate of the
-    rule's false-positive rate (for a threshold from half as many cells).
+    against a threshold from other calibration cells instead, and the flagged share is an
+    honest estimate of the rule's false-positive rate. Without ``groups`` (or with one),
+    each half of the cells against the other half's threshold (the rate for new cells like
+    them); with two or more ``groups`` (samples), each group's cells against the threshold
+    of the other groups (the rate for a new sample).
 
     Parameters
     ----------
@@ -244,11 +411,24 @@ def cross_fit_flags(values: np.ndarray, alpha: float, seed: int) -> tuple[np.nda
         Target false-positive rate.
     seed
         Seed of the split into halves.
+    groups
+        Sample of each calibration cell, or ``None``.
     """
+    values = np.asarray(values, dtype=np.float64)
+    flags = np.zeros(len(values), dtype=bool)
+    if groups is not None and len(names := pd.unique(np.asarray(groups))) >= 2:
+        groups = np.asarray(groups)
+        for g in names:
+            this = groups == g
+            threshold, _ = conformal_threshold(values[~this], alpha)
+            flags[this] = values[this] > threshold
+        return flags, {"fpr_measured_on": f"each of {len(names)} held-out samples against "
+                       "a threshold from the others (leave-one-sample-out)"}  # fmt: skip
     perm = np.random.default_rng(seed).permutation(len(values))
     halves = perm[: len(perm) // 2], perm[len(perm) // 2 :]
-    flags = np.zeros(len(values), dtype=bool)
     for this, other in (halves, halves[::-1]):
         threshold, _ = conformal_threshold(values[other], alpha)
         flags[this] = values[this] > threshold
-    return flags, {"halves": [len(h) for h in halves]}
+    on = ("halves of the calibration cells, each against the other's threshold"
+          + (" (one held-out sample: not across samples)" if groups is not None else ""))
+    return flags, {"halves": [len(h) for h in halves], "fpr_measured_on": on}

@@ -1,0 +1,325 @@
+"""Do the novelty and ``unknown`` rules hold for a new sample? Deep K=4 beside one scVI.
+
+Issue 35. A reference of several samples (donors) with some cell types; a query of *other*
+samples with those types and one the reference never saw. Every model is trained with
+:func:`ensemblevi.tl.sample_split` (two reference samples kept out of training, 10% of the
+others' cells held out at random), so the same model can be calibrated two ways:
+
+- ``training_samples``: thresholds from the held-out cells of the samples it trained on
+  (what a model without ``sample_key`` does);
+- ``unseen_samples``: thresholds from the two reference samples it never trained on.
+
+Data:
+
+- ``sim``: :func:`ensemblevi.data._replicates.synthetic_replicates` (3,200 cells, 400
+  genes, 8 samples, 4 types ``A``-``D`` differing from ``A`` in 30% of the genes by
+  +-2.5 log2, per-sample per-gene log-normal effects, sd 0.3; no condition effect).
+  Reference = 6 samples without type ``D``; query = the 2 other samples, all types.
+- ``pbmc``: PBMC 3k (1,200 HVGs) split at random into 8 pseudo-samples, each with its own
+  per-gene factor ``exp(u)``, ``u ~ N(0, 0.3^2)``, applied by binomial thinning
+  (:func:`ensemblevi.benchmark._thinning.thin_by_group`). Reference = 6 pseudo-samples
+  without B cells; query = the 2 other pseudo-samples, B cells included.
+
+Per model (``deep`` K=4 and ``single``: one scVI, same epochs, same split) and
+calibration, at ``alpha`` (5%):
+
+- per cell, on the query: false-positive rate on the known types, TPR on the unseen type,
+  for the rule's score ``novelty_knn`` (latent kNN distance), for ``pca_knn`` (mean
+  distance to the 15 nearest training cells in 20 principal components of log-normalised
+  counts, fitted on the training cells; the same conformal rule) and for ``combined``
+  (flag when either score's conformal p-value is below ``alpha / 2``: Bonferroni, so the
+  rate stays below ``alpha``); the AUROC of each score (and of ``novelty_cv`` for K=4),
+  unseen against known cells;
+- per group (``tl.group_novelty`` on the query by cell type): unseen type called, known
+  types called;
+- the label ``unknown`` rule (``tl.label_uncertainty``, default score ``novelty_knn``,
+  with an ``EnsembleSCANVI`` of the same kind trained on the same split): share of known
+  cells called unknown, share of unseen cells called unknown, and the rate the rule
+  measured on its own calibration cells.
+
+Run (background; ~3x slower on the shared machine):
+``PYTHONPATH=src nohup timeout 5400 .venv/bin/python benchmarks/bench_new_sample.py
+--data sim pbmc --seeds 0 1 2 --epochs 100 --out bench_new_sample.json > ns.log 2>&1 &``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+ALPHA = 0.05
+N_PCS = 20
+N_NEIGHBORS = 15
+CALIBRATIONS = ("training_samples", "unseen_samples")
+
+
+def sim_data(seed: int):
+    """Reference (6 samples, types A-C) and query (2 other samples, A-D) of the simulator."""
+    from ensemblevi.data._replicates import synthetic_replicates
+
+    # types differ in 30% of the genes by 2.5 (log2): chosen, before any model was trained,
+    # so that the PCA-kNN baseline separates the unseen type as in issue 35 (AUROC 0.93 on
+    # seed 0; 0.64 with the simulator's defaults 0.2 / 1.5, where no score can do much)
+    adata = synthetic_replicates(n_cells=3200, n_genes=400, n_samples=8, n_types=4,
+                                 design="paired", de_frac=0.0, sample_sd=0.3,
+                                 type_de_frac=0.3, type_lfc=2.5, seed=seed)  # fmt: skip
+    del adata.uns["synthetic_replicates"]
+    return _split(adata, unseen="D", seed=seed)
+
+
+def pbmc_data(path: str, seed: int):
+    """Reference (6 pseudo-samples, no B cells) and query (2 others, B cells included)."""
+    import scanpy as sc
+    import scipy.sparse as sp
+
+    import ensemblevi as ev
+    from ensemblevi.benchmark._thinning import thin_by_group
+
+    adata = ev.data.read(path)
+    adata.X = adata.layers["counts"].copy() if "counts" in adata.layers else adata.X
+    sc.pp.filter_genes(adata, min_counts=3)
+    sc.pp.highly_variable_genes(adata, n_top_genes=1200, flavor="seurat_v3", subset=True)
+    rng = np.random.default_rng([seed, 35])
+    n_samples = 8
+    sample = np.arange(adata.n_obs) % n_samples
+    rng.shuffle(sample)
+    u = rng.normal(0.0, 0.3, (n_samples, adata.n_vars))
+    keep = np.exp(u - u.max(0, keepdims=True))
+    counts = thin_by_group(sp.csr_matrix(adata.X), sample, keep, rng)
+    adata.X = counts.astype(np.float32)
+    adata.layers["counts"] = adata.X.copy()
+    adata.obs["sample"] = [f"s{s}" for s in sample]
+    adata.obs = adata.obs[["sample", "cell_type"]].copy()
+    adata.uns.clear()
+    adata.obsm.clear()
+    adata.varm.clear()
+    return _split(adata, unseen="B cells", seed=seed)
+
+
+def _split(adata, unseen: str, seed: int):
+    samples = np.unique(adata.obs["sample"].astype(str))
+    query_samples = np.random.default_rng([seed, 36]).choice(samples, 2, replace=False)
+    in_query = adata.obs["sample"].astype(str).isin(query_samples).to_numpy()
+    is_unseen = (adata.obs["cell_type"].astype(str) == unseen).to_numpy()
+    ref = adata[~in_query & ~is_unseen].copy()
+    query = adata[in_query].copy()
+    query.obs["unseen"] = is_unseen[in_query]
+    return ref, query
+
+
+def pca_space(ref, train: np.ndarray):
+    """A function mapping an AnnData to 20 PCs of log-normalised counts (fit on ``train``)."""
+    from sklearn.decomposition import PCA
+
+    def lognorm(a):
+        x = a.layers["counts"]
+        x = x.toarray() if hasattr(x, "toarray") else np.asarray(x)
+        return np.log1p(x / np.maximum(x.sum(1, keepdims=True), 1) * 1e4)
+
+    pca = PCA(n_components=N_PCS, random_state=0).fit(lognorm(ref[train]))
+    return lambda a: pca.transform(lognorm(a))
+
+
+def conformal_p(cal: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``(1 + #{cal >= x}) / (n + 1)`` per value of ``x``."""
+    cal = np.sort(cal)
+    return (1 + len(cal) - np.searchsorted(cal, x, side="left")) / (len(cal) + 1)
+
+
+def auroc(pos: np.ndarray, neg: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(np.r_[np.ones(len(pos)), np.zeros(len(neg))], np.r_[pos, neg]))
+
+
+def rates(flags: np.ndarray, unseen: np.ndarray) -> dict:
+    return {"fpr_known": float(flags[~unseen].mean()), "tpr_unseen": float(flags[unseen].mean())}
+
+
+def evaluate_novelty(model, ref, query, ev, pca) -> dict:
+    """Per calibration: per-cell rates of the three scores, AUROCs and the group calls."""
+    from ensemblevi.tl._novelty_rule import knn_distance, novelty_reference
+
+    unseen = query.obs["unseen"].to_numpy()
+    z_train_pca = pca(ref[model.train_indices])
+    d_query_pca = knn_distance(z_train_pca, pca(query), N_NEIGHBORS)
+    out = {}
+    for calibration in CALIBRATIONS:
+        q = query.copy()
+        scores = ev.tl.cell_novelty(model, q, alpha=ALPHA, progress=False, sample_key="sample",
+                                    calibration=calibration)  # fmt: skip
+        info = q.uns["ensemblevi"]["cell_novelty"]
+        knn = scores["novelty_knn"].to_numpy()
+        cal_knn = info["calibration_scores"]["novelty_knn"]
+        ref_cells = novelty_reference(model, sample_key="sample", calibration=calibration)
+        cal_pca = knn_distance(z_train_pca, pca(ref[ref_cells.calibration]), N_NEIGHBORS)
+        p_knn, p_pca = conformal_p(cal_knn, knn), conformal_p(cal_pca, d_query_pca)
+        row = {
+            "calibration_kind": info["calibration_kind"],
+            "n_calibration_cells": info["n_calibration_cells"],
+            "n_calibration_samples": info["n_calibration_samples"],
+            "fpr_measured_by_rule": info["novelty_knn_fpr_heldout"],
+            "fpr_measured_on": info["fpr_measured_on"],
+            "novelty_knn": rates(scores["is_novel"].to_numpy(), unseen),
+            "pca_knn": rates(p_pca <= ALPHA, unseen),
+            "combined": rates(np.minimum(p_knn, p_pca) <= ALPHA / 2, unseen),
+        }
+        table = ev.tl.group_novelty(model, q, groupby="cell_type", progress=False,
+                                    sample_key="sample", calibration=calibration)  # fmt: skip
+        unseen_type = str(q.obs["cell_type"][unseen].iloc[0])
+        called = table.index[table["is_novel"].to_numpy()].astype(str).tolist()
+        row["groups"] = {"unseen_called": unseen_type in called,
+                         "known_called": [g for g in called if g != unseen_type],
+                         "share_flagged": {str(g): float(v) for g, v in
+                                           table["share_flagged"].items()}}  # fmt: skip
+        out[calibration] = row
+    out["auroc"] = {"novelty_knn": auroc(knn[unseen], knn[~unseen]),
+                    "pca_knn": auroc(d_query_pca[unseen], d_query_pca[~unseen])}  # fmt: skip
+    if model.n_members > 1:
+        cv = scores["novelty_cv"].to_numpy()
+        out["auroc"]["novelty_cv"] = auroc(cv[unseen], cv[~unseen])
+    return out
+
+
+def evaluate_labels(kind: str, ref, query, split: dict, seed: int, epochs: int, ev) -> dict:
+    """The ``unknown`` rule of an EnsembleSCANVI of ``kind`` on the same split."""
+    from ensemblevi.model import EnsembleSCANVI
+
+    lab = ref.copy()
+    EnsembleSCANVI.setup_anndata(lab, labels_key="cell_type", unlabeled_category="Unknown",
+                                 layer="counts")  # fmt: skip
+    model = EnsembleSCANVI(lab, n_members=4, ensemble=kind, seed=seed)
+    model.train(max_epochs=epochs, seed=seed, enable_progress_bar=False,
+                datasplitter_kwargs=split["datasplitter_kwargs"])  # fmt: skip
+    unseen = query.obs["unseen"].to_numpy()
+    out = {}
+    for calibration in CALIBRATIONS:
+        q = query.copy()
+        q.obs["cell_type"] = "Unknown"  # the query is unlabelled (and has a type never seen)
+        info = ev.tl.label_uncertainty(model, q, alpha=ALPHA, sample_key="sample",
+                                       calibration=calibration)  # fmt: skip
+        call = q.obs["ensemblevi_label_unknown"].to_numpy().astype(bool)
+        out[calibration] = {**rates(call, unseen), "score": info["score"],
+                            "fpr_measured_by_rule": info["calibration_fpr"]}  # fmt: skip
+    return out
+
+
+def run_labels(data: str, pbmc: str, seed: int, epochs: int) -> list[dict]:
+    """Only the label ``unknown`` rule (an EnsembleSCANVI per kind, the same split)."""
+    import ensemblevi as ev
+
+    ref, query = sim_data(seed) if data == "sim" else pbmc_data(pbmc, seed)
+    split = ev.tl.sample_split(ref, "sample", n_holdout=2, seed=seed)
+    rows = []
+    for kind in ("deep", "single"):
+        t = time.perf_counter()
+        row = {"data": data, "seed": seed, "kind": kind, "epochs": epochs,
+               "labels": evaluate_labels(kind, ref, query, split, seed, epochs, ev),
+               "seconds": round(time.perf_counter() - t, 1)}  # fmt: skip
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def run_one(data: str, pbmc: str, seed: int, epochs: int, labels: bool) -> list[dict]:
+    import ensemblevi as ev
+    from ensemblevi.model import EnsembleSCVI
+
+    ref, query = sim_data(seed) if data == "sim" else pbmc_data(pbmc, seed)
+    split = ev.tl.sample_split(ref, "sample", n_holdout=2, seed=seed)
+    rows = []
+    for kind in ("deep", "single"):
+        adata = ref.copy()
+        EnsembleSCVI.setup_anndata(adata, layer="counts")
+        model = EnsembleSCVI(adata, n_members=4, ensemble=kind, seed=seed)
+        t = time.perf_counter()
+        model.train(max_epochs=epochs, seed=seed, enable_progress_bar=False,
+                    datasplitter_kwargs=split["datasplitter_kwargs"])  # fmt: skip
+        seconds = time.perf_counter() - t
+        pca = pca_space(adata, model.train_indices)
+        row = {"data": data, "seed": seed, "kind": kind, "n_members": model.n_members,
+               "epochs": epochs, "train_s": round(seconds, 1),
+               "holdout_samples": split["holdout_samples"], "n_ref": int(ref.n_obs),
+               "n_query": int(query.n_obs), "n_unseen": int(query.obs["unseen"].sum()),
+               **evaluate_novelty(model, adata, query, ev, pca)}  # fmt: skip
+        if labels:
+            row["labels"] = evaluate_labels(kind, ref, query, split, seed, epochs, ev)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def summarize(rows: list[dict]) -> str:
+    """Markdown tables: mean (min-max over seeds) per data, model and calibration."""
+    import pandas as pd
+
+    flat = []
+    for r in rows:
+        for cal in CALIBRATIONS:
+            c = r[cal]
+            row = {"data": r["data"], "model": f"{r['kind']} K={r['n_members']}",
+                   "calibration": c["calibration_kind"], "seed": r["seed"],
+                   "rule FPR (own)": c["fpr_measured_by_rule"]}  # fmt: skip
+            for score in ("novelty_knn", "pca_knn", "combined"):
+                row[f"{score} FPR"] = c[score]["fpr_known"]
+                row[f"{score} TPR"] = c[score]["tpr_unseen"]
+            row["group: unseen called"] = float(c["groups"]["unseen_called"])
+            row["group: known called"] = len(c["groups"]["known_called"])
+            if "labels" in r:
+                row["label FPR"] = r["labels"][cal]["fpr_known"]
+                row["label TPR"] = r["labels"][cal]["tpr_unseen"]
+            for score, v in r["auroc"].items():
+                row[f"AUROC {score}"] = v
+            flat.append(row)
+    df = pd.DataFrame(flat)
+    keys = ["data", "model", "calibration"]
+    agg = df.drop(columns="seed").groupby(keys, sort=False)
+    mean, lo, hi = agg.mean(), agg.min(), agg.max()
+    n = df.groupby(keys, sort=False)["seed"].nunique()
+    out = mean.copy().astype(object)
+    for col in mean.columns:
+        fmt = "{:.2f}" if col.startswith("AUROC") or col.startswith("group") else "{:.1%}"
+        out[col] = [fmt.format(m) + ("" if a == b else f" ({fmt.format(a)}-{fmt.format(b)})")
+                    for m, a, b in zip(mean[col], lo[col], hi[col], strict=True)]
+    out.insert(0, "seeds", n)
+    from ensemblevi.benchmark._markdown import _table
+
+    return _table(out.reset_index())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", nargs="+", default=["sim"], choices=["sim", "pbmc"])
+    parser.add_argument("--pbmc", default="/work/shared/data/pbmc3k.h5ad")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--no-labels", action="store_true")
+    parser.add_argument("--labels-only", action="store_true",
+                        help="Only the label unknown rule (rows with 'labels' alone).")
+    parser.add_argument("--out", default="bench_new_sample.json")
+    parser.add_argument("--summarize", action="store_true",
+                        help="Print the tables of --out and stop.")
+    args = parser.parse_args()
+    out = Path(args.out)
+    rows = json.loads(out.read_text()) if out.exists() else []
+    if args.summarize:
+        print(summarize(rows))
+        return
+    done = {(r["data"], r["seed"]) for r in rows}
+    for seed in args.seeds:
+        for data in args.data:
+            if (data, seed) in done:
+                continue
+            if args.labels_only:
+                rows += run_labels(data, args.pbmc, seed, args.epochs)
+            else:
+                rows += run_one(data, args.pbmc, seed, args.epochs, not args.no_labels)
+            out.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

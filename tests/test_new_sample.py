@@ -1,0 +1,207 @@
+"""Calibration that survives a new sample (issue 35): leave-samples-out thresholds, what
+``uns`` records about them, and the rules with one member."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import ensemblevi as ev
+from ensemblevi.data._replicates import synthetic_replicates
+from ensemblevi.model import EnsembleSCANVI, EnsembleSCVI
+from ensemblevi.tl._novelty_rule import (
+    TRAINING_SAMPLES,
+    UNSEEN_SAMPLES,
+    cross_fit_flags,
+    novelty_reference,
+)
+
+EPOCHS = 3
+
+
+def _data(n_samples=4, seed=0):
+    adata = synthetic_replicates(n_cells=480, n_genes=50, n_samples=n_samples, n_types=2,
+                                 design="paired", de_frac=0.0, seed=seed)  # fmt: skip
+    del adata.uns["synthetic_replicates"]
+    return adata
+
+
+@pytest.fixture(scope="session")
+def split_models():
+    """A deep K=2 and a single model trained with 2 of 4 samples kept out."""
+    adata = _data()
+    # 30% of the training samples' 240 cells: enough (>= 40) to calibrate on them too
+    split = ev.tl.sample_split(adata, "sample", n_holdout=2, train_size=0.7, seed=0)
+    models = {}
+    for kind in ("deep", "single"):
+        a = adata.copy()
+        EnsembleSCVI.setup_anndata(a, layer="counts")
+        m = EnsembleSCVI(a, n_members=2, ensemble=kind, n_hidden=16, n_latent=4, seed=0)
+        m.train(max_epochs=EPOCHS, enable_progress_bar=False, seed=0,
+                datasplitter_kwargs=split["datasplitter_kwargs"])  # fmt: skip
+        models[kind] = m
+    return split, models
+
+
+def _brute_knn(ref, x, k, self_rows=None):
+    """Mean distance to the k nearest rows of ref (a row is not its own neighbour)."""
+    d = np.sqrt(((x[:, None, :] - ref[None, :, :]) ** 2).sum(-1))
+    if self_rows is not None:
+        for i, r in enumerate(self_rows):
+            if r >= 0:
+                d[i, r] = np.inf
+    return np.sort(d, axis=1)[:, :k].mean(1)
+
+
+def test_sample_split_keeps_whole_samples_out():
+    adata = _data()
+    split = ev.tl.sample_split(adata, "sample", n_holdout=2, train_size=0.8, seed=3)
+    train, val, test = split["datasplitter_kwargs"]["external_indexing"]
+    samples = adata.obs["sample"].astype(str).to_numpy()
+    held = split["holdout_samples"]
+    assert len(held) == 2 and not len(test)
+    assert not np.isin(samples[train], held).any()  # no training cell of a held-out sample
+    assert np.isin(np.flatnonzero(np.isin(samples, held)), val).all()
+    assert len(np.intersect1d(train, val)) == 0 and len(train) + len(val) == adata.n_obs
+    rest = (~np.isin(samples, held)).sum()
+    assert (~np.isin(samples[val], held)).sum() == round(rest * 0.2)
+    one = adata.copy()
+    one.obs["sample"] = "s0"
+    with pytest.raises(ValueError, match="at least 2"):
+        ev.tl.sample_split(one, "sample")
+    with pytest.raises(ValueError, match="n_holdout"):
+        ev.tl.sample_split(adata, "sample", n_holdout=4)
+    with pytest.raises(ValueError, match="sample_key"):
+        ev.tl.sample_split(adata, "donor")
+
+
+def test_reference_cells_by_kind(split_models):
+    split, models = split_models
+    model = models["deep"]
+    samples = model.adata.obs["sample"].astype(str).to_numpy()
+    held = split["holdout_samples"]
+    unseen = novelty_reference(model, sample_key="sample")
+    assert unseen.kind == UNSEEN_SAMPLES
+    np.testing.assert_array_equal(unseen.calibration, np.flatnonzero(np.isin(samples, held)))
+    seen = novelty_reference(model, sample_key="sample", calibration="training_samples")
+    assert seen.kind == TRAINING_SAMPLES and len(seen.calibration)
+    assert not np.isin(samples[seen.calibration], held).any()
+    assert np.isin(seen.calibration, model.validation_indices).all()
+    plain = novelty_reference(model)
+    assert plain.kind == TRAINING_SAMPLES and plain.calibration_samples is None
+    assert "samples unknown" in plain.describe()["rate_holds_for"]
+    with pytest.raises(ValueError, match="sample_key"):
+        novelty_reference(model, calibration="unseen_samples")
+    with pytest.raises(ValueError, match="calibration must be"):
+        novelty_reference(model, sample_key="sample", calibration="bad")
+
+
+def test_unseen_sample_calibration_uns_and_threshold(split_models):
+    split, models = split_models
+    model = models["deep"]
+    query = _data(seed=1)  # other samples of another draw: a new sample's cells
+    EnsembleSCVI.setup_anndata(query, layer="counts")
+    ev.tl.cell_novelty(model, query, alpha=0.1, sample_key="sample", progress=False)
+    info = query.uns["ensemblevi"]["cell_novelty"]
+    assert info["calibration_kind"] == "unseen samples"
+    assert info["n_calibration_samples"] == 2
+    assert sorted(info["calibration_sample_names"]) == sorted(split["holdout_samples"])
+    assert info["n_calibration_cells"] == len(info["calibration_cells"])
+    assert "leave-one-sample-out" in info["fpr_measured_on"]
+    assert "new sample" in info["rate_holds_for"]
+    # independent reference: brute-force kNN distances in each member's latent space
+    ref = model.adata
+    train, cal = np.sort(model.train_indices), info["calibration_cells"]
+    per_member = []
+    for k in range(model.n_members):
+        z = np.asarray(model.get_latent_representation(ref, member=k))
+        zq = np.asarray(model.get_latent_representation(query, member=k))
+        d_cal = _brute_knn(z[train], z[cal], 15)
+        per_member.append((_brute_knn(z[train], zq, 15) / np.median(d_cal),
+                           d_cal / np.median(d_cal)))  # fmt: skip
+    score = np.mean([p[0] for p in per_member], 0)
+    cal_score = np.sort(np.mean([p[1] for p in per_member], 0))
+    np.testing.assert_allclose(query.obs["ensemblevi_novelty_knn"], score, rtol=1e-5)
+    rank = math.ceil((len(cal_score) + 1) * 0.9)
+    assert info["novelty_knn_threshold"] == pytest.approx(cal_score[rank - 1], rel=1e-5)
+    np.testing.assert_array_equal(query.obs["ensemblevi_is_novel"], score > cal_score[rank - 1])
+
+
+def test_cross_fit_by_sample_matches_a_direct_loop():
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=300)
+    groups = np.repeat(["a", "b", "c"], 100)
+    values[groups == "c"] += 2.0  # a shifted sample: its cells exceed the others' threshold
+    flags, how = cross_fit_flags(values, 0.1, 0, groups)
+    for g in "abc":
+        other = np.sort(values[groups != g])
+        t = other[math.ceil((len(other) + 1) * 0.9) - 1]
+        np.testing.assert_array_equal(flags[groups == g], values[groups == g] > t)
+    assert flags[groups == "c"].mean() > 0.5 > 0.25 > flags[groups == "a"].mean()
+    assert "3 held-out samples" in how["fpr_measured_on"]
+    _, how = cross_fit_flags(values, 0.1, 0, None)
+    assert "halves" in how and "halves" in how["fpr_measured_on"]
+
+
+def test_one_member_cell_and_group_novelty(split_models):
+    _, models = split_models
+    model = models["single"]
+    assert model.n_members == 1
+    query = _data(seed=2)
+    EnsembleSCVI.setup_anndata(query, layer="counts")
+    scores = ev.tl.cell_novelty(model, query, alpha=0.05, sample_key="sample", progress=False)
+    assert np.isfinite(scores["novelty_knn"]).all()
+    np.testing.assert_allclose(scores["novelty_llgap"], 0.0, atol=1e-6)
+    table = ev.tl.group_novelty(model, query, groupby="cell_type", sample_key="sample",
+                                progress=False)  # fmt: skip
+    stored = query.uns["ensemblevi"]["group_novelty"]
+    assert stored["calibration_kind"] == "unseen samples"
+    assert set(table.index) == {"A", "B"}
+    # switching the calibration recomputes the scores on the other cells
+    ev.tl.group_novelty(model, query, groupby="cell_type", sample_key="sample",
+                        calibration="training_samples", progress=False)  # fmt: skip
+    info = query.uns["ensemblevi"]["cell_novelty"]
+    assert info["calibration_kind"] == "cells of the training samples"
+    assert "halves" in info["fpr_measured_on"]
+
+
+def test_one_sample_says_the_rate_holds_for_that_sample_only():
+    adata = _data(n_samples=2)
+    adata.obs["sample"] = "only"
+    EnsembleSCVI.setup_anndata(adata, layer="counts")
+    model = EnsembleSCVI(adata, ensemble="single", n_hidden=16, n_latent=4, seed=0)
+    model.train(max_epochs=1, enable_progress_bar=False, seed=0, train_size=0.8)
+    ev.tl.cell_novelty(model, sample_key="sample", progress=False)
+    info = adata.uns["ensemblevi"]["cell_novelty"]
+    assert info["calibration_kind"] == "cells of the training samples"
+    assert "one sample" in info["rate_holds_for"] and info["n_calibration_samples"] == 1
+    with pytest.raises(ValueError, match="sample_split"):
+        ev.tl.cell_novelty(model, sample_key="sample", calibration="unseen_samples",
+                           progress=False)  # fmt: skip
+
+
+def test_label_unknown_rule_one_member_unseen_samples():
+    adata = _data()
+    split = ev.tl.sample_split(adata, "sample", n_holdout=2, seed=0)
+    EnsembleSCANVI.setup_anndata(adata, labels_key="cell_type", unlabeled_category="Unknown",
+                                 layer="counts")  # fmt: skip
+    model = EnsembleSCANVI(adata, ensemble="single", n_hidden=16, n_latent=4, seed=0)
+    model.train(max_epochs=EPOCHS, enable_progress_bar=False, seed=0,
+                datasplitter_kwargs=split["datasplitter_kwargs"])  # fmt: skip
+    info = ev.tl.label_uncertainty(model, adata, alpha=0.1, sample_key="sample")
+    assert info["score"] == "novelty_knn"  # the default follows the measurement
+    assert info["calibration_kind"] == "unseen samples" and info["n_calibration_samples"] == 2
+    ent = ev.tl.label_uncertainty(model, adata, alpha=0.1, score="entropy",
+                                  sample_key="sample", key_added="e")  # fmt: skip
+    samples = adata.obs["sample"].astype(str).to_numpy()
+    held = np.flatnonzero(np.isin(samples, split["holdout_samples"]))
+    assert ent["calibration_kind"] == "unseen samples" and ent["n_calibration"] == len(held)
+    assert "leave-one-sample-out" in ent["fpr_measured_on"]
+    # independent reference: the conformal quantile of the held-out samples' entropies
+    mix = model.predict_members(indices=held).mean(0)
+    h = np.sort(-(mix * np.log(np.clip(mix, 1e-12, 1))).sum(1))
+    assert ent["threshold"] == pytest.approx(h[math.ceil((len(h) + 1) * 0.9) - 1], rel=1e-4)
+    with pytest.raises(ValueError, match="not on a mask"):
+        ev.tl.label_uncertainty(model, adata, calibration=np.ones(adata.n_obs, bool))
