@@ -262,12 +262,6 @@ def test_umap_never_searches_neighbours_approximately(monkeypatch):
     assert (nearest == label).mean() > 0.99
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cell_novelty decides which cells are tested by `adata is model.adata`, so a "
-    "copy of the training AnnData is scored as a query (every cell tested); issue 33 "
-    "item 8 asks to decide by cell names (src change: the core engineer's)",
-)
 def test_cell_novelty_on_a_copy_tests_the_same_cells(heart_model):
     model = private_copy(heart_model)
     kw = {"alpha": 0.05, "n_samples": 2, "seed": 0, "progress": False}

@@ -39,6 +39,7 @@ from ._novelty_rule import (
     conformal_threshold,
     cross_fit_flags,
     novelty_reference,
+    reference_rows,
 )
 
 #: fewest tested cells a group needs to get a p-value
@@ -287,7 +288,8 @@ def group_novelty(
                          f"obs ({', '.join(map(str, adata.obs.columns[:8]))}, ...).")  # fmt: skip
     ref = novelty_reference(model, reference_model, sample_key=sample_key,
                             calibration=calibration)  # fmt: skip
-    own = adata is ref.adata
+    rows = reference_rows(adata, ref.adata)  # the model's own cells, by name
+    own = rows is not None
     if reference == "auto":
         reference = "all" if own else "matched"
     column = f"{key_added}_{score}"
@@ -306,14 +308,14 @@ def group_novelty(
     labels = adata.obs[groupby].astype(str).to_numpy()
     tested = ~np.isnan(values)  # cells without counts have no score (cell_novelty)
     if own:
-        tested[ref.train] = False
+        tested[rows[ref.train]] = False
     sets = None
     if reference == "matched":
         sets = _matched_sets(model, adata, tested, labels, ref, n_neighbors)
     table = group_rank_test(values[tested], labels[tested], ref_scores,
-                            labels[val] if own else None, fdr, min_cells, sets)  # fmt: skip
+                            labels[rows[val]] if own else None, fdr, min_cells, sets)  # fmt: skip
     if test == "majority":
-        flags = _cell_flags(adata, stored, ref, own, cell_alpha, key_added)
+        flags = _cell_flags(adata, stored, ref, rows, cell_alpha, key_added)
         share = group_share_test(flags[tested], labels[tested], min_share, fdr, min_cells)
         table = table.drop(columns=["pval", "qval", "is_novel"]).join(share.drop(
             columns="n_tested"))
@@ -346,18 +348,18 @@ def group_novelty(
     return table
 
 
-def _cell_flags(adata: AnnData, stored: dict, ref: NoveltyReference, own: bool,
+def _cell_flags(adata: AnnData, stored: dict, ref: NoveltyReference, rows: np.ndarray | None,
                 cell_alpha: float, key_added: str) -> np.ndarray:  # fmt: skip
     """The per-cell rule at ``cell_alpha`` on ``novelty_knn``, from the stored scores."""
     cal = np.asarray(stored["calibration_scores"]["novelty_knn"], dtype=np.float64)
     values = adata.obs[f"{key_added}_novelty_knn"].to_numpy(dtype=np.float64)
-    if not own:
+    if rows is None:  # a query: every cell against the threshold
         threshold, _ = conformal_threshold(cal, cell_alpha)
         return values > threshold
     flags = np.zeros(adata.n_obs, dtype=bool)  # training cells are never tested
     held_out, _ = cross_fit_flags(cal, cell_alpha, int(stored.get("seed", 0)),
                                   ref.fold_samples)  # fmt: skip
-    flags[ref.calibration] = held_out
+    flags[rows[ref.calibration]] = held_out
     return flags
 
 

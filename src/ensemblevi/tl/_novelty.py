@@ -42,6 +42,7 @@ from ._novelty_rule import (
     knn_scores,
     member_latents,
     novelty_reference,
+    reference_rows,
 )
 from ._stream import SummaryReducer, stream
 
@@ -173,11 +174,12 @@ def flag_novel_cells(
     scores = scores.copy()
     ref = novelty_reference(model, reference_model, sample_key=sample_key,
                             calibration=calibration)  # fmt: skip
-    own = adata is ref.adata
+    rows = reference_rows(adata, ref.adata)  # the model's own cells, by name
+    own = rows is not None
     seed = int(info.get("seed", 0))
     # the reference's scores are needed on its calibration cells only
     if own:
-        calib = scores.iloc[ref.calibration].copy()
+        calib = scores.iloc[rows[ref.calibration]].copy()
     elif (batch := _query_batch(model, adata)) is not None:
         info = {**info, "calibration_batch": batch}
         calib = _scores(model, _in_batch(model, ref.adata[ref.calibration], batch),
@@ -186,18 +188,18 @@ def flag_novel_cells(
         calib = _scores(model, ref.adata, info.get("n_samples", 5), seed, progress,
                         cells=ref.calibration)  # fmt: skip
     z_ref = member_latents(model, ref.adata)
-    z = z_ref if own else member_latents(model, adata)
+    z = z_ref if adata is ref.adata else member_latents(model, adata)
     self_rows = None
     if own:
         self_rows = np.full(adata.n_obs, -1, dtype=np.int64)
-        self_rows[ref.train] = np.arange(len(ref.train))
+        self_rows[rows[ref.train]] = np.arange(len(ref.train))
     knn, knn_cal = knn_scores(z_ref[:, ref.train], z, z_ref[:, ref.calibration], n_neighbors,
                               self_rows)  # fmt: skip
     scores.insert(0, "novelty_knn", knn)
     calib["novelty_knn"] = knn_cal
     tested = np.ones(adata.n_obs, dtype=bool)
     if own:
-        tested[ref.train] = False
+        tested[rows[ref.train]] = False
     info = {**info, "alpha": float(alpha), "decides": DECIDING, "n_neighbors": n_neighbors,
             "training_cells_tested": False, "n_tested": int(tested.sum()),
             "calibrated_on": f"{len(ref.calibration)} validation cells of the "
@@ -214,11 +216,12 @@ def flag_novel_cells(
         info["fpr_measured_on"] = how["fpr_measured_on"]
         flags = tested & (scores[name].to_numpy() > threshold)
         if own:  # a validation cell is tested against the other half's threshold
-            flags[ref.calibration] = held_out
+            flags[rows[ref.calibration]] = held_out
         info[f"{name}_threshold"] = threshold
         info[f"{name}_fpr_heldout"] = float(held_out.mean())
         if own:  # how the score's bias on training cells would read, were they tested
-            info[f"{name}_fpr_training"] = float((scores[name].iloc[ref.train] > threshold).mean())
+            on_train = scores[name].iloc[rows[ref.train]] > threshold
+            info[f"{name}_fpr_training"] = float(on_train.mean())
         scores[f"{name}_flag"] = flags
     # what tl.group_novelty compares groups with: the same cells' scores, from this call
     info["calibration_scores"] = {name: calib[name].to_numpy(dtype=np.float64)

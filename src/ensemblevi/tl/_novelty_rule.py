@@ -251,6 +251,22 @@ def novelty_reference(
     return NoveltyReference(ref_adata, train, cal, kind, samples[cal], sample_key)
 
 
+def reference_rows(adata: AnnData, ref_adata: AnnData) -> np.ndarray | None:
+    """Positions in ``adata`` of ``ref_adata``'s cells when both hold the same cells, else None.
+
+    Decided by cell names, not by object identity: a copy (or a reordered copy) of the
+    training AnnData is the model's own cells, whose training cells are never tested. Names
+    that are not unique decide nothing: then only ``ref_adata`` itself counts as its own.
+    """
+    if adata is ref_adata:
+        return np.arange(adata.n_obs)
+    names, ref_names = adata.obs_names, ref_adata.obs_names
+    if len(names) != len(ref_names) or not (names.is_unique and ref_names.is_unique):
+        return None
+    rows = names.get_indexer(ref_names)
+    return None if (rows < 0).any() else rows
+
+
 #: ``obsm`` key of every member's latent means, ``(n_obs, K * n_latent)`` (member-major),
 #: and ``uns`` key of the record saying which weights computed them
 MEMBER_LATENT_KEY = "ensemblevi_member_latents"
