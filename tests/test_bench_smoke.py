@@ -47,7 +47,7 @@ NO_SMOKE_YET: dict[str, str] = {
         "bench_stability.py", "bench_stability_cost.py", "bench_thinning.py",
         "de_diagnosis.py", "de_null_check.py", "fdr_normalised_truth.py",
         "probe_analysis_memory.py", "profile_figures.py", "profile_step.py",
-        "safety_cases.py",
+        "safety_cases.py", "bench_de_replicates.py", "bench_new_sample.py",
     )
 }  # fmt: skip
 NO_SMOKE_YET["scvi_tests.py"] = "runs scvi-tools' own test suite from a clone of scvi-tools"

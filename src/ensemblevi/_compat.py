@@ -131,6 +131,12 @@ ATTRS_FNAME = "model.json"
 #: callables a model's init_params_ may hold (``var_activation``), saved by name
 _SAFE_CALLABLES = {"torch.exp": torch.exp, "torch.nn.functional.softplus":
                    torch.nn.functional.softplus, "torch.sigmoid": torch.sigmoid}  # fmt: skip
+#: activation modules a model's init_params_ may hold, saved by name with their numeric
+#: settings: only these classes are ever built on load (no class is looked up by name)
+_SAFE_MODULES = {"torch.nn.Softplus": (torch.nn.Softplus, ("beta", "threshold")),
+                 "torch.nn.Sigmoid": (torch.nn.Sigmoid, ()),
+                 "torch.nn.ReLU": (torch.nn.ReLU, ()),
+                 "torch.nn.Identity": (torch.nn.Identity, ())}  # fmt: skip
 
 
 class UntrustedModelError(ValueError):
@@ -207,10 +213,14 @@ def _encode(obj, where: str):
     for name, fn in _SAFE_CALLABLES.items():
         if obj is fn:
             return {"__ev__": "callable", "name": name}
+    for name, (cls, fields) in _SAFE_MODULES.items():
+        if type(obj) is cls:
+            return {"__ev__": "module", "name": name,
+                    "kwargs": {f: float(getattr(obj, f)) for f in fields}}  # fmt: skip
     raise TypeError(
         f"{where} is a {type(obj).__name__}, which ensemblevi's save format (JSON, so that "
         "loading never runs code) cannot hold; pass a plain value (numbers, strings, lists, "
-        "dicts) or one of " + ", ".join(_SAFE_CALLABLES) + "."
+        "dicts) or one of " + ", ".join([*_SAFE_CALLABLES, *_SAFE_MODULES]) + "."
     )
 
 
@@ -245,6 +255,10 @@ def _decode(obj):
         return {_hashable(_decode(k)): _decode(v) for k, v in obj["items"]}
     if tag == "callable":
         return _SAFE_CALLABLES[obj["name"]]
+    if tag == "module":
+        cls, fields = _SAFE_MODULES[obj["name"]]
+        kwargs = {f: float(obj["kwargs"][f]) for f in fields}
+        return cls(**kwargs)
     raise ValueError(f"unknown tag {tag!r}")
 
 

@@ -245,6 +245,41 @@ class SafePersistenceMixin:
         save_model(self, dir_path, prefix=prefix, overwrite=overwrite, save_anndata=save_anndata,
                    **anndata_write_kwargs)  # fmt: skip
 
+    @staticmethod
+    def load_registry(dir_path: str | os.PathLike, prefix: str | None = None, *,
+                      trust: bool = False) -> dict:  # fmt: skip
+        """The data registry saved with a model, read from its JSON (nothing is unpickled).
+
+        Parameters
+        ----------
+        dir_path
+            Folder given to :meth:`save`.
+        prefix
+            Prefix the model was saved with.
+        trust
+            Also read a folder in scvi-tools' pickled format (see :meth:`load`).
+        """
+        return read_saved_model(dir_path, prefix, trust=trust, weights=False).attrs["registry_"]
+
+    @staticmethod
+    def view_setup_args(dir_path: str | os.PathLike, prefix: str | None = None, *,
+                        trust: bool = False) -> None:  # fmt: skip
+        """Print the arguments a saved model's data was set up with.
+
+        Parameters
+        ----------
+        dir_path
+            Folder given to :meth:`save`.
+        prefix
+            Prefix the model was saved with.
+        trust
+            Also read a folder in scvi-tools' pickled format (see :meth:`load`).
+        """
+        from scvi.data import AnnDataManager
+
+        registry = SafePersistenceMixin.load_registry(dir_path, prefix, trust=trust)
+        AnnDataManager.view_setup_method_args(registry)
+
     @classmethod
     def load(
         cls,
@@ -255,6 +290,9 @@ class SafePersistenceMixin:
         trust: bool = False,
         accelerator: str = "auto",
         device: int | str = "auto",
+        backup_url: str | None = None,
+        allowed_classes_names_list: list[str] | None = None,
+        datamodule: Any = None,
     ) -> Self:
         """Load a saved model; refuses other genes, and never unpickles unless ``trust``.
 
@@ -279,11 +317,20 @@ class SafePersistenceMixin:
             loaded model again converts it.
         accelerator, device
             Where the model goes, as in scvi-tools.
+        backup_url, allowed_classes_names_list, datamodule
+            scvi-tools' options, refused with the reason (``model.base._refused``).
 
         Raises
         ------
         UntrustedModelError
             The folder needs unpickling and ``trust`` is ``False``; nothing was unpickled.
         """
+        from ensemblevi.model.base._refused import REFUSED
+
+        given = {"backup_url": backup_url, "datamodule": datamodule,
+                 "allowed_classes_names_list": allowed_classes_names_list}  # fmt: skip
+        for name, value in given.items():
+            if value is not None:
+                raise TypeError(f"{cls.__name__}.load got {name}: {REFUSED[('load', name)]}.")
         return load_model(cls, dir_path, adata, prefix=prefix, trust=trust,
                           accelerator=accelerator, device=device)  # fmt: skip

@@ -152,15 +152,15 @@ def run_de(run_dir: str | Path, group1: str, groupby: str = "cell_type",
         raise ValueError(f"run_de compares one group1 (a name), got {group1!r}.")
     run_dir = Path(run_dir)
     check_run_dir(run_dir)
-    if options.get("sample_key") is None:  # the run's recorded samples, if any
-        recorded = json.loads((run_dir / "run.json").read_text()).get("config", {})
-        if recorded.get("sample_key") is not None:
-            options["sample_key"] = recorded["sample_key"]
     name = de_name(group1, group2)
     key = DE_KEY + name[3:]
     # every file of the run stays; the DE result's files are added or replaced
     with staged_output(run_dir, "run", stage=DE_STAGE, keep_files=lambda out: out.files) as out:
         set_resume_hint(f"Nothing was lost: {run_dir} is unchanged; rerun the command.")
+        if options.get("sample_key") is None:  # the run's recorded samples, if any
+            recorded = json.loads((run_dir / "run.json").read_text()).get("config", {})
+            if recorded.get("sample_key") is not None:
+                options["sample_key"] = recorded["sample_key"]
         adata = read_run_result(run_dir)
         with quiet_third_party():
             model = EnsembleSCVI.load(run_dir / "model", adata=adata, trust=trust)

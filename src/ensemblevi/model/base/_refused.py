@@ -56,6 +56,18 @@ REFUSED: dict[tuple[str, str], str] = {
     ("get_reconstruction_error", "**kwargs"): _FORWARD_KWARGS.format(
         method="get_reconstruction_error"
     ),
+    ("load", "backup_url"): (
+        "ensemblevi never downloads a model while loading it (no network at load time, and a "
+        "downloaded file is untrusted); download it yourself, check it, and load the folder"
+    ),
+    ("load", "allowed_classes_names_list"): (
+        "it is scvi-tools' allow-list for unpickling; ensemblevi's own saves are read without "
+        "unpickling, and a pickled folder is read only with trust=True"
+    ),
+    ("load", "datamodule"): (
+        "loading a model without an AnnData (scvi-tools' datamodule path) is not supported; "
+        "pass the AnnData as adata, or none to use the one saved with the model"
+    ),
     ("get_marginal_ll", "**kwargs"): (
         "scvi-tools passes them to the module's marginal_ll, but the ensemble's importance "
         "sampler takes only n_mc_samples and n_mc_samples_per_pass; call "
