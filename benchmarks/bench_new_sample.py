@@ -294,7 +294,7 @@ def summarize(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", nargs="+", default=["sim"], choices=["sim", "pbmc"])
-    parser.add_argument("--pbmc", default="/work/shared/data/pbmc3k.h5ad")
+    parser.add_argument("--pbmc", default="../shared/data/pbmc3k.h5ad")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--no-labels", action="store_true")
