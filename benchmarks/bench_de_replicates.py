@@ -26,7 +26,7 @@ FDR (the best TPR among p-value thresholds whose true FDR is at most 5/10/20%).
 
 Run (records under --out, reused on a rerun; tables to --md):
 ``PYTHONPATH=src python benchmarks/bench_de_replicates.py --reps 3 --epochs 25
---pbmc /work/shared/data/pbmc3k.h5ad --out bench_out/de_replicates``
+--pbmc ../shared/data/pbmc3k.h5ad --out bench_out/de_replicates``
 """
 
 from __future__ import annotations

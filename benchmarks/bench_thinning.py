@@ -17,7 +17,7 @@ from pathlib import Path
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pbmc", default="/work/shared/data/pbmc3k.h5ad")
+    parser.add_argument("--pbmc", default="../shared/data/pbmc3k.h5ad")
     parser.add_argument("--out", default="bench_results/fdr_thinning")
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=150)

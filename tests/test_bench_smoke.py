@@ -19,7 +19,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
-DATA = Path(os.environ.get("ENSEMBLEVI_DATA", "/work/shared/data"))
+# ../shared/data beside the clone, as tests/conftest.py finds it
+DATA = Path(os.environ.get("ENSEMBLEVI_DATA", ROOT.parent / "shared" / "data"))
 
 #: script -> tiny arguments (``{pbmc}``: the PBMC 3k file; the test skips without it)
 SMOKE: dict[str, list[str]] = {
