@@ -288,7 +288,7 @@ def group_novelty(
                          f"obs ({', '.join(map(str, adata.obs.columns[:8]))}, ...).")  # fmt: skip
     ref = novelty_reference(model, reference_model, sample_key=sample_key,
                             calibration=calibration)  # fmt: skip
-    rows = reference_rows(adata, ref.adata)  # the model's own cells, by name
+    rows = reference_rows(model, adata, ref.adata)  # the model's own cells
     own = rows is not None
     if reference == "auto":
         reference = "all" if own else "matched"

@@ -174,7 +174,7 @@ def flag_novel_cells(
     scores = scores.copy()
     ref = novelty_reference(model, reference_model, sample_key=sample_key,
                             calibration=calibration)  # fmt: skip
-    rows = reference_rows(adata, ref.adata)  # the model's own cells, by name
+    rows = reference_rows(model, adata, ref.adata)  # the model's own cells
     own = rows is not None
     seed = int(info.get("seed", 0))
     # the reference's scores are needed on its calibration cells only

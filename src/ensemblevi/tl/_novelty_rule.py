@@ -251,20 +251,47 @@ def novelty_reference(
     return NoveltyReference(ref_adata, train, cal, kind, samples[cal], sample_key)
 
 
-def reference_rows(adata: AnnData, ref_adata: AnnData) -> np.ndarray | None:
+def reference_rows(model, adata: AnnData, ref_adata: AnnData) -> np.ndarray | None:
     """Positions in ``adata`` of ``ref_adata``'s cells when both hold the same cells, else None.
 
-    Decided by cell names, not by object identity: a copy (or a reordered copy) of the
-    training AnnData is the model's own cells, whose training cells are never tested. Names
-    that are not unique decide nothing: then only ``ref_adata`` itself counts as its own.
+    Decided by the cells, not by object identity: a copy (or a reordered copy) of the
+    training AnnData is the model's own cells, whose training cells are never tested. The
+    same cells means the same unique cell names *and* the same registered counts: names
+    alone repeat across samples (10x barcodes, a simulator's ``cell_0``), and taking a new
+    sample's cells for training cells would leave them untested.
+
+    Parameters
+    ----------
+    model
+        The model both AnnData are registered with.
+    adata, ref_adata
+        The cells to test, and the reference's (the model's training AnnData).
     """
+    from scipy import sparse
+    from scvi import REGISTRY_KEYS
+
     if adata is ref_adata:
         return np.arange(adata.n_obs)
     names, ref_names = adata.obs_names, ref_adata.obs_names
     if len(names) != len(ref_names) or not (names.is_unique and ref_names.is_unique):
         return None
     rows = names.get_indexer(ref_names)
-    return None if (rows < 0).any() else rows
+    if (rows < 0).any():
+        return None
+    try:
+        x = model.get_anndata_manager(adata, required=True).get_from_registry(
+            REGISTRY_KEYS.X_KEY)
+        x_ref = model.get_anndata_manager(ref_adata, required=True).get_from_registry(
+            REGISTRY_KEYS.X_KEY)
+        if sparse.issparse(x) and sparse.issparse(x_ref):
+            same = (sparse.csr_matrix(x)[rows] != sparse.csr_matrix(x_ref)).nnz == 0
+        else:
+            x = x.toarray() if sparse.issparse(x) else np.asarray(x)
+            x_ref = x_ref.toarray() if sparse.issparse(x_ref) else np.asarray(x_ref)
+            same = x.shape == x_ref.shape and np.array_equal(x[rows], x_ref)
+    except (ValueError, TypeError, AttributeError):  # unregistered or unreadable: a query
+        return None
+    return rows if same else None
 
 
 #: ``obsm`` key of every member's latent means, ``(n_obs, K * n_latent)`` (member-major),
