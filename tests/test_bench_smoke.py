@@ -24,6 +24,7 @@ DATA = Path(os.environ.get("ENSEMBLEVI_DATA", ROOT.parent / "shared" / "data"))
 
 #: script -> tiny arguments (``{pbmc}``: the PBMC 3k file; the test skips without it)
 SMOKE: dict[str, list[str]] = {
+    "bench_gene_order.py": ["--cells", "200", "--genes", "30", "--repeats", "2"],
     "bench_analysis_scale.py": ["--members", "2", "--cells", "300", "--n-samples", "2",
                                 "--no-embedding"],
     "bench_ensemble_speed.py": ["--epochs", "1", "--cells", "300", "--only", "scvi", "single",

@@ -168,15 +168,8 @@ def untrusted_model(path: str | os.PathLike, why: str) -> UntrustedModelError:
 
 
 def saved_attrs_file(dir_path: str | os.PathLike, prefix: str | None = None) -> str:
-    """Path of the JSON half of ensemblevi's own save (``{prefix}model.json``).
-
-    Parameters
-    ----------
-    dir_path
-        The directory a model was saved to.
-    prefix
-        The ``prefix`` given to ``save``.
-    """
+    """Path of the JSON half of ensemblevi's own save (``{prefix}model.json``); the
+    parameters are :func:`saved_model_file`'s."""
     return os.path.join(os.fspath(dir_path), f"{prefix or ''}{ATTRS_FNAME}")
 
 

@@ -32,7 +32,7 @@ from ensemblevi._seeding import forked_rng as global_seed  # every generator, re
 
 from . import _de_counts, _de_null, _de_samples
 from ._de_calls import expected_fdr, fdr_calls, summarise_lfc
-from ._de_groups import comparisons, raw_count_stats
+from ._de_groups import annotate_table, comparisons
 from ._de_replicated import cells_statement, sample_aware_de, storable_attrs
 from ._de_scvi import MemberFilter, check_kwargs, member_draws, scvi_mode_de
 from ._de_store import store_de
@@ -502,14 +502,8 @@ def ensemble_de(
             table = _scvi_table(model, adata, comp, mode, delta, pc, batch_correction,
                                 batchid1, batchid2, weights, batch_size, iw, member_filter,
                                 max_cells, seed, fdr_target, kwargs)  # fmt: skip
-        if all_stats:
-            stats = raw_count_stats(model.get_anndata_manager(adata, required=True),
-                                    comp.cells1, comp.cells2)  # fmt: skip
-            for name, values in stats.items():
-                table[name] = pd.Series(values, index=adata.var_names).loc[table.index]
-        if comp.group1 is not None:
-            table["comparison"] = f"{comp.group1} vs {comp.group2}"
-            table["group1"], table["group2"] = comp.group1, comp.group2
+        annotate_table(table, comp, model.get_anndata_manager(adata, required=True),
+                       adata.var_names, all_stats)  # fmt: skip
         tables.append((comp, table))
     result = pd.concat([t for _, t in tables], axis=0)
     unused = sorted({c for comp, _ in tables for c in _de_samples.warn_unused_samples(

@@ -202,3 +202,29 @@ def raw_count_stats(adata_manager: Any, cells1: np.ndarray, cells2: np.ndarray) 
         out[f"raw_normalized_mean{i}"] = np.asarray(normed.mean(axis=0)).ravel()
     order = ("raw_mean", "non_zeros_proportion", "raw_normalized_mean")  # scvi-tools' order
     return {f"{name}{i}": out[f"{name}{i}"] for name in order for i in (1, 2)}
+
+
+def annotate_table(table: pd.DataFrame, comp: Comparison, manager: Any, var_names: pd.Index,
+                   all_stats: bool) -> pd.DataFrame:  # fmt: skip
+    """Add a comparison's raw-count statistics (``all_stats``) and its group columns.
+
+    Parameters
+    ----------
+    table
+        One comparison's DE table, indexed by gene.
+    comp
+        The comparison (:func:`comparisons`).
+    manager
+        The AnnData manager the counts are read from.
+    var_names
+        The genes, in the order the statistics come in.
+    all_stats
+        Add the raw-count statistics.
+    """
+    if all_stats:
+        for name, values in raw_count_stats(manager, comp.cells1, comp.cells2).items():
+            table[name] = pd.Series(values, index=var_names).loc[table.index]
+    if comp.group1 is not None:
+        table["comparison"] = f"{comp.group1} vs {comp.group2}"
+        table["group1"], table["group2"] = comp.group1, comp.group2
+    return table

@@ -10,7 +10,7 @@ import pandas as pd
 from scvi import REGISTRY_KEYS
 
 from . import _de_samples
-from ._de_groups import comparisons, raw_count_stats
+from ._de_groups import annotate_table, comparisons
 from ._de_store import store_de
 
 
@@ -102,13 +102,7 @@ def sample_aware_de(model, adata, groupby, group1, group2, idx1, idx2, sample_ke
             warnings.warn(f"DE {comp.name}: sample(s) {sorted(units.dropped)} left out (fewer "
                           f"than {_de_samples.MIN_CELLS} cells on a side, or, paired, no "
                           "partner).", UserWarning, stacklevel=3)  # fmt: skip
-        if all_stats:
-            stats = raw_count_stats(manager, comp.cells1, comp.cells2)
-            for name, values in stats.items():
-                table[name] = pd.Series(values, index=adata.var_names).loc[table.index]
-        if comp.group1 is not None:
-            table["comparison"] = f"{comp.group1} vs {comp.group2}"
-            table["group1"], table["group2"] = comp.group1, comp.group2
+        annotate_table(table, comp, manager, adata.var_names, all_stats)
         tables.append((comp, table))
         described.append(info)
     result = pd.concat([t for _, t in tables], axis=0)
