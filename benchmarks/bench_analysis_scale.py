@@ -56,12 +56,20 @@ def main() -> None:
     markers = ev.tl.load_markers("heart")
     t, cpu = time.perf_counter(), time.process_time()
     ev.tl.uncertainty_analysis(
-        model, adata, markers, groupby="cell_type", n_samples=args.n_samples,
-        embedding=args.embedding, batch_size=args.batch_size, progress=False,
-    )  # fmt: skip
+        model,
+        adata,
+        markers,
+        groupby="cell_type",
+        n_samples=args.n_samples,
+        embedding=args.embedding,
+        batch_size=args.batch_size,
+        progress=False,
+    )
     total, cpu = time.perf_counter() - t, time.process_time() - cpu
-    name = (f"uncertainty_analysis ({args.n_samples} samples, embedding {args.embedding}, "
-            f"batch size {args.batch_size or 'default'})")  # fmt: skip
+    name = (
+        f"uncertainty_analysis ({args.n_samples} samples, embedding {args.embedding}, "
+        f"batch size {args.batch_size or 'default'})"
+    )
     print("\n| step | time (s) | process peak RSS after it (MB) |\n| --- | --- | --- |")
     print(f"| {name} | {total:.1f} | {peak_mb():,.0f} |")
     print(f"\nincrease of the peak during the analysis: {peak_mb() - before:,.0f} MB")

@@ -122,24 +122,32 @@ def main() -> None:
     run += ["--n-samples", str(args.n_samples)] + (["--backed"] if args.backed else [])
     res = _sub(["--role", "worker", "--data", data, *run])
     mode = "backed" if args.backed else "in memory"
-    print(f"heartlike scaled to {args.cells:,} cells x {args.genes:,} genes, deep K = "
-          f"{args.members}, {args.epochs} epoch(s), batch 128, uncertainty summary with "
-          f"{args.n_samples} latent samples per member; data read {mode}; "
-          f"{res['threads']} torch threads\n")  # fmt: skip
+    print(
+        f"heartlike scaled to {args.cells:,} cells x {args.genes:,} genes, deep K = "
+        f"{args.members}, {args.epochs} epoch(s), batch 128, uncertainty summary with "
+        f"{args.n_samples} latent samples per member; data read {mode}; "
+        f"{res['threads']} torch threads\n"
+    )
     if gen:
-        print(f"simulation {gen['simulate_s']:.0f} s, write {gen['write_s']:.0f} s, "
-              f"{gen['nnz']:,} non-zeros ({100 * gen['density']:.0f}% dense), file "
-              f"{gen['file_mb']:,.0f} MB, generator peak RSS "
-              f"{gen['peak_rss_mb']:,.0f} MB\n")  # fmt: skip
+        print(
+            f"simulation {gen['simulate_s']:.0f} s, write {gen['write_s']:.0f} s, "
+            f"{gen['nnz']:,} non-zeros ({100 * gen['density']:.0f}% dense), file "
+            f"{gen['file_mb']:,.0f} MB, generator peak RSS "
+            f"{gen['peak_rss_mb']:,.0f} MB\n"
+        )
     print("| phase | time (s) | cells / s | peak RSS so far (MB) |")
     print("| --- | --- | --- | --- |")
     print(f"| import | | | {res['rss_after_import_mb']:,.0f} (current) |")
     print(f"| read .h5ad | {res['read_s']:.1f} | | {res['rss_after_read_mb']:,.0f} (current) |")
     print(f"| setup_anndata + model | {res['setup_s']:.1f} | | {res['peak_after_setup_mb']:,.0f} |")
-    print(f"| train | {res['train_s']:.1f} | {res['train_cells_per_s']:,.0f} "
-          f"| {res['peak_after_train_mb']:,.0f} |")  # fmt: skip
-    print(f"| uncertainty summary | {res['summary_s']:.1f} | {res['summary_cells_per_s']:,.0f} "
-          f"| {res['peak_after_summary_mb']:,.0f} |")  # fmt: skip
+    print(
+        f"| train | {res['train_s']:.1f} | {res['train_cells_per_s']:,.0f} "
+        f"| {res['peak_after_train_mb']:,.0f} |"
+    )
+    print(
+        f"| uncertainty summary | {res['summary_s']:.1f} | {res['summary_cells_per_s']:,.0f} "
+        f"| {res['peak_after_summary_mb']:,.0f} |"
+    )
     peak = res["peak_after_summary_mb"]
     print(f"\npeak RSS {peak / 1024:.2f} GB (target < 8 GB: {'met' if peak < 8192 else 'missed'})")
 

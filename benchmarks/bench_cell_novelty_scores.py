@@ -44,10 +44,13 @@ def raw_scores(model, adata, val_pos: np.ndarray, own: bool, seed: int) -> dict[
     import ensemblevi as ev
 
     table = ev.tl.cell_novelty(model, adata, seed=seed, progress=False)
-    out = {"novelty_cv": table["novelty_cv"].to_numpy(),
-           "novelty_llgap": table["novelty_llgap"].to_numpy()}  # fmt: skip
-    rho = model.get_normalized_expression(adata, return_members=True, return_numpy=True,
-                                          library_size=1e4, seed=seed)  # fmt: skip
+    out = {
+        "novelty_cv": table["novelty_cv"].to_numpy(),
+        "novelty_llgap": table["novelty_llgap"].to_numpy(),
+    }
+    rho = model.get_normalized_expression(
+        adata, return_members=True, return_numpy=True, library_size=1e4, seed=seed
+    )
     out["log_var"] = np.log1p(np.asarray(rho)).var(0).mean(1)
     knn, knn_train = [], []
     train_pos = np.sort(np.asarray(model.train_indices))
@@ -64,8 +67,10 @@ def raw_scores(model, adata, val_pos: np.ndarray, own: bool, seed: int) -> dict[
         d_tr = _knn_mean(z_all[train_pos], z, 15, exclude_self=False)
         if own:
             d_tr[train_pos] = _knn_mean(z_all[train_pos], z_all[train_pos], 15, True)
-        knn_train.append(d_tr / np.median(d_tr[val_pos] if own else
-                                           _knn_mean(z_all[train_pos], z_ref, 15, False)))
+        knn_train.append(
+            d_tr
+            / np.median(d_tr[val_pos] if own else _knn_mean(z_all[train_pos], z_ref, 15, False))
+        )
     out["latent_knn"] = np.mean(knn, 0)
     out["latent_knn_train"] = np.mean(knn_train, 0)
     out["latent_knn_member0"] = knn[0]
@@ -81,8 +86,9 @@ def evaluate(variant: str, args) -> dict:
     from scipy.stats import spearmanr
     from sklearn.metrics import roc_auc_score
 
-    model, seen, query, _ = split_and_model(args.pbmc, variant, args.seed, args.epochs, args.lr,
-                                            args.models)  # fmt: skip
+    model, seen, query, _ = split_and_model(
+        args.pbmc, variant, args.seed, args.epochs, args.lr, args.models
+    )
     val_pos = np.sort(np.asarray(model.validation_indices))
     train_pos = np.sort(np.asarray(model.train_indices))
     own = raw_scores(model, seen, val_pos, True, args.seed)
@@ -97,8 +103,11 @@ def evaluate(variant: str, args) -> dict:
         ranks = [np.searchsorted(np.sort(own[n][val_pos]), scores[n]) for n in names]
         return np.mean(ranks, 0)
 
-    for names in (("novelty_cv", "latent_knn"), ("novelty_cv", "novelty_llgap", "latent_knn"),
-                  ("log_var", "latent_knn")):  # fmt: skip
+    for names in (
+        ("novelty_cv", "latent_knn"),
+        ("novelty_cv", "novelty_llgap", "latent_knn"),
+        ("log_var", "latent_knn"),
+    ):
         label = "+".join(names)
         own[label], qry[label] = combined(own, names), combined(qry, names)
     is_b = (query.obs["cell_type"] == "B cells").to_numpy()
@@ -106,11 +115,16 @@ def evaluate(variant: str, args) -> dict:
     for name in own:
         s, v = qry[name], own[name][val_pos]
         neg, pos = s[~is_b], s[is_b]
-        row = {"auroc": float(roc_auc_score(is_b, s)),
-               "train_vs_val_auroc": float(roc_auc_score(
-                   np.r_[np.ones(len(train_pos)), np.zeros(len(val_pos))],
-                   np.r_[own[name][train_pos], v])),
-               "lib_spearman": float(spearmanr(s[~is_b], lib_q[~is_b])[0])}  # fmt: skip
+        row = {
+            "auroc": float(roc_auc_score(is_b, s)),
+            "train_vs_val_auroc": float(
+                roc_auc_score(
+                    np.r_[np.ones(len(train_pos)), np.zeros(len(val_pos))],
+                    np.r_[own[name][train_pos], v],
+                )
+            ),
+            "lib_spearman": float(spearmanr(s[~is_b], lib_q[~is_b])[0]),
+        }
         for a in ALPHA:
             row[f"tpr_oracle_{a:g}"] = float(np.mean(pos > np.quantile(neg, 1 - a)))
             t = np.quantile(v, 1 - a)
@@ -122,10 +136,13 @@ def evaluate(variant: str, args) -> dict:
 
 
 def markdown(record: dict) -> str:
-    out = [f"#### {record['kind']} K=4", "",
-           "| score | AUROC B | TPR@1% | TPR@5% | rule FPR/TPR at 1% | rule FPR/TPR at 5% "
-           "| train-vs-val AUROC | training cells over the 1% rule | Spearman with log lib |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    out = [
+        f"#### {record['kind']} K=4",
+        "",
+        "| score | AUROC B | TPR@1% | TPR@5% | rule FPR/TPR at 1% | rule FPR/TPR at 5% "
+        "| train-vs-val AUROC | training cells over the 1% rule | Spearman with log lib |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for name, r in record["scores"].items():
         out.append(
             f"| `{name}` | {r['auroc']:.3f} | {r['tpr_oracle_0.01']:.2f} | "

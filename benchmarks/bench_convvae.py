@@ -61,8 +61,10 @@ def main() -> None:
     n_train = int(0.8 * len(order))
     train, held = images[order[:n_train]], images[order[n_train:]]
     unseen = images[labels >= 5]
-    print(f"digits: {len(train)} train (0-4), {len(held)} held-out (0-4), {len(unseen)} OOD "
-          f"(5-9); {args.epochs} epochs")  # fmt: skip
+    print(
+        f"digits: {len(train)} train (0-4), {len(held)} held-out (0-4), {len(unseen)} OOD "
+        f"(5-9); {args.epochs} epochs"
+    )
     rows = []
     for seed in range(args.seeds):
         for label, kind, k, extra, train_args in KINDS:
@@ -122,11 +124,13 @@ def figure(frame: pd.DataFrame, path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(10, 3.2))
     for ax, (metric, label) in zip(
         axes,
-        [("held-out NLL", "held-out NLL (nats / image, lower is better)"),
-         ("OOD AUROC", "OOD AUROC, digits 5-9 vs held-out 0-4"),
-         ("train (s)", "training time (s)")],
+        [
+            ("held-out NLL", "held-out NLL (nats / image, lower is better)"),
+            ("OOD AUROC", "OOD AUROC, digits 5-9 vs held-out 0-4"),
+            ("train (s)", "training time (s)"),
+        ],
         strict=True,
-    ):  # fmt: skip
+    ):
         for i, kind in enumerate(kinds):
             v = frame.loc[frame["kind"] == kind, metric].to_numpy()
             if np.isnan(v).all():

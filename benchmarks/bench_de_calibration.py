@@ -44,8 +44,9 @@ def normalised_truth(adata, delta: float, pseudocount: float = 0.1) -> np.ndarra
     h = np.asarray(adata.layers["true_rate"], dtype=np.float64)
     rho = h / h.sum(1, keepdims=True) * 1e4
     ct = adata.obs["cell_type"].astype(str).to_numpy()
-    lfc = np.log2(rho[ct == "B"].mean(0) + pseudocount) - np.log2(rho[ct == "A"].mean(0)
-                                                                  + pseudocount)  # fmt: skip
+    lfc = np.log2(rho[ct == "B"].mean(0) + pseudocount) - np.log2(
+        rho[ct == "A"].mean(0) + pseudocount
+    )
     return np.abs(lfc) >= delta
 
 
@@ -62,23 +63,27 @@ def model_errors(adata, draws: np.ndarray, info: dict, pseudocount: float = 0.1)
         h = np.asarray(adata.layers["true_rate"], dtype=np.float64)
         rho = h / h.sum(1, keepdims=True) * 1e4
         c1, c2 = info["cells1"], info["cells2"]
-        oracle = (np.median(np.log2(rho[c1] + pseudocount), 0)
-                  - np.median(np.log2(rho[c2] + pseudocount), 0))  # fmt: skip
+        oracle = np.median(np.log2(rho[c1] + pseudocount), 0) - np.median(
+            np.log2(rho[c2] + pseudocount), 0
+        )
         ct = adata.obs["cell_type"].astype(str).to_numpy()
-        truth_mean = (np.log2(rho[ct == "B"].mean(0) + pseudocount)
-                      - np.log2(rho[ct == "A"].mean(0) + pseudocount))  # fmt: skip
+        truth_mean = np.log2(rho[ct == "B"].mean(0) + pseudocount) - np.log2(
+            rho[ct == "A"].mean(0) + pseudocount
+        )
     else:
         oracle = truth_mean
     err = members - oracle
     k = err.shape[0]
     corr = np.corrcoef(err)[np.triu_indices(k, 1)] if k > 1 else np.array([np.nan])
     pooled = draws.reshape(-1, draws.shape[-1])
-    return {"model LFC error sd": float(np.std(pooled.mean(0) - oracle)),
-            "member LFC error sd": float(np.mean(err.std(1))),
-            "member error correlation": float(np.mean(corr)),
-            "pooled posterior sd (median)": float(np.median(pooled.std(0))),
-            "member spread sd (median)": float(np.median(members.std(0, ddof=1))),
-            "_truth_mean": truth_mean}  # fmt: skip
+    return {
+        "model LFC error sd": float(np.std(pooled.mean(0) - oracle)),
+        "member LFC error sd": float(np.mean(err.std(1))),
+        "member error correlation": float(np.mean(corr)),
+        "pooled posterior sd (median)": float(np.median(pooled.std(0))),
+        "member spread sd (median)": float(np.median(members.std(0, ddof=1))),
+        "_truth_mean": truth_mean,
+    }
 
 
 def model_for(adata, name: str, rep: int, kind: str, cfg, models: Path):
@@ -88,8 +93,9 @@ def model_for(adata, name: str, rep: int, kind: str, cfg, models: Path):
     path = models / f"{name}_rep{rep}_{kind}"
     if path.exists():
         return EnsembleSCVI.load(str(path), adata=adata), None
-    model, seconds = train_timed(adata, kind, 4, rep, cfg.epochs[name], cfg.lr_of(name),
-                                 n_hidden=cfg.n_hidden)  # fmt: skip
+    model, seconds = train_timed(
+        adata, kind, 4, rep, cfg.epochs[name], cfg.lr_of(name), n_hidden=cfg.n_hidden
+    )
     model.save(str(path), save_anndata=False)
     return model, seconds
 
@@ -115,9 +121,9 @@ def unit(name: str, rep: int, cfg, models: Path, pbmc, kinds) -> dict:
         model, seconds[kind] = model_for(adata, name, rep, kind, cfg, models)
         manager = model.get_anndata_manager(adata, required=True)
         t = time.perf_counter()
-        draws, info = tl.lfc_posterior(model, adata, "cell_type", "B", "A",
-                                       n_samples=cfg.n_samples, seed=rep,
-                                       progress=False)  # fmt: skip
+        draws, info = tl.lfc_posterior(
+            model, adata, "cell_type", "B", "A", n_samples=cfg.n_samples, seed=rep, progress=False
+        )
         timing[f"{kind} draws"] = time.perf_counter() - t
         if kind == kinds[0]:  # the error table is of the first kind (deep by default)
             errors = {"kind": kind, **model_errors(adata, draws, info)}
@@ -126,27 +132,40 @@ def unit(name: str, rep: int, cfg, models: Path, pbmc, kinds) -> dict:
             variants["single VAE (deep member 0)"] = draws[:1]
         for label, d in variants.items():
             t = time.perf_counter()
-            table = _de_counts.counts_table(d, manager, *cells, cfg.delta, 0.05,
-                                            adata.var_names, seed=rep)  # fmt: skip
+            table = _de_counts.counts_table(
+                d, manager, *cells, cfg.delta, 0.05, adata.var_names, seed=rep
+            )
             timing[f"{label} counts"] = time.perf_counter() - t
-            results[f"{label}, counts (default)"] = MethodResult("bayes", table["proba_de"]
-                                                                 .to_numpy())  # fmt: skip
+            results[f"{label}, counts (default)"] = MethodResult(
+                "bayes", table["proba_de"].to_numpy()
+            )
             pooled = d.reshape(-1, d.shape[-1])
             results[f"{label}, population"] = MethodResult(
-                "bayes", np.mean(np.abs(pooled) >= cfg.delta, axis=0))
+                "bayes", np.mean(np.abs(pooled) >= cfg.delta, axis=0)
+            )
     rng = np.random.default_rng(rep)
     y = _de_counts.normalised_counts(adata.layers["counts"])
     r, v = _de_counts.gamma_lfc_moments(_de_counts.count_means(y, *cells), 1000, rng)
     flat = _de_counts.eb_draws(r, v, np.zeros(r.size, dtype=int), 400, rng)
     errors["counts LFC error sd"] = float(np.std(r - errors.pop("_truth_mean")))
     results["counts, no strata (no model)"] = MethodResult(
-        "bayes", np.mean(np.abs(flat) >= cfg.delta, axis=0))
+        "bayes", np.mean(np.abs(flat) >= cfg.delta, axis=0)
+    )
     results["Wilcoxon + BH, |LFC| >= 0.5"] = _wilcoxon(adata, cfg.delta)[1]
-    metrics = {t: {m: score(res, truth) for m, res in results.items()}
-               for t, truth in truths.items()}  # fmt: skip
-    return {"preset": name, "rep": rep, "n_cells": adata.n_obs, "n_genes": adata.n_vars,
-            "n_de": {t: int(v.sum()) for t, v in truths.items()}, "train_seconds": seconds,
-            "de_seconds": timing, "errors": errors, "metrics": metrics}  # fmt: skip
+    metrics = {
+        t: {m: score(res, truth) for m, res in results.items()} for t, truth in truths.items()
+    }
+    return {
+        "preset": name,
+        "rep": rep,
+        "n_cells": adata.n_obs,
+        "n_genes": adata.n_vars,
+        "n_de": {t: int(v.sum()) for t, v in truths.items()},
+        "train_seconds": seconds,
+        "de_seconds": timing,
+        "errors": errors,
+        "metrics": metrics,
+    }
 
 
 def table(records: list[dict]) -> str:
@@ -154,11 +173,17 @@ def table(records: list[dict]) -> str:
     for r in records:
         for truth, methods in r["metrics"].items():
             for m, s in methods.items():
-                rows.append({"data": r["preset"], "rep": r["rep"], "truth": truth, "method": m,
-                             **s})
+                rows.append(
+                    {"data": r["preset"], "rep": r["rep"], "truth": truth, "method": m, **s}
+                )
     df = pd.DataFrame(rows)
-    cols = ["auroc", *[f"fdr@{t:g}" for t in TARGETS], *[f"tpr@{t:g}" for t in TARGETS],
-            "calls@0.05", "frac@0.05"]  # fmt: skip
+    cols = [
+        "auroc",
+        *[f"fdr@{t:g}" for t in TARGETS],
+        *[f"tpr@{t:g}" for t in TARGETS],
+        "calls@0.05",
+        "frac@0.05",
+    ]
     order = {k: i for i, k in enumerate(dict.fromkeys(df["method"]))}
     out = []
     for (data, truth), g in df.groupby(["data", "truth"], sort=False):
@@ -167,20 +192,31 @@ def table(records: list[dict]) -> str:
         n = g["rep"].nunique()
         agg = g.groupby("method", sort=False)[cols].agg(["mean", "std"])
         agg = agg.sort_index(key=lambda i: i.map(order))
-        head = ("| method | AUROC | true FDR at 5 / 10 / 20% (sd) | TPR at 5 / 10 / 20% | "
-                "calls at 5% |")
+        head = (
+            "| method | AUROC | true FDR at 5 / 10 / 20% (sd) | TPR at 5 / 10 / 20% | calls at 5% |"
+        )
         if data == "pbmc_null":
-            head = ("| method | - | any call at 5 / 10 / 20% (share of splits) | - | "
-                    "genes called at 5% |")
-        out += [f"### {data}, {truth} truth ({n} repetitions)", "", head,
-                "| --- | --- | --- | --- | --- |"]  # fmt: skip
+            head = (
+                "| method | - | any call at 5 / 10 / 20% (share of splits) | - | "
+                "genes called at 5% |"
+            )
+        out += [
+            f"### {data}, {truth} truth ({n} repetitions)",
+            "",
+            head,
+            "| --- | --- | --- | --- | --- |",
+        ]
         for m, row in agg.iterrows():
-            fdr = " / ".join(f"{row[(f'fdr@{t:g}', 'mean')]:.3f} ({row[(f'fdr@{t:g}', 'std')]:.3f})"
-                             for t in TARGETS)  # fmt: skip
+            fdr = " / ".join(
+                f"{row[(f'fdr@{t:g}', 'mean')]:.3f} ({row[(f'fdr@{t:g}', 'std')]:.3f})"
+                for t in TARGETS
+            )
             tprs = " / ".join(f"{row[(f'tpr@{t:g}', 'mean')]:.2f}" for t in TARGETS)
             label = m.replace("|", "\\|")
-            out.append(f"| {label} | {row[('auroc', 'mean')]:.3f} | {fdr} | {tprs} | "
-                       f"{row[('calls@0.05', 'mean')]:.1f} |")  # fmt: skip
+            out.append(
+                f"| {label} | {row[('auroc', 'mean')]:.3f} | {fdr} | {tprs} | "
+                f"{row[('calls@0.05', 'mean')]:.1f} |"
+            )
         out.append("")
     return "\n".join(out)
 
@@ -193,9 +229,12 @@ def error_table(records: list[dict]) -> str:
     for row in rows[1:]:
         row.pop("kind", None)
     g = pd.DataFrame(rows).groupby("data", sort=False).mean()
-    lines = [f"### Where the model's error is ({KIND_LABELS[kind]}, mean over repetitions)", "",
-             "| data | " + " | ".join(g.columns) + " |",
-             "| --- |" + " --- |" * len(g.columns)]  # fmt: skip
+    lines = [
+        f"### Where the model's error is ({KIND_LABELS[kind]}, mean over repetitions)",
+        "",
+        "| data | " + " | ".join(g.columns) + " |",
+        "| --- |" + " --- |" * len(g.columns),
+    ]
     lines += [f"| {d} | " + " | ".join(f"{v:.3f}" for v in row) + " |" for d, row in g.iterrows()]
     return "\n".join([*lines, ""])
 
@@ -203,8 +242,11 @@ def error_table(records: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--datasets", nargs="+",
-                        default=["lopez2020", "draft", "hard", "pbmc_thinning", "pbmc_null"])
+    parser.add_argument(
+        "--datasets",
+        nargs="+",
+        default=["lopez2020", "draft", "hard", "pbmc_thinning", "pbmc_null"],
+    )
     parser.add_argument("--kinds", nargs="+", default=["deep", "batch", "hyperbatch"])
     parser.add_argument("--pbmc", default=None)
     parser.add_argument("--out", default="bench_results/de_calibration")

@@ -48,8 +48,9 @@ def denoised_cells(model, adata) -> np.ndarray:
     from scipy import sparse
 
     lib = np.asarray(sparse.csr_matrix(adata.layers["counts"]).sum(1), dtype=np.float64).ravel()
-    rho = model.get_normalized_expression(adata, n_samples=5, return_mean=True,
-                                          return_members=True, library_size=1, seed=0)
+    rho = model.get_normalized_expression(
+        adata, n_samples=5, return_mean=True, return_members=True, library_size=1, seed=0
+    )
     return np.asarray(rho, dtype=np.float64) * lib[None, :, None]
 
 
@@ -119,8 +120,9 @@ def train(adata, rep: int, epochs: int):
 def unit_between(rep: int, epochs: int, sd: float, models: bool, ks_null, ks_true) -> dict:
     from ensemblevi.data import synthetic_replicates
 
-    adata = synthetic_replicates(n_cells=1600, n_genes=400, n_samples=16, sample_sd=sd,
-                                 de_frac=0.2, seed=rep)  # fmt: skip
+    adata = synthetic_replicates(
+        n_cells=1600, n_genes=400, n_samples=16, sample_sd=sd, de_frac=0.2, seed=rep
+    )
     truth = adata.var["is_de_stim_vs_ctrl"].to_numpy(bool)
     rec: dict = {"kind": "between", "sd": sd, "rep": rep}
     den = None
@@ -133,7 +135,7 @@ def unit_between(rep: int, epochs: int, sd: float, models: bool, ks_null, ks_tru
     ctrl = list(rng.permutation(ctrl))
     counts = adata.layers["counts"]
     for k in ks_null:  # ctrl samples split in two: no true change
-        u = units_for(adata, ctrl[:k], ctrl[k:2 * k], "between")
+        u = units_for(adata, ctrl[:k], ctrl[k : 2 * k], "between")
         rec[f"null k={k}"] = run_methods(counts, den, u, None, models)
     for k in ks_true:
         u = units_for(adata, stim[:k], ctrl[:k], "between")
@@ -144,8 +146,16 @@ def unit_between(rep: int, epochs: int, sd: float, models: bool, ks_null, ks_tru
 def unit_paired(rep: int, epochs: int, models: bool, ks) -> dict:
     from ensemblevi.data import synthetic_replicates
 
-    adata = synthetic_replicates(n_cells=1600, n_genes=400, n_samples=8, design="paired",
-                                 sample_sd=0.3, response_sd=0.1, de_frac=0.2, seed=100 + rep)
+    adata = synthetic_replicates(
+        n_cells=1600,
+        n_genes=400,
+        n_samples=8,
+        design="paired",
+        sample_sd=0.3,
+        response_sd=0.1,
+        de_frac=0.2,
+        seed=100 + rep,
+    )
     truth = adata.var["is_de_stim_vs_ctrl"].to_numpy(bool)
     rec: dict = {"kind": "paired", "sd": 0.3, "rep": rep}
     den = None
@@ -154,19 +164,28 @@ def unit_paired(rep: int, epochs: int, models: bool, ks) -> dict:
         den = denoised_cells(model, adata)
     names = list(adata.obs["sample"].cat.categories)
     for k in ks:
-        rec[f"true k={k}"] = run_methods(adata.layers["counts"], den,
-                                         units_for(adata, names[:k], [], "paired"), truth, models)
+        rec[f"true k={k}"] = run_methods(
+            adata.layers["counts"], den, units_for(adata, names[:k], [], "paired"), truth, models
+        )
     return rec
 
 
-def unit_pbmc(rep: int, epochs: int, path: str, design: str, de: float, sd: float,
-              models: bool) -> dict:  # fmt: skip
+def unit_pbmc(
+    rep: int, epochs: int, path: str, design: str, de: float, sd: float, models: bool
+) -> dict:
     import anndata as ad
 
     from ensemblevi.benchmark._thinning import pseudo_samples
 
-    adata = pseudo_samples(ad.read_h5ad(path), n_samples=8, design=design, sample_sd=sd,
-                           de_fraction=de, seed=rep, n_top_genes=1200)  # fmt: skip
+    adata = pseudo_samples(
+        ad.read_h5ad(path),
+        n_samples=8,
+        design=design,
+        sample_sd=sd,
+        de_fraction=de,
+        seed=rep,
+        n_top_genes=1200,
+    )
     truth = adata.var["is_de_stim_vs_ctrl"].to_numpy(bool) if de > 0 else None
     rec: dict = {"kind": f"pbmc {design}", "sd": sd, "de": de, "rep": rep}
     den = None
@@ -178,10 +197,12 @@ def unit_pbmc(rep: int, epochs: int, path: str, design: str, de: float, sd: floa
         u = units_for(adata, names, [], "paired")
     else:
         cond = adata.obs.groupby("sample", observed=True)["condition"].first().astype(str)
-        u = units_for(adata, list(cond.index[cond == "stim"]), list(cond.index[cond == "ctrl"]),
-                      "between")  # fmt: skip
-    rec["null" if truth is None else "true"] = run_methods(adata.layers["counts"], den, u,
-                                                           truth, models)  # fmt: skip
+        u = units_for(
+            adata, list(cond.index[cond == "stim"]), list(cond.index[cond == "ctrl"]), "between"
+        )
+    rec["null" if truth is None else "true"] = run_methods(
+        adata.layers["counts"], den, u, truth, models
+    )
     return rec
 
 
@@ -227,12 +248,17 @@ def summarise(out: Path, md: Path | None, fig: Path | None) -> str:
             for m, x in res.items():
                 g = n_genes or r.get("n_genes", 1200)
                 rows.setdefault(name, {}).setdefault(m, []).append(x["calls@0.05"] / g)
-    lines += ["| null data set (reps) | " + " | ".join(METHODS) + " |",
-              "|---|" + "---|" * len(METHODS)]
+    lines += [
+        "| null data set (reps) | " + " | ".join(METHODS) + " |",
+        "|---|" + "---|" * len(METHODS),
+    ]
     for name in sorted(rows):
         n = max(len(v) for v in rows[name].values())
-        lines.append(f"| {name} ({n}) | " + " | ".join(
-            _mean_range(rows[name].get(m, []), pct=True) for m in METHODS) + " |")
+        lines.append(
+            f"| {name} ({n}) | "
+            + " | ".join(_mean_range(rows[name].get(m, []), pct=True) for m in METHODS)
+            + " |"
+        )
     # true changes: FDR and TPR at targets, TPR at matched true FDR
     true = {}
     for r in recs:
@@ -242,9 +268,13 @@ def summarise(out: Path, md: Path | None, fig: Path | None) -> str:
                 k = key.split("=")[1] if "=" in key else ("8" if "paired" in r["kind"] else "4")
                 kind = r["kind"]
                 true.setdefault((kind, int(k)), []).append(res)
-    lines += ["", "| design, samples per side or pairs (reps) | method | true FDR at 5% | 10% "
-              "| 20% | TPR at 5% | TPR at true FDR 5% | 10% | 20% |", "|---|---|" + "---|" * 7]
-    for (kind, k) in sorted(true):
+    lines += [
+        "",
+        "| design, samples per side or pairs (reps) | method | true FDR at 5% | 10% "
+        "| 20% | TPR at 5% | TPR at true FDR 5% | 10% | 20% |",
+        "|---|---|" + "---|" * 7,
+    ]
+    for kind, k in sorted(true):
         group = true[(kind, k)]
         for m in METHODS:
             xs = [g[m] for g in group if m in g]
@@ -268,8 +298,10 @@ def summarise(out: Path, md: Path | None, fig: Path | None) -> str:
         for ax, kind in zip(axes[0], kinds, strict=True):
             ks = sorted(k for kk, k in true if kk == kind)
             for m in METHODS:
-                ys = [np.mean([g[m]["tpr_at_fdr0.1"] for g in true[(kind, k)] if m in g] or
-                              [np.nan]) for k in ks]
+                ys = [
+                    np.mean([g[m]["tpr_at_fdr0.1"] for g in true[(kind, k)] if m in g] or [np.nan])
+                    for k in ks
+                ]
                 ax.plot(ks, ys, marker="o", label=m)
             ax.set_xscale("log", base=2)
             ax.set_xticks(ks, [str(k) for k in ks])
@@ -305,20 +337,45 @@ def main(argv=None) -> None:
     only = args.only.split(",")
     for rep in range(args.first_rep, args.reps):
         if "between" in only:
-            cached(out / f"between_sd0.3_rep{rep}.json", unit_between, rep, args.epochs, 0.3,
-                   True, (2, 3, 4), (2, 3, 4, 8))  # fmt: skip
+            cached(
+                out / f"between_sd0.3_rep{rep}.json",
+                unit_between,
+                rep,
+                args.epochs,
+                0.3,
+                True,
+                (2, 3, 4),
+                (2, 3, 4, 8),
+            )
         if "paired" in only:
             cached(out / f"paired_rep{rep}.json", unit_paired, rep, args.epochs, True, (2, 3, 4, 8))
         if "null_sd" in only:
             for sd in (0.2, 0.5):
-                cached(out / f"between_sd{sd}_rep{rep}.json", unit_between, rep, args.epochs, sd,
-                       args.models_all, (4,), ())  # fmt: skip
+                cached(
+                    out / f"between_sd{sd}_rep{rep}.json",
+                    unit_between,
+                    rep,
+                    args.epochs,
+                    sd,
+                    args.models_all,
+                    (4,),
+                    (),
+                )
         if "pbmc" in only and args.pbmc:
             for design in ("between", "paired"):
-                for de in ((0.0, 0.1) if design == "between" else (0.1,)):
-                    for sd in ((0.2, 0.3, 0.5) if de == 0 else (0.3,)):
-                        cached(out / f"pbmc_{design}_de{de}_sd{sd}_rep{rep}.json", unit_pbmc,
-                               rep, args.epochs, args.pbmc, design, de, sd, args.pbmc_models)
+                for de in (0.0, 0.1) if design == "between" else (0.1,):
+                    for sd in (0.2, 0.3, 0.5) if de == 0 else (0.3,):
+                        cached(
+                            out / f"pbmc_{design}_de{de}_sd{sd}_rep{rep}.json",
+                            unit_pbmc,
+                            rep,
+                            args.epochs,
+                            args.pbmc,
+                            design,
+                            de,
+                            sd,
+                            args.pbmc_models,
+                        )
 
 
 if __name__ == "__main__":

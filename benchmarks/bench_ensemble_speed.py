@@ -181,8 +181,12 @@ def main() -> None:
     parser.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu"])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128])
     parser.add_argument("--cells", type=int, default=None, help="heartlike's size (smoke runs)")
-    parser.add_argument("--repeats", type=int, default=1, help="runs per configuration, "
-                        "alternating the order; the table shows the medians")  # fmt: skip
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="runs per configuration, alternating the order; the table shows the medians",
+    )
     args = parser.parse_args()
     if args.worker:
         res = worker(
@@ -254,15 +258,17 @@ def main() -> None:
             )
         big = [n for n in names if n.startswith("deep36")]
         if big and args.seq:
-            seq = _run_worker("scvi_seq", args.seq_epochs, args.seq, data, args.accelerator,
-                              batch_size)  # fmt: skip
+            seq = _run_worker(
+                "scvi_seq", args.seq_epochs, args.seq, data, args.accelerator, batch_size
+            )
             print(
                 f"\n36 members, {args.seq_epochs} epoch(s) each, wall time including set-up: "
                 f"{args.seq} sequential scvi.model.SCVI trainings {seq['total_s']:.1f} s"
             )
             for name in big:
-                one = _run_worker(name, args.seq_epochs, args.seq, data, args.accelerator,
-                                  batch_size)  # fmt: skip
+                one = _run_worker(
+                    name, args.seq_epochs, args.seq, data, args.accelerator, batch_size
+                )
                 print(
                     f"- {CONFIGS[name]}: {one['total_s']:.1f} s, ratio "
                     f"{one['total_s'] / seq['total_s']:.3f}; steady-state ratio from the "

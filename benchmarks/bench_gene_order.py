@@ -28,8 +28,14 @@ def main(argv: list[str] | None = None) -> None:
     from ensemblevi.model import EnsembleSCVI
 
     rng = np.random.default_rng(0)
-    x = sparse.random(args.cells, args.genes, density=0.1, format="csr", random_state=0,
-                      data_rvs=lambda n: rng.poisson(3, n) + 1).astype(np.float32)
+    x = sparse.random(
+        args.cells,
+        args.genes,
+        density=0.1,
+        format="csr",
+        random_state=0,
+        data_rvs=lambda n: rng.poisson(3, n) + 1,
+    ).astype(np.float32)
     adata = AnnData(x)
     adata.var_names = [f"g{i}" for i in range(args.genes)]
     EnsembleSCVI.setup_anndata(adata)

@@ -35,8 +35,9 @@ def main() -> None:
     rows, counts = {}, None
     for seed in args.seeds:
         for kind in args.kinds:
-            model, _, query, _ = split_and_model(args.pbmc, kind, seed, 150, 1e-3, args.models,
-                                                 batch=True)  # fmt: skip
+            model, _, query, _ = split_and_model(
+                args.pbmc, kind, seed, 150, 1e-3, args.models, batch=True
+            )
             direct = query.copy()
             direct.obs["batch"] = "reference"
             ev.model.EnsembleSCVI.setup_anndata(direct, layer="counts", batch_key="batch")

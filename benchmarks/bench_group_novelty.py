@@ -42,8 +42,15 @@ def parse_variant(variant: str) -> tuple[str, dict]:
     return kind, extra
 
 
-def split_and_model(pbmc: str, variant: str, seed: int, epochs: int, lr: float,
-                    models: str | None = None, batch: bool = False):  # fmt: skip
+def split_and_model(
+    pbmc: str,
+    variant: str,
+    seed: int,
+    epochs: int,
+    lr: float,
+    models: str | None = None,
+    batch: bool = False,
+):
     """``(model, its AnnData, the query, training seconds)`` of the benchmark's split: the
     model trained on 80% of the seen cells (or loaded from ``models``), the query the other
     20% and every B cell. With ``batch``, the model's cells are set up as one batch
@@ -59,8 +66,9 @@ def split_and_model(pbmc: str, variant: str, seed: int, epochs: int, lr: float,
     seen, query = adata[kept].copy(), adata[~kept].copy()
     seen.obs["batch"] = "reference"
     for a in (seen, query):
-        ev.model.EnsembleSCVI.setup_anndata(a, layer="counts",
-                                            batch_key="batch" if batch and a is seen else None)
+        ev.model.EnsembleSCVI.setup_anndata(
+            a, layer="counts", batch_key="batch" if batch and a is seen else None
+        )
     kind, extra = parse_variant(variant)
     name = variant.replace(":", "_").replace("=", "") + ("_batch" if batch else "")
     path = Path(models) / f"pbmc_noB_q20_{name}_seed{seed}" if models else None
@@ -105,8 +113,9 @@ def run(variant: str, args) -> dict:
     import ensemblevi as ev
 
     seed = args.seed
-    model, _, query, secs = split_and_model(args.pbmc, variant, seed, args.epochs, args.lr,
-                                               args.models)  # fmt: skip
+    model, _, query, secs = split_and_model(
+        args.pbmc, variant, seed, args.epochs, args.lr, args.models
+    )
     t = time.perf_counter()
     tables = {}
     for ref in ("matched", "all"):
@@ -117,8 +126,10 @@ def run(variant: str, args) -> dict:
     is_b = (query.obs["cell_type"] == "B cells").to_numpy()
     score = query.obs["ensemblevi_novelty_knn"].to_numpy()
     neg = score[~is_b]
-    cells = {"auroc": float(roc_auc_score(is_b, score)),
-             "auroc_cv": float(roc_auc_score(is_b, query.obs["ensemblevi_novelty_cv"]))}
+    cells = {
+        "auroc": float(roc_auc_score(is_b, score)),
+        "auroc_cv": float(roc_auc_score(is_b, query.obs["ensemblevi_novelty_cv"])),
+    }
     for fpr in (0.01, 0.05):
         cells[f"tpr_at_{fpr:g}_fpr"] = float(np.mean(score[is_b] > np.quantile(neg, 1 - fpr)))
     for alpha in (0.01, 0.05):  # the rule itself: threshold from the validation cells
@@ -128,9 +139,13 @@ def run(variant: str, args) -> dict:
         cells[f"rule_tpr_{alpha:g}"] = float(flagged[is_b].mean())
     own = ev.tl.cell_novelty(model, alpha=0.01, seed=seed, progress=False)
     cells["own_flagged_0.01"] = float(own["is_novel"].mean())
-    return {"kind": variant, "train_s": secs, "test_s": test_s, "cells": cells,
-            "tables": {k: v.reset_index().to_dict(orient="list")
-                       for k, v in tables.items()}}  # fmt: skip
+    return {
+        "kind": variant,
+        "train_s": secs,
+        "test_s": test_s,
+        "cells": cells,
+        "tables": {k: v.reset_index().to_dict(orient="list") for k, v in tables.items()},
+    }
 
 
 def markdown(record: dict) -> str:
@@ -140,25 +155,39 @@ def markdown(record: dict) -> str:
     for r in [record]:
         c = r["cells"]
         title = f"#### {r['kind']} K=4 (training {r['train_s']:.0f} s, tests {r['test_s']:.0f} s)"
-        line = (f"Per cell (`novelty_knn`, B vs the query's seen cells): AUROC {c['auroc']:.3f} "
-                f"(`novelty_cv` {c['auroc_cv']:.3f}), TPR "
-                f"{c['tpr_at_0.01_fpr']:.2f} at 1% FPR and {c['tpr_at_0.05_fpr']:.2f} "
-                "at 5% (oracle thresholds). The rule (`is_novel`, threshold from the "
-                f"validation cells): alpha 1%: FPR {c['rule_fpr_0.01']:.3f} on the seen query "
-                f"cells, TPR {c['rule_tpr_0.01']:.2f} on B; alpha 5%: FPR "
-                f"{c['rule_fpr_0.05']:.3f}, TPR {c['rule_tpr_0.05']:.2f}. On the model's own "
-                f"AnnData at 1%: {100 * c['own_flagged_0.01']:.2f}% of all cells flagged "
-                "(training cells are not tested).")  # fmt: skip
+        line = (
+            f"Per cell (`novelty_knn`, B vs the query's seen cells): AUROC {c['auroc']:.3f} "
+            f"(`novelty_cv` {c['auroc_cv']:.3f}), TPR "
+            f"{c['tpr_at_0.01_fpr']:.2f} at 1% FPR and {c['tpr_at_0.05_fpr']:.2f} "
+            "at 5% (oracle thresholds). The rule (`is_novel`, threshold from the "
+            f"validation cells): alpha 1%: FPR {c['rule_fpr_0.01']:.3f} on the seen query "
+            f"cells, TPR {c['rule_tpr_0.01']:.2f} on B; alpha 5%: FPR "
+            f"{c['rule_fpr_0.05']:.3f}, TPR {c['rule_tpr_0.05']:.2f}. On the model's own "
+            f"AnnData at 1%: {100 * c['own_flagged_0.01']:.2f}% of all cells flagged "
+            "(training cells are not tested)."
+        )
         out += [title, "", line, ""]
         for name, table in r["tables"].items():
             df = pd.DataFrame(table)
-            out += [f"`{name}`:", "",
-                    "| group | n_tested | n_reference | auroc | qval | is_novel |",
-                    "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
-            rows = zip(df["group"], df["n_tested"], df["n_reference"], df["auroc"], df["qval"],
-                       df["is_novel"], strict=True)  # fmt: skip
-            out += [f"| {g} | {n} | {m} | {a:.3f} | {qv:.2g} | {bool(v)} |"
-                    for g, n, m, a, qv, v in rows]  # fmt: skip
+            out += [
+                f"`{name}`:",
+                "",
+                "| group | n_tested | n_reference | auroc | qval | is_novel |",
+                "| --- | --- | --- | --- | --- | --- |",
+            ]
+            rows = zip(
+                df["group"],
+                df["n_tested"],
+                df["n_reference"],
+                df["auroc"],
+                df["qval"],
+                df["is_novel"],
+                strict=True,
+            )
+            out += [
+                f"| {g} | {n} | {m} | {a:.3f} | {qv:.2g} | {bool(v)} |"
+                for g, n, m, a, qv, v in rows
+            ]
             out.append("")
     return "\n".join(out)
 

@@ -146,8 +146,13 @@ def main() -> None:
     parser.add_argument("--epochs-hard", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fast", action="store_true")
-    parser.add_argument("--data", choices=["pbmc3k", "hard"], nargs="*", default=None,
-                        help="data sets to run (default: both)")  # fmt: skip
+    parser.add_argument(
+        "--data",
+        choices=["pbmc3k", "hard"],
+        nargs="*",
+        default=None,
+        help="data sets to run (default: both)",
+    )
     parser.add_argument("--no-ood", action="store_true", help="skip the OOD part")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--figures", type=Path, default=ROOT / "docs" / "figures")
@@ -166,11 +171,14 @@ def main() -> None:
         if args.data and name not in args.data:
             continue
         frame, hbe, n_train, n_test = quality(name, adata, batch_key, epochs, args.seed)
-        print(f"\n### {name}: {n_train:,} train / {n_test:,} held-out cells, "
-              f"{adata.n_vars:,} genes, {epochs} epochs, seed {args.seed}\n")  # fmt: skip
+        print(
+            f"\n### {name}: {n_train:,} train / {n_test:,} held-out cells, "
+            f"{adata.n_vars:,} genes, {epochs} epochs, seed {args.seed}\n"
+        )
         print(frame.round(3).to_csv(sep="|"))
-        be, hb, deep = (frame.loc[m, "mixture log p(x)"] for m in
-                        ("batch K=4", "hyperbatch K=4", "deep K=4"))  # fmt: skip
+        be, hb, deep = (
+            frame.loc[m, "mixture log p(x)"] for m in ("batch K=4", "hyperbatch K=4", "deep K=4")
+        )
         share = (hb - be) / (deep - be) if deep != be else float("nan")
         print(f"HBE - BE: {hb - be:+.2f} nats per cell; share of the BE->deep gap: {share:.2f}")
         table = hbe.get_hyperparameters()

@@ -128,15 +128,20 @@ def run(args) -> dict:
     labels = ref.obs["cell_type"].to_numpy().copy()
     labels[hold] = UNLABELED
     ref.obs[LABELS] = labels
-    out = {"data": Path(args.data).stem, "arm": args.arm, "seed": args.seed,
-           "epochs": args.epochs, "scanvi_epochs": args.scanvi_epochs, "methods": {}}  # fmt: skip
+    out = {
+        "data": Path(args.data).stem,
+        "arm": args.arm,
+        "seed": args.seed,
+        "epochs": args.epochs,
+        "scanvi_epochs": args.scanvi_epochs,
+        "methods": {},
+    }
     for method in args.methods:
         adata = ref.copy()
         if method == "scanvi":
             model, secs = _train_scanvi(adata, args.seed, args.epochs, args.scanvi_epochs)
         else:
-            model, secs = _train_ensemble(adata, method, args.seed, args.epochs,
-                                          args.scanvi_epochs)  # fmt: skip
+            model, secs = _train_ensemble(adata, method, args.seed, args.epochs, args.scanvi_epochs)
         types = _types(method, model)
         row: dict = {"train_s": secs}
         if args.arm == "seen":
@@ -152,15 +157,20 @@ def run(args) -> dict:
             y_cal = adata.obs[LABELS].to_numpy()[cal]
             t = fit_temperature(p_cal, pd.Categorical(y_cal, categories=types).codes)
             scaled = label_calibration_metrics(apply_temperature(probs[known], t), y[known])
-            row.update(temperature=t, **{f"{k}_ts": scaled[k] for k in ("nll", "brier", "ece",
-                                                                         "classwise_ece")})
+            row.update(
+                temperature=t,
+                **{f"{k}_ts": scaled[k] for k in ("nll", "brier", "ece", "classwise_ece")},
+            )
         else:
             q = query.copy()
             parts = label_uncertainty_parts(_member_probs(method, model, q))
-            cal = label_uncertainty_parts(_member_probs(method, model, adata,
-                                                        _held_out_labelled(model)))  # fmt: skip
-            scores = {"max_probability": lambda p: 1 - p["confidence"],
-                      "entropy": lambda p: p["entropy"]}  # fmt: skip
+            cal = label_uncertainty_parts(
+                _member_probs(method, model, adata, _held_out_labelled(model))
+            )
+            scores = {
+                "max_probability": lambda p: 1 - p["confidence"],
+                "entropy": lambda p: p["entropy"],
+            }
             if method != "scanvi":
                 scores["mutual_information"] = lambda p: p["mutual_information"]
             for name, f in scores.items():
@@ -178,10 +188,16 @@ def run(args) -> dict:
                 row["auroc_novelty_knn"] = _auroc(knn[is_unseen], knn[~is_unseen])
                 row["tpr_novelty_knn"] = float(flag[is_unseen].mean())
                 row["fpr_novelty_knn"] = float(flag[~is_unseen].mean())
-            row.update(n_unseen=int(is_unseen.sum()), n_seen=int((~is_unseen).sum()),
-                       n_calibration=len(s_cal))  # fmt: skip
-        print(method, {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()},
-              flush=True)  # fmt: skip
+            row.update(
+                n_unseen=int(is_unseen.sum()),
+                n_seen=int((~is_unseen).sum()),
+                n_calibration=len(s_cal),
+            )
+        print(
+            method,
+            {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()},
+            flush=True,
+        )
         out["methods"][method] = row
         del model
     return out
@@ -191,20 +207,49 @@ def summarise(files: list[str]) -> str:
     """Markdown tables (mean and range over seeds) from the JSON results."""
     runs = [json.loads(Path(f).read_text()) for f in files]
     lines = []
-    for arm, cols in (("seen", ["accuracy", "nll", "brier", "ece", "classwise_ece", "train_s",
-                                "temperature", "nll_ts", "ece_ts", "classwise_ece_ts"]),
-                      ("unseen", ["auroc_max_probability", "auroc_entropy",
-                                  "auroc_mutual_information", "tpr_entropy", "fpr_entropy",
-                                  "tpr_mutual_information", "fpr_mutual_information",
-                                  "tpr_max_probability", "fpr_max_probability",
-                                  "auroc_novelty_knn", "tpr_novelty_knn",
-                                  "fpr_novelty_knn"])):  # fmt: skip
+    for arm, cols in (
+        (
+            "seen",
+            [
+                "accuracy",
+                "nll",
+                "brier",
+                "ece",
+                "classwise_ece",
+                "train_s",
+                "temperature",
+                "nll_ts",
+                "ece_ts",
+                "classwise_ece_ts",
+            ],
+        ),
+        (
+            "unseen",
+            [
+                "auroc_max_probability",
+                "auroc_entropy",
+                "auroc_mutual_information",
+                "tpr_entropy",
+                "fpr_entropy",
+                "tpr_mutual_information",
+                "fpr_mutual_information",
+                "tpr_max_probability",
+                "fpr_max_probability",
+                "auroc_novelty_knn",
+                "tpr_novelty_knn",
+                "fpr_novelty_knn",
+            ],
+        ),
+    ):
         for data in sorted({r["data"] for r in runs if r["arm"] == arm}):
             chosen = [r for r in runs if r["arm"] == arm and r["data"] == data]
             seeds = sorted(r["seed"] for r in chosen)
-            lines += [f"**{data}, {arm} arm** (seeds {', '.join(map(str, seeds))}; mean, "
-                      "min-max)", "", "| method | " + " | ".join(cols) + " |",
-                      "| --- |" + " --- |" * len(cols)]  # fmt: skip
+            lines += [
+                f"**{data}, {arm} arm** (seeds {', '.join(map(str, seeds))}; mean, min-max)",
+                "",
+                "| method | " + " | ".join(cols) + " |",
+                "| --- |" + " --- |" * len(cols),
+            ]
             for method in ("scanvi", "deep", "batch", "hyperbatch", "mcdropout"):
                 vals = [r["methods"][method] for r in chosen if method in r["methods"]]
                 if not vals:
@@ -218,8 +263,10 @@ def summarise(files: list[str]) -> str:
                         cells.append(f"{v[0]:.3f}" if c != "train_s" else f"{v[0]:.0f}")
                     else:
                         fmt = "{:.0f}" if c == "train_s" else "{:.3f}"
-                        cells.append(f"{fmt.format(np.nanmean(v))} ({fmt.format(np.nanmin(v))}-"
-                                     f"{fmt.format(np.nanmax(v))})")  # fmt: skip
+                        cells.append(
+                            f"{fmt.format(np.nanmean(v))} ({fmt.format(np.nanmin(v))}-"
+                            f"{fmt.format(np.nanmax(v))})"
+                        )
                 lines.append(f"| {method} | " + " | ".join(cells) + " |")
             lines.append("")
     return "\n".join(lines)

@@ -56,8 +56,10 @@ def main() -> None:
     order = np.random.default_rng(0).permutation(adata.n_obs)
     n_train = int(0.8 * adata.n_obs)
     train, test = adata[order[:n_train]].copy(), adata[order[n_train:]].copy()
-    print(f"PBMC 3k: {train.n_obs} train / {test.n_obs} held-out cells, {adata.n_vars} genes, "
-          f"{args.epochs} epochs, {args.n_mc} importance samples")  # fmt: skip
+    print(
+        f"PBMC 3k: {train.n_obs} train / {test.n_obs} held-out cells, {adata.n_vars} genes, "
+        f"{args.epochs} epochs, {args.n_mc} importance samples"
+    )
     rows = []
     for seed in range(args.seeds):
         scvi.model.SCVI.setup_anndata(train, layer="counts")
@@ -93,8 +95,10 @@ def main() -> None:
         print(rows[-1], flush=True)
     frame = pd.DataFrame(rows).set_index("seed")
     ref = frame["SCVI (per-cell mean)"]
-    print("\n| held-out log p(x), nats per cell | mean | sd over seeds | minus SCVI per-cell "
-          "(mean, min..max) |\n| --- | --- | --- | --- |")  # fmt: skip
+    print(
+        "\n| held-out log p(x), nats per cell | mean | sd over seeds | minus SCVI per-cell "
+        "(mean, min..max) |\n| --- | --- | --- | --- |"
+    )
     for col in frame.columns:
         diff = frame[col] - ref
         print(

@@ -64,9 +64,18 @@ def sim_data(seed: int):
     # types differ in 30% of the genes by 2.5 (log2): chosen, before any model was trained,
     # so that the PCA-kNN baseline separates the unseen type as in issue 35 (AUROC 0.93 on
     # seed 0; 0.64 with the simulator's defaults 0.2 / 1.5, where no score can do much)
-    adata = synthetic_replicates(n_cells=3200, n_genes=400, n_samples=8, n_types=4,
-                                 design="paired", de_frac=0.0, sample_sd=0.3,
-                                 type_de_frac=0.3, type_lfc=2.5, seed=seed)  # fmt: skip
+    adata = synthetic_replicates(
+        n_cells=3200,
+        n_genes=400,
+        n_samples=8,
+        n_types=4,
+        design="paired",
+        de_frac=0.0,
+        sample_sd=0.3,
+        type_de_frac=0.3,
+        type_lfc=2.5,
+        seed=seed,
+    )
     del adata.uns["synthetic_replicates"]
     return _split(adata, unseen="D", seed=seed)
 
@@ -150,8 +159,9 @@ def evaluate_novelty(model, ref, query, ev, pca) -> dict:
     out = {}
     for calibration in CALIBRATIONS:
         q = query.copy()
-        scores = ev.tl.cell_novelty(model, q, alpha=ALPHA, progress=False, sample_key="sample",
-                                    calibration=calibration)  # fmt: skip
+        scores = ev.tl.cell_novelty(
+            model, q, alpha=ALPHA, progress=False, sample_key="sample", calibration=calibration
+        )
         info = q.uns["ensemblevi"]["cell_novelty"]
         knn = scores["novelty_knn"].to_numpy()
         cal_knn = info["calibration_scores"]["novelty_knn"]
@@ -168,17 +178,26 @@ def evaluate_novelty(model, ref, query, ev, pca) -> dict:
             "pca_knn": rates(p_pca <= ALPHA, unseen),
             "combined": rates(np.minimum(p_knn, p_pca) <= ALPHA / 2, unseen),
         }
-        table = ev.tl.group_novelty(model, q, groupby="cell_type", progress=False,
-                                    sample_key="sample", calibration=calibration)  # fmt: skip
+        table = ev.tl.group_novelty(
+            model,
+            q,
+            groupby="cell_type",
+            progress=False,
+            sample_key="sample",
+            calibration=calibration,
+        )
         unseen_type = str(q.obs["cell_type"][unseen].iloc[0])
         called = table.index[table["is_novel"].to_numpy()].astype(str).tolist()
-        row["groups"] = {"unseen_called": unseen_type in called,
-                         "known_called": [g for g in called if g != unseen_type],
-                         "share_flagged": {str(g): float(v) for g, v in
-                                           table["share_flagged"].items()}}  # fmt: skip
+        row["groups"] = {
+            "unseen_called": unseen_type in called,
+            "known_called": [g for g in called if g != unseen_type],
+            "share_flagged": {str(g): float(v) for g, v in table["share_flagged"].items()},
+        }
         out[calibration] = row
-    out["auroc"] = {"novelty_knn": auroc(knn[unseen], knn[~unseen]),
-                    "pca_knn": auroc(d_query_pca[unseen], d_query_pca[~unseen])}  # fmt: skip
+    out["auroc"] = {
+        "novelty_knn": auroc(knn[unseen], knn[~unseen]),
+        "pca_knn": auroc(d_query_pca[unseen], d_query_pca[~unseen]),
+    }
     if model.n_members > 1:
         cv = scores["novelty_cv"].to_numpy()
         out["auroc"]["novelty_cv"] = auroc(cv[unseen], cv[~unseen])
@@ -190,21 +209,30 @@ def evaluate_labels(kind: str, ref, query, split: dict, seed: int, epochs: int, 
     from ensemblevi.model import EnsembleSCANVI
 
     lab = ref.copy()
-    EnsembleSCANVI.setup_anndata(lab, labels_key="cell_type", unlabeled_category="Unknown",
-                                 layer="counts")  # fmt: skip
+    EnsembleSCANVI.setup_anndata(
+        lab, labels_key="cell_type", unlabeled_category="Unknown", layer="counts"
+    )
     model = EnsembleSCANVI(lab, n_members=4, ensemble=kind, seed=seed)
-    model.train(max_epochs=epochs, seed=seed, enable_progress_bar=False,
-                datasplitter_kwargs=split["datasplitter_kwargs"])  # fmt: skip
+    model.train(
+        max_epochs=epochs,
+        seed=seed,
+        enable_progress_bar=False,
+        datasplitter_kwargs=split["datasplitter_kwargs"],
+    )
     unseen = query.obs["unseen"].to_numpy()
     out = {}
     for calibration in CALIBRATIONS:
         q = query.copy()
         q.obs["cell_type"] = "Unknown"  # the query is unlabelled (and has a type never seen)
-        info = ev.tl.label_uncertainty(model, q, alpha=ALPHA, sample_key="sample",
-                                       calibration=calibration)  # fmt: skip
+        info = ev.tl.label_uncertainty(
+            model, q, alpha=ALPHA, sample_key="sample", calibration=calibration
+        )
         call = q.obs["ensemblevi_label_unknown"].to_numpy().astype(bool)
-        out[calibration] = {**rates(call, unseen), "score": info["score"],
-                            "fpr_measured_by_rule": info["calibration_fpr"]}  # fmt: skip
+        out[calibration] = {
+            **rates(call, unseen),
+            "score": info["score"],
+            "fpr_measured_by_rule": info["calibration_fpr"],
+        }
     return out
 
 
@@ -217,9 +245,14 @@ def run_labels(data: str, pbmc: str, seed: int, epochs: int) -> list[dict]:
     rows = []
     for kind in ("deep", "single"):
         t = time.perf_counter()
-        row = {"data": data, "seed": seed, "kind": kind, "epochs": epochs,
-               "labels": evaluate_labels(kind, ref, query, split, seed, epochs, ev),
-               "seconds": round(time.perf_counter() - t, 1)}  # fmt: skip
+        row = {
+            "data": data,
+            "seed": seed,
+            "kind": kind,
+            "epochs": epochs,
+            "labels": evaluate_labels(kind, ref, query, split, seed, epochs, ev),
+            "seconds": round(time.perf_counter() - t, 1),
+        }
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
@@ -237,15 +270,27 @@ def run_one(data: str, pbmc: str, seed: int, epochs: int, labels: bool) -> list[
         EnsembleSCVI.setup_anndata(adata, layer="counts")
         model = EnsembleSCVI(adata, n_members=4, ensemble=kind, seed=seed)
         t = time.perf_counter()
-        model.train(max_epochs=epochs, seed=seed, enable_progress_bar=False,
-                    datasplitter_kwargs=split["datasplitter_kwargs"])  # fmt: skip
+        model.train(
+            max_epochs=epochs,
+            seed=seed,
+            enable_progress_bar=False,
+            datasplitter_kwargs=split["datasplitter_kwargs"],
+        )
         seconds = time.perf_counter() - t
         pca = pca_space(adata, model.train_indices)
-        row = {"data": data, "seed": seed, "kind": kind, "n_members": model.n_members,
-               "epochs": epochs, "train_s": round(seconds, 1),
-               "holdout_samples": split["holdout_samples"], "n_ref": int(ref.n_obs),
-               "n_query": int(query.n_obs), "n_unseen": int(query.obs["unseen"].sum()),
-               **evaluate_novelty(model, adata, query, ev, pca)}  # fmt: skip
+        row = {
+            "data": data,
+            "seed": seed,
+            "kind": kind,
+            "n_members": model.n_members,
+            "epochs": epochs,
+            "train_s": round(seconds, 1),
+            "holdout_samples": split["holdout_samples"],
+            "n_ref": int(ref.n_obs),
+            "n_query": int(query.n_obs),
+            "n_unseen": int(query.obs["unseen"].sum()),
+            **evaluate_novelty(model, adata, query, ev, pca),
+        }
         if labels:
             row["labels"] = evaluate_labels(kind, ref, query, split, seed, epochs, ev)
         rows.append(row)
@@ -261,9 +306,13 @@ def summarize(rows: list[dict]) -> str:
     for r in rows:
         for cal in CALIBRATIONS:
             c = r[cal]
-            row = {"data": r["data"], "model": f"{r['kind']} K={r['n_members']}",
-                   "calibration": c["calibration_kind"], "seed": r["seed"],
-                   "rule FPR (own)": c["fpr_measured_by_rule"]}  # fmt: skip
+            row = {
+                "data": r["data"],
+                "model": f"{r['kind']} K={r['n_members']}",
+                "calibration": c["calibration_kind"],
+                "seed": r["seed"],
+                "rule FPR (own)": c["fpr_measured_by_rule"],
+            }
             for score in ("novelty_knn", "pca_knn", "combined"):
                 row[f"{score} FPR"] = c[score]["fpr_known"]
                 row[f"{score} TPR"] = c[score]["tpr_unseen"]
@@ -283,8 +332,10 @@ def summarize(rows: list[dict]) -> str:
     out = mean.copy().astype(object)
     for col in mean.columns:
         fmt = "{:.2f}" if col.startswith("AUROC") or col.startswith("group") else "{:.1%}"
-        out[col] = [fmt.format(m) + ("" if a == b else f" ({fmt.format(a)}-{fmt.format(b)})")
-                    for m, a, b in zip(mean[col], lo[col], hi[col], strict=True)]
+        out[col] = [
+            fmt.format(m) + ("" if a == b else f" ({fmt.format(a)}-{fmt.format(b)})")
+            for m, a, b in zip(mean[col], lo[col], hi[col], strict=True)
+        ]
     out.insert(0, "seeds", n)
     from ensemblevi.benchmark._markdown import _table
 
@@ -298,11 +349,15 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--no-labels", action="store_true")
-    parser.add_argument("--labels-only", action="store_true",
-                        help="Only the label unknown rule (rows with 'labels' alone).")
+    parser.add_argument(
+        "--labels-only",
+        action="store_true",
+        help="Only the label unknown rule (rows with 'labels' alone).",
+    )
     parser.add_argument("--out", default="bench_new_sample.json")
-    parser.add_argument("--summarize", action="store_true",
-                        help="Print the tables of --out and stop.")
+    parser.add_argument(
+        "--summarize", action="store_true", help="Print the tables of --out and stop."
+    )
     args = parser.parse_args()
     out = Path(args.out)
     rows = json.loads(out.read_text()) if out.exists() else []

@@ -39,8 +39,9 @@ def cell_metrics(ev, model, query, is_b: np.ndarray, seed: int, reference_model)
 
     out = {}
     for alpha in (0.05, 0.01):  # 0.01 last: its scores stay in obs
-        flags = ev.tl.cell_novelty(model, query, alpha=alpha, seed=seed, progress=False,
-                                   reference_model=reference_model)  # fmt: skip
+        flags = ev.tl.cell_novelty(
+            model, query, alpha=alpha, seed=seed, progress=False, reference_model=reference_model
+        )
         flagged = flags["is_novel"].to_numpy()
         out[f"rule_fpr_{alpha:g}"] = float(flagged[~is_b].mean())
         out[f"rule_tpr_{alpha:g}"] = float(flagged[is_b].mean())
@@ -49,8 +50,9 @@ def cell_metrics(ev, model, query, is_b: np.ndarray, seed: int, reference_model)
         out[f"auroc_{name}"] = float(roc_auc_score(is_b, score))
     score = flags["novelty_knn"].to_numpy()
     for fpr in (0.01, 0.05):
-        out[f"tpr_at_{fpr:g}_fpr"] = float(np.mean(score[is_b] > np.quantile(score[~is_b],
-                                                                                1 - fpr)))
+        out[f"tpr_at_{fpr:g}_fpr"] = float(
+            np.mean(score[is_b] > np.quantile(score[~is_b], 1 - fpr))
+        )
     info = query.uns["ensemblevi"]["cell_novelty"]
     cal = np.asarray(info["calibration_scores"]["novelty_knn"])
     out["median_query_seen"] = float(np.median(score[~is_b]))
@@ -62,16 +64,20 @@ def run(variant: str, args) -> dict:
     import ensemblevi as ev
 
     seed = args.seed
-    model, _, query, secs = split_and_model(args.pbmc, variant, seed, args.epochs, args.lr,
-                                               args.models, batch=True)  # fmt: skip
+    model, _, query, secs = split_and_model(
+        args.pbmc, variant, seed, args.epochs, args.lr, args.models, batch=True
+    )
     is_b = (query.obs["cell_type"] == "B cells").to_numpy()
     record = {"kind": variant, "train_s": secs, "query_epochs": args.query_epochs}
     direct = query.copy()
     direct.obs["batch"] = "reference"
     ev.model.EnsembleSCVI.setup_anndata(direct, layer="counts", batch_key="batch")
     record["direct"] = cell_metrics(ev, model, direct, is_b, seed, None)
-    record["direct_groups"] = ev.tl.group_novelty(model, direct, groupby="cell_type", seed=seed,
-                                                  progress=False).reset_index().to_dict("list")
+    record["direct_groups"] = (
+        ev.tl.group_novelty(model, direct, groupby="cell_type", seed=seed, progress=False)
+        .reset_index()
+        .to_dict("list")
+    )
     q = query.copy()
     q.obs["batch"] = "query"
     t = time.perf_counter()
@@ -79,33 +85,47 @@ def run(variant: str, args) -> dict:
     mapped.train(max_epochs=args.query_epochs, seed=seed, enable_progress_bar=False)
     record["query_train_s"] = time.perf_counter() - t
     record["mapped"] = cell_metrics(ev, mapped, q, is_b, seed, model)
-    record["mapped_groups"] = ev.tl.group_novelty(
-        mapped, q, groupby="cell_type", seed=seed, progress=False, reference_model=model
-    ).reset_index().to_dict("list")
+    record["mapped_groups"] = (
+        ev.tl.group_novelty(
+            mapped, q, groupby="cell_type", seed=seed, progress=False, reference_model=model
+        )
+        .reset_index()
+        .to_dict("list")
+    )
     return record
 
 
 def markdown(r: dict) -> str:
     import pandas as pd
 
-    out = [f"#### {r['kind']} K=4, query mapped as a new batch ({r['query_epochs']} query "
-           f"epochs, {r['query_train_s']:.0f} s)", "",
-           "| scored | AUROC knn | AUROC cv | AUROC llgap | TPR@1% | TPR@5% | rule FPR 1% "
-           "| rule TPR 1% | rule FPR 5% | rule TPR 5% | median knn seen / calibration |",
-           "| --- " * 11 + "|"]  # fmt: skip
+    out = [
+        f"#### {r['kind']} K=4, query mapped as a new batch ({r['query_epochs']} query "
+        f"epochs, {r['query_train_s']:.0f} s)",
+        "",
+        "| scored | AUROC knn | AUROC cv | AUROC llgap | TPR@1% | TPR@5% | rule FPR 1% "
+        "| rule TPR 1% | rule FPR 5% | rule TPR 5% | median knn seen / calibration |",
+        "| --- " * 11 + "|",
+    ]
     for arm in ("direct", "mapped"):
         c = r[arm]
-        out.append(f"| {arm} | {c['auroc_novelty_knn']:.3f} | {c['auroc_novelty_cv']:.3f} | "
-                   f"{c['auroc_novelty_llgap']:.3f} | {c['tpr_at_0.01_fpr']:.2f} | "
-                   f"{c['tpr_at_0.05_fpr']:.2f} | {c['rule_fpr_0.01']:.3f} | "
-                   f"{c['rule_tpr_0.01']:.2f} | {c['rule_fpr_0.05']:.3f} | "
-                   f"{c['rule_tpr_0.05']:.2f} | {c['median_query_seen']:.2f} / "
-                   f"{c['median_calibration']:.2f} |")  # fmt: skip
+        out.append(
+            f"| {arm} | {c['auroc_novelty_knn']:.3f} | {c['auroc_novelty_cv']:.3f} | "
+            f"{c['auroc_novelty_llgap']:.3f} | {c['tpr_at_0.01_fpr']:.2f} | "
+            f"{c['tpr_at_0.05_fpr']:.2f} | {c['rule_fpr_0.01']:.3f} | "
+            f"{c['rule_tpr_0.01']:.2f} | {c['rule_fpr_0.05']:.3f} | "
+            f"{c['rule_tpr_0.05']:.2f} | {c['median_query_seen']:.2f} / "
+            f"{c['median_calibration']:.2f} |"
+        )
     out.append("")
     for arm in ("direct", "mapped"):
         df = pd.DataFrame(r[f"{arm}_groups"])
-        flagged = [f"{g} (AUROC {a:.2f}, q {qv:.1g})" for g, a, qv, v in
-                   zip(df["group"], df["auroc"], df["qval"], df["is_novel"], strict=True) if v]
+        flagged = [
+            f"{g} (AUROC {a:.2f}, q {qv:.1g})"
+            for g, a, qv, v in zip(
+                df["group"], df["auroc"], df["qval"], df["is_novel"], strict=True
+            )
+            if v
+        ]
         out.append(f"- `group_novelty`, {arm}: flags {', '.join(flagged) or 'nothing'}.")
     return "\n".join(out) + "\n"
 
@@ -114,8 +134,11 @@ def summary(paths: list[str]) -> str:
     """One row per (kind, seed) from the ``--out`` files of several seeds."""
     import pandas as pd
 
-    out = ["| kind | seed | AUROC knn | rule FPR / TPR at 5% | rule FPR / TPR at 1% | groups "
-           "flagged, direct | groups flagged, mapped |", "| --- " * 7 + "|"]  # fmt: skip
+    out = [
+        "| kind | seed | AUROC knn | rule FPR / TPR at 5% | rule FPR / TPR at 1% | groups "
+        "flagged, direct | groups flagged, mapped |",
+        "| --- " * 7 + "|",
+    ]
     for path in paths:
         seed = Path(path).stem.rsplit("_s", 1)[-1]
         for r in json.loads(Path(path).read_text()):
@@ -123,12 +146,16 @@ def summary(paths: list[str]) -> str:
             flags = []
             for arm in ("direct", "mapped"):
                 df = pd.DataFrame(r[f"{arm}_groups"])
-                flags.append(", ".join(g for g, v in zip(df["group"], df["is_novel"],
-                                                         strict=True) if v) or "none")
-            out.append(f"| {r['kind']} | {seed} | {c['auroc_novelty_knn']:.3f} | "
-                       f"{c['rule_fpr_0.05']:.3f} / {c['rule_tpr_0.05']:.2f} | "
-                       f"{c['rule_fpr_0.01']:.3f} / {c['rule_tpr_0.01']:.2f} | {flags[0]} | "
-                       f"{flags[1]} |")  # fmt: skip
+                flags.append(
+                    ", ".join(g for g, v in zip(df["group"], df["is_novel"], strict=True) if v)
+                    or "none"
+                )
+            out.append(
+                f"| {r['kind']} | {seed} | {c['auroc_novelty_knn']:.3f} | "
+                f"{c['rule_fpr_0.05']:.3f} / {c['rule_tpr_0.05']:.2f} | "
+                f"{c['rule_fpr_0.01']:.3f} / {c['rule_tpr_0.01']:.2f} | {flags[0]} | "
+                f"{flags[1]} |"
+            )
     return "\n".join(out)
 
 
@@ -136,8 +163,13 @@ def main() -> None:
     if sys.argv[1:2] == ["--summarise"]:  # the table of several seeds' --out files
         print(summary(sys.argv[2:]))
         return
-    main_loop(__doc__, "bench_results/query_novelty.json", run, markdown,
-              extra=[("--query-epochs", {"type": int, "default": 100})])
+    main_loop(
+        __doc__,
+        "bench_results/query_novelty.json",
+        run,
+        markdown,
+        extra=[("--query-epochs", {"type": int, "default": 100})],
+    )
 
 
 if __name__ == "__main__":

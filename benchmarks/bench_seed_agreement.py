@@ -91,9 +91,14 @@ def agreement(name: str, n_cells: int, n_seeds: int, epochs: int, n_samples: int
     before = sum((save_dir / f"seed_{s}" / "model.pt").exists() for s in range(n_seeds))
     t = time.perf_counter()
     ev.tl.seed_ensemble(
-        adata, n_seeds=n_seeds, save_dir=save_dir, setup_kwargs=setup, max_epochs=epochs,
-        progress=True, **ARCH,
-    )  # fmt: skip
+        adata,
+        n_seeds=n_seeds,
+        save_dir=save_dir,
+        setup_kwargs=setup,
+        max_epochs=epochs,
+        progress=True,
+        **ARCH,
+    )
     if before < n_seeds:  # wall time per newly trained seed (saving, and loading the rest)
         log.write_text(json.dumps({"per_seed_s": (time.perf_counter() - t) / (n_seeds - before)}))
     scvi.model.SCVI.setup_anndata(adata, **setup)
@@ -123,9 +128,12 @@ def agreement(name: str, n_cells: int, n_seeds: int, epochs: int, n_samples: int
         }
     )
     rows.append(
-        {"model": f"4 seeds vs all {n_seeds}", "spearman": spearmanr(four, ref)[0],
-         "cost": 4 / n_seeds}
-    )  # fmt: skip
+        {
+            "model": f"4 seeds vs all {n_seeds}",
+            "spearman": spearmanr(four, ref)[0],
+            "cost": 4 / n_seeds,
+        }
+    )
     stds = {"4 scVI seeds": four}
     for kind in KINDS:
         t = time.perf_counter()
@@ -212,8 +220,11 @@ def novelty(epochs: int, n_samples: int):
             "AUROC vs all seen": roc_auc_score(is_b, neg),
         }
     )
-    return pd.DataFrame(rows), {"train_cells": train.n_obs, "genes": train.n_vars,
-                                "B cells": int(is_b.sum())}  # fmt: skip
+    return pd.DataFrame(rows), {
+        "train_cells": train.n_obs,
+        "genes": train.n_vars,
+        "B cells": int(is_b.sum()),
+    }
 
 
 def figure(results, path: Path) -> None:
@@ -291,9 +302,11 @@ def main() -> None:
     parser.add_argument("--heart-epochs", type=int, default=60)
     parser.add_argument("--n-samples", type=int, default=10)
     parser.add_argument(
-        "--part", choices=["all", "agreement", "novelty", "cost"], default="all",
+        "--part",
+        choices=["all", "agreement", "novelty", "cost"],
+        default="all",
         help="cost: time 3 scVI seeds and each K=4 kind side by side, on a quiet machine",
-    )  # fmt: skip
+    )
     parser.add_argument("--cache", type=Path, default=Path("/tmp/ensemblevi_bench_seeds"))
     parser.add_argument("--figure", type=Path, default=ROOT / "docs" / "figures" / "seed_agreement")
     args = parser.parse_args()

@@ -57,8 +57,13 @@ def evaluate(model, adata, reference_parts, reference_consensus, resolution: flo
     parts = member_partitions(idx, dist, resolution, 0)
     table, _ = cluster_table(reference_consensus, parts)
     ari, _ = partition_agreement(parts)
-    return {"cells": cells, "table": table, "parts": parts, "stability_s": time.perf_counter() - t,
-            "mean_ari": float(ari[np.triu_indices(len(parts), 1)].mean())}
+    return {
+        "cells": cells,
+        "table": table,
+        "parts": parts,
+        "stability_s": time.perf_counter() - t,
+        "mean_ari": float(ari[np.triu_indices(len(parts), 1)].mean()),
+    }
 
 
 def main() -> None:
@@ -88,9 +93,14 @@ def main() -> None:
     warnings.simplefilter("ignore")
     adata = load(args.data, args.n_cells, 0)
     t = time.perf_counter()
-    seeds = ev.tl.seed_ensemble(adata, n_seeds=args.n_seeds, save_dir=args.seeds_dir,
-                                setup_kwargs={"layer": "counts"}, max_epochs=args.epochs,
-                                progress=False)  # fmt: skip
+    seeds = ev.tl.seed_ensemble(
+        adata,
+        n_seeds=args.n_seeds,
+        save_dir=args.seeds_dir,
+        setup_kwargs={"layer": "counts"},
+        max_epochs=args.epochs,
+        progress=False,
+    )
     seeds_s = time.perf_counter() - t  # a reused save_dir reads this as near 0
     from ensemblevi.tl._stability_core import member_knn, member_partitions
 
@@ -99,16 +109,26 @@ def main() -> None:
     parts36 = member_partitions(idx, dist, args.resolution, 0)
     consensus = leiden(coassignment_graph(parts36, idx), args.resolution, 0)
     ref = evaluate(seeds, adata, parts36, consensus, args.resolution)
-    record = {"data": args.data, "n_cells": adata.n_obs, "epochs": args.epochs,
-              "n_seeds": args.n_seeds, "seeds_train_s": seeds_s,
-              "seeds_mean_ari": ref["mean_ari"], "seeds_stability_s": ref["stability_s"],
-              "clusters": ref["table"].reset_index().to_dict("list"), "kinds": {}}  # fmt: skip
+    record = {
+        "data": args.data,
+        "n_cells": adata.n_obs,
+        "epochs": args.epochs,
+        "n_seeds": args.n_seeds,
+        "seeds_train_s": seeds_s,
+        "seeds_mean_ari": ref["mean_ari"],
+        "seeds_stability_s": ref["stability_s"],
+        "clusters": ref["table"].reset_index().to_dict("list"),
+        "kinds": {},
+    }
     labels = adata.obs["cell_type"].astype(str).to_numpy() if "cell_type" in adata.obs else None
     if labels is not None:  # what the 36 seeds' consensus clusters hold
         record["cluster_types"] = {
-            str(c): ", ".join(f"{k} {v}" for k, v in
-                              pd.Series(labels[consensus == c]).value_counts().head(2).items())
-            for c in np.unique(consensus)}  # fmt: skip
+            str(c): ", ".join(
+                f"{k} {v}"
+                for k, v in pd.Series(labels[consensus == c]).value_counts().head(2).items()
+            )
+            for c in np.unique(consensus)
+        }
     for kind in args.kinds:
         ev.model.EnsembleSCVI.setup_anndata(adata, layer="counts")
         model, secs = train_timed(adata, kind, 4, 0, args.epochs, 1e-3)
@@ -116,13 +136,15 @@ def main() -> None:
         rho_cells = spearmanr(res["cells"], ref["cells"]).statistic
         rho_clusters = spearmanr(res["table"]["stability"], ref["table"]["stability"]).statistic
         record["kinds"][kind] = {
-            "train_s": secs, "rho_cells": float(rho_cells),
-            "rho_clusters": float(rho_clusters), "mean_ari": res["mean_ari"],
+            "train_s": secs,
+            "rho_cells": float(rho_cells),
+            "rho_clusters": float(rho_clusters),
+            "mean_ari": res["mean_ari"],
             "cell_mean": float(res["cells"].mean()),
             "stability": res["table"]["stability"].tolist(),
             "unstable": [c for c, r in res["table"].iterrows() if not r["reproducible"]],
             "stability_s": res["stability_s"],
-        }  # fmt: skip
+        }
         print(kind, record["kinds"][kind]["rho_cells"], rho_clusters, secs, flush=True)
         write_text(Path(args.out), json.dumps(record, default=float))
     record["seeds_cell_mean"] = float(ref["cells"].mean())
@@ -133,23 +155,34 @@ def main() -> None:
 def markdown(r: dict) -> str:
     """The benchmark's tables for docs/benchmarks.md."""
     clusters = r["clusters"]
-    unstable36 = [c for c, ok in zip(clusters["cluster"], clusters["reproducible"], strict=True)
-                  if not ok]  # fmt: skip
-    out = [f"`{r['data']}`, {r['n_cells']:,} cells, {r['epochs']} epochs: {r['n_seeds']} "
-           f"scVI seeds trained in {r['seeds_train_s']:.0f} s (mean ARI between seeds' "
-           f"Leiden partitions {r['seeds_mean_ari']:.2f}, mean neighbourhood stability "
-           f"{r.get('seeds_cell_mean', float('nan')):.2f}; {len(clusters['cluster'])} "
-           f"consensus clusters, not reproducible: {', '.join(unstable36) or 'none'}).", "",
-           "| K = 4 kind | Spearman per cell | Spearman per cluster | mean ARI | clusters "
-           f"not reproducible | training s | cost vs {r['n_seeds']} seeds |",
-           "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    unstable36 = [
+        c for c, ok in zip(clusters["cluster"], clusters["reproducible"], strict=True) if not ok
+    ]
+    out = [
+        f"`{r['data']}`, {r['n_cells']:,} cells, {r['epochs']} epochs: {r['n_seeds']} "
+        f"scVI seeds trained in {r['seeds_train_s']:.0f} s (mean ARI between seeds' "
+        f"Leiden partitions {r['seeds_mean_ari']:.2f}, mean neighbourhood stability "
+        f"{r.get('seeds_cell_mean', float('nan')):.2f}; {len(clusters['cluster'])} "
+        f"consensus clusters, not reproducible: {', '.join(unstable36) or 'none'}).",
+        "",
+        "| K = 4 kind | Spearman per cell | Spearman per cluster | mean ARI | clusters "
+        f"not reproducible | training s | cost vs {r['n_seeds']} seeds |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for kind, k in r["kinds"].items():
         ratio = k["train_s"] / r["seeds_train_s"] if r["seeds_train_s"] > 1 else float("nan")
-        out.append(f"| {kind} | {k['rho_cells']:.2f} | {k['rho_clusters']:.2f} | "
-                   f"{k['mean_ari']:.2f} | {', '.join(k['unstable']) or 'none'} | "
-                   f"{k['train_s']:.0f} | {ratio:.3f} |")  # fmt: skip
-    out += ["", f"| cluster | cells | what it holds | stability, {r['n_seeds']} seeds | "
-            + " | ".join(r["kinds"]) + " |", "| --- " * (4 + len(r["kinds"])) + "|"]
+        out.append(
+            f"| {kind} | {k['rho_cells']:.2f} | {k['rho_clusters']:.2f} | "
+            f"{k['mean_ari']:.2f} | {', '.join(k['unstable']) or 'none'} | "
+            f"{k['train_s']:.0f} | {ratio:.3f} |"
+        )
+    out += [
+        "",
+        f"| cluster | cells | what it holds | stability, {r['n_seeds']} seeds | "
+        + " | ".join(r["kinds"])
+        + " |",
+        "| --- " * (4 + len(r["kinds"])) + "|",
+    ]
     types = r.get("cluster_types", {})
     for i, c in enumerate(clusters["cluster"]):
         row = [c, str(clusters["n_cells"][i]), types.get(c, ""), f"{clusters['stability'][i]:.2f}"]

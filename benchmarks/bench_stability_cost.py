@@ -29,11 +29,18 @@ def main() -> None:
     adata = ev.data.read(args.data)
     ev.data.preprocess(adata, n_top_genes=1200)
     t = time.perf_counter()
-    ev.tl.seed_ensemble(adata, n_seeds=args.n_seeds, setup_kwargs={"layer": "counts"},
-                        max_epochs=args.epochs, progress=False)  # fmt: skip
+    ev.tl.seed_ensemble(
+        adata,
+        n_seeds=args.n_seeds,
+        setup_kwargs={"layer": "counts"},
+        max_epochs=args.epochs,
+        progress=False,
+    )
     per_seed = (time.perf_counter() - t) / args.n_seeds
-    print(f"one scVI seed: {per_seed:.1f} s (mean of {args.n_seeds}); 36 seeds: "
-          f"{36 * per_seed:.0f} s (extrapolated)")
+    print(
+        f"one scVI seed: {per_seed:.1f} s (mean of {args.n_seeds}); 36 seeds: "
+        f"{36 * per_seed:.0f} s (extrapolated)"
+    )
     print("| K = 4 kind | training s | cost vs 36 seeds |\n| --- | --- | --- |")
     for kind in args.kinds:
         ev.model.EnsembleSCVI.setup_anndata(adata, layer="counts")

@@ -63,14 +63,18 @@ def main() -> None:
     table, _ = cluster_table(consensus, parts)
     times["consensus + table"] = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"{args.members} members x {args.cells:,} cells x {args.dim} dims; "
-          f"peak RSS {peak:,.0f} MB (codes and libraries loaded: {base_rss:,.0f} MB)")
+    print(
+        f"{args.members} members x {args.cells:,} cells x {args.dim} dims; "
+        f"peak RSS {peak:,.0f} MB (codes and libraries loaded: {base_rss:,.0f} MB)"
+    )
     print("| step | seconds |\n| --- | --- |")
     for k, v in times.items():
         print(f"| {k} | {v:.1f} |")
     print(f"| total | {sum(times.values()):.1f} |")
-    print(f"mean neighbourhood stability {cells.mean():.3f}; {len(table)} consensus "
-          f"clusters, {int((~table['reproducible']).sum())} not reproducible")
+    print(
+        f"mean neighbourhood stability {cells.mean():.3f}; {len(table)} consensus "
+        f"clusters, {int((~table['reproducible']).sum())} not reproducible"
+    )
 
 
 if __name__ == "__main__":

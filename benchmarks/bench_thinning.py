@@ -31,8 +31,9 @@ def main() -> None:
     from ensemblevi.benchmark._markdown import fdr_markdown
 
     kw = {} if args.all_kinds else {"deep_sizes": (1, args.deep), "wide": (), "batch_kinds": ()}
-    cfg = _fdr.FDRConfig(presets=(), reps=args.reps, n_samples=args.n_samples,
-                         datasets=tuple(args.datasets), **kw)  # fmt: skip
+    cfg = _fdr.FDRConfig(
+        presets=(), reps=args.reps, n_samples=args.n_samples, datasets=tuple(args.datasets), **kw
+    )
     cfg.epochs.update(dict.fromkeys(_fdr.THINNING_DATASETS, args.epochs))
     records = _fdr.run(Path(args.out), cfg, pbmc=args.pbmc)
     if not records:

@@ -43,8 +43,12 @@ LIBRARY_SIZE = 1e4  # as ensemblevi.model.base._de_core.LIBRARY_SIZE
 PSEUDOCOUNT = 0.1  # as ensemblevi.model.base._de_core.PSEUDOCOUNT (per 1e4)
 TARGETS = (0.05, 0.1, 0.2)
 #: oracle |LFC| bins of part 3: (label, low, high)
-BINS = (("null, oracle < 0.2", 0.0, 0.2), ("null, oracle 0.2-0.3", 0.2, 0.3),
-        ("null, oracle 0.3-0.5", 0.3, 0.5), ("DE, oracle >= 0.5", 0.5, np.inf))  # fmt: skip
+BINS = (
+    ("null, oracle < 0.2", 0.0, 0.2),
+    ("null, oracle 0.2-0.3", 0.2, 0.3),
+    ("null, oracle 0.3-0.5", 0.3, 0.5),
+    ("DE, oracle >= 0.5", 0.5, np.inf),
+)
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -152,14 +156,17 @@ def bias_rows(
     for label, lo, hi in BINS:
         m = (size >= lo) & (size < hi)
         n = int(m.sum())
-        rows.append({
-            "genes": label, "n": n,
-            "mean": float(err[m].mean()) if n else np.nan,
-            "sd": float(err[m].std(ddof=1)) if n > 1 else np.nan,
-            "outward": float((np.sign(oracle_lfc[m]) * err[m]).mean()) if n else np.nan,
-            "crosses": float((np.abs(model_lfc[m]) >= delta).mean()) if n else np.nan,
-            "called": float(called[m].mean()) if n else np.nan,
-        })  # fmt: skip
+        rows.append(
+            {
+                "genes": label,
+                "n": n,
+                "mean": float(err[m].mean()) if n else np.nan,
+                "sd": float(err[m].std(ddof=1)) if n > 1 else np.nan,
+                "outward": float((np.sign(oracle_lfc[m]) * err[m]).mean()) if n else np.nan,
+                "crosses": float((np.abs(model_lfc[m]) >= delta).mean()) if n else np.nan,
+                "called": float(called[m].mean()) if n else np.nan,
+            }
+        )
     return rows
 
 
@@ -247,8 +254,9 @@ def truth_variants(adata, seed: int, cells: tuple | None = None) -> dict[str, np
         norm[b], norm[a], PSEUDOCOUNT
     )
     if cells is not None:
-        out["oracle (model's cells)"] = group_median_lfc(norm[cells[0]], norm[cells[1]],
-                                                          PSEUDOCOUNT)  # fmt: skip
+        out["oracle (model's cells)"] = group_median_lfc(
+            norm[cells[0]], norm[cells[1]], PSEUDOCOUNT
+        )
     if "batch_effect" in adata.varm and adata.obs["batch"].nunique() > 1:
         beta = np.asarray(adata.varm["batch_effect"], dtype=np.float64).T  # (batches, genes)
         seen = normalise(h * beta[adata.obs["batch"].cat.codes.to_numpy()])
@@ -291,12 +299,14 @@ def _member_stats(draws: np.ndarray, oracle: np.ndarray, null: np.ndarray) -> di
     pooled = interval_coverage(draws.reshape(1, -1, draws.shape[-1]), oracle)[0]
     width = np.diff(np.quantile(draws, [0.025, 0.975], axis=1), axis=0)[0]  # (K, G)
     pooled_w = np.diff(np.quantile(draws.reshape(-1, draws.shape[-1]), [0.025, 0.975], 0), axis=0)
-    return {"coverage_member_null": float(cov[:, null].mean()),
-            "coverage_member_de": float(cov[:, ~null].mean()),
-            "coverage_pooled_null": float(pooled[null].mean()),
-            "coverage_pooled_de": float(pooled[~null].mean()),
-            "width_member": float(np.median(width)),
-            "width_pooled": float(np.median(pooled_w))}  # fmt: skip
+    return {
+        "coverage_member_null": float(cov[:, null].mean()),
+        "coverage_member_de": float(cov[:, ~null].mean()),
+        "coverage_pooled_null": float(pooled[null].mean()),
+        "coverage_pooled_de": float(pooled[~null].mean()),
+        "width_member": float(np.median(width)),
+        "width_pooled": float(np.median(pooled_w)),
+    }
 
 
 def analyse(draws: np.ndarray, adata, variants: dict, delta: float, oracle_key: str) -> dict:
@@ -343,8 +353,9 @@ def analyse(draws: np.ndarray, adata, variants: dict, delta: float, oracle_key: 
     null = np.abs(oracle) < delta
     rec["bias"] = bias_rows(point, oracle, calls[0.05], delta)
     rec["width"] = _member_stats(draws, oracle, null)
-    rec["decomposition"] = {f"{t:g}": decompose(calls[t], proba, point, sim, oracle, delta)
-                            for t in TARGETS}  # fmt: skip
+    rec["decomposition"] = {
+        f"{t:g}": decompose(calls[t], proba, point, sim, oracle, delta) for t in TARGETS
+    }
     return rec
 
 
@@ -373,24 +384,43 @@ def run_one(name: str, loader: Callable, rep: int, cfg: dict, models: list[str],
     batch_key = "batch" if "batch" in adata.obs and adata.obs["batch"].nunique() > 1 else None
     EnsembleSCVI.setup_anndata(adata, layer="counts", batch_key=batch_key)
     delta = cfg["delta"]
-    rec = {"dataset": name, "rep": rep, "n_cells": adata.n_obs, "n_genes": adata.n_vars,
-           "n_de": int(adata.var["is_de_B_vs_A"].sum()), "models": {}}  # fmt: skip
+    rec = {
+        "dataset": name,
+        "rep": rep,
+        "n_cells": adata.n_obs,
+        "n_genes": adata.n_vars,
+        "n_de": int(adata.var["is_de_B_vs_A"].sum()),
+        "models": {},
+    }
     has_rates = "true_rate" in adata.layers
     base = truth_variants(adata, rep) if has_rates else {}
     if has_rates:
         sim = adata.var["is_de_B_vs_A"].to_numpy(bool)
         big = {k: np.abs(v) >= delta for k, v in base.items()}
-        rec["oracle_vs_sim"] = {k: {"changed": int((big[k] != sim).sum()),
-                                    "fdr": true_fdr(big[k], sim), "tpr": tpr(big[k], sim),
-                                    "null_median_lfc": float(np.median(v[~sim]))}
-                                for k, v in base.items()}  # fmt: skip
+        rec["oracle_vs_sim"] = {
+            k: {
+                "changed": int((big[k] != sim).sum()),
+                "fdr": true_fdr(big[k], sim),
+                "tpr": tpr(big[k], sim),
+                "null_median_lfc": float(np.median(v[~sim])),
+            }
+            for k, v in base.items()
+        }
     epochs = cfg["epochs"][name] if name in cfg["epochs"] else 100
     for label in models:
         kind, k = MODELS[label]
         t0 = time.perf_counter()
         model, secs = train_timed(adata, kind, k, rep, epochs, cfg["lr"], n_hidden=cfg["n_hidden"])
-        draws, info = tl.lfc_posterior(model, adata, "cell_type", "B", "A", progress=False,
-                                       n_samples=cfg["n_samples"], seed=rep)  # fmt: skip
+        draws, info = tl.lfc_posterior(
+            model,
+            adata,
+            "cell_type",
+            "B",
+            "A",
+            progress=False,
+            n_samples=cfg["n_samples"],
+            seed=rep,
+        )
         cells = (np.asarray(info["cells1"]), np.asarray(info["cells2"]))
         variants = truth_variants(adata, rep, cells) if has_rates else {}
         rec["models"][label] = analyse(draws, adata, variants, delta, ORACLE)
@@ -451,9 +481,12 @@ def _reading(split: pd.DataFrame, bias: pd.DataFrame, width: pd.DataFrame) -> li
         out.append(
             f"- {r['model']}: at 5% the true FDR is {r['fdr_sim']:.3f} against the simulator "
             f"and {r['fdr_oracle']:.3f} against the oracle, expected {r['expected_fdr']:.3f}"
-            + (f": the truth's definition accounts for {share:.0%} of the excess (< 0: the "
-               "oracle's truth makes it larger), the model for the rest."
-               if excess > 0.005 else ": no excess.")
+            + (
+                f": the truth's definition accounts for {share:.0%} of the excess (< 0: the "
+                "oracle's truth makes it larger), the model for the rest."
+                if excess > 0.005
+                else ": no excess."
+            )
             + f" Of {r['false']:.1f} false calls {r['truth'] / f:.0%} are the truth's "
             f"definition, {r['bias'] / f:.0%} bias (point |LFC| past delta), "
             f"{r['width'] / f:.0%} width. On nulls with oracle |LFC| in [0.3, 0.5) the point "
@@ -463,14 +496,18 @@ def _reading(split: pd.DataFrame, bias: pd.DataFrame, width: pd.DataFrame) -> li
             f"{ratio * w['width_pooled'] / w['width_member']:.1f}x a member's (normal "
             "approximation of the 95% widths); the pooled 95% interval covers the oracle for "
             f"{w['coverage_pooled_null']:.0%} of the nulls."
-        )  # fmt: skip
+        )
         if excess > 0.005:
-            out.append("  Points to: " + (
-                "the truth (score against the model's estimand on normalised rates)."
-                if share >= 0.5 else
-                "the posterior, not the estimand: the model's per-gene LFC error is wider "
-                "than its posterior, so the posterior (or proba_de) needs that error added, "
-                f"e.g. intervals about {ratio:.1f}x wider here."))  # fmt: skip
+            out.append(
+                "  Points to: "
+                + (
+                    "the truth (score against the model's estimand on normalised rates)."
+                    if share >= 0.5
+                    else "the posterior, not the estimand: the model's per-gene LFC error is wider "
+                    "than its posterior, so the posterior (or proba_de) needs that error added, "
+                    f"e.g. intervals about {ratio:.1f}x wider here."
+                )
+            )
     return out
 
 
@@ -528,8 +565,13 @@ def report(records: list[dict], command: str, settings: dict) -> str:
             return _mean([fr], keys)
 
         if not f["oracle"].empty and (f["oracle"]["dataset"] == ds).any():
-            lines += ["### 2. Truth variants and the oracle, scored against the simulator "
-                      "truth (no model)", "", _md(sub("oracle", ["truth"])), ""]  # fmt: skip
+            lines += [
+                "### 2. Truth variants and the oracle, scored against the simulator "
+                "truth (no model)",
+                "",
+                _md(sub("oracle", ["truth"])),
+                "",
+            ]
         t = sub("truth", ["model", "truth"])
         lines += ["### 1. The model's calls under each truth", "", _md(t), ""]
         for name, title, keys in (
@@ -541,8 +583,11 @@ def report(records: list[dict], command: str, settings: dict) -> str:
             if not fr.empty:
                 lines += [title, "", _md(fr), ""]
         if not f["split"].empty and (f["split"]["dataset"] == ds).any():
-            reading = _reading(sub("split", ["model", "target"]), sub("bias", ["model", "genes"]),
-                               sub("width", ["model"]))  # fmt: skip
+            reading = _reading(
+                sub("split", ["model", "target"]),
+                sub("bias", ["model", "genes"]),
+                sub("width", ["model"]),
+            )
             lines += ["### Reading (computed)", "", *reading, ""]
     return "\n".join(lines)
 
@@ -567,8 +612,14 @@ def main(argv: list[str] | None = None) -> None:
     for spec in args.h5ad:
         name, path = spec.split("=", 1)
         datasets[name] = _h5ad(path)
-    cfg = {"epochs": dict(EPOCHS), "lr": 5e-3, "n_hidden": 128, "n_samples": args.n_samples,
-           "delta": 0.5, "models": list(args.models)}  # fmt: skip
+    cfg = {
+        "epochs": dict(EPOCHS),
+        "lr": 5e-3,
+        "n_hidden": 128,
+        "n_samples": args.n_samples,
+        "delta": 0.5,
+        "models": list(args.models),
+    }
     out = Path(args.out) / "de_diagnosis"
     out.mkdir(parents=True, exist_ok=True)
     records = []
@@ -587,9 +638,11 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("no records")
     order = {k: i for i, k in enumerate(datasets)}
     records.sort(key=lambda r: (order.get(r["dataset"], 99), r["rep"]))
-    cmd = ("PYTHONPATH=src .venv/bin/python benchmarks/de_diagnosis.py --reps "
-           f"{args.reps} --datasets {' '.join(args.datasets)} --models "
-           + " ".join(f"'{m}'" for m in args.models))  # fmt: skip
+    cmd = (
+        "PYTHONPATH=src .venv/bin/python benchmarks/de_diagnosis.py --reps "
+        f"{args.reps} --datasets {' '.join(args.datasets)} --models "
+        + " ".join(f"'{m}'" for m in args.models)
+    )
     write_json(Path(args.out) / "de_diagnosis.json", records)
     write_text(args.md, report(records, cmd, cfg))
     print(f"wrote {args.md} and {Path(args.out) / 'de_diagnosis.json'}")

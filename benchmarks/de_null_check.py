@@ -24,10 +24,13 @@ from pathlib import Path
 
 #: the first ``shared/data/pbmc3k.h5ad`` above this file (a worktree sits deeper)
 DATA = next(
-    (p / "shared" / "data" / "pbmc3k.h5ad" for p in Path(__file__).resolve().parents[1:]
-     if (p / "shared" / "data" / "pbmc3k.h5ad").exists()),
+    (
+        p / "shared" / "data" / "pbmc3k.h5ad"
+        for p in Path(__file__).resolve().parents[1:]
+        if (p / "shared" / "data" / "pbmc3k.h5ad").exists()
+    ),
     Path(__file__).resolve().parents[2] / "shared" / "data" / "pbmc3k.h5ad",
-)  # fmt: skip
+)
 
 
 def main() -> None:
@@ -67,29 +70,36 @@ def main() -> None:
     print(f"{adata.n_obs} cells x {adata.n_vars} genes; {n_group} {args.group}")
 
     ev.model.EnsembleSCVI.setup_anndata(adata)
-    model = ev.model.EnsembleSCVI(adata, n_members=args.members, ensemble="deep",
-                                  seed=args.seed)  # fmt: skip
+    model = ev.model.EnsembleSCVI(adata, n_members=args.members, ensemble="deep", seed=args.seed)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model.train(max_epochs=args.epochs, seed=args.seed, enable_progress_bar=False)
-    print(f"trained {args.members} members x {args.epochs} epochs in "
-          f"{time.perf_counter() - t0:.0f} s")  # fmt: skip
+    print(
+        f"trained {args.members} members x {args.epochs} epochs in {time.perf_counter() - t0:.0f} s"
+    )
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         table = model.differential_expression(
-            groupby="cell_type", group1=args.group, delta=args.delta, fdr_target=args.fdr,
-            seed=args.seed, null_check=True, n_null=args.n_null, progress=False,
-        )  # fmt: skip
+            groupby="cell_type",
+            group1=args.group,
+            delta=args.delta,
+            fdr_target=args.fdr,
+            seed=args.seed,
+            null_check=True,
+            n_null=args.n_null,
+            progress=False,
+        )
     null = table.attrs["null_check"]
     real = int(table[f"is_de_fdr_{args.fdr:g}"].sum())
     print(f"DE + null check in {time.perf_counter() - t0:.0f} s")
-    print(f"real test, {args.group} vs rest: {real} of {adata.n_vars} genes called "
-          f"({100 * real / adata.n_vars:.2f}%) at {args.fdr:g}")  # fmt: skip
+    print(
+        f"real test, {args.group} vs rest: {real} of {adata.n_vars} genes called "
+        f"({100 * real / adata.n_vars:.2f}%) at {args.fdr:g}"
+    )
     print(f"null halves ({null['n_cells_half1'][0]} vs {null['n_cells_half2'][0]} cells):")
-    for r, (n, f) in enumerate(zip(null["n_called"][0], null["fraction_called"][0],
-                                   strict=True)):  # fmt: skip
+    for r, (n, f) in enumerate(zip(null["n_called"][0], null["fraction_called"][0], strict=True)):
         print(f"  repetition {r}: {n} genes called ({100 * f:.2f}%)")
     print(
         f"  mean: {null['mean_called'][0]:.1f} genes "
@@ -99,9 +109,16 @@ def main() -> None:
     print("UserWarning raised:", any("Null check" in str(w.message) for w in caught))
     if args.out is not None:
         settings = vars(args) | {"data": str(args.data), "out": str(args.out)}
-        write_json(args.out, {"settings": settings, "n_genes": int(adata.n_vars),
-                              "n_group": n_group, "real_calls": real,
-                              "null_check": null})  # fmt: skip
+        write_json(
+            args.out,
+            {
+                "settings": settings,
+                "n_genes": int(adata.n_vars),
+                "n_group": n_group,
+                "real_calls": real,
+                "null_check": null,
+            },
+        )
 
 
 if __name__ == "__main__":

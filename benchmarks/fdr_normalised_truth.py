@@ -50,15 +50,22 @@ def main() -> None:
     for path in sorted(root.glob("*_rep*.json")):
         rec = json.loads(path.read_text())
         delta = rec["settings"]["delta"]
-        adata = ev.data.synthetic(rec["preset"], seed=rec["rep"],
-                                  **rec["settings"]["data_overrides"])  # fmt: skip
+        adata = ev.data.synthetic(
+            rec["preset"], seed=rec["rep"], **rec["settings"]["data_overrides"]
+        )
         truth = normalised_truth(adata, delta, rec["rep"])
         shift_nulls = int((truth != np.asarray(rec["truth"], bool)).sum())
         for method, score in rec["scores"].items():
             res = result_from_scores(method, np.asarray(score, dtype=np.float64))
-            rows.append({"preset": rec["preset"], "rep": rec["rep"], "method": method,
-                         "genes whose status changes": shift_nulls,
-                         **score_method(res, truth)})  # fmt: skip
+            rows.append(
+                {
+                    "preset": rec["preset"],
+                    "rep": rec["rep"],
+                    "method": method,
+                    "genes whose status changes": shift_nulls,
+                    **score_method(res, truth),
+                }
+            )
     long = pd.DataFrame(rows)
     cols = ["auprc"] + [f"fdr@{t:g}" for t in TARGETS] + ["fdr_l1"]
     table = long.groupby(["preset", "method"], sort=False)[cols].mean().round(3)

@@ -40,12 +40,21 @@ def main() -> None:
     before = peak_mb()
     t = time.perf_counter()
     ev.tl.uncertainty_analysis(
-        model, adata, markers=ev.tl.load_markers("heart"), groupby="cell_type",
-        n_samples=n_samples, progress=False, genes=part in ("genes", "all"),
-        novelty=part in ("novelty", "all"), embedding=part in ("embedding", "all"),
-    )  # fmt: skip
-    print(f"S={n_samples} part={part} time={time.perf_counter() - t:.1f}s "
-          f"increase={peak_mb() - before:.0f}MB before={before:.0f}", flush=True)  # fmt: skip
+        model,
+        adata,
+        markers=ev.tl.load_markers("heart"),
+        groupby="cell_type",
+        n_samples=n_samples,
+        progress=False,
+        genes=part in ("genes", "all"),
+        novelty=part in ("novelty", "all"),
+        embedding=part in ("embedding", "all"),
+    )
+    print(
+        f"S={n_samples} part={part} time={time.perf_counter() - t:.1f}s "
+        f"increase={peak_mb() - before:.0f}MB before={before:.0f}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -67,8 +67,7 @@ def main() -> None:
 
         return wrapper
 
-    originals = (torch.pca_lowrank, NearestNeighbors.kneighbors, embedding.fuzzy_graph,
-                 sc.tl.umap)  # fmt: skip
+    originals = (torch.pca_lowrank, NearestNeighbors.kneighbors, embedding.fuzzy_graph, sc.tl.umap)
     torch.pca_lowrank = timed("embedding: PCA (torch.pca_lowrank)", originals[0])
     NearestNeighbors.kneighbors = timed("embedding: exact kNN (sklearn)", originals[1])
     embedding.fuzzy_graph = timed("embedding: fuzzy graph (numpy)", originals[2])

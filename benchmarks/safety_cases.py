@@ -47,9 +47,13 @@ def case(name: str, expected: str):
 def cli(*args, cwd: Path, timeout: float = 600, kill_after: Callable | None = None, sig=None):
     """(returncode, output) of ``ensemblevi ARGS``; ``kill_after`` polls until it is true."""
     proc = subprocess.Popen(
-        [*CLI, *map(str, args)], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, env={**os.environ, "COLUMNS": "200"},
-    )  # fmt: skip
+        [*CLI, *map(str, args)],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     if kill_after is not None:
         t0 = time.time()
         while proc.poll() is None and not kill_after() and time.time() - t0 < timeout:
@@ -111,8 +115,9 @@ def train_into_user_dir(tmp: Path, data: dict):
     shutil.copy(data["pbmc"], d / "data.h5ad")
     (d / "notes.txt").write_text("x")
     before = digest(d)
-    rc, out = cli("train", "--data", d / "data.h5ad", *TINY[:4], "--n-top-genes", "150",
-                  "--out", d, cwd=tmp)  # fmt: skip
+    rc, out = cli(
+        "train", "--data", d / "data.h5ad", *TINY[:4], "--n-top-genes", "150", "--out", d, cwd=tmp
+    )
     lost = kept(before, d)
     return not lost, f"rc {rc}; {lost or 'user files intact'}; {last_error(out)}"
 
@@ -122,8 +127,22 @@ def merge_into_user_dir(tmp: Path, data: dict):
     shards = []
     for i in (1, 2):
         s = tmp / f"s{i}"
-        rc, out = cli("train", "--data", data["pbmc"], "--epochs", "1", "--members", "2",
-                      "--n-top-genes", "150", "--shard", f"{i}/2", "--out", s, cwd=tmp)  # fmt: skip
+        rc, out = cli(
+            "train",
+            "--data",
+            data["pbmc"],
+            "--epochs",
+            "1",
+            "--members",
+            "2",
+            "--n-top-genes",
+            "150",
+            "--shard",
+            f"{i}/2",
+            "--out",
+            s,
+            cwd=tmp,
+        )
         if rc != 0:
             return False, f"shard training failed: {last_error(out)}"
         shards.append(s)
@@ -158,13 +177,37 @@ m.save({str(tmp / "d")!r}, overwrite=True)
 @case("train over a finished model with other options", "refused without --force")
 def train_over_finished(tmp: Path, data: dict):
     d = tmp / "t"
-    rc, out = cli("train", "--data", data["pbmc"], "--epochs", "1", "--members", "2",
-                  "--n-top-genes", "150", "--out", d, cwd=tmp)  # fmt: skip
+    rc, out = cli(
+        "train",
+        "--data",
+        data["pbmc"],
+        "--epochs",
+        "1",
+        "--members",
+        "2",
+        "--n-top-genes",
+        "150",
+        "--out",
+        d,
+        cwd=tmp,
+    )
     if rc != 0:
         return False, f"first train failed: {last_error(out)}"
     before = digest(d)
-    rc, out = cli("train", "--data", data["pbmc"], "--epochs", "2", "--members", "2",
-                  "--n-top-genes", "150", "--out", d, cwd=tmp)  # fmt: skip
+    rc, out = cli(
+        "train",
+        "--data",
+        data["pbmc"],
+        "--epochs",
+        "2",
+        "--members",
+        "2",
+        "--n-top-genes",
+        "150",
+        "--out",
+        d,
+        cwd=tmp,
+    )
     lost = kept(before, d)
     return rc != 0 and not lost, f"rc {rc}; {lost or 'model intact'}; {last_error(out)}"
 
@@ -186,9 +229,21 @@ def run_force_interrupted(tmp: Path, data: dict):
         return any(".ensemblevi-stage" in str(p) for p in out.rglob("model.pt"))
 
     # a second run with other epochs, killed after its training
-    rc, log = cli("run", "--data", data["pbmc"], *TINY[:1], "3", *TINY[2:], *PBMC, "--force",
-                  "--out", out, cwd=tmp, sig=signal.SIGTERM,
-                  kill_after=new_model_trained)  # fmt: skip
+    rc, log = cli(
+        "run",
+        "--data",
+        data["pbmc"],
+        *TINY[:1],
+        "3",
+        *TINY[2:],
+        *PBMC,
+        "--force",
+        "--out",
+        out,
+        cwd=tmp,
+        sig=signal.SIGTERM,
+        kill_after=new_model_trained,
+    )
     if rc == 0:
         return False, "the new run finished before the signal (case not exercised)"
     now = digest(out)
@@ -221,8 +276,18 @@ def seeds_other_data(tmp: Path, data: dict):
         return False, f"first run failed: {last_error(log)}"
     # a reused seed model would be the old file itself
     old = digest(out / "seeds") if (out / "seeds").exists() else {}
-    rc, log = cli("run", "--data", data["paul"], *base, "--marker", "2Ery=Car2,Klf1",
-                  "--force", "--out", out, cwd=tmp)  # fmt: skip
+    rc, log = cli(
+        "run",
+        "--data",
+        data["paul"],
+        *base,
+        "--marker",
+        "2Ery=Car2,Klf1",
+        "--force",
+        "--out",
+        out,
+        cwd=tmp,
+    )
     new = digest(out / "seeds") if (out / "seeds").exists() else {}
     same = [k for k, v in new.items() if k.endswith("model.pt") and old.get(k) == v]
     return rc == 0 and not same, f"rc {rc}; {len(same)} seed model(s) reused; {last_error(log)}"
@@ -230,10 +295,36 @@ def seeds_other_data(tmp: Path, data: dict):
 
 def _signal_case(tmp: Path, data: dict, command: str, sig, code: int):
     out = tmp / f"{command}-{int(sig)}"
-    args = ["run", "--data", data["pbmc"], "--epochs", "400", "--members", "2",
-            "--n-top-genes", "150", *PBMC, "--out", out] if command == "run" else [
-            "train", "--data", data["pbmc"], "--epochs", "400", "--members", "2",
-            "--n-top-genes", "150", "--out", out]  # fmt: skip
+    args = (
+        [
+            "run",
+            "--data",
+            data["pbmc"],
+            "--epochs",
+            "400",
+            "--members",
+            "2",
+            "--n-top-genes",
+            "150",
+            *PBMC,
+            "--out",
+            out,
+        ]
+        if command == "run"
+        else [
+            "train",
+            "--data",
+            data["pbmc"],
+            "--epochs",
+            "400",
+            "--members",
+            "2",
+            "--n-top-genes",
+            "150",
+            "--out",
+            out,
+        ]
+    )
     t0 = time.time()
     rc, log = cli(*args, cwd=tmp, sig=sig, kill_after=lambda: time.time() - t0 > 20)
     ok = rc == code
@@ -265,8 +356,19 @@ def de_collision(tmp: Path, data: dict):
     a.obs["grp"] = labels
     a.write_h5ad(src)
     out = tmp / "r"
-    rc, log = cli("run", "--data", src, *TINY, "--marker", "CD4 T=IL7R,CD3E", "--labels-key",
-                  "grp", "--out", out, cwd=tmp)  # fmt: skip
+    rc, log = cli(
+        "run",
+        "--data",
+        src,
+        *TINY,
+        "--marker",
+        "CD4 T=IL7R,CD3E",
+        "--labels-key",
+        "grp",
+        "--out",
+        out,
+        cwd=tmp,
+    )
     if rc != 0:
         return False, f"run failed: {last_error(log)}"
     for g in ("CD4 T", "CD4+ T"):
@@ -280,8 +382,22 @@ def de_collision(tmp: Path, data: dict):
 @case("run on 9,000 cells (above scanpy's pynndescent switch)", "finishes, model saved")
 def above_switch(tmp, data):
     out = tmp / "big"
-    rc, log = cli("run", "--n-cells", "9000", "--epochs", "1", "--members", "2",
-                  "--n-top-genes", "200", "--n-samples", "2", "--out", out, cwd=tmp)  # fmt: skip
+    rc, log = cli(
+        "run",
+        "--n-cells",
+        "9000",
+        "--epochs",
+        "1",
+        "--members",
+        "2",
+        "--n-top-genes",
+        "200",
+        "--n-samples",
+        "2",
+        "--out",
+        out,
+        cwd=tmp,
+    )
     models = list(out.rglob("model.pt"))
     return rc == 0 and bool(models), f"rc {rc}; model saved: {bool(models)}; {last_error(log)}"
 
@@ -333,8 +449,22 @@ print('elbo', m.get_elbo(b))
 @case("merge of one shard of four members", "refused, names the missing members")
 def merge_one_shard(tmp, data):
     s = tmp / "s1"
-    rc, log = cli("train", "--data", data["pbmc"], "--epochs", "1", "--members", "4",
-                  "--n-top-genes", "150", "--shard", "1/2", "--out", s, cwd=tmp)  # fmt: skip
+    rc, log = cli(
+        "train",
+        "--data",
+        data["pbmc"],
+        "--epochs",
+        "1",
+        "--members",
+        "4",
+        "--n-top-genes",
+        "150",
+        "--shard",
+        "1/2",
+        "--out",
+        s,
+        cwd=tmp,
+    )
     if rc != 0:
         return False, f"shard failed: {last_error(log)}"
     rc, log = cli("merge", s, "--out", tmp / "m", cwd=tmp)
@@ -429,8 +559,7 @@ def nan_batch(tmp, data):
     p = _with_obs(
         tmp, data, "b", lambda a: np.where(np.arange(a.n_obs) % 10 > 0, "x", None).astype(object)
     )
-    rc, log = cli("run", "--data", p, *TINY, *PBMC, "--batch-key", "b", "--out", tmp / "r",
-                  cwd=tmp)  # fmt: skip
+    rc, log = cli("run", "--data", p, *TINY, *PBMC, "--batch-key", "b", "--out", tmp / "r", cwd=tmp)
     return failed_clearly(rc, log, "b")
 
 
@@ -450,8 +579,7 @@ def inspect_missing(tmp, data):
 @case("per-batch HVG with two batches of 150 cells", "falls back or names the batch")
 def hvg_small_batches(tmp, data):
     p = _with_obs(tmp, data, "b", lambda a: np.where(np.arange(a.n_obs) % 2, "x", "y"))
-    rc, log = cli("run", "--data", p, *TINY, *PBMC, "--batch-key", "b", "--out", tmp / "r",
-                  cwd=tmp)  # fmt: skip
+    rc, log = cli("run", "--data", p, *TINY, *PBMC, "--batch-key", "b", "--out", tmp / "r", cwd=tmp)
     raw = "svddc" in log or "l2fit" in log
     return (rc == 0 or not raw) and "Traceback" not in log, f"rc {rc}; {last_error(log)}"
 
@@ -459,16 +587,28 @@ def hvg_small_batches(tmp, data):
 @case("per-batch HVG with a batch of one cell", "falls back or names the batch")
 def hvg_one_cell(tmp, data):
     p = _with_obs(tmp, data, "b", lambda a: np.where(np.arange(a.n_obs) == 0, "x", "y"))
-    rc, log = cli("run", "--data", p, *TINY, *PBMC, "--batch-key", "b", "--out", tmp / "r",
-                  cwd=tmp)  # fmt: skip
+    rc, log = cli("run", "--data", p, *TINY, *PBMC, "--batch-key", "b", "--out", tmp / "r", cwd=tmp)
     raw = "svddc" in log or "l2fit" in log
     return (rc == 0 or not raw) and "Traceback" not in log, f"rc {rc}; {last_error(log)}"
 
 
 @case("--members 100000", "refused with a memory estimate")
 def members_huge(tmp, data):
-    rc, log = cli("train", "--data", data["pbmc"], "--members", "100000", "--epochs", "1",
-                  "--n-top-genes", "150", "--out", tmp / "t", cwd=tmp, timeout=300)  # fmt: skip
+    rc, log = cli(
+        "train",
+        "--data",
+        data["pbmc"],
+        "--members",
+        "100000",
+        "--epochs",
+        "1",
+        "--n-top-genes",
+        "150",
+        "--out",
+        tmp / "t",
+        cwd=tmp,
+        timeout=300,
+    )
     return failed_clearly(rc, log, "GiB")
 
 
@@ -548,8 +688,18 @@ def empty(tmp, data):
 
 @case("missing batch key", "named error")
 def missing_batch(tmp, data):
-    rc, log = cli("run", "--data", data["pbmc"], *TINY, *PBMC, "--batch-key", "donor_x",
-                  "--out", tmp / "r", cwd=tmp)  # fmt: skip
+    rc, log = cli(
+        "run",
+        "--data",
+        data["pbmc"],
+        *TINY,
+        *PBMC,
+        "--batch-key",
+        "donor_x",
+        "--out",
+        tmp / "r",
+        cwd=tmp,
+    )
     return failed_clearly(rc, log, "donor_x")
 
 
@@ -572,23 +722,40 @@ def spaces(tmp, data):
     d = tmp / "my data"
     d.mkdir()
     shutil.copy(data["pbmc"], d / "pb mc.h5ad")
-    rc, _log = cli("run", "--data", d / "pb mc.h5ad", *TINY, *PBMC, "--out", tmp / "my out",
-                  cwd=tmp)  # fmt: skip
+    rc, _log = cli(
+        "run", "--data", d / "pb mc.h5ad", *TINY, *PBMC, "--out", tmp / "my out", cwd=tmp
+    )
     return rc == 0 and (tmp / "my out" / "report.html").exists(), f"rc {rc}"
 
 
 @case("interrupted --seeds run resumes", "finished seeds reused")
 def seeds_resume(tmp, data):
     out = tmp / "s"
-    args = ["run", "--data", data["pbmc"], "--epochs", "30", "--seeds", "3", "--n-top-genes",
-            "150", "--n-samples", "2", *PBMC, "--out", out]  # fmt: skip
+    args = [
+        "run",
+        "--data",
+        data["pbmc"],
+        "--epochs",
+        "30",
+        "--seeds",
+        "3",
+        "--n-top-genes",
+        "150",
+        "--n-samples",
+        "2",
+        *PBMC,
+        "--out",
+        out,
+    ]
 
     def one_seed_done():
         return len(list(out.rglob("model.pt"))) >= 1
 
     cli(*args, cwd=tmp, sig=signal.SIGTERM, kill_after=one_seed_done)
-    done = {p.relative_to(out).parts[-2]: digest(p.parent)["model.pt"]
-            for p in out.rglob("seed_*/model.pt")}  # fmt: skip
+    done = {
+        p.relative_to(out).parts[-2]: digest(p.parent)["model.pt"]
+        for p in out.rglob("seed_*/model.pt")
+    }
     rc, _log = cli(*args, cwd=tmp)
     final = {p.parts[-2]: digest(p.parent)["model.pt"] for p in (out / "seeds").rglob("model.pt")}
     kept_seeds = [k for k, v in done.items() if final.get(k) == v]
@@ -615,11 +782,26 @@ def kill_writing(tmp, data):
     before = digest(out)
 
     def writing():
-        return any(p.name.endswith("results.h5ad") and p.name != "results.h5ad"
-                   for p in out.rglob("*results.h5ad"))  # fmt: skip
+        return any(
+            p.name.endswith("results.h5ad") and p.name != "results.h5ad"
+            for p in out.rglob("*results.h5ad")
+        )
 
-    rc, log = cli("run", "--data", data["pbmc"], *TINY, *PBMC, "--force", "--epochs", "3",
-                  "--out", out, cwd=tmp, sig=signal.SIGKILL, kill_after=writing)  # fmt: skip
+    rc, log = cli(
+        "run",
+        "--data",
+        data["pbmc"],
+        *TINY,
+        *PBMC,
+        "--force",
+        "--epochs",
+        "3",
+        "--out",
+        out,
+        cwd=tmp,
+        sig=signal.SIGKILL,
+        kill_after=writing,
+    )
     import anndata as ad
 
     try:
@@ -641,8 +823,10 @@ def main() -> None:
     rows, t_all = [], time.time()
     with tempfile.TemporaryDirectory() as root:
         root = Path(root)
-        data = {"pbmc": subset("pbmc3k.h5ad", 300, root / "pbmc300.h5ad"),
-                "paul": subset("paul15.h5ad", 300, root / "paul300.h5ad")}  # fmt: skip
+        data = {
+            "pbmc": subset("pbmc3k.h5ad", 300, root / "pbmc300.h5ad"),
+            "paul": subset("paul15.h5ad", 300, root / "paul300.h5ad"),
+        }
         for name, (expected, fn) in CASES.items():
             if args.only and fn.__name__ not in args.only:
                 continue
@@ -655,8 +839,10 @@ def main() -> None:
                 ok, detail = False, f"case raised {type(err).__name__}: {err}"
             detail = detail.replace("|", "/").replace("\n", " ")
             rows.append((name, expected, "pass" if ok else "FAIL", detail, time.time() - t0))
-            print(f"{'pass' if ok else 'FAIL'} {name}: {detail} ({time.time() - t0:.0f} s)",
-                  flush=True)  # fmt: skip
+            print(
+                f"{'pass' if ok else 'FAIL'} {name}: {detail} ({time.time() - t0:.0f} s)",
+                flush=True,
+            )
     lines = ["| case | expected | result | what happened |", "| --- | --- | --- | --- |"]
     lines += [f"| {n} | {e} | {r} | {d} |" for n, e, r, d, _ in rows]
     n_pass = sum(r[2] == "pass" for r in rows)

@@ -40,15 +40,36 @@ def test_hide_labels_is_stratified_and_skips_unlabelled():
 def test_annotate_writes_everything_and_only_reads_its_input(data_file, tmp_path):
     before = data_file.read_bytes()
     out = tmp_path / "ann"
-    args = ["annotate", "--data", str(data_file), "--labels-key", "cell_type", "--out",
-            str(out), "--epochs", "3", "--scanvi-epochs", "2", "--members", "2"]  # fmt: skip
+    args = [
+        "annotate",
+        "--data",
+        str(data_file),
+        "--labels-key",
+        "cell_type",
+        "--out",
+        str(out),
+        "--epochs",
+        "3",
+        "--scanvi-epochs",
+        "2",
+        "--members",
+        "2",
+    ]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     assert data_file.read_bytes() == before
-    for rel in ("results.h5ad", "tables/labels.csv", "tables/label_calibration.csv",
-                "tables/confusion.csv", "figures/label_calibration.png",
-                "figures/label_confusion.png", "figures/label_umap.png", "model/model.pt",
-                "annotate.json", "report.html"):  # fmt: skip
+    for rel in (
+        "results.h5ad",
+        "tables/labels.csv",
+        "tables/label_calibration.csv",
+        "tables/confusion.csv",
+        "figures/label_calibration.png",
+        "figures/label_confusion.png",
+        "figures/label_umap.png",
+        "model/model.pt",
+        "annotate.json",
+        "report.html",
+    ):
         assert (out / rel).exists(), rel
     adata = anndata.read_h5ad(out / "results.h5ad")
     record = json.loads((out / "annotate.json").read_text())
@@ -67,13 +88,17 @@ def test_annotate_writes_everything_and_only_reads_its_input(data_file, tmp_path
     assert (out / "results.h5ad").exists()
 
 
-@pytest.mark.parametrize(("extra", "message"), [
-    (["--labels-key", "nope"], "not a column"),
-    (["--labels-key", "cell_type", "--holdout", "1.5"], "holdout"),
-    (["--labels-key", "cell_type", "--score", "bad"], "score"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--labels-key", "nope"], "not a column"),
+        (["--labels-key", "cell_type", "--holdout", "1.5"], "holdout"),
+        (["--labels-key", "cell_type", "--score", "bad"], "score"),
+    ],
+)
 def test_annotate_refuses_bad_options_before_training(data_file, tmp_path, extra, message):
-    res = runner.invoke(app, ["annotate", "--data", str(data_file), "--out",
-                              str(tmp_path / "x"), *extra])  # fmt: skip
+    res = runner.invoke(
+        app, ["annotate", "--data", str(data_file), "--out", str(tmp_path / "x"), *extra]
+    )
     assert res.exit_code == 2 and message in res.output
     assert not (tmp_path / "x").exists()

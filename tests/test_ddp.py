@@ -50,9 +50,7 @@ def _launch(tmp_path, world: int, configs: list[str]) -> dict:
     for config in configs:
         if world > 1 and not config.endswith(":no-sync"):  # DDP keeps the replicas identical
             for key, value in results[0][config]["state"].items():
-                torch.testing.assert_close(
-                    results[1][config]["state"][key], value, rtol=0, atol=0
-                )
+                torch.testing.assert_close(results[1][config]["state"][key], value, rtol=0, atol=0)
     return results[0]
 
 
@@ -87,9 +85,12 @@ def test_lightning_ddp_through_train(tmp_path, kind):
     script = Path(__file__).parent / "helpers" / "ddp_lightning.py"
     env = {**os.environ, "MASTER_PORT": str(_free_port())}
     proc = subprocess.run(
-        [sys.executable, str(script), str(tmp_path), kind], capture_output=True, text=True,
-        env=env, timeout=400,
-    )  # fmt: skip
+        [sys.executable, str(script), str(tmp_path), kind],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=400,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
     assert all(r["trained"] for r in ranks)

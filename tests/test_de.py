@@ -6,13 +6,8 @@ import pytest
 import scanpy as sc
 
 import ensemblevi as ev
-from ensemblevi.model.base._de_core import (
-    cell_pair_lfc,
-    expected_fdr,
-    fdr_calls,
-    population_lfc,
-    summarise_lfc,
-)
+from ensemblevi.model.base._de_core import expected_fdr, fdr_calls, summarise_lfc
+from ensemblevi.model.base._de_lfc import cell_pair_lfc, population_lfc
 
 
 def test_expected_fdr_and_calls_match_a_slow_loop():
@@ -61,10 +56,14 @@ def test_summary_pools_members_and_flags_disagreement():
     rng = np.random.default_rng(2)
     n = 400
     # gene 0: every member sees +2; gene 1: none sees a change; gene 2: members disagree
-    draws = np.stack([
-        np.c_[rng.normal(2, 0.1, n), rng.normal(0, 0.1, n), rng.normal(2 if k < 2 else 0, 0.1, n)]
-        for k in range(4)
-    ])  # fmt: skip
+    draws = np.stack(
+        [
+            np.c_[
+                rng.normal(2, 0.1, n), rng.normal(0, 0.1, n), rng.normal(2 if k < 2 else 0, 0.1, n)
+            ]
+            for k in range(4)
+        ]
+    )
     t = summarise_lfc(draws, delta=0.5, fdr_target=0.05, gene_names=["a", "b", "c"])
     assert t.loc["a", "proba_de"] == 1.0 and t.loc["b", "proba_de"] == 0.0
     assert t.loc["c", "proba_de"] == pytest.approx(0.5)
@@ -81,8 +80,9 @@ def test_summary_pools_members_and_flags_disagreement():
 def de_model():
     adata = ev.data.synthetic("lopez2020", seed=0, n_cells=400, n_genes=60)
     ev.model.EnsembleSCVI.setup_anndata(adata, layer="counts")
-    model = ev.model.EnsembleSCVI(adata, n_members=3, ensemble="deep", n_hidden=32, n_latent=4,
-                                  seed=0)  # fmt: skip
+    model = ev.model.EnsembleSCVI(
+        adata, n_members=3, ensemble="deep", n_hidden=32, n_latent=4, seed=0
+    )
     # lr 1e-2: the default 1e-3 needs ~200 epochs here to stop shrinking the LFCs
     model.train(max_epochs=60, seed=0, enable_progress_bar=False, plan_kwargs={"lr": 1e-2})
     return adata, model
@@ -94,8 +94,15 @@ def test_de_against_ground_truth_and_written_for_scanpy(de_model):
     adata, model = de_model
     delta = adata.uns["synthetic"]["delta"]
     truth = adata.var["is_de_B_vs_A"]
-    t = model.differential_expression(groupby="cell_type", group1="B", group2="A", delta=delta,
-                                      fdr_target=0.1, n_samples=20, progress=False)  # fmt: skip
+    t = model.differential_expression(
+        groupby="cell_type",
+        group1="B",
+        group2="A",
+        delta=delta,
+        fdr_target=0.1,
+        n_samples=20,
+        progress=False,
+    )
     assert roc_auc_score(truth[t.index], t["proba_de"]) > 0.9
     called = t.index[t["is_de_fdr_0.1"]]
     assert len(called) > 0
@@ -109,9 +116,17 @@ def test_de_against_ground_truth_and_written_for_scanpy(de_model):
     np.testing.assert_allclose(frame["pvals_adj"], t["expected_fdr"])
     assert isinstance(adata.uns["ensemblevi_de"]["table"], pd.DataFrame)
     # the same seed gives the same answer; one-vs-rest runs
-    again = ev.tl.differential_expression(model, groupby="cell_type", group1="B", group2="A",
-                                          delta=delta, fdr_target=0.1, n_samples=20,
-                                          key_added=None, progress=False)  # fmt: skip
+    again = ev.tl.differential_expression(
+        model,
+        groupby="cell_type",
+        group1="B",
+        group2="A",
+        delta=delta,
+        fdr_target=0.1,
+        n_samples=20,
+        key_added=None,
+        progress=False,
+    )
     pd.testing.assert_frame_equal(t, again)
 
 
@@ -120,9 +135,16 @@ def test_cell_pairs_one_vs_rest_against_a_brute_force_computation(de_model):
     subsampled and paired at random, and every member's every draw of every pair counts."""
     adata, model = de_model
     seed, n_samples, max_cells, delta = 4, 3, 50, 0.5
-    rest = model.differential_expression(group1="A", n_samples=n_samples, max_cells=max_cells,
-                                         key_added=None, progress=False, estimand="cell_pairs",
-                                         seed=seed, delta=delta)  # fmt: skip
+    rest = model.differential_expression(
+        group1="A",
+        n_samples=n_samples,
+        max_cells=max_cells,
+        key_added=None,
+        progress=False,
+        estimand="cell_pairs",
+        seed=seed,
+        delta=delta,
+    )
     # the same random stream, spent as documented: subsample, then draws, then the pairs
     rng = np.random.default_rng(seed)
     is_a = (adata.obs["cell_type"] == "A").to_numpy()
@@ -170,9 +192,9 @@ def test_member_draws_pool_into_the_table_and_plot(de_model):
     draws, info = ev.tl.lfc_posterior(model, adata, progress=False, **kw)
     assert draws.shape == (3, 6, adata.n_vars)
     assert len(info["cells1"]) == (adata.obs["cell_type"] == "B").sum()
-    table = model.differential_expression(delta=0.5, fdr_target=0.1, progress=False,
-                                          key_added="de_b", estimand="population",
-                                          **kw)  # fmt: skip
+    table = model.differential_expression(
+        delta=0.5, fdr_target=0.1, progress=False, key_added="de_b", estimand="population", **kw
+    )
     again = ev.tl.summarise_lfc(draws, 0.5, 0.1, adata.var_names).loc[table.index]
     pd.testing.assert_series_equal(table["proba_de"], again["proba_de"])
     # a sub-ensemble is the first members' draws: member 0 alone has no member spread
@@ -209,9 +231,15 @@ def test_vanilla_store_lfc_is_finite_when_a_side_has_no_expression():
     from ensemblevi.model.base._de_store import store_de
 
     adata = AnnData(np.zeros((4, 2), dtype=np.float32))
-    table = pd.DataFrame({"bayes_factor": [1.0, -1.0], "proba_m2": [0.1, 0.9],
-                          "scale1": [1e-3, 0.0], "scale2": [0.0, 2e-3]},
-                         index=["g0", "g1"])  # fmt: skip
+    table = pd.DataFrame(
+        {
+            "bayes_factor": [1.0, -1.0],
+            "proba_m2": [0.1, 0.9],
+            "scale1": [1e-3, 0.0],
+            "scale2": [0.0, 2e-3],
+        },
+        index=["g0", "g1"],
+    )
     comp = Comparison(np.array([0, 1]), np.array([2, 3]), "A", "B")
     store_de(adata, [(comp, table)], "v", "cell_type", {"estimand": "scvi_vanilla"})
     lfc = adata.uns["v"]["logfoldchanges"]["A"]

@@ -32,14 +32,18 @@ def test_count_means_match_a_loop(with_batch):
     batch = rng.integers(0, 3, 80) if with_batch else None
     got = dc.count_means(y, c1, c2, batch)
     ref = x / x.sum(1, keepdims=True) * 1e4
-    groups = [(c1, c2)] if batch is None else [
-        (c1[batch[c1] == b], c2[batch[c2] == b]) for b in range(3)
-    ]
+    groups = (
+        [(c1, c2)]
+        if batch is None
+        else [(c1[batch[c1] == b], c2[batch[c2] == b]) for b in range(3)]
+    )
     w = np.array([len(a) + len(b) for a, b in groups], float)
     w /= w.sum()
     for j in range(x.shape[1]):
-        m = [sum(wb * ref[cells, j].mean() for wb, cells in zip(w, side, strict=True))
-             for side in zip(*groups, strict=True)]  # fmt: skip
+        m = [
+            sum(wb * ref[cells, j].mean() for wb, cells in zip(w, side, strict=True))
+            for side in zip(*groups, strict=True)
+        ]
         assert got.mean1[j] == pytest.approx(m[0]) and got.mean2[j] == pytest.approx(m[1])
         parts = [ref[c, j] for pair in groups for c in pair]
         ss = sum(((p - p.mean()) ** 2).sum() for p in parts)
@@ -47,8 +51,10 @@ def test_count_means_match_a_loop(with_batch):
         pooled = np.concatenate(parts).mean()
         unit = ss / dof / pooled if pooled > 0 and ss > 0 else 1.0
         assert got.unit[j] == pytest.approx(unit)
-    n_eff = [1 / sum(wb**2 / len(cells) for wb, cells in zip(w, side, strict=True))
-             for side in zip(*groups, strict=True)]  # fmt: skip
+    n_eff = [
+        1 / sum(wb**2 / len(cells) for wb, cells in zip(w, side, strict=True))
+        for side in zip(*groups, strict=True)
+    ]
     assert got.n1 == pytest.approx(n_eff[0]) and got.n2 == pytest.approx(n_eff[1])
 
 
@@ -61,8 +67,9 @@ def test_count_means_refuse_sides_without_a_shared_batch():
 
 
 def test_gamma_lfc_has_the_closed_form_log_gamma_moments():
-    means = dc.CountMeans(np.array([0.8, 0.0, 5.0]), np.array([0.3, 0.2, 5.0]), 40.0, 60.0,
-                          np.array([0.05, 0.1, 0.5]))  # fmt: skip
+    means = dc.CountMeans(
+        np.array([0.8, 0.0, 5.0]), np.array([0.3, 0.2, 5.0]), 40.0, 60.0, np.array([0.05, 0.1, 0.5])
+    )
     lfc = dc.gamma_lfc(means, 200_000, np.random.default_rng(1), pseudocount=0.0)
     pooled = means.pooled
     k1 = means.n1 * means.mean1 / means.unit + 0.5
@@ -98,8 +105,12 @@ def test_em_weights_maximise_the_penalised_marginal_likelihood():
         p = np.exp(z - z.max())
         return -_penalised(p / p.sum(), r, v, grid, 10.0)
 
-    best = optimize.minimize(neg, np.zeros(grid.size), method="Nelder-Mead",
-                             options={"maxiter": 20000, "xatol": 1e-9, "fatol": 1e-10})  # fmt: skip
+    best = optimize.minimize(
+        neg,
+        np.zeros(grid.size),
+        method="Nelder-Mead",
+        options={"maxiter": 20000, "xatol": 1e-9, "fatol": 1e-10},
+    )
     assert _penalised(pi, r, v, grid, 10.0) >= -best.fun - 1e-3
 
 
@@ -159,14 +170,21 @@ def test_empirical_bayes_calls_hold_their_fdr_when_the_prior_is_right():
 def counts_model():
     adata = ev.data.synthetic("hard", seed=0, n_cells=300, n_genes=120)
     ev.model.EnsembleSCVI.setup_anndata(adata, layer="counts", batch_key="batch")
-    model = ev.model.EnsembleSCVI(adata, n_members=2, ensemble="deep", n_hidden=32, n_latent=4,
-                                  seed=0)  # fmt: skip
+    model = ev.model.EnsembleSCVI(
+        adata, n_members=2, ensemble="deep", n_hidden=32, n_latent=4, seed=0
+    )
     model.train(max_epochs=20, seed=0, enable_progress_bar=False, plan_kwargs={"lr": 1e-2})
     return adata, model
 
 
-KW = {"groupby": "cell_type", "group1": "B", "group2": "A", "n_samples": 8, "progress": False,
-      "key_added": None}  # fmt: skip
+KW = {
+    "groupby": "cell_type",
+    "group1": "B",
+    "group2": "A",
+    "n_samples": 8,
+    "progress": False,
+    "key_added": None,
+}
 
 
 def test_default_table_is_the_counts_posterior_stratified_by_the_model(counts_model):
@@ -178,8 +196,12 @@ def test_default_table_is_the_counts_posterior_stratified_by_the_model(counts_mo
     np.testing.assert_allclose(t["model_lfc_median"], pop["lfc_median"])
     np.testing.assert_allclose(t["scale1"], pop["scale1"])
     # the counts' LFC before shrinkage: the side means by hand, with the pseudocount
-    x = np.asarray(adata.layers["counts"].toarray() if sp.issparse(adata.layers["counts"])
-                   else adata.layers["counts"], float)  # fmt: skip
+    x = np.asarray(
+        adata.layers["counts"].toarray()
+        if sp.issparse(adata.layers["counts"])
+        else adata.layers["counts"],
+        float,
+    )
     y = x / x.sum(1, keepdims=True) * 1e4
     ct = adata.obs["cell_type"].to_numpy()
     naive = np.log2(y[ct == "B"].mean(0) + 0.1) - np.log2(y[ct == "A"].mean(0) + 0.1)
@@ -213,5 +235,4 @@ def test_counts_estimand_batches_and_options(counts_model):
     three = model.differential_expression(test_mode="three", **KW)
     assert three["proba_de"].between(0, 1).all()
     with pytest.raises(ValueError, match="'counts' is built on them"):
-        ev.tl.lfc_posterior(model, adata, "cell_type", "B", "A", estimand="counts",
-                            progress=False)  # fmt: skip
+        ev.tl.lfc_posterior(model, adata, "cell_type", "B", "A", estimand="counts", progress=False)

@@ -69,8 +69,10 @@ def test_truth_variants_reproduce_simulator(dd):
     from ensemblevi import data
 
     adata = data.synthetic("hard", seed=3, n_cells=90, n_genes=12)
-    cells = (np.flatnonzero(adata.obs["cell_type"] == "B")[:15],
-             np.flatnonzero(adata.obs["cell_type"] == "A")[:20])  # fmt: skip
+    cells = (
+        np.flatnonzero(adata.obs["cell_type"] == "B")[:15],
+        np.flatnonzero(adata.obs["cell_type"] == "A")[:20],
+    )
     v = dd.truth_variants(adata, 3, cells)
     sim = adata.var["median_lfc_B_vs_A"].to_numpy(np.float64)
     np.testing.assert_allclose(v["pairs, absolute h (recomputed)"], sim, atol=1e-5)

@@ -58,8 +58,9 @@ def test_verdict_follows_the_documented_rule():
 def null_model():
     adata = ev.data.synthetic("lopez2020", seed=0, n_cells=300, n_genes=60)
     ev.model.EnsembleSCVI.setup_anndata(adata, layer="counts")
-    model = ev.model.EnsembleSCVI(adata, n_members=2, ensemble="deep", n_hidden=32, n_latent=4,
-                                  seed=0)  # fmt: skip
+    model = ev.model.EnsembleSCVI(
+        adata, n_members=2, ensemble="deep", n_hidden=32, n_latent=4, seed=0
+    )
     model.train(max_epochs=30, seed=0, enable_progress_bar=False, plan_kwargs={"lr": 1e-2})
     return adata, model
 
@@ -88,8 +89,9 @@ def test_null_check_passes_a_calibrated_test_and_warns_on_a_tiny_delta(null_mode
         tiny = model.differential_expression(delta=0.02, null_check=True, key_added=None, **KW)
     assert not tiny.attrs["null_check"]["any_warn"]
     with pytest.warns(UserWarning, match="Null check: on random halves"):
-        bad = model.differential_expression(delta=0.02, null_check=True, key_added="de_bad",
-                                            estimand="population", **KW)  # fmt: skip
+        bad = model.differential_expression(
+            delta=0.02, null_check=True, key_added="de_bad", estimand="population", **KW
+        )
     null = bad.attrs["null_check"]
     assert null["any_warn"] and null["warn"] == [True]
     # each repetition's count is the number of genes the same test calls on those halves
@@ -134,15 +136,19 @@ def test_null_check_runs_per_comparison_and_refuses_clearly(null_model):
     with pytest.raises(ValueError, match="group1 has 19 cells"):
         model.differential_expression(idx1=few, null_check=True, **kw)
     with pytest.raises(ValueError, match="vanilla"):
-        model.differential_expression(group1="B", mode="vanilla", delta=None, null_check=True,
-                                      progress=False, key_added=None)  # fmt: skip
+        model.differential_expression(
+            group1="B", mode="vanilla", delta=None, null_check=True, progress=False, key_added=None
+        )
 
 
 def test_every_entry_point_takes_the_check():
     from ensemblevi.model.base import ensemble_de
 
-    for fn in (ensemble_de, ev.tl.differential_expression,
-               ev.model.EnsembleSCVI.differential_expression):  # fmt: skip
+    for fn in (
+        ensemble_de,
+        ev.tl.differential_expression,
+        ev.model.EnsembleSCVI.differential_expression,
+    ):
         params = inspect.signature(fn).parameters
         assert params["null_check"].default is False and params["n_null"].default == 3
     from ensemblevi.cli import app
@@ -160,8 +166,9 @@ def test_cli_null_check_writes_it_to_the_outputs(tmp_path):
     res = runner.invoke(app, [*args, "--out", str(out)])
     assert res.exit_code == 0, res.output
     de = ["de", str(out), "--group1", "Fibroblast", "--group2", "Myeloid", "--n-samples", "4"]
-    res = runner.invoke(app, [*de, "--null-check", "--n-null", "2", "--delta", "0.01",
-                              "--estimand", "population"])  # fmt: skip
+    res = runner.invoke(
+        app, [*de, "--null-check", "--n-null", "2", "--delta", "0.01", "--estimand", "population"]
+    )
     assert res.exit_code == 0, res.output
     assert "Null check" in res.output and "WARNING" in res.output
     name = "de_Fibroblast_vs_Myeloid"
@@ -172,5 +179,6 @@ def test_cli_null_check_writes_it_to_the_outputs(tmp_path):
     assert "Null check: the same test on 2 random halves of Fibroblast" in report
     assert "class='warn'" in report
     ad = anndata.read_h5ad(out / "results.h5ad")
-    np.testing.assert_array_equal(ad.uns[f"ensemblevi_{name}"]["null_check"]["n_called"],
-                                  null["n_called"])  # fmt: skip
+    np.testing.assert_array_equal(
+        ad.uns[f"ensemblevi_{name}"]["null_check"]["n_called"], null["n_called"]
+    )

@@ -66,8 +66,9 @@ def test_moderated_t_and_treat_match_a_float64_loop():
             if delta == 0:
                 p = 2 * stats.t.sf(abs(lfc[i] / se), df + d0)
             else:
-                p = (stats.t.sf((abs(lfc[i]) - delta) / se, df + d0)
-                     + stats.t.sf((abs(lfc[i]) + delta) / se, df + d0))  # fmt: skip
+                p = stats.t.sf((abs(lfc[i]) - delta) / se, df + d0) + stats.t.sf(
+                    (abs(lfc[i]) + delta) / se, df + d0
+                )
             assert res["se"][i] == pytest.approx(se, rel=1e-12)
             assert res["pval"][i] == pytest.approx(min(p, 1.0), rel=1e-9)
 
@@ -103,9 +104,10 @@ def test_units_and_designs():
     u = S.make_units(samples, np.flatnonzero(side == 0), np.flatnonzero(side == 1))
     assert u.design == "paired" and u.samples1 == u.samples2 == ["a", "b", "c", "d"]
     with pytest.raises(ValueError, match="design='paired'"):
-        S.make_units(samples, np.flatnonzero(side == 0), np.flatnonzero(side == 1),
-                     design="between")  # fmt: skip
-    u = S.make_units(samples, cells1[:45 - 40 + 20], cells2, min_cells=10)  # b has 5 cells
+        S.make_units(
+            samples, np.flatnonzero(side == 0), np.flatnonzero(side == 1), design="between"
+        )
+    u = S.make_units(samples, cells1[: 45 - 40 + 20], cells2, min_cells=10)  # b has 5 cells
     assert u.samples1 == ["a"] and u.dropped == {"b": 5}
 
 
@@ -113,8 +115,9 @@ def test_counts_method_calibrated_on_simulated_donors():
     """Null between conditions: few calls; true changes: FDR near the target."""
     calls, fdrs = [], []
     for seed in range(3):
-        a = ev.data.synthetic_replicates(n_cells=800, n_genes=300, n_samples=8, seed=seed,
-                                         de_frac=0.0)  # fmt: skip
+        a = ev.data.synthetic_replicates(
+            n_cells=800, n_genes=300, n_samples=8, seed=seed, de_frac=0.0
+        )
         samples = a.obs["sample"].astype(str).to_numpy()
         c1 = np.flatnonzero(a.obs["condition"] == "stim")
         c2 = np.flatnonzero(a.obs["condition"] == "ctrl")
@@ -153,8 +156,9 @@ def test_pseudobulk_method_is_pydeseq2():
     ref = ds.results_df
     # the same fit up to the optimiser's tolerance (the samples come in another order)
     np.testing.assert_allclose(t.loc[ref.index, "lfc"], ref["log2FoldChange"], atol=1e-4)
-    np.testing.assert_allclose(t.loc[ref.index, "pval"], ref["pvalue"].fillna(1.0), rtol=1e-3,
-                               atol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        t.loc[ref.index, "pval"], ref["pvalue"].fillna(1.0), rtol=1e-3, atol=1e-6
+    )
 
 
 # -- the simulators ---------------------------------------------------------------------
@@ -162,9 +166,19 @@ def test_pseudobulk_method_is_pydeseq2():
 
 def test_simulated_sample_effects_have_the_stated_sd():
     sd = 0.4
-    a = ev.data.synthetic_replicates(n_cells=3200, n_genes=200, n_samples=16, sample_sd=sd,
-                                     base_mean_low=20, base_mean_high=40, theta=50, seed=6,
-                                     de_frac=0.0, n_types=1 + 1, type_de_frac=0.0)  # fmt: skip
+    a = ev.data.synthetic_replicates(
+        n_cells=3200,
+        n_genes=200,
+        n_samples=16,
+        sample_sd=sd,
+        base_mean_low=20,
+        base_mean_high=40,
+        theta=50,
+        seed=6,
+        de_frac=0.0,
+        n_types=1 + 1,
+        type_de_frac=0.0,
+    )
     u = a.varm["sample_effect"].astype(np.float64)  # genes x samples
     # sum of squares / sd^2 ~ chi^2(n): within 4 of its standard deviations
     n = u.size
@@ -184,8 +198,15 @@ def test_simulated_sample_effects_have_the_stated_sd():
 
 
 def test_simulator_paired_design_and_truth():
-    a = ev.data.synthetic_replicates(n_cells=800, n_genes=100, n_samples=4, design="paired",
-                                     de_frac=0.3, lfc_range=(1.0, 1.5), seed=7)  # fmt: skip
+    a = ev.data.synthetic_replicates(
+        n_cells=800,
+        n_genes=100,
+        n_samples=4,
+        design="paired",
+        de_frac=0.3,
+        lfc_range=(1.0, 1.5),
+        seed=7,
+    )
     per = a.obs.groupby("sample", observed=True)["condition"].nunique()
     assert (per == 2).all()
     lfc = a.var["lfc_stim_vs_ctrl"]
@@ -211,11 +232,20 @@ def test_pbmc_pseudo_samples_thinning():
 
     n = 800
     counts = rng.poisson(rng.gamma(2.0, 5.0, (1, 60)), (n, 60)).astype(np.float32)
-    raw = AnnData(counts, obs=pd.DataFrame({"cell_type": ["T"] * n},
-                                           index=[f"c{i}" for i in range(n)]))  # fmt: skip
+    raw = AnnData(
+        counts, obs=pd.DataFrame({"cell_type": ["T"] * n}, index=[f"c{i}" for i in range(n)])
+    )
     raw.var_names = [f"g{j}" for j in range(60)]
-    a = pseudo_samples(raw, group="T", n_samples=4, sample_sd=0.5, de_fraction=0.0,
-                       n_top_genes=None, min_counts=1, seed=1)  # fmt: skip
+    a = pseudo_samples(
+        raw,
+        group="T",
+        n_samples=4,
+        sample_sd=0.5,
+        de_fraction=0.0,
+        n_top_genes=None,
+        min_counts=1,
+        seed=1,
+    )
     assert a.var["is_de_stim_vs_ctrl"].sum() == 0 and a.obs["sample"].nunique() == 4
     u = a.varm["sample_effect"].astype(np.float64)  # genes x samples
     s = a.obs["sample"].cat.codes.to_numpy()
@@ -223,8 +253,16 @@ def test_pbmc_pseudo_samples_thinning():
     # the log ratio of two samples' counts follows u[s] - u[s'] (cell counts per sample equal)
     r = np.log(pb[1] / pb[0]) - (u[:, 1] - u[:, 0])
     assert abs(np.median(r)) < 0.1 and np.std(r) < 0.15  # u's own sd is 0.5
-    b = pseudo_samples(raw, group="T", n_samples=4, design="paired", de_fraction=0.2,
-                       n_top_genes=None, min_counts=1, seed=1)  # fmt: skip
+    b = pseudo_samples(
+        raw,
+        group="T",
+        n_samples=4,
+        design="paired",
+        de_fraction=0.2,
+        n_top_genes=None,
+        min_counts=1,
+        seed=1,
+    )
     assert (b.obs.groupby("sample", observed=True)["condition"].nunique() == 2).all()
     assert b.var["is_de_stim_vs_ctrl"].sum() == 12
 
@@ -234,19 +272,20 @@ def test_pbmc_pseudo_samples_thinning():
 
 @pytest.fixture(scope="session")
 def rep_model():
-    adata = ev.data.synthetic_replicates(n_cells=480, n_genes=60, n_samples=6, seed=9,
-                                         n_types=2)  # fmt: skip
+    adata = ev.data.synthetic_replicates(n_cells=480, n_genes=60, n_samples=6, seed=9, n_types=2)
     ev.model.EnsembleSCVI.setup_anndata(adata, layer="counts")
-    model = ev.model.EnsembleSCVI(adata, n_members=2, ensemble="deep", n_hidden=16,
-                                  n_latent=4, seed=0)  # fmt: skip
+    model = ev.model.EnsembleSCVI(
+        adata, n_members=2, ensemble="deep", n_hidden=16, n_latent=4, seed=0
+    )
     model.train(max_epochs=3, seed=0, enable_progress_bar=False)
     return adata, model
 
 
 def test_sample_aware_de_between_and_stored(rep_model):
     adata, model = rep_model
-    t = model.differential_expression(groupby="condition", group1="stim", group2="ctrl",
-                                      sample_key="sample", key_added="rep")  # fmt: skip
+    t = model.differential_expression(
+        groupby="condition", group1="stim", group2="ctrl", sample_key="sample", key_added="rep"
+    )
     assert (t["inference_unit"] == "samples").all() and t.attrs["inference_unit"] == "samples"
     assert "population" in t.attrs["statement"]
     assert t.attrs["replicates"][0]["n_samples1"] == 3 and t["design"].iloc[0] == "between"
@@ -263,9 +302,16 @@ def test_sample_aware_ensemble_method_and_paired(rep_model):
     adata, model = rep_model
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        t = ev.tl.differential_expression(model, adata, groupby="cell_type", group1="B",
-                                          group2="A", sample_key="sample", method="ensemble",
-                                          key_added=None)  # fmt: skip
+        t = ev.tl.differential_expression(
+            model,
+            adata,
+            groupby="cell_type",
+            group1="B",
+            group2="A",
+            sample_key="sample",
+            method="ensemble",
+            key_added=None,
+        )
     assert t["design"].iloc[0] == "paired" and t["n_samples1"].iloc[0] == 6
     assert "lfc_member_std" in t and np.isfinite(t["pval"]).all()
 
@@ -276,8 +322,12 @@ def test_two_samples_per_side_warn_about_calibration(rep_model):
     ctrl = [s for s in adata.obs["sample"].cat.categories if s not in stim]
     s = adata.obs["sample"].astype(str).to_numpy()
     with pytest.warns(UserWarning, match="not shown to hold"):
-        t = model.differential_expression(idx1=np.isin(s, stim[:2]), idx2=np.isin(s, ctrl[:2]),
-                                          sample_key="sample", key_added=None)  # fmt: skip
+        t = model.differential_expression(
+            idx1=np.isin(s, stim[:2]),
+            idx2=np.isin(s, ctrl[:2]),
+            sample_key="sample",
+            key_added=None,
+        )
     assert not t.attrs["replicates"][0]["calibrated"]
 
 
@@ -287,8 +337,9 @@ def test_one_sample_per_side_falls_back_to_cells_and_says_so(rep_model):
     idx1 = np.flatnonzero(s == "s0")
     idx2 = np.flatnonzero(s == "s1")
     with pytest.warns(UserWarning, match="fewer than 2 per side"):
-        t = model.differential_expression(idx1=idx1, idx2=idx2, sample_key="sample",
-                                          n_samples=5, progress=False, key_added=None)
+        t = model.differential_expression(
+            idx1=idx1, idx2=idx2, sample_key="sample", n_samples=5, progress=False, key_added=None
+        )
     assert t.attrs["inference_unit"] == "cells" and "not the population" in t.attrs["statement"]
     assert (t["inference_unit"] == "cells").all()
 
@@ -296,8 +347,14 @@ def test_one_sample_per_side_falls_back_to_cells_and_says_so(rep_model):
 def test_without_sample_key_a_sample_column_is_named(rep_model):
     adata, model = rep_model
     with pytest.warns(UserWarning, match="sample_key='sample'"):
-        t = model.differential_expression(groupby="condition", group1="stim", group2="ctrl",
-                                          n_samples=5, progress=False, key_added="cells")
+        t = model.differential_expression(
+            groupby="condition",
+            group1="stim",
+            group2="ctrl",
+            n_samples=5,
+            progress=False,
+            key_added="cells",
+        )
     assert t.attrs["inference_unit"] == "cells"
     assert t.attrs["unused_sample_columns"] == ["sample"]
     assert adata.uns["cells"]["params"]["inference_unit"] == "cells"
@@ -308,10 +365,17 @@ def test_without_sample_key_a_sample_column_is_named(rep_model):
 
 
 def test_sample_like_columns():
-    obs = pd.DataFrame({"donor_id": list("aabb"), "batch": list("xyxy"), "ct": list("ABAB"),
-                        "n_genes": [1.0, 2.0, 3.0, 4.0]})  # fmt: skip
+    obs = pd.DataFrame(
+        {
+            "donor_id": list("aabb"),
+            "batch": list("xyxy"),
+            "ct": list("ABAB"),
+            "n_genes": [1.0, 2.0, 3.0, 4.0],
+        }
+    )
     assert S.sample_like_columns(obs, np.array([0, 2]), np.array([1, 3]), ("ct",)) == [
-        "donor_id"]  # batch has one value per side here
+        "donor_id"
+    ]  # batch has one value per side here
     assert "batch" in S.sample_like_columns(obs, np.array([0, 1]), np.array([2, 3]))
 
 
@@ -330,14 +394,33 @@ def test_cli_run_and_de_with_sample_key(tmp_path):
     markers.write_text(json.dumps({"stim": ["gene_00000"], "ctrl": ["gene_00001"]}))
     out = tmp_path / "run"
     runner = CliRunner()
-    res = runner.invoke(app, ["run", "--data", str(path), "--labels-key", "condition",
-                              "--sample-key", "sample", "--markers", str(markers),
-                              "--epochs", "2", "--members", "2", "--n-samples", "2",
-                              "--out", str(out)])  # fmt: skip
+    res = runner.invoke(
+        app,
+        [
+            "run",
+            "--data",
+            str(path),
+            "--labels-key",
+            "condition",
+            "--sample-key",
+            "sample",
+            "--markers",
+            str(markers),
+            "--epochs",
+            "2",
+            "--members",
+            "2",
+            "--n-samples",
+            "2",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert json.loads((out / "run.json").read_text())["config"]["sample_key"] == "sample"
-    res = runner.invoke(app, ["de", str(out), "--groupby", "condition", "--group1", "stim",
-                              "--group2", "ctrl"])  # fmt: skip
+    res = runner.invoke(
+        app, ["de", str(out), "--groupby", "condition", "--group1", "stim", "--group2", "ctrl"]
+    )
     assert res.exit_code == 0, res.output
     assert "comparing samples (3 vs 3, between)" in res.output
     settings = json.loads((out / "tables" / "de_stim_vs_ctrl.json").read_text())
@@ -345,7 +428,21 @@ def test_cli_run_and_de_with_sample_key(tmp_path):
     report = (out / "report.html").read_text()
     assert "Replicates: the samples of obs" in report and "3 vs 3" in report
     # without samples: the output says what the calls describe
-    res = runner.invoke(app, ["de", str(out), "--groupby", "condition", "--group1", "stim",
-                              "--group2", "ctrl", "--sample-key", "sample", "--design",
-                              "paired"])  # fmt: skip
+    res = runner.invoke(
+        app,
+        [
+            "de",
+            str(out),
+            "--groupby",
+            "condition",
+            "--group1",
+            "stim",
+            "--group2",
+            "ctrl",
+            "--sample-key",
+            "sample",
+            "--design",
+            "paired",
+        ],
+    )
     assert res.exit_code == 2 and "design='paired'" in res.output

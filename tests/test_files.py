@@ -206,9 +206,11 @@ def test_claim_leaves_a_live_writers_files_alone(tmp_path):
 # ------------------------------------------------------------------ crafted bookkeeping
 def _victims(tmp_path):
     """Files outside the output folder that a crafted manifest or journal points at."""
-    victims = {tmp_path / "victim" / "important.txt": "keep me",
-               tmp_path / "victim2" / "x.txt": "mine too",
-               tmp_path / "victim3" / "data.txt": "and this"}  # fmt: skip
+    victims = {
+        tmp_path / "victim" / "important.txt": "keep me",
+        tmp_path / "victim2" / "x.txt": "mine too",
+        tmp_path / "victim3" / "data.txt": "and this",
+    }
     for path, text in victims.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
@@ -216,9 +218,16 @@ def _victims(tmp_path):
 
 
 def _tree(path):
-    return {str(p.relative_to(path)): (p.read_bytes() if p.is_file() and not p.is_symlink()
-                                       else os.readlink(p) if p.is_symlink() else None)
-            for p in sorted(path.rglob("*"))}  # fmt: skip
+    return {
+        str(p.relative_to(path)): (
+            p.read_bytes()
+            if p.is_file() and not p.is_symlink()
+            else os.readlink(p)
+            if p.is_symlink()
+            else None
+        )
+        for p in sorted(path.rglob("*"))
+    }
 
 
 def _crafted(tmp_path, kind, command="run"):
@@ -236,11 +245,14 @@ def _crafted(tmp_path, kind, command="run"):
         (out.path / "link").symlink_to(tmp_path / "victim")
         manifest["files"].append("link/important.txt")
     elif kind == "journal":
-        F.write_json(out.path / F.JOURNAL, {"files": ["report.html"], "stage": "../victim2",
-                                            "remove": ["../victim3/data.txt"]})  # fmt: skip
+        F.write_json(
+            out.path / F.JOURNAL,
+            {"files": ["report.html"], "stage": "../victim2", "remove": ["../victim3/data.txt"]},
+        )
     elif kind == "journal-absolute":
-        F.write_json(out.path / F.JOURNAL, {"files": ["report.html"], "stage": F.STAGE,
-                                            "remove": [victim]})  # fmt: skip
+        F.write_json(
+            out.path / F.JOURNAL, {"files": ["report.html"], "stage": F.STAGE, "remove": [victim]}
+        )
     elif kind == "stage-symlink":
         (out.path / F.STAGE).symlink_to(tmp_path / "victim2", target_is_directory=True)
     elif kind == "tables-symlink":  # a committed folder replaced by a link pointing out
@@ -252,8 +264,15 @@ def _crafted(tmp_path, kind, command="run"):
     return out.path
 
 
-KINDS = ["manifest-relative", "manifest-absolute", "manifest-symlink", "journal",
-         "journal-absolute", "stage-symlink", "tables-symlink"]  # fmt: skip
+KINDS = [
+    "manifest-relative",
+    "manifest-absolute",
+    "manifest-symlink",
+    "journal",
+    "journal-absolute",
+    "stage-symlink",
+    "tables-symlink",
+]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -261,12 +280,17 @@ def test_bookkeeping_that_leads_out_is_refused_before_anything_is_touched(tmp_pa
     victims = _victims(tmp_path)
     path = _crafted(tmp_path, kind)
     before = _tree(path)
-    for attempt in (lambda: F.OutputDirectory(path, "run").claim(),
-                    lambda: F.staged_output(path, "run").__enter__()):  # fmt: skip
+    for attempt in (
+        lambda: F.OutputDirectory(path, "run").claim(),
+        lambda: F.staged_output(path, "run").__enter__(),
+    ):
         with pytest.raises(F.UnsafePathError, match="nothing was touched") as err:
             attempt()
-        assert "outside" in str(err.value) or "absolute" in str(err.value) or (
-            "not a commit journal" in str(err.value))  # fmt: skip
+        assert (
+            "outside" in str(err.value)
+            or "absolute" in str(err.value)
+            or ("not a commit journal" in str(err.value))
+        )
     assert _tree(path) == before  # the folder is left as it was
     assert all(p.read_text() == text for p, text in victims.items())
 
@@ -353,11 +377,12 @@ def test_every_command_refuses_crafted_bookkeeping(tmp_path, command, kind):
         "run": lambda: run_pipeline(RunConfig(markers=None), path, log=lambda *a: None),
         "de": lambda: run_de(path, "A"),
         "map": lambda: run_map(run_dir, cells, path, layer="counts", log=lambda *a: None),
-        "annotate": lambda: run_annotate(cells, path, "cell_type", layer="counts",
-                                         log=lambda *a: None),
+        "annotate": lambda: run_annotate(
+            cells, path, "cell_type", layer="counts", log=lambda *a: None
+        ),
         "train": lambda: train_command(spec, path, log=lambda *a: None),
         "merge": lambda: merge_command([shard], path),
-    }  # fmt: skip
+    }
     with pytest.raises(F.UnsafePathError):
         calls[command]()
     assert _tree(path) == before
@@ -373,8 +398,7 @@ def test_cli_refuses_a_crafted_journal_with_exit_2_and_the_victims_intact(tmp_pa
     path = _crafted(tmp_path, "journal")
     _dummy_run(path)
     before = _tree(path)
-    res = CliRunner().invoke(cli.app, ["de", str(path), "--group1", "A"],
-                             env={"COLUMNS": "1000"})  # fmt: skip
+    res = CliRunner().invoke(cli.app, ["de", str(path), "--group1", "A"], env={"COLUMNS": "1000"})
     assert res.exit_code == 2, res.output
     assert "commit journal" in res.output or "outside" in res.output
     assert _tree(path) == before

@@ -124,9 +124,7 @@ def test_conv_vae_leaves_the_callers_rng(caller_state):
 def test_de_leaves_the_callers_rng(trained, caller_state, mode):
     model, adata = trained
     kwargs = {"mode": mode} if mode else {"n_samples": 2}
-    model.differential_expression(
-        adata, groupby="cell_type", group1="A", group2="B", **kwargs
-    )
+    model.differential_expression(adata, groupby="cell_type", group1="A", group2="B", **kwargs)
     assert _rng_state() == caller_state
 
 

@@ -73,8 +73,9 @@ def test_leave_group_out_reference_and_small_groups():
 def novelty_model():
     adata = ev.data.synthetic("lopez2020", seed=0, n_cells=500, n_genes=40)
     ev.model.EnsembleSCVI.setup_anndata(adata, layer="counts")
-    model = ev.model.EnsembleSCVI(adata, n_members=2, ensemble="deep", n_hidden=16, n_latent=3,
-                                  seed=0)  # fmt: skip
+    model = ev.model.EnsembleSCVI(
+        adata, n_members=2, ensemble="deep", n_hidden=16, n_latent=3, seed=0
+    )
     model.train(max_epochs=5, seed=0, enable_progress_bar=False)
     return adata, model
 
@@ -145,10 +146,12 @@ def test_a_query_model_is_calibrated_on_its_reference(novelty_model, tmp_path):
     cal = ref[np.sort(reference.validation_indices)].copy()
     cal.obs["batch"] = "new"
     as_query = ev.tl.cell_novelty(mapped, cal, reference_model=reference, progress=False)
-    np.testing.assert_allclose(info["calibration_scores"]["novelty_cv"], as_query["novelty_cv"],
-                               rtol=1e-5)  # fmt: skip
-    table = ev.tl.group_novelty(mapped, query, groupby="cell_type", progress=False,
-                                reference_model=reference)  # fmt: skip
+    np.testing.assert_allclose(
+        info["calibration_scores"]["novelty_cv"], as_query["novelty_cv"], rtol=1e-5
+    )
+    table = ev.tl.group_novelty(
+        mapped, query, groupby="cell_type", progress=False, reference_model=reference
+    )
     assert table["n_reference"].max() <= len(reference.validation_indices)
     mapped.save(str(tmp_path / "q"))
     loaded = ev.model.EnsembleSCVI.load(str(tmp_path / "q"), adata=query)
@@ -221,8 +224,9 @@ def test_share_test_is_the_exact_binomial_tail_with_bh():
 def test_majority_test_counts_the_calibrated_per_cell_flags(novelty_model):
     adata, model = novelty_model
     query = adata[model.validation_indices].copy()
-    table = ev.tl.group_novelty(model, query, groupby="cell_type", cell_alpha=0.2,
-                                min_cells=3, progress=False)  # fmt: skip
+    table = ev.tl.group_novelty(
+        model, query, groupby="cell_type", cell_alpha=0.2, min_cells=3, progress=False
+    )
     info = query.uns["ensemblevi"]["cell_novelty"]
     cal = np.sort(info["calibration_scores"]["novelty_knn"])
     threshold = cal[int(np.ceil((len(cal) + 1) * 0.8)) - 1]

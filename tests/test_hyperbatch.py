@@ -241,8 +241,7 @@ class _SaveCheckpoint(Callback):
 def test_both_optimisers_live_in_lightning_and_its_checkpoint(tmp_path):
     adata = ev.data.synthetic("lopez2020", seed=1, n_cells=200, n_genes=30)
     EnsembleSCVI.setup_anndata(adata, layer="counts")
-    model = EnsembleSCVI(adata, n_members=2, ensemble="hyperbatch", n_hidden=8, n_latent=2,
-                         seed=0)  # fmt: skip
+    model = EnsembleSCVI(adata, n_members=2, ensemble="hyperbatch", n_hidden=8, n_latent=2, seed=0)
     # the plan class is the model's from construction on (scvi-tools' train() reads it)
     assert model._training_plan_cls is HyperTrainingPlan
     assert EnsembleSCVI(adata, n_members=2)._training_plan_cls is EnsembleTrainingPlan
@@ -250,9 +249,15 @@ def test_both_optimisers_live_in_lightning_and_its_checkpoint(tmp_path):
     # a plateau scheduler that must fire after epoch 2 (no improvement can pass a 1e9
     # threshold): under manual optimisation the plan steps it, not Lightning
     plateau = {"reduce_lr_on_plateau": True, "lr_patience": 0, "lr_threshold": 1e9}
-    model.train(max_epochs=2, batch_size=40, seed=0, enable_progress_bar=False,
-                callbacks=[saver], check_val_every_n_epoch=1,
-                plan_kwargs={"tune_every": 2, **plateau})  # fmt: skip
+    model.train(
+        max_epochs=2,
+        batch_size=40,
+        seed=0,
+        enable_progress_bar=False,
+        callbacks=[saver],
+        check_val_every_n_epoch=1,
+        plan_kwargs={"tune_every": 2, **plateau},
+    )
     n_train = int(np.ceil(len(model.train_indices) / 40)) * 2
     n_tune = n_train // 2
     assert saver.global_step == n_train  # tune steps do not count as training steps
@@ -306,12 +311,18 @@ def test_manual_optimisation_trains_as_the_previous_automatic_loop():
     EnsembleSCVI.setup_anndata(adata, layer="counts")
     states = []
     for plan in (None, HyperTrainingPlan, _AutomaticHyperPlan):
-        model = EnsembleSCVI(adata, n_members=2, ensemble="hyperbatch", n_hidden=8,
-                             n_latent=2, seed=0)  # fmt: skip
+        model = EnsembleSCVI(
+            adata, n_members=2, ensemble="hyperbatch", n_hidden=8, n_latent=2, seed=0
+        )
         if plan is not None:
             model._training_plan_cls = plan
-            model.train(max_epochs=2, batch_size=40, seed=0, enable_progress_bar=False,
-                        plan_kwargs={"tune_every": 2, "tune_lr": 0.05})  # fmt: skip
+            model.train(
+                max_epochs=2,
+                batch_size=40,
+                seed=0,
+                enable_progress_bar=False,
+                plan_kwargs={"tune_every": 2, "tune_lr": 0.05},
+            )
         states.append(model.module.state_dict())
     start, new, old = states
     assert (new["hyper.log_low"] - start["hyper.log_low"]).abs().max() > 1e-3  # tuned

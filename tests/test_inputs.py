@@ -32,12 +32,14 @@ def _flat(text: str) -> str:
 # ------------------------------------------------------------------ marker files
 @pytest.mark.parametrize(
     ("name", "content", "match"),
-    [("bad.json", b'{"A": ["X"', "not valid JSON"),
-     ("bad.yaml", b"A: [X\n", "not valid YAML"),
-     ("u16.json", '{"A": ["DCN"]}'.encode("utf-16"), "not UTF-8"),
-     ("evil.yaml", b"!!python/object/apply:os.system ['touch PWNED']\n", "not valid YAML"),
-     ("list.json", b'["DCN"]', "must map each group to a list")],
-)  # fmt: skip
+    [
+        ("bad.json", b'{"A": ["X"', "not valid JSON"),
+        ("bad.yaml", b"A: [X\n", "not valid YAML"),
+        ("u16.json", '{"A": ["DCN"]}'.encode("utf-16"), "not UTF-8"),
+        ("evil.yaml", b"!!python/object/apply:os.system ['touch PWNED']\n", "not valid YAML"),
+        ("list.json", b'["DCN"]', "must map each group to a list"),
+    ],
+)
 def test_malformed_marker_files_are_named(tmp_path, monkeypatch, name, content, match):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / name
@@ -61,8 +63,9 @@ def test_marker_file_error_through_the_cli(tmp_path):
 def test_one_gene_is_refused_before_training(tmp_path):
     adata = ev.data.synthetic("heartlike", seed=0, n_cells=100)[:, :1].copy()
     path = _file(tmp_path, adata)
-    res = runner.invoke(app, ["run", "--data", str(path), "--layer", "counts", "--out",
-                              str(tmp_path / "out")])  # fmt: skip
+    res = runner.invoke(
+        app, ["run", "--data", str(path), "--layer", "counts", "--out", str(tmp_path / "out")]
+    )
     text = _flat(res.output)
     assert res.exit_code == 2, res.output
     assert "1 genes (needs at least 10)" in text and "Nothing was trained" in text
@@ -85,23 +88,26 @@ def test_markers_from_the_data_when_none_are_given(tmp_path):
     prepared = prepare_data(RunConfig(data=str(path), layer="counts", n_top_genes=100), **QUIET)
     groups = set(prepared.adata.obs["cell_type"].astype(str))
     assert set(prepared.markers) == groups  # every group got markers, from the data
-    assert all(len(g) == 3 and set(g) <= set(prepared.adata.var_names)
-               for g in prepared.markers.values())  # fmt: skip
+    assert all(
+        len(g) == 3 and set(g) <= set(prepared.adata.var_names) for g in prepared.markers.values()
+    )
     assert any("top genes in the data" in n for n in prepared.notes)
 
 
 def test_markers_none_skips_the_section(tmp_path):
     path = _file(tmp_path, _foreign())
-    prepared = prepare_data(RunConfig(data=str(path), layer="counts", n_top_genes=100,
-                                      markers="none"), **QUIET)  # fmt: skip
+    prepared = prepare_data(
+        RunConfig(data=str(path), layer="counts", n_top_genes=100, markers="none"), **QUIET
+    )
     assert prepared.markers == {} and any("--markers none" in n for n in prepared.notes)
 
 
 def test_explicit_markers_not_in_the_data_are_still_an_error(tmp_path):
     path = _file(tmp_path, _foreign())
     with pytest.raises(ValueError, match=r"None of the marker genes.*--markers none"):
-        prepare_data(RunConfig(data=str(path), layer="counts", n_top_genes=100,
-                               markers="heart"), **QUIET)  # fmt: skip
+        prepare_data(
+            RunConfig(data=str(path), layer="counts", n_top_genes=100, markers="heart"), **QUIET
+        )
 
 
 def test_a_named_labels_column_that_is_absent_is_still_an_error(tmp_path):
@@ -112,8 +118,9 @@ def test_a_named_labels_column_that_is_absent_is_still_an_error(tmp_path):
 
 def test_run_without_a_labels_column(tmp_path):
     path = _file(tmp_path, _foreign(labels=False))
-    config = RunConfig(data=str(path), layer="counts", n_top_genes=60, epochs=1, members=2,
-                       n_samples=2)  # fmt: skip
+    config = RunConfig(
+        data=str(path), layer="counts", n_top_genes=60, epochs=1, members=2, n_samples=2
+    )
     reading = run_pipeline(config, tmp_path / "out", **QUIET)
     out = tmp_path / "out"
     assert "no cell groups" in reading[0]
@@ -161,8 +168,11 @@ def reference():
 
 def test_query_sharing_too_few_genes_is_refused(reference):
     adata, model = reference
-    query = anndata.AnnData(adata.layers["counts"][:50].copy(), obs=adata.obs[:50].copy(),
-                            var=pd.DataFrame(index=adata.var_names))  # fmt: skip
+    query = anndata.AnnData(
+        adata.layers["counts"][:50].copy(),
+        obs=adata.obs[:50].copy(),
+        var=pd.DataFrame(index=adata.var_names),
+    )
     query.var_names = [*adata.var_names[:19], *[f"other{i}" for i in range(21)]]
     with pytest.raises(ValueError, match=r"19 of the reference's 40 genes \(48%\).*50%"):
         prepare_query(query, model, **QUIET)
@@ -177,8 +187,20 @@ def test_one_cell_query_gets_a_named_error(tmp_path):
         (run / name).write_text("")
     query = ev.data.synthetic("draft", seed=0, n_cells=20, n_genes=40)[:1].copy()
     path = _file(tmp_path, query, "q.h5ad")
-    res = runner.invoke(app, ["map", "--model", str(run), "--query", str(path), "--layer",
-                              "counts", "--out", str(tmp_path / "m")])  # fmt: skip
+    res = runner.invoke(
+        app,
+        [
+            "map",
+            "--model",
+            str(run),
+            "--query",
+            str(path),
+            "--layer",
+            "counts",
+            "--out",
+            str(tmp_path / "m"),
+        ],
+    )
     assert res.exit_code == 2 and "The query has 1 cells (needs at least 10)" in _flat(res.output)
     assert "num_samples" not in res.output
 
@@ -202,11 +224,9 @@ def test_a_type_named_unknown_is_refused(tmp_path):
 
 
 # ------------------------------------------------------------------ de
-@pytest.mark.parametrize(("option", "value"), [("--fdr", "1.5"), ("--fdr", "0"),
-                                               ("--delta", "-1")])  # fmt: skip
+@pytest.mark.parametrize(("option", "value"), [("--fdr", "1.5"), ("--fdr", "0"), ("--delta", "-1")])
 def test_de_ranges_are_checked_before_the_model_loads(tmp_path, option, value):
     # no run directory at all: the range error comes first, before anything is read
     res = runner.invoke(app, ["de", str(tmp_path / "absent"), "--group1", "A", option, value])
     assert res.exit_code == 2 and option in res.output
     assert "not a finished" not in res.output
-

@@ -237,8 +237,12 @@ def test_model_save_keeps_other_files(tmp_path, tiny_model, sim):
     (d / "notes.txt").write_text("mine")
     tiny_model.save(d)  # a folder with other files is fine: no model file there yet
     tiny_model.save(d, overwrite=True)
-    assert sorted(p.name for p in d.iterdir()) == ["data.h5ad", "model.json", "model.pt",
-                                                   "notes.txt"]  # fmt: skip
+    assert sorted(p.name for p in d.iterdir()) == [
+        "data.h5ad",
+        "model.json",
+        "model.pt",
+        "notes.txt",
+    ]
     assert (d / "notes.txt").read_text() == "mine"
     assert anndata.read_h5ad(d / "data.h5ad").n_obs == 20
     with pytest.raises(FileExistsError, match=r"model\.pt already exists.*overwrite=True"):

@@ -111,8 +111,9 @@ def test_one_member_copied_from_scanvae_gives_its_logits_and_loss():
     torch.manual_seed(0)
     g, b, c = 30, 24, 4
     ref = SCANVAE(g, n_batch=2, n_labels=c, n_hidden=16, n_latent=5).eval()
-    ours = EnsembleSCANVAE(g, n_labels=c, n_members=1, ensemble="deep", n_batch=2, n_hidden=16,
-                           n_latent=5).eval()  # fmt: skip
+    ours = EnsembleSCANVAE(
+        g, n_labels=c, n_members=1, ensemble="deep", n_batch=2, n_hidden=16, n_latent=5
+    ).eval()
     load_scanvi_member(ours, 0, ref)
     x = torch.poisson(torch.rand(b, g) * 5) + 1
     batch = torch.randint(0, 2, (b, 1))
@@ -144,13 +145,15 @@ def labelled():
 
 def test_model_with_scanvi_weights_predicts_as_scanvi(labelled):
     adata = labelled.copy()
-    scvi.model.SCANVI.setup_anndata(adata, labels_key="lab", unlabeled_category="Unknown",
-                                    layer="counts")  # fmt: skip
+    scvi.model.SCANVI.setup_anndata(
+        adata, labels_key="lab", unlabeled_category="Unknown", layer="counts"
+    )
     scvi.settings.seed = 0
     theirs = scvi.model.SCANVI(adata, n_hidden=16, n_latent=3)
     theirs.train(max_epochs=2, enable_progress_bar=False)
-    EnsembleSCANVI.setup_anndata(adata, labels_key="lab", unlabeled_category="Unknown",
-                                 layer="counts")  # fmt: skip
+    EnsembleSCANVI.setup_anndata(
+        adata, labels_key="lab", unlabeled_category="Unknown", layer="counts"
+    )
     ours = EnsembleSCANVI(adata, n_members=1, ensemble="deep", n_hidden=16, n_latent=3)
     load_scanvi_member(ours.module, 0, theirs.module.cpu())
     ours.is_trained_ = True
@@ -211,8 +214,9 @@ def test_label_uncertainty_rule_is_the_conformal_quantile_of_held_out_labelled(t
     assert info["n_calibration"] == len(held) > 0
     assert info["threshold"] == pytest.approx(scores[min(rank, len(scores)) - 1], rel=1e-6)
     ent = adata.obs["ensemblevi_label_entropy"].to_numpy()
-    np.testing.assert_array_equal(adata.obs["ensemblevi_label_unknown"].to_numpy(),
-                                  ent > info["threshold"])  # fmt: skip
+    np.testing.assert_array_equal(
+        adata.obs["ensemblevi_label_unknown"].to_numpy(), ent > info["threshold"]
+    )
     call = adata.obs["ensemblevi_label_call"].astype(str).to_numpy()
     label = adata.obs["ensemblevi_label"].astype(str).to_numpy()
     unknown = adata.obs["ensemblevi_label_unknown"].to_numpy()
@@ -221,8 +225,7 @@ def test_label_uncertainty_rule_is_the_conformal_quantile_of_held_out_labelled(t
     probs = adata.obsm["ensemblevi_label_probabilities"]
     assert list(probs.columns) == model.cell_types
     # a threshold given is used as it is
-    again = ev.tl.label_uncertainty(model, adata, threshold=0.0, key_added="t",
-                                    score="entropy")
+    again = ev.tl.label_uncertainty(model, adata, threshold=0.0, key_added="t", score="entropy")
     assert again["n_unknown"] == int((adata.obs["t_label_entropy"] > 0).sum())
 
 
@@ -256,8 +259,9 @@ def test_label_calibration_and_plots(trained, tmp_path):
 @pytest.mark.parametrize("kind", ["batch", "hyperbatch", "mcdropout", "single"])
 def test_every_kind_trains_and_predicts(labelled, kind):
     adata = labelled[:200].copy()
-    EnsembleSCANVI.setup_anndata(adata, labels_key="lab", unlabeled_category="Unknown",
-                                 layer="counts")  # fmt: skip
+    EnsembleSCANVI.setup_anndata(
+        adata, labels_key="lab", unlabeled_category="Unknown", layer="counts"
+    )
     model = EnsembleSCANVI(adata, n_members=3, ensemble=kind, n_hidden=16, n_latent=3, seed=0)
     model.train(max_epochs=2, seed=0, enable_progress_bar=False)
     members = model.predict_members()
@@ -297,8 +301,9 @@ def test_bad_input_is_refused_before_training(labelled):
     nan.obs.iloc[0, nan.obs.columns.get_loc("lab")] = np.nan
     with pytest.raises(ValueError, match="missing values"):
         EnsembleSCANVI.setup_anndata(nan, labels_key="lab", unlabeled_category="Unknown")
-    EnsembleSCANVI.setup_anndata(adata, labels_key="lab", unlabeled_category="Unknown",
-                                 layer="counts")  # fmt: skip
+    EnsembleSCANVI.setup_anndata(
+        adata, labels_key="lab", unlabeled_category="Unknown", layer="counts"
+    )
     with pytest.raises(ValueError, match="gene-label"):
         EnsembleSCANVI(adata, dispersion="gene-label")
     with pytest.raises(ValueError, match="AnnData"):
@@ -308,8 +313,9 @@ def test_bad_input_is_refused_before_training(labelled):
     none = adata.copy()
     none.obs["lab2"] = np.where(np.arange(none.n_obs) < 2, ["x", "y"][0], "Unknown")
     none.obs.loc[none.obs_names[1], "lab2"] = "y"
-    EnsembleSCANVI.setup_anndata(none, labels_key="lab2", unlabeled_category="Unknown",
-                                 layer="counts")  # fmt: skip
+    EnsembleSCANVI.setup_anndata(
+        none, labels_key="lab2", unlabeled_category="Unknown", layer="counts"
+    )
     model = EnsembleSCANVI(none, n_members=1)
     model._labeled_indices = np.array([], dtype=int)
     with pytest.raises(ValueError, match="nothing to learn"):
@@ -318,8 +324,9 @@ def test_bad_input_is_refused_before_training(labelled):
 
 def test_label_uncertainty_without_a_validation_split_asks_for_calibration(labelled):
     adata = labelled[:150].copy()
-    EnsembleSCANVI.setup_anndata(adata, labels_key="lab", unlabeled_category="Unknown",
-                                 layer="counts")  # fmt: skip
+    EnsembleSCANVI.setup_anndata(
+        adata, labels_key="lab", unlabeled_category="Unknown", layer="counts"
+    )
     model = EnsembleSCANVI(adata, n_members=2, n_hidden=16, n_latent=3)
     model.train(max_epochs=1, train_size=1.0, enable_progress_bar=False)
     with pytest.raises(ValueError, match="calibration="):
@@ -353,13 +360,13 @@ def test_label_uncertainty_with_temperature_tempers_the_pooled_probabilities(tra
     adata, _, model = trained
     info = ev.tl.label_uncertainty(model, adata, temperature=True, key_added="ts")
     held = np.intersect1d(model.validation_indices, model._labeled_indices)
-    codes = pd.Categorical(adata.obs["lab"].astype(str).to_numpy()[held],
-                           categories=model.cell_types).codes  # fmt: skip
+    codes = pd.Categorical(
+        adata.obs["lab"].astype(str).to_numpy()[held], categories=model.cell_types
+    ).codes
     t = fit_temperature(model.predict_members(indices=held).mean(0), codes)
     assert info["temperature"] == pytest.approx(t, rel=1e-6)
     expected = apply_temperature(model.predict_members().mean(0), t)
-    np.testing.assert_allclose(adata.obsm["ts_label_probabilities"].to_numpy(), expected,
-                               atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(adata.obsm["ts_label_probabilities"].to_numpy(), expected, atol=1e-5)
     fixed = ev.tl.label_uncertainty(model, adata, temperature=2.0, key_added="t2")
     assert fixed["temperature"] == 2.0
 

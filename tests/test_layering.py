@@ -21,6 +21,7 @@ RANKS = {
     "_constants": 0,
     "_version": 0,
     "_compat": 0,
+    "_scvi_check": 0,
     "_files": 0,
     "_seeding": 0,
     "_fingerprint": 0,
@@ -169,9 +170,7 @@ def _layer_circles(package: Path = PACKAGE) -> list[list[str]]:
 
 
 def _line_counts(package: Path = PACKAGE) -> dict[str, int]:
-    return {
-        str(p.relative_to(package)): len(p.read_text().splitlines()) for p in _sources(package)
-    }
+    return {str(p.relative_to(package)): len(p.read_text().splitlines()) for p in _sources(package)}
 
 
 def _stale_allowances(

@@ -16,16 +16,33 @@ runner = CliRunner()
 
 
 def _digest(path):
-    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(path.rglob("*")) if p.is_file()}  # fmt: skip
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("map")
     out = root / "run"
-    res = runner.invoke(app, ["run", "--n-cells", "400", "--epochs", "2", "--n-samples", "2",
-                              "--members", "2", "--out", str(out)])  # fmt: skip
+    res = runner.invoke(
+        app,
+        [
+            "run",
+            "--n-cells",
+            "400",
+            "--epochs",
+            "2",
+            "--n-samples",
+            "2",
+            "--members",
+            "2",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     query = ev.data.synthetic(preset="heartlike", n_cells=300, seed=5)
     query = query[:, query.var_names[40:]].copy()  # 40 reference genes missing: padded
@@ -41,13 +58,21 @@ def test_map_writes_its_result_and_only_reads_the_run(run_dir, tmp_path):
     before = _digest(run)
     query_before = qpath.read_bytes()
     out = tmp_path / "map"
-    res = runner.invoke(app, ["map", "--model", str(run), "--query", str(qpath), "--out",
-                              str(out), "--epochs", "2"])  # fmt: skip
+    res = runner.invoke(
+        app, ["map", "--model", str(run), "--query", str(qpath), "--out", str(out), "--epochs", "2"]
+    )
     assert res.exit_code == 0, res.output
     assert _digest(run) == before and qpath.read_bytes() == query_before
-    for rel in ("results.h5ad", "tables/cell_novelty.csv", "tables/group_novelty.csv",
-                "figures/novelty_umap.png", "figures/group_novelty.png", "model/model.pt",
-                "map.json", "report.html"):  # fmt: skip
+    for rel in (
+        "results.h5ad",
+        "tables/cell_novelty.csv",
+        "tables/group_novelty.csv",
+        "figures/novelty_umap.png",
+        "figures/group_novelty.png",
+        "model/model.pt",
+        "map.json",
+        "report.html",
+    ):
         assert (out / rel).exists(), rel
     q = anndata.read_h5ad(out / "results.h5ad")
     ref = anndata.read_h5ad(run / "results.h5ad")
@@ -63,17 +88,34 @@ def test_map_writes_its_result_and_only_reads_the_run(run_dir, tmp_path):
     assert groups["groupby"] == "ensemblevi_leiden" and q.obs["ensemblevi_leiden"].nunique() > 1
     record = json.loads((out / "map.json").read_text())
     assert record["n_query_cells"] == 300 and record["reading"][0].startswith(
-        f"{int(q.obs['ensemblevi_is_novel'].sum())} of 300 query cells")
+        f"{int(q.obs['ensemblevi_is_novel'].sum())} of 300 query cells"
+    )
     html = (out / "report.html").read_text()
     assert "Novel populations" in html and "data:image/png;base64" in html
     assert "Calibration: cells of the training samples" in html
     # an earlier map is replaced only with --force, and stays whole until then
     kept = _digest(out)
-    res = runner.invoke(app, ["map", "--model", str(run), "--query", str(qpath), "--out",
-                              str(out), "--epochs", "1"])  # fmt: skip
+    res = runner.invoke(
+        app, ["map", "--model", str(run), "--query", str(qpath), "--out", str(out), "--epochs", "1"]
+    )
     assert res.exit_code == 1 and "--force" in res.output and _digest(out) == kept
-    res = runner.invoke(app, ["map", "--model", str(run), "--query", str(qpath), "--out",
-                              str(out), "--epochs", "1", "--force", "--seed", "3"])  # fmt: skip
+    res = runner.invoke(
+        app,
+        [
+            "map",
+            "--model",
+            str(run),
+            "--query",
+            str(qpath),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--force",
+            "--seed",
+            "3",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert json.loads((out / "map.json").read_text())["seed"] == 3
 
@@ -92,8 +134,9 @@ def test_map_refuses_bad_input_before_training(run_dir, tmp_path):
         assert res.exit_code == 2 and message in res.output, res.output
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     assert not (tmp_path / "d").exists()
-    res = runner.invoke(app, ["map", "--model", str(tmp_path), "--query", str(qpath), "--out",
-                              str(tmp_path / "c")])  # fmt: skip
+    res = runner.invoke(
+        app, ["map", "--model", str(tmp_path), "--query", str(qpath), "--out", str(tmp_path / "c")]
+    )
     assert res.exit_code == 2 and "not a finished `ensemblevi run`" in res.output
 
 

@@ -14,8 +14,8 @@ import torch
 from scvi.model.base import RNASeqMixin, VAEMixin
 
 import ensemblevi as ev
-from ensemblevi import _compat
-from ensemblevi._compat import check_scvi_tools
+from ensemblevi import _scvi_check
+from ensemblevi._scvi_check import check_scvi_tools
 from ensemblevi.model import EnsembleSCVI, MemberMethodError, MemberView, check_member_contract
 from ensemblevi.model.base._members import MEMBER_ONLY, OVERRIDDEN, VIA_MODULE
 
@@ -261,7 +261,7 @@ def test_compatibility_check_names_the_private_hooks(monkeypatch):
         check_scvi_tools()
     monkeypatch.undo()
     # a module output key scvi-tools' mixins read from the member's module
-    monkeypatch.setattr(_compat, "MODULE_KEYS", MODULE_KEYS._replace(PX_KEY="px_dist"))
+    monkeypatch.setattr(_scvi_check, "MODULE_KEYS", MODULE_KEYS._replace(PX_KEY="px_dist"))
     with pytest.raises(ImportError, match="PX_KEY"):
         check_scvi_tools()
 

@@ -106,8 +106,9 @@ def test_predictive_calibration_of_a_trained_model(kind_models):
     model = kind_models["deep"]  # the session's (conftest.py), K = 3 on 40 genes
     adata = model.adata.copy()  # the results are written into this copy
     held = model.validation_indices
-    out = predictive_calibration(model, adata, indices=held, n_samples=4, key_added="ev",
-                                 progress=False)  # fmt: skip
+    out = predictive_calibration(
+        model, adata, indices=held, n_samples=4, key_added="ev", progress=False
+    )
     assert out["pit"].shape == (len(held), 40)
     cov = out["coverage"]
     # the randomised coverage is the share of the returned PITs inside each central interval

@@ -25,8 +25,19 @@ from ensemblevi.model import EnsembleSCVI
 from ensemblevi.pipeline import RunConfig, de_name, run_de, run_pipeline
 
 #: group names a user's data may hold, each a different trap
-HOSTILE = ["/A", "CD4.Naive", "CD4.Memory", "NA", "[bold]", "T cells [activated]",
-           "line\nbreak", "Zellé €", "a/b", "..", "%2F"]  # fmt: skip
+HOSTILE = [
+    "/A",
+    "CD4.Naive",
+    "CD4.Memory",
+    "NA",
+    "[bold]",
+    "T cells [activated]",
+    "line\nbreak",
+    "Zellé €",
+    "a/b",
+    "..",
+    "%2F",
+]
 
 
 def _hostile(adata, key="cell_type"):
@@ -73,8 +84,9 @@ def test_figure_paths_keep_dots_in_names(tmp_path):
 
 
 def test_tables_read_back_with_na_names(tmp_path):
-    frame = pd.DataFrame({"group": ["NA", "nan", "null", "N/A", ""],
-                          "value": [1.0, np.nan, 3.0, 4.0, 5.0]})  # fmt: skip
+    frame = pd.DataFrame(
+        {"group": ["NA", "nan", "null", "N/A", ""], "value": [1.0, np.nan, 3.0, 4.0, 5.0]}
+    )
     ev._files.write_csv(frame, tmp_path / "t.csv", index=False)
     back = read_table(tmp_path / "t.csv")
     assert list(back["group"][:4]) == ["NA", "nan", "null", "N/A"]
@@ -113,11 +125,21 @@ def test_tl_results_with_hostile_groups_read_back(hostile_model, tmp_path):
     adata, model = hostile_model
     groups = sorted(adata.obs["cell_type"].unique())
     markers = {g: [adata.var_names[i]] for i, g in enumerate(groups)}
-    ev.tl.uncertainty_analysis(model, adata, markers=markers, groupby="cell_type",
-                               n_samples=2, novelty=False, progress=False)  # fmt: skip
+    ev.tl.uncertainty_analysis(
+        model,
+        adata,
+        markers=markers,
+        groupby="cell_type",
+        n_samples=2,
+        novelty=False,
+        progress=False,
+    )
     # label probabilities and calibration as tl.label_uncertainty writes them
-    probs = pd.DataFrame(np.full((adata.n_obs, len(groups)), 1 / len(groups)),
-                         index=adata.obs_names, columns=[h5_key(g) for g in groups])
+    probs = pd.DataFrame(
+        np.full((adata.n_obs, len(groups)), 1 / len(groups)),
+        index=adata.obs_names,
+        columns=[h5_key(g) for g in groups],
+    )
     adata.obsm["ensemblevi_label_probabilities"] = probs
     calib = ev.tl.label_calibration(adata, "cell_type")
     assert list(calib["confusion"].columns[1:-1]) == groups  # the user's names, exact
@@ -144,9 +166,16 @@ def hostile_run(tmp_path_factory):
     adata = _hostile(ev.data.synthetic("heartlike", seed=0, n_cells=300))
     data = root / "hostile.h5ad"
     ev.data.write_h5ad_atomic(adata, data)
-    config = RunConfig(data=str(data), layer="counts", n_top_genes=100, epochs=1, members=2,
-                       n_samples=2, markers=None, marker=("/A=DCN,GSN", "NA=CD14",
-                       "[bold]=MYH11", "CD4.Naive=C1QA"))  # fmt: skip
+    config = RunConfig(
+        data=str(data),
+        layer="counts",
+        n_top_genes=100,
+        epochs=1,
+        members=2,
+        n_samples=2,
+        markers=None,
+        marker=("/A=DCN,GSN", "NA=CD14", "[bold]=MYH11", "CD4.Naive=C1QA"),
+    )
     out = root / "run"
     reading = run_pipeline(config, out, log=lambda *_: None)
     return out, reading
@@ -154,8 +183,9 @@ def hostile_run(tmp_path_factory):
 
 def test_run_with_hostile_groups_reads_back(hostile_run):
     out, reading = hostile_run
-    assert any(" in /A:" in line or " in NA:" in line or " in [bold]:" in line
-               for line in reading)  # the reading names the right group  # fmt: skip
+    assert any(
+        " in /A:" in line or " in NA:" in line or " in [bold]:" in line for line in reading
+    )  # the reading names the right group
     back = anndata.read_h5ad(out / "results.h5ad")  # "/A" once became an HDF5 path here
     assert set(back.obs["cell_type"].unique()) <= set(HOSTILE)
     summary = read_table(out / "tables" / "marker_summary.csv")
@@ -180,14 +210,16 @@ def test_de_on_groups_differing_after_a_dot(hostile_run):
 def test_cli_prints_hostile_names_literally(hostile_run):
     out, _ = hostile_run
     runner = CliRunner()
-    res = runner.invoke(app, ["de", str(out), "--group1", "[bold]", "--n-samples", "2",
-                              "--max-cells", "40"])  # fmt: skip
+    res = runner.invoke(
+        app, ["de", str(out), "--group1", "[bold]", "--n-samples", "2", "--max-cells", "40"]
+    )
     assert res.exit_code == 0, res.output
     flat = " ".join(res.output.split())
     assert "Differential expression [bold] vs" in flat
     written = [w for w in flat.split() if w.endswith(".png,")]
-    assert written and all((out / "figures" / w.rstrip(",").split("/")[-1]).exists()
-                           for w in written)  # fmt: skip
+    assert written and all(
+        (out / "figures" / w.rstrip(",").split("/")[-1]).exists() for w in written
+    )
     res = runner.invoke(app, ["de", str(out), "--group1", "T cells [/activated]"])
     assert res.exit_code == 2 and "T cells [/activated]" in " ".join(res.output.split())
 
@@ -234,13 +266,15 @@ def test_missing_or_extra_genes_are_refused_with_the_fix(small_model, edit):
     else:
         other = anndata.concat([adata, adata[:, :1]], axis=1, merge="first")
         other.var_names = [*adata.var_names, "NEWGENE"]
-    with pytest.raises(ValueError, match=r"(2 of the model's 50 genes are missing|1 genes are "
-                       r"not the model's).*adata\[:, model.adata.var_names\]"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"(2 of the model's 50 genes are missing|1 genes are "
+        r"not the model's).*adata\[:, model.adata.var_names\]",
+    ):
         model.get_latent_representation(other)
 
 
-def test_a_result_an_older_version_could_not_read_back_gets_a_named_error(hostile_run,
-                                                                          tmp_path):  # fmt: skip
+def test_a_result_an_older_version_could_not_read_back_gets_a_named_error(hostile_run, tmp_path):
     import shutil
 
     import h5py

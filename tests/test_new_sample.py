@@ -22,8 +22,15 @@ EPOCHS = 3
 
 
 def _data(n_samples=4, seed=0):
-    adata = synthetic_replicates(n_cells=480, n_genes=50, n_samples=n_samples, n_types=2,
-                                 design="paired", de_frac=0.0, seed=seed)  # fmt: skip
+    adata = synthetic_replicates(
+        n_cells=480,
+        n_genes=50,
+        n_samples=n_samples,
+        n_types=2,
+        design="paired",
+        de_frac=0.0,
+        seed=seed,
+    )
     del adata.uns["synthetic_replicates"]
     return adata
 
@@ -39,8 +46,12 @@ def split_models():
         a = adata.copy()
         EnsembleSCVI.setup_anndata(a, layer="counts")
         m = EnsembleSCVI(a, n_members=2, ensemble=kind, n_hidden=16, n_latent=4, seed=0)
-        m.train(max_epochs=EPOCHS, enable_progress_bar=False, seed=0,
-                datasplitter_kwargs=split["datasplitter_kwargs"])  # fmt: skip
+        m.train(
+            max_epochs=EPOCHS,
+            enable_progress_bar=False,
+            seed=0,
+            datasplitter_kwargs=split["datasplitter_kwargs"],
+        )
         models[kind] = m
     return split, models
 
@@ -119,8 +130,9 @@ def test_unseen_sample_calibration_uns_and_threshold(split_models):
         z = np.asarray(model.get_latent_representation(ref, member=k))
         zq = np.asarray(model.get_latent_representation(query, member=k))
         d_cal = _brute_knn(z[train], z[cal], 15)
-        per_member.append((_brute_knn(z[train], zq, 15) / np.median(d_cal),
-                           d_cal / np.median(d_cal)))  # fmt: skip
+        per_member.append(
+            (_brute_knn(z[train], zq, 15) / np.median(d_cal), d_cal / np.median(d_cal))
+        )
     score = np.mean([p[0] for p in per_member], 0)
     cal_score = np.sort(np.mean([p[1] for p in per_member], 0))
     np.testing.assert_allclose(query.obs["ensemblevi_novelty_knn"], score, rtol=1e-5)
@@ -154,14 +166,21 @@ def test_one_member_cell_and_group_novelty(split_models):
     scores = ev.tl.cell_novelty(model, query, alpha=0.05, sample_key="sample", progress=False)
     assert np.isfinite(scores["novelty_knn"]).all()
     np.testing.assert_allclose(scores["novelty_llgap"], 0.0, atol=1e-6)
-    table = ev.tl.group_novelty(model, query, groupby="cell_type", sample_key="sample",
-                                progress=False)  # fmt: skip
+    table = ev.tl.group_novelty(
+        model, query, groupby="cell_type", sample_key="sample", progress=False
+    )
     stored = query.uns["ensemblevi"]["group_novelty"]
     assert stored["calibration_kind"] == "unseen samples"
     assert set(table.index) == {"A", "B"}
     # switching the calibration recomputes the scores on the other cells
-    ev.tl.group_novelty(model, query, groupby="cell_type", sample_key="sample",
-                        calibration="training_samples", progress=False)  # fmt: skip
+    ev.tl.group_novelty(
+        model,
+        query,
+        groupby="cell_type",
+        sample_key="sample",
+        calibration="training_samples",
+        progress=False,
+    )
     info = query.uns["ensemblevi"]["cell_novelty"]
     assert info["calibration_kind"] == "cells of the training samples"
     assert "halves" in info["fpr_measured_on"]
@@ -178,23 +197,28 @@ def test_one_sample_says_the_rate_holds_for_that_sample_only():
     assert info["calibration_kind"] == "cells of the training samples"
     assert "one sample" in info["rate_holds_for"] and info["n_calibration_samples"] == 1
     with pytest.raises(ValueError, match="sample_split"):
-        ev.tl.cell_novelty(model, sample_key="sample", calibration="unseen_samples",
-                           progress=False)  # fmt: skip
+        ev.tl.cell_novelty(model, sample_key="sample", calibration="unseen_samples", progress=False)
 
 
 def test_label_unknown_rule_one_member_unseen_samples():
     adata = _data()
     split = ev.tl.sample_split(adata, "sample", n_holdout=2, seed=0)
-    EnsembleSCANVI.setup_anndata(adata, labels_key="cell_type", unlabeled_category="Unknown",
-                                 layer="counts")  # fmt: skip
+    EnsembleSCANVI.setup_anndata(
+        adata, labels_key="cell_type", unlabeled_category="Unknown", layer="counts"
+    )
     model = EnsembleSCANVI(adata, ensemble="single", n_hidden=16, n_latent=4, seed=0)
-    model.train(max_epochs=EPOCHS, enable_progress_bar=False, seed=0,
-                datasplitter_kwargs=split["datasplitter_kwargs"])  # fmt: skip
+    model.train(
+        max_epochs=EPOCHS,
+        enable_progress_bar=False,
+        seed=0,
+        datasplitter_kwargs=split["datasplitter_kwargs"],
+    )
     info = ev.tl.label_uncertainty(model, adata, alpha=0.1, sample_key="sample")
     assert info["score"] == "novelty_knn"  # the default follows the measurement
     assert info["calibration_kind"] == "unseen samples" and info["n_calibration_samples"] == 2
-    ent = ev.tl.label_uncertainty(model, adata, alpha=0.1, score="entropy",
-                                  sample_key="sample", key_added="e")  # fmt: skip
+    ent = ev.tl.label_uncertainty(
+        model, adata, alpha=0.1, score="entropy", sample_key="sample", key_added="e"
+    )
     samples = adata.obs["sample"].astype(str).to_numpy()
     held = np.flatnonzero(np.isin(samples, split["holdout_samples"]))
     assert ent["calibration_kind"] == "unseen samples" and ent["n_calibration"] == len(held)

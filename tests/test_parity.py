@@ -169,7 +169,7 @@ def test_module_outputs_are_the_module_keys_compat_checks(pair):
     """The ``MODULE_KEYS`` that ``_compat`` checks are exactly those the module writes."""
     from scvi.module._constants import MODULE_KEYS
 
-    from ensemblevi._compat import MIXIN_READ_KEYS, REQUIRED_MODULE_KEYS
+    from ensemblevi._scvi_check import MIXIN_READ_KEYS, REQUIRED_MODULE_KEYS
 
     _, _, module, tensors = pair
     with module.member(MEMBER):

@@ -35,9 +35,14 @@ def _file(tmp_path, edit=None, seed=0, n_cells=200):
 # ------------------------------------------------------------------ config
 @pytest.mark.parametrize(
     ("field", "value", "option"),
-    [("members", 0, "--members"), ("epochs", 0, "--epochs"), ("n_samples", 0, "--n-samples"),
-     ("seeds", -1, "--seeds"), ("ensemble", "nope", "--ensemble")],
-)  # fmt: skip
+    [
+        ("members", 0, "--members"),
+        ("epochs", 0, "--epochs"),
+        ("n_samples", 0, "--n-samples"),
+        ("seeds", -1, "--seeds"),
+        ("ensemble", "nope", "--ensemble"),
+    ],
+)
 def test_config_refuses_bad_values(field, value, option):
     with pytest.raises(ValueError, match=option):
         RunConfig(**{field: value}).validate()
@@ -155,25 +160,56 @@ def test_seed_models_are_reused_only_on_a_matching_record(tmp_path):
         return adata[:, :50].copy()
 
     save = tmp_path / "seeds"
-    ev.tl.seed_ensemble(data(0), n_seeds=1, save_dir=save, max_epochs=1, progress=False,
-                        setup_kwargs={"layer": "counts"})  # fmt: skip
+    ev.tl.seed_ensemble(
+        data(0),
+        n_seeds=1,
+        save_dir=save,
+        max_epochs=1,
+        progress=False,
+        setup_kwargs={"layer": "counts"},
+    )
     weights = save / "seed_0" / "model.pt"
     stamp = weights.stat().st_mtime_ns
-    ev.tl.seed_ensemble(data(0), n_seeds=1, save_dir=save, max_epochs=1, progress=False,
-                        setup_kwargs={"layer": "counts"})  # fmt: skip
+    ev.tl.seed_ensemble(
+        data(0),
+        n_seeds=1,
+        save_dir=save,
+        max_epochs=1,
+        progress=False,
+        setup_kwargs={"layer": "counts"},
+    )
     assert weights.stat().st_mtime_ns == stamp  # same data and options: loaded
-    ev.tl.seed_ensemble(data(1), n_seeds=1, save_dir=save, max_epochs=1, progress=False,
-                        setup_kwargs={"layer": "counts"})  # fmt: skip
+    ev.tl.seed_ensemble(
+        data(1),
+        n_seeds=1,
+        save_dir=save,
+        max_epochs=1,
+        progress=False,
+        setup_kwargs={"layer": "counts"},
+    )
     assert weights.stat().st_mtime_ns != stamp  # other counts: retrained, not reused
-    ev.tl.seed_ensemble(data(1), n_seeds=1, save_dir=save, max_epochs=2, progress=False,
-                        setup_kwargs={"layer": "counts"})  # fmt: skip
+    ev.tl.seed_ensemble(
+        data(1),
+        n_seeds=1,
+        save_dir=save,
+        max_epochs=2,
+        progress=False,
+        setup_kwargs={"layer": "counts"},
+    )
     assert fp.read_record(save / "seed_0")["config"]["max_epochs"] == 2
 
 
 # ------------------------------------------------------------------ report prose
 def test_single_member_reading_says_there_is_no_spread():
-    summary = pd.DataFrame({"gene": ["A"], "group": ["g"], "member_cv": [0.0],
-                            "frac_uncertain_cells": [0.0], "frac_between": [0.0]})  # fmt: skip
+    summary = pd.DataFrame(
+        {
+            "gene": ["A"],
+            "group": ["g"],
+            "member_cv": [0.0],
+            "frac_uncertain_cells": [0.0],
+            "frac_between": [0.0],
+        }
+    )
     genes = pd.DataFrame({"uncertainty": [0.3, 0.1]}, index=["A", "B"])
     one = " ".join(run_reading(summary, genes, 1, 0.1))
     assert "no between-member spread" in one and "retraining would move these values" not in one
@@ -184,8 +220,14 @@ def test_single_member_reading_says_there_is_no_spread():
 # ------------------------------------------------------------------ DE names
 def test_de_names_are_unique_and_stable():
     assert de_name("Fibroblast", "Myeloid") == "de_Fibroblast_vs_Myeloid"
-    pairs = [("CD4 T", None), ("CD4+ T", None), ("CD4_T", None), ("CD4_T", "rest"),
-             ("A_vs_B", None), ("A", "B_vs_rest")]  # fmt: skip
+    pairs = [
+        ("CD4 T", None),
+        ("CD4+ T", None),
+        ("CD4_T", None),
+        ("CD4_T", "rest"),
+        ("A_vs_B", None),
+        ("A", "B_vs_rest"),
+    ]
     names = {de_name(*pair) for pair in pairs}
     assert len(names) == 6
     assert de_name("CD4 T", None) == de_name("CD4 T", None)

@@ -26,9 +26,16 @@ def analysed(heart_model):
     model = private_copy(heart_model)  # the session's (conftest.py); results go in its copy
     adata = model.adata
     ev.tl.uncertainty_analysis(
-        model, adata, MARKERS, groupby="cell_type", n_samples=2, cv_threshold=THRESHOLD,
-        alpha=0.05, embedding=True, progress=False,
-    )  # fmt: skip
+        model,
+        adata,
+        MARKERS,
+        groupby="cell_type",
+        n_samples=2,
+        cv_threshold=THRESHOLD,
+        alpha=0.05,
+        embedding=True,
+        progress=False,
+    )
     ev.tl.group_novelty(model, adata, groupby="cell_type", min_cells=3, progress=False)
     ev.tl.cluster_stability(model, adata, n_top_markers=5)
     ev.tl.member_umaps(model, adata, members=3, n_epochs=30)
@@ -189,8 +196,10 @@ def test_novelty_umap_reads_the_stored_embedding(analysed):
 def test_group_novelty_bars_are_the_stored_values(analysed):
     ax = ev.pl.group_novelty(analysed, show=False)
     table = pd.DataFrame(analysed.uns["ensemblevi"]["group_novelty"]["table"])
-    bars = {t.get_text(): p.get_x() + p.get_width()
-            for t, p in zip(ax.get_yticklabels(), ax.patches, strict=True)}  # fmt: skip
+    bars = {
+        t.get_text(): p.get_x() + p.get_width()
+        for t, p in zip(ax.get_yticklabels(), ax.patches, strict=True)
+    }
     for _, row in table.iterrows():  # the majority test: the share of cells flagged
         expected = 0.0 if pd.isna(row["share_flagged"]) else row["share_flagged"]
         assert bars[row["group"]] == pytest.approx(expected)

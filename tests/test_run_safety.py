@@ -20,8 +20,18 @@ from ensemblevi.data import synthetic, write_h5ad_atomic
 from ensemblevi.pipeline import _outputs
 
 runner = CliRunner()
-TINY = ["--n-cells", "200", "--epochs", "1", "--members", "2", "--n-samples", "2",
-        "--n-top-genes", "100"]  # fmt: skip
+TINY = [
+    "--n-cells",
+    "200",
+    "--epochs",
+    "1",
+    "--members",
+    "2",
+    "--n-samples",
+    "2",
+    "--n-top-genes",
+    "100",
+]
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
@@ -83,8 +93,9 @@ def _stub_train(monkeypatch, trained: list):
     from ensemblevi.pipeline import _train
 
     def stub(config, prepared, stage, log, trust):
-        EnsembleSCVI.setup_anndata(prepared.adata, layer=prepared.layer,
-                                   batch_key=prepared.batch_key)  # fmt: skip
+        EnsembleSCVI.setup_anndata(
+            prepared.adata, layer=prepared.layer, batch_key=prepared.batch_key
+        )
         trained.append(config.seed)
         return EnsembleSCVI(prepared.adata, n_members=2, n_hidden=4, n_latent=2, seed=0)
 
@@ -111,8 +122,9 @@ def test_the_reuse_check_reads_the_data_not_the_path(tmp_path, monkeypatch):
     trained: list = []
     _stub_train(monkeypatch, trained)
     data, out = _data_file(tmp_path / "cells.h5ad"), tmp_path / "run"
-    config = RunConfig(data=str(data), layer="counts", n_top_genes=100, members=2, epochs=1,
-                       markers=None)  # fmt: skip
+    config = RunConfig(
+        data=str(data), layer="counts", n_top_genes=100, members=2, epochs=1, markers=None
+    )
     assert _stage2(config, out)[0].source == "trained"
     reused, log = _stage2(config, out)
     assert reused.source == "result" and "reusing the trained model" in log
@@ -154,10 +166,14 @@ def test_a_foreign_directory_is_refused(tmp_path):
 
 @pytest.mark.parametrize(
     ("bad", "message"),
-    [(["--labels-key", "nope"], "--labels-key 'nope'"), (["--n-samples", "0"], "--n-samples"),
-     (["--epochs", "0"], "--epochs"), (["--members", "0"], "--members"),
-     (["--markers", "BAD"], "")],
-)  # fmt: skip
+    [
+        (["--labels-key", "nope"], "--labels-key 'nope'"),
+        (["--n-samples", "0"], "--n-samples"),
+        (["--epochs", "0"], "--epochs"),
+        (["--members", "0"], "--members"),
+        (["--markers", "BAD"], ""),
+    ],
+)
 def test_bad_arguments_are_refused_before_training(tmp_path, bad, message):
     if bad == ["--markers", "BAD"]:
         (tmp_path / "m.json").write_text("{not: json")
@@ -183,11 +199,15 @@ def test_de_results_of_lossy_names_do_not_collide(tmp_path):
     assert _run(*TINY, "--data", data, "--layer", "counts", "--out", out).exit_code == 0
     names = []
     for group in rename.values():
-        res = runner.invoke(cli.app, ["de", str(out), "--group1", group, "--n-samples", "2",
-                                      "--max-cells", "40"])  # fmt: skip
+        res = runner.invoke(
+            cli.app, ["de", str(out), "--group1", group, "--n-samples", "2", "--max-cells", "40"]
+        )
         assert res.exit_code == 0, res.output
-        names.append(next(n for n in os.listdir(out / "tables") if n.endswith(".json")
-                          and n[:-5] not in names)[:-5])  # fmt: skip
+        names.append(
+            next(
+                n for n in os.listdir(out / "tables") if n.endswith(".json") and n[:-5] not in names
+            )[:-5]
+        )
     assert len(set(names)) == 2 and all(n.startswith("de_CD4_T_vs_rest_") for n in names)
     files = _files.OutputDirectory(out, "run").files
     for name in names:
@@ -221,10 +241,26 @@ def test_seed_models_get_records_and_the_run_reuses_them(tmp_path):
 def _start(out: Path, *extra: str) -> tuple[subprocess.Popen, list[str]]:
     env = {**os.environ, "PYTHONPATH": str(SRC), "PYTHONUNBUFFERED": "1", "COLUMNS": "1000"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ensemblevi.cli", "run", "--n-cells", "300", "--members", "2",
-         "--n-top-genes", "100", "--out", str(out), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "ensemblevi.cli",
+            "run",
+            "--n-cells",
+            "300",
+            "--members",
+            "2",
+            "--n-top-genes",
+            "100",
+            "--out",
+            str(out),
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
     return proc, lines

@@ -150,10 +150,16 @@ def test_forwarded_parameters_reach_scvi_tools(ctx, tmp_path):
     adata = ctx["adata"]
     model = EnsembleSCVI(adata, n_members=2, n_hidden=8, n_latent=2)
     model.train(
-        max_epochs=2, train_size=0.8, validation_size=0.2, shuffle_set_split=False,
-        early_stopping=True, early_stopping_monitor="elbo_validation",
-        enable_progress_bar=False, accelerator="cpu", devices=1,
-    )  # fmt: skip
+        max_epochs=2,
+        train_size=0.8,
+        validation_size=0.2,
+        shuffle_set_split=False,
+        early_stopping=True,
+        early_stopping_monitor="elbo_validation",
+        enable_progress_bar=False,
+        accelerator="cpu",
+        devices=1,
+    )
     assert "elbo_validation" in model.history
     # shuffle_set_split=False: scvi-tools' split takes 20% of the cells as one contiguous run
     val = np.sort(model.validation_indices)

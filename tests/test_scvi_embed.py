@@ -95,8 +95,9 @@ def test_embedding_tables_per_kind_train_and_round_trip(ensemble, tmp_path):
     EnsembleSCVI.setup_anndata(adata, batch_key="batch")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = EnsembleSCVI(adata, n_members=3, ensemble=ensemble, seed=0, **ARCH, **EMB,
-                             encode_covariates=True)  # fmt: skip
+        model = EnsembleSCVI(
+            adata, n_members=3, ensemble=ensemble, seed=0, **ARCH, **EMB, encode_covariates=True
+        )
         model.train(max_epochs=1, batch_size=60, enable_progress_bar=False)
     table = model.module.get_embedding(REGISTRY_KEYS.BATCH_KEY).weight.detach()
     per_member = ensemble == "deep"
@@ -133,8 +134,9 @@ def test_one_hot_default_and_bad_embedding_arguments():
     with pytest.raises(ValueError, match="must be 'one-hot' or 'embedding'"):
         EnsembleSCVI(adata, batch_representation="onehot")
     with pytest.raises(ValueError, match=r"\['max_norm'\] are not supported"):
-        EnsembleSCVI(adata, batch_representation="embedding",
-                     batch_embedding_kwargs={"max_norm": 1.0})  # fmt: skip
+        EnsembleSCVI(
+            adata, batch_representation="embedding", batch_embedding_kwargs={"max_norm": 1.0}
+        )
     with pytest.raises(ValueError, match="embeddings"):  # scVI with a table, ensemble without
         ev.module.load_scvi_member(model.module, 0, _scvi_with_embedding(adata).module)
 
@@ -149,8 +151,9 @@ def test_shard_embeddings_are_slices_of_the_whole_ensemble():
     adata = _adata()
     EnsembleSCVI.setup_anndata(adata, batch_key="batch")
     whole = EnsembleSCVI(adata, n_members=3, seed=5, **ARCH, **EMB)
-    shard = EnsembleSCVI(adata, n_members=1, member_offset=2, n_members_total=3, seed=5,
-                         **ARCH, **EMB)  # fmt: skip
+    shard = EnsembleSCVI(
+        adata, n_members=1, member_offset=2, n_members_total=3, seed=5, **ARCH, **EMB
+    )
     key = REGISTRY_KEYS.BATCH_KEY
     torch.testing.assert_close(
         shard.module.get_embedding(key).weight[0], whole.module.get_embedding(key).weight[2]

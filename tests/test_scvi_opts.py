@@ -379,8 +379,11 @@ def test_bad_options_are_refused_by_name():
 def test_options_survive_save_and_load(tmp_path):
     adata = _counts(True)
     EnsembleSCVI.setup_anndata(adata, batch_key="batch", size_factor_key="size_factor")
-    opts = {"latent_distribution": "ln", "var_activation": torch.nn.Softplus(),
-            "dispersion": "gene-cell"}  # fmt: skip
+    opts = {
+        "latent_distribution": "ln",
+        "var_activation": torch.nn.Softplus(),
+        "dispersion": "gene-cell",
+    }
     model = EnsembleSCVI(adata, n_members=2, n_hidden=8, n_latent=3, seed=0, **opts)
     model.is_trained_ = True
     model.save(tmp_path / "m")

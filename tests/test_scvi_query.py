@@ -114,8 +114,13 @@ def test_surgery_matches_scvi(options):
     adata = _data(n_cats=3)
     setup = {"batch_key": "batch", "labels_key": "labels", "categorical_covariate_keys": ["cat1"]}
     scvi.model.SCVI.setup_anndata(adata, **setup)
-    arch = {**SMALL, "n_layers": 2, "encode_covariates": True, "dropout_rate": 0.0,
-            **options["arch"]}  # fmt: skip
+    arch = {
+        **SMALL,
+        "n_layers": 2,
+        "encode_covariates": True,
+        "dropout_rate": 0.0,
+        **options["arch"],
+    }
     ref = scvi.model.SCVI(adata, **arch)
     _quiet_train(ref)
     ours_adata = adata.copy()

@@ -38,9 +38,17 @@ def test_member_knn_is_the_brute_force_neighbours_with_the_cell_first():
 def test_neighbourhood_jaccard_matches_a_loop_over_pairs_and_sets():
     rng = np.random.default_rng(1)
     n, k, n_members = 40, 8, 4
-    idx = np.stack([np.stack([np.r_[i, rng.choice(np.delete(np.arange(n), i), k - 1,
-                                                  replace=False)] for i in range(n)])
-                    for _ in range(n_members)])  # fmt: skip
+    idx = np.stack(
+        [
+            np.stack(
+                [
+                    np.r_[i, rng.choice(np.delete(np.arange(n), i), k - 1, replace=False)]
+                    for i in range(n)
+                ]
+            )
+            for _ in range(n_members)
+        ]
+    )
     got = neighbourhood_jaccard(idx)
     for i in range(n):
         vals = []
@@ -65,8 +73,11 @@ def test_best_match_and_cluster_table_match_loops():
         jac, match = best_match(consensus, parts[m])
         for c in range(4):
             cells = set(np.flatnonzero(consensus == c))
-            scores = {p: len(cells & set(np.flatnonzero(parts[m] == p))) /
-                      len(cells | set(np.flatnonzero(parts[m] == p))) for p in range(5)}
+            scores = {
+                p: len(cells & set(np.flatnonzero(parts[m] == p)))
+                / len(cells | set(np.flatnonzero(parts[m] == p)))
+                for p in range(5)
+            }
             best = max(scores, key=scores.get)
             assert jac[c] == pytest.approx(scores[best]) and match[c] == best
             jac_all[m, c] = scores[best]
@@ -145,8 +156,7 @@ def identical():
 
 def test_identical_members_are_perfectly_stable(identical):
     adata, model, _ = identical
-    table = ev.tl.cluster_stability(model, adata, resolution=1.0, n_top_markers=5,
-                                    seed=0)  # fmt: skip
+    table = ev.tl.cluster_stability(model, adata, resolution=1.0, n_top_markers=5, seed=0)
     assert (adata.obs["ensemblevi_neighbourhood_stability"] == 1).all()
     stored = adata.uns["ensemblevi"]["cluster_stability"]
     assert stored["mean_ari"] == 1 and stored["mean_nmi"] == pytest.approx(1)

@@ -25,8 +25,10 @@ def _fake(n_group: int = 160, n_other: int = 40, n_genes: int = 80, seed: int = 
     mu = rng.lognormal(0.0, 1.2, size=n_genes)
     lib = rng.lognormal(0.0, 0.3, size=(n_group + n_other, 1))
     x = rng.poisson(rng.gamma(2.0, mu * lib / 2.0)).astype(np.float32)
-    obs = pd.DataFrame({"cell_type": ["T"] * n_group + ["other"] * n_other},
-                       index=[f"c{i}" for i in range(n_group + n_other)])  # fmt: skip
+    obs = pd.DataFrame(
+        {"cell_type": ["T"] * n_group + ["other"] * n_other},
+        index=[f"c{i}" for i in range(n_group + n_other)],
+    )
     a = AnnData(sp.csr_matrix(x), obs=obs)
     a.var_names = [f"g{j}" for j in range(n_genes)]
     return a
@@ -102,8 +104,10 @@ def _slow_truth(x: np.ndarray, gene_half: np.ndarray, p: np.ndarray) -> tuple:
             for j in range(g):
                 mean[h, j] += q[j] * float(x[c, j]) / lib / n
     for c in range(n):
-        lib = [sum((p[j] if gene_half[j] == h else 1.0) * float(x[c, j]) for j in range(g))
-               for h in (0, 1)]  # fmt: skip
+        lib = [
+            sum((p[j] if gene_half[j] == h else 1.0) * float(x[c, j]) for j in range(g))
+            for h in (0, 1)
+        ]
         for j in range(g):
             qa = p[j] if gene_half[j] == 0 else 1.0
             qb = p[j] if gene_half[j] == 1 else 1.0
@@ -185,11 +189,11 @@ def test_suite_lists_and_skips_the_real_count_datasets(tmp_path):
 
 
 def test_pbmc_thinning_on_the_real_file(pbmc_path):
-    a = load_thinning("pbmc_thinning", pbmc_path, seed=0, delta=0.5, max_cells=200,
-                      n_top_genes=60)  # fmt: skip
+    a = load_thinning("pbmc_thinning", pbmc_path, seed=0, delta=0.5, max_cells=200, n_top_genes=60)
     assert a.n_obs == 200 and a.n_vars == 60
     assert set(a.obs["source_cell_type"]) == {"CD4 T cells"}
     assert a.uns["thinning"]["n_up"] == a.uns["thinning"]["n_down"] == 3
-    null = load_thinning("pbmc_null", pbmc_path, seed=0, delta=0.5, max_cells=200,
-                         n_top_genes=60, de_fraction=0.1)  # fmt: skip
+    null = load_thinning(
+        "pbmc_null", pbmc_path, seed=0, delta=0.5, max_cells=200, n_top_genes=60, de_fraction=0.1
+    )
     assert list(null.obs_names) == list(a.obs_names) and not null.var["is_de_B_vs_A"].any()

@@ -106,9 +106,14 @@ def _reference(model, adata, n_samples, batch_size, library_size=1e4, seed=0):
     for the same seed and batch size; everything after the draws is computed here.
     """
     x = model.get_normalized_expression(
-        adata, library_size=library_size, n_samples=n_samples, return_members=True,
-        return_mean=False, batch_size=batch_size, seed=seed,
-    ).astype(np.float64)  # fmt: skip
+        adata,
+        library_size=library_size,
+        n_samples=n_samples,
+        return_members=True,
+        return_mean=False,
+        batch_size=batch_size,
+        seed=seed,
+    ).astype(np.float64)
     assert x.shape == (model.n_members, n_samples, adata.n_obs, adata.n_vars)
     members = x.mean(1)  # (K, cells, genes)
     mean, vb, vw = members.mean(0), members.var(0), x.var(1).mean(0)
@@ -218,8 +223,9 @@ def test_one_pass_against_a_float64_reference(heart):
             np.testing.assert_allclose(rows["mean"], mean[sel, j], rtol=1e-5)
             np.testing.assert_allclose(rows["std"], members[:, sel, j].std(0), rtol=1e-4)
             b, w = vb[sel, j].mean(), vw[sel, j].mean()
-            np.testing.assert_allclose(summary.loc[(group, gene), "frac_between"], b / (b + w),
-                                       rtol=1e-4)  # fmt: skip
+            np.testing.assert_allclose(
+                summary.loc[(group, gene), "frac_between"], b / (b + w), rtol=1e-4
+            )
     cv = np.sqrt(vb) / mean
     genes = out["genes"].loc[adata.var_names]
     np.testing.assert_allclose(genes["uncertainty"], cv.mean(0), rtol=1e-4)

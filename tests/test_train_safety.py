@@ -77,9 +77,9 @@ def test_unreadable_data_file_is_a_short_error(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("option", "value"), [("--epochs", "0"), ("--epochs", "-3"), ("--members", "0"),
-                          ("--batch-size", "0")],
-)  # fmt: skip
+    ("option", "value"),
+    [("--epochs", "0"), ("--epochs", "-3"), ("--members", "0"), ("--batch-size", "0")],
+)
 def test_counts_below_one_refused_before_anything(tmp_path, option, value):
     res = _train("--epochs", "1", option, value, "--out", str(tmp_path / "m"))
     assert res.exit_code == 2 and f"{option} must be at least 1" in res.output
@@ -127,8 +127,12 @@ def test_force_resume_and_a_failed_retraining_keeps_the_model(tmp_path, monkeypa
     assert "epochs 2..3" in res.output
     done = json.loads((out / "train.json").read_text())
     assert done["spec"]["epochs"] == 3 and done["resumed_after"] == 1
-    assert sorted(os.listdir(out)) == [".ensemblevi-manifest.json", "model.json", "model.pt",
-                                       "train.json"]  # fmt: skip
+    assert sorted(os.listdir(out)) == [
+        ".ensemblevi-manifest.json",
+        "model.json",
+        "model.pt",
+        "train.json",
+    ]
     res = _train("--epochs", "3", "--seed", "1", "--out", str(out), "--resume")
     assert res.exit_code == 0 and "nothing to do" in res.output
 
@@ -140,8 +144,13 @@ def test_resumable_checkpoint_layout(tmp_path):
     EnsembleSCVI.setup_anndata(ad, layer="counts")
     model = EnsembleSCVI(ad, n_members=2, n_hidden=8, n_latent=2, seed=0)
     seen = []
-    cb = EpochCheckpoint(model, tmp_path, record={"spec": {"x": 1}}, epochs_before=4,
-                         on_save=lambda n, folder: seen.append((n, folder.name)))  # fmt: skip
+    cb = EpochCheckpoint(
+        model,
+        tmp_path,
+        record={"spec": {"x": 1}},
+        epochs_before=4,
+        on_save=lambda n, folder: seen.append((n, folder.name)),
+    )
     model.train(max_epochs=3, batch_size=30, enable_progress_bar=False, callbacks=[cb])
     assert seen == [(5, "epoch-0005"), (6, "epoch-0006"), (7, "epoch-0007")]
     record = EpochCheckpoint.read(tmp_path)
@@ -216,9 +225,21 @@ def test_nan_batch_is_a_named_error_in_train(tmp_path, sim_file):
     path = tmp_path / "nan.h5ad"
     ad.write_h5ad(path)
     res = CliRunner().invoke(
-        app, ["train", "--data", str(path), "--layer", "counts", "--batch-key", "batch",
-              "--epochs", "1", "--out", str(tmp_path / "m")],
-    )  # fmt: skip
+        app,
+        [
+            "train",
+            "--data",
+            str(path),
+            "--layer",
+            "counts",
+            "--batch-key",
+            "batch",
+            "--epochs",
+            "1",
+            "--out",
+            str(tmp_path / "m"),
+        ],
+    )
     assert res.exit_code == 2 and "obs['batch'] has 4 missing value(s)" in res.output
     res = CliRunner().invoke(app, ["inspect", str(path)])
     assert res.exit_code == 0 and "4 missing (NaN)" in res.output
@@ -267,8 +288,9 @@ def test_signal_exits_nonzero_keeps_checkpoint_and_resumes(tmp_path, sig, code):
     assert res.exit_code == 1 and "pass --resume to continue it" in res.output
     assert EpochCheckpoint.read(out / STAGE / "checkpoint") == ckpt
 
-    res = subprocess.run(_command(out, "--resume"), env=_env(), capture_output=True,
-                         text=True, timeout=600)  # fmt: skip
+    res = subprocess.run(
+        _command(out, "--resume"), env=_env(), capture_output=True, text=True, timeout=600
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     assert json.loads((out / "train.json").read_text())["resumed_after"] == ckpt["epochs_done"]
     assert not (out / STAGE).exists()

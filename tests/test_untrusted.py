@@ -95,8 +95,9 @@ def test_save_is_json_and_tensors_and_loads_identically(trained, tmp_path):
     doc = json.loads((path / "model.json").read_text())
     assert doc["format"] == _compat.SAVE_FORMAT and doc["version"] == _compat.SAVE_FORMAT_VERSION
     loaded = EnsembleSCVI.load(path, adata=adata)
-    np.testing.assert_array_equal(loaded.get_latent_representation(),
-                                  model.get_latent_representation())  # fmt: skip
+    np.testing.assert_array_equal(
+        loaded.get_latent_representation(), model.get_latent_representation()
+    )
     np.testing.assert_array_equal(loaded.validation_indices, model.validation_indices)
     assert loaded.init_params_ == model.init_params_ and loaded.is_trained
     assert loaded.history_["elbo_train"].equals(model.history_["elbo_train"])
@@ -160,8 +161,9 @@ def test_trust_reads_scvi_tools_own_format(trained, tmp_path):
     with pytest.raises(UntrustedModelError):
         EnsembleSCVI.load(legacy, adata=adata)
     loaded = EnsembleSCVI.load(legacy, adata=adata, trust=True)
-    np.testing.assert_array_equal(loaded.get_latent_representation(),
-                                  model.get_latent_representation())  # fmt: skip
+    np.testing.assert_array_equal(
+        loaded.get_latent_representation(), model.get_latent_representation()
+    )
     loaded.save(tmp_path / "converted")  # saved again: ensemblevi's format, no trust needed
     EnsembleSCVI.load(tmp_path / "converted", adata=adata)
 
@@ -173,8 +175,15 @@ def test_seed_ensemble_never_unpickles_a_saved_seed(tmp_path):
 
     adata = synthetic("lopez2020", seed=0, n_cells=80, n_genes=30)
     save = tmp_path / "seeds"
-    kw = {"n_seeds": 1, "save_dir": save, "max_epochs": 1, "progress": False,
-          "setup_kwargs": {"layer": "counts"}, "n_hidden": 8, "n_latent": 2}  # fmt: skip
+    kw = {
+        "n_seeds": 1,
+        "save_dir": save,
+        "max_epochs": 1,
+        "progress": False,
+        "setup_kwargs": {"layer": "counts"},
+        "n_hidden": 8,
+        "n_latent": 2,
+    }
     ev.tl.seed_ensemble(adata, **kw)
     seed = save / "seed_0"
     assert (seed / "model.json").exists()  # a seed is saved in ensemblevi's format
@@ -221,9 +230,22 @@ def test_de_and_map_on_a_poisoned_run_exit_2_and_run_nothing(trained, tmp_path):
     assert res.exit_code == 2, res.output
     _refused(res.output, run / "model", marker)
     query = write_h5ad_atomic(trained[1], tmp_path / "q.h5ad")
-    res = runner.invoke(cli.app, ["map", "--model", str(run), "--query", str(query),
-                                  "--out", str(tmp_path / "m"), "--epochs", "1", "--layer",
-                                  "counts"])  # fmt: skip
+    res = runner.invoke(
+        cli.app,
+        [
+            "map",
+            "--model",
+            str(run),
+            "--query",
+            str(query),
+            "--out",
+            str(tmp_path / "m"),
+            "--epochs",
+            "1",
+            "--layer",
+            "counts",
+        ],
+    )
     assert res.exit_code == 2, res.output
     _refused(res.output, run / "model", marker)
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
@@ -234,8 +256,9 @@ def test_run_does_not_reuse_a_poisoned_model(tmp_path):
     from ensemblevi.pipeline import RunConfig, prepare_data
     from ensemblevi.pipeline._train import train_or_reuse, wanted_record
 
-    config = RunConfig(n_cells=150, n_top_genes=50, members=2, epochs=1, markers=None,
-                       labels_key=None)  # fmt: skip
+    config = RunConfig(
+        n_cells=150, n_top_genes=50, members=2, epochs=1, markers=None, labels_key=None
+    )
     prepared = prepare_data(config, log=lambda *a: None)
     out = _files.OutputDirectory(tmp_path / "run", "run").claim()
     model_dir = out.new_stage() / "model"
@@ -252,9 +275,20 @@ def test_run_does_not_reuse_a_poisoned_model(tmp_path):
 
 
 def _spec(**kw):
-    spec = {"data": "synthetic", "preset": "lopez2020", "n_cells": 120, "heart_path": "data",
-            "layer": None, "batch_key": None, "n_top_genes": 40, "ensemble": "deep",
-            "members": 2, "epochs": 1, "batch_size": 60, "seed": 0}  # fmt: skip
+    spec = {
+        "data": "synthetic",
+        "preset": "lopez2020",
+        "n_cells": 120,
+        "heart_path": "data",
+        "layer": None,
+        "batch_key": None,
+        "n_top_genes": 40,
+        "ensemble": "deep",
+        "members": 2,
+        "epochs": 1,
+        "batch_size": 60,
+        "seed": 0,
+    }
     return {**spec, **kw}
 
 
@@ -285,8 +319,12 @@ def test_merge_and_resume_refuse_a_payload(tmp_path):
     _files.OutputDirectory(out, "train").claim()
     ckpt = out / _files.STAGE / "checkpoint"
     _saved_for(spec, ckpt / "epoch-0001")
-    record = {"spec": {k: v for k, v in spec.items() if k != "epochs"},
-              "member_range": [0, 2], "epochs_done": 1, "model": "epoch-0001"}  # fmt: skip
+    record = {
+        "spec": {k: v for k, v in spec.items() if k != "epochs"},
+        "member_range": [0, 2],
+        "epochs_done": 1,
+        "model": "epoch-0001",
+    }
     (ckpt / "checkpoint.json").write_text(json.dumps(record))
     _poison(ckpt / "epoch-0001", marker)
     with pytest.raises(UntrustedModelError) as err:

@@ -1,9 +1,9 @@
 """Every place where ensemblevi relies on scvi-tools beyond its documented public API.
 
-Kept in one module so that a new scvi-tools release that changes one of them fails here,
-loudly and by name (:func:`check_scvi_tools`, run by the test suite), instead of somewhere
-deep inside a model method. Public API (``BaseModelClass``, the mixins, ``TrainingPlan``,
-``AnnDataManager``, the distributions) is imported where it is used.
+Kept in one module so that a new scvi-tools release that changes one of them fails
+loudly and by name (:func:`ensemblevi._scvi_check.check_scvi_tools`, run by the test suite),
+instead of somewhere deep inside a model method. Public API (``BaseModelClass``, the mixins,
+``TrainingPlan``, ``AnnDataManager``, the distributions) is imported where it is used.
 
 Rank 0 of the package's layering: nothing from ensemblevi is imported here except
 ``_constants``. What the model layer adds on top of scvi-tools' mixins (which of their
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import io
 import json
 import os
@@ -24,7 +23,6 @@ import re
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from importlib.metadata import version
 
 import numpy as np
 import pandas as pd
@@ -46,38 +44,6 @@ from scvi.model._utils import (  # noqa: F401
 )
 from scvi.model.base._constants import SAVE_KEYS  # the saved-model file layout
 from scvi.model.base._save_load import _initialize_model  # noqa: F401
-from scvi.module._constants import MODULE_KEYS  # re-exported for module/
-
-#: The scvi-tools versions this code was written and tested against (checked by the tests).
-TESTED_SCVI = "1.4"
-
-#: ``MODULE_KEYS`` names the ensemble module's inference, generative and loss outputs use
-#: (the module writes ``outputs[MODULE_KEYS.Z_KEY]``, ...); each must exist.
-REQUIRED_MODULE_KEYS = (
-    "Z_KEY",
-    "QZ_KEY",
-    "QL_KEY",
-    "LIBRARY_KEY",
-    "PX_KEY",
-    "PL_KEY",
-    "PZ_KEY",
-    "KL_Z_KEY",
-    "KL_L_KEY",
-)
-
-#: The outputs among them that scvi-tools' own mixins read when they run on one member
-#: (``model.members[k]``): their source must read them under the same names (through
-#: ``MODULE_KEYS.<name>`` or the literal value), or a member view reads a missing key.
-MIXIN_READ_KEYS = ("Z_KEY", "QZ_KEY", "QL_KEY", "LIBRARY_KEY", "PX_KEY")
-
-#: Private scvi-tools model methods that ensemblevi's models call on themselves.
-REQUIRED_MODEL_METHODS = (
-    "_make_data_loader",
-    "_validate_anndata",
-    "_check_if_trained",
-    "_get_init_params",
-    "_get_setup_method_args",
-)
 
 
 def saved_model_file(dir_path: str | os.PathLike, prefix: str | None = None) -> str:
@@ -129,14 +95,19 @@ SAVE_FORMAT_VERSION = 2
 ATTRS_FNAME = "model.json"
 
 #: callables a model's init_params_ may hold (``var_activation``), saved by name
-_SAFE_CALLABLES = {"torch.exp": torch.exp, "torch.nn.functional.softplus":
-                   torch.nn.functional.softplus, "torch.sigmoid": torch.sigmoid}  # fmt: skip
+_SAFE_CALLABLES = {
+    "torch.exp": torch.exp,
+    "torch.nn.functional.softplus": torch.nn.functional.softplus,
+    "torch.sigmoid": torch.sigmoid,
+}
 #: activation modules a model's init_params_ may hold, saved by name with their numeric
 #: settings: only these classes are ever built on load (no class is looked up by name)
-_SAFE_MODULES = {"torch.nn.Softplus": (torch.nn.Softplus, ("beta", "threshold")),
-                 "torch.nn.Sigmoid": (torch.nn.Sigmoid, ()),
-                 "torch.nn.ReLU": (torch.nn.ReLU, ()),
-                 "torch.nn.Identity": (torch.nn.Identity, ())}  # fmt: skip
+_SAFE_MODULES = {
+    "torch.nn.Softplus": (torch.nn.Softplus, ("beta", "threshold")),
+    "torch.nn.Sigmoid": (torch.nn.Sigmoid, ()),
+    "torch.nn.ReLU": (torch.nn.ReLU, ()),
+    "torch.nn.Identity": (torch.nn.Identity, ()),
+}
 
 
 class UntrustedModelError(ValueError):
@@ -185,12 +156,20 @@ def _encode(obj, where: str):
         if obj.dtype.kind not in "biufUO":
             raise TypeError(f"{where}: a {obj.dtype} array cannot be saved as JSON")
         kind = "U" if obj.dtype.kind == "U" else obj.dtype.str
-        return {"__ev__": "ndarray", "dtype": kind, "shape": list(obj.shape),
-                "data": [_encode(v, where) for v in obj.ravel().tolist()]}  # fmt: skip
+        return {
+            "__ev__": "ndarray",
+            "dtype": kind,
+            "shape": list(obj.shape),
+            "data": [_encode(v, where) for v in obj.ravel().tolist()],
+        }
     if isinstance(obj, pd.DataFrame):
-        return {"__ev__": "dataframe", "columns": [_encode(c, where) for c in obj.columns],
-                "index": _encode(obj.index.to_numpy(), where), "index_name": obj.index.name,
-                "data": [_encode(obj[c].to_numpy(), where) for c in obj.columns]}  # fmt: skip
+        return {
+            "__ev__": "dataframe",
+            "columns": [_encode(c, where) for c in obj.columns],
+            "index": _encode(obj.index.to_numpy(), where),
+            "index_name": obj.index.name,
+            "data": [_encode(obj[c].to_numpy(), where) for c in obj.columns],
+        }
     if isinstance(obj, tuple):
         return {"__ev__": "tuple", "items": [_encode(v, where) for v in obj]}
     if isinstance(obj, list):
@@ -198,8 +177,10 @@ def _encode(obj, where: str):
     if isinstance(obj, dict):
         if all(isinstance(k, str) for k in obj) and "__ev__" not in obj:
             return {k: _encode(v, f"{where}[{k!r}]") for k, v in obj.items()}
-        return {"__ev__": "dict", "items": [[_encode(k, where), _encode(v, where)]
-                                            for k, v in obj.items()]}  # fmt: skip
+        return {
+            "__ev__": "dict",
+            "items": [[_encode(k, where), _encode(v, where)] for k, v in obj.items()],
+        }
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         # e.g. a Hyperparameter in init_params_: its spec accepts the dict of its fields
         return _encode(dataclasses.asdict(obj), where)
@@ -208,8 +189,11 @@ def _encode(obj, where: str):
             return {"__ev__": "callable", "name": name}
     for name, (cls, fields) in _SAFE_MODULES.items():
         if type(obj) is cls:
-            return {"__ev__": "module", "name": name,
-                    "kwargs": {f: float(getattr(obj, f)) for f in fields}}  # fmt: skip
+            return {
+                "__ev__": "module",
+                "name": name,
+                "kwargs": {f: float(getattr(obj, f)) for f in fields},
+            }
     raise TypeError(
         f"{where} is a {type(obj).__name__}, which ensemblevi's save format (JSON, so that "
         "loading never runs code) cannot hold; pass a plain value (numbers, strings, lists, "
@@ -259,8 +243,15 @@ def _hashable(key):
     return tuple(key) if isinstance(key, list) else key
 
 
-def write_saved_model(dir_path: str | os.PathLike, prefix: str | None, *, state_dict: dict,
-                      var_names, attrs: dict, class_name: str) -> None:  # fmt: skip
+def write_saved_model(
+    dir_path: str | os.PathLike,
+    prefix: str | None,
+    *,
+    state_dict: dict,
+    var_names,
+    attrs: dict,
+    class_name: str,
+) -> None:
     """Write a model in ensemblevi's own format: weights in ``model.pt``, the rest JSON.
 
     Parameters
@@ -281,8 +272,10 @@ def write_saved_model(dir_path: str | os.PathLike, prefix: str | None, *, state_
     tensors = {k: v for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
     if len(tensors) != len(state_dict):
         odd = sorted(set(state_dict) - set(tensors))
-        raise TypeError(f"the module's state holds non-tensors ({odd[:3]}); ensemblevi's save "
-                        "format holds tensors only.")  # fmt: skip
+        raise TypeError(
+            f"the module's state holds non-tensors ({odd[:3]}); ensemblevi's save "
+            "format holds tensors only."
+        )
     doc = {
         "format": SAVE_FORMAT,
         "version": SAVE_FORMAT_VERSION,
@@ -340,9 +333,14 @@ def is_safe_save(dir_path: str | os.PathLike, prefix: str | None = None) -> bool
 _ATTR_NAME = re.compile(r"^[a-z][A-Za-z0-9_]*_$")
 
 
-def read_saved_model(dir_path: str | os.PathLike, prefix: str | None = None, *,
-                     trust: bool = False, weights: bool = True,
-                     map_location: str | torch.device = "cpu") -> SavedModel:  # fmt: skip
+def read_saved_model(
+    dir_path: str | os.PathLike,
+    prefix: str | None = None,
+    *,
+    trust: bool = False,
+    weights: bool = True,
+    map_location: str | torch.device = "cpu",
+) -> SavedModel:
     """Read a saved model without unpickling anything, unless ``trust`` allows it.
 
     Parameters
@@ -371,21 +369,29 @@ def read_saved_model(dir_path: str | os.PathLike, prefix: str | None = None, *,
     attrs_file = saved_attrs_file(dir_path, prefix)
     if not is_safe_save(dir_path, prefix):
         if not trust:
-            raise untrusted_model(model_file, "is in scvi-tools' pickled format (a model "
-                                  "saved by scvi-tools, or by ensemblevi before its save "
-                                  f"format {SAVE_FORMAT_VERSION})")  # fmt: skip
+            raise untrusted_model(
+                model_file,
+                "is in scvi-tools' pickled format (a model "
+                "saved by scvi-tools, or by ensemblevi before its save "
+                f"format {SAVE_FORMAT_VERSION})",
+            )
         saved = torch.load(model_file, map_location=map_location, weights_only=False)
-        return SavedModel(saved[SAVE_KEYS.ATTR_DICT_KEY],
-                          pd.Index(np.asarray(saved[SAVE_KEYS.VAR_NAMES_KEY]).astype(str)),
-                          saved[SAVE_KEYS.MODEL_STATE_DICT_KEY], 1)  # fmt: skip
+        return SavedModel(
+            saved[SAVE_KEYS.ATTR_DICT_KEY],
+            pd.Index(np.asarray(saved[SAVE_KEYS.VAR_NAMES_KEY]).astype(str)),
+            saved[SAVE_KEYS.MODEL_STATE_DICT_KEY],
+            1,
+        )
     try:
         with open(attrs_file, encoding="utf-8") as fh:
             doc = json.load(fh)
         if doc.get("format") != SAVE_FORMAT or not isinstance(doc.get("version"), int):
             raise ValueError(f"not an ensemblevi model description (format {doc.get('format')!r})")
         if doc["version"] > SAVE_FORMAT_VERSION:
-            raise ValueError(f"saved by a newer ensemblevi (save format {doc['version']}; this "
-                             f"one reads up to {SAVE_FORMAT_VERSION}): update ensemblevi")
+            raise ValueError(
+                f"saved by a newer ensemblevi (save format {doc['version']}; this "
+                f"one reads up to {SAVE_FORMAT_VERSION}): update ensemblevi"
+            )
         raw = doc["attr_dict"]
         bad = [k for k in raw if not _ATTR_NAME.match(str(k))]
         if bad:
@@ -393,9 +399,11 @@ def read_saved_model(dir_path: str | os.PathLike, prefix: str | None = None, *,
         attrs = {k: _decode(v) for k, v in raw.items()}
         var_names = pd.Index([str(v) for v in doc["var_names"]])
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-        raise ValueError(f"{attrs_file} is not a readable ensemblevi model description ({err}); "
-                         "it is damaged or was edited. Restore it from a copy or train the "
-                         "model again.") from err  # fmt: skip
+        raise ValueError(
+            f"{attrs_file} is not a readable ensemblevi model description ({err}); "
+            "it is damaged or was edited. Restore it from a copy or train the "
+            "model again."
+        ) from err
     state = None
     if weights:
         try:
@@ -405,22 +413,27 @@ def read_saved_model(dir_path: str | os.PathLike, prefix: str | None = None, *,
                 if not zipfile.is_zipfile(model_file):  # not torch's format at all: damaged
                     raise RuntimeError(str(err).splitlines()[-1]) from err
                 if not trust:
-                    raise untrusted_model(model_file, "holds objects other than tensors, which "
-                                          "ensemblevi never saves there") from err  # fmt: skip
+                    raise untrusted_model(
+                        model_file,
+                        "holds objects other than tensors, which ensemblevi never saves there",
+                    ) from err
                 saved = torch.load(model_file, map_location=map_location, weights_only=False)
         except (RuntimeError, EOFError, KeyError, OSError) as err:
-            raise ValueError(f"{model_file} is not a readable saved model ({type(err).__name__}: "
-                             f"{err}); it is truncated or damaged, e.g. by a process killed "
-                             "while copying it. Restore it from a copy or train the model "
-                             "again.") from err  # fmt: skip
+            raise ValueError(
+                f"{model_file} is not a readable saved model ({type(err).__name__}: "
+                f"{err}); it is truncated or damaged, e.g. by a process killed "
+                "while copying it. Restore it from a copy or train the model "
+                "again."
+            ) from err
         state = saved.get(SAVE_KEYS.MODEL_STATE_DICT_KEY) if isinstance(saved, dict) else None
         if not isinstance(state, dict):
             raise ValueError(f"{model_file} holds no model weights; it is damaged.")
     return SavedModel(attrs, var_names, state, int(doc["version"]))
 
 
-def saved_var_names(dir_path: str | os.PathLike, prefix: str | None = None, *,
-                    trust: bool = False) -> pd.Index:  # fmt: skip
+def saved_var_names(
+    dir_path: str | os.PathLike, prefix: str | None = None, *, trust: bool = False
+) -> pd.Index:
     """Gene names stored with a saved model (read from its JSON; no weights are loaded).
 
     Parameters
@@ -488,7 +501,8 @@ def base_accepts_no_data(model: object) -> Iterator[None]:
     attribute or method that allows ``adata=None`` (the name test is inline), and
     re-implementing its body here would copy a dozen private attributes that change between
     releases. The swap lasts for that one call and is undone also on an error;
-    :func:`scvi_tools_problems` fails the import if scvi-tools drops the name test.
+    :func:`ensemblevi._scvi_check.scvi_tools_problems` fails the import if scvi-tools drops
+    the name test.
 
     Parameters
     ----------
@@ -504,77 +518,3 @@ def base_accepts_no_data(model: object) -> Iterator[None]:
         yield
     finally:
         model.__class__ = cls
-
-
-def _reads_key(source: str, name: str) -> bool:
-    value = getattr(MODULE_KEYS, name)
-    return f"MODULE_KEYS.{name}" in source or f'"{value}"' in source or f"'{value}'" in source
-
-
-def scvi_tools_problems() -> list[str]:
-    """What ensemblevi uses beyond scvi-tools' public API and the installed release lacks.
-
-    Read from scvi-tools' source text because these are behaviours, not names: no public
-    attribute says that the data split draws from ``scvi.settings.seed``, that the mixins
-    read a module output key, or that ``__init__`` tests the class name. A changed behaviour
-    would give wrong results silently; the text check turns it into an ``ImportError`` that
-    names it, and each line says which ensemblevi function relies on it.
-    """
-    from scvi.dataloaders import _data_splitting
-    from scvi.model.base import BaseModelClass, RNASeqMixin, VAEMixin
-    from scvi.train import TrainingPlan
-
-    problems = []
-    if not hasattr(scvi.settings, "_seed"):
-        problems.append("scvi.settings._seed (the split seed) is gone")
-    if "settings.seed" not in inspect.getsource(_data_splitting):
-        problems.append("DataSplitter no longer draws the split from scvi.settings.seed")
-    mixin_source = inspect.getsource(RNASeqMixin) + inspect.getsource(VAEMixin)
-    for key in REQUIRED_MODULE_KEYS:
-        if not hasattr(MODULE_KEYS, key):
-            problems.append(f"scvi.module._constants.MODULE_KEYS lacks {key}")
-        elif key in MIXIN_READ_KEYS and not _reads_key(mixin_source, key):
-            problems.append(f"scvi-tools' mixins no longer read the module output {key}")
-    for name in REQUIRED_MODEL_METHODS:
-        if not hasattr(BaseModelClass, name):
-            problems.append(f"BaseModelClass.{name} is gone")
-    save_src = inspect.getsource(BaseModelClass.save)
-    if "SAVE_KEYS.VAR_NAMES_KEY" not in save_src or "SAVE_KEYS.MODEL_FNAME" not in save_src:
-        problems.append("BaseModelClass.save no longer writes SAVE_KEYS.VAR_NAMES_KEY to model.pt")
-    # EnsembleTrainingPlan overrides this private hook to build the fused optimiser
-    if not hasattr(TrainingPlan, "_optimizer_creator_fn") or "self._optimizer_creator_fn(" not in (
-        inspect.getsource(TrainingPlan.get_optimizer_creator)
-    ):
-        problems.append("TrainingPlan.get_optimizer_creator no longer calls _optimizer_creator_fn")
-    # base_accepts_no_data relies on this name check of BaseModelClass.__init__
-    if '__class__.__name__ == "SCVI"' not in inspect.getsource(BaseModelClass.__init__):
-        problems.append("BaseModelClass.__init__ no longer decides adata=None by the class name")
-    # EnsembleVAE.sample is called by RNASeqMixin.posterior_predictive_sample with these
-    if "generative_kwargs=" not in inspect.getsource(RNASeqMixin.posterior_predictive_sample):
-        problems.append(
-            "posterior_predictive_sample no longer calls module.sample(generative_kwargs=)"
-        )
-    return problems
-
-
-def incompatibility_error(problems: list[str]) -> ImportError:
-    """The ``ImportError`` naming ``problems`` and the supported scvi-tools releases.
-
-    Parameters
-    ----------
-    problems
-        One phrase per incompatibility.
-    """
-    major, minor = TESTED_SCVI.split(".")
-    return ImportError(
-        f"ensemblevi was written for scvi-tools {TESTED_SCVI}.x; the installed "
-        f"scvi-tools {version('scvi-tools')} differs: " + "; ".join(problems) + ". Install "
-        f"'scvi-tools>={TESTED_SCVI},<{major}.{int(minor) + 1}' or report the incompatibility."
-    )
-
-
-def check_scvi_tools() -> None:
-    """Raise ``ImportError`` naming what changed if scvi-tools lacks what ensemblevi uses."""
-    problems = scvi_tools_problems()
-    if problems:
-        raise incompatibility_error(problems)

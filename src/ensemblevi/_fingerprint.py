@@ -141,8 +141,12 @@ def differences(saved: Mapping[str, Any] | None, wanted: Mapping[str, Any]) -> l
     if saved is None:
         return ["the saved model has no record of its data and configuration"]
     out = []
-    names = {"counts": "the count matrix", "shape": "the matrix shape", "genes": "the genes",
-             "cells": "the cells (names or order)"}  # fmt: skip
+    names = {
+        "counts": "the count matrix",
+        "shape": "the matrix shape",
+        "genes": "the genes",
+        "cells": "the cells (names or order)",
+    }
     old_data, new_data = saved.get("data", {}), wanted["data"]
     for part, words in names.items():
         if old_data.get(part) != new_data.get(part):
@@ -150,8 +154,11 @@ def differences(saved: Mapping[str, Any] | None, wanted: Mapping[str, Any]) -> l
     old_obs, new_obs = old_data.get("obs", {}), new_data.get("obs", {})
     for key in sorted(set(old_obs) | set(new_obs)):
         if old_obs.get(key) != new_obs.get(key):
-            out.append(f"obs[{key!r}] changed" if key in old_obs and key in new_obs
-                       else f"obs[{key!r}] used by one and not the other")  # fmt: skip
+            out.append(
+                f"obs[{key!r}] changed"
+                if key in old_obs and key in new_obs
+                else f"obs[{key!r}] used by one and not the other"
+            )
     out += option_changes(saved.get("config", {}), wanted["config"])
     if saved.get("ensemblevi") != wanted["ensemblevi"]:
         out.append(f"ensemblevi version {saved.get('ensemblevi')} -> {wanted['ensemblevi']}")
@@ -185,8 +192,9 @@ def write_record(model_dir: str | os.PathLike, record: Mapping[str, Any]) -> Pat
     return write_json(Path(model_dir) / RECORD, dict(record))
 
 
-def reuse_problems(model_dir: str | os.PathLike, wanted: Mapping[str, Any], *,
-                   trust: bool = False) -> list[str] | None:  # fmt: skip
+def reuse_problems(
+    model_dir: str | os.PathLike, wanted: Mapping[str, Any], *, trust: bool = False
+) -> list[str] | None:
     """Why the model saved in ``model_dir`` may not be reused for ``wanted`` (empty: it may).
 
     Parameters
@@ -207,13 +215,16 @@ def reuse_problems(model_dir: str | os.PathLike, wanted: Mapping[str, Any], *,
         return None
     problems = differences(read_record(model_dir), wanted)
     if not trust and not is_safe_save(model_dir):
-        problems.append("the saved model is in scvi-tools' pickled format, which only "
-                        "unpickling reads (--trust-model / trust=True reuses it)")  # fmt: skip
+        problems.append(
+            "the saved model is in scvi-tools' pickled format, which only "
+            "unpickling reads (--trust-model / trust=True reuses it)"
+        )
     return problems
 
 
-def save_with_record(model_dir: str | os.PathLike, record: Mapping[str, Any],
-                     save: Callable[[Path], Any]) -> Path:  # fmt: skip
+def save_with_record(
+    model_dir: str | os.PathLike, record: Mapping[str, Any], save: Callable[[Path], Any]
+) -> Path:
     """Save a model with its record: the stale record goes first, the new one comes last.
 
     A model without a record is never reused, so a process killed in between costs a

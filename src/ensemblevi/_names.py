@@ -70,8 +70,9 @@ def from_h5_key(key: Any) -> str:
     return _H5_ENCODED.sub(lambda m: chr(int(m.group(1), 16)), text)
 
 
-def file_stem(*names: Any, prefix: str = "", sep: str = "_", hashed: bool = False,
-              exact: Any = None) -> str:  # fmt: skip
+def file_stem(
+    *names: Any, prefix: str = "", sep: str = "_", hashed: bool = False, exact: Any = None
+) -> str:
     """A file-name stem for ``names``, readable and unique per exact names.
 
     The names joined by ``sep``, with every run of characters other than letters, digits
@@ -99,8 +100,12 @@ def file_stem(*names: Any, prefix: str = "", sep: str = "_", hashed: bool = Fals
     raw = sep.join(parts)
     # a leading dot would hide the file, or make ".." a path: it becomes "_" too
     slug = re.sub(r"^\.", "_", _FILE_UNSAFE.sub("_", raw))
-    lossy = (hashed or slug != raw or len(slug) > _MAX_STEM
-             or (len(parts) > 1 and any(sep in p for p in parts)))  # fmt: skip
+    lossy = (
+        hashed
+        or slug != raw
+        or len(slug) > _MAX_STEM
+        or (len(parts) > 1 and any(sep in p for p in parts))
+    )
     if lossy:
         data = json.dumps(parts if exact is None else exact, ensure_ascii=False).encode()
         slug = slug[:_MAX_STEM] + "_" + hashlib.blake2b(data, digest_size=4).hexdigest()

@@ -20,10 +20,16 @@ adata = synthetic("lopez2020", seed=0, n_cells=300)
 EnsembleSCVI.setup_anndata(adata, layer="counts", batch_key="batch")
 model = EnsembleSCVI(adata, n_members=3, ensemble=kind, n_hidden=16, n_latent=4, seed=1)
 model.train(
-    max_epochs=2, accelerator="cpu", devices=2, strategy="ddp", batch_size=50, seed=0,
-    enable_progress_bar=False, checkpoint_path=os.path.join(out, "ckpt"),
+    max_epochs=2,
+    accelerator="cpu",
+    devices=2,
+    strategy="ddp",
+    batch_size=50,
+    seed=0,
+    enable_progress_bar=False,
+    checkpoint_path=os.path.join(out, "ckpt"),
     plan_kwargs={"tune_every": 2} if kind == "hyperbatch" else None,
-)  # fmt: skip
+)
 rank = os.environ.get("LOCAL_RANK", "0")
 torch.save(
     {

@@ -36,9 +36,11 @@ def main() -> None:
     parser.add_argument("--world", type=int, default=1)
     parser.add_argument("--port", type=int, default=29511)
     parser.add_argument(
-        "--configs", default="deep", help="comma-separated kind or kind:no-sync (per-process "
+        "--configs",
+        default="deep",
+        help="comma-separated kind or kind:no-sync (per-process "
         "batch norm), trained one after the other",
-    )  # fmt: skip
+    )
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--out", required=True, help="one .pt file: {config: result}")
     args = parser.parse_args()
@@ -50,9 +52,12 @@ def main() -> None:
     EnsembleSCVI.setup_anndata(adata, layer="counts", batch_key="batch")
     if args.world > 1:
         dist.init_process_group(
-            "gloo", rank=args.rank, world_size=args.world,
-            init_method=f"tcp://127.0.0.1:{args.port}", timeout=datetime.timedelta(seconds=120),
-        )  # fmt: skip
+            "gloo",
+            rank=args.rank,
+            world_size=args.world,
+            init_method=f"tcp://127.0.0.1:{args.port}",
+            timeout=datetime.timedelta(seconds=120),
+        )
     results = {}
     for config in args.configs.split(","):
         kind, _, option = config.partition(":")
@@ -70,9 +75,15 @@ def train(adata, args, kind: str, no_sync: bool) -> dict:
     hyper = kind == "hyperbatch"
     tuned = {"hyperparameters": ["kl_weight", *(f"l2_{g}" for g in L2_GROUPS)]} if hyper else {}
     model = EnsembleSCVI(
-        adata, n_members=3, ensemble=kind, n_hidden=16, n_latent=4, dropout_rate=0.0,
-        seed=1, **tuned,
-    )  # fmt: skip
+        adata,
+        n_members=3,
+        ensemble=kind,
+        n_hidden=16,
+        n_latent=4,
+        dropout_rate=0.0,
+        seed=1,
+        **tuned,
+    )
     module = model.module
     module.train()
     blocks.member_draw = lambda shape, n, stream, sample: torch.zeros(shape)

@@ -59,24 +59,31 @@ def contained(root: str | os.PathLike, relpath: str | os.PathLike, *, source: st
     root = Path(root)
     where = f" (read from {source})" if source else ""
     if not isinstance(relpath, (str, os.PathLike)) or not os.fspath(relpath):
-        raise UnsafePathError(f"{relpath!r}{where} is not a file path inside {root}. "
-                              + _UNSAFE_FIX.format(root=root))  # fmt: skip
+        raise UnsafePathError(
+            f"{relpath!r}{where} is not a file path inside {root}. " + _UNSAFE_FIX.format(root=root)
+        )
     rel = Path(relpath)
     if rel.is_absolute() or "\x00" in os.fspath(rel):
-        raise UnsafePathError(f"{os.fspath(rel)!r}{where} is an absolute path, not one inside "
-                              f"{root}. " + _UNSAFE_FIX.format(root=root))  # fmt: skip
+        raise UnsafePathError(
+            f"{os.fspath(rel)!r}{where} is an absolute path, not one inside "
+            f"{root}. " + _UNSAFE_FIX.format(root=root)
+        )
     path = root / rel
     real_root = root.resolve()
     real = path.resolve()  # follows every symbolic link on the way, the last one too
     if real == real_root or real_root not in real.parents:
-        raise UnsafePathError(f"{os.fspath(rel)!r}{where} leads outside {root} (to {real}). "
-                              + _UNSAFE_FIX.format(root=root))  # fmt: skip
+        raise UnsafePathError(
+            f"{os.fspath(rel)!r}{where} leads outside {root} (to {real}). "
+            + _UNSAFE_FIX.format(root=root)
+        )
     return path
 
 
-_UNSAFE_FIX = ("ensemblevi never writes such a path, so the folder's bookkeeping was edited "
-               "or the folder holds a symbolic link pointing out of it; nothing was touched. "
-               "Check {root} by hand, or choose another output directory.")
+_UNSAFE_FIX = (
+    "ensemblevi never writes such a path, so the folder's bookkeeping was edited "
+    "or the folder holds a symbolic link pointing out of it; nothing was touched. "
+    "Check {root} by hand, or choose another output directory."
+)
 
 
 def _fsync(path: Path) -> None:
@@ -250,17 +257,21 @@ def clean_temporaries(directory: str | os.PathLike) -> list[Path]:
 
 
 #: errors of writing (not of reading an input): a full disk, a read-only file system
-_WRITE_ERRNOS = {errno.ENOSPC: "the disk is full (free space, or choose a folder on another "
-                               "disk)",
-                 errno.EDQUOT: "your disk quota is used up",
-                 errno.EROFS: "it lies on a read-only file system",
-                 errno.EFBIG: "a file grew beyond the size the system allows"}  # fmt: skip
-_PERMISSION = {errno.EACCES: "it is not writable for you (check its permissions)",
-               errno.EPERM: "it is not writable for you (check its permissions)"}  # fmt: skip
+_WRITE_ERRNOS = {
+    errno.ENOSPC: "the disk is full (free space, or choose a folder on another disk)",
+    errno.EDQUOT: "your disk quota is used up",
+    errno.EROFS: "it lies on a read-only file system",
+    errno.EFBIG: "a file grew beyond the size the system allows",
+}
+_PERMISSION = {
+    errno.EACCES: "it is not writable for you (check its permissions)",
+    errno.EPERM: "it is not writable for you (check its permissions)",
+}
 
 
-def _not_writable(path: Path, err: BaseException,
-                  permissions: bool = True) -> OutputNotWritableError | None:  # fmt: skip
+def _not_writable(
+    path: Path, err: BaseException, permissions: bool = True
+) -> OutputNotWritableError | None:
     """The named error for ``err`` if it is a failure to write (``None`` for anything else)."""
     if not isinstance(err, OSError) or isinstance(err, (FileExistsError, FileNotFoundError)):
         return None
@@ -285,5 +296,3 @@ def _writable(path: Path) -> Iterator[None]:
         if named is None:
             raise
         raise named from err
-
-

@@ -98,9 +98,11 @@ class OutputDirectory:
                 "contents are not needed, or choose another output directory."
             ) from err
         if not isinstance(manifest, dict) or not isinstance(manifest.get("files", []), list):
-            raise ValueError(f"{self.manifest_path} is damaged (not an ensemblevi manifest); "
-                             f"remove {self.path} by hand if its contents are not needed, or "
-                             "choose another output directory.")  # fmt: skip
+            raise ValueError(
+                f"{self.manifest_path} is damaged (not an ensemblevi manifest); "
+                f"remove {self.path} by hand if its contents are not needed, or "
+                "choose another output directory."
+            )
         for rel in manifest.get("files", []):
             contained(self.path, rel, source=str(self.manifest_path))
         return manifest
@@ -180,16 +182,21 @@ class OutputDirectory:
         except FileNotFoundError:
             return None
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{path} is damaged ({err}); remove {self.path} by hand if its "
-                             "contents are not needed, or choose another output "
-                             "directory.") from err  # fmt: skip
+            raise ValueError(
+                f"{path} is damaged ({err}); remove {self.path} by hand if its "
+                "contents are not needed, or choose another output "
+                "directory."
+            ) from err
         ok = isinstance(journal, dict) and all(
-            isinstance(journal.get(k), list) for k in ("files", "remove"))  # fmt: skip
+            isinstance(journal.get(k), list) for k in ("files", "remove")
+        )
         stage = journal.get("stage", STAGE) if ok else None
         if not ok or not isinstance(stage, str) or not stage.startswith(STAGE) or "/" in stage:
-            raise UnsafePathError(f"{path} is not a commit journal ensemblevi writes (its "
-                                  f"stage {stage!r} is not an ensemblevi stage). "
-                                  + _UNSAFE_FIX.format(root=self.path))  # fmt: skip
+            raise UnsafePathError(
+                f"{path} is not a commit journal ensemblevi writes (its "
+                f"stage {stage!r} is not an ensemblevi stage). "
+                + _UNSAFE_FIX.format(root=self.path)
+            )
         contained(self.path, stage, source=str(path))
         for rel in journal["files"] + journal["remove"]:
             contained(self.path, rel, source=str(path))
@@ -379,8 +386,10 @@ def staged_output(
     """
     out = OutputDirectory(path, command, stage=stage).claim()
     if not replace and out.files:
-        raise FileExistsError(f"{out.path} holds an earlier `ensemblevi {command}`; pass --force "
-                              "to replace it (it stays whole until the new one is complete).")
+        raise FileExistsError(
+            f"{out.path} holds an earlier `ensemblevi {command}`; pass --force "
+            "to replace it (it stays whole until the new one is complete)."
+        )
     try:
         with out.locked():
             if on_claimed is not None:

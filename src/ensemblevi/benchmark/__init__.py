@@ -144,8 +144,11 @@ def _run_suites(suite, out, reps, quick, pbmc, docs, figures, train, datasets, l
                 "the left-out type's cells against seen cells held out from training."
             )
         summary.to_csv(out / f"{name}.csv", index=False)
-        when = (f"Run time {time.perf_counter() - t:.0f} s." if train
-                else "Rebuilt from the saved results of earlier runs.")  # fmt: skip
+        when = (
+            f"Run time {time.perf_counter() - t:.0f} s."
+            if train
+            else "Rebuilt from the saved results of earlier runs."
+        )
         when += " Training times are in the CSV only: they depend on the machine's load."
         reps_flag = f" --reps {reps}" if name == "fdr" else ""
         if name == "fdr" and datasets is not None:

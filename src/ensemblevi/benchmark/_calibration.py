@@ -18,11 +18,19 @@ import pandas as pd
 
 from ._runs import run_datasets, train_timed
 
-KINDS = (("single K=1", "single", 1), ("deep K=4", "deep", 4), ("BatchEnsemble K=4", "batch", 4),
-         ("Hyper-BatchEnsemble K=4", "hyperbatch", 4))  # fmt: skip
+KINDS = (
+    ("single K=1", "single", 1),
+    ("deep K=4", "deep", 4),
+    ("BatchEnsemble K=4", "batch", 4),
+    ("Hyper-BatchEnsemble K=4", "hyperbatch", 4),
+)
 #: (epochs, learning rate) per data set; PBMC at scvi-tools' default learning rate
-SETTINGS = {"lopez2020": (120, 5e-3), "draft": (100, 5e-3), "hard": (150, 5e-3),
-            "pbmc3k": (150, 1e-3)}  # fmt: skip
+SETTINGS = {
+    "lopez2020": (120, 5e-3),
+    "draft": (100, 5e-3),
+    "hard": (150, 5e-3),
+    "pbmc3k": (150, 1e-3),
+}
 
 
 @dataclass
@@ -57,9 +65,13 @@ class CalibrationConfig:
 
     @classmethod
     def quick(cls, **kw) -> CalibrationConfig:
-        tiny = dict(datasets=("lopez2020",), settings={"lopez2020": (3, 5e-3)},
-                   kinds=(("single K=1", "single", 1), ("deep K=2", "deep", 2)), n_samples=2,
-                   data_overrides={"n_cells": 150, "n_genes": 30})  # fmt: skip
+        tiny = dict(
+            datasets=("lopez2020",),
+            settings={"lopez2020": (3, 5e-3)},
+            kinds=(("single K=1", "single", 1), ("deep K=2", "deep", 2)),
+            n_samples=2,
+            data_overrides={"n_cells": 150, "n_genes": 30},
+        )
         return cls(**{**tiny, **kw})
 
 
@@ -77,25 +89,39 @@ def run_dataset(name: str, adata, batch_key, cfg: CalibrationConfig, log=print) 
     rows, pit_hist = [], {}
     for label, kind, k in cfg.kinds:
         model, secs = train_timed(train, kind, k, cfg.seed, epochs, lr)
-        res = metrics.predictive_calibration(model, test, n_samples=cfg.n_samples,
-                                                seed=cfg.seed, progress=False)  # fmt: skip
+        res = metrics.predictive_calibration(
+            model, test, n_samples=cfg.n_samples, seed=cfg.seed, progress=False
+        )
         cov, uni = res["coverage"], res["uniformity"]
         ll = float(model.get_marginal_ll(test, n_mc_samples=50, seed=cfg.seed))
-        row = {"dataset": name, "model": label, "heldout_nll": -ll,
-               "pit_l1": float(uni.loc["hist_l1", "ensemble"]),
-               "pit_var_x12": float(12 * uni.loc["var", "ensemble"]),
-               "member_pit_l1": float(uni.loc["hist_l1", "members (mean)"]),
-               "train_s": secs}  # fmt: skip
+        row = {
+            "dataset": name,
+            "model": label,
+            "heldout_nll": -ll,
+            "pit_l1": float(uni.loc["hist_l1", "ensemble"]),
+            "pit_var_x12": float(12 * uni.loc["var", "ensemble"]),
+            "member_pit_l1": float(uni.loc["hist_l1", "members (mean)"]),
+            "train_s": secs,
+        }
         for level in cov.index:
             row[f"cov{round(100 * level)}"] = float(cov.loc[level, "randomized"])
             row[f"member_cov{round(100 * level)}"] = float(cov.loc[level, "member randomized"])
         rows.append(row)
         pit_hist[label] = np.histogram(res["pit"].ravel(), bins=20, range=(0, 1))[0].tolist()
-        log(f"    {name} {label}: coverage 90% {row.get('cov90', float('nan')):.3f}, "
-            f"PIT l1 {row['pit_l1']:.3f} ({secs:.0f} s)")  # fmt: skip
-    return {"dataset": name, "n_train": train.n_obs, "n_test": test.n_obs,
-            "n_genes": adata.n_vars, "epochs": epochs, "lr": lr, "rows": rows,
-            "pit_hist": pit_hist}  # fmt: skip
+        log(
+            f"    {name} {label}: coverage 90% {row.get('cov90', float('nan')):.3f}, "
+            f"PIT l1 {row['pit_l1']:.3f} ({secs:.0f} s)"
+        )
+    return {
+        "dataset": name,
+        "n_train": train.n_obs,
+        "n_test": test.n_obs,
+        "n_genes": adata.n_vars,
+        "epochs": epochs,
+        "lr": lr,
+        "rows": rows,
+        "pit_hist": pit_hist,
+    }
 
 
 def run(out: Path, cfg, pbmc: Path | None = None, log=print, train: bool = True) -> list[dict]:

@@ -117,10 +117,17 @@ class FDRConfig:
 
     @classmethod
     def quick(cls, **kw) -> FDRConfig:
-        tiny = {"reps": 1, "presets": ("lopez2020", "hard"), "n_samples": 4,
-                "epochs": dict.fromkeys(PRESETS, 4), "deep_sizes": (1, 2), "wide": (2,),
-                "members": 2, "data_overrides": {"n_cells": 200, "n_genes": 40},
-                "thinning": {"max_cells": 200, "n_top_genes": 60}}  # fmt: skip
+        tiny = {
+            "reps": 1,
+            "presets": ("lopez2020", "hard"),
+            "n_samples": 4,
+            "epochs": dict.fromkeys(PRESETS, 4),
+            "deep_sizes": (1, 2),
+            "wide": (2,),
+            "members": 2,
+            "data_overrides": {"n_cells": 200, "n_genes": 40},
+            "thinning": {"max_cells": 200, "n_top_genes": 60},
+        }
         tiny["epochs"].update(dict.fromkeys(THINNING_DATASETS, 4))
         return cls(**{**tiny, **kw})
 
@@ -137,8 +144,14 @@ def _wilcoxon(adata, delta: float) -> tuple[MethodResult, MethodResult]:
     norm.var_names = adata.var_names
     sc.pp.normalize_total(norm, target_sum=1e4)
     sc.pp.log1p(norm)
-    sc.tl.rank_genes_groups(norm, "cell_type", groups=["B"], reference="A", method="wilcoxon",
-                            corr_method="benjamini-hochberg")  # fmt: skip
+    sc.tl.rank_genes_groups(
+        norm,
+        "cell_type",
+        groups=["B"],
+        reference="A",
+        method="wilcoxon",
+        corr_method="benjamini-hochberg",
+    )
     df = sc.get.rank_genes_groups_df(norm, "B").set_index("names").loc[adata.var_names]
     padj = df["pvals_adj"].to_numpy(dtype=np.float64)
     big = np.abs(df["logfoldchanges"].to_numpy(dtype=np.float64)) >= delta
@@ -211,8 +224,9 @@ def run_rep(preset: str, rep: int, cfg: FDRConfig, log=print, pbmc=None, adata=N
     seconds: dict[str, float] = {}
 
     def draws(model):
-        d, _ = tl.lfc_posterior(model, adata, "cell_type", "B", "A", n_samples=cfg.n_samples,
-                                   seed=rep, progress=False)  # fmt: skip
+        d, _ = tl.lfc_posterior(
+            model, adata, "cell_type", "B", "A", n_samples=cfg.n_samples, seed=rep, progress=False
+        )
         return d
 
     ct = adata.obs["cell_type"].astype(str).to_numpy()
@@ -221,8 +235,9 @@ def run_rep(preset: str, rep: int, cfg: FDRConfig, log=print, pbmc=None, adata=N
     def default(model, d):
         """The default DE (the ``counts`` estimand, strata from these members' draws)."""
         manager = model.get_anndata_manager(adata, required=True)
-        table = _de_counts.counts_table(d, manager, *sides, cfg.delta, 0.05, adata.var_names,
-                                        seed=rep)  # fmt: skip
+        table = _de_counts.counts_table(
+            d, manager, *sides, cfg.delta, 0.05, adata.var_names, seed=rep
+        )
         return MethodResult("bayes", table["proba_de"].to_numpy(dtype=np.float64))
 
     k_max = max(cfg.deep_sizes)
@@ -235,9 +250,14 @@ def run_rep(preset: str, rep: int, cfg: FDRConfig, log=print, pbmc=None, adata=N
     results[f"model alone (population), deep K={k_max}"] = _bayes(deep_draws, cfg.delta)
     with seeded_globally(rep):  # scvi-tools' sampling seeded for the rep, restored after
         change = deep.members[0].differential_expression(
-            adata, groupby="cell_type", group1="B", group2="A", mode="change", delta=cfg.delta,
+            adata,
+            groupby="cell_type",
+            group1="B",
+            group2="A",
+            mode="change",
+            delta=cfg.delta,
             silent=True,
-        )  # fmt: skip
+        )
     results["scvi-tools change (K=1)"] = MethodResult(
         "bayes", change.loc[adata.var_names, "proba_de"].to_numpy(dtype=np.float64)
     )
@@ -292,8 +312,9 @@ def unit_settings(cfg: FDRConfig, preset: str) -> dict:
     """
     settings = settings_of(cfg, drop=("presets", "reps", "datasets"))
     if preset not in THINNING_DATASETS:
-        settings["epochs"] = {k: v for k, v in settings["epochs"].items()
-                              if k not in THINNING_DATASETS}  # fmt: skip
+        settings["epochs"] = {
+            k: v for k, v in settings["epochs"].items() if k not in THINNING_DATASETS
+        }
         for key in ("lrs", "thinning"):
             settings.pop(key)
         if tuple(cfg.batch_kinds) == BATCH_KINDS:
@@ -338,8 +359,11 @@ def run(out: Path, cfg: FDRConfig, log=print, train: bool = True, pbmc=None) -> 
 
 def summarise(records: list[dict]) -> pd.DataFrame:
     """Mean and standard deviation over repetitions of every metric, per preset x method."""
-    rows = [{"preset": r["preset"], "rep": r["rep"], "method": m, **vals}
-            for r in records for m, vals in r["metrics"].items()]  # fmt: skip
+    rows = [
+        {"preset": r["preset"], "rep": r["rep"], "method": m, **vals}
+        for r in records
+        for m, vals in r["metrics"].items()
+    ]
     long = pd.DataFrame(rows)
     order = list(dict.fromkeys(long["method"]))
     g = long.drop(columns="rep").groupby(["preset", "method"], sort=False)
@@ -366,5 +390,15 @@ def curves(records: list[dict]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-__all__ = ["GRID", "THINNING_DATASETS", "FDRConfig", "curves", "load", "run", "run_rep", "score",
-           "summarise", "unit_settings"]  # fmt: skip
+__all__ = [
+    "GRID",
+    "THINNING_DATASETS",
+    "FDRConfig",
+    "curves",
+    "load",
+    "run",
+    "run_rep",
+    "score",
+    "summarise",
+    "unit_settings",
+]

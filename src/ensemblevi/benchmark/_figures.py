@@ -35,13 +35,23 @@ def fdr_figure(records: list[dict]):
             c = sub[sub["method"] == m].groupby("target")["true_fdr"]
             mean, sd = c.mean(), c.std(ddof=1).fillna(0.0)
             row[0].plot(mean.index, mean, _style(m), color=colors[m], lw=1.4, label=m)
-            row[0].fill_between(mean.index, (mean - sd).clip(0, 1), (mean + sd).clip(0, 1),
-                                color=colors[m], alpha=0.07, lw=0)  # fmt: skip
+            row[0].fill_between(
+                mean.index,
+                (mean - sd).clip(0, 1),
+                (mean + sd).clip(0, 1),
+                color=colors[m],
+                alpha=0.07,
+                lw=0,
+            )
         top = float(sub["target"].max())
         row[0].plot([0, top], [0, top], color="k", lw=0.8, ls=":")
-        row[0].set(xlabel="FDR target", ylabel="true FDR of the calls", xlim=(0, top),
-                   ylim=(0, min(1.0, 2.5 * top)),
-                   title=f"{preset}: FDR control ({n_reps} reps; band = ±1 sd)")  # fmt: skip
+        row[0].set(
+            xlabel="FDR target",
+            ylabel="true FDR of the calls",
+            xlim=(0, top),
+            ylim=(0, min(1.0, 2.5 * top)),
+            title=f"{preset}: FDR control ({n_reps} reps; band = ±1 sd)",
+        )
         rec = next(r for r in records if r["preset"] == preset and r["rep"] == 0)
         truth = np.asarray(rec["truth"], dtype=bool)
         for m in methods:
@@ -49,15 +59,24 @@ def fdr_figure(records: list[dict]):
             fpr, tpr, _ = roc_curve(truth, score)
             prec, rec_, _ = precision_recall_curve(truth, score)
             auc = rec["metrics"][m]
-            row[1].plot(fpr, tpr, _style(m), color=colors[m], lw=1.2,
-                        label=f"{m} ({auc['auroc']:.3f})")  # fmt: skip
-            row[2].plot(rec_, prec, _style(m), color=colors[m], lw=1.2,
-                        label=f"{m} ({auc['auprc']:.3f})")  # fmt: skip
+            row[1].plot(
+                fpr, tpr, _style(m), color=colors[m], lw=1.2, label=f"{m} ({auc['auroc']:.3f})"
+            )
+            row[2].plot(
+                rec_, prec, _style(m), color=colors[m], lw=1.2, label=f"{m} ({auc['auprc']:.3f})"
+            )
         row[1].plot([0, 1], [0, 1], color="k", lw=0.8, ls=":")
-        row[1].set(xlabel="false positive rate", ylabel="true positive rate",
-                   title=f"{preset}: ROC, rep 0 (AUROC)")  # fmt: skip
-        row[2].set(xlabel="recall", ylabel="precision", ylim=(0, 1.02),
-                   title=f"{preset}: precision-recall, rep 0 (AUPRC)")  # fmt: skip
+        row[1].set(
+            xlabel="false positive rate",
+            ylabel="true positive rate",
+            title=f"{preset}: ROC, rep 0 (AUROC)",
+        )
+        row[2].set(
+            xlabel="recall",
+            ylabel="precision",
+            ylim=(0, 1.02),
+            title=f"{preset}: precision-recall, rep 0 (AUPRC)",
+        )
         row[1].legend(fontsize=6, loc="lower right")
         row[2].legend(fontsize=6, loc="lower left")
     axes[0, 0].legend(fontsize=6, loc="upper left")
@@ -78,19 +97,30 @@ def calibration_figure(records: list[dict]):
             edges = np.linspace(0, 1, len(h) + 1)
             row[0].stairs(dens, edges, color=colors[label], lw=1.3, label=label)
         row[0].axhline(1.0, color="k", lw=0.8, ls=":")
-        row[0].set(xlabel="randomised PIT", ylabel="density",
-                   title=f"{rec['dataset']}: PIT of held-out counts")  # fmt: skip
+        row[0].set(
+            xlabel="randomised PIT",
+            ylabel="density",
+            title=f"{rec['dataset']}: PIT of held-out counts",
+        )
         levels = sorted(int(c[3:]) for c in frame.columns if c.startswith("cov"))
         width = 0.8 / len(frame)
         for i, (_, r) in enumerate(frame.iterrows()):
             gaps = [100 * (r[f"cov{lv}"] - lv / 100) for lv in levels]
-            row[1].bar(np.arange(len(levels)) + i * width, gaps, width, color=colors[r["model"]],
-                       label=r["model"])  # fmt: skip
+            row[1].bar(
+                np.arange(len(levels)) + i * width,
+                gaps,
+                width,
+                color=colors[r["model"]],
+                label=r["model"],
+            )
         row[1].axhspan(-2, 2, color="0.9", zorder=0, label="±2 points")
         row[1].axhline(0, color="k", lw=0.8)
         row[1].set_xticks(np.arange(len(levels)) + 0.4 - width / 2, [f"{lv}%" for lv in levels])
-        row[1].set(xlabel="central interval", ylabel="coverage - nominal (points)",
-                   title=f"{rec['dataset']}: interval coverage")  # fmt: skip
+        row[1].set(
+            xlabel="central interval",
+            ylabel="coverage - nominal (points)",
+            title=f"{rec['dataset']}: interval coverage",
+        )
         row[0].legend(fontsize=7)
         row[1].legend(fontsize=7)
     fig.tight_layout()

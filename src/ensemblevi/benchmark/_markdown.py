@@ -68,8 +68,11 @@ def fdr_markdown(summary: pd.DataFrame, records: list[dict]) -> str:
                     row[f"called @{t:.0%}"] = _pm(r[f"frac@{t:g}"], r[f"frac@{t:g}_sd"], 4)
                 rows.append(row)
                 continue
-            row = {"method": r["method"], "AUROC": _pm(r["auroc"], r["auroc_sd"]),
-                   "AUPRC": _pm(r["auprc"], r["auprc_sd"])}  # fmt: skip
+            row = {
+                "method": r["method"],
+                "AUROC": _pm(r["auroc"], r["auroc_sd"]),
+                "AUPRC": _pm(r["auprc"], r["auprc_sd"]),
+            }
             for t in TARGETS:
                 row[f"FDR @{t:.0%}"] = _pm(r[f"fdr@{t:g}"], r[f"fdr@{t:g}_sd"])
                 row[f"TPR @{t:.0%}"] = _pm(r[f"tpr@{t:g}"], r[f"tpr@{t:g}_sd"], 2)
@@ -87,11 +90,14 @@ def fdr_markdown(summary: pd.DataFrame, records: list[dict]) -> str:
         if next(r for r in records if r["preset"] == preset)["n_de"] == 0:
             for m in sub.index:
                 frac = [sub.loc[m, f"frac@{t:g}"] for t in TARGETS]
-                null_rows.append({
-                    "data set": preset, "method": m,
-                    "called at 5/10/20%": " / ".join(f"{f:.4f}" for f in frac),
-                    "target (<= 0.005 at 5%)": "met" if frac[0] <= 0.005 else "missed",
-                })  # fmt: skip
+                null_rows.append(
+                    {
+                        "data set": preset,
+                        "method": m,
+                        "called at 5/10/20%": " / ".join(f"{f:.4f}" for f in frac),
+                        "target (<= 0.005 at 5%)": "met" if frac[0] <= 0.005 else "missed",
+                    }
+                )
             continue
         singles = [m for m in sub.index if is_single(m)]
         best_single = sub.loc[singles, "auprc"].max() if singles else np.nan
@@ -100,18 +106,23 @@ def fdr_markdown(summary: pd.DataFrame, records: list[dict]) -> str:
             gaps = [sub.loc[m, f"fdr@{t:g}"] - t for t in TARGETS]
             worst = max(gaps, key=abs)
             auprc = sub.loc[m, "auprc"]
-            rows.append({
-                "preset": preset, "ensemble": m,
-                "FDR - target at 5/10/20%": " / ".join(f"{g:+.3f}" for g in gaps),
-                "FDR target": "met" if abs(worst) <= 0.02 else "missed",
-                "AUPRC - best single": f"{auprc - best_single:+.4f}",
-                "AUPRC - Wilcoxon": f"{auprc - wil:+.4f}",
-                "AUPRC target": "met" if auprc >= max(best_single, wil) else "missed",
-            })  # fmt: skip
+            rows.append(
+                {
+                    "preset": preset,
+                    "ensemble": m,
+                    "FDR - target at 5/10/20%": " / ".join(f"{g:+.3f}" for g in gaps),
+                    "FDR target": "met" if abs(worst) <= 0.02 else "missed",
+                    "AUPRC - best single": f"{auprc - best_single:+.4f}",
+                    "AUPRC - Wilcoxon": f"{auprc - wil:+.4f}",
+                    "AUPRC target": "met" if auprc >= max(best_single, wil) else "missed",
+                }
+            )
     parts.append((_table(pd.DataFrame(rows)) if rows else "No ensembles in this run.") + "\n")
     if null_rows:
-        parts.append("Null data sets (no gene is DE): fraction of genes called, at most 0.5% "
-                     "at a 5% target.\n")  # fmt: skip
+        parts.append(
+            "Null data sets (no gene is DE): fraction of genes called, at most 0.5% "
+            "at a 5% target.\n"
+        )
         parts.append(_table(pd.DataFrame(null_rows)) + "\n")
     return "\n".join(parts)
 
@@ -130,15 +141,20 @@ def calibration_markdown(summary: pd.DataFrame, records: list[dict]) -> str:
     levels = sorted(int(c[3:]) for c in summary.columns if c.startswith("cov"))
     for rec in records:
         sub = summary[summary["dataset"] == rec["dataset"]]
-        parts.append(f"### {rec['dataset']}: {rec['n_train']:,} train / {rec['n_test']:,} "
-                     f"held-out cells, {rec['n_genes']:,} genes, {rec['epochs']} epochs, "
-                     f"lr {rec['lr']:g}\n")  # fmt: skip
+        parts.append(
+            f"### {rec['dataset']}: {rec['n_train']:,} train / {rec['n_test']:,} "
+            f"held-out cells, {rec['n_genes']:,} genes, {rec['epochs']} epochs, "
+            f"lr {rec['lr']:g}\n"
+        )
         rows = []
         for _, r in sub.iterrows():
             gaps = [100 * (r[f"cov{lv}"] - lv / 100) for lv in levels]
-            row = {"model": r["model"], "held-out NLL": f"{r['heldout_nll']:.2f}",
-                   "PIT l1": f"{r['pit_l1']:.3f}",
-                   "PIT var x12": f"{r['pit_var_x12']:.3f}"}  # fmt: skip
+            row = {
+                "model": r["model"],
+                "held-out NLL": f"{r['heldout_nll']:.2f}",
+                "PIT l1": f"{r['pit_l1']:.3f}",
+                "PIT var x12": f"{r['pit_var_x12']:.3f}",
+            }
             for lv, g in zip(levels, gaps, strict=True):
                 row[f"cov {lv}%"] = f"{r[f'cov{lv}']:.3f} ({g:+.1f})"
             row["members: cov 90%"] = f"{r['member_cov90']:.3f}" if "member_cov90" in r else ""
@@ -156,11 +172,17 @@ def ood_markdown(summary: pd.DataFrame) -> str:
     summary
         The novelty suite's summary table.
     """
-    rows = [{"data": r["dataset"], "left out": f"{r['left_out']} ({r['n_unseen']} cells)",
-             "vs held-out seen cells": r["n_heldout_seen"], "model": r["model"],
-             "AUROC novelty_cv": f"{r['auroc_novelty_cv']:.3f}",
-             "AUROC novelty_llgap": f"{r['auroc_novelty_llgap']:.3f}"}
-            for _, r in summary.iterrows()]  # fmt: skip
+    rows = [
+        {
+            "data": r["dataset"],
+            "left out": f"{r['left_out']} ({r['n_unseen']} cells)",
+            "vs held-out seen cells": r["n_heldout_seen"],
+            "model": r["model"],
+            "AUROC novelty_cv": f"{r['auroc_novelty_cv']:.3f}",
+            "AUROC novelty_llgap": f"{r['auroc_novelty_llgap']:.3f}",
+        }
+        for _, r in summary.iterrows()
+    ]
     return _table(pd.DataFrame(rows)) + "\n"
 
 

@@ -53,9 +53,12 @@ class OODConfig:
 
     @classmethod
     def quick(cls, **kw) -> OODConfig:
-        tiny = dict(datasets=("hard",), settings={"hard": ("C", 3, 5e-3)},
-                   kinds=(("deep K=2", "deep", 2),),
-                   data_overrides={"n_cells": 150, "n_genes": 30})  # fmt: skip
+        tiny = dict(
+            datasets=("hard",),
+            settings={"hard": ("C", 3, 5e-3)},
+            kinds=(("deep K=2", "deep", 2),),
+            data_overrides={"n_cells": 150, "n_genes": 30},
+        )
         return cls(**{**tiny, **kw})
 
 
@@ -79,14 +82,21 @@ def run_dataset(name: str, adata, batch_key, cfg: OODConfig, log=print) -> dict:
         scores = tl.cell_novelty(model, full, seed=cfg.seed, progress=False)
         held = full.obs_names.isin(seen.obs_names[model.validation_indices])
         sel = is_new | held
-        row = {"dataset": name, "model": label, "left_out": unseen,
-               "n_unseen": int(is_new.sum()), "n_heldout_seen": int(held.sum()),
-               "train_s": secs}  # fmt: skip
+        row = {
+            "dataset": name,
+            "model": label,
+            "left_out": unseen,
+            "n_unseen": int(is_new.sum()),
+            "n_heldout_seen": int(held.sum()),
+            "train_s": secs,
+        }
         for s in SCORES:
             row[f"auroc_{s}"] = float(roc_auc_score(is_new[sel], scores[s].to_numpy()[sel]))
         rows.append(row)
-        log(f"    {name} {label}: AUROC novelty_cv {row['auroc_novelty_cv']:.3f}, "
-            f"llgap {row['auroc_novelty_llgap']:.3f} ({secs:.0f} s)")  # fmt: skip
+        log(
+            f"    {name} {label}: AUROC novelty_cv {row['auroc_novelty_cv']:.3f}, "
+            f"llgap {row['auroc_novelty_llgap']:.3f} ({secs:.0f} s)"
+        )
     return {"dataset": name, "rows": rows}
 
 

@@ -12,23 +12,33 @@ from pathlib import Path
 from ensemblevi._files import write_text
 
 
-def train_timed(adata, kind: str, k: int, seed: int, epochs: int, lr: float,
-                train_size: float | None = None, **kwargs):  # fmt: skip
+def train_timed(
+    adata,
+    kind: str,
+    k: int,
+    seed: int,
+    epochs: int,
+    lr: float,
+    train_size: float | None = None,
+    **kwargs,
+):
     """An :class:`~ensemblevi.model.EnsembleSCVI` trained quietly; ``(model, seconds)``."""
     from ensemblevi.model import EnsembleSCVI
 
     model = EnsembleSCVI(adata, n_members=k, ensemble=kind, seed=seed, **kwargs)
     t = time.perf_counter()
     extra = {} if train_size is None else {"train_size": train_size}
-    model.train(max_epochs=epochs, seed=seed, enable_progress_bar=False, plan_kwargs={"lr": lr},
-                **extra)  # fmt: skip
+    model.train(
+        max_epochs=epochs, seed=seed, enable_progress_bar=False, plan_kwargs={"lr": lr}, **extra
+    )
     return model, time.perf_counter() - t
 
 
 def settings_of(cfg, drop: tuple[str, ...] = ()) -> dict:
     """The config as plain JSON values (what a saved record must match to be reused)."""
-    return json.loads(json.dumps({k: v for k, v in asdict(cfg).items() if k not in drop},
-                                 default=str))  # fmt: skip
+    return json.loads(
+        json.dumps({k: v for k, v in asdict(cfg).items() if k not in drop}, default=str)
+    )
 
 
 def cached(path: Path, settings: dict) -> dict | None:

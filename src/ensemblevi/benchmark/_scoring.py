@@ -111,9 +111,15 @@ def fdr_curve(result: MethodResult, truth: np.ndarray, grid=GRID) -> pd.DataFram
     rows = []
     for t in grid:
         called, expected = result.calls(float(t))
-        rows.append({"target": float(t), "expected_fdr": expected,
-                     "true_fdr": true_fdr(called, truth), "tpr": tpr(called, truth),
-                     "n_calls": int(called.sum())})  # fmt: skip
+        rows.append(
+            {
+                "target": float(t),
+                "expected_fdr": expected,
+                "true_fdr": true_fdr(called, truth),
+                "tpr": tpr(called, truth),
+                "n_calls": int(called.sum()),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -134,8 +140,10 @@ def score_method(result: MethodResult, truth: np.ndarray) -> dict[str, float]:
 
     truth = np.asarray(truth, dtype=bool)
     score = result.score
-    out = {"auroc": float(roc_auc_score(truth, score)),
-           "auprc": float(average_precision_score(truth, score))}  # fmt: skip
+    out = {
+        "auroc": float(roc_auc_score(truth, score)),
+        "auprc": float(average_precision_score(truth, score)),
+    }
     for t in TARGETS:
         called, _ = result.calls(t)
         out[f"fdr@{t:g}"] = true_fdr(called, truth)

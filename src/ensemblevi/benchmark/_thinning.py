@@ -120,8 +120,15 @@ def expected_truth(
     return lfc, np.median(med, axis=0)
 
 
-def _pool(adata: AnnData, group_key: str, group: str, n_top_genes, min_counts, max_cells,
-          rng: np.random.Generator) -> AnnData:  # fmt: skip
+def _pool(
+    adata: AnnData,
+    group_key: str,
+    group: str,
+    n_top_genes,
+    min_counts,
+    max_cells,
+    rng: np.random.Generator,
+) -> AnnData:
     from ensemblevi import data
 
     if group_key not in adata.obs:
@@ -136,8 +143,11 @@ def _pool(adata: AnnData, group_key: str, group: str, n_top_genes, min_counts, m
     pool = data.preprocess(pool, n_top_genes=n_top_genes, min_counts=min_counts, copy=True)
     counts = sp.csr_matrix(pool.layers["counts"])
     ok = np.asarray(counts.sum(axis=1)).ravel() > 0  # scVI cannot use cells without counts
-    return AnnData(counts[ok], obs=pool.obs.iloc[np.flatnonzero(ok)].copy(),
-                   var=pd.DataFrame(index=pool.var_names))  # fmt: skip
+    return AnnData(
+        counts[ok],
+        obs=pool.obs.iloc[np.flatnonzero(ok)].copy(),
+        var=pd.DataFrame(index=pool.var_names),
+    )
 
 
 def _split(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -146,8 +156,14 @@ def _split(n: int, rng: np.random.Generator) -> np.ndarray:
     return half
 
 
-def _assemble(pool: AnnData, counts: sp.csr_matrix, half: np.ndarray, group_key: str,
-              var: dict, settings: dict) -> AnnData:  # fmt: skip
+def _assemble(
+    pool: AnnData,
+    counts: sp.csr_matrix,
+    half: np.ndarray,
+    group_key: str,
+    var: dict,
+    settings: dict,
+) -> AnnData:
     obs = pd.DataFrame(index=pool.obs_names)
     obs["cell_type"] = pd.Categorical(np.where(half == 1, "B", "A"), categories=["A", "B"])
     obs["batch"] = pd.Categorical(["0"] * pool.n_obs)
@@ -204,8 +220,10 @@ def thinning_dataset(
     """
     lo, hi = map(float, lfc_range)
     if not 0 <= de_fraction <= 1 or not 0 < lo <= hi:
-        raise ValueError(f"need 0 <= de_fraction <= 1 and 0 < lfc_range[0] <= lfc_range[1]; "
-                         f"got {de_fraction}, {lfc_range}")  # fmt: skip
+        raise ValueError(
+            f"need 0 <= de_fraction <= 1 and 0 < lfc_range[0] <= lfc_range[1]; "
+            f"got {de_fraction}, {lfc_range}"
+        )
     split_seq, de_seq, thin_seq = np.random.SeedSequence(seed).spawn(3)
     rng = np.random.default_rng(split_seq)
     pool = _pool(adata, group_key, group, n_top_genes, min_counts, max_cells, rng)
@@ -224,15 +242,32 @@ def thinning_dataset(
     p = np.exp2(-np.abs(gen_lfc))
     counts = binomial_thin(pool.X, half, gene_half, p, np.random.default_rng(thin_seq))
     lfc, med = expected_truth(pool.X, gene_half, p)
-    var = {"is_de_B_vs_A": np.abs(lfc) >= delta, "lfc_B_vs_A": lfc,
-           "median_lfc_B_vs_A": med, "generating_lfc_B_vs_A": gen_lfc,
-           "thinned_in": np.array(["", "A", "B"])[gene_half + 1]}  # fmt: skip
-    settings = {"kind": "thinning", "group_key": group_key, "group": group,
-                "de_fraction": float(de_fraction), "lfc_range": [lo, hi], "seed": int(seed),
-                "delta": float(delta), "n_top_genes": n_top_genes, "min_counts": min_counts,
-                "max_cells": max_cells, "n_cells": int(pool.n_obs), "n_genes": int(g),
-                "n_generating_de": n_de, "n_up": n_up, "n_down": n_de - n_up,
-                "n_de": int(np.sum(var["is_de_B_vs_A"])), "truth": TRUTH}  # fmt: skip
+    var = {
+        "is_de_B_vs_A": np.abs(lfc) >= delta,
+        "lfc_B_vs_A": lfc,
+        "median_lfc_B_vs_A": med,
+        "generating_lfc_B_vs_A": gen_lfc,
+        "thinned_in": np.array(["", "A", "B"])[gene_half + 1],
+    }
+    settings = {
+        "kind": "thinning",
+        "group_key": group_key,
+        "group": group,
+        "de_fraction": float(de_fraction),
+        "lfc_range": [lo, hi],
+        "seed": int(seed),
+        "delta": float(delta),
+        "n_top_genes": n_top_genes,
+        "min_counts": min_counts,
+        "max_cells": max_cells,
+        "n_cells": int(pool.n_obs),
+        "n_genes": int(g),
+        "n_generating_de": n_de,
+        "n_up": n_up,
+        "n_down": n_de - n_up,
+        "n_de": int(np.sum(var["is_de_B_vs_A"])),
+        "truth": TRUTH,
+    }
     return _assemble(pool, counts, half, group_key, var, settings)
 
 
@@ -277,18 +312,33 @@ def null_split(
     half = _split(pool.n_obs, rng)
     g = pool.n_vars
     zero = np.zeros(g)
-    var = {"is_de_B_vs_A": np.zeros(g, dtype=bool), "lfc_B_vs_A": zero,
-           "median_lfc_B_vs_A": zero, "generating_lfc_B_vs_A": zero,
-           "thinned_in": np.array([""] * g)}  # fmt: skip
-    settings = {"kind": "null", "group_key": group_key, "group": group, "seed": int(seed),
-                "delta": float(delta), "n_top_genes": n_top_genes, "min_counts": min_counts,
-                "max_cells": max_cells, "n_cells": int(pool.n_obs), "n_genes": int(g),
-                "n_de": 0, "truth": "no gene is DE: the halves are a random split"}  # fmt: skip
+    var = {
+        "is_de_B_vs_A": np.zeros(g, dtype=bool),
+        "lfc_B_vs_A": zero,
+        "median_lfc_B_vs_A": zero,
+        "generating_lfc_B_vs_A": zero,
+        "thinned_in": np.array([""] * g),
+    }
+    settings = {
+        "kind": "null",
+        "group_key": group_key,
+        "group": group,
+        "seed": int(seed),
+        "delta": float(delta),
+        "n_top_genes": n_top_genes,
+        "min_counts": min_counts,
+        "max_cells": max_cells,
+        "n_cells": int(pool.n_obs),
+        "n_genes": int(g),
+        "n_de": 0,
+        "truth": "no gene is DE: the halves are a random split",
+    }
     return _assemble(pool, sp.csr_matrix(pool.X, dtype=np.int64), half, group_key, var, settings)
 
 
-def thin_by_group(counts: sp.spmatrix, cell_group: np.ndarray, keep: np.ndarray,
-                  rng: np.random.Generator) -> sp.csr_matrix:  # fmt: skip
+def thin_by_group(
+    counts: sp.spmatrix, cell_group: np.ndarray, keep: np.ndarray, rng: np.random.Generator
+) -> sp.csr_matrix:
     """Thin every count by its cell's group and gene: ``x -> Binomial(x, keep[group, g])``.
 
     The general form of :func:`binomial_thin` (which is ``keep`` with one row per half).
@@ -380,9 +430,11 @@ def pseudo_samples(
         raise ValueError(f"design='between' needs an even n_samples >= 2, got {n_samples}.")
     lo, hi = map(float, lfc_range)
     if not 0 <= de_fraction <= 1 or not 0 < lo <= hi or sample_sd < 0:
-        raise ValueError(f"need 0 <= de_fraction <= 1, 0 < lfc_range[0] <= lfc_range[1] and "
-                         f"sample_sd >= 0; got {de_fraction}, {lfc_range}, "
-                         f"{sample_sd}")  # fmt: skip
+        raise ValueError(
+            f"need 0 <= de_fraction <= 1, 0 < lfc_range[0] <= lfc_range[1] and "
+            f"sample_sd >= 0; got {de_fraction}, {lfc_range}, "
+            f"{sample_sd}"
+        )
     split_seq, de_seq, thin_seq = np.random.SeedSequence([seed, 34]).spawn(3)
     rng = np.random.default_rng(split_seq)
     pool = _pool(adata, group_key, group, n_top_genes, min_counts, max_cells, rng)
@@ -415,24 +467,36 @@ def pseudo_samples(
     obs["sample"] = pd.Categorical.from_codes(sample, categories=names)
     obs["condition"] = pd.Categorical(np.where(stim, "stim", "ctrl"), categories=["ctrl", "stim"])
     obs["cell_type"] = pd.Categorical([str(group)] * n)
-    var = pd.DataFrame({"lfc_stim_vs_ctrl": lfc, "is_de_stim_vs_ctrl": lfc != 0},
-                       index=pool.var_names)  # fmt: skip
+    var = pd.DataFrame(
+        {"lfc_stim_vs_ctrl": lfc, "is_de_stim_vs_ctrl": lfc != 0}, index=pool.var_names
+    )
     out = AnnData(counts.astype(np.float32), obs=obs, var=var)
     out.layers["counts"] = out.X.copy()
     out.varm["sample_effect"] = u.T.astype(np.float32)
     out.uns["thinning"] = {
-        "kind": "pseudo_samples", "group_key": group_key, "group": group,
-        "n_samples": int(n_samples), "design": design, "sample_sd": float(sample_sd),
-        "de_fraction": float(de_fraction), "lfc_range": [lo, hi], "seed": int(seed),
-        "n_top_genes": n_top_genes, "min_counts": min_counts, "max_cells": max_cells,
-        "n_cells": int(n), "n_genes": int(g), "n_de": int(n_de),
+        "kind": "pseudo_samples",
+        "group_key": group_key,
+        "group": group,
+        "n_samples": int(n_samples),
+        "design": design,
+        "sample_sd": float(sample_sd),
+        "de_fraction": float(de_fraction),
+        "lfc_range": [lo, hi],
+        "seed": int(seed),
+        "n_top_genes": n_top_genes,
+        "min_counts": min_counts,
+        "max_cells": max_cells,
+        "n_cells": int(n),
+        "n_genes": int(g),
+        "n_de": int(n_de),
         "truth": "var['lfc_stim_vs_ctrl']: the generating log2 change (by thinning)",
-    }  # fmt: skip
+    }
     return out
 
 
-def load_thinning(name: str, path: str | Path | None, seed: int, delta: float,
-                  **kwargs) -> AnnData | None:  # fmt: skip
+def load_thinning(
+    name: str, path: str | Path | None, seed: int, delta: float, **kwargs
+) -> AnnData | None:
     """The FDR suite's ``pbmc_thinning`` / ``pbmc_null`` from ``pbmc3k.h5ad``, or None.
 
     Parameters
@@ -462,5 +526,13 @@ def load_thinning(name: str, path: str | Path | None, seed: int, delta: float,
     return thinning_dataset(raw, seed=seed, delta=delta, **kwargs)
 
 
-__all__ = ["THINNING_DATASETS", "binomial_thin", "expected_truth", "load_thinning",
-           "null_split", "pseudo_samples", "thin_by_group", "thinning_dataset"]  # fmt: skip
+__all__ = [
+    "THINNING_DATASETS",
+    "binomial_thin",
+    "expected_truth",
+    "load_thinning",
+    "null_split",
+    "pseudo_samples",
+    "thin_by_group",
+    "thinning_dataset",
+]

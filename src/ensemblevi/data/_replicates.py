@@ -99,12 +99,16 @@ def synthetic_replicates(
     if design == "between" and (n_samples < 2 or n_samples % 2):
         raise ValueError(f"design='between' needs an even n_samples >= 2, got {n_samples}.")
     if n_samples < 1 or n_cells < 2 * n_samples * max(n_types, 1):
-        raise ValueError(f"need n_samples >= 1 and n_cells >= 2 * n_samples * n_types; got "
-                         f"{n_cells} cells, {n_samples} samples, {n_types} types.")  # fmt: skip
+        raise ValueError(
+            f"need n_samples >= 1 and n_cells >= 2 * n_samples * n_types; got "
+            f"{n_cells} cells, {n_samples} samples, {n_types} types."
+        )
     lo, hi = map(float, lfc_range)
     if not 0 < lo <= hi or not 0 <= de_frac <= 1 or sample_sd < 0 or response_sd < 0:
-        raise ValueError("need 0 < lfc_range[0] <= lfc_range[1], 0 <= de_frac <= 1 and "
-                         "sample_sd, response_sd >= 0.")  # fmt: skip
+        raise ValueError(
+            "need 0 < lfc_range[0] <= lfc_range[1], 0 <= de_frac <= 1 and "
+            "sample_sd, response_sd >= 0."
+        )
     rng = np.random.default_rng(seed)
     base_mean = np.exp(rng.uniform(np.log(base_mean_low), np.log(base_mean_high), n_genes))
 
@@ -150,30 +154,44 @@ def synthetic_replicates(
     obs = pd.DataFrame(
         {
             "sample": pd.Categorical.from_codes(sample, categories=names),
-            "condition": pd.Categorical(np.where(stim, "stim", "ctrl"),
-                                        categories=["ctrl", "stim"]),
+            "condition": pd.Categorical(
+                np.where(stim, "stim", "ctrl"), categories=["ctrl", "stim"]
+            ),
             "cell_type": pd.Categorical.from_codes(cell_type, categories=types),
             "size_factor": size_factor.astype(np.float32),
         },
         index=pd.Index([f"cell_{i:06d}" for i in range(n_cells)]),
-    )  # fmt: skip
+    )
     var = pd.DataFrame(
-        {"base_mean": base_mean.astype(np.float32), "lfc_stim_vs_ctrl": lfc,
-         "is_de_stim_vs_ctrl": lfc != 0},
+        {
+            "base_mean": base_mean.astype(np.float32),
+            "lfc_stim_vs_ctrl": lfc,
+            "is_de_stim_vs_ctrl": lfc != 0,
+        },
         index=pd.Index([f"gene_{g:05d}" for g in range(n_genes)]),
-    )  # fmt: skip
+    )
     adata = AnnData(counts, obs=obs, var=var)
     adata.layers["counts"] = counts.copy()
     adata.varm["sample_effect"] = sample_effect.T.astype(np.float32)
     settings: dict[str, Any] = {
-        "design": design, "n_cells": n_cells, "n_genes": n_genes, "n_samples": n_samples,
-        "sample_sd": float(sample_sd), "response_sd": float(response_sd),
-        "de_frac": float(de_frac), "lfc_range": [lo, hi], "n_types": n_types,
-        "type_de_frac": float(type_de_frac), "type_lfc": float(type_lfc),
-        "base_mean_low": float(base_mean_low), "base_mean_high": float(base_mean_high),
-        "theta": float(theta), "library_sd": float(library_sd), "seed": int(seed),
+        "design": design,
+        "n_cells": n_cells,
+        "n_genes": n_genes,
+        "n_samples": n_samples,
+        "sample_sd": float(sample_sd),
+        "response_sd": float(response_sd),
+        "de_frac": float(de_frac),
+        "lfc_range": [lo, hi],
+        "n_types": n_types,
+        "type_de_frac": float(type_de_frac),
+        "type_lfc": float(type_lfc),
+        "base_mean_low": float(base_mean_low),
+        "base_mean_high": float(base_mean_high),
+        "theta": float(theta),
+        "library_sd": float(library_sd),
+        "seed": int(seed),
         "truth": "var['lfc_stim_vs_ctrl']: the generating log2 change of stim vs ctrl",
-    }  # fmt: skip
+    }
     if is_stim_sample is not None:
         settings["stim_samples"] = [names[s] for s in np.flatnonzero(is_stim_sample)]
     adata.uns[UNS_KEY] = settings

@@ -195,8 +195,9 @@ def check_obs_complete(adata: AnnData, key: str) -> None:
         )
 
 
-def check_size(adata: AnnData, *, min_cells: int = 1, min_genes: int = 1, what: str = "the data",
-               why: str = "") -> None:  # fmt: skip
+def check_size(
+    adata: AnnData, *, min_cells: int = 1, min_genes: int = 1, what: str = "the data", why: str = ""
+) -> None:
     """Raise a ``ValueError`` when ``adata`` has fewer cells or genes than a job needs.
 
     Parameters
@@ -210,12 +211,16 @@ def check_size(adata: AnnData, *, min_cells: int = 1, min_genes: int = 1, what: 
     why
         Why that many are needed (added to the message).
     """
-    short = [f"{n:,} {unit} (needs at least {low:,})" for n, low, unit in
-             ((adata.n_obs, min_cells, "cells"), (adata.n_vars, min_genes, "genes"))
-             if n < low]  # fmt: skip
+    short = [
+        f"{n:,} {unit} (needs at least {low:,})"
+        for n, low, unit in ((adata.n_obs, min_cells, "cells"), (adata.n_vars, min_genes, "genes"))
+        if n < low
+    ]
     if short:
-        raise ValueError(f"{what[0].upper()}{what[1:]} has {' and '.join(short)}"
-                         f"{': ' + why if why else ''}. Nothing was trained.")  # fmt: skip
+        raise ValueError(
+            f"{what[0].upper()}{what[1:]} has {' and '.join(short)}"
+            f"{': ' + why if why else ''}. Nothing was trained."
+        )
 
 
 def check_labels_column(adata: AnnData, key: str, option: str = "labels_key") -> None:
@@ -238,7 +243,8 @@ def check_labels_column(adata: AnnData, key: str, option: str = "labels_key") ->
     values = col.dropna()
     n_levels = int(values.nunique())
     floats = pd.api.types.is_float_dtype(col.dtype) and bool(
-        (np.asarray(values, dtype=np.float64) % 1 != 0).any())  # fmt: skip
+        (np.asarray(values, dtype=np.float64) % 1 != 0).any()
+    )
     if floats or (n_levels > 100 and n_levels > 0.5 * adata.n_obs):
         kind = "non-integer numbers" if floats else "values"
         raise ValueError(

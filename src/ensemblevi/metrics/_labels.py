@@ -88,8 +88,15 @@ def reliability_table(probs: np.ndarray, y: np.ndarray, n_bins: int = N_BINS) ->
         mean_conf = np.bincount(b, conf, minlength=n_bins) / n
         acc = np.bincount(b, correct, minlength=n_bins) / n
     edges = np.linspace(0.0, 1.0, n_bins + 1)
-    return pd.DataFrame({"low": edges[:-1], "high": edges[1:], "n_cells": n,
-                         "confidence": mean_conf, "accuracy": acc})  # fmt: skip
+    return pd.DataFrame(
+        {
+            "low": edges[:-1],
+            "high": edges[1:],
+            "n_cells": n,
+            "confidence": mean_conf,
+            "accuracy": acc,
+        }
+    )
 
 
 def expected_calibration_error(probs: np.ndarray, y: np.ndarray, n_bins: int = N_BINS) -> float:
@@ -134,8 +141,10 @@ def classwise_ece(
     per_type = np.zeros(n_types)
     for c in range(n_types):
         b = _bin_index(probs[:, c], n_bins)
-        gap = np.abs(np.bincount(b, (y == c).astype(float), minlength=n_bins)
-                     - np.bincount(b, probs[:, c], minlength=n_bins))  # fmt: skip
+        gap = np.abs(
+            np.bincount(b, (y == c).astype(float), minlength=n_bins)
+            - np.bincount(b, probs[:, c], minlength=n_bins)
+        )
         per_type[c] = gap.sum() / max(n_cells, 1)
     return float(per_type.mean()), per_type
 
@@ -163,8 +172,10 @@ def label_calibration_metrics(
     """
     probs, y = np.asarray(probs, dtype=np.float64), np.asarray(y).astype(int)
     if probs.ndim != 2 or len(probs) != len(y):
-        raise ValueError(f"probs must be (cells, types) with one label per cell, got "
-                         f"{probs.shape} and {len(y)} labels.")  # fmt: skip
+        raise ValueError(
+            f"probs must be (cells, types) with one label per cell, got "
+            f"{probs.shape} and {len(y)} labels."
+        )
     if len(y) and (y.min() < 0 or y.max() >= probs.shape[1]):
         raise ValueError("Labels must be type codes in range(n_types).")
     onehot = np.eye(probs.shape[1])[y]
@@ -211,16 +222,18 @@ def per_type_calibration(
     for c, name in enumerate(types):
         true, called = y == c, pred == c
         p_true = np.clip(probs[true, c], _EPS, 1.0)
-        rows.append({
-            "cell_type": name,
-            "n_cells": int(true.sum()),
-            "recall": float((pred[true] == c).mean()) if true.any() else np.nan,
-            "n_predicted": int(called.sum()),
-            "precision": float((y[called] == c).mean()) if called.any() else np.nan,
-            "confidence": float(conf[called].mean()) if called.any() else np.nan,
-            "classwise_ece": float(per[c]),
-            "nll": float(-np.log(p_true).mean()) if true.any() else np.nan,
-        })  # fmt: skip
+        rows.append(
+            {
+                "cell_type": name,
+                "n_cells": int(true.sum()),
+                "recall": float((pred[true] == c).mean()) if true.any() else np.nan,
+                "n_predicted": int(called.sum()),
+                "precision": float((y[called] == c).mean()) if called.any() else np.nan,
+                "confidence": float(conf[called].mean()) if called.any() else np.nan,
+                "classwise_ece": float(per[c]),
+                "nll": float(-np.log(p_true).mean()) if true.any() else np.nan,
+            }
+        )
     table = pd.DataFrame(rows)
     table.insert(6, "overconfidence", table["confidence"] - table["precision"])
     return table
@@ -241,8 +254,11 @@ def confusion_table(y: np.ndarray, pred: np.ndarray, types: list[str]) -> pd.Dat
     n = len(types)
     counts = np.zeros((n, n + 1), dtype=int)
     np.add.at(counts, (y, pred), 1)
-    return pd.DataFrame(counts, index=pd.Index(types, name="true"),
-                        columns=pd.Index([*types, "unknown"], name="predicted"))  # fmt: skip
+    return pd.DataFrame(
+        counts,
+        index=pd.Index(types, name="true"),
+        columns=pd.Index([*types, "unknown"], name="predicted"),
+    )
 
 
 def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:

@@ -107,8 +107,13 @@ def predictive_calibration(
             "members (mean)": pd.DataFrame([pit_uniformity(m) for m in members]).mean(),
         }
     )
-    settings = {"n_samples": int(n_samples), "seed": int(seed), "n_cells": len(idx),
-                "ensemble": model.ensemble, "n_members": model.n_members}  # fmt: skip
+    settings = {
+        "n_samples": int(n_samples),
+        "seed": int(seed),
+        "n_cells": len(idx),
+        "ensemble": model.ensemble,
+        "n_members": model.n_members,
+    }
     if key_added is not None:
         adata.uns.setdefault(key_added, {})["calibration"] = {
             **settings,

@@ -36,8 +36,10 @@ class ModuleBuilderMixin:
         n_members, seed, shard = self._build_plan
         module_args = {**data_sizes, **self._module_kwargs}
         # a raw allocation error (or the OOM killer) is all --members 100000 would give
-        check_weights_memory(lambda n: self._module_cls(n_members=n, **module_args),
-                             n_members + (shard[1] if shard else 0))  # fmt: skip
+        check_weights_memory(
+            lambda n: self._module_cls(n_members=n, **module_args),
+            n_members + (shard[1] if shard else 0),
+        )
         with forked_rng(seed):
             full = self._module_cls(n_members=shard[1] if shard else n_members, **module_args)
         if shard is None:

@@ -163,9 +163,11 @@ class ConvVAE:
         module = self.module
         module.l2_scale = 1.0 / len(train)
         groups = fast_param_groups(
-            module.network_parameters(), fast=module.fast_parameters(), lr=lr,
+            module.network_parameters(),
+            fast=module.fast_parameters(),
+            lr=lr,
             fast_lr_multiplier=fast_lr_multiplier,
-        )  # fmt: skip
+        )
         opt = torch.optim.Adam(groups, lr=lr)
         tune_opt = torch.optim.Adam(module.hyper_parameters(), lr=tune_lr) if hyper else None
         records, rows, step, val_pos = [], [], 0, 0
@@ -175,8 +177,9 @@ class ConvVAE:
             records.append(bounds_record(module.hyper, step, 0, None))
         start = time.perf_counter()
         with forked_rng(seed):
-            for epoch in track(range(max_epochs), description=f"ConvVAE {self.ensemble}",
-                               disable=not progress):  # fmt: skip
+            for epoch in track(
+                range(max_epochs), description=f"ConvVAE {self.ensemble}", disable=not progress
+            ):
                 module.train()
                 order = torch.randperm(len(train))
                 total = 0.0

@@ -84,9 +84,12 @@ class EnsembleSCANVI(EnsembleSCVI):
     _train_runner_cls = TrainRunner
 
     def __init__(
-        self, adata: AnnData | None = None, n_members: int = 4, ensemble: str = "deep",
+        self,
+        adata: AnnData | None = None,
+        n_members: int = 4,
+        ensemble: str = "deep",
         **kwargs: Any,
-    ):  # fmt: skip
+    ):
         if adata is None:
             raise ValueError(
                 "EnsembleSCANVI reads its cell types from the AnnData: build it with one "
@@ -96,9 +99,10 @@ class EnsembleSCANVI(EnsembleSCVI):
         super().__init__(adata, n_members=n_members, ensemble=ensemble, **kwargs)
         if self.ensemble == "hyperbatch":
             self._training_plan_cls = HyperSemiSupervisedTrainingPlan
-        self._model_summary_string = self._model_summary_string.replace(
-            "EnsembleSCVI (", "EnsembleSCANVI (", 1
-        ) + f", unlabeled_category: {self.unlabeled_category_}"
+        self._model_summary_string = (
+            self._model_summary_string.replace("EnsembleSCVI (", "EnsembleSCANVI (", 1)
+            + f", unlabeled_category: {self.unlabeled_category_}"
+        )
 
     def _build_module(self, **data_sizes: Any) -> None:
         SemisupervisedTrainingMixin._set_indices_and_labels(self)
@@ -167,10 +171,12 @@ class EnsembleSCANVI(EnsembleSCVI):
                 f"to the unlabeled category {unlabeled_category!r}."
             )
         check_setup_data(
-            adata, layer=layer,
+            adata,
+            layer=layer,
             obs_keys=[batch_key, labels_key, *(categorical_covariate_keys or [])],
-            continuous_keys=continuous_covariate_keys or [], size_factor_key=size_factor_key,
-        )  # fmt: skip
+            continuous_keys=continuous_covariate_keys or [],
+            size_factor_key=size_factor_key,
+        )
         known = set(adata.obs[labels_key].astype(str)) - {str(unlabeled_category)}
         if "source_registry" not in kwargs and len(known) < 2:
             raise ValueError(
@@ -229,9 +235,7 @@ class EnsembleSCANVI(EnsembleSCVI):
         setup = copy.deepcopy(dict(model.adata_manager.registry["setup_args"]))
         given = setup.get("labels_key")
         if labels_key is None and given is None:
-            raise ValueError(
-                "labels_key is needed: the EnsembleSCVI was set up without one."
-            )
+            raise ValueError("labels_key is needed: the EnsembleSCVI was set up without one.")
         if labels_key is not None and given is not None and labels_key != given:
             raise ValueError(
                 f"The EnsembleSCVI was set up with labels_key={given!r}, not {labels_key!r}; "
@@ -349,12 +353,19 @@ class EnsembleSCANVI(EnsembleSCVI):
                 f"{self.unlabeled_category_!r}): the classifier has nothing to learn from."
             )
         return self._fit_guarded(
-            self._semisupervised_fit, max_epochs=max_epochs, batch_size=batch_size,
-            fast_lr_multiplier=fast_lr_multiplier, checkpoint_path=checkpoint_path,
-            checkpoint_every=checkpoint_every, seed=seed, plan_kwargs=plan_kwargs,
-            compile_likelihood=compile_likelihood, train_size=train_size,
-            n_samples_per_label=n_samples_per_label, **kwargs,
-        )  # fmt: skip
+            self._semisupervised_fit,
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            fast_lr_multiplier=fast_lr_multiplier,
+            checkpoint_path=checkpoint_path,
+            checkpoint_every=checkpoint_every,
+            seed=seed,
+            plan_kwargs=plan_kwargs,
+            compile_likelihood=compile_likelihood,
+            train_size=train_size,
+            n_samples_per_label=n_samples_per_label,
+            **kwargs,
+        )
 
     def _semisupervised_fit(self, callbacks=None, n_samples_per_label=None, **kwargs: Any):
         callbacks = self._query_callbacks(callbacks)
@@ -479,8 +490,7 @@ class EnsembleSCANVI(EnsembleSCVI):
                 f"({new[:5]}); set them to {unlabeled!r}: the classifier predicts only the "
                 "reference's types."
             )
-        model = super().load_query_data(adata, reference_model, *args, unfrozen=unfrozen,
-                                        **kwargs)  # fmt: skip
+        model = super().load_query_data(adata, reference_model, *args, unfrozen=unfrozen, **kwargs)
         if not unfrozen and not freeze_classifier:
             for part in (model.module.classifier_head, model.module.classifier_layers):
                 for p in part.parameters() if part is not None else ():

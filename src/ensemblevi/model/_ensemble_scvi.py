@@ -425,11 +425,17 @@ class EnsembleSCVI(
                 )
             self._build_module_from_datamodule(datamodule)
         return self._fit_guarded(
-            super().train, max_epochs=max_epochs, batch_size=batch_size,
-            fast_lr_multiplier=fast_lr_multiplier, checkpoint_path=checkpoint_path,
-            checkpoint_every=checkpoint_every, seed=seed, plan_kwargs=plan_kwargs,
-            compile_likelihood=compile_likelihood, **kwargs,
-        )  # fmt: skip
+            super().train,
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            fast_lr_multiplier=fast_lr_multiplier,
+            checkpoint_path=checkpoint_path,
+            checkpoint_every=checkpoint_every,
+            seed=seed,
+            plan_kwargs=plan_kwargs,
+            compile_likelihood=compile_likelihood,
+            **kwargs,
+        )
 
     def _fit_guarded(
         self,

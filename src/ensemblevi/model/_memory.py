@@ -172,6 +172,11 @@ def check_weights_memory(
     """
     n_parameters = parameter_count(build, n_members)
     need = n_parameters * BYTES_PER_FLOAT
-    _refuse(need, available_bytes("cpu") if available is None else available, n_members,
-            n_parameters, "Building")  # fmt: skip
+    _refuse(
+        need,
+        available_bytes("cpu") if available is None else available,
+        n_members,
+        n_parameters,
+        "Building",
+    )
     return need

@@ -37,6 +37,7 @@ from ensemblevi._compat import (
 
 __all__ = ["SafePersistenceMixin", "UntrustedModelError", "load_model", "save_model"]
 
+
 def save_model(
     model,
     dir_path: str | os.PathLike,
@@ -67,8 +68,9 @@ def save_model(
 
     dir_path = os.path.abspath(os.fspath(dir_path))
     model_file = saved_model_file(dir_path, prefix)
-    own = [model_file] + ([os.path.join(dir_path, f"{prefix or ''}adata.h5ad")]
-                          if save_anndata else [])  # fmt: skip
+    own = [model_file] + (
+        [os.path.join(dir_path, f"{prefix or ''}adata.h5ad")] if save_anndata else []
+    )
     existing = [f for f in own if os.path.exists(f)]
     if existing and not overwrite:
         raise FileExistsError(
@@ -85,10 +87,17 @@ def save_model(
     try:
         os.makedirs(tmp)
         if save_anndata:
-            model.adata.write(os.path.join(tmp, f"{prefix or ''}{SAVE_KEYS.ADATA_FNAME}"),
-                              **anndata_write_kwargs)  # fmt: skip
-        write_saved_model(tmp, prefix, state_dict=state, var_names=model.get_var_names(),
-                          attrs=attrs, class_name=type(model).__name__)  # fmt: skip
+            model.adata.write(
+                os.path.join(tmp, f"{prefix or ''}{SAVE_KEYS.ADATA_FNAME}"), **anndata_write_kwargs
+            )
+        write_saved_model(
+            tmp,
+            prefix,
+            state_dict=state,
+            var_names=model.get_var_names(),
+            attrs=attrs,
+            class_name=type(model).__name__,
+        )
         move_into(tmp, dir_path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -167,12 +176,17 @@ def load_model(
         saved = read_saved_model(dir_path, prefix, trust=trust, weights=False)  # refuses
         if adata is not None:
             check_genes(dir_path, saved.var_names, adata)
-        load = super(SafePersistenceMixin, cls).load if issubclass(
-            cls, SafePersistenceMixin) else cls.load  # fmt: skip
-        return load(os.fspath(dir_path), adata=adata, prefix=prefix, accelerator=accelerator,
-                    device=device)  # fmt: skip
-    _, _, dev = parse_device_args(accelerator=accelerator, devices=device,
-                                  return_device="torch", validate_single_device=True)  # fmt: skip
+        load = (
+            super(SafePersistenceMixin, cls).load
+            if issubclass(cls, SafePersistenceMixin)
+            else cls.load
+        )
+        return load(
+            os.fspath(dir_path), adata=adata, prefix=prefix, accelerator=accelerator, device=device
+        )
+    _, _, dev = parse_device_args(
+        accelerator=accelerator, devices=device, return_device="torch", validate_single_device=True
+    )
     saved = read_saved_model(dir_path, prefix, trust=trust, map_location=dev)
     attrs = dict(saved.attrs)
     registry = attrs.pop("registry_", None)
@@ -180,11 +194,15 @@ def load_model(
         raise ValueError(f"{dir_path}: the saved model has no data registry; it is damaged.")
     saved_class = registry.get(_MODEL_NAME_KEY, cls.__name__)
     if saved_class != cls.__name__:
-        raise ValueError(f"{dir_path} holds a {saved_class}, not a {cls.__name__}; load it "
-                         f"with {saved_class}.load.")  # fmt: skip
+        raise ValueError(
+            f"{dir_path} holds a {saved_class}, not a {cls.__name__}; load it "
+            f"with {saved_class}.load."
+        )
     if registry.get(_SETUP_METHOD_NAME, "setup_anndata") != "setup_anndata":
-        raise ValueError(f"{dir_path}: models set up with "
-                         f"{registry.get(_SETUP_METHOD_NAME)} are not supported here.")
+        raise ValueError(
+            f"{dir_path}: models set up with "
+            f"{registry.get(_SETUP_METHOD_NAME)} are not supported here."
+        )
     if adata is None:
         path = os.path.join(os.fspath(dir_path), f"{prefix or ''}{SAVE_KEYS.ADATA_FNAME}")
         if os.path.exists(path):
@@ -192,8 +210,10 @@ def load_model(
 
             adata = anndata.read_h5ad(path)
         else:
-            raise ValueError(f"{dir_path} holds no AnnData saved with the model (adata.h5ad); "
-                             "pass the data it was trained on: load(dir_path, adata=...).")
+            raise ValueError(
+                f"{dir_path} holds no AnnData saved with the model (adata.h5ad); "
+                "pass the data it was trained on: load(dir_path, adata=...)."
+            )
     check_genes(dir_path, saved.var_names, adata)
     cls.setup_anndata(adata, source_registry=registry, **registry[_SETUP_ARGS_KEY])
     model = _initialize_model(cls, adata, registry, attrs, None)
@@ -242,12 +262,19 @@ class SafePersistenceMixin:
         **anndata_write_kwargs
             Passed to ``AnnData.write``.
         """
-        save_model(self, dir_path, prefix=prefix, overwrite=overwrite, save_anndata=save_anndata,
-                   **anndata_write_kwargs)  # fmt: skip
+        save_model(
+            self,
+            dir_path,
+            prefix=prefix,
+            overwrite=overwrite,
+            save_anndata=save_anndata,
+            **anndata_write_kwargs,
+        )
 
     @staticmethod
-    def load_registry(dir_path: str | os.PathLike, prefix: str | None = None, *,
-                      trust: bool = False) -> dict:  # fmt: skip
+    def load_registry(
+        dir_path: str | os.PathLike, prefix: str | None = None, *, trust: bool = False
+    ) -> dict:
         """The data registry saved with a model, read from its JSON (nothing is unpickled).
 
         Parameters
@@ -262,8 +289,9 @@ class SafePersistenceMixin:
         return read_saved_model(dir_path, prefix, trust=trust, weights=False).attrs["registry_"]
 
     @staticmethod
-    def view_setup_args(dir_path: str | os.PathLike, prefix: str | None = None, *,
-                        trust: bool = False) -> None:  # fmt: skip
+    def view_setup_args(
+        dir_path: str | os.PathLike, prefix: str | None = None, *, trust: bool = False
+    ) -> None:
         """Print the arguments a saved model's data was set up with.
 
         Parameters
@@ -327,10 +355,14 @@ class SafePersistenceMixin:
         """
         from ensemblevi.model.base._refused import REFUSED
 
-        given = {"backup_url": backup_url, "datamodule": datamodule,
-                 "allowed_classes_names_list": allowed_classes_names_list}  # fmt: skip
+        given = {
+            "backup_url": backup_url,
+            "datamodule": datamodule,
+            "allowed_classes_names_list": allowed_classes_names_list,
+        }
         for name, value in given.items():
             if value is not None:
                 raise TypeError(f"{cls.__name__}.load got {name}: {REFUSED[('load', name)]}.")
-        return load_model(cls, dir_path, adata, prefix=prefix, trust=trust,
-                          accelerator=accelerator, device=device)  # fmt: skip
+        return load_model(
+            cls, dir_path, adata, prefix=prefix, trust=trust, accelerator=accelerator, device=device
+        )

@@ -94,10 +94,12 @@ class EnsembleConvVAE(HyperparameterHost, nn.Module):
             ensemble, self.n_members, hyperparameters, baseline=_conv_baseline(dropout_rate)
         )
         spec = LayerSpec(
-            ensemble=ensemble, n_members=self.n_members, n_hyper=n_hyper,
+            ensemble=ensemble,
+            n_members=self.n_members,
+            n_hyper=n_hyper,
             tuned_dropout=self.hyper is not None and "dropout" in self.hyper.names,
             random_sign_init=random_sign_init,
-        )  # fmt: skip
+        )
         # MC dropout: one set of weights (a one-member deep network) under K masks
         w = LayerSpec(ensemble="deep", n_members=1) if spec.mc_dropout else spec
         down = {"kernel_size": 3, "stride": 2, "padding": 1}

@@ -87,10 +87,16 @@ class EnsembleSCANVAE(EnsembleVAE):
                 f"scANVI needs at least 2 cell types among the labelled cells, got {n_labels}."
             )
         super().__init__(
-            n_input, n_hidden=n_hidden, n_latent=n_latent, n_layers=n_layers,
-            dropout_rate=dropout_rate, n_labels=n_labels, use_batch_norm=use_batch_norm,
-            use_layer_norm=use_layer_norm, **vae_kwargs,
-        )  # fmt: skip
+            n_input,
+            n_hidden=n_hidden,
+            n_latent=n_latent,
+            n_layers=n_layers,
+            dropout_rate=dropout_rate,
+            n_labels=n_labels,
+            use_batch_norm=use_batch_norm,
+            use_layer_norm=use_layer_norm,
+            **vae_kwargs,
+        )
         params = {
             "n_layers": 0 if linear_classifier else n_layers,
             "n_hidden": 0 if linear_classifier else n_hidden,
@@ -112,26 +118,46 @@ class EnsembleSCANVAE(EnsembleVAE):
         self.classifier_layers = None
         if hidden:
             self.classifier_layers = EnsembleFCLayers(
-                spec=spec, n_in=n_latent, n_out=hidden, n_layers=params["n_layers"],
-                n_hidden=hidden, dropout_rate=params["dropout_rate"], use_batch_norm=bn_enc,
+                spec=spec,
+                n_in=n_latent,
+                n_out=hidden,
+                n_layers=params["n_layers"],
+                n_hidden=hidden,
+                dropout_rate=params["dropout_rate"],
+                use_batch_norm=bn_enc,
                 use_layer_norm=ln_enc,
-            )  # fmt: skip
+            )
         self.classifier_head = make_linear(spec=spec, d_in=hidden or n_latent, d_out=n_labels)
         self.encoder_z2_z1 = EnsembleEncoder(
-            spec=spec, n_input=n_latent, n_output=n_latent, n_cat_list=[n_labels],
-            n_layers=n_layers, n_hidden=n_hidden, dropout_rate=dropout_rate,
-            use_batch_norm=bn_enc, use_layer_norm=ln_enc, cat_role="labels",
-        )  # fmt: skip
+            spec=spec,
+            n_input=n_latent,
+            n_output=n_latent,
+            n_cat_list=[n_labels],
+            n_layers=n_layers,
+            n_hidden=n_hidden,
+            dropout_rate=dropout_rate,
+            use_batch_norm=bn_enc,
+            use_layer_norm=ln_enc,
+            cat_role="labels",
+        )
         self.decoder_z1_z2 = EnsembleFCLayers(
-            spec=spec, n_in=n_latent, n_out=n_hidden,
-            n_cat_list=[n_labels], n_layers=n_layers, n_hidden=n_hidden, dropout_rate=0.0,
-            use_batch_norm=bn_dec, use_layer_norm=ln_dec, cat_role="labels",
-        )  # fmt: skip
+            spec=spec,
+            n_in=n_latent,
+            n_out=n_hidden,
+            n_cat_list=[n_labels],
+            n_layers=n_layers,
+            n_hidden=n_hidden,
+            dropout_rate=0.0,
+            use_batch_norm=bn_dec,
+            use_layer_norm=ln_dec,
+            cat_role="labels",
+        )
         # mean and log-variance heads of p(z1 | z2, y), fused as the encoder's
         self.decoder_z1_z2_heads = make_linear(spec=spec, d_in=n_hidden, d_out=2 * n_latent)
         prior = y_prior if y_prior is not None else torch.full((1, n_labels), 1.0 / n_labels)
-        self.y_prior = nn.Parameter(torch.as_tensor(prior, dtype=torch.float32),
-                                    requires_grad=False)  # fmt: skip
+        self.y_prior = nn.Parameter(
+            torch.as_tensor(prior, dtype=torch.float32), requires_grad=False
+        )
 
     # ------------------------------------------------------------ classifier
     def classifier(self, z: torch.Tensor) -> torch.Tensor:
@@ -192,9 +218,11 @@ class EnsembleSCANVAE(EnsembleVAE):
         inputs = self._get_inference_input(labelled)
         y = labelled[REGISTRY_KEYS.LABELS_KEY]
         logits = self.classify(
-            inputs["x"], inputs["batch_index"], cont_covs=inputs["cont_covs"],
+            inputs["x"],
+            inputs["batch_index"],
+            cont_covs=inputs["cont_covs"],
             cat_covs=inputs["cat_covs"],
-        )  # fmt: skip
+        )
         log_p = torch.log_softmax(logits, dim=-1)
         index = y.reshape(-1).long()
         nll = -log_p.gather(-1, index.expand(*log_p.shape[:-1]).unsqueeze(-1)).squeeze(-1)
@@ -276,8 +304,11 @@ class EnsembleSCANVAE(EnsembleVAE):
         if labelled_tensors is not None:
             ce, y, logits = self.classification_loss(labelled_tensors)
             per_member = per_member + ce * classification_ratio
-            extra = {"classification_loss": ce.mean(), "true_labels": y,
-                     "logits": self._mixture_logits(logits)}  # fmt: skip
+            extra = {
+                "classification_loss": ce.mean(),
+                "true_labels": y,
+                "logits": self._mixture_logits(logits),
+            }
         if self.active_member is None:
             loss = self.reduce_members(per_member)
             if self.training:
@@ -309,8 +340,11 @@ class EnsembleSCANVAE(EnsembleVAE):
         """
         inputs = self._get_inference_input(tensors)
         logits = self.classify(
-            inputs["x"], inputs["batch_index"], cont_covs=inputs["cont_covs"],
-            cat_covs=inputs["cat_covs"], use_posterior_mean=use_posterior_mean,
-        )  # fmt: skip
+            inputs["x"],
+            inputs["batch_index"],
+            cont_covs=inputs["cont_covs"],
+            cat_covs=inputs["cat_covs"],
+            use_posterior_mean=use_posterior_mean,
+        )
         probs = torch.softmax(logits, dim=-1)
         return probs if probs.dim() == 3 else probs.unsqueeze(0)

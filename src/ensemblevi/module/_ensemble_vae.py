@@ -218,9 +218,11 @@ class EnsembleVAE(HyperparameterHost, PredictiveMixin, BatchEmbeddingMixin, Base
         ln_dec = use_layer_norm in ("decoder", "both")
         n_input_encoder = n_input + (n_continuous_cov + batch_dim) * encode_covariates
         dec_spec = LayerSpec(
-            ensemble=ensemble, n_members=self.n_members, n_hyper=n_hyper,
+            ensemble=ensemble,
+            n_members=self.n_members,
+            n_hyper=n_hyper,
             random_sign_init=random_sign_init,
-        )  # fmt: skip
+        )
         enc_spec = dataclasses.replace(dec_spec, tuned_dropout="dropout" in tuned)
         self.z_encoder = EnsembleEncoder(
             n_input=n_input_encoder,

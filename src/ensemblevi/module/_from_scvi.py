@@ -158,16 +158,18 @@ def load_scanvi_member(module: nn.Module, member: int, scanvae: nn.Module) -> No
     ]
     pairs += _fc_pairs(module.encoder_z2_z1.encoder, src, "encoder_z2_z1.encoder", k)
     pairs += _heads(
-        module.encoder_z2_z1.heads, k,
+        module.encoder_z2_z1.heads,
+        k,
         (src["encoder_z2_z1.mean_encoder.weight"], src["encoder_z2_z1.mean_encoder.bias"]),
         (src["encoder_z2_z1.var_encoder.weight"], src["encoder_z2_z1.var_encoder.bias"]),
-    )  # fmt: skip
+    )
     pairs += _fc_pairs(module.decoder_z1_z2, src, "decoder_z1_z2.decoder", k)
     pairs += _heads(
-        module.decoder_z1_z2_heads, k,
+        module.decoder_z1_z2_heads,
+        k,
         (src["decoder_z1_z2.mean_decoder.weight"], src["decoder_z1_z2.mean_decoder.bias"]),
         (src["decoder_z1_z2.var_decoder.weight"], src["decoder_z1_z2.var_decoder.bias"]),
-    )  # fmt: skip
+    )
     pairs.append((module.y_prior, src["y_prior"]))
     for dst, value in pairs:
         if dst.shape != value.shape:

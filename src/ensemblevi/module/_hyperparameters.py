@@ -120,8 +120,13 @@ def resolve_hyperparameters(
             if name not in defaults:
                 raise ValueError(f"Cannot tune {name!r}: tunable hyperparameters are {TUNABLE}.")
             base = defaults[name]
-            fields = {"low": base.low, "high": base.high, "init": base.init,
-                      "init_width": base.init_width, **item}  # fmt: skip
+            fields = {
+                "low": base.low,
+                "high": base.high,
+                "init": base.init,
+                "init_width": base.init_width,
+                **item,
+            }
             if "init" not in item and ("low" in item or "high" in item):
                 fields["init"] = None  # the new range's log-uniform mean
             h = Hyperparameter(**fields)
@@ -366,11 +371,18 @@ def trajectory_frame(hyper: LogUniformHyperparameters, records: list[dict]) -> p
     """
     return pd.DataFrame(
         [
-            (r["step"], r["epoch"], k, name, float(r["low"][k, j]), float(r["high"][k, j]),
-             r["nll"])
+            (
+                r["step"],
+                r["epoch"],
+                k,
+                name,
+                float(r["low"][k, j]),
+                float(r["high"][k, j]),
+                r["nll"],
+            )
             for r in records
             for k in range(hyper.n_members)
             for j, name in enumerate(hyper.names)
         ],
         columns=["step", "epoch", "member", "hyperparameter", "low", "high", "tune_nll"],
-    )  # fmt: skip
+    )

@@ -96,8 +96,9 @@ class BatchEnsembleLinear(FastWeights, LinearBase):
         random_sign_init: float = -0.5,
     ):
         super().__init__(n_members, in_features, out_features)
-        self.weight = nn.Parameter(init_uniform_(torch.empty(in_features, out_features),
-                                                 in_features))  # fmt: skip
+        self.weight = nn.Parameter(
+            init_uniform_(torch.empty(in_features, out_features), in_features)
+        )
         self._init_fast(in_features, out_features, bias, random_sign_init)
 
     def _members(self, x: torch.Tensor) -> torch.Tensor:
@@ -153,9 +154,14 @@ class BatchEnsembleConv2d(FastWeights, ConvBase):
         random_sign_init: float = -0.5,
     ):
         super().__init__(
-            n_members, in_channels, out_channels, kernel_size,
-            stride=stride, padding=padding, output_padding=output_padding,
-        )  # fmt: skip
+            n_members,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            output_padding=output_padding,
+        )
         self.weight = nn.Parameter(torch.empty(self._kernel_shape(in_channels, out_channels)))
         init_uniform_(self.weight, self.fan_in)
         self._init_fast(in_channels, out_channels, bias, random_sign_init)

@@ -45,13 +45,19 @@ def make_linear(*, spec: LayerSpec, d_in: int, d_out: int, bias: bool = True) ->
     if spec.ensemble in ("deep", "single"):
         return EnsembleLinear(k, d_in, d_out, bias=bias)
     if spec.ensemble == "batch":
-        return BatchEnsembleLinear(k, d_in, d_out, bias=bias,
-                                   random_sign_init=spec.random_sign_init)  # fmt: skip
+        return BatchEnsembleLinear(
+            k, d_in, d_out, bias=bias, random_sign_init=spec.random_sign_init
+        )
     if spec.ensemble == "hyperbatch":
         return HyperBatchEnsembleLinear(
-            k, d_in, d_out, n_hyper=spec.n_hyper, bias=bias,
-            random_sign_init=spec.random_sign_init, tied=spec.tied,
-        )  # fmt: skip
+            k,
+            d_in,
+            d_out,
+            n_hyper=spec.n_hyper,
+            bias=bias,
+            random_sign_init=spec.random_sign_init,
+            tied=spec.tied,
+        )
     return SharedLinear(k, d_in, d_out, bias=bias)  # mcdropout (LayerSpec checked the kind)
 
 
@@ -271,11 +277,18 @@ class EnsembleEncoder(nn.Module):
         self.n_members = spec.n_members
         self.member_stream: tuple[int, int] | None = None  # see set_member_stream
         self.encoder = EnsembleFCLayers(
-            spec=spec, n_in=n_input, n_out=n_hidden, n_cat_list=n_cat_list, n_layers=n_layers,
-            n_hidden=n_hidden, dropout_rate=dropout_rate, use_batch_norm=use_batch_norm,
-            use_layer_norm=use_layer_norm, inject_covariates=inject_covariates,
+            spec=spec,
+            n_in=n_input,
+            n_out=n_hidden,
+            n_cat_list=n_cat_list,
+            n_layers=n_layers,
+            n_hidden=n_hidden,
+            dropout_rate=dropout_rate,
+            use_batch_norm=use_batch_norm,
+            use_layer_norm=use_layer_norm,
+            inject_covariates=inject_covariates,
             cat_role=cat_role,
-        )  # fmt: skip
+        )
         # Mean and log-variance heads fused into one matmul; Linear's init depends on the
         # fan-in only, so this initialises exactly like two separate heads.
         self.heads = make_linear(spec=spec, d_in=n_hidden, d_out=2 * n_output)
@@ -376,10 +389,17 @@ class EnsembleDecoderSCVI(nn.Module):
         self.scale_activation = scale_activation
         self.dispersion_head = dispersion_head
         self.px_decoder = EnsembleFCLayers(
-            spec=spec, n_in=n_input, n_out=n_hidden, n_cat_list=n_cat_list, n_layers=n_layers,
-            n_hidden=n_hidden, dropout_rate=dropout_rate, use_batch_norm=use_batch_norm,
-            use_layer_norm=use_layer_norm, inject_covariates=inject_covariates,
-        )  # fmt: skip
+            spec=spec,
+            n_in=n_input,
+            n_out=n_hidden,
+            n_cat_list=n_cat_list,
+            n_layers=n_layers,
+            n_hidden=n_hidden,
+            dropout_rate=dropout_rate,
+            use_batch_norm=use_batch_norm,
+            use_layer_norm=use_layer_norm,
+            inject_covariates=inject_covariates,
+        )
         # Scale, zero-inflation logits (and dispersion) heads fused into one matmul (same
         # init as separate heads).
         head_spec = dataclasses.replace(spec, tied=tied_heads)

@@ -106,9 +106,14 @@ class EnsembleConv2d(ConvBase):
         bias: bool = True,
     ):
         super().__init__(
-            n_members, in_channels, out_channels, kernel_size,
-            stride=stride, padding=padding, output_padding=output_padding,
-        )  # fmt: skip
+            n_members,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            output_padding=output_padding,
+        )
         self.weight = nn.Parameter(
             torch.empty(n_members, *self._kernel_shape(in_channels, out_channels))
         )

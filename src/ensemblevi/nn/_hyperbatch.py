@@ -302,8 +302,9 @@ class HyperBatchEnsembleLinear(HyperEmbedding, FastWeights, LinearBase):
         self.tied = bool(tied)
         # draws in the order of the layer's first version, so seeded inits are unchanged
         self._init_embedding(n_hyper, out_features, embedding_init_std)
-        self.weight = nn.Parameter(init_uniform_(torch.empty(in_features, out_features),
-                                                 in_features))  # fmt: skip
+        self.weight = nn.Parameter(
+            init_uniform_(torch.empty(in_features, out_features), in_features)
+        )
         self.weight_hyper = None
         if not self.tied:
             w = torch.empty(in_features, out_features)
@@ -397,11 +398,17 @@ class HyperBatchEnsembleConv2d(HyperEmbedding, BatchEnsembleConv2d):
         embedding_init_std: float = 1e-4,
     ):
         super().__init__(
-            n_members, in_channels, out_channels, kernel_size, stride=stride, padding=padding,
-            output_padding=output_padding, bias=bias, random_sign_init=random_sign_init,
-        )  # fmt: skip
-        self.weight_hyper = nn.Parameter(init_uniform_(torch.empty_like(self.weight),
-                                                       self.fan_in))  # fmt: skip
+            n_members,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            output_padding=output_padding,
+            bias=bias,
+            random_sign_init=random_sign_init,
+        )
+        self.weight_hyper = nn.Parameter(init_uniform_(torch.empty_like(self.weight), self.fan_in))
         self.bias_hyper = None
         if bias:
             w = torch.empty(n_members, out_channels)

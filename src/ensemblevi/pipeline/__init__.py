@@ -15,7 +15,8 @@ from ._data import Prepared, load_data, prepare_data, training_data
 from ._de import DEResult, de_name, run_de
 from ._map import MapResult, prepare_query, run_map
 from ._outputs import write_figures, write_outputs
-from ._report import render_run_report, run_reading
+from ._readings import run_reading
+from ._report import render_run_report
 from ._run import StageFailed, run_pipeline
 from ._train import RunRefused, Trained, train_or_reuse
 from ._train_command import merge_command, parse_shard, train_command

@@ -76,9 +76,16 @@ def analyse(
     val = getattr(model, "validation_indices", None)
     n_val = 0 if val is None else len(val)
     novelty = several and n_val >= MIN_VALIDATION_CELLS
-    found = tl.uncertainty_analysis(model, adata, markers=markers or None, groupby=labels_key,
-                                    n_samples=n_samples, seed=seed, novelty=novelty,
-                                    embedding=several)  # fmt: skip
+    found = tl.uncertainty_analysis(
+        model,
+        adata,
+        markers=markers or None,
+        groupby=labels_key,
+        n_samples=n_samples,
+        seed=seed,
+        novelty=novelty,
+        embedding=several,
+    )
     if several and not novelty:
         adata.uns["ensemblevi"]["cell_novelty"] = {
             "skipped": f"the model held out {n_val} cells from training, and the rule needs "
@@ -86,8 +93,11 @@ def analyse(
             "train_size)"
         }
     spread, genes, novelty = found["spread"], found["genes"], found["novelty"]
-    threshold = (adata.uns["ensemblevi"]["expression_spread"]["params"]["cv_threshold"]
-                 if spread is not None else None)  # fmt: skip
+    threshold = (
+        adata.uns["ensemblevi"]["expression_spread"]["params"]["cv_threshold"]
+        if spread is not None
+        else None
+    )
     groups = None
     if novelty is not None and labels_key is not None:
         # reads the scores cell_novelty just wrote: no second pass through the decoders

@@ -115,9 +115,11 @@ def annotate_reading(info: dict, calib: dict | None, n_held: int) -> list[str]:
         "type the labels do not have, doublets, or poor-quality cells."
     )
     if "calibration_kind" in info:
-        lines.append(f"Calibration: {info['calibration_kind']} "
-                     f"({info.get('n_calibration_cells', info.get('n_calibration', 0)):,} "
-                     f"cells); the rate holds for {info['rate_holds_for']}.")  # fmt: skip
+        lines.append(
+            f"Calibration: {info['calibration_kind']} "
+            f"({info.get('n_calibration_cells', info.get('n_calibration', 0)):,} "
+            f"cells); the rate holds for {info['rate_holds_for']}."
+        )
     return lines
 
 
@@ -198,30 +200,44 @@ def run_annotate(
     from ensemblevi.tl._labels import SCORES
 
     if not 0 <= holdout < 1 or not 0 < alpha < 1:
-        raise ValueError(f"--holdout is a share in [0, 1) and --alpha a rate in (0, 1), got "
-                         f"{holdout} and {alpha}.")  # fmt: skip
+        raise ValueError(
+            f"--holdout is a share in [0, 1) and --alpha a rate in (0, 1), got "
+            f"{holdout} and {alpha}."
+        )
     if epochs < 1 or scanvi_epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs} and {scanvi_epochs}.")
     if score not in SCORES:
         raise ValueError(f"--score must be one of {', '.join(SCORES)}, got {score!r}.")
     out_path = Path(out)
     adata = read(data, layer=layer)
-    for option, column in (("--labels-key", labels_key), ("--batch-key", batch_key),
-                           ("--sample-key", sample_key)):
+    for option, column in (
+        ("--labels-key", labels_key),
+        ("--batch-key", batch_key),
+        ("--sample-key", sample_key),
+    ):
         if column is not None and column not in adata.obs:
-            raise ValueError(f"{option} {column!r} is not a column of obs "
-                             f"({', '.join(map(str, adata.obs.columns[:8])) or 'none'}).")
+            raise ValueError(
+                f"{option} {column!r} is not a column of obs "
+                f"({', '.join(map(str, adata.obs.columns[:8])) or 'none'})."
+            )
     check_labels_column(adata, labels_key, "--labels-key")  # 1,000 floats are not 1,000 types
-    labels = adata.obs[labels_key].astype(object).where(adata.obs[labels_key].notna(),
-                                                         unlabeled_category)  # fmt: skip
+    labels = (
+        adata.obs[labels_key]
+        .astype(object)
+        .where(adata.obs[labels_key].notna(), unlabeled_category)
+    )
     known = sorted(set(labels.astype(str)) - {unlabeled_category})
     if len(known) < 2:
-        raise ValueError(f"obs[{labels_key!r}] has {len(known)} cell type(s) besides "
-                         f"{unlabeled_category!r}; label transfer needs at least 2.")
+        raise ValueError(
+            f"obs[{labels_key!r}] has {len(known)} cell type(s) besides "
+            f"{unlabeled_category!r}; label transfer needs at least 2."
+        )
     if "unknown" in known:  # the call of a cell the rule rejects: it must stay unambiguous
-        raise ValueError(f"obs[{labels_key!r}] has a cell type named 'unknown', the name of the "
-                         "call for cells of no known type; rename it (or pass it as "
-                         "--unlabeled-category 'unknown' if it means unlabelled cells).")
+        raise ValueError(
+            f"obs[{labels_key!r}] has a cell type named 'unknown', the name of the "
+            "call for cells of no known type; rename it (or pass it as "
+            "--unlabeled-category 'unknown' if it means unlabelled cells)."
+        )
     t0 = time.perf_counter()
     with staged_output(out_path, "annotate", replace=force) as dest:
         set_resume_hint(f"Nothing was lost: {data} and {out_path} are unchanged; rerun.")
@@ -230,33 +246,52 @@ def run_annotate(
         adata.obs[labels_key] = labels.astype(str).to_numpy()
         adata.obs[TRAIN_LABELS] = np.where(held, unlabeled_category, adata.obs[labels_key])
         adata.obs[HELD_OUT] = held
-        log(f"{adata.n_obs:,} cells, {len(known)} types; labels of {held.sum():,} cells hidden "
+        log(
+            f"{adata.n_obs:,} cells, {len(known)} types; labels of {held.sum():,} cells hidden "
             f"to measure the predictions; {members}-member {ensemble} ensemble: {epochs} + "
-            f"{scanvi_epochs} epochs")  # fmt: skip
+            f"{scanvi_epochs} epochs"
+        )
         EnsembleSCVI.setup_anndata(adata, layer="counts", batch_key=batch_key)
         vae = EnsembleSCVI(adata, n_members=members, ensemble=ensemble, seed=seed)
-        split = {} if sample_key is None else {"datasplitter_kwargs": tl.sample_split(
-            adata, sample_key, seed=seed)["datasplitter_kwargs"]}  # fmt: skip
+        split = (
+            {}
+            if sample_key is None
+            else {
+                "datasplitter_kwargs": tl.sample_split(adata, sample_key, seed=seed)[
+                    "datasplitter_kwargs"
+                ]
+            }
+        )
         vae.train(max_epochs=epochs, seed=seed, **split)
-        model = EnsembleSCANVI.from_ensemble_scvi(vae, unlabeled_category,
-                                                  labels_key=TRAIN_LABELS)  # fmt: skip
+        model = EnsembleSCANVI.from_ensemble_scvi(vae, unlabeled_category, labels_key=TRAIN_LABELS)
         model.train(max_epochs=scanvi_epochs, seed=seed, **split)
         train_s = time.perf_counter() - t0
-        info = tl.label_uncertainty(model, adata, alpha=alpha, score=score,
-                                    sample_key=sample_key)  # fmt: skip
+        info = tl.label_uncertainty(model, adata, alpha=alpha, score=score, sample_key=sample_key)
         calib = tl.label_calibration(adata, labels_key, mask=held) if held.any() else None
         with quiet_third_party():
             tl.expression_umap(model, adata, seed=seed)
         reading = annotate_reading(info, calib, int(held.sum()))
-        record = {"data": str(data), "labels_key": labels_key,
-                  "unlabeled_category": unlabeled_category, "holdout": holdout,
-                  "n_held_out": int(held.sum()), "ensemble": ensemble, "members": members,
-                  "epochs": epochs, "scanvi_epochs": scanvi_epochs, "alpha": alpha,
-                  "score": score, "seed": seed, "n_cells": adata.n_obs,
-                  "sample_key": sample_key, "calibration_kind": info.get("calibration_kind"),
-                  "threshold": info["threshold"], "n_unknown": info["n_unknown"],
-                  "time.train (s)": round(train_s, 1),
-                  "time.total (s)": round(time.perf_counter() - t0, 1)}  # fmt: skip
+        record = {
+            "data": str(data),
+            "labels_key": labels_key,
+            "unlabeled_category": unlabeled_category,
+            "holdout": holdout,
+            "n_held_out": int(held.sum()),
+            "ensemble": ensemble,
+            "members": members,
+            "epochs": epochs,
+            "scanvi_epochs": scanvi_epochs,
+            "alpha": alpha,
+            "score": score,
+            "seed": seed,
+            "n_cells": adata.n_obs,
+            "sample_key": sample_key,
+            "calibration_kind": info.get("calibration_kind"),
+            "threshold": info["threshold"],
+            "n_unknown": info["n_unknown"],
+            "time.train (s)": round(train_s, 1),
+            "time.total (s)": round(time.perf_counter() - t0, 1),
+        }
         if calib is not None:
             record.update({f"held_out.{k}": v for k, v in calib["summary"].items()})
         _write(dest.stage, adata, model, calib, labels_key, reading, record)
@@ -265,8 +300,15 @@ def run_annotate(
 
 
 def _cell_table(adata: AnnData, labels_key: str) -> pd.DataFrame:
-    cols = ["label", "label_call", "label_confidence", "label_entropy",
-            "label_mutual_information", "label_agreement", "label_unknown"]  # fmt: skip
+    cols = [
+        "label",
+        "label_call",
+        "label_confidence",
+        "label_entropy",
+        "label_mutual_information",
+        "label_agreement",
+        "label_unknown",
+    ]
     table = pd.DataFrame({c: adata.obs[f"ensemblevi_{c}"] for c in cols}, index=adata.obs_names)
     table.insert(0, "given_label", adata.obs[labels_key].astype(str))
     table.insert(1, "held_out", adata.obs[HELD_OUT].to_numpy())
@@ -274,8 +316,15 @@ def _cell_table(adata: AnnData, labels_key: str) -> pd.DataFrame:
     return table
 
 
-def _write(stage: Path, adata: AnnData, model, calib: dict | None, labels_key: str,
-           reading: list[str], record: dict) -> None:  # fmt: skip
+def _write(
+    stage: Path,
+    adata: AnnData,
+    model,
+    calib: dict | None,
+    labels_key: str,
+    reading: list[str],
+    record: dict,
+) -> None:
     import matplotlib.pyplot as plt
     import scanpy as sc
 
@@ -287,23 +336,38 @@ def _write(stage: Path, adata: AnnData, model, calib: dict | None, labels_key: s
     figs = stage / "figures"
     with style():
         fig, axes = plt.subplots(1, 3, figsize=(13.5, 4.0), layout="constrained")
-        for ax, color, title in zip(axes, ["ensemblevi_label_call", "ensemblevi_label_confidence",
-                                           "ensemblevi_label_entropy"],
-                                    ["predicted type (or unknown)", "confidence",
-                                     "predictive entropy"], strict=True):  # fmt: skip
-            sc.pl.embedding(adata, basis=UMAP_KEY, color=color, ax=ax, show=False,
-                            title=title, frameon=False)  # fmt: skip
+        for ax, color, title in zip(
+            axes,
+            ["ensemblevi_label_call", "ensemblevi_label_confidence", "ensemblevi_label_entropy"],
+            ["predicted type (or unknown)", "confidence", "predictive entropy"],
+            strict=True,
+        ):
+            sc.pl.embedding(
+                adata, basis=UMAP_KEY, color=color, ax=ax, show=False, title=title, frameon=False
+            )
         pl.save_figure(fig, figs / "label_umap")
         plt.close(fig)
-    sections = [("Predicted types", [
-        "Each cell's type is the ensemble's (the members' mean probabilities); cells called "
-        "unknown are above the calibrated threshold of the unknown rule.",
-        figs / "label_umap.png",
-        adata.obs["ensemblevi_label_call"].value_counts().rename_axis("call")
-        .rename("cells").reset_index()])]  # fmt: skip
+    sections = [
+        (
+            "Predicted types",
+            [
+                "Each cell's type is the ensemble's (the members' mean probabilities); cells "
+                "called "
+                "unknown are above the calibrated threshold of the unknown rule.",
+                figs / "label_umap.png",
+                adata.obs["ensemblevi_label_call"]
+                .value_counts()
+                .rename_axis("call")
+                .rename("cells")
+                .reset_index(),
+            ],
+        )
+    ]
     if calib is not None:
-        for name, draw in {"label_calibration": pl.label_calibration,
-                           "label_confusion": pl.label_confusion}.items():  # fmt: skip
+        for name, draw in {
+            "label_calibration": pl.label_calibration,
+            "label_confusion": pl.label_confusion,
+        }.items():
             fig = draw(adata, return_fig=True)
             pl.save_figure(fig, figs / name)
             plt.close(fig)
@@ -312,17 +376,31 @@ def _write(stage: Path, adata: AnnData, model, calib: dict | None, labels_key: s
         write_csv(pd.DataFrame(calib["confusion"]), stage / "tables" / "confusion.csv")
         summary = pd.DataFrame([calib["summary"]]).drop(columns=["truth_key"])
         sections += [
-            ("Are the probabilities calibrated?", [
-                "On the cells whose labels were hidden: accuracy against confidence in 15 "
-                "bins (bars against the diagonal) and, per type, how much surer its calls "
-                "are than right.", figs / "label_calibration.png", summary, per.round(3)]),
+            (
+                "Are the probabilities calibrated?",
+                [
+                    "On the cells whose labels were hidden: accuracy against confidence in 15 "
+                    "bins (bars against the diagonal) and, per type, how much surer its calls "
+                    "are than right.",
+                    figs / "label_calibration.png",
+                    summary,
+                    per.round(3),
+                ],
+            ),
             ("Confusion", [figs / "label_confusion.png"]),
-        ]  # fmt: skip
+        ]
     write_csv(_cell_table(adata, labels_key), stage / "tables" / "labels.csv")
     model.save(str(stage / "model"), save_anndata=False, overwrite=True)
     write_h5ad_atomic(adata, stage / "results.h5ad", overwrite=True)
     write_json(stage / "annotate.json", {**record, "reading": reading})
-    write_report(stage / "report.html", "ensemblevi annotate report", reading, sections,
-                 {"summary": f"{record['n_cells']:,} cells, {record['members']}-member "
-                             f"{record['ensemble']} ensemble scANVI",
-                  **record})  # fmt: skip
+    write_report(
+        stage / "report.html",
+        "ensemblevi annotate report",
+        reading,
+        sections,
+        {
+            "summary": f"{record['n_cells']:,} cells, {record['members']}-member "
+            f"{record['ensemble']} ensemble scANVI",
+            **record,
+        },
+    )

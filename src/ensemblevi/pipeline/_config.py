@@ -92,8 +92,14 @@ class RunConfig:
     def validate(self) -> RunConfig:
         """Check every option's value; raise a ``ValueError`` naming all bad ones at once."""
         problems = []
-        at_least = {"members": 1, "epochs": 1, "n_samples": 1, "n_top_genes": 1,
-                    "seeds": 0, "n_cells": 1}  # fmt: skip
+        at_least = {
+            "members": 1,
+            "epochs": 1,
+            "n_samples": 1,
+            "n_top_genes": 1,
+            "seeds": 0,
+            "n_cells": 1,
+        }
         for name, low in at_least.items():
             value = getattr(self, name)
             if not isinstance(value, int) or value < low:
@@ -102,8 +108,9 @@ class RunConfig:
         if not isinstance(self.resolution, int | float) or not self.resolution > 0:
             problems.append(f"--resolution must be a number > 0, got {self.resolution!r}")
         if self.ensemble not in ENSEMBLE_KINDS:
-            problems.append(f"--ensemble must be one of {list(ENSEMBLE_KINDS)}, got "
-                            f"{self.ensemble!r}")  # fmt: skip
+            problems.append(
+                f"--ensemble must be one of {list(ENSEMBLE_KINDS)}, got {self.ensemble!r}"
+            )
         if problems:
             raise ValueError("; ".join(problems) + ".")
         return self

@@ -97,23 +97,33 @@ def _marker_set(config: RunConfig) -> dict[str, list[str]]:
 def _labels_key(adata: AnnData, labels_key: str | None, notes: list[str]) -> str | None:
     """The groups' column the run uses: ``None`` where the default one is absent."""
     if labels_key == DEFAULT_LABELS_KEY and labels_key not in adata.obs:
-        notes.append(f"The data has no obs[{labels_key!r}] column, so the run has no cell "
-                     "groups: the marker and group sections are skipped, and the clusters "
-                     "are the consensus Leiden clusters. Pass --labels-key COLUMN to use "
-                     "groups.")  # fmt: skip
+        notes.append(
+            f"The data has no obs[{labels_key!r}] column, so the run has no cell "
+            "groups: the marker and group sections are skipped, and the clusters "
+            "are the consensus Leiden clusters. Pass --labels-key COLUMN to use "
+            "groups."
+        )
         return None
     return labels_key
 
 
-def _found_markers(config: RunConfig, marker_set: dict, adata: AnnData, labels_key: str | None,
-                   layer: str | None, notes: list[str], log: Log):  # fmt: skip
+def _found_markers(
+    config: RunConfig,
+    marker_set: dict,
+    adata: AnnData,
+    labels_key: str | None,
+    layer: str | None,
+    notes: list[str],
+    log: Log,
+):
     """The markers of the run found in the data, and the table of those that are not."""
     from ensemblevi.tl import check_markers, data_markers
 
     if not marker_set and not (config.markers == "auto" and labels_key is not None):
         if labels_key is not None:  # --markers none
-            notes.append("No marker genes were asked for (--markers none): the marker "
-                         "section is skipped.")  # fmt: skip
+            notes.append(
+                "No marker genes were asked for (--markers none): the marker section is skipped."
+            )
         return {}, pd.DataFrame()
     if labels_key is None:  # markers are per group: without groups there is nothing to read
         return {}, pd.DataFrame()
@@ -121,18 +131,22 @@ def _found_markers(config: RunConfig, marker_set: dict, adata: AnnData, labels_k
     found, missing = check_markers(marker_set, adata.var_names, groups)
     if not found and config.markers == "auto" and not config.marker:
         found = data_markers(adata, labels_key, layer=layer)
-        notes.append(f"No marker set was given and the heart atlas' markers do not fit the "
-                     f"data (their genes or groups are absent), so each {labels_key} group's "
-                     "top genes in the data (highest mean log-normalised expression against "
-                     "the other cells) are its markers here; pass --markers FILE to choose "
-                     "them, or --markers none to skip the section.")  # fmt: skip
+        notes.append(
+            f"No marker set was given and the heart atlas' markers do not fit the "
+            f"data (their genes or groups are absent), so each {labels_key} group's "
+            "top genes in the data (highest mean log-normalised expression against "
+            "the other cells) are its markers here; pass --markers FILE to choose "
+            "them, or --markers none to skip the section."
+        )
         return found, pd.DataFrame()
     if len(missing):
         log("markers not usable:\n" + missing.to_string(index=False))
     if not found:
-        raise ValueError("None of the marker genes are in the data; see the table above. Pass "
-                         "the markers of these data (--markers FILE, --marker TYPE=GENE,GENE), "
-                         "or --markers none.")  # fmt: skip
+        raise ValueError(
+            "None of the marker genes are in the data; see the table above. Pass "
+            "the markers of these data (--markers FILE, --marker TYPE=GENE,GENE), "
+            "or --markers none."
+        )
     return found, missing
 
 
@@ -141,8 +155,10 @@ def _check_obs(adata: AnnData, labels_key: str | None, batch_key: str | None) ->
     columns = list(map(str, adata.obs.columns))
     for option, key in (("--labels-key", labels_key), ("--batch-key", batch_key)):
         if key is not None and key not in adata.obs:
-            raise ValueError(f"{option} {key!r} is not an obs column; the data has: "
-                             f"{columns or 'no obs columns'}.")  # fmt: skip
+            raise ValueError(
+                f"{option} {key!r} is not an obs column; the data has: "
+                f"{columns or 'no obs columns'}."
+            )
     if labels_key is not None:
         n_nan = int(adata.obs[labels_key].isna().sum())
         if n_nan:
@@ -196,21 +212,37 @@ def prepare_data(
     notes: list[str] = []
     labels_key = _labels_key(adata, config.labels_key, notes)
     _check_obs(adata, labels_key, batch_key)
-    check_size(adata, min_cells=MIN_CELLS, min_genes=MIN_GENES, what="the data",
-               why=f"a run trains on at least {MIN_GENES} genes (no fewer than the latent "
-               f"dimensions) and {MIN_CELLS} cells")  # fmt: skip
+    check_size(
+        adata,
+        min_cells=MIN_CELLS,
+        min_genes=MIN_GENES,
+        what="the data",
+        why=f"a run trains on at least {MIN_GENES} genes (no fewer than the latent "
+        f"dimensions) and {MIN_CELLS} cells",
+    )
     if config.sample_key is not None and config.sample_key not in adata.obs:
-        raise ValueError(f"--sample-key {config.sample_key!r} is not an obs column; the data "
-                         f"has: {list(map(str, adata.obs.columns))}.")  # fmt: skip
+        raise ValueError(
+            f"--sample-key {config.sample_key!r} is not an obs column; the data "
+            f"has: {list(map(str, adata.obs.columns))}."
+        )
     if adata.n_vars > config.n_top_genes:
         wanted = [g for genes in marker_set.values() for g in genes]
-        preprocess(adata, n_top_genes=config.n_top_genes, batch_key=batch_key, layer=layer,
-                   keep_genes=wanted or None)  # fmt: skip
+        preprocess(
+            adata,
+            n_top_genes=config.n_top_genes,
+            batch_key=batch_key,
+            layer=layer,
+            keep_genes=wanted or None,
+        )
         layer = "counts"
         log(f"kept {adata.n_vars:,} genes (highly variable + markers)")
-        check_size(adata, min_cells=MIN_CELLS, min_genes=MIN_GENES,
-                   what="the data after gene selection", why="raise --n-top-genes, or pass "
-                   "data with more genes expressed")  # fmt: skip
+        check_size(
+            adata,
+            min_cells=MIN_CELLS,
+            min_genes=MIN_GENES,
+            what="the data after gene selection",
+            why="raise --n-top-genes, or pass data with more genes expressed",
+        )
     found, missing = _found_markers(config, marker_set, adata, labels_key, layer, notes, log)
     for note in notes:
         log(note)
@@ -229,8 +261,12 @@ def training_data(spec: dict) -> tuple[AnnData, str]:
     from ensemblevi.model import EnsembleSCVI
 
     keys = ("data", "preset", "n_cells", "layer", "batch_key", "n_top_genes", "seed")
-    config = RunConfig(**{k: spec[k] for k in keys}, heart_path=Path(spec["heart_path"]),
-                       labels_key=None, markers=None)  # fmt: skip
+    config = RunConfig(
+        **{k: spec[k] for k in keys},
+        heart_path=Path(spec["heart_path"]),
+        labels_key=None,
+        markers=None,
+    )
     prepared = prepare_data(config, log=lambda *_: None)
     EnsembleSCVI.setup_anndata(prepared.adata, layer=prepared.layer, batch_key=prepared.batch_key)
     return prepared.adata, prepared.title

@@ -13,7 +13,8 @@ from ensemblevi._files import STAGE, staged_output, write_csv, write_json
 from ensemblevi._interrupt import set_resume_hint
 from ensemblevi._names import file_stem
 from ensemblevi._warnings import quiet_third_party
-from ensemblevi.pipeline._report import DE_KEY, render_run_report
+from ensemblevi.pipeline._readings import DE_KEY
+from ensemblevi.pipeline._report import render_run_report
 
 #: ``de`` stages its files apart from the run's stage, which may hold a kept model
 DE_STAGE = STAGE + "-de"
@@ -35,8 +36,14 @@ def de_name(group1: str, group2: str | None) -> str:
         The reference group (``None``: all other cells).
     """
     # a group called "rest" would otherwise read as "vs all other cells"
-    return file_stem(group1, group2 or "rest", prefix="de_", sep="_vs_",
-                     hashed=group2 == "rest", exact=[group1, group2])  # fmt: skip
+    return file_stem(
+        group1,
+        group2 or "rest",
+        prefix="de_",
+        sep="_vs_",
+        hashed=group2 == "rest",
+        exact=[group1, group2],
+    )
 
 
 @dataclass
@@ -103,9 +110,15 @@ def read_run_result(run_dir: Path):
         ) from err
 
 
-def run_de(run_dir: str | Path, group1: str, groupby: str = "cell_type",
-           group2: str | None = None, *, trust: bool = False,
-           **options: Any) -> DEResult:  # fmt: skip
+def run_de(
+    run_dir: str | Path,
+    group1: str,
+    groupby: str = "cell_type",
+    group2: str | None = None,
+    *,
+    trust: bool = False,
+    **options: Any,
+) -> DEResult:
     """Differential expression on a run's model, committed into the run directory.
 
     Stages the table, its settings, the volcano plot, ``results.h5ad`` (with the result
@@ -164,19 +177,25 @@ def run_de(run_dir: str | Path, group1: str, groupby: str = "cell_type",
         adata = read_run_result(run_dir)
         with quiet_third_party():
             model = EnsembleSCVI.load(run_dir / "model", adata=adata, trust=trust)
-        table = tl.differential_expression(model, adata, groupby=groupby, group1=group1,
-                                              group2=group2, key_added=key, **options)  # fmt: skip
+        table = tl.differential_expression(
+            model, adata, groupby=groupby, group1=group1, group2=group2, key_added=key, **options
+        )
         settings = {**adata.uns[key]["params"], "group1": group1}
         if "null_check" in table.attrs:  # the calibration check on halves of group1
             settings["null_check"] = table.attrs["null_check"]
         settings.update(_unit_settings(table.attrs))
         stage = out.stage
         title = f"{group1} vs {group2 or 'rest'}"
-        fig = (_sample_volcano(table, settings, title) if "pval" in table
-               else pl.de_volcano(adata, key=key, title=title, return_fig=True))  # fmt: skip
-        written = [write_csv(table, stage / "tables" / f"{name}.csv", index=True),
-                   write_json(stage / "tables" / f"{name}.json", settings),
-                   *pl.save_figure(fig, stage / "figures" / name)]  # fmt: skip
+        fig = (
+            _sample_volcano(table, settings, title)
+            if "pval" in table
+            else pl.de_volcano(adata, key=key, title=title, return_fig=True)
+        )
+        written = [
+            write_csv(table, stage / "tables" / f"{name}.csv", index=True),
+            write_json(stage / "tables" / f"{name}.json", settings),
+            *pl.save_figure(fig, stage / "figures" / name),
+        ]
         write_h5ad_atomic(adata, stage / "results.h5ad", overwrite=True)
         render_run_report(run_dir, stage=stage)
     set_resume_hint(None)
@@ -186,8 +205,11 @@ def run_de(run_dir: str | Path, group1: str, groupby: str = "cell_type",
 
 def _unit_settings(attrs: dict) -> dict:
     """The result's unit of replication for the settings file and the report (JSON)."""
-    out = {k: attrs[k] for k in ("inference_unit", "statement", "sample_key", "method",
-                                 "unused_sample_columns") if k in attrs}  # fmt: skip
+    out = {
+        k: attrs[k]
+        for k in ("inference_unit", "statement", "sample_key", "method", "unused_sample_columns")
+        if k in attrs
+    }
     reps = attrs.get("replicates")
     if isinstance(reps, list) and reps:
         out["replicates"] = {k: v for k, v in reps[0].items() if k != "comparison"}

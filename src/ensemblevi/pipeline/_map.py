@@ -24,7 +24,8 @@ from ensemblevi._files import staged_output, write_csv, write_json
 from ensemblevi._interrupt import set_resume_hint
 from ensemblevi._warnings import quiet_third_party
 from ensemblevi.pipeline._de import check_run_dir, read_run_result
-from ensemblevi.pipeline._report import group_reading, write_report
+from ensemblevi.pipeline._readings import group_reading
+from ensemblevi.pipeline._report import write_report
 
 Log = Callable[[str], Any]
 #: ``obs`` column of the query's clusters where it has no ``groupby`` column
@@ -63,8 +64,9 @@ class MapResult:
     reading: list[str]
 
 
-def prepare_query(query: AnnData, reference, batch_key: str | None = None,
-                  log: Log = print) -> AnnData:  # fmt: skip
+def prepare_query(
+    query: AnnData, reference, batch_key: str | None = None, log: Log = print
+) -> AnnData:
     """A copy of ``query`` set out as the reference was: its counts layer, batch, genes.
 
     A query holding fewer than half of the reference's genes (:data:`MIN_SHARED_GENES`)
@@ -102,17 +104,23 @@ def prepare_query(query: AnnData, reference, batch_key: str | None = None,
         q.layers[setup["layer"]] = q.X.copy()
     ref_batch = setup.get("batch_key")
     if batch_key is not None and batch_key not in q.obs:
-        raise ValueError(f"batch_key {batch_key!r} is not a column of the query's obs; name "
-                         "one, or None to map the query as one new batch.")  # fmt: skip
+        raise ValueError(
+            f"batch_key {batch_key!r} is not a column of the query's obs; name "
+            "one, or None to map the query as one new batch."
+        )
     if ref_batch is None:
-        log("the reference was trained without a batch column: the query is mapped with the "
-            "reference's weights as they are (only the decoder's batch norms adapt)")  # fmt: skip
+        log(
+            "the reference was trained without a batch column: the query is mapped with the "
+            "reference's weights as they are (only the decoder's batch norms adapt)"
+        )
     elif batch_key is not None:
         q.obs[ref_batch] = q.obs[batch_key].astype(str).to_numpy()
     elif ref_batch not in q.obs:
         q.obs[ref_batch] = QUERY_BATCH
-        log(f"the query has no {ref_batch!r} column: its cells are mapped as one new batch "
-            f"{QUERY_BATCH!r}")  # fmt: skip
+        log(
+            f"the query has no {ref_batch!r} column: its cells are mapped as one new batch "
+            f"{QUERY_BATCH!r}"
+        )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         q = EnsembleSCVI.prepare_query_anndata(q, reference, inplace=False)
@@ -129,13 +137,21 @@ def _groups(q: AnnData, groupby: str | None, seed: int) -> str:
     import scanpy as sc
 
     # clusters of the query on the ensemble's denoised-expression graph (tl.umap kept it)
-    sc.tl.leiden(q, adjacency=q.obsp["ensemblevi_connectivities"], key_added=CLUSTER_KEY,
-                 flavor="igraph", n_iterations=2, directed=False, random_state=seed)  # fmt: skip
+    sc.tl.leiden(
+        q,
+        adjacency=q.obsp["ensemblevi_connectivities"],
+        key_added=CLUSTER_KEY,
+        flavor="igraph",
+        n_iterations=2,
+        directed=False,
+        random_state=seed,
+    )
     return CLUSTER_KEY
 
 
-def map_reading(cells: dict, groups: pd.DataFrame, groupby: str, n_cells: int,
-                fdr: float) -> list[str]:  # fmt: skip
+def map_reading(
+    cells: dict, groups: pd.DataFrame, groupby: str, n_cells: int, fdr: float
+) -> list[str]:
     """The map report's sentences on its cells and groups.
 
     Parameters
@@ -153,30 +169,47 @@ def map_reading(cells: dict, groups: pd.DataFrame, groupby: str, n_cells: int,
     """
     decides = cells.get("decides", "novelty_knn")
     fpr = cells.get(f"{decides}_fpr_heldout")
-    text = (f"{cells['n_flagged']:,} of {n_cells:,} query cells "
-            f"({100 * cells['n_flagged'] / max(n_cells, 1):.1f}%) are flagged as unlike the "
-            f"reference's training data ({decides} above its "
-            f"{100 * (1 - cells['alpha']):g}th percentile on {cells['calibrated_on']}")
+    text = (
+        f"{cells['n_flagged']:,} of {n_cells:,} query cells "
+        f"({100 * cells['n_flagged'] / max(n_cells, 1):.1f}%) are flagged as unlike the "
+        f"reference's training data ({decides} above its "
+        f"{100 * (1 - cells['alpha']):g}th percentile on {cells['calibrated_on']}"
+    )
     if fpr is not None:
-        text += (f"; on the reference's own held-out cells this rule flagged "
-                 f"{100 * fpr:.1f}% against a target of {100 * cells['alpha']:g}%, measured "
-                 f"on {cells.get('fpr_measured_on', 'halves of the calibration cells')}")
+        text += (
+            f"; on the reference's own held-out cells this rule flagged "
+            f"{100 * fpr:.1f}% against a target of {100 * cells['alpha']:g}%, measured "
+            f"on {cells.get('fpr_measured_on', 'halves of the calibration cells')}"
+        )
     kind = cells.get("calibration_kind", "cells of the training samples")
     holds = cells.get("rate_holds_for", "new cells of the samples the model trained on")
-    calibration = (f"Calibration: {kind}; the stated false-positive rate holds for {holds}. "
-                   "A cell flag says this one cell lies farther from the reference's training "
-                   "cells than all but that share of the calibration cells; a group call says "
-                   "that most of a group's cells are flagged (a population the reference did "
-                   "not have), which holds even where single flags are noisy.")
+    calibration = (
+        f"Calibration: {kind}; the stated false-positive rate holds for {holds}. "
+        "A cell flag says this one cell lies farther from the reference's training "
+        "cells than all but that share of the calibration cells; a group call says "
+        "that most of a group's cells are flagged (a population the reference did "
+        "not have), which holds even where single flags are noisy."
+    )
     return [text + ").", calibration, *group_reading(groups, groupby, fdr)]
 
 
-def run_map(run_dir: str | Path, query: str | Path, out: str | Path, *,
-            layer: str | None = None, batch_key: str | None = None,
-            groupby: str | None = None, epochs: int = 100, alpha: float = 0.05,
-            fdr: float = 0.05, seed: int = 0, force: bool = False,
-            log: Log = print, trust: bool = False,
-            sample_key: str | None = None) -> MapResult:  # fmt: skip
+def run_map(
+    run_dir: str | Path,
+    query: str | Path,
+    out: str | Path,
+    *,
+    layer: str | None = None,
+    batch_key: str | None = None,
+    groupby: str | None = None,
+    epochs: int = 100,
+    alpha: float = 0.05,
+    fdr: float = 0.05,
+    seed: int = 0,
+    force: bool = False,
+    log: Log = print,
+    trust: bool = False,
+    sample_key: str | None = None,
+) -> MapResult:
     """Map a query file onto the ensemble of a finished run; write its novelty into ``out``.
 
     Writes ``results.h5ad`` (the query with ``obs[ensemblevi_novelty_*]``,
@@ -240,19 +273,27 @@ def run_map(run_dir: str | Path, query: str | Path, out: str | Path, *,
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}.")
     if out_path.resolve() == run_dir.resolve():
-        raise ValueError(f"--out {out_path} is the run directory; the map goes to a "
-                         "directory of its own (e.g. --out map_<sample>).")  # fmt: skip
+        raise ValueError(
+            f"--out {out_path} is the run directory; the map goes to a "
+            "directory of its own (e.g. --out map_<sample>)."
+        )
     raw = read(query, layer=layer)  # validated raw counts: the error names the fix
-    check_size(raw, min_cells=MIN_QUERY_CELLS, what="the query",
-               why="the query model holds some of them out to check its training, and the "
-               "groups are tested on them")  # fmt: skip
+    check_size(
+        raw,
+        min_cells=MIN_QUERY_CELLS,
+        what="the query",
+        why="the query model holds some of them out to check its training, and the "
+        "groups are tested on them",
+    )
     if layer is not None:
         raw.X = raw.layers[layer]
     for option, column in (("--groupby", groupby), ("--batch-key", batch_key)):
         if column is not None and column not in raw.obs:
-            raise ValueError(f"{option} {column!r} is not a column of the query's obs "
-                             f"({', '.join(map(str, raw.obs.columns[:8])) or 'none'}); name "
-                             "one, or leave the option out.")  # fmt: skip
+            raise ValueError(
+                f"{option} {column!r} is not a column of the query's obs "
+                f"({', '.join(map(str, raw.obs.columns[:8])) or 'none'}); name "
+                "one, or leave the option out."
+            )
     if sample_key is not None:  # refused before anything is written
         import anndata
 
@@ -260,51 +301,84 @@ def run_map(run_dir: str | Path, query: str | Path, out: str | Path, *,
         columns = list(backed.obs.columns)
         backed.file.close()
         if sample_key not in columns:
-            raise ValueError(f"--sample-key {sample_key!r} is not a column of the run's cells "
-                             f"(results.h5ad obs: {', '.join(map(str, columns[:8]))}); name the "
-                             "reference's column of samples.")  # fmt: skip
+            raise ValueError(
+                f"--sample-key {sample_key!r} is not a column of the run's cells "
+                f"(results.h5ad obs: {', '.join(map(str, columns[:8]))}); name the "
+                "reference's column of samples."
+            )
     t0 = time.perf_counter()
     with staged_output(out_path, "map", replace=force) as dest:
-        set_resume_hint(f"Nothing was lost: {run_dir} and {out_path} are unchanged; rerun the "
-                        "command.")  # fmt: skip
+        set_resume_hint(
+            f"Nothing was lost: {run_dir} and {out_path} are unchanged; rerun the command."
+        )
         ref_adata = read_run_result(run_dir)
         with quiet_third_party():
             reference = EnsembleSCVI.load(run_dir / "model", adata=ref_adata, trust=trust)
         val = getattr(reference, "validation_indices", None)
         n_val = 0 if val is None else len(val)
         if n_val < MIN_VALIDATION_CELLS:
-            raise ValueError(f"The run's model held out {n_val} cells; calibrating the rule "
-                             f"needs at least {MIN_VALIDATION_CELLS} (a run on more cells).")
+            raise ValueError(
+                f"The run's model held out {n_val} cells; calibrating the rule "
+                f"needs at least {MIN_VALIDATION_CELLS} (a run on more cells)."
+            )
         q = prepare_query(raw, reference, batch_key, log)
         with seeded_globally(seed):
             qmodel = EnsembleSCVI.load_query_data(q, reference)
-        log(f"mapping {q.n_obs:,} query cells onto the run's {reference.n_members}-member "
-            f"{reference.ensemble} ensemble: {epochs} epochs")  # fmt: skip
+        log(
+            f"mapping {q.n_obs:,} query cells onto the run's {reference.n_members}-member "
+            f"{reference.ensemble} ensemble: {epochs} epochs"
+        )
         qmodel.train(max_epochs=epochs, seed=seed)
         train_s = time.perf_counter() - t0
-        cells = tl.cell_novelty(qmodel, q, alpha=alpha, seed=seed, reference_model=reference,
-                                sample_key=sample_key)  # fmt: skip
+        cells = tl.cell_novelty(
+            qmodel, q, alpha=alpha, seed=seed, reference_model=reference, sample_key=sample_key
+        )
         tl.expression_umap(qmodel, q, seed=seed, graph_key="ensemblevi_connectivities")
         key = _groups(q, groupby, seed)
-        groups = tl.group_novelty(qmodel, q, groupby=key, fdr=fdr, seed=seed,
-                                  reference_model=reference, cell_alpha=alpha,
-                                  sample_key=sample_key)  # fmt: skip
+        groups = tl.group_novelty(
+            qmodel,
+            q,
+            groupby=key,
+            fdr=fdr,
+            seed=seed,
+            reference_model=reference,
+            cell_alpha=alpha,
+            sample_key=sample_key,
+        )
         info = q.uns["ensemblevi"]["cell_novelty"]
         reading = map_reading(info, groups, key, q.n_obs, fdr)
-        record = {"run_dir": str(run_dir), "query": str(query), "layer": layer,
-                  "batch_key": batch_key, "groupby": key, "epochs": epochs, "alpha": alpha,
-                  "fdr": fdr, "seed": seed, "n_query_cells": q.n_obs,
-                  "sample_key": sample_key, "calibration_kind": info["calibration_kind"],
-                  "reference": f"{reference.ensemble} x {reference.n_members}",
-                  "time.train (s)": round(train_s, 1),
-                  "time.total (s)": round(time.perf_counter() - t0, 1)}  # fmt: skip
+        record = {
+            "run_dir": str(run_dir),
+            "query": str(query),
+            "layer": layer,
+            "batch_key": batch_key,
+            "groupby": key,
+            "epochs": epochs,
+            "alpha": alpha,
+            "fdr": fdr,
+            "seed": seed,
+            "n_query_cells": q.n_obs,
+            "sample_key": sample_key,
+            "calibration_kind": info["calibration_kind"],
+            "reference": f"{reference.ensemble} x {reference.n_members}",
+            "time.train (s)": round(train_s, 1),
+            "time.total (s)": round(time.perf_counter() - t0, 1),
+        }
         _write(dest.stage, q, qmodel, cells, groups, key, reading, record)
     set_resume_hint(None)
     return MapResult(q, cells, groups, key, reading)
 
 
-def _write(stage: Path, q: AnnData, qmodel, cells: pd.DataFrame, groups: pd.DataFrame,
-           key: str, reading: list[str], record: dict) -> None:  # fmt: skip
+def _write(
+    stage: Path,
+    q: AnnData,
+    qmodel,
+    cells: pd.DataFrame,
+    groups: pd.DataFrame,
+    key: str,
+    reading: list[str],
+    record: dict,
+) -> None:
     import matplotlib.pyplot as plt
 
     from ensemblevi import pl
@@ -323,19 +397,38 @@ def _write(stage: Path, q: AnnData, qmodel, cells: pd.DataFrame, groups: pd.Data
     qmodel.save(str(stage / "model"), save_anndata=False, overwrite=True)
     write_h5ad_atomic(q, stage / "results.h5ad", overwrite=True)
     write_json(stage / "map.json", {**record, "reading": reading})
-    shown = groups.reset_index()[["group", "n_cells", "n_tested", "share_flagged", "auroc",
-                                  "qval", "is_novel"]]  # fmt: skip
-    write_report(stage / "report.html", "ensemblevi map report", reading, [
-        ("Novel populations", [
-            f"Per {key} group, the share of its cells the per-cell rule flags (at "
-            f"{record['alpha']:.0%}), "
-            "tested one-sided against a share of one half (binomial, Benjamini-Hochberg "
-            "across groups): a novel group is one most of whose cells lie outside what the "
-            "model trained on. AUROC: its novelty_knn against the reference's held-out "
-            "cells.",
-            stage / "figures" / "group_novelty.png", shown]),
-        ("Novel cells", [stage / "figures" / "novelty_umap.png",
-                         f"{int(np.sum(cells['is_novel'])):,} cells flagged."]),
-    ], {"summary": f"{record['n_query_cells']:,} query cells mapped onto "
-                   f"{record['run_dir']} ({record['reference']})",
-        **{k: v for k, v in record.items() if k != "reading"}})  # fmt: skip
+    shown = groups.reset_index()[
+        ["group", "n_cells", "n_tested", "share_flagged", "auroc", "qval", "is_novel"]
+    ]
+    write_report(
+        stage / "report.html",
+        "ensemblevi map report",
+        reading,
+        [
+            (
+                "Novel populations",
+                [
+                    f"Per {key} group, the share of its cells the per-cell rule flags (at "
+                    f"{record['alpha']:.0%}), "
+                    "tested one-sided against a share of one half (binomial, Benjamini-Hochberg "
+                    "across groups): a novel group is one most of whose cells lie outside what the "
+                    "model trained on. AUROC: its novelty_knn against the reference's held-out "
+                    "cells.",
+                    stage / "figures" / "group_novelty.png",
+                    shown,
+                ],
+            ),
+            (
+                "Novel cells",
+                [
+                    stage / "figures" / "novelty_umap.png",
+                    f"{int(np.sum(cells['is_novel'])):,} cells flagged.",
+                ],
+            ),
+        ],
+        {
+            "summary": f"{record['n_query_cells']:,} query cells mapped onto "
+            f"{record['run_dir']} ({record['reference']})",
+            **{k: v for k, v in record.items() if k != "reading"},
+        },
+    )

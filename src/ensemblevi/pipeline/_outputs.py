@@ -15,13 +15,8 @@ from ensemblevi._files import OutputDirectory, write_csv, write_json
 from ensemblevi.pipeline._analyse import Analysis
 from ensemblevi.pipeline._config import RunConfig
 from ensemblevi.pipeline._data import Prepared
-from ensemblevi.pipeline._report import (
-    DE_KEY,
-    group_reading,
-    render_run_report,
-    run_reading,
-    stability_reading,
-)
+from ensemblevi.pipeline._readings import DE_KEY, group_reading, run_reading, stability_reading
+from ensemblevi.pipeline._report import render_run_report
 from ensemblevi.pipeline._train import Trained
 
 #: tables written without their index (it is a plain row number)
@@ -39,8 +34,9 @@ def config_frame(config: dict) -> pd.DataFrame:
     return pd.DataFrame({"value": [json.dumps(v) for v in config.values()]}, index=list(config))
 
 
-def write_figures(stage: Path, adata: AnnData, trained: Trained, analysis: Analysis,
-                  labels_key: str | None) -> list[str]:  # fmt: skip
+def write_figures(
+    stage: Path, adata: AnnData, trained: Trained, analysis: Analysis, labels_key: str | None
+) -> list[str]:
     """Draw and save the run's figures into ``stage/figures``; return their names.
 
     Parameters
@@ -71,8 +67,9 @@ def write_figures(stage: Path, adata: AnnData, trained: Trained, analysis: Analy
             "biological_spread": lambda: pl.biological_spread(adata, return_fig=True),
             "member_histograms": lambda: pl.member_histograms(adata, return_fig=True),
         }
-    figs["gene_uncertainty"] = lambda: pl.gene_uncertainty(adata, highlight=marker_genes,
-                                                           return_fig=True)  # fmt: skip
+    figs["gene_uncertainty"] = lambda: pl.gene_uncertainty(
+        adata, highlight=marker_genes, return_fig=True
+    )
     if labels_key is None and f"{DEFAULT_KEY}_consensus_leiden" in adata.obs:
         labels_key = f"{DEFAULT_KEY}_consensus_leiden"
     if analysis.novelty is not None:
@@ -167,15 +164,22 @@ def write_outputs(
     write_h5ad_atomic(adata, stage / "results.h5ad", overwrite=True)
     novelty = adata.uns["ensemblevi"].get("cell_novelty")
     reading = list(prepared.notes)  # what the run did differently from what was asked
-    reading += run_reading(analysis.summary, analysis.genes, model.n_members,
-                           analysis.cv_threshold, novelty, adata.n_obs)  # fmt: skip
+    reading += run_reading(
+        analysis.summary,
+        analysis.genes,
+        model.n_members,
+        analysis.cv_threshold,
+        novelty,
+        adata.n_obs,
+    )
     if analysis.groups is not None:
         stored = adata.uns["ensemblevi"]["group_novelty"]
-        reading += group_reading(analysis.groups, stored["groupby"], stored["fdr"],
-                                 own=True)  # fmt: skip
+        reading += group_reading(analysis.groups, stored["groupby"], stored["fdr"], own=True)
     if analysis.clusters is not None:
-        reading += stability_reading(adata.uns["ensemblevi"]["cluster_stability"],
-                                     adata.uns["ensemblevi"]["neighbourhood_stability"])
+        reading += stability_reading(
+            adata.uns["ensemblevi"]["cluster_stability"],
+            adata.uns["ensemblevi"]["neighbourhood_stability"],
+        )
     timings["total"] = sum(v for k, v in timings.items() if k != "total")
     options = config.options()
     versions = {
@@ -190,10 +194,16 @@ def write_outputs(
         **{f"time.{k} (s)": round(v, 1) for k, v in timings.items()},
         "python": platform.python_version(),
         **versions,
-    }  # fmt: skip
-    record = {"config": options, "timings": timings, "versions": versions,
-              "reading": reading, "meta": meta, "figures": figures,
-              "model": trained.record}  # fmt: skip
+    }
+    record = {
+        "config": options,
+        "timings": timings,
+        "versions": versions,
+        "reading": reading,
+        "meta": meta,
+        "figures": figures,
+        "model": trained.record,
+    }
     write_json(stage / "run.json", record)
     render_run_report(stage)
     return reading

@@ -76,8 +76,10 @@ def run_pipeline(
     config.validate()
 
     def refuse_other_run(directory: OutputDirectory) -> None:
-        set_resume_hint(f"Nothing was lost: {directory.path} holds its previous result (if "
-                        "any), whole; rerun the same command to start again.")  # fmt: skip
+        set_resume_hint(
+            f"Nothing was lost: {directory.path} holds its previous result (if "
+            "any), whole; rerun the same command to start again."
+        )
         previous = _previous_config(directory)
         if previous is not None and previous != config.options() and not force:
             raise RunRefused(
@@ -93,8 +95,13 @@ def run_pipeline(
         return [f for f in directory.files if f.split("/")[0] in MODEL_DIRS]
 
     # a model a failed run left in the stage is kept there, to be reused
-    with staged_output(out, "run", keep_stage=MODEL_DIRS, on_claimed=refuse_other_run,
-                       keep_files=reused_model_files) as directory:  # fmt: skip
+    with staged_output(
+        out,
+        "run",
+        keep_stage=MODEL_DIRS,
+        on_claimed=refuse_other_run,
+        keep_files=reused_model_files,
+    ) as directory:
         timings: dict[str, float] = {}
         t = time.perf_counter()
         prepared = prepare_data(config, log=log, on_loaded=on_loaded)
@@ -104,16 +111,26 @@ def run_pipeline(
         timings["training"] = time.perf_counter() - t
         try:
             t = time.perf_counter()
-            analysis = analyse(trained.model, prepared.adata, prepared.markers,
-                               prepared.labels_key, config.n_samples, config.seed,
-                               config.resolution)  # fmt: skip
+            analysis = analyse(
+                trained.model,
+                prepared.adata,
+                prepared.markers,
+                prepared.labels_key,
+                config.n_samples,
+                config.seed,
+                config.resolution,
+            )
             timings["analysis"] = time.perf_counter() - t
             reading = write_outputs(directory, config, prepared, trained, analysis, timings)
         except Exception as err:
-            kept = (f"the trained model is kept in {trained.path}; rerun the same command to "
-                    "reuse it") if trained.source != "result" else (
-                    f"the model in {trained.path} is unchanged")  # fmt: skip
-            raise StageFailed(f"{type(err).__name__}: {err} ({kept}; {directory.path} still "
-                              "holds its previous result, whole).") from err  # fmt: skip
+            kept = (
+                (f"the trained model is kept in {trained.path}; rerun the same command to reuse it")
+                if trained.source != "result"
+                else (f"the model in {trained.path} is unchanged")
+            )
+            raise StageFailed(
+                f"{type(err).__name__}: {err} ({kept}; {directory.path} still "
+                "holds its previous result, whole)."
+            ) from err
     set_resume_hint(None)
     return reading

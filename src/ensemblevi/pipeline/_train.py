@@ -62,8 +62,7 @@ def wanted_record(config: RunConfig, prepared: Prepared) -> dict:
 def _load(path: Path, prepared: Prepared, trust: bool):
     from ensemblevi.model import EnsembleSCVI
 
-    EnsembleSCVI.setup_anndata(prepared.adata, layer=prepared.layer,
-                               batch_key=prepared.batch_key)  # fmt: skip
+    EnsembleSCVI.setup_anndata(prepared.adata, layer=prepared.layer, batch_key=prepared.batch_key)
     return EnsembleSCVI.load(path, adata=prepared.adata, trust=trust)
 
 
@@ -75,12 +74,18 @@ def _train(config: RunConfig, prepared: Prepared, stage: Path, log: Log, trust: 
     if config.seeds:
         log(f"training {config.seeds} scvi.model.SCVI seeds for {config.epochs} epochs")
         # each seed model is saved with its record as it finishes: an interrupted run resumes
-        return tl.seed_ensemble(adata, n_seeds=config.seeds, save_dir=stage / "seeds",
-                                setup_kwargs=setup, max_epochs=config.epochs,
-                                trust=trust)  # fmt: skip
+        return tl.seed_ensemble(
+            adata,
+            n_seeds=config.seeds,
+            save_dir=stage / "seeds",
+            setup_kwargs=setup,
+            max_epochs=config.epochs,
+            trust=trust,
+        )
     EnsembleSCVI.setup_anndata(adata, **setup)
-    model = EnsembleSCVI(adata, n_members=config.members, ensemble=config.ensemble,
-                         seed=config.seed)  # fmt: skip
+    model = EnsembleSCVI(
+        adata, n_members=config.members, ensemble=config.ensemble, seed=config.seed
+    )
     log(f"training {model._model_summary_string} for {config.epochs} epochs")
     model.train(max_epochs=config.epochs, seed=config.seed)
     return model
@@ -140,26 +145,37 @@ def train_or_reuse(
                     model = _load(places[source], prepared, trust)
             except ValueError as err:  # damaged, or needs unpickling: load names the file
                 if not force:
-                    raise type(err)(f"{err} Or pass --force to train a new model in its "
-                                    "place (the current result stays whole until the new "
-                                    "run is complete).") from err  # fmt: skip
-                found[source] = ["its model file needs unpickling" if isinstance(
-                    err, UntrustedModelError) else "its model file cannot be read"]  # fmt: skip
+                    raise type(err)(
+                        f"{err} Or pass --force to train a new model in its "
+                        "place (the current result stays whole until the new "
+                        "run is complete)."
+                    ) from err
+                found[source] = [
+                    "its model file needs unpickling"
+                    if isinstance(err, UntrustedModelError)
+                    else "its model file cannot be read"
+                ]
                 continue
             why = "an unfinished earlier run" if source == "stage" else "the previous run"
-            log(f"reusing the trained model in {places[source]} (trained by {why} on the "
-                "same data with the same options)")  # fmt: skip
+            log(
+                f"reusing the trained model in {places[source]} (trained by {why} on the "
+                "same data with the same options)"
+            )
             if source == "result":  # the stage's leftovers must not replace it at commit
                 _discard_stage_models(out.stage)
             _kept_hint(out, places[source])
             return Trained(model, source, places[source], wanted)
     stale = {s: diffs for s, diffs in found.items() if diffs}
     if stale and not force:
-        lines = [f"{places[s]} holds a model trained on other data or options ("
-                 + "; ".join(d) + ")" for s, d in stale.items()]  # fmt: skip
-        raise RunRefused("; ".join(lines) + ". Pass --force to train a new one (the current "
-                         "result stays whole until the new run is complete) or choose "
-                         "another --out.")  # fmt: skip
+        lines = [
+            f"{places[s]} holds a model trained on other data or options (" + "; ".join(d) + ")"
+            for s, d in stale.items()
+        ]
+        raise RunRefused(
+            "; ".join(lines) + ". Pass --force to train a new one (the current "
+            "result stays whole until the new run is complete) or choose "
+            "another --out."
+        )
     for source, diffs in stale.items():
         log(f"not reusing {places[source]}: {'; '.join(diffs)}")
     if "stage" in stale:
@@ -180,9 +196,13 @@ def _discard_stage_models(stage: Path) -> None:
 
 def _kept_hint(out: OutputDirectory, model_dir: Path) -> None:
     if model_dir.parent == out.stage:
-        hint = (f"The trained model is kept in {model_dir}; rerun the same command to reuse "
-                f"it. {out.path} still holds its previous result, whole.")  # fmt: skip
+        hint = (
+            f"The trained model is kept in {model_dir}; rerun the same command to reuse "
+            f"it. {out.path} still holds its previous result, whole."
+        )
     else:
-        hint = (f"Nothing was lost: {out.path} holds its previous result, whole, and its "
-                "model is reused by the same command.")  # fmt: skip
+        hint = (
+            f"Nothing was lost: {out.path} holds its previous result, whole, and its "
+            "model is reused by the same command."
+        )
     set_resume_hint(hint)

@@ -115,13 +115,17 @@ def _checkpoint_to_resume(
                 "or --force to start over."
             )
         if ckpt is not None:
-            log(f"--force: discarding the checkpoint of an interrupted training "
-                f"(after epoch {ckpt['epochs_done']})")  # fmt: skip
+            log(
+                f"--force: discarding the checkpoint of an interrupted training "
+                f"(after epoch {ckpt['epochs_done']})"
+            )
         target.new_stage()
         return None
     if ckpt is None:
-        raise ValueError(f"--resume: there is no checkpoint of an interrupted training in "
-                         f"{out}; run without --resume.")  # fmt: skip
+        raise ValueError(
+            f"--resume: there is no checkpoint of an interrupted training in "
+            f"{out}; run without --resume."
+        )
     old = {"member_range": ckpt["member_range"], **ckpt["spec"]}
     new = {"member_range": ckpt_record["member_range"], **ckpt_record["spec"]}
     why = ", ".join(option_changes(old, new))
@@ -131,9 +135,11 @@ def _checkpoint_to_resume(
             "rerun with its options, or without --resume (with --force) to start over."
         )
     if ckpt["epochs_done"] > epochs:
-        raise ValueError(f"--resume: the checkpoint has {ckpt['epochs_done']} epochs, more "
-                         f"than --epochs {epochs}; pass --epochs {ckpt['epochs_done']} or "
-                         "more.")  # fmt: skip
+        raise ValueError(
+            f"--resume: the checkpoint has {ckpt['epochs_done']} epochs, more "
+            f"than --epochs {epochs}; pass --epochs {ckpt['epochs_done']} or "
+            "more."
+        )
     return ckpt
 
 
@@ -186,16 +192,20 @@ def train_command(
 
     epochs, members, batch_size = spec["epochs"], spec["members"], spec["batch_size"]
     if epochs < 1:
-        raise ValueError(f"--epochs must be at least 1, got {epochs}: a model trained for no "
-                         "epoch is its random initialisation.")  # fmt: skip
+        raise ValueError(
+            f"--epochs must be at least 1, got {epochs}: a model trained for no "
+            "epoch is its random initialisation."
+        )
     for name, value in (("--members", members), ("--batch-size", batch_size)):
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}.")
     offset, k = parse_shard(shard, members)
     member_range = [offset, offset + k]
     # what a checkpoint must match to be resumed (more epochs may be asked for)
-    ckpt_record = {"spec": {k_: v for k_, v in spec.items() if k_ != "epochs"},
-                   "member_range": member_range}  # fmt: skip
+    ckpt_record = {
+        "spec": {k_: v for k_, v in spec.items() if k_ != "epochs"},
+        "member_range": member_range,
+    }
     stage = OutputDirectory(out, "train").stage  # for the error below, before any claim
     try:
         # the checkpoint of an interrupted training stays in the stage, for --resume
@@ -205,8 +215,10 @@ def train_command(
             if finished is not None and not force:
                 if finished["spec"] == spec and finished["member_range"] == member_range:
                     target.abandon()
-                    return (f"{out} already holds this model (same options); nothing to do. "
-                            "Pass --force to train it again.")  # fmt: skip
+                    return (
+                        f"{out} already holds this model (same options); nothing to do. "
+                        "Pass --force to train it again."
+                    )
                 raise RunRefused(
                     f"{out} holds a model trained with other options "
                     f"({', '.join(option_changes(finished['spec'], spec))}); pass --force to "
@@ -218,13 +230,17 @@ def train_command(
             kept = f"; the model already in {out} is unchanged" if finished else ""
 
             def saved(n: int, folder: Path) -> None:
-                set_resume_hint(f"kept the checkpoint after epoch {n} of {epochs} in "
-                                f"{folder}{kept}; continue with the same command and "
-                                "--resume")  # fmt: skip
+                set_resume_hint(
+                    f"kept the checkpoint after epoch {n} of {epochs} in "
+                    f"{folder}{kept}; continue with the same command and "
+                    "--resume"
+                )
 
             if ckpt is None:
-                set_resume_hint(f"no epoch had finished, so nothing was kept{kept}; rerun "
-                                "the same command to start again")  # fmt: skip
+                set_resume_hint(
+                    f"no epoch had finished, so nothing was kept{kept}; rerun "
+                    "the same command to start again"
+                )
             else:
                 saved(done, Path(ckpt["folder"]))
             adata, title = training_data(spec)
@@ -239,29 +255,44 @@ def train_command(
                         lambda n: EnsembleSCVI(
                             adata, n_members=n, ensemble=spec["ensemble"], seed=spec["seed"]
                         ),
-                        k, batch_size, adata.n_vars, accelerator,
+                        k,
+                        batch_size,
+                        adata.n_vars,
+                        accelerator,
                         also_built=members if shard else 0,
-                    )  # fmt: skip
+                    )
                     model = EnsembleSCVI(
-                        adata, n_members=k, ensemble=spec["ensemble"], seed=spec["seed"],
-                        member_offset=offset, n_members_total=members,
-                    )  # fmt: skip
+                        adata,
+                        n_members=k,
+                        ensemble=spec["ensemble"],
+                        seed=spec["seed"],
+                        member_offset=offset,
+                        n_members_total=members,
+                    )
                 span = f" (epochs {done + 1}..{epochs})" if done else ""
                 log(f"training {model._model_summary_string} for {epochs - done} epochs{span}")
                 checkpoint = EpochCheckpoint(
-                    model, target.stage / "checkpoint", record=ckpt_record,
-                    epochs_before=done, on_save=saved,
-                )  # fmt: skip
+                    model,
+                    target.stage / "checkpoint",
+                    record=ckpt_record,
+                    epochs_before=done,
+                    on_save=saved,
+                )
                 if done < epochs:
                     model.train(
-                        max_epochs=epochs - done, batch_size=batch_size, seed=spec["seed"],
-                        callbacks=[checkpoint], plan_kwargs=kl_continuation(done),
-                        accelerator=accelerator, devices=devices,
+                        max_epochs=epochs - done,
+                        batch_size=batch_size,
+                        seed=spec["seed"],
+                        callbacks=[checkpoint],
+                        plan_kwargs=kl_continuation(done),
+                        accelerator=accelerator,
+                        devices=devices,
                         compile_likelihood=compile_likelihood,
-                    )  # fmt: skip
+                    )
             model.save(target.stage, overwrite=True)
-            write_train_record(target.stage, spec, model, epochs_trained=epochs,
-                               resumed_after=done or None)  # fmt: skip
+            write_train_record(
+                target.stage, spec, model, epochs_trained=epochs, resumed_after=done or None
+            )
             with deferred():  # the checkpoint goes and the model comes in one step
                 shutil.rmtree(target.stage / "checkpoint", ignore_errors=True)
                 target.commit()
@@ -278,8 +309,9 @@ def train_command(
     return f"wrote {out} (members {offset}..{offset + k - 1} of {members})"
 
 
-def merge_command(shards: Sequence[Path], out: Path, partial: bool = False, *,
-                  trust: bool = False) -> str:  # fmt: skip
+def merge_command(
+    shards: Sequence[Path], out: Path, partial: bool = False, *, trust: bool = False
+) -> str:
     """Merge shard directories written by ``train --shard`` into one model in ``out``.
 
     Parameters
@@ -304,20 +336,26 @@ def merge_command(shards: Sequence[Path], out: Path, partial: bool = False, *,
     records = []
     for d in shards:
         if not (d / "train.json").exists() or not (d / "model.pt").exists():
-            raise ValueError(f"{d} is not a finished `ensemblevi train` directory (train.json "
-                             "and model.pt expected).")  # fmt: skip
+            raise ValueError(
+                f"{d} is not a finished `ensemblevi train` directory (train.json "
+                "and model.pt expected)."
+            )
         records.append(read_train_record(d))
     spec = records[0]["spec"]
     different = [str(d) for d, r in zip(shards, records, strict=True) if r["spec"] != spec]
     if different:
-        raise ValueError(f"{', '.join(different)} trained with other options than "
-                         f"{shards[0]}; only shards of one `train` command merge.")  # fmt: skip
+        raise ValueError(
+            f"{', '.join(different)} trained with other options than "
+            f"{shards[0]}; only shards of one `train` command merge."
+        )
     gaps = missing_members([r["member_range"] for r in records], spec["members"])
     if gaps and not partial:
         shown = ", ".join(f"{a}..{b - 1}" for a, b in gaps)
-        raise ValueError(f"the shards given hold only part of the {spec['members']}-member "
-                         f"ensemble: members {shown} are missing. Give every shard directory, "
-                         "or pass --partial to merge only these.")  # fmt: skip
+        raise ValueError(
+            f"the shards given hold only part of the {spec['members']}-member "
+            f"ensemble: members {shown} are missing. Give every shard directory, "
+            "or pass --partial to merge only these."
+        )
     with staged_output(out, "merge") as target:
         adata, _ = training_data(spec)
         with quiet_third_party():

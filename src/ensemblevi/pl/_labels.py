@@ -60,27 +60,42 @@ def label_calibration(
         full = table["n_cells"] > 0
         width = float(table["high"].iloc[0] - table["low"].iloc[0])
         mid = (table["low"] + table["high"]) / 2
-        rel.bar(mid[full], table["accuracy"][full], width=width * 0.9, color="#2e86c1",
-                label="accuracy")  # fmt: skip
-        rel.plot(table["confidence"][full], table["confidence"][full], "o", ms=3,
-                 color="black", label="mean confidence")  # fmt: skip
+        rel.bar(
+            mid[full], table["accuracy"][full], width=width * 0.9, color="#2e86c1", label="accuracy"
+        )
+        rel.plot(
+            table["confidence"][full],
+            table["confidence"][full],
+            "o",
+            ms=3,
+            color="black",
+            label="mean confidence",
+        )
         rel.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
-        for x, (n, acc) in zip(mid[full], table.loc[full, ["n_cells", "accuracy"]].values,
-                               strict=True):  # fmt: skip
+        for x, (n, acc) in zip(
+            mid[full], table.loc[full, ["n_cells", "accuracy"]].values, strict=True
+        ):
             rel.text(x, min(acc + 0.02, 1.02), str(int(n)), ha="center", fontsize=6)
         rel.set_xlim(0, 1)
         rel.set_ylim(0, 1.08)
         rel.set_xlabel("confidence (max probability)")
         rel.set_ylabel("accuracy")
-        rel.set_title(f"ECE {summary['ece']:.3f}, accuracy {summary['accuracy']:.3f}\n"
-                      f"NLL {summary['nll']:.3f}, {summary['n_cells']} cells")  # fmt: skip
+        rel.set_title(
+            f"ECE {summary['ece']:.3f}, accuracy {summary['accuracy']:.3f}\n"
+            f"NLL {summary['nll']:.3f}, {summary['n_cells']} cells"
+        )
         rel.legend(loc="upper left", frameon=False, fontsize=7)
         gap = pd.to_numeric(per_type["overconfidence"], errors="coerce").fillna(0.0)
         y = np.arange(len(per_type))
         types.barh(y, gap, color=["#c0392b" if g > 0 else "#27ae60" for g in gap])
         types.axvline(0, color="black", lw=0.8)
-        types.set_yticks(y, [f"{t} (n={n})" for t, n in zip(per_type["cell_type"],
-                                                            per_type["n_cells"], strict=True)])
+        types.set_yticks(
+            y,
+            [
+                f"{t} (n={n})"
+                for t, n in zip(per_type["cell_type"], per_type["n_cells"], strict=True)
+            ],
+        )
         types.invert_yaxis()
         types.set_xlabel("confidence - precision of its calls")
         types.set_title("per type")
@@ -130,14 +145,22 @@ def label_confusion(
         for i in range(counts.shape[0]):
             for j in range(counts.shape[1]):
                 if counts[i, j]:
-                    axis.text(j, i, str(int(counts[i, j])), ha="center", va="center",
-                              fontsize=6, color="white" if shown[i, j] > 0.6 * shown.max()
-                              else "black")  # fmt: skip
-        axis.set_xticks(range(counts.shape[1]), [str(c) for c in table.columns],
-                        rotation=60, ha="right")  # fmt: skip
+                    axis.text(
+                        j,
+                        i,
+                        str(int(counts[i, j])),
+                        ha="center",
+                        va="center",
+                        fontsize=6,
+                        color="white" if shown[i, j] > 0.6 * shown.max() else "black",
+                    )
+        axis.set_xticks(
+            range(counts.shape[1]), [str(c) for c in table.columns], rotation=60, ha="right"
+        )
         axis.set_yticks(range(n), [str(i) for i in table.index])
         axis.set_xlabel("predicted")
         axis.set_ylabel("true")
-        fig.colorbar(image, ax=axis, label="share of the true type" if normalize else "cells",
-                     shrink=0.8)  # fmt: skip
+        fig.colorbar(
+            image, ax=axis, label="share of the true type" if normalize else "cells", shrink=0.8
+        )
     return finish(fig, [axis], "label_confusion", show, save, return_fig)

@@ -122,15 +122,27 @@ def calibration(
         fig, (ax_pit, ax_cov) = panels(2, ax, ncols=2, size=(4.2, 3.4))
         edges = np.linspace(0, 1, n_bins + 1)
         for i, (label, res) in enumerate(results.items()):
-            ax_pit.hist(np.ravel(res["pit"]), bins=edges, density=True, histtype="step",
-                        color=f"C{i}", label=label, lw=1.4)  # fmt: skip
+            ax_pit.hist(
+                np.ravel(res["pit"]),
+                bins=edges,
+                density=True,
+                histtype="step",
+                color=f"C{i}",
+                label=label,
+                lw=1.4,
+            )
             cov = res["coverage"]
             ax_cov.plot(cov.index, cov["randomized"], "o-", color=f"C{i}", label=label, ms=4)
         ax_pit.axhline(1.0, color="0.4", ls="--", lw=0.8)
         ax_pit.set(xlabel="randomised PIT", ylabel="density", title="PIT histogram")
         ax_cov.plot([0, 1], [0, 1], color="0.4", ls="--", lw=0.8)
-        ax_cov.set(xlim=(0.4, 1.0), ylim=(0.4, 1.0), xlabel="nominal level",
-                   ylabel="observed coverage", title="central interval coverage")  # fmt: skip
+        ax_cov.set(
+            xlim=(0.4, 1.0),
+            ylim=(0.4, 1.0),
+            xlabel="nominal level",
+            ylabel="observed coverage",
+            title="central interval coverage",
+        )
         ax_cov.legend(fontsize=7, frameon=False)
     return finish(fig, [ax_pit, ax_cov], "calibration", show, save, return_fig)
 
@@ -199,17 +211,34 @@ def de_volcano(
         if ax is None:
             import matplotlib.pyplot as plt
 
-            fig, (axis, ax2) = plt.subplots(1, 2, figsize=(10, 4.2), layout="constrained",
-                                            gridspec_kw={"width_ratios": [3, 2]})  # fmt: skip
+            fig, (axis, ax2) = plt.subplots(
+                1, 2, figsize=(10, 4.2), layout="constrained", gridspec_kw={"width_ratios": [3, 2]}
+            )
         else:
             fig, (axis, ax2) = panels(2, ax)
-        axis.errorbar(lfc, p, xerr=[lfc - table["lfc_q2.5"], table["lfc_q97.5"] - lfc],
-                      fmt="none", ecolor="0.8", elinewidth=0.6, zorder=1)  # fmt: skip
+        axis.errorbar(
+            lfc,
+            p,
+            xerr=[lfc - table["lfc_q2.5"], table["lfc_q97.5"] - lfc],
+            fmt="none",
+            ecolor="0.8",
+            elinewidth=0.6,
+            zorder=1,
+        )
         axis.scatter(lfc[~called], p[~called], s=8, color="0.55", label="not called", zorder=2)
-        axis.scatter(lfc[called], p[called], s=10, color="C3", label=f"called ({called.sum()})",
-                     zorder=3)  # fmt: skip
-        axis.scatter(lfc[flips], p[flips], s=28, facecolors="none", edgecolors="k", lw=0.5,
-                     label=f"call flips between members ({flips.sum()})", zorder=4)  # fmt: skip
+        axis.scatter(
+            lfc[called], p[called], s=10, color="C3", label=f"called ({called.sum()})", zorder=3
+        )
+        axis.scatter(
+            lfc[flips],
+            p[flips],
+            s=28,
+            facecolors="none",
+            edgecolors="k",
+            lw=0.5,
+            label=f"call flips between members ({flips.sum()})",
+            zorder=4,
+        )
         delta = params.get("delta")
         if delta is not None:
             for x in (-delta, delta):
@@ -219,19 +248,31 @@ def de_volcano(
         labelled = np.flatnonzero(called if called.any() else p >= 0.5)
         top = labelled[np.argsort(-(p[labelled] + 1e-3 * np.abs(lfc[labelled])))][:n_labels]
         for j, i in enumerate(top):  # staggered: top genes often share p = 1
-            axis.annotate(table.index[i], (lfc[i], p[i]), fontsize=6,
-                          xytext=(4, -6 - 8 * (j % 4)), textcoords="offset points",
-                          arrowprops={"arrowstyle": "-", "lw": 0.3})  # fmt: skip
+            axis.annotate(
+                table.index[i],
+                (lfc[i], p[i]),
+                fontsize=6,
+                xytext=(4, -6 - 8 * (j % 4)),
+                textcoords="offset points",
+                arrowprops={"arrowstyle": "-", "lw": 0.3},
+            )
         target = calls_col[0].removeprefix("is_de_fdr_")
-        axis.set(xlabel="LFC (log2, posterior median; bar: 95% interval)",
-                 ylabel="P(|LFC| >= delta)", ylim=(-0.03, 1.03),
-                 title=title or f"DE calls at posterior expected FDR {target}")  # fmt: skip
+        axis.set(
+            xlabel="LFC (log2, posterior median; bar: 95% interval)",
+            ylabel="P(|LFC| >= delta)",
+            ylim=(-0.03, 1.03),
+            title=title or f"DE calls at posterior expected FDR {target}",
+        )
         axis.legend(fontsize=7, loc="center right" if np.median(lfc) < 0 else "center left")
         spread = table["lfc_member_std"].to_numpy()
         ax2.scatter(np.abs(lfc[~called]), spread[~called], s=8, color="0.55")
         ax2.scatter(np.abs(lfc[called]), spread[called], s=10, color="C3")
-        ax2.scatter(np.abs(lfc[flips]), spread[flips], s=28, facecolors="none", edgecolors="k",
-                    lw=0.5)  # fmt: skip
-        ax2.set(xlabel="|LFC| (posterior median)", ylabel="between-member SD of the LFC",
-                title="member disagreement")  # fmt: skip
+        ax2.scatter(
+            np.abs(lfc[flips]), spread[flips], s=28, facecolors="none", edgecolors="k", lw=0.5
+        )
+        ax2.set(
+            xlabel="|LFC| (posterior median)",
+            ylabel="between-member SD of the LFC",
+            title="member disagreement",
+        )
     return finish(fig, [axis, ax2], "de_volcano", show, save, return_fig)

@@ -66,8 +66,11 @@ def novelty_umap(
             "embedding=True) or ensemblevi.tl.expression_umap first."
         )
     extra = [color] if isinstance(color, str) else list(color or [])
-    scores = [c for c in (f"{key}_novelty_knn", f"{key}_novelty_cv", f"{key}_novelty_llgap")
-              if c in adata.obs]
+    scores = [
+        c
+        for c in (f"{key}_novelty_knn", f"{key}_novelty_cv", f"{key}_novelty_llgap")
+        if c in adata.obs
+    ]
     columns = scores + extra
     if not columns:
         raise ValueError("No novelty scores in adata.obs; run ensemblevi.tl.cell_novelty.")
@@ -75,10 +78,18 @@ def novelty_umap(
         fig, axes = panels(len(columns), ax, ncols=len(columns), size=(4.0, 3.2))
         for axis, col in zip(axes, columns, strict=True):
             sc.pl.embedding(
-                adata, basis, color=col, ax=axis, show=False, save=False, size=size,
-                norm=LogNorm() if col in scores else None, cmap="magma" if col in scores else None,
-                title=col.removeprefix(f"{key}_"), frameon=True,
-            )  # fmt: skip
+                adata,
+                basis,
+                color=col,
+                ax=axis,
+                show=False,
+                save=False,
+                size=size,
+                norm=LogNorm() if col in scores else None,
+                cmap="magma" if col in scores else None,
+                title=col.removeprefix(f"{key}_"),
+                frameon=True,
+            )
             axis.set_xlabel("UMAP 1")
             axis.set_ylabel("UMAP 2")
     return finish(fig, axes, "novelty_umap", show, save, return_fig)
@@ -123,8 +134,9 @@ def group_novelty(
 
     stored = adata.uns.get(key, {}).get("group_novelty")
     if stored is None:
-        raise ValueError(f"No adata.uns[{key!r}]['group_novelty']; run "
-                         "ensemblevi.tl.group_novelty first.")  # fmt: skip
+        raise ValueError(
+            f"No adata.uns[{key!r}]['group_novelty']; run ensemblevi.tl.group_novelty first."
+        )
     table = pd.DataFrame(stored["table"]).set_index("group")
     share = "share_flagged" in table  # the majority test: the share of cells flagged
     value = pd.to_numeric(table["share_flagged" if share else "auroc"], errors="coerce")
@@ -136,21 +148,30 @@ def group_novelty(
         fig, (axis,) = panels(1, ax, ncols=1, size=(5.2, height))
         novel = table["is_novel"].astype(bool).to_numpy()
         y = range(len(table))
-        axis.barh(y, value.fillna(base).to_numpy() - base, left=base,
-                  color=["#c0392b" if v else "#95a5a6" for v in novel])  # fmt: skip
+        axis.barh(
+            y,
+            value.fillna(base).to_numpy() - base,
+            left=base,
+            color=["#c0392b" if v else "#95a5a6" for v in novel],
+        )
         line = stored.get("min_share", 0.5) if share else 0.5
         axis.axvline(line, color="black", lw=0.8, ls="--" if share else "-")
         axis.set_yticks(list(y), [str(g) for g in table.index])
         axis.set_xlim(0, 1.25)
         for i, (g, row) in enumerate(table.iterrows()):
             q = pd.to_numeric(row["qval"], errors="coerce")
-            text = (f"n={int(row['n_cells'])}, not tested" if pd.isna(q) else
-                    f"n={int(row['n_cells'])}, q={q:.1g}")  # fmt: skip
+            text = (
+                f"n={int(row['n_cells'])}, not tested"
+                if pd.isna(q)
+                else f"n={int(row['n_cells'])}, q={q:.1g}"
+            )
             x = base if pd.isna(value[g]) else max(float(value[g]), base)
             axis.text(x + 0.01, i, text, va="center", fontsize=7)
         if share:
-            axis.set_xlabel(f"share of cells flagged (per-cell rule at "
-                            f"{100 * stored['cell_alpha']:g}%; dashed: null share)")  # fmt: skip
+            axis.set_xlabel(
+                f"share of cells flagged (per-cell rule at "
+                f"{100 * stored['cell_alpha']:g}%; dashed: null share)"
+            )
         else:
             axis.set_xlabel(f"AUROC of {stored['score']} against the reference cells")
         axis.set_title(f"Is each {stored['groupby']} group novel? (red: q < {stored['fdr']:g})")

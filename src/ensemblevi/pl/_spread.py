@@ -85,8 +85,15 @@ def model_spread(
         fig, axes = panels(len(pairs), ax, ncols)
         for axis, (group, gene) in zip(axes, pairs, strict=True):
             sel = _rows(cells, group, gene).sort_values("density")  # dense points on top
-            points = axis.scatter(sel["mean"], sel["std"], c=sel["density"], s=4, norm=norm,
-                                  cmap="viridis", linewidths=0)  # fmt: skip
+            points = axis.scatter(
+                sel["mean"],
+                sel["std"],
+                c=sel["density"],
+                s=4,
+                norm=norm,
+                cmap="viridis",
+                linewidths=0,
+            )
             axis.axline((0, 0), slope=threshold, ls="--", color="0.5", lw=0.8)
             axis.set_xlim(left=0)
             axis.set_ylim(bottom=0)
@@ -249,8 +256,9 @@ def gene_uncertainty(
         axis.scatter(var[mean], var[col], s=5, color="0.5", lw=0)
         if highlight:
             hl = var.loc[var.index.isin(list(highlight))]
-            axis.scatter(hl[mean], hl[col], s=30, facecolor="none", edgecolor="tab:red",
-                         label="markers")  # fmt: skip
+            axis.scatter(
+                hl[mean], hl[col], s=30, facecolor="none", edgecolor="tab:red", label="markers"
+            )
             for gene, row in hl.iterrows():
                 axis.annotate(gene, (row[mean], row[col]), fontsize=7, color="tab:red")
             axis.legend(frameon=False)

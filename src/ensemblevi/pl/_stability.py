@@ -58,8 +58,14 @@ def cluster_stability(
         ok = table["reproducible"].astype(bool).to_numpy()
         axis.bar(x, table["stability"], color=np.where(ok, "#2e86c1", "#b3b6b7"))
         axis.axhline(threshold, color="black", ls="--", lw=0.8)
-        axis.text(-0.5, 1.06, f"dashed: threshold {threshold:g} (grey bars: not "
-                  "reproducible); mk: marker-set Jaccard", ha="left", fontsize=7)  # fmt: skip
+        axis.text(
+            -0.5,
+            1.06,
+            f"dashed: threshold {threshold:g} (grey bars: not "
+            "reproducible); mk: marker-set Jaccard",
+            ha="left",
+            fontsize=7,
+        )
         for i, row in table.iterrows():
             label = f"n={int(row['n_cells'])}"
             if "marker_jaccard" in table:
@@ -70,8 +76,10 @@ def cluster_stability(
         axis.set_xlim(-0.6, len(table) - 0.4)
         axis.set_xlabel("consensus Leiden cluster")
         axis.set_ylabel("stability (mean best-match Jaccard)")
-        axis.set_title(f"Do the clusters hold up across {len(stored['ari'])} members? "
-                       f"(mean ARI {stored['mean_ari']:.2f})")  # fmt: skip
+        axis.set_title(
+            f"Do the clusters hold up across {len(stored['ari'])} members? "
+            f"(mean ARI {stored['mean_ari']:.2f})"
+        )
     return finish(fig, [axis], "cluster_stability", show, save, return_fig)
 
 
@@ -115,19 +123,34 @@ def stability_umap(
 
     stored_result(adata, key, "cluster_stability")
     if basis not in adata.obsm:
-        raise ValueError(f"No adata.obsm[{basis!r}]; run ensemblevi.tl.expression_umap (or "
-                         "tl.uncertainty_analysis(..., embedding=True)) first.")  # fmt: skip
-    columns = [f"{key}_neighbourhood_stability", f"{key}_consensus_leiden",
-               f"{key}_cluster_agreement"]  # fmt: skip
+        raise ValueError(
+            f"No adata.obsm[{basis!r}]; run ensemblevi.tl.expression_umap (or "
+            "tl.uncertainty_analysis(..., embedding=True)) first."
+        )
+    columns = [
+        f"{key}_neighbourhood_stability",
+        f"{key}_consensus_leiden",
+        f"{key}_cluster_agreement",
+    ]
     with style():
         fig, axes = panels(3, ax, ncols=3, size=(4.0, 3.2))
         for axis, col in zip(axes, columns, strict=True):
             numeric = not col.endswith("leiden")
-            sc.pl.embedding(adata, basis, color=col, ax=axis, show=False, save=False, size=size,
-                            cmap="viridis" if numeric else None, vmin=0 if numeric else None,
-                            vmax=1 if numeric else None, title=col.removeprefix(f"{key}_"),
-                            legend_loc="on data" if not numeric else "right margin",
-                            frameon=True)  # fmt: skip
+            sc.pl.embedding(
+                adata,
+                basis,
+                color=col,
+                ax=axis,
+                show=False,
+                save=False,
+                size=size,
+                cmap="viridis" if numeric else None,
+                vmin=0 if numeric else None,
+                vmax=1 if numeric else None,
+                title=col.removeprefix(f"{key}_"),
+                legend_loc="on data" if not numeric else "right margin",
+                frameon=True,
+            )
             axis.set_xlabel("UMAP 1")
             axis.set_ylabel("UMAP 2")
     return finish(fig, axes, "stability_umap", show, save, return_fig)
@@ -184,11 +207,14 @@ def member_embeddings(
     """
     import scanpy as sc
 
-    keys = sorted((k for k in adata.obsm if k.startswith("X_umap_member_")),
-                  key=lambda k: int(k.rsplit("_", 1)[1]))  # fmt: skip
+    keys = sorted(
+        (k for k in adata.obsm if k.startswith("X_umap_member_")),
+        key=lambda k: int(k.rsplit("_", 1)[1]),
+    )
     if not keys:
-        raise ValueError("No adata.obsm['X_umap_member_<k>']; run ensemblevi.tl.member_umaps "
-                         "first.")  # fmt: skip
+        raise ValueError(
+            "No adata.obsm['X_umap_member_<k>']; run ensemblevi.tl.member_umaps first."
+        )
     if color is None and f"{key}_consensus_leiden" in adata.obs:
         color = f"{key}_consensus_leiden"
     first = np.asarray(adata.obsm[keys[0]])
@@ -199,9 +225,18 @@ def member_embeddings(
         fig, axes = panels(len(keys), ax, ncols=min(len(keys), 4), size=(3.2, 3.0))
         for axis, k in zip(axes, keys, strict=True):
             tmp.obsm["X_shown"] = _aligned(first, np.asarray(adata.obsm[k]))
-            sc.pl.embedding(tmp, "X_shown", color=color, ax=axis, show=False, save=False,
-                            size=size, title=f"member {k.rsplit('_', 1)[1]}", frameon=True,
-                            legend_loc="on data" if color else None)  # fmt: skip
+            sc.pl.embedding(
+                tmp,
+                "X_shown",
+                color=color,
+                ax=axis,
+                show=False,
+                save=False,
+                size=size,
+                title=f"member {k.rsplit('_', 1)[1]}",
+                frameon=True,
+                legend_loc="on data" if color else None,
+            )
             axis.set_xlabel("UMAP 1 (aligned)")
             axis.set_ylabel("UMAP 2")
     if color and f"{color}_colors" in tmp.uns:

@@ -124,8 +124,9 @@ def uncertainty_analysis(
     if novelty:
         scores = novelty_scores(model, adata, summary, seed)
         info = {"n_samples": int(n_samples), "seed": int(seed)}
-        out["novelty"] = flag_novel_cells(model, adata, scores, alpha, info, key_added,
-                                          progress=progress)  # fmt: skip
+        out["novelty"] = flag_novel_cells(
+            model, adata, scores, alpha, info, key_added, progress=progress
+        )
     if expression is not None:
         umap(adata, expression.values, UMAP_KEY, seed=seed)
         del expression

@@ -15,12 +15,14 @@ from ensemblevi._constants import DE_KEY
 from ensemblevi.model.base._de_core import (  # noqa: F401  (re-exported: ev.tl API)
     ESTIMANDS,
     LIBRARY_SIZE,
-    cell_pair_lfc,
     expected_fdr,
     fdr_calls,
+    summarise_lfc,
+)
+from ensemblevi.model.base._de_lfc import (  # noqa: F401  (re-exported: ev.tl API)
+    cell_pair_lfc,
     lfc_posterior,
     population_lfc,
-    summarise_lfc,
 )
 
 
@@ -91,14 +93,36 @@ def differential_expression(
     The DE table, one row per gene and comparison.
     """
     return model.differential_expression(
-        adata, groupby=groupby, group1=group1, group2=group2, idx1=idx1, idx2=idx2,
-        mode=mode, delta=delta, batch_size=batch_size, all_stats=all_stats,
-        batch_correction=batch_correction, batchid1=batchid1, batchid2=batchid2,
-        fdr_target=fdr_target, silent=silent, weights=weights,
+        adata,
+        groupby=groupby,
+        group1=group1,
+        group2=group2,
+        idx1=idx1,
+        idx2=idx2,
+        mode=mode,
+        delta=delta,
+        batch_size=batch_size,
+        all_stats=all_stats,
+        batch_correction=batch_correction,
+        batchid1=batchid1,
+        batchid2=batchid2,
+        fdr_target=fdr_target,
+        silent=silent,
+        weights=weights,
         filter_outlier_cells=filter_outlier_cells,
-        importance_weighting_kwargs=importance_weighting_kwargs, estimand=estimand,
-        n_samples=n_samples, max_cells=max_cells, pseudocounts=pseudocounts, seed=seed,
-        key_added=key_added, progress=progress, null_check=null_check, n_null=n_null,
-        sample_key=sample_key, method=method, design=design, lfc_threshold=lfc_threshold,
+        importance_weighting_kwargs=importance_weighting_kwargs,
+        estimand=estimand,
+        n_samples=n_samples,
+        max_cells=max_cells,
+        pseudocounts=pseudocounts,
+        seed=seed,
+        key_added=key_added,
+        progress=progress,
+        null_check=null_check,
+        n_null=n_null,
+        sample_key=sample_key,
+        method=method,
+        design=design,
+        lfc_threshold=lfc_threshold,
         **kwargs,
-    )  # fmt: skip
+    )

@@ -128,8 +128,12 @@ def umap(
         raise ValueError(f"values has {n} rows for {adata.n_obs} cells.")
     n_comps = max(1, min(n_pcs, values.shape[1] - 1, n - 1))
     with forked_rng(seed):
-        u, s, _ = torch.pca_lowrank(torch.from_numpy(values), q=min(n_comps + 10, n - 1,
-                                    values.shape[1]), center=True, niter=4)  # fmt: skip
+        u, s, _ = torch.pca_lowrank(
+            torch.from_numpy(values),
+            q=min(n_comps + 10, n - 1, values.shape[1]),
+            center=True,
+            niter=4,
+        )
     pcs = (u[:, :n_comps] * s[:n_comps]).numpy()
     k = min(n_neighbors, n)
     with sklearn.config_context(working_memory=64):  # distance chunks of <= 64 MB, not 1 GB
@@ -140,9 +144,14 @@ def umap(
     tmp.uns["neighbors"] = {
         "connectivities_key": "connectivities",
         "distances_key": "distances",
-        "params": {"n_neighbors": k, "method": "umap", "metric": "euclidean",
-                   "random_state": seed, "use_rep": "X_pca"},
-    }  # fmt: skip
+        "params": {
+            "n_neighbors": k,
+            "method": "umap",
+            "metric": "euclidean",
+            "random_state": seed,
+            "use_rep": "X_pca",
+        },
+    }
     sc.tl.umap(tmp, random_state=seed, maxiter=n_epochs)
     adata.obsm[key_added] = tmp.obsm["X_umap"]
     if graph_key is not None:
@@ -222,14 +231,16 @@ def member_umaps(
     The ``obsm`` keys written, ``X_umap_member_<k>``.
     """
     adata = model._validate_anndata(adata)
-    chosen = list(range(min(members, model.n_members))) if isinstance(members, int) else [
-        model._check_member(k) for k in members]
+    chosen = (
+        list(range(min(members, model.n_members)))
+        if isinstance(members, int)
+        else [model._check_member(k) for k in members]
+    )
     keys = []
     latents = member_latents(model, adata)  # one encoder pass for all members, reused
     for k in chosen:
         z = latents[k]
         key = f"X_umap_member_{k}"
-        umap(adata, z, key, n_pcs=z.shape[1], n_neighbors=n_neighbors, n_epochs=n_epochs,
-             seed=seed)  # fmt: skip
+        umap(adata, z, key, n_pcs=z.shape[1], n_neighbors=n_neighbors, n_epochs=n_epochs, seed=seed)
         keys.append(key)
     return keys

@@ -44,8 +44,17 @@ from ._novelty_rule import (
 
 #: fewest tested cells a group needs to get a p-value
 MIN_GROUP_CELLS = 10
-COLUMNS = ("n_cells", "n_tested", "n_reference", "median_score", "median_reference", "auroc",
-           "pval", "qval", "is_novel")  # fmt: skip
+COLUMNS = (
+    "n_cells",
+    "n_tested",
+    "n_reference",
+    "median_score",
+    "median_reference",
+    "auroc",
+    "pval",
+    "qval",
+    "is_novel",
+)
 
 
 def _bh_calls(table: pd.DataFrame, fdr: float) -> pd.DataFrame:
@@ -120,10 +129,15 @@ def group_rank_test(
             ref = reference[reference_sets[g]]
         else:
             ref = reference if ref_groups is None else reference[ref_groups != g]
-        row = {"n_cells": int(x.size), "n_tested": int(x.size), "n_reference": int(ref.size),
-               "median_score": float(np.median(x)) if x.size else np.nan,
-               "median_reference": float(np.median(ref)) if ref.size else np.nan,
-               "auroc": np.nan, "pval": np.nan}  # fmt: skip
+        row = {
+            "n_cells": int(x.size),
+            "n_tested": int(x.size),
+            "n_reference": int(ref.size),
+            "median_score": float(np.median(x)) if x.size else np.nan,
+            "median_reference": float(np.median(ref)) if ref.size else np.nan,
+            "auroc": np.nan,
+            "pval": np.nan,
+        }
         if x.size >= min_cells and ref.size >= min_cells:
             row["auroc"] = rank_auroc(x, ref)
             row["pval"] = float(stats.mannwhitneyu(x, ref, alternative="greater").pvalue)
@@ -168,8 +182,12 @@ def group_share_test(
         f = flags[groups == g]
         n, x = int(f.size), int(f.sum())
         p = float(stats.binom.sf(x - 1, n, min_share)) if n >= min_cells else np.nan
-        rows[g] = {"n_tested": n, "n_flagged": x, "share_flagged": x / n if n else np.nan,
-                   "pval": p}  # fmt: skip
+        rows[g] = {
+            "n_tested": n,
+            "n_flagged": x,
+            "share_flagged": x / n if n else np.nan,
+            "pval": p,
+        }
     table = _bh_calls(pd.DataFrame.from_dict(rows, orient="index"), fdr)
     return table
 
@@ -284,10 +302,11 @@ def group_novelty(
         raise ValueError(f"reference must be 'auto', 'matched' or 'all', got {reference!r}.")
     adata = model._validate_anndata(adata)
     if groupby not in adata.obs:
-        raise ValueError(f"obs[{groupby!r}] is not in the AnnData; pass groupby= a column of "
-                         f"obs ({', '.join(map(str, adata.obs.columns[:8]))}, ...).")  # fmt: skip
-    ref = novelty_reference(model, reference_model, sample_key=sample_key,
-                            calibration=calibration)  # fmt: skip
+        raise ValueError(
+            f"obs[{groupby!r}] is not in the AnnData; pass groupby= a column of "
+            f"obs ({', '.join(map(str, adata.obs.columns[:8]))}, ...)."
+        )
+    ref = novelty_reference(model, reference_model, sample_key=sample_key, calibration=calibration)
     rows = reference_rows(model, adata, ref.adata)  # the model's own cells
     own = rows is not None
     if reference == "auto":
@@ -295,12 +314,23 @@ def group_novelty(
     column = f"{key_added}_{score}"
     stored = adata.uns.get(key_added, {}).get("cell_novelty", {})
     # the stored scores are reused only when they were calibrated on the same cells
-    same = (stored.get("sample_key") == sample_key and "calibration_cells" in stored
-            and np.array_equal(stored["calibration_cells"], ref.calibration))  # fmt: skip
+    same = (
+        stored.get("sample_key") == sample_key
+        and "calibration_cells" in stored
+        and np.array_equal(stored["calibration_cells"], ref.calibration)
+    )
     if column not in adata.obs or "calibration_scores" not in stored or not same:
-        cell_novelty(model, adata, n_samples=n_samples, seed=seed, key_added=key_added,
-                     progress=progress, reference_model=reference_model,
-                     sample_key=sample_key, calibration=calibration)  # fmt: skip
+        cell_novelty(
+            model,
+            adata,
+            n_samples=n_samples,
+            seed=seed,
+            key_added=key_added,
+            progress=progress,
+            reference_model=reference_model,
+            sample_key=sample_key,
+            calibration=calibration,
+        )
         stored = adata.uns[key_added]["cell_novelty"]
     val = ref.calibration
     ref_scores = np.asarray(stored["calibration_scores"][score], dtype=np.float64)
@@ -312,15 +342,24 @@ def group_novelty(
     sets = None
     if reference == "matched":
         sets = _matched_sets(model, adata, tested, labels, ref, n_neighbors)
-    table = group_rank_test(values[tested], labels[tested], ref_scores,
-                            labels[rows[val]] if own else None, fdr, min_cells, sets)  # fmt: skip
+    table = group_rank_test(
+        values[tested],
+        labels[tested],
+        ref_scores,
+        labels[rows[val]] if own else None,
+        fdr,
+        min_cells,
+        sets,
+    )
     if test == "majority":
         flags = _cell_flags(adata, stored, ref, rows, cell_alpha, key_added)
         share = group_share_test(flags[tested], labels[tested], min_share, fdr, min_cells)
-        table = table.drop(columns=["pval", "qval", "is_novel"]).join(share.drop(
-            columns="n_tested"))
-        table = table.sort_values(["qval", "share_flagged"], ascending=[True, False],
-                                  na_position="last")  # fmt: skip
+        table = table.drop(columns=["pval", "qval", "is_novel"]).join(
+            share.drop(columns="n_tested")
+        )
+        table = table.sort_values(
+            ["qval", "share_flagged"], ascending=[True, False], na_position="last"
+        )
     counts = pd.Series(labels).value_counts()
     missing = [g for g in counts.index if g not in table.index]
     if missing:  # groups whose every cell was a training cell
@@ -330,26 +369,40 @@ def group_novelty(
             extra["n_flagged"] = 0
         table = pd.concat([table, extra])
     table["n_cells"] = counts.loc[table.index].to_numpy()
-    numeric = {c: float for c in table.columns
-               if c not in ("n_cells", "n_tested", "is_novel")}  # fmt: skip
+    numeric = {c: float for c in table.columns if c not in ("n_cells", "n_tested", "is_novel")}
     # float NaN, not object, for untested groups: results.h5ad writes the table in uns
     table = table.astype({**numeric, "n_cells": int, "n_tested": int, "is_novel": bool})
     adata.uns.setdefault(key_added, {})["group_novelty"] = {
-        "groupby": groupby, "score": score, "fdr": float(fdr), "min_cells": int(min_cells),
-        "test": test, "cell_alpha": float(cell_alpha), "min_share": float(min_share),
-        "reference": (f"the {n_neighbors} nearest validation cells of each tested cell "
-                      "(member 0's latent space), tested cells left out" if reference ==
-                      "matched" else "validation cells of the other groups (leave-group-out)"
-                      if own else "all the model's validation cells"),
+        "groupby": groupby,
+        "score": score,
+        "fdr": float(fdr),
+        "min_cells": int(min_cells),
+        "test": test,
+        "cell_alpha": float(cell_alpha),
+        "min_share": float(min_share),
+        "reference": (
+            f"the {n_neighbors} nearest validation cells of each tested cell "
+            "(member 0's latent space), tested cells left out"
+            if reference == "matched"
+            else "validation cells of the other groups (leave-group-out)"
+            if own
+            else "all the model's validation cells"
+        ),
         "training_cells_tested": False,
         **ref.describe(),
         "table": table.reset_index(),
-    }  # fmt: skip
+    }
     return table
 
 
-def _cell_flags(adata: AnnData, stored: dict, ref: NoveltyReference, rows: np.ndarray | None,
-                cell_alpha: float, key_added: str) -> np.ndarray:  # fmt: skip
+def _cell_flags(
+    adata: AnnData,
+    stored: dict,
+    ref: NoveltyReference,
+    rows: np.ndarray | None,
+    cell_alpha: float,
+    key_added: str,
+) -> np.ndarray:
     """The per-cell rule at ``cell_alpha`` on ``novelty_knn``, from the stored scores."""
     cal = np.asarray(stored["calibration_scores"]["novelty_knn"], dtype=np.float64)
     values = adata.obs[f"{key_added}_novelty_knn"].to_numpy(dtype=np.float64)
@@ -357,14 +410,19 @@ def _cell_flags(adata: AnnData, stored: dict, ref: NoveltyReference, rows: np.nd
         threshold, _ = conformal_threshold(cal, cell_alpha)
         return values > threshold
     flags = np.zeros(adata.n_obs, dtype=bool)  # training cells are never tested
-    held_out, _ = cross_fit_flags(cal, cell_alpha, int(stored.get("seed", 0)),
-                                  ref.fold_samples)  # fmt: skip
+    held_out, _ = cross_fit_flags(cal, cell_alpha, int(stored.get("seed", 0)), ref.fold_samples)
     flags[rows[ref.calibration]] = held_out
     return flags
 
 
-def _matched_sets(model, adata: AnnData, tested: np.ndarray, labels: np.ndarray,
-                  ref: NoveltyReference, n_neighbors: int) -> dict:  # fmt: skip
+def _matched_sets(
+    model,
+    adata: AnnData,
+    tested: np.ndarray,
+    labels: np.ndarray,
+    ref: NoveltyReference,
+    n_neighbors: int,
+) -> dict:
     """Per group, positions (in ``val``) of the validation cells nearest to its tested
     cells in member 0's latent space, without the tested cells themselves."""
     from sklearn.neighbors import NearestNeighbors

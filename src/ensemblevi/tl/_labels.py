@@ -38,23 +38,29 @@ LabelScore = Literal["entropy", "mutual_information", "max_probability", "novelt
 SCORES = ("entropy", "mutual_information", "max_probability", "novelty_knn")
 
 
-def _calibration_cells(model, calibration, sample_key: str | None = None
-                       ) -> tuple[AnnData, np.ndarray, dict, np.ndarray | None]:  # fmt: skip
+def _calibration_cells(
+    model, calibration, sample_key: str | None = None
+) -> tuple[AnnData, np.ndarray, dict, np.ndarray | None]:
     """The held-out labelled cells (of the model's AnnData) the unknown rule is set on, what
     they are (for ``uns``) and each one's sample (``None``: samples unknown)."""
     if isinstance(calibration, str) or (calibration is None and sample_key is not None):
         ref = novelty_reference(model, sample_key=sample_key, calibration=calibration or "auto")
         keep = np.isin(ref.calibration, model._labeled_indices)
         if not keep.any():
-            raise ValueError("The held-out samples hold no labelled cell to calibrate the "
-                             "unknown rule on; pass calibration= or threshold=.")  # fmt: skip
+            raise ValueError(
+                "The held-out samples hold no labelled cell to calibrate the "
+                "unknown rule on; pass calibration= or threshold=."
+            )
         groups = None if ref.fold_samples is None else ref.fold_samples[keep]
         about = {**ref.describe(), "n_calibration_cells": int(keep.sum())}
         if groups is not None:
             about["n_calibration_samples"] = len(set(groups))
         return model.adata, ref.calibration[keep], about, groups
-    about = {"calibration_kind": TRAINING_SAMPLES, "sample_key": sample_key,
-             "rate_holds_for": "new cells of the samples the model trained on"}  # fmt: skip
+    about = {
+        "calibration_kind": TRAINING_SAMPLES,
+        "sample_key": sample_key,
+        "rate_holds_for": "new cells of the samples the model trained on",
+    }
     if calibration is None:
         val = getattr(model, "validation_indices", None)
         if val is None or not len(val):
@@ -77,8 +83,11 @@ def _calibration_cells(model, calibration, sample_key: str | None = None
             "calibration must be a boolean mask over the model's cells (model.adata), True "
             "for labelled cells the classifier did not train on."
         )
-    about = {"calibration_kind": "cells given (calibration mask)", "sample_key": sample_key,
-             "rate_holds_for": "new cells exchangeable with the cells given"}  # fmt: skip
+    about = {
+        "calibration_kind": "cells given (calibration mask)",
+        "sample_key": sample_key,
+        "rate_holds_for": "new cells exchangeable with the cells given",
+    }
     about["n_calibration_cells"] = int(mask.sum())
     return model.adata, np.flatnonzero(mask), about, None
 
@@ -89,8 +98,12 @@ def _tempered_parts(members: np.ndarray, t: float) -> dict[str, np.ndarray]:
     if t != 1.0:
         mix = apply_temperature(parts["probabilities"], t)
         ent = -(np.clip(mix, 1e-12, 1) * np.log(np.clip(mix, 1e-12, 1))).sum(1)
-        parts.update(probabilities=mix, confidence=mix.max(1), entropy=ent,
-                     mutual_information=np.maximum(ent - parts["expected_entropy"], 0.0))
+        parts.update(
+            probabilities=mix,
+            confidence=mix.max(1),
+            entropy=ent,
+            mutual_information=np.maximum(ent - parts["expected_entropy"], 0.0),
+        )
     return parts
 
 
@@ -186,8 +199,9 @@ def label_uncertainty(
     if score not in SCORES:
         raise ValueError(f"score must be one of {sorted(SCORES)}, got {score!r}.")
     if isinstance(calibration, str) and calibration not in CALIBRATIONS:
-        raise ValueError(f"calibration must be a boolean mask or one of {CALIBRATIONS}, got "
-                         f"{calibration!r}.")  # fmt: skip
+        raise ValueError(
+            f"calibration must be a boolean mask or one of {CALIBRATIONS}, got {calibration!r}."
+        )
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}.")
     if not hasattr(model, "predict_members"):
@@ -220,34 +234,61 @@ def label_uncertainty(
         from ._novelty import cell_novelty
 
         if calibration is not None and not isinstance(calibration, str):
-            raise ValueError("score='novelty_knn' is calibrated on the held-out cells chosen "
-                             "by sample_key and calibration='auto'/'unseen_samples'/"
-                             "'training_samples', not on a mask; use another score with a "
-                             "mask.")  # fmt: skip
-        cell_novelty(model, adata, alpha=alpha, key_added=key_added, progress=False,
-                     sample_key=sample_key, calibration=calibration or "auto")  # fmt: skip
+            raise ValueError(
+                "score='novelty_knn' is calibrated on the held-out cells chosen "
+                "by sample_key and calibration='auto'/'unseen_samples'/"
+                "'training_samples', not on a mask; use another score with a "
+                "mask."
+            )
+        cell_novelty(
+            model,
+            adata,
+            alpha=alpha,
+            key_added=key_added,
+            progress=False,
+            sample_key=sample_key,
+            calibration=calibration or "auto",
+        )
         nov = adata.uns[key_added]["cell_novelty"]
         unknown = adata.obs[f"{key_added}_is_novel"].to_numpy().astype(bool)
         untested = int(adata.n_obs - nov["n_tested"])
         if untested:
             # scANVI trains on unlabelled cells too: those are never tested by this score
-            warnings.warn(f"{untested:,} cells were trained on and are never called unknown by "
-                          "score='novelty_knn' (its scores are biased on them); use "
-                          "score='entropy' for cells the model trained on.", stacklevel=2)
+            warnings.warn(
+                f"{untested:,} cells were trained on and are never called unknown by "
+                "score='novelty_knn' (its scores are biased on them); use "
+                "score='entropy' for cells the model trained on.",
+                stacklevel=2,
+            )
         info["n_untested"] = untested
-        info.update(n_calibration=len(nov["calibration_cells"]), exact=True,
-                    calibration_fpr=float(nov["novelty_knn_fpr_heldout"]),
-                    fpr_measured_on=nov["fpr_measured_on"],
-                    **{k: nov[k] for k in ("calibration_kind", "n_calibration_cells",
-                                           "n_calibration_samples", "rate_holds_for",
-                                           "sample_key")})  # fmt: skip
+        info.update(
+            n_calibration=len(nov["calibration_cells"]),
+            exact=True,
+            calibration_fpr=float(nov["novelty_knn_fpr_heldout"]),
+            fpr_measured_on=nov["fpr_measured_on"],
+            **{
+                k: nov[k]
+                for k in (
+                    "calibration_kind",
+                    "n_calibration_cells",
+                    "n_calibration_samples",
+                    "rate_holds_for",
+                    "sample_key",
+                )
+            },
+        )
         threshold = float(nov["novelty_knn_threshold"])
     elif threshold is None:
         cal = _score(_tempered_parts(cal_members, t), score)
         threshold, exact = conformal_threshold(cal, alpha)
         flags, how = cross_fit_flags(cal, alpha, seed=0, groups=groups)
-        info.update(n_calibration=len(cal), exact=bool(exact),
-                    calibration_fpr=float(flags.mean()), **about, **how)  # fmt: skip
+        info.update(
+            n_calibration=len(cal),
+            exact=bool(exact),
+            calibration_fpr=float(flags.mean()),
+            **about,
+            **how,
+        )
     else:
         info.update(n_calibration=0, exact=False, calibration_fpr=float("nan"))
     if score != "novelty_knn":
@@ -264,11 +305,11 @@ def label_uncertainty(
     obs[f"{key_added}_label_unknown"] = unknown
     adata.obsm[f"{key_added}_label_probabilities"] = pd.DataFrame(
         # type names become HDF5 names in results.h5ad: "/A" would be a path
-        parts["probabilities"].astype(np.float32), index=adata.obs_names,
+        parts["probabilities"].astype(np.float32),
+        index=adata.obs_names,
         columns=[h5_key(t) for t in types],
     )
-    info.update(threshold=float(threshold), n_unknown=int(unknown.sum()),
-                n_cells=int(adata.n_obs))  # fmt: skip
+    info.update(threshold=float(threshold), n_unknown=int(unknown.sum()), n_cells=int(adata.n_obs))
     adata.uns.setdefault(key_added, {})["label_uncertainty"] = info
     return info
 
@@ -315,8 +356,9 @@ def label_calibration(
     probs = pd.DataFrame(adata.obsm[name])
     types = [from_h5_key(c) for c in probs.columns]
     truth = adata.obs[truth_key].astype(str).to_numpy()
-    keep = np.isin(truth, types) & (np.ones(adata.n_obs, bool) if mask is None
-                                    else np.asarray(mask, dtype=bool))  # fmt: skip
+    keep = np.isin(truth, types) & (
+        np.ones(adata.n_obs, bool) if mask is None else np.asarray(mask, dtype=bool)
+    )
     if not keep.any():
         raise ValueError(f"No cell has a true type (obs[{truth_key!r}]) among {types[:5]}...")
     p = probs.to_numpy(dtype=np.float64)[keep]
@@ -334,5 +376,7 @@ def label_calibration(
         "confusion": confusion_table(y, pred, types).reset_index(),
     }
     adata.uns.setdefault(key, {})["label_calibration"] = {
-        **out, "confusion": h5_columns(out["confusion"])}  # type names as HDF5 names
+        **out,
+        "confusion": h5_columns(out["confusion"]),
+    }  # type names as HDF5 names
     return out

@@ -79,8 +79,14 @@ def novelty_scores(
     )
 
 
-def _scores(model, adata: AnnData, n_samples: int, seed: int, progress: bool,
-            cells: np.ndarray | None = None) -> pd.DataFrame:  # fmt: skip
+def _scores(
+    model,
+    adata: AnnData,
+    n_samples: int,
+    seed: int,
+    progress: bool,
+    cells: np.ndarray | None = None,
+) -> pd.DataFrame:
     summary = UncertaintySummary(adata.n_obs, adata.n_vars)
     reducer = SummaryReducer(summary)
     if cells is None:
@@ -91,8 +97,10 @@ def _scores(model, adata: AnnData, n_samples: int, seed: int, progress: bool,
     elbo = model.get_elbo(adata, indices=cells, return_mean=False, return_table=True, seed=seed)
     members = torch.from_numpy(elbo.drop(columns="mixture").to_numpy().T)
     gap = (logmeanexp(members, 0) - members.mean(0)).numpy()
-    return pd.DataFrame({"novelty_cv": summary.cell_rms_cv[cells], "novelty_llgap": gap},
-                        index=adata.obs_names[cells])  # fmt: skip
+    return pd.DataFrame(
+        {"novelty_cv": summary.cell_rms_cv[cells], "novelty_llgap": gap},
+        index=adata.obs_names[cells],
+    )
 
 
 def _query_batch(model, adata: AnnData) -> str | None:
@@ -172,8 +180,7 @@ def flag_novel_cells(
     and ``is_novel`` (``novelty_knn_flag``).
     """
     scores = scores.copy()
-    ref = novelty_reference(model, reference_model, sample_key=sample_key,
-                            calibration=calibration)  # fmt: skip
+    ref = novelty_reference(model, reference_model, sample_key=sample_key, calibration=calibration)
     rows = reference_rows(model, adata, ref.adata)  # the model's own cells
     own = rows is not None
     seed = int(info.get("seed", 0))
@@ -182,31 +189,48 @@ def flag_novel_cells(
         calib = scores.iloc[rows[ref.calibration]].copy()
     elif (batch := _query_batch(model, adata)) is not None:
         info = {**info, "calibration_batch": batch}
-        calib = _scores(model, _in_batch(model, ref.adata[ref.calibration], batch),
-                        info.get("n_samples", 5), seed, progress)  # fmt: skip
+        calib = _scores(
+            model,
+            _in_batch(model, ref.adata[ref.calibration], batch),
+            info.get("n_samples", 5),
+            seed,
+            progress,
+        )
     else:
-        calib = _scores(model, ref.adata, info.get("n_samples", 5), seed, progress,
-                        cells=ref.calibration)  # fmt: skip
+        calib = _scores(
+            model, ref.adata, info.get("n_samples", 5), seed, progress, cells=ref.calibration
+        )
     z_ref = member_latents(model, ref.adata)
     z = z_ref if adata is ref.adata else member_latents(model, adata)
     self_rows = None
     if own:
         self_rows = np.full(adata.n_obs, -1, dtype=np.int64)
         self_rows[rows[ref.train]] = np.arange(len(ref.train))
-    knn, knn_cal = knn_scores(z_ref[:, ref.train], z, z_ref[:, ref.calibration], n_neighbors,
-                              self_rows)  # fmt: skip
+    knn, knn_cal = knn_scores(
+        z_ref[:, ref.train], z, z_ref[:, ref.calibration], n_neighbors, self_rows
+    )
     scores.insert(0, "novelty_knn", knn)
     calib["novelty_knn"] = knn_cal
     tested = np.ones(adata.n_obs, dtype=bool)
     if own:
         tested[rows[ref.train]] = False
-    info = {**info, "alpha": float(alpha), "decides": DECIDING, "n_neighbors": n_neighbors,
-            "training_cells_tested": False, "n_tested": int(tested.sum()),
-            "calibrated_on": f"{len(ref.calibration)} validation cells of the "
-            + ("model" if reference_model is None else "reference model")
-            + (f" in {len({*map(str, ref.calibration_samples)})} samples it did not train on"
-               if ref.kind == UNSEEN_SAMPLES else " (held out from training)"),
-            "calibration": calibration, **ref.describe()}  # fmt: skip
+    info = {
+        **info,
+        "alpha": float(alpha),
+        "decides": DECIDING,
+        "n_neighbors": n_neighbors,
+        "training_cells_tested": False,
+        "n_tested": int(tested.sum()),
+        "calibrated_on": f"{len(ref.calibration)} validation cells of the "
+        + ("model" if reference_model is None else "reference model")
+        + (
+            f" in {len({*map(str, ref.calibration_samples)})} samples it did not train on"
+            if ref.kind == UNSEEN_SAMPLES
+            else " (held out from training)"
+        ),
+        "calibration": calibration,
+        **ref.describe(),
+    }
     # one count of calibration cells for every score: whether alpha is reachable with it
     info["threshold_guaranteed"] = conformal_threshold(knn_cal, alpha)[1]
     for name in SCORES:
@@ -224,8 +248,7 @@ def flag_novel_cells(
             info[f"{name}_fpr_training"] = float(on_train.mean())
         scores[f"{name}_flag"] = flags
     # what tl.group_novelty compares groups with: the same cells' scores, from this call
-    info["calibration_scores"] = {name: calib[name].to_numpy(dtype=np.float64)
-                                  for name in SCORES}  # fmt: skip
+    info["calibration_scores"] = {name: calib[name].to_numpy(dtype=np.float64) for name in SCORES}
     _leave_out_empty_cells(model, adata, scores, tested)
     scores["novelty_tested"] = tested
     scores["is_novel"] = scores[f"{DECIDING}_flag"]
@@ -239,15 +262,13 @@ def flag_novel_cells(
     return scores
 
 
-def _leave_out_empty_cells(model, adata: AnnData, scores: pd.DataFrame,
-                           tested: np.ndarray) -> None:  # fmt: skip
+def _leave_out_empty_cells(model, adata: AnnData, scores: pd.DataFrame, tested: np.ndarray) -> None:
     """Set the scores of cells without counts to NaN and leave them untested (in place)."""
     import warnings
 
     from scvi import REGISTRY_KEYS
 
-    counts = model.get_anndata_manager(adata, required=True).get_from_registry(
-        REGISTRY_KEYS.X_KEY)  # fmt: skip
+    counts = model.get_anndata_manager(adata, required=True).get_from_registry(REGISTRY_KEYS.X_KEY)
     empty = np.asarray(counts.sum(axis=1)).ravel() == 0
     if not empty.any():
         return
@@ -344,6 +365,16 @@ def cell_novelty(
     adata = model._validate_anndata(adata)
     scores = _scores(model, adata, n_samples, seed, progress)
     info = {"n_samples": int(n_samples), "seed": int(seed)}
-    return flag_novel_cells(model, adata, scores, alpha, info, key_added, reference_model,
-                            n_neighbors, progress, sample_key=sample_key,
-                            calibration=calibration)  # fmt: skip
+    return flag_novel_cells(
+        model,
+        adata,
+        scores,
+        alpha,
+        info,
+        key_added,
+        reference_model,
+        n_neighbors,
+        progress,
+        sample_key=sample_key,
+        calibration=calibration,
+    )

@@ -78,13 +78,18 @@ class NoveltyReference:
     def describe(self) -> dict:
         """What the calibration is, for ``uns``: its kind, cells, samples, and for which new
         cells its false-positive rate holds."""
-        out = {"calibration_kind": self.kind, "n_calibration_cells": len(self.calibration),
-               "sample_key": self.sample_key}  # fmt: skip
+        out = {
+            "calibration_kind": self.kind,
+            "n_calibration_cells": len(self.calibration),
+            "sample_key": self.sample_key,
+        }
         if self.calibration_samples is None:
             out["n_calibration_samples"] = None
-            out["rate_holds_for"] = ("new cells of the samples the model trained on "
-                                     "(samples unknown: pass sample_key to calibrate on "
-                                     "unseen ones)")  # fmt: skip
+            out["rate_holds_for"] = (
+                "new cells of the samples the model trained on "
+                "(samples unknown: pass sample_key to calibrate on "
+                "unseen ones)"
+            )
             return out
         samples = pd.unique(self.calibration_samples)
         out["n_calibration_samples"] = len(samples)
@@ -93,12 +98,16 @@ class NoveltyReference:
         if self.kind == UNSEEN_SAMPLES:
             out["rate_holds_for"] = "cells of a new sample (one the model did not train on)"
         elif n_all == 1:
-            out["rate_holds_for"] = ("new cells of the one sample the model trained on only; "
-                                     "not measured on another sample")  # fmt: skip
+            out["rate_holds_for"] = (
+                "new cells of the one sample the model trained on only; "
+                "not measured on another sample"
+            )
         else:
-            out["rate_holds_for"] = ("new cells of the samples the model trained on; not "
-                                     "measured on a new sample (no sample was kept out of "
-                                     "training: train with sample_split)")  # fmt: skip
+            out["rate_holds_for"] = (
+                "new cells of the samples the model trained on; not "
+                "measured on a new sample (no sample was kept out of "
+                "training: train with sample_split)"
+            )
         return out
 
 
@@ -146,21 +155,27 @@ def sample_split(
     >>> model.train(max_epochs=100, datasplitter_kwargs=kwargs)  # doctest: +SKIP
     """
     if sample_key not in adata.obs:
-        raise ValueError(f"obs[{sample_key!r}] is not in the AnnData; pass sample_key= the "
-                         "column of the samples.")  # fmt: skip
+        raise ValueError(
+            f"obs[{sample_key!r}] is not in the AnnData; pass sample_key= the "
+            "column of the samples."
+        )
     if not 0 < train_size <= 1:
         raise ValueError(f"train_size must be in (0, 1], got {train_size}.")
     samples = adata.obs[sample_key].astype(str).to_numpy()
     names = np.unique(samples)
     if len(names) < 2:
-        raise ValueError(f"obs[{sample_key!r}] has {len(names)} sample: keeping whole samples "
-                         "out of training needs at least 2 (with one sample, train as usual; "
-                         "the rate then holds for new cells of that sample only).")  # fmt: skip
+        raise ValueError(
+            f"obs[{sample_key!r}] has {len(names)} sample: keeping whole samples "
+            "out of training needs at least 2 (with one sample, train as usual; "
+            "the rate then holds for new cells of that sample only)."
+        )
     if n_holdout is None:
         n_holdout = min(max(1, len(names) // 4), max(1, len(names) - 2))
     if not 1 <= n_holdout < len(names):
-        raise ValueError(f"n_holdout must be between 1 and {len(names) - 1} (samples: "
-                         f"{len(names)}), got {n_holdout}.")  # fmt: skip
+        raise ValueError(
+            f"n_holdout must be between 1 and {len(names) - 1} (samples: "
+            f"{len(names)}), got {n_holdout}."
+        )
     rng = np.random.default_rng(seed)
     held = np.sort(rng.choice(names, size=n_holdout, replace=False))
     out = np.isin(samples, held)
@@ -169,8 +184,10 @@ def sample_split(
     val_rest = rng.choice(rest, size=n_val, replace=False)
     val = np.sort(np.concatenate([np.flatnonzero(out), val_rest]))
     train = np.setdiff1d(rest, val_rest)
-    return {"datasplitter_kwargs": {"external_indexing": [train, val, np.array([], dtype=int)]},
-            "holdout_samples": [str(s) for s in held]}  # fmt: skip
+    return {
+        "datasplitter_kwargs": {"external_indexing": [train, val, np.array([], dtype=int)]},
+        "holdout_samples": [str(s) for s in held],
+    }
 
 
 def novelty_reference(
@@ -198,8 +215,10 @@ def novelty_reference(
     if calibration not in CALIBRATIONS:
         raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {calibration!r}.")
     if calibration != "auto" and sample_key is None:
-        raise ValueError(f"calibration={calibration!r} chooses cells by sample: pass "
-                         "sample_key= (the obs column of the samples).")  # fmt: skip
+        raise ValueError(
+            f"calibration={calibration!r} chooses cells by sample: pass "
+            "sample_key= (the obs column of the samples)."
+        )
     if reference_model is None:
         if getattr(model, "is_query_model_", False):
             raise ValueError(
@@ -212,8 +231,10 @@ def novelty_reference(
     train = getattr(reference_model, "train_indices", None)
     val = getattr(reference_model, "validation_indices", None)
     if ref_adata is None or train is None:
-        raise ValueError("The reference model has no AnnData or training split; load it "
-                         "with its AnnData (Model.load(path, adata=...)).")  # fmt: skip
+        raise ValueError(
+            "The reference model has no AnnData or training split; load it "
+            "with its AnnData (Model.load(path, adata=...))."
+        )
     n_val = 0 if val is None else len(val)
     if n_val < MIN_VALIDATION_CELLS:
         raise ValueError(
@@ -228,8 +249,10 @@ def novelty_reference(
     if sample_key is None:
         return NoveltyReference(ref_adata, train, val)
     if sample_key not in ref_adata.obs:
-        raise ValueError(f"obs[{sample_key!r}] is not in the reference AnnData; pass "
-                         "sample_key= its column of samples.")  # fmt: skip
+        raise ValueError(
+            f"obs[{sample_key!r}] is not in the reference AnnData; pass "
+            "sample_key= its column of samples."
+        )
     samples = ref_adata.obs[sample_key].astype(str).to_numpy()
     # a sample is unseen when the model trained on none of its cells
     unseen = ~np.isin(samples[val], np.unique(samples[train]))
@@ -245,9 +268,11 @@ def novelty_reference(
     else:
         cal, kind = val[~unseen], TRAINING_SAMPLES
         if len(cal) < MIN_VALIDATION_CELLS:
-            raise ValueError(f"{len(cal)} validation cells belong to the training samples "
-                             f"(at least {MIN_VALIDATION_CELLS}): pass "
-                             "calibration='auto'.")  # fmt: skip
+            raise ValueError(
+                f"{len(cal)} validation cells belong to the training samples "
+                f"(at least {MIN_VALIDATION_CELLS}): pass "
+                "calibration='auto'."
+            )
     return NoveltyReference(ref_adata, train, cal, kind, samples[cal], sample_key)
 
 
@@ -279,10 +304,10 @@ def reference_rows(model, adata: AnnData, ref_adata: AnnData) -> np.ndarray | No
     if (rows < 0).any():
         return None
     try:
-        x = model.get_anndata_manager(adata, required=True).get_from_registry(
-            REGISTRY_KEYS.X_KEY)
+        x = model.get_anndata_manager(adata, required=True).get_from_registry(REGISTRY_KEYS.X_KEY)
         x_ref = model.get_anndata_manager(ref_adata, required=True).get_from_registry(
-            REGISTRY_KEYS.X_KEY)
+            REGISTRY_KEYS.X_KEY
+        )
         if sparse.issparse(x) and sparse.issparse(x_ref):
             same = (sparse.csr_matrix(x)[rows] != sparse.csr_matrix(x_ref)).nnz == 0
         else:
@@ -465,13 +490,16 @@ def cross_fit_flags(
             this = groups == g
             threshold, _ = conformal_threshold(values[~this], alpha)
             flags[this] = values[this] > threshold
-        return flags, {"fpr_measured_on": f"each of {len(names)} held-out samples against "
-                       "a threshold from the others (leave-one-sample-out)"}  # fmt: skip
+        return flags, {
+            "fpr_measured_on": f"each of {len(names)} held-out samples against "
+            "a threshold from the others (leave-one-sample-out)"
+        }
     perm = np.random.default_rng(seed).permutation(len(values))
     halves = perm[: len(perm) // 2], perm[len(perm) // 2 :]
     for this, other in (halves, halves[::-1]):
         threshold, _ = conformal_threshold(values[other], alpha)
         flags[this] = values[this] > threshold
-    on = ("halves of the calibration cells, each against the other's threshold"
-          + (" (one held-out sample: not across samples)" if groups is not None else ""))
+    on = "halves of the calibration cells, each against the other's threshold" + (
+        " (one held-out sample: not across samples)" if groups is not None else ""
+    )
     return flags, {"halves": [len(h) for h in halves], "fpr_measured_on": on}

@@ -73,9 +73,14 @@ def seed_ensemble(
         path = None if save_dir is None else Path(save_dir) / f"seed_{seed}"
         record = None
         if path is not None:
-            options = {"model": "scvi.model.SCVI", "seed": seed, "max_epochs": max_epochs,
-                       "setup_kwargs": setup_kwargs, "train_kwargs": train_kwargs or {},
-                       "scvi_kwargs": scvi_kwargs}  # fmt: skip
+            options = {
+                "model": "scvi.model.SCVI",
+                "seed": seed,
+                "max_epochs": max_epochs,
+                "setup_kwargs": setup_kwargs,
+                "train_kwargs": train_kwargs or {},
+                "scvi_kwargs": scvi_kwargs,
+            }
             record = model_record(data, options)
             if reuse_problems(path, record, trust=trust) == []:
                 models.append(load_model(scvi.model.SCVI, path, adata, trust=trust))

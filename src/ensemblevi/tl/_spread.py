@@ -387,7 +387,8 @@ def gene_uncertainty(
     """
     adata = model._validate_anndata(adata)
     summary, names = gene_summary(adata, groupby)
-    stream(model, adata, [SummaryReducer(summary)], n_samples, library_size, seed,
-           progress=progress)  # fmt: skip
+    stream(
+        model, adata, [SummaryReducer(summary)], n_samples, library_size, seed, progress=progress
+    )
     params = _settings(model, groupby, n_samples, library_size, seed)
     return write_gene_uncertainty(adata, summary, names, groupby, params, key_added)

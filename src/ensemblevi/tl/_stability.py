@@ -41,12 +41,14 @@ def _by_group(values: np.ndarray, adata: AnnData, groupby: str | None) -> pd.Dat
     if groupby is None:
         return None
     if groupby not in adata.obs:
-        raise ValueError(f"obs[{groupby!r}] is not in the AnnData; pass groupby= a column of "
-                         "obs, or None.")  # fmt: skip
+        raise ValueError(
+            f"obs[{groupby!r}] is not in the AnnData; pass groupby= a column of obs, or None."
+        )
     s = pd.Series(values, index=adata.obs_names)
     g = s.groupby(adata.obs[groupby].astype(str).to_numpy())
-    return pd.DataFrame({"n_cells": g.size(), "mean": g.mean(), "median": g.median(),
-                         "q10": g.quantile(0.1)}).rename_axis(groupby)  # fmt: skip
+    return pd.DataFrame(
+        {"n_cells": g.size(), "mean": g.mean(), "median": g.median(), "q10": g.quantile(0.1)}
+    ).rename_axis(groupby)
 
 
 def neighbourhood_stability(
@@ -92,15 +94,18 @@ def neighbourhood_stability(
     return pd.Series(values, index=adata.obs_names, name="neighbourhood_stability")
 
 
-def _store_neighbourhood(adata: AnnData, values: np.ndarray, n_neighbors: int,
-                         groupby: str | None, key_added: str) -> None:  # fmt: skip
+def _store_neighbourhood(
+    adata: AnnData, values: np.ndarray, n_neighbors: int, groupby: str | None, key_added: str
+) -> None:
     by_group = _by_group(values, adata, groupby)
     adata.obs[f"{key_added}_neighbourhood_stability"] = values
     adata.uns.setdefault(key_added, {})["neighbourhood_stability"] = {
-        "n_neighbors": int(n_neighbors), "mean": float(values.mean()),
-        "median": float(np.median(values)), "groupby": groupby,
+        "n_neighbors": int(n_neighbors),
+        "mean": float(values.mean()),
+        "median": float(np.median(values)),
+        "groupby": groupby,
         **({} if by_group is None else {"by_group": by_group.reset_index()}),
-    }  # fmt: skip
+    }
 
 
 def cluster_stability(
@@ -176,29 +181,45 @@ def cluster_stability(
     consensus = leiden(coassignment_graph(parts, idx), resolution, seed)
     table, agreement = cluster_table(consensus, parts, threshold)
     if markers:
-        table = table.join(marker_stability(model, adata, consensus, n_top_markers,
-                                            marker_share, seed))  # fmt: skip
+        table = table.join(
+            marker_stability(model, adata, consensus, n_top_markers, marker_share, seed)
+        )
     ari, nmi = partition_agreement(parts)
     labels = consensus.astype(str)
     adata.obs[f"{key_added}_consensus_leiden"] = pd.Categorical(
-        labels, categories=[str(c) for c in np.unique(consensus)])
+        labels, categories=[str(c) for c in np.unique(consensus)]
+    )
     adata.obs[f"{key_added}_cluster_agreement"] = agreement
     adata.obsm[f"{key_added}_member_leiden"] = parts.T.astype(np.int32)
     upper = np.triu_indices(len(parts), 1)
     adata.uns.setdefault(key_added, {})["cluster_stability"] = {
-        "table": table.reset_index(), "ari": ari, "nmi": nmi,
-        "mean_ari": float(ari[upper].mean()), "mean_nmi": float(nmi[upper].mean()),
+        "table": table.reset_index(),
+        "ari": ari,
+        "nmi": nmi,
+        "mean_ari": float(ari[upper].mean()),
+        "mean_nmi": float(nmi[upper].mean()),
         "n_member_clusters": [len(np.unique(p)) for p in parts],
-        "params": {"resolution": float(resolution), "n_neighbors": int(n_neighbors),
-                   "threshold": float(threshold), "n_top_markers": int(n_top_markers),
-                   "marker_share": float(marker_share), "seed": int(seed)},
-    }  # fmt: skip
+        "params": {
+            "resolution": float(resolution),
+            "n_neighbors": int(n_neighbors),
+            "threshold": float(threshold),
+            "n_top_markers": int(n_top_markers),
+            "marker_share": float(marker_share),
+            "seed": int(seed),
+        },
+    }
     return table
 
 
-def marker_stability(model, adata: AnnData, clusters: np.ndarray, n_top: int = 10,
-                     share: float = 0.75, seed: int = 0,
-                     n_samples: int = 5) -> pd.DataFrame:  # fmt: skip
+def marker_stability(
+    model,
+    adata: AnnData,
+    clusters: np.ndarray,
+    n_top: int = 10,
+    share: float = 0.75,
+    seed: int = 0,
+    n_samples: int = 5,
+) -> pd.DataFrame:
     """Per cluster, how far the members agree on its top marker genes.
 
     Parameters
@@ -225,16 +246,19 @@ def marker_stability(model, adata: AnnData, clusters: np.ndarray, n_top: int = 1
     ``stable_markers``.
     """
     codes, pos = np.unique(clusters, return_inverse=True)
-    onehot = sparse.csr_matrix((np.ones(len(pos)), (pos, np.arange(len(pos)))),
-                               shape=(len(codes), len(pos)))  # fmt: skip
+    onehot = sparse.csr_matrix(
+        (np.ones(len(pos)), (pos, np.arange(len(pos)))), shape=(len(codes), len(pos))
+    )
     size = np.asarray(onehot.sum(1)).ravel()
     genes = np.asarray(adata.var_names.astype(str))
     tops, lfcs = [], []
     for m in range(model.n_members):
         with seeded_globally(seed):  # members with the same weights get the same draws
-            x = np.log1p(model.get_normalized_expression(adata, member=m, library_size=1e4,
-                                                         n_samples=n_samples,
-                                                         return_numpy=True))  # fmt: skip
+            x = np.log1p(
+                model.get_normalized_expression(
+                    adata, member=m, library_size=1e4, n_samples=n_samples, return_numpy=True
+                )
+            )
         total = x.sum(0)
         inside = onehot @ x / size[:, None]
         rest = (total[None, :] - onehot @ x) / np.maximum(len(pos) - size, 1)[:, None]
@@ -249,8 +273,11 @@ def marker_stability(model, adata: AnnData, clusters: np.ndarray, n_top: int = 1
         chosen = counts[counts >= share * model.n_members].index
         lfc_c = pd.Series(mean_lfc[c], index=genes)
         stable.append(sorted(chosen, key=lambda g: (-counts[g], -lfc_c[g])))
-    return pd.DataFrame({
-        "marker_jaccard": top_sets_jaccard(tops),
-        "n_stable_markers": [len(s) for s in stable],
-        "stable_markers": [",".join(s) for s in stable],
-    }, index=pd.Index([str(c) for c in codes], name="cluster"))  # fmt: skip
+    return pd.DataFrame(
+        {
+            "marker_jaccard": top_sets_jaccard(tops),
+            "n_stable_markers": [len(s) for s in stable],
+            "stable_markers": [",".join(s) for s in stable],
+        },
+        index=pd.Index([str(c) for c in codes], name="cluster"),
+    )

@@ -113,13 +113,21 @@ def leiden(graph: sparse.spmatrix, resolution: float = 1.0, seed: int = 0) -> np
     from anndata import AnnData
 
     tmp = AnnData(obs=pd.DataFrame(index=[str(i) for i in range(graph.shape[0])]))
-    sc.tl.leiden(tmp, adjacency=sparse.csr_matrix(graph), resolution=resolution,
-                 flavor="igraph", n_iterations=2, directed=False, random_state=seed)  # fmt: skip
+    sc.tl.leiden(
+        tmp,
+        adjacency=sparse.csr_matrix(graph),
+        resolution=resolution,
+        flavor="igraph",
+        n_iterations=2,
+        directed=False,
+        random_state=seed,
+    )
     return tmp.obs["leiden"].astype(int).to_numpy()
 
 
-def member_partitions(indices: np.ndarray, distances: np.ndarray, resolution: float = 1.0,
-                      seed: int = 0) -> np.ndarray:  # fmt: skip
+def member_partitions(
+    indices: np.ndarray, distances: np.ndarray, resolution: float = 1.0, seed: int = 0
+) -> np.ndarray:
     """Leiden on each member's UMAP-weighted neighbour graph (what ``sc.pp.neighbors`` +
     ``sc.tl.leiden`` give on that member's latent space).
 
@@ -138,8 +146,12 @@ def member_partitions(indices: np.ndarray, distances: np.ndarray, resolution: fl
     """
     from ._embedding import fuzzy_graph
 
-    return np.stack([leiden(fuzzy_graph(i, d), resolution, seed)
-                     for i, d in zip(indices, distances, strict=True)])  # fmt: skip
+    return np.stack(
+        [
+            leiden(fuzzy_graph(i, d), resolution, seed)
+            for i, d in zip(indices, distances, strict=True)
+        ]
+    )
 
 
 def partition_agreement(parts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -250,11 +262,14 @@ def cluster_table(
     for m, part in enumerate(parts):
         jac[m], match = best_match(consensus, part)
         agree += part == match[pos]
-    table = pd.DataFrame({
-        "n_cells": np.bincount(pos, minlength=len(codes)),
-        "stability": jac.mean(0),
-        "min_jaccard": jac.min(0),
-    }, index=pd.Index([str(c) for c in codes], name="cluster"))  # fmt: skip
+    table = pd.DataFrame(
+        {
+            "n_cells": np.bincount(pos, minlength=len(codes)),
+            "stability": jac.mean(0),
+            "min_jaccard": jac.min(0),
+        },
+        index=pd.Index([str(c) for c in codes], name="cluster"),
+    )
     table["reproducible"] = table["stability"] >= threshold
     return table, agree / len(parts)
 
@@ -274,7 +289,10 @@ def top_sets_jaccard(tops: list[list[set]]) -> np.ndarray:
     n_members, n_clusters = len(tops), len(tops[0])
     out = np.zeros(n_clusters)
     for c in range(n_clusters):
-        vals = [len(tops[a][c] & tops[b][c]) / max(len(tops[a][c] | tops[b][c]), 1)
-                for a in range(n_members) for b in range(a + 1, n_members)]  # fmt: skip
+        vals = [
+            len(tops[a][c] & tops[b][c]) / max(len(tops[a][c] | tops[b][c]), 1)
+            for a in range(n_members)
+            for b in range(a + 1, n_members)
+        ]
         out[c] = np.mean(vals)
     return out

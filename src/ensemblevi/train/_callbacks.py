@@ -270,8 +270,9 @@ class HyperparameterTrajectory(Callback):
             Lightning's trainer and the training plan.
         """
         if not self.records:
-            self.records.append(bounds_record(pl_module.module.hyper, 0, trainer.current_epoch,
-                                              None))  # fmt: skip
+            self.records.append(
+                bounds_record(pl_module.module.hyper, 0, trainer.current_epoch, None)
+            )
 
     def on_train_batch_end(self, trainer, pl_module, outputs: Any, batch, batch_idx: int) -> None:
         """Record the bounds after a step that tuned them.
@@ -287,6 +288,10 @@ class HyperparameterTrajectory(Callback):
         """
         if isinstance(outputs, dict) and "tune_nll" in outputs:
             self.records.append(
-                bounds_record(pl_module.module.hyper, pl_module.train_steps,
-                              trainer.current_epoch, outputs["tune_nll"])
-            )  # fmt: skip
+                bounds_record(
+                    pl_module.module.hyper,
+                    pl_module.train_steps,
+                    trainer.current_epoch,
+                    outputs["tune_nll"],
+                )
+            )

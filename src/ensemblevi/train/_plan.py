@@ -26,7 +26,10 @@ def _fused_fallback(optimizer_cls: type, err: BaseException) -> None:
         why = str(err).splitlines()[0][:200] if str(err) else ""
         logger.info(
             "fused %s unavailable (%s: %s); using the default implementation (same update, "
-            "slower steps).", name, type(err).__name__, why
+            "slower steps).",
+            name,
+            type(err).__name__,
+            why,
         )
 
 
@@ -142,6 +145,7 @@ class FastGroupsMixin:
         if fast_lr_multiplier <= 0:
             raise ValueError(f"fast_lr_multiplier must be > 0, got {fast_lr_multiplier}.")
         self.fast_lr_multiplier = fast_lr_multiplier
+
     def param_groups(self, params: Iterable[nn.Parameter]) -> list[dict]:
         """Split ``params`` into the shared group and the fast-weight group.
 
@@ -151,9 +155,11 @@ class FastGroupsMixin:
             The parameters scvi-tools hands to the optimiser.
         """
         return fast_param_groups(
-            params, fast=self.module.fast_parameters(), lr=self.lr,
+            params,
+            fast=self.module.fast_parameters(),
+            lr=self.lr,
             fast_lr_multiplier=self.fast_lr_multiplier,
-        )  # fmt: skip
+        )
 
     def _optimizer_creator_fn(self, optimizer_cls):
         """scvi-tools' Adam/AdamW with the same settings, as the fused implementation.
@@ -378,8 +384,9 @@ class HyperTuneMixin:
         for j, name in enumerate(self.module.hyper.names):
             for k in range(self.module.n_members):
                 for side, t in (("low", low), ("high", high)):
-                    self.log(f"hyper_{name}_{side}_m{k}", float(t[k, j]), on_epoch=True,
-                             on_step=False)  # fmt: skip
+                    self.log(
+                        f"hyper_{name}_{side}_m{k}", float(t[k, j]), on_epoch=True, on_step=False
+                    )
 
 
 class HyperTrainingPlan(HyperTuneMixin, EnsembleTrainingPlan):

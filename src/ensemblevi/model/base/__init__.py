@@ -2,7 +2,8 @@
 
 from ._archesmixin import ArchesMixin
 from ._assembly import AssemblyMixin
-from ._de_core import ensemble_de, lfc_posterior, summarise_lfc
+from ._de_core import ensemble_de, summarise_lfc
+from ._de_lfc import lfc_posterior
 from ._embeddingmixin import EnsembleEmbeddingMixin
 from ._ensemblemixin import EnsembleMixin
 from ._minification import MinificationMixin

@@ -58,8 +58,9 @@ class Reference:
     state_dict: dict[str, torch.Tensor]
 
     @classmethod
-    def read(cls, reference_model: str | os.PathLike | BaseModelClass, *,
-             trust: bool = False) -> Reference:  # fmt: skip
+    def read(
+        cls, reference_model: str | os.PathLike | BaseModelClass, *, trust: bool = False
+    ) -> Reference:
         """From a trained ensemble model or the folder it was saved to.
 
         Parameters
@@ -281,8 +282,9 @@ class ArchesMixin:
             **setup_args,
         )
         non_kwargs = dict(ref.init_params.get("non_kwargs", {}))
-        kwargs = {k: v for group in ref.init_params.get("kwargs", {}).values() for k, v in
-                  group.items()}  # fmt: skip
+        kwargs = {
+            k: v for group in ref.init_params.get("kwargs", {}).values() for k, v in group.items()
+        }
         model = cls(adata, **non_kwargs, **kwargs)
         transfer_reference_weights(
             model.module, ref.state_dict, CovariateSizes.from_registry(registry)

@@ -146,10 +146,13 @@ def merge_models(cls: type, shards: Sequence[Any], adata: AnnData | None = None)
     if all(isinstance(h, dict) for h in histories):
         merged.history_ = {
             key: pd.concat(
-                [h[key].add_suffix(f"_members_{m.member_range[0]}_{m.member_range[1] - 1}")
-                 for h, m in zip(histories, shards, strict=True) if key in h],
+                [
+                    h[key].add_suffix(f"_members_{m.member_range[0]}_{m.member_range[1] - 1}")
+                    for h, m in zip(histories, shards, strict=True)
+                    if key in h
+                ],
                 axis=1,
             )
             for key in histories[0]
-        }  # fmt: skip
+        }
     return merged

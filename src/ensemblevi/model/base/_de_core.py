@@ -27,205 +27,19 @@ import pandas as pd
 from scvi import REGISTRY_KEYS
 from scvi.utils import track
 
-from ensemblevi._constants import DE_KEY, chunk_size
+from ensemblevi._constants import DE_KEY
 from ensemblevi._seeding import forked_rng as global_seed  # every generator, restored
+from ensemblevi.model.base._de_lfc import LIBRARY_SIZE, PSEUDOCOUNT, lfc_posterior
 
 from . import _de_counts, _de_null, _de_samples
 from ._de_calls import expected_fdr, fdr_calls, summarise_lfc
 from ._de_groups import annotate_table, comparisons
 from ._de_replicated import cells_statement, sample_aware_de, storable_attrs
-from ._de_scvi import MemberFilter, check_kwargs, member_draws, scvi_mode_de
+from ._de_scvi import MemberFilter, check_kwargs, scvi_mode_de
 from ._de_store import store_de
 
 ESTIMANDS = ("counts", "population", "cell_pairs")
-#: the estimands the model alone answers (lfc_posterior draws them)
-MODEL_ESTIMANDS = ("population", "cell_pairs")
 MODES = (None, "change", "vanilla")
-LIBRARY_SIZE = 1e4  # normalised expression per 10,000 counts before the log
-#: the ensemble estimands' pseudocount, per LIBRARY_SIZE counts (1e-5 per unit library)
-PSEUDOCOUNT = 0.1
-
-
-def population_lfc(expr1: np.ndarray, expr2: np.ndarray, pseudocount: float = 0.1) -> np.ndarray:
-    """LFC draws of the population estimand from normalised expression draws.
-
-    ``expr1``, ``expr2``: ``(..., n_cells, G)`` draws (per ``LIBRARY_SIZE`` counts) of the
-    two groups' cells, sharing the leading (member, draw) axes. Returns ``(..., G)``:
-    ``median_cells log2(expr1 + c) - median_cells log2(expr2 + c)``.
-
-    Parameters
-    ----------
-    expr1, expr2
-        The two groups' normalised expression draws.
-    pseudocount
-        ``c``, added before the log2.
-    """
-    m1 = np.median(np.log2(expr1 + pseudocount), axis=-2)
-    m2 = np.median(np.log2(expr2 + pseudocount), axis=-2)
-    return m1 - m2
-
-
-def cell_pair_lfc(
-    expr1: np.ndarray, expr2: np.ndarray, rng: np.random.Generator, pseudocount: float = 0.1
-) -> np.ndarray:
-    """scvi-tools' ``change`` estimand: LFCs of randomly paired single cells, ``(..., P, G)``
-    with ``P = max(n_cells1, n_cells2)`` pairs per leading index.
-
-    Parameters
-    ----------
-    expr1, expr2
-        ``(..., n_cells, G)`` normalised expression draws of the two groups.
-    rng
-        Draws the pairs (cells with replacement, the same pairs for every leading index).
-    pseudocount
-        Added before the log2.
-    """
-    n = max(expr1.shape[-2], expr2.shape[-2])
-    i = rng.integers(0, expr1.shape[-2], n)
-    j = rng.integers(0, expr2.shape[-2], n)
-    return np.log2(expr1[..., i, :] + pseudocount) - np.log2(expr2[..., j, :] + pseudocount)
-
-
-def _transforms(model: Any, batch_correction: bool, batchid1: Any, batchid2: Any) -> tuple:
-    """The batches each side is decoded in (``None``: every cell's observed batch)."""
-    if not batch_correction:
-        for name, ids in (("batchid1", batchid1), ("batchid2", batchid2)):
-            if ids is not None:
-                raise ValueError(
-                    f"{name} names the batches to decode a side in, which needs "
-                    "batch_correction=True (without it every cell keeps its observed batch)."
-                )
-        return None, None
-    mapping = model.adata_manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY)
-    every = list(mapping.categorical_mapping)
-    return tuple(
-        every if ids is None else [ids] if isinstance(ids, str | int) else list(ids)
-        for ids in (batchid1, batchid2)
-    )
-
-
-def lfc_posterior(
-    model: Any,
-    adata: Any,
-    groupby: str | None,
-    group1: Any,
-    group2: Any = None,
-    estimand: Literal["population", "cell_pairs"] = "population",
-    n_samples: int = 50,
-    max_cells: int = 500,
-    batch_correction: bool = False,
-    pseudocount: float = PSEUDOCOUNT,
-    seed: int = 0,
-    progress: bool = True,
-    *,
-    cells: tuple[np.ndarray, np.ndarray] | None = None,
-    batchid1: Any = None,
-    batchid2: Any = None,
-    weights: Literal["uniform", "importance"] = "uniform",
-    member_filter: MemberFilter | None = None,
-    batch_size: int | None = None,
-    importance_weighting_kwargs: dict | None = None,
-) -> tuple[np.ndarray, dict]:
-    """Posterior LFC draws of every member: the sampling half of :func:`ensemble_de`.
-
-    Returns ``(draws, info)``: ``draws`` is ``(K, N, G)`` (members x draws x genes; for
-    ``cell_pairs`` ``N`` is draws x cell pairs), ``info`` holds the cells used
-    (``cells1``, ``cells2``, positions in ``adata``) and ``scale``, the two groups' mean
-    normalised expression per 1e4. Members' draws are kept apart so that an ensemble of the
-    first ``k`` members of a deep ensemble is ``draws[:k]`` (the benchmark suite's use).
-
-    Uniform weights without outlier filtering draw all members at once (seeded by
-    ``seed``); importance weights or outlier filtering draw member by member through
-    scvi-tools' own sampling on ``model.members[k]`` (see :func:`._de_scvi.member_draws`),
-    under torch's and numpy's global generators seeded by ``seed``.
-
-    Parameters
-    ----------
-    model
-        A trained :class:`~ensemblevi.model.EnsembleSCVI`.
-    adata, groupby, group1, group2, estimand, n_samples, max_cells, batch_correction
-        As in :func:`ensemble_de` (``group1`` one group).
-    pseudocount
-        Added to the expression per 1e4 counts before the log2.
-    seed, progress
-        As in :func:`ensemble_de`.
-    cells
-        ``(cells1, cells2)`` positions instead of ``groupby``/``group1``/``group2``.
-    batchid1, batchid2, weights, batch_size, importance_weighting_kwargs
-        As in :func:`ensemble_de`.
-    member_filter
-        Per-member outlier filtering (:class:`._de_scvi.MemberFilter`); ``None``: none.
-    """
-    if estimand not in MODEL_ESTIMANDS:
-        raise ValueError(
-            f"estimand must be one of {MODEL_ESTIMANDS} (the model's own draws; 'counts' is "
-            f"built on them by ensemble_de), got {estimand!r}."
-        )
-    if n_samples < 2 or max_cells < 1:
-        raise ValueError(f"Need n_samples >= 2 and max_cells >= 1, got {n_samples}, {max_cells}.")
-    adata = model._validate_anndata(adata)
-    if cells is None:
-        if group1 is None or not isinstance(group1, str | int | np.integer):
-            raise ValueError("Pass group1= the group to test (and group2=, or None for the rest).")
-        comp = comparisons(adata, groupby, group1, group2, None, None)[0]
-        cells = comp.cells1, comp.cells2
-    rng = np.random.default_rng(seed)
-    cells1, cells2 = (
-        np.sort(rng.choice(c, max_cells, replace=False)) if len(c) > max_cells else c for c in cells
-    )
-    t1, t2 = _transforms(model, batch_correction, batchid1, batchid2)
-    member_wise = weights == "importance" or (member_filter is not None and member_filter.enabled)
-    if member_wise and estimand != "population":
-        raise ValueError(
-            "weights='importance' and filter_outlier_cells draw each member's cells apart, "
-            "which the cell_pairs estimand's shared pairs cannot use; use mode='change' "
-            "(scvi-tools' cell-pair estimand, which supports both) or estimand='population'."
-        )
-    if weights == "importance" and batch_correction and max(len(t1), len(t2)) > 1:
-        raise ValueError(
-            "weights='importance' cannot average a cell over several batches (the weights "
-            "belong to one decoding); pass batchid1=/batchid2= a single batch each, or "
-            "batch_correction=False, or use mode='change' (scvi-tools' sampling per batch)."
-        )
-    # draws in blocks so that (K, block, cells, genes) stays within the float budget
-    block = chunk_size(model.n_members * (len(cells1) + len(cells2)) * adata.n_vars, 2, n_samples)
-    draws, sums = [], np.zeros((2, adata.n_vars))
-    starts = list(range(0, n_samples, block))
-    for b, start in enumerate(track(starts, description="DE posterior draws",
-                                    disable=not progress, style="tqdm")):  # fmt: skip
-        s = min(block, n_samples - start)
-        if member_wise:
-            expr = [[], []]
-            with global_seed(seed + b):
-                for k in range(model.n_members):
-                    for i, (c, t) in enumerate(((cells1, t1), (cells2, t2))):
-                        c = member_filter(k, c) if member_filter is not None else c
-                        x = member_draws(model, adata, k, c, s, LIBRARY_SIZE, t, weights,
-                                         batch_size, importance_weighting_kwargs or {})  # fmt: skip
-                        sums[i] += x.mean(1).sum(0)
-                        expr[i].append(x)
-            lfc = [population_lfc(x1, x2, pseudocount) for x1, x2 in zip(*expr, strict=True)]
-            draws.append(np.stack(lfc))
-            continue
-        expr = []
-        for i, (c, t) in enumerate(((cells1, t1), (cells2, t2))):
-            x = model.get_normalized_expression(
-                adata, indices=c, n_samples=s, return_mean=False, batch_size=batch_size,
-                return_members=True, library_size=LIBRARY_SIZE, seed=seed + 1 + 2 * b + i,
-                transform_batch=t,
-            )  # fmt: skip
-            if s == 1:  # one draw comes back without its sample axis
-                x = x[:, None]
-            sums[i] += x.mean(2).sum((0, 1))
-            expr.append(x)
-        if estimand == "population":
-            draws.append(population_lfc(expr[0], expr[1], pseudocount))
-        else:
-            lfc = cell_pair_lfc(expr[0], expr[1], rng, pseudocount)
-            draws.append(lfc.reshape(lfc.shape[0], -1, lfc.shape[-1]))
-    return np.concatenate(draws, axis=1), {
-        "cells1": cells1, "cells2": cells2, "scale": sums / (model.n_members * n_samples),
-    }  # fmt: skip
 
 
 def _settings(mode, estimand, delta, pseudocounts, n_samples, max_cells, weights, kwargs):
@@ -263,8 +77,10 @@ def _settings(mode, estimand, delta, pseudocounts, n_samples, max_cells, weights
             "n_samples_overall= (all members' samples together, default 5000)."
         )
     if mode == "vanilla" and pseudocounts is not None:
-        raise ValueError("pseudocounts= applies to mode='change' and the ensemble's estimands, "
-                         "not to 'vanilla' (which compares scales, no log).")  # fmt: skip
+        raise ValueError(
+            "pseudocounts= applies to mode='change' and the ensemble's estimands, "
+            "not to 'vanilla' (which compares scales, no log)."
+        )
     return None, max_cells, pseudocounts
 
 
@@ -442,16 +258,37 @@ def ensemble_de(
     calls.
     """
     if sample_key is not None:
-        return sample_aware_de(model, adata, groupby, group1, group2, idx1, idx2, sample_key,
-                             method, design, lfc_threshold, fdr_target, all_stats, key_added,
-                             batch_size, seed, mode, estimand, locals())  # fmt: skip
+        return sample_aware_de(
+            model,
+            adata,
+            groupby,
+            group1,
+            group2,
+            idx1,
+            idx2,
+            sample_key,
+            method,
+            design,
+            lfc_threshold,
+            fdr_target,
+            all_stats,
+            key_added,
+            batch_size,
+            seed,
+            mode,
+            estimand,
+            locals(),
+        )
     if method is not None or design != "auto" or lfc_threshold != 0:
-        raise ValueError("method=, design= and lfc_threshold= belong to the sample-aware test; "
-                         "pass sample_key= (the obs column of the biological samples).")
+        raise ValueError(
+            "method=, design= and lfc_threshold= belong to the sample-aware test; "
+            "pass sample_key= (the obs column of the biological samples)."
+        )
     shared = _de_null.shared_args(locals())
     weights = "uniform" if weights is None else weights
-    n_samples, max_cells, pc = _settings(mode, estimand, delta, pseudocounts, n_samples,
-                                         max_cells, weights, kwargs)  # fmt: skip
+    n_samples, max_cells, pc = _settings(
+        mode, estimand, delta, pseudocounts, n_samples, max_cells, weights, kwargs
+    )
     if not 0 < fdr_target < 1:
         raise ValueError(f"fdr_target must be in (0, 1), got {fdr_target}.")
     if importance_weighting_kwargs and weights != "importance":
@@ -461,66 +298,125 @@ def ensemble_de(
     model._check_if_trained(warn=True)
     adata = model._validate_anndata(adata)
     comps = comparisons(adata, groupby, group1, group2, idx1, idx2)
-    null = null_check and _de_null.run_null_check(ensemble_de, model, adata, comps, shared,
-                                                  n_null, progress and not silent)  # fmt: skip
+    null = null_check and _de_null.run_null_check(
+        ensemble_de, model, adata, comps, shared, n_null, progress and not silent
+    )
     member_filter = MemberFilter(model, adata, filter_outlier_cells)
     iw = importance_weighting_kwargs or {}
     show = progress and not silent
     tables, normalised = [], None
     for comp in track(comps, description="DE...", disable=not show or len(comps) == 1):
         if mode is None and estimand == "counts" and not batch_correction:
-            _de_counts.warn_batch_imbalance(model.get_anndata_manager(adata, required=True),
-                                            comp.cells1, comp.cells2)  # fmt: skip
+            _de_counts.warn_batch_imbalance(
+                model.get_anndata_manager(adata, required=True), comp.cells1, comp.cells2
+            )
         if mode is None:
             draws, info = lfc_posterior(
-                model, adata, None, None, n_samples=n_samples,
+                model,
+                adata,
+                None,
+                None,
+                n_samples=n_samples,
                 estimand="population" if estimand == "counts" else estimand,
-                max_cells=max_cells, batch_correction=batch_correction, pseudocount=pc,
-                seed=seed, progress=show, cells=(comp.cells1, comp.cells2),
-                batchid1=batchid1, batchid2=batchid2, weights=weights,
-                member_filter=member_filter, batch_size=batch_size,
+                max_cells=max_cells,
+                batch_correction=batch_correction,
+                pseudocount=pc,
+                seed=seed,
+                progress=show,
+                cells=(comp.cells1, comp.cells2),
+                batchid1=batchid1,
+                batchid2=batchid2,
+                weights=weights,
+                member_filter=member_filter,
+                batch_size=batch_size,
                 importance_weighting_kwargs=iw,
-            )  # fmt: skip
+            )
             if estimand == "counts":
                 manager = model.get_anndata_manager(adata, required=True)
                 if normalised is None:  # once for every comparison of the call
                     normalised = _de_counts.normalised_counts(
-                        manager.get_from_registry(REGISTRY_KEYS.X_KEY))
-                table = _de_counts.counts_table(draws, manager, comp.cells1, comp.cells2, delta,
-                                                fdr_target, adata.var_names, seed, pc,
-                                                batch_correction=batch_correction,
-                                                normalised=normalised, **kwargs)  # fmt: skip
+                        manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+                    )
+                table = _de_counts.counts_table(
+                    draws,
+                    manager,
+                    comp.cells1,
+                    comp.cells2,
+                    delta,
+                    fdr_target,
+                    adata.var_names,
+                    seed,
+                    pc,
+                    batch_correction=batch_correction,
+                    normalised=normalised,
+                    **kwargs,
+                )
             else:
                 table = summarise_lfc(draws, delta, fdr_target, adata.var_names, **kwargs)
             table["scale1"], table["scale2"] = info["scale"] / LIBRARY_SIZE
             table["pseudocounts"], table["delta"] = pc / LIBRARY_SIZE, float(delta)
             # ties in proba_de (common: every draw clears delta) are broken by the effect size
-            order = np.lexsort((-np.abs(table["lfc_median"].to_numpy()),
-                                -table["proba_de"].to_numpy()))  # fmt: skip
+            order = np.lexsort(
+                (-np.abs(table["lfc_median"].to_numpy()), -table["proba_de"].to_numpy())
+            )
             table = table.iloc[order]
         else:
-            table = _scvi_table(model, adata, comp, mode, delta, pc, batch_correction,
-                                batchid1, batchid2, weights, batch_size, iw, member_filter,
-                                max_cells, seed, fdr_target, kwargs)  # fmt: skip
-        annotate_table(table, comp, model.get_anndata_manager(adata, required=True),
-                       adata.var_names, all_stats)  # fmt: skip
+            table = _scvi_table(
+                model,
+                adata,
+                comp,
+                mode,
+                delta,
+                pc,
+                batch_correction,
+                batchid1,
+                batchid2,
+                weights,
+                batch_size,
+                iw,
+                member_filter,
+                max_cells,
+                seed,
+                fdr_target,
+                kwargs,
+            )
+        annotate_table(
+            table, comp, model.get_anndata_manager(adata, required=True), adata.var_names, all_stats
+        )
         tables.append((comp, table))
     result = pd.concat([t for _, t in tables], axis=0)
-    unused = sorted({c for comp, _ in tables for c in _de_samples.warn_unused_samples(
-        adata.obs, comp.cells1, comp.cells2, exclude=(groupby or "cell_type",))})
+    unused = sorted(
+        {
+            c
+            for comp, _ in tables
+            for c in _de_samples.warn_unused_samples(
+                adata.obs, comp.cells1, comp.cells2, exclude=(groupby or "cell_type",)
+            )
+        }
+    )
     cells_statement(result.attrs, unused)
     if key_added is not None:
-        store_de(adata, tables, key_added, groupby, {
-            "delta": "auto" if delta is None else float(delta),
-            "fdr_target": float(fdr_target),
-            "estimand": estimand if mode is None else f"scvi_{mode}",
-            "n_samples": int(n_samples if n_samples is not None
-                             else kwargs.get("n_samples_overall", 5000)),
-            "max_cells": -1 if max_cells is None else int(max_cells),
-            "batch_correction": bool(batch_correction), "seed": int(seed), "weights": weights,
-            "filter_outlier_cells": bool(filter_outlier_cells),
-            "ensemble": model.ensemble, "n_members": int(model.n_members),
-        })  # fmt: skip
+        store_de(
+            adata,
+            tables,
+            key_added,
+            groupby,
+            {
+                "delta": "auto" if delta is None else float(delta),
+                "fdr_target": float(fdr_target),
+                "estimand": estimand if mode is None else f"scvi_{mode}",
+                "n_samples": int(
+                    n_samples if n_samples is not None else kwargs.get("n_samples_overall", 5000)
+                ),
+                "max_cells": -1 if max_cells is None else int(max_cells),
+                "batch_correction": bool(batch_correction),
+                "seed": int(seed),
+                "weights": weights,
+                "filter_outlier_cells": bool(filter_outlier_cells),
+                "ensemble": model.ensemble,
+                "n_members": int(model.n_members),
+            },
+        )
         if null:
             adata.uns[key_added]["null_check"] = null
         adata.uns[key_added]["params"].update(storable_attrs(result.attrs))
@@ -529,20 +425,51 @@ def ensemble_de(
     return result
 
 
-def _scvi_table(model, adata, comp, mode, delta, pseudocounts, batch_correction, batchid1,
-                batchid2, weights, batch_size, iw, member_filter, max_cells, seed, fdr_target,
-                kwargs) -> pd.DataFrame:  # fmt: skip
+def _scvi_table(
+    model,
+    adata,
+    comp,
+    mode,
+    delta,
+    pseudocounts,
+    batch_correction,
+    batchid1,
+    batchid2,
+    weights,
+    batch_size,
+    iw,
+    member_filter,
+    max_cells,
+    seed,
+    fdr_target,
+    kwargs,
+) -> pd.DataFrame:
     """One comparison in scvi-tools' ``change``/``vanilla`` mode (see :mod:`._de_scvi`)."""
     rng = np.random.default_rng(seed)
     cells1, cells2 = (
         np.sort(rng.choice(c, max_cells, replace=False))
-        if max_cells is not None and len(c) > max_cells else c
+        if max_cells is not None and len(c) > max_cells
+        else c
         for c in (comp.cells1, comp.cells2)
-    )  # fmt: skip
+    )
     with global_seed(seed):
-        res = scvi_mode_de(model, adata, cells1, cells2, mode, delta, pseudocounts,
-                           batch_correction, batchid1, batchid2, weights, batch_size, iw,
-                           member_filter, kwargs)  # fmt: skip
+        res = scvi_mode_de(
+            model,
+            adata,
+            cells1,
+            cells2,
+            mode,
+            delta,
+            pseudocounts,
+            batch_correction,
+            batchid1,
+            batchid2,
+            weights,
+            batch_size,
+            iw,
+            member_filter,
+            kwargs,
+        )
     table = pd.DataFrame(res, index=pd.Index(adata.var_names, name="gene"))
     # scvi-tools' own sort (ties in its default, unstable order), so one member gives its rows
     if mode == "vanilla":

@@ -52,15 +52,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy import sparse, stats
-from scipy.special import logsumexp
 from scvi import REGISTRY_KEYS
+
+from ensemblevi.model.base._de_prior import (
+    GRID,
+    fit_scale_mixture,
+    mixture_posterior,
+    posterior_draws,
+)
 
 from ._de_calls import EPS, expected_fdr, fdr_calls, summarise_lfc
 
-#: prior standard deviations (log2) of the scale mixture; 0 is the point mass at no change
-GRID = np.array([0.0, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4])
-#: ash's ``nullbiased`` penalty: the EM's prior count on the point mass at 0
-NULL_WEIGHT = 10.0
 #: upper edges of the strata of the ensemble's P(|LFC| >= delta)
 STRATA = (0.5, 0.95)
 #: fewest genes a stratum fits its prior on (smaller ones join a neighbour)
@@ -70,12 +72,10 @@ PRIOR_COUNTS = 0.5
 #: warn when the total variation distance of the two sides' batch mixes exceeds this
 MAX_BATCH_TVD = 0.2
 LIBRARY_SIZE = 1e4
-EM_ITERATIONS = 500
 #: Gamma draws per gene behind the counts' LFC median and variance
 GAMMA_DRAWS = 1000
 #: posterior draws per gene behind the table's LFC summaries (quantiles, min, max)
 POSTERIOR_DRAWS = 400
-EM_TOLERANCE = 1e-8
 
 
 @dataclass
@@ -121,8 +121,12 @@ def normalised_counts(counts: Any) -> sparse.csr_matrix:
     return sparse.csr_matrix(sparse.diags(scale) @ x)
 
 
-def count_means(normalised: sparse.csr_matrix, cells1: np.ndarray, cells2: np.ndarray,
-                batch: np.ndarray | None = None) -> CountMeans:  # fmt: skip
+def count_means(
+    normalised: sparse.csr_matrix,
+    cells1: np.ndarray,
+    cells2: np.ndarray,
+    batch: np.ndarray | None = None,
+) -> CountMeans:
     """Step 1 of the module docstring.
 
     With ``batch``, each side's mean is standardised to one batch mix: the mean over the
@@ -140,8 +144,9 @@ def count_means(normalised: sparse.csr_matrix, cells1: np.ndarray, cells2: np.nd
         Per cell (of ``normalised``), its batch; ``None``: no standardisation.
     """
     if len(cells1) < 2 or len(cells2) < 2:
-        raise ValueError(f"The counts estimand needs >= 2 cells per side, got "
-                         f"{len(cells1)} and {len(cells2)}.")  # fmt: skip
+        raise ValueError(
+            f"The counts estimand needs >= 2 cells per side, got {len(cells1)} and {len(cells2)}."
+        )
     if batch is None:
         groups = [(np.asarray(cells1), np.asarray(cells2))]
     else:
@@ -149,9 +154,11 @@ def count_means(normalised: sparse.csr_matrix, cells1: np.ndarray, cells2: np.nd
         groups = [(cells1[b1 == b], cells2[b2 == b]) for b in np.intersect1d(b1, b2)]
         groups = [(c1, c2) for c1, c2 in groups if len(c1) and len(c2)]
         if not groups:
-            raise ValueError("The two sides share no batch, so batch_correction cannot "
-                             "standardise the counts' means; compare within batches or "
-                             "use estimand='population'.")  # fmt: skip
+            raise ValueError(
+                "The two sides share no batch, so batch_correction cannot "
+                "standardise the counts' means; compare within batches or "
+                "use estimand='population'."
+            )
     sizes = np.array([len(c1) + len(c2) for c1, c2 in groups], dtype=float)
     weights = sizes / sizes.sum()
     g = normalised.shape[1]
@@ -208,91 +215,9 @@ def gamma_lfc(
     return np.log2(sides[0] + pseudocount) - np.log2(sides[1] + pseudocount)
 
 
-def _component_loglik(d: np.ndarray, v: np.ndarray, grid: np.ndarray) -> np.ndarray:
-    var = v[:, None] + grid[None, :] ** 2
-    return -0.5 * (np.log(2 * np.pi * var) + d[:, None] ** 2 / var)
-
-
-def fit_scale_mixture(r: np.ndarray, v: np.ndarray, grid: np.ndarray = GRID,
-                      null_weight: float = NULL_WEIGHT) -> np.ndarray:  # fmt: skip
-    """Step 4: mixture weights of ``theta ~ sum_k pi_k N(0, grid_k^2)`` given
-    ``r ~ N(theta, v)``, by EM on the marginal likelihood with a Dirichlet penalty
-    (``null_weight`` on the first component, 1 on the others: ash's ``nullbiased``).
-
-    Parameters
-    ----------
-    r
-        Observed LFCs, one per gene.
-    v
-        Their sampling variances (> 0).
-    grid
-        Prior standard deviations (the first is 0).
-    null_weight
-        Dirichlet parameter of the first component (>= 1).
-    """
-    ll = _component_loglik(np.asarray(r, float), np.asarray(v, float), grid)
-    pi = np.full(grid.size, 1.0 / grid.size)
-    extra = np.zeros(grid.size)
-    extra[0] = null_weight - 1.0
-    prev = -np.inf
-    for _ in range(EM_ITERATIONS):
-        log_pi = np.log(np.maximum(pi, 1e-300))
-        lw = ll + log_pi
-        norm = logsumexp(lw, axis=1, keepdims=True)
-        # the penalised log-likelihood at the current weights: likelihood and penalty at the
-        # same pi (EM raises it every step, so its gain is the stopping rule)
-        objective = float(norm.sum() + extra @ log_pi)
-        counts = np.exp(lw - norm).sum(axis=0) + extra
-        pi = counts / counts.sum()
-        if objective - prev < EM_TOLERANCE * max(1.0, abs(objective)):
-            break
-        prev = objective
-    return pi
-
-
-def mixture_posterior(r: np.ndarray, v: np.ndarray, pi: np.ndarray, grid: np.ndarray = GRID
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
-    """Per gene the posterior of ``theta``: component weights, means and sds, ``(G, K)``.
-
-    Parameters
-    ----------
-    r, v
-        Observed LFCs and their sampling variances.
-    pi
-        Prior weights on ``grid``.
-    grid
-        Prior standard deviations.
-    """
-    r, v = np.asarray(r, float), np.asarray(v, float)
-    lw = _component_loglik(r, v, grid) + np.log(np.maximum(pi, 1e-300))
-    w = np.exp(lw - logsumexp(lw, axis=1, keepdims=True))
-    s2 = grid[None, :] ** 2
-    shrink = s2 / (s2 + v[:, None])
-    return w, shrink * r[:, None], np.sqrt(shrink * v[:, None])
-
-
-def posterior_draws(w: np.ndarray, mu: np.ndarray, sd: np.ndarray, n_draws: int,
-                    rng: np.random.Generator) -> np.ndarray:  # fmt: skip
-    """``(n_draws, G)`` draws of the mixture posteriors of :func:`mixture_posterior`.
-
-    Parameters
-    ----------
-    w, mu, sd
-        ``(G, K)`` component weights, means and standard deviations.
-    n_draws
-        Draws per gene.
-    rng
-        Random generator.
-    """
-    g = np.arange(w.shape[0])
-    cum = np.cumsum(w, axis=1)
-    comp = (rng.random((n_draws, w.shape[0]))[..., None] > cum[None]).sum(-1)
-    comp = np.minimum(comp, w.shape[1] - 1)
-    return mu[g, comp] + sd[g, comp] * rng.standard_normal((n_draws, w.shape[0]))
-
-
-def strata_of(proba: np.ndarray, edges: tuple[float, ...] = STRATA,
-              min_size: int = MIN_STRATUM) -> np.ndarray:  # fmt: skip
+def strata_of(
+    proba: np.ndarray, edges: tuple[float, ...] = STRATA, min_size: int = MIN_STRATUM
+) -> np.ndarray:
     """Step 3: stratum index per gene; strata of fewer than ``min_size`` genes join the
     neighbour below (the lowest one joins the one above), renumbered from 0.
 
@@ -319,9 +244,13 @@ def strata_of(proba: np.ndarray, edges: tuple[float, ...] = STRATA,
     return np.searchsorted(np.array(labels), s)
 
 
-def gamma_lfc_moments(means: CountMeans, n_draws: int, rng: np.random.Generator,
-                      pseudocount: float = 0.1, chunk: int = 2048
-                      ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def gamma_lfc_moments(
+    means: CountMeans,
+    n_draws: int,
+    rng: np.random.Generator,
+    pseudocount: float = 0.1,
+    chunk: int = 2048,
+) -> tuple[np.ndarray, np.ndarray]:
     """Median and variance per gene of :func:`gamma_lfc`'s draws, ``chunk`` genes at a time
     (so that atlas-sized gene sets stay small in memory).
 
@@ -348,8 +277,14 @@ def gamma_lfc_moments(means: CountMeans, n_draws: int, rng: np.random.Generator,
     return r, np.maximum(v, 1e-12)
 
 
-def eb_draws(r: np.ndarray, v: np.ndarray, strata: np.ndarray, n_draws: int,
-             rng: np.random.Generator, grid: np.ndarray = GRID) -> np.ndarray:  # fmt: skip
+def eb_draws(
+    r: np.ndarray,
+    v: np.ndarray,
+    strata: np.ndarray,
+    n_draws: int,
+    rng: np.random.Generator,
+    grid: np.ndarray = GRID,
+) -> np.ndarray:
     """Steps 4-5: posterior draws ``(n_draws, G)`` of ``theta``, stratum by stratum.
 
     Parameters
@@ -406,12 +341,14 @@ def warn_batch_imbalance(adata_manager: Any, cells1: np.ndarray, cells2: np.ndar
             f"The two sides' batch mixes differ (total variation distance {tvd:.2f} > "
             f"{MAX_BATCH_TVD}), so the counts' group means mix batch into group; pass "
             "batch_correction=True to standardise them to one batch mix.",
-            UserWarning, stacklevel=4,
-        )  # fmt: skip
+            UserWarning,
+            stacklevel=4,
+        )
 
 
-def tail_probability(w: np.ndarray, mu: np.ndarray, sd: np.ndarray, delta: float,
-                     test_mode: str = "two") -> np.ndarray:  # fmt: skip
+def tail_probability(
+    w: np.ndarray, mu: np.ndarray, sd: np.ndarray, delta: float, test_mode: str = "two"
+) -> np.ndarray:
     """Per gene, the mixture posterior's ``P(|theta| >= delta)`` (``test_mode="two"``) or
     the larger of ``P(theta >= delta)`` and ``P(theta < -delta)`` (``"three"``), in closed
     form (no Monte Carlo error).
@@ -433,10 +370,19 @@ def tail_probability(w: np.ndarray, mu: np.ndarray, sd: np.ndarray, delta: float
     return np.clip(up + down if test_mode == "two" else np.maximum(up, down), 0.0, 1.0)
 
 
-def counts_posterior(adata_manager: Any, cells1: np.ndarray, cells2: np.ndarray,
-                     member_proba: np.ndarray, delta: float, n_draws: int, seed: int,
-                     pseudocount: float = 0.1, batch_correction: bool = False,
-                     test_mode: str = "two", normalised: Any = None) -> dict:  # fmt: skip
+def counts_posterior(
+    adata_manager: Any,
+    cells1: np.ndarray,
+    cells2: np.ndarray,
+    member_proba: np.ndarray,
+    delta: float,
+    n_draws: int,
+    seed: int,
+    pseudocount: float = 0.1,
+    batch_correction: bool = False,
+    test_mode: str = "two",
+    normalised: Any = None,
+) -> dict:
     """The ``counts`` estimand's posterior for one comparison.
 
     Returns a dict: ``draws`` ``(n_draws, G)`` of ``theta`` with strata from the pooled
@@ -471,16 +417,25 @@ def counts_posterior(adata_manager: Any, cells1: np.ndarray, cells2: np.ndarray,
         them (one-vs-rest calls share one); ``None``: computed here.
     """
     rng = np.random.default_rng(seed)
-    y = (normalised_counts(adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY))
-         if normalised is None else normalised)  # fmt: skip
-    batch = (np.asarray(adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)).ravel()
-             if batch_correction else None)  # fmt: skip
+    y = (
+        normalised_counts(adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY))
+        if normalised is None
+        else normalised
+    )
+    batch = (
+        np.asarray(adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)).ravel()
+        if batch_correction
+        else None
+    )
     means = count_means(y, np.asarray(cells1), np.asarray(cells2), batch)
     r, v = gamma_lfc_moments(means, GAMMA_DRAWS, rng, pseudocount)
 
     def posterior(strata):
-        parts = np.zeros((r.size, GRID.size)), np.zeros((r.size, GRID.size)), np.zeros(
-            (r.size, GRID.size))
+        parts = (
+            np.zeros((r.size, GRID.size)),
+            np.zeros((r.size, GRID.size)),
+            np.zeros((r.size, GRID.size)),
+        )
         for k in np.unique(strata):
             sel = strata == k
             pi = fit_scale_mixture(r[sel], v[sel])
@@ -496,15 +451,26 @@ def counts_posterior(adata_manager: Any, cells1: np.ndarray, cells2: np.ndarray,
         "proba": tail_probability(w, mu, sd, delta, test_mode),
         "member_proba": np.stack([tail_probability(*m, delta, test_mode) for m in own]),
         "member_mean": np.stack([(m[0] * m[1]).sum(1) for m in own]),
-        "lfc_counts": r, "lfc_counts_se": np.sqrt(v), "stratum": strata,
-    }  # fmt: skip
+        "lfc_counts": r,
+        "lfc_counts_se": np.sqrt(v),
+        "stratum": strata,
+    }
 
 
-def counts_table(model_draws: np.ndarray, adata_manager: Any, cells1: np.ndarray,
-                 cells2: np.ndarray, delta: float, fdr_target: float, gene_names: Any,
-                 seed: int, pseudocount: float = 0.1, test_mode: str = "two",
-                 batch_correction: bool = False, normalised: Any = None
-                 ) -> pd.DataFrame:  # fmt: skip
+def counts_table(
+    model_draws: np.ndarray,
+    adata_manager: Any,
+    cells1: np.ndarray,
+    cells2: np.ndarray,
+    delta: float,
+    fdr_target: float,
+    gene_names: Any,
+    seed: int,
+    pseudocount: float = 0.1,
+    test_mode: str = "two",
+    batch_correction: bool = False,
+    normalised: Any = None,
+) -> pd.DataFrame:
     """The DE table of the ``counts`` estimand for one comparison.
 
     The columns of :func:`._de_calls.summarise_lfc` on the posterior of ``theta`` (strata
@@ -534,9 +500,19 @@ def counts_table(model_draws: np.ndarray, adata_manager: Any, cells1: np.ndarray
     """
     k, _, g = model_draws.shape
     model_proba = np.mean(np.abs(model_draws) >= delta, axis=1)
-    post = counts_posterior(adata_manager, cells1, cells2, model_proba, delta, POSTERIOR_DRAWS,
-                            seed, pseudocount, batch_correction, test_mode,
-                            normalised)  # fmt: skip
+    post = counts_posterior(
+        adata_manager,
+        cells1,
+        cells2,
+        model_proba,
+        delta,
+        POSTERIOR_DRAWS,
+        seed,
+        pseudocount,
+        batch_correction,
+        test_mode,
+        normalised,
+    )
     table = summarise_lfc(post["draws"][None], delta, fdr_target, gene_names, test_mode)
     p = post["proba"]
     efdr, _ = expected_fdr(p)

@@ -110,8 +110,11 @@ def comparisons(
         Cells of the two sides instead of groups (``idx2=None``: all other cells).
     """
     if idx1 is not None:
-        given = [n for n, v in (("groupby", groupby), ("group1", group1), ("group2", group2))
-                 if v is not None]  # fmt: skip
+        given = [
+            n
+            for n, v in (("groupby", groupby), ("group1", group1), ("group2", group2))
+            if v is not None
+        ]
         if given:
             raise ValueError(
                 f"idx1 names the cells directly, so {', '.join(given)} would go unused; "
@@ -151,8 +154,9 @@ def comparisons(
                 f"obs[{groupby!r}] has a single group ({present}) in these cells; DE needs "
                 "two groups."
             )
-        group1 = list(column.cat.categories if isinstance(column.dtype, pd.CategoricalDtype)
-                      else present)  # fmt: skip
+        group1 = list(
+            column.cat.categories if isinstance(column.dtype, pd.CategoricalDtype) else present
+        )
         group1 = [g for g in group1 if str(g) in present]
     elif isinstance(group1, str) or not isinstance(group1, Sequence | np.ndarray):
         group1 = [group1]
@@ -167,8 +171,11 @@ def comparisons(
         in2 = ~in1 if group2 is None else labels == str(group2)
         if not in2.any():
             raise ValueError(f"No cells outside {g!r} to compare with.")
-        out.append(Comparison(np.flatnonzero(in1), np.flatnonzero(in2), g,
-                              "Rest" if group2 is None else group2))  # fmt: skip
+        out.append(
+            Comparison(
+                np.flatnonzero(in1), np.flatnonzero(in2), g, "Rest" if group2 is None else group2
+            )
+        )
     return out
 
 
@@ -204,8 +211,9 @@ def raw_count_stats(adata_manager: Any, cells1: np.ndarray, cells2: np.ndarray) 
     return {f"{name}{i}": out[f"{name}{i}"] for name in order for i in (1, 2)}
 
 
-def annotate_table(table: pd.DataFrame, comp: Comparison, manager: Any, var_names: pd.Index,
-                   all_stats: bool) -> pd.DataFrame:  # fmt: skip
+def annotate_table(
+    table: pd.DataFrame, comp: Comparison, manager: Any, var_names: pd.Index, all_stats: bool
+) -> pd.DataFrame:
     """Add a comparison's raw-count statistics (``all_stats``) and its group columns.
 
     Parameters

@@ -42,8 +42,9 @@ def _smooth(x: np.ndarray, e: np.ndarray, n_bins: int) -> np.ndarray:
     return np.interp(x, centres, means)
 
 
-def fit_f_dist(s2: np.ndarray, df: float, covariate: np.ndarray | None = None
-               ) -> tuple[float, np.ndarray]:  # fmt: skip
+def fit_f_dist(
+    s2: np.ndarray, df: float, covariate: np.ndarray | None = None
+) -> tuple[float, np.ndarray]:
     """Prior df ``d0`` and prior variance ``s0^2`` of the genes' variances (Smyth 2004).
 
     ``s2 / s0^2 ~ F(df, d0)``: moments of ``log s2`` give both. With ``covariate`` (the
@@ -77,9 +78,17 @@ def fit_f_dist(s2: np.ndarray, df: float, covariate: np.ndarray | None = None
     return d0, np.exp(emean + special.digamma(d0 / 2) - np.log(d0 / 2))
 
 
-def moderated_test(lfc: np.ndarray, s2: np.ndarray, df: float, v: float, *,
-                   extra_var: np.ndarray | float = 0.0, prior: bool = True,
-                   covariate: np.ndarray | None = None, delta: float = 0.0) -> dict:  # fmt: skip
+def moderated_test(
+    lfc: np.ndarray,
+    s2: np.ndarray,
+    df: float,
+    v: float,
+    *,
+    extra_var: np.ndarray | float = 0.0,
+    prior: bool = True,
+    covariate: np.ndarray | None = None,
+    delta: float = 0.0,
+) -> dict:
     """The moderated t-test of ``lfc`` (module docstring, step 4).
 
     Parameters
@@ -122,8 +131,15 @@ def moderated_test(lfc: np.ndarray, s2: np.ndarray, df: float, v: float, *,
         pval = stats.t.sf((a - delta) / se, df_total) + stats.t.sf((a + delta) / se, df_total)
     else:
         pval = 2 * stats.t.sf(np.abs(t), df_total)
-    return {"lfc": lfc, "se": se, "t": t, "df": df_total, "pval": np.minimum(pval, 1.0),
-            "s2_post": s2_post, "d0": d0}  # fmt: skip
+    return {
+        "lfc": lfc,
+        "se": se,
+        "t": t,
+        "df": df_total,
+        "pval": np.minimum(pval, 1.0),
+        "s2_post": s2_post,
+        "d0": d0,
+    }
 
 
 def bh(p: np.ndarray) -> np.ndarray:
@@ -144,8 +160,9 @@ def bh(p: np.ndarray) -> np.ndarray:
     return out
 
 
-def design_stats(y1: np.ndarray, y2: np.ndarray, design: str
-                 ) -> tuple[np.ndarray, np.ndarray, float, float]:  # fmt: skip
+def design_stats(
+    y1: np.ndarray, y2: np.ndarray, design: str
+) -> tuple[np.ndarray, np.ndarray, float, float]:
     """LFC, residual variance, df and unscaled variance of ``(..., units, genes)`` log values.
 
     Parameters

@@ -39,9 +39,23 @@ RULE = (
     f"or any repetition calls > {100 * NULL_MAX_FRACTION:g}% of the genes"
 )
 #: ensemble_de's arguments a null repetition repeats unchanged
-SHARED = ("mode", "delta", "batch_size", "batch_correction", "batchid1", "batchid2",
-          "fdr_target", "weights", "filter_outlier_cells", "importance_weighting_kwargs",
-          "estimand", "n_samples", "max_cells", "pseudocounts", "seed")  # fmt: skip
+SHARED = (
+    "mode",
+    "delta",
+    "batch_size",
+    "batch_correction",
+    "batchid1",
+    "batchid2",
+    "fdr_target",
+    "weights",
+    "filter_outlier_cells",
+    "importance_weighting_kwargs",
+    "estimand",
+    "n_samples",
+    "max_cells",
+    "pseudocounts",
+    "seed",
+)
 
 
 def null_halves(cells: np.ndarray, n_null: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -144,15 +158,34 @@ def run_null_check(
     splits = [null_halves(c.cells1, n_null, args["seed"]) for c in comps]  # refuse first
     column = f"is_de_fdr_{args['fdr_target']:g}"
     g = int(adata.n_vars)
-    out: dict[str, list] = {k: [] for k in ("comparison", "n_cells_half1", "n_cells_half2",
-                                            "n_called", "fraction_called", "mean_called",
-                                            "mean_fraction_called", "max_fraction_called",
-                                            "warn")}  # fmt: skip
+    out: dict[str, list] = {
+        k: []
+        for k in (
+            "comparison",
+            "n_cells_half1",
+            "n_cells_half2",
+            "n_called",
+            "fraction_called",
+            "mean_called",
+            "mean_fraction_called",
+            "max_fraction_called",
+            "warn",
+        )
+    }
     for comp, halves in zip(comps, splits, strict=True):
         called = []
         for a, b in halves:
-            table = de(model, adata, idx1=a, idx2=b, all_stats=False, key_added=None,
-                       progress=progress, null_check=False, **args)  # fmt: skip
+            table = de(
+                model,
+                adata,
+                idx1=a,
+                idx2=b,
+                all_stats=False,
+                key_added=None,
+                progress=progress,
+                null_check=False,
+                **args,
+            )
             called.append(int(table[column].astype(bool).sum()))
         frac = [c / g for c in called]
         out["comparison"].append(comp.name)
@@ -180,6 +213,13 @@ def run_null_check(
             f"Null check passed: on {n_null} random splits of group1 into halves the test "
             f"called {max(out['mean_called']):.3g} of {g} genes on average ({RULE})."
         )
-    return {**out, "any_warn": bool(bad), "n_genes": g, "n_null": int(n_null),
-            "seed": int(args["seed"]), "fdr_target": float(args["fdr_target"]),
-            "rule": RULE, "message": message}  # fmt: skip
+    return {
+        **out,
+        "any_warn": bool(bad),
+        "n_genes": g,
+        "n_null": int(n_null),
+        "seed": int(args["seed"]),
+        "fdr_target": float(args["fdr_target"]),
+        "rule": RULE,
+        "message": message,
+    }

@@ -61,12 +61,22 @@ UNIT_STATEMENT = {
     "with at least 2 samples per side)",
 }
 #: obs column names that look like samples (matched case-insensitively, as whole words)
-SAMPLE_LIKE = ("donor", "sample", "patient", "individual", "orig.ident", "subject",
-               "replicate", "mouse", "animal")  # fmt: skip
+SAMPLE_LIKE = (
+    "donor",
+    "sample",
+    "patient",
+    "individual",
+    "orig.ident",
+    "subject",
+    "replicate",
+    "mouse",
+    "animal",
+)
 
 
-def sample_like_columns(obs: pd.DataFrame, cells1: np.ndarray, cells2: np.ndarray,
-                        exclude: tuple = ()) -> list[str]:  # fmt: skip
+def sample_like_columns(
+    obs: pd.DataFrame, cells1: np.ndarray, cells2: np.ndarray, exclude: tuple = ()
+) -> list[str]:
     """``obs`` columns that look like biological samples among the compared cells.
 
     A column qualifies when its name contains one of :data:`SAMPLE_LIKE` and it has at
@@ -100,8 +110,9 @@ def sample_like_columns(obs: pd.DataFrame, cells1: np.ndarray, cells2: np.ndarra
     return found
 
 
-def warn_unused_samples(obs: pd.DataFrame, cells1: np.ndarray, cells2: np.ndarray,
-                        exclude: tuple = ()) -> list[str]:  # fmt: skip
+def warn_unused_samples(
+    obs: pd.DataFrame, cells1: np.ndarray, cells2: np.ndarray, exclude: tuple = ()
+) -> list[str]:
     """Warn, naming the columns, when the data has sample-like columns that DE ignores.
 
     Parameters
@@ -121,8 +132,9 @@ def warn_unused_samples(obs: pd.DataFrame, cells1: np.ndarray, cells2: np.ndarra
             "its calls describe these cells, not the population, and sample-to-sample "
             f"differences are called as changes. Pass sample_key={cols[0]!r} (CLI: "
             f"--sample-key {cols[0]}) to compare samples.",
-            UserWarning, stacklevel=3,
-        )  # fmt: skip
+            UserWarning,
+            stacklevel=3,
+        )
     return cols
 
 
@@ -164,8 +176,14 @@ class Units:
         return self.n1 if self.design == "paired" else min(self.n1, self.n2)
 
 
-def make_units(samples: np.ndarray, cells1: np.ndarray, cells2: np.ndarray, *,
-               design: str = "auto", min_cells: int = 10) -> Units:  # fmt: skip
+def make_units(
+    samples: np.ndarray,
+    cells1: np.ndarray,
+    cells2: np.ndarray,
+    *,
+    design: str = "auto",
+    min_cells: int = 10,
+) -> Units:
     """Group the two sides' cells by sample and decide the design.
 
     ``auto``: ``paired`` when some samples have cells on both sides (those with at least
@@ -192,16 +210,17 @@ def make_units(samples: np.ndarray, cells1: np.ndarray, cells2: np.ndarray, *,
         design = "paired" if shared else "between"
     dropped: dict[str, int] = {}
     if design == "paired" and not shared:
-        raise ValueError("design='paired' needs samples with cells on both sides; no sample "
-                         "has both here (each is in one group): use design='between' or "
-                         "'auto'.")  # fmt: skip
+        raise ValueError(
+            "design='paired' needs samples with cells on both sides; no sample "
+            "has both here (each is in one group): use design='between' or "
+            "'auto'."
+        )
     if design == "paired":
         keep = [s for s in shared if len(s1[s]) >= min_cells and len(s2[s]) >= min_cells]
         for s in sorted(set(s1) | set(s2)):
             if s not in keep:
                 dropped[s] = len(s1.get(s, ())) + len(s2.get(s, ()))
-        return Units("paired", keep, keep, [s1[s] for s in keep], [s2[s] for s in keep],
-                     dropped)  # fmt: skip
+        return Units("paired", keep, keep, [s1[s] for s in keep], [s2[s] for s in keep], dropped)
     if shared:
         raise ValueError(
             f"design='between' needs each sample on one side, but {len(shared)} sample(s) "
@@ -213,8 +232,9 @@ def make_units(samples: np.ndarray, cells1: np.ndarray, cells2: np.ndarray, *,
     return Units("between", k1, k2, [s1[s] for s in k1], [s2[s] for s in k2], dropped)
 
 
-def log_cpm(counts: np.ndarray, library: np.ndarray, prior_count: float = PRIOR_COUNT
-            ) -> np.ndarray:  # fmt: skip
+def log_cpm(
+    counts: np.ndarray, library: np.ndarray, prior_count: float = PRIOR_COUNT
+) -> np.ndarray:
     """voom's ``log2((x + prior) / (L + 2 prior) * 1e6)`` of pseudobulk counts.
 
     Parameters
@@ -269,9 +289,16 @@ def effective_library(sums: np.ndarray, libs: np.ndarray) -> np.ndarray:
     return libs * np.exp(nf)
 
 
-def member_denoised(model: Any, adata: Any, units: Units, *, n_samples: int = 5,
-                    batch_size: int | None = None, seed: int = 0,
-                    counts: Any = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def member_denoised(
+    model: Any,
+    adata: Any,
+    units: Units,
+    *,
+    n_samples: int = 5,
+    batch_size: int | None = None,
+    seed: int = 0,
+    counts: Any = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Each member's denoised pseudobulk counts ``(K, units, genes)`` and the libraries.
 
     A cell's denoised counts are the member's normalised expression (mean of ``n_samples``
@@ -294,9 +321,15 @@ def member_denoised(model: Any, adata: Any, units: Units, *, n_samples: int = 5,
     allc = np.concatenate(groups)
     lib = np.asarray(sparse.csr_matrix(counts)[allc].sum(axis=1), dtype=np.float64).ravel()
     rho = model.get_normalized_expression(
-        adata, indices=allc, n_samples=n_samples, return_mean=True, return_members=True,
-        library_size=1, batch_size=batch_size, seed=seed,
-    )  # fmt: skip
+        adata,
+        indices=allc,
+        n_samples=n_samples,
+        return_mean=True,
+        return_members=True,
+        library_size=1,
+        batch_size=batch_size,
+        seed=seed,
+    )
     rho = np.asarray(rho, dtype=np.float64)  # (K, cells, genes)
     den = rho * lib[None, :, None]
     bounds = np.cumsum([0] + [len(c) for c in groups])
@@ -305,9 +338,16 @@ def member_denoised(model: Any, adata: Any, units: Units, *, n_samples: int = 5,
     return sums, libs
 
 
-def sample_test(sums: np.ndarray, libs: np.ndarray, n1: int, design: str, *,
-                delta: float = 0.0, prior: bool = True, prior_count: float = PRIOR_COUNT
-                ) -> dict:  # fmt: skip
+def sample_test(
+    sums: np.ndarray,
+    libs: np.ndarray,
+    n1: int,
+    design: str,
+    *,
+    delta: float = 0.0,
+    prior: bool = True,
+    prior_count: float = PRIOR_COUNT,
+) -> dict:
     """The moderated test from pseudobulk counts: ``(units, G)`` or ``(K, units, G)``.
 
     With a leading member axis the members' LFCs are averaged, their residual variances
@@ -338,8 +378,9 @@ def sample_test(sums: np.ndarray, libs: np.ndarray, n1: int, design: str, *,
         lfc, s2, mean_y = lfc.mean(0), s2.mean(0), mean_y.mean(0)
     else:
         member_std = None
-    res = moderated_test(lfc, s2, df, v, extra_var=extra, prior=prior, covariate=mean_y,
-                         delta=delta)  # fmt: skip
+    res = moderated_test(
+        lfc, s2, df, v, extra_var=extra, prior=prior, covariate=mean_y, delta=delta
+    )
     res["mean_log_cpm"] = mean_y
     res["member_std"] = member_std
     return res
@@ -367,10 +408,15 @@ def pydeseq2_test(sums: np.ndarray, units: Units, *, seed: int = 0) -> dict:
         ) from err
     names = [f"u{i}" for i in range(sums.shape[0])]
     meta = pd.DataFrame(
-        {"condition": ["g1"] * units.n1 + ["g2"] * units.n2,
-         "sample": [f"s_{s}" for s in units.samples1 + units.samples2]}, index=names)
-    counts = pd.DataFrame(np.rint(sums).astype(np.int64), index=names,
-                          columns=[f"g{j}" for j in range(sums.shape[1])])  # fmt: skip
+        {
+            "condition": ["g1"] * units.n1 + ["g2"] * units.n2,
+            "sample": [f"s_{s}" for s in units.samples1 + units.samples2],
+        },
+        index=names,
+    )
+    counts = pd.DataFrame(
+        np.rint(sums).astype(np.int64), index=names, columns=[f"g{j}" for j in range(sums.shape[1])]
+    )
     design = "~sample + condition" if units.design == "paired" else "~condition"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -381,17 +427,34 @@ def pydeseq2_test(sums: np.ndarray, units: Units, *, seed: int = 0) -> dict:
     r = ds.results_df
     pval = r["pvalue"].to_numpy(dtype=np.float64)
     padj = r["padj"].to_numpy(dtype=np.float64)
-    return {"lfc": r["log2FoldChange"].to_numpy(dtype=np.float64),
-            "se": r["lfcSE"].to_numpy(dtype=np.float64), "t": r["stat"].to_numpy(np.float64),
-            "pval": np.where(np.isfinite(pval), pval, 1.0),
-            "padj": np.where(np.isfinite(padj), padj, 1.0)}  # fmt: skip
+    return {
+        "lfc": r["log2FoldChange"].to_numpy(dtype=np.float64),
+        "se": r["lfcSE"].to_numpy(dtype=np.float64),
+        "t": r["stat"].to_numpy(np.float64),
+        "pval": np.where(np.isfinite(pval), pval, 1.0),
+        "padj": np.where(np.isfinite(padj), padj, 1.0),
+    }
 
 
-def sample_de(model: Any, adata: Any, counts: Any, cells1: np.ndarray, cells2: np.ndarray,
-              samples: np.ndarray, var_names: Any, *, method: str = DEFAULT_SAMPLE_METHOD,
-              design: str = "auto", delta: float = 0.0, fdr_target: float = 0.05,
-              min_cells: int = 10, n_samples: int = 5, batch_size: int | None = None,
-              seed: int = 0, units: Units | None = None) -> pd.DataFrame:  # fmt: skip
+def sample_de(
+    model: Any,
+    adata: Any,
+    counts: Any,
+    cells1: np.ndarray,
+    cells2: np.ndarray,
+    samples: np.ndarray,
+    var_names: Any,
+    *,
+    method: str = DEFAULT_SAMPLE_METHOD,
+    design: str = "auto",
+    delta: float = 0.0,
+    fdr_target: float = 0.05,
+    min_cells: int = 10,
+    n_samples: int = 5,
+    batch_size: int | None = None,
+    seed: int = 0,
+    units: Units | None = None,
+) -> pd.DataFrame:
     """One sample-aware comparison: the table (module docstring).
 
     Parameters
@@ -433,8 +496,9 @@ def sample_de(model: Any, adata: Any, counts: Any, cells1: np.ndarray, cells2: n
     if method not in SAMPLE_METHODS:
         raise ValueError(f"method must be one of {SAMPLE_METHODS}, got {method!r}.")
     if units is None:
-        units = make_units(np.asarray(samples).astype(str), cells1, cells2, design=design,
-                           min_cells=min_cells)  # fmt: skip
+        units = make_units(
+            np.asarray(samples).astype(str), cells1, cells2, design=design, min_cells=min_cells
+        )
     groups = units.cells1 + units.cells2
     sums, libs = pseudobulk(counts, groups)
     if method == "pseudobulk":
@@ -444,20 +508,33 @@ def sample_de(model: Any, adata: Any, counts: Any, cells1: np.ndarray, cells2: n
         df = np.full(sums.shape[1], np.nan)
     else:
         if method == "ensemble":
-            sums_m, libs_m = member_denoised(model, adata, units, n_samples=n_samples,
-                                             batch_size=batch_size, seed=seed, counts=counts)
+            sums_m, libs_m = member_denoised(
+                model,
+                adata,
+                units,
+                n_samples=n_samples,
+                batch_size=batch_size,
+                seed=seed,
+                counts=counts,
+            )
             res = sample_test(sums_m, libs_m, units.n1, units.design, delta=delta)
         else:
             res = sample_test(sums, libs, units.n1, units.design, delta=delta)
         res["padj"] = bh(res["pval"])
         mean_y, member_std, df = res["mean_log_cpm"], res["member_std"], res["df"]
     table = pd.DataFrame(
-        {"lfc": res["lfc"], "lfc_se": res["se"], "t": res["t"], "df": df,
-         "pval": res["pval"], "padj": res["padj"],
-         f"is_de_fdr_{fdr_target:g}": res["padj"] <= fdr_target,
-         "mean_log_cpm": mean_y},
+        {
+            "lfc": res["lfc"],
+            "lfc_se": res["se"],
+            "t": res["t"],
+            "df": df,
+            "pval": res["pval"],
+            "padj": res["padj"],
+            f"is_de_fdr_{fdr_target:g}": res["padj"] <= fdr_target,
+            "mean_log_cpm": mean_y,
+        },
         index=pd.Index(np.asarray(var_names, dtype=str), name="gene"),
-    )  # fmt: skip
+    )
     if member_std is not None:
         table["lfc_member_std"] = member_std
     table["n_samples1"], table["n_samples2"] = units.n1, units.n2
@@ -474,12 +551,29 @@ def describe_units(units: Units) -> dict:
     units
         The comparison's units.
     """
-    return {"design": units.design, "n_samples1": units.n1, "n_samples2": units.n2,
-            "samples1": list(units.samples1), "samples2": list(units.samples2),
-            "dropped_samples": {str(k): int(v) for k, v in units.dropped.items()},
-            "calibrated": units.n_min >= MIN_CALIBRATED_SAMPLES}  # fmt: skip
+    return {
+        "design": units.design,
+        "n_samples1": units.n1,
+        "n_samples2": units.n2,
+        "samples1": list(units.samples1),
+        "samples2": list(units.samples2),
+        "dropped_samples": {str(k): int(v) for k, v in units.dropped.items()},
+        "calibrated": units.n_min >= MIN_CALIBRATED_SAMPLES,
+    }
 
 
-__all__ = ["DEFAULT_SAMPLE_METHOD", "DESIGNS", "SAMPLE_METHODS", "UNIT_STATEMENT", "Units",
-           "bh", "describe_units", "fit_f_dist", "make_units", "moderated_test", "sample_de",
-           "sample_like_columns", "warn_unused_samples"]  # fmt: skip
+__all__ = [
+    "DEFAULT_SAMPLE_METHOD",
+    "DESIGNS",
+    "SAMPLE_METHODS",
+    "UNIT_STATEMENT",
+    "Units",
+    "bh",
+    "describe_units",
+    "fit_f_dist",
+    "make_units",
+    "moderated_test",
+    "sample_de",
+    "sample_like_columns",
+    "warn_unused_samples",
+]

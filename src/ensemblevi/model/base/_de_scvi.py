@@ -154,10 +154,15 @@ def ensemble_scale_fn(
         parts = []
         for k, share in enumerate(member_shares(n_samples_overall, model.n_members)):
             part = model.members[k].get_normalized_expression(
-                adata, indices=member_filter(k, indices), transform_batch=transform_batch,
-                n_samples_overall=share, weights=weights, batch_size=batch_size,
-                return_numpy=True, **importance_kwargs,
-            )  # fmt: skip
+                adata,
+                indices=member_filter(k, indices),
+                transform_batch=transform_batch,
+                n_samples_overall=share,
+                weights=weights,
+                batch_size=batch_size,
+                return_numpy=True,
+                **importance_kwargs,
+            )
             parts.append(part)
         return np.concatenate(parts)
 
@@ -203,9 +208,15 @@ def scvi_mode_de(
     dc = DifferentialComputation(fn, None, manager)
     extra = {"delta": delta, "pseudocounts": pseudocounts} if mode == "change" else {}
     return dc.get_bayes_factors(
-        cells1, cells2, mode=mode, batchid1=batchid1, batchid2=batchid2,
-        use_observed_batches=not batch_correction, **extra, **kwargs,
-    )  # fmt: skip
+        cells1,
+        cells2,
+        mode=mode,
+        batchid1=batchid1,
+        batchid2=batchid2,
+        use_observed_batches=not batch_correction,
+        **extra,
+        **kwargs,
+    )
 
 
 def member_draws(
@@ -245,13 +256,16 @@ def member_draws(
         As in :func:`ensemble_scale_fn`.
     """
     get = functools.partial(
-        model.members[k].get_normalized_expression, adata, indices=cells,
-        transform_batch=transform_batch, library_size=library_size, batch_size=batch_size,
+        model.members[k].get_normalized_expression,
+        adata,
+        indices=cells,
+        transform_batch=transform_batch,
+        library_size=library_size,
+        batch_size=batch_size,
         return_numpy=True,
-    )  # fmt: skip
+    )
     if weights == "importance":
-        x = get(n_samples_overall=n_samples * len(cells), weights="importance",
-                **importance_kwargs)  # fmt: skip
+        x = get(n_samples_overall=n_samples * len(cells), weights="importance", **importance_kwargs)
         return x.reshape(n_samples, len(cells), -1)
     x = get(n_samples=n_samples, return_mean=False)
     return x if n_samples > 1 else x[None]

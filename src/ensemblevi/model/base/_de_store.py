@@ -42,7 +42,8 @@ def store_de(
     vanilla = settings["estimand"] == "scvi_vanilla"
     out = {
         "params": {
-            "groupby": "idx1" if groupby is None and comps[0].group1 is None
+            "groupby": "idx1"
+            if groupby is None and comps[0].group1 is None
             else groupby or "cell_type",
             "reference": "rest" if refs == {None} else ",".join(sorted(map(str, refs - {None}))),
             "method": f"ensemblevi_{settings['estimand']}",
@@ -51,7 +52,7 @@ def store_de(
             "n_cells2": [len(c.cells2) for c in comps] if len(comps) > 1 else len(comps[0].cells2),
         },
         "names": rec(None, "U64", lambda t: t.index.to_numpy(dtype=str)),
-    }  # fmt: skip
+    }
     if settings["estimand"].startswith("samples_"):
         # the sample-aware test is frequentist: its own t, LFC, p-values and BH-adjusted ones
         out["scores"] = rec("t", "float32")
@@ -62,8 +63,11 @@ def store_de(
         out["scores"] = rec("bayes_factor", "float32")
         # a scale of 0 (a gene without counts on one side) would give an infinite LFC:
         # floor both at 1e-12 per unit library, far below any measurable expression
-        out["logfoldchanges"] = rec(None, "float32", lambda t: np.log2(
-            np.maximum(t["scale1"], 1e-12) / np.maximum(t["scale2"], 1e-12)))
+        out["logfoldchanges"] = rec(
+            None,
+            "float32",
+            lambda t: np.log2(np.maximum(t["scale1"], 1e-12) / np.maximum(t["scale2"], 1e-12)),
+        )
         # vanilla tests h1 > h2 with no FDR rule: proba_m2 is the posterior of the other side
         out["pvals"] = out["pvals_adj"] = rec("proba_m2", "float64")
     else:

@@ -153,8 +153,14 @@ def _in_model_gene_order(adata: AnnData, genes: pd.Index | None) -> AnnData:
     given = pd.Index(adata.var_names)
     missing, extra = genes.difference(given), given.difference(genes)
     if len(missing) or len(extra) or not given.is_unique:
-        parts = [f"{len(missing):,} of the model's {len(genes):,} genes are missing (e.g. "
-                 f"{list(missing[:3])})"] if len(missing) else []  # fmt: skip
+        parts = (
+            [
+                f"{len(missing):,} of the model's {len(genes):,} genes are missing (e.g. "
+                f"{list(missing[:3])})"
+            ]
+            if len(missing)
+            else []
+        )
         if len(extra):
             parts.append(f"{len(extra):,} genes are not the model's (e.g. {list(extra[:3])})")
         problem = "; ".join(parts) or "its gene names are not unique"

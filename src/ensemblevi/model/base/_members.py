@@ -29,7 +29,7 @@ from typing import Any
 
 from scvi.model.base import BaseModelClass, EmbeddingMixin, RNASeqMixin, VAEMixin
 
-from ensemblevi._compat import incompatibility_error
+from ensemblevi._scvi_check import incompatibility_error
 
 OVERRIDDEN = (
     "get_normalized_expression",

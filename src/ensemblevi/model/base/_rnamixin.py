@@ -97,13 +97,22 @@ class EnsembleRNASeqMixin(EnsembleMixin, RNASeqMixin):
         """
         if member is not None and not return_members:
             return self.members[self._check_member(member)].get_normalized_expression(
-                adata=adata, indices=indices, transform_batch=transform_batch,
-                gene_list=gene_list, library_size=library_size, n_samples=n_samples,
-                n_samples_overall=n_samples_overall, weights=weights, batch_size=batch_size,
-                return_mean=return_mean, return_numpy=return_numpy, silent=silent,
-                dataloader=dataloader, data_loader_kwargs=data_loader_kwargs,
+                adata=adata,
+                indices=indices,
+                transform_batch=transform_batch,
+                gene_list=gene_list,
+                library_size=library_size,
+                n_samples=n_samples,
+                n_samples_overall=n_samples_overall,
+                weights=weights,
+                batch_size=batch_size,
+                return_mean=return_mean,
+                return_numpy=return_numpy,
+                silent=silent,
+                dataloader=dataloader,
+                data_loader_kwargs=data_loader_kwargs,
                 **importance_weighting_kwargs,
-            )  # fmt: skip
+            )
         if weights not in (None, "uniform"):
             raise ValueError(
                 f"get_normalized_expression(weights={weights!r}): "
@@ -116,9 +125,13 @@ class EnsembleRNASeqMixin(EnsembleMixin, RNASeqMixin):
                 f"{REFUSED[('get_normalized_expression', '**importance_weighting_kwargs')]}."
             )
         self._check_dataloader(
-            "get_normalized_expression", adata, dataloader, indices=indices,
-            batch_size=batch_size, data_loader_kwargs=data_loader_kwargs,
-        )  # fmt: skip
+            "get_normalized_expression",
+            adata,
+            dataloader,
+            indices=indices,
+            batch_size=batch_size,
+            data_loader_kwargs=data_loader_kwargs,
+        )
         if n_samples_overall is not None:
             if n_samples != 1 or return_members:
                 raise ValueError(
@@ -133,9 +146,14 @@ class EnsembleRNASeqMixin(EnsembleMixin, RNASeqMixin):
         codes = batch_codes(self.get_anndata_manager(adata_, required=True), transform_batch)
         chunks = []
         batches = self._seeded_batches(
-            None if dataloader is not None else adata_, indices, batch_size, seed,
-            None if silent else "normalised expression", dataloader, data_loader_kwargs,
-        )  # fmt: skip
+            None if dataloader is not None else adata_,
+            indices,
+            batch_size,
+            seed,
+            None if silent else "normalised expression",
+            dataloader,
+            data_loader_kwargs,
+        )
         for tensors in batches:
             per_batch = []
             for code in codes:
@@ -263,15 +281,37 @@ class EnsembleRNASeqMixin(EnsembleMixin, RNASeqMixin):
         :func:`ensemblevi.model.base.ensemble_de`).
         """
         return _de_core.ensemble_de(
-            self, adata, groupby=groupby, group1=group1, group2=group2, idx1=idx1, idx2=idx2,
-            mode=mode, delta=delta, batch_size=batch_size, all_stats=all_stats,
-            batch_correction=batch_correction, batchid1=batchid1, batchid2=batchid2,
-            fdr_target=fdr_target, silent=silent, weights=weights,
+            self,
+            adata,
+            groupby=groupby,
+            group1=group1,
+            group2=group2,
+            idx1=idx1,
+            idx2=idx2,
+            mode=mode,
+            delta=delta,
+            batch_size=batch_size,
+            all_stats=all_stats,
+            batch_correction=batch_correction,
+            batchid1=batchid1,
+            batchid2=batchid2,
+            fdr_target=fdr_target,
+            silent=silent,
+            weights=weights,
             filter_outlier_cells=filter_outlier_cells,
             importance_weighting_kwargs=importance_weighting_kwargs,
-            estimand=estimand, n_samples=n_samples, max_cells=max_cells,
-            pseudocounts=pseudocounts, seed=seed, key_added=key_added,
-            progress=progress, null_check=null_check, n_null=n_null,
-            sample_key=sample_key, method=method, design=design,
-            lfc_threshold=lfc_threshold, **kwargs,
-        )  # fmt: skip
+            estimand=estimand,
+            n_samples=n_samples,
+            max_cells=max_cells,
+            pseudocounts=pseudocounts,
+            seed=seed,
+            key_added=key_added,
+            progress=progress,
+            null_check=null_check,
+            n_null=n_null,
+            sample_key=sample_key,
+            method=method,
+            design=design,
+            lfc_threshold=lfc_threshold,
+            **kwargs,
+        )

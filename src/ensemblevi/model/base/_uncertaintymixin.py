@@ -118,9 +118,15 @@ class UncertaintyMixin(EnsembleMixin):
             settings = {"n_samples": int(n_samples), "library_size": float(library_size)}
             settings["seed"] = int(seed)
             self._store_uncertainty(
-                adata, idx, mask, frames if store_layers else {}, genes, cells, key_added,
+                adata,
+                idx,
+                mask,
+                frames if store_layers else {},
+                genes,
+                cells,
+                key_added,
                 settings,
-            )  # fmt: skip
+            )
         return frames if return_frames else {"genes": genes, "cells": cells}
 
     def iter_uncertainty(

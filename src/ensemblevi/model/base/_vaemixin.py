@@ -49,9 +49,13 @@ class EnsembleVAEMixin(EnsembleMixin, VAEMixin):
         """
         self._check_if_trained(warn=True)
         batches = self._seeded_batches(
-            adata, indices, batch_size, seed,
-            dataloader=dataloader, data_loader_kwargs=data_loader_kwargs,
-        )  # fmt: skip
+            adata,
+            indices,
+            batch_size,
+            seed,
+            dataloader=dataloader,
+            data_loader_kwargs=data_loader_kwargs,
+        )
         with self._only(member):
             out = [
                 fn(tensors).reshape(1 if member is not None else self.n_members, -1).cpu()
@@ -94,9 +98,13 @@ class EnsembleVAEMixin(EnsembleMixin, VAEMixin):
     def _loader_inputs(self, method: str, adata, indices, batch_size, dataloader, kwargs):
         """Check a custom ``dataloader`` against the other inputs; validate ``adata`` if none."""
         self._check_dataloader(
-            method, adata, dataloader, indices=indices, batch_size=batch_size,
+            method,
+            adata,
+            dataloader,
+            indices=indices,
+            batch_size=batch_size,
             data_loader_kwargs=kwargs,
-        )  # fmt: skip
+        )
         return self._validate_anndata(adata) if dataloader is None else None
 
     def _per_member_view(self, method: str, dataloader, member: int | None) -> None:
@@ -148,9 +156,13 @@ class EnsembleVAEMixin(EnsembleMixin, VAEMixin):
         of means and variances with ``return_dist=True``.
         """
         self._check_dataloader(
-            "get_latent_representation", adata, dataloader, indices=indices,
-            batch_size=batch_size, data_loader_kwargs=data_loader_kwargs,
-        )  # fmt: skip
+            "get_latent_representation",
+            adata,
+            dataloader,
+            indices=indices,
+            batch_size=batch_size,
+            data_loader_kwargs=data_loader_kwargs,
+        )
         args = {
             "adata": adata,
             "indices": indices,
@@ -250,9 +262,15 @@ class EnsembleVAEMixin(EnsembleMixin, VAEMixin):
             "get_elbo", adata, indices, batch_size, dataloader, data_loader_kwargs
         )
         values = self._stream(
-            self.module.member_elbo, adata, indices, batch_size, seed, member,
-            dataloader, data_loader_kwargs,
-        )  # fmt: skip
+            self.module.member_elbo,
+            adata,
+            indices,
+            batch_size,
+            seed,
+            member,
+            dataloader,
+            data_loader_kwargs,
+        )
         return self._likelihood_output(
             values, adata, indices, return_mean, member, return_table, _tensor_mean
         )
@@ -352,9 +370,13 @@ class EnsembleVAEMixin(EnsembleMixin, VAEMixin):
             return self.module.predictive(tensors).log_prob_sum(x, self.module.gene_likelihood)
 
         adata = self._loader_inputs(
-            "get_reconstruction_error", adata, indices, batch_size, dataloader,
+            "get_reconstruction_error",
+            adata,
+            indices,
+            batch_size,
+            dataloader,
             data_loader_kwargs,
-        )  # fmt: skip
+        )
         values = self._stream(
             fn, adata, indices, batch_size, seed, member, dataloader, data_loader_kwargs
         )
@@ -391,9 +413,13 @@ class EnsembleVAEMixin(EnsembleMixin, VAEMixin):
         ``(n_obs, 1)``, as scvi-tools.
         """
         self._check_dataloader(
-            "get_latent_library_size", adata, dataloader, indices=indices,
-            batch_size=batch_size, data_loader_kwargs=data_loader_kwargs,
-        )  # fmt: skip
+            "get_latent_library_size",
+            adata,
+            dataloader,
+            indices=indices,
+            batch_size=batch_size,
+            data_loader_kwargs=data_loader_kwargs,
+        )
         args = {
             "adata": adata,
             "indices": indices,
