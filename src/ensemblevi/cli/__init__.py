@@ -29,7 +29,3 @@ def main() -> None:
             # a progress bar may have left the cursor mid-line: the message gets its own
             console.print(f"\n{console_text(message(err))}", soft_wrap=True)
             sys.exit(err.exit_code)
-
-
-if __name__ == "__main__":
-    main()

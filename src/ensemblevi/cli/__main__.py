@@ -1,0 +1,5 @@
+"""``python -m ensemblevi.cli``: the ``ensemblevi`` command."""
+
+from ensemblevi.cli import main
+
+main()
