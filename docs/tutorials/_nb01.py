@@ -1,0 +1,243 @@
+"""01: quick start on PBMC 3k."""
+
+CELLS = [
+    (
+        "md",
+        """
+# Quick start: which values, genes, markers and cells to trust (PBMC 3k)
+
+**The question.** You trained scVI on your counts and it gave you denoised expression, a
+latent space and a UMAP. How much of that would come out the same if you had trained it
+again? ensemblevi trains *K* scVI models at once (an ensemble, one vectorised pass) and
+turns their disagreement into answers:
+
+- **values**: are the model's predictive distributions of the counts as wide as they should be?
+- **markers**: how far do the members disagree on a marker's denoised level in each cell type
+  (the *model spread*), next to how much the cells of a type differ (the *biological spread*)?
+- **genes**: which genes' denoised values depend on the training run?
+- **cells**: which cells lie outside what the model was trained on?
+
+The data are the classic 10x PBMC 3k (2,638 cells, 8 annotated types), read from
+`shared/data/pbmc3k.h5ad` beside the clone; without that file the notebook falls back to
+the embedded heart-like simulator and says so.""",
+    ),
+    ("setup", ""),
+    (
+        "md",
+        """
+## 1. Read and check the counts
+
+`ev.data.read` reads `.h5ad`, 10x `.h5` or a 10x matrix folder and checks that the matrix
+holds raw counts (finite, non-negative integers); anything else raises a `ValueError`
+that names the problem and the fix. `preprocess` is the project's recipe: raw counts kept
+in `layers["counts"]`, log-normalised values in `X`, highly variable genes selected on
+the counts, and the marker genes kept even when they are not among them.""",
+    ),
+    (
+        "code",
+        """
+PBMC_MARKERS = {
+    "CD14+ Monocytes": ["CD14", "LYZ"],
+    "FCGR3A+ Monocytes": ["FCGR3A"],
+    "B cells": ["MS4A1", "CD79A"],
+    "NK cells": ["NKG7", "GNLY"],
+    "CD8 T cells": ["CD8A"],
+    "CD4 T cells": ["IL7R"],
+}
+HEART_MARKERS = {
+    "Fibroblast": ["DCN", "GSN", "PDGFRA"],
+    "Smooth_muscle_cells": ["MYH11", "TAGLN", "ACTA2"],
+    "Myeloid": ["CD14", "C1QA", "CD68"],
+}
+
+path = shared_data("pbmc3k.h5ad")
+if path is not None:
+    adata = ev.data.read(path)
+    markers = PBMC_MARKERS
+else:
+    print("pbmc3k.h5ad not found beside the clone: using the heart-like simulator instead")
+    adata = ev.data.synthetic(preset="heartlike", seed=0, n_cells=2500)
+    markers = HEART_MARKERS
+
+if QUICK:  # a quarter of the cells, for a check in seconds
+    keep = np.random.default_rng(0).choice(adata.n_obs, size=600, replace=False)
+    adata = adata[np.sort(keep)].copy()
+
+report = ev.data.validate_counts(adata, warn_zeros=False)
+print(report)
+print(adata.obs["cell_type"].value_counts().to_string())""",
+    ),
+    (
+        "code",
+        """
+marker_genes = sorted({gene for genes in markers.values() for gene in genes})
+ev.data.preprocess(adata, n_top_genes=300 if QUICK else 1200, keep_genes=marker_genes)
+adata""",
+    ),
+    (
+        "md",
+        """
+## 2. Train an ensemble of four scVI models
+
+`EnsembleSCVI` is a drop-in for `scvi.model.SCVI`: the same `setup_anndata`, the same
+options, the same outputs. `ensemble="deep"` makes the four members independent networks
+(each gets exactly the gradient it would get alone), trained together in one pass; the
+`seed` fixes initialisation, data split and training, so rerunning gives the same model.""",
+    ),
+    (
+        "code",
+        """
+ev.model.EnsembleSCVI.setup_anndata(adata, layer="counts")
+model = ev.model.EnsembleSCVI(adata, n_members=4, ensemble="deep", seed=0)
+model.train(max_epochs=4 if QUICK else 60, seed=0, enable_progress_bar=False)""",
+    ),
+    (
+        "md",
+        """
+## 3. Which values to trust: is the predictive distribution calibrated?
+
+On cells the model did not train on (its validation split), each count is scored by its
+randomised PIT under the model's predictive distribution (the equal mixture over members
+and latent draws). If the model is calibrated, the PIT is uniform and the central 50%,
+80%, 90%, 95% intervals cover that share of the counts.""",
+    ),
+    (
+        "code",
+        """
+calib = ev.metrics.predictive_calibration(
+    model, adata, indices=model.validation_indices, n_samples=3 if QUICK else 10, progress=False
+)
+calib["coverage"]""",
+    ),
+    ("code", """ev.pl.calibration({"deep K=4": calib}, show=True)"""),
+    (
+        "md",
+        """
+**Reading.** Each row of the table is an interval level: `randomized` is the coverage
+that should equal the level, `interval` the conservative (non-randomised) coverage of the
+same interval, and `members_mean` what a single member would claim on average. The
+histograms on the left should be flat; a U shape means intervals too narrow
+(over-confident), a hump in the middle too wide. Where coverage sits within a point or two
+of the level, the model's count intervals can be read at face value.""",
+    ),
+    (
+        "md",
+        """
+## 4. Markers, genes and cells in one pass
+
+`ev.tl.uncertainty_analysis` decodes every cell once with every member and writes three
+analyses into `adata`: the spread of the markers per cell type, a score per gene, and a
+novelty score and flag per cell (with `embedding=True` also a UMAP of the ensemble's
+denoised expression, never of averaged latent codes: the members' latent spaces are not
+aligned).""",
+    ),
+    (
+        "code",
+        """
+out = ev.tl.uncertainty_analysis(
+    model,
+    adata,
+    markers=markers,
+    groupby="cell_type",
+    n_samples=3 if QUICK else 10,
+    embedding=True,
+    progress=False,
+)
+summary = out["spread"]["summary"].set_index(["group", "gene"])
+summary[["mean", "cv", "member_cv", "frac_between", "frac_uncertain_cells"]].round(3)""",
+    ),
+    (
+        "md",
+        """
+**Reading the marker table.** One row per (cell type, marker): `mean` is the denoised
+level (per 10,000 counts), `cv` how much it varies between the type's cells, `member_cv`
+how much the four members disagree on it in the average cell, `frac_between` the share of
+the model's variance that comes from the members disagreeing (rather than from the
+latent posterior within a member), and `frac_uncertain_cells` the share of the type's
+cells where the members' CV exceeds 10%. A marker whose `member_cv` is small next to its
+`cv` is a marker whose cell-to-cell differences are the data's, not the training run's.""",
+    ),
+    ("code", """ev.pl.model_spread(adata, show=True)"""),
+    ("code", """ev.pl.biological_spread(adata, show=True)"""),
+    (
+        "md",
+        """
+**Reading the two figures.** The model spread shows, per marker and cell type, the
+distribution over cells of the members' disagreement (the CV across members): the
+dashed line is the 10% threshold used for `frac_uncertain_cells`. The biological spread
+shows each member's own view of a type (the mean and spread over the type's cells): when
+the members' boxes sit on top of each other, the type's level of that marker does not
+depend on which training run you happened to keep.""",
+    ),
+    (
+        "md",
+        """
+## 5. Which genes depend on the training run?
+
+Every gene gets a score, the mean over cells of the members' CV of its denoised level,
+written to `adata.var["ensemblevi_uncertainty"]` with its rank.""",
+    ),
+    (
+        "code",
+        """
+genes = out["genes"]
+print(f"{len(genes)} genes scored; the ten least reproducible:")
+genes.head(10)""",
+    ),
+    ("code", """ev.pl.gene_uncertainty(adata, highlight=marker_genes[:6], show=True)"""),
+    (
+        "md",
+        """
+**Reading.** The score is plotted against each gene's mean denoised level: genes at the
+top are those whose denoised values you should not interpret gene by gene (their
+cell-to-cell pattern changes with the training run). They are usually lowly expressed
+genes, where a few counts leave the decoder free; the highlighted markers sit low, among
+the genes the members agree on.""",
+    ),
+    (
+        "md",
+        """
+## 6. Which cells lie outside what the model trained on?
+
+`novelty_knn` is, per member, a cell's mean distance to its 15 nearest training cells in
+that member's latent space, over the median for the validation cells, averaged over
+members. A cell is flagged (`is_novel`) when it exceeds the 95th percentile of the
+validation cells (a conformal threshold: about 5% of new cells like the training cells
+are flagged by design). Cells the model trained on are never tested: every score is
+biased on them.""",
+    ),
+    (
+        "code",
+        """
+novelty = out["novelty"]
+tested = novelty[novelty["novelty_tested"]]
+print(
+    f"{len(tested)} of {len(novelty)} cells tested (the validation split);"
+    f" {tested['is_novel'].mean():.1%} of them flagged"
+)
+novelty.groupby(adata.obs["cell_type"], observed=True)[["novelty_knn", "novelty_cv"]].median()""",
+    ),
+    ("code", """ev.pl.novelty_umap(adata, color="cell_type", show=True)"""),
+    (
+        "md",
+        """
+**Reading.** The UMAP is of the ensemble's denoised expression. On the model's own cells
+the flag rate of the tested (validation) cells should be close to the 5% the rule is set
+for: these cells come from the same samples as the training cells, so a much higher rate
+would mean the threshold does not hold. For a *new* sample, see tutorial 03, which maps
+it onto the model and calibrates on samples the model never saw.
+
+## What to take away
+
+- Read count intervals at face value where the calibration table's `randomized` column
+  matches the level.
+- Trust a marker's differences between cells when its `member_cv` is small next to its
+  `cv`; the two spread figures show where that holds.
+- Do not interpret the genes at the top of the gene-uncertainty ranking one by one.
+- A flagged cell is weak evidence on its own; whole populations are tested in tutorial 03.
+
+The same analysis runs from the command line as
+`ensemblevi run --data pbmc3k.h5ad --markers pbmc3k --out pbmc/`, which writes the
+tables, figures and an HTML report.""",
+    ),
+]
