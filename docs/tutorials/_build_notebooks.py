@@ -1,7 +1,7 @@
 """Write the tutorial notebooks (docs/tutorials/NN_*.ipynb) from the cell lists in _nb*.py.
 
-    python docs/tutorials/_build_notebooks.py            # every notebook, outputs cleared
-    python docs/tutorials/_build_notebooks.py 03_new_sample
+    python docs/tutorials/_build_notebooks.py 03_new_sample      # one notebook, no outputs yet
+    python docs/tutorials/_build_notebooks.py --force            # every notebook, outputs cleared
 
 The notebooks are generated so that they share one set-up cell and one style (title, the
 question, code, a reading of each output); executing them is run_tutorials.py's job, which
@@ -85,12 +85,23 @@ def build(name: str, cells: list[tuple[str, str]]) -> nbformat.NotebookNode:
     return nb
 
 
+def _has_outputs(path: Path) -> bool:
+    if not path.exists():
+        return False
+    nb = nbformat.read(path, as_version=4)
+    return any(c.get("outputs") for c in nb.cells if c.cell_type == "code")
+
+
 def main(argv: list[str]) -> int:
-    wanted = set(argv) or set(NOTEBOOKS)
+    force = "--force" in argv
+    wanted = {a for a in argv if a != "--force"} or set(NOTEBOOKS)
     for name in sorted(wanted):
         if name not in NOTEBOOKS:
             raise SystemExit(f"no notebook {name!r}; there are {sorted(NOTEBOOKS)}")
         path = HERE / f"{name}.ipynb"
+        # The committed notebooks carry minutes of executed outputs: clear them only on purpose.
+        if _has_outputs(path) and not force:
+            raise SystemExit(f"{path.name} holds executed outputs; pass --force to rebuild it")
         nbformat.write(build(name, NOTEBOOKS[name]), path)
         # The project's formatter owns the code cells' layout (make test checks notebooks too).
         ruff = Path(sys.executable).parent / "ruff"

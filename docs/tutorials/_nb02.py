@@ -50,7 +50,7 @@ else:
     print("hca_subsampled_20k.h5ad not found beside the clone: using the heartlike simulator")
     adata = ev.data.synthetic(preset="heartlike", seed=0, n_cells=N_CELLS, n_genes=400)
     batch_key = "batch"
-print(adata)
+print(f"{adata.n_obs} cells x {adata.n_vars} genes")
 print(adata.obs["cell_type"].value_counts().to_string())""",
     ),
     (
@@ -147,7 +147,13 @@ print(f"Spearman correlation {rho:.2f}; median ratio ensemble / seeds {ratio:.2f
     (
         "code",
         """
-ev.pl.biological_spread(adata, genes=["DCN", "ACTA2", "CD14"], key="ensemble", show=True)""",
+fig, axes = plt.subplots(2, 3, figsize=(10, 6), layout="constrained")
+ev.pl.biological_spread(adata, genes=["DCN", "ACTA2", "CD14"], key="seeds", ax=list(axes[0]))
+ev.pl.biological_spread(adata, genes=["DCN", "ACTA2", "CD14"], key="ensemble", ax=list(axes[1]))
+for row, label in zip(axes, [f"{N_SEEDS} scVI seeds", "4 ensemble members"], strict=True):
+    for ax in row:
+        ax.set_title(f"{ax.get_title()}: {label}", fontsize=9)
+plt.show()""",
     ),
     (
         "md",
@@ -155,9 +161,11 @@ ev.pl.biological_spread(adata, genes=["DCN", "ACTA2", "CD14"], key="ensemble", s
 **Reading.** A Spearman correlation near 1 means the ensemble ranks the (type, marker)
 pairs by instability as the seeds do; the median ratio says whether its members disagree
 more or less than independent seeds (four members estimate a spread less precisely than
-N seeds, so single points scatter). The biological-spread panels show, per member, the
-mean and spread over each type's cells: where members' boxes overlap, the biological
-spread is not an artefact of one training run.
+N seeds, so single points scatter). In the biological-spread panels each point is one
+model's average of the marker over the type's cells against its standard deviation over
+them: where the points lie close together, the biological spread is not an artefact of
+one training run; the top row (seeds) and the bottom row (members) should show the same
+kind of scatter.
 
 What the project measured at full scale (`benchmarks/bench_seed_agreement.py`,
 `docs/benchmarks.md`): one K = 4 model against 36 scVI seeds on PBMC 3k and the

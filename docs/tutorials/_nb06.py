@@ -40,7 +40,7 @@ ev.data.preprocess(adata, n_top_genes=300 if QUICK else 1200)
 
 ev.model.EnsembleSCVI.setup_anndata(adata, layer="counts")
 model = ev.model.EnsembleSCVI(adata, n_members=4, ensemble="deep", seed=0)
-model.train(max_epochs=4 if QUICK else 60, seed=0, enable_progress_bar=False)""",
+model.train(max_epochs=4 if QUICK else 40, seed=0, enable_progress_bar=False)""",
     ),
     (
         "md",
