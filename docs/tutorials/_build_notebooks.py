@@ -2,6 +2,7 @@
 
     python docs/tutorials/_build_notebooks.py 03_new_sample      # one notebook, no outputs yet
     python docs/tutorials/_build_notebooks.py --force            # every notebook, outputs cleared
+    python docs/tutorials/_build_notebooks.py --text 01_quickstart_pbmc3k   # markdown only
 
 The notebooks are generated so that they share one set-up cell and one style (title, the
 question, code, a reading of each output); executing them is run_tutorials.py's job, which
@@ -92,21 +93,52 @@ def _has_outputs(path: Path) -> bool:
     return any(c.get("outputs") for c in nb.cells if c.cell_type == "code")
 
 
+def _format(path: Path) -> None:
+    # The project's formatter owns the code cells' layout (make test checks notebooks too).
+    ruff = Path(sys.executable).parent / "ruff"
+    if ruff.exists():
+        subprocess.run([str(ruff), "format", "-q", str(path)], check=True)
+
+
+def update_text(name: str, path: Path) -> None:
+    """Replace the markdown cells of an executed notebook, keeping its code and outputs.
+
+    Refused unless the code cells are those the builder would write: outputs must belong
+    to the code shown beside them.
+    """
+    fresh_path = path.with_suffix(".rebuilt.ipynb")
+    try:
+        nbformat.write(build(name, NOTEBOOKS[name]), fresh_path)
+        _format(fresh_path)
+        fresh = nbformat.read(fresh_path, as_version=4)
+    finally:
+        fresh_path.unlink(missing_ok=True)
+    old = nbformat.read(path, as_version=4)
+    kinds = [(c.cell_type, c.source if c.cell_type == "code" else "") for c in old.cells]
+    if kinds != [(c.cell_type, c.source if c.cell_type == "code" else "") for c in fresh.cells]:
+        raise SystemExit(f"{path.name}: code cells changed; rebuild with --force and execute it")
+    for cell, new in zip(old.cells, fresh.cells, strict=True):
+        if cell.cell_type == "markdown":
+            cell.source = new.source
+    nbformat.write(old, path)
+
+
 def main(argv: list[str]) -> int:
-    force = "--force" in argv
-    wanted = {a for a in argv if a != "--force"} or set(NOTEBOOKS)
+    force, text = "--force" in argv, "--text" in argv
+    wanted = {a for a in argv if not a.startswith("--")} or set(NOTEBOOKS)
     for name in sorted(wanted):
         if name not in NOTEBOOKS:
             raise SystemExit(f"no notebook {name!r}; there are {sorted(NOTEBOOKS)}")
         path = HERE / f"{name}.ipynb"
+        if text:
+            update_text(name, path)
+            print(f"updated the text of {name}.ipynb")
+            continue
         # The committed notebooks carry minutes of executed outputs: clear them only on purpose.
         if _has_outputs(path) and not force:
             raise SystemExit(f"{path.name} holds executed outputs; pass --force to rebuild it")
         nbformat.write(build(name, NOTEBOOKS[name]), path)
-        # The project's formatter owns the code cells' layout (make test checks notebooks too).
-        ruff = Path(sys.executable).parent / "ruff"
-        if ruff.exists():
-            subprocess.run([str(ruff), "format", "-q", str(path)], check=True)
+        _format(path)
         print(f"wrote {name}.ipynb")
     return 0
 

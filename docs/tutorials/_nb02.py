@@ -34,9 +34,9 @@ MARKERS = {
     "Smooth_muscle_cells": ["MYH11", "TAGLN", "ACTA2"],
     "Myeloid": ["CD14", "C1QA", "CD68"],
 }
-N_SEEDS = 3 if QUICK else 10  # the science used 36: `ensemblevi run --seeds 36`
-EPOCHS = 3 if QUICK else 30
-N_CELLS = 600 if QUICK else 2000
+N_SEEDS = 3 if QUICK else 8  # the science used 36: `ensemblevi run --seeds 36`
+EPOCHS = 3 if QUICK else 25
+N_CELLS = 600 if QUICK else 1500
 
 heart = shared_data("hca_subsampled_20k.h5ad")
 if heart is not None:

@@ -40,7 +40,7 @@ ev.data.preprocess(adata, n_top_genes=300 if QUICK else 1200)
 
 ev.model.EnsembleSCVI.setup_anndata(adata, layer="counts")
 model = ev.model.EnsembleSCVI(adata, n_members=4, ensemble="deep", seed=0)
-model.train(max_epochs=4 if QUICK else 40, seed=0, enable_progress_bar=False)""",
+model.train(max_epochs=4 if QUICK else 30, seed=0, enable_progress_bar=False)""",
     ),
     (
         "md",
@@ -77,7 +77,7 @@ cluster contains it) are drawn beside it.""",
         "code",
         """
 stability = ev.tl.neighbourhood_stability(model, adata, n_neighbors=15, groupby="cell_type")
-ev.tl.expression_umap(model, adata, n_epochs=50 if QUICK else 200)
+ev.tl.expression_umap(model, adata, n_epochs=50 if QUICK else 150)
 stability.groupby(adata.obs["cell_type"], observed=True).median().rename("median stability")""",
     ),
     ("code", """ev.pl.stability_umap(adata, show=True)"""),
@@ -101,7 +101,7 @@ shape and their neighbours across the panels are what the stability numbers say.
     (
         "code",
         """
-ev.tl.member_umaps(model, adata, members=4, n_epochs=50 if QUICK else 200)
+ev.tl.member_umaps(model, adata, members=4, n_epochs=50 if QUICK else 100)
 ev.pl.member_embeddings(adata, color="cell_type", show=True)""",
     ),
     (
