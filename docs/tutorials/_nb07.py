@@ -19,6 +19,7 @@ each with tiny settings; the commands are the same at full size.""",
     (
         "code",
         """
+import re
 import shutil
 import subprocess
 import sys
@@ -29,7 +30,7 @@ import torch
 
 work = Path(tempfile.mkdtemp(prefix="ev-scaling-"))  # everything this notebook writes
 adata = ev.data.synthetic(preset="heartlike", seed=0, n_cells=300 if QUICK else 1500, n_genes=200)
-print(adata)""",
+print(f"{adata.n_obs} cells x {adata.n_vars} genes, {adata.obs['batch'].nunique()} batches")""",
     ),
     (
         "md",
@@ -118,15 +119,18 @@ seed, and names missing members:""",
 cli = shutil.which("ensemblevi", path=str(Path(sys.executable).parent)) or shutil.which(
     "ensemblevi"
 )
-common = ["--data", "synthetic", "--n-cells", "300", "--n-top-genes", "200",
-          "--members", "4", "--epochs", "2", "--seed", "0"]
+common = "--data synthetic --n-cells 300 --n-top-genes 200 --members 4 --epochs 2 --seed 0"
+common = common.split()
 
 
 def ensemblevi(*args):
-    \"\"\"Run the command line and show what it printed.\"\"\"
+    \"\"\"Run the command line and show what it printed, less Lightning's start-up banner.\"\"\"
     print("$ ensemblevi", " ".join(str(a) for a in args))
     done = subprocess.run([cli, *map(str, args)], capture_output=True, text=True)
-    print("\\n".join((done.stdout + done.stderr).strip().splitlines()[-4:]), "\\n")
+    text = re.sub(r"\\x1b\\[[0-9;]*m", "", done.stdout + done.stderr)
+    banner = ("GPU available", "TPU available", "Tip:")
+    kept = [line for line in text.splitlines() if not any(b in line for b in banner)]
+    print("\\n".join(kept), "\\n")
     done.check_returncode()
 
 
@@ -157,7 +161,7 @@ and 2,000 genes).""",
 path = work / "cells.h5ad"
 adata.write_h5ad(path)
 backed = anndata.read_h5ad(path, backed="r")
-print(backed)
+print(f"{backed.n_obs} cells x {backed.n_vars} genes, backed: {backed.isbacked}")
 
 ev.model.EnsembleSCVI.setup_anndata(backed, layer="counts", batch_key="batch")
 model_b = ev.model.EnsembleSCVI(backed, n_members=4, ensemble="deep", seed=0)
