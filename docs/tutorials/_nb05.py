@@ -106,10 +106,11 @@ pd.DataFrame({
         "md",
         """
 **Reading.** The first row is the price of the rule (known-type cells called unknown,
-near 5% by design); the second its use: the share of the never-annotated population
-that is called unknown instead of being given a wrong label with confidence. Whatever is
-not called unknown among them appears in the confusion matrix below as a wrong type:
-that is how far the rule can be trusted to catch a missing population here.""",
+near 5% by design), the second its use: the share of the never-annotated population
+that is called unknown instead of being given a wrong label. In the run committed here,
+7.6% of the hidden cells of annotated types are called unknown (the rate measured on the
+183 calibration cells was 3.8%), and 92% of the B cells, whose median confidence is 0.45
+against 0.97 for the annotated types.""",
     ),
     (
         "md",
@@ -132,8 +133,11 @@ pd.Series(calib["summary"]).to_frame("hidden labels")""",
         """
 **Reading.** In the reliability diagram each bin of confidence is plotted against the
 accuracy of its cells: on the diagonal, a confidence of 0.9 is right 9 times in 10;
-below it, the classifier is over-confident. The bars on the right show the
-over-confidence per type.""",
+below it, the classifier is over-confident. In the run committed here the 459 hidden
+cells are 93.7% correctly typed with an ECE of 0.028, and the bars sit at or slightly
+above the mean confidence: if anything the classifier is under-confident. The right panel
+(confidence minus precision per type) says the same for every type but NK cells; the
+rare types (7 dendritic cells, 3 megakaryocytes) are too few to read.""",
     ),
     (
         "code",
@@ -144,9 +148,11 @@ ev.pl.label_confusion(adata, show=True)""",
         "md",
         """
 **Reading.** Rows are the true types of the hidden cells, columns the calls (with an
-`unknown` column); rows sum to one. The confusion only holds types the classifier knows:
-cells whose true type is not among its labels (here the never-annotated population) are
-left out of `label_calibration`, so where they went is counted directly:""",
+`unknown` column); colours are shares of the row, numbers are cells. The mistakes are
+between CD4 and CD8 T cells and into `unknown`. The confusion only holds types the
+classifier knows: cells whose true type is not among its labels (here the
+never-annotated B cells) are left out of `label_calibration`, so where they went is
+counted directly:""",
     ),
     (
         "code",
@@ -159,9 +165,10 @@ calls.rename(f"calls of the {unseen.sum()} {unseen_type}").to_frame()""",
         """
 ## 4. Tempering the probabilities
 
-If the classifier is over-confident, `temperature=True` divides the pooled logits by the
-single temperature that minimises their negative log-likelihood on the calibration
-cells; the calls do not change, only the confidences.""",
+If the classifier is over- or under-confident, `temperature=True` divides the pooled
+logits by the single temperature that minimises their negative log-likelihood on the
+calibration cells. The type of each cell does not change; its confidence does, and with
+it the entropy that the `unknown` rule reads.""",
     ),
     (
         "code",
@@ -174,12 +181,17 @@ pd.DataFrame({"as trained": calib["summary"], "tempered": tempered["summary"]})"
     (
         "md",
         """
+**Reading.** In the run committed here 316 of the 342 B cells are called unknown and
+the rest mostly CD4 T cells. Tempering changes little, as the ECE was already small
+(0.028 to 0.022, NLL 0.200 to 0.190), and 25 instead of 35 hidden cells are called
+unknown.
+
 ## What to take away
 
 - Read `ensemblevi_label_call`: the type, or `unknown` where the score passes a threshold
   with a measured false-positive rate.
 - Check the confidences on labels you hid (`label_calibration`) before reading them as
-  probabilities; temper them if the reliability diagram sits below the diagonal.
+  probabilities; temper them if the reliability diagram sits off the diagonal.
 - From the command line: `ensemblevi annotate --data cells.h5ad --labels-key cell_type
   --out DIR` hides 20% of the labels, trains both models and writes the tables, figures
   and report. For a new sample, map it with `EnsembleSCANVI.load_query_data` and
