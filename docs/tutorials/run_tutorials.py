@@ -83,8 +83,11 @@ def run_notebook(path: Path, out: Path, timeout: int) -> float:
             try:
                 client.execute_cell(cell, index)
             except (CellExecutionError, CellTimeoutError) as err:
-                # Keep the failed notebook so its traceback can be read in full.
-                failed = out.with_suffix(".failed.ipynb")
+                # Keep the failed notebook so its traceback can be read in full, outside
+                # docs/ so that a failed run leaves nothing for the site or git to pick up.
+                failed_dir = Path(tempfile.gettempdir()) / "ev-tutorials-failed"
+                failed_dir.mkdir(exist_ok=True)
+                failed = failed_dir / path.name
                 nbformat.write(nb, failed)
                 raise SystemExit(
                     f"{path.name}: cell {index} failed ({type(err).__name__}):\n"
@@ -108,7 +111,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     notebooks = sorted(HERE.glob("[0-9]*.ipynb"))
-    notebooks = [nb for nb in notebooks if not nb.name.endswith(".failed.ipynb")]
     if args.only:
         wanted = {name.removesuffix(".ipynb") for name in args.only}
         unknown = wanted - {nb.stem for nb in notebooks}
