@@ -70,7 +70,7 @@ plus 10% of the other samples' cells; its `datasplitter_kwargs` go straight to `
     (
         "code",
         """
-split = ev.tl.sample_split(ref, "sample", n_holdout=2, seed=0)
+split = ev.tl.sample_split(ref, sample_key="sample", n_holdout=2, seed=0)
 print("samples kept out of training:", split["holdout_samples"])
 
 ev.model.EnsembleSCVI.setup_anndata(ref, layer="counts")
@@ -163,7 +163,7 @@ the query model are calibrated on the *reference's* held-out cells: pass
     (
         "code",
         """
-qmodel = ev.model.EnsembleSCVI.load_query_data(query, model)
+qmodel = ev.model.EnsembleSCVI.load_query_data(query, reference_model=model)
 qmodel.train(max_epochs=5 if QUICK else 40, seed=0, enable_progress_bar=False)
 mapped = ev.tl.cell_novelty(
     qmodel, query, alpha=0.05, reference_model=model, sample_key="sample", progress=False,

@@ -127,7 +127,7 @@ group's markers in every member.""",
         "code",
         """
 markers = ev.tl.marker_stability(
-    model, adata, adata.obs["cell_type"].to_numpy(), n_top=10, share=0.75
+    model, adata, clusters=adata.obs["cell_type"].to_numpy(), n_top=10, share=0.75
 )
 markers""",
     ),

@@ -104,8 +104,8 @@ print("members:", merged.n_members, "| largest difference from the one-piece mod
     (
         "md",
         """
-**Reading.** A difference of 0 (or at the level of float rounding) means the two shards,
-trained apart, are exactly the four members the one-piece training gives. Sharding is for
+**Reading.** The largest difference over every member, cell and gene is 0.0: the two
+shards, trained apart, are exactly the four members the one-piece training gives. Sharding is for
 `deep` ensembles (BatchEnsemble members share weights); leave early stopping off, since
 it would couple members through the validation loss.
 
@@ -124,19 +124,20 @@ common = common.split()
 
 
 def ensemblevi(*args):
-    \"\"\"Run the command line and show what it printed, less Lightning's start-up banner.\"\"\"
-    print("$ ensemblevi", " ".join(str(a) for a in args))
-    done = subprocess.run([cli, *map(str, args)], capture_output=True, text=True)
+    \"\"\"Run the command line in `work` and show what it printed, less Lightning's banner
+    and the table describing the data.\"\"\"
+    print("$ ensemblevi", " ".join(args))
+    done = subprocess.run([cli, *args], capture_output=True, text=True, cwd=work)
     text = re.sub(r"\\x1b\\[[0-9;]*m", "", done.stdout + done.stderr)
-    banner = ("GPU available", "TPU available", "Tip:")
-    kept = [line for line in text.splitlines() if not any(b in line for b in banner)]
+    skip = ("GPU available", "TPU available", "Tip:", "┌", "│", "└")
+    kept = [line.strip() for line in text.splitlines() if not any(b in line for b in skip)]
     print("\\n".join(kept), "\\n")
     done.check_returncode()
 
 
-ensemblevi("train", *common, "--shard", "1/2", "--out", work / "shards/1")
-ensemblevi("train", *common, "--shard", "2/2", "--out", work / "shards/2")
-ensemblevi("merge", work / "shards/1", work / "shards/2", "--out", work / "model")
+ensemblevi("train", *common, "--shard", "1/2", "--out", "shards/1")
+ensemblevi("train", *common, "--shard", "2/2", "--out", "shards/2")
+ensemblevi("merge", "shards/1", "shards/2", "--out", "model")
 sorted(p.name for p in (work / "model").iterdir())""",
     ),
     (
