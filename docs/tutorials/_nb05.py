@@ -64,7 +64,9 @@ ev.model.EnsembleSCVI.setup_anndata(adata, layer="counts")
 vae = ev.model.EnsembleSCVI(adata, n_members=4, ensemble="deep", seed=0)
 vae.train(max_epochs=5 if QUICK else 25, seed=0, enable_progress_bar=False)
 
-model = ev.model.EnsembleSCANVI.from_scvi_model(vae, "Unknown", labels_key="labels")
+model = ev.model.EnsembleSCANVI.from_scvi_model(
+    vae, unlabeled_category="Unknown", labels_key="labels"
+)
 model.train(max_epochs=3 if QUICK else 10, seed=0, enable_progress_bar=False)
 probs = model.predict(soft=True)
 probs.head()""",
@@ -124,7 +126,7 @@ score, the reliability table and the confusion matrix.""",
     (
         "code",
         """
-calib = ev.tl.label_calibration(adata, "cell_type", mask=hidden & ~unseen)
+calib = ev.tl.label_calibration(adata, truth_key="cell_type", mask=hidden & ~unseen)
 pd.Series(calib["summary"]).to_frame("hidden labels")""",
     ),
     ("code", """ev.pl.label_calibration(adata, show=True)"""),
@@ -178,7 +180,9 @@ it the entropy that the `unknown` rule reads.""",
         """
 ev.tl.label_uncertainty(model, adata, alpha=0.05, score="entropy", temperature=True,
                         key_added="tempered")
-tempered = ev.tl.label_calibration(adata, "cell_type", mask=hidden & ~unseen, key="tempered")
+tempered = ev.tl.label_calibration(
+    adata, truth_key="cell_type", mask=hidden & ~unseen, key="tempered"
+)
 pd.DataFrame({"as trained": calib["summary"], "tempered": tempered["summary"]})""",
     ),
     (
