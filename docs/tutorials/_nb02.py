@@ -84,7 +84,9 @@ in the average cell of the type: the science's model spread. `cv` is the spread 
 the cells of the type (the biological spread), averaged over seeds. In the run committed
 here (8 seeds, 25 epochs, the heartlike simulator) the seeds disagree by 16-30% on every
 marker, against 19-39% between cells: the model spread is of the order of the biological
-spread, as in the original experiment.""",
+spread, as in the original experiment. In the figure below the seeds play the part of the
+"members": each point is a cell, the seeds' mean of the marker against their standard
+deviation, above the dashed line where they disagree by more than 10%.""",
     ),
     ("code", """ev.pl.model_spread(adata, key="seeds", show=True)"""),
     (
