@@ -132,6 +132,9 @@ def test_notebook_was_executed_without_errors(path):
     tracebacks = [o for o in outputs if o.output_type == "stream" and "Traceback" in o.text]
     assert not tracebacks, f"{path.name}: a traceback printed to a stream"
     assert outputs, f"{path.name}: no outputs"
+    root = str(TUTORIALS.parent.parent)
+    leaked = [o for o in outputs if o.output_type == "stream" and root in o.text]
+    assert not leaked, f"{path.name}: this checkout's path in the outputs (run_tutorials tidies it)"
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert images or path.stem in NO_FIGURE, f"{path.name}: no figure among the outputs"
 

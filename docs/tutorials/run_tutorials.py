@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+SITE_PACKAGES = re.compile(r"/[^\s\"']*/site-packages/")
 KERNEL_NAME = "python3"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -52,7 +54,7 @@ def _kernel_env(quick: bool, threads: int | None) -> None:
     os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
     # tqdm warns at import when ipywidgets is missing, which a headless run need not have.
     os.environ.setdefault("PYTHONWARNINGS", "ignore:IProgress not found")
-    src = HERE.parent.parent / "src"
+    src = ROOT / "src"
     if (src / "ensemblevi" / "__init__.py").exists():
         parts = [str(src), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
         os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(parts))
@@ -61,6 +63,18 @@ def _kernel_env(quick: bool, threads: int | None) -> None:
 def _cell_source_head(cell, n: int = 3) -> str:
     lines = cell.source.strip().splitlines()[:n]
     return "\n".join("    " + line for line in lines)
+
+
+def tidy_paths(nb) -> None:
+    """Shorten this machine's paths in the printed outputs (warnings name their source
+    file): the checkout's root goes, an environment's prefix becomes ``site-packages/``,
+    so the rendered docs show where a warning comes from, not where it was executed."""
+    root = str(ROOT) + os.sep
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream":
+                text = output["text"].replace(root, "")
+                output["text"] = SITE_PACKAGES.sub("site-packages/", text)
 
 
 def _children_cpu() -> float:
@@ -107,6 +121,7 @@ def run_notebook(path: Path, out: Path, timeout: int) -> tuple[float, float]:
                 ) from None
     elapsed = time.perf_counter() - start
     nb.metadata.pop("widgets", None)
+    tidy_paths(nb)
     nbformat.validate(nb)
     nbformat.write(nb, out)
     return elapsed, _children_cpu() - cpu
