@@ -37,7 +37,7 @@ extensions = [
     "ev_tutorials",
 ]
 
-source_suffix = {".md": "myst-nb", ".ipynb": "myst-nb"}
+source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
 master_doc = "index"
 exclude_patterns = [
     "_build",
@@ -64,6 +64,7 @@ napoleon_google_docstring = False
 napoleon_numpy_docstring = True
 napoleon_use_rtype = True
 napoleon_use_param = True
+napoleon_custom_sections = ["Shape", "Reference", "References", "Notes"]
 typehints_defaults = "comma"
 always_document_param_types = False
 autodoc_typehints = "description"
@@ -101,4 +102,3 @@ html_theme_options = {
     "show_toc_level": 2,
 }
 html_show_sourcelink = False
-

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 from pathlib import Path
 
 from docutils import nodes
@@ -48,7 +49,19 @@ def _stub(package: str, name: str) -> str:
         return title + f".. autoclass:: {name}\n   :members:\n   :show-inheritance:\n"
     if callable(obj):
         return title + f".. autofunction:: {name}\n"
-    return title + f".. autodata:: {name}\n   :no-value:\n"
+    # a constant's own __doc__ is its type's (dict, tuple): say what it holds instead
+    kind = type(obj).__name__
+    if isinstance(obj, dict):
+        what = f"A ``{kind}`` with the keys " + ", ".join(f"``{k}``" for k in list(obj)[:12])
+        what += ", ..." if len(obj) > 12 else ""
+    elif isinstance(obj, (tuple, list, set, frozenset)):
+        what = f"A ``{kind}`` of {len(obj)}: " + ", ".join(f"``{v!r}``" for v in list(obj)[:12])
+        what += ", ..." if len(obj) > 12 else ""
+    elif hasattr(obj, "shape"):
+        what = f"A ``{kind}`` of shape ``{tuple(obj.shape)}``"
+    else:
+        what = f"``{obj!r}``" if "\n" not in repr(obj) else f"A ``{kind}``"
+    return title + f".. py:data:: {name}\n   :type: {kind}\n\n   {what}.\n"
 
 
 def write_stubs(srcdir: Path) -> list[Path]:
@@ -69,7 +82,7 @@ def write_stubs(srcdir: Path) -> list[Path]:
 
 
 class EvApi(SphinxDirective):
-    """``ev-api PACKAGE``: the package's first docstring line and its autosummary table."""
+    """``ev-api PACKAGE`` (in a MyST page): the package's docstring line and autosummary table."""
 
     required_arguments = 1
 
@@ -78,12 +91,55 @@ class EvApi(SphinxDirective):
         mod = importlib.import_module(package)
         doc = (inspect.getdoc(mod) or "").strip().splitlines()
         lines = [doc[0], ""] if doc else []
-        lines += [f".. currentmodule:: {package}", "", ".. autosummary::"]
-        lines += [f"   :toctree: {STUB_DIR}", "   :nosignatures:", ""]
-        lines += [f"   {name}" for name in public_names(package)]
+        # the page is MyST: the directives are written in its fence syntax
+        lines += ["```{currentmodule} " + package, "```", "", "```{autosummary}"]
+        lines += [f":toctree: {STUB_DIR}", ":nosignatures:", ""]
+        lines += list(public_names(package)) + ["```"]
         container = nodes.container()
         self.state.nested_parse(StringList(lines, source=f"ev-api {package}"), 0, container)
         return container.children
+
+
+_SUBSTITUTION = re.compile(r"(?<![`\\\w])\|([^|`\n]+)\|(?![`\w])")
+
+
+def _escape_bars(app, what, name, obj, options, lines):
+    """``|LFC|`` in a docstring means an absolute value, not an RST substitution."""
+    for i, line in enumerate(lines):
+        if "|" in line and not line.lstrip().startswith(("|", "+")):  # not a grid table
+            parts = line.split("``")  # even parts lie outside inline literals
+            parts[::2] = [_SUBSTITUTION.sub(r"\|\1\|", p) for p in parts[::2]]
+            lines[i] = "``".join(parts)
+
+
+_NAMES = re.compile(r"^[A-Za-z_][\w, ]*$")
+_SECTION = re.compile(r"^-{3,}$")
+
+
+def _mend_numpydoc(app, what, name, obj, options, lines):
+    """Before napoleon: two layouts numpydoc tolerates and napoleon misreads.
+
+    A parameter list wrapped onto a second unindented line (``a, b,`` / ``c``) is joined;
+    a free-text ``Returns`` section (no ``name : type`` line) becomes one ``:returns:``
+    field, so napoleon does not take its second line for a type.
+    """
+    i = 0
+    while i < len(lines) - 1:
+        line, nxt = lines[i], lines[i + 1]
+        if line.endswith(",") and _NAMES.match(line) and _NAMES.match(nxt):
+            lines[i : i + 2] = [f"{line} {nxt}"]
+            continue
+        i += 1
+    for i in range(len(lines) - 2):
+        if lines[i] in ("Returns", "Yields") and _SECTION.match(lines[i + 1]):
+            end = i + 2
+            while end < len(lines) and lines[end].strip():
+                end += 1
+            body = lines[i + 2 : end]
+            if len(body) > 1 and " : " not in body[0] and not body[1].startswith(" "):
+                field = ":returns: " if lines[i] == "Returns" else ":yields: "
+                lines[i:end] = [field + body[0], *("   " + b for b in body[1:])]
+            break
 
 
 def _on_config(app, config):
@@ -92,5 +148,7 @@ def _on_config(app, config):
 
 def setup(app):
     app.connect("config-inited", _on_config)
+    app.connect("autodoc-process-docstring", _mend_numpydoc, priority=400)  # before napoleon
+    app.connect("autodoc-process-docstring", _escape_bars, priority=600)  # after napoleon
     app.add_directive("ev-api", EvApi)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
