@@ -38,9 +38,8 @@ def test_readme_is_a_landing_page_with_the_two_commands_first():
     assert text.index("make demo") < text.index("\n## ")
 
 
-PAGES = ["README.md", "CHANGELOG.md"] + sorted(
-    str(p.relative_to(ROOT)) for p in DOCS.rglob("*.md") if "_build" not in p.parts
-)
+_DOC_PAGES = sorted(str(p.relative_to(ROOT)) for p in DOCS.rglob("*.md") if "_build" not in p.parts)
+PAGES = ["README.md", "CHANGELOG.md", *_DOC_PAGES]
 
 
 @pytest.mark.parametrize("page", PAGES)

@@ -94,7 +94,7 @@ class EvApi(SphinxDirective):
         # the page is MyST: the directives are written in its fence syntax
         lines += ["```{currentmodule} " + package, "```", "", "```{autosummary}"]
         lines += [f":toctree: {STUB_DIR}", ":nosignatures:", ""]
-        lines += list(public_names(package)) + ["```"]
+        lines += [*public_names(package), "```"]
         container = nodes.container()
         self.state.nested_parse(StringList(lines, source=f"ev-api {package}"), 0, container)
         return container.children
