@@ -41,6 +41,10 @@ def public_names(package: str) -> list[str]:
     return [n for n in getattr(mod, "__all__", []) if not inspect.ismodule(getattr(mod, n))]
 
 
+def _is_constant(obj) -> bool:
+    return not (inspect.isclass(obj) or callable(obj))
+
+
 def _stub(package: str, name: str) -> str:
     obj = getattr(importlib.import_module(package), name)
     full = f"{package}.{name}"
@@ -91,10 +95,19 @@ class EvApi(SphinxDirective):
         mod = importlib.import_module(package)
         doc = (inspect.getdoc(mod) or "").strip().splitlines()
         lines = [doc[0], ""] if doc else []
-        # the page is MyST: the directives are written in its fence syntax
-        lines += ["```{currentmodule} " + package, "```", "", "```{autosummary}"]
-        lines += [f":toctree: {STUB_DIR}", ":nosignatures:", ""]
-        lines += [*public_names(package), "```"]
+        names = public_names(package)
+        mod_objs = {n: getattr(mod, n) for n in names}
+        consts = [n for n in names if _is_constant(mod_objs[n])]
+        # autosummary writes RST: inside a MyST page it must run in an eval-rst block
+        lines += ["```{eval-rst}", f".. currentmodule:: {package}", ""]
+        lines += [".. autosummary::", f"   :toctree: {STUB_DIR}", "   :nosignatures:", ""]
+        lines += [f"   {n}" for n in names if n not in consts]
+        if consts:
+            # a constant's summary would be its type's docstring (dict, tuple): listed apart
+            lines += ["", "Constants: " + ", ".join(f":data:`{n}`" for n in consts), ""]
+            lines += [".. toctree::", "   :hidden:", ""]
+            lines += [f"   {STUB_DIR}/{package}.{n}" for n in consts]
+        lines += ["```"]
         container = nodes.container()
         self.state.nested_parse(StringList(lines, source=f"ev-api {package}"), 0, container)
         return container.children
@@ -116,12 +129,23 @@ _NAMES = re.compile(r"^[A-Za-z_][\w, ]*$")
 _SECTION = re.compile(r"^-{3,}$")
 
 
+def _return_label(obj) -> str:
+    try:
+        ann = inspect.signature(obj).return_annotation
+    except (TypeError, ValueError):
+        return "result"
+    if ann is inspect.Signature.empty:
+        return "result"
+    return ann if isinstance(ann, str) else getattr(ann, "__name__", "result")
+
+
 def _mend_numpydoc(app, what, name, obj, options, lines):
     """Before napoleon: two layouts numpydoc tolerates and napoleon misreads.
 
     A parameter list wrapped onto a second unindented line (``a, b,`` / ``c``) is joined;
-    a free-text ``Returns`` section (no ``name : type`` line) becomes one ``:returns:``
-    field, so napoleon does not take its second line for a type.
+    a free-text ``Returns`` section (no ``name : type`` line) becomes the description of
+    one entry typed by the return annotation, so napoleon does not read each of its
+    lines as a type.
     """
     i = 0
     while i < len(lines) - 1:
@@ -137,8 +161,7 @@ def _mend_numpydoc(app, what, name, obj, options, lines):
                 end += 1
             body = lines[i + 2 : end]
             if len(body) > 1 and " : " not in body[0] and not body[1].startswith(" "):
-                field = ":returns: " if lines[i] == "Returns" else ":yields: "
-                lines[i:end] = [field + body[0], *("   " + b for b in body[1:])]
+                lines[i + 2 : end] = [_return_label(obj), *("    " + b for b in body)]
             break
 
 
