@@ -22,12 +22,12 @@ def command_names() -> list[str]:
 
 
 def help_text(*args: str) -> str:
-    """``ensemblevi ARGS --help`` as plain text, 90 columns, no colours or boxes' markup."""
+    """``ensemblevi ARGS --help`` as plain text, 80 columns, no colours or boxes' markup."""
     from typer.testing import CliRunner
 
     from ensemblevi.cli import app
 
-    env = {"COLUMNS": "90", "NO_COLOR": "1", "TERM": "dumb", "_TYPER_FORCE_DISABLE_TERMINAL": "1"}
+    env = {"COLUMNS": "80", "NO_COLOR": "1", "TERM": "dumb", "_TYPER_FORCE_DISABLE_TERMINAL": "1"}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
