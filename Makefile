@@ -5,14 +5,14 @@ VENV   ?= .venv
 TORCH  ?= torch==2.13.0
 BIN     = $(VENV)/bin
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint docs tutorials dist bench clean
 
 PBMC := $(wildcard ../shared/data/pbmc3k.h5ad)
 
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,docs]"
 	touch $@
 
 install: $(BIN)/.installed
@@ -29,10 +29,25 @@ test: $(BIN)/.installed
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
-# The benchmark suite (about an hour on 2 cores); rewrites its sections of docs/benchmarks.md
+# The documentation site; warnings (a broken reference, a bad docstring) are errors
+docs: $(BIN)/.installed
+	$(BIN)/python -m sphinx -W --keep-going -b html docs docs/_build/html
+
+# Executes every tutorial notebook in place (full settings; offline)
+tutorials: $(BIN)/.installed
+	$(BIN)/python docs/tutorials/run_tutorials.py
+
+# The wheel and sdist, checked as PyPI would
+dist: $(BIN)/.installed
+	rm -rf dist
+	$(BIN)/python -m build
+	$(BIN)/python -m twine check dist/*
+
+# The benchmark suite (about an hour on 2 cores); rewrites its sections of
+# docs/benchmarks/suite.md and the figures in docs/figures
 bench: $(BIN)/.installed
 	$(BIN)/ensemblevi benchmark --suite all --out bench_results $(if $(PBMC),--pbmc $(PBMC)) \
-		--docs docs/benchmarks.md --figures docs/figures
+		--docs docs/benchmarks/suite.md --figures docs/figures
 
 clean:
-	rm -rf $(VENV) results .pytest_cache .ruff_cache
+	rm -rf $(VENV) results .pytest_cache .ruff_cache docs/_build docs/api/generated dist

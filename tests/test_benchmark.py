@@ -123,6 +123,21 @@ def test_update_docs_replaces_only_its_section(tmp_path):
     assert text.count("<!-- suite:fdr -->") == 1
 
 
+def test_update_docs_points_figures_at_the_figures_folder(tmp_path):
+    (tmp_path / "docs" / "figures").mkdir(parents=True)
+    (tmp_path / "docs" / "benchmarks").mkdir()
+    section = "## Suite\n\n![fdr](figures/de_fdr.png)\n"
+    below = tmp_path / "docs" / "benchmarks" / "suite.md"
+    update_docs(below, "fdr", section)
+    assert "](../figures/de_fdr.png)" in below.read_text()
+    beside = tmp_path / "docs" / "bench.md"  # the figures folder beside the page
+    update_docs(beside, "fdr", section)
+    assert "](figures/de_fdr.png)" in beside.read_text()
+    alone = tmp_path / "elsewhere.md"  # no figures folder near: left as written
+    update_docs(alone, "fdr", section)
+    assert "](figures/de_fdr.png)" in alone.read_text()
+
+
 def test_quick_suite_end_to_end(tmp_path):
     from typer.testing import CliRunner
 

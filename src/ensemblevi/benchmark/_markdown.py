@@ -1,7 +1,8 @@
-"""Markdown sections of the suite's results, and their place in ``docs/benchmarks.md``."""
+"""Markdown sections of the suite's results, and their place in ``docs/benchmarks/suite.md``."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -186,19 +187,36 @@ def ood_markdown(summary: pd.DataFrame) -> str:
     return _table(pd.DataFrame(rows)) + "\n"
 
 
+def _figure_links(text: str, path: Path) -> str:
+    """Point the section's ``figures/NAME`` images at the nearest ``figures`` folder.
+
+    The suite writes its figures into one folder (``docs/figures``) while its page may sit
+    below it (``docs/benchmarks/suite.md``): a link relative to the page must climb.
+    """
+    here = path.resolve().parent
+    for folder in (here, *here.parents[:2]):
+        if (folder / "figures").is_dir():
+            rel = Path(os.path.relpath(folder / "figures", here)).as_posix()
+            return text if rel == "figures" else text.replace("](figures/", f"]({rel}/")
+    return text
+
+
 def update_docs(path: Path, suite: str, text: str) -> None:
     """Replace the ``suite`` section of ``path`` (between its markers) or append it.
 
     Parameters
     ----------
     path
-        The Markdown file (created if absent).
+        The Markdown file (created if absent), ``docs/benchmarks/suite.md`` for the
+        project's documentation. Image links ``figures/NAME`` in ``text`` are rewritten to
+        the nearest ``figures`` folder at or up to two levels above the file.
     suite
         Name in the ``<!-- suite:NAME -->`` markers.
     text
         The new section.
     """
     path = Path(path)
+    text = _figure_links(text, path)
     start, end = f"<!-- suite:{suite} -->", f"<!-- /suite:{suite} -->"
     block = f"{start}\n{text.rstrip()}\n{end}"
     doc = path.read_text() if path.exists() else ""
