@@ -55,6 +55,8 @@ ALPHA = 0.05
 N_PCS = 20
 N_NEIGHBORS = 15
 CALIBRATIONS = ("training_samples", "unseen_samples")
+#: the per-cell scores reported, each under the same conformal rule
+SCORES = ("novelty_knn", "pca_knn", "combined", "knn_max", "latent_pca_mean", "latent_pca_max")
 
 
 def sim_data(seed: int):
@@ -149,9 +151,38 @@ def rates(flags: np.ndarray, unseen: np.ndarray) -> dict:
     return {"fpr_known": float(flags[~unseen].mean()), "tpr_unseen": float(flags[unseen].mean())}
 
 
+def candidate_scores(model, ref, q, cells, knn, cal_knn, d_pca, cal_pca) -> dict:
+    """Scores tried against ``novelty_knn`` (each with its own conformal threshold set on the
+    same calibration cells): ``(query scores, calibration scores)`` per name.
+
+    - ``knn_max``: the largest of the members' median-scaled latent distances (a cell any
+      member finds far; one member: ``novelty_knn``);
+    - ``latent_pca_mean``: the mean of ``novelty_knn`` and the median-scaled PCA distance
+      (the expression space as one more view, weighted as all members together);
+    - ``latent_pca_max``: the larger of the two.
+    """
+    from ensemblevi.tl._novelty_rule import knn_distance, member_latents
+
+    z_ref, z_q = member_latents(model, ref), member_latents(model, q)
+    per_q, per_cal = [], []
+    for k in range(model.n_members):
+        d_cal = knn_distance(z_ref[k, cells.train], z_ref[k, cells.calibration], N_NEIGHBORS)
+        d_q = knn_distance(z_ref[k, cells.train], z_q[k], N_NEIGHBORS)
+        scale = np.median(d_cal)
+        per_q.append(d_q / scale)
+        per_cal.append(d_cal / scale)
+    scale = np.median(cal_pca)
+    pca_q, pca_cal = d_pca / scale, cal_pca / scale
+    return {
+        "knn_max": (np.max(per_q, 0), np.max(per_cal, 0)),
+        "latent_pca_mean": ((knn + pca_q) / 2, (cal_knn + pca_cal) / 2),
+        "latent_pca_max": (np.maximum(knn, pca_q), np.maximum(cal_knn, pca_cal)),
+    }
+
+
 def evaluate_novelty(model, ref, query, ev, pca) -> dict:
     """Per calibration: per-cell rates of the three scores, AUROCs and the group calls."""
-    from ensemblevi.tl._novelty_rule import knn_distance, novelty_reference
+    from ensemblevi.tl._novelty_rule import conformal_threshold, knn_distance, novelty_reference
 
     unseen = query.obs["unseen"].to_numpy()
     z_train_pca = pca(ref[model.train_indices])
@@ -168,6 +199,7 @@ def evaluate_novelty(model, ref, query, ev, pca) -> dict:
         ref_cells = novelty_reference(model, sample_key="sample", calibration=calibration)
         cal_pca = knn_distance(z_train_pca, pca(ref[ref_cells.calibration]), N_NEIGHBORS)
         p_knn, p_pca = conformal_p(cal_knn, knn), conformal_p(cal_pca, d_query_pca)
+        candidates = candidate_scores(model, ref, q, ref_cells, knn, cal_knn, d_query_pca, cal_pca)
         row = {
             "calibration_kind": info["calibration_kind"],
             "n_calibration_cells": info["n_calibration_cells"],
@@ -178,6 +210,9 @@ def evaluate_novelty(model, ref, query, ev, pca) -> dict:
             "pca_knn": rates(p_pca <= ALPHA, unseen),
             "combined": rates(np.minimum(p_knn, p_pca) <= ALPHA / 2, unseen),
         }
+        for name, (x, cal) in candidates.items():
+            threshold, _ = conformal_threshold(cal, ALPHA)
+            row[name] = {**rates(x > threshold, unseen), "auroc": auroc(x[unseen], x[~unseen])}
         table = ev.tl.group_novelty(
             model,
             q,
@@ -313,7 +348,9 @@ def summarize(rows: list[dict]) -> str:
                 "seed": r["seed"],
                 "rule FPR (own)": c["fpr_measured_by_rule"],
             }
-            for score in ("novelty_knn", "pca_knn", "combined"):
+            for score in SCORES:
+                if score not in c:  # rows measured before the candidate existed
+                    continue
                 row[f"{score} FPR"] = c[score]["fpr_known"]
                 row[f"{score} TPR"] = c[score]["tpr_unseen"]
             row["group: unseen called"] = float(c["groups"]["unseen_called"])
