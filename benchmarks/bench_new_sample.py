@@ -379,6 +379,69 @@ def summarize(rows: list[dict]) -> str:
     return _table(out.reset_index())
 
 
+FIGURE_SCORES = {
+    "novelty_knn": ("latent kNN (novelty_knn)", "o"),
+    "pca_knn": ("expression PCA kNN (20 PCs of the counts)", "s"),
+    "latent_pca_mean": ("combined (mean of both)", "D"),
+}
+
+
+def figure(rows: list[dict], path: str) -> None:
+    """Per data set: FPR on a new sample's known cells against TPR on the unseen type, per
+    score and model, calibrated on unseen samples (one point per seed, the mean ringed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = [d for d in ("sim", "pbmc") if any(r["data"] == d for r in rows)]
+    colours = {"deep": "#1f77b4", "single": "#d62728"}
+    titles = {
+        "sim": "simulated donors, unseen type D",
+        "pbmc": "PBMC 3k pseudo-samples, unseen B cells",
+    }
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.2 * len(datasets), 4.6), squeeze=False)
+    for ax, data in zip(axes[0], datasets, strict=True):
+        for kind in colours:
+            mine = [r for r in rows if r["data"] == data and r["kind"] == kind]
+            for score, (label, marker) in FIGURE_SCORES.items():
+                if score == "pca_knn" and kind != "deep":
+                    continue  # no model in it: the same split gives the same point
+                got = [r["unseen_samples"][score] for r in mine if score in r["unseen_samples"]]
+                if not got:
+                    continue
+                pts = 100 * np.array([[g["fpr_known"], g["tpr_unseen"]] for g in got])
+                colour = "grey" if score == "pca_knn" else colours[kind]
+                name = {"deep": "deep K=4", "single": "one scVI"}[kind]
+                if score == "pca_knn":
+                    name = "no model"
+                ax.scatter(*pts.T, color=colour, marker=marker, alpha=0.35, s=22)
+                ax.scatter(
+                    *pts.mean(0),
+                    color=colour,
+                    marker=marker,
+                    s=90,
+                    edgecolor="black",
+                    label=f"{name}: {label}",
+                )
+        ax.axvline(7, color="grey", ls="--", lw=1)
+        ax.axhline(80, color="grey", ls=":", lw=1)
+        ax.text(7.2, 2, "FPR target 7%", color="grey", fontsize=8)
+        ax.text(0.3, 81.5, "TPR target 80%", color="grey", fontsize=8)
+        n = len({r["seed"] for r in rows if r["data"] == data})
+        ax.set_title(f"{titles[data]}\n({n} seed{'s' if n > 1 else ''}; large: mean)", fontsize=10)
+        ax.set_xlabel("flagged known-type cells of new samples (%)")
+        ax.set_ylabel("flagged unseen-type cells (%)")
+        ax.set_xlim(0, 12)
+        ax.set_ylim(0, 100)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    wide = len(datasets) > 1
+    fig.legend(handles, labels, loc="lower center", ncol=2 if wide else 1, fontsize=8)
+    fig.suptitle("Per-cell novelty rule at alpha 5%, calibrated on unseen samples", fontsize=11)
+    fig.tight_layout(rect=(0, 0.15 if wide else 0.27, 1, 1))
+    fig.savefig(path, dpi=120)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", nargs="+", default=["sim"], choices=["sim", "pbmc"])
@@ -395,11 +458,16 @@ def main() -> None:
     parser.add_argument(
         "--summarize", action="store_true", help="Print the tables of --out and stop."
     )
+    parser.add_argument(
+        "--figure", default=None, help="With --summarize: also draw the rates into this PNG."
+    )
     args = parser.parse_args()
     out = Path(args.out)
     rows = json.loads(out.read_text()) if out.exists() else []
     if args.summarize:
         print(summarize(rows))
+        if args.figure:
+            figure(rows, args.figure)
         return
     done = {(r["data"], r["seed"]) for r in rows}
     for seed in args.seeds:
