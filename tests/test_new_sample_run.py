@@ -119,8 +119,9 @@ def test_bad_samples_fail_before_training(tmp_path, monkeypatch, change, options
     adata = _replicates()
     if change == "one sample":
         adata.obs["sample"] = "s0"
-    elif change == "tiny samples":  # 470 cells in one sample, 10 in the other
-        adata.obs["sample"] = np.where(np.arange(adata.n_obs) < 10, "small", "big")
+    elif change == "tiny samples":  # two samples of 10 cells, one of 460: 2 cannot be kept out
+        cell = np.arange(adata.n_obs)
+        adata.obs["sample"] = np.where(cell < 10, "small1", np.where(cell < 20, "small2", "big"))
         options = {"holdout_samples": 2}
     import ensemblevi.pipeline._train as train_module
 

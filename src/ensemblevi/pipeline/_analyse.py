@@ -188,7 +188,8 @@ def recalibrate_on_samples(
             sample_key=sample_key,
             calibration="auto",
         )
-        record["novelty_fpr_heldout"] = uns["cell_novelty"]["novelty_knn_fpr_heldout"]
+        decides = uns["cell_novelty"].get("decides", "novelty_knn")
+        record["novelty_fpr_heldout"] = uns["cell_novelty"][f"{decides}_fpr_heldout"]
         record["fpr_measured_on"] = uns["cell_novelty"]["fpr_measured_on"]
     uns["sample_split"] = record
     return novelty
