@@ -135,8 +135,8 @@ def run(
     holdout_samples: Annotated[
         int | None,
         typer.Option(
-            help="Samples kept out of training with --sample-key [default: a quarter, "
-            "at least 1]; 0 trains on every sample."
+            help="Samples kept out of training with --sample-key (default: a quarter of "
+            "them, at least 1); 0 trains on every sample."
         ),
     ] = None,
 ) -> None:
