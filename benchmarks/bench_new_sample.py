@@ -428,8 +428,10 @@ def figure(rows: list[dict], path: str) -> None:
         ax.axhline(80, color="grey", ls=":", lw=1)
         ax.text(7.2, 2, "FPR target 7%", color="grey", fontsize=8)
         ax.text(0.3, 81.5, "TPR target 80%", color="grey", fontsize=8)
-        n = len({r["seed"] for r in rows if r["data"] == data})
-        ax.set_title(f"{titles[data]}\n({n} seed{'s' if n > 1 else ''}; large: mean)", fontsize=10)
+        seeds = sorted({r["seed"] for r in rows if r["data"] == data})
+        epochs = sorted({r["epochs"] for r in rows if r["data"] == data})
+        what = f"seed {seeds[0]}" if len(seeds) == 1 else f"{len(seeds)} seeds; large: mean"
+        ax.set_title(f"{titles[data]}\n({what}; {'/'.join(map(str, epochs))} epochs)", fontsize=10)
         ax.set_xlabel("flagged known-type cells of new samples (%)")
         ax.set_ylabel("flagged unseen-type cells (%)")
         ax.set_xlim(0, 12)
