@@ -30,12 +30,20 @@ calibration, at ``alpha`` (5%):
   (flag when either score's conformal p-value is below ``alpha / 2``: Bonferroni, so the
   rate stays below ``alpha``); the AUROC of each score (and of ``novelty_cv`` for K=4),
   unseen against known cells;
+- candidate scores, each under its own conformal threshold on the same calibration cells
+  (:func:`candidate_scores`): ``knn_max`` (the largest member's scaled latent distance),
+  ``latent_pca_mean`` (the mean of ``novelty_knn`` and the median-scaled ``pca_knn``: what
+  ``ensemblevi.tl._novelty_expression.combine`` computes as ``novelty_combined``) and
+  ``latent_pca_max``, with their AUROCs;
 - per group (``tl.group_novelty`` on the query by cell type): unseen type called, known
   types called;
 - the label ``unknown`` rule (``tl.label_uncertainty``, default score ``novelty_knn``,
   with an ``EnsembleSCANVI`` of the same kind trained on the same split): share of known
   cells called unknown, share of unseen cells called unknown, and the rate the rule
   measured on its own calibration cells.
+
+``--summarize --figure new_sample.png`` prints the tables and draws FPR against TPR per
+score and model (``docs/figures/new_sample.png``).
 
 Run (background; ~3x slower on the shared machine):
 ``PYTHONPATH=src nohup timeout 5400 .venv/bin/python benchmarks/bench_new_sample.py
