@@ -30,12 +30,20 @@ calibration, at ``alpha`` (5%):
   (flag when either score's conformal p-value is below ``alpha / 2``: Bonferroni, so the
   rate stays below ``alpha``); the AUROC of each score (and of ``novelty_cv`` for K=4),
   unseen against known cells;
+- candidate scores, each under its own conformal threshold on the same calibration cells
+  (:func:`candidate_scores`): ``knn_max`` (the largest member's scaled latent distance),
+  ``latent_pca_mean`` (the mean of ``novelty_knn`` and the median-scaled ``pca_knn``: what
+  ``ensemblevi.tl._novelty_expression.combine`` computes as ``novelty_combined``) and
+  ``latent_pca_max``, with their AUROCs;
 - per group (``tl.group_novelty`` on the query by cell type): unseen type called, known
   types called;
 - the label ``unknown`` rule (``tl.label_uncertainty``, default score ``novelty_knn``,
   with an ``EnsembleSCANVI`` of the same kind trained on the same split): share of known
   cells called unknown, share of unseen cells called unknown, and the rate the rule
   measured on its own calibration cells.
+
+``--summarize --figure new_sample.png`` prints the tables and draws FPR against TPR per
+score and model (``docs/figures/new_sample.png``).
 
 Run (background; ~3x slower on the shared machine):
 ``PYTHONPATH=src nohup timeout 5400 .venv/bin/python benchmarks/bench_new_sample.py
@@ -55,6 +63,8 @@ ALPHA = 0.05
 N_PCS = 20
 N_NEIGHBORS = 15
 CALIBRATIONS = ("training_samples", "unseen_samples")
+#: the per-cell scores reported, each under the same conformal rule
+SCORES = ("novelty_knn", "pca_knn", "combined", "knn_max", "latent_pca_mean", "latent_pca_max")
 
 
 def sim_data(seed: int):
@@ -149,9 +159,38 @@ def rates(flags: np.ndarray, unseen: np.ndarray) -> dict:
     return {"fpr_known": float(flags[~unseen].mean()), "tpr_unseen": float(flags[unseen].mean())}
 
 
+def candidate_scores(model, ref, q, cells, knn, cal_knn, d_pca, cal_pca) -> dict:
+    """Scores tried against ``novelty_knn`` (each with its own conformal threshold set on the
+    same calibration cells): ``(query scores, calibration scores)`` per name.
+
+    - ``knn_max``: the largest of the members' median-scaled latent distances (a cell any
+      member finds far; one member: ``novelty_knn``);
+    - ``latent_pca_mean``: the mean of ``novelty_knn`` and the median-scaled PCA distance
+      (the expression space as one more view, weighted as all members together);
+    - ``latent_pca_max``: the larger of the two.
+    """
+    from ensemblevi.tl._novelty_rule import knn_distance, member_latents
+
+    z_ref, z_q = member_latents(model, ref), member_latents(model, q)
+    per_q, per_cal = [], []
+    for k in range(model.n_members):
+        d_cal = knn_distance(z_ref[k, cells.train], z_ref[k, cells.calibration], N_NEIGHBORS)
+        d_q = knn_distance(z_ref[k, cells.train], z_q[k], N_NEIGHBORS)
+        scale = np.median(d_cal)
+        per_q.append(d_q / scale)
+        per_cal.append(d_cal / scale)
+    scale = np.median(cal_pca)
+    pca_q, pca_cal = d_pca / scale, cal_pca / scale
+    return {
+        "knn_max": (np.max(per_q, 0), np.max(per_cal, 0)),
+        "latent_pca_mean": ((knn + pca_q) / 2, (cal_knn + pca_cal) / 2),
+        "latent_pca_max": (np.maximum(knn, pca_q), np.maximum(cal_knn, pca_cal)),
+    }
+
+
 def evaluate_novelty(model, ref, query, ev, pca) -> dict:
     """Per calibration: per-cell rates of the three scores, AUROCs and the group calls."""
-    from ensemblevi.tl._novelty_rule import knn_distance, novelty_reference
+    from ensemblevi.tl._novelty_rule import conformal_threshold, knn_distance, novelty_reference
 
     unseen = query.obs["unseen"].to_numpy()
     z_train_pca = pca(ref[model.train_indices])
@@ -168,6 +207,7 @@ def evaluate_novelty(model, ref, query, ev, pca) -> dict:
         ref_cells = novelty_reference(model, sample_key="sample", calibration=calibration)
         cal_pca = knn_distance(z_train_pca, pca(ref[ref_cells.calibration]), N_NEIGHBORS)
         p_knn, p_pca = conformal_p(cal_knn, knn), conformal_p(cal_pca, d_query_pca)
+        candidates = candidate_scores(model, ref, q, ref_cells, knn, cal_knn, d_query_pca, cal_pca)
         row = {
             "calibration_kind": info["calibration_kind"],
             "n_calibration_cells": info["n_calibration_cells"],
@@ -178,6 +218,9 @@ def evaluate_novelty(model, ref, query, ev, pca) -> dict:
             "pca_knn": rates(p_pca <= ALPHA, unseen),
             "combined": rates(np.minimum(p_knn, p_pca) <= ALPHA / 2, unseen),
         }
+        for name, (x, cal) in candidates.items():
+            threshold, _ = conformal_threshold(cal, ALPHA)
+            row[name] = {**rates(x > threshold, unseen), "auroc": auroc(x[unseen], x[~unseen])}
         table = ev.tl.group_novelty(
             model,
             q,
@@ -313,7 +356,9 @@ def summarize(rows: list[dict]) -> str:
                 "seed": r["seed"],
                 "rule FPR (own)": c["fpr_measured_by_rule"],
             }
-            for score in ("novelty_knn", "pca_knn", "combined"):
+            for score in SCORES:
+                if score not in c:  # rows measured before the candidate existed
+                    continue
                 row[f"{score} FPR"] = c[score]["fpr_known"]
                 row[f"{score} TPR"] = c[score]["tpr_unseen"]
             row["group: unseen called"] = float(c["groups"]["unseen_called"])
@@ -342,6 +387,71 @@ def summarize(rows: list[dict]) -> str:
     return _table(out.reset_index())
 
 
+FIGURE_SCORES = {
+    "novelty_knn": ("latent kNN (novelty_knn)", "o"),
+    "pca_knn": ("expression PCA kNN (20 PCs of the counts)", "s"),
+    "latent_pca_mean": ("combined (mean of both)", "D"),
+}
+
+
+def figure(rows: list[dict], path: str) -> None:
+    """Per data set: FPR on a new sample's known cells against TPR on the unseen type, per
+    score and model, calibrated on unseen samples (one point per seed, the mean ringed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = [d for d in ("sim", "pbmc") if any(r["data"] == d for r in rows)]
+    colours = {"deep": "#1f77b4", "single": "#d62728"}
+    titles = {
+        "sim": "simulated donors, unseen type D",
+        "pbmc": "PBMC 3k pseudo-samples, unseen B cells",
+    }
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.2 * len(datasets), 4.6), squeeze=False)
+    for ax, data in zip(axes[0], datasets, strict=True):
+        for kind in colours:
+            mine = [r for r in rows if r["data"] == data and r["kind"] == kind]
+            for score, (label, marker) in FIGURE_SCORES.items():
+                if score == "pca_knn" and kind != "deep":
+                    continue  # no model in it: the same split gives the same point
+                got = [r["unseen_samples"][score] for r in mine if score in r["unseen_samples"]]
+                if not got:
+                    continue
+                pts = 100 * np.array([[g["fpr_known"], g["tpr_unseen"]] for g in got])
+                colour = "grey" if score == "pca_knn" else colours[kind]
+                name = {"deep": "deep K=4", "single": "one scVI"}[kind]
+                if score == "pca_knn":
+                    name = "no model"
+                ax.scatter(*pts.T, color=colour, marker=marker, alpha=0.35, s=22)
+                ax.scatter(
+                    *pts.mean(0),
+                    color=colour,
+                    marker=marker,
+                    s=90,
+                    edgecolor="black",
+                    label=f"{name}: {label}",
+                )
+        ax.axvline(7, color="grey", ls="--", lw=1)
+        ax.axhline(80, color="grey", ls=":", lw=1)
+        ax.text(7.2, 2, "FPR target 7%", color="grey", fontsize=8)
+        ax.text(0.3, 81.5, "TPR target 80%", color="grey", fontsize=8)
+        seeds = sorted({r["seed"] for r in rows if r["data"] == data})
+        epochs = sorted({r["epochs"] for r in rows if r["data"] == data})
+        what = f"seed {seeds[0]}" if len(seeds) == 1 else f"{len(seeds)} seeds; large: mean"
+        ax.set_title(f"{titles[data]}\n({what}; {'/'.join(map(str, epochs))} epochs)", fontsize=10)
+        ax.set_xlabel("flagged known-type cells of new samples (%)")
+        ax.set_ylabel("flagged unseen-type cells (%)")
+        ax.set_xlim(0, 12)
+        ax.set_ylim(0, 100)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    wide = len(datasets) > 1
+    fig.legend(handles, labels, loc="lower center", ncol=2 if wide else 1, fontsize=8)
+    fig.suptitle("Per-cell novelty rule at alpha 5%, calibrated on unseen samples", fontsize=11)
+    fig.tight_layout(rect=(0, 0.15 if wide else 0.27, 1, 1))
+    fig.savefig(path, dpi=120)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", nargs="+", default=["sim"], choices=["sim", "pbmc"])
@@ -358,11 +468,16 @@ def main() -> None:
     parser.add_argument(
         "--summarize", action="store_true", help="Print the tables of --out and stop."
     )
+    parser.add_argument(
+        "--figure", default=None, help="With --summarize: also draw the rates into this PNG."
+    )
     args = parser.parse_args()
     out = Path(args.out)
     rows = json.loads(out.read_text()) if out.exists() else []
     if args.summarize:
         print(summarize(rows))
+        if args.figure:
+            figure(rows, args.figure)
         return
     done = {(r["data"], r["seed"]) for r in rows}
     for seed in args.seeds:

@@ -127,8 +127,16 @@ def run(
     sample_key: Annotated[
         str | None,
         typer.Option(
-            help="obs column of the biological samples (donors); "
+            help="obs column of the biological samples (donors): whole samples are kept "
+            "out of training and set the novelty thresholds (the rate of a new sample); "
             "recorded for `ensemblevi de` to compare samples."
+        ),
+    ] = None,
+    holdout_samples: Annotated[
+        int | None,
+        typer.Option(
+            help="Samples kept out of training with --sample-key (default: a quarter of "
+            "them, at least 1); 0 trains on every sample."
         ),
     ] = None,
 ) -> None:
@@ -163,6 +171,7 @@ def run(
         seed=seed,
         resolution=resolution,
         sample_key=sample_key,
+        holdout_samples=holdout_samples,
     )
     t0 = time.perf_counter()
     try:

@@ -62,7 +62,14 @@ class RunConfig:
         consensus).
     sample_key
         ``obs`` column of the biological samples (donors); recorded in ``run.json`` and
-        used by ``ensemblevi de`` to compare samples, not cells. ``None``: none.
+        used by ``ensemblevi de`` to compare samples, not cells. With it, whole samples
+        are also kept out of training (:func:`ensemblevi.tl.sample_split`) and the novelty
+        rule is calibrated on them, so its false-positive rate is that of a new sample.
+        ``None``: none.
+    holdout_samples
+        Samples kept out of training with ``sample_key`` (``None``: a quarter of them, at
+        least 1; 0: none, and the thresholds then hold for new cells of the training
+        samples only).
     """
 
     data: str = "synthetic"
@@ -83,6 +90,7 @@ class RunConfig:
     seed: int = 0
     resolution: float = 1.0
     sample_key: str | None = None
+    holdout_samples: int | None = None
 
     def __post_init__(self) -> None:
         # lists from the CLI become tuples: a frozen config must hash and compare by value
@@ -111,16 +119,33 @@ class RunConfig:
             problems.append(
                 f"--ensemble must be one of {list(ENSEMBLE_KINDS)}, got {self.ensemble!r}"
             )
+        if self.holdout_samples is not None:
+            if not isinstance(self.holdout_samples, int) or self.holdout_samples < 0:
+                problems.append(
+                    f"--holdout-samples must be an integer >= 0, got {self.holdout_samples!r}"
+                )
+            elif self.sample_key is None and self.holdout_samples:
+                problems.append(
+                    "--holdout-samples keeps whole samples out of training: pass "
+                    "--sample-key, the obs column of the samples"
+                )
         if problems:
             raise ValueError("; ".join(problems) + ".")
         return self
+
+    @property
+    def keeps_samples_out(self) -> bool:
+        """Whether whole samples are kept out of training (``sample_key`` given, and
+        ``holdout_samples`` not 0)."""
+        return self.sample_key is not None and self.holdout_samples != 0
 
     def options(self) -> dict:
         """The settings as recorded in ``run.json`` (JSON types; ``heart_path`` left out)."""
         out = dataclasses.asdict(self)
         out.pop("heart_path")
-        if out["sample_key"] is None:  # runs recorded before the option compare equal
-            out.pop("sample_key")
+        for name in ("sample_key", "holdout_samples"):
+            if out[name] is None:  # runs recorded before the option compare equal
+                out.pop(name)
         out["marker"] = list(self.marker)
         return out
 
@@ -132,7 +157,13 @@ class RunConfig:
         batch_key
             The resolved batch column (the option or the detected ``"batch"``).
         """
-        return {**{k: getattr(self, k) for k in TRAINING_OPTIONS}, "batch_key": batch_key}
+        out = {**{k: getattr(self, k) for k in TRAINING_OPTIONS}, "batch_key": batch_key}
+        if self.keeps_samples_out:  # else the record of models trained before the option
+            out["sample_split"] = {
+                "sample_key": self.sample_key,
+                "holdout_samples": self.holdout_samples,
+            }
+        return out
 
     def changed(self, previous: dict) -> list[str]:
         """``key: old -> new`` for each setting that differs from a recorded run's.

@@ -193,6 +193,19 @@ def map_reading(
     return [text + ").", calibration, *group_reading(groups, groupby, fdr)]
 
 
+def _run_sample_key(run_dir: Path) -> str | None:
+    """The ``--sample-key`` of the run in ``run_dir`` where it kept samples out, else None."""
+    import json
+
+    try:
+        config = json.loads((run_dir / "run.json").read_text())["config"]
+    except (OSError, ValueError, KeyError):
+        return None
+    if config.get("sample_key") is None or config.get("holdout_samples") == 0:
+        return None
+    return str(config["sample_key"])
+
+
 def run_map(
     run_dir: str | Path,
     query: str | Path,
@@ -258,7 +271,8 @@ def run_map(
     sample_key
         ``obs`` column of the *reference's* samples: where the run kept whole samples out of
         training, the thresholds are set on them (the rate of a new sample); otherwise the
-        report says the rate holds for new cells of the training samples only.
+        report says the rate holds for new cells of the training samples only. ``None``:
+        the run's own ``--sample-key`` (``run.json``), if any.
     """
     from ensemblevi import tl
     from ensemblevi._seeding import seeded_globally
@@ -294,6 +308,10 @@ def run_map(
                 f"({', '.join(map(str, raw.obs.columns[:8])) or 'none'}); name "
                 "one, or leave the option out."
             )
+    if sample_key is None:  # the run's samples, where it kept some out of training
+        sample_key = _run_sample_key(run_dir)
+        if sample_key is not None:
+            log(f"calibrating on the samples the run kept out (its --sample-key {sample_key!r})")
     if sample_key is not None:  # refused before anything is written
         import anndata
 

@@ -175,6 +175,9 @@ def write_outputs(
     if analysis.groups is not None:
         stored = adata.uns["ensemblevi"]["group_novelty"]
         reading += group_reading(analysis.groups, stored["groupby"], stored["fdr"], own=True)
+    if "kind_note" in adata.uns["ensemblevi"]:  # a cheap kind answered seed-spread questions
+        note = adata.uns["ensemblevi"]["kind_note"]
+        reading.append(f"{note['note']} (Answered here: {', '.join(note['questions'])}.)")
     if analysis.clusters is not None:
         reading += stability_reading(
             adata.uns["ensemblevi"]["cluster_stability"],

@@ -255,15 +255,46 @@ def novelty_text(novelty: dict, n_cells: int) -> str:
         f"{100 * (1 - novelty['alpha']):.0f}th percentile on {novelty['calibrated_on']})."
     )
     if fpr is not None:
-        text += (
-            f" Each held-out cell was tested against a threshold from the other half: "
-            f"{100 * fpr:.1f}% of them were flagged, against a target of "
-            f"{100 * novelty['alpha']:g}%."
+        on = novelty.get(
+            "fpr_measured_on", "halves of the calibration cells, each against the other's threshold"
         )
+        text += (
+            f" Measured on {on}: {100 * fpr:.1f}% of the calibration cells were flagged, "
+            f"against a target of {100 * novelty['alpha']:g}%."
+        )
+    text += " " + calibration_text(novelty)
     return text + (
         " To find the cells and populations the model has not seen, map new "
         "cells onto it: `ensemblevi map --model <this run> --query new.h5ad`."
     )
+
+
+def calibration_text(novelty: dict) -> str:
+    """Which calibration the novelty thresholds have, and for which new cells the rate holds.
+
+    Parameters
+    ----------
+    novelty
+        What :func:`ensemblevi.tl.cell_novelty` stored (``calibration_kind``,
+        ``rate_holds_for``, ``calibration_sample_names``, ``sample_key``).
+    """
+    kind = novelty.get("calibration_kind", "cells of the training samples")
+    holds = novelty.get(
+        "rate_holds_for",
+        "new cells of the samples the model trained on (samples unknown: pass --sample-key "
+        "to calibrate on unseen ones)",
+    )
+    names = novelty.get("calibration_sample_names")
+    if kind == "unseen samples" and names:
+        shown = ", ".join(map(str, list(names)[:6])) + (" ..." if len(names) > 6 else "")
+        where = (
+            f"calibrated on unseen samples: the samples {shown} of "
+            f"obs[{novelty.get('sample_key')!r}] were kept out of training and set the "
+            "thresholds"
+        )
+    else:
+        where = f"calibrated on {kind}"
+    return f"The thresholds are {where}; the stated rate holds for {holds}."
 
 
 def group_reading(groups: pd.DataFrame, groupby: str, fdr: float, own: bool = False) -> list[str]:

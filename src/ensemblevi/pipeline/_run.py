@@ -15,7 +15,7 @@ from ensemblevi.pipeline._analyse import analyse
 from ensemblevi.pipeline._config import RunConfig
 from ensemblevi.pipeline._data import Log, prepare_data
 from ensemblevi.pipeline._outputs import write_outputs
-from ensemblevi.pipeline._train import MODEL_DIRS, RunRefused, train_or_reuse
+from ensemblevi.pipeline._train import MODEL_DIRS, RunRefused, train_or_reuse, training_split
 
 
 class StageFailed(RuntimeError):
@@ -105,9 +105,12 @@ def run_pipeline(
         timings: dict[str, float] = {}
         t = time.perf_counter()
         prepared = prepare_data(config, log=log, on_loaded=on_loaded)
+        split = training_split(config, prepared)  # bad samples fail before training
         timings["data"] = time.perf_counter() - t
         t = time.perf_counter()
-        trained = train_or_reuse(config, prepared, directory, force=force, log=log, trust=trust)
+        trained = train_or_reuse(
+            config, prepared, directory, force=force, log=log, trust=trust, split=split
+        )
         timings["training"] = time.perf_counter() - t
         try:
             t = time.perf_counter()
@@ -119,6 +122,7 @@ def run_pipeline(
                 config.n_samples,
                 config.seed,
                 config.resolution,
+                sample_key=config.sample_key,
             )
             timings["analysis"] = time.perf_counter() - t
             reading = write_outputs(directory, config, prepared, trained, analysis, timings)

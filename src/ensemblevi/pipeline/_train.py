@@ -59,6 +59,41 @@ def wanted_record(config: RunConfig, prepared: Prepared) -> dict:
     return model_record(data, config.training_options(prepared.batch_key))
 
 
+def training_split(config: RunConfig, prepared: Prepared) -> dict | None:
+    """The samples kept out of training with ``--sample-key`` (``None``: a random split).
+
+    Checked here, after the data is read and before anything is trained: a missing column,
+    fewer than 2 samples or samples too small to be kept out raise a ``ValueError`` naming
+    the fix.
+
+    Parameters
+    ----------
+    config
+        The run's settings (``sample_key``, ``holdout_samples``, ``seed``).
+    prepared
+        The run's data.
+
+    Returns
+    -------
+    :func:`ensemblevi.tl.sample_split`'s result, or ``None`` without ``sample_key`` (or
+    with ``holdout_samples=0``).
+    """
+    from ensemblevi.tl._novelty_rule import sample_split
+
+    if not config.keeps_samples_out:
+        return None
+    try:
+        return sample_split(
+            prepared.adata, config.sample_key, n_holdout=config.holdout_samples, seed=config.seed
+        )
+    except ValueError as err:
+        raise ValueError(
+            f"--sample-key {config.sample_key!r}: {err} Or pass --holdout-samples 0 to "
+            "train on every sample (the novelty thresholds then hold for new cells of the "
+            "training samples only)."
+        ) from err
+
+
 def _load(path: Path, prepared: Prepared, trust: bool):
     from ensemblevi.model import EnsembleSCVI
 
@@ -66,28 +101,46 @@ def _load(path: Path, prepared: Prepared, trust: bool):
     return EnsembleSCVI.load(path, adata=prepared.adata, trust=trust)
 
 
-def _train(config: RunConfig, prepared: Prepared, stage: Path, log: Log, trust: bool):
+def _train(
+    config: RunConfig,
+    prepared: Prepared,
+    stage: Path,
+    log: Log,
+    trust: bool,
+    split: dict | None = None,
+):
     from ensemblevi import tl
     from ensemblevi.model import EnsembleSCVI
 
     adata, setup = prepared.adata, {"layer": prepared.layer, "batch_key": prepared.batch_key}
+    kwargs = {} if split is None else {"datasplitter_kwargs": split["datasplitter_kwargs"]}
+    if split is not None:
+        log(
+            f"keeping the samples {split['holdout_samples']} of obs[{config.sample_key!r}] "
+            "out of training: the novelty thresholds are set on them"
+        )
     if config.seeds:
         log(f"training {config.seeds} scvi.model.SCVI seeds for {config.epochs} epochs")
         # each seed model is saved with its record as it finishes: an interrupted run resumes
-        return tl.seed_ensemble(
+        model = tl.seed_ensemble(
             adata,
             n_seeds=config.seeds,
             save_dir=stage / "seeds",
             setup_kwargs=setup,
             max_epochs=config.epochs,
+            train_kwargs=kwargs or None,
             trust=trust,
         )
+        if split is not None:  # every seed trained on this split: the rules calibrate on it
+            train, val, _ = split["datasplitter_kwargs"]["external_indexing"]
+            model.train_indices, model.validation_indices = train, val
+        return model
     EnsembleSCVI.setup_anndata(adata, **setup)
     model = EnsembleSCVI(
         adata, n_members=config.members, ensemble=config.ensemble, seed=config.seed
     )
     log(f"training {model._model_summary_string} for {config.epochs} epochs")
-    model.train(max_epochs=config.epochs, seed=config.seed)
+    model.train(max_epochs=config.epochs, seed=config.seed, **kwargs)
     return model
 
 
@@ -99,6 +152,7 @@ def train_or_reuse(
     log: Log = print,
     *,
     trust: bool = False,
+    split: dict | None = None,
 ) -> Trained:
     """Reuse a saved model trained on the same data with the same options, or train one.
 
@@ -124,6 +178,9 @@ def train_or_reuse(
     trust
         Also reuse a model in scvi-tools' pickled format (an older ensemblevi's save):
         loading it unpickles it, which runs any code the file carries.
+    split
+        :func:`training_split`'s result: the samples kept out of a model trained now (a
+        reused model was trained with the same split: the split is in its record).
 
     Raises
     ------
@@ -181,7 +238,7 @@ def train_or_reuse(
     if "stage" in stale:
         _discard_stage_models(out.stage)
     with quiet_third_party():
-        model = _train(config, prepared, out.stage, log, trust)
+        model = _train(config, prepared, out.stage, log, trust, split)
     path = out.stage / "model"
     save_with_record(path, wanted, lambda p: model.save(p, overwrite=True))
     log(f"saved the trained model to {path} (kept there until the run is committed)")

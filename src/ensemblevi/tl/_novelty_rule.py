@@ -31,6 +31,8 @@ from anndata import AnnData
 
 #: fewest held-out cells the rule is calibrated on
 MIN_VALIDATION_CELLS = 40
+#: fewest cells of a sample kept out of training (a 5% conformal threshold needs 19)
+MIN_SAMPLE_CELLS = 20
 
 
 #: the two kinds of calibration a threshold can have (recorded in ``uns``)
@@ -118,6 +120,7 @@ def sample_split(
     n_holdout: int | None = None,
     train_size: float = 0.9,
     seed: int = 0,
+    min_sample_cells: int = MIN_SAMPLE_CELLS,
 ) -> dict:
     """A training split that keeps whole samples out, for calibration on unseen samples.
 
@@ -142,6 +145,10 @@ def sample_split(
         Share of the training samples' cells the model trains on.
     seed
         Seed of the samples and cells drawn.
+    min_sample_cells
+        Fewest cells a sample needs to be kept out: the held-out samples are drawn among
+        those with at least this many (default 20: at alpha 5% a conformal threshold needs
+        19 scores, and the rate is measured on each held-out sample against the others').
 
     Returns
     -------
@@ -176,9 +183,30 @@ def sample_split(
             f"n_holdout must be between 1 and {len(names) - 1} (samples: "
             f"{len(names)}), got {n_holdout}."
         )
+    sizes = pd.Series(samples).value_counts()
+    eligible = np.sort(sizes.index[sizes >= min_sample_cells].to_numpy().astype(str))
+    if len(eligible) < n_holdout or len(eligible) == 0:
+        shown = ", ".join(f"{k}: {v}" for k, v in sizes.sort_values().head(8).items())
+        raise ValueError(
+            f"{len(eligible)} of the {len(names)} samples of obs[{sample_key!r}] have at "
+            f"least {min_sample_cells} cells, and {n_holdout} must be kept out of "
+            f"training (smallest samples: {shown}): merge small samples, keep fewer out "
+            "(n_holdout / --holdout-samples), or train without keeping samples out."
+        )
     rng = np.random.default_rng(seed)
-    held = np.sort(rng.choice(names, size=n_holdout, replace=False))
+    held = np.sort(rng.choice(eligible, size=n_holdout, replace=False))
     out = np.isin(samples, held)
+    if out.sum() < MIN_VALIDATION_CELLS:
+        raise ValueError(
+            f"The {n_holdout} held-out sample(s) {list(map(str, held))} have "
+            f"{int(out.sum())} cells; a threshold needs at least {MIN_VALIDATION_CELLS}: "
+            "keep more samples out (n_holdout / --holdout-samples)."
+        )
+    if (~out).sum() < MIN_VALIDATION_CELLS:
+        raise ValueError(
+            f"Keeping {n_holdout} of {len(names)} samples out leaves {int((~out).sum())} "
+            "cells to train on: keep fewer out (n_holdout / --holdout-samples)."
+        )
     rest = np.flatnonzero(~out)
     n_val = round(len(rest) * (1 - train_size))
     val_rest = rng.choice(rest, size=n_val, replace=False)

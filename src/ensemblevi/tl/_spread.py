@@ -20,6 +20,7 @@ from ensemblevi._names import h5_columns
 from ensemblevi.data import require_obs_columns
 from ensemblevi.model.base._uncertainty import UncertaintySummary
 
+from ._kind_note import kind_note
 from ._markers import check_markers
 from ._stream import SummaryReducer, stream
 
@@ -266,6 +267,7 @@ def expression_spread(
     ``var_within`` (means over cells), ``frac_between`` and ``frac_uncertain_cells``.
     """
     adata = model._validate_anndata(adata)
+    kind_note(model, adata, "expression_spread", key_added)
     reducer = SpreadReducer(adata, genes, groupby, groups)
     stream(model, adata, [reducer], n_samples, library_size, seed, progress=progress)
     settings = _settings(model, groupby, n_samples, library_size, seed)
@@ -386,6 +388,7 @@ def gene_uncertainty(
     The per-gene table, least certain genes first.
     """
     adata = model._validate_anndata(adata)
+    kind_note(model, adata, "gene_uncertainty", key_added)
     summary, names = gene_summary(adata, groupby)
     stream(
         model, adata, [SummaryReducer(summary)], n_samples, library_size, seed, progress=progress

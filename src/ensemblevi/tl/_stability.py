@@ -15,6 +15,7 @@ from scipy import sparse
 from ensemblevi._constants import DEFAULT_KEY
 from ensemblevi._seeding import seeded_globally
 
+from ._kind_note import kind_note
 from ._novelty_rule import member_latents
 from ._stability_core import (
     STABLE_JACCARD,
@@ -245,6 +246,7 @@ def marker_stability(
     Indexed by cluster (as strings): ``marker_jaccard``, ``n_stable_markers``,
     ``stable_markers``.
     """
+    kind_note(model, adata, "marker_stability")
     codes, pos = np.unique(clusters, return_inverse=True)
     onehot = sparse.csr_matrix(
         (np.ones(len(pos)), (pos, np.arange(len(pos)))), shape=(len(codes), len(pos))

@@ -1,0 +1,84 @@
+"""The expression-space novelty score and its combination with the latent one (issue 35),
+checked against a float64 SVD and a brute-force kNN written here."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ensemblevi.tl._novelty_expression import (
+    N_PCS,
+    combine,
+    expression_knn,
+    expression_space,
+    log_normalise,
+)
+from ensemblevi.tl._novelty_rule import novelty_reference
+
+
+def _brute_lognorm(x):
+    x = np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float64)
+    out = np.empty_like(x)
+    for i, row in enumerate(x):  # a slow loop, cell by cell
+        total = max(row.sum(), 1.0)
+        out[i] = np.log(1.0 + row / total * 1e4)
+    return out
+
+
+def _brute_mean_knn(ref, x, k, self_rows=None):
+    d = np.sqrt(((x[:, None, :] - ref[None, :, :]) ** 2).sum(-1))
+    if self_rows is not None:
+        for i, r in enumerate(self_rows):
+            if r >= 0:
+                d[i, r] = np.inf
+    return np.sort(d, axis=1)[:, :k].mean(1)
+
+
+def _counts(model):
+    return model.adata.layers["counts"]
+
+
+def test_log_normalise_matches_a_loop():
+    rng = np.random.default_rng(0)
+    x = rng.poisson(2.0, (30, 12)).astype(np.float32)
+    x[3] = 0  # an empty cell stays 0, not NaN
+    np.testing.assert_allclose(log_normalise(x), _brute_lognorm(x), rtol=1e-12)
+    assert np.all(log_normalise(x)[3] == 0)
+
+
+def test_expression_knn_matches_svd_and_brute_knn(heart_model):
+    model = heart_model
+    ref = novelty_reference(model)
+    x = _brute_lognorm(_counts(model))
+    train = x[ref.train]
+    mean = train.mean(0)
+    _, _, vt = np.linalg.svd(train - mean, full_matrices=False)
+    basis = vt[:N_PCS].T
+
+    def pcs(rows):
+        return (x[rows] - mean) @ basis
+
+    self_rows = np.full(model.adata.n_obs, -1)
+    self_rows[ref.train] = np.arange(len(ref.train))
+    d_cal = _brute_mean_knn(pcs(ref.train), pcs(ref.calibration), 15)
+    d_all = _brute_mean_knn(pcs(ref.train), pcs(np.arange(model.adata.n_obs)), 15, self_rows)
+    got, got_cal = expression_knn(model, model.adata, ref, 15, self_rows)
+    np.testing.assert_allclose(got_cal, d_cal / np.median(d_cal), rtol=1e-6)
+    np.testing.assert_allclose(got, d_all / np.median(d_cal), rtol=1e-6)
+    assert np.median(got_cal) == pytest.approx(1.0)
+
+
+def test_expression_space_is_fitted_on_training_cells_only(heart_model):
+    model = heart_model
+    ref = novelty_reference(model)
+    project, train_pcs = expression_space(model, ref)
+    # the training cells are centred: their PCs average to 0; the calibration cells' do not
+    np.testing.assert_allclose(train_pcs.mean(0), 0, atol=1e-8)
+    np.testing.assert_allclose(project(ref.adata, ref.train), train_pcs, atol=1e-10)
+    assert train_pcs.shape == (len(ref.train), N_PCS)
+
+
+def test_combine_is_the_mean_of_the_scaled_distances():
+    rng = np.random.default_rng(1)
+    a, b = rng.gamma(2.0, size=50), rng.gamma(2.0, size=50)
+    np.testing.assert_allclose(combine(a, b), [(u + v) / 2 for u, v in zip(a, b, strict=True)])
