@@ -307,22 +307,32 @@ def summarise(out: Path, md: Path | None, fig: Path | None) -> str:
         import matplotlib.pyplot as plt
 
         kinds = sorted({kind for kind, _ in true})
-        f, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.4), squeeze=False)
-        for ax, kind in zip(axes[0], kinds, strict=True):
+        f, axes = plt.subplots(2, len(kinds), figsize=(3.6 * len(kinds), 6.2), squeeze=False)
+        shown = [m for m in METHODS if not m.endswith("before")]
+        rows = (
+            ("tpr_at_fdr0.1", "TPR at a true FDR of 10%"),
+            ("fdr@0.05", "true FDR at a 5% target"),
+        )
+        for col, kind in enumerate(kinds):
             ks = sorted(k for kk, k in true if kk == kind)
-            for m in (m for m in METHODS if not m.endswith("before")):
-                ys = [
-                    np.mean([g[m]["tpr_at_fdr0.1"] for g in true[(kind, k)] if m in g] or [np.nan])
-                    for k in ks
-                ]
-                ax.plot(ks, ys, marker="o", label=m)
-            ax.set_xscale("log", base=2)
-            ax.set_xticks(ks, [str(k) for k in ks])
-            ax.set_ylim(0, 1)
-            ax.set_xlabel("samples per side")
-            ax.set_ylabel("TPR at a true FDR of 10%")
-            ax.set_title(kind)
-        axes[0][0].legend(frameon=False, fontsize=8)
+            for row, (metric, label) in enumerate(rows):
+                ax = axes[row][col]
+                for i, m in enumerate(shown):
+                    ys = [
+                        np.mean([g[m][metric] for g in true[(kind, k)] if m in g] or [np.nan])
+                        for k in ks
+                    ]
+                    ax.plot(ks, ys, marker="os^D"[i % 4], label=m)
+                if row == 1:
+                    ax.axhline(0.05, color="0.4", ls="--", lw=1, label="target")
+                ax.set_xscale("log", base=2)
+                ax.set_xticks(ks, [str(k) for k in ks])
+                ax.set_xlim(min(ks) / 1.3, max(ks) * 1.3)
+                ax.set_ylim(0, 1 if row == 0 else 0.2)
+                ax.set_xlabel("pairs" if "paired" in kind else "samples per side")
+                ax.set_ylabel(label)
+                ax.set_title(kind)
+        axes[1][0].legend(frameon=False, fontsize=8)
         f.tight_layout()
         f.savefig(fig, dpi=120)
     return text

@@ -522,15 +522,22 @@ def test_importance_weighted_population_de_against_a_slow_loop(rep_model):
     from ensemblevi._seeding import forked_rng
 
     adata, model = rep_model
-    n, seed, delta = 3, 7, 0.3
+    n, seed, delta, cap = 3, 7, 0.3, 30
     kw = {"groupby": "cell_type", "group1": "A", "group2": "B", "delta": delta, "seed": seed}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         t = model.differential_expression(
-            adata, estimand="population", weights="importance", n_samples=n, progress=False, **kw
+            adata,
+            estimand="population",
+            weights="importance",
+            n_samples=n,
+            max_cells=cap,
+            progress=False,
+            **kw,
         )
     ct = adata.obs["cell_type"].to_numpy()
-    sides = [np.flatnonzero(ct == "A"), np.flatnonzero(ct == "B")]
+    rng = np.random.default_rng(seed)  # the call's subsample of each side, as documented
+    sides = [np.sort(rng.choice(np.flatnonzero(ct == g), cap, replace=False)) for g in "AB"]
     hits = np.zeros(adata.n_vars)
     with forked_rng(seed):  # the call's one block of draws (block 0)
         for k in range(model.n_members):
