@@ -21,7 +21,8 @@ population, so a test that treats cells as replicates calls those deviations as 
    spread of ``log s^2``; the moderated ``t = LFC / sqrt(s_post^2 v + m)`` has ``df + d0``
    df, where ``m`` (ensemble only) is the variance of the members' LFCs (their
    disagreement, added as extra variance). ``delta > 0`` tests ``|LFC| > delta``
-   (McCarthy & Smyth 2009's TREAT p-value); then Benjamini-Hochberg.
+   (McCarthy & Smyth 2009's TREAT p-value); then Benjamini-Hochberg times Storey's
+   estimate of the unchanged genes' share (:data:`P_ADJUST`).
 
 ``method="pseudobulk"`` is the reference the field uses: the same summed counts into
 PyDESeq2 (``~condition`` or ``~sample + condition``), an optional dependency.
@@ -493,7 +494,7 @@ def sample_de(
     delta
         Smallest |LFC| (log2) tested (TREAT); 0 tests any change. PyDESeq2 tests any change.
     fdr_target
-        Benjamini-Hochberg target of ``is_de_fdr_<target>``.
+        Target of ``is_de_fdr_<target>`` on the adjusted p-values.
     min_cells
         Units with fewer cells are dropped.
     n_samples, batch_size, seed

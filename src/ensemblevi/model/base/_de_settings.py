@@ -216,6 +216,7 @@ class DESettings:
                 "lfc_threshold": float(self.lfc_threshold),
                 "design": self.design,
                 "seed": int(self.seed),
+                "p_adjust": "bh" if self.sample_method == "pseudobulk" else "storey",
             }
         return {
             "delta": "auto" if self.delta is None else float(self.delta),
