@@ -101,11 +101,11 @@ def model_for(adata, name: str, rep: int, kind: str, cfg, models: Path):
 
 
 def unit(name: str, rep: int, cfg, models: Path, pbmc, kinds) -> dict:
-    from ensemblevi import tl
     from ensemblevi.benchmark import MethodResult
     from ensemblevi.benchmark._fdr import _wilcoxon, load, score
     from ensemblevi.model import EnsembleSCVI
     from ensemblevi.model.base import _de_counts
+    from ensemblevi.model.base._de_lfc import lfc_posterior
 
     adata = load(name, rep, cfg, pbmc)
     batch_key = "batch" if adata.obs["batch"].nunique() > 1 else None
@@ -121,7 +121,7 @@ def unit(name: str, rep: int, cfg, models: Path, pbmc, kinds) -> dict:
         model, seconds[kind] = model_for(adata, name, rep, kind, cfg, models)
         manager = model.get_anndata_manager(adata, required=True)
         t = time.perf_counter()
-        draws, info = tl.lfc_posterior(
+        draws, info = lfc_posterior(
             model, adata, "cell_type", "B", "A", n_samples=cfg.n_samples, seed=rep, progress=False
         )
         timing[f"{kind} draws"] = time.perf_counter() - t

@@ -326,7 +326,7 @@ def analyse(draws: np.ndarray, adata, variants: dict, delta: float, oracle_key: 
         The variant used as the oracle.
     """
     from ensemblevi.benchmark._scoring import true_fdr
-    from ensemblevi.tl import fdr_calls, summarise_lfc
+    from ensemblevi.model.base._de_calls import fdr_calls, summarise_lfc
 
     table = summarise_lfc(draws, delta, 0.05, list(adata.var_names))
     proba, point = table["proba_de"].to_numpy(), table["lfc_median"].to_numpy()
@@ -375,10 +375,10 @@ def run_one(name: str, loader: Callable, rep: int, cfg: dict, models: list[str],
     log
         Progress printer.
     """
-    from ensemblevi import tl
     from ensemblevi.benchmark._runs import train_timed
     from ensemblevi.benchmark._scoring import tpr, true_fdr
     from ensemblevi.model import EnsembleSCVI
+    from ensemblevi.model.base._de_lfc import lfc_posterior
 
     adata = loader(rep)
     batch_key = "batch" if "batch" in adata.obs and adata.obs["batch"].nunique() > 1 else None
@@ -411,7 +411,7 @@ def run_one(name: str, loader: Callable, rep: int, cfg: dict, models: list[str],
         kind, k = MODELS[label]
         t0 = time.perf_counter()
         model, secs = train_timed(adata, kind, k, rep, epochs, cfg["lr"], n_hidden=cfg["n_hidden"])
-        draws, info = tl.lfc_posterior(
+        draws, info = lfc_posterior(
             model,
             adata,
             "cell_type",

@@ -46,6 +46,7 @@ SMOKE: dict[str, list[str]] = {
         "0",
     ],
     "bench_fingerprint.py": ["--cells", "200", "--genes", "300"],
+    "de_sample_fdr.py": ["--reps", "1"],
     "bench_likelihood.py": [
         "--k",
         "1",

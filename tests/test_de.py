@@ -6,8 +6,8 @@ import pytest
 import scanpy as sc
 
 import ensemblevi as ev
-from ensemblevi.model.base._de_core import expected_fdr, fdr_calls, summarise_lfc
-from ensemblevi.model.base._de_lfc import cell_pair_lfc, population_lfc
+from ensemblevi.model.base._de_calls import expected_fdr, fdr_calls, summarise_lfc
+from ensemblevi.model.base._de_lfc import lfc_posterior, population_lfc
 
 
 def test_expected_fdr_and_calls_match_a_slow_loop():
@@ -34,7 +34,7 @@ def test_expected_fdr_and_calls_match_a_slow_loop():
         fdr_calls(np.array([0.5]), 1.0)
 
 
-def test_population_and_pair_lfc_match_loops():
+def test_population_lfc_matches_a_loop():
     rng = np.random.default_rng(1)
     e1, e2 = rng.gamma(1.0, 5.0, (2, 3, 7, 4)), rng.gamma(1.0, 5.0, (2, 3, 5, 4))
     got = population_lfc(e1, e2, pseudocount=0.1)
@@ -45,11 +45,6 @@ def test_population_and_pair_lfc_match_loops():
                     np.log2(e2[k, s, :, g] + 0.1)
                 )
                 assert got[k, s, g] == pytest.approx(ref)
-    pairs = cell_pair_lfc(e1, e2, np.random.default_rng(3))
-    assert pairs.shape == (2, 3, 7, 4)
-    r = np.random.default_rng(3)
-    i, j = r.integers(0, 7, 7), r.integers(0, 5, 7)
-    np.testing.assert_allclose(pairs, np.log2(e1[..., i, :] + 0.1) - np.log2(e2[..., j, :] + 0.1))
 
 
 def test_summary_pools_members_and_flags_disagreement():
@@ -102,6 +97,7 @@ def test_de_against_ground_truth_and_written_for_scanpy(de_model):
         fdr_target=0.1,
         n_samples=20,
         progress=False,
+        key_added="ensemblevi_de",
     )
     assert roc_auc_score(truth[t.index], t["proba_de"]) > 0.9
     called = t.index[t["is_de_fdr_0.1"]]
@@ -130,22 +126,24 @@ def test_de_against_ground_truth_and_written_for_scanpy(de_model):
     pd.testing.assert_frame_equal(t, again)
 
 
-def test_cell_pairs_one_vs_rest_against_a_brute_force_computation(de_model):
-    """``cell_pairs`` against ``group2=None``: every other cell is the reference, cells are
-    subsampled and paired at random, and every member's every draw of every pair counts."""
+def test_population_one_vs_rest_against_a_brute_force_computation(de_model):
+    """``population`` against ``group2=None``: every other cell is the reference, cells are
+    subsampled at random, and every member's every draw counts (a slow loop over members,
+    draws and genes of the groups' median log2 expression)."""
     adata, model = de_model
     seed, n_samples, max_cells, delta = 4, 3, 50, 0.5
+    before = set(adata.uns)
     rest = model.differential_expression(
         group1="A",
         n_samples=n_samples,
         max_cells=max_cells,
-        key_added=None,
         progress=False,
-        estimand="cell_pairs",
+        estimand="population",
         seed=seed,
         delta=delta,
     )
-    # the same random stream, spent as documented: subsample, then draws, then the pairs
+    assert set(adata.uns) == before  # the model method writes only with key_added
+    # the same random stream, spent as documented: subsample, then draws
     rng = np.random.default_rng(seed)
     is_a = (adata.obs["cell_type"] == "A").to_numpy()
     groups = [
@@ -158,16 +156,17 @@ def test_cell_pairs_one_vs_rest_against_a_brute_force_computation(de_model):
         )
         for i, c in enumerate(groups)
     ]
-    i, j = rng.integers(0, max_cells, max_cells), rng.integers(0, max_cells, max_cells)
     hits = np.zeros(adata.n_vars)
     for k in range(model.n_members):
         for s in range(n_samples):
-            for a, b in zip(i, j, strict=True):
-                lfc = np.log2(expr[0][k, s, a] + 0.1) - np.log2(expr[1][k, s, b] + 0.1)
-                hits += np.abs(lfc) >= delta
-    expected = hits / (model.n_members * n_samples * max_cells)
+            for g in range(adata.n_vars):
+                lfc = np.median(np.log2(expr[0][k, s, :, g] + 0.1)) - np.median(
+                    np.log2(expr[1][k, s, :, g] + 0.1)
+                )
+                hits[g] += abs(lfc) >= delta
+    expected = hits / (model.n_members * n_samples)
     np.testing.assert_allclose(rest.loc[adata.var_names, "proba_de"], expected, rtol=1e-6)
-    assert 0.05 < expected.mean() < 0.95  # neither all nor no pairs clear delta
+    assert 0.0 < expected.mean() < 1.0  # neither all nor no draws clear delta
 
 
 def test_de_errors_name_the_problem(de_model):
@@ -178,6 +177,10 @@ def test_de_errors_name_the_problem(de_model):
         model.differential_expression(group1="Z", progress=False)
     with pytest.raises(ValueError, match="estimand"):
         model.differential_expression(group1="B", estimand="wilcoxon", progress=False)
+    with pytest.raises(ValueError, match="mode='change'"):  # removed: scvi-tools' question
+        model.differential_expression(group1="B", estimand="cell_pairs", progress=False)
+    with pytest.raises(TypeError, match="positional"):  # options are keyword-only
+        model.differential_expression(None, "cell_type", "B")
     with pytest.raises(ValueError, match="fdr_target"):
         model.differential_expression(group1="B", fdr_target=0, progress=False)
     with pytest.raises(ValueError, match="groupby would go unused"):
@@ -189,16 +192,16 @@ def test_de_errors_name_the_problem(de_model):
 def test_member_draws_pool_into_the_table_and_plot(de_model):
     adata, model = de_model
     kw = {"groupby": "cell_type", "group1": "B", "group2": "A", "n_samples": 6, "seed": 3}
-    draws, info = ev.tl.lfc_posterior(model, adata, progress=False, **kw)
+    draws, info = lfc_posterior(model, adata, progress=False, **kw)
     assert draws.shape == (3, 6, adata.n_vars)
     assert len(info["cells1"]) == (adata.obs["cell_type"] == "B").sum()
     table = model.differential_expression(
         delta=0.5, fdr_target=0.1, progress=False, key_added="de_b", estimand="population", **kw
     )
-    again = ev.tl.summarise_lfc(draws, 0.5, 0.1, adata.var_names).loc[table.index]
+    again = summarise_lfc(draws, 0.5, 0.1, adata.var_names).loc[table.index]
     pd.testing.assert_series_equal(table["proba_de"], again["proba_de"])
     # a sub-ensemble is the first members' draws: member 0 alone has no member spread
-    one = ev.tl.summarise_lfc(draws[:1], 0.5, 0.1, adata.var_names)
+    one = summarise_lfc(draws[:1], 0.5, 0.1, adata.var_names)
     assert (one["lfc_member_std"] == 0).all() and not one["call_flips"].any()
     np.testing.assert_allclose(
         one["proba_de"], np.mean(np.abs(draws[0]) >= 0.5, axis=0), rtol=0, atol=0
@@ -209,19 +212,53 @@ def test_member_draws_pool_into_the_table_and_plot(de_model):
         ev.pl.de_volcano(adata, key="nope")
 
 
-def test_the_three_entry_points_share_one_signature():
-    """``tl.differential_expression`` and the model method forward every argument of the
-    core with its default, so the three cannot drift apart."""
+def test_the_entry_points_share_one_signature_settings_and_docs():
+    """``tl.differential_expression`` and the model method take the same keyword-only
+    parameters (only ``key_added``'s default differs: the model method writes nothing by
+    default), every option is a field of the one settings object, and the parameter docs
+    are the shared ones."""
+    import dataclasses
     import inspect
 
-    from ensemblevi.model.base import ensemble_de
+    from ensemblevi.model.base._de_settings import DE_PARAMS, DESettings
 
     def params(fn):
-        return [(p.name, p.default) for p in inspect.signature(fn).parameters.values()][1:]
+        return {p.name: p for p in list(inspect.signature(fn).parameters.values())[1:]}
 
-    core = params(ensemble_de)
-    assert params(ev.tl.differential_expression) == core
-    assert params(ev.model.EnsembleSCVI.differential_expression) == core
+    tl, method = (
+        params(ev.tl.differential_expression),
+        params(ev.model.EnsembleSCVI.differential_expression),
+    )
+    assert list(tl) == list(method)
+    assert {k: p.default for k, p in tl.items() if k != "key_added"} == {
+        k: p.default for k, p in method.items() if k != "key_added"
+    }
+    assert tl["key_added"].default == "ensemblevi_de" and method["key_added"].default is None
+    assert all(p.kind in (p.KEYWORD_ONLY, p.VAR_KEYWORD) for k, p in method.items() if k != "adata")
+    comparison = {"adata", "groupby", "group1", "group2", "idx1", "idx2", "key_added", "kwargs"}
+    fields = {f.name: f.default for f in dataclasses.fields(DESettings)} | {"bayes_kwargs": None}
+    assert set(method) - comparison == set(fields) - {"bayes_kwargs"}
+    for name in set(method) - comparison:
+        assert method[name].default == fields[name], name
+    for fn in (ev.tl.differential_expression, ev.model.EnsembleSCVI.differential_expression):
+        assert DE_PARAMS.splitlines()[1].strip() in fn.__doc__  # the shared docs went in
+        assert "%(" not in fn.__doc__
+
+
+def test_settings_are_checked_once_and_name_the_fix():
+    from ensemblevi.model.base._de_settings import DESettings
+
+    with pytest.raises(ValueError, match="sample_key"):
+        DESettings(method="counts")
+    with pytest.raises(ValueError, match="n_samples_overall"):
+        DESettings(mode="change", n_samples=3)
+    with pytest.raises(ValueError, match="null_check"):
+        DESettings(sample_key="donor", null_check=True)
+    with pytest.raises(TypeError, match="pseudocounts"):
+        DESettings(bayes_kwargs={"pseudocount": 0.1})
+    s = DESettings(pseudocounts=2e-5)
+    assert s.pseudocount == pytest.approx(0.2) and s.draws == 50 and s.cells_cap == 500
+    assert DESettings(mode="change").cells_cap is None
 
 
 def test_vanilla_store_lfc_is_finite_when_a_side_has_no_expression():

@@ -142,13 +142,10 @@ def test_null_check_runs_per_comparison_and_refuses_clearly(null_model):
 
 
 def test_every_entry_point_takes_the_check():
-    from ensemblevi.model.base import ensemble_de
+    from ensemblevi.model.base._de_settings import DESettings
 
-    for fn in (
-        ensemble_de,
-        ev.tl.differential_expression,
-        ev.model.EnsembleSCVI.differential_expression,
-    ):
+    assert DESettings().null_check is False and DESettings().n_null == 3  # ensemble_de's
+    for fn in (ev.tl.differential_expression, ev.model.EnsembleSCVI.differential_expression):
         params = inspect.signature(fn).parameters
         assert params["null_check"].default is False and params["n_null"].default == 3
     from ensemblevi.cli import app

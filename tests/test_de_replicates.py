@@ -11,6 +11,7 @@ import pytest
 from scipy import special, stats
 
 import ensemblevi as ev
+from ensemblevi.model.base import _de_moderated as M
 from ensemblevi.model.base import _de_samples as S
 
 # -- the estimator's core numbers -------------------------------------------------------
@@ -19,14 +20,14 @@ from ensemblevi.model.base import _de_samples as S
 def test_without_prior_the_test_is_scipys_t_test():
     rng = np.random.default_rng(0)
     y1, y2 = rng.normal(0, 1, (4, 30)), rng.normal(0.3, 1, (5, 30))
-    lfc, s2, df, v = S.design_stats(y1, y2, "between")
-    res = S.moderated_test(lfc, s2, df, v, prior=False)
+    lfc, s2, df, v = M.design_stats(y1, y2, "between")
+    res = M.moderated_test(lfc, s2, df, v, prior=False)
     ref = stats.ttest_ind(y1, y2, axis=0, equal_var=True)
     np.testing.assert_allclose(res["t"], ref.statistic, rtol=1e-10)
     np.testing.assert_allclose(res["pval"], ref.pvalue, rtol=1e-8)
     d1, d2 = rng.normal(0, 1, (6, 30)), rng.normal(0, 1, (6, 30))
-    lfc, s2, df, v = S.design_stats(d1, d2, "paired")
-    res = S.moderated_test(lfc, s2, df, v, prior=False)
+    lfc, s2, df, v = M.design_stats(d1, d2, "paired")
+    res = M.moderated_test(lfc, s2, df, v, prior=False)
     ref = stats.ttest_rel(d1, d2, axis=0)
     np.testing.assert_allclose(res["t"], ref.statistic, rtol=1e-10)
     np.testing.assert_allclose(res["pval"], ref.pvalue, rtol=1e-8)
@@ -38,17 +39,17 @@ def test_prior_recovered_from_scaled_f_variances():
     g, df, d0, s0sq = 40000, 6.0, 5.0, 0.2
     sigma2 = s0sq * d0 / rng.chisquare(d0, g)
     s2 = sigma2 * rng.chisquare(df, g) / df
-    d0_hat, s0_hat = S.fit_f_dist(s2, df)
+    d0_hat, s0_hat = M.fit_f_dist(s2, df)
     assert d0_hat == pytest.approx(d0, rel=0.15)
     np.testing.assert_allclose(s0_hat, s0sq, rtol=0.05)
     # no spread beyond sampling: infinite prior df, s0^2 the common variance
-    d0_inf, s0_inf = S.fit_f_dist(0.3 * rng.chisquare(df, g) / df, df)
+    d0_inf, s0_inf = M.fit_f_dist(0.3 * rng.chisquare(df, g) / df, df)
     assert d0_inf > 200 and s0_inf.mean() == pytest.approx(0.3, rel=0.05)
 
 
 def test_trigamma_inverse_inverts():
     x = np.array([1e-3, 0.1, 1.0, 5.0, 100.0])
-    np.testing.assert_allclose(special.polygamma(1, S.trigamma_inverse(x)), x, rtol=1e-6)
+    np.testing.assert_allclose(special.polygamma(1, M.trigamma_inverse(x)), x, rtol=1e-6)
 
 
 def test_moderated_t_and_treat_match_a_float64_loop():
@@ -58,8 +59,8 @@ def test_moderated_t_and_treat_match_a_float64_loop():
     s2 = 0.3 * rng.chisquare(df, g) / df * np.exp(rng.normal(0, 0.5, g))
     extra = rng.uniform(0, 0.05, g)
     for delta in (0.0, 0.4):
-        res = S.moderated_test(lfc, s2, df, v, extra_var=extra, delta=delta)
-        d0, s0 = res["d0"], S.fit_f_dist(s2, df)[1]
+        res = M.moderated_test(lfc, s2, df, v, extra_var=extra, delta=delta)
+        d0, s0 = res["d0"], M.fit_f_dist(s2, df)[1]
         for i in range(g):  # limma's formulas, one gene at a time
             post = (d0 * s0[i] + df * s2[i]) / (d0 + df)
             se = (post * v + extra[i]) ** 0.5
@@ -75,7 +76,7 @@ def test_moderated_t_and_treat_match_a_float64_loop():
 
 def test_bh_matches_scipy():
     p = np.random.default_rng(3).uniform(size=200) ** 3
-    np.testing.assert_allclose(S.bh(p), stats.false_discovery_control(p), rtol=1e-12)
+    np.testing.assert_allclose(M.bh(p), stats.false_discovery_control(p), rtol=1e-12)
 
 
 def test_pseudobulk_and_effective_library():
@@ -446,3 +447,147 @@ def test_cli_run_and_de_with_sample_key(tmp_path):
         ],
     )
     assert res.exit_code == 2 and "design='paired'" in res.output
+
+
+def test_storey_adjustment_against_a_slow_loop():
+    """``adjust(p, "storey")``: BH's step-up (a loop over ranks) times Storey's null share."""
+    rng = np.random.default_rng(5)
+    p = np.concatenate([rng.uniform(size=160), rng.beta(0.1, 4, 40)])
+    m = p.size
+    pi0 = min(1.0, sum(x > 0.5 for x in p) / (0.5 * m))
+    order = sorted(range(m), key=lambda i: p[i])
+    expect = np.empty(m)
+    running = 1.0
+    for rank in range(m, 0, -1):  # step-up: the smallest p * m / rank at or above this rank
+        i = order[rank - 1]
+        running = min(running, p[i] * m / rank)
+        expect[i] = min(1.0, pi0 * running)
+    np.testing.assert_allclose(M.adjust(p, "storey"), expect, rtol=1e-12)
+    assert M.null_fraction(rng.uniform(size=4000)) == pytest.approx(1.0, abs=0.05)
+    with pytest.raises(ValueError, match="'bh' or 'storey'"):
+        M.adjust(p, "holm")
+
+
+def test_ensemble_variance_is_floored_by_the_raw_counts():
+    rng = np.random.default_rng(6)
+    raw = rng.poisson(30, (6, 50)).astype(float)
+    libs = raw.sum(1)
+    # denoised pseudobulks: the samples' deviations shrunk towards their mean
+    den = np.stack([0.2 * raw + 0.8 * raw.mean(0) + rng.normal(0, 0.1, raw.shape)] * 3)
+    plain = S.sample_test(den, libs, 3, "between", prior=False)
+    floored = S.sample_test(den, libs, 3, "between", prior=False, raw=raw)
+    counts = S.sample_test(raw, libs, 3, "between", prior=False)
+    np.testing.assert_allclose(floored["s2_post"], np.maximum(plain["s2_post"], counts["s2_post"]))
+    assert (floored["se"] >= plain["se"] - 1e-12).all()
+
+
+def _rng_state():
+    import torch
+
+    return torch.get_rng_state().clone(), np.random.get_state()  # noqa: NPY002 (the caller's)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"groupby": "cell_type", "group1": "A", "n_samples": 3},
+        {"groupby": "cell_type", "group1": "A", "mode": "change", "n_samples_overall": 200},
+        {"groupby": "condition", "group1": "stim", "sample_key": "sample"},
+        {"groupby": "condition", "group1": "stim", "sample_key": "sample", "method": "ensemble"},
+    ],
+    ids=["cells", "change", "samples", "samples-ensemble"],
+)
+def test_de_leaves_the_callers_torch_and_numpy_rng(rep_model, kwargs):
+    import torch
+
+    adata, model = rep_model
+    torch.manual_seed(123)
+    np.random.seed(321)  # noqa: NPY002 (the global state is what is checked)
+    before = _rng_state()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.differential_expression(adata, progress=False, **kwargs)
+    after = _rng_state()
+    assert torch.equal(before[0], after[0])
+    assert before[1][0] == after[1][0] and np.array_equal(before[1][1], after[1][1])
+    assert before[1][2:] == after[1][2:]
+
+
+def test_importance_weighted_population_de_against_a_slow_loop(rep_model):
+    """``weights="importance"``: each member's draws are scvi-tools' importance-weighted
+    resamples of the group (``n_samples_overall``), drawn under the call's seed; the LFC of
+    each draw is the groups' median log2 expression, and ``proba_de`` the share of all
+    members' draws with ``|LFC| >= delta``: here recomputed one member, draw and gene at a
+    time from the members' own scvi-tools calls."""
+    from ensemblevi._seeding import forked_rng
+
+    adata, model = rep_model
+    n, seed, delta, cap = 3, 7, 0.3, 30
+    kw = {"groupby": "cell_type", "group1": "A", "group2": "B", "delta": delta, "seed": seed}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t = model.differential_expression(
+            adata,
+            estimand="population",
+            weights="importance",
+            n_samples=n,
+            max_cells=cap,
+            progress=False,
+            **kw,
+        )
+    ct = adata.obs["cell_type"].to_numpy()
+    rng = np.random.default_rng(seed)  # the call's subsample of each side, as documented
+    sides = [np.sort(rng.choice(np.flatnonzero(ct == g), cap, replace=False)) for g in "AB"]
+    hits = np.zeros(adata.n_vars)
+    with forked_rng(seed):  # the call's one block of draws (block 0)
+        for k in range(model.n_members):
+            expr = []
+            for cells in sides:
+                x = model.members[k].get_normalized_expression(
+                    adata,
+                    indices=cells,
+                    library_size=1e4,
+                    n_samples_overall=n * len(cells),
+                    weights="importance",
+                    return_numpy=True,
+                )
+                expr.append(np.asarray(x, dtype=np.float64).reshape(n, len(cells), -1))
+            for d in range(n):
+                for g in range(adata.n_vars):
+                    lfc = np.median(np.log2(expr[0][d, :, g] + 0.1)) - np.median(
+                        np.log2(expr[1][d, :, g] + 0.1)
+                    )
+                    hits[g] += abs(lfc) >= delta
+    expected = hits / (model.n_members * n)
+    np.testing.assert_allclose(t.loc[adata.var_names, "proba_de"], expected, rtol=0, atol=1e-12)
+    assert 0 < expected.mean() < 1
+
+
+def test_registered_sample_key_is_used_and_saved(tmp_path):
+    adata = ev.data.synthetic_replicates(n_cells=240, n_genes=40, n_samples=6, seed=4)
+    ev.model.EnsembleSCVI.setup_anndata(adata, layer="counts", sample_key="sample")
+    model = ev.model.EnsembleSCVI(adata, n_members=2, n_hidden=8, n_latent=2, seed=0)
+    assert model.summary_stats.n_extra_categorical_covs == 0  # not a model covariate
+    model.train(max_epochs=1, seed=0, enable_progress_bar=False)
+    kw = {"groupby": "condition", "group1": "stim", "group2": "ctrl", "progress": False}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t = model.differential_expression(adata, key_added="reg", **kw)
+    assert t.attrs["inference_unit"] == "samples" and t.attrs["sample_key"] == "sample"
+    assert adata.uns["reg"]["params"]["sample_key_source"] == "registered"
+    adata.obs["donor2"] = adata.obs["sample"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        own = model.differential_expression(adata, sample_key="donor2", **kw)
+    assert own.attrs["sample_key"] == "donor2" and own.attrs["sample_key_source"] == "argument"
+    with pytest.warns(UserWarning, match="cell-level test"):
+        cells = model.differential_expression(adata, estimand="population", n_samples=2, **kw)
+    assert cells.attrs["inference_unit"] == "cells"
+    model.save(tmp_path / "m", overwrite=True)
+    back = ev.model.EnsembleSCVI.load(tmp_path / "m", adata=adata)
+    from ensemblevi.model.base._de_core import registered_sample_key
+
+    assert registered_sample_key(back.adata_manager) == "sample"
+    assert (
+        ev.model.EnsembleSCVI.load_registry(tmp_path / "m")["setup_args"]["sample_key"] == "sample"
+    )

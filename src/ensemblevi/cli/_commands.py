@@ -216,7 +216,7 @@ def de_command(
         ),
     ] = 0.5,
     estimand: Annotated[
-        str, typer.Option(help="counts (calibrated on the counts), population or cell_pairs.")
+        str, typer.Option(help="counts (calibrated on the counts) or population (the model alone).")
     ] = "counts",
     n_samples: Annotated[int, typer.Option(help="Posterior draws per member.", min=1)] = 50,
     max_cells: Annotated[int, typer.Option(help="Cells per group (subsampled).", min=1)] = 500,

@@ -62,6 +62,7 @@ from .base import (
     MinificationMixin,
     UncertaintyMixin,
 )
+from .base._de_settings import SAMPLE_REGISTRY_KEY
 from .base._members import Members
 from .base._refused import REFUSED
 
@@ -301,6 +302,7 @@ class EnsembleSCVI(
         size_factor_key: str | None = None,
         categorical_covariate_keys: list[str] | None = None,
         continuous_covariate_keys: list[str] | None = None,
+        sample_key: str | None = None,
         **kwargs: Any,
     ) -> None:
         """Register ``adata`` as ``scvi.model.SCVI.setup_anndata`` does, after checking it.
@@ -325,11 +327,16 @@ class EnsembleSCVI(
             likelihood instead of the total counts, as in ``scvi.model.SCVI``.
         categorical_covariate_keys, continuous_covariate_keys
             ``obs`` columns of further covariates.
+        sample_key
+            ``obs`` column of the biological samples (donors, patients), registered as
+            scvi-tools registers a categorical column but not given to the model (no
+            covariate): ``differential_expression`` then compares samples, not cells,
+            unless its own ``sample_key=`` names another column. Saved with the model.
         """
         check_setup_data(
             adata,
             layer=layer,
-            obs_keys=[batch_key, labels_key, *(categorical_covariate_keys or [])],
+            obs_keys=[batch_key, labels_key, sample_key, *(categorical_covariate_keys or [])],
             continuous_keys=continuous_covariate_keys or [],
             size_factor_key=size_factor_key,
         )
@@ -342,6 +349,8 @@ class EnsembleSCVI(
             CategoricalJointObsField(REGISTRY_KEYS.CAT_COVS_KEY, categorical_covariate_keys),
             NumericalJointObsField(REGISTRY_KEYS.CONT_COVS_KEY, continuous_covariate_keys),
         ]
+        if sample_key is not None:  # bookkeeping for DE only: no module reads this key
+            anndata_fields.append(CategoricalObsField(SAMPLE_REGISTRY_KEY, sample_key))
         adata_manager = AnnDataManager(fields=anndata_fields, setup_method_args=setup_method_args)
         adata_manager.register_fields(adata, **kwargs)
         cls.register_manager(adata_manager)

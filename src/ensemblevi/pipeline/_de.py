@@ -207,7 +207,14 @@ def _unit_settings(attrs: dict) -> dict:
     """The result's unit of replication for the settings file and the report (JSON)."""
     out = {
         k: attrs[k]
-        for k in ("inference_unit", "statement", "sample_key", "method", "unused_sample_columns")
+        for k in (
+            "inference_unit",
+            "statement",
+            "sample_key",
+            "sample_key_source",
+            "method",
+            "unused_sample_columns",
+        )
         if k in attrs
     }
     reps = attrs.get("replicates")

@@ -119,11 +119,16 @@ def de_reading(settings: dict, table: pd.DataFrame) -> str:
     calls = table[f"is_de_fdr_{settings['fdr_target']:g}"].astype(bool)
     if settings.get("inference_unit") == "samples":
         reps = settings.get("replicates", {})
+        rule = (
+            "PyDESeq2's Benjamini-Hochberg"
+            if settings.get("method") == "pseudobulk"
+            else "Storey-adjusted Benjamini-Hochberg"
+        )
         return (
             f"Differential expression {settings['group1']} vs {settings['reference']}, "
             f"comparing samples ({reps.get('n_samples1')} vs {reps.get('n_samples2')}, "
             f"{reps.get('design')}): {int(calls.sum())} of {len(table):,} genes called at a "
-            f"Benjamini-Hochberg FDR of {100 * settings['fdr_target']:g}%."
+            f"{rule} FDR of {100 * settings['fdr_target']:g}%."
         )
     flips = table["call_flips"].astype(bool)
     unit = (

@@ -1,7 +1,8 @@
 """Differential expression with an ensemble posterior, scanpy style (``tl``).
 
-The computation lives below the model, in :mod:`ensemblevi.model.base._de_core`; this is
-the analysis-tool entry point, a wrapper of ``model.differential_expression``.
+The computation lives below the model, in :mod:`ensemblevi.model.base._de_core`; this
+entry point is ``model.differential_expression`` with the same parameters and docs, but
+writing into ``adata.uns`` by default (scanpy's ``tl`` convention).
 """
 
 from __future__ import annotations
@@ -12,23 +13,20 @@ from typing import Any, Literal
 import pandas as pd
 
 from ensemblevi._constants import DE_KEY
-from ensemblevi.model.base._de_core import (  # noqa: F401  (re-exported: ev.tl API)
-    ESTIMANDS,
-    LIBRARY_SIZE,
-    expected_fdr,
-    fdr_calls,
-    summarise_lfc,
-)
-from ensemblevi.model.base._de_lfc import (  # noqa: F401  (re-exported: ev.tl API)
-    cell_pair_lfc,
-    lfc_posterior,
-    population_lfc,
-)
+
+# kept importable from here until the public API shrinks (issue 33): new code imports
+# them from their private modules
+from ensemblevi.model.base._de_calls import expected_fdr, fdr_calls, summarise_lfc  # noqa: F401
+from ensemblevi.model.base._de_core import ensemble_de
+from ensemblevi.model.base._de_lfc import lfc_posterior  # noqa: F401
+from ensemblevi.model.base._de_settings import DESettings, de_docs
 
 
+@de_docs.dedent
 def differential_expression(
     model: Any,
     adata: Any = None,
+    *,
     groupby: str | None = None,
     group1: str | Sequence[str] | None = None,
     group2: str | None = None,
@@ -46,7 +44,7 @@ def differential_expression(
     weights: Literal["uniform", "importance"] | None = "uniform",
     filter_outlier_cells: bool = False,
     importance_weighting_kwargs: dict | None = None,
-    estimand: Literal["counts", "population", "cell_pairs"] = "counts",
+    estimand: Literal["counts", "population"] = "counts",
     n_samples: int | None = None,
     max_cells: int | None = None,
     pseudocounts: float | None = None,
@@ -61,68 +59,30 @@ def differential_expression(
     lfc_threshold: float = 0.0,
     **kwargs: Any,
 ) -> pd.DataFrame:
-    """Ensemble differential expression, in scvi-tools' call forms.
+    """Ensemble differential expression, in scvi-tools' call forms, stored scanpy style.
 
-    ``model.differential_expression(adata, ...)``; see
-    :func:`ensemblevi.model.base.ensemble_de` for the method and the table.
+    ``model.differential_expression(adata, ...)`` with ``key_added="ensemblevi_de"`` by
+    default: the result is also written to ``adata.uns[key_added]``.
 
     Parameters
     ----------
     model
         A trained :class:`~ensemblevi.model.EnsembleSCVI`.
-    adata, groupby, group1, group2, idx1, idx2, mode, delta, batch_size, all_stats
-        As in :func:`ensemblevi.model.base.ensemble_de` (scvi-tools' arguments).
-    batch_correction, batchid1, batchid2, fdr_target, silent, weights
-        As in :func:`ensemblevi.model.base.ensemble_de` (scvi-tools' arguments).
-    filter_outlier_cells, importance_weighting_kwargs
-        As in :func:`ensemblevi.model.base.ensemble_de` (scvi-tools' arguments).
-    estimand, n_samples, max_cells, pseudocounts, seed, key_added, progress
-        As in :func:`ensemblevi.model.base.ensemble_de`.
-    null_check, n_null
-        Check the test on random halves of ``group1`` (no true change) and warn on calls
-        there; as in :func:`ensemblevi.model.base.ensemble_de`.
-    sample_key, method, design, lfc_threshold
-        Biological replicates: compare samples, not cells; as in
-        :func:`ensemblevi.model.base.ensemble_de`.
-    **kwargs
-        scvi-tools' ``get_bayes_factors`` keywords, where they apply (see
-        :func:`ensemblevi.model.base.ensemble_de`).
+    %(de_params)s
 
     Returns
     -------
-    The DE table, one row per gene and comparison.
+    %(de_returns)s
     """
-    return model.differential_expression(
+    settings = DESettings.from_call(locals())
+    return ensemble_de(
+        model,
         adata,
         groupby=groupby,
         group1=group1,
         group2=group2,
         idx1=idx1,
         idx2=idx2,
-        mode=mode,
-        delta=delta,
-        batch_size=batch_size,
-        all_stats=all_stats,
-        batch_correction=batch_correction,
-        batchid1=batchid1,
-        batchid2=batchid2,
-        fdr_target=fdr_target,
-        silent=silent,
-        weights=weights,
-        filter_outlier_cells=filter_outlier_cells,
-        importance_weighting_kwargs=importance_weighting_kwargs,
-        estimand=estimand,
-        n_samples=n_samples,
-        max_cells=max_cells,
-        pseudocounts=pseudocounts,
-        seed=seed,
+        settings=settings,
         key_added=key_added,
-        progress=progress,
-        null_check=null_check,
-        n_null=n_null,
-        sample_key=sample_key,
-        method=method,
-        design=design,
-        lfc_threshold=lfc_threshold,
-        **kwargs,
     )

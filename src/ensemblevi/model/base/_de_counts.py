@@ -61,7 +61,7 @@ from ensemblevi.model.base._de_prior import (
     posterior_draws,
 )
 
-from ._de_calls import EPS, expected_fdr, fdr_calls, summarise_lfc
+from ._de_calls import de_table, lfc_summary
 
 #: upper edges of the strata of the ensemble's P(|LFC| >= delta)
 STRATA = (0.5, 0.95)
@@ -470,12 +470,15 @@ def counts_table(
     test_mode: str = "two",
     batch_correction: bool = False,
     normalised: Any = None,
+    *,
+    extra: dict[str, Any] | None = None,
+    sort: bool = False,
 ) -> pd.DataFrame:
     """The DE table of the ``counts`` estimand for one comparison.
 
-    The columns of :func:`._de_calls.summarise_lfc` on the posterior of ``theta`` (strata
-    from the pooled ensemble; ``proba_de`` and the columns made from it in closed form,
-    the LFC summaries from :data:`POSTERIOR_DRAWS` draws), with the member columns from
+    Built by :func:`._de_calls.de_table` from the posterior of ``theta`` (strata from the
+    pooled ensemble; ``proba_de`` and the columns made from it in closed form, the LFC
+    summaries from :data:`POSTERIOR_DRAWS` draws), with the member columns from
     each member's own strata (``member_calls``: members whose strata call the gene at the
     target; ``lfc_member_std``: spread of their posterior means), plus ``model_proba_de``
     and ``model_lfc_median`` (the ensemble's population estimand), ``lfc_counts`` and
@@ -497,6 +500,10 @@ def counts_table(
         Standardise the counts' means to one batch mix (:func:`count_means`).
     normalised
         As in :func:`counts_posterior`.
+    extra
+        Columns added after the calls (the call's scales, pseudocount, delta).
+    sort
+        Rows by ``proba_de`` then ``|lfc_median|`` (``False``: in ``gene_names`` order).
     """
     k, _, g = model_draws.shape
     model_proba = np.mean(np.abs(model_draws) >= delta, axis=1)
@@ -513,19 +520,20 @@ def counts_table(
         test_mode,
         normalised,
     )
-    table = summarise_lfc(post["draws"][None], delta, fdr_target, gene_names, test_mode)
-    p = post["proba"]
-    efdr, _ = expected_fdr(p)
-    table["proba_de"], table["proba_not_de"] = p, 1.0 - p
-    table["bayes_factor"] = np.log(p + EPS) - np.log(1.0 - p + EPS)
-    table["expected_fdr"] = efdr
-    table[f"is_de_fdr_{fdr_target:g}"] = fdr_calls(p, fdr_target)
-    calls = np.stack([fdr_calls(q, fdr_target) for q in post["member_proba"]]).sum(0)
-    table["lfc_member_std"] = post["member_mean"].std(0) if k > 1 else np.zeros(g)
-    table["member_calls"] = calls.astype(int)
-    table["call_flips"] = (calls > 0) & (calls < k)
-    table["model_proba_de"] = model_proba.mean(0)
-    table["model_lfc_median"] = np.median(model_draws.reshape(-1, g), axis=0)
-    for name in ("lfc_counts", "lfc_counts_se", "stratum"):
-        table[name] = post[name]
-    return table
+    columns = {
+        **lfc_summary(post["draws"]),
+        "lfc_member_std": post["member_mean"].std(0) if k > 1 else np.zeros(g),
+        "model_proba_de": model_proba.mean(0),
+        "model_lfc_median": np.median(model_draws.reshape(-1, g), axis=0),
+        **{name: post[name] for name in ("lfc_counts", "lfc_counts_se", "stratum")},
+    }
+    # proba_de and the calls made from it in closed form (no Monte Carlo error)
+    return de_table(
+        columns,
+        gene_names,
+        fdr_target,
+        proba_de=post["proba"],
+        member_proba=post["member_proba"],
+        trailing=extra,
+        sort="proba" if sort else None,
+    )

@@ -1,5 +1,5 @@
 """The model's LFC posterior for a comparison: draws of each cell's expression from every member,
-turned into log fold changes of the two groups (population means or paired cells).
+turned into log fold changes of the two groups' population medians.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from ensemblevi._seeding import forked_rng as global_seed  # every generator, re
 from ._de_groups import comparisons
 from ._de_scvi import MemberFilter, member_draws
 
-#: the estimands the model alone answers (lfc_posterior draws them)
-MODEL_ESTIMANDS = ("population", "cell_pairs")
+#: the estimand the model alone answers (lfc_posterior draws it); scvi-tools' randomly
+#: paired single cells are its mode="change"
+MODEL_ESTIMANDS = ("population",)
 LIBRARY_SIZE = 1e4  # normalised expression per 10,000 counts before the log
 #: the ensemble estimands' pseudocount, per LIBRARY_SIZE counts (1e-5 per unit library)
 PSEUDOCOUNT = 0.1
@@ -40,27 +41,6 @@ def population_lfc(expr1: np.ndarray, expr2: np.ndarray, pseudocount: float = 0.
     m1 = np.median(np.log2(expr1 + pseudocount), axis=-2)
     m2 = np.median(np.log2(expr2 + pseudocount), axis=-2)
     return m1 - m2
-
-
-def cell_pair_lfc(
-    expr1: np.ndarray, expr2: np.ndarray, rng: np.random.Generator, pseudocount: float = 0.1
-) -> np.ndarray:
-    """scvi-tools' ``change`` estimand: LFCs of randomly paired single cells, ``(..., P, G)``
-    with ``P = max(n_cells1, n_cells2)`` pairs per leading index.
-
-    Parameters
-    ----------
-    expr1, expr2
-        ``(..., n_cells, G)`` normalised expression draws of the two groups.
-    rng
-        Draws the pairs (cells with replacement, the same pairs for every leading index).
-    pseudocount
-        Added before the log2.
-    """
-    n = max(expr1.shape[-2], expr2.shape[-2])
-    i = rng.integers(0, expr1.shape[-2], n)
-    j = rng.integers(0, expr2.shape[-2], n)
-    return np.log2(expr1[..., i, :] + pseudocount) - np.log2(expr2[..., j, :] + pseudocount)
 
 
 def _transforms(model: Any, batch_correction: bool, batchid1: Any, batchid2: Any) -> tuple:
@@ -87,7 +67,7 @@ def lfc_posterior(
     groupby: str | None,
     group1: Any,
     group2: Any = None,
-    estimand: Literal["population", "cell_pairs"] = "population",
+    estimand: Literal["population"] = "population",
     n_samples: int = 50,
     max_cells: int = 500,
     batch_correction: bool = False,
@@ -105,8 +85,8 @@ def lfc_posterior(
 ) -> tuple[np.ndarray, dict]:
     """Posterior LFC draws of every member: the sampling half of :func:`ensemble_de`.
 
-    Returns ``(draws, info)``: ``draws`` is ``(K, N, G)`` (members x draws x genes; for
-    ``cell_pairs`` ``N`` is draws x cell pairs), ``info`` holds the cells used
+    Returns ``(draws, info)``: ``draws`` is ``(K, N, G)`` (members x draws x genes),
+    ``info`` holds the cells used
     (``cells1``, ``cells2``, positions in ``adata``) and ``scale``, the two groups' mean
     normalised expression per 1e4. Members' draws are kept apart so that an ensemble of the
     first ``k`` members of a deep ensemble is ``draws[:k]`` (the benchmark suite's use).
@@ -152,12 +132,6 @@ def lfc_posterior(
     )
     t1, t2 = _transforms(model, batch_correction, batchid1, batchid2)
     member_wise = weights == "importance" or (member_filter is not None and member_filter.enabled)
-    if member_wise and estimand != "population":
-        raise ValueError(
-            "weights='importance' and filter_outlier_cells draw each member's cells apart, "
-            "which the cell_pairs estimand's shared pairs cannot use; use mode='change' "
-            "(scvi-tools' cell-pair estimand, which supports both) or estimand='population'."
-        )
     if weights == "importance" and batch_correction and max(len(t1), len(t2)) > 1:
         raise ValueError(
             "weights='importance' cannot average a cell over several batches (the weights "
@@ -212,11 +186,7 @@ def lfc_posterior(
                 x = x[:, None]
             sums[i] += x.mean(2).sum((0, 1))
             expr.append(x)
-        if estimand == "population":
-            draws.append(population_lfc(expr[0], expr[1], pseudocount))
-        else:
-            lfc = cell_pair_lfc(expr[0], expr[1], rng, pseudocount)
-            draws.append(lfc.reshape(lfc.shape[0], -1, lfc.shape[-1]))
+        draws.append(population_lfc(expr[0], expr[1], pseudocount))
     return np.concatenate(draws, axis=1), {
         "cells1": cells1,
         "cells2": cells2,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -37,24 +38,6 @@ SPLIT_STREAM = 0x6E756C6C
 RULE = (
     f"warning when the halves' mean fraction of genes called > {100 * NULL_MEAN_FRACTION:g}% "
     f"or any repetition calls > {100 * NULL_MAX_FRACTION:g}% of the genes"
-)
-#: ensemble_de's arguments a null repetition repeats unchanged
-SHARED = (
-    "mode",
-    "delta",
-    "batch_size",
-    "batch_correction",
-    "batchid1",
-    "batchid2",
-    "fdr_target",
-    "weights",
-    "filter_outlier_cells",
-    "importance_weighting_kwargs",
-    "estimand",
-    "n_samples",
-    "max_cells",
-    "pseudocounts",
-    "seed",
 )
 
 
@@ -103,25 +86,13 @@ def null_verdict(fractions: np.ndarray) -> bool:
     return bool(f.mean() > NULL_MEAN_FRACTION or f.max() > NULL_MAX_FRACTION)
 
 
-def shared_args(call: dict[str, Any]) -> dict[str, Any]:
-    """The arguments of an ``ensemble_de`` call that its null repetitions repeat.
-
-    Parameters
-    ----------
-    call
-        ``ensemble_de``'s ``locals()`` at its start (``kwargs`` merged in).
-    """
-    return {**{k: call[k] for k in SHARED}, **call.get("kwargs", {})}
-
-
 def run_null_check(
-    de: Callable[..., Any],
+    cell_tables: Callable[..., Any],
     model: Any,
     adata: Any,
+    manager: Any,
     comps: list[Any],
-    args: dict[str, Any],
-    n_null: int,
-    progress: bool = False,
+    settings: Any,
 ) -> dict[str, Any]:
     """Repeat a DE call on random halves of each comparison's group1; warn on calls.
 
@@ -135,28 +106,23 @@ def run_null_check(
 
     Parameters
     ----------
-    de
-        :func:`._de_core.ensemble_de` (passed in: it imports this module).
+    cell_tables
+        :func:`._de_core._cell_tables` (passed in: that module imports this one).
     model
         The model.
-    adata
-        The (validated) AnnData of the call.
+    adata, manager
+        The (validated) AnnData of the call and its manager.
     comps
         The call's comparisons (:class:`._de_groups.Comparison`).
-    args
-        :func:`shared_args` of the call.
-    n_null
-        Repetitions per comparison.
-    progress
-        Show the repetitions' progress bars.
+    settings
+        The call's :class:`._de_settings.DESettings` (``n_null`` repetitions).
     """
-    if args["mode"] == "vanilla":
-        raise ValueError(
-            "null_check needs genes called at fdr_target, which mode='vanilla' does not make "
-            "(it has no proba_de); use mode=None or mode='change'."
-        )
-    splits = [null_halves(c.cells1, n_null, args["seed"]) for c in comps]  # refuse first
-    column = f"is_de_fdr_{args['fdr_target']:g}"
+    from ._de_groups import Comparison
+
+    n_null, seed, target = settings.n_null, settings.seed, settings.fdr_target
+    splits = [null_halves(c.cells1, n_null, seed) for c in comps]
+    repeat = replace(settings, all_stats=False, null_check=False)
+    column = f"is_de_fdr_{target:g}"
     g = int(adata.n_vars)
     out: dict[str, list] = {
         k: []
@@ -175,17 +141,7 @@ def run_null_check(
     for comp, halves in zip(comps, splits, strict=True):
         called = []
         for a, b in halves:
-            table = de(
-                model,
-                adata,
-                idx1=a,
-                idx2=b,
-                all_stats=False,
-                key_added=None,
-                progress=progress,
-                null_check=False,
-                **args,
-            )
+            ((_, table),) = cell_tables(model, adata, manager, [Comparison(a, b)], repeat)
             called.append(int(table[column].astype(bool).sum()))
         frac = [c / g for c in called]
         out["comparison"].append(comp.name)
@@ -202,7 +158,7 @@ def run_null_check(
         parts = [f"{out['comparison'][i]}: {out['n_called'][i]} of {g} genes" for i in bad]
         message = (
             f"Null check: on random halves of group1 (no true change, so every call is "
-            f"false) this test called {'; '.join(parts)} at the {args['fdr_target']:g} FDR "
+            f"false) this test called {'; '.join(parts)} at the {target:g} FDR "
             f"target ({RULE}). Its FDR does not hold on these data: read the real calls as "
             "containing more false ones than the target says (raise delta, or check with a "
             "stricter target)."
@@ -218,8 +174,8 @@ def run_null_check(
         "any_warn": bool(bad),
         "n_genes": g,
         "n_null": int(n_null),
-        "seed": int(args["seed"]),
-        "fdr_target": float(args["fdr_target"]),
+        "seed": int(seed),
+        "fdr_target": float(target),
         "rule": RULE,
         "message": message,
     }

@@ -21,7 +21,8 @@ population, so a test that treats cells as replicates calls those deviations as 
    spread of ``log s^2``; the moderated ``t = LFC / sqrt(s_post^2 v + m)`` has ``df + d0``
    df, where ``m`` (ensemble only) is the variance of the members' LFCs (their
    disagreement, added as extra variance). ``delta > 0`` tests ``|LFC| > delta``
-   (McCarthy & Smyth 2009's TREAT p-value); then Benjamini-Hochberg.
+   (McCarthy & Smyth 2009's TREAT p-value); then Benjamini-Hochberg times Storey's
+   estimate of the unchanged genes' share (:data:`P_ADJUST`).
 
 ``method="pseudobulk"`` is the reference the field uses: the same summed counts into
 PyDESeq2 (``~condition`` or ``~sample + condition``), an optional dependency.
@@ -39,7 +40,8 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from ._de_moderated import _smooth, bh, design_stats, fit_f_dist, moderated_test, trigamma_inverse  # noqa: F401  (re-exported)
+from ._de_calls import de_table
+from ._de_moderated import adjust, design_stats, moderated_test
 
 #: the sample-aware methods; the default is chosen in docs/de_replicates.md from measurement
 SAMPLE_METHODS = ("counts", "ensemble", "pseudobulk")
@@ -47,8 +49,12 @@ DEFAULT_SAMPLE_METHOD = "counts"
 DESIGNS = ("auto", "between", "paired")
 #: fewer samples (or pairs) per side than this: measured not calibrated, the code warns
 MIN_CALIBRATED_SAMPLES = 3
-#: method="ensemble" over-called from this many samples per side on (benchmarks): it warns
-ENSEMBLE_CALIBRATED_BELOW = 4
+#: method="ensemble" with one member over-called from this many samples per side on, even
+#: with the raw counts' variance as its floor (benchmarks): it warns
+ONE_MEMBER_CALIBRATED_BELOW = 4
+#: the p-value adjustment of counts/ensemble: Storey's adaptive BH, which targets the FDR
+#: itself where BH holds it at (null share) x target (measured: benchmarks/de_sample_fdr.py)
+P_ADJUST = "storey"
 #: (sample, side) units with fewer cells are left out
 MIN_CELLS = 10
 PRIOR_COUNT = 0.5
@@ -347,11 +353,16 @@ def sample_test(
     delta: float = 0.0,
     prior: bool = True,
     prior_count: float = PRIOR_COUNT,
+    raw: np.ndarray | None = None,
 ) -> dict:
     """The moderated test from pseudobulk counts: ``(units, G)`` or ``(K, units, G)``.
 
     With a leading member axis the members' LFCs are averaged, their residual variances
-    averaged, and the variance of their LFCs added as extra variance.
+    averaged, and the variance of their LFCs added as extra variance. With ``raw`` (the
+    units' observed pseudobulk counts) each gene's residual variance is at least the raw
+    counts' one: the model knows no samples, so its denoised pseudobulks shrink the
+    samples' own deviations, and the test must not claim less between-sample variance
+    than the data show.
 
     Parameters
     ----------
@@ -367,6 +378,8 @@ def sample_test(
         As :func:`moderated_test`.
     prior_count
         As :func:`log_cpm`.
+    raw
+        ``(units, G)`` observed pseudobulk counts: the floor of the residual variance.
     """
     y = log_cpm(sums, effective_library(sums, libs), prior_count)
     lfc, s2, df, v = design_stats(y[..., :n1, :], y[..., n1:, :], design)
@@ -378,6 +391,9 @@ def sample_test(
         lfc, s2, mean_y = lfc.mean(0), s2.mean(0), mean_y.mean(0)
     else:
         member_std = None
+    if raw is not None:
+        y_raw = log_cpm(raw, effective_library(raw, libs), prior_count)
+        s2 = np.maximum(s2, design_stats(y_raw[:n1], y_raw[n1:], design)[1])
     res = moderated_test(
         lfc, s2, df, v, extra_var=extra, prior=prior, covariate=mean_y, delta=delta
     )
@@ -478,7 +494,7 @@ def sample_de(
     delta
         Smallest |LFC| (log2) tested (TREAT); 0 tests any change. PyDESeq2 tests any change.
     fdr_target
-        Benjamini-Hochberg target of ``is_de_fdr_<target>``.
+        Target of ``is_de_fdr_<target>`` on the adjusted p-values.
     min_cells
         Units with fewer cells are dropped.
     n_samples, batch_size, seed
@@ -517,30 +533,27 @@ def sample_de(
                 seed=seed,
                 counts=counts,
             )
-            res = sample_test(sums_m, libs_m, units.n1, units.design, delta=delta)
+            res = sample_test(sums_m, libs_m, units.n1, units.design, delta=delta, raw=sums)
         else:
             res = sample_test(sums, libs, units.n1, units.design, delta=delta)
-        res["padj"] = bh(res["pval"])
+        res["padj"] = adjust(res["pval"], P_ADJUST)
         mean_y, member_std, df = res["mean_log_cpm"], res["member_std"], res["df"]
-    table = pd.DataFrame(
-        {
-            "lfc": res["lfc"],
-            "lfc_se": res["se"],
-            "t": res["t"],
-            "df": df,
-            "pval": res["pval"],
-            "padj": res["padj"],
-            f"is_de_fdr_{fdr_target:g}": res["padj"] <= fdr_target,
-            "mean_log_cpm": mean_y,
-        },
-        index=pd.Index(np.asarray(var_names, dtype=str), name="gene"),
-    )
+    columns = {
+        "lfc": res["lfc"],
+        "lfc_se": res["se"],
+        "t": res["t"],
+        "df": df,
+        "pval": res["pval"],
+    }
+    trailing = {"mean_log_cpm": mean_y}
     if member_std is not None:
-        table["lfc_member_std"] = member_std
-    table["n_samples1"], table["n_samples2"] = units.n1, units.n2
-    table["design"], table["inference_unit"] = units.design, "samples"
-    table = table.iloc[np.lexsort((-np.abs(table["lfc"].to_numpy()), table["pval"].to_numpy()))]
-    return table
+        trailing["lfc_member_std"] = member_std
+    trailing.update(
+        n_samples1=units.n1, n_samples2=units.n2, design=units.design, inference_unit="samples"
+    )
+    return de_table(
+        columns, var_names, fdr_target, padj=res["padj"], trailing=trailing, sort="pval"
+    )
 
 
 def describe_units(units: Units) -> dict:
@@ -568,9 +581,7 @@ __all__ = [
     "SAMPLE_METHODS",
     "UNIT_STATEMENT",
     "Units",
-    "bh",
     "describe_units",
-    "fit_f_dist",
     "make_units",
     "moderated_test",
     "sample_de",

@@ -28,7 +28,7 @@ SCVI_KWARGS = {
     "change_fn": ("change",),
     "m1_domain_fn": ("change",),
     "threshold_counts": ("change",),
-    "test_mode": ("change", "counts", "population", "cell_pairs"),
+    "test_mode": ("change", "counts", "population"),
     "cred_interval_lvls": ("change",),
 }
 
@@ -41,8 +41,7 @@ def check_kwargs(kwargs: dict[str, Any], mode: str) -> None:
     kwargs
         The ``**kwargs`` of a ``differential_expression`` call.
     mode
-        ``change``, ``vanilla``, or the ensemble estimand (``counts``, ``population``,
-        ``cell_pairs``).
+        ``change``, ``vanilla``, or the ensemble estimand (``counts``, ``population``).
     """
     for name in kwargs:
         if name == "pseudocount":

@@ -54,7 +54,7 @@ def store_de(
         "names": rec(None, "U64", lambda t: t.index.to_numpy(dtype=str)),
     }
     if settings["estimand"].startswith("samples_"):
-        # the sample-aware test is frequentist: its own t, LFC, p-values and BH-adjusted ones
+        # the sample-aware test is frequentist: its own t, LFC, p-values and adjusted ones
         out["scores"] = rec("t", "float32")
         out["logfoldchanges"] = rec("lfc", "float32")
         out["pvals"] = rec("pval", "float64")

@@ -17,9 +17,9 @@ from anndata import AnnData
 from scvi.model.base import RNASeqMixin
 
 from ensemblevi._compat import batch_codes
-from ensemblevi._constants import DE_KEY
 
-from . import _de_core
+from . import _de_core, _de_settings
+from ._de_settings import de_docs
 from ._ensemblemixin import EnsembleMixin
 from ._members import MemberOnly
 from ._refused import REFUSED
@@ -210,9 +210,11 @@ class EnsembleRNASeqMixin(EnsembleMixin, RNASeqMixin):
             out.append(data[0] if n_samples == 1 else np.transpose(data, (1, 2, 0)))
         return np.concatenate(out, axis=0)
 
+    @de_docs.dedent
     def differential_expression(
         self,
         adata: AnnData | None = None,
+        *,
         groupby: str | None = None,
         group1: str | Sequence[str] | None = None,
         group2: str | None = None,
@@ -230,12 +232,12 @@ class EnsembleRNASeqMixin(EnsembleMixin, RNASeqMixin):
         weights: Literal["uniform", "importance"] | None = "uniform",
         filter_outlier_cells: bool = False,
         importance_weighting_kwargs: dict | None = None,
-        estimand: Literal["counts", "population", "cell_pairs"] = "counts",
+        estimand: Literal["counts", "population"] = "counts",
         n_samples: int | None = None,
         max_cells: int | None = None,
         pseudocounts: float | None = None,
         seed: int = 0,
-        key_added: str | None = DE_KEY,
+        key_added: str | None = None,
         progress: bool = True,
         null_check: bool = False,
         n_null: int = 3,
@@ -249,37 +251,21 @@ class EnsembleRNASeqMixin(EnsembleMixin, RNASeqMixin):
 
         The default is the ``counts`` estimand: each gene's LFC from the groups' mean
         normalised counts, calibrated by empirical Bayes within strata of the ensemble's
-        posterior probability of a change, called at a posterior expected FDR;
-        ``estimand="population"`` is the model alone (the LFC of the groups' median log2
-        expression per posterior draw); ``mode="change"``/``"vanilla"`` are scvi-tools' own
-        modes on the ensemble posterior (``change``: LFCs of random single-cell pairs).
+        posterior probability of a change, called at a posterior expected FDR. With samples
+        (``sample_key``, or registered by ``setup_anndata``) the test compares samples.
         scvi-tools' single-member result is ``model.members[k].differential_expression(...)``.
+        Writes nothing into ``adata`` unless ``key_added`` is given (as scvi-tools);
+        ``ensemblevi.tl.differential_expression`` is the same call, writing by default.
 
         Parameters
         ----------
-        adata, groupby, group1, group2, idx1, idx2, mode, delta, batch_size, all_stats
-            As in :func:`ensemblevi.model.base.ensemble_de` (scvi-tools' arguments).
-        batch_correction, batchid1, batchid2, fdr_target, silent, weights
-            As in :func:`ensemblevi.model.base.ensemble_de` (scvi-tools' arguments).
-        filter_outlier_cells, importance_weighting_kwargs
-            As in :func:`ensemblevi.model.base.ensemble_de` (scvi-tools' arguments).
-        estimand, n_samples, max_cells, pseudocounts, seed, key_added, progress
-            As in :func:`ensemblevi.model.base.ensemble_de`.
-        null_check, n_null
-            Check the test on random halves of ``group1`` (no true change) and warn on calls
-            there; as in :func:`ensemblevi.model.base.ensemble_de`.
-        sample_key, method, design, lfc_threshold
-            Biological replicates: compare samples, not cells; as in
-            :func:`ensemblevi.model.base.ensemble_de`.
-        **kwargs
-            scvi-tools' ``get_bayes_factors`` keywords, where they apply (see
-            :func:`ensemblevi.model.base.ensemble_de`).
+        %(de_params)s
 
         Returns
         -------
-        The DE table, one row per gene and comparison (see
-        :func:`ensemblevi.model.base.ensemble_de`).
+        %(de_returns)s
         """
+        settings = _de_settings.DESettings.from_call(locals())
         return _de_core.ensemble_de(
             self,
             adata,
@@ -288,30 +274,6 @@ class EnsembleRNASeqMixin(EnsembleMixin, RNASeqMixin):
             group2=group2,
             idx1=idx1,
             idx2=idx2,
-            mode=mode,
-            delta=delta,
-            batch_size=batch_size,
-            all_stats=all_stats,
-            batch_correction=batch_correction,
-            batchid1=batchid1,
-            batchid2=batchid2,
-            fdr_target=fdr_target,
-            silent=silent,
-            weights=weights,
-            filter_outlier_cells=filter_outlier_cells,
-            importance_weighting_kwargs=importance_weighting_kwargs,
-            estimand=estimand,
-            n_samples=n_samples,
-            max_cells=max_cells,
-            pseudocounts=pseudocounts,
-            seed=seed,
+            settings=settings,
             key_added=key_added,
-            progress=progress,
-            null_check=null_check,
-            n_null=n_null,
-            sample_key=sample_key,
-            method=method,
-            design=design,
-            lfc_threshold=lfc_threshold,
-            **kwargs,
         )
