@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ensemblevi.model.base._de_lfc import lfc_posterior
+
 TARGETS = (0.05, 0.1, 0.2)
 KIND_LABELS = {"deep": "deep K=4", "batch": "BatchEnsemble K=4", "hyperbatch": "HBE K=4"}
 
@@ -101,9 +103,8 @@ def model_for(adata, name: str, rep: int, kind: str, cfg, models: Path):
 
 
 def unit(name: str, rep: int, cfg, models: Path, pbmc, kinds) -> dict:
-    from ensemblevi import tl
-    from ensemblevi.benchmark import MethodResult
     from ensemblevi.benchmark._fdr import _wilcoxon, load, score
+    from ensemblevi.benchmark._scoring import MethodResult
     from ensemblevi.model import EnsembleSCVI
     from ensemblevi.model.base import _de_counts
 
@@ -121,7 +122,7 @@ def unit(name: str, rep: int, cfg, models: Path, pbmc, kinds) -> dict:
         model, seconds[kind] = model_for(adata, name, rep, kind, cfg, models)
         manager = model.get_anndata_manager(adata, required=True)
         t = time.perf_counter()
-        draws, info = tl.lfc_posterior(
+        draws, info = lfc_posterior(
             model, adata, "cell_type", "B", "A", n_samples=cfg.n_samples, seed=rep, progress=False
         )
         timing[f"{kind} draws"] = time.perf_counter() - t

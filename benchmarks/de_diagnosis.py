@@ -39,6 +39,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ensemblevi.model.base._de_lfc import lfc_posterior
+
 LIBRARY_SIZE = 1e4  # as ensemblevi.model.base._de_core.LIBRARY_SIZE
 PSEUDOCOUNT = 0.1  # as ensemblevi.model.base._de_core.PSEUDOCOUNT (per 1e4)
 TARGETS = (0.05, 0.1, 0.2)
@@ -326,7 +328,7 @@ def analyse(draws: np.ndarray, adata, variants: dict, delta: float, oracle_key: 
         The variant used as the oracle.
     """
     from ensemblevi.benchmark._scoring import true_fdr
-    from ensemblevi.tl import fdr_calls, summarise_lfc
+    from ensemblevi.model.base._de_core import fdr_calls, summarise_lfc
 
     table = summarise_lfc(draws, delta, 0.05, list(adata.var_names))
     proba, point = table["proba_de"].to_numpy(), table["lfc_median"].to_numpy()
@@ -375,7 +377,6 @@ def run_one(name: str, loader: Callable, rep: int, cfg: dict, models: list[str],
     log
         Progress printer.
     """
-    from ensemblevi import tl
     from ensemblevi.benchmark._runs import train_timed
     from ensemblevi.benchmark._scoring import tpr, true_fdr
     from ensemblevi.model import EnsembleSCVI
@@ -411,7 +412,7 @@ def run_one(name: str, loader: Callable, rep: int, cfg: dict, models: list[str],
         kind, k = MODELS[label]
         t0 = time.perf_counter()
         model, secs = train_timed(adata, kind, k, rep, epochs, cfg["lr"], n_hidden=cfg["n_hidden"])
-        draws, info = tl.lfc_posterior(
+        draws, info = lfc_posterior(
             model,
             adata,
             "cell_type",

@@ -7,7 +7,7 @@ import scanpy as sc
 
 import ensemblevi as ev
 from ensemblevi.model.base._de_core import expected_fdr, fdr_calls, summarise_lfc
-from ensemblevi.model.base._de_lfc import cell_pair_lfc, population_lfc
+from ensemblevi.model.base._de_lfc import cell_pair_lfc, lfc_posterior, population_lfc
 
 
 def test_expected_fdr_and_calls_match_a_slow_loop():
@@ -189,16 +189,16 @@ def test_de_errors_name_the_problem(de_model):
 def test_member_draws_pool_into_the_table_and_plot(de_model):
     adata, model = de_model
     kw = {"groupby": "cell_type", "group1": "B", "group2": "A", "n_samples": 6, "seed": 3}
-    draws, info = ev.tl.lfc_posterior(model, adata, progress=False, **kw)
+    draws, info = lfc_posterior(model, adata, progress=False, **kw)
     assert draws.shape == (3, 6, adata.n_vars)
     assert len(info["cells1"]) == (adata.obs["cell_type"] == "B").sum()
     table = model.differential_expression(
         delta=0.5, fdr_target=0.1, progress=False, key_added="de_b", estimand="population", **kw
     )
-    again = ev.tl.summarise_lfc(draws, 0.5, 0.1, adata.var_names).loc[table.index]
+    again = summarise_lfc(draws, 0.5, 0.1, adata.var_names).loc[table.index]
     pd.testing.assert_series_equal(table["proba_de"], again["proba_de"])
     # a sub-ensemble is the first members' draws: member 0 alone has no member spread
-    one = ev.tl.summarise_lfc(draws[:1], 0.5, 0.1, adata.var_names)
+    one = summarise_lfc(draws[:1], 0.5, 0.1, adata.var_names)
     assert (one["lfc_member_std"] == 0).all() and not one["call_flips"].any()
     np.testing.assert_allclose(
         one["proba_de"], np.mean(np.abs(draws[0]) >= 0.5, axis=0), rtol=0, atol=0

@@ -13,7 +13,8 @@ from scipy.special import digamma, polygamma
 
 import ensemblevi as ev
 from ensemblevi.model.base import _de_counts as dc
-from ensemblevi.tl import fdr_calls
+from ensemblevi.model.base._de_core import fdr_calls
+from ensemblevi.model.base._de_lfc import lfc_posterior
 
 
 def _counts(rng, n=80, g=7):
@@ -235,4 +236,4 @@ def test_counts_estimand_batches_and_options(counts_model):
     three = model.differential_expression(test_mode="three", **KW)
     assert three["proba_de"].between(0, 1).all()
     with pytest.raises(ValueError, match="'counts' is built on them"):
-        ev.tl.lfc_posterior(model, adata, "cell_type", "B", "A", estimand="counts", progress=False)
+        lfc_posterior(model, adata, "cell_type", "B", "A", estimand="counts", progress=False)

@@ -12,16 +12,16 @@ import torch
 from scipy.stats import entropy as scipy_entropy
 
 import ensemblevi as ev
-from ensemblevi.metrics import (
+from ensemblevi.metrics import label_calibration_metrics, reliability_table
+from ensemblevi.metrics._labels import (
     classwise_ece,
     confusion_table,
     expected_calibration_error,
-    label_calibration_metrics,
     label_uncertainty_parts,
-    reliability_table,
 )
 from ensemblevi.model import EnsembleSCANVI, EnsembleSCVI
-from ensemblevi.module import EnsembleSCANVAE, load_scanvi_member
+from ensemblevi.module import EnsembleSCANVAE
+from ensemblevi.module._from_scvi import load_scanvi_member
 
 matplotlib.use("Agg")
 
@@ -339,7 +339,8 @@ def test_label_uncertainty_without_a_validation_split_asks_for_calibration(label
 
 
 def test_fit_temperature_recovers_a_known_overconfidence():
-    from ensemblevi.metrics import apply_temperature, fit_temperature
+    from ensemblevi.metrics import fit_temperature
+    from ensemblevi.metrics._labels import apply_temperature
 
     rng = np.random.default_rng(4)
     logits = rng.normal(size=(6000, 5)) * 1.5
@@ -355,7 +356,8 @@ def test_fit_temperature_recovers_a_known_overconfidence():
 
 
 def test_label_uncertainty_with_temperature_tempers_the_pooled_probabilities(trained):
-    from ensemblevi.metrics import apply_temperature, fit_temperature
+    from ensemblevi.metrics import fit_temperature
+    from ensemblevi.metrics._labels import apply_temperature
 
     adata, _, model = trained
     info = ev.tl.label_uncertainty(model, adata, temperature=True, key_added="ts")

@@ -6,6 +6,10 @@ import sys
 
 import matplotlib
 
+from ensemblevi.pl._spread import member_histograms
+from ensemblevi.pl._utils import save_figure
+from ensemblevi.tl._embedding import UMAP_KEY
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
@@ -69,7 +73,7 @@ def _calibration():
 PLOTS = {
     "model_spread": (lambda a, **kw: ev.pl.model_spread(a, **kw), 3),
     "biological_spread": (lambda a, **kw: ev.pl.biological_spread(a, **kw), 3),
-    "member_histograms": (lambda a, **kw: ev.pl.member_histograms(a, **kw), 3),
+    "member_histograms": (lambda a, **kw: member_histograms(a, **kw), 3),
     "gene_uncertainty": (lambda a, **kw: ev.pl.gene_uncertainty(a, highlight=["DCN"], **kw), 1),
     "novelty_umap": (lambda a, **kw: ev.pl.novelty_umap(a, color="cell_type", **kw), 4),
     "group_novelty": (lambda a, **kw: ev.pl.group_novelty(a, **kw), 1),
@@ -137,7 +141,7 @@ def test_save_true_goes_to_scanpys_figdir(analysed, tmp_path):
     old = sc.settings.figdir
     sc.settings.figdir = tmp_path
     try:
-        ev.pl.member_histograms(analysed, show=False, save=True)
+        member_histograms(analysed, show=False, save=True)
     finally:
         sc.settings.figdir = old
     assert (tmp_path / "member_histograms.png").stat().st_size > 0
@@ -162,7 +166,7 @@ def test_thresholds_drawn_are_the_stored_ones(analysed):
         # the dashed line is std = threshold x mean: through (0, 0) and (1, threshold)
         assert line.get_slope() == pytest.approx(THRESHOLD)
         np.testing.assert_array_equal(line.get_xydata()[0], [0, 0])
-    for axis in ev.pl.member_histograms(analysed, show=False):
+    for axis in member_histograms(analysed, show=False):
         (line,) = axis.lines
         np.testing.assert_allclose(line.get_xdata(), [THRESHOLD, THRESHOLD])
     plt.close("all")
@@ -183,13 +187,13 @@ def test_novelty_umap_reads_the_stored_embedding(analysed):
     axes = ev.pl.novelty_umap(analysed, show=False)
     assert [a.get_title() for a in axes] == ["novelty_knn", "novelty_cv", "novelty_llgap"]
     xy = np.sort(axes[0].collections[0].get_offsets(), axis=0)
-    np.testing.assert_allclose(xy, np.sort(analysed.obsm[ev.tl.UMAP_KEY], axis=0), rtol=1e-6)
-    del_key = analysed.obsm.pop(ev.tl.UMAP_KEY)
+    np.testing.assert_allclose(xy, np.sort(analysed.obsm[UMAP_KEY], axis=0), rtol=1e-6)
+    del_key = analysed.obsm.pop(UMAP_KEY)
     try:
         with pytest.raises(ValueError, match="embedding=True"):
             ev.pl.novelty_umap(analysed, show=False)
     finally:
-        analysed.obsm[ev.tl.UMAP_KEY] = del_key
+        analysed.obsm[UMAP_KEY] = del_key
     plt.close("all")
 
 
@@ -234,7 +238,7 @@ def test_member_embeddings_align_for_display_only(analysed):
 
 def test_save_figure_is_atomic(analysed, tmp_path, monkeypatch):
     fig = ev.pl.gene_uncertainty(analysed, return_fig=True)
-    (path,) = ev.pl.save_figure(fig, tmp_path / "g")
+    (path,) = save_figure(fig, tmp_path / "g")
     before = path.read_bytes()
 
     def broken(target, **kwargs):
@@ -244,6 +248,6 @@ def test_save_figure_is_atomic(analysed, tmp_path, monkeypatch):
 
     monkeypatch.setattr(fig, "savefig", broken)
     with pytest.raises(OSError, match="disk full"):
-        ev.pl.save_figure(fig, tmp_path / "g")
+        save_figure(fig, tmp_path / "g")
     assert path.read_bytes() == before and sorted(tmp_path.iterdir()) == [path]
     plt.close("all")

@@ -10,6 +10,9 @@ from conftest import private_copy
 
 import ensemblevi as ev
 from ensemblevi.model import EnsembleSCVI
+from ensemblevi.tl._embedding import UMAP_KEY
+from ensemblevi.tl._embedding import umap as embedding_umap
+from ensemblevi.tl._markers import check_markers, load_markers, parse_marker_options
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +25,7 @@ def heart(heart_model):
 
 def test_markers_are_checked_with_close_matches(tmp_path):
     names = ["DCN", "GSN", "Acta2", "CD14"]
-    found, missing = ev.tl.check_markers(
+    found, missing = check_markers(
         {"Fibroblast": ["DCN", "GSNN"], "SMC": ["ACTA2"], "Nope": ["CD14"]},
         names,
         groups=["Fibroblast", "SMC"],
@@ -34,16 +37,16 @@ def test_markers_are_checked_with_close_matches(tmp_path):
     assert "group not in the data" in set(missing["problem"])
     path = tmp_path / "m.json"
     path.write_text(json.dumps({"B": ["MS4A1"]}))
-    assert ev.tl.load_markers(path) == {"B": ["MS4A1"]}
-    assert ev.tl.parse_marker_options(["B=MS4A1,CD79A"]) == {"B": ["MS4A1", "CD79A"]}
+    assert load_markers(path) == {"B": ["MS4A1"]}
+    assert parse_marker_options(["B=MS4A1,CD79A"]) == {"B": ["MS4A1", "CD79A"]}
     with pytest.raises(ValueError, match="Unknown marker set"):
-        ev.tl.load_markers("nope")
-    assert ev.tl.load_markers("heart")["Myeloid"] == ["CD14", "C1QA", "CD68"]
+        load_markers("nope")
+    assert load_markers("heart")["Myeloid"] == ["CD14", "C1QA", "CD68"]
 
 
 def test_expression_spread_matches_the_full_decomposition(heart):
     adata, model = heart
-    markers = ev.tl.load_markers("heart")
+    markers = load_markers("heart")
     out = ev.tl.expression_spread(
         model, adata, markers, groupby="cell_type", n_samples=4, progress=False
     )
@@ -198,13 +201,13 @@ def test_one_pass_equals_the_separate_calls(heart):
                 np.testing.assert_array_equal(info[key][name], v)
         else:
             np.testing.assert_array_equal(info[key], value)
-    umap = adata.obsm[ev.tl.UMAP_KEY]
+    umap = adata.obsm[UMAP_KEY]
     assert umap.shape == (adata.n_obs, 2) and np.isfinite(umap).all()
 
 
 def test_one_pass_against_a_float64_reference(heart):
     adata, model = heart
-    markers = ev.tl.load_markers("heart")  # 3 of the 11 cell types
+    markers = load_markers("heart")  # 3 of the 11 cell types
     n, bs = 3, 64
     out = ev.tl.uncertainty_analysis(
         model, adata, markers, groupby="cell_type", n_samples=n, batch_size=bs, progress=False
@@ -260,8 +263,8 @@ def test_umap_never_searches_neighbours_approximately(monkeypatch):
     label = rng.integers(0, 3, n)
     values = centres[label] + rng.normal(size=(n, 20))
     adata = ad.AnnData(obs=pd.DataFrame(index=[f"c{i}" for i in range(n)]))
-    xy = ev.tl.umap(adata, values, n_pcs=10, n_epochs=20)
-    assert xy.shape == (n, 2) and adata.obsm[ev.tl.UMAP_KEY] is xy
+    xy = embedding_umap(adata, values, n_pcs=10, n_epochs=20)
+    assert xy.shape == (n, 2) and adata.obsm[UMAP_KEY] is xy
     # the three clusters stay apart: every cell is nearer its own cluster's centre
     mid = np.stack([xy[label == k].mean(0) for k in range(3)])
     nearest = np.argmin(((xy[:, None, :] - mid[None]) ** 2).sum(-1), axis=1)

@@ -211,9 +211,9 @@ def load(preset: str, rep: int, cfg: FDRConfig, pbmc: str | Path | None = None):
 def run_rep(preset: str, rep: int, cfg: FDRConfig, log=print, pbmc=None, adata=None) -> dict:
     """Every method on one data set; returns a JSON-able record."""
 
-    from ensemblevi import tl
     from ensemblevi.model import EnsembleSCVI
     from ensemblevi.model.base import _de_counts
+    from ensemblevi.model.base._de_lfc import lfc_posterior
 
     adata = load(preset, rep, cfg, pbmc) if adata is None else adata
     lr = cfg.lr_of(preset)
@@ -224,7 +224,7 @@ def run_rep(preset: str, rep: int, cfg: FDRConfig, log=print, pbmc=None, adata=N
     seconds: dict[str, float] = {}
 
     def draws(model):
-        d, _ = tl.lfc_posterior(
+        d, _ = lfc_posterior(
             model, adata, "cell_type", "B", "A", n_samples=cfg.n_samples, seed=rep, progress=False
         )
         return d

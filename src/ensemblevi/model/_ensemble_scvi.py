@@ -38,17 +38,13 @@ from ensemblevi._compat import (
 )
 from ensemblevi._constants import EnsembleKind, check_kind
 from ensemblevi._seeding import seeded_globally as _seeded_globally
-from ensemblevi.data import check_setup_data, validate_counts
+from ensemblevi.data import validate_counts
+from ensemblevi.data._validate import check_setup_data
 from ensemblevi.module import EnsembleVAE
 from ensemblevi.module._hyperparameters import hyperparameter_table, trajectory_frame
 from ensemblevi.module._likelihood import compiled_likelihood, should_compile
-from ensemblevi.train import (
-    EnsembleTrainingPlan,
-    EpochCheckpoint,
-    HyperparameterTrajectory,
-    HyperTrainingPlan,
-    NaNGuard,
-)
+from ensemblevi.train import EnsembleTrainingPlan, HyperTrainingPlan
+from ensemblevi.train._callbacks import EpochCheckpoint, HyperparameterTrajectory, NaNGuard
 
 from ._building import ModuleBuilderMixin
 from ._persistence import SafePersistenceMixin

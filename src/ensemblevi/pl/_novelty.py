@@ -9,7 +9,7 @@ from matplotlib.axes import Axes
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
-from ensemblevi.tl import UMAP_KEY
+from ensemblevi.tl._embedding import UMAP_KEY
 
 from ._utils import KEY, SaveArg, finish, panels, style
 

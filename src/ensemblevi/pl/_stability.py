@@ -10,7 +10,7 @@ from anndata import AnnData
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from ensemblevi.tl import UMAP_KEY
+from ensemblevi.tl._embedding import UMAP_KEY
 
 from ._utils import KEY, SaveArg, finish, panels, stored_result, style
 

@@ -11,15 +11,13 @@ import pandas as pd
 from anndata import AnnData
 
 from ensemblevi._names import from_h5_key, h5_columns, h5_key
-from ensemblevi.metrics import (
+from ensemblevi.metrics import fit_temperature, label_calibration_metrics, reliability_table
+from ensemblevi.metrics._labels import (
     N_BINS,
     apply_temperature,
     confusion_table,
-    fit_temperature,
-    label_calibration_metrics,
     label_uncertainty_parts,
     per_type_calibration,
-    reliability_table,
 )
 
 from ._novelty_rule import (

@@ -17,7 +17,7 @@ from anndata import AnnData
 
 from ensemblevi._constants import DEFAULT_KEY
 from ensemblevi._names import h5_columns
-from ensemblevi.data import require_obs_columns
+from ensemblevi.data._validate import require_obs_columns
 from ensemblevi.model.base._uncertainty import UncertaintySummary
 
 from ._markers import check_markers
