@@ -72,7 +72,7 @@ def _std_frame(model, adata, markers, n_samples: int) -> pd.Series:
     import ensemblevi as ev
 
     cells = ev.tl.expression_spread(
-        model, adata, markers, groupby="cell_type", n_samples=n_samples, progress=False
+        model, adata, genes=markers, groupby="cell_type", n_samples=n_samples, progress=False
     )["cells"]
     return cells.set_index(["cell", "gene"])["std"]
 

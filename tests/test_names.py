@@ -150,7 +150,7 @@ def test_tl_results_with_hostile_groups_read_back(hostile_model, tmp_path):
     adata.write_h5ad(path)
     back = anndata.read_h5ad(path)
     assert sorted(back.obs["cell_type"].unique()) == groups
-    by_group = from_h5_columns(back.varm["ensemblevi_uncertainty_by_group"])
+    by_group = from_h5_columns(back.varm["ensemblevi_cv_between_by_group"])
     assert sorted(by_group.columns) == groups
     summary = back.uns["ensemblevi"]["expression_spread"]["summary"]
     assert sorted(summary["group"].unique()) == groups

@@ -208,7 +208,7 @@ def test_single_member_reading_says_there_is_no_spread():
             "frac_between": [0.0],
         }
     )
-    genes = pd.DataFrame({"uncertainty": [0.3, 0.1]}, index=["A", "B"])
+    genes = pd.DataFrame({"cv_between": [0.3, 0.1]}, index=["A", "B"])
     one = " ".join(run_reading(summary, genes, 1, 0.1))
     assert "no between-member spread" in one and "retraining would move these values" not in one
     many = " ".join(run_reading(summary.assign(frac_between=0.2), genes, 4, 0.1))

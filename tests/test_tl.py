@@ -48,7 +48,7 @@ def test_expression_spread_matches_the_full_decomposition(heart):
     adata, model = heart
     markers = load_markers("heart")
     out = ev.tl.expression_spread(
-        model, adata, markers, groupby="cell_type", n_samples=4, progress=False
+        model, adata, genes=markers, groupby="cell_type", n_samples=4, progress=False
     )
     cells = np.flatnonzero(adata.obs["cell_type"].isin(list(markers)))
     genes = list(dict.fromkeys(g for v in markers.values() for g in v))
@@ -82,7 +82,7 @@ def test_expression_spread_matches_the_full_decomposition(heart):
         np.testing.assert_allclose(row["frac_between"], b / (b + w), rtol=1e-4)
     assert "expression_spread" in adata.uns["ensemblevi"]
     with pytest.raises(ValueError, match="not in the data"):
-        ev.tl.expression_spread(model, adata, ["NOT_A_GENE"], groupby="cell_type")
+        ev.tl.expression_spread(model, adata, genes=["NOT_A_GENE"], groupby="cell_type")
 
 
 def test_gene_uncertainty_streams_the_same_numbers(heart):
@@ -91,15 +91,15 @@ def test_gene_uncertainty_streams_the_same_numbers(heart):
     full = model.get_uncertainty(adata, n_samples=3, progress=False)
     cv = np.sqrt(full["var_between"]) / full["mean"]
     np.testing.assert_allclose(
-        table.loc[adata.var_names, "uncertainty"], cv.mean(0).to_numpy(), rtol=1e-4
+        table.loc[adata.var_names, "cv_between"], cv.mean(0).to_numpy(), rtol=1e-4
     )
     by_group = cv.groupby(adata.obs["cell_type"].astype(str).to_numpy()).mean().T
     for group in by_group.columns:
         np.testing.assert_allclose(
-            adata.varm["ensemblevi_uncertainty_by_group"][group], by_group[group], rtol=1e-4
+            adata.varm["ensemblevi_cv_between_by_group"][group], by_group[group], rtol=1e-4
         )
-    assert table["uncertainty"].is_monotonic_decreasing and table["rank"].iloc[0] == 1
-    assert adata.var["ensemblevi_uncertainty_rank"].min() == 1
+    assert table["cv_between"].is_monotonic_decreasing and table["rank"].iloc[0] == 1
+    assert adata.var["ensemblevi_cv_between_rank"].min() == 1
 
 
 def _reference(model, adata, n_samples, batch_size, library_size=1e4, seed=0):
@@ -174,12 +174,12 @@ def test_one_pass_equals_the_separate_calls(heart):
     adata, model = heart
     genes = ["DCN", "GSN", "CD14"]  # summarised in every group: the same cells as the pass
     kw = {"n_samples": 3, "seed": 1, "progress": False}
-    spread = ev.tl.expression_spread(model, adata, genes, groupby="cell_type", **kw)
+    spread = ev.tl.expression_spread(model, adata, genes=genes, groupby="cell_type", **kw)
     table = ev.tl.gene_uncertainty(model, adata, groupby="cell_type", **kw)
     novelty = ev.tl.cell_novelty(model, adata, alpha=0.05, **kw)
     stored = {
         "var": adata.var.filter(like="ensemblevi_").copy(),
-        "varm": adata.varm["ensemblevi_uncertainty_by_group"].copy(),
+        "varm": adata.varm["ensemblevi_cv_between_by_group"].copy(),
         "obs": adata.obs.filter(like="ensemblevi_").copy(),
         "novelty": dict(adata.uns["ensemblevi"]["cell_novelty"]),
     }
@@ -192,7 +192,7 @@ def test_one_pass_equals_the_separate_calls(heart):
     pd.testing.assert_frame_equal(out["genes"], table)
     pd.testing.assert_frame_equal(out["novelty"], novelty)
     pd.testing.assert_frame_equal(adata.var.filter(like="ensemblevi_"), stored["var"])
-    pd.testing.assert_frame_equal(adata.varm["ensemblevi_uncertainty_by_group"], stored["varm"])
+    pd.testing.assert_frame_equal(adata.varm["ensemblevi_cv_between_by_group"], stored["varm"])
     pd.testing.assert_frame_equal(adata.obs.filter(like="ensemblevi_"), stored["obs"])
     info = adata.uns["ensemblevi"]["cell_novelty"]
     for key, value in stored["novelty"].items():
@@ -231,9 +231,9 @@ def test_one_pass_against_a_float64_reference(heart):
             )
     cv = np.sqrt(vb) / mean
     genes = out["genes"].loc[adata.var_names]
-    np.testing.assert_allclose(genes["uncertainty"], cv.mean(0), rtol=1e-4)
+    np.testing.assert_allclose(genes["cv_between"], cv.mean(0), rtol=1e-4)
     np.testing.assert_allclose(genes["mean"], mean.mean(0), rtol=1e-5)
-    by_group = adata.varm["ensemblevi_uncertainty_by_group"]
+    by_group = adata.varm["ensemblevi_cv_between_by_group"]
     for group in np.unique(labels):
         np.testing.assert_allclose(by_group[group], cv[labels == group].mean(0), rtol=1e-4)
     np.testing.assert_allclose(

@@ -66,6 +66,7 @@ def randomized_pit(
     mu: np.ndarray,
     theta: np.ndarray | None = None,
     zi_logits: np.ndarray | None = None,
+    *,
     mixture_axes: int = 0,
     rng: np.random.Generator | int | None = 0,
 ) -> np.ndarray:
@@ -111,6 +112,7 @@ def randomize(lower: np.ndarray, upper: np.ndarray, v: np.ndarray) -> np.ndarray
 
 def interval_coverage(
     pit: np.ndarray,
+    *,
     levels: Sequence[float] = COVERAGE_LEVELS,
     lower: np.ndarray | None = None,
     upper: np.ndarray | None = None,

@@ -61,7 +61,7 @@ def _bin_index(values: np.ndarray, n_bins: int) -> np.ndarray:
     return np.minimum((np.asarray(values) * n_bins).astype(int), n_bins - 1)
 
 
-def reliability_table(probs: np.ndarray, y: np.ndarray, n_bins: int = N_BINS) -> pd.DataFrame:
+def reliability_table(probs: np.ndarray, y: np.ndarray, *, n_bins: int = N_BINS) -> pd.DataFrame:
     """Cells binned by the confidence of their predicted type: accuracy against confidence.
 
     Parameters
@@ -111,7 +111,7 @@ def expected_calibration_error(probs: np.ndarray, y: np.ndarray, n_bins: int = N
     n_bins
         Equal-width confidence bins (15, as Guo et al. 2017).
     """
-    table = reliability_table(probs, y, n_bins)
+    table = reliability_table(probs, y, n_bins=n_bins)
     full = table[table["n_cells"] > 0]
     gap = (full["accuracy"] - full["confidence"]).abs()
     return float((full["n_cells"] * gap).sum() / max(int(table["n_cells"].sum()), 1))
@@ -150,7 +150,7 @@ def classwise_ece(
 
 
 def label_calibration_metrics(
-    probs: np.ndarray, y: np.ndarray, n_bins: int = N_BINS
+    probs: np.ndarray, y: np.ndarray, *, n_bins: int = N_BINS
 ) -> dict[str, float]:
     """Accuracy, NLL, Brier score, ECE and classwise ECE of predicted probabilities.
 

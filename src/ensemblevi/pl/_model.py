@@ -19,6 +19,7 @@ AxesArg = Axes | Sequence[Axes] | None
 
 def hyperparameter_trajectories(
     model,
+    *,
     ncols: int = 3,
     ax: AxesArg = None,
     show: bool | None = None,
@@ -41,9 +42,11 @@ def hyperparameter_trajectories(
     ax
         Axes to draw into: one per hyperparameter.
     show
-        Show the figure; ``None``: when matplotlib is interactive.
+        Show the figure; ``None``: follow ``scanpy.settings.autoshow``.
     save
-        Write the figure: a path or ``True`` (``hyperparameters.png`` in ``figdir``).
+        Write the figure: ``True`` (``hyperparameters.<format>`` under
+        ``scanpy.settings.figdir``), a suffix (``"_x.png"``: ``hyperparameters_x.png``
+        there) or a ``pathlib.Path``.
     return_fig
         Return the Figure instead of the Axes.
 
@@ -84,6 +87,7 @@ def hyperparameter_trajectories(
 
 def calibration(
     results: dict[str, dict],
+    *,
     n_bins: int = 20,
     ax: AxesArg = None,
     show: bool | None = None,
@@ -106,9 +110,11 @@ def calibration(
     ax
         Two axes to draw into (PIT, coverage).
     show
-        Show the figure; ``None``: when matplotlib is interactive.
+        Show the figure; ``None``: follow ``scanpy.settings.autoshow``.
     save
-        Write the figure: a path or ``True`` (``calibration.png`` in ``figdir``).
+        Write the figure: ``True`` (``calibration.<format>`` under
+        ``scanpy.settings.figdir``), a suffix (``"_x.png"``: ``calibration_x.png``
+        there) or a ``pathlib.Path``.
     return_fig
         Return the Figure instead of the Axes.
 
@@ -152,7 +158,8 @@ def _de_table(data: AnnData | pd.DataFrame, key: str) -> tuple[pd.DataFrame, dic
         return data, {}
     if key not in data.uns or "table" not in data.uns[key]:
         raise ValueError(
-            f"No DE result in adata.uns[{key!r}]; run ensemblevi.tl.differential_expression."
+            f"No DE result in adata.uns[{key!r}]; run "
+            "ev.tl.differential_expression(model, adata, groupby=..., group1=...) first."
         )
     table = pd.DataFrame(data.uns[key]["table"]).set_index("gene")
     return table, dict(data.uns[key].get("params", {}))
@@ -160,6 +167,7 @@ def _de_table(data: AnnData | pd.DataFrame, key: str) -> tuple[pd.DataFrame, dic
 
 def de_volcano(
     data: AnnData | pd.DataFrame,
+    *,
     key: str = "ensemblevi_de",
     n_labels: int = 8,
     title: str | None = None,
@@ -190,9 +198,11 @@ def de_volcano(
     ax
         Two axes to draw into (volcano, member disagreement).
     show
-        Show the figure; ``None``: when matplotlib is interactive.
+        Show the figure; ``None``: follow ``scanpy.settings.autoshow``.
     save
-        Write the figure: a path or ``True`` (``de_volcano.png`` in ``figdir``).
+        Write the figure: ``True`` (``de_volcano.<format>`` under
+        ``scanpy.settings.figdir``), a suffix (``"_x.png"``: ``de_volcano_x.png``
+        there) or a ``pathlib.Path``.
     return_fig
         Return the Figure instead of the Axes.
 

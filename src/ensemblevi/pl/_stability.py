@@ -17,6 +17,7 @@ from ._utils import KEY, SaveArg, finish, panels, stored_result, style
 
 def cluster_stability(
     adata: AnnData,
+    *,
     key: str = KEY,
     ax: Axes | None = None,
     show: bool | None = None,
@@ -39,9 +40,11 @@ def cluster_stability(
     ax
         Axes to draw into.
     show
-        Show the figure; ``None``: when matplotlib is interactive.
+        Show the figure; ``None``: follow ``scanpy.settings.autoshow``.
     save
-        Write the figure: a path or ``True`` (``cluster_stability.png`` in ``figdir``).
+        Write the figure: ``True`` (``cluster_stability.<format>`` under
+        ``scanpy.settings.figdir``), a suffix (``"_x.png"``: ``cluster_stability_x.png``
+        there) or a ``pathlib.Path``.
     return_fig
         Return the Figure instead of the Axes.
 
@@ -85,6 +88,7 @@ def cluster_stability(
 
 def stability_umap(
     adata: AnnData,
+    *,
     basis: str = UMAP_KEY,
     key: str = KEY,
     size: float | None = None,
@@ -109,9 +113,11 @@ def stability_umap(
     ax
         Three Axes to draw into.
     show
-        Show the figure; ``None``: when matplotlib is interactive.
+        Show the figure; ``None``: follow ``scanpy.settings.autoshow``.
     save
-        Write the figure: a path or ``True`` (``stability_umap.png`` in ``figdir``).
+        Write the figure: ``True`` (``stability_umap.<format>`` under
+        ``scanpy.settings.figdir``), a suffix (``"_x.png"``: ``stability_umap_x.png``
+        there) or a ``pathlib.Path``.
     return_fig
         Return the Figure instead of the Axes.
 
@@ -124,8 +130,8 @@ def stability_umap(
     stored_result(adata, key, "cluster_stability")
     if basis not in adata.obsm:
         raise ValueError(
-            f"No adata.obsm[{basis!r}]; run ensemblevi.tl.expression_umap (or "
-            "tl.uncertainty_analysis(..., embedding=True)) first."
+            f"No adata.obsm[{basis!r}]; run ev.tl.expression_umap(model, adata) (or "
+            "ev.tl.uncertainty_analysis(..., embedding=True)) first."
         )
     columns = [
         f"{key}_neighbourhood_stability",
@@ -168,6 +174,7 @@ def _aligned(target: np.ndarray, source: np.ndarray) -> np.ndarray:
 
 def member_embeddings(
     adata: AnnData,
+    *,
     color: str | None = None,
     key: str = KEY,
     size: float | None = None,
@@ -195,9 +202,11 @@ def member_embeddings(
     ax
         One Axes per member layout.
     show
-        Show the figure; ``None``: when matplotlib is interactive.
+        Show the figure; ``None``: follow ``scanpy.settings.autoshow``.
     save
-        Write the figure: a path or ``True`` (``member_embeddings.png`` in ``figdir``).
+        Write the figure: ``True`` (``member_embeddings.<format>`` under
+        ``scanpy.settings.figdir``), a suffix (``"_x.png"``: ``member_embeddings_x.png``
+        there) or a ``pathlib.Path``.
     return_fig
         Return the Figure instead of the Axes.
 
@@ -213,7 +222,7 @@ def member_embeddings(
     )
     if not keys:
         raise ValueError(
-            "No adata.obsm['X_umap_member_<k>']; run ensemblevi.tl.member_umaps first."
+            "No adata.obsm['X_umap_member_<k>']; run ev.tl.member_umaps(model, adata) first."
         )
     if color is None and f"{key}_consensus_leiden" in adata.obs:
         color = f"{key}_consensus_leiden"

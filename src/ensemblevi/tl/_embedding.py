@@ -162,6 +162,7 @@ def umap(
 def expression_umap(
     model,
     adata: AnnData | None = None,
+    *,
     n_samples: int = 1,
     library_size: float = 1e4,
     key_added: str = UMAP_KEY,
@@ -203,6 +204,7 @@ def expression_umap(
 def member_umaps(
     model,
     adata: AnnData | None = None,
+    *,
     members: int | list[int] = 4,
     n_neighbors: int = 15,
     n_epochs: int | None = 200,

@@ -195,6 +195,7 @@ def group_share_test(
 def group_novelty(
     model,
     adata: AnnData | None = None,
+    *,
     groupby: str = "cell_type",
     score: str | None = None,
     fdr: float = 0.05,
@@ -209,7 +210,6 @@ def group_novelty(
     test: str = "majority",
     cell_alpha: float = 0.05,
     min_share: float = 0.5,
-    *,
     sample_key: str | None = None,
     calibration: str = "auto",
 ) -> pd.DataFrame:

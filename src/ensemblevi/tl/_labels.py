@@ -115,6 +115,7 @@ def _score(parts: dict[str, np.ndarray], score: str) -> np.ndarray:
 def label_uncertainty(
     model,
     adata: AnnData | None = None,
+    *,
     alpha: float = 0.05,
     score: LabelScore = "novelty_knn",
     calibration: np.ndarray | str | None = None,
@@ -122,7 +123,6 @@ def label_uncertainty(
     temperature: bool | float = False,
     batch_size: int | None = None,
     key_added: str = KEY,
-    *,
     sample_key: str | None = None,
 ) -> dict:
     """Predicted cell types, how sure the ensemble is of each, and which cells are unknown.
@@ -315,6 +315,7 @@ def label_uncertainty(
 def label_calibration(
     adata: AnnData,
     truth_key: str,
+    *,
     mask: np.ndarray | None = None,
     n_bins: int = N_BINS,
     key: str = KEY,
@@ -365,12 +366,12 @@ def label_calibration(
     pred = p.argmax(1)
     if call is not None:
         pred = np.where(np.asarray(call, dtype=bool)[keep], len(types), pred)
-    summary = label_calibration_metrics(p, y, n_bins)
+    summary = label_calibration_metrics(p, y, n_bins=n_bins)
     summary.update(truth_key=truth_key, n_unknown=int((pred == len(types)).sum()))
     out = {
         "summary": summary,
         "per_type": per_type_calibration(p, y, types, n_bins),
-        "reliability": reliability_table(p, y, n_bins),
+        "reliability": reliability_table(p, y, n_bins=n_bins),
         "confusion": confusion_table(y, pred, types).reset_index(),
     }
     adata.uns.setdefault(key, {})["label_calibration"] = {

@@ -17,13 +17,13 @@ from ensemblevi._warnings import quiet_third_party
 
 def seed_ensemble(
     adata: AnnData,
+    *,
     n_seeds: int = 36,
     save_dir: str | os.PathLike | None = None,
     setup_kwargs: dict[str, Any] | None = None,
     max_epochs: int | None = None,
     train_kwargs: dict[str, Any] | None = None,
     progress: bool = True,
-    *,
     trust: bool = False,
     **scvi_kwargs: Any,
 ):

@@ -54,6 +54,7 @@ def _by_group(values: np.ndarray, adata: AnnData, groupby: str | None) -> pd.Dat
 def neighbourhood_stability(
     model,
     adata: AnnData | None = None,
+    *,
     n_neighbors: int = 15,
     groupby: str | None = None,
     key_added: str = KEY,
@@ -111,6 +112,7 @@ def _store_neighbourhood(
 def cluster_stability(
     model,
     adata: AnnData | None = None,
+    *,
     resolution: float = 1.0,
     n_neighbors: int = 15,
     threshold: float = STABLE_JACCARD,
@@ -215,6 +217,7 @@ def marker_stability(
     model,
     adata: AnnData,
     clusters: np.ndarray,
+    *,
     n_top: int = 10,
     share: float = 0.75,
     seed: int = 0,
