@@ -189,7 +189,7 @@ def main() -> None:
         table["initial low"], table["initial high"] = start["low"], start["high"]
         print("\nHBE tuned intervals (initial -> final):\n")
         print(table.round(4).to_csv(sep="|"))
-        fig = ev.pl.hyperparameter_trajectories(hbe)
+        fig = ev.pl.hyperparameter_trajectories(hbe, return_fig=True)
         suffix = "" if args.seed == 0 else f"_seed{args.seed}"
         save_figure(fig, args.figures / f"hbe_trajectories_{name}{suffix}")
         if args.no_ood:

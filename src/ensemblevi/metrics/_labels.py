@@ -249,11 +249,17 @@ def confusion_table(y: np.ndarray, pred: np.ndarray, types: list[str]) -> pd.Dat
         unknown (a last column ``"unknown"``).
     types
         The types' names.
+
+    Returns
+    -------
+    ``len(types) x (len(types) + 1)`` counts (``sklearn.metrics.confusion_matrix``; every
+    type a row and a column, also when no cell has it).
     """
-    y, pred = np.asarray(y).astype(int), np.asarray(pred).astype(int)
+    from sklearn.metrics import confusion_matrix
+
     n = len(types)
-    counts = np.zeros((n, n + 1), dtype=int)
-    np.add.at(counts, (y, pred), 1)
+    y, pred = np.asarray(y).astype(int), np.asarray(pred).astype(int)
+    counts = confusion_matrix(y, pred, labels=np.arange(n + 1))[:n]  # no true "unknown"
     return pd.DataFrame(
         counts,
         index=pd.Index(types, name="true"),

@@ -94,10 +94,18 @@ class EnsembleSCVI(
     n_members
         Number of members K (ignored, i.e. 1, for ``ensemble="single"``).
     ensemble
-        ``"deep"`` (K independent scVI networks, vectorised), ``"batch"`` (BatchEnsemble),
-        ``"mcdropout"`` (one network, K dropout masks kept on at prediction: its members are
-        mask draws, new at every call, not fixed functions) or ``"single"`` (one scVI
-        network, for comparisons).
+        How the members differ, one of:
+
+        * ``"single"``: one scVI network (K = 1), the baseline to compare with;
+        * ``"deep"``: K independent scVI networks with their own initialisations, trained
+          in one vectorised pass (a deep ensemble: the reference, K times the weights);
+        * ``"batch"``: BatchEnsemble, one shared network whose layers each member rescales
+          with its own rank-1 fast weights (about one network's weights);
+        * ``"hyperbatch"``: Hyper-BatchEnsemble, BatchEnsemble whose members also tune
+          their own hyperparameters (dropout, KL weight, L2 per block) during training
+          (:meth:`get_hyperparameters`, :class:`~ensemblevi.train.HyperTrainingPlan`);
+        * ``"mcdropout"``: one network with K dropout masks kept on at prediction; its
+          members are mask draws, new at every call, not fixed functions.
     n_hidden, n_latent, n_layers, dropout_rate
         As in ``scvi.model.SCVI``.
     dispersion

@@ -347,11 +347,21 @@ def label_calibration(
         ``summary`` (metrics), ``per_type``, ``reliability`` and ``confusion`` (tables), also
         stored in ``adata.uns[key]["label_calibration"]``.
     """
+    if not isinstance(adata, AnnData):
+        raise TypeError(
+            "ev.tl.label_calibration(adata, truth_key) takes the AnnData that "
+            f"ev.tl.label_uncertainty annotated, got {type(adata).__name__}."
+        )
     name = f"{key}_label_probabilities"
     if name not in adata.obsm:
-        raise ValueError(f"No adata.obsm[{name!r}]; run ensemblevi.tl.label_uncertainty first.")
+        raise ValueError(
+            f"No adata.obsm[{name!r}]; run ev.tl.label_uncertainty(model, adata) first."
+        )
     if truth_key not in adata.obs:
-        raise KeyError(f"No obs[{truth_key!r}] to compare the predictions with.")
+        raise ValueError(
+            f"No obs[{truth_key!r}] to compare the predictions with; pass the obs column "
+            f"of the true types as truth_key (columns: {list(adata.obs.columns)[:10]})."
+        )
     probs = pd.DataFrame(adata.obsm[name])
     types = [from_h5_key(c) for c in probs.columns]
     truth = adata.obs[truth_key].astype(str).to_numpy()

@@ -20,6 +20,7 @@ from ensemblevi._names import h5_columns
 from ensemblevi.data._validate import require_obs_columns
 from ensemblevi.model.base._uncertainty import UncertaintySummary
 
+from ._checks import validated
 from ._markers import check_markers
 from ._stream import SummaryReducer, stream
 
@@ -242,7 +243,7 @@ def expression_spread(
     ``member_cv`` (mean over cells of the across-member CV), ``var_between``,
     ``var_within`` (means over cells), ``frac_between`` and ``frac_uncertain_cells``.
     """
-    adata = model._validate_anndata(adata)
+    adata = validated(model, adata, "expression_spread")
     reducer = SpreadReducer(adata, genes, groupby, groups)
     stream(model, adata, [reducer], n_samples, library_size, seed, progress=progress)
     settings = _settings(model, groupby, n_samples, library_size, seed)
@@ -364,7 +365,7 @@ def gene_uncertainty(
     -------
     The per-gene table, least certain genes first.
     """
-    adata = model._validate_anndata(adata)
+    adata = validated(model, adata, "gene_uncertainty")
     summary, names = gene_summary(adata, groupby)
     stream(
         model, adata, [SummaryReducer(summary)], n_samples, library_size, seed, progress=progress

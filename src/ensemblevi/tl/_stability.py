@@ -15,6 +15,7 @@ from scipy import sparse
 from ensemblevi._constants import DEFAULT_KEY
 from ensemblevi._seeding import seeded_globally
 
+from ._checks import validated
 from ._novelty_rule import member_latents
 from ._stability_core import (
     STABLE_JACCARD,
@@ -88,7 +89,7 @@ def neighbourhood_stability(
     --------
     >>> ev.tl.neighbourhood_stability(model, adata, groupby="cell_type")  # doctest: +SKIP
     """
-    adata = model._validate_anndata(adata)
+    adata = validated(model, adata, "neighbourhood_stability")
     idx, _ = _graphs(model, adata, n_neighbors)
     values = neighbourhood_jaccard(idx)
     _store_neighbourhood(adata, values, n_neighbors, groupby, key_added)
@@ -176,7 +177,7 @@ def cluster_stability(
     """
     if not 0 < threshold <= 1:
         raise ValueError(f"threshold is a Jaccard index in (0, 1], got {threshold}.")
-    adata = model._validate_anndata(adata)
+    adata = validated(model, adata, "cluster_stability")
     idx, dist = _graphs(model, adata, n_neighbors)
     _store_neighbourhood(adata, neighbourhood_jaccard(idx), n_neighbors, None, key_added)
     parts = member_partitions(idx, dist, resolution, seed)
@@ -184,7 +185,9 @@ def cluster_stability(
     table, agreement = cluster_table(consensus, parts, threshold)
     if markers:
         table = table.join(
-            marker_stability(model, adata, consensus, n_top_markers, marker_share, seed)
+            marker_stability(
+                model, adata, consensus, n_top=n_top_markers, share=marker_share, seed=seed
+            )
         )
     ari, nmi = partition_agreement(parts)
     labels = consensus.astype(str)
@@ -248,6 +251,12 @@ def marker_stability(
     Indexed by cluster (as strings): ``marker_jaccard``, ``n_stable_markers``,
     ``stable_markers``.
     """
+    adata = validated(model, adata, "marker_stability", register=False)
+    if len(clusters) != adata.n_obs:
+        raise ValueError(
+            f"clusters has {len(clusters)} labels for {adata.n_obs} cells: pass one label per "
+            "cell of adata (e.g. adata.obs['ensemblevi_consensus_leiden'])."
+        )
     codes, pos = np.unique(clusters, return_inverse=True)
     onehot = sparse.csr_matrix(
         (np.ones(len(pos)), (pos, np.arange(len(pos)))), shape=(len(codes), len(pos))
