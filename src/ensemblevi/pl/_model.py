@@ -11,7 +11,7 @@ from anndata import AnnData
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from ._utils import SaveArg, finish, panels, style
+from ._utils import SaveArg, finish, panels, place_labels, style
 
 Returned = Figure | Axes | list[Axes] | None
 AxesArg = Axes | Sequence[Axes] | None
@@ -257,15 +257,6 @@ def de_volcano(
             axis.axhline(p[called].min(), color="C3", ls=":", lw=0.8)
         labelled = np.flatnonzero(called if called.any() else p >= 0.5)
         top = labelled[np.argsort(-(p[labelled] + 1e-3 * np.abs(lfc[labelled])))][:n_labels]
-        for j, i in enumerate(top):  # staggered: top genes often share p = 1
-            axis.annotate(
-                table.index[i],
-                (lfc[i], p[i]),
-                fontsize=6,
-                xytext=(4, -6 - 8 * (j % 4)),
-                textcoords="offset points",
-                arrowprops={"arrowstyle": "-", "lw": 0.3},
-            )
         target = calls_col[0].removeprefix("is_de_fdr_")
         axis.set(
             xlabel="LFC (log2, posterior median; bar: 95% interval)",
@@ -285,4 +276,7 @@ def de_volcano(
             ylabel="between-member SD of the LFC",
             title="member disagreement",
         )
+        # last, once both panels are drawn (the layout is final); top genes often share
+        # p = 1: placed so that no two names overlap
+        place_labels(axis, lfc[top], p[top], [str(table.index[i]) for i in top], fontsize=6)
     return finish(fig, [axis, ax2], "de_volcano", show, save, return_fig)

@@ -176,12 +176,13 @@ def group_novelty(
             )
             x = base if pd.isna(value[g]) else max(float(value[g]), base)
             axis.text(x + 0.01, i, text, va="center", fontsize=7)
+        # two short lines: one long line is wider than the figure and gets cut
         if share:
             axis.set_xlabel(
-                f"share of cells flagged (per-cell rule at "
-                f"{100 * stored['cell_alpha']:g}%; dashed: null share)"
+                f"share of cells flagged by the per-cell rule at "
+                f"{100 * stored['cell_alpha']:g}%\n(dashed: the share under the null, min_share)"
             )
         else:
-            axis.set_xlabel(f"AUROC of {stored['score']} against the reference cells")
+            axis.set_xlabel(f"AUROC of {stored['score']}\nagainst the reference cells")
         axis.set_title(f"Is each {stored['groupby']} group novel? (red: q < {stored['fdr']:g})")
     return finish(fig, [axis], "group_novelty", show, save, return_fig)

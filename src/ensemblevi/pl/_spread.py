@@ -319,6 +319,8 @@ def gene_uncertainty(
         axis.scatter(top[mean], top[col], s=9, color="black", lw=0)
         axis.set_xscale("log")
         axis.set_yscale("log")
+        _plain_log_ticks(axis.xaxis, var[mean])
+        _plain_log_ticks(axis.yaxis, var[col])
         axis.set_xlabel("mean denoised expression (per 10k)")
         axis.set_ylabel("between-member CV (mean over cells)")
         axis.set_title("Gene uncertainty")
@@ -330,5 +332,19 @@ def gene_uncertainty(
             [str(g) for g in named.index],
             colors=["black"] * len(top) + ["tab:red"] * len(hl),
             fontsize=6.5,
+            gap=4.0,  # clear of the markers' rings
         )
     return finish(fig, [axis], "gene_uncertainty", show, save, return_fig)
+
+
+def _plain_log_ticks(axis_obj, values: pd.Series) -> None:
+    """Log-axis ticks as plain numbers at 1-2-5 steps (1 per decade beyond 2.5 decades):
+    matplotlib's default labels the minor ticks of a short range as ``2 x 10^0``, ``3 x
+    10^0`` ..., which run into each other."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    positive = values[values > 0]
+    decades = np.log10(positive.max() / positive.min()) if len(positive) > 1 else 1.0
+    axis_obj.set_major_locator(LogLocator(subs=(1.0,) if decades > 2.5 else (1.0, 2.0, 5.0)))
+    axis_obj.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis_obj.set_minor_formatter(NullFormatter())

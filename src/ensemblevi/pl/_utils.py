@@ -277,13 +277,13 @@ def place_labels(
     Written by hand: adjustText (the usual library) is not a dependency, and its
     force-based iteration gives a layout that moves with small changes of the data. This is
     greedy and deterministic: labels are placed in the order given (put the most important
-    first), each at the first spot, in rings of ``step`` points around its point and
-    8 directions per ring, whose box overlaps no box placed before and no named point,
-    inside the axes where such a spot exists (else the nearest free spot outside). Labels
-    moved off their point get a thin leader line. Boxes are measured with the figure's
-    renderer after the figure is laid out, in display units (points), so they hold at any
-    data scale; the labels are left out of the layout (``set_in_layout(False)``) so that
-    placing them does not move the axes.
+    first), each at the first spot, in rings of ``step`` points around its point and 8
+    directions per ring, whose box overlaps no box placed before, no named point and not
+    the legend, inside the axes where such a spot exists (else the nearest free spot
+    outside). Labels moved off their point get a thin leader line. Boxes are measured in
+    points with the figure's renderer once the figure is laid out, so call this last, when
+    everything else is drawn; the labels are left out of the layout
+    (``set_in_layout(False)``) so that placing them does not move the axes.
 
     Parameters
     ----------
@@ -318,6 +318,10 @@ def place_labels(
     xmin, ymin, xmax, ymax = (v * scale for v in (frame.x0, frame.y0, frame.x1, frame.y1))
     dot = 2.0  # half-size of a named point's own box, points
     taken = [(ax_ - dot, ay - dot, ax_ + dot, ay + dot) for ax_, ay in anchors]
+    legend = axis.get_legend()
+    if legend is not None:  # names stay off the legend too
+        box = legend.get_window_extent()
+        taken.append((box.x0 * scale, box.y0 * scale, box.x1 * scale, box.y1 * scale))
     renderer = fig.canvas.get_renderer()
     xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     out = []
