@@ -332,7 +332,7 @@ def gene_uncertainty(
             [str(g) for g in named.index],
             colors=["black"] * len(top) + ["tab:red"] * len(hl),
             fontsize=6.5,
-            gap=4.0,  # clear of the markers' rings
+            marker=3.5,  # the markers' rings (s=30) stay clear
         )
     return finish(fig, [axis], "gene_uncertainty", show, save, return_fig)
 

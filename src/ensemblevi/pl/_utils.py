@@ -269,6 +269,7 @@ def place_labels(
     colors: Sequence[str] | str = "black",
     fontsize: float = 6,
     gap: float = 2.0,
+    marker: float = 2.0,
     step: float = 4.0,
     max_rings: int = 60,
 ) -> list:
@@ -299,6 +300,8 @@ def place_labels(
         Font size, points.
     gap
         Distance between a point and its label's box, points.
+    marker
+        Half the size of a named point's marker, points: no name covers it.
     step
         Distance between rings of candidate spots, points.
     max_rings
@@ -316,8 +319,7 @@ def place_labels(
     anchors = axis.transData.transform(np.column_stack([x, y]).astype(float)) * scale
     frame = axis.get_window_extent()
     xmin, ymin, xmax, ymax = (v * scale for v in (frame.x0, frame.y0, frame.x1, frame.y1))
-    dot = 2.0  # half-size of a named point's own box, points
-    taken = [(ax_ - dot, ay - dot, ax_ + dot, ay + dot) for ax_, ay in anchors]
+    taken = [(ax_ - marker, ay - marker, ax_ + marker, ay + marker) for ax_, ay in anchors]
     legend = axis.get_legend()
     if legend is not None:  # names stay off the legend too
         box = legend.get_window_extent()
@@ -331,10 +333,11 @@ def place_labels(
         box = probe.get_window_extent(renderer)
         probe.remove()
         hw, hh = box.width * scale / 2, box.height * scale / 2
-        best = _free_spot(px, py, hw, hh, taken, (xmin, ymin, xmax, ymax), gap, step, max_rings)
+        reach = gap + marker  # from the point to the label's box
+        best = _free_spot(px, py, hw, hh, taken, (xmin, ymin, xmax, ymax), reach, step, max_rings)
         taken.append(best)
         cx, cy = (best[0] + best[2]) / 2, (best[1] + best[3]) / 2
-        moved = abs(cx - px) > hw + gap + 0.5 or abs(cy - py) > hh + gap + 0.5
+        moved = abs(cx - px) > hw + reach + 0.5 or abs(cy - py) > hh + reach + 0.5
         ann = axis.annotate(
             label,
             (xs[i], ys[i]),
