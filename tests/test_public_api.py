@@ -100,6 +100,17 @@ DATA_ARGS = {"model", "adata", "data", "results"}
 #: still positional); to be made keyword-only and this set emptied at merge.
 TEMPORARY_POSITIONAL = {"uncertainty_analysis", "cell_novelty", "differential_expression"}
 
+#: TEMPORARY: public functions owned elsewhere this round whose docstring has no Returns
+#: section yet; to be written and this set emptied at merge.
+TEMPORARY_NO_RETURNS = {
+    "ensemblevi.data.digits",
+    "ensemblevi.data.heart_cell_atlas",
+    "ensemblevi.data.read",
+    "ensemblevi.pipeline.run_annotate",
+    "ensemblevi.pipeline.run_de",
+    "ensemblevi.pipeline.run_map",
+}
+
 
 def _public_objects():
     for module, names in PUBLIC.items():
@@ -135,10 +146,10 @@ def test_no_public_name_shadows_scanpy_with_another_signature():
 def _documented(obj) -> list[str]:
     """What a numpydoc docstring of ``obj`` lacks (empty when complete).
 
-    A Parameters section where it takes something, a Returns section where it takes
-    nothing but returns something; for functions, each named parameter listed too (a
-    class's constructor may pass scvi-tools' own options through unlisted, and ``*args``
-    and ``**kwargs`` are passed on).
+    A Parameters section where it takes something, a Returns section where a function
+    returns something (annotated other than ``None``); for functions, each named parameter
+    listed too (a class's constructor may pass scvi-tools' own options through unlisted,
+    and ``*args`` and ``**kwargs`` are passed on).
     """
     doc = inspect.getdoc(obj) or ""
     missing = [] if doc.strip() else ["a docstring"]
@@ -148,10 +159,11 @@ def _documented(obj) -> list[str]:
     except (TypeError, ValueError):
         return missing
     takes = [p for p in sig.parameters if p not in ("self", "cls")]
-    returns = not inspect.isclass(obj) and sig.return_annotation not in (None, "None")
+    no_return = (None, "None", inspect.Signature.empty)  # unannotated: cannot tell
+    returns = not inspect.isclass(obj) and sig.return_annotation not in no_return
     if takes and "Parameters\n----------" not in doc:
         missing.append("a Parameters section")
-    if returns and not takes and "Returns\n-------" not in doc:
+    if returns and "Returns\n-------" not in doc:
         missing.append("a Returns section")
     if takes and not inspect.isclass(obj):
         listed = doc.split("Parameters\n----------", 1)[-1]
@@ -171,7 +183,11 @@ def _documented(obj) -> list[str]:
 
 @pytest.mark.parametrize("name, obj", list(_public_objects()), ids=lambda v: str(v)[:60])
 def test_every_public_name_has_a_numpydoc_docstring(name, obj):
-    assert not _documented(obj), f"{name} lacks {', '.join(_documented(obj))}"
+    missing = _documented(obj)
+    if name in TEMPORARY_NO_RETURNS:
+        assert "a Returns section" in missing, f"{name} has Returns: remove it from the list"
+        missing.remove("a Returns section")
+    assert not missing, f"{name} lacks {', '.join(missing)}"
 
 
 def _positional_options(func) -> list[str]:
@@ -235,6 +251,16 @@ def test_the_docstring_check_catches_what_is_missing():
             The data.
         """
 
+    def no_returns(adata) -> int:
+        """Something.
+
+        Parameters
+        ----------
+        adata
+            The data.
+        """
+
+    assert _documented(no_returns) == ["a Returns section"]
     assert _documented(bare) == [
         "a Parameters section",
         "parameter 'adata' in Parameters",

@@ -68,6 +68,11 @@ def run_suite(
         them (the real-count ones only with ``pbmc``).
     log
         Progress messages go here.
+
+    Returns
+    -------
+    The files written: per suite ``{suite: its Markdown section}`` and, where the suite
+    draws one, ``{f"{suite}_figure": its PNG}``.
     """
     if suite not in (*SUITES, "all"):
         raise ValueError(f"Unknown suite {suite!r}; choose one of {(*SUITES, 'all')}.")

@@ -87,6 +87,11 @@ def randomized_pit(
         Number of leading component axes of the parameters.
     rng
         Generator or seed of the uniform randomisation.
+
+    Returns
+    -------
+    The randomised PIT of each count, shaped as ``x`` (uniform on (0, 1) when ``x`` comes
+    from the predictive).
     """
     x = np.asarray(x)
     if not np.all(np.isfinite(x)) or np.any(x < 0) or np.any(x != np.round(x)):
@@ -133,6 +138,11 @@ def interval_coverage(
         Nominal levels ``c`` in (0, 1).
     lower, upper
         Optional ``F(x - 1)`` and ``F(x)`` of the same counts, for ``interval``.
+
+    Returns
+    -------
+    Indexed by ``level``: ``randomized`` and, with ``lower``/``upper``, ``interval``,
+    each also minus the level (``randomized - nominal``, ``interval - nominal``).
     """
     pit = np.asarray(pit, dtype=np.float64).ravel()
     if pit.size == 0:

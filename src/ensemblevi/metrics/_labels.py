@@ -303,6 +303,11 @@ def fit_temperature(probs: np.ndarray, y: np.ndarray) -> float:
         ``(n_cells, n_types)`` probabilities.
     y
         True type codes.
+
+    Returns
+    -------
+    The temperature ``T`` that minimises the NLL of ``probs ** (1 / T)`` renormalised
+    (``apply_temperature``); above 1 softens over-confident probabilities.
     """
     from scipy.optimize import minimize_scalar
 
