@@ -311,6 +311,8 @@ def place_labels(
     -------
     The ``Annotation`` artists, in the order of ``labels``.
     """
+    if not len(labels):
+        return []
     fig = axis.figure
     if isinstance(colors, str):
         colors = [colors] * len(labels)
