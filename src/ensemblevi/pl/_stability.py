@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 
 from ensemblevi.tl._embedding import UMAP_KEY
 
-from ._utils import KEY, SaveArg, finish, panels, stored_result, style
+from ._utils import KEY, SaveArg, finish, name_groups, panels, stored_result, style
 
 
 def cluster_stability(
@@ -154,11 +154,13 @@ def stability_umap(
                 vmin=0 if numeric else None,
                 vmax=1 if numeric else None,
                 title=col.removeprefix(f"{key}_"),
-                legend_loc="on data" if not numeric else "right margin",
+                legend_loc=None if not numeric else "right margin",
                 frameon=True,
             )
             axis.set_xlabel("UMAP 1")
             axis.set_ylabel("UMAP 2")
+        # the clusters' names last, once the layout is final
+        name_groups(axes[1], adata.obsm[basis], adata.obs[columns[1]])
     return finish(fig, axes, "stability_umap", show, save, return_fig)
 
 
@@ -244,10 +246,13 @@ def member_embeddings(
                 size=size,
                 title=f"member {k.rsplit('_', 1)[1]}",
                 frameon=True,
-                legend_loc="on data" if color else None,
+                legend_loc=None,
             )
             axis.set_xlabel("UMAP 1 (aligned)")
             axis.set_ylabel("UMAP 2")
+        if color and color in tmp.obs:  # the groups' names last, once the layout is final
+            for axis, k in zip(axes, keys, strict=True):
+                name_groups(axis, _aligned(first, np.asarray(adata.obsm[k])), tmp.obs[color])
     if color and f"{color}_colors" in tmp.uns:
         adata.uns[f"{color}_colors"] = tmp.uns[f"{color}_colors"]
     return finish(fig, axes, "member_embeddings", show, save, return_fig)

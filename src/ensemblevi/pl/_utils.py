@@ -379,3 +379,36 @@ def _free_spot(px, py, hw, hh, taken, frame, gap, step, max_rings) -> tuple:
 def _overlap(a: tuple, b: tuple) -> bool:
     """Whether boxes ``(x0, y0, x1, y1)`` overlap (touching edges do not)."""
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def name_groups(axis: Axes, xy: np.ndarray, values: Sequence) -> list:
+    """Name each category of ``values`` at the median of its points, without overlap.
+
+    What scanpy's ``legend_loc="on data"`` does, with its labels placed by
+    :func:`place_labels`: scanpy puts each name at its group's median whatever is there,
+    and groups scattered over an embedding share a median, so their names pile up. Larger
+    groups are placed first. Call it when all panels are drawn. Numeric ``values`` get no
+    names (they have a colour bar).
+
+    Parameters
+    ----------
+    axis
+        The axes the embedding is drawn in.
+    xy
+        ``(n, 2)`` coordinates of the points as drawn.
+    values
+        The category of each point.
+
+    Returns
+    -------
+    The name artists (empty for numeric ``values``).
+    """
+    import pandas as pd
+
+    values = pd.Series(np.asarray(values))
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        return []
+    xy = np.asarray(xy, dtype=float)
+    groups = values.astype(str).value_counts().index  # largest first
+    mid = np.array([np.median(xy[(values.astype(str) == g).to_numpy()], axis=0) for g in groups])
+    return place_labels(axis, mid[:, 0], mid[:, 1], list(groups), fontsize=7, marker=1.0)
