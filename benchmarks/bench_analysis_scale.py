@@ -22,6 +22,8 @@ import resource
 import time
 import warnings
 
+from ensemblevi.tl._markers import load_markers
+
 
 def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -53,7 +55,7 @@ def main() -> None:
     print(f"training {args.epochs} epoch(s): {time.perf_counter() - t:.1f} s")
     before = peak_mb()
     print(f"peak RSS before the analysis: {before:,.0f} MB")
-    markers = ev.tl.load_markers("heart")
+    markers = load_markers("heart")
     t, cpu = time.perf_counter(), time.process_time()
     ev.tl.uncertainty_analysis(
         model,

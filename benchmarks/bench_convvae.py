@@ -118,7 +118,7 @@ def figure(frame: pd.DataFrame, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ensemblevi.pl import save_figure
+    from ensemblevi.pl._utils import save_figure
 
     kinds = list(dict.fromkeys(frame["kind"]))
     fig, axes = plt.subplots(1, 3, figsize=(10, 3.2))

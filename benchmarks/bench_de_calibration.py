@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ensemblevi.model.base._de_lfc import lfc_posterior
+
 TARGETS = (0.05, 0.1, 0.2)
 KIND_LABELS = {"deep": "deep K=4", "batch": "BatchEnsemble K=4", "hyperbatch": "HBE K=4"}
 
@@ -101,11 +103,10 @@ def model_for(adata, name: str, rep: int, kind: str, cfg, models: Path):
 
 
 def unit(name: str, rep: int, cfg, models: Path, pbmc, kinds) -> dict:
-    from ensemblevi.benchmark import MethodResult
     from ensemblevi.benchmark._fdr import _wilcoxon, load, score
+    from ensemblevi.benchmark._scoring import MethodResult
     from ensemblevi.model import EnsembleSCVI
     from ensemblevi.model.base import _de_counts
-    from ensemblevi.model.base._de_lfc import lfc_posterior
 
     adata = load(name, rep, cfg, pbmc)
     batch_key = "batch" if adata.obs["batch"].nunique() > 1 else None

@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ensemblevi.pl._utils import save_figure
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 ARCH = {"n_hidden": 128, "n_latent": 10, "n_layers": 1, "gene_likelihood": "zinb"}
@@ -187,9 +189,9 @@ def main() -> None:
         table["initial low"], table["initial high"] = start["low"], start["high"]
         print("\nHBE tuned intervals (initial -> final):\n")
         print(table.round(4).to_csv(sep="|"))
-        fig = ev.pl.hyperparameter_trajectories(hbe)
+        fig = ev.pl.hyperparameter_trajectories(hbe, return_fig=True)
         suffix = "" if args.seed == 0 else f"_seed{args.seed}"
-        ev.pl.save_figure(fig, args.figures / f"hbe_trajectories_{name}{suffix}")
+        save_figure(fig, args.figures / f"hbe_trajectories_{name}{suffix}")
         if args.no_ood:
             continue
         scores, n_new, n_held = ood(name, adata, batch_key, unseen, epochs, args.seed)

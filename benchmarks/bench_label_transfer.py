@@ -99,12 +99,8 @@ def run(args) -> dict:
     import pandas as pd
 
     import ensemblevi as ev
-    from ensemblevi.metrics import (
-        apply_temperature,
-        fit_temperature,
-        label_calibration_metrics,
-        label_uncertainty_parts,
-    )
+    from ensemblevi.metrics import fit_temperature, label_calibration_metrics
+    from ensemblevi.metrics._labels import apply_temperature, label_uncertainty_parts
     from ensemblevi.tl._novelty_rule import conformal_threshold
 
     warnings.simplefilter("ignore")

@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ensemblevi.tl._markers import load_markers
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 ARCH = {"n_hidden": 128, "n_latent": 10, "n_layers": 1, "gene_likelihood": "zinb"}
@@ -54,7 +56,7 @@ def load(name: str, n_cells: int, exclude: str | None = None):
     if name == "pbmc3k":
         adata = ad.read_h5ad(SHARED / "pbmc3k.h5ad")
         adata.obs["cell_type"] = adata.obs["cell_type"].astype(str)
-        markers, batch_key = ev.tl.load_markers("pbmc3k"), None
+        markers, batch_key = load_markers("pbmc3k"), None
         if exclude is not None:
             adata = adata[adata.obs["cell_type"] != exclude].copy()
             markers = {g: v for g, v in markers.items() if g != exclude}
@@ -62,7 +64,7 @@ def load(name: str, n_cells: int, exclude: str | None = None):
         preprocess(adata, n_top_genes=1200, keep_genes=keep)
     else:
         adata = ev.data.synthetic("heartlike", seed=0, n_cells=n_cells)
-        markers, batch_key = ev.tl.load_markers("heart"), "batch"
+        markers, batch_key = load_markers("heart"), "batch"
     return adata, batch_key, markers
 
 
@@ -70,7 +72,7 @@ def _std_frame(model, adata, markers, n_samples: int) -> pd.Series:
     import ensemblevi as ev
 
     cells = ev.tl.expression_spread(
-        model, adata, markers, groupby="cell_type", n_samples=n_samples, progress=False
+        model, adata, genes=markers, groupby="cell_type", n_samples=n_samples, progress=False
     )["cells"]
     return cells.set_index(["cell", "gene"])["std"]
 
@@ -233,7 +235,7 @@ def figure(results, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ensemblevi.pl import save_figure
+    from ensemblevi.pl._utils import save_figure
 
     n = len(results)
     fig, axes = plt.subplots(n, 4, figsize=(13, 3.3 * n), squeeze=False)

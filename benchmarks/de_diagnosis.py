@@ -39,6 +39,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ensemblevi.model.base._de_lfc import lfc_posterior
+
 LIBRARY_SIZE = 1e4  # as ensemblevi.model.base._de_core.LIBRARY_SIZE
 PSEUDOCOUNT = 0.1  # as ensemblevi.model.base._de_core.PSEUDOCOUNT (per 1e4)
 TARGETS = (0.05, 0.1, 0.2)
@@ -378,7 +380,6 @@ def run_one(name: str, loader: Callable, rep: int, cfg: dict, models: list[str],
     from ensemblevi.benchmark._runs import train_timed
     from ensemblevi.benchmark._scoring import tpr, true_fdr
     from ensemblevi.model import EnsembleSCVI
-    from ensemblevi.model.base._de_lfc import lfc_posterior
 
     adata = loader(rep)
     batch_key = "batch" if "batch" in adata.obs and adata.obs["batch"].nunique() > 1 else None

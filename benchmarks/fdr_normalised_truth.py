@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 import ensemblevi as ev
-from ensemblevi.benchmark import TARGETS, MethodResult, score_method
+from ensemblevi.benchmark._scoring import TARGETS, MethodResult, score_method
 from ensemblevi.data._synthetic import _median_pair_lfc
 
 

@@ -19,6 +19,8 @@ import sys
 import time
 import warnings
 
+from ensemblevi.tl._markers import load_markers
+
 
 def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -42,7 +44,7 @@ def main() -> None:
     ev.tl.uncertainty_analysis(
         model,
         adata,
-        markers=ev.tl.load_markers("heart"),
+        markers=load_markers("heart"),
         groupby="cell_type",
         n_samples=n_samples,
         progress=False,

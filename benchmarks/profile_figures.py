@@ -21,6 +21,11 @@ import time
 import warnings
 from pathlib import Path
 
+from ensemblevi.pl._spread import member_histograms
+from ensemblevi.pl._utils import save_figure
+from ensemblevi.tl._embedding import umap
+from ensemblevi.tl._markers import load_markers
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -43,7 +48,7 @@ def main() -> None:
     EnsembleSCVI.setup_anndata(adata, layer="counts", batch_key="batch")
     model = EnsembleSCVI(adata, n_members=args.members, ensemble="deep", seed=0)
     model.train(max_epochs=2, seed=0, enable_progress_bar=False)
-    markers = ev.tl.load_markers("heart")
+    markers = load_markers("heart")
     ev.tl.uncertainty_analysis(
         model, adata, markers, groupby="cell_type", n_samples=3, progress=False
     )
@@ -73,7 +78,7 @@ def main() -> None:
     embedding.fuzzy_graph = timed("embedding: fuzzy graph (numpy)", originals[2])
     sc.tl.umap = timed("embedding: UMAP layout, 200 epochs (sc.tl.umap)", originals[3])
     t = time.perf_counter()
-    ev.tl.umap(adata, values)
+    umap(adata, values)
     whole = time.perf_counter() - t
     torch.pca_lowrank, NearestNeighbors.kneighbors, embedding.fuzzy_graph, sc.tl.umap = originals
     rows = [(label, secs, 0.0) for label, secs in spent.items()]
@@ -84,7 +89,7 @@ def main() -> None:
         "novelty_umap": lambda: ev.pl.novelty_umap(adata, color="cell_type", return_fig=True),
         "model_spread": lambda: ev.pl.model_spread(adata, return_fig=True),
         "biological_spread": lambda: ev.pl.biological_spread(adata, return_fig=True),
-        "member_histograms": lambda: ev.pl.member_histograms(adata, return_fig=True),
+        "member_histograms": lambda: member_histograms(adata, return_fig=True),
         "gene_uncertainty": lambda: ev.pl.gene_uncertainty(adata, highlight=genes, return_fig=True),
     }
     with tempfile.TemporaryDirectory() as out:
@@ -93,7 +98,7 @@ def main() -> None:
             fig = plot()
             drawn = time.perf_counter() - t
             t = time.perf_counter()
-            ev.pl.save_figure(fig, Path(out) / name)
+            save_figure(fig, Path(out) / name)
             saved = time.perf_counter() - t
             plt.close(fig)
             rows.append((name, drawn, saved))

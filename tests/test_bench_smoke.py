@@ -24,6 +24,7 @@ DATA = Path(os.environ.get("ENSEMBLEVI_DATA", ROOT.parent / "shared" / "data"))
 
 #: script -> tiny arguments (``{pbmc}``: the PBMC 3k file; the test skips without it)
 SMOKE: dict[str, list[str]] = {
+    "check_figures.py": ["--cells", "500", "--members", "2", "--epochs", "1", "--out", "figs"],
     "bench_gene_order.py": ["--cells", "200", "--genes", "30", "--repeats", "2"],
     "bench_analysis_scale.py": [
         "--members",

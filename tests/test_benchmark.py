@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ensemblevi.benchmark import MethodResult, fdr_curve, score_method, tpr, true_fdr
 from ensemblevi.benchmark._fdr import summarise
 from ensemblevi.benchmark._markdown import update_docs
+from ensemblevi.benchmark._scoring import MethodResult, fdr_curve, score_method, tpr, true_fdr
 
 
 def _bayes_calls_loop(p, target):

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import ensemblevi as ev
+from ensemblevi.data._images import check_images, load_images
 from ensemblevi.model import ConvVAE
 
 KINDS = ["single", "deep", "batch", "hyperbatch", "mcdropout"]
@@ -19,29 +20,29 @@ def digits():
 
 def test_check_images_names_the_problem(tmp_path):
     good = np.random.default_rng(0).random((5, 8, 8))
-    assert ev.data.check_images(good).dtype == np.float32
+    assert check_images(good).dtype == np.float32
     with pytest.raises(ValueError, match="3-D"):
-        ev.data.check_images(good[0])
+        check_images(good[0])
     with pytest.raises(ValueError, match="empty"):
-        ev.data.check_images(good[:0])
+        check_images(good[:0])
     with pytest.raises(ValueError, match=r"\[0, 1\].*255"):
-        ev.data.check_images(good * 255)
+        check_images(good * 255)
     bad = good.copy()
     bad[0, 0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
-        ev.data.check_images(bad)
+        check_images(bad)
     # loaders: .npy, .npz with labels; the files are only read
     np.save(tmp_path / "x.npy", good)
-    images, labels = ev.data.load_images(tmp_path / "x.npy")
+    images, labels = load_images(tmp_path / "x.npy")
     assert labels is None and np.allclose(images, good)
     np.savez(tmp_path / "x.npz", pixels=good, labels=np.arange(5))
-    images, labels = ev.data.load_images(tmp_path / "x.npz")
+    images, labels = load_images(tmp_path / "x.npz")
     assert np.allclose(images, good) and list(labels) == list(range(5))
     with pytest.raises(KeyError, match="pixels"):
-        ev.data.load_images(tmp_path / "x.npz", key="nope")
+        load_images(tmp_path / "x.npz", key="nope")
     with pytest.raises(ValueError, match=r"\.npy or \.npz"):
         (tmp_path / "x.png").write_bytes(b"")
-        ev.data.load_images(tmp_path / "x.png")
+        load_images(tmp_path / "x.png")
 
 
 @pytest.mark.parametrize("kind", KINDS)

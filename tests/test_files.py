@@ -312,7 +312,7 @@ def test_contained_is_the_one_check(tmp_path):
 
 
 def test_a_checkpoint_record_that_leads_out_is_refused(tmp_path):
-    from ensemblevi.train import EpochCheckpoint
+    from ensemblevi.train._callbacks import EpochCheckpoint
 
     ckpt = tmp_path / "ckpt"
     (tmp_path / "elsewhere").mkdir()
@@ -347,16 +347,10 @@ def _dummy_run(path):
 @pytest.mark.parametrize("command", ["run", "de", "map", "annotate", "train", "merge"])
 @pytest.mark.parametrize("kind", ["manifest-relative", "journal", "manifest-symlink"])
 def test_every_command_refuses_crafted_bookkeeping(tmp_path, command, kind):
-    from ensemblevi.data import synthetic, write_h5ad_atomic
-    from ensemblevi.pipeline import (
-        RunConfig,
-        merge_command,
-        run_annotate,
-        run_de,
-        run_map,
-        run_pipeline,
-        train_command,
-    )
+    from ensemblevi.data import synthetic
+    from ensemblevi.data._io import write_h5ad_atomic
+    from ensemblevi.pipeline import RunConfig, run_annotate, run_de, run_map, run_pipeline
+    from ensemblevi.pipeline._train_command import merge_command, train_command
 
     victims = _victims(tmp_path)
     owner = {"de": "run"}.get(command, command)

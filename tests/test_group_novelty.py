@@ -9,14 +9,15 @@ import pandas as pd
 import pytest
 
 import ensemblevi as ev
-from ensemblevi.tl._group_novelty import group_rank_test, rank_auroc
+from ensemblevi.tl._group_novelty import group_rank_test
 
 
-def test_rank_auroc_is_the_pairwise_win_rate():
+def test_group_auroc_is_the_pairwise_win_rate():
     rng = np.random.default_rng(0)
     x, ref = rng.integers(0, 5, 13).astype(float), rng.integers(0, 5, 17).astype(float)  # ties
     wins = sum((a > b) + 0.5 * (a == b) for a in x for b in ref)
-    assert rank_auroc(x, ref) == pytest.approx(wins / (len(x) * len(ref)))
+    table = group_rank_test(x, np.array(["g"] * 13), ref, min_cells=5)
+    assert table.loc["g", "auroc"] == pytest.approx(wins / (len(x) * len(ref)), rel=1e-12)
 
 
 def test_pvalue_is_the_exact_permutation_pvalue_on_small_groups():

@@ -8,17 +8,19 @@ import torch.nn.functional as F
 
 from ensemblevi.nn import (
     BatchEnsembleConv2d,
-    BatchEnsembleConvTranspose2d,
     BatchEnsembleLinear,
     EnsembleConv2d,
-    EnsembleConvTranspose2d,
     HyperBatchEnsembleConv2d,
-    HyperBatchEnsembleConvTranspose2d,
     HyperBatchEnsembleLinear,
+)
+from ensemblevi.nn._base import set_active_member
+from ensemblevi.nn._batch import BatchEnsembleConvTranspose2d
+from ensemblevi.nn._deep import EnsembleConvTranspose2d
+from ensemblevi.nn._hyperbatch import (
+    HyperBatchEnsembleConvTranspose2d,
     Hyperparameter,
     LogUniformHyperparameters,
     hyper_l2_penalty,
-    set_active_member,
     set_hyperparameters,
 )
 

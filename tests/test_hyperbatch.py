@@ -11,10 +11,16 @@ from scvi import REGISTRY_KEYS
 
 import ensemblevi as ev
 from ensemblevi.model import EnsembleSCVI
-from ensemblevi.module import DEFAULT_HYPERPARAMETERS, EnsembleVAE, resolve_hyperparameters
-from ensemblevi.module._hyperparameters import L2_GROUPS
-from ensemblevi.nn import HyperBatchEnsembleLinear, HyperDropout, hyper_l2_penalty
-from ensemblevi.train import EnsembleTrainingPlan, HyperTrainingPlan, tune_step
+from ensemblevi.module import EnsembleVAE
+from ensemblevi.module._hyperparameters import (
+    DEFAULT_HYPERPARAMETERS,
+    L2_GROUPS,
+    resolve_hyperparameters,
+)
+from ensemblevi.nn import HyperBatchEnsembleLinear
+from ensemblevi.nn._hyperbatch import HyperDropout, hyper_l2_penalty
+from ensemblevi.train import EnsembleTrainingPlan, HyperTrainingPlan
+from ensemblevi.train._plan import tune_step
 
 K, G, B = 3, 30, 16
 

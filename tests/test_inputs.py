@@ -11,8 +11,10 @@ from typer.testing import CliRunner
 
 import ensemblevi as ev
 from ensemblevi.cli import app
+from ensemblevi.data._io import write_h5ad_atomic
 from ensemblevi.model import EnsembleSCVI
-from ensemblevi.pipeline import RunConfig, prepare_data, run_annotate, run_pipeline
+from ensemblevi.pipeline import RunConfig, run_annotate, run_pipeline
+from ensemblevi.pipeline._data import prepare_data
 from ensemblevi.pipeline._map import prepare_query
 
 runner = CliRunner()
@@ -21,7 +23,7 @@ QUIET = {"log": lambda *_: None}
 
 def _file(tmp_path, adata, name="data.h5ad"):
     path = tmp_path / name
-    ev.data.write_h5ad_atomic(adata, path, overwrite=True)
+    write_h5ad_atomic(adata, path, overwrite=True)
     return path
 
 

@@ -8,15 +8,8 @@ import pytest
 import scipy.io
 import scipy.sparse as sp
 
-from ensemblevi.data import (
-    HEART_FILE,
-    HEART_OBS,
-    heart_cell_atlas,
-    preprocess,
-    read,
-    synthetic,
-    write_h5ad_atomic,
-)
+from ensemblevi.data import heart_cell_atlas, preprocess, read, synthetic
+from ensemblevi.data._io import HEART_FILE, HEART_OBS, write_h5ad_atomic
 
 
 @pytest.fixture(scope="module")

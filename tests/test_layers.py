@@ -4,16 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from ensemblevi.nn import (
-    BatchEnsembleLinear,
-    EnsembleBatchNorm,
-    EnsembleLinear,
-    MemberDropout,
-    SharedLinear,
-    fast_weight_init_,
-    set_active_member,
-    split_members,
-)
+from ensemblevi.nn import BatchEnsembleLinear, EnsembleLinear, MemberDropout
+from ensemblevi.nn._base import set_active_member, split_members
+from ensemblevi.nn._batch import fast_weight_init_
+from ensemblevi.nn._norm_dropout import EnsembleBatchNorm, SharedLinear
 
 K, B, D_IN, D_OUT = 3, 5, 7, 4
 
@@ -225,13 +219,10 @@ def test_random_sign_init_reaches_the_fast_weights(kind):
 
 
 def test_layer_spec_builds_the_kinds_layers_by_keyword():
-    from ensemblevi.nn import (
-        HyperBatchEnsembleLinear,
-        HyperDropout,
-        LayerSpec,
-        make_dropout,
-        make_linear,
-    )
+    from ensemblevi.nn import HyperBatchEnsembleLinear
+    from ensemblevi.nn._base import LayerSpec
+    from ensemblevi.nn._blocks import make_dropout, make_linear
+    from ensemblevi.nn._hyperbatch import HyperDropout
 
     cases = {
         "single": EnsembleLinear,

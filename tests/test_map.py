@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 import ensemblevi as ev
 from ensemblevi.cli import app
+from ensemblevi.pipeline._map import prepare_query
 
 runner = CliRunner()
 
@@ -149,7 +150,7 @@ def test_mapping_onto_known_batches_keeps_the_reference_latent_knn(run_dir):
         warnings.simplefilter("ignore")
         reference = ev.model.EnsembleSCVI.load(run / "model", adata=ref)
     query = ev.data.synthetic(preset="heartlike", n_cells=200, seed=6)
-    q = ev.pipeline.prepare_query(query, reference, log=lambda _: None)
+    q = prepare_query(query, reference, log=lambda _: None)
     direct = q.copy()
     mapped = ev.model.EnsembleSCVI.load_query_data(q, reference)
     mapped.train(max_epochs=2, seed=0, enable_progress_bar=False)

@@ -16,8 +16,15 @@ from scvi.model.base import RNASeqMixin, VAEMixin
 import ensemblevi as ev
 from ensemblevi import _scvi_check
 from ensemblevi._scvi_check import check_scvi_tools
-from ensemblevi.model import EnsembleSCVI, MemberMethodError, MemberView, check_member_contract
-from ensemblevi.model.base._members import MEMBER_ONLY, OVERRIDDEN, VIA_MODULE
+from ensemblevi.model import EnsembleSCVI
+from ensemblevi.model._members import check_member_contract
+from ensemblevi.model.base._members import (
+    MEMBER_ONLY,
+    OVERRIDDEN,
+    VIA_MODULE,
+    MemberMethodError,
+    MemberView,
+)
 
 
 @pytest.fixture(scope="module")

@@ -6,13 +6,9 @@ import torch
 from scvi.distributions._negative_binomial import log_nb_positive, log_zinb_positive
 
 import ensemblevi as ev
-from ensemblevi.metrics import (
-    count_cdf,
-    interval_coverage,
-    pit_uniformity,
-    predictive_calibration,
-    randomized_pit,
-)
+from ensemblevi.metrics import interval_coverage, predictive_calibration, randomized_pit
+from ensemblevi.metrics._counts import count_cdf, pit_uniformity
+from ensemblevi.pl._utils import save_figure
 
 
 def _slow_cdf(x, mu, theta, zi):
@@ -138,7 +134,7 @@ def test_calibration_figure(tmp_path):
     }
     fig = ev.pl.calibration(res, return_fig=True)
     assert len(fig.axes) == 2 and len(fig.axes[1].get_lines()) == 3  # 2 models + diagonal
-    (path,) = ev.pl.save_figure(fig, tmp_path / "cal")
+    (path,) = save_figure(fig, tmp_path / "cal")
     assert path.stat().st_size > 0
     with pytest.raises(ValueError, match="at least one"):
         ev.pl.calibration({})

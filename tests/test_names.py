@@ -21,8 +21,11 @@ from ensemblevi._names import (
     read_table,
 )
 from ensemblevi.cli import app
+from ensemblevi.data._io import write_h5ad_atomic
 from ensemblevi.model import EnsembleSCVI
-from ensemblevi.pipeline import RunConfig, de_name, run_de, run_pipeline
+from ensemblevi.pipeline import RunConfig, run_de, run_pipeline
+from ensemblevi.pipeline._de import de_name
+from ensemblevi.pl._utils import save_figure
 
 #: group names a user's data may hold, each a different trap
 HOSTILE = [
@@ -74,9 +77,9 @@ def test_file_stems_are_readable_distinct_and_bounded():
 
 def test_figure_paths_keep_dots_in_names(tmp_path):
     fig, _ = plt.subplots()
-    a = ev.pl.save_figure(fig, tmp_path / "de_CD4.Naive_vs_rest")
-    b = ev.pl.save_figure(fig, tmp_path / "de_CD4.Memory_vs_rest")
-    c = ev.pl.save_figure(fig, tmp_path / "plain.png", formats=("png", "svg"))
+    a = save_figure(fig, tmp_path / "de_CD4.Naive_vs_rest")
+    b = save_figure(fig, tmp_path / "de_CD4.Memory_vs_rest")
+    c = save_figure(fig, tmp_path / "plain.png", formats=("png", "svg"))
     plt.close(fig)
     assert [p.name for p in a + b] == ["de_CD4.Naive_vs_rest.png", "de_CD4.Memory_vs_rest.png"]
     assert [p.name for p in c] == ["plain.png", "plain.svg"]
@@ -147,7 +150,7 @@ def test_tl_results_with_hostile_groups_read_back(hostile_model, tmp_path):
     adata.write_h5ad(path)
     back = anndata.read_h5ad(path)
     assert sorted(back.obs["cell_type"].unique()) == groups
-    by_group = from_h5_columns(back.varm["ensemblevi_uncertainty_by_group"])
+    by_group = from_h5_columns(back.varm["ensemblevi_cv_between_by_group"])
     assert sorted(by_group.columns) == groups
     summary = back.uns["ensemblevi"]["expression_spread"]["summary"]
     assert sorted(summary["group"].unique()) == groups
@@ -165,7 +168,7 @@ def hostile_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("hostile")
     adata = _hostile(ev.data.synthetic("heartlike", seed=0, n_cells=300))
     data = root / "hostile.h5ad"
-    ev.data.write_h5ad_atomic(adata, data)
+    write_h5ad_atomic(adata, data)
     config = RunConfig(
         data=str(data),
         layer="counts",

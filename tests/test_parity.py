@@ -17,6 +17,7 @@ import torch
 
 import ensemblevi as ev
 from ensemblevi.model import EnsembleSCVI
+from ensemblevi.module._from_scvi import load_scvi_member
 
 CONFIGS = {
     "zinb-gene-batch": ({"batch_key": "batch"}, {}),
@@ -71,7 +72,7 @@ def pair(request):
         ens_adata = adata.copy()
         EnsembleSCVI.setup_anndata(ens_adata, layer="counts", **setup)
         ens = EnsembleSCVI(ens_adata, n_members=3, ensemble="deep", seed=0, **arch)
-    ev.module.load_scvi_member(ens.module, MEMBER, ref.module)
+    load_scvi_member(ens.module, MEMBER, ref.module)
     ref.module.eval()
     ens.module.eval()
     loader = ref._make_data_loader(adata=adata, batch_size=adata.n_obs, shuffle=False)
@@ -157,11 +158,11 @@ def test_load_scvi_member_rejects_other_architectures():
         wide = EnsembleSCVI(adata, n_members=2, n_hidden=32, n_latent=5)
         be = EnsembleSCVI(adata, n_members=2, ensemble="batch", n_hidden=24, n_latent=5)
     with pytest.raises(ValueError, match="architectures differ"):
-        ev.module.load_scvi_member(wide.module, 0, ref.module)
+        load_scvi_member(wide.module, 0, ref.module)
     with pytest.raises(ValueError, match="deep ensemble"):
-        ev.module.load_scvi_member(be.module, 0, ref.module)
+        load_scvi_member(be.module, 0, ref.module)
     with pytest.raises(IndexError, match="out of range"):
-        ev.module.load_scvi_member(wide.module, 2, ref.module)
+        load_scvi_member(wide.module, 2, ref.module)
 
 
 @torch.no_grad()

@@ -9,15 +9,13 @@ import scipy.sparse as sp
 
 from ensemblevi import _fingerprint as fp
 from ensemblevi._files import OutputDirectory
-from ensemblevi.data import synthetic, write_h5ad_atomic
-from ensemblevi.pipeline import (
-    RunConfig,
-    RunRefused,
-    de_name,
-    prepare_data,
-    run_reading,
-    train_or_reuse,
-)
+from ensemblevi.data import synthetic
+from ensemblevi.data._io import write_h5ad_atomic
+from ensemblevi.pipeline import RunConfig
+from ensemblevi.pipeline._data import prepare_data
+from ensemblevi.pipeline._de import de_name
+from ensemblevi.pipeline._readings import run_reading
+from ensemblevi.pipeline._train import RunRefused, train_or_reuse
 
 TINY = {"n_cells": 200, "epochs": 1, "members": 2, "n_top_genes": 100}
 
@@ -210,7 +208,7 @@ def test_single_member_reading_says_there_is_no_spread():
             "frac_between": [0.0],
         }
     )
-    genes = pd.DataFrame({"uncertainty": [0.3, 0.1]}, index=["A", "B"])
+    genes = pd.DataFrame({"cv_between": [0.3, 0.1]}, index=["A", "B"])
     one = " ".join(run_reading(summary, genes, 1, 0.1))
     assert "no between-member spread" in one and "retraining would move these values" not in one
     many = " ".join(run_reading(summary.assign(frac_between=0.2), genes, 4, 0.1))

@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 
 from ensemblevi import _files, cli
 from ensemblevi import _fingerprint as fp
-from ensemblevi.data import synthetic, write_h5ad_atomic
+from ensemblevi.data import synthetic
+from ensemblevi.data._io import write_h5ad_atomic
 from ensemblevi.pipeline import _outputs
 
 runner = CliRunner()
@@ -104,7 +105,7 @@ def _stub_train(monkeypatch, trained: list):
 
 def _stage2(config, out: Path, force: bool = False):
     """Stage 2 of a run on ``config``, committed into ``out``: the Trained and the log."""
-    from ensemblevi.pipeline import prepare_data
+    from ensemblevi.pipeline._data import prepare_data
     from ensemblevi.pipeline._train import MODEL_DIRS, train_or_reuse
 
     lines: list[str] = []
@@ -117,7 +118,8 @@ def _stage2(config, out: Path, force: bool = False):
 
 
 def test_the_reuse_check_reads_the_data_not_the_path(tmp_path, monkeypatch):
-    from ensemblevi.pipeline import RunConfig, RunRefused
+    from ensemblevi.pipeline import RunConfig
+    from ensemblevi.pipeline._train import RunRefused
 
     trained: list = []
     _stub_train(monkeypatch, trained)

@@ -18,6 +18,7 @@ from scvi.dataloaders import DataSplitter
 
 import ensemblevi as ev
 from ensemblevi.model import EnsembleSCVI
+from ensemblevi.module._from_scvi import load_scvi_member
 
 ARCH = {"n_hidden": 16, "n_latent": 4}
 EMB = {"batch_representation": "embedding", "batch_embedding_kwargs": {"embedding_dim": 3}}
@@ -138,7 +139,7 @@ def test_one_hot_default_and_bad_embedding_arguments():
             adata, batch_representation="embedding", batch_embedding_kwargs={"max_norm": 1.0}
         )
     with pytest.raises(ValueError, match="embeddings"):  # scVI with a table, ensemble without
-        ev.module.load_scvi_member(model.module, 0, _scvi_with_embedding(adata).module)
+        load_scvi_member(model.module, 0, _scvi_with_embedding(adata).module)
 
 
 def _scvi_with_embedding(adata):

@@ -20,6 +20,7 @@ from scvi.distributions._negative_binomial import log_nb_positive, log_zinb_posi
 import ensemblevi as ev
 from ensemblevi._constants import logmeanexp
 from ensemblevi.model import EnsembleSCVI
+from ensemblevi.module._from_scvi import load_scvi_member
 from ensemblevi.module._likelihood import nb_log_prob_sum, normal_log_prob_sum, zinb_log_prob_sum
 
 MEMBER = 1
@@ -80,7 +81,7 @@ def pair(request):
         ens_adata = adata.copy()
         EnsembleSCVI.setup_anndata(ens_adata, **setup)
         ens = EnsembleSCVI(ens_adata, n_members=2, ensemble="deep", seed=0, **arch)
-    ev.module.load_scvi_member(ens.module, MEMBER, ref.module)
+    load_scvi_member(ens.module, MEMBER, ref.module)
     ref.module.eval()
     ens.module.eval()
     ens.is_trained_ = True
@@ -245,7 +246,7 @@ def test_ensemble_path_with_normal_likelihood_and_per_cell_dispersion():
             adata, n_members=2, n_hidden=16, n_latent=4, dispersion="gene-cell", seed=0, **opts
         )
     for k in range(2):
-        ev.module.load_scvi_member(ens.module, k, ref.module)
+        load_scvi_member(ens.module, k, ref.module)
     ens.is_trained_ = True
     ref.module.eval()
     ens.module.eval()

@@ -18,7 +18,7 @@ import torch
 from scvi.data import synthetic_iid
 
 from ensemblevi.model import EnsembleSCVI
-from ensemblevi.module import load_scvi_member
+from ensemblevi.module._from_scvi import load_scvi_member
 from ensemblevi.nn import MemberDropout
 
 warnings.filterwarnings("ignore", category=UserWarning)

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from ensemblevi.cli import app
 from ensemblevi.data import synthetic
 from ensemblevi.model import EnsembleSCVI
-from ensemblevi.pipeline import parse_shard
+from ensemblevi.pipeline._train_command import parse_shard
 
 ARCH = {"n_hidden": 16, "n_latent": 4, "seed": 3}
 TRAIN = {"max_epochs": 3, "seed": 5, "batch_size": 64, "enable_progress_bar": False}

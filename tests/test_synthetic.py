@@ -3,7 +3,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ensemblevi.data import PRESETS, params_from_uns, synthetic, validate_counts
+from ensemblevi.data import synthetic, validate_counts
+from ensemblevi.data._synthetic import PRESETS, params_from_uns
 
 
 def _type_log2_means(adata, t):

@@ -10,6 +10,9 @@ from conftest import private_copy
 
 import ensemblevi as ev
 from ensemblevi.model import EnsembleSCVI
+from ensemblevi.tl._embedding import UMAP_KEY
+from ensemblevi.tl._embedding import umap as embedding_umap
+from ensemblevi.tl._markers import check_markers, load_markers, parse_marker_options
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +25,7 @@ def heart(heart_model):
 
 def test_markers_are_checked_with_close_matches(tmp_path):
     names = ["DCN", "GSN", "Acta2", "CD14"]
-    found, missing = ev.tl.check_markers(
+    found, missing = check_markers(
         {"Fibroblast": ["DCN", "GSNN"], "SMC": ["ACTA2"], "Nope": ["CD14"]},
         names,
         groups=["Fibroblast", "SMC"],
@@ -34,18 +37,18 @@ def test_markers_are_checked_with_close_matches(tmp_path):
     assert "group not in the data" in set(missing["problem"])
     path = tmp_path / "m.json"
     path.write_text(json.dumps({"B": ["MS4A1"]}))
-    assert ev.tl.load_markers(path) == {"B": ["MS4A1"]}
-    assert ev.tl.parse_marker_options(["B=MS4A1,CD79A"]) == {"B": ["MS4A1", "CD79A"]}
+    assert load_markers(path) == {"B": ["MS4A1"]}
+    assert parse_marker_options(["B=MS4A1,CD79A"]) == {"B": ["MS4A1", "CD79A"]}
     with pytest.raises(ValueError, match="Unknown marker set"):
-        ev.tl.load_markers("nope")
-    assert ev.tl.load_markers("heart")["Myeloid"] == ["CD14", "C1QA", "CD68"]
+        load_markers("nope")
+    assert load_markers("heart")["Myeloid"] == ["CD14", "C1QA", "CD68"]
 
 
 def test_expression_spread_matches_the_full_decomposition(heart):
     adata, model = heart
-    markers = ev.tl.load_markers("heart")
+    markers = load_markers("heart")
     out = ev.tl.expression_spread(
-        model, adata, markers, groupby="cell_type", n_samples=4, progress=False
+        model, adata, genes=markers, groupby="cell_type", n_samples=4, progress=False
     )
     cells = np.flatnonzero(adata.obs["cell_type"].isin(list(markers)))
     genes = list(dict.fromkeys(g for v in markers.values() for g in v))
@@ -79,7 +82,7 @@ def test_expression_spread_matches_the_full_decomposition(heart):
         np.testing.assert_allclose(row["frac_between"], b / (b + w), rtol=1e-4)
     assert "expression_spread" in adata.uns["ensemblevi"]
     with pytest.raises(ValueError, match="not in the data"):
-        ev.tl.expression_spread(model, adata, ["NOT_A_GENE"], groupby="cell_type")
+        ev.tl.expression_spread(model, adata, genes=["NOT_A_GENE"], groupby="cell_type")
 
 
 def test_gene_uncertainty_streams_the_same_numbers(heart):
@@ -88,15 +91,15 @@ def test_gene_uncertainty_streams_the_same_numbers(heart):
     full = model.get_uncertainty(adata, n_samples=3, progress=False)
     cv = np.sqrt(full["var_between"]) / full["mean"]
     np.testing.assert_allclose(
-        table.loc[adata.var_names, "uncertainty"], cv.mean(0).to_numpy(), rtol=1e-4
+        table.loc[adata.var_names, "cv_between"], cv.mean(0).to_numpy(), rtol=1e-4
     )
     by_group = cv.groupby(adata.obs["cell_type"].astype(str).to_numpy()).mean().T
     for group in by_group.columns:
         np.testing.assert_allclose(
-            adata.varm["ensemblevi_uncertainty_by_group"][group], by_group[group], rtol=1e-4
+            adata.varm["ensemblevi_cv_between_by_group"][group], by_group[group], rtol=1e-4
         )
-    assert table["uncertainty"].is_monotonic_decreasing and table["rank"].iloc[0] == 1
-    assert adata.var["ensemblevi_uncertainty_rank"].min() == 1
+    assert table["cv_between"].is_monotonic_decreasing and table["rank"].iloc[0] == 1
+    assert adata.var["ensemblevi_cv_between_rank"].min() == 1
 
 
 def _reference(model, adata, n_samples, batch_size, library_size=1e4, seed=0):
@@ -171,12 +174,12 @@ def test_one_pass_equals_the_separate_calls(heart):
     adata, model = heart
     genes = ["DCN", "GSN", "CD14"]  # summarised in every group: the same cells as the pass
     kw = {"n_samples": 3, "seed": 1, "progress": False}
-    spread = ev.tl.expression_spread(model, adata, genes, groupby="cell_type", **kw)
+    spread = ev.tl.expression_spread(model, adata, genes=genes, groupby="cell_type", **kw)
     table = ev.tl.gene_uncertainty(model, adata, groupby="cell_type", **kw)
     novelty = ev.tl.cell_novelty(model, adata, alpha=0.05, **kw)
     stored = {
         "var": adata.var.filter(like="ensemblevi_").copy(),
-        "varm": adata.varm["ensemblevi_uncertainty_by_group"].copy(),
+        "varm": adata.varm["ensemblevi_cv_between_by_group"].copy(),
         "obs": adata.obs.filter(like="ensemblevi_").copy(),
         "novelty": dict(adata.uns["ensemblevi"]["cell_novelty"]),
     }
@@ -189,7 +192,7 @@ def test_one_pass_equals_the_separate_calls(heart):
     pd.testing.assert_frame_equal(out["genes"], table)
     pd.testing.assert_frame_equal(out["novelty"], novelty)
     pd.testing.assert_frame_equal(adata.var.filter(like="ensemblevi_"), stored["var"])
-    pd.testing.assert_frame_equal(adata.varm["ensemblevi_uncertainty_by_group"], stored["varm"])
+    pd.testing.assert_frame_equal(adata.varm["ensemblevi_cv_between_by_group"], stored["varm"])
     pd.testing.assert_frame_equal(adata.obs.filter(like="ensemblevi_"), stored["obs"])
     info = adata.uns["ensemblevi"]["cell_novelty"]
     for key, value in stored["novelty"].items():
@@ -198,13 +201,13 @@ def test_one_pass_equals_the_separate_calls(heart):
                 np.testing.assert_array_equal(info[key][name], v)
         else:
             np.testing.assert_array_equal(info[key], value)
-    umap = adata.obsm[ev.tl.UMAP_KEY]
+    umap = adata.obsm[UMAP_KEY]
     assert umap.shape == (adata.n_obs, 2) and np.isfinite(umap).all()
 
 
 def test_one_pass_against_a_float64_reference(heart):
     adata, model = heart
-    markers = ev.tl.load_markers("heart")  # 3 of the 11 cell types
+    markers = load_markers("heart")  # 3 of the 11 cell types
     n, bs = 3, 64
     out = ev.tl.uncertainty_analysis(
         model, adata, markers, groupby="cell_type", n_samples=n, batch_size=bs, progress=False
@@ -228,9 +231,9 @@ def test_one_pass_against_a_float64_reference(heart):
             )
     cv = np.sqrt(vb) / mean
     genes = out["genes"].loc[adata.var_names]
-    np.testing.assert_allclose(genes["uncertainty"], cv.mean(0), rtol=1e-4)
+    np.testing.assert_allclose(genes["cv_between"], cv.mean(0), rtol=1e-4)
     np.testing.assert_allclose(genes["mean"], mean.mean(0), rtol=1e-5)
-    by_group = adata.varm["ensemblevi_uncertainty_by_group"]
+    by_group = adata.varm["ensemblevi_cv_between_by_group"]
     for group in np.unique(labels):
         np.testing.assert_allclose(by_group[group], cv[labels == group].mean(0), rtol=1e-4)
     np.testing.assert_allclose(
@@ -260,8 +263,8 @@ def test_umap_never_searches_neighbours_approximately(monkeypatch):
     label = rng.integers(0, 3, n)
     values = centres[label] + rng.normal(size=(n, 20))
     adata = ad.AnnData(obs=pd.DataFrame(index=[f"c{i}" for i in range(n)]))
-    xy = ev.tl.umap(adata, values, n_pcs=10, n_epochs=20)
-    assert xy.shape == (n, 2) and adata.obsm[ev.tl.UMAP_KEY] is xy
+    xy = embedding_umap(adata, values, n_pcs=10, n_epochs=20)
+    assert xy.shape == (n, 2) and adata.obsm[UMAP_KEY] is xy
     # the three clusters stay apart: every cell is nearer its own cluster's centre
     mid = np.stack([xy[label == k].mean(0) for k in range(3)])
     nearest = np.argmin(((xy[:, None, :] - mid[None]) ** 2).sum(-1), axis=1)

@@ -18,9 +18,9 @@ import ensemblevi
 from ensemblevi.cli import app
 from ensemblevi.model import EnsembleSCVI
 from ensemblevi.model._memory import check_training_memory, parameter_count, training_bytes
-from ensemblevi.pipeline import training_data
+from ensemblevi.pipeline._data import training_data
 from ensemblevi.pipeline._train_command import kl_continuation
-from ensemblevi.train import EpochCheckpoint
+from ensemblevi.train._callbacks import EpochCheckpoint
 
 COMMON = ["--preset", "lopez2020", "--n-cells", "200", "--members", "2", "--batch-size", "50"]
 STAGE = ".ensemblevi-stage"
@@ -55,7 +55,8 @@ def test_train_refuses_a_folder_of_user_files(tmp_path, sim_file):
 
 @pytest.fixture(scope="module")
 def sim_file(tmp_path_factory):
-    from ensemblevi.data import synthetic, write_h5ad_atomic
+    from ensemblevi.data import synthetic
+    from ensemblevi.data._io import write_h5ad_atomic
 
     return write_h5ad_atomic(
         synthetic("lopez2020", seed=0, n_cells=100, n_genes=40),

@@ -4,8 +4,12 @@ import numpy as np
 import torch
 from scvi.distributions import NegativeBinomial, ZeroInflatedNegativeBinomial
 
-from ensemblevi.model import VarianceParts, count_variance_fraction, decompose_variance
-from ensemblevi.model.base._uncertainty import UncertaintySummary
+from ensemblevi.model.base._uncertainty import (
+    UncertaintySummary,
+    VarianceParts,
+    count_variance_fraction,
+    decompose_variance,
+)
 
 
 def _loop_reference(scale, library, theta, zi, L):

@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 from ensemblevi import _compat, _files, cli
 from ensemblevi import _fingerprint as fp
 from ensemblevi._compat import UntrustedModelError
-from ensemblevi.data import synthetic, write_h5ad_atomic
+from ensemblevi.data import synthetic
+from ensemblevi.data._io import write_h5ad_atomic
 from ensemblevi.model import EnsembleSCVI
 
 runner = CliRunner()
@@ -253,7 +254,8 @@ def test_de_and_map_on_a_poisoned_run_exit_2_and_run_nothing(trained, tmp_path):
 
 
 def test_run_does_not_reuse_a_poisoned_model(tmp_path):
-    from ensemblevi.pipeline import RunConfig, prepare_data
+    from ensemblevi.pipeline import RunConfig
+    from ensemblevi.pipeline._data import prepare_data
     from ensemblevi.pipeline._train import train_or_reuse, wanted_record
 
     config = RunConfig(
@@ -293,14 +295,14 @@ def _spec(**kw):
 
 
 def _saved_for(spec: dict, folder: Path) -> None:
-    from ensemblevi.pipeline import training_data
+    from ensemblevi.pipeline._data import training_data
 
     adata, _ = training_data(spec)
     EnsembleSCVI(adata, n_members=spec["members"], seed=spec["seed"]).save(folder)
 
 
 def test_merge_and_resume_refuse_a_payload(tmp_path):
-    from ensemblevi.pipeline import merge_command, train_command
+    from ensemblevi.pipeline._train_command import merge_command, train_command
 
     spec, marker = _spec(), tmp_path / "PWNED"
     shard = tmp_path / "shard"

@@ -106,7 +106,7 @@ def test_duplicate_gene_names_refused(counts):
 
 
 def test_missing_obs_values_named_with_count_and_fix(counts):
-    from ensemblevi.data import missing_obs_values, require_obs_columns
+    from ensemblevi.data._validate import missing_obs_values, require_obs_columns
 
     ad = _adata(counts)
     ad.obs["batch"] = pd.Categorical(["b0", "b1", None] * 10)
@@ -127,7 +127,7 @@ def test_setup_anndata_refuses_nan_batch(counts):
 
 @pytest.mark.parametrize("fmt", [np.asarray, sp.csr_matrix])
 def test_check_finite_counts(counts, fmt):
-    from ensemblevi.data import check_finite_counts
+    from ensemblevi.data._validate import check_finite_counts
 
     x = counts.copy()
     x[4, 2] = np.nan

@@ -26,8 +26,8 @@ import ensemblevi.nn._blocks as blocks  # EnsembleEncoder draws its latent noise
 from ensemblevi.data import synthetic
 from ensemblevi.model import EnsembleSCVI
 from ensemblevi.module._hyperparameters import L2_GROUPS
-from ensemblevi.nn import LogUniformHyperparameters
-from ensemblevi.train import tune_step
+from ensemblevi.nn._hyperbatch import LogUniformHyperparameters
+from ensemblevi.train._plan import tune_step
 
 
 def main() -> None:

@@ -22,8 +22,7 @@ from ._calibration import CalibrationConfig
 from ._fdr import FDRConfig
 from ._markdown import calibration_markdown, fdr_markdown, ood_markdown, update_docs
 from ._ood import OODConfig
-from ._scoring import GRID, TARGETS, MethodResult, fdr_curve, score_method, tpr, true_fdr
-from ._thinning import THINNING_DATASETS, null_split, thinning_dataset
+from ._thinning import THINNING_DATASETS
 
 SUITES = ("fdr", "calibration", "ood")
 
@@ -69,6 +68,11 @@ def run_suite(
         them (the real-count ones only with ``pbmc``).
     log
         Progress messages go here.
+
+    Returns
+    -------
+    The files written: per suite ``{suite: its Markdown section}`` and, where the suite
+    draws one, ``{f"{suite}_figure": its PNG}``.
     """
     if suite not in (*SUITES, "all"):
         raise ValueError(f"Unknown suite {suite!r}; choose one of {(*SUITES, 'all')}.")
@@ -78,7 +82,7 @@ def run_suite(
 
 def _run_suites(suite, out, reps, quick, pbmc, docs, figures, train, datasets, log):
     """:func:`run_suite`'s body, run with third-party warnings and log lines quieted."""
-    from ensemblevi.pl import save_figure
+    from ensemblevi.pl._utils import save_figure
 
     from ._figures import calibration_figure, fdr_figure
 
@@ -168,20 +172,4 @@ def _run_suites(suite, out, reps, quick, pbmc, docs, figures, train, datasets, l
     return written
 
 
-__all__ = [
-    "GRID",
-    "SUITES",
-    "TARGETS",
-    "THINNING_DATASETS",
-    "CalibrationConfig",
-    "FDRConfig",
-    "MethodResult",
-    "OODConfig",
-    "fdr_curve",
-    "null_split",
-    "run_suite",
-    "score_method",
-    "thinning_dataset",
-    "tpr",
-    "true_fdr",
-]
+__all__ = ["run_suite"]

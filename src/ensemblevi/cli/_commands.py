@@ -45,7 +45,8 @@ def simulate(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
 ) -> None:
     """Simulate a dataset with ground truth and write it atomically to an .h5ad file."""
-    from ensemblevi.data import synthetic, write_h5ad_atomic
+    from ensemblevi.data import synthetic
+    from ensemblevi.data._io import write_h5ad_atomic
 
     if out.exists() and not force:
         console.print(f"[red]{console_text(out)} exists[/red]; pass --force to overwrite it.")
@@ -148,7 +149,9 @@ def run(
     same options is reused; a different run is replaced only with --force.
     """
     from ensemblevi._interrupt import interruptible
-    from ensemblevi.pipeline import RunConfig, RunRefused, StageFailed, run_pipeline
+    from ensemblevi.pipeline import RunConfig, run_pipeline
+    from ensemblevi.pipeline._run import StageFailed
+    from ensemblevi.pipeline._train import RunRefused
 
     if quick:
         n_cells, epochs, n_samples = QUICK["n_cells"], min(epochs, QUICK["epochs"]), 3

@@ -76,7 +76,8 @@ def train(
     the new one is complete. Every epoch is checkpointed beside it; an interrupted training
     (exit status 130/143) continues with the same command and --resume.
     """
-    from ensemblevi.pipeline import RunRefused, train_command
+    from ensemblevi.pipeline._train import RunRefused
+    from ensemblevi.pipeline._train_command import train_command
 
     spec = _config(
         data=data,
@@ -128,7 +129,7 @@ def merge(
     Every shard of the ensemble must be given (the error names the missing members), unless
     --partial merges only those given. OUT must be new, empty or written by `merge`.
     """
-    from ensemblevi.pipeline import merge_command
+    from ensemblevi.pipeline._train_command import merge_command
 
     try:
         console.print(console_text(merge_command(shards, out, partial=partial, trust=trust_model)))

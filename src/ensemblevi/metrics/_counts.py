@@ -66,6 +66,7 @@ def randomized_pit(
     mu: np.ndarray,
     theta: np.ndarray | None = None,
     zi_logits: np.ndarray | None = None,
+    *,
     mixture_axes: int = 0,
     rng: np.random.Generator | int | None = 0,
 ) -> np.ndarray:
@@ -86,6 +87,11 @@ def randomized_pit(
         Number of leading component axes of the parameters.
     rng
         Generator or seed of the uniform randomisation.
+
+    Returns
+    -------
+    The randomised PIT of each count, shaped as ``x`` (uniform on (0, 1) when ``x`` comes
+    from the predictive).
     """
     x = np.asarray(x)
     if not np.all(np.isfinite(x)) or np.any(x < 0) or np.any(x != np.round(x)):
@@ -111,6 +117,7 @@ def randomize(lower: np.ndarray, upper: np.ndarray, v: np.ndarray) -> np.ndarray
 
 def interval_coverage(
     pit: np.ndarray,
+    *,
     levels: Sequence[float] = COVERAGE_LEVELS,
     lower: np.ndarray | None = None,
     upper: np.ndarray | None = None,
@@ -131,6 +138,11 @@ def interval_coverage(
         Nominal levels ``c`` in (0, 1).
     lower, upper
         Optional ``F(x - 1)`` and ``F(x)`` of the same counts, for ``interval``.
+
+    Returns
+    -------
+    Indexed by ``level``: ``randomized`` and, with ``lower``/``upper``, ``interval``,
+    each also minus the level (``randomized - nominal``, ``interval - nominal``).
     """
     pit = np.asarray(pit, dtype=np.float64).ravel()
     if pit.size == 0:

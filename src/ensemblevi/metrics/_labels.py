@@ -61,7 +61,7 @@ def _bin_index(values: np.ndarray, n_bins: int) -> np.ndarray:
     return np.minimum((np.asarray(values) * n_bins).astype(int), n_bins - 1)
 
 
-def reliability_table(probs: np.ndarray, y: np.ndarray, n_bins: int = N_BINS) -> pd.DataFrame:
+def reliability_table(probs: np.ndarray, y: np.ndarray, *, n_bins: int = N_BINS) -> pd.DataFrame:
     """Cells binned by the confidence of their predicted type: accuracy against confidence.
 
     Parameters
@@ -111,7 +111,7 @@ def expected_calibration_error(probs: np.ndarray, y: np.ndarray, n_bins: int = N
     n_bins
         Equal-width confidence bins (15, as Guo et al. 2017).
     """
-    table = reliability_table(probs, y, n_bins)
+    table = reliability_table(probs, y, n_bins=n_bins)
     full = table[table["n_cells"] > 0]
     gap = (full["accuracy"] - full["confidence"]).abs()
     return float((full["n_cells"] * gap).sum() / max(int(table["n_cells"].sum()), 1))
@@ -150,7 +150,7 @@ def classwise_ece(
 
 
 def label_calibration_metrics(
-    probs: np.ndarray, y: np.ndarray, n_bins: int = N_BINS
+    probs: np.ndarray, y: np.ndarray, *, n_bins: int = N_BINS
 ) -> dict[str, float]:
     """Accuracy, NLL, Brier score, ECE and classwise ECE of predicted probabilities.
 
@@ -249,11 +249,17 @@ def confusion_table(y: np.ndarray, pred: np.ndarray, types: list[str]) -> pd.Dat
         unknown (a last column ``"unknown"``).
     types
         The types' names.
+
+    Returns
+    -------
+    ``len(types) x (len(types) + 1)`` counts (``sklearn.metrics.confusion_matrix``; every
+    type a row and a column, also when no cell has it).
     """
-    y, pred = np.asarray(y).astype(int), np.asarray(pred).astype(int)
+    from sklearn.metrics import confusion_matrix
+
     n = len(types)
-    counts = np.zeros((n, n + 1), dtype=int)
-    np.add.at(counts, (y, pred), 1)
+    y, pred = np.asarray(y).astype(int), np.asarray(pred).astype(int)
+    counts = confusion_matrix(y, pred, labels=np.arange(n + 1))[:n]  # no true "unknown"
     return pd.DataFrame(
         counts,
         index=pd.Index(types, name="true"),
@@ -297,6 +303,11 @@ def fit_temperature(probs: np.ndarray, y: np.ndarray) -> float:
         ``(n_cells, n_types)`` probabilities.
     y
         True type codes.
+
+    Returns
+    -------
+    The temperature ``T`` that minimises the NLL of ``probs ** (1 / T)`` renormalised
+    (``apply_temperature``); above 1 softens over-confident probabilities.
     """
     from scipy.optimize import minimize_scalar
 

@@ -21,6 +21,7 @@ def _np(t: torch.Tensor | None) -> np.ndarray | None:
 def predictive_calibration(
     model: Any,
     adata: Any = None,
+    *,
     indices: Sequence[int] | None = None,
     n_samples: int = 10,
     levels: Sequence[float] = COVERAGE_LEVELS,
@@ -97,9 +98,11 @@ def predictive_calibration(
         member_pits.append(randomize(mem_lo, mem_up, v).astype(np.float32))
     pit = np.concatenate(pits)
     members = np.concatenate(member_pits, axis=1)
-    coverage = interval_coverage(pit, levels, np.concatenate(lowers), np.concatenate(uppers))
+    coverage = interval_coverage(
+        pit, levels=levels, lower=np.concatenate(lowers), upper=np.concatenate(uppers)
+    )
     coverage["member randomized"] = np.mean(
-        [interval_coverage(m, levels)["randomized"].to_numpy() for m in members], axis=0
+        [interval_coverage(m, levels=levels)["randomized"].to_numpy() for m in members], axis=0
     )
     uniformity = pd.DataFrame(
         {

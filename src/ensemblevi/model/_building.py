@@ -7,7 +7,7 @@ import inspect
 from typing import Any
 
 from ensemblevi._seeding import forked_rng
-from ensemblevi.nn import set_member_stream
+from ensemblevi.nn._base import set_member_stream
 
 from ._memory import check_weights_memory
 from ._shards import member_slice

@@ -18,7 +18,7 @@ from scvi.utils import track
 
 from ensemblevi._constants import EnsembleKind, logmeanexp
 from ensemblevi._seeding import forked_rng
-from ensemblevi.data import check_images
+from ensemblevi.data._images import check_images
 from ensemblevi.module._conv_vae import EnsembleConvVAE
 from ensemblevi.module._hyperparameters import (
     HyperparameterSpec,
@@ -26,7 +26,7 @@ from ensemblevi.module._hyperparameters import (
     hyperparameter_table,
     trajectory_frame,
 )
-from ensemblevi.train import fast_param_groups, tune_step
+from ensemblevi.train._plan import fast_param_groups, tune_step
 
 
 class ConvVAE:

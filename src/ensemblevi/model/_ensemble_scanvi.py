@@ -32,9 +32,10 @@ from scvi.model.base import BaseModelClass, SemisupervisedTrainingMixin
 from scvi.train import TrainRunner
 from scvi.train._callbacks import SubSampleLabels
 
-from ensemblevi.data import check_setup_data
+from ensemblevi.data._validate import check_setup_data
 from ensemblevi.module import EnsembleSCANVAE
-from ensemblevi.train import EnsembleSemiSupervisedTrainingPlan, HyperSemiSupervisedTrainingPlan
+from ensemblevi.train import EnsembleSemiSupervisedTrainingPlan
+from ensemblevi.train._plan import HyperSemiSupervisedTrainingPlan
 
 from ._ensemble_scvi import EnsembleSCVI
 from .base._archesmixin import Reference

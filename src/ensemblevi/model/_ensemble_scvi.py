@@ -38,17 +38,13 @@ from ensemblevi._compat import (
 )
 from ensemblevi._constants import EnsembleKind, check_kind
 from ensemblevi._seeding import seeded_globally as _seeded_globally
-from ensemblevi.data import check_setup_data, validate_counts
+from ensemblevi.data import validate_counts
+from ensemblevi.data._validate import check_setup_data
 from ensemblevi.module import EnsembleVAE
 from ensemblevi.module._hyperparameters import hyperparameter_table, trajectory_frame
 from ensemblevi.module._likelihood import compiled_likelihood, should_compile
-from ensemblevi.train import (
-    EnsembleTrainingPlan,
-    EpochCheckpoint,
-    HyperparameterTrajectory,
-    HyperTrainingPlan,
-    NaNGuard,
-)
+from ensemblevi.train import EnsembleTrainingPlan, HyperTrainingPlan
+from ensemblevi.train._callbacks import EpochCheckpoint, HyperparameterTrajectory, NaNGuard
 
 from ._building import ModuleBuilderMixin
 from ._persistence import SafePersistenceMixin
@@ -99,10 +95,18 @@ class EnsembleSCVI(
     n_members
         Number of members K (ignored, i.e. 1, for ``ensemble="single"``).
     ensemble
-        ``"deep"`` (K independent scVI networks, vectorised), ``"batch"`` (BatchEnsemble),
-        ``"mcdropout"`` (one network, K dropout masks kept on at prediction: its members are
-        mask draws, new at every call, not fixed functions) or ``"single"`` (one scVI
-        network, for comparisons).
+        How the members differ, one of:
+
+        * ``"single"``: one scVI network (K = 1), the baseline to compare with;
+        * ``"deep"``: K independent scVI networks with their own initialisations, trained
+          in one vectorised pass (a deep ensemble: the reference, K times the weights);
+        * ``"batch"``: BatchEnsemble, one shared network whose layers each member rescales
+          with its own rank-1 fast weights (about one network's weights);
+        * ``"hyperbatch"``: Hyper-BatchEnsemble, BatchEnsemble whose members also tune
+          their own hyperparameters (dropout, KL weight, L2 per block) during training
+          (:meth:`get_hyperparameters`, :class:`~ensemblevi.train.HyperTrainingPlan`);
+        * ``"mcdropout"``: one network with K dropout masks kept on at prediction; its
+          members are mask draws, new at every call, not fixed functions.
     n_hidden, n_latent, n_layers, dropout_rate
         As in ``scvi.model.SCVI``.
     dispersion

@@ -22,14 +22,10 @@ from ensemblevi.module._hyperparameters import (
     HyperparameterHost,
     HyperparameterSpec,
 )
-from ensemblevi.nn import (
-    LayerSpec,
-    MemberDropout,
-    make_conv,
-    make_dropout,
-    make_linear,
-    set_hyperparameters,
-)
+from ensemblevi.nn import MemberDropout
+from ensemblevi.nn._base import LayerSpec
+from ensemblevi.nn._blocks import make_conv, make_dropout, make_linear
+from ensemblevi.nn._hyperbatch import set_hyperparameters
 
 LIKELIHOODS = ("bernoulli", "continuous_bernoulli")
 

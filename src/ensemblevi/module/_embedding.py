@@ -27,7 +27,7 @@ from scvi import REGISTRY_KEYS
 from scvi.module.base import EmbeddingModuleMixin
 from torch import nn
 
-from ensemblevi.nn import EnsembleModule
+from ensemblevi.nn._base import EnsembleModule
 
 BATCH_REPRESENTATIONS = ("one-hot", "embedding")
 # what the member tables implement of torch.nn.Embedding's arguments

@@ -10,7 +10,8 @@ from scvi.module.base import LossOutput, auto_move_data
 from torch import nn
 from torch.distributions import Categorical, Normal, kl_divergence
 
-from ensemblevi.nn import EnsembleEncoder, EnsembleFCLayers, LayerSpec, make_linear
+from ensemblevi.nn._base import LayerSpec
+from ensemblevi.nn._blocks import EnsembleEncoder, EnsembleFCLayers, make_linear
 
 from ._ensemble_vae import EnsembleVAE
 

@@ -28,13 +28,9 @@ from ensemblevi.module._likelihood import (
     zinb_log_prob_sum,
 )
 from ensemblevi.module._predictive import PredictiveMixin
-from ensemblevi.nn import (
-    EnsembleDecoderSCVI,
-    EnsembleEncoder,
-    HyperEmbedding,
-    LayerSpec,
-    set_active_member,
-)
+from ensemblevi.nn._base import LayerSpec, set_active_member
+from ensemblevi.nn._blocks import EnsembleDecoderSCVI, EnsembleEncoder
+from ensemblevi.nn._hyperbatch import HyperEmbedding
 
 
 class EnsembleVAE(HyperparameterHost, PredictiveMixin, BatchEmbeddingMixin, BaseModuleClass):

@@ -44,8 +44,8 @@ import torch
 from torch import nn
 
 from ensemblevi._constants import logmeanexp
-from ensemblevi.nn import (
-    EnsembleModule,
+from ensemblevi.nn._base import EnsembleModule
+from ensemblevi.nn._hyperbatch import (
     HyperDropout,
     Hyperparameter,
     LogUniformHyperparameters,

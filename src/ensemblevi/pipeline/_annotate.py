@@ -195,7 +195,8 @@ def run_annotate(
         rate holds for new cells of the same samples.
     """
     from ensemblevi import tl
-    from ensemblevi.data import check_labels_column, preprocess, read
+    from ensemblevi.data import preprocess, read
+    from ensemblevi.data._validate import check_labels_column
     from ensemblevi.model import EnsembleSCANVI, EnsembleSCVI
     from ensemblevi.tl._labels import SCORES
 
@@ -329,9 +330,9 @@ def _write(
     import scanpy as sc
 
     from ensemblevi import pl
-    from ensemblevi.data import write_h5ad_atomic
-    from ensemblevi.pl._utils import style
-    from ensemblevi.tl import UMAP_KEY
+    from ensemblevi.data._io import write_h5ad_atomic
+    from ensemblevi.pl._utils import save_figure, style
+    from ensemblevi.tl._embedding import UMAP_KEY
 
     figs = stage / "figures"
     with style():
@@ -345,7 +346,7 @@ def _write(
             sc.pl.embedding(
                 adata, basis=UMAP_KEY, color=color, ax=ax, show=False, title=title, frameon=False
             )
-        pl.save_figure(fig, figs / "label_umap")
+        save_figure(fig, figs / "label_umap")
         plt.close(fig)
     sections = [
         (
@@ -369,7 +370,7 @@ def _write(
             "label_confusion": pl.label_confusion,
         }.items():
             fig = draw(adata, return_fig=True)
-            pl.save_figure(fig, figs / name)
+            save_figure(fig, figs / name)
             plt.close(fig)
         per = pd.DataFrame(calib["per_type"])
         write_csv(per, stage / "tables" / "label_calibration.csv")

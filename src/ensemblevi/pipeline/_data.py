@@ -83,7 +83,7 @@ def _no_markers(config: RunConfig) -> bool:
 
 
 def _marker_set(config: RunConfig) -> dict[str, list[str]]:
-    from ensemblevi.tl import load_markers, parse_marker_options
+    from ensemblevi.tl._markers import load_markers, parse_marker_options
 
     if _no_markers(config) and not config.marker:
         return {}
@@ -117,7 +117,7 @@ def _found_markers(
     log: Log,
 ):
     """The markers of the run found in the data, and the table of those that are not."""
-    from ensemblevi.tl import check_markers, data_markers
+    from ensemblevi.tl._markers import check_markers, data_markers
 
     if not marker_set and not (config.markers == "auto" and labels_key is not None):
         if labels_key is not None:  # --markers none
@@ -199,7 +199,8 @@ def prepare_data(
         Called with ``(adata, layer, title)`` once the data is read, before genes are
         selected (the CLI prints its summary table there).
     """
-    from ensemblevi.data import check_size, preprocess
+    from ensemblevi.data import preprocess
+    from ensemblevi.data._validate import check_size
 
     config.validate()
     marker_set = _marker_set(config)  # a bad marker file fails before the data is read

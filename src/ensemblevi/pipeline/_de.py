@@ -151,8 +151,9 @@ def run_de(
         ``model.differential_expression`` for those.
     """
     from ensemblevi import pl, tl
-    from ensemblevi.data import write_h5ad_atomic
+    from ensemblevi.data._io import write_h5ad_atomic
     from ensemblevi.model import EnsembleSCVI
+    from ensemblevi.pl._utils import save_figure
 
     for name in ("mode", "idx1", "idx2", "key_added"):
         if options.get(name) is not None:
@@ -194,7 +195,7 @@ def run_de(
         written = [
             write_csv(table, stage / "tables" / f"{name}.csv", index=True),
             write_json(stage / "tables" / f"{name}.json", settings),
-            *pl.save_figure(fig, stage / "figures" / name),
+            *save_figure(fig, stage / "figures" / name),
         ]
         write_h5ad_atomic(adata, stage / "results.h5ad", overwrite=True)
         render_run_report(run_dir, stage=stage)

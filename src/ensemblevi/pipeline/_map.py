@@ -276,7 +276,8 @@ def run_map(
     """
     from ensemblevi import tl
     from ensemblevi._seeding import seeded_globally
-    from ensemblevi.data import check_size, read
+    from ensemblevi.data import read
+    from ensemblevi.data._validate import check_size
     from ensemblevi.model import EnsembleSCVI
     from ensemblevi.tl._novelty_rule import MIN_VALIDATION_CELLS
 
@@ -400,14 +401,15 @@ def _write(
     import matplotlib.pyplot as plt
 
     from ensemblevi import pl
-    from ensemblevi.data import write_h5ad_atomic
+    from ensemblevi.data._io import write_h5ad_atomic
+    from ensemblevi.pl._utils import save_figure
 
     for name, draw in {
         "novelty_umap": lambda: pl.novelty_umap(q, color=key, return_fig=True),
         "group_novelty": lambda: pl.group_novelty(q, return_fig=True),
     }.items():
         fig = draw()
-        pl.save_figure(fig, stage / "figures" / name)
+        save_figure(fig, stage / "figures" / name)
         plt.close(fig)
     write_csv(cells, stage / "tables" / "cell_novelty.csv")
     write_csv(groups, stage / "tables" / "group_novelty.csv")

@@ -57,6 +57,8 @@ def write_figures(
 
     from ensemblevi import pl
     from ensemblevi._constants import DEFAULT_KEY
+    from ensemblevi.pl._spread import member_histograms
+    from ensemblevi.pl._utils import save_figure
 
     figs = {}
     marker_genes = []
@@ -65,7 +67,7 @@ def write_figures(
         figs = {
             "model_spread": lambda: pl.model_spread(adata, return_fig=True),
             "biological_spread": lambda: pl.biological_spread(adata, return_fig=True),
-            "member_histograms": lambda: pl.member_histograms(adata, return_fig=True),
+            "member_histograms": lambda: member_histograms(adata, return_fig=True),
         }
     figs["gene_uncertainty"] = lambda: pl.gene_uncertainty(
         adata, highlight=marker_genes, return_fig=True
@@ -86,7 +88,7 @@ def write_figures(
         )
     for name, draw in figs.items():  # one at a time: a figure's memory goes before the next
         fig = draw()
-        pl.save_figure(fig, stage / "figures" / name)
+        save_figure(fig, stage / "figures" / name)
         plt.close(fig)
     return list(figs)
 
@@ -139,7 +141,7 @@ def write_outputs(
     import time
 
     from ensemblevi._version import __version__
-    from ensemblevi.data import write_h5ad_atomic
+    from ensemblevi.data._io import write_h5ad_atomic
 
     t = time.perf_counter()
     stage, adata, model = out.stage, prepared.adata, trained.model

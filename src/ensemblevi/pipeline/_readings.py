@@ -229,8 +229,8 @@ def run_reading(
         ]
     reading.append(
         f"The least certain gene overall is {genes.index[0]} "
-        f"(CV {genes.iloc[0]['uncertainty']:.2f}); the median gene has CV "
-        f"{genes['uncertainty'].median():.2f}."
+        f"(CV {genes.iloc[0]['cv_between']:.2f}); the median gene has CV "
+        f"{genes['cv_between'].median():.2f}."
     )
     if novelty is not None and "skipped" in novelty:
         reading.append(f"Novelty was not tested: {novelty['skipped']}.")

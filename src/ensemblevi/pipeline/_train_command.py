@@ -103,7 +103,7 @@ def _checkpoint_to_resume(
     target: OutputDirectory, ckpt_record: dict, epochs: int, resume: bool, force: bool, log: Log
 ) -> dict | None:
     """The checkpoint ``train`` continues from (``None``: start afresh in a new stage)."""
-    from ensemblevi.train import EpochCheckpoint
+    from ensemblevi.train._callbacks import EpochCheckpoint
 
     out = target.path
     ckpt = EpochCheckpoint.read(target.stage / "checkpoint")
@@ -188,7 +188,7 @@ def train_command(
     from ensemblevi._interrupt import deferred, set_resume_hint
     from ensemblevi.model import EnsembleSCVI
     from ensemblevi.model._memory import check_training_memory
-    from ensemblevi.train import EpochCheckpoint
+    from ensemblevi.train._callbacks import EpochCheckpoint
 
     epochs, members, batch_size = spec["epochs"], spec["members"], spec["batch_size"]
     if epochs < 1:

@@ -1,17 +1,18 @@
 """Figures, scanpy style: read results that ``ensemblevi.tl`` wrote into an AnnData.
 
-Every plot takes ``ax`` (draw into these axes), ``show`` (``None``: when matplotlib is
-interactive), ``save`` (a path, or ``True`` for scanpy's ``figdir``) and ``return_fig``,
-and returns the Figure (``return_fig=True``), ``None`` (shown) or its Axes. Importing
-the package changes no matplotlib setting; the figures' style applies while they draw.
+Every plot takes ``ax`` (draw into these axes), ``show`` (``None``: follow
+``scanpy.settings.autoshow``), ``save`` (a file-name suffix written under
+``scanpy.settings.figdir``, or ``True`` for the plot's default name) and ``return_fig``
+(return the Figure), as scanpy's plots do; without ``show`` or ``return_fig`` it returns
+its Axes. Importing the package changes no matplotlib setting; the figures' style applies
+while they draw.
 """
 
 from ._labels import label_calibration, label_confusion
 from ._model import calibration, de_volcano, hyperparameter_trajectories
 from ._novelty import group_novelty, novelty_umap
-from ._spread import biological_spread, gene_uncertainty, member_histograms, model_spread
+from ._spread import biological_spread, gene_uncertainty, model_spread
 from ._stability import cluster_stability, member_embeddings, stability_umap
-from ._utils import save_figure, style
 
 __all__ = [
     "biological_spread",
@@ -24,10 +25,7 @@ __all__ = [
     "label_calibration",
     "label_confusion",
     "member_embeddings",
-    "member_histograms",
     "model_spread",
     "novelty_umap",
-    "save_figure",
     "stability_umap",
-    "style",
 ]

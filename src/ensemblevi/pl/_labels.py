@@ -19,6 +19,7 @@ KEY = "ensemblevi"
 
 def label_calibration(
     adata: AnnData,
+    *,
     key: str = KEY,
     ax: Axes | Sequence[Axes] | None = None,
     show: bool | None = None,
@@ -41,9 +42,11 @@ def label_calibration(
     ax
         Two Axes to draw into.
     show
-        Show the figure; ``None``: when matplotlib is interactive.
+        Show the figure; ``None``: follow ``scanpy.settings.autoshow``.
     save
-        Write the figure: a path or ``True`` (``label_calibration.png`` in ``figdir``).
+        Write the figure: ``True`` (``label_calibration.<format>`` under
+        ``scanpy.settings.figdir``), a suffix (``"_x.png"``: ``label_calibration_x.png``
+        there) or a ``pathlib.Path``.
     return_fig
         Return the Figure instead of the Axes.
 
@@ -51,7 +54,7 @@ def label_calibration(
     -------
     The Figure with ``return_fig``, ``None`` when shown, else the Axes.
     """
-    stored = stored_result(adata, key, "label_calibration")
+    stored = stored_result(adata, key, "label_calibration", "adata, truth_key=...")
     table = pd.DataFrame(stored["reliability"])
     per_type = pd.DataFrame(stored["per_type"])
     summary = stored["summary"]
@@ -104,6 +107,7 @@ def label_calibration(
 
 def label_confusion(
     adata: AnnData,
+    *,
     key: str = KEY,
     normalize: bool = True,
     ax: Axes | None = None,
@@ -124,9 +128,11 @@ def label_confusion(
     ax
         Axes to draw into.
     show
-        Show the figure; ``None``: when matplotlib is interactive.
+        Show the figure; ``None``: follow ``scanpy.settings.autoshow``.
     save
-        Write the figure: a path or ``True`` (``label_confusion.png`` in ``figdir``).
+        Write the figure: ``True`` (``label_confusion.<format>`` under
+        ``scanpy.settings.figdir``), a suffix (``"_x.png"``: ``label_confusion_x.png``
+        there) or a ``pathlib.Path``.
     return_fig
         Return the Figure instead of the Axes.
 
@@ -134,7 +140,7 @@ def label_confusion(
     -------
     The Figure with ``return_fig``, ``None`` when shown, else the Axes.
     """
-    stored = stored_result(adata, key, "label_calibration")
+    stored = stored_result(adata, key, "label_calibration", "adata, truth_key=...")
     table = from_h5_columns(pd.DataFrame(stored["confusion"])).set_index("true")
     counts = table.to_numpy(dtype=float)
     shown = counts / np.maximum(counts.sum(1, keepdims=True), 1) if normalize else counts

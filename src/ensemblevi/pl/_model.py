@@ -11,7 +11,7 @@ from anndata import AnnData
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from ._utils import SaveArg, finish, panels, style
+from ._utils import SaveArg, finish, panels, place_labels, style
 
 Returned = Figure | Axes | list[Axes] | None
 AxesArg = Axes | Sequence[Axes] | None
@@ -19,6 +19,7 @@ AxesArg = Axes | Sequence[Axes] | None
 
 def hyperparameter_trajectories(
     model,
+    *,
     ncols: int = 3,
     ax: AxesArg = None,
     show: bool | None = None,
@@ -41,9 +42,11 @@ def hyperparameter_trajectories(
     ax
         Axes to draw into: one per hyperparameter.
     show
-        Show the figure; ``None``: when matplotlib is interactive.
+        Show the figure; ``None``: follow ``scanpy.settings.autoshow``.
     save
-        Write the figure: a path or ``True`` (``hyperparameters.png`` in ``figdir``).
+        Write the figure: ``True`` (``hyperparameters.<format>`` under
+        ``scanpy.settings.figdir``), a suffix (``"_x.png"``: ``hyperparameters_x.png``
+        there) or a ``pathlib.Path``.
     return_fig
         Return the Figure instead of the Axes.
 
@@ -84,6 +87,7 @@ def hyperparameter_trajectories(
 
 def calibration(
     results: dict[str, dict],
+    *,
     n_bins: int = 20,
     ax: AxesArg = None,
     show: bool | None = None,
@@ -106,9 +110,11 @@ def calibration(
     ax
         Two axes to draw into (PIT, coverage).
     show
-        Show the figure; ``None``: when matplotlib is interactive.
+        Show the figure; ``None``: follow ``scanpy.settings.autoshow``.
     save
-        Write the figure: a path or ``True`` (``calibration.png`` in ``figdir``).
+        Write the figure: ``True`` (``calibration.<format>`` under
+        ``scanpy.settings.figdir``), a suffix (``"_x.png"``: ``calibration_x.png``
+        there) or a ``pathlib.Path``.
     return_fig
         Return the Figure instead of the Axes.
 
@@ -152,7 +158,8 @@ def _de_table(data: AnnData | pd.DataFrame, key: str) -> tuple[pd.DataFrame, dic
         return data, {}
     if key not in data.uns or "table" not in data.uns[key]:
         raise ValueError(
-            f"No DE result in adata.uns[{key!r}]; run ensemblevi.tl.differential_expression."
+            f"No DE result in adata.uns[{key!r}]; run "
+            "ev.tl.differential_expression(model, adata, groupby=..., group1=...) first."
         )
     table = pd.DataFrame(data.uns[key]["table"]).set_index("gene")
     return table, dict(data.uns[key].get("params", {}))
@@ -160,6 +167,7 @@ def _de_table(data: AnnData | pd.DataFrame, key: str) -> tuple[pd.DataFrame, dic
 
 def de_volcano(
     data: AnnData | pd.DataFrame,
+    *,
     key: str = "ensemblevi_de",
     n_labels: int = 8,
     title: str | None = None,
@@ -190,9 +198,11 @@ def de_volcano(
     ax
         Two axes to draw into (volcano, member disagreement).
     show
-        Show the figure; ``None``: when matplotlib is interactive.
+        Show the figure; ``None``: follow ``scanpy.settings.autoshow``.
     save
-        Write the figure: a path or ``True`` (``de_volcano.png`` in ``figdir``).
+        Write the figure: ``True`` (``de_volcano.<format>`` under
+        ``scanpy.settings.figdir``), a suffix (``"_x.png"``: ``de_volcano_x.png``
+        there) or a ``pathlib.Path``.
     return_fig
         Return the Figure instead of the Axes.
 
@@ -247,15 +257,6 @@ def de_volcano(
             axis.axhline(p[called].min(), color="C3", ls=":", lw=0.8)
         labelled = np.flatnonzero(called if called.any() else p >= 0.5)
         top = labelled[np.argsort(-(p[labelled] + 1e-3 * np.abs(lfc[labelled])))][:n_labels]
-        for j, i in enumerate(top):  # staggered: top genes often share p = 1
-            axis.annotate(
-                table.index[i],
-                (lfc[i], p[i]),
-                fontsize=6,
-                xytext=(4, -6 - 8 * (j % 4)),
-                textcoords="offset points",
-                arrowprops={"arrowstyle": "-", "lw": 0.3},
-            )
         target = calls_col[0].removeprefix("is_de_fdr_")
         axis.set(
             xlabel="LFC (log2, posterior median; bar: 95% interval)",
@@ -275,4 +276,7 @@ def de_volcano(
             ylabel="between-member SD of the LFC",
             title="member disagreement",
         )
+        # last, once both panels are drawn (the layout is final); top genes often share
+        # p = 1: placed so that no two names overlap
+        place_labels(axis, lfc[top], p[top], [str(table.index[i]) for i in top], fontsize=6)
     return finish(fig, [axis, ax2], "de_volcano", show, save, return_fig)

@@ -9,13 +9,14 @@ from matplotlib.axes import Axes
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
-from ensemblevi.tl import UMAP_KEY
+from ensemblevi.tl._embedding import UMAP_KEY
 
 from ._utils import KEY, SaveArg, finish, panels, style
 
 
 def novelty_umap(
     adata: AnnData,
+    *,
     color: str | Sequence[str] | None = None,
     basis: str = UMAP_KEY,
     key: str = KEY,
@@ -48,9 +49,11 @@ def novelty_umap(
     ax
         Axes to draw into: one per panel (a single Axes for one panel).
     show
-        Show the figure; ``None``: when matplotlib is interactive.
+        Show the figure; ``None``: follow ``scanpy.settings.autoshow``.
     save
-        Write the figure: a path or ``True`` (``novelty_umap.png`` in ``figdir``).
+        Write the figure: ``True`` (``novelty_umap.<format>`` under
+        ``scanpy.settings.figdir``), a suffix (``"_x.png"``: ``novelty_umap_x.png``
+        there) or a ``pathlib.Path``.
     return_fig
         Return the Figure instead of the Axes.
 
@@ -62,8 +65,8 @@ def novelty_umap(
 
     if basis not in adata.obsm:
         raise ValueError(
-            f"No adata.obsm[{basis!r}]; run ensemblevi.tl.uncertainty_analysis(..., "
-            "embedding=True) or ensemblevi.tl.expression_umap first."
+            f"No adata.obsm[{basis!r}]; run ev.tl.expression_umap(model, adata) (or "
+            "ev.tl.uncertainty_analysis(..., embedding=True)) first."
         )
     extra = [color] if isinstance(color, str) else list(color or [])
     scores = [
@@ -73,7 +76,9 @@ def novelty_umap(
     ]
     columns = scores + extra
     if not columns:
-        raise ValueError("No novelty scores in adata.obs; run ensemblevi.tl.cell_novelty.")
+        raise ValueError(
+            "No novelty scores in adata.obs; run ev.tl.cell_novelty(model, adata) first."
+        )
     with style():
         fig, axes = panels(len(columns), ax, ncols=len(columns), size=(4.0, 3.2))
         for axis, col in zip(axes, columns, strict=True):
@@ -97,6 +102,7 @@ def novelty_umap(
 
 def group_novelty(
     adata: AnnData,
+    *,
     key: str = KEY,
     ax: Axes | None = None,
     show: bool | None = None,
@@ -120,9 +126,11 @@ def group_novelty(
     ax
         Axes to draw into.
     show
-        Show the figure; ``None``: when matplotlib is interactive.
+        Show the figure; ``None``: follow ``scanpy.settings.autoshow``.
     save
-        Write the figure: a path or ``True`` (``group_novelty.png`` in ``figdir``).
+        Write the figure: ``True`` (``group_novelty.<format>`` under
+        ``scanpy.settings.figdir``), a suffix (``"_x.png"``: ``group_novelty_x.png``
+        there) or a ``pathlib.Path``.
     return_fig
         Return the Figure instead of the Axes.
 
@@ -135,7 +143,8 @@ def group_novelty(
     stored = adata.uns.get(key, {}).get("group_novelty")
     if stored is None:
         raise ValueError(
-            f"No adata.uns[{key!r}]['group_novelty']; run ensemblevi.tl.group_novelty first."
+            f"No adata.uns[{key!r}]['group_novelty']; run "
+            "ev.tl.group_novelty(model, adata, groupby=...) first."
         )
     table = pd.DataFrame(stored["table"]).set_index("group")
     share = "share_flagged" in table  # the majority test: the share of cells flagged
@@ -167,12 +176,13 @@ def group_novelty(
             )
             x = base if pd.isna(value[g]) else max(float(value[g]), base)
             axis.text(x + 0.01, i, text, va="center", fontsize=7)
+        # two short lines: one long line is wider than the figure and gets cut
         if share:
             axis.set_xlabel(
-                f"share of cells flagged (per-cell rule at "
-                f"{100 * stored['cell_alpha']:g}%; dashed: null share)"
+                f"share of cells flagged by the per-cell rule at "
+                f"{100 * stored['cell_alpha']:g}%\n(dashed: the share under the null, min_share)"
             )
         else:
-            axis.set_xlabel(f"AUROC of {stored['score']} against the reference cells")
+            axis.set_xlabel(f"AUROC of {stored['score']}\nagainst the reference cells")
         axis.set_title(f"Is each {stored['groupby']} group novel? (red: q < {stored['fdr']:g})")
     return finish(fig, [axis], "group_novelty", show, save, return_fig)

@@ -10,13 +10,14 @@ from anndata import AnnData
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from ensemblevi.tl import UMAP_KEY
+from ensemblevi.tl._embedding import UMAP_KEY
 
-from ._utils import KEY, SaveArg, finish, panels, stored_result, style
+from ._utils import KEY, SaveArg, finish, name_groups, panels, stored_result, style
 
 
 def cluster_stability(
     adata: AnnData,
+    *,
     key: str = KEY,
     ax: Axes | None = None,
     show: bool | None = None,
@@ -39,9 +40,11 @@ def cluster_stability(
     ax
         Axes to draw into.
     show
-        Show the figure; ``None``: when matplotlib is interactive.
+        Show the figure; ``None``: follow ``scanpy.settings.autoshow``.
     save
-        Write the figure: a path or ``True`` (``cluster_stability.png`` in ``figdir``).
+        Write the figure: ``True`` (``cluster_stability.<format>`` under
+        ``scanpy.settings.figdir``), a suffix (``"_x.png"``: ``cluster_stability_x.png``
+        there) or a ``pathlib.Path``.
     return_fig
         Return the Figure instead of the Axes.
 
@@ -85,6 +88,7 @@ def cluster_stability(
 
 def stability_umap(
     adata: AnnData,
+    *,
     basis: str = UMAP_KEY,
     key: str = KEY,
     size: float | None = None,
@@ -109,9 +113,11 @@ def stability_umap(
     ax
         Three Axes to draw into.
     show
-        Show the figure; ``None``: when matplotlib is interactive.
+        Show the figure; ``None``: follow ``scanpy.settings.autoshow``.
     save
-        Write the figure: a path or ``True`` (``stability_umap.png`` in ``figdir``).
+        Write the figure: ``True`` (``stability_umap.<format>`` under
+        ``scanpy.settings.figdir``), a suffix (``"_x.png"``: ``stability_umap_x.png``
+        there) or a ``pathlib.Path``.
     return_fig
         Return the Figure instead of the Axes.
 
@@ -124,8 +130,8 @@ def stability_umap(
     stored_result(adata, key, "cluster_stability")
     if basis not in adata.obsm:
         raise ValueError(
-            f"No adata.obsm[{basis!r}]; run ensemblevi.tl.expression_umap (or "
-            "tl.uncertainty_analysis(..., embedding=True)) first."
+            f"No adata.obsm[{basis!r}]; run ev.tl.expression_umap(model, adata) (or "
+            "ev.tl.uncertainty_analysis(..., embedding=True)) first."
         )
     columns = [
         f"{key}_neighbourhood_stability",
@@ -148,11 +154,13 @@ def stability_umap(
                 vmin=0 if numeric else None,
                 vmax=1 if numeric else None,
                 title=col.removeprefix(f"{key}_"),
-                legend_loc="on data" if not numeric else "right margin",
+                legend_loc=None if not numeric else "right margin",
                 frameon=True,
             )
             axis.set_xlabel("UMAP 1")
             axis.set_ylabel("UMAP 2")
+        # the clusters' names last, once the layout is final
+        name_groups(axes[1], adata.obsm[basis], adata.obs[columns[1]])
     return finish(fig, axes, "stability_umap", show, save, return_fig)
 
 
@@ -168,6 +176,7 @@ def _aligned(target: np.ndarray, source: np.ndarray) -> np.ndarray:
 
 def member_embeddings(
     adata: AnnData,
+    *,
     color: str | None = None,
     key: str = KEY,
     size: float | None = None,
@@ -195,9 +204,11 @@ def member_embeddings(
     ax
         One Axes per member layout.
     show
-        Show the figure; ``None``: when matplotlib is interactive.
+        Show the figure; ``None``: follow ``scanpy.settings.autoshow``.
     save
-        Write the figure: a path or ``True`` (``member_embeddings.png`` in ``figdir``).
+        Write the figure: ``True`` (``member_embeddings.<format>`` under
+        ``scanpy.settings.figdir``), a suffix (``"_x.png"``: ``member_embeddings_x.png``
+        there) or a ``pathlib.Path``.
     return_fig
         Return the Figure instead of the Axes.
 
@@ -213,7 +224,7 @@ def member_embeddings(
     )
     if not keys:
         raise ValueError(
-            "No adata.obsm['X_umap_member_<k>']; run ensemblevi.tl.member_umaps first."
+            "No adata.obsm['X_umap_member_<k>']; run ev.tl.member_umaps(model, adata) first."
         )
     if color is None and f"{key}_consensus_leiden" in adata.obs:
         color = f"{key}_consensus_leiden"
@@ -235,10 +246,13 @@ def member_embeddings(
                 size=size,
                 title=f"member {k.rsplit('_', 1)[1]}",
                 frameon=True,
-                legend_loc="on data" if color else None,
+                legend_loc=None,
             )
             axis.set_xlabel("UMAP 1 (aligned)")
             axis.set_ylabel("UMAP 2")
+        if color and color in tmp.obs:  # the groups' names last, once the layout is final
+            for axis, k in zip(axes, keys, strict=True):
+                name_groups(axis, _aligned(first, np.asarray(adata.obsm[k])), tmp.obs[color])
     if color and f"{color}_colors" in tmp.uns:
         adata.uns[f"{color}_colors"] = tmp.uns[f"{color}_colors"]
     return finish(fig, axes, "member_embeddings", show, save, return_fig)

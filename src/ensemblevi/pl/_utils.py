@@ -22,11 +22,11 @@ from ensemblevi._files import atomic_file
 
 KEY = DEFAULT_KEY
 STYLE = {"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9}
-#: What ``save`` and ``show`` accept: a path or True (scanpy's ``figdir``), and a flag.
+#: What ``save`` accepts: ``True``, a suffix under scanpy's ``figdir`` or a ``Path``.
 SaveArg = str | os.PathLike | bool | None
 
 
-def stored_result(adata: AnnData, key: str, name: str) -> dict:
+def stored_result(adata: AnnData, key: str, name: str, args: str = "model, adata") -> dict:
     """``adata.uns[key][name]``, what ``ensemblevi.tl.<name>`` wrote, or a clear error.
 
     Parameters
@@ -37,10 +37,21 @@ def stored_result(adata: AnnData, key: str, name: str) -> dict:
         The key the tool stored under.
     name
         The tool (and the entry) name.
+    args
+        The tool's arguments as the error message shows them.
+
+    Returns
+    -------
+    The stored entry.
+
+    Raises
+    ------
+    ValueError
+        Nothing is stored: the message names the call that stores it.
     """
     stored = adata.uns.get(key, {}).get(name)
     if stored is None:
-        raise ValueError(f"No adata.uns[{key!r}][{name!r}]; run ensemblevi.tl.{name} first.")
+        raise ValueError(f"No adata.uns[{key!r}][{name!r}]; run ev.tl.{name}({args}) first.")
     return stored
 
 
@@ -103,19 +114,21 @@ def finish(
     save: SaveArg,
     return_fig: bool | None,
 ) -> Figure | Axes | list[Axes] | None:
-    """Save and show as scanpy does, and return what scanpy returns.
+    """Save and show as scanpy's plots do, and return what they return.
+
+    The one place every ``pl`` function ends in, so that ``save``, ``show`` and
+    ``return_fig`` mean the same everywhere.
 
     Parameters
     ----------
     fig, axes
         The figure drawn and its panels.
     name
-        File name (without suffix) when ``save=True``.
+        The plot's name: the file name with ``save=True``, the prefix of a ``save`` suffix.
     show
-        Show the figure (``plt.show()``); ``None``: when matplotlib is interactive.
+        Show the figure (``plt.show()``); ``None``: follow ``scanpy.settings.autoshow``.
     save
-        A path (its suffix picks the format, PNG without one) or ``True`` for
-        ``scanpy.settings.figdir / f"{name}.png"``.
+        Where to write the figure (:func:`save_target`); ``None``/``False``: nowhere.
     return_fig
         Return the Figure.
 
@@ -124,21 +137,58 @@ def finish(
     The Figure with ``return_fig``; else ``None`` when shown; else the Axes (a list for
     several panels).
     """
-    if save:
-        if save is True:
-            import scanpy as sc
+    import scanpy as sc
 
-            target = Path(sc.settings.figdir) / f"{name}.png"
-        else:
-            target = Path(save)
-        fmt = _format_of(target) or "png"
-        save_figure(fig, target, formats=(fmt,))
+    if save is not None and save is not False:
+        target = save_target(name, save)
+        save_figure(fig, target, formats=(target.suffix.lstrip("."),))
     if return_fig:
         return fig
-    if plt.isinteractive() if show is None else show:
+    if sc.settings.autoshow if show is None else show:
         plt.show()
         return None
     return axes[0] if len(axes) == 1 else axes
+
+
+def save_target(name: str, save: str | os.PathLike | bool) -> Path:
+    """The file a plot's ``save`` argument names, as scanpy's ``save`` does.
+
+    Parameters
+    ----------
+    name
+        The plot's name (``gene_uncertainty``).
+    save
+        ``True``: ``{figdir}/{name}.{file_format_figs}``; a ``str``: a suffix, written as
+        ``{figdir}/{name}{save}`` (``"_heart.png"`` gives ``gene_uncertainty_heart.png``;
+        without a format suffix ``file_format_figs`` is appended), with ``figdir`` and
+        ``file_format_figs`` from ``scanpy.settings``; a :class:`pathlib.Path` (any
+        ``os.PathLike``, never a ``str``): that file itself, its suffix the format (PNG
+        without one).
+
+    Returns
+    -------
+    The path to write.
+
+    Raises
+    ------
+    TypeError
+        ``save`` is none of these.
+    """
+    import scanpy as sc
+
+    if save is True:
+        return Path(sc.settings.figdir) / f"{name}.{sc.settings.file_format_figs}"
+    if isinstance(save, str):
+        fmt = _format_of(Path(save))
+        stem = save if fmt else f"{save}.{sc.settings.file_format_figs}"
+        return Path(sc.settings.figdir) / f"{name}{stem}"
+    if isinstance(save, os.PathLike):
+        path = Path(save)
+        return path if _format_of(path) else figure_path(path, "png")
+    raise TypeError(
+        f"save={save!r}: pass True (the default name under scanpy.settings.figdir), a str "
+        "suffix such as '_heart.png' (written under figdir), or a pathlib.Path of the file."
+    )
 
 
 def _format_of(path: Path) -> str | None:
@@ -204,3 +254,161 @@ def save_figure(
             fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches=tight)
         out.append(target)
     return out
+
+
+#: directions tried around a point, right first (where a reader looks for a label)
+_DIRECTIONS = ((1, 0), (1, 1), (0, 1), (-1, 1), (-1, 0), (-1, -1), (0, -1), (1, -1))
+
+
+def place_labels(
+    axis: Axes,
+    x: Sequence[float],
+    y: Sequence[float],
+    labels: Sequence[str],
+    *,
+    colors: Sequence[str] | str = "black",
+    fontsize: float = 6,
+    gap: float = 2.0,
+    marker: float = 2.0,
+    step: float = 4.0,
+    max_rings: int = 60,
+) -> list:
+    """Name points without two names overlapping, or a name covering a named point.
+
+    Written by hand: adjustText (the usual library) is not a dependency, and its
+    force-based iteration gives a layout that moves with small changes of the data. This is
+    greedy and deterministic: labels are placed in the order given (put the most important
+    first), each at the first spot, in rings of ``step`` points around its point and 8
+    directions per ring, whose box overlaps no box placed before, no named point and not
+    the legend, inside the axes where such a spot exists (else the nearest free spot
+    outside). Labels moved off their point get a thin leader line. Boxes are measured in
+    points with the figure's renderer once the figure is laid out, so call this last, when
+    everything else is drawn; the labels are left out of the layout
+    (``set_in_layout(False)``) so that placing them does not move the axes.
+
+    Parameters
+    ----------
+    axis
+        The axes the points are drawn in.
+    x, y
+        Data coordinates of the points to name.
+    labels
+        Their names, most important first.
+    colors
+        Text colour, one for all or one per label.
+    fontsize
+        Font size, points.
+    gap
+        Distance between a point and its label's box, points.
+    marker
+        Half the size of a named point's marker, points: no name covers it.
+    step
+        Distance between rings of candidate spots, points.
+    max_rings
+        Rings tried before the nearest free spot outside the axes is taken.
+
+    Returns
+    -------
+    The ``Annotation`` artists, in the order of ``labels``.
+    """
+    if not len(labels):
+        return []
+    fig = axis.figure
+    if isinstance(colors, str):
+        colors = [colors] * len(labels)
+    fig.canvas.draw()  # lays the figure out: the anchors' display positions are final
+    scale = 72.0 / fig.dpi  # display pixels -> points
+    anchors = axis.transData.transform(np.column_stack([x, y]).astype(float)) * scale
+    frame = axis.get_window_extent()
+    xmin, ymin, xmax, ymax = (v * scale for v in (frame.x0, frame.y0, frame.x1, frame.y1))
+    taken = [(ax_ - marker, ay - marker, ax_ + marker, ay + marker) for ax_, ay in anchors]
+    legend = axis.get_legend()
+    if legend is not None:  # names stay off the legend too
+        box = legend.get_window_extent()
+        taken.append((box.x0 * scale, box.y0 * scale, box.x1 * scale, box.y1 * scale))
+    renderer = fig.canvas.get_renderer()
+    xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    out = []
+    for i, label in enumerate(labels):
+        px, py = anchors[i]
+        probe = axis.text(0, 0, label, fontsize=fontsize)
+        box = probe.get_window_extent(renderer)
+        probe.remove()
+        hw, hh = box.width * scale / 2, box.height * scale / 2
+        reach = gap + marker  # from the point to the label's box
+        best = _free_spot(px, py, hw, hh, taken, (xmin, ymin, xmax, ymax), reach, step, max_rings)
+        taken.append(best)
+        cx, cy = (best[0] + best[2]) / 2, (best[1] + best[3]) / 2
+        moved = abs(cx - px) > hw + reach + 0.5 or abs(cy - py) > hh + reach + 0.5
+        ann = axis.annotate(
+            label,
+            (xs[i], ys[i]),
+            xytext=(cx - px, cy - py),
+            textcoords="offset points",
+            ha="center",
+            va="center",
+            fontsize=fontsize,
+            color=colors[i],
+            annotation_clip=False,
+            arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.45"} if moved else None,
+        )
+        ann.set_in_layout(False)
+        out.append(ann)
+    return out
+
+
+def _free_spot(px, py, hw, hh, taken, frame, gap, step, max_rings) -> tuple:
+    """The first box ``(x0, y0, x1, y1)`` of half-size ``hw, hh`` beside ``(px, py)`` that
+    overlaps nothing in ``taken``: inside ``frame`` if any of ``max_rings`` rings has one,
+    else the first free one outside, else (never seen) the outermost candidate."""
+    outside = None
+    for ring in range(max_rings + 1):
+        for ux, uy in _DIRECTIONS:
+            cx = px + ux * (hw + gap + ring * step)
+            cy = py + uy * (hh + gap + ring * step)
+            cand = (cx - hw, cy - hh, cx + hw, cy + hh)
+            if any(_overlap(cand, t) for t in taken):
+                continue
+            x0, y0, x1, y1 = frame
+            if x0 <= cand[0] and cand[2] <= x1 and y0 <= cand[1] and cand[3] <= y1:
+                return cand
+            outside = outside or cand
+    return outside or cand
+
+
+def _overlap(a: tuple, b: tuple) -> bool:
+    """Whether boxes ``(x0, y0, x1, y1)`` overlap (touching edges do not)."""
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def name_groups(axis: Axes, xy: np.ndarray, values: Sequence) -> list:
+    """Name each category of ``values`` at the median of its points, without overlap.
+
+    What scanpy's ``legend_loc="on data"`` does, with its labels placed by
+    :func:`place_labels`: scanpy puts each name at its group's median whatever is there,
+    and groups scattered over an embedding share a median, so their names pile up. Larger
+    groups are placed first. Call it when all panels are drawn. Numeric ``values`` get no
+    names (they have a colour bar).
+
+    Parameters
+    ----------
+    axis
+        The axes the embedding is drawn in.
+    xy
+        ``(n, 2)`` coordinates of the points as drawn.
+    values
+        The category of each point.
+
+    Returns
+    -------
+    The name artists (empty for numeric ``values``).
+    """
+    import pandas as pd
+
+    values = pd.Series(np.asarray(values))
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        return []
+    xy = np.asarray(xy, dtype=float)
+    groups = values.astype(str).value_counts().index  # largest first
+    mid = np.array([np.median(xy[(values.astype(str) == g).to_numpy()], axis=0) for g in groups])
+    return place_labels(axis, mid[:, 0], mid[:, 1], list(groups), fontsize=7, marker=1.0)

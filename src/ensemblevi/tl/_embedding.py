@@ -21,6 +21,7 @@ from scipy import sparse
 
 from ensemblevi._seeding import forked_rng
 
+from ._checks import validated
 from ._novelty_rule import member_latents
 
 UMAP_KEY = "X_umap_ensemblevi"
@@ -162,6 +163,7 @@ def umap(
 def expression_umap(
     model,
     adata: AnnData | None = None,
+    *,
     n_samples: int = 1,
     library_size: float = 1e4,
     key_added: str = UMAP_KEY,
@@ -193,7 +195,7 @@ def expression_umap(
     -------
     The ``n_obs x 2`` embedding, also in ``adata.obsm[key_added]``.
     """
-    adata = model._validate_anndata(adata)
+    adata = validated(model, adata, "expression_umap")
     rho = model.get_normalized_expression(
         adata, library_size=library_size, n_samples=n_samples, return_numpy=True, seed=seed
     )
@@ -203,6 +205,7 @@ def expression_umap(
 def member_umaps(
     model,
     adata: AnnData | None = None,
+    *,
     members: int | list[int] = 4,
     n_neighbors: int = 15,
     n_epochs: int | None = 200,
@@ -230,7 +233,7 @@ def member_umaps(
     -------
     The ``obsm`` keys written, ``X_umap_member_<k>``.
     """
-    adata = model._validate_anndata(adata)
+    adata = validated(model, adata, "member_umaps")
     chosen = (
         list(range(min(members, model.n_members)))
         if isinstance(members, int)

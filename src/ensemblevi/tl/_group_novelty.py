@@ -33,6 +33,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy import stats
 
+from ._checks import validated
 from ._novelty import KEY, SCORES, cell_novelty
 from ._novelty_rule import (
     NoveltyReference,
@@ -67,20 +68,6 @@ def _bh_calls(table: pd.DataFrame, fdr: float) -> pd.DataFrame:
     table["is_novel"] = np.nan_to_num(q, nan=1.0) < fdr
     table.index.name = "group"
     return table
-
-
-def rank_auroc(x: np.ndarray, ref: np.ndarray) -> float:
-    """``P(X > R) + P(X = R) / 2`` for ``X`` from ``x``, ``R`` from ``ref`` (the
-    Mann-Whitney U statistic of ``x`` over ``len(x) * len(ref)``).
-
-    Parameters
-    ----------
-    x, ref
-        The two samples.
-    """
-    ranks = stats.rankdata(np.concatenate([x, ref]))
-    u = ranks[: len(x)].sum() - len(x) * (len(x) + 1) / 2
-    return float(u / (len(x) * len(ref)))
 
 
 def group_rank_test(
@@ -139,8 +126,10 @@ def group_rank_test(
             "pval": np.nan,
         }
         if x.size >= min_cells and ref.size >= min_cells:
-            row["auroc"] = rank_auroc(x, ref)
-            row["pval"] = float(stats.mannwhitneyu(x, ref, alternative="greater").pvalue)
+            test = stats.mannwhitneyu(x, ref, alternative="greater")
+            # U of x over all pairs: P(X > R) + P(X = R) / 2, the AUROC against the reference
+            row["auroc"] = float(test.statistic / (x.size * ref.size))
+            row["pval"] = float(test.pvalue)
         rows[g] = row
     table = _bh_calls(pd.DataFrame.from_dict(rows, orient="index"), fdr)
     return table.sort_values(["qval", "auroc"], ascending=[True, False], na_position="last")
@@ -195,6 +184,7 @@ def group_share_test(
 def group_novelty(
     model,
     adata: AnnData | None = None,
+    *,
     groupby: str = "cell_type",
     score: str | None = None,
     fdr: float = 0.05,
@@ -209,7 +199,6 @@ def group_novelty(
     test: str = "majority",
     cell_alpha: float = 0.05,
     min_share: float = 0.5,
-    *,
     sample_key: str | None = None,
     calibration: str = "auto",
 ) -> pd.DataFrame:
@@ -300,7 +289,7 @@ def group_novelty(
         raise ValueError(f"cell_alpha must be in (0, 1), got {cell_alpha}.")
     if reference not in ("auto", "matched", "all"):
         raise ValueError(f"reference must be 'auto', 'matched' or 'all', got {reference!r}.")
-    adata = model._validate_anndata(adata)
+    adata = validated(model, adata, "group_novelty")
     if groupby not in adata.obs:
         raise ValueError(
             f"obs[{groupby!r}] is not in the AnnData; pass groupby= a column of "

@@ -11,15 +11,13 @@ import pandas as pd
 from anndata import AnnData
 
 from ensemblevi._names import from_h5_key, h5_columns, h5_key
-from ensemblevi.metrics import (
+from ensemblevi.metrics import fit_temperature, label_calibration_metrics, reliability_table
+from ensemblevi.metrics._labels import (
     N_BINS,
     apply_temperature,
     confusion_table,
-    fit_temperature,
-    label_calibration_metrics,
     label_uncertainty_parts,
     per_type_calibration,
-    reliability_table,
 )
 
 from ._novelty_rule import (
@@ -117,6 +115,7 @@ def _score(parts: dict[str, np.ndarray], score: str) -> np.ndarray:
 def label_uncertainty(
     model,
     adata: AnnData | None = None,
+    *,
     alpha: float = 0.05,
     score: LabelScore = "novelty_knn",
     calibration: np.ndarray | str | None = None,
@@ -124,7 +123,6 @@ def label_uncertainty(
     temperature: bool | float = False,
     batch_size: int | None = None,
     key_added: str = KEY,
-    *,
     sample_key: str | None = None,
 ) -> dict:
     """Predicted cell types, how sure the ensemble is of each, and which cells are unknown.
@@ -317,6 +315,7 @@ def label_uncertainty(
 def label_calibration(
     adata: AnnData,
     truth_key: str,
+    *,
     mask: np.ndarray | None = None,
     n_bins: int = N_BINS,
     key: str = KEY,
@@ -348,11 +347,21 @@ def label_calibration(
         ``summary`` (metrics), ``per_type``, ``reliability`` and ``confusion`` (tables), also
         stored in ``adata.uns[key]["label_calibration"]``.
     """
+    if not isinstance(adata, AnnData):
+        raise TypeError(
+            "ev.tl.label_calibration(adata, truth_key) takes the AnnData that "
+            f"ev.tl.label_uncertainty annotated, got {type(adata).__name__}."
+        )
     name = f"{key}_label_probabilities"
     if name not in adata.obsm:
-        raise ValueError(f"No adata.obsm[{name!r}]; run ensemblevi.tl.label_uncertainty first.")
+        raise ValueError(
+            f"No adata.obsm[{name!r}]; run ev.tl.label_uncertainty(model, adata) first."
+        )
     if truth_key not in adata.obs:
-        raise KeyError(f"No obs[{truth_key!r}] to compare the predictions with.")
+        raise ValueError(
+            f"No obs[{truth_key!r}] to compare the predictions with; pass the obs column "
+            f"of the true types as truth_key (columns: {list(adata.obs.columns)[:10]})."
+        )
     probs = pd.DataFrame(adata.obsm[name])
     types = [from_h5_key(c) for c in probs.columns]
     truth = adata.obs[truth_key].astype(str).to_numpy()
@@ -367,12 +376,12 @@ def label_calibration(
     pred = p.argmax(1)
     if call is not None:
         pred = np.where(np.asarray(call, dtype=bool)[keep], len(types), pred)
-    summary = label_calibration_metrics(p, y, n_bins)
+    summary = label_calibration_metrics(p, y, n_bins=n_bins)
     summary.update(truth_key=truth_key, n_unknown=int((pred == len(types)).sum()))
     out = {
         "summary": summary,
         "per_type": per_type_calibration(p, y, types, n_bins),
-        "reliability": reliability_table(p, y, n_bins),
+        "reliability": reliability_table(p, y, n_bins=n_bins),
         "confusion": confusion_table(y, pred, types).reset_index(),
     }
     adata.uns.setdefault(key, {})["label_calibration"] = {

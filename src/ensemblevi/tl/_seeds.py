@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import scvi
 from anndata import AnnData
@@ -14,19 +14,22 @@ from ensemblevi._fingerprint import data_fingerprint, model_record, reuse_proble
 from ensemblevi._seeding import seeded_globally
 from ensemblevi._warnings import quiet_third_party
 
+if TYPE_CHECKING:
+    from ensemblevi.model import EnsembleSCVI
+
 
 def seed_ensemble(
     adata: AnnData,
+    *,
     n_seeds: int = 36,
     save_dir: str | os.PathLike | None = None,
     setup_kwargs: dict[str, Any] | None = None,
     max_epochs: int | None = None,
     train_kwargs: dict[str, Any] | None = None,
     progress: bool = True,
-    *,
     trust: bool = False,
     **scvi_kwargs: Any,
-):
+) -> EnsembleSCVI:
     """Train ``n_seeds`` ``scvi.model.SCVI`` models, seed 0 .. n-1, as one deep ensemble.
 
     Each model is scvi-tools' own SCVI, trained with its own seed; with ``save_dir`` each
@@ -58,6 +61,11 @@ def seed_ensemble(
         seeds saved here are in ensemblevi's format, which loads without unpickling.
     **scvi_kwargs
         Passed to ``scvi.model.SCVI`` (``n_hidden``, ``n_latent``, ...).
+
+    Returns
+    -------
+    EnsembleSCVI
+        A deep ensemble of ``n_seeds`` members, member ``k`` the model of seed ``k``.
     """
     from ensemblevi.model import EnsembleSCVI
     from ensemblevi.model._persistence import load_model, save_model

@@ -17,9 +17,10 @@ from anndata import AnnData
 
 from ensemblevi._constants import DEFAULT_KEY
 from ensemblevi._names import h5_columns
-from ensemblevi.data import require_obs_columns
+from ensemblevi.data._validate import require_obs_columns
 from ensemblevi.model.base._uncertainty import UncertaintySummary
 
+from ._checks import validated
 from ._kind_note import kind_note
 from ._markers import check_markers
 from ._stream import SummaryReducer, stream
@@ -32,27 +33,6 @@ def _group_labels(adata: AnnData, groupby: str | None) -> pd.Series:
         return pd.Series("all cells", index=adata.obs_names)
     require_obs_columns(adata, [groupby])
     return adata.obs[groupby].astype(str)
-
-
-def point_density(x: np.ndarray, y: np.ndarray, bins: int = 60) -> np.ndarray:
-    """Points per bin of a ``bins x bins`` 2-d histogram, at each point.
-
-    A fast stand-in for a kernel density estimate at atlas size (what the model-spread
-    figure colours by).
-
-    Parameters
-    ----------
-    x, y
-        The points' coordinates.
-    bins
-        Histogram bins per axis.
-    """
-    if len(x) < 2:
-        return np.ones(len(x))
-    hist, xe, ye = np.histogram2d(x, y, bins=bins)
-    i = np.clip(np.searchsorted(xe, x, side="right") - 1, 0, bins - 1)
-    j = np.clip(np.searchsorted(ye, y, side="right") - 1, 0, bins - 1)
-    return hist[i, j]
 
 
 class SpreadReducer:
@@ -156,7 +136,6 @@ class SpreadReducer:
                             "mean": mu,
                             "std": sd,
                             "cv": cv,
-                            "density": point_density(mu, sd),
                         }
                     )
                 )
@@ -213,6 +192,7 @@ def _settings(model, groupby, n_samples, library_size, seed) -> dict:
 def expression_spread(
     model,
     adata: AnnData | None = None,
+    *,
     genes: Mapping[str, Sequence[str]] | Sequence[str] | None = None,
     groupby: str | None = None,
     groups: Sequence[str] | None = None,
@@ -258,15 +238,13 @@ def expression_spread(
 
     Returns
     -------
-    ``{"cells", "members", "summary"}``: per (cell, gene) mean, std and CV across members
-    and ``density`` (cells of the gene's group in the same bin of a 60 x 60 histogram of
-    (mean, std): what the model-spread figure colours by);
+    ``{"cells", "members", "summary"}``: per (cell, gene) mean, std and CV across members;
     per (group, gene, member) mean and std over cells; per (group, gene) ``mean``, ``std``,
     ``cv``, ``median``, ``q2.5``, ``q97.5`` (over cells, of the member-mean expression),
     ``member_cv`` (mean over cells of the across-member CV), ``var_between``,
     ``var_within`` (means over cells), ``frac_between`` and ``frac_uncertain_cells``.
     """
-    adata = model._validate_anndata(adata)
+    adata = validated(model, adata, "expression_spread")
     kind_note(model, adata, "expression_spread", key_added)
     reducer = SpreadReducer(adata, genes, groupby, groups)
     stream(model, adata, [reducer], n_samples, library_size, seed, progress=progress)
@@ -325,28 +303,29 @@ def write_gene_uncertainty(
     genes = summary.genes(adata.var_names)
     table = pd.DataFrame(
         {
-            "uncertainty": genes["cv_between"],
+            "cv_between": genes["cv_between"],
             "mean": genes["mean"],
             "frac_between": genes["frac_between"],
         }
     )
-    table["rank"] = table["uncertainty"].rank(ascending=False, method="min").astype(int)
-    for col in ("uncertainty", "mean", "frac_between"):
+    table["rank"] = table["cv_between"].rank(ascending=False, method="min").astype(int)
+    for col in ("cv_between", "mean", "frac_between"):
         adata.var[f"{key_added}_{col}"] = table[col].to_numpy()
-    adata.var[f"{key_added}_uncertainty_rank"] = table["rank"].to_numpy()
+    adata.var[f"{key_added}_cv_between_rank"] = table["rank"].to_numpy()
     if groupby is not None:
         by_group = summary.genes_by_group(adata.var_names, names)
         # group names become HDF5 names in results.h5ad: "/A" would be a path
-        adata.varm[f"{key_added}_uncertainty_by_group"] = h5_columns(by_group)
+        adata.varm[f"{key_added}_cv_between_by_group"] = h5_columns(by_group)
         for g in names:
-            table[f"uncertainty_{g}"] = by_group[g].to_numpy()
+            table[f"cv_between_{g}"] = by_group[g].to_numpy()
     adata.uns.setdefault(key_added, {})["gene_uncertainty"] = params
-    return table.sort_values("uncertainty", ascending=False)
+    return table.sort_values("cv_between", ascending=False)
 
 
 def gene_uncertainty(
     model,
     adata: AnnData | None = None,
+    *,
     groupby: str | None = None,
     n_samples: int = 10,
     library_size: float = 1e4,
@@ -376,10 +355,11 @@ def gene_uncertainty(
     seed
         Seed of the latent samples.
     key_added
-        Writes ``adata.var[f"{key_added}_uncertainty"]`` (score), ``..._uncertainty_rank``
+        Writes ``adata.var[f"{key_added}_cv_between"]`` (score; the name
+        ``model.get_uncertainty`` writes the same number under), ``..._cv_between_rank``
         (1 = least certain), ``..._mean`` (mean denoised expression per ``library_size``)
         and ``..._frac_between`` (between-member share of between + within variance); per
-        group the scores go to ``adata.varm[f"{key_added}_uncertainty_by_group"]``.
+        group the scores go to ``adata.varm[f"{key_added}_cv_between_by_group"]``.
     progress
         Show a progress bar.
 
@@ -387,7 +367,7 @@ def gene_uncertainty(
     -------
     The per-gene table, least certain genes first.
     """
-    adata = model._validate_anndata(adata)
+    adata = validated(model, adata, "gene_uncertainty")
     kind_note(model, adata, "gene_uncertainty", key_added)
     summary, names = gene_summary(adata, groupby)
     stream(

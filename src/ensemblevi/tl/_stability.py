@@ -15,6 +15,7 @@ from scipy import sparse
 from ensemblevi._constants import DEFAULT_KEY
 from ensemblevi._seeding import seeded_globally
 
+from ._checks import validated
 from ._kind_note import kind_note
 from ._novelty_rule import member_latents
 from ._stability_core import (
@@ -55,6 +56,7 @@ def _by_group(values: np.ndarray, adata: AnnData, groupby: str | None) -> pd.Dat
 def neighbourhood_stability(
     model,
     adata: AnnData | None = None,
+    *,
     n_neighbors: int = 15,
     groupby: str | None = None,
     key_added: str = KEY,
@@ -88,7 +90,7 @@ def neighbourhood_stability(
     --------
     >>> ev.tl.neighbourhood_stability(model, adata, groupby="cell_type")  # doctest: +SKIP
     """
-    adata = model._validate_anndata(adata)
+    adata = validated(model, adata, "neighbourhood_stability")
     idx, _ = _graphs(model, adata, n_neighbors)
     values = neighbourhood_jaccard(idx)
     _store_neighbourhood(adata, values, n_neighbors, groupby, key_added)
@@ -112,6 +114,7 @@ def _store_neighbourhood(
 def cluster_stability(
     model,
     adata: AnnData | None = None,
+    *,
     resolution: float = 1.0,
     n_neighbors: int = 15,
     threshold: float = STABLE_JACCARD,
@@ -175,7 +178,7 @@ def cluster_stability(
     """
     if not 0 < threshold <= 1:
         raise ValueError(f"threshold is a Jaccard index in (0, 1], got {threshold}.")
-    adata = model._validate_anndata(adata)
+    adata = validated(model, adata, "cluster_stability")
     idx, dist = _graphs(model, adata, n_neighbors)
     _store_neighbourhood(adata, neighbourhood_jaccard(idx), n_neighbors, None, key_added)
     parts = member_partitions(idx, dist, resolution, seed)
@@ -183,7 +186,9 @@ def cluster_stability(
     table, agreement = cluster_table(consensus, parts, threshold)
     if markers:
         table = table.join(
-            marker_stability(model, adata, consensus, n_top_markers, marker_share, seed)
+            marker_stability(
+                model, adata, consensus, n_top=n_top_markers, share=marker_share, seed=seed
+            )
         )
     ari, nmi = partition_agreement(parts)
     labels = consensus.astype(str)
@@ -216,6 +221,7 @@ def marker_stability(
     model,
     adata: AnnData,
     clusters: np.ndarray,
+    *,
     n_top: int = 10,
     share: float = 0.75,
     seed: int = 0,
@@ -246,6 +252,12 @@ def marker_stability(
     Indexed by cluster (as strings): ``marker_jaccard``, ``n_stable_markers``,
     ``stable_markers``.
     """
+    adata = validated(model, adata, "marker_stability", register=False)
+    if len(clusters) != adata.n_obs:
+        raise ValueError(
+            f"clusters has {len(clusters)} labels for {adata.n_obs} cells: pass one label per "
+            "cell of adata (e.g. adata.obs['ensemblevi_consensus_leiden'])."
+        )
     kind_note(model, adata, "marker_stability")
     codes, pos = np.unique(clusters, return_inverse=True)
     onehot = sparse.csr_matrix(

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from anndata import AnnData
 
-from ensemblevi.model import VarianceParts
+from ensemblevi.model.base._uncertainty import VarianceParts
 
 
 class Reducer(Protocol):

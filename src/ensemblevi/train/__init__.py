@@ -1,27 +1,9 @@
-"""Training: scvi-tools' TrainingPlan with ensemble parameter groups, and safety callbacks."""
+"""Training: scvi-tools' TrainingPlan with ensemble parameter groups.
 
-from ._callbacks import EpochCheckpoint, HyperparameterTrajectory, NaNGuard
-from ._plan import (
-    EnsembleSemiSupervisedTrainingPlan,
-    EnsembleTrainingPlan,
-    FastGroupsMixin,
-    HyperSemiSupervisedTrainingPlan,
-    HyperTrainingPlan,
-    HyperTuneMixin,
-    fast_param_groups,
-    tune_step,
-)
+The safety callbacks (``EpochCheckpoint``, ``NaNGuard``, ``HyperparameterTrajectory``)
+stay importable from ``ensemblevi.train._callbacks``.
+"""
 
-__all__ = [
-    "EnsembleSemiSupervisedTrainingPlan",
-    "EnsembleTrainingPlan",
-    "EpochCheckpoint",
-    "FastGroupsMixin",
-    "HyperSemiSupervisedTrainingPlan",
-    "HyperTrainingPlan",
-    "HyperTuneMixin",
-    "HyperparameterTrajectory",
-    "NaNGuard",
-    "fast_param_groups",
-    "tune_step",
-]
+from ._plan import EnsembleSemiSupervisedTrainingPlan, EnsembleTrainingPlan, HyperTrainingPlan
+
+__all__ = ["EnsembleSemiSupervisedTrainingPlan", "EnsembleTrainingPlan", "HyperTrainingPlan"]

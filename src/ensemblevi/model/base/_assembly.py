@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
-from ensemblevi.module import load_scvi_member
+from ensemblevi.module._from_scvi import load_scvi_member
 
 #: init arguments that differ between shards of one ensemble
 SHARD_ARGS = ("n_members", "member_offset", "n_members_total")

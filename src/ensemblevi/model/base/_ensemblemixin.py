@@ -13,7 +13,7 @@ from anndata import AnnData
 from scvi.utils import track
 
 from ensemblevi._seeding import forked_rng
-from ensemblevi.data import check_finite_counts
+from ensemblevi.data._validate import check_finite_counts
 
 
 class EnsembleMixin:

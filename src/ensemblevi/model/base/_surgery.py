@@ -27,14 +27,13 @@ from torch import nn
 
 from ensemblevi.nn import (
     BatchEnsembleLinear,
-    EnsembleBatchNorm,
-    EnsembleFCLayers,
     EnsembleLinear,
     HyperBatchEnsembleLinear,
-    HyperDropout,
     MemberDropout,
-    SharedLinear,
 )
+from ensemblevi.nn._blocks import EnsembleFCLayers
+from ensemblevi.nn._hyperbatch import HyperDropout
+from ensemblevi.nn._norm_dropout import EnsembleBatchNorm, SharedLinear
 
 #: The state-dict suffix of each parameter of a linear layer that has an input axis, and
 #: that axis; every other parameter of the layer (biases, output fast weights ``s``, the

@@ -15,8 +15,8 @@ import torch
 from anndata import AnnData
 
 from ensemblevi._constants import VARIANCE_PARTS, chunk_size
-from ensemblevi.data import is_collection
-from ensemblevi.module import Predictive
+from ensemblevi.data._validate import is_collection
+from ensemblevi.module._predictive import Predictive
 
 from ._ensemblemixin import EnsembleMixin
 from ._uncertainty import UncertaintySummary, decompose_variance
