@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -277,13 +278,36 @@ def check_unique_genes(adata: AnnData) -> None:
     )
 
 
+#: matrices found finite: id -> (weak reference, fingerprint); see :func:`check_finite_counts`
+_FINITE: dict[int, tuple[weakref.ref, tuple]] = {}
+
+
+def _fingerprint(x) -> tuple | None:
+    """What changes when a count matrix object is replaced or resized (``None``: no cache).
+
+    The addresses of its buffers, its shape and type: reassigning ``adata.X`` or a layer,
+    resizing, or converting the format changes them. Writing new values into the same
+    buffers does not (nothing short of a rescan sees that).
+    """
+    if isinstance(x, np.ndarray):
+        return ("dense", x.__array_interface__["data"][0], x.shape, x.strides, x.dtype.str)
+    if sp.issparse(x) and hasattr(x, "indptr"):
+        buffers = (x.data, x.indices, x.indptr)
+        return ("sparse", x.format, x.shape, *(b.__array_interface__["data"][0] for b in buffers))
+    return None
+
+
 def check_finite_counts(
     adata: AnnData, layer: str | None = None, indices: Iterable[int] | None = None
 ) -> None:
     """Raise a ``ValueError`` when the counts hold NaN or infinite values.
 
     A cheaper check than :func:`validate_counts`, for data given to a trained model: a NaN
-    count makes every likelihood ``nan`` without an error.
+    count makes every likelihood ``nan`` without an error. A matrix found finite is
+    remembered (by object, buffer addresses and shape) and not scanned again: every
+    inference call checks, and a scan of a 18,641 x 1,200 matrix is paid once. Values
+    written into an already checked matrix in place are not seen; a new or resized matrix
+    (``adata.X = ...``) is scanned again.
 
     Parameters
     ----------
@@ -292,25 +316,38 @@ def check_finite_counts(
     layer
         Layer holding the counts (``None``: ``X``).
     indices
-        Only these cells (``None``: all).
+        Only these cells (``None``: all; a NaN elsewhere is only reported for them).
     """
     x = get_counts(adata, layer)
     if np.issubdtype(x.dtype, np.integer) or x.dtype == bool:
         return
-    if indices is not None:
+    key = _fingerprint(x)
+    known = _FINITE.get(id(x))
+    if key is not None and known is not None and known[0]() is x and known[1] == key:
+        return
+    n_bad = _n_not_finite(x)
+    if not n_bad and key is not None:
+        ident = id(x)
+        _FINITE[ident] = (weakref.ref(x, lambda _: _FINITE.pop(ident, None)), key)
+    if n_bad and indices is not None:
         rows = np.unique(np.asarray(list(indices), dtype=int))
-        if len(rows) < x.shape[0]:  # all cells: no copy of the matrix
-            x = x[rows]
-    n_bad = 0
-    for _, rows in _row_chunks(x):
-        vals = rows.data if sp.issparse(rows) else rows
-        n_bad += int(vals.size - np.isfinite(vals).sum())
+        if len(rows) < x.shape[0]:
+            n_bad = _n_not_finite(x[rows])
     if n_bad:
         raise ValueError(
             f"{_source_name(layer)} has {n_bad} NaN or infinite count(s); every likelihood of "
             "those cells would be nan. Raw counts are always finite: reload the count matrix "
             "or drop the affected cells/genes (and check any step that wrote into it)."
         )
+
+
+def _n_not_finite(x) -> int:
+    """NaN and infinite values of a dense or sparse matrix, counted chunk by chunk."""
+    n_bad = 0
+    for _, rows in _row_chunks(x):
+        vals = rows.data if sp.issparse(rows) else rows
+        n_bad += int(vals.size - np.isfinite(vals).sum())
+    return n_bad
 
 
 def check_setup_data(
