@@ -278,17 +278,11 @@ def check_unique_genes(adata: AnnData) -> None:
     )
 
 
-#: matrices found finite: id -> (weak reference, fingerprint); see :func:`check_finite_counts`
-_FINITE: dict[int, tuple[weakref.ref, tuple]] = {}
+_FINITE: dict[int, tuple[weakref.ref, tuple]] = {}  # id -> (ref, fingerprint): found finite
 
 
 def _fingerprint(x) -> tuple | None:
-    """What changes when a count matrix object is replaced or resized (``None``: no cache).
-
-    The addresses of its buffers, its shape and type: reassigning ``adata.X`` or a layer,
-    resizing, or converting the format changes them. Writing new values into the same
-    buffers does not (nothing short of a rescan sees that).
-    """
+    """Buffer addresses, shape and type of a count matrix (``None``: not remembered)."""
     if isinstance(x, np.ndarray):
         return ("dense", x.__array_interface__["data"][0], x.shape, x.strides, x.dtype.str)
     if sp.issparse(x) and hasattr(x, "indptr"):
@@ -304,10 +298,9 @@ def check_finite_counts(
 
     A cheaper check than :func:`validate_counts`, for data given to a trained model: a NaN
     count makes every likelihood ``nan`` without an error. A matrix found finite is
-    remembered (by object, buffer addresses and shape) and not scanned again: every
-    inference call checks, and a scan of a 18,641 x 1,200 matrix is paid once. Values
-    written into an already checked matrix in place are not seen; a new or resized matrix
-    (``adata.X = ...``) is scanned again.
+    remembered (object, buffer addresses, shape) and not scanned again by the next
+    inference call; a new matrix (``adata.X = ...``) is scanned again, values written
+    into a checked one in place are not seen.
 
     Parameters
     ----------
@@ -321,13 +314,11 @@ def check_finite_counts(
     x = get_counts(adata, layer)
     if np.issubdtype(x.dtype, np.integer) or x.dtype == bool:
         return
-    key = _fingerprint(x)
-    known = _FINITE.get(id(x))
-    if key is not None and known is not None and known[0]() is x and known[1] == key:
+    key, (ref, known) = _fingerprint(x), _FINITE.get(id(x), (lambda: None, None))
+    if key is not None and ref() is x and known == key:
         return
-    n_bad = _n_not_finite(x)
+    n_bad, ident = _n_not_finite(x), id(x)
     if not n_bad and key is not None:
-        ident = id(x)
         _FINITE[ident] = (weakref.ref(x, lambda _: _FINITE.pop(ident, None)), key)
     if n_bad and indices is not None:
         rows = np.unique(np.asarray(list(indices), dtype=int))
@@ -343,11 +334,8 @@ def check_finite_counts(
 
 def _n_not_finite(x) -> int:
     """NaN and infinite values of a dense or sparse matrix, counted chunk by chunk."""
-    n_bad = 0
-    for _, rows in _row_chunks(x):
-        vals = rows.data if sp.issparse(rows) else rows
-        n_bad += int(vals.size - np.isfinite(vals).sum())
-    return n_bad
+    vals = (rows.data if sp.issparse(rows) else rows for _, rows in _row_chunks(x))
+    return sum(int(v.size - np.isfinite(v).sum()) for v in vals)
 
 
 def check_setup_data(
