@@ -132,6 +132,7 @@ def decompose_members(
     library_size: float = 1e4,
     std: torch.Tensor | None = None,
     overwrite: bool = False,
+    out: torch.Tensor | None = None,
 ) -> tuple[VarianceParts, torch.Tensor]:
     """:func:`decompose_variance` and the members' means over samples, in fewer passes.
 
@@ -142,6 +143,9 @@ def decompose_members(
     overwrite
         ``scale`` and ``zi_logits`` are throwaway tensors that may be overwritten: the
         streamed pass then allocates one ``(S, K, B, G)`` tensor less of each.
+    out
+        A throwaway buffer shaped like ``scale`` for the count noise (the streamed pass
+        gives the prediction's ``rate``, read before): one tensor less again.
 
     Returns
     -------
@@ -158,7 +162,9 @@ def decompose_members(
     mean = member_mean.mean(0)
     var_between = (member_mean - mean).square_().mean(0)
     if std is None:
-        noise = count_variance_fraction(scale, library, theta, zi_logits, overwrite_zi=overwrite)
+        noise = count_variance_fraction(
+            scale, library, theta, zi_logits, out=out, overwrite_zi=overwrite
+        )
     else:
         noise = (std / library).square_().expand_as(scale)
     var_noise = noise.mean((0, 1)).mul_(library_size**2)

@@ -209,8 +209,14 @@ class UncertaintyMixin(EnsembleMixin):
                 x = tensors[REGISTRY_KEYS.X_KEY]
                 member_elbo = self.module.elbo_of(pred, x)
             inputs = _variance_inputs(pred, gene_idx)
-            del pred  # its scale and zero-inflation logits are overwritten below
-            res, members = decompose_members(**inputs, library_size=library_size, overwrite=True)
+            # the noise goes into the rate's buffer (the ELBO above was its last reader)
+            out = pred.rate if gene_idx is None and pred.std is None else None
+            if out is not None and (out.shape != pred.scale.shape or not out.is_contiguous()):
+                out = None
+            del pred  # its scale, zero-inflation logits and rate are overwritten below
+            res, members = decompose_members(
+                **inputs, library_size=library_size, overwrite=True, out=out
+            )
             n = res.mean.shape[0]
             yield idx[start : start + n], res, members, member_elbo
             start += n
