@@ -72,6 +72,7 @@ SMOKE: dict[str, list[str]] = {
         "deep",
     ],
     "probe_analysis_memory.py": ["2", "novelty", "--cells", "500", "--members", "2"],
+    "profile_analysis.py": ["--cells", "500", "--members", "2", "--n-samples", "2"],
     "profile_step.py": ["scvi", "single", "--cells", "300", "--steps", "2"],
     "profile_uncertainty.py": [
         "--cells",
