@@ -37,6 +37,13 @@ def main() -> None:
     parser.add_argument("--n-samples", type=int, default=10, help="as ensemblevi run")
     parser.add_argument("--embedding", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--batch-size", type=int, default=None, help="cells per chunk")
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        help="stop training after this many minibatches (the analysis' cost does not depend "
+        "on the training; on a loaded machine this saves the epoch)",
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     logging.getLogger("scvi").setLevel(logging.ERROR)
@@ -50,7 +57,8 @@ def main() -> None:
     EnsembleSCVI.setup_anndata(adata, layer="counts", batch_key="batch")
     model = EnsembleSCVI(adata, n_members=args.members, ensemble="deep", seed=0)
     t = time.perf_counter()
-    model.train(max_epochs=args.epochs, seed=0, enable_progress_bar=False)
+    steps = {} if args.max_steps is None else {"max_steps": args.max_steps}
+    model.train(max_epochs=args.epochs, seed=0, enable_progress_bar=False, **steps)
     print(f"{adata.n_obs:,} cells x {adata.n_vars:,} genes, {model.n_members} members", flush=True)
     print(f"training {args.epochs} epoch(s): {time.perf_counter() - t:.1f} s")
     before = peak_mb()

@@ -7,7 +7,9 @@ covariate) and the same 128 cells per minibatch per member, each in its own subp
 (``deep4+compile``) trains with ``compile_likelihood=True``.
 
 Run: ``.venv/bin/python benchmarks/bench_ensemble_speed.py [--epochs 3] [--seq 36]``
-(``--only scvi single --repeats 5``: the side-by-side ratio on a loaded machine, medians);
+(``--only scvi single --repeats 5``: the side-by-side ratio on a loaded machine, medians;
+``--only scvi single --interleaved``: every configuration in this one process, one epoch of
+each in turn, wall and CPU seconds per epoch: the fairest comparison on a shared machine);
 on a GPU: ``--accelerator gpu --batch-sizes 128 1024`` (adds peak GPU memory).
 """
 
@@ -158,6 +160,56 @@ def matmul_peak() -> dict:
     return res
 
 
+def interleaved(names: list[str], epochs: int, data: str, batch_size: int = 128) -> None:
+    """Train every configuration in this process, one epoch of each in turn.
+
+    Each ``train`` call runs one epoch (the models keep training from where they were);
+    the epoch's wall and CPU seconds (this process, all threads) are read by a callback, so
+    set-up is excluded. A load change on a shared machine hits every configuration alike;
+    CPU seconds are less sensitive to the load than wall seconds.
+    """
+    _quiet()
+    from lightning.pytorch.callbacks import Callback
+
+    class EpochClock(Callback):
+        def __init__(self):
+            self.wall: list[float] = []
+            self.cpu: list[float] = []
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            self._t, self._c = time.perf_counter(), time.process_time()
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            self.wall.append(time.perf_counter() - self._t)
+            self.cpu.append(time.process_time() - self._c)
+
+    adata = _data(data)
+    models = {name: _model(name, adata.copy()) for name in names}
+    clocks = {name: EpochClock() for name in names}
+    for epoch in range(epochs):
+        for name in names if epoch % 2 == 0 else names[::-1]:
+            fit = {"batch_size": batch_size, "enable_progress_bar": False}
+            if name != "scvi":
+                fit["compile_likelihood"] = name.endswith("+compile")
+            models[name].train(max_epochs=1, callbacks=[clocks[name]], accelerator="cpu", **fit)
+            print(f"  epoch {epoch + 1} {name}: {clocks[name].wall[-1]:.2f} s", file=sys.stderr)
+    base = clocks.get("scvi")
+    print(
+        f"heartlike {adata.n_obs:,} cells, batch size {batch_size}, {epochs} epochs each, "
+        "interleaved in one process; medians over the epochs\n"
+    )
+    print("| configuration | s / epoch | vs SCVI | CPU s / epoch | CPU vs SCVI |")
+    print("| --- | --- | --- | --- | --- |")
+    for name in names:
+        wall, cpu = statistics.median(clocks[name].wall), statistics.median(clocks[name].cpu)
+        w_base = statistics.median(base.wall) if base else float("nan")
+        c_base = statistics.median(base.cpu) if base else float("nan")
+        print(
+            f"| {CONFIGS[name]} | {wall:.2f} | {wall / w_base:.2f}x | {cpu:.2f} "
+            f"| {cpu / c_base:.2f}x |"
+        )
+
+
 def _run_worker(
     name: str, epochs: int, seq: int, data: str, accelerator: str = "cpu", batch_size: int = 128
 ) -> dict:
@@ -187,6 +239,11 @@ def main() -> None:
         default=1,
         help="runs per configuration, alternating the order; the table shows the medians",
     )
+    parser.add_argument(
+        "--interleaved",
+        action="store_true",
+        help="all configurations in this process, one epoch of each in turn",
+    )
     args = parser.parse_args()
     if args.worker:
         res = worker(
@@ -211,6 +268,9 @@ def main() -> None:
 
     import torch
 
+    if args.interleaved:
+        interleaved(args.only or ["scvi", "single"], args.epochs, data, args.batch_sizes[0])
+        return
     gpu = args.accelerator == "gpu"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.accelerator}\n")
     best_peak = float("nan")

@@ -1,10 +1,12 @@
 """Time the synthetic generator on each preset and at 20,000 cells x 2,000 genes.
 
-Run: ``.venv/bin/python benchmarks/bench_simulator.py`` (prints a markdown table).
+Run: ``.venv/bin/python benchmarks/bench_simulator.py`` (prints a markdown table;
+``--cells 100 --repeats 1`` shrinks every case, for a smoke run).
 """
 
 from __future__ import annotations
 
+import argparse
 import resource
 import time
 
@@ -19,10 +21,20 @@ CASES = [
 ]
 
 
-def main(repeats: int = 3) -> None:
-    print("| preset | cells x genes | best of 3 (s) | counts nnz (MB) | true_rate (MB) |")
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cells", type=int, default=None, help="every case's cells")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    repeats = args.repeats
+    cases = CASES
+    if args.cells is not None:  # smaller cases (the 2,000 genes case too: 200 genes)
+        cases = [
+            (p, {**o, "n_cells": args.cells, **({"n_genes": 200} if o else {})}) for p, o in CASES
+        ]
+    print(f"| preset | cells x genes | best of {repeats} (s) | counts nnz (MB) | true_rate (MB) |")
     print("| --- | --- | --- | --- | --- |")
-    for preset, over in CASES:
+    for preset, over in cases:
         times = []
         for r in range(repeats):
             t0 = time.perf_counter()

@@ -8,14 +8,16 @@ time and the increase of the process' peak RSS over the peak before the analysis
 
     for S in 5 10; do for p in spread genes novelty embedding; do
         .venv/bin/python benchmarks/probe_analysis_memory.py $S $p; done; done
+
+(``--cells`` and ``--members`` change the size: 6,000 and 36 by default.)
 """
 
 from __future__ import annotations
 
+import argparse
 import gc
 import logging
 import resource
-import sys
 import time
 import warnings
 
@@ -32,11 +34,17 @@ def main() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     import ensemblevi as ev
 
-    n_samples, part = int(sys.argv[1]), sys.argv[2]
-    adata = ev.data.synthetic("heartlike", seed=0, n_cells=6000, lean=True)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("n_samples", type=int)
+    parser.add_argument("part", choices=["spread", "genes", "novelty", "embedding", "all"])
+    parser.add_argument("--cells", type=int, default=6000)
+    parser.add_argument("--members", type=int, default=36)
+    args = parser.parse_args()
+    n_samples, part = args.n_samples, args.part
+    adata = ev.data.synthetic("heartlike", seed=0, n_cells=args.cells, lean=True)
     layer = "counts" if "counts" in adata.layers else None
     ev.model.EnsembleSCVI.setup_anndata(adata, layer=layer)
-    model = ev.model.EnsembleSCVI(adata, n_members=36, seed=0)
+    model = ev.model.EnsembleSCVI(adata, n_members=args.members, seed=0)
     model.train(max_epochs=1, enable_progress_bar=False)
     gc.collect()
     before = peak_mb()

@@ -4,12 +4,13 @@ Run: ``.venv/bin/python benchmarks/profile_step.py scvi deep4 single`` (names as
 ``bench_ensemble_speed.py``; a ``+compile`` suffix, e.g. ``deep4+compile``, runs the step
 inside ``compiled_likelihood()``; ``+composed`` uses autograd through the composed
 likelihood instead of the fused forward/backward). Prints ms per step and torch
-profiler's top operators.
+profiler's top operators. ``--cells`` (3,000) and ``--steps`` (20 timed, 10 profiled)
+change the size.
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 import time
 import warnings
 
@@ -21,18 +22,24 @@ from ensemblevi.module import _likelihood
 from ensemblevi.module._likelihood import compiled_likelihood
 
 
-def main(names: list[str]) -> None:
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("names", nargs="*", default=["scvi", "deep4"])
+    parser.add_argument("--cells", type=int, default=3000)
+    parser.add_argument("--steps", type=int, default=20)
+    args = parser.parse_args()
+    names, n_steps = args.names, args.steps
     warnings.filterwarnings("ignore")
     from bench_ensemble_speed import _model
 
-    adata = synthetic("heartlike", seed=0, n_cells=3000)
+    adata = synthetic("heartlike", seed=0, n_cells=args.cells)
     for label in names:
         name, _, flag = label.partition("+")
         model = _model(name, adata)
         module = model.module
         module.train()
         loader = model._make_data_loader(adata=adata, batch_size=128, shuffle=True)
-        batches = [b for b, _ in zip(loader, range(20), strict=False)]
+        batches = [b for b, _ in zip(loader, range(n_steps), strict=False)]
         # the optimiser each model's own training plan builds (scvi-tools: default Adam;
         # EnsembleTrainingPlan: fused Adam)
         opt = torch.optim.Adam(module.parameters(), lr=1e-3, eps=0.01, fused=name != "scvi")
@@ -54,11 +61,11 @@ def main(names: list[str]) -> None:
             step(b)
         print(f"{label}: {(time.perf_counter() - t0) / len(batches) * 1e3:.1f} ms/step")
         with profile() as prof:
-            for b in batches[:10]:
+            for b in batches[: max(1, n_steps // 2)]:
                 step(b)
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
         _likelihood._fused = fused
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["scvi", "deep4"])
+    main()

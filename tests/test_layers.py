@@ -71,6 +71,30 @@ def test_ensemble_linear_3d_shared_and_single_member_agree():
     torch.testing.assert_close(layer(samples)[1], layer(samples[1]))
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_ensemble_linear_sample_axes_match_a_loop_over_members(bias):
+    # (S, T, K, B, d) inputs take the folded bmm path; reference: each member's own
+    # nn.Linear on each (sample, member) slice, forward and backward
+    layer = EnsembleLinear(K, D_IN, D_OUT, bias=bias)
+    x = torch.randn(2, 3, K, B, D_IN, requires_grad=True)
+    out = layer(x)
+    assert out.shape == (2, 3, K, B, D_OUT)
+    ref = torch.stack(
+        [
+            torch.nn.functional.linear(
+                x[:, :, k], layer.weight[k].T, None if layer.bias is None else layer.bias[k]
+            )
+            for k in range(K)
+        ],
+        dim=2,
+    )
+    torch.testing.assert_close(out, ref)
+    grad = torch.randn_like(out)
+    (g_layer,) = torch.autograd.grad(out, layer.weight, grad, retain_graph=True)
+    (g_ref,) = torch.autograd.grad(ref, layer.weight, grad)
+    torch.testing.assert_close(g_layer, g_ref)
+
+
 def test_members_are_initialised_independently():
     layer = EnsembleLinear(K, D_IN, D_OUT)
     assert not torch.allclose(layer.weight[0], layer.weight[1])

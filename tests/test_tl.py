@@ -205,6 +205,28 @@ def test_one_pass_equals_the_separate_calls(heart):
     assert umap.shape == (adata.n_obs, 2) and np.isfinite(umap).all()
 
 
+def test_streamed_elbo_equals_get_elbo_on_the_same_draws(heart):
+    # the novelty ELBO is read from the pass' first latent sample: with one sample and
+    # get_elbo's minibatches (128 cells) the draws are get_elbo's, and so are the values
+    from ensemblevi.model.base._uncertainty import UncertaintySummary
+    from ensemblevi.tl._stream import ElboReducer, SummaryReducer, stream
+
+    adata, model = heart
+    elbo = ElboReducer(model.n_members, adata.n_obs)
+    summary = SummaryReducer(UncertaintySummary(adata.n_obs, adata.n_vars))
+    stream(model, adata, [summary, elbo], 1, seed=4, batch_size=128, progress=False)
+    table = model.get_elbo(adata, return_mean=False, return_table=True, seed=4)
+    members = table.drop(columns="mixture").to_numpy().T
+    np.testing.assert_allclose(elbo.values, members, rtol=1e-6)
+    # on a subset of cells (the reference's calibration cells), the same cells' values
+    cells = np.arange(0, adata.n_obs, 3)
+    sub = ElboReducer(model.n_members, adata.n_obs)
+    sub.cells = cells
+    stream(model, adata, [sub], 2, seed=4, progress=False)
+    assert np.isnan(np.delete(sub.values, cells, axis=1)).all()
+    assert np.isfinite(sub.values[:, cells]).all()
+
+
 def test_one_pass_against_a_float64_reference(heart):
     adata, model = heart
     markers = load_markers("heart")  # 3 of the 11 cell types

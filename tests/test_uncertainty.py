@@ -1,6 +1,7 @@
 """Variance decomposition against a float64 loop and against sampling from scvi-tools."""
 
 import numpy as np
+import pytest
 import torch
 from scvi.distributions import NegativeBinomial, ZeroInflatedNegativeBinomial
 
@@ -55,6 +56,47 @@ def test_decomposition_matches_loop_reference():
     # between + within is the variance over all member samples (law of total variance)
     flat = torch.from_numpy(scale * 1e4).reshape(S * K, B, G)
     torch.testing.assert_close(parts.var_between + parts.var_within, flat.var(0, unbiased=False))
+
+
+@pytest.mark.parametrize("likelihood", ["zinb", "nb", "poisson", "zi-poisson"])
+def test_overwriting_decomposition_matches_the_formulas(likelihood):
+    # the streamed pass' variant (in place on its throwaway buffers) against the formulas
+    # written out in float64, for every likelihood the noise term has
+    from ensemblevi.model.base._uncertainty import decompose_members
+
+    rng = np.random.default_rng(1)
+    S, K, B, G = 3, 4, 5, 7
+    scale = torch.from_numpy(rng.dirichlet(np.ones(G), size=(S, K, B)))
+    library = torch.from_numpy(rng.uniform(500, 5000, size=(S, K, B, 1)))
+    theta = torch.from_numpy(rng.uniform(0.2, 5, size=(1, K, 1, G)))
+    zi = torch.from_numpy(rng.normal(size=(S, K, B, G)))
+    th = None if "poisson" in likelihood else theta
+    logits = zi if likelihood.startswith("z") else None
+    pi = 0 if logits is None else torch.sigmoid(zi)
+    noise = scale / library + (0 if th is None else scale**2 / th)
+    noise = (1 - pi) * noise + pi * (1 - pi) * scale**2
+    L = 1e4
+    rho = scale * L
+    want_members = rho.mean(0)
+    want = VarianceParts(
+        want_members.mean(0),
+        want_members.var(0, unbiased=False),
+        rho.var(0, unbiased=False).mean(0),
+        (noise * L**2).mean((0, 1)),
+    )
+    kept = decompose_variance(scale, library, th, logits, library_size=L)
+    parts, members = decompose_members(
+        scale.clone(),
+        library,
+        th,
+        None if logits is None else logits.clone(),
+        library_size=L,
+        overwrite=True,
+    )
+    torch.testing.assert_close(members, want_members, rtol=1e-12, atol=0)
+    for ours, kept_part, ref in zip(parts, kept, want, strict=True):
+        torch.testing.assert_close(ours, ref, rtol=1e-10, atol=0)
+        torch.testing.assert_close(kept_part, ref, rtol=1e-10, atol=0)
 
 
 def test_count_noise_matches_sampled_variance():

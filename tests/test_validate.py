@@ -141,6 +141,29 @@ def test_check_finite_counts(counts, fmt):
         check_finite_counts(ad, layer="counts", indices=[9, 1])
 
 
+@pytest.mark.parametrize("fmt", [np.asarray, sp.csr_matrix])
+def test_check_finite_counts_scans_a_matrix_once_and_a_new_one_again(counts, fmt, monkeypatch):
+    from ensemblevi.data import _validate
+
+    scans = []
+    real = _validate._n_not_finite
+    monkeypatch.setattr(_validate, "_n_not_finite", lambda x: scans.append(1) or real(x))
+    ad = _adata(fmt(counts), counts=fmt(counts.copy()))
+    for _ in range(3):
+        _validate.check_finite_counts(ad, layer="counts")
+    assert len(scans) == 1  # remembered as finite
+    bad = counts.copy()
+    bad[3, 1] = np.nan
+    ad.layers["counts"] = fmt(bad)  # a new matrix: scanned again, and refused
+    with pytest.raises(ValueError, match="has 1 NaN"):
+        _validate.check_finite_counts(ad, layer="counts")
+    with pytest.raises(ValueError, match="has 1 NaN"):  # a bad matrix is never remembered
+        _validate.check_finite_counts(ad, layer="counts")
+    n = len(scans)
+    _validate.check_finite_counts(ad[5:].copy(), layer="counts")  # a copy: scanned again
+    assert len(scans) == n + 1
+
+
 def test_get_elbo_on_nan_counts_is_a_named_error():
     import logging
     import warnings

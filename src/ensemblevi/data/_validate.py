@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -277,13 +278,29 @@ def check_unique_genes(adata: AnnData) -> None:
     )
 
 
+_FINITE: dict[int, tuple[weakref.ref, tuple]] = {}  # id -> (ref, fingerprint): found finite
+
+
+def _fingerprint(x) -> tuple | None:
+    """Buffer addresses, shape and type of a count matrix (``None``: not remembered)."""
+    if isinstance(x, np.ndarray):
+        return ("dense", x.__array_interface__["data"][0], x.shape, x.strides, x.dtype.str)
+    if sp.issparse(x) and hasattr(x, "indptr"):
+        buffers = (x.data, x.indices, x.indptr)
+        return ("sparse", x.format, x.shape, *(b.__array_interface__["data"][0] for b in buffers))
+    return None
+
+
 def check_finite_counts(
     adata: AnnData, layer: str | None = None, indices: Iterable[int] | None = None
 ) -> None:
     """Raise a ``ValueError`` when the counts hold NaN or infinite values.
 
     A cheaper check than :func:`validate_counts`, for data given to a trained model: a NaN
-    count makes every likelihood ``nan`` without an error.
+    count makes every likelihood ``nan`` without an error. A matrix found finite is
+    remembered (object, buffer addresses, shape) and not scanned again by the next
+    inference call; a new matrix (``adata.X = ...``) is scanned again, values written
+    into a checked one in place are not seen.
 
     Parameters
     ----------
@@ -292,25 +309,33 @@ def check_finite_counts(
     layer
         Layer holding the counts (``None``: ``X``).
     indices
-        Only these cells (``None``: all).
+        Only these cells (``None``: all; a NaN elsewhere is only reported for them).
     """
     x = get_counts(adata, layer)
     if np.issubdtype(x.dtype, np.integer) or x.dtype == bool:
         return
-    if indices is not None:
+    key, (ref, known) = _fingerprint(x), _FINITE.get(id(x), (lambda: None, None))
+    if key is not None and ref() is x and known == key:
+        return
+    n_bad, ident = _n_not_finite(x), id(x)
+    if not n_bad and key is not None:
+        _FINITE[ident] = (weakref.ref(x, lambda _: _FINITE.pop(ident, None)), key)
+    if n_bad and indices is not None:
         rows = np.unique(np.asarray(list(indices), dtype=int))
-        if len(rows) < x.shape[0]:  # all cells: no copy of the matrix
-            x = x[rows]
-    n_bad = 0
-    for _, rows in _row_chunks(x):
-        vals = rows.data if sp.issparse(rows) else rows
-        n_bad += int(vals.size - np.isfinite(vals).sum())
+        if len(rows) < x.shape[0]:
+            n_bad = _n_not_finite(x[rows])
     if n_bad:
         raise ValueError(
             f"{_source_name(layer)} has {n_bad} NaN or infinite count(s); every likelihood of "
             "those cells would be nan. Raw counts are always finite: reload the count matrix "
             "or drop the affected cells/genes (and check any step that wrote into it)."
         )
+
+
+def _n_not_finite(x) -> int:
+    """NaN and infinite values of a dense or sparse matrix, counted chunk by chunk."""
+    vals = (rows.data if sp.issparse(rows) else rows for _, rows in _row_chunks(x))
+    return sum(int(v.size - np.isfinite(v).sum()) for v in vals)
 
 
 def check_setup_data(

@@ -101,6 +101,30 @@ def to_smbd(t: torch.Tensor, n_samples: int, one_member: bool) -> torch.Tensor:
     return t
 
 
+def first_sample(pred: Predictive) -> Predictive:
+    """``pred`` restricted to its first latent sample (views: nothing is copied).
+
+    Parameters
+    ----------
+    pred
+        A prediction with ``S >= 1`` samples.
+    """
+
+    def first(t):
+        return None if t is None else t[:1]
+
+    return pred._replace(
+        z=first(pred.z),
+        library=first(pred.library),
+        scale=first(pred.scale),
+        rate=first(pred.rate),
+        theta=first(pred.theta),
+        zi_logits=first(pred.zi_logits),
+        std=first(pred.std),
+        untran_z=first(pred.untran_z),
+    )
+
+
 class PredictiveMixin:
     """EnsembleVAE's evaluation methods, all computed through :meth:`predictive`.
 
@@ -207,12 +231,30 @@ class PredictiveMixin:
         tensors
             A minibatch.
         """
-        pred = self.predictive(tensors)
-        x = tensors[REGISTRY_KEYS.X_KEY]
-        elbo = pred.log_prob_sum(x, self.gene_likelihood)[0]
-        elbo = elbo - kl_divergence(pred.qz, Normal(0.0, 1.0)).sum(-1)[0]
-        if pred.ql is not None:
-            elbo = elbo - kl_divergence(pred.ql, pred.pl).sum(-1)[0]
+        return self.elbo_of(self.predictive(tensors), tensors[REGISTRY_KEYS.X_KEY])
+
+    def elbo_of(self, pred: Predictive, x: torch.Tensor) -> torch.Tensor:
+        """Per-member, per-cell ELBO (beta = 1) from the first latent sample of ``pred``.
+
+        What :meth:`member_elbo` returns for a one-sample prediction; the streamed
+        uncertainty pass reads it from its own first sample instead of a second pass.
+
+        Parameters
+        ----------
+        pred
+            A :meth:`predictive` output (any number of samples: only the first is read).
+        x
+            The minibatch's counts ``(B, G)``.
+
+        Returns
+        -------
+        ``(M, B)``.
+        """
+        first = first_sample(pred)
+        elbo = first.log_prob_sum(x, self.gene_likelihood)[0]
+        elbo = elbo - kl_divergence(first.qz, Normal(0.0, 1.0)).sum(-1)[0]
+        if first.ql is not None:
+            elbo = elbo - kl_divergence(first.ql, first.pl).sum(-1)[0]
         return elbo
 
     @torch.inference_mode()

@@ -13,7 +13,7 @@ from ._embedding import UMAP_KEY, umap
 from ._novelty import _check_novelty, flag_novel_cells, novelty_scores
 from ._novelty_rule import MIN_VALIDATION_CELLS
 from ._spread import KEY, SpreadReducer, _settings, gene_summary, write_gene_uncertainty
-from ._stream import SummaryReducer, stream
+from ._stream import ElboReducer, SummaryReducer, stream
 
 
 class _LogExpression:
@@ -109,9 +109,11 @@ def uncertainty_analysis(
     spread = None if markers is None else SpreadReducer(adata, markers, groupby)
     summary, names = gene_summary(adata, groupby) if genes or novelty else (None, [])
     expression = _LogExpression(adata.n_obs, adata.n_vars) if embedding else None
+    # the novelty ELBOs come from the same pass (its first latent sample)
+    elbo = ElboReducer(model.n_members, adata.n_obs) if novelty else None
     reducers = [
         r
-        for r in (spread, None if summary is None else SummaryReducer(summary), expression)
+        for r in (spread, None if summary is None else SummaryReducer(summary), expression, elbo)
         if r is not None
     ]
     stream(model, adata, reducers, n_samples, library_size, seed, batch_size, progress)
@@ -122,7 +124,7 @@ def uncertainty_analysis(
     if genes:
         out["genes"] = write_gene_uncertainty(adata, summary, names, groupby, settings, key_added)
     if novelty:
-        scores = novelty_scores(model, adata, summary, seed)
+        scores = novelty_scores(summary, elbo.values, adata.obs_names)
         info = {"n_samples": int(n_samples), "seed": int(seed)}
         out["novelty"] = flag_novel_cells(
             model, adata, scores, alpha, info, key_added, progress=progress

@@ -44,7 +44,7 @@ from ._novelty_rule import (
     novelty_reference,
     reference_rows,
 )
-from ._stream import SummaryReducer, stream
+from ._stream import ElboReducer, SummaryReducer, stream
 
 KEY = DEFAULT_KEY
 SCORES = ("novelty_knn", "novelty_cv", "novelty_llgap")
@@ -54,29 +54,29 @@ N_NEIGHBORS = 15
 
 
 def novelty_scores(
-    model, adata: AnnData, summary: UncertaintySummary, seed: int = 0
+    summary: UncertaintySummary, elbo: np.ndarray, obs_names: pd.Index
 ) -> pd.DataFrame:
-    """The two disagreement scores of every cell, from a filled all-cells summary and the
-    members' ELBOs (``novelty_knn`` is added by :func:`flag_novel_cells`).
+    """The two disagreement scores of every cell, from a filled summary and the members'
+    ELBOs of the same streamed pass (``novelty_knn`` is added by :func:`flag_novel_cells`).
 
     Parameters
     ----------
-    model
-        A trained :class:`~ensemblevi.model.EnsembleSCVI`.
-    adata
-        AnnData registered with the model.
     summary
-        An :class:`~ensemblevi.model._uncertainty.UncertaintySummary` over all of
-        ``adata``'s cells (rows: their positions), filled by a streamed pass.
-    seed
-        Seed of the ELBO's latent sample.
+        An :class:`~ensemblevi.model._uncertainty.UncertaintySummary` whose rows are the
+        scored cells, filled by a streamed pass.
+    elbo
+        The members' ELBOs of those cells ``(K, n_cells)``
+        (:class:`~ensemblevi.tl._stream.ElboReducer`).
+    obs_names
+        The cells' names.
+
+    Returns
+    -------
+    ``novelty_cv`` and ``novelty_llgap`` per cell.
     """
-    elbo = model.get_elbo(adata, return_mean=False, return_table=True, seed=seed)
-    members = torch.from_numpy(elbo.drop(columns="mixture").to_numpy().T)
+    members = torch.from_numpy(np.asarray(elbo, dtype=np.float64))
     gap = (logmeanexp(members, 0) - members.mean(0)).numpy()
-    return pd.DataFrame(
-        {"novelty_cv": summary.cell_rms_cv, "novelty_llgap": gap}, index=adata.obs_names
-    )
+    return pd.DataFrame({"novelty_cv": summary.cell_rms_cv, "novelty_llgap": gap}, index=obs_names)
 
 
 def _scores(
@@ -88,19 +88,12 @@ def _scores(
     cells: np.ndarray | None = None,
 ) -> pd.DataFrame:
     summary = UncertaintySummary(adata.n_obs, adata.n_vars)
-    reducer = SummaryReducer(summary)
-    if cells is None:
-        stream(model, adata, [reducer], n_samples, seed=seed, progress=progress)
-        return novelty_scores(model, adata, summary, seed)
-    reducer.cells = cells  # only these cells are decoded (the reference's calibration cells)
-    stream(model, adata, [reducer], n_samples, seed=seed, progress=progress)
-    elbo = model.get_elbo(adata, indices=cells, return_mean=False, return_table=True, seed=seed)
-    members = torch.from_numpy(elbo.drop(columns="mixture").to_numpy().T)
-    gap = (logmeanexp(members, 0) - members.mean(0)).numpy()
-    return pd.DataFrame(
-        {"novelty_cv": summary.cell_rms_cv[cells], "novelty_llgap": gap},
-        index=adata.obs_names[cells],
-    )
+    reducer, elbo = SummaryReducer(summary), ElboReducer(model.n_members, adata.n_obs)
+    # with cells, only these are decoded (the reference's calibration cells)
+    reducer.cells = elbo.cells = cells
+    stream(model, adata, [reducer, elbo], n_samples, seed=seed, progress=progress)
+    scores = novelty_scores(summary, elbo.values, adata.obs_names)
+    return scores if cells is None else scores.iloc[np.asarray(cells)]
 
 
 def _query_batch(model, adata: AnnData) -> str | None:

@@ -74,6 +74,51 @@ class SummaryReducer:
         self.summary.add(pos, parts)
 
 
+class ElboReducer:
+    """Every cell's member ELBOs, read from the first latent sample of the streamed pass.
+
+    The novelty score ``novelty_llgap`` needs each member's ELBO of each cell; reading it
+    off the pass that decodes the cells anyway saves a second pass through the encoders
+    and decoders (``get_elbo``). It is the same one-sample estimate as ``get_elbo``'s,
+    from another latent draw (the pass' first sample): equal to ``get_elbo`` where the
+    draws are equal (one sample, the same minibatches; tested).
+
+    Parameters
+    ----------
+    n_members
+        K.
+    n_cells
+        Cells of the AnnData (rows: their positions).
+    """
+
+    cells = None
+    genes = None
+    elbo = True  # asks :func:`stream` for the members' ELBOs
+
+    def __init__(self, n_members: int, n_cells: int) -> None:
+        self.values = np.full((n_members, n_cells), np.nan)
+
+    def add(
+        self,
+        pos: np.ndarray,
+        parts: VarianceParts,
+        members: torch.Tensor,
+        elbo: torch.Tensor | None = None,
+    ) -> None:
+        """Keep the chunk's member ELBOs.
+
+        Parameters
+        ----------
+        pos
+            The chunk's cells: positions in the AnnData.
+        parts, members
+            Unused (the :class:`Reducer` arguments).
+        elbo
+            The members' ELBOs of the chunk's cells ``(K, B)``.
+        """
+        self.values[:, pos] = elbo.double().cpu().numpy()
+
+
 def stream(
     model,
     adata: AnnData,
@@ -122,12 +167,14 @@ def stream(
             mine = set(r.genes)
             cols = torch.tensor([col[g] for g in names if g in mine])
         plans.append((r, rows, cols))
-    chunks = model.iter_uncertainty(
-        adata, cells, gene_list, n_samples, library_size, batch_size, seed, progress
+    adata, idx, mask = model._uncertainty_cells_genes(adata, cells, gene_list, n_samples)
+    want_elbo = any(getattr(r, "elbo", False) for r in reducers)
+    chunks = model._uncertainty_chunks(
+        adata, idx, mask, n_samples, library_size, batch_size, seed, progress, elbo=want_elbo
     )
-    for pos, parts, members in chunks:
+    for pos, parts, members, elbo in chunks:
         for r, rows, cols in plans:
-            p, m, at = parts, members, pos
+            p, m, at, e = parts, members, pos, elbo
             if rows is not None:
                 keep = rows[pos]
                 if not keep.any():
@@ -135,8 +182,12 @@ def stream(
                 sel = torch.from_numpy(np.flatnonzero(keep)).to(parts.mean.device)
                 p = VarianceParts(*(t.index_select(0, sel) for t in p))
                 m, at = m.index_select(1, sel), pos[keep]
+                e = None if e is None else e.index_select(1, sel)
             if cols is not None:
                 cols = cols.to(parts.mean.device)
                 p = VarianceParts(*(t.index_select(1, cols) for t in p))
                 m = m.index_select(2, cols)
-            r.add(at, p, m)
+            if getattr(r, "elbo", False):
+                r.add(at, p, m, e)
+            else:
+                r.add(at, p, m)

@@ -41,6 +41,9 @@ def count_variance_fraction(
     library: torch.Tensor,
     theta: torch.Tensor | None = None,
     zi_logits: torch.Tensor | None = None,
+    *,
+    out: torch.Tensor | None = None,
+    overwrite_zi: bool = False,
 ) -> torch.Tensor:
     """``Var(x | rho) / l^2`` for Poisson (no theta), NB (theta) or ZINB (theta and zi_logits).
 
@@ -54,24 +57,35 @@ def count_variance_fraction(
         Inverse dispersion (NB, ZINB), broadcastable to ``scale``; ``None``: Poisson.
     zi_logits
         Logits of the zero probability (ZINB), broadcastable to ``scale``; ``None``: none.
+    out
+        A buffer of the broadcast shape to write the result into (``None``: a new tensor).
+    overwrite_zi
+        ``zi_logits`` may be overwritten (a throwaway tensor of the broadcast shape): saves
+        one tensor of that shape.
     """
-    # in place on fresh buffers: these are (samples, members, cells, genes) tensors
+    # (samples, members, cells, genes) tensors: every new one costs its page faults, so
+    # the result is built in one buffer, in place, as (1 - pi) rho (1/l + rho (1/theta + pi))
     params = [t for t in (theta, zi_logits) if t is not None]
     shape = torch.broadcast_shapes(scale.shape, library.shape, *(t.shape for t in params))
-    var = scale / library
-    if var.shape != shape:
-        var = var.expand(shape).contiguous()
+    if out is None:
+        out = torch.empty(shape, dtype=scale.dtype, device=scale.device)
+    inv_library = library.reciprocal()
     if not params:
-        return var
-    sq = scale.square()
-    if theta is not None:
-        var.addcdiv_(sq, theta)
+        return torch.mul(scale, inv_library, out=out)
+    if zi_logits is None:  # NB: rho (1/l + rho / theta)
+        torch.div(scale, theta, out=out)
+    else:
+        own = overwrite_zi and zi_logits.shape == shape
+        pi = zi_logits.sigmoid_() if own else torch.sigmoid(zi_logits)
+        if theta is None:
+            out.copy_(pi.expand(shape))
+        else:
+            torch.add(pi, theta.reciprocal(), out=out)
+        out.mul_(scale)
+    out.add_(inv_library).mul_(scale)
     if zi_logits is not None:
-        # (1 - pi) var + pi (1 - pi) scale^2 = (1 - pi) (var + pi scale^2)
-        pi = torch.sigmoid(zi_logits)
-        var.addcmul_(pi, sq)
-        var.mul_(pi.neg_().add_(1))
-    return var
+        out.addcmul_(out, pi, value=-1.0)  # times (1 - pi)
+    return out
 
 
 def decompose_variance(
@@ -99,25 +113,66 @@ def decompose_variance(
         The standard deviation of a Normal likelihood (``gene_likelihood="normal"``),
         broadcastable to ``scale``: the noise is then ``std^2 / l^2``, and ``theta`` and
         ``zi_logits`` must be ``None``.
+
+    Returns
+    -------
+    The four parts, each ``(B, G)``.
+    """
+    return decompose_members(scale, library, theta, zi_logits, library_size=library_size, std=std)[
+        0
+    ]
+
+
+def decompose_members(
+    scale: torch.Tensor,
+    library: torch.Tensor,
+    theta: torch.Tensor | None = None,
+    zi_logits: torch.Tensor | None = None,
+    *,
+    library_size: float = 1e4,
+    std: torch.Tensor | None = None,
+    overwrite: bool = False,
+    out: torch.Tensor | None = None,
+) -> tuple[VarianceParts, torch.Tensor]:
+    """:func:`decompose_variance` and the members' means over samples, in fewer passes.
+
+    Parameters
+    ----------
+    scale, library, theta, zi_logits, library_size, std
+        As in :func:`decompose_variance`.
+    overwrite
+        ``scale`` and ``zi_logits`` are throwaway tensors that may be overwritten: the
+        streamed pass then allocates one ``(S, K, B, G)`` tensor less of each.
+    out
+        A throwaway buffer shaped like ``scale`` for the count noise (the streamed pass
+        gives the prediction's ``rate``, read before): one tensor less again.
+
+    Returns
+    -------
+    The parts, each ``(B, G)``, and the members' means ``(K, B, G)`` (per ``library_size``).
     """
     if scale.dim() != 4:
         raise ValueError(
             f"scale must be (samples, members, cells, genes), got {tuple(scale.shape)}."
         )
-    rho = scale * library_size
-    member_mean = rho.mean(0)  # (K, B, G)
+    if std is not None and (theta is not None or zi_logits is not None):
+        raise ValueError("std (a Normal likelihood) excludes theta and zi_logits.")
+    member_frac = scale.mean(0)  # (K, B, G), fractions
+    member_mean = member_frac * library_size
     mean = member_mean.mean(0)
     var_between = (member_mean - mean).square_().mean(0)
-    var_within = rho.sub_(member_mean).square_().mean(0).mean(0)
-    del rho
     if std is None:
-        noise = count_variance_fraction(scale, library, theta, zi_logits)
-    elif theta is not None or zi_logits is not None:
-        raise ValueError("std (a Normal likelihood) excludes theta and zi_logits.")
+        noise = count_variance_fraction(
+            scale, library, theta, zi_logits, out=out, overwrite_zi=overwrite
+        )
     else:
-        noise = (std / library).square().expand_as(scale)
-    var_noise = noise.mean(0).mean(0).mul_(library_size**2)
-    return VarianceParts(mean, var_between, var_within, var_noise)
+        noise = (std / library).square_().expand_as(scale)
+    var_noise = noise.mean((0, 1)).mul_(library_size**2)
+    # the deviation from the member mean reuses the noise buffer (or scale) once it is read
+    dev = scale if overwrite else (noise if noise.shape == scale.shape and std is None else None)
+    dev = torch.sub(scale, member_frac, out=dev) if dev is not None else scale - member_frac
+    var_within = dev.square_().mean((0, 1)).mul_(library_size**2)
+    return VarianceParts(mean, var_between, var_within, var_noise), member_mean
 
 
 class UncertaintySummary:

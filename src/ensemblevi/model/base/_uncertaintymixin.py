@@ -13,13 +13,14 @@ import numpy as np
 import pandas as pd
 import torch
 from anndata import AnnData
+from scvi import REGISTRY_KEYS
 
 from ensemblevi._constants import VARIANCE_PARTS, chunk_size
 from ensemblevi.data._validate import is_collection
 from ensemblevi.module._predictive import Predictive
 
 from ._ensemblemixin import EnsembleMixin
-from ._uncertainty import UncertaintySummary, decompose_variance
+from ._uncertainty import UncertaintySummary, decompose_members
 
 
 class UncertaintyMixin(EnsembleMixin):
@@ -100,7 +101,7 @@ class UncertaintyMixin(EnsembleMixin):
             adata, idx, mask, n_samples, library_size, batch_size, seed, progress
         )
         start = 0
-        for _, res, _ in chunks:
+        for _, res, _, _ in chunks:
             n = res.mean.shape[0]
             summary.add(np.arange(start, start + n), res)
             start += n
@@ -153,9 +154,10 @@ class UncertaintyMixin(EnsembleMixin):
             As in :meth:`get_uncertainty`.
         """
         adata, idx, mask = self._uncertainty_cells_genes(adata, indices, gene_list, n_samples)
-        return self._uncertainty_chunks(
+        chunks = self._uncertainty_chunks(
             adata, idx, mask, n_samples, library_size, batch_size, seed, progress
         )
+        return (chunk[:3] for chunk in chunks)
 
     def _uncertainty_cells_genes(
         self,
@@ -184,8 +186,13 @@ class UncertaintyMixin(EnsembleMixin):
         batch_size: int | None,
         seed: int,
         progress: bool,
-    ) -> Iterator[tuple[np.ndarray, Any, torch.Tensor]]:
-        """:meth:`iter_uncertainty` on cells and genes already checked."""
+        elbo: bool = False,
+    ) -> Iterator[tuple[np.ndarray, Any, torch.Tensor, torch.Tensor | None]]:
+        """:meth:`iter_uncertainty` on cells and genes already checked.
+
+        Yields a fourth item: with ``elbo``, the members' ELBO of the chunk's cells
+        ``(K, B)`` from the first latent sample (``module.elbo_of``), else ``None``.
+        """
         if batch_size is None:
             # bound the (samples, members, cells, genes) tensor to the float budget
             batch_size = chunk_size(n_samples * self.n_members * adata.n_vars, 1, 256)
@@ -197,10 +204,21 @@ class UncertaintyMixin(EnsembleMixin):
         start = 0
         for tensors in batches:
             pred = self.module.predictive(tensors, n_samples=n_samples)
+            member_elbo = None
+            if elbo:  # read before the decomposition overwrites the prediction's buffers
+                x = tensors[REGISTRY_KEYS.X_KEY]
+                member_elbo = self.module.elbo_of(pred, x)
             inputs = _variance_inputs(pred, gene_idx)
-            res = decompose_variance(**inputs, library_size=library_size)
+            # the noise goes into the rate's buffer (the ELBO above was its last reader)
+            out = pred.rate if gene_idx is None and pred.std is None else None
+            if out is not None and (out.shape != pred.scale.shape or not out.is_contiguous()):
+                out = None
+            del pred  # its scale, zero-inflation logits and rate are overwritten below
+            res, members = decompose_members(
+                **inputs, library_size=library_size, overwrite=True, out=out
+            )
             n = res.mean.shape[0]
-            yield idx[start : start + n], res, (inputs["scale"] * library_size).mean(0)
+            yield idx[start : start + n], res, members, member_elbo
             start += n
 
     def _store_uncertainty(
