@@ -33,6 +33,7 @@ def main() -> None:
 
     import ensemblevi as ev
     from ensemblevi.model import EnsembleSCVI
+    from ensemblevi.tl._markers import load_markers
 
     torch.set_num_threads(2)
     adata = ev.data.synthetic("heartlike", seed=0, n_cells=args.cells)
@@ -40,7 +41,7 @@ def main() -> None:
     model = EnsembleSCVI(adata, n_members=args.members, ensemble="deep", seed=0)
     model.train(max_epochs=1, seed=0, enable_progress_bar=False)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    markers = ev.tl.load_markers("heart")
+    markers = load_markers("heart")
     profile = cProfile.Profile()
     t, cpu = time.perf_counter(), time.process_time()
     profile.enable()

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import ensemblevi as ev
 from ensemblevi.cli import app
+from ensemblevi.data._io import write_h5ad_atomic
 from ensemblevi.data._replicates import synthetic_replicates
 from ensemblevi.pipeline import RunConfig, run_pipeline
 from ensemblevi.tl._novelty_rule import (
@@ -41,7 +41,7 @@ def _replicates(n_samples=4, n_cells=480, seed=0):
 
 def _file(tmp_path, adata):
     path = tmp_path / "reps.h5ad"
-    ev.data.write_h5ad_atomic(adata, path, overwrite=True)
+    write_h5ad_atomic(adata, path, overwrite=True)
     return path
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ensemblevi.model.base._de_core import fdr_calls
+from ensemblevi.model.base._de_calls import fdr_calls
 
 TARGETS = (0.05, 0.1, 0.2)
 #: FDR targets over which curves and the l1 distance are computed
