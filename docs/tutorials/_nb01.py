@@ -190,7 +190,7 @@ LYZ in CD14+ monocytes from about 490 to 670.""",
 ## 5. Which genes depend on the training run?
 
 Every gene gets a score, the mean over cells of the members' CV of its denoised level,
-written to `adata.var["ensemblevi_uncertainty"]` with its rank.""",
+written to `adata.var["ensemblevi_cv_between"]` with its rank.""",
     ),
     (
         "code",

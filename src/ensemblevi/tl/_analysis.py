@@ -33,6 +33,7 @@ def uncertainty_analysis(
     model,
     adata: AnnData | None = None,
     markers: Mapping[str, Sequence[str]] | Sequence[str] | None = None,
+    *,
     groupby: str | None = None,
     n_samples: int = 10,
     library_size: float = 1e4,

@@ -282,6 +282,7 @@ def _leave_out_empty_cells(model, adata: AnnData, scores: pd.DataFrame, tested: 
 def cell_novelty(
     model,
     adata: AnnData | None = None,
+    *,
     alpha: float = 0.05,
     n_samples: int = 5,
     seed: int = 0,
@@ -289,7 +290,6 @@ def cell_novelty(
     progress: bool = True,
     reference_model=None,
     n_neighbors: int = N_NEIGHBORS,
-    *,
     sample_key: str | None = None,
     calibration: str = "auto",
 ) -> pd.DataFrame:
