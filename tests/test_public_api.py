@@ -94,7 +94,7 @@ PUBLIC = {
 }
 
 #: the leading data arguments a tl/pl function may take by position
-# ``markers`` is what uncertainty_analysis is about (ev.tl.uncertainty_analysis(model, adata, markers))
+# (``markers``: what uncertainty_analysis is about: ev.tl.uncertainty_analysis(model, adata, markers))
 DATA_ARGS = {"model", "adata", "data", "results", "markers"}
 
 #: TEMPORARY: public tl functions whose files another engineer owns this round (options
