@@ -94,7 +94,7 @@ PUBLIC = {
 }
 
 #: the leading data arguments a tl/pl function may take by position
-# (``markers``: what uncertainty_analysis is about: ev.tl.uncertainty_analysis(model, adata, markers))
+# (and ``markers``: ev.tl.uncertainty_analysis(model, adata, markers) is about them)
 DATA_ARGS = {"model", "adata", "data", "results", "markers"}
 
 #: TEMPORARY: public tl functions whose files another engineer owns this round (options
