@@ -280,21 +280,6 @@ def test_cell_novelty_on_a_copy_tests_the_same_cells(heart_model):
         np.testing.assert_allclose(scores["novelty_knn"], original["novelty_knn"], rtol=1e-5)
 
 
-def test_seed_ensemble_resumes_from_saved_models(tmp_path):
-    adata = ev.data.synthetic("lopez2020", seed=2, n_cells=100, n_genes=20)
-    kwargs = {"setup_kwargs": {"layer": "counts"}, "max_epochs": 1, "progress": False}
-    ens = ev.tl.seed_ensemble(adata, n_seeds=2, save_dir=tmp_path, n_hidden=8, n_latent=2, **kwargs)
-    assert ens.n_members == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["seed_0", "seed_1"]
-    again = ev.tl.seed_ensemble(
-        adata, n_seeds=2, save_dir=tmp_path, n_hidden=8, n_latent=2, **kwargs
-    )
-    for key, value in ens.module.state_dict().items():  # loaded, not retrained
-        np.testing.assert_array_equal(again.module.state_dict()[key].numpy(), value.numpy())
-    z0, z1 = (ens.get_latent_representation(member=k) for k in (0, 1))
-    assert not np.allclose(z0, z1)  # different seeds, different models
-    assert isinstance(ens.get_marginal_ll(n_mc_samples=3, return_table=True), pd.Series)
-
-
 def test_fuzzy_graph_matches_umap_learn():
     from scipy import sparse
     from sklearn.neighbors import NearestNeighbors
