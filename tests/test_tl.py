@@ -2,7 +2,6 @@
 
 import json
 
-import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
@@ -236,36 +235,6 @@ def test_one_pass_against_a_float64_reference(heart):
     np.testing.assert_allclose(
         out["novelty"]["novelty_cv"], np.sqrt((vb / mean**2).mean(1)), rtol=1e-4
     )
-
-
-def test_umap_never_searches_neighbours_approximately(monkeypatch):
-    # scanpy switches to pynndescent above 4,096-8,192 cells, which fails with scipy 1.17
-    # (issue 19 item 10): the UMAP's neighbours are exact at any size, found without
-    # scanpy's neighbour search or pynndescent. The run's figure stage at 9,000 cells is
-    # test_run_safety.py's test_umap_stage_above_the_pynndescent_size.
-    import pynndescent
-    import pynndescent.pynndescent_
-    import scanpy as sc
-    import umap.umap_
-
-    def refused(*args, **kwargs):
-        raise AssertionError("approximate or scanpy neighbour search called")
-
-    monkeypatch.setattr(sc.pp, "neighbors", refused)
-    monkeypatch.setattr(pynndescent, "NNDescent", refused)
-    monkeypatch.setattr(pynndescent.pynndescent_, "NNDescent", refused)
-    monkeypatch.setattr(umap.umap_, "nearest_neighbors", refused)
-    rng = np.random.default_rng(0)
-    n, centres = 1500, rng.normal(0, 8, size=(3, 20))
-    label = rng.integers(0, 3, n)
-    values = centres[label] + rng.normal(size=(n, 20))
-    adata = ad.AnnData(obs=pd.DataFrame(index=[f"c{i}" for i in range(n)]))
-    xy = ev.tl.umap(adata, values, n_pcs=10, n_epochs=20)
-    assert xy.shape == (n, 2) and adata.obsm[ev.tl.UMAP_KEY] is xy
-    # the three clusters stay apart: every cell is nearer its own cluster's centre
-    mid = np.stack([xy[label == k].mean(0) for k in range(3)])
-    nearest = np.argmin(((xy[:, None, :] - mid[None]) ** 2).sum(-1), axis=1)
-    assert (nearest == label).mean() > 0.99
 
 
 def test_cell_novelty_on_a_copy_tests_the_same_cells(heart_model):
