@@ -268,7 +268,8 @@ def _start(out: Path, *extra: str) -> tuple[subprocess.Popen, list[str]]:
     return proc, lines
 
 
-def _wait_for(lines: list[str], text: str, timeout: float = 60) -> None:
+def _wait_for(lines: list[str], text: str, timeout: float = 180) -> None:
+    # generous: the child imports torch and scvi-tools first, slow on a busy machine
     end = time.monotonic() + timeout
     while not any(text in line for line in lines):
         assert time.monotonic() < end, f"{text!r} never printed: {''.join(lines)}"
