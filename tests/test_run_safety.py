@@ -192,8 +192,11 @@ def test_bad_arguments_are_refused_before_training(tmp_path, bad, message):
 def test_de_results_of_lossy_names_do_not_collide(tmp_path):
     rename = {"Fibroblast": "CD4 T", "Myeloid": "CD4+ T"}
     data, out = _data_file(tmp_path / "cells.h5ad", rename=rename), tmp_path / "run"
-    # hyperbatch: the run also reports its tuned hyperparameters (one full run for both)
-    res = _run(*TINY, "--ensemble", "hyperbatch", "--data", data, "--layer", "counts", "--out", out)
+    # hyperbatch: the run also reports its tuned hyperparameters (one full run for both);
+    # 2 epochs of 2 steps, so the bounds take a tune step (every 3rd train step)
+    args = [*TINY, "--ensemble", "hyperbatch", "--data", data, "--layer", "counts", "--out", out]
+    args[args.index("--epochs") + 1] = "2"
+    res = _run(*args)
     assert res.exit_code == 0, res.output
     table = pd.read_csv(out / "tables" / "hyperparameters.csv")
     assert set(table["hyperparameter"]) >= {"dropout", "kl_weight"} and len(table) == 2 * 6
