@@ -193,9 +193,10 @@ def test_de_results_of_lossy_names_do_not_collide(tmp_path):
     rename = {"Fibroblast": "CD4 T", "Myeloid": "CD4+ T"}
     data, out = _data_file(tmp_path / "cells.h5ad", rename=rename), tmp_path / "run"
     # hyperbatch: the run also reports its tuned hyperparameters (one full run for both);
-    # 2 epochs of 2 steps, so the bounds take a tune step (every 3rd train step)
+    # 3 epochs of 2 steps: two tune steps (every 3rd train step), the second one past the
+    # end of the one-batch validation loader, which starts again
     args = [*TINY, "--ensemble", "hyperbatch", "--data", data, "--layer", "counts", "--out", out]
-    args[args.index("--epochs") + 1] = "2"
+    args[args.index("--epochs") + 1] = "3"
     res = _run(*args)
     assert res.exit_code == 0, res.output
     table = pd.read_csv(out / "tables" / "hyperparameters.csv")
