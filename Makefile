@@ -24,16 +24,10 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# Two pytest-xdist workers on 2 cores: most tests run one-threaded Python (Lightning's loop,
-# small models) or wait on subprocesses, so one process leaves a core idle. One file per
-# worker at a time (a file's module fixtures are trained once; tests/conftest.py gives each
-# worker one torch thread). `make test PYTEST_WORKERS=0` runs in one process.
-PYTEST_WORKERS ?= 2
-
 test: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile)
+	$(BIN)/python -m pytest
 
 # The benchmark suite (about an hour on 2 cores); rewrites its sections of docs/benchmarks.md
 bench: $(BIN)/.installed
