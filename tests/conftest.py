@@ -6,9 +6,8 @@ maps a query onto it, writes into its AnnData) takes :func:`private_copy` of it,
 test sees another's changes whatever the order they run in.
 """
 
-import logging
+import os
 import tempfile
-import warnings
 from pathlib import Path
 
 import pytest
@@ -46,10 +45,13 @@ def private_copy(model):
         return type(model).load(tmp, adata=model.adata.copy())
 
 
-def _quiet():
-    warnings.filterwarnings("ignore", module="lightning")
-    for name in ("lightning.pytorch", "lightning.fabric", "scvi"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+def pytest_configure(config):
+    # under pytest-xdist each worker is one process: one torch thread each, so two workers
+    # on two cores do not fight over the cores (torch starts one thread per core)
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
@@ -74,16 +76,17 @@ def kind_models(lopez_adata):
 
     Read only: take :func:`private_copy` to change one.
     """
+    from ensemblevi._warnings import quiet_third_party
     from ensemblevi.model import EnsembleSCVI
 
-    _quiet()
     models = {}
     for kind in KINDS:
         model = EnsembleSCVI(
             lopez_adata, n_members=3, ensemble=kind, n_hidden=32, n_latent=4, seed=0
         )
         plan = {"plan_kwargs": {"tune_every": KIND_TUNE_EVERY}} if kind == "hyperbatch" else {}
-        model.train(**KIND_TRAIN, **plan)
+        with quiet_third_party(loggers=True):
+            model.train(**KIND_TRAIN, **plan)
         models[kind] = model
     return models
 
@@ -96,11 +99,12 @@ def heart_model():
     :func:`private_copy` of the model and use its ``adata``.
     """
     import ensemblevi as ev
+    from ensemblevi._warnings import quiet_third_party
     from ensemblevi.model import EnsembleSCVI
 
-    _quiet()
     adata = ev.data.synthetic("heartlike", seed=0, n_cells=400, n_genes=120)
     EnsembleSCVI.setup_anndata(adata, layer="counts", batch_key="batch")
     model = EnsembleSCVI(adata, n_members=3, n_hidden=32, n_latent=5, seed=0)
-    model.train(max_epochs=3, enable_progress_bar=False, seed=0)
+    with quiet_third_party(loggers=True):
+        model.train(max_epochs=3, enable_progress_bar=False, seed=0)
     return model

@@ -146,14 +146,3 @@ def test_run_main_job_writes_everything_and_reuses(tmp_path):
 def test_run_reports_bad_markers(tmp_path):
     res = runner.invoke(app, ["run", "--quick", "--markers", "nope", "--out", str(tmp_path)])
     assert res.exit_code == 2 and "Unknown marker set" in res.output
-
-
-def test_run_hyperbatch_reports_tuned_hyperparameters(tmp_path):
-    out = tmp_path / "hbe"
-    args = ["run", "--n-cells", "300", "--epochs", "2", "--n-samples", "3", "--members", "2"]
-    res = runner.invoke(app, [*args, "--ensemble", "hyperbatch", "--out", str(out)])
-    assert res.exit_code == 0, res.output
-    table = pd.read_csv(out / "tables" / "hyperparameters.csv")
-    assert set(table["hyperparameter"]) >= {"dropout", "kl_weight"} and len(table) == 2 * 6
-    assert (out / "figures" / "hyperparameters.png").exists()
-    assert "Tuned hyperparameters" in (out / "report.html").read_text()

@@ -13,6 +13,7 @@ import random
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -134,7 +135,7 @@ def test_training_and_loading_leave_the_warning_filters_and_loggers(trained, tmp
     levels = {name: logging.getLogger(name).level for name in LOGGERS}
     model.train(max_epochs=1, seed=1, enable_progress_bar=False)
     model.save(tmp_path / "m", overwrite=True)
-    EnsembleSCVI.load(tmp_path / "m", adata=adata)
+    EnsembleSCVI.load(tmp_path / "m", adata=adata.copy())  # (adata stays the fixture's own)
     assert warnings.filters == filters
     assert {name: logging.getLogger(name).level for name in LOGGERS} == levels
 
@@ -153,3 +154,113 @@ def test_quiet_third_party_hides_named_categories_only():
     assert [str(w.message) for w in caught] == ["ensemblevi's own"]
     assert warnings.filters == filters
     assert {name: logging.getLogger(name).level for name in LOGGERS} == levels
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        "get_uncertainty",
+        "get_normalized_expression",
+        "get_latent_representation",
+        "get_elbo",
+        "get_marginal_ll",
+        "get_reconstruction_error",
+    ],
+)
+def test_seeded_get_calls_leave_the_callers_rng(trained, caller_state, call):
+    """A seeded output draws from its own streams; the caller's continue where they were.
+
+    (Unseeded draws, as ``get_latent_representation(give_mean=False)``, come from the
+    caller's streams, as scvi-tools' do: not tested here.)
+    """
+    model, adata = trained
+    kwargs = {
+        "get_uncertainty": {"n_samples": 2, "seed": 1, "progress": False, "return_frames": False},
+        "get_normalized_expression": {"n_samples": 2, "seed": 1, "return_members": True},
+        "get_latent_representation": {"return_members": True},
+        "get_elbo": {"seed": 1},
+        "get_marginal_ll": {"n_mc_samples": 3, "seed": 1},
+        "get_reconstruction_error": {"seed": 1},
+    }[call]
+    first = getattr(model, call)(adata, **kwargs)
+    assert _rng_state() == caller_state
+    torch.rand(3)  # the caller draws between two calls: the seeded output does not move
+    second = getattr(model, call)(adata, **kwargs)
+    flat = [np.asarray(v, dtype=float) for v in _values(first)]
+    for a, b in zip(flat, [np.asarray(v, dtype=float) for v in _values(second)], strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def _values(output) -> list:
+    """The arrays of an output (a dict of frames, a frame, an array, a tensor, a number)."""
+    if isinstance(output, dict):
+        return [v for value in output.values() for v in _values(value)]
+    if isinstance(output, torch.Tensor):
+        return [output.detach().cpu().numpy()]
+    return [np.asarray(output)]
+
+
+def _but_numpy(state: dict) -> dict:
+    return {k: v for k, v in state.items() if k != "numpy"}
+
+
+def test_seed_ensemble_resumes_and_leaves_the_callers_state(tmp_path, caller_state):
+    """Seeds trained, saved and reused; the caller's RNG, filters and loggers unchanged."""
+    adata = ev.data.synthetic("lopez2020", seed=2, n_cells=100, n_genes=20)
+    caller_state = _rng_state()  # (the data above come from a private generator)
+    filters = list(warnings.filters)
+    levels = {name: logging.getLogger(name).level for name in LOGGERS}
+    kwargs = {"setup_kwargs": {"layer": "counts"}, "max_epochs": 1, "progress": False}
+    ens = ev.tl.seed_ensemble(adata, n_seeds=2, save_dir=tmp_path, n_hidden=8, n_latent=2, **kwargs)
+    # numpy's stream is moved by scvi-tools' setup_anndata: the xfail test below
+    assert _but_numpy(_rng_state()) == _but_numpy(caller_state)
+    assert warnings.filters == filters
+    assert {name: logging.getLogger(name).level for name in LOGGERS} == levels
+    assert ens.n_members == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["seed_0", "seed_1"]
+    again = ev.tl.seed_ensemble(
+        adata, n_seeds=2, save_dir=tmp_path, n_hidden=8, n_latent=2, **kwargs
+    )
+    assert warnings.filters == filters
+    assert {name: logging.getLogger(name).level for name in LOGGERS} == levels
+    for key, value in ens.module.state_dict().items():  # loaded, not retrained
+        np.testing.assert_array_equal(again.module.state_dict()[key].numpy(), value.numpy())
+    z0, z1 = (ens.get_latent_representation(member=k) for k in (0, 1))
+    assert not np.allclose(z0, z1)  # different seeds, different models
+    assert isinstance(ens.get_marginal_ll(n_mc_samples=3, return_table=True), pd.Series)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="scvi-tools registers an AnnData the model has not seen (here a second read of "
+    "the same cells) with _check_nonnegative_integers, which samples rows with numpy's "
+    "global np.random.choice; the model's _validate_anndata runs before _seeded_batches "
+    "forks the streams (model/base/_ensemblemixin.py), so a seeded call moves the "
+    "caller's numpy state (issue 33 item 3)",
+)
+def test_a_seeded_call_on_unseen_anndata_leaves_the_callers_rng(trained):
+    model, _ = trained
+    unseen = ev.data.synthetic("lopez2020", seed=0, n_cells=120, n_genes=20)
+    _move_every_stream()
+    before = _rng_state()
+    model.get_uncertainty(unseen, n_samples=2, seed=1, progress=False, return_frames=False)
+    assert _rng_state() == before
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="seed_ensemble (tl/_seeds.py) calls scvi.model.SCVI.setup_anndata, whose "
+    "_check_nonnegative_integers samples rows with numpy's global np.random.choice, and "
+    "loads a saved seed by building an scvi.model.SCVI whose initial weights draw from "
+    "torch's stream, both outside seeded_globally: the caller's numpy and torch streams "
+    "move (issue 33 item 3)",
+)
+def test_seed_ensemble_leaves_the_callers_rng(tmp_path):
+    adata = ev.data.synthetic("lopez2020", seed=2, n_cells=60, n_genes=12)
+    kwargs = {"setup_kwargs": {"layer": "counts"}, "max_epochs": 1, "progress": False}
+    for _ in ("trained", "reused"):
+        _move_every_stream()
+        before = _rng_state()
+        ev.tl.seed_ensemble(adata, n_seeds=1, save_dir=tmp_path, n_hidden=4, n_latent=2, **kwargs)
+        after = _rng_state()
+        for stream in before:  # every stream checked, each named when it moved
+            assert after[stream] == before[stream], f"{stream} moved"

@@ -2,7 +2,6 @@
 
 import json
 
-import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,7 +10,6 @@ from conftest import private_copy
 import ensemblevi as ev
 from ensemblevi.model import EnsembleSCVI
 from ensemblevi.tl._embedding import UMAP_KEY
-from ensemblevi.tl._embedding import umap as embedding_umap
 from ensemblevi.tl._markers import check_markers, load_markers, parse_marker_options
 
 
@@ -263,36 +261,6 @@ def test_one_pass_against_a_float64_reference(heart):
     )
 
 
-def test_umap_never_searches_neighbours_approximately(monkeypatch):
-    # scanpy switches to pynndescent above 4,096-8,192 cells, which fails with scipy 1.17
-    # (issue 19 item 10): the UMAP's neighbours are exact at any size, found without
-    # scanpy's neighbour search or pynndescent. The run's figure stage at 9,000 cells is
-    # test_run_safety.py's test_umap_stage_above_the_pynndescent_size.
-    import pynndescent
-    import pynndescent.pynndescent_
-    import scanpy as sc
-    import umap.umap_
-
-    def refused(*args, **kwargs):
-        raise AssertionError("approximate or scanpy neighbour search called")
-
-    monkeypatch.setattr(sc.pp, "neighbors", refused)
-    monkeypatch.setattr(pynndescent, "NNDescent", refused)
-    monkeypatch.setattr(pynndescent.pynndescent_, "NNDescent", refused)
-    monkeypatch.setattr(umap.umap_, "nearest_neighbors", refused)
-    rng = np.random.default_rng(0)
-    n, centres = 1500, rng.normal(0, 8, size=(3, 20))
-    label = rng.integers(0, 3, n)
-    values = centres[label] + rng.normal(size=(n, 20))
-    adata = ad.AnnData(obs=pd.DataFrame(index=[f"c{i}" for i in range(n)]))
-    xy = embedding_umap(adata, values, n_pcs=10, n_epochs=20)
-    assert xy.shape == (n, 2) and adata.obsm[UMAP_KEY] is xy
-    # the three clusters stay apart: every cell is nearer its own cluster's centre
-    mid = np.stack([xy[label == k].mean(0) for k in range(3)])
-    nearest = np.argmin(((xy[:, None, :] - mid[None]) ** 2).sum(-1), axis=1)
-    assert (nearest == label).mean() > 0.99
-
-
 def test_cell_novelty_on_a_copy_tests_the_same_cells(heart_model):
     model = private_copy(heart_model)
     kw = {"alpha": 0.05, "n_samples": 2, "seed": 0, "progress": False}
@@ -303,21 +271,6 @@ def test_cell_novelty_on_a_copy_tests_the_same_cells(heart_model):
         np.testing.assert_array_equal(scores["novelty_tested"], original["novelty_tested"])
         np.testing.assert_array_equal(scores["is_novel"], original["is_novel"])
         np.testing.assert_allclose(scores["novelty_knn"], original["novelty_knn"], rtol=1e-5)
-
-
-def test_seed_ensemble_resumes_from_saved_models(tmp_path):
-    adata = ev.data.synthetic("lopez2020", seed=2, n_cells=100, n_genes=20)
-    kwargs = {"setup_kwargs": {"layer": "counts"}, "max_epochs": 1, "progress": False}
-    ens = ev.tl.seed_ensemble(adata, n_seeds=2, save_dir=tmp_path, n_hidden=8, n_latent=2, **kwargs)
-    assert ens.n_members == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["seed_0", "seed_1"]
-    again = ev.tl.seed_ensemble(
-        adata, n_seeds=2, save_dir=tmp_path, n_hidden=8, n_latent=2, **kwargs
-    )
-    for key, value in ens.module.state_dict().items():  # loaded, not retrained
-        np.testing.assert_array_equal(again.module.state_dict()[key].numpy(), value.numpy())
-    z0, z1 = (ens.get_latent_representation(member=k) for k in (0, 1))
-    assert not np.allclose(z0, z1)  # different seeds, different models
-    assert isinstance(ens.get_marginal_ll(n_mc_samples=3, return_table=True), pd.Series)
 
 
 def test_fuzzy_graph_matches_umap_learn():
