@@ -212,8 +212,7 @@ def test_seed_ensemble_resumes_and_leaves_the_callers_state(tmp_path, caller_sta
     levels = {name: logging.getLogger(name).level for name in LOGGERS}
     kwargs = {"setup_kwargs": {"layer": "counts"}, "max_epochs": 1, "progress": False}
     ens = ev.tl.seed_ensemble(adata, n_seeds=2, save_dir=tmp_path, n_hidden=8, n_latent=2, **kwargs)
-    # numpy's stream is moved by scvi-tools' setup_anndata: the xfail test below
-    assert _but_numpy(_rng_state()) == _but_numpy(caller_state)
+    assert _rng_state() == caller_state
     assert warnings.filters == filters
     assert {name: logging.getLogger(name).level for name in LOGGERS} == levels
     assert ens.n_members == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["seed_0", "seed_1"]
@@ -229,14 +228,6 @@ def test_seed_ensemble_resumes_and_leaves_the_callers_state(tmp_path, caller_sta
     assert isinstance(ens.get_marginal_ll(n_mc_samples=3, return_table=True), pd.Series)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="scvi-tools registers an AnnData the model has not seen (here a second read of "
-    "the same cells) with _check_nonnegative_integers, which samples rows with numpy's "
-    "global np.random.choice; the model's _validate_anndata runs before _seeded_batches "
-    "forks the streams (model/base/_ensemblemixin.py), so a seeded call moves the "
-    "caller's numpy state (issue 33 item 3)",
-)
 def test_a_seeded_call_on_unseen_anndata_leaves_the_callers_rng(trained):
     model, _ = trained
     unseen = ev.data.synthetic("lopez2020", seed=0, n_cells=120, n_genes=20)
@@ -246,14 +237,6 @@ def test_a_seeded_call_on_unseen_anndata_leaves_the_callers_rng(trained):
     assert _rng_state() == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="seed_ensemble (tl/_seeds.py) calls scvi.model.SCVI.setup_anndata, whose "
-    "_check_nonnegative_integers samples rows with numpy's global np.random.choice, and "
-    "loads a saved seed by building an scvi.model.SCVI whose initial weights draw from "
-    "torch's stream, both outside seeded_globally: the caller's numpy and torch streams "
-    "move (issue 33 item 3)",
-)
 def test_seed_ensemble_leaves_the_callers_rng(tmp_path):
     adata = ev.data.synthetic("lopez2020", seed=2, n_cells=60, n_genes=12)
     kwargs = {"setup_kwargs": {"layer": "counts"}, "max_epochs": 1, "progress": False}

@@ -11,7 +11,7 @@ from anndata import AnnData
 from scvi.utils import track
 
 from ensemblevi._fingerprint import data_fingerprint, model_record, reuse_problems, save_with_record
-from ensemblevi._seeding import seeded_globally
+from ensemblevi._seeding import forked_rng, seeded_globally
 from ensemblevi._warnings import quiet_third_party
 
 if TYPE_CHECKING:
@@ -71,7 +71,10 @@ def seed_ensemble(
     from ensemblevi.model._persistence import load_model, save_model
 
     setup_kwargs = dict(setup_kwargs or {})
-    scvi.model.SCVI.setup_anndata(adata, **setup_kwargs)
+    # scvi-tools' setup checks the counts on rows drawn with numpy's global generator, and
+    # building an SCVI to load into draws its initial weights: neither may move the caller's
+    with forked_rng():
+        scvi.model.SCVI.setup_anndata(adata, **setup_kwargs)
     data = None
     if save_dir is not None:  # hashed once: every seed trains on the same data
         obs_keys = [setup_kwargs.get("batch_key"), setup_kwargs.get("labels_key")]
@@ -91,13 +94,17 @@ def seed_ensemble(
             }
             record = model_record(data, options)
             if reuse_problems(path, record, trust=trust) == []:
-                models.append(load_model(scvi.model.SCVI, path, adata, trust=trust))
+                with forked_rng():
+                    models.append(load_model(scvi.model.SCVI, path, adata, trust=trust))
                 continue
         with seeded_globally(seed), quiet_third_party():
             model = scvi.model.SCVI(adata, **scvi_kwargs)
-            model.train(max_epochs=max_epochs, enable_progress_bar=False, **(train_kwargs or {}))
+            model.train(
+                max_epochs=max_epochs, **{"enable_progress_bar": False, **(train_kwargs or {})}
+            )
         if path is not None:
             save_with_record(path, record, lambda p, m=model: save_model(m, p, overwrite=True))
         models.append(model)
-    EnsembleSCVI.setup_anndata(adata, **setup_kwargs)
-    return EnsembleSCVI.from_scvi(models, adata=adata)
+    with forked_rng():
+        EnsembleSCVI.setup_anndata(adata, **setup_kwargs)
+        return EnsembleSCVI.from_scvi(models, adata=adata)

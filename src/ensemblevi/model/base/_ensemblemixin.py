@@ -47,7 +47,10 @@ class EnsembleMixin:
         """
         if adata is not None and adata is not getattr(self, "adata", None):
             adata = _in_model_gene_order(adata, _model_var_names(self))
-        return super()._validate_anndata(adata, copy_if_view=copy_if_view)
+        # registering an AnnData the model has not seen checks its counts on rows drawn
+        # with numpy's global generator: the caller's streams must not move for that
+        with forked_rng():
+            return super()._validate_anndata(adata, copy_if_view=copy_if_view)
 
     def _check_member(self, member: int | None) -> int | None:
         if member is not None and not 0 <= member < self.n_members:
