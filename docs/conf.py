@@ -34,7 +34,6 @@ extensions = [
     "sphinxcontrib.bibtex",
     "ev_api",
     "ev_cli",
-    "ev_tutorials",
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
