@@ -83,7 +83,7 @@ def test_run_main_job_writes_everything_and_reuses(tmp_path):
     report = (out / "report.html").read_text()
     assert report.count("data:image/png;base64") == len(figures) and "DCN" in report
     ad = anndata.read_h5ad(out / "results.h5ad")
-    assert "ensemblevi_uncertainty" in ad.var and "ensemblevi_is_novel" in ad.obs
+    assert "ensemblevi_cv_between" in ad.var and "ensemblevi_is_novel" in ad.obs
     summary = pd.read_csv(out / "tables" / "marker_summary.csv")
     assert set(summary["gene"]) == {
         "DCN",

@@ -98,7 +98,7 @@ def _stub_train(monkeypatch, trained: list):
     from ensemblevi.model import EnsembleSCVI
     from ensemblevi.pipeline import _train
 
-    def stub(config, prepared, stage, log, trust):
+    def stub(config, prepared, stage, log, trust, split=None):
         EnsembleSCVI.setup_anndata(
             prepared.adata, layer=prepared.layer, batch_key=prepared.batch_key
         )
@@ -352,6 +352,8 @@ def test_umap_stage_above_the_pynndescent_size(monkeypatch):
     monkeypatch.setattr(pynndescent, "NNDescent", refused)
     monkeypatch.setattr(pynndescent.pynndescent_, "NNDescent", refused)
     monkeypatch.setattr(umap.umap_, "nearest_neighbors", refused)
+    # the stub is no EnsembleSCVI: skip the type check the tool makes first
+    monkeypatch.setattr(ev.tl._embedding, "validated", lambda model, adata, *a, **k: adata)
     adata = anndata.AnnData(np.zeros((9000, 60), dtype=np.float32))
     label = np.random.default_rng(2).integers(0, 3, adata.n_obs)
     adata.obs["ensemblevi_novelty_cv"] = np.random.default_rng(1).random(adata.n_obs)

@@ -39,6 +39,7 @@ from ensemblevi.train._plan import HyperSemiSupervisedTrainingPlan
 
 from ._ensemble_scvi import EnsembleSCVI
 from .base._archesmixin import Reference
+from .base._de_settings import SAMPLE_REGISTRY_KEY
 
 
 class EnsembleSCANVI(EnsembleSCVI):
@@ -128,6 +129,7 @@ class EnsembleSCANVI(EnsembleSCVI):
         size_factor_key: str | None = None,
         categorical_covariate_keys: list[str] | None = None,
         continuous_covariate_keys: list[str] | None = None,
+        sample_key: str | None = None,
         **kwargs: Any,
     ) -> None:
         """Register ``adata`` as ``scvi.model.SCANVI.setup_anndata`` does, after checking it.
@@ -153,6 +155,9 @@ class EnsembleSCANVI(EnsembleSCVI):
             ``obs`` column of size factors, as in :meth:`EnsembleSCVI.setup_anndata`.
         categorical_covariate_keys, continuous_covariate_keys
             ``obs`` columns of further covariates.
+        sample_key
+            ``obs`` column of the biological samples, as in
+            :meth:`EnsembleSCVI.setup_anndata` (registered, not a covariate).
         **kwargs
             scvi-tools' registration arguments (``source_registry``, ... for query mapping;
             ``use_minified`` is accepted and ignored).
@@ -174,7 +179,7 @@ class EnsembleSCANVI(EnsembleSCVI):
         check_setup_data(
             adata,
             layer=layer,
-            obs_keys=[batch_key, labels_key, *(categorical_covariate_keys or [])],
+            obs_keys=[batch_key, labels_key, sample_key, *(categorical_covariate_keys or [])],
             continuous_keys=continuous_covariate_keys or [],
             size_factor_key=size_factor_key,
         )
@@ -192,6 +197,8 @@ class EnsembleSCANVI(EnsembleSCVI):
             CategoricalJointObsField(REGISTRY_KEYS.CAT_COVS_KEY, categorical_covariate_keys),
             NumericalJointObsField(REGISTRY_KEYS.CONT_COVS_KEY, continuous_covariate_keys),
         ]
+        if sample_key is not None:  # bookkeeping for DE only, as in EnsembleSCVI
+            anndata_fields.append(CategoricalObsField(SAMPLE_REGISTRY_KEY, sample_key))
         adata_manager = AnnDataManager(fields=anndata_fields, setup_method_args=setup_method_args)
         adata_manager.register_fields(adata, **kwargs)
         cls.register_manager(adata_manager)

@@ -61,6 +61,7 @@ class LayerSpec:
 
     Examples
     --------
+    >>> from ensemblevi.nn._blocks import make_linear
     >>> spec = LayerSpec(ensemble="batch", n_members=4, random_sign_init=0.5)
     >>> layer = make_linear(spec=spec, d_in=10, d_out=3)
     """
