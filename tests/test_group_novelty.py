@@ -135,11 +135,11 @@ def test_a_query_model_is_calibrated_on_its_reference(novelty_model, tmp_path):
     np.testing.assert_array_equal(info["calibration_cells"], np.sort(reference.validation_indices))
     assert scores["novelty_tested"].all()  # no query cell was trained on by the reference
     # the threshold is the conformal quantile of the reference's validation cells' scores
-    cal = np.sort(info["calibration_scores"]["novelty_knn"])
+    cal = np.sort(info["calibration_scores"]["novelty_combined"])
     rank = int(np.ceil((len(cal) + 1) * (1 - info["alpha"])))  # default alpha: 5%
-    assert info["novelty_knn_threshold"] == pytest.approx(cal[min(rank, len(cal)) - 1])
+    assert info["novelty_combined_threshold"] == pytest.approx(cal[min(rank, len(cal)) - 1])
     np.testing.assert_array_equal(
-        scores["is_novel"], scores["novelty_knn"] > cal[min(rank, len(cal)) - 1]
+        scores["is_novel"], scores["novelty_combined"] > cal[min(rank, len(cal)) - 1]
     )
     # the calibration cells are decoded in the query's batch, as the query's cells are: the
     # scores of those cells copied into batch "new" and scored as a plain query
@@ -229,13 +229,13 @@ def test_majority_test_counts_the_calibrated_per_cell_flags(novelty_model):
         model, query, groupby="cell_type", cell_alpha=0.2, min_cells=3, progress=False
     )
     info = query.uns["ensemblevi"]["cell_novelty"]
-    cal = np.sort(info["calibration_scores"]["novelty_knn"])
+    cal = np.sort(info["calibration_scores"]["novelty_combined"])
     threshold = cal[int(np.ceil((len(cal) + 1) * 0.8)) - 1]
-    flagged = query.obs["ensemblevi_novelty_knn"].to_numpy() > threshold
+    flagged = query.obs["ensemblevi_novelty_combined"].to_numpy() > threshold
     labels = query.obs["cell_type"].astype(str).to_numpy()
     for g, row in table.iterrows():
         assert row["n_flagged"] == flagged[labels == g].sum()
     stored = query.uns["ensemblevi"]["group_novelty"]
-    assert stored["test"] == "majority" and stored["score"] == "novelty_knn"
+    assert stored["test"] == "majority" and stored["score"] == "novelty_combined"
     with pytest.raises(ValueError, match="test must be"):
         ev.tl.group_novelty(model, query, test="binomial", progress=False)

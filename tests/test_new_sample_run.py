@@ -77,9 +77,9 @@ def test_run_keeps_samples_out_and_calibrates_on_them(sample_run):
     # one held-out sample: the rate is measured on halves of its cells, and says so
     assert "one held-out sample" in cells["fpr_measured_on"]
     # the threshold is the conformal quantile of the held-out sample's scores (recomputed)
-    knn = result.obs["ensemblevi_novelty_knn"].to_numpy()
-    threshold, _ = conformal_threshold(knn[samples == held], cells["alpha"])
-    assert threshold == pytest.approx(cells["novelty_knn_threshold"])
+    deciding = result.obs["ensemblevi_novelty_combined"].to_numpy()
+    threshold, _ = conformal_threshold(deciding[samples == held], cells["alpha"])
+    assert threshold == pytest.approx(cells["novelty_combined_threshold"])
     # the training cells are never tested, the held-out sample's cells all are
     tested = result.obs["ensemblevi_novelty_tested"].to_numpy().astype(bool)
     assert tested[samples == held].all()

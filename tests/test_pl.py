@@ -76,7 +76,7 @@ PLOTS = {
     "biological_spread": (lambda a, **kw: ev.pl.biological_spread(a, **kw), 3),
     "member_histograms": (lambda a, **kw: member_histograms(a, **kw), 3),
     "gene_uncertainty": (lambda a, **kw: ev.pl.gene_uncertainty(a, highlight=["DCN"], **kw), 1),
-    "novelty_umap": (lambda a, **kw: ev.pl.novelty_umap(a, color="cell_type", **kw), 4),
+    "novelty_umap": (lambda a, **kw: ev.pl.novelty_umap(a, color="cell_type", **kw), 5),
     "group_novelty": (lambda a, **kw: ev.pl.group_novelty(a, **kw), 1),
     "cluster_stability": (lambda a, **kw: ev.pl.cluster_stability(a, **kw), 1),
     "stability_umap": (lambda a, **kw: ev.pl.stability_umap(a, **kw), 3),
@@ -115,7 +115,7 @@ def test_each_plot_draws_into_the_given_axes(analysed, name):
     with pytest.raises(ValueError, match="axes were given"):
         plot(analysed, ax=[axes[0]] * (n - 1) or [], show=False)
     plt.close(fig)
-    grid = plt.subplots(2, 2)[1]  # an array of axes, as plt.subplots returns
+    grid = plt.subplots(2, 3)[1]  # an array of axes, as plt.subplots returns
     if n > 1:
         assert plot(analysed, ax=grid, show=False) == list(grid.flat)[:n]
     plt.close("all")
@@ -252,7 +252,12 @@ def test_point_density_is_scotts_gaussian_kernel_density():
 
 def test_novelty_umap_reads_the_stored_embedding(analysed):
     axes = ev.pl.novelty_umap(analysed, show=False)
-    assert [a.get_title() for a in axes] == ["novelty_knn", "novelty_cv", "novelty_llgap"]
+    assert [a.get_title() for a in axes] == [
+        "novelty_combined",
+        "novelty_knn",
+        "novelty_cv",
+        "novelty_llgap",
+    ]
     xy = np.sort(axes[0].collections[0].get_offsets(), axis=0)
     np.testing.assert_allclose(xy, np.sort(analysed.obsm[UMAP_KEY], axis=0), rtol=1e-6)
     del_key = analysed.obsm.pop(UMAP_KEY)

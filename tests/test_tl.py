@@ -145,19 +145,36 @@ def test_cell_novelty_scores_and_rule(heart):
         knn += mean15 / np.median(mean15[val])
     knn /= model.n_members
     np.testing.assert_allclose(scores["novelty_knn"], knn, rtol=1e-5)
+    # the deciding score: the mean of knn and the expression distance (itself checked
+    # against a float64 SVD and a brute-force kNN in test_new_sample_expression.py)
+    from ensemblevi.tl._novelty_expression import expression_knn
+    from ensemblevi.tl._novelty_rule import novelty_reference
+
+    self_rows = np.full(adata.n_obs, -1)
+    self_rows[train] = np.arange(len(train))
+    expr, _ = expression_knn(model, adata, novelty_reference(model), 15, self_rows)
+    np.testing.assert_allclose(scores["novelty_expr"], expr, rtol=1e-6)
+    combined = (knn + expr) / 2
+    np.testing.assert_allclose(scores["novelty_combined"], combined, rtol=1e-5)
     # training cells are never tested nor flagged
     tested = adata.obs["ensemblevi_novelty_tested"].to_numpy()
     assert not tested[train].any() and tested[val].all()
     flags = adata.obs["ensemblevi_is_novel"].to_numpy()
     assert not flags[train].any()
-    # each validation cell against the conformal threshold of the other half: by loop
+    assert info["decides"] == "novelty_combined"
+    # each validation cell against the conformal threshold of the other half: by loop,
+    # for the deciding score (is_novel) and for novelty_knn (its own flag)
     perm = np.random.default_rng(0).permutation(len(val))
     halves = perm[:20], perm[20:]
+    knn_flags = scores["novelty_knn_flag"].to_numpy()
     for this, other in (halves, halves[::-1]):
-        ref = np.sort(knn[val[other]])
         rank = int(np.ceil(21 * (1 - alpha)))  # 20 cells: the 20th smallest is the max
-        np.testing.assert_array_equal(flags[val[this]], knn[val[this]] > ref[rank - 1])
-    assert info["novelty_knn_fpr_heldout"] == pytest.approx(flags[val].mean())
+        for score, got in ((combined, flags), (knn, knn_flags)):
+            ref = np.sort(score[val[other]])
+            np.testing.assert_array_equal(got[val[this]], score[val[this]] > ref[rank - 1])
+    assert info["novelty_combined_fpr_heldout"] == pytest.approx(flags[val].mean())
+    assert info["novelty_knn_fpr_heldout"] == pytest.approx(knn_flags[val].mean())
+    assert info["novelty_combined_threshold"] == pytest.approx(np.sort(combined[val])[39 - 1])
     assert info["novelty_knn_threshold"] == pytest.approx(np.sort(knn[val])[39 - 1])
     assert info["n_flagged"] == int(flags.sum()) and info["n_tested"] == len(val)
     assert "validation" in info["calibrated_on"]

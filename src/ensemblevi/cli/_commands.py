@@ -417,7 +417,10 @@ def annotate_command(
     score: Annotated[
         str,
         typer.Option(
-            help="Unknown rule's score: entropy, mutual_information, max_probability, novelty_knn."
+            help=(
+                "Unknown rule's score: entropy, mutual_information, max_probability, "
+                "novelty_knn, novelty_combined."
+            )
         ),
     ] = "entropy",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,

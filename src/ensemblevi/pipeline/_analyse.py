@@ -132,7 +132,7 @@ def recalibrate_on_samples(
     The streamed analysis pass calibrates on every validation cell; where whole samples
     were kept out of training, their cells set the thresholds instead
     (:func:`ensemblevi.tl._novelty.flag_novel_cells` with ``sample_key``, ``calibration=
-    "auto"``), from the scores the pass computed (only the latent kNN distance is
+    "auto"``), from the scores the pass computed (only the two kNN distances are
     recomputed), so the stated false-positive rate is that of a new sample. Also records
     ``uns["ensemblevi"]["sample_split"]``: the samples kept out, their cells, and which
     calibration the thresholds have.

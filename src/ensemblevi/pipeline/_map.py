@@ -432,8 +432,8 @@ def _write(
                     f"{record['alpha']:.0%}), "
                     "tested one-sided against a share of one half (binomial, Benjamini-Hochberg "
                     "across groups): a novel group is one most of whose cells lie outside what the "
-                    "model trained on. AUROC: its novelty_knn against the reference's held-out "
-                    "cells.",
+                    "model trained on. AUROC: its novelty_combined against the reference's "
+                    "held-out cells.",
                     stage / "figures" / "group_novelty.png",
                     shown,
                 ],

@@ -28,8 +28,10 @@ def novelty_umap(
 ) -> Figure | Axes | list[Axes] | None:
     """The stored UMAP coloured by the novelty scores (log scale) and by ``color``.
 
-    One panel per score that ``tl.cell_novelty`` wrote (``<key>_novelty_knn``,
-    ``<key>_novelty_cv``, ``<key>_novelty_llgap``) and per ``color`` column, each drawn by
+    One panel per score that ``tl.cell_novelty`` wrote (``<key>_novelty_combined``, the one
+    ``is_novel`` decides on, ``<key>_novelty_knn``, ``<key>_novelty_cv``,
+    ``<key>_novelty_llgap``; ``novelty_expr`` uses no model and is left out) and per
+    ``color`` column, each drawn by
     ``scanpy.pl.embedding`` (like it, categorical colours are stored in
     ``adata.uns[f"{color}_colors"]``). Scores of 0 are drawn in grey (off a log scale).
 
@@ -71,8 +73,8 @@ def novelty_umap(
     extra = [color] if isinstance(color, str) else list(color or [])
     scores = [
         c
-        for c in (f"{key}_novelty_knn", f"{key}_novelty_cv", f"{key}_novelty_llgap")
-        if c in adata.obs
+        for name in ("novelty_combined", "novelty_knn", "novelty_cv", "novelty_llgap")
+        if (c := f"{key}_{name}") in adata.obs
     ]
     columns = scores + extra
     if not columns:

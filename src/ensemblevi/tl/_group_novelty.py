@@ -2,7 +2,7 @@
 model was checked on?
 
 The default test (``test="majority"``) asks whether *most* of a group's cells are flagged by
-the calibrated per-cell rule (``novelty_knn`` above its conformal ``1 - cell_alpha``
+the calibrated per-cell rule (``novelty_combined`` above its conformal ``1 - cell_alpha``
 threshold): a one-sided binomial test of ``H0: share flagged <= min_share`` (0.5), BH
 across groups. A seen type's cells are flagged at about ``cell_alpha`` (sparse ones more:
 up to 24% on PBMC 3k), an unseen type's at 83-99%, so the decision does not hinge on how a
@@ -34,7 +34,7 @@ from anndata import AnnData
 from scipy import stats
 
 from ._checks import validated
-from ._novelty import KEY, SCORES, cell_novelty
+from ._novelty import DECIDING, KEY, SCORES, cell_novelty
 from ._novelty_rule import (
     NoveltyReference,
     conformal_threshold,
@@ -205,7 +205,7 @@ def group_novelty(
     """Which groups of cells are unlike the cells the model was checked on.
 
     Default (``test="majority"``): per group of ``obs[groupby]``, the share of its tested
-    cells that the calibrated per-cell rule flags (``novelty_knn`` above the conformal
+    cells that the calibrated per-cell rule flags (``novelty_combined`` above the conformal
     ``1 - cell_alpha`` threshold of the reference's validation cells; on the model's own
     AnnData each validation cell against the other half's threshold), and a one-sided
     binomial test of ``share <= min_share``; BH across groups; ``is_novel`` is
@@ -227,8 +227,9 @@ def group_novelty(
     groupby
         ``obs`` column of the groups.
     score
-        The score of the AUROC (and of the rank test): ``novelty_knn`` (default with
-        ``majority``), ``novelty_cv`` (default with ``rank``) or ``novelty_llgap``.
+        The score of the AUROC (and of the rank test): ``novelty_combined`` (default with
+        ``majority``), ``novelty_cv`` (default with ``rank``), or any other score of
+        :func:`cell_novelty`.
     fdr
         Benjamini-Hochberg level of ``is_novel``.
     min_cells
@@ -282,7 +283,7 @@ def group_novelty(
     if test not in ("majority", "rank"):
         raise ValueError(f"test must be 'majority' or 'rank', got {test!r}.")
     if score is None:
-        score = "novelty_knn" if test == "majority" else "novelty_cv"
+        score = DECIDING if test == "majority" else "novelty_cv"
     if score not in SCORES:
         raise ValueError(f"score must be one of {SCORES}, got {score!r}.")
     if not 0 < cell_alpha < 1:
@@ -308,7 +309,8 @@ def group_novelty(
         and "calibration_cells" in stored
         and np.array_equal(stored["calibration_cells"], ref.calibration)
     )
-    if column not in adata.obs or "calibration_scores" not in stored or not same:
+    has = {column, f"{key_added}_{DECIDING}"} <= set(adata.obs.columns)
+    if not has or DECIDING not in stored.get("calibration_scores", {}) or not same:
         cell_novelty(
             model,
             adata,
@@ -392,9 +394,9 @@ def _cell_flags(
     cell_alpha: float,
     key_added: str,
 ) -> np.ndarray:
-    """The per-cell rule at ``cell_alpha`` on ``novelty_knn``, from the stored scores."""
-    cal = np.asarray(stored["calibration_scores"]["novelty_knn"], dtype=np.float64)
-    values = adata.obs[f"{key_added}_novelty_knn"].to_numpy(dtype=np.float64)
+    """The per-cell rule at ``cell_alpha`` on the deciding score, from the stored scores."""
+    cal = np.asarray(stored["calibration_scores"][DECIDING], dtype=np.float64)
+    values = adata.obs[f"{key_added}_{DECIDING}"].to_numpy(dtype=np.float64)
     if rows is None:  # a query: every cell against the threshold
         threshold, _ = conformal_threshold(cal, cell_alpha)
         return values > threshold

@@ -30,10 +30,14 @@ from ._novelty_rule import (
 
 KEY = "ensemblevi"
 
-LabelScore = Literal["entropy", "mutual_information", "max_probability", "novelty_knn"]
+LabelScore = Literal[
+    "entropy", "mutual_information", "max_probability", "novelty_knn", "novelty_combined"
+]
 
 #: Scores of the unknown rule (each: higher, less likely a known type).
-SCORES = ("entropy", "mutual_information", "max_probability", "novelty_knn")
+SCORES = ("entropy", "mutual_information", "max_probability", "novelty_knn", "novelty_combined")
+#: the scores whose rule is :func:`ensemblevi.tl.cell_novelty`'s (distances to training cells)
+DISTANCES = ("novelty_knn", "novelty_combined")
 
 
 def _calibration_cells(
@@ -106,7 +110,7 @@ def _tempered_parts(members: np.ndarray, t: float) -> dict[str, np.ndarray]:
 
 
 def _score(parts: dict[str, np.ndarray], score: str) -> np.ndarray:
-    """The unknown rule's score from the label uncertainty (not ``novelty_knn``)."""
+    """The unknown rule's score from the label uncertainty (not a distance)."""
     if score == "max_probability":
         return 1.0 - parts["confidence"]
     return parts[score]
@@ -153,7 +157,9 @@ def label_uncertainty(
         unseen types best in the label benchmark (AUROC 0.974 against 0.905 for the
         entropy and 0.870 for the mutual information, docs/benchmarks.md), and needs one
         member only. ``"entropy"`` (predictive entropy), ``"mutual_information"`` (0 for
-        one member), ``"max_probability"`` (``1 -`` confidence, what a single scANVI offers).
+        one member), ``"max_probability"`` (``1 -`` confidence, what a single scANVI offers),
+        ``"novelty_combined"`` (the latent distance averaged with a distance in principal
+        components of the counts: :func:`ensemblevi.tl.cell_novelty`'s deciding score).
     calibration
         Boolean mask over ``model.adata`` of held-out labelled cells to calibrate on, or
         which held-out cells: ``"auto"`` (with ``sample_key``: those of samples the model did
@@ -211,7 +217,7 @@ def label_uncertainty(
     cal_members = None
     about: dict = {}
     groups = None
-    if (threshold is None and score != "novelty_knn") or temperature is True:
+    if (threshold is None and score not in DISTANCES) or temperature is True:
         cal_adata, cal_idx, about, groups = _calibration_cells(model, calibration, sample_key)
         cal_members = model.predict_members(cal_adata, indices=cal_idx, batch_size=batch_size)
     t = 1.0
@@ -228,17 +234,17 @@ def label_uncertainty(
         t = float(temperature)
     parts = _tempered_parts(members, t)
     info["temperature"] = t
-    if score == "novelty_knn":
+    if score in DISTANCES:
         from ._novelty import cell_novelty
 
         if calibration is not None and not isinstance(calibration, str):
             raise ValueError(
-                "score='novelty_knn' is calibrated on the held-out cells chosen "
+                f"score={score!r} is calibrated on the held-out cells chosen "
                 "by sample_key and calibration='auto'/'unseen_samples'/"
                 "'training_samples', not on a mask; use another score with a "
                 "mask."
             )
-        cell_novelty(
+        flagged = cell_novelty(
             model,
             adata,
             alpha=alpha,
@@ -248,13 +254,13 @@ def label_uncertainty(
             calibration=calibration or "auto",
         )
         nov = adata.uns[key_added]["cell_novelty"]
-        unknown = adata.obs[f"{key_added}_is_novel"].to_numpy().astype(bool)
+        unknown = flagged[f"{score}_flag"].to_numpy().astype(bool)
         untested = int(adata.n_obs - nov["n_tested"])
         if untested:
             # scANVI trains on unlabelled cells too: those are never tested by this score
             warnings.warn(
                 f"{untested:,} cells were trained on and are never called unknown by "
-                "score='novelty_knn' (its scores are biased on them); use "
+                f"score={score!r} (its scores are biased on them); use "
                 "score='entropy' for cells the model trained on.",
                 stacklevel=2,
             )
@@ -262,7 +268,7 @@ def label_uncertainty(
         info.update(
             n_calibration=len(nov["calibration_cells"]),
             exact=True,
-            calibration_fpr=float(nov["novelty_knn_fpr_heldout"]),
+            calibration_fpr=float(nov[f"{score}_fpr_heldout"]),
             fpr_measured_on=nov["fpr_measured_on"],
             **{
                 k: nov[k]
@@ -275,7 +281,7 @@ def label_uncertainty(
                 )
             },
         )
-        threshold = float(nov["novelty_knn_threshold"])
+        threshold = float(nov[f"{score}_threshold"])
     elif threshold is None:
         cal = _score(_tempered_parts(cal_members, t), score)
         threshold, exact = conformal_threshold(cal, alpha)
@@ -289,7 +295,7 @@ def label_uncertainty(
         )
     else:
         info.update(n_calibration=0, exact=False, calibration_fpr=float("nan"))
-    if score != "novelty_knn":
+    if score not in DISTANCES:
         unknown = _score(parts, score) > threshold
     label = np.asarray(types, dtype=object)[parts["label"]]
     obs = adata.obs

@@ -1,10 +1,17 @@
 """Per-cell epistemic scores: does the ensemble know this cell?
 
-Three scores (hand-written: scvi-tools has no ensemble novelty score):
+Five scores (hand-written: scvi-tools has no ensemble novelty score):
 
-* ``novelty_knn`` (the one the rule decides on): per member, the mean distance from the
-  cell to its 15 nearest training cells in that member's latent space, over its median on
-  the calibration cells; averaged over members (:mod:`ensemblevi.tl._novelty_rule`);
+* ``novelty_combined`` (the one the rule decides on): the mean of ``novelty_knn`` and
+  ``novelty_expr``, each over its median on the calibration cells
+  (:mod:`ensemblevi.tl._novelty_expression`). On new samples it flagged more of an unseen
+  type's cells than ``novelty_knn`` at the same false-positive rate on every run measured
+  (``docs/new_samples.md``), for deep ensembles and for one model alike;
+* ``novelty_knn``: per member, the mean distance from the cell to its 15 nearest training
+  cells in that member's latent space, over its median on the calibration cells; averaged
+  over members (:mod:`ensemblevi.tl._novelty_rule`);
+* ``novelty_expr``: the same distance in 20 principal components of the log-normalised
+  counts, fitted on the training cells (no encoder can fold a type onto known ones there);
 * ``novelty_cv``: the root mean square over genes of the between-member coefficient of
   variation of the cell's denoised expression, ``sqrt(mean_g var_between / mean^2)``
   (``UncertaintySummary.cell_rms_cv``);
@@ -12,7 +19,7 @@ Three scores (hand-written: scvi-tools has no ensemble novelty score):
   ``log mean_k exp(ELBO_k) - mean_k ELBO_k >= 0`` (Jensen), which is 0 when the members
   agree on the cell's likelihood and grows with their disagreement.
 
-Rule: a cell is flagged (``is_novel``) when its ``novelty_knn`` exceeds a conformal
+Rule: a cell is flagged (``is_novel``) when its ``novelty_combined`` exceeds a conformal
 ``1 - alpha`` quantile of the score on the reference's validation cells (cells like the
 training data that the model did not train on). Cells the model trained on are never
 tested (``novelty_tested`` is False, ``is_novel`` False): every score is biased on them
@@ -35,6 +42,7 @@ from anndata import AnnData
 from ensemblevi._constants import DEFAULT_KEY, logmeanexp
 from ensemblevi.model.base._uncertainty import UncertaintySummary
 
+from ._novelty_expression import combine, expression_knn
 from ._novelty_rule import (
     UNSEEN_SAMPLES,
     conformal_threshold,
@@ -47,9 +55,9 @@ from ._novelty_rule import (
 from ._stream import ElboReducer, SummaryReducer, stream
 
 KEY = DEFAULT_KEY
-SCORES = ("novelty_knn", "novelty_cv", "novelty_llgap")
+SCORES = ("novelty_combined", "novelty_knn", "novelty_expr", "novelty_cv", "novelty_llgap")
 #: the score ``is_novel`` is the flag of
-DECIDING = "novelty_knn"
+DECIDING = "novelty_combined"
 N_NEIGHBORS = 15
 
 
@@ -57,7 +65,7 @@ def novelty_scores(
     summary: UncertaintySummary, elbo: np.ndarray, obs_names: pd.Index
 ) -> pd.DataFrame:
     """The two disagreement scores of every cell, from a filled summary and the members'
-    ELBOs of the same streamed pass (``novelty_knn`` is added by :func:`flag_novel_cells`).
+    ELBOs of the same streamed pass (the distances are added by :func:`flag_novel_cells`).
 
     Parameters
     ----------
@@ -118,7 +126,7 @@ def _in_batch(model, cells: AnnData, batch: str) -> AnnData:
 
 
 def _check_novelty(model, alpha: float) -> None:
-    # one member is allowed: the deciding score (latent kNN distance) needs no disagreement;
+    # one member is allowed: the deciding score (two kNN distances) needs no disagreement;
     # novelty_cv and novelty_llgap are then 0 for every cell
     if model.n_members < 1:
         raise ValueError("cell_novelty needs a trained model with at least 1 member.")
@@ -140,7 +148,8 @@ def flag_novel_cells(
     sample_key: str | None = None,
     calibration: str = "auto",
 ) -> pd.DataFrame:
-    """Add ``novelty_knn``, calibrate every score's threshold on the reference's validation
+    """Add the distances (``novelty_knn``, ``novelty_expr``, ``novelty_combined``), calibrate
+    every score's threshold on the reference's validation
     cells, flag the cells the model did not train on, and write it all.
 
     Parameters
@@ -169,8 +178,8 @@ def flag_novel_cells(
 
     Returns
     -------
-    ``scores`` with ``novelty_knn``, a ``<score>_flag`` column per score, ``novelty_tested``
-    and ``is_novel`` (``novelty_knn_flag``).
+    ``scores`` with the three distances, a ``<score>_flag`` column per score,
+    ``novelty_tested`` and ``is_novel`` (``novelty_combined_flag``).
     """
     scores = scores.copy()
     ref = novelty_reference(model, reference_model, sample_key=sample_key, calibration=calibration)
@@ -202,8 +211,12 @@ def flag_novel_cells(
     knn, knn_cal = knn_scores(
         z_ref[:, ref.train], z, z_ref[:, ref.calibration], n_neighbors, self_rows
     )
+    expr, expr_cal = expression_knn(model, adata, ref, n_neighbors, self_rows, seed)
+    scores.insert(0, "novelty_expr", expr)
     scores.insert(0, "novelty_knn", knn)
-    calib["novelty_knn"] = knn_cal
+    scores.insert(0, DECIDING, combine(knn, expr))
+    calib["novelty_knn"], calib["novelty_expr"] = knn_cal, expr_cal
+    calib[DECIDING] = combine(knn_cal, expr_cal)
     tested = np.ones(adata.n_obs, dtype=bool)
     if own:
         tested[rows[ref.train]] = False
@@ -225,7 +238,7 @@ def flag_novel_cells(
         **ref.describe(),
     }
     # one count of calibration cells for every score: whether alpha is reachable with it
-    info["threshold_guaranteed"] = conformal_threshold(knn_cal, alpha)[1]
+    info["threshold_guaranteed"] = conformal_threshold(calib[DECIDING].to_numpy(), alpha)[1]
     for name in SCORES:
         values = calib[name].to_numpy(dtype=np.float64)
         threshold, _ = conformal_threshold(values, alpha)
@@ -299,7 +312,7 @@ def cell_novelty(
     ----------
     model
         A trained :class:`~ensemblevi.model.EnsembleSCVI` (one member is enough: the rule
-        decides on the latent kNN distance; ``novelty_cv`` and ``novelty_llgap`` need 2)
+        decides on two kNN distances; ``novelty_cv`` and ``novelty_llgap`` need 2)
         with at least 40 validation cells (or a query model and its ``reference_model``).
     adata
         Cells to score, registered with the model (default: the model's own).
@@ -313,10 +326,10 @@ def cell_novelty(
     seed
         Seed of the latent samples, the ELBO and the halves of the validation cells.
     key_added
-        Prefix of the ``adata.obs`` columns ``<key>_novelty_knn``, ``<key>_novelty_cv``,
-        ``<key>_novelty_llgap``, ``<key>_novelty_tested`` (False for the cells the model
-        trained on, which are never flagged) and ``<key>_is_novel`` (``novelty_knn`` above
-        its threshold), and of ``adata.uns[key]["cell_novelty"]`` (thresholds, measured
+        Prefix of the ``adata.obs`` columns ``<key>_<score>`` for every score (module
+        docstring), ``<key>_novelty_tested`` (False for the cells the model trained on,
+        which are never flagged) and ``<key>_is_novel`` (``novelty_combined`` above its
+        threshold), and of ``adata.uns[key]["cell_novelty"]`` (thresholds, measured
         false-positive rates, settings, and ``calibration_cells``: positions in the
         reference AnnData of the cells the thresholds were set on).
     progress
@@ -326,7 +339,7 @@ def cell_novelty(
         with its AnnData), whose validation cells set the thresholds and whose training
         cells the distances are measured to. ``None``: ``model`` itself.
     n_neighbors
-        Nearest training cells the ``novelty_knn`` distance averages over.
+        Nearest training cells the two distances average over.
     sample_key
         ``obs`` column of the reference's samples (donors, runs). With it, and a model
         trained with whole samples kept out (:func:`ensemblevi.tl.sample_split`), the

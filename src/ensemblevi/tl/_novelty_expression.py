@@ -33,7 +33,9 @@ CHUNK = 8192
 def _counts(model, adata: AnnData):
     from scvi import REGISTRY_KEYS
 
-    manager = model.get_anndata_manager(adata, required=True)
+    manager = model.get_anndata_manager(adata)
+    if manager is None:  # a query model reading its reference's cells: register them first
+        manager = model.get_anndata_manager(model._validate_anndata(adata), required=True)
     x = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
     return sparse.csr_matrix(x) if sparse.issparse(x) else np.asarray(x)
 

@@ -121,6 +121,7 @@ def sample_split(
     train_size: float = 0.9,
     seed: int = 0,
     min_sample_cells: int = MIN_SAMPLE_CELLS,
+    batch_size: int = 128,
 ) -> dict:
     """A training split that keeps whole samples out, for calibration on unseen samples.
 
@@ -149,6 +150,12 @@ def sample_split(
         Fewest cells a sample needs to be kept out: the held-out samples are drawn among
         those with at least this many (default 20: at alpha 5% a conformal threshold needs
         19 scores, and the rate is measured on each held-out sample against the others').
+    batch_size
+        The ``batch_size`` the model will train with (128: scvi-tools' and ensemblevi's
+        default). Where the training cells would leave a last minibatch of 1 or 2 cells,
+        those are moved to the validation cells, as scvi-tools' own random split does:
+        batch normalisation fails on a minibatch of one cell, and scvi-tools only warns
+        for a split given by index.
 
     Returns
     -------
@@ -209,6 +216,7 @@ def sample_split(
         )
     rest = np.flatnonzero(~out)
     n_val = round(len(rest) * (1 - train_size))
+    n_val += (len(rest) - n_val) % batch_size if 0 < (len(rest) - n_val) % batch_size < 3 else 0
     val_rest = rng.choice(rest, size=n_val, replace=False)
     val = np.sort(np.concatenate([np.flatnonzero(out), val_rest]))
     train = np.setdiff1d(rest, val_rest)
