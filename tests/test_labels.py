@@ -381,14 +381,16 @@ def test_label_uncertainty_with_temperature_tempers_the_pooled_probabilities(tra
     assert fixed["temperature"] == 2.0
 
 
-def test_novelty_knn_unknown_rule_is_cell_novelty_flag(trained):
+@pytest.mark.parametrize("score", ["novelty_combined", "novelty_knn"])
+def test_distance_unknown_rule_is_cell_novelty_flag(trained, score):
     adata, _, model = trained
     query = adata[:150].copy()
-    info = ev.tl.label_uncertainty(model, query, score="novelty_knn", key_added="nk")
-    flags = query.obs["nk_is_novel"].to_numpy().astype(bool)
-    np.testing.assert_array_equal(query.obs["nk_label_unknown"].to_numpy(), flags)
+    info = ev.tl.label_uncertainty(model, query, score=score, key_added="nk")
     nov = query.uns["nk"]["cell_novelty"]
-    assert info["threshold"] == nov["novelty_knn_threshold"]
-    knn = query.obs["nk_novelty_knn"].to_numpy()
+    assert info["threshold"] == nov[f"{score}_threshold"]
+    values = query.obs[f"nk_{score}"].to_numpy()
     tested = query.obs["nk_novelty_tested"].to_numpy().astype(bool)
-    np.testing.assert_array_equal(flags, tested & (knn > info["threshold"]))
+    unknown = query.obs["nk_label_unknown"].to_numpy().astype(bool)
+    np.testing.assert_array_equal(unknown, tested & (values > info["threshold"]))
+    if score == "novelty_combined":  # the default: cell_novelty's own flag
+        np.testing.assert_array_equal(unknown, query.obs["nk_is_novel"].to_numpy().astype(bool))

@@ -231,7 +231,7 @@ def test_label_unknown_rule_one_member_unseen_samples():
         datasplitter_kwargs=split["datasplitter_kwargs"],
     )
     info = ev.tl.label_uncertainty(model, adata, alpha=0.1, sample_key="sample")
-    assert info["score"] == "novelty_knn"  # the default follows the measurement
+    assert info["score"] == "novelty_combined"  # the default follows the measurement
     assert info["calibration_kind"] == "unseen samples" and info["n_calibration_samples"] == 2
     ent = ev.tl.label_uncertainty(
         model, adata, alpha=0.1, score="entropy", sample_key="sample", key_added="e"

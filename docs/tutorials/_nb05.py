@@ -77,7 +77,7 @@ probs.head()""",
 ## 2. Per-cell answers and the `unknown` rule
 
 The score deciding `unknown` is the predictive entropy here (`score="entropy"`): scANVI
-also trains on the unlabelled cells, and the default `novelty_knn` score never tests a
+also trains on the unlabelled cells, and the default `novelty_combined` score never tests a
 cell the model trained on. The threshold is the 95th percentile of the score on labelled
 validation cells, so about 5% of cells of known types are called unknown by design.""",
     ),

@@ -205,22 +205,14 @@ def run_de(
 
 
 def _unit_settings(attrs: dict) -> dict:
-    """The result's unit of replication for the settings file and the report (JSON)."""
-    out = {
-        k: attrs[k]
-        for k in (
-            "inference_unit",
-            "statement",
-            "sample_key",
-            "sample_key_source",
-            "method",
-            "unused_sample_columns",
-        )
-        if k in attrs
-    }
-    reps = attrs.get("replicates")
-    if isinstance(reps, list) and reps:
-        out["replicates"] = {k: v for k, v in reps[0].items() if k != "comparison"}
+    """The result's unit of replication for the settings file and the report (JSON): the
+    fields ``uns`` stores, with the one comparison's replicates."""
+    from ensemblevi.model.base._de_replicated import storable_attrs
+
+    out = storable_attrs(attrs)
+    reps = out.pop("replicates", None)
+    if isinstance(reps, dict) and reps:  # the command runs one comparison
+        out["replicates"] = next(iter(reps.values()))
     return out
 
 
