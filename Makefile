@@ -24,10 +24,16 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Two pytest-xdist workers on 2 cores: most tests run one-threaded Python (Lightning's loop,
+# small models) or wait on subprocesses, so one process leaves a core idle. One file per
+# worker at a time (a file's module fixtures are trained once; tests/conftest.py gives each
+# worker one torch thread). `make test PYTEST_WORKERS=0` runs in one process.
+PYTEST_WORKERS ?= 2
+
 test: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile)
 
 # The documentation site; warnings (a broken reference, a bad docstring) are errors
 docs: $(BIN)/.installed

@@ -182,7 +182,12 @@ def _documented(obj) -> list[str]:
     return missing
 
 
-@pytest.mark.parametrize("name, obj", list(_public_objects()), ids=lambda v: str(v)[:60])
+# ids from the names only: an object's repr holds its address, which differs between
+# pytest-xdist workers (they must collect the same ids)
+_OBJECTS = list(_public_objects())
+
+
+@pytest.mark.parametrize("name, obj", _OBJECTS, ids=[name for name, _ in _OBJECTS])
 def test_every_public_name_has_a_numpydoc_docstring(name, obj):
     missing = _documented(obj)
     if name in TEMPORARY_NO_RETURNS:
