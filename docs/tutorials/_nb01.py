@@ -160,8 +160,8 @@ the model's variance that comes from the members disagreeing (rather than from t
 latent posterior within a member), and `frac_uncertain_cells` the share of the type's
 cells where the members' CV exceeds 10%.
 
-In the run committed here the members disagree by 17-35% (`member_cv`) on every marker,
-against a cell-to-cell variation (`cv`) of 24-54%, and almost all of the model's
+In the run committed here the members disagree by 16-35% (`member_cv`) on every marker,
+against a cell-to-cell variation (`cv`) of 23-55%, and almost all of the model's
 variance is between members (`frac_between` 0.85-0.95): the model spread is of the same
 order as the biological spread, which is the science's original finding. Differences in
 a marker's denoised level between single cells that are smaller than its `member_cv`
@@ -181,7 +181,7 @@ nearly all of them. In the biological spread each point is a member: the marker'
 average over the type's cells against its standard deviation over them. If the four
 points lay close together, the type's level and its cell-to-cell variation would not
 depend on which training run you happened to keep; here they do not lie close: the
-members' averages of GNLY in NK cells range from about 230 to 470 per 10,000, those of
+members' averages of GNLY in NK cells range from about 230 to 460 per 10,000, those of
 LYZ in CD14+ monocytes from about 490 to 670.""",
     ),
     (
@@ -197,7 +197,7 @@ written to `adata.var["ensemblevi_cv_between"]` with its rank.""",
         """
 genes = out["genes"]
 print(f"{len(genes)} genes scored; the ten least reproducible:")
-genes[["uncertainty", "mean", "frac_between", "rank"]].head(10)""",
+genes[["cv_between", "mean", "frac_between", "rank"]].head(10)""",
     ),
     ("code", """ev.pl.gene_uncertainty(adata, highlight=marker_genes[:6], show=True)"""),
     (
@@ -242,10 +242,11 @@ tested.groupby(adata.obs["cell_type"], observed=True)[
         "md",
         """
 **Reading.** The UMAP is of the ensemble's denoised expression. Of the 263 validation cells
-4.9% are flagged, as the 5% rule is set for: these cells come from the same sample as the
+4.2% are flagged, as the 5% rule is set for: these cells come from the same sample as the
 training cells, so the threshold holds for them. The rare types have the highest
-distances (megakaryocytes 1.9, dendritic cells 1.3 times the validation median): with
-15 and 37 cells in the data, few training cells are near them. For a *new* sample, see
+distances (megakaryocytes 1.9, dendritic cells 1.3 times the validation median in
+`novelty_knn`; 1.6 and 1.1 in `novelty_combined`): with 15 and 37 cells in the data, few
+training cells are near them. For a *new* sample, see
 tutorial 03, which calibrates on samples the model never saw.
 
 ## What to take away
