@@ -146,3 +146,15 @@ def test_run_main_job_writes_everything_and_reuses(tmp_path):
 def test_run_reports_bad_markers(tmp_path):
     res = runner.invoke(app, ["run", "--quick", "--markers", "nope", "--out", str(tmp_path)])
     assert res.exit_code == 2 and "Unknown marker set" in res.output
+
+
+def test_python_dash_m_runs_the_command():
+    import subprocess
+    import sys
+
+    for module in ("ensemblevi", "ensemblevi.cli"):
+        res = subprocess.run(
+            [sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120
+        )
+        assert res.returncode == 0, res.stderr
+        assert "run" in res.stdout and "map" in res.stdout

@@ -41,6 +41,7 @@ RANKS = {
     "pipeline": 9,
     "cli": 10,
     "__init__": 10,
+    "__main__": 10,
 }
 
 #: sub-packages that are a layer of their own, below their parent package
