@@ -246,3 +246,19 @@ def test_label_unknown_rule_one_member_unseen_samples():
     assert ent["threshold"] == pytest.approx(h[math.ceil((len(h) + 1) * 0.9) - 1], rel=1e-4)
     with pytest.raises(ValueError, match="not on a mask"):
         ev.tl.label_uncertainty(model, adata, calibration=np.ones(adata.n_obs, bool))
+
+
+def test_a_last_minibatch_of_one_cell_is_refused_before_training():
+    # BatchNorm cannot train on one cell; scvi-tools only warns for a split given by index
+    adata = _data()
+    EnsembleSCVI.setup_anndata(adata, layer="counts")
+    model = EnsembleSCVI(adata, n_members=2, n_hidden=8, n_latent=2, seed=0)
+    cells = np.arange(adata.n_obs)
+    split = {"external_indexing": [cells[:129], cells[129:], np.array([], dtype=int)]}
+    with pytest.raises(ValueError, match="last minibatch of 1 cell at batch_size=128"):
+        model.train(max_epochs=1, datasplitter_kwargs=split, enable_progress_bar=False)
+    assert not model.is_trained
+    # sample_split's split at the same batch size trains
+    fine = ev.tl.sample_split(adata, "sample", n_holdout=2, seed=0)["datasplitter_kwargs"]
+    model.train(max_epochs=1, datasplitter_kwargs=fine, enable_progress_bar=False)
+    assert model.is_trained

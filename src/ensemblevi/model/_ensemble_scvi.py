@@ -43,6 +43,7 @@ from ensemblevi.data._validate import check_setup_data
 from ensemblevi.module import EnsembleVAE
 from ensemblevi.module._hyperparameters import hyperparameter_table, trajectory_frame
 from ensemblevi.module._likelihood import compiled_likelihood, should_compile
+from ensemblevi.nn._norm_dropout import EnsembleBatchNorm
 from ensemblevi.train import EnsembleTrainingPlan, HyperTrainingPlan
 from ensemblevi.train._callbacks import EpochCheckpoint, HyperparameterTrajectory, NaNGuard
 
@@ -450,6 +451,24 @@ class EnsembleSCVI(
             **kwargs,
         )
 
+    def _check_last_minibatch(self, splitter_kwargs: dict | None, batch_size: int) -> None:
+        """Refuse, before training, training cells given by index that leave a last
+        minibatch of one cell: batch normalisation cannot train on it (PyTorch raises
+        mid-epoch), and scvi-tools only warns for a split given by index (its own random
+        split moves such cells to validation)."""
+        split = (splitter_kwargs or {}).get("external_indexing")
+        if split is None or self.module is None or len(split[0]) % batch_size != 1:
+            return
+        norms = (torch.nn.modules.batchnorm._BatchNorm, EnsembleBatchNorm)
+        if any(isinstance(m, norms) for m in self.module.modules()):
+            raise ValueError(
+                f"The {len(split[0]):,} training cells of external_indexing leave a last "
+                f"minibatch of 1 cell at batch_size={batch_size}, and batch normalisation "
+                "cannot train on one cell: move a training cell to the validation cells, "
+                f"pass another batch_size (e.g. {batch_size - 1}), or build the split with "
+                f"ev.tl.sample_split(..., batch_size={batch_size}), which does this."
+            )
+
     def _fit_guarded(
         self,
         fit: Callable[..., Any],
@@ -474,6 +493,7 @@ class EnsembleSCVI(
                 "ensemble='hyperbatch' tunes its hyperparameters on validation cells: use "
                 "train_size < 1 (default 0.9)."
             )
+        self._check_last_minibatch(kwargs.get("datasplitter_kwargs"), batch_size)
         callbacks = list(kwargs.pop("callbacks", None) or [])
         guard = NaNGuard()
         callbacks.append(guard)

@@ -149,8 +149,8 @@ def flag_novel_cells(
     calibration: str = "auto",
 ) -> pd.DataFrame:
     """Add the distances (``novelty_knn``, ``novelty_expr``, ``novelty_combined``), calibrate
-    every score's threshold on the reference's validation
-    cells, flag the cells the model did not train on, and write it all.
+    every score's threshold on the reference's validation cells, flag the cells the model
+    did not train on, and write it all.
 
     Parameters
     ----------
