@@ -11,16 +11,21 @@ and the imports; the increase over the peak before the analysis is printed too.
 
 Target: under 2 GB peak and under 2 minutes for the analysis.
 
-Run: ``.venv/bin/python benchmarks/bench_analysis_scale.py`` (a few minutes here).
+Run: ``.venv/bin/python benchmarks/bench_analysis_scale.py`` (a few minutes here). With
+``--save DIR`` it trains and saves, and ``--load DIR`` then analyses in a process that never
+trained: its peak is the analysis' own (training's peak is not counted in it).
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import logging
+import pstats
 import resource
 import time
 import warnings
+from pathlib import Path
 
 from ensemblevi.tl._markers import load_markers
 
@@ -44,6 +49,18 @@ def main() -> None:
         help="stop training after this many minibatches (the analysis' cost does not depend "
         "on the training; on a loaded machine this saves the epoch)",
     )
+    parser.add_argument(
+        "--profile", default=None, help="profile the analysis with cProfile into this file"
+    )
+    parser.add_argument(
+        "--save", default=None, help="save the trained model and its data to this folder, then stop"
+    )
+    parser.add_argument(
+        "--load",
+        default=None,
+        help="analyse the model and data saved with --save (no training in this process: its "
+        "peak is the analysis' own, with the data, the model and the imports)",
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     logging.getLogger("scvi").setLevel(logging.ERROR)
@@ -53,18 +70,32 @@ def main() -> None:
     from ensemblevi.model import EnsembleSCVI
 
     torch.set_num_threads(2)
-    adata = ev.data.synthetic("heartlike", seed=0, n_cells=args.cells)
-    EnsembleSCVI.setup_anndata(adata, layer="counts", batch_key="batch")
-    model = EnsembleSCVI(adata, n_members=args.members, ensemble="deep", seed=0)
-    t = time.perf_counter()
-    steps = {} if args.max_steps is None else {"max_steps": args.max_steps}
-    model.train(max_epochs=args.epochs, seed=0, enable_progress_bar=False, **steps)
+    if args.load:
+        import anndata
+
+        adata = anndata.read_h5ad(Path(args.load) / "adata.h5ad")
+        model = EnsembleSCVI.load(args.load, adata)
+        print(f"loaded from {args.load}", flush=True)
+    else:
+        adata = ev.data.synthetic("heartlike", seed=0, n_cells=args.cells)
+        EnsembleSCVI.setup_anndata(adata, layer="counts", batch_key="batch")
+        model = EnsembleSCVI(adata, n_members=args.members, ensemble="deep", seed=0)
+        t = time.perf_counter()
+        steps = {} if args.max_steps is None else {"max_steps": args.max_steps}
+        model.train(max_epochs=args.epochs, seed=0, enable_progress_bar=False, **steps)
+        print(f"training {args.epochs} epoch(s): {time.perf_counter() - t:.1f} s")
     print(f"{adata.n_obs:,} cells x {adata.n_vars:,} genes, {model.n_members} members", flush=True)
-    print(f"training {args.epochs} epoch(s): {time.perf_counter() - t:.1f} s")
+    if args.save:
+        model.save(args.save, overwrite=True, save_anndata=True)
+        print(f"saved to {args.save}")
+        return
     before = peak_mb()
     print(f"peak RSS before the analysis: {before:,.0f} MB")
     markers = load_markers("heart")
+    profile = cProfile.Profile() if args.profile else None
     t, cpu = time.perf_counter(), time.process_time()
+    if profile is not None:
+        profile.enable()
     ev.tl.uncertainty_analysis(
         model,
         adata,
@@ -76,6 +107,10 @@ def main() -> None:
         progress=False,
     )
     total, cpu = time.perf_counter() - t, time.process_time() - cpu
+    if profile is not None:
+        profile.disable()
+        profile.dump_stats(args.profile)
+        pstats.Stats(profile).sort_stats("cumulative").print_stats(40)
     name = (
         f"uncertainty_analysis ({args.n_samples} samples, embedding {args.embedding}, "
         f"batch size {args.batch_size or 'default'})"

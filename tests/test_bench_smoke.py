@@ -156,3 +156,22 @@ def test_script_runs_with_tiny_settings(script, tmp_path, monkeypatch):
         assert err.code in (0, None), f"{script} exited with {err.code}"
     finally:
         __import__("torch").set_num_threads(threads)  # some scripts pin the thread count
+
+
+def test_analysis_scale_saves_then_analyses_in_a_process_that_never_trained(
+    tmp_path, monkeypatch, capsys
+):
+    # the --save / --load pair measures the analysis' own peak; each half must run
+    tiny = ["--members", "2", "--cells", "300", "--n-samples", "2", "--no-embedding"]
+    script = str(BENCH / "bench_analysis_scale.py")
+    monkeypatch.chdir(tmp_path)
+    threads = __import__("torch").get_num_threads()
+    try:
+        for mode in ("--save", "--load"):
+            monkeypatch.setattr(sys, "argv", [script, *tiny, mode, str(tmp_path / "model")])
+            runpy.run_path(script, run_name="__main__")
+    finally:
+        __import__("torch").set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert "saved to" in out and "loaded from" in out
+    assert "uncertainty_analysis" in out.split("loaded from")[1]

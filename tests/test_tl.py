@@ -8,6 +8,7 @@ import pytest
 from conftest import private_copy
 
 import ensemblevi as ev
+from ensemblevi._constants import FLOAT_BUDGET
 from ensemblevi.model import EnsembleSCVI
 from ensemblevi.tl._embedding import UMAP_KEY
 from ensemblevi.tl._markers import check_markers, load_markers, parse_marker_options
@@ -127,7 +128,7 @@ def test_cell_novelty_scores_and_rule(heart):
     scores = ev.tl.cell_novelty(model, adata, alpha=alpha, n_samples=2, progress=False)
     info = adata.uns["ensemblevi"]["cell_novelty"]
     # novelty_cv: root mean square over genes of the between-member CV, from the samples
-    bs = int(np.clip(2e7 // (2 * model.n_members * adata.n_vars), 1, 256))
+    bs = int(np.clip(FLOAT_BUDGET // (2 * model.n_members * adata.n_vars), 1, 256))
     _, mean, vb, _ = _reference(model, adata, 2, bs)
     np.testing.assert_allclose(
         scores["novelty_cv"].to_numpy(), np.sqrt((vb / mean**2).mean(1)), rtol=1e-4

@@ -49,8 +49,13 @@ DEFAULT_KEY = "ensemblevi"
 DE_KEY = f"{DEFAULT_KEY}_de"
 
 #: Memory budget, in floats, of one dense (samples, members, cells, genes) block that an
-#: evaluation loop holds at once (about 80 MB in float32); chunk sizes derive from it.
-FLOAT_BUDGET = 20_000_000
+#: evaluation loop holds at once (24 MB in float32); chunk sizes derive from it. It stays
+#: below glibc's largest dynamic mmap threshold (32 MiB): a bigger block is mmapped afresh
+#: and page-faulted in on every chunk, where a smaller one reuses the heap. At 80 MB blocks
+#: the streamed analysis spent most of its element-wise time in page faults (2,000 cells x
+#: 36 members x 10 samples: 13.5 s at 80 MB, 7.4-8.2 s at 24-31 MB; at atlas size 24 MB
+#: was 3-8 s faster than 32 MB; docs/benchmarks/speed.md).
+FLOAT_BUDGET = 6_000_000
 
 
 def chunk_size(per_item: int, low: int, high: int) -> int:

@@ -44,31 +44,37 @@ N_TABLE = 16  # counts up to this use per-gene tables instead of lgamma/digamma
 
 
 def _gamma_differences(
-    xv: torch.Tensor, cols: torch.Tensor, th: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+    xv: torch.Tensor, cols: torch.Tensor, th: torch.Tensor, digamma: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``lgamma(x + theta) - lgamma(theta)`` and ``digamma(x + theta) - digamma(theta)``.
 
     For the non-zero counts ``xv`` (genes ``cols``) and per-gene ``th`` ``(..., G)``;
-    returns two ``(..., nnz)`` tensors. Integer counts up to :data:`N_TABLE` (most
-    scRNA-seq counts) are looked up in per-gene tables built from the recurrences
-    ``lgamma(t + 1) = lgamma(t) + log t`` and ``digamma(t + 1) = digamma(t) + 1 / t``
-    (``N_TABLE x G`` logs instead of an lgamma and a digamma per non-zero count); larger
-    or non-integer counts are computed directly.
+    returns two ``(..., nnz)`` tensors (the second ``None`` without ``digamma``: the
+    log-likelihood needs only the first, and its table is half the work of each call of
+    the streamed analysis). Integer counts up to :data:`N_TABLE` (most scRNA-seq counts)
+    are looked up in per-gene tables built from the recurrences ``lgamma(t + 1) =
+    lgamma(t) + log t`` and ``digamma(t + 1) = digamma(t) + 1 / t`` (``N_TABLE x G`` logs
+    instead of an lgamma and a digamma per non-zero count); larger or non-integer counts
+    are computed directly.
     """
     n_genes = th.shape[-1]
     steps = th.unsqueeze(-2) + torch.arange(N_TABLE, dtype=th.dtype, device=th.device)[:, None]
     lg_table = torch.cumsum(torch.log(steps), dim=-2).flatten(-2)  # row j: x = j + 1
-    dg_table = torch.cumsum(steps.reciprocal(), dim=-2).flatten(-2)
     xi = xv.long()
     small = (xi <= N_TABLE) & (xi.to(xv.dtype) == xv)
     idx = (xi.clamp(1, N_TABLE) - 1) * n_genes + cols
-    lg, dg = lg_table.index_select(-1, idx), dg_table.index_select(-1, idx)
+    lg = lg_table.index_select(-1, idx)
+    dg = None
+    if digamma:
+        dg_table = torch.cumsum(steps.reciprocal(), dim=-2).flatten(-2)
+        dg = dg_table.index_select(-1, idx)
     if not bool(small.all()):
         big = torch.nonzero(~small, as_tuple=True)[0]
         th_big = th.index_select(-1, cols[big])
         xt = xv[big] + th_big
         lg = lg.index_copy(-1, big, torch.lgamma(xt) - torch.lgamma(th_big))
-        dg = dg.index_copy(-1, big, torch.digamma(xt) - torch.digamma(th_big))
+        if digamma:
+            dg = dg.index_copy(-1, big, torch.digamma(xt) - torch.digamma(th_big))
     return lg, dg
 
 
@@ -81,7 +87,7 @@ def _lgamma_ratio_sum(x: torch.Tensor, theta: torch.Tensor, shape: torch.Size) -
     """
     if _gene_theta(x, theta):
         rows, cols = torch.nonzero(x, as_tuple=True)
-        lg, _ = _gamma_differences(x[rows, cols], cols, theta[..., 0, :])
+        lg, _ = _gamma_differences(x[rows, cols], cols, theta[..., 0, :], digamma=False)
         acc = lg.new_zeros(*lg.shape[:-1], x.shape[0]).index_add_(lg.dim() - 1, rows, lg)
         return acc.expand(shape[:-1])
     return (torch.lgamma(x + theta) - torch.lgamma(theta)).sum(-1).expand(shape[:-1])

@@ -426,7 +426,13 @@ def knn_distance(
     from sklearn.neighbors import NearestNeighbors
 
     k = min(n_neighbors, len(ref) - 1)
-    dist, idx = NearestNeighbors(n_neighbors=k + 1).fit(ref).kneighbors(x)
+    # the KD tree's queries on torch's thread count. At atlas size (18,641 cells against
+    # 16,777 in a trained 10-dimensional latent space): 0.41-0.63 s per member on 2
+    # threads, against 0.71-1.04 s on one and 0.57-0.80 s by brute force; the whole
+    # analysis 134.3 s against 144.1 s with brute force (docs/benchmarks/speed.md). In a
+    # barely clustered space (an untrained model) the tree is slower than brute force.
+    knn = NearestNeighbors(n_neighbors=k + 1, n_jobs=torch.get_num_threads())
+    dist, idx = knn.fit(ref).kneighbors(x)
     if self_rows is None:
         return dist[:, :k].mean(1)
     # drop the point itself where it is found; else the farthest of the k + 1
