@@ -73,8 +73,8 @@ def analyse(
     sample_key
         ``obs`` column of the samples. Where the model kept whole samples out of training
         (``run --sample-key``), the novelty rule is calibrated on them
-        (:func:`recalibrate_on_samples`) and ``uns["ensemblevi"]["sample_split"]`` says
-        which samples.
+        in the analysis pass and ``uns["ensemblevi"]["sample_split"]`` says which samples
+        (:func:`record_sample_split`).
     """
     from ensemblevi import tl
     from ensemblevi.tl._kind_note import kind_note
@@ -84,6 +84,7 @@ def analyse(
     val = getattr(model, "validation_indices", None)
     n_val = 0 if val is None else len(val)
     novelty = several and n_val >= MIN_VALIDATION_CELLS
+    held = held_out_samples(model, adata, sample_key) if sample_key is not None else []
     found = tl.uncertainty_analysis(
         model,
         adata,
@@ -93,6 +94,8 @@ def analyse(
         seed=seed,
         novelty=novelty,
         embedding=several,
+        # calibrated on the samples kept out of training, in the pass: no second kNN pass
+        sample_key=sample_key if held else None,
     )
     if several and not novelty:
         adata.uns["ensemblevi"]["cell_novelty"] = {
@@ -104,7 +107,7 @@ def analyse(
     # the streamed pass answers the seed-spread questions too: a cheap kind says what it can
     kind_note(model, adata, "marker spread and gene uncertainty")
     if sample_key is not None:
-        novelty = recalibrate_on_samples(model, adata, novelty, sample_key, seed=seed)
+        record_sample_split(adata, sample_key, held, novelty)
     threshold = (
         adata.uns["ensemblevi"]["expression_spread"]["params"]["cv_threshold"]
         if spread is not None
@@ -124,18 +127,8 @@ def analyse(
     return Analysis(summary, genes, novelty, threshold, groups, clusters)
 
 
-def recalibrate_on_samples(
-    model, adata: AnnData, novelty: pd.DataFrame | None, sample_key: str, *, seed: int = 0
-) -> pd.DataFrame | None:
-    """Set the novelty thresholds again on the samples the model never trained on.
-
-    The streamed analysis pass calibrates on every validation cell; where whole samples
-    were kept out of training, their cells set the thresholds instead
-    (:func:`ensemblevi.tl._novelty.flag_novel_cells` with ``sample_key``, ``calibration=
-    "auto"``), from the scores the pass computed (only the two kNN distances are
-    recomputed), so the stated false-positive rate is that of a new sample. Also records
-    ``uns["ensemblevi"]["sample_split"]``: the samples kept out, their cells, and which
-    calibration the thresholds have.
+def held_out_samples(model, adata: AnnData, sample_key: str) -> list[str]:
+    """The samples the model kept whole out of training (``run --sample-key``), sorted.
 
     Parameters
     ----------
@@ -143,29 +136,46 @@ def recalibrate_on_samples(
         The run's model.
     adata
         The run's data (the model's own cells).
-    novelty
-        The pass's per-cell scores (``None``: novelty was not tested; only the record).
     sample_key
         ``obs`` column of the samples.
-    seed
-        Seed of the calibration halves (where the rate is measured on halves).
-
-    Returns
-    -------
-    The recalibrated scores (``novelty`` unchanged where no sample was kept out).
     """
     import numpy as np
-
-    from ensemblevi.tl._novelty import flag_novel_cells
-    from ensemblevi.tl._novelty_rule import TRAINING_SAMPLES, UNSEEN_SAMPLES
 
     samples = adata.obs[sample_key].astype(str).to_numpy()
     train = getattr(model, "train_indices", None)
     val = getattr(model, "validation_indices", None)
-    held = []
-    if train is not None and val is not None:
-        seen = np.unique(samples[np.asarray(train, dtype=np.int64)])
-        held = sorted(set(samples[np.asarray(val, dtype=np.int64)]) - set(seen))
+    if train is None or val is None:
+        return []
+    seen = np.unique(samples[np.asarray(train, dtype=np.int64)])
+    return sorted(set(samples[np.asarray(val, dtype=np.int64)]) - set(seen))
+
+
+def record_sample_split(
+    adata: AnnData, sample_key: str, held: list[str], novelty: pd.DataFrame | None
+) -> None:
+    """Record ``uns["ensemblevi"]["sample_split"]``: the samples kept out and the calibration.
+
+    Where whole samples were kept out of training, the analysis pass already set the
+    novelty thresholds on their cells (``tl.uncertainty_analysis(sample_key=...)``), so the
+    stated false-positive rate is that of a new sample; this says so, with the rate
+    measured on them.
+
+    Parameters
+    ----------
+    adata
+        The run's data, after the analysis pass.
+    sample_key
+        ``obs`` column of the samples.
+    held
+        :func:`held_out_samples`.
+    novelty
+        The pass's per-cell scores (``None``: novelty was not tested).
+    """
+    import numpy as np
+
+    from ensemblevi.tl._novelty_rule import TRAINING_SAMPLES, UNSEEN_SAMPLES
+
+    samples = adata.obs[sample_key].astype(str).to_numpy()
     record = {
         "sample_key": sample_key,
         "n_samples": len(np.unique(samples)),
@@ -175,21 +185,7 @@ def recalibrate_on_samples(
     }
     uns = adata.uns["ensemblevi"]
     if novelty is not None and held:
-        stored = uns["cell_novelty"]
-        info = {"n_samples": stored["n_samples"], "seed": int(seed)}
-        scores = novelty[["novelty_cv", "novelty_llgap"]]
-        novelty = flag_novel_cells(
-            model,
-            adata,
-            scores,
-            stored["alpha"],
-            info,
-            progress=False,
-            sample_key=sample_key,
-            calibration="auto",
-        )
         decides = uns["cell_novelty"].get("decides", "novelty_knn")
         record["novelty_fpr_heldout"] = uns["cell_novelty"][f"{decides}_fpr_heldout"]
         record["fpr_measured_on"] = uns["cell_novelty"]["fpr_measured_on"]
     uns["sample_split"] = record
-    return novelty

@@ -46,6 +46,7 @@ def uncertainty_analysis(
     batch_size: int | None = None,
     key_added: str = KEY,
     progress: bool = True,
+    sample_key: str | None = None,
 ) -> dict[str, Any]:
     """Marker spread, gene uncertainty, cell novelty and a UMAP from one pass over the cells.
 
@@ -94,6 +95,10 @@ def uncertainty_analysis(
         Prefix of everything written, as in the separate functions.
     progress
         Show a progress bar.
+    sample_key
+        ``obs`` column of the samples: with whole samples kept out of training
+        (:func:`~ensemblevi.tl.sample_split`), the novelty thresholds are set on their
+        cells, as :func:`~ensemblevi.tl.cell_novelty`'s ``sample_key`` does.
 
     Returns
     -------
@@ -128,7 +133,7 @@ def uncertainty_analysis(
         scores = novelty_scores(summary, elbo.values, adata.obs_names)
         info = {"n_samples": int(n_samples), "seed": int(seed)}
         out["novelty"] = flag_novel_cells(
-            model, adata, scores, alpha, info, key_added, progress=progress
+            model, adata, scores, alpha, info, key_added, progress=progress, sample_key=sample_key
         )
     if expression is not None:
         umap(adata, expression.values, UMAP_KEY, seed=seed)
