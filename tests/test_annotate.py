@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 import ensemblevi as ev
 from ensemblevi.cli import app
-from ensemblevi.pipeline._annotate import HELD_OUT, hide_labels
+from ensemblevi.pipeline._annotate import HELD_OUT, annotate_reading, hide_labels
 
 runner = CliRunner()
 
@@ -102,3 +102,46 @@ def test_annotate_refuses_bad_options_before_training(data_file, tmp_path, extra
     )
     assert res.exit_code == 2 and message in res.output
     assert not (tmp_path / "x").exists()
+
+
+def test_annotate_with_a_distance_score_decides_by_the_scvi_ensemble(
+    data_file, tmp_path, monkeypatch
+):
+    from ensemblevi import tl
+    from ensemblevi.model import EnsembleSCVI
+    from ensemblevi.pipeline._annotate import run_annotate
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def record(model, adata, **kwargs):  # what annotate passes; stop before the outputs
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(tl, "label_uncertainty", record)
+    for score, by_vae in (("novelty_combined", True), ("entropy", False)):
+        seen.clear()
+        with pytest.raises(Stop):
+            run_annotate(
+                data_file,
+                tmp_path / score,
+                "cell_type",
+                epochs=1,
+                scanvi_epochs=1,
+                members=2,
+                score=score,
+                log=lambda *_: None,
+            )
+        assert seen["score"] == score
+        assert isinstance(seen.get("novelty_model"), EnsembleSCVI) is by_vae
+        assert not (tmp_path / score).exists()  # nothing half-written
+
+
+def test_annotate_reading_says_who_decided_unknown():
+    info = {"n_unknown": 3, "n_cells": 100, "score": "novelty_combined", "alpha": 0.05}
+    own = annotate_reading({**info, "novelty_model": "scANVI"}, None, 0)
+    by_vae = annotate_reading({**info, "novelty_model": "EnsembleSCVI"}, None, 0)
+    assert len(by_vae) == len(own) + 1
+    assert "scVI ensemble's novelty flags" in by_vae[-1]

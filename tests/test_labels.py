@@ -394,3 +394,31 @@ def test_distance_unknown_rule_is_cell_novelty_flag(trained, score):
     np.testing.assert_array_equal(unknown, tested & (values > info["threshold"]))
     if score == "novelty_combined":  # the default: cell_novelty's own flag
         np.testing.assert_array_equal(unknown, query.obs["nk_is_novel"].to_numpy().astype(bool))
+
+
+def test_unknown_decided_by_the_scvi_ensembles_novelty_rule(trained):
+    adata, vae, model = trained
+    query = adata[:150].copy()
+    info = ev.tl.label_uncertainty(model, query, novelty_model=vae, key_added="nv")
+    assert info["novelty_model"] == "EnsembleSCVI"
+    unknown = query.obs["nv_label_unknown"].to_numpy().astype(bool)
+    # exactly the scVI ensemble's own flag on the same cells, and not the scANVI's
+    alone = adata[:150].copy()
+    flags = ev.tl.cell_novelty(vae, alone, key_added="alone", progress=False)
+    np.testing.assert_array_equal(unknown, flags["is_novel"].to_numpy().astype(bool))
+    assert info["threshold"] == alone.uns["alone"]["cell_novelty"]["novelty_combined_threshold"]
+    scanvi = adata[:150].copy()
+    own = ev.tl.label_uncertainty(model, scanvi, key_added="own")
+    assert own["novelty_model"] == "scANVI"
+    assert own["threshold"] != info["threshold"]
+    # the label columns still come from the scANVI
+    assert (query.obs["nv_label"] == scanvi.obs["own_label"]).all()
+
+
+def test_novelty_model_needs_a_distance_score_and_an_scvi_ensemble(trained):
+    adata, vae, model = trained
+    query = adata[:50].copy()
+    with pytest.raises(ValueError, match="distance score"):
+        ev.tl.label_uncertainty(model, query, score="entropy", novelty_model=vae)
+    with pytest.raises(TypeError, match="EnsembleSCVI"):
+        ev.tl.label_uncertainty(model, query, novelty_model=model)

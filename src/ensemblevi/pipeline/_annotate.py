@@ -114,6 +114,12 @@ def annotate_reading(info: dict, calib: dict | None, n_held: int) -> list[str]:
         f"labelled cells of known types reach (measured on them: {rate:.1%}). They may be a "
         "type the labels do not have, doublets, or poor-quality cells."
     )
+    if info.get("novelty_model") == "EnsembleSCVI":
+        lines.append(
+            "The unknown calls are the scVI ensemble's novelty flags (its latent space "
+            "and the counts' principal components), not scANVI's: scANVI's latent space is "
+            "trained to separate the known labels and folds an unseen type onto them."
+        )
     if "calibration_kind" in info:
         lines.append(
             f"Calibration: {info['calibration_kind']} "
@@ -181,7 +187,10 @@ def run_annotate(
     score
         Score of the unknown rule (see :func:`ensemblevi.tl.label_uncertainty`). Here the
         default stays ``"entropy"``: scANVI trains on the unlabelled cells too, and
-        ``"novelty_knn"`` never tests a cell the model trained on.
+        ``"novelty_knn"`` never tests a cell the model trained on. A distance score
+        (``"novelty_combined"``, ``"novelty_knn"``) is decided by the scVI ensemble's
+        novelty rule (``label_uncertainty(novelty_model=...)``), not in scANVI's latent
+        space.
     seed
         Seed of the held-out choice, the training and the UMAP.
     force
@@ -198,7 +207,7 @@ def run_annotate(
     from ensemblevi.data import preprocess, read
     from ensemblevi.data._validate import check_labels_column
     from ensemblevi.model import EnsembleSCANVI, EnsembleSCVI
-    from ensemblevi.tl._labels import SCORES
+    from ensemblevi.tl._labels import DISTANCES, SCORES
 
     if not 0 <= holdout < 1 or not 0 < alpha < 1:
         raise ValueError(
@@ -267,7 +276,12 @@ def run_annotate(
         model = EnsembleSCANVI.from_ensemble_scvi(vae, unlabeled_category, labels_key=TRAIN_LABELS)
         model.train(max_epochs=scanvi_epochs, seed=seed, **split)
         train_s = time.perf_counter() - t0
-        info = tl.label_uncertainty(model, adata, alpha=alpha, score=score, sample_key=sample_key)
+        # a distance score is decided by the scVI ensemble's novelty rule: scANVI's latent
+        # space folds an unseen type onto the labelled ones (docs/new_samples.md)
+        by_vae = {"novelty_model": vae} if score in DISTANCES else {}
+        info = tl.label_uncertainty(
+            model, adata, alpha=alpha, score=score, sample_key=sample_key, **by_vae
+        )
         calib = tl.label_calibration(adata, labels_key, mask=held) if held.any() else None
         with quiet_third_party():
             tl.expression_umap(model, adata, seed=seed)

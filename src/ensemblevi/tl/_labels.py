@@ -128,6 +128,7 @@ def label_uncertainty(
     batch_size: int | None = None,
     key_added: str = KEY,
     sample_key: str | None = None,
+    novelty_model=None,
 ) -> dict:
     """Predicted cell types, how sure the ensemble is of each, and which cells are unknown.
 
@@ -184,6 +185,15 @@ def label_uncertainty(
         :func:`ensemblevi.tl.sample_split`) the rule is calibrated on unseen samples, and
         the rate of known-type cells called unknown is measured on each held-out sample
         against a threshold from the others (the rate of a new sample).
+    novelty_model
+        With a distance ``score``: the :class:`~ensemblevi.model.EnsembleSCVI` whose
+        :func:`~ensemblevi.tl.cell_novelty` rule decides *unknown* (typically the scVI
+        ensemble the scANVI was made from, trained on the same split). ``None``: the scANVI
+        model's own latent space, which is trained to separate the labelled types and
+        folds an unseen type onto them: on new samples it called fewer of an unseen
+        type's cells unknown than the scVI ensemble's rule at the same rate on known
+        cells (docs/new_samples.md). A cell called unknown is then exactly a cell the
+        scVI ensemble's ``is_novel`` flags.
 
     Returns
     -------
@@ -213,6 +223,20 @@ def label_uncertainty(
         raise ValueError(f"alpha must be in (0, 1), got {alpha}.")
     if not hasattr(model, "predict_members"):
         raise TypeError(f"label_uncertainty needs an EnsembleSCANVI, got {type(model).__name__}.")
+    if novelty_model is not None:
+        if score not in DISTANCES:
+            raise ValueError(
+                f"novelty_model decides with a distance score ({', '.join(DISTANCES)}); "
+                f"score={score!r} is read from the scANVI's probabilities: drop novelty_model "
+                "or pick a distance score."
+            )
+        if hasattr(novelty_model, "predict_members") or not hasattr(
+            novelty_model, "get_latent_representation"
+        ):
+            raise TypeError(
+                "novelty_model is the EnsembleSCVI whose novelty rule decides unknown (e.g. "
+                f"the one the scANVI was made from), got {type(novelty_model).__name__}."
+            )
     adata = model.adata if adata is None else adata
     types = model.cell_types
     members = model.predict_members(adata, batch_size=batch_size)
@@ -248,7 +272,7 @@ def label_uncertainty(
                 "mask."
             )
         flagged = cell_novelty(
-            model,
+            model if novelty_model is None else novelty_model,
             adata,
             alpha=alpha,
             key_added=key_added,
@@ -268,6 +292,7 @@ def label_uncertainty(
                 stacklevel=2,
             )
         info["n_untested"] = untested
+        info["novelty_model"] = "scANVI" if novelty_model is None else type(novelty_model).__name__
         info.update(
             n_calibration=len(nov["calibration_cells"]),
             exact=True,
