@@ -53,8 +53,9 @@ DE_KEY = f"{DEFAULT_KEY}_de"
 #: below glibc's largest dynamic mmap threshold (32 MiB): a bigger block is mmapped afresh
 #: and page-faulted in on every chunk, where a smaller one reuses the heap. At 80 MB blocks
 #: the streamed analysis spent most of its element-wise time in page faults (2,000 cells x
-#: 36 members x 10 samples: 13.5 s at 80 MB, 7.4-8.2 s at 24-31 MB; at atlas size 24 MB
-#: was 3-8 s faster than 32 MB; docs/benchmarks/speed.md).
+#: 36 members x 10 samples: 12.9-13.3 s at 80 MB, 8.7-9.1 s at 24 MB,
+#: benchmarks/probe_analysis_allocations.py; at atlas size 24 MB was 3-8 s faster than
+#: 32 MB; docs/benchmarks/speed.md).
 FLOAT_BUDGET = 6_000_000
 
 
