@@ -430,7 +430,8 @@ def knn_distance(
     # 16,777 in a trained 10-dimensional latent space): 0.41-0.63 s per member on 2
     # threads, against 0.71-1.04 s on one and 0.57-0.80 s by brute force; the whole
     # analysis 134.3 s against 144.1 s with brute force (docs/benchmarks/speed.md). In a
-    # barely clustered space (an untrained model) the tree is slower than brute force.
+    # barely clustered space (a model trained one step) the tree is slower: 1.45-2.17 s
+    # against brute force's 0.52-0.57 s (benchmarks/probe_analysis_allocations.py knn).
     knn = NearestNeighbors(n_neighbors=k + 1, n_jobs=torch.get_num_threads())
     dist, idx = knn.fit(ref).kneighbors(x)
     if self_rows is None:
