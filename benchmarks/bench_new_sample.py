@@ -24,7 +24,8 @@ Per model (``deep`` K=4 and ``single``: one scVI, same epochs, same split) and
 calibration, at ``alpha`` (5%):
 
 - per cell, on the query: false-positive rate on the known types, TPR on the unseen type,
-  for the rule's score ``novelty_knn`` (latent kNN distance), for ``pca_knn`` (mean
+  for the rule (``novelty_combined``), for ``novelty_knn`` (latent kNN distance), for
+  ``novelty_fit`` (the decoders' misfit to the counts), for ``pca_knn`` (mean
   distance to the 15 nearest training cells in 20 principal components of log-normalised
   counts, fitted on the training cells; the same conformal rule) and for ``combined``
   (flag when either score's conformal p-value is below ``alpha / 2``: Bonferroni, so the
@@ -32,8 +33,8 @@ calibration, at ``alpha`` (5%):
   unseen against known cells;
 - candidate scores, each under its own conformal threshold on the same calibration cells
   (:func:`candidate_scores`): ``knn_max`` (the largest member's scaled latent distance),
-  ``latent_pca_mean`` (the mean of ``novelty_knn`` and the median-scaled ``pca_knn``: what
-  ``ensemblevi.tl._novelty_expression.combine`` computes as ``novelty_combined``) and
+  ``latent_pca_mean`` (the mean of ``novelty_knn`` and the median-scaled ``pca_knn``: the
+  rule before ``novelty_fit`` joined it, kept to compare with) and
   ``latent_pca_max``, with their AUROCs;
 - per group (``tl.group_novelty`` on the query by cell type): unseen type called, known
   types called;
@@ -69,6 +70,7 @@ CALIBRATIONS = ("training_samples", "unseen_samples")
 SCORES = (
     "novelty_combined",
     "novelty_knn",
+    "novelty_fit",
     "pca_knn",
     "combined",
     "knn_max",
@@ -226,6 +228,7 @@ def evaluate_novelty(model, ref, query, ev, pca) -> dict:
             "fpr_measured_on": info["fpr_measured_on"],
             "novelty_combined": rates(scores["is_novel"].to_numpy(), unseen),  # the rule
             "novelty_knn": rates(scores["novelty_knn_flag"].to_numpy(), unseen),
+            "novelty_fit": rates(scores["novelty_fit_flag"].to_numpy(), unseen),
             "pca_knn": rates(p_pca <= ALPHA, unseen),
             "combined": rates(np.minimum(p_knn, p_pca) <= ALPHA / 2, unseen),
         }
@@ -249,9 +252,11 @@ def evaluate_novelty(model, ref, query, ev, pca) -> dict:
         }
         out[calibration] = row
     comb = scores["novelty_combined"].to_numpy()
+    fit = scores["novelty_fit"].to_numpy()
     out["auroc"] = {
         "novelty_combined": auroc(comb[unseen], comb[~unseen]),
         "novelty_knn": auroc(knn[unseen], knn[~unseen]),
+        "novelty_fit": auroc(fit[unseen], fit[~unseen]),
         "pca_knn": auroc(d_query_pca[unseen], d_query_pca[~unseen]),
     }
     if model.n_members > 1:
@@ -440,8 +445,9 @@ def summarize(rows: list[dict]) -> str:
 
 FIGURE_SCORES = {
     "novelty_knn": ("latent kNN (novelty_knn)", "o"),
-    "pca_knn": ("expression PCA kNN (20 PCs of the counts)", "s"),
-    "novelty_combined": ("the rule: novelty_combined (mean of both)", "D"),
+    "latent_pca_mean": ("the previous rule (latent and counts kNN)", "s"),
+    "novelty_fit": ("decoders' misfit (novelty_fit)", "^"),
+    "novelty_combined": ("the rule: novelty_combined", "D"),
 }
 
 
@@ -464,16 +470,12 @@ def figure(rows: list[dict], path: str) -> None:
         for kind in colours:
             mine = [r for r in rows if r["data"] == data and r["kind"] == kind]
             for score, (label, marker) in FIGURE_SCORES.items():
-                if score == "pca_knn" and kind != "deep":
-                    continue  # no model in it: the same split gives the same point
                 got = [r["unseen_samples"][score] for r in mine if score in r["unseen_samples"]]
                 if not got:
                     continue
                 pts = 100 * np.array([[g["fpr_known"], g["tpr_unseen"]] for g in got])
-                colour = "grey" if score == "pca_knn" else colours[kind]
+                colour = colours[kind]
                 name = {"deep": "deep K=4", "single": "one scVI"}[kind]
-                if score == "pca_knn":
-                    name = "no model"
                 ax.scatter(*pts.T, color=colour, marker=marker, alpha=0.35, s=22)
                 ax.scatter(
                     *pts.mean(0),

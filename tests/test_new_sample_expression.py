@@ -78,7 +78,29 @@ def test_expression_space_is_fitted_on_training_cells_only(heart_model):
     assert train_pcs.shape == (len(ref.train), N_PCS)
 
 
-def test_combine_is_the_mean_of_the_scaled_distances():
+def test_combine_is_the_mean_of_the_scaled_scores():
     rng = np.random.default_rng(1)
-    a, b = rng.gamma(2.0, size=50), rng.gamma(2.0, size=50)
-    np.testing.assert_allclose(combine(a, b), [(u + v) / 2 for u, v in zip(a, b, strict=True)])
+    a, b, c = rng.gamma(2.0, size=(3, 50))
+    want = [((u + v) / 2 + w) / 2 for u, v, w in zip(a, b, c, strict=True)]
+    np.testing.assert_allclose(combine(a, b, c), want, rtol=1e-12)
+
+
+def test_count_terms_match_scipy_dense_and_sparse():
+    from scipy import sparse
+    from scipy.stats import poisson
+
+    from ensemblevi.tl._novelty_expression import count_terms, fit_score
+
+    rng = np.random.default_rng(3)
+    x = rng.negative_binomial(2, 0.3, (25, 40)).astype(np.float32)
+    x[4] = 0  # an empty cell: 0 and 0, and its fit divides by 1
+    want = np.array([poisson.logpmf(row, row).sum() for row in x.astype(np.float64)])
+    for given in (x, sparse.csr_matrix(x), sparse.csc_matrix(x)):
+        saturated, total = count_terms(given)
+        np.testing.assert_allclose(saturated, want, rtol=1e-12)
+        np.testing.assert_allclose(total, x.sum(1), rtol=1e-12)
+    elbo = rng.normal(-300, 20, (3, 25))
+    got = fit_score(elbo, want, x.sum(1))
+    for i in range(25):
+        expected = (-elbo[:, i].mean() + want[i]) / np.sqrt(max(x[i].sum(), 1.0))
+        assert got[i] == pytest.approx(expected, rel=1e-12)

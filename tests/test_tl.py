@@ -155,7 +155,10 @@ def test_cell_novelty_scores_and_rule(heart):
     self_rows[train] = np.arange(len(train))
     expr, _ = expression_knn(model, adata, novelty_reference(model), 15, self_rows)
     np.testing.assert_allclose(scores["novelty_expr"], expr, rtol=1e-6)
-    combined = (knn + expr) / 2
+    # novelty_fit is checked against get_elbo and scipy in the test below
+    fit = scores["novelty_fit"].to_numpy()
+    assert np.median(fit[val]) == pytest.approx(1.0)
+    combined = ((knn + expr) / 2 + fit) / 2
     np.testing.assert_allclose(scores["novelty_combined"], combined, rtol=1e-5)
     # training cells are never tested nor flagged
     tested = adata.obs["ensemblevi_novelty_tested"].to_numpy()
@@ -219,6 +222,29 @@ def test_one_pass_equals_the_separate_calls(heart):
             np.testing.assert_array_equal(info[key], value)
     umap = adata.obsm[UMAP_KEY]
     assert umap.shape == (adata.n_obs, 2) and np.isfinite(umap).all()
+
+
+def test_novelty_fit_against_get_elbo_and_scipy(heart):
+    # novelty_fit = (members' mean -ELBO + sum_g log Poisson(x_g | x_g)) / sqrt(total),
+    # over its median on the calibration cells; with one latent sample and get_elbo's
+    # minibatches the pass draws get_elbo's latents
+    from scipy.stats import poisson
+
+    adata, model = heart
+    bs = int(np.clip(FLOAT_BUDGET // (model.n_members * adata.n_vars), 1, 256))
+    scores = ev.tl.cell_novelty(model, adata, n_samples=1, seed=4, progress=False)
+    table = model.get_elbo(adata, return_mean=False, return_table=True, seed=4, batch_size=bs)
+    nll = -table.drop(columns="mixture").to_numpy().mean(1)
+    x = adata.layers["counts"]
+    x = np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float64)
+    saturated = np.array([poisson.logpmf(row, row).sum() for row in x])  # cell by cell
+    raw = (nll + saturated) / np.sqrt(np.maximum(x.sum(1), 1))
+    val = np.sort(model.validation_indices)
+    np.testing.assert_allclose(scores["novelty_fit"], raw / np.median(raw[val]), rtol=1e-5)
+    info = adata.uns["ensemblevi"]["cell_novelty"]
+    np.testing.assert_allclose(
+        info["calibration_scores"]["novelty_fit"], (raw / np.median(raw[val]))[val], rtol=1e-5
+    )
 
 
 def test_streamed_elbo_equals_get_elbo_on_the_same_draws(heart):

@@ -10,7 +10,7 @@ import torch
 from anndata import AnnData
 
 from ._embedding import UMAP_KEY, umap
-from ._novelty import _check_novelty, flag_novel_cells, novelty_scores
+from ._novelty import _check_novelty, cell_count_terms, flag_novel_cells, novelty_scores
 from ._novelty_rule import MIN_VALIDATION_CELLS
 from ._spread import KEY, SpreadReducer, _settings, gene_summary, write_gene_uncertainty
 from ._stream import ElboReducer, SummaryReducer, stream
@@ -130,7 +130,8 @@ def uncertainty_analysis(
     if genes:
         out["genes"] = write_gene_uncertainty(adata, summary, names, groupby, settings, key_added)
     if novelty:
-        scores = novelty_scores(summary, elbo.values, adata.obs_names)
+        terms = cell_count_terms(model, adata)
+        scores = novelty_scores(summary, elbo.values, adata.obs_names, terms)
         info = {"n_samples": int(n_samples), "seed": int(seed)}
         out["novelty"] = flag_novel_cells(
             model, adata, scores, alpha, info, key_added, progress=progress, sample_key=sample_key

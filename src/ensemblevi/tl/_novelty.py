@@ -1,17 +1,22 @@
 """Per-cell epistemic scores: does the ensemble know this cell?
 
-Five scores (hand-written: scvi-tools has no ensemble novelty score):
+Six scores (hand-written: scvi-tools has no ensemble novelty score):
 
 * ``novelty_combined`` (the one the rule decides on): the mean of ``novelty_knn`` and
-  ``novelty_expr``, each over its median on the calibration cells
-  (:mod:`ensemblevi.tl._novelty_expression`). On new samples it flagged more of an unseen
-  type's cells than ``novelty_knn`` at the same false-positive rate on every run measured
-  (``docs/new_samples.md``), for deep ensembles and for one model alike;
+  ``novelty_expr``, averaged with ``novelty_fit``, each over its median on the calibration
+  cells (:func:`ensemblevi.tl._novelty_expression.combine`). On new samples it flagged
+  more of an unseen type's cells than the distances alone at the same false-positive
+  rate, on seeds it was not chosen on (``docs/new_samples.md``), for deep ensembles and
+  for one model alike;
 * ``novelty_knn``: per member, the mean distance from the cell to its 15 nearest training
   cells in that member's latent space, over its median on the calibration cells; averaged
   over members (:mod:`ensemblevi.tl._novelty_rule`);
 * ``novelty_expr``: the same distance in 20 principal components of the log-normalised
   counts, fitted on the training cells (no encoder can fold a type onto known ones there);
+* ``novelty_fit``: the decoders' misfit to the cell's counts, the members' mean negative
+  ELBO less the counts' saturated Poisson log-likelihood, over the square root of the
+  cell's total count (a type the encoder folds onto a known one is decoded as that type,
+  and its counts miss the decoded means in every gene that sets it apart);
 * ``novelty_cv``: the root mean square over genes of the between-member coefficient of
   variation of the cell's denoised expression, ``sqrt(mean_g var_between / mean^2)``
   (``UncertaintySummary.cell_rms_cv``);
@@ -42,7 +47,14 @@ from anndata import AnnData
 from ensemblevi._constants import DEFAULT_KEY, logmeanexp
 from ensemblevi.model.base._uncertainty import UncertaintySummary
 
-from ._novelty_expression import combine, expression_knn
+from ._novelty_expression import (
+    _counts,
+    combine,
+    count_terms,
+    expression_knn,
+    fit_score,
+    median_scaled,
+)
 from ._novelty_rule import (
     UNSEEN_SAMPLES,
     conformal_threshold,
@@ -55,17 +67,28 @@ from ._novelty_rule import (
 from ._stream import ElboReducer, SummaryReducer, stream
 
 KEY = DEFAULT_KEY
-SCORES = ("novelty_combined", "novelty_knn", "novelty_expr", "novelty_cv", "novelty_llgap")
+SCORES = (
+    "novelty_combined",
+    "novelty_knn",
+    "novelty_expr",
+    "novelty_fit",
+    "novelty_cv",
+    "novelty_llgap",
+)
 #: the score ``is_novel`` is the flag of
 DECIDING = "novelty_combined"
 N_NEIGHBORS = 15
 
 
 def novelty_scores(
-    summary: UncertaintySummary, elbo: np.ndarray, obs_names: pd.Index
+    summary: UncertaintySummary,
+    elbo: np.ndarray,
+    obs_names: pd.Index,
+    counts: tuple[np.ndarray, np.ndarray],
 ) -> pd.DataFrame:
-    """The two disagreement scores of every cell, from a filled summary and the members'
-    ELBOs of the same streamed pass (the distances are added by :func:`flag_novel_cells`).
+    """The scores read off the streamed pass: the two disagreement scores and the decoders'
+    misfit (before scaling), from a filled summary and the members' ELBOs of the same pass
+    (the distances, and the misfit's scale, are added by :func:`flag_novel_cells`).
 
     Parameters
     ----------
@@ -77,14 +100,25 @@ def novelty_scores(
         (:class:`~ensemblevi.tl._stream.ElboReducer`).
     obs_names
         The cells' names.
+    counts
+        :func:`~ensemblevi.tl._novelty_expression.count_terms` of the same cells.
 
     Returns
     -------
-    ``novelty_cv`` and ``novelty_llgap`` per cell.
+    ``novelty_fit`` (unscaled), ``novelty_cv`` and ``novelty_llgap`` per cell.
     """
     members = torch.from_numpy(np.asarray(elbo, dtype=np.float64))
     gap = (logmeanexp(members, 0) - members.mean(0)).numpy()
-    return pd.DataFrame({"novelty_cv": summary.cell_rms_cv, "novelty_llgap": gap}, index=obs_names)
+    fit = fit_score(elbo, *counts)
+    return pd.DataFrame(
+        {"novelty_fit": fit, "novelty_cv": summary.cell_rms_cv, "novelty_llgap": gap},
+        index=obs_names,
+    )
+
+
+def cell_count_terms(model, adata: AnnData) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`~ensemblevi.tl._novelty_expression.count_terms` of every cell of ``adata``."""
+    return count_terms(_counts(model, adata))
 
 
 def _scores(
@@ -100,7 +134,7 @@ def _scores(
     # with cells, only these are decoded (the reference's calibration cells)
     reducer.cells = elbo.cells = cells
     stream(model, adata, [reducer, elbo], n_samples, seed=seed, progress=progress)
-    scores = novelty_scores(summary, elbo.values, adata.obs_names)
+    scores = novelty_scores(summary, elbo.values, adata.obs_names, cell_count_terms(model, adata))
     return scores if cells is None else scores.iloc[np.asarray(cells)]
 
 
@@ -148,7 +182,8 @@ def flag_novel_cells(
     sample_key: str | None = None,
     calibration: str = "auto",
 ) -> pd.DataFrame:
-    """Add the distances (``novelty_knn``, ``novelty_expr``, ``novelty_combined``), calibrate
+    """Add the distances (``novelty_knn``, ``novelty_expr``), scale ``novelty_fit``, add
+    ``novelty_combined``, calibrate
     every score's threshold on the reference's validation cells, flag the cells the model
     did not train on, and write it all.
 
@@ -212,11 +247,13 @@ def flag_novel_cells(
         z_ref[:, ref.train], z, z_ref[:, ref.calibration], n_neighbors, self_rows
     )
     expr, expr_cal = expression_knn(model, adata, ref, n_neighbors, self_rows, seed)
+    fit, fit_cal = median_scaled(scores.pop("novelty_fit").to_numpy(), calib["novelty_fit"])
+    scores.insert(0, "novelty_fit", fit)
     scores.insert(0, "novelty_expr", expr)
     scores.insert(0, "novelty_knn", knn)
-    scores.insert(0, DECIDING, combine(knn, expr))
-    calib["novelty_knn"], calib["novelty_expr"] = knn_cal, expr_cal
-    calib[DECIDING] = combine(knn_cal, expr_cal)
+    scores.insert(0, DECIDING, combine(knn, expr, fit))
+    calib["novelty_knn"], calib["novelty_expr"], calib["novelty_fit"] = knn_cal, expr_cal, fit_cal
+    calib[DECIDING] = combine(knn_cal, expr_cal, fit_cal)
     tested = np.ones(adata.n_obs, dtype=bool)
     if own:
         tested[rows[ref.train]] = False
