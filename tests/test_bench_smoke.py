@@ -38,6 +38,16 @@ SMOKE: dict[str, list[str]] = {
         "0",
     ],
     "bench_fingerprint.py": ["--cells", "200", "--genes", "300"],
+    "bench_novelty_candidates.py": [
+        "--seeds",
+        "10",
+        "--epochs",
+        "1",
+        "--kinds",
+        "single",
+        "--out",
+        "cand.json",
+    ],
     "de_sample_fdr.py": ["--reps", "1"],
     "bench_likelihood.py": [
         "--k",

@@ -255,6 +255,7 @@ def test_novelty_umap_reads_the_stored_embedding(analysed):
     assert [a.get_title() for a in axes] == [
         "novelty_combined",
         "novelty_knn",
+        "novelty_fit",
         "novelty_cv",
         "novelty_llgap",
     ]

@@ -91,8 +91,8 @@ def synthetic_replicates(
     AnnData: counts (CSR float32) in ``X`` and ``layers["counts"]``; ``obs["sample"]``,
     ``obs["condition"]`` (``ctrl``/``stim``), ``obs["cell_type"]``; ``var``: ``base_mean``,
     ``lfc_stim_vs_ctrl``, ``is_de_stim_vs_ctrl``; ``varm["sample_effect"]`` (genes x
-    samples, natural log) and ``uns["synthetic_replicates"]`` (the arguments and the samples'
-    conditions).
+    samples, natural log), ``varm["type_lfc"]`` (genes x types, log2 against ``A``) and
+    ``uns["synthetic_replicates"]`` (the arguments and the samples' conditions).
     """
     if design not in DESIGNS:
         raise ValueError(f"design must be one of {DESIGNS}, got {design!r}.")
@@ -173,6 +173,7 @@ def synthetic_replicates(
     adata = AnnData(counts, obs=obs, var=var)
     adata.layers["counts"] = counts.copy()
     adata.varm["sample_effect"] = sample_effect.T.astype(np.float32)
+    adata.varm["type_lfc"] = type_lfc_mat.T.astype(np.float32)
     settings: dict[str, Any] = {
         "design": design,
         "n_cells": n_cells,

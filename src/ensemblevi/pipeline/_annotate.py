@@ -116,8 +116,9 @@ def annotate_reading(info: dict, calib: dict | None, n_held: int) -> list[str]:
     )
     if info.get("novelty_model") == "EnsembleSCVI":
         lines.append(
-            "The unknown calls are the scVI ensemble's novelty flags (its latent space "
-            "and the counts' principal components), not scANVI's: scANVI's latent space is "
+            "The unknown calls are the scVI ensemble's novelty flags (its latent space, "
+            "the counts' principal components and how well its decoders fit the counts), "
+            "not scANVI's: scANVI's latent space is "
             "trained to separate the known labels and folds an unseen type onto them."
         )
     if "calibration_kind" in info:

@@ -29,8 +29,9 @@ def novelty_umap(
     """The stored UMAP coloured by the novelty scores (log scale) and by ``color``.
 
     One panel per score that ``tl.cell_novelty`` wrote (``<key>_novelty_combined``, the one
-    ``is_novel`` decides on, ``<key>_novelty_knn``, ``<key>_novelty_cv``,
-    ``<key>_novelty_llgap``; ``novelty_expr`` uses no model and is left out) and per
+    ``is_novel`` decides on, ``<key>_novelty_knn``, ``<key>_novelty_fit``,
+    ``<key>_novelty_cv``, ``<key>_novelty_llgap``; ``novelty_expr`` uses no model and is
+    left out) and per
     ``color`` column, each drawn by
     ``scanpy.pl.embedding`` (like it, categorical colours are stored in
     ``adata.uns[f"{color}_colors"]``). Scores of 0 are drawn in grey (off a log scale).
@@ -73,7 +74,13 @@ def novelty_umap(
     extra = [color] if isinstance(color, str) else list(color or [])
     scores = [
         c
-        for name in ("novelty_combined", "novelty_knn", "novelty_cv", "novelty_llgap")
+        for name in (
+            "novelty_combined",
+            "novelty_knn",
+            "novelty_fit",
+            "novelty_cv",
+            "novelty_llgap",
+        )
         if (c := f"{key}_{name}") in adata.obs
     ]
     columns = scores + extra

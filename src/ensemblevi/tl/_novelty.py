@@ -160,8 +160,8 @@ def _in_batch(model, cells: AnnData, batch: str) -> AnnData:
 
 
 def _check_novelty(model, alpha: float) -> None:
-    # one member is allowed: the deciding score (two kNN distances) needs no disagreement;
-    # novelty_cv and novelty_llgap are then 0 for every cell
+    # one member is allowed: the deciding score (two distances and the fit) needs no
+    # disagreement; novelty_cv and novelty_llgap are then 0 for every cell
     if model.n_members < 1:
         raise ValueError("cell_novelty needs a trained model with at least 1 member.")
     if not 0 < alpha < 1:
@@ -349,7 +349,8 @@ def cell_novelty(
     ----------
     model
         A trained :class:`~ensemblevi.model.EnsembleSCVI` (one member is enough: the rule
-        decides on two kNN distances; ``novelty_cv`` and ``novelty_llgap`` need 2)
+        decides on two distances and the decoders' fit; ``novelty_cv`` and ``novelty_llgap``
+        need 2)
         with at least 40 validation cells (or a query model and its ``reference_model``).
     adata
         Cells to score, registered with the model (default: the model's own).

@@ -1,0 +1,272 @@
+"""How the novelty rule's score was chosen: candidate scores on development seeds.
+
+Issue 35. The rule's score before this release (the mean of the latent and the
+expression kNN distances) flagged 28-72% of the simulator's unseen type on seeds 1-2,
+where a likelihood ratio with the simulator's true means separates it perfectly (the type
+differs from its nearest known type in 120 of 400 genes by a factor 5.7). Both distances
+fold it onto a known type; a decoder cannot *produce* it. So a third score,
+``novelty_fit`` (the members' mean negative ELBO less the counts' saturated Poisson
+log-likelihood, over the square root of the total count;
+:mod:`ensemblevi.tl._novelty_expression`), and ways to combine it with the distances, are
+compared here on seeds *other* than those the benchmark reports (``bench_new_sample.py``:
+seeds 0-2 and 20-22), so the choice is then measured on data it was not made on.
+
+Same data, split and calibration as ``bench_new_sample.py`` (calibrated on 2 unseen
+reference samples, alpha 5%; query: 2 other samples with a type the reference never saw).
+Per run (data, seed, deep K=4 or one scVI), each candidate under its own conformal
+threshold on the same calibration cells:
+
+- ``previous``: ``(novelty_knn + novelty_expr) / 2``, the rule before;
+- ``fit``: ``novelty_fit``; ``fit_per_count``, ``fit_raw``: the misfit over the total
+  count or not divided at all (the same score times ``1 / sqrt(total)`` or
+  ``sqrt(total)``: a constant factor changes no threshold nor AUROC);
+- ``mean3``: the mean of the three; ``rule``: ``(previous + fit) / 2`` (what
+  ``novelty_combined`` became); ``max_previous_fit``, ``max3``: the larger.
+
+``--oracle --seeds ...`` prints, per simulator seed, the true-positive rate at 5% and the
+AUROC of the likelihood ratio with the generating means (:func:`oracle`): the ceiling of
+any per-cell rule.
+
+Chosen: the candidate with the highest true-positive rate on the worse of the two data
+sets, averaged over 30 and 100 epochs (``--summarize``), among those whose mean
+false-positive rate stays at most 7%.
+
+Run (about 10 minutes on 2 cores):
+``PYTHONPATH=src python benchmarks/bench_novelty_candidates.py --data sim --seeds 10 11 12 13
+14 15 --epochs 30 --out cand.json``, the same with ``--data pbmc --seeds 10 11 12``, and
+``--epochs 100`` with sim seeds 10-12 and PBMC seeds 10-11; then ``--out cand.json
+--summarize``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+ALPHA = 0.05
+CANDIDATES = (
+    "previous",
+    "fit",
+    "fit_per_count",
+    "fit_raw",
+    "mean3",
+    "rule",
+    "max_previous_fit",
+    "max3",
+)
+
+
+def _totals(adata) -> np.ndarray:
+    x = adata.layers["counts"]
+    return np.asarray(x.sum(1)).ravel().astype(np.float64)
+
+
+def candidates(knn, expr, fit, total) -> dict[str, np.ndarray]:
+    """Each candidate score of the same cells from the three median-scaled scores."""
+    previous = (knn + expr) / 2
+    root = np.sqrt(np.maximum(total, 1.0))
+    return {
+        "previous": previous,
+        "fit": fit,
+        "fit_per_count": fit / root,
+        "fit_raw": fit * root,
+        "mean3": (knn + expr + fit) / 3,
+        "rule": (previous + fit) / 2,
+        "max_previous_fit": np.maximum(previous, fit),
+        "max3": np.maximum.reduce([knn, expr, fit]),
+    }
+
+
+def oracle(seed: int) -> dict:
+    """The best any per-cell rule could do on the simulator's query: the negative-binomial
+    log-likelihood ratio of the unseen type against the likeliest known type, from the
+    generating means (``var["base_mean"]``, ``varm["type_lfc"]``, ``obs["size_factor"]``),
+    with the query samples' effects (``varm["sample_effect"]``) known or set to 0. The
+    threshold is the 95% quantile of the known cells' ratios (an oracle: no calibration)."""
+    import bench_new_sample as b
+    from scipy.special import gammaln
+
+    from ensemblevi.data._replicates import synthetic_replicates
+
+    kw = {**b.SIM_DESIGN, "seed": seed}
+    adata = synthetic_replicates(**kw)
+    theta = adata.uns["synthetic_replicates"]["theta"]
+    _, query = b.sim_data(seed)
+    cells = adata[query.obs_names]
+    x = cells.layers["counts"].toarray().astype(np.float64)
+    lfc = cells.varm["type_lfc"].T.astype(np.float64) * np.log(2)  # types x genes
+    sample = cells.obs["sample"].cat.codes.to_numpy()
+    unseen = query.obs["unseen"].to_numpy()
+    base = np.log(cells.var["base_mean"].to_numpy(np.float64))
+    size = np.log(cells.obs["size_factor"].to_numpy(np.float64))[:, None]
+    out = {}
+    for name, effect in (
+        ("sample_effects_known", cells.varm["sample_effect"].T.astype(np.float64)[sample]),
+        ("sample_effects_unknown", 0.0),
+    ):
+        ll = []
+        for t in range(lfc.shape[0]):
+            mu = np.exp(base + lfc[t] + effect + size)
+            ll.append(
+                (
+                    gammaln(x + theta)
+                    - gammaln(theta)
+                    - gammaln(x + 1)
+                    + theta * np.log(theta / (theta + mu))
+                    + x * np.log(mu / (theta + mu))
+                ).sum(1)
+            )
+        ll = np.array(ll)
+        unseen_type = int(cells.obs["cell_type"].cat.categories.get_loc("D"))
+        known = [t for t in range(lfc.shape[0]) if t != unseen_type]
+        ratio = ll[unseen_type] - ll[known].max(0)
+        threshold = np.quantile(ratio[~unseen], 1 - ALPHA)
+        out[name] = {
+            "tpr_unseen": float((ratio[unseen] > threshold).mean()),
+            "auroc": b.auroc(ratio[unseen], ratio[~unseen]),
+        }
+    diff = cells.varm["type_lfc"]
+    out["genes_differing_from_known"] = [
+        int((diff[:, unseen_type] != diff[:, t]).sum()) for t in known
+    ]
+    return out
+
+
+def run_one(data: str, pbmc: str, seed: int, epochs: int, kinds: list[str]) -> list[dict]:
+    import bench_new_sample as b
+
+    import ensemblevi as ev
+    from ensemblevi.model import EnsembleSCVI
+    from ensemblevi.tl._novelty_rule import conformal_threshold, novelty_reference
+
+    ref, query = b.sim_data(seed) if data == "sim" else b.pbmc_data(pbmc, seed)
+    split = ev.tl.sample_split(ref, "sample", n_holdout=2, seed=seed)
+    unseen = query.obs["unseen"].to_numpy()
+    rows = []
+    for kind in kinds:
+        adata = ref.copy()
+        EnsembleSCVI.setup_anndata(adata, layer="counts")
+        model = EnsembleSCVI(adata, n_members=4, ensemble=kind, seed=seed)
+        t = time.perf_counter()
+        model.train(
+            max_epochs=epochs,
+            seed=seed,
+            enable_progress_bar=False,
+            datasplitter_kwargs=split["datasplitter_kwargs"],
+        )
+        q = query.copy()
+        scores = ev.tl.cell_novelty(model, q, alpha=ALPHA, progress=False, sample_key="sample")
+        cal = q.uns["ensemblevi"]["cell_novelty"]["calibration_scores"]
+        cells = novelty_reference(model, sample_key="sample").calibration
+        mine = candidates(
+            *(scores[n].to_numpy() for n in ("novelty_knn", "novelty_expr", "novelty_fit")),
+            _totals(q),
+        )
+        theirs = candidates(
+            *(np.asarray(cal[n]) for n in ("novelty_knn", "novelty_expr", "novelty_fit")),
+            _totals(adata[cells]),
+        )
+        row = {"data": data, "seed": seed, "kind": kind, "epochs": epochs}
+        for name in CANDIDATES:
+            threshold, _ = conformal_threshold(theirs[name], ALPHA)
+            flags = mine[name] > threshold
+            row[name] = {
+                **b.rates(flags, unseen),
+                "auroc": b.auroc(mine[name][unseen], mine[name][~unseen]),
+            }
+        row["seconds"] = round(time.perf_counter() - t, 1)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def summarize(rows: list[dict]) -> str:
+    """Per epochs and candidate: mean FPR, TPR (min) and AUROC per data set, and the
+    choice criterion (TPR on the worse data set, averaged over the epochs)."""
+    import pandas as pd
+
+    flat = [
+        {
+            "epochs": r["epochs"],
+            "data": r["data"],
+            "candidate": name,
+            "fpr": r[name]["fpr_known"],
+            "tpr": r[name]["tpr_unseen"],
+            "auroc": r[name]["auroc"],
+        }
+        for r in rows
+        for name in CANDIDATES
+        if name in r
+    ]
+    df = pd.DataFrame(flat)
+    g = df.groupby(["epochs", "candidate", "data"], sort=False)
+    agg = g.agg(
+        fpr=("fpr", "mean"),
+        fpr_max=("fpr", "max"),
+        tpr=("tpr", "mean"),
+        tpr_min=("tpr", "min"),
+        auroc=("auroc", "mean"),
+        runs=("tpr", "size"),
+    )
+    lines = ["| epochs | candidate | data | runs | FPR mean (max) | TPR mean (min) | AUROC |"]
+    lines.append("| --- | --- | --- | --- | --- | --- | --- |")
+    for (epochs, cand, data), a in agg.iterrows():
+        lines.append(
+            f"| {epochs} | {cand} | {data} | {a.runs} | {a.fpr:.1%} ({a.fpr_max:.1%}) | "
+            f"{a.tpr:.1%} ({a.tpr_min:.1%}) | {a.auroc:.3f} |"
+        )
+    worse = agg["tpr"].groupby(level=["epochs", "candidate"], sort=False).min()
+    fpr_ok = agg["fpr"].groupby(level=["epochs", "candidate"], sort=False).max() <= 0.07
+    crit = worse.groupby(level="candidate", sort=False).mean()
+    ok = fpr_ok.groupby(level="candidate", sort=False).all()
+    lines += ["", "| candidate | TPR on the worse data set, mean over epochs | FPR <= 7% |"]
+    lines.append("| --- | --- | --- |")
+    for cand, v in crit.sort_values(ascending=False).items():
+        lines.append(f"| {cand} | {v:.1%} | {'yes' if ok[cand] else 'no'} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", nargs="+", default=["sim"], choices=["sim", "pbmc"])
+    parser.add_argument("--pbmc", default="../shared/data/pbmc3k.h5ad")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[10])
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--kinds", nargs="+", default=["deep", "single"])
+    parser.add_argument("--out", default="bench_novelty_candidates.json")
+    parser.add_argument("--summarize", action="store_true", help="Print --out's tables.")
+    parser.add_argument(
+        "--oracle",
+        action="store_true",
+        help="Only the simulator's likelihood-ratio ceiling for --seeds (no training).",
+    )
+    args = parser.parse_args()
+    if args.oracle:
+        import sys
+
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        for seed in args.seeds:
+            print(json.dumps({"seed": seed, **oracle(seed)}))
+        return
+    out = Path(args.out)
+    rows = json.loads(out.read_text()) if out.exists() else []
+    if not args.summarize:
+        import sys
+
+        sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_new_sample
+        done = {(r["data"], r["seed"], r["kind"], r["epochs"]) for r in rows}
+        for seed in args.seeds:
+            for data in args.data:
+                kinds = [k for k in args.kinds if (data, seed, k, args.epochs) not in done]
+                if kinds:
+                    rows += run_one(data, args.pbmc, seed, args.epochs, kinds)
+                    out.write_text(json.dumps(rows, indent=1))
+    print(summarize(rows))
+
+
+if __name__ == "__main__":
+    main()
