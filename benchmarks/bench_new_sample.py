@@ -48,9 +48,12 @@ calibration, at ``alpha`` (5%):
 ``--summarize --figure new_sample.png`` prints the tables and draws FPR against TPR per
 score and model (``docs/figures/new_sample.png``).
 
-Run (background; ~3x slower on the shared machine):
+Run (background; ~3x slower on the shared machine). Seeds 0-2 were reported before
+``novelty_fit`` joined the rule; 20-22 were first run with it; neither was used to choose
+it (``bench_novelty_candidates.py`` chose it on seeds 10-15):
 ``PYTHONPATH=src nohup timeout 5400 .venv/bin/python benchmarks/bench_new_sample.py
---data sim pbmc --seeds 0 1 2 --epochs 100 --out bench_new_sample.json > ns.log 2>&1 &``
+--data sim pbmc --seeds 0 1 2 20 21 22 --epochs 100 --out bench_new_sample.json > ns.log
+2>&1 &``
 """
 
 from __future__ import annotations

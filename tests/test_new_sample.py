@@ -305,7 +305,7 @@ def test_the_combined_rule_finds_an_unseen_type_the_distances_miss():
     # the rule before: the mean of the two distances, under the same conformal rule
     before = (scores["novelty_knn"] + scores["novelty_expr"]).to_numpy() / 2
     threshold, _ = conformal_threshold((cal["novelty_knn"] + cal["novelty_expr"]) / 2, 0.05)
-    assert flags[~unseen].mean() <= 0.12  # alpha 5% on unseen samples: 7.9% measured here
-    assert flags[unseen].mean() >= 0.5  # 71% measured here
+    assert flags[~unseen].mean() <= 0.12  # alpha 5% on unseen samples: 2.8% measured here
+    assert flags[unseen].mean() >= 0.5  # 65% measured here
     assert flags[unseen].mean() >= (before > threshold)[unseen].mean() + 0.2  # before: 21%
     assert scores["novelty_fit_flag"].to_numpy()[unseen].mean() >= 0.6  # 85% measured

@@ -78,11 +78,32 @@ def test_expression_space_is_fitted_on_training_cells_only(heart_model):
     assert train_pcs.shape == (len(ref.train), N_PCS)
 
 
-def test_combine_is_the_mean_of_the_scaled_scores():
+def test_combine_is_the_larger_part_over_its_95th_percentile():
     rng = np.random.default_rng(1)
-    a, b, c = rng.gamma(2.0, size=(3, 50))
-    want = [((u + v) / 2 + w) / 2 for u, v, w in zip(a, b, c, strict=True)]
-    np.testing.assert_allclose(combine(a, b, c), want, rtol=1e-12)
+    knn, expr, fit = rng.gamma(2.0, size=(3, 50))
+    cal = rng.gamma(2.0, size=(3, 40))
+    got, got_cal = combine(knn, expr, fit, tuple(cal))
+    # by loop, with the quantile written out (linear interpolation between order statistics)
+    dist_cal = sorted((a + b) / 2 for a, b in zip(cal[0], cal[1], strict=True))
+    fit_cal = sorted(cal[2])
+
+    def q95(v):
+        pos = 0.95 * (len(v) - 1)
+        lo = int(pos)
+        return v[lo] + (pos - lo) * (v[lo + 1] - v[lo])
+
+    qd, qf = q95(dist_cal), q95(fit_cal)
+    for i in range(50):
+        assert got[i] == pytest.approx(max((knn[i] + expr[i]) / 2 / qd, fit[i] / qf), rel=1e-12)
+    for i in range(40):
+        want = max((cal[0][i] + cal[1][i]) / 2 / qd, cal[2][i] / qf)
+        assert got_cal[i] == pytest.approx(want, rel=1e-12)
+    # a NaN part (a cell not scored) leaves the other part, as np.fmax does
+    nan_fit = fit.copy()
+    nan_fit[0] = np.nan
+    assert combine(knn, expr, nan_fit, tuple(cal))[0][0] == pytest.approx(
+        (knn[0] + expr[0]) / 2 / qd
+    )
 
 
 def test_count_terms_match_scipy_dense_and_sparse():

@@ -218,7 +218,9 @@ leave the decoders free; the highlighted markers sit in the middle of the cloud 
 `novelty_knn` is, per member, a cell's mean distance to its 15 nearest training cells in
 that member's latent space, over the median for the validation cells, averaged over
 members; `novelty_expr` is the same distance in 20 principal components of the counts;
-`novelty_combined` is their mean. A cell is flagged (`is_novel`) when its
+`novelty_fit` is how badly the members' decoders fit the cell's counts (its misfit beyond
+count noise, over the validation cells' median); `novelty_combined` is the mean of the
+two distances, averaged with `novelty_fit`. A cell is flagged (`is_novel`) when its
 `novelty_combined` exceeds the 95th percentile of the validation cells (a conformal
 threshold: about 5% of new cells like the training cells are flagged by design). Cells
 the model trained on are never tested: every score is biased on them.""",
@@ -234,7 +236,7 @@ print(
 )
 # medians over the tested cells only: on training cells every score is biased low
 tested.groupby(adata.obs["cell_type"], observed=True)[
-    ["novelty_combined", "novelty_knn", "novelty_cv"]
+    ["novelty_combined", "novelty_knn", "novelty_fit", "novelty_cv"]
 ].median()""",
     ),
     ("code", """ev.pl.novelty_umap(adata, color="cell_type", show=True)"""),

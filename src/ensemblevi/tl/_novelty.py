@@ -2,12 +2,12 @@
 
 Six scores (hand-written: scvi-tools has no ensemble novelty score):
 
-* ``novelty_combined`` (the one the rule decides on): the mean of ``novelty_knn`` and
-  ``novelty_expr``, averaged with ``novelty_fit``, each over its median on the calibration
-  cells (:func:`ensemblevi.tl._novelty_expression.combine`). On new samples it flagged
-  more of an unseen type's cells than the distances alone at the same false-positive
-  rate, on seeds it was not chosen on (``docs/new_samples.md``), for deep ensembles and
-  for one model alike;
+* ``novelty_combined`` (the one the rule decides on): the larger of the distance (the
+  mean of ``novelty_knn`` and ``novelty_expr``) and ``novelty_fit``, each over its 95th
+  percentile on the calibration cells (:func:`ensemblevi.tl._novelty_expression.combine`).
+  On new samples it flagged far more of an unseen type the distances fold onto a known
+  one, at the same false-positive rate, on seeds it was not chosen on
+  (``docs/new_samples.md``), for deep ensembles and for one model alike;
 * ``novelty_knn``: per member, the mean distance from the cell to its 15 nearest training
   cells in that member's latent space, over its median on the calibration cells; averaged
   over members (:mod:`ensemblevi.tl._novelty_rule`);
@@ -251,9 +251,10 @@ def flag_novel_cells(
     scores.insert(0, "novelty_fit", fit)
     scores.insert(0, "novelty_expr", expr)
     scores.insert(0, "novelty_knn", knn)
-    scores.insert(0, DECIDING, combine(knn, expr, fit))
+    combined, combined_cal = combine(knn, expr, fit, (knn_cal, expr_cal, fit_cal))
+    scores.insert(0, DECIDING, combined)
     calib["novelty_knn"], calib["novelty_expr"], calib["novelty_fit"] = knn_cal, expr_cal, fit_cal
-    calib[DECIDING] = combine(knn_cal, expr_cal, fit_cal)
+    calib[DECIDING] = combined_cal
     tested = np.ones(adata.n_obs, dtype=bool)
     if own:
         tested[rows[ref.train]] = False
