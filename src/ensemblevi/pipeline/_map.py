@@ -186,7 +186,8 @@ def map_reading(
     calibration = (
         f"Calibration: {kind}; the stated false-positive rate holds for {holds}. "
         "A cell flag says this one cell lies farther from the reference's training "
-        "cells than all but that share of the calibration cells; a group call says "
+        "cells, or is fitted worse by the model's decoders, than all but that share of "
+        "the calibration cells; a group call says "
         "that most of a group's cells are flagged (a population the reference did "
         "not have), which holds even where single flags are noisy."
     )
