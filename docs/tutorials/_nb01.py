@@ -251,8 +251,8 @@ distances (megakaryocytes 1.9, dendritic cells 1.3 times the validation median i
 `novelty_combined` is in units of the 95th percentile of the validation cells; the
 megakaryocytes' median is above it (1.33), the other types' below (0.75-0.97).
 `novelty_fit` runs the other way: the decoders fit the T and NK cells' counts a little
-worse than the monocytes' and megakaryocytes' (medians 0.95-1.14 against 0.59-0.76). For a *new* sample, see
-tutorial 03, which calibrates on samples the model never saw.
+worse than the monocytes' and megakaryocytes' (medians 0.95-1.14 against 0.59-0.76).
+For a *new* sample, see tutorial 03, which calibrates on samples the model never saw.
 
 ## What to take away
 
