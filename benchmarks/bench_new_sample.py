@@ -359,25 +359,32 @@ def run_labels(data: str, pbmc: str, seed: int, epochs: int) -> list[dict]:
     return rows
 
 
+def train_scvi(ref, split: dict, kind: str, seed: int, epochs: int):
+    """An EnsembleSCVI of ``kind`` (K=4, or one model) trained on a copy of ``ref`` with the
+    split: ``(its AnnData, the model, training seconds)``."""
+    from ensemblevi.model import EnsembleSCVI
+
+    adata = ref.copy()
+    EnsembleSCVI.setup_anndata(adata, layer="counts")
+    model = EnsembleSCVI(adata, n_members=4, ensemble=kind, seed=seed)
+    t = time.perf_counter()
+    model.train(
+        max_epochs=epochs,
+        seed=seed,
+        enable_progress_bar=False,
+        datasplitter_kwargs=split["datasplitter_kwargs"],
+    )
+    return adata, model, time.perf_counter() - t
+
+
 def run_one(data: str, pbmc: str, seed: int, epochs: int, labels: bool) -> list[dict]:
     import ensemblevi as ev
-    from ensemblevi.model import EnsembleSCVI
 
     ref, query = sim_data(seed) if data == "sim" else pbmc_data(pbmc, seed)
     split = ev.tl.sample_split(ref, "sample", n_holdout=2, seed=seed)
     rows = []
     for kind in ("deep", "single"):
-        adata = ref.copy()
-        EnsembleSCVI.setup_anndata(adata, layer="counts")
-        model = EnsembleSCVI(adata, n_members=4, ensemble=kind, seed=seed)
-        t = time.perf_counter()
-        model.train(
-            max_epochs=epochs,
-            seed=seed,
-            enable_progress_bar=False,
-            datasplitter_kwargs=split["datasplitter_kwargs"],
-        )
-        seconds = time.perf_counter() - t
+        adata, model, seconds = train_scvi(ref, split, kind, seed, epochs)
         pca = pca_space(adata, model.train_indices)
         row = {
             "data": data,

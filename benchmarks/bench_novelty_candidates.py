@@ -177,7 +177,6 @@ def run_one(data: str, pbmc: str, seed: int, epochs: int, kinds: list[str]) -> l
     import bench_new_sample as b
 
     import ensemblevi as ev
-    from ensemblevi.model import EnsembleSCVI
     from ensemblevi.tl._novelty_rule import conformal_threshold, novelty_reference
 
     ref, query = b.sim_data(seed) if data == "sim" else b.pbmc_data(pbmc, seed)
@@ -185,16 +184,8 @@ def run_one(data: str, pbmc: str, seed: int, epochs: int, kinds: list[str]) -> l
     unseen = query.obs["unseen"].to_numpy()
     rows = []
     for kind in kinds:
-        adata = ref.copy()
-        EnsembleSCVI.setup_anndata(adata, layer="counts")
-        model = EnsembleSCVI(adata, n_members=4, ensemble=kind, seed=seed)
         t = time.perf_counter()
-        model.train(
-            max_epochs=epochs,
-            seed=seed,
-            enable_progress_bar=False,
-            datasplitter_kwargs=split["datasplitter_kwargs"],
-        )
+        adata, model, _ = b.train_scvi(ref, split, kind, seed, epochs)
         q = query.copy()
         scores = ev.tl.cell_novelty(model, q, alpha=ALPHA, progress=False, sample_key="sample")
         cal = q.uns["ensemblevi"]["cell_novelty"]["calibration_scores"]

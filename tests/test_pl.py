@@ -76,7 +76,7 @@ PLOTS = {
     "biological_spread": (lambda a, **kw: ev.pl.biological_spread(a, **kw), 3),
     "member_histograms": (lambda a, **kw: member_histograms(a, **kw), 3),
     "gene_uncertainty": (lambda a, **kw: ev.pl.gene_uncertainty(a, highlight=["DCN"], **kw), 1),
-    "novelty_umap": (lambda a, **kw: ev.pl.novelty_umap(a, color="cell_type", **kw), 5),
+    "novelty_umap": (lambda a, **kw: ev.pl.novelty_umap(a, color="cell_type", **kw), 6),
     "group_novelty": (lambda a, **kw: ev.pl.group_novelty(a, **kw), 1),
     "cluster_stability": (lambda a, **kw: ev.pl.cluster_stability(a, **kw), 1),
     "stability_umap": (lambda a, **kw: ev.pl.stability_umap(a, **kw), 3),
