@@ -116,10 +116,15 @@ def test_count_terms_match_scipy_dense_and_sparse():
     x = rng.negative_binomial(2, 0.3, (25, 40)).astype(np.float32)
     x[4] = 0  # an empty cell: 0 and 0, and its fit divides by 1
     want = np.array([poisson.logpmf(row, row).sum() for row in x.astype(np.float64)])
-    for given in (x, sparse.csr_matrix(x), sparse.csc_matrix(x)):
-        saturated, total = count_terms(given)
-        np.testing.assert_allclose(saturated, want, rtol=1e-12)
-        np.testing.assert_allclose(total, x.sum(1), rtol=1e-12)
+    import ensemblevi.tl._novelty_expression as module
+
+    for chunk in (module.CHUNK, 7):  # one block, and blocks that split the cells
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(module, "CHUNK", chunk)
+            for given in (x, sparse.csr_matrix(x), sparse.csc_matrix(x)):
+                saturated, total = count_terms(given)
+                np.testing.assert_allclose(saturated, want, rtol=1e-12)
+                np.testing.assert_allclose(total, x.sum(1), rtol=1e-12)
     elbo = rng.normal(-300, 20, (3, 25))
     got = fit_score(elbo, want, x.sum(1))
     for i in range(25):

@@ -169,13 +169,24 @@ def count_terms(x) -> tuple[np.ndarray, np.ndarray]:
     -------
     ``(saturated log-likelihood, total count)``, each ``(n,)`` float64.
     """
-    if sparse.issparse(x):
-        x = sparse.csr_matrix(x, dtype=np.float64)
-        v = x.data
-        per = sparse.csr_matrix((xlogy(v, v) - v - gammaln(v + 1.0), x.indices, x.indptr), x.shape)
-        return np.asarray(per.sum(1)).ravel(), np.asarray(x.sum(1)).ravel()
-    x = np.asarray(x, dtype=np.float64)
-    return (xlogy(x, x) - x - gammaln(x + 1.0)).sum(1), x.sum(1)
+    saturated, total = np.empty(x.shape[0]), np.empty(x.shape[0])
+    # in chunks: a float64 copy of every cell (and xlogy's temporaries) would not fit at
+    # atlas size for dense counts
+    for i in range(0, x.shape[0], CHUNK):
+        block = x[i : i + CHUNK]
+        if sparse.issparse(block):
+            block = sparse.csr_matrix(block, dtype=np.float64)
+            v = block.data
+            per = sparse.csr_matrix(
+                (xlogy(v, v) - v - gammaln(v + 1.0), block.indices, block.indptr), block.shape
+            )
+            saturated[i : i + CHUNK] = np.asarray(per.sum(1)).ravel()
+            total[i : i + CHUNK] = np.asarray(block.sum(1)).ravel()
+        else:
+            block = np.asarray(block, dtype=np.float64)
+            saturated[i : i + CHUNK] = (xlogy(block, block) - block - gammaln(block + 1.0)).sum(1)
+            total[i : i + CHUNK] = block.sum(1)
+    return saturated, total
 
 
 def fit_score(elbo: np.ndarray, saturated: np.ndarray, total: np.ndarray) -> np.ndarray:
