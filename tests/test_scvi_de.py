@@ -28,6 +28,10 @@ def models():
     """Two scVI models, a one-member ensemble of the first and a deep ensemble of both."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        # the data drawn from the global generators: seeded, so no test's numbers depend on
+        # which tests ran before in the same worker (a Monte Carlo check below came 0.001
+        # over its tolerance on one unseeded draw)
+        scvi.settings.seed = 0
         adata = scvi.data.synthetic_iid(batch_size=40, n_genes=15, n_batches=2)
         scvi.model.SCVI.setup_anndata(adata, batch_key="batch", labels_key="labels")
         refs = [_scvi_model(adata, s) for s in (0, 1)]
