@@ -220,7 +220,8 @@ that member's latent space, over the median for the validation cells, averaged o
 members; `novelty_expr` is the same distance in 20 principal components of the counts;
 `novelty_fit` is how badly the members' decoders fit the cell's counts (its misfit beyond
 count noise, over the validation cells' median); `novelty_combined` is the mean of the
-two distances, averaged with `novelty_fit`. A cell is flagged (`is_novel`) when its
+two distances or `novelty_fit`, whichever is larger, each over its 95th percentile on
+the validation cells. A cell is flagged (`is_novel`) when its
 `novelty_combined` exceeds the 95th percentile of the validation cells (a conformal
 threshold: about 5% of new cells like the training cells are flagged by design). Cells
 the model trained on are never tested: every score is biased on them.""",

@@ -15,8 +15,8 @@ Two rules answer it, both calibrated on held-out cells (conformal thresholds):
 
 - per cell, `ev.tl.cell_novelty`: `novelty_combined`, a cell's distance to its nearest
   training cells in each member's latent space (`novelty_knn`) and in principal components
-  of its counts (`novelty_expr`), averaged with how badly the members' decoders fit its
-  counts (`novelty_fit`), against the held-out cells' scores; about `alpha` of a new
+  of its counts (`novelty_expr`), or how badly the members' decoders fit its counts
+  (`novelty_fit`), whichever is larger, against the held-out cells' scores; about `alpha` of a new
   sample's known-type cells are flagged by design;
 - per group, `ev.tl.group_novelty`: a group is novel when *most* of its cells are flagged
   (a one-sided binomial test, Benjamini-Hochberg across groups).

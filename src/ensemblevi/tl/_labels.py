@@ -152,9 +152,9 @@ def label_uncertainty(
         Target rate of known-type cells called unknown.
     score
         ``"novelty_combined"`` (default): :func:`ensemblevi.tl.cell_novelty`'s deciding
-        score (the cell's distance to the training cells in the members' latent spaces and
-        in principal components of the counts, averaged with how badly the decoders fit
-        its counts) and its rule,
+        score (the larger of the cell's distance to the training cells, in the members'
+        latent spaces and in principal components of the counts, and how badly the
+        decoders fit its counts, each over its 95th percentile) and its rule,
         calibrated on the held-out cells, labelled or not; a training cell is never tested
         by it, so on the model's own cells only held-out cells can be called unknown. On
         new samples it called more of an unseen type's cells unknown than the latent

@@ -149,8 +149,7 @@ def expression_knn(
     project, train_pcs = expression_space(model, ref, seed=seed)
     d_cal = knn_distance(train_pcs, project(ref.adata, ref.calibration), n_neighbors)
     d = knn_distance(train_pcs, project(adata), n_neighbors, self_rows)
-    scale = np.median(d_cal)
-    return d / scale, d_cal / scale
+    return median_scaled(d, d_cal)
 
 
 def count_terms(x) -> tuple[np.ndarray, np.ndarray]:
