@@ -16,6 +16,8 @@ from ensemblevi.tl._novelty_rule import (
     UNSEEN_SAMPLES,
     cross_fit_flags,
     novelty_reference,
+    rule_threshold,
+    threshold_rule,
 )
 
 EPOCHS = 3
@@ -147,15 +149,29 @@ def test_unseen_sample_calibration_uns_and_threshold(split_models):
             (_brute_knn(z[train], zq, 15) / np.median(d_cal), d_cal / np.median(d_cal))
         )
     score = np.mean([p[0] for p in per_member], 0)
-    cal_score = np.sort(np.mean([p[1] for p in per_member], 0))
     np.testing.assert_allclose(query.obs["ensemblevi_novelty_knn"], score, rtol=1e-5)
-    rank = math.ceil((len(cal_score) + 1) * 0.9)
-    assert info["novelty_knn_threshold"] == pytest.approx(cal_score[rank - 1], rel=1e-5)
-    np.testing.assert_array_equal(scores["novelty_knn_flag"], score > cal_score[rank - 1])
+    # the threshold: the larger of the two held-out samples' own conformal thresholds
+    samples = ref.obs["sample"].astype(str).to_numpy()[cal]
+    cal_knn = np.mean([p[1] for p in per_member], 0)
+
+    def by_sample(values):
+        out = []
+        for name in split["holdout_samples"]:
+            mine = np.sort(values[samples == name])
+            out.append(mine[math.ceil((len(mine) + 1) * 0.9) - 1])
+        return max(out)
+
+    assert info["novelty_knn_threshold"] == pytest.approx(by_sample(cal_knn), rel=1e-5)
+    np.testing.assert_array_equal(scores["novelty_knn_flag"], score > by_sample(cal_knn))
+    assert "largest of the 2 calibration samples" in info["threshold_rule"]
+    # and the reports' reading says so
+    from ensemblevi.pipeline._readings import calibration_text
+
+    assert f"Each threshold is {info['threshold_rule']}." in calibration_text(info)
     # is_novel is the combined score's flag, set on the same unseen samples' cells
-    comb_cal = np.sort(np.asarray(info["calibration_scores"]["novelty_combined"]))
+    comb_cal = np.asarray(info["calibration_scores"]["novelty_combined"])
     comb = query.obs["ensemblevi_novelty_combined"].to_numpy()
-    np.testing.assert_array_equal(query.obs["ensemblevi_is_novel"], comb > comb_cal[rank - 1])
+    np.testing.assert_array_equal(query.obs["ensemblevi_is_novel"], comb > by_sample(comb_cal))
 
 
 def test_cross_fit_by_sample_matches_a_direct_loop():
@@ -164,14 +180,49 @@ def test_cross_fit_by_sample_matches_a_direct_loop():
     groups = np.repeat(["a", "b", "c"], 100)
     values[groups == "c"] += 2.0  # a shifted sample: its cells exceed the others' threshold
     flags, how = cross_fit_flags(values, 0.1, 0, groups)
-    for g in "abc":
-        other = np.sort(values[groups != g])
-        t = other[math.ceil((len(other) + 1) * 0.9) - 1]
+    for g in "abc":  # against the larger of the other two samples' own thresholds
+        t = max(np.sort(values[groups == h])[math.ceil(101 * 0.9) - 1] for h in "abc" if h != g)
         np.testing.assert_array_equal(flags[groups == g], values[groups == g] > t)
     assert flags[groups == "c"].mean() > 0.5 > 0.25 > flags[groups == "a"].mean()
     assert "3 held-out samples" in how["fpr_measured_on"]
     _, how = cross_fit_flags(values, 0.1, 0, None)
     assert "halves" in how and "halves" in how["fpr_measured_on"]
+
+
+def test_rule_threshold_is_the_largest_sample_threshold_and_holds_for_a_new_sample():
+    rng = np.random.default_rng(3)
+    # samples of unequal size whose scores shift by sample, as a donor's effects shift them
+    sizes, shifts = [150, 60, 240], [0.0, 0.6, -0.3]
+    values = np.concatenate([rng.normal(s, 1.0, n) for s, n in zip(shifts, sizes, strict=True)])
+    groups = np.repeat(["a", "b", "c"], sizes)
+    for alpha in (0.05, 0.1, 0.2):
+        expect = max(
+            np.sort(values[groups == g])[math.ceil((n + 1) * (1 - alpha)) - 1]
+            for g, n in zip("abc", sizes, strict=True)
+        )
+        threshold, exact = rule_threshold(values, alpha, groups)
+        assert threshold == expect and exact
+        # one sample, or none known: the pooled conformal threshold
+        pooled = np.sort(values)[math.ceil((len(values) + 1) * (1 - alpha)) - 1]
+        assert rule_threshold(values, alpha)[0] == pooled
+        assert rule_threshold(values, alpha, np.repeat("a", len(values)))[0] == pooled
+    # a sample too small for alpha: its largest score, and the threshold is not guaranteed
+    small = np.array([0.1, 0.2, 0.3, 5.0, 6.0])
+    assert rule_threshold(small, 0.05, np.array(list("aabbb"))) == (6.0, False)
+    assert "largest of the 3" in threshold_rule(groups) and "1/4" in threshold_rule(groups)
+    assert "calibration cells" in threshold_rule(None)
+    # the property it is for: new samples drawn like the calibration ones (sample effect
+    # sd 0.5) exceed alpha less often under it than under the pooled threshold
+    over = {"samples": 0, "pooled": 0}
+    for _ in range(300):
+        effects = rng.normal(0, 0.5, 3)
+        cal = np.concatenate([rng.normal(e, 1.0, 100) for e in effects[:2]])
+        new = rng.normal(effects[2], 1.0, 2000)
+        g = np.repeat(["x", "y"], 100)
+        over["samples"] += (new > rule_threshold(cal, 0.05, g)[0]).mean() > 0.05
+        over["pooled"] += (new > rule_threshold(cal, 0.05)[0]).mean() > 0.05
+    # at most 1/(n+1) = 1/3 of new samples above alpha with 2 samples (plus draw noise)
+    assert over["samples"] / 300 < 0.4 < over["pooled"] / 300
 
 
 def test_one_member_cell_and_group_novelty(split_models):
@@ -240,10 +291,13 @@ def test_label_unknown_rule_one_member_unseen_samples():
     held = np.flatnonzero(np.isin(samples, split["holdout_samples"]))
     assert ent["calibration_kind"] == "unseen samples" and ent["n_calibration"] == len(held)
     assert "leave-one-sample-out" in ent["fpr_measured_on"]
-    # independent reference: the conformal quantile of the held-out samples' entropies
+    # independent reference: the larger of the held-out samples' own conformal quantiles
     mix = model.predict_members(indices=held).mean(0)
-    h = np.sort(-(mix * np.log(np.clip(mix, 1e-12, 1))).sum(1))
-    assert ent["threshold"] == pytest.approx(h[math.ceil((len(h) + 1) * 0.9) - 1], rel=1e-4)
+    h = -(mix * np.log(np.clip(mix, 1e-12, 1))).sum(1)
+    each = [np.sort(h[samples[held] == s]) for s in split["holdout_samples"]]
+    expect = max(v[math.ceil((len(v) + 1) * 0.9) - 1] for v in each)
+    assert ent["threshold"] == pytest.approx(expect, rel=1e-4)
+    assert "largest of the 2" in ent["threshold_rule"]
     with pytest.raises(ValueError, match="not on a mask"):
         ev.tl.label_uncertainty(model, adata, calibration=np.ones(adata.n_obs, bool))
 

@@ -80,6 +80,9 @@ def test_run_keeps_samples_out_and_calibrates_on_them(sample_run):
     deciding = result.obs["ensemblevi_novelty_combined"].to_numpy()
     threshold, _ = conformal_threshold(deciding[samples == held], cells["alpha"])
     assert threshold == pytest.approx(cells["novelty_combined_threshold"])
+    # one held-out sample: there is no largest of several, and the reading says nothing of it
+    assert cells["threshold_rule"].startswith("the conformal")
+    assert "Each threshold is" not in " ".join(reading)
     # the training cells are never tested, the held-out sample's cells all are
     tested = result.obs["ensemblevi_novelty_tested"].to_numpy().astype(bool)
     assert tested[samples == held].all()

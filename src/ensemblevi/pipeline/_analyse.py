@@ -188,4 +188,5 @@ def record_sample_split(
         decides = uns["cell_novelty"].get("decides", "novelty_knn")
         record["novelty_fpr_heldout"] = uns["cell_novelty"][f"{decides}_fpr_heldout"]
         record["fpr_measured_on"] = uns["cell_novelty"]["fpr_measured_on"]
+        record["threshold_rule"] = uns["cell_novelty"].get("threshold_rule")
     uns["sample_split"] = record

@@ -22,6 +22,7 @@ from anndata import AnnData
 from ensemblevi._files import staged_output, write_csv, write_json
 from ensemblevi._interrupt import set_resume_hint
 from ensemblevi._warnings import quiet_third_party
+from ensemblevi.pipeline._readings import threshold_text
 from ensemblevi.pipeline._report import write_report
 
 Log = Callable[[str], Any]
@@ -125,7 +126,7 @@ def annotate_reading(info: dict, calib: dict | None, n_held: int) -> list[str]:
         lines.append(
             f"Calibration: {info['calibration_kind']} "
             f"({info.get('n_calibration_cells', info.get('n_calibration', 0)):,} "
-            f"cells); the rate holds for {info['rate_holds_for']}."
+            f"cells); the rate holds for {info['rate_holds_for']}.{threshold_text(info)}"
         )
     return lines
 

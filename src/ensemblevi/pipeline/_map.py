@@ -24,7 +24,7 @@ from ensemblevi._files import staged_output, write_csv, write_json
 from ensemblevi._interrupt import set_resume_hint
 from ensemblevi._warnings import quiet_third_party
 from ensemblevi.pipeline._de import check_run_dir, read_run_result
-from ensemblevi.pipeline._readings import group_reading
+from ensemblevi.pipeline._readings import group_reading, threshold_text
 from ensemblevi.pipeline._report import write_report
 
 Log = Callable[[str], Any]
@@ -184,7 +184,8 @@ def map_reading(
     kind = cells.get("calibration_kind", "cells of the training samples")
     holds = cells.get("rate_holds_for", "new cells of the samples the model trained on")
     calibration = (
-        f"Calibration: {kind}; the stated false-positive rate holds for {holds}. "
+        f"Calibration: {kind}; the stated false-positive rate holds for {holds}."
+        f"{threshold_text(cells)} "
         "A cell flag says this one cell lies farther from the reference's training "
         "cells, or is fitted worse by the model's decoders, than all but that share of "
         "the calibration cells; a group call says "

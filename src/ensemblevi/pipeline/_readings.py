@@ -299,7 +299,21 @@ def calibration_text(novelty: dict) -> str:
         )
     else:
         where = f"calibrated on {kind}"
-    return f"The thresholds are {where}; the stated rate holds for {holds}."
+    return f"The thresholds are {where}; the stated rate holds for {holds}." + threshold_text(
+        novelty
+    )
+
+
+def threshold_text(info: dict) -> str:
+    """How a threshold was set from several calibration samples (`` ""`` when pooled).
+
+    Parameters
+    ----------
+    info
+        What a rule stored (``threshold_rule``: :func:`ensemblevi.tl._novelty_rule.threshold_rule`).
+    """
+    rule = info.get("threshold_rule", "")
+    return f" Each threshold is {rule}." if rule.startswith("the largest") else ""
 
 
 def group_reading(groups: pd.DataFrame, groupby: str, fdr: float, own: bool = False) -> list[str]:

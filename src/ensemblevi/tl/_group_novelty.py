@@ -37,10 +37,10 @@ from ._checks import validated
 from ._novelty import DECIDING, KEY, SCORES, cell_novelty
 from ._novelty_rule import (
     NoveltyReference,
-    conformal_threshold,
     cross_fit_flags,
     novelty_reference,
     reference_rows,
+    rule_threshold,
 )
 
 #: fewest tested cells a group needs to get a p-value
@@ -398,7 +398,7 @@ def _cell_flags(
     cal = np.asarray(stored["calibration_scores"][DECIDING], dtype=np.float64)
     values = adata.obs[f"{key_added}_{DECIDING}"].to_numpy(dtype=np.float64)
     if rows is None:  # a query: every cell against the threshold
-        threshold, _ = conformal_threshold(cal, cell_alpha)
+        threshold, _ = rule_threshold(cal, cell_alpha, ref.fold_samples)
         return values > threshold
     flags = np.zeros(adata.n_obs, dtype=bool)  # training cells are never tested
     held_out, _ = cross_fit_flags(cal, cell_alpha, int(stored.get("seed", 0)), ref.fold_samples)

@@ -23,9 +23,10 @@ from ensemblevi.metrics._labels import (
 from ._novelty_rule import (
     CALIBRATIONS,
     TRAINING_SAMPLES,
-    conformal_threshold,
     cross_fit_flags,
     novelty_reference,
+    rule_threshold,
+    threshold_rule,
 )
 
 KEY = "ensemblevi"
@@ -300,6 +301,7 @@ def label_uncertainty(
             exact=True,
             calibration_fpr=float(nov[f"{score}_fpr_heldout"]),
             fpr_measured_on=nov["fpr_measured_on"],
+            threshold_rule=nov.get("threshold_rule", threshold_rule(None)),
             **{
                 k: nov[k]
                 for k in (
@@ -314,11 +316,12 @@ def label_uncertainty(
         threshold = float(nov[f"{score}_threshold"])
     elif threshold is None:
         cal = _score(_tempered_parts(cal_members, t), score)
-        threshold, exact = conformal_threshold(cal, alpha)
+        threshold, exact = rule_threshold(cal, alpha, groups)
         flags, how = cross_fit_flags(cal, alpha, seed=0, groups=groups)
         info.update(
             n_calibration=len(cal),
             exact=bool(exact),
+            threshold_rule=threshold_rule(groups),
             calibration_fpr=float(flags.mean()),
             **about,
             **how,

@@ -26,7 +26,10 @@ Six scores (hand-written: scvi-tools has no ensemble novelty score):
 
 Rule: a cell is flagged (``is_novel``) when its ``novelty_combined`` exceeds a conformal
 ``1 - alpha`` quantile of the score on the reference's validation cells (cells like the
-training data that the model did not train on). Cells the model trained on are never
+training data that the model did not train on); where those are whole samples the model
+did not train on, the largest of the samples' own quantiles, so that the rate holds for a
+new sample rather than for the calibration cells pooled
+(:func:`ensemblevi.tl._novelty_rule.rule_threshold`). Cells the model trained on are never
 tested (``novelty_tested`` is False, ``is_novel`` False): every score is biased on them
 (:mod:`ensemblevi.tl._novelty_rule`). Validation cells of the scored AnnData are each
 tested against a threshold from the other half of the validation cells, and the share
@@ -57,12 +60,13 @@ from ._novelty_expression import (
 )
 from ._novelty_rule import (
     UNSEEN_SAMPLES,
-    conformal_threshold,
     cross_fit_flags,
     knn_scores,
     member_latents,
     novelty_reference,
     reference_rows,
+    rule_threshold,
+    threshold_rule,
 )
 from ._stream import ElboReducer, SummaryReducer, stream
 
@@ -275,11 +279,13 @@ def flag_novel_cells(
         "calibration": calibration,
         **ref.describe(),
     }
+    samples = ref.fold_samples
     # one count of calibration cells for every score: whether alpha is reachable with it
-    info["threshold_guaranteed"] = conformal_threshold(calib[DECIDING].to_numpy(), alpha)[1]
+    info["threshold_guaranteed"] = rule_threshold(calib[DECIDING].to_numpy(), alpha, samples)[1]
+    info["threshold_rule"] = threshold_rule(samples)
     for name in SCORES:
         values = calib[name].to_numpy(dtype=np.float64)
-        threshold, _ = conformal_threshold(values, alpha)
+        threshold, _ = rule_threshold(values, alpha, samples)
         held_out, how = cross_fit_flags(values, alpha, seed, ref.fold_samples)
         info["fpr_measured_on"] = how["fpr_measured_on"]
         flags = tested & (scores[name].to_numpy() > threshold)
