@@ -101,7 +101,7 @@ def run(args) -> dict:
     import ensemblevi as ev
     from ensemblevi.metrics import fit_temperature, label_calibration_metrics
     from ensemblevi.metrics._labels import apply_temperature, label_uncertainty_parts
-    from ensemblevi.tl._novelty_rule import conformal_threshold
+    from ensemblevi.tl._thresholds import conformal_threshold
 
     warnings.simplefilter("ignore")
     full = ev.data.read(args.data)

@@ -25,7 +25,7 @@ calibration, at ``alpha`` (5%):
 
 - per cell, on the query: false-positive rate on the known types, TPR on the unseen type,
   for the rule (``novelty_combined``; with unseen samples, its threshold is the largest
-  of the calibration samples' own: :func:`ensemblevi.tl._novelty_rule.rule_threshold`),
+  of the calibration samples' own: :func:`ensemblevi.tl._thresholds.rule_threshold`),
   for the same score under the pooled threshold of every calibration cell
   (``novelty_combined_pooled``, the rule before that), for ``novelty_knn`` (latent kNN
   distance), for ``novelty_fit`` (the decoders' misfit to the counts), for ``pca_knn`` (mean
@@ -212,7 +212,8 @@ def candidate_scores(model, ref, q, cells, knn, cal_knn, d_pca, cal_pca) -> dict
 
 def evaluate_novelty(model, ref, query, ev, pca) -> dict:
     """Per calibration: per-cell rates of the three scores, AUROCs and the group calls."""
-    from ensemblevi.tl._novelty_rule import conformal_threshold, knn_distance, novelty_reference
+    from ensemblevi.tl._novelty_rule import knn_distance, novelty_reference
+    from ensemblevi.tl._thresholds import conformal_threshold
 
     unseen = query.obs["unseen"].to_numpy()
     z_train_pca = pca(ref[model.train_indices])

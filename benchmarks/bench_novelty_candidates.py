@@ -29,7 +29,7 @@ threshold on the same calibration cells (:func:`candidates`):
   cells) and ``rule``: the larger of ``previous`` and ``fit``, each over its 95th
   percentile on the calibration cells (what ``novelty_combined`` is).
 
-Added with the by-sample threshold (:func:`ensemblevi.tl._novelty_rule.rule_threshold`),
+Added with the by-sample threshold (:func:`ensemblevi.tl._thresholds.rule_threshold`),
 on the same development seeds: every candidate is also measured under the largest of the
 calibration samples' own thresholds (``--summarize --by-sample``; ``--thresholds`` sets
 the two thresholds side by side for the rule, the distances and the fit), and three more
@@ -112,7 +112,7 @@ def candidates(scored: tuple, calibration: tuple) -> dict[str, tuple[np.ndarray,
     union of the two rules); every candidate then gets the same conformal threshold.
     """
     from ensemblevi.tl._novelty_expression import combine
-    from ensemblevi.tl._novelty_rule import conformal_threshold
+    from ensemblevi.tl._thresholds import conformal_threshold
 
     def parts(knn, expr, fit, total):
         previous = (knn + expr) / 2
@@ -255,7 +255,8 @@ def run_one(data: str, pbmc: str, seed: int, epochs: int, kinds: list[str]) -> l
     import bench_new_sample as b
 
     import ensemblevi as ev
-    from ensemblevi.tl._novelty_rule import conformal_threshold, novelty_reference, rule_threshold
+    from ensemblevi.tl._novelty_rule import novelty_reference
+    from ensemblevi.tl._thresholds import conformal_threshold, rule_threshold
 
     ref, query = b.sim_data(seed) if data == "sim" else b.pbmc_data(pbmc, seed)
     split = ev.tl.sample_split(ref, "sample", n_holdout=2, seed=seed)
@@ -343,7 +344,7 @@ def summarize(rows: list[dict], by_sample: bool = False) -> str:
 
 def thresholds(rows: list[dict]) -> str:
     """Per data set and model kind, the pooled threshold against the largest of the
-    calibration samples' own (:func:`ensemblevi.tl._novelty_rule.rule_threshold`), for
+    calibration samples' own (:func:`ensemblevi.tl._thresholds.rule_threshold`), for
     :data:`THRESHOLD_CANDIDATES`: FPR on a new sample's known cells, mean (max), and TPR on
     the unseen type, mean (min)."""
     import pandas as pd

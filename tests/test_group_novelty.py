@@ -160,7 +160,7 @@ def test_a_query_model_is_calibrated_on_its_reference(novelty_model, tmp_path):
 
 
 def test_conformal_threshold_keeps_its_rate_on_exchangeable_scores():
-    from ensemblevi.tl._novelty_rule import conformal_threshold, cross_fit_flags
+    from ensemblevi.tl._thresholds import conformal_threshold, cross_fit_flags
 
     rng = np.random.default_rng(3)
     alpha, n, reps = 0.05, 60, 4000

@@ -11,14 +11,8 @@ import pytest
 import ensemblevi as ev
 from ensemblevi.data._replicates import synthetic_replicates
 from ensemblevi.model import EnsembleSCANVI, EnsembleSCVI
-from ensemblevi.tl._novelty_rule import (
-    TRAINING_SAMPLES,
-    UNSEEN_SAMPLES,
-    cross_fit_flags,
-    novelty_reference,
-    rule_threshold,
-    threshold_rule,
-)
+from ensemblevi.tl._novelty_rule import TRAINING_SAMPLES, UNSEEN_SAMPLES, novelty_reference
+from ensemblevi.tl._thresholds import cross_fit_flags, rule_threshold, threshold_rule
 
 EPOCHS = 3
 
@@ -324,7 +318,7 @@ def test_the_combined_rule_finds_an_unseen_type_the_distances_miss():
     # of that type than the two distances it was before, at about alpha on the known types
     # (measured at full size in benchmarks/bench_new_sample.py; this is the same design,
     # small; below 60 epochs the decoders fit too little for the misfit to show)
-    from ensemblevi.tl._novelty_rule import conformal_threshold
+    from ensemblevi.tl._thresholds import conformal_threshold
 
     adata = synthetic_replicates(
         n_cells=1200,

@@ -14,12 +14,8 @@ from ensemblevi.cli import app
 from ensemblevi.data._io import write_h5ad_atomic
 from ensemblevi.data._replicates import synthetic_replicates
 from ensemblevi.pipeline import RunConfig, run_pipeline
-from ensemblevi.tl._novelty_rule import (
-    TRAINING_SAMPLES,
-    UNSEEN_SAMPLES,
-    conformal_threshold,
-    sample_split,
-)
+from ensemblevi.tl._novelty_rule import TRAINING_SAMPLES, UNSEEN_SAMPLES, sample_split
+from ensemblevi.tl._thresholds import conformal_threshold
 
 QUIET = {"log": lambda *_: None}
 TINY = {"layer": "counts", "n_top_genes": 60, "epochs": 2, "members": 2, "n_samples": 2}

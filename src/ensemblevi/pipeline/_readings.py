@@ -310,7 +310,7 @@ def threshold_text(info: dict) -> str:
     Parameters
     ----------
     info
-        What a rule stored (``threshold_rule``: :func:`ensemblevi.tl._novelty_rule.threshold_rule`).
+        What a rule stored (``threshold_rule``: :func:`ensemblevi.tl._thresholds.threshold_rule`).
     """
     rule = info.get("threshold_rule", "")
     return f" Each threshold is {rule}." if rule.startswith("the largest") else ""

@@ -35,13 +35,8 @@ from scipy import stats
 
 from ._checks import validated
 from ._novelty import DECIDING, KEY, SCORES, cell_novelty
-from ._novelty_rule import (
-    NoveltyReference,
-    cross_fit_flags,
-    novelty_reference,
-    reference_rows,
-    rule_threshold,
-)
+from ._novelty_rule import NoveltyReference, novelty_reference, reference_rows
+from ._thresholds import cross_fit_flags, rule_threshold
 
 #: fewest tested cells a group needs to get a p-value
 MIN_GROUP_CELLS = 10

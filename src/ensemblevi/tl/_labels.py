@@ -20,14 +20,8 @@ from ensemblevi.metrics._labels import (
     per_type_calibration,
 )
 
-from ._novelty_rule import (
-    CALIBRATIONS,
-    TRAINING_SAMPLES,
-    cross_fit_flags,
-    novelty_reference,
-    rule_threshold,
-    threshold_rule,
-)
+from ._novelty_rule import CALIBRATIONS, TRAINING_SAMPLES, novelty_reference
+from ._thresholds import cross_fit_flags, rule_threshold, threshold_rule
 
 KEY = "ensemblevi"
 

@@ -29,7 +29,7 @@ Rule: a cell is flagged (``is_novel``) when its ``novelty_combined`` exceeds a c
 training data that the model did not train on); where those are whole samples the model
 did not train on, the largest of the samples' own quantiles, so that the rate holds for a
 new sample rather than for the calibration cells pooled
-(:func:`ensemblevi.tl._novelty_rule.rule_threshold`). Cells the model trained on are never
+(:func:`ensemblevi.tl._thresholds.rule_threshold`). Cells the model trained on are never
 tested (``novelty_tested`` is False, ``is_novel`` False): every score is biased on them
 (:mod:`ensemblevi.tl._novelty_rule`). Validation cells of the scored AnnData are each
 tested against a threshold from the other half of the validation cells, and the share
@@ -60,15 +60,13 @@ from ._novelty_expression import (
 )
 from ._novelty_rule import (
     UNSEEN_SAMPLES,
-    cross_fit_flags,
     knn_scores,
     member_latents,
     novelty_reference,
     reference_rows,
-    rule_threshold,
-    threshold_rule,
 )
 from ._stream import ElboReducer, SummaryReducer, stream
+from ._thresholds import cross_fit_flags, rule_threshold, threshold_rule
 
 KEY = DEFAULT_KEY
 SCORES = (
