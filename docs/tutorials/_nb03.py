@@ -118,8 +118,9 @@ across the two held-out samples is 4.7%, and the new sample's known types get 13
 0.0% (B) and 1.6% (C): about the stated rate on average, but one type of a new sample
 can sit well above it (A is the type D lies closest to), which is why a single flagged
 cell is weak evidence. The threshold is the larger of the two held-out samples' own: the
-rate is stated for a new sample, and samples differ. Of the unseen type D, 97% of the cells are flagged (86% with the
-two distances alone, the rule before `novelty_fit` joined it).""",
+rate is stated for a new sample, and samples differ. Of the unseen type D, 97% of the
+cells are flagged (86% with the two distances alone, the rule before `novelty_fit` joined
+it).""",
     ),
     (
         "md",
