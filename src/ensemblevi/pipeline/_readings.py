@@ -312,8 +312,10 @@ def threshold_text(info: dict) -> str:
     info
         What a rule stored (``threshold_rule``: :func:`ensemblevi.tl._thresholds.threshold_rule`).
     """
-    rule = info.get("threshold_rule", "")
-    return f" Each threshold is {rule}." if rule.startswith("the largest") else ""
+    from ensemblevi.tl._thresholds import POOLED_RULE
+
+    rule = info.get("threshold_rule", POOLED_RULE)
+    return "" if rule == POOLED_RULE else f" Each threshold is {rule}."
 
 
 def group_reading(groups: pd.DataFrame, groupby: str, fdr: float, own: bool = False) -> list[str]:

@@ -153,9 +153,9 @@ def label_uncertainty(
         calibrated on the held-out cells, labelled or not; a training cell is never tested
         by it, so on the model's own cells only held-out cells can be called unknown. On
         new samples it called more of an unseen type's cells unknown than the latent
-        distance alone (simulated donors 99% against 36%, PBMC pseudo-samples 63% against
-        46%, at 6.5% / 5.8% of known cells against 5.4% / 4.6%; deep K=4, 3 seeds, 100
-        epochs: docs/new_samples.md).
+        distance alone (simulated donors 98% against 19%, PBMC pseudo-samples 66% against
+        56%, at 5.2% / 4.8% of known cells against 4.2% / 4.6%; deep K=4, seeds 40-42,
+        100 epochs, thresholds by held-out sample: docs/new_samples.md).
         ``"novelty_knn"``: the latent distance alone (it ranked unseen types best among
         the label scores: AUROC 0.974 against 0.905 for the entropy and 0.870 for the
         mutual information, docs/benchmarks). Both need one member only.

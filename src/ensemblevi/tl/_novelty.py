@@ -284,7 +284,7 @@ def flag_novel_cells(
     for name in SCORES:
         values = calib[name].to_numpy(dtype=np.float64)
         threshold, _ = rule_threshold(values, alpha, samples)
-        held_out, how = cross_fit_flags(values, alpha, seed, ref.fold_samples)
+        held_out, how = cross_fit_flags(values, alpha, seed, samples)
         info["fpr_measured_on"] = how["fpr_measured_on"]
         flags = tested & (scores[name].to_numpy() > threshold)
         if own:  # a validation cell is tested against the other half's threshold

@@ -36,6 +36,10 @@ def conformal_threshold(reference: np.ndarray, alpha: float) -> tuple[float, boo
     return float(values[min(rank, len(values)) - 1]), rank <= len(values)
 
 
+#: :func:`threshold_rule` of a pooled threshold (one sample, or none known)
+POOLED_RULE = "the conformal (1 - alpha) threshold of the calibration cells"
+
+
 def rule_threshold(
     reference: np.ndarray, alpha: float, samples: np.ndarray | None = None
 ) -> tuple[float, bool]:
@@ -87,7 +91,7 @@ def threshold_rule(samples: np.ndarray | None) -> str:
         As in :func:`rule_threshold`.
     """
     if samples is None or (n := len(pd.unique(np.asarray(samples)))) < 2:
-        return "the conformal (1 - alpha) threshold of the calibration cells"
+        return POOLED_RULE
     return (
         f"the largest of the {n} calibration samples' own conformal (1 - alpha) thresholds: "
         f"a new sample like them is flagged more often than alpha with probability at most "
