@@ -278,7 +278,7 @@ def test_every_kind_trains_and_predicts(labelled, kind):
 
 
 def test_query_mapping_keeps_the_classifier_frozen_unless_asked(trained):
-    adata, _, model = trained
+    adata, vae, model = trained
     query = adata[:120].copy()
     query.obs["lab"] = "Unknown"
     for key in [k for k in query.obs if k.startswith("_scvi")]:
@@ -288,6 +288,16 @@ def test_query_mapping_keeps_the_classifier_frozen_unless_asked(trained):
     mapped.train(max_epochs=2, enable_progress_bar=False)
     torch.testing.assert_close(mapped.module.classifier_head.weight.cpu(), ref_head.cpu())
     assert mapped.predict_members().shape == (2, 120, model.n_labels)
+    # the reference's scVI ensemble is not mapped with it; given, its rule decides
+    assert mapped.source_scvi is None
+    cells = mapped.adata.copy()
+    info = ev.tl.label_uncertainty(mapped, cells, novelty_model=vae, key_added="m")
+    alone = query.copy()
+    flags = ev.tl.cell_novelty(vae, alone, key_added="a", progress=False)["is_novel"]
+    assert info["novelty_model"] == "EnsembleSCVI"
+    np.testing.assert_array_equal(
+        cells.obs["m_label_unknown"].to_numpy().astype(bool), flags.to_numpy().astype(bool)
+    )
     free = EnsembleSCANVI.load_query_data(query.copy(), model, freeze_classifier=False)
     assert free.module.classifier_head.weight.requires_grad
     bad = query.copy()
@@ -408,11 +418,78 @@ def test_unknown_decided_by_the_scvi_ensembles_novelty_rule(trained):
     np.testing.assert_array_equal(unknown, flags["is_novel"].to_numpy().astype(bool))
     assert info["threshold"] == alone.uns["alone"]["cell_novelty"]["novelty_combined_threshold"]
     scanvi = adata[:150].copy()
-    own = ev.tl.label_uncertainty(model, scanvi, key_added="own")
+    own = ev.tl.label_uncertainty(model, scanvi, key_added="own", novelty_model="scanvi")
     assert own["novelty_model"] == "scANVI"
     assert own["threshold"] != info["threshold"]
     # the label columns still come from the scANVI
     assert (query.obs["nv_label"] == scanvi.obs["own_label"]).all()
+    # the default: the scVI ensemble the scANVI was made from (kept as source_scvi)
+    assert model.source_scvi is vae
+    default = adata[:150].copy()
+    got = ev.tl.label_uncertainty(model, default, key_added="d")
+    assert got["novelty_model"] == "EnsembleSCVI" and got["threshold"] == info["threshold"]
+    np.testing.assert_array_equal(default.obs["d_label_unknown"].to_numpy().astype(bool), unknown)
+
+
+def test_source_scvi_is_kept_only_on_its_own_anndata(trained):
+    adata, vae, _ = trained
+    other = adata.copy()
+    EnsembleSCANVI.setup_anndata(
+        other, labels_key="lab", unlabeled_category="Unknown", layer="counts"
+    )
+    made = EnsembleSCANVI.from_ensemble_scvi(vae, "Unknown", labels_key="lab", adata=other)
+    # the scVI ensemble's rule reads its training cells in its own AnnData, not this one
+    assert made.source_scvi is None
+    scratch = EnsembleSCANVI(other, n_members=2, n_hidden=16, n_latent=3)
+    assert scratch.source_scvi is None
+
+
+def test_save_and_load_keep_the_source_scvi_and_its_rule(trained, tmp_path):
+    adata, vae, model = trained
+    model.save(tmp_path / "m", prefix="a_")
+    names = sorted(p.name for p in (tmp_path / "m").iterdir())
+    assert names == [
+        "a_model.json",
+        "a_model.pt",
+        "a_source_scvi_model.json",
+        "a_source_scvi_model.pt",
+    ]
+    loaded = EnsembleSCANVI.load(tmp_path / "m", adata=adata, prefix="a_")
+    assert isinstance(loaded.source_scvi, EnsembleSCVI) and loaded.source_scvi is not vae
+    for name, value in vae.module.state_dict().items():
+        torch.testing.assert_close(loaded.source_scvi.module.state_dict()[name], value)
+    np.testing.assert_array_equal(loaded.source_scvi.train_indices, vae.train_indices)
+    before, after = adata[:150].copy(), adata[:150].copy()
+    a = ev.tl.label_uncertainty(model, before, key_added="b")
+    b = ev.tl.label_uncertainty(loaded, after, key_added="b")
+    assert a["threshold"] == b["threshold"] and b["novelty_model"] == "EnsembleSCVI"
+    np.testing.assert_array_equal(
+        before.obs["b_label_unknown"].to_numpy(), after.obs["b_label_unknown"].to_numpy()
+    )
+    # a refused save writes nothing, the source included
+    for name in ("a_source_scvi_model.json", "a_source_scvi_model.pt"):
+        (tmp_path / "m" / name).unlink()
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        model.save(tmp_path / "m", prefix="a_")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["a_model.json", "a_model.pt"]
+
+
+def test_a_source_scvi_that_does_not_match_is_left_out_with_a_warning(trained, tmp_path):
+    adata, _, model = trained
+    model.save(tmp_path / "m")
+    other = EnsembleSCVI(adata, n_members=2, ensemble="deep", n_hidden=16, n_latent=3, seed=1)
+    other.train(max_epochs=1, seed=1, enable_progress_bar=False)
+    other.save(tmp_path / "m", prefix="source_scvi_", overwrite=True)  # another ensemble
+    with pytest.warns(UserWarning, match="not those saved with this model"):
+        loaded = EnsembleSCANVI.load(tmp_path / "m", adata=adata)
+    assert loaded.source_scvi is None
+    (tmp_path / "m" / "source_scvi_model.pt").unlink()
+    with pytest.warns(UserWarning, match="could not be read"):
+        loaded = EnsembleSCANVI.load(tmp_path / "m", adata=adata)
+    assert loaded.source_scvi is None
+    query = adata[:60].copy()
+    info = ev.tl.label_uncertainty(loaded, query, key_added="q")
+    assert info["novelty_model"] == "scANVI"
 
 
 def test_novelty_model_needs_a_distance_score_and_an_scvi_ensemble(trained):
@@ -422,3 +499,7 @@ def test_novelty_model_needs_a_distance_score_and_an_scvi_ensemble(trained):
         ev.tl.label_uncertainty(model, query, score="entropy", novelty_model=vae)
     with pytest.raises(TypeError, match="EnsembleSCVI"):
         ev.tl.label_uncertainty(model, query, novelty_model=model)
+    with pytest.raises(ValueError, match="'scanvi' or None"):
+        ev.tl.label_uncertainty(model, query, novelty_model="scvi")
+    with pytest.raises(ValueError, match="drop novelty_model"):
+        ev.tl.label_uncertainty(model, query, score="entropy", novelty_model="scanvi")

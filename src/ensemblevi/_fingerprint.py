@@ -49,6 +49,28 @@ def _array_bytes(a: np.ndarray) -> list[bytes | memoryview]:
     return [f"{a.shape}{a.dtype.str}".encode(), memoryview(a).cast("B")]
 
 
+def weights_digest(model) -> str:
+    """A digest of a model's weights (every tensor of its module's state, names included).
+
+    What a result computed from a model's weights records, so that it is reused (a stored
+    latent) or trusted (a saved scANVI's source ensemble) only for the same weights.
+
+    Parameters
+    ----------
+    model
+        A scvi-tools model (``model.module`` a ``torch.nn.Module``).
+    """
+    import torch
+
+    chunks: list[bytes | memoryview] = []
+    for name, tensor in model.module.state_dict().items():
+        chunks.append(name.encode())
+        # as raw bytes: numpy has no bfloat16, and equal bytes are equal weights
+        raw = tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy()
+        chunks += [f"{tuple(tensor.shape)}{tensor.dtype}".encode(), memoryview(raw)]
+    return _digest(*chunks)
+
+
 def matrix_digest(x: Any) -> str:
     """A hash of a count matrix's content (scipy sparse, numpy or anything ``np.asarray`` reads).
 

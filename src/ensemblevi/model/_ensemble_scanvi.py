@@ -38,11 +38,12 @@ from ensemblevi.train import EnsembleSemiSupervisedTrainingPlan
 from ensemblevi.train._plan import HyperSemiSupervisedTrainingPlan
 
 from ._ensemble_scvi import EnsembleSCVI
+from ._source import SourceScviMixin
 from .base._archesmixin import Reference
 from .base._de_settings import SAMPLE_REGISTRY_KEY
 
 
-class EnsembleSCANVI(EnsembleSCVI):
+class EnsembleSCANVI(SourceScviMixin, EnsembleSCVI):
     """An ensemble of K scANVI models, trained together in one vectorised pass.
 
     The scvi-tools ``SCANVI`` API (``setup_anndata(labels_key, unlabeled_category)``,
@@ -98,6 +99,9 @@ class EnsembleSCANVI(EnsembleSCVI):
                 "registered by EnsembleSCANVI.setup_anndata."
             )
         self.was_pretrained = False
+        #: the EnsembleSCVI this model started from (:meth:`from_ensemble_scvi`), whose
+        #: novelty rule decides ``unknown`` (see :func:`ensemblevi.tl.label_uncertainty`)
+        self.source_scvi: EnsembleSCVI | None = None
         super().__init__(adata, n_members=n_members, ensemble=ensemble, **kwargs)
         if self.ensemble == "hyperbatch":
             self._training_plan_cls = HyperSemiSupervisedTrainingPlan
@@ -219,6 +223,13 @@ class EnsembleSCANVI(EnsembleSCVI):
         weights, the classifier and the ``z2`` layers start fresh; the default number of
         epochs of :meth:`train` becomes scvi-tools' fine-tuning one.
 
+        On ``model``'s own AnnData (``adata`` ``None`` or ``model.adata``) the new model keeps
+        ``model`` as ``source_scvi`` (and :meth:`save` saves it beside it): its novelty
+        rule, not scANVI's latent space, then decides which cells
+        :func:`ensemblevi.tl.label_uncertainty` calls unknown. scANVI's latent space is
+        trained to separate the labelled types and folds an unseen type onto them
+        (``docs/new_samples.md``).
+
         Parameters
         ----------
         model
@@ -270,6 +281,8 @@ class EnsembleSCANVI(EnsembleSCVI):
         if result.unexpected_keys:
             raise ValueError(f"Weights not in the scANVI network: {result.unexpected_keys[:5]}.")
         new.was_pretrained = True
+        # kept only on the AnnData it trained on: its rule reads its training cells there
+        new.source_scvi = model if adata is model.adata else None
         return new
 
     @classmethod

@@ -191,8 +191,8 @@ def run_annotate(
         default stays ``"entropy"``: scANVI trains on the unlabelled cells too, and
         ``"novelty_knn"`` never tests a cell the model trained on. A distance score
         (``"novelty_combined"``, ``"novelty_knn"``) is decided by the scVI ensemble's
-        novelty rule (``label_uncertainty(novelty_model=...)``), not in scANVI's latent
-        space.
+        novelty rule (the scANVI keeps it as ``source_scvi``, and ``model/`` holds both),
+        not in scANVI's latent space.
     seed
         Seed of the held-out choice, the training and the UMAP.
     force
@@ -209,7 +209,7 @@ def run_annotate(
     from ensemblevi.data import preprocess, read
     from ensemblevi.data._validate import check_labels_column
     from ensemblevi.model import EnsembleSCANVI, EnsembleSCVI
-    from ensemblevi.tl._labels import DISTANCES, SCORES
+    from ensemblevi.tl._labels import SCORES
 
     if not 0 <= holdout < 1 or not 0 < alpha < 1:
         raise ValueError(
@@ -278,12 +278,10 @@ def run_annotate(
         model = EnsembleSCANVI.from_ensemble_scvi(vae, unlabeled_category, labels_key=TRAIN_LABELS)
         model.train(max_epochs=scanvi_epochs, seed=seed, **split)
         train_s = time.perf_counter() - t0
-        # a distance score is decided by the scVI ensemble's novelty rule: scANVI's latent
-        # space folds an unseen type onto the labelled ones (docs/new_samples.md)
-        by_vae = {"novelty_model": vae} if score in DISTANCES else {}
-        info = tl.label_uncertainty(
-            model, adata, alpha=alpha, score=score, sample_key=sample_key, **by_vae
-        )
+        # a distance score is decided by the scVI ensemble's novelty rule (the model keeps
+        # it as source_scvi): scANVI's latent space folds an unseen type onto the labelled
+        # ones (docs/new_samples.md)
+        info = tl.label_uncertainty(model, adata, alpha=alpha, score=score, sample_key=sample_key)
         calib = tl.label_calibration(adata, labels_key, mask=held) if held.any() else None
         with quiet_third_party():
             tl.expression_umap(model, adata, seed=seed)

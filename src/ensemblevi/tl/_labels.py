@@ -151,11 +151,13 @@ def label_uncertainty(
         latent spaces and in principal components of the counts, and how badly the
         decoders fit its counts, each over its 95th percentile) and its rule,
         calibrated on the held-out cells, labelled or not; a training cell is never tested
-        by it, so on the model's own cells only held-out cells can be called unknown. On
-        new samples it called more of an unseen type's cells unknown than the latent
-        distance alone (simulated donors 98% against 19%, PBMC pseudo-samples 66% against
-        56%, at 5.2% / 4.8% of known cells against 4.2% / 4.6%; deep K=4, seeds 40-42,
-        100 epochs, thresholds by held-out sample: docs/new_samples.md).
+        by it, so on the model's own cells only held-out cells can be called unknown. It is
+        decided by the scVI ensemble the scANVI was made from where there is one (see
+        ``novelty_model``): on new samples that called 99.2% / 81.1% of an unseen type's
+        cells unknown at 4.4% / 4.3% of known cells (simulated donors / PBMC
+        pseudo-samples, deep K=4, seeds 40-42, 100 epochs, thresholds by held-out sample),
+        against 99.7% / 71.2% at 6.0% / 4.5% in the scANVI's own latent space
+        (docs/new_samples.md).
         ``"novelty_knn"``: the latent distance alone (it ranked unseen types best among
         the label scores: AUROC 0.974 against 0.905 for the entropy and 0.870 for the
         mutual information, docs/benchmarks). Both need one member only.
@@ -184,13 +186,15 @@ def label_uncertainty(
         against a threshold from the others (the rate of a new sample).
     novelty_model
         With a distance ``score``: the :class:`~ensemblevi.model.EnsembleSCVI` whose
-        :func:`~ensemblevi.tl.cell_novelty` rule decides *unknown* (typically the scVI
-        ensemble the scANVI was made from, trained on the same split). ``None``: the scANVI
-        model's own latent space, which is trained to separate the labelled types and
-        folds an unseen type onto them: on new samples it called fewer of an unseen
-        type's cells unknown than the scVI ensemble's rule at the same rate on known
-        cells (docs/new_samples.md). A cell called unknown is then exactly a cell the
-        scVI ensemble's ``is_novel`` flags.
+        :func:`~ensemblevi.tl.cell_novelty` rule decides *unknown*; a cell called unknown
+        is then exactly a cell that ensemble's ``is_novel`` flags. ``None`` (default): the
+        scVI ensemble the scANVI was made from
+        (:meth:`~ensemblevi.model.EnsembleSCANVI.from_ensemble_scvi` keeps it as
+        ``model.source_scvi``, and ``save``/``load`` keep it with the model), else the
+        scANVI's own latent space. ``"scanvi"``: the scANVI's own latent space, which is
+        trained to separate the labelled types and folds an unseen type onto them: on new
+        samples it called fewer of an unseen type's cells unknown than the scVI ensemble's
+        rule at the same rate on known cells (docs/new_samples.md).
 
     Returns
     -------
@@ -220,7 +224,21 @@ def label_uncertainty(
         raise ValueError(f"alpha must be in (0, 1), got {alpha}.")
     if not hasattr(model, "predict_members"):
         raise TypeError(f"label_uncertainty needs an EnsembleSCANVI, got {type(model).__name__}.")
-    if novelty_model is not None:
+    if isinstance(novelty_model, str):
+        if novelty_model != "scanvi":
+            raise ValueError(
+                f"novelty_model is an EnsembleSCVI, 'scanvi' or None, got {novelty_model!r}."
+            )
+        if score not in DISTANCES:
+            raise ValueError(
+                f"novelty_model='scanvi' picks the latent space of a distance score "
+                f"({', '.join(DISTANCES)}), not of score={score!r}: drop novelty_model."
+            )
+        novelty_model = None
+    elif novelty_model is None and score in DISTANCES:
+        # made with from_ensemble_scvi: the scVI ensemble's rule decides (docs/new_samples.md)
+        novelty_model = getattr(model, "source_scvi", None)
+    elif novelty_model is not None:
         if score not in DISTANCES:
             raise ValueError(
                 f"novelty_model decides with a distance score ({', '.join(DISTANCES)}); "

@@ -19,7 +19,6 @@ Written by hand (scvi-tools has no ensemble novelty score or rule). Three facts 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -27,6 +26,8 @@ import numpy as np
 import pandas as pd
 import torch
 from anndata import AnnData
+
+from ensemblevi._fingerprint import weights_digest
 
 #: fewest held-out cells the rule is calibrated on
 MIN_VALIDATION_CELLS = 40
@@ -359,15 +360,6 @@ def reference_rows(model, adata: AnnData, ref_adata: AnnData) -> np.ndarray | No
 MEMBER_LATENT_KEY = "ensemblevi_member_latents"
 
 
-def _weights_stamp(model) -> str:
-    """A digest of the module's weights: a stored latent is reused only for these weights."""
-    digest = hashlib.sha1(usedforsecurity=False)
-    for name, tensor in model.module.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
-
-
 def member_latents(model, adata: AnnData) -> np.ndarray:
     """``(K, n_cells, n_latent)``: every member's latent means of ``adata``'s cells.
 
@@ -386,7 +378,7 @@ def member_latents(model, adata: AnnData) -> np.ndarray:
         AnnData registered with it.
     """
     k, n = model.n_members, adata.n_obs
-    stamp = _weights_stamp(model)
+    stamp = weights_digest(model)  # a stored latent is reused only for these weights
     record = adata.uns.get(MEMBER_LATENT_KEY)
     stored = adata.obsm.get(MEMBER_LATENT_KEY)
     if (
