@@ -488,9 +488,29 @@ FIGURE_SCORES = {
 }
 
 
-def figure(rows: list[dict], path: str) -> None:
+FIGURE_LABELS = {
+    "default": ("label rule, default: the scVI ensemble's rule", "D"),
+    "novelty_combined": ("label rule: novelty_combined in scANVI's latent", "s"),
+    "novelty_knn": ("label rule: novelty_knn in scANVI's latent", "o"),
+    "entropy": ("label rule: predictive entropy", "^"),
+}
+
+
+def _novelty_rates(row: dict, score: str) -> dict | None:
+    return row["unseen_samples"].get(score)
+
+
+def _label_rates(row: dict, score: str) -> dict | None:
+    lab = row.get("labels", {}).get("unseen_samples", {})
+    if "same_as_scvi_rule" not in lab:  # rows from before the scANVI kept its scVI ensemble
+        return None
+    return lab if score == "default" else lab.get(score)
+
+
+def figure(rows: list[dict], path: str, labels: bool = False) -> None:
     """Per data set: FPR on a new sample's known cells against TPR on the unseen type, per
-    score and model, calibrated on unseen samples (one point per seed, the mean ringed)."""
+    score and model, calibrated on unseen samples (one point per seed, the mean ringed);
+    with ``labels``, of the label ``unknown`` rules (:data:`FIGURE_LABELS`) instead."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -504,10 +524,11 @@ def figure(rows: list[dict], path: str) -> None:
     }
     fig, axes = plt.subplots(1, len(datasets), figsize=(5.2 * len(datasets), 5.4), squeeze=False)
     for ax, data in zip(axes[0], datasets, strict=True):
+        rates = _label_rates if labels else _novelty_rates
         for kind in colours:
             mine = [r for r in rows if r["data"] == data and r["kind"] == kind]
-            for score, (label, marker) in FIGURE_SCORES.items():
-                got = [r["unseen_samples"][score] for r in mine if score in r["unseen_samples"]]
+            for score, (label, marker) in (FIGURE_LABELS if labels else FIGURE_SCORES).items():
+                got = [g for r in mine if (g := rates(r, score))]
                 if not got:
                     continue
                 pts = 100 * np.array([[g["fpr_known"], g["tpr_unseen"]] for g in got])
@@ -537,7 +558,8 @@ def figure(rows: list[dict], path: str) -> None:
     handles, labels = axes[0][0].get_legend_handles_labels()
     wide = len(datasets) > 1
     fig.legend(handles, labels, loc="lower center", ncol=2 if wide else 1, fontsize=8)
-    fig.suptitle("Per-cell novelty rule at alpha 5%, calibrated on unseen samples", fontsize=11)
+    what = "Label unknown rules" if labels else "Per-cell novelty rule"
+    fig.suptitle(f"{what} at alpha 5%, calibrated on unseen samples", fontsize=11)
     fig.tight_layout(rect=(0, 0.2 if wide else 0.3, 1, 1))
     fig.savefig(path, dpi=120)
 
@@ -561,6 +583,9 @@ def main() -> None:
     parser.add_argument(
         "--figure", default=None, help="With --summarize: also draw the rates into this PNG."
     )
+    parser.add_argument(
+        "--label-figure", default=None, help="With --summarize: the label rules' rates (PNG)."
+    )
     args = parser.parse_args()
     out = Path(args.out)
     rows = json.loads(out.read_text()) if out.exists() else []
@@ -568,6 +593,8 @@ def main() -> None:
         print(summarize(rows))
         if args.figure:
             figure(rows, args.figure)
+        if args.label_figure:
+            figure(rows, args.label_figure, labels=True)
         return
     done = {(r["data"], r["seed"]) for r in rows}
     for seed in args.seeds:

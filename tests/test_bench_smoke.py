@@ -47,6 +47,8 @@ SMOKE: dict[str, list[str]] = {
         "single",
         "--out",
         "cand.json",
+        "--dump",
+        "dump",
     ],
     "de_sample_fdr.py": ["--reps", "1"],
     "bench_likelihood.py": [
