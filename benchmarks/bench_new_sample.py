@@ -289,9 +289,9 @@ def evaluate_novelty(model, ref, query, ev, pca) -> dict:
 SCANVI_EPOCHS = 20
 
 
-def evaluate_labels(kind: str, query, split: dict, seed: int, ev, vae) -> dict:
-    """The ``unknown`` rule of an EnsembleSCANVI made from ``vae`` (the scVI ensemble of
-    ``kind`` trained on the split), as a user makes one (``from_ensemble_scvi``, then
+def evaluate_labels(query, split: dict, seed: int, ev, vae) -> dict:
+    """The ``unknown`` rule of an EnsembleSCANVI made from ``vae`` (the scVI ensemble
+    trained on the split, of any kind), as a user makes one (``from_ensemble_scvi``, then
     :data:`SCANVI_EPOCHS` epochs on the same split), under each calibration.
 
     The default rule (``label_uncertainty`` as called) is decided by ``vae``'s novelty rule,
@@ -302,6 +302,7 @@ def evaluate_labels(kind: str, query, split: dict, seed: int, ev, vae) -> dict:
     """
     from ensemblevi.model import EnsembleSCANVI
 
+    # plain strings, as the query's column: "Unknown" need not be one of its categories
     vae.adata.obs["cell_type"] = vae.adata.obs["cell_type"].astype(str)
     model = EnsembleSCANVI.from_ensemble_scvi(vae, "Unknown", labels_key="cell_type")
     model.train(
@@ -356,7 +357,7 @@ def run_labels(data: str, pbmc: str, seed: int, epochs: int) -> list[dict]:
             "seed": seed,
             "kind": kind,
             "epochs": epochs,
-            "labels": evaluate_labels(kind, query, split, seed, ev, vae),
+            "labels": evaluate_labels(query, split, seed, ev, vae),
             "seconds": round(time.perf_counter() - t, 1),
         }
         rows.append(row)
@@ -405,7 +406,7 @@ def run_one(data: str, pbmc: str, seed: int, epochs: int, labels: bool) -> list[
             **evaluate_novelty(model, adata, query, ev, pca),
         }
         if labels:
-            row["labels"] = evaluate_labels(kind, query, split, seed, ev, model)
+            row["labels"] = evaluate_labels(query, split, seed, ev, model)
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows

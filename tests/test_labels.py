@@ -472,6 +472,12 @@ def test_save_and_load_keep_the_source_scvi_and_its_rule(trained, tmp_path):
     with pytest.raises(FileExistsError, match="overwrite=True"):
         model.save(tmp_path / "m", prefix="a_")
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["a_model.json", "a_model.pt"]
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "adata.h5ad").write_text("the user's")
+    with pytest.raises(FileExistsError, match=r"adata\.h5ad already exists"):
+        model.save(tmp_path / "d", save_anndata=True)
+    assert [p.name for p in (tmp_path / "d").iterdir()] == ["adata.h5ad"]
+    assert (tmp_path / "d" / "adata.h5ad").read_text() == "the user's"
 
 
 def test_a_source_scvi_that_does_not_match_is_left_out_with_a_warning(trained, tmp_path):

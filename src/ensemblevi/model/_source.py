@@ -48,14 +48,18 @@ class SourceScviMixin:
         dir_path, prefix, overwrite, save_anndata, **anndata_write_kwargs
             As in :meth:`ensemblevi.model.EnsembleSCVI.save`.
         """
-        from ensemblevi._compat import saved_model_file
+        from ensemblevi._compat import SAVE_KEYS, saved_model_file
         from ensemblevi._fingerprint import weights_digest
 
-        own = saved_model_file(os.path.abspath(os.fspath(dir_path)), prefix)
-        if os.path.exists(own) and not overwrite:  # refuse before the source is written
+        folder = os.path.abspath(os.fspath(dir_path))
+        own = [saved_model_file(folder, prefix)]
+        if save_anndata:
+            own.append(os.path.join(folder, f"{prefix or ''}{SAVE_KEYS.ADATA_FNAME}"))
+        existing = [f for f in own if os.path.exists(f)]
+        if existing and not overwrite:  # refused as the model's save would, before writing
             raise FileExistsError(
-                f"{own} already exists; pass overwrite=True to replace the saved model "
-                "(or save to another folder)."
+                f"{existing[0]} already exists; pass overwrite=True to replace the saved "
+                "model (or save to another folder)."
             )
         source = self.source_scvi
         if source is not None:
