@@ -288,10 +288,10 @@ def test_query_mapping_keeps_the_classifier_frozen_unless_asked(trained):
     mapped.train(max_epochs=2, enable_progress_bar=False)
     torch.testing.assert_close(mapped.module.classifier_head.weight.cpu(), ref_head.cpu())
     assert mapped.predict_members().shape == (2, 120, model.n_labels)
-    # the reference's scVI ensemble is not mapped with it; given, its rule decides
-    assert mapped.source_scvi is None
+    # no covariates: the reference's scVI ensemble passes on and decides for the query
+    assert mapped.source_scvi is vae
     cells = mapped.adata.copy()
-    info = ev.tl.label_uncertainty(mapped, cells, novelty_model=vae, key_added="m")
+    info = ev.tl.label_uncertainty(mapped, cells, key_added="m")
     alone = query.copy()
     flags = ev.tl.cell_novelty(vae, alone, key_added="a", progress=False)["is_novel"]
     assert info["novelty_model"] == "EnsembleSCVI"
@@ -304,6 +304,23 @@ def test_query_mapping_keeps_the_classifier_frozen_unless_asked(trained):
     bad.obs["lab"] = "a new type"
     with pytest.raises(ValueError, match="does not know"):
         EnsembleSCANVI.load_query_data(bad, model)
+
+
+def test_a_query_with_batches_gets_no_unmapped_source(labelled):
+    adata = labelled.copy()
+    adata.obs["batch"] = np.where(np.arange(adata.n_obs) % 2 == 0, "b0", "b1")
+    EnsembleSCVI.setup_anndata(adata, layer="counts", batch_key="batch")
+    vae = EnsembleSCVI(adata, n_members=2, n_hidden=16, n_latent=3, seed=0)
+    vae.train(max_epochs=1, seed=0, enable_progress_bar=False)
+    model = EnsembleSCANVI.from_ensemble_scvi(vae, "Unknown", labels_key="lab")
+    model.train(max_epochs=1, seed=0, enable_progress_bar=False)
+    assert model.source_scvi is vae
+    query = labelled[:80].copy()
+    query.obs["lab"] = "Unknown"
+    query.obs["batch"] = "a new batch"
+    mapped = EnsembleSCANVI.load_query_data(query, model)
+    # the reference's scVI ensemble has never seen this batch: it would need mapping too
+    assert mapped.source_scvi is None
 
 
 def test_bad_input_is_refused_before_training(labelled):

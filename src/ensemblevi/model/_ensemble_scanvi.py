@@ -42,6 +42,9 @@ from ._source import SourceScviMixin
 from .base._archesmixin import Reference
 from .base._de_settings import SAMPLE_REGISTRY_KEY
 
+#: setup arguments under which a query's cells need a mapped model, not the reference's
+COVARIATE_KEYS = ("batch_key", "categorical_covariate_keys", "continuous_covariate_keys")
+
 
 class EnsembleSCANVI(SourceScviMixin, EnsembleSCVI):
     """An ensemble of K scANVI models, trained together in one vectorised pass.
@@ -479,6 +482,14 @@ class EnsembleSCANVI(SourceScviMixin, EnsembleSCVI):
         (usually all unlabelled); the classifier keeps the reference's weights unless
         ``freeze_classifier=False``.
 
+        A reference model (not a folder) made with :meth:`from_ensemble_scvi` passes its
+        ``source_scvi`` on, where the data have no batch or other covariates: that scVI
+        ensemble's novelty rule then decides ``unknown`` for the query's cells, as for any
+        new cells. With covariates the query model has none (the scVI ensemble would need
+        mapping too: map it with ``EnsembleSCVI.load_query_data`` and pass it to
+        :func:`ensemblevi.tl.label_uncertainty` as ``novelty_model``); from a folder, load
+        the reference first (``EnsembleSCANVI.load(folder, adata=reference_cells)``).
+
         Parameters
         ----------
         adata
@@ -512,6 +523,11 @@ class EnsembleSCANVI(SourceScviMixin, EnsembleSCVI):
                 "reference's types."
             )
         model = super().load_query_data(adata, reference_model, *args, unfrozen=unfrozen, **kwargs)
+        source = getattr(reference_model, "source_scvi", None)
+        covariates = {k: v for k, v in setup.items() if k in COVARIATE_KEYS and v}
+        # without covariates the reference's scVI ensemble reads the query's cells as they
+        # are (what docs/new_samples.md measures); with them it would need mapping too
+        model.source_scvi = None if covariates else source
         if not unfrozen and not freeze_classifier:
             for part in (model.module.classifier_head, model.module.classifier_layers):
                 for p in part.parameters() if part is not None else ():

@@ -190,7 +190,8 @@ def label_uncertainty(
         is then exactly a cell that ensemble's ``is_novel`` flags. ``None`` (default): the
         scVI ensemble the scANVI was made from
         (:meth:`~ensemblevi.model.EnsembleSCANVI.from_ensemble_scvi` keeps it as
-        ``model.source_scvi``, and ``save``/``load`` keep it with the model), else the
+        ``model.source_scvi``, ``save``/``load`` keep it with the model, and
+        ``load_query_data`` passes it on where the data have no covariates), else the
         scANVI's own latent space. ``"scanvi"``: the scANVI's own latent space, which is
         trained to separate the labelled types and folds an unseen type onto them: on new
         samples it called fewer of an unseen type's cells unknown than the scVI ensemble's
