@@ -147,3 +147,7 @@ def test_annotate_reading_says_who_decided_unknown():
     by_vae = annotate_reading({**info, "novelty_model": "EnsembleSCVI"}, None, 0)
     assert len(by_vae) == len(own) + 1
     assert "scVI ensemble's novelty flags" in by_vae[-1]
+    # a distance score never tests the cells the model trained on: the report says how many
+    untested = annotate_reading({**info, "n_untested": 2375}, None, 0)
+    assert len(untested) == len(annotate_reading(info, None, 0)) + 1
+    assert untested[-1].startswith("2,375 of the cells were trained on")

@@ -115,6 +115,12 @@ def annotate_reading(info: dict, calib: dict | None, n_held: int) -> list[str]:
         f"labelled cells of known types reach (measured on them: {rate:.1%}). They may be a "
         "type the labels do not have, doublets, or poor-quality cells."
     )
+    if info.get("n_untested"):
+        lines.append(
+            f"{info['n_untested']:,} of the cells were trained on and are never called "
+            f"unknown by {info['score'].replace('_', ' ')} (its scores are biased on them); "
+            "only the others were tested. --score entropy tests every cell."
+        )
     if info.get("novelty_model") == "EnsembleSCVI":
         lines.append(
             "The unknown calls are the scVI ensemble's novelty flags (its latent space, "
